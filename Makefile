@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` and `make test`. Each creates or
+# reuses .venv and installs what it needs; nothing else is assumed.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+REPO ?= model-repo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint format bench zoo clean
+
+demo: $(VENV)/.demo-deps
+	$(VENV)/bin/edgecloud zoo build --repo $(REPO)
+	$(VENV)/bin/edgecloud models list --repo $(REPO)
+	$(VENV)/bin/edgecloud demo --repo $(REPO)
+
+test: $(VENV)/.dev-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.dev-deps
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+zoo: $(VENV)/.demo-deps
+	$(VENV)/bin/edgecloud zoo build --repo $(REPO)
+
+bench: $(VENV)/.dev-deps zoo
+	$(PY) bench/local_overhead.py --repo $(REPO)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.demo-deps: pyproject.toml | $(PY)
+	$(PIP) -e ".[train]"
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(PY)
+	$(PIP) -e ".[dev]"
+	touch $@ $(VENV)/.demo-deps
+
+clean:
+	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""edgecloud: run ML inference on the device, on a server, or split between them.
+
+The public surface lives here; modules beginning with ``_`` are private.
+"""
+
+from __future__ import annotations
+
+from .backends.base import Backend, FunctionBackend
+from .backends.local import LocalBackend
+from .errors import (
+    ConfigError,
+    DatatypeMismatchError,
+    EdgecloudError,
+    InferenceError,
+    InvalidRequestError,
+    MissingDependencyError,
+    MissingInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ShapeMismatchError,
+    UnknownInputError,
+    UnsupportedDatatypeError,
+)
+from .repository import (
+    DynamicBatching,
+    ModelConfig,
+    ModelRepository,
+    ModelStatus,
+    ModelVersion,
+    VersionPolicy,
+    config_from_onnx,
+)
+from .tensors import (
+    InferRequest,
+    InferResponse,
+    RequestContext,
+    Sensitivity,
+    Span,
+    TensorSpec,
+    Trace,
+    datatype_of,
+    numpy_dtype,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "ConfigError",
+    "DatatypeMismatchError",
+    "DynamicBatching",
+    "EdgecloudError",
+    "FunctionBackend",
+    "InferRequest",
+    "InferResponse",
+    "InferenceError",
+    "InvalidRequestError",
+    "LocalBackend",
+    "MissingDependencyError",
+    "MissingInputError",
+    "ModelConfig",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelRepository",
+    "ModelStatus",
+    "ModelVersion",
+    "RequestContext",
+    "Sensitivity",
+    "ShapeMismatchError",
+    "Span",
+    "TensorSpec",
+    "Trace",
+    "UnknownInputError",
+    "UnsupportedDatatypeError",
+    "VersionPolicy",
+    "__version__",
+    "config_from_onnx",
+    "datatype_of",
+    "numpy_dtype",
+]

@@ -1,0 +1,181 @@
+"""The ``edgecloud`` command line: typer commands, rich output, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from . import __version__
+from .backends.local import LocalBackend
+from .errors import EdgecloudError
+from .io import load_inputs
+from .repository import ModelRepository
+from .tensors import InferRequest, InferResponse
+
+app = typer.Typer(
+    help="Run ML inference on the device, on a server, or split between them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+zoo_app = typer.Typer(help="The demo model zoo, built offline.", no_args_is_help=True)
+models_app = typer.Typer(help="Inspect a model repository.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(models_app, name="models")
+
+console = Console()
+errors = Console(stderr=True)
+
+RepoOption = Annotated[
+    Path,
+    typer.Option("--repo", envvar="EDGECLOUD_REPO", help="Model repository directory."),
+]
+DEFAULT_REPO = Path("model-repo")
+
+
+@app.command()
+def version() -> None:
+    """Print edgecloud's version."""
+    console.print(f"edgecloud {__version__}")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    repo: RepoOption = DEFAULT_REPO,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", "-m", help="Build just these models.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when up to date.")] = False,
+) -> None:
+    """Build the demo models into the repository (cached; nothing is downloaded)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .zoo import build_zoo
+
+    columns = (
+        TextColumn("{task.fields[model]:<14}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+
+        def reporter(name: str) -> Any:
+            task = progress.add_task("waiting", total=1.0, model=name)
+            return lambda fraction, text: progress.update(
+                task, completed=fraction, description=text
+            )
+
+        results = build_zoo(ModelRepository(repo), only, force=force, progress=reporter)
+    for r in results:
+        state = "up to date" if r.cached else "built"
+        console.print(f"[green]{r.name}[/] version {r.version.version} {state} at {r.version.path}")
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the recipes the zoo can build."""
+    from .zoo import RECIPES
+
+    table = Table("model", "revision", "what it is")
+    for recipe in RECIPES.values():
+        table.add_row(recipe.name, str(recipe.revision), recipe.summary)
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
+    """Every model in the repository: versions, tensors, batching, metrics, status."""
+    repository = ModelRepository(repo)
+    statuses = repository.status()
+    if not statuses:
+        console.print(f"no models in {repo}; build the demo zoo with: edgecloud zoo build")
+        return
+    table = Table("versions", "inputs", "outputs", "batch", "metrics", "status")
+    table.columns.insert(0, Column("model", no_wrap=True))
+    for s in statuses:
+        cfg = s.config
+        table.add_row(
+            s.name,
+            ",".join(map(str, s.versions)) or "-",
+            _specs(cfg.inputs) if cfg else "-",
+            _specs(cfg.outputs) if cfg else "-",
+            str(cfg.max_batch_size) if cfg else "-",
+            "\n".join(f"{k}={v:.4g}" for k, v in cfg.metrics.items()) if cfg else "-",
+            f"[red]{s.error}[/]" if s.error else "[green]ready[/]",
+        )
+    console.print(table)
+
+
+@app.command()
+def infer(
+    model: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help=".npy, .npz or .json file.")],
+    repo: RepoOption = DEFAULT_REPO,
+    model_version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
+) -> None:
+    """Run one inference locally and print the outputs and the trace."""
+    with LocalBackend(repo, intra_op_threads=threads) as local:
+        loaded = local.load(model, model_version)
+        inputs = load_inputs(input, loaded.entry.config)
+        response = local.infer(InferRequest(model, inputs, version=model_version))
+        print_response(response, loaded.entry.config.labels)
+
+
+@app.command()
+def demo(repo: RepoOption = DEFAULT_REPO) -> None:
+    """A tour on the demo zoo: digits on both models, sentence similarity, latency."""
+    from .demo import run_demo
+
+    run_demo(ModelRepository(repo), console)
+
+
+def print_response(response: InferResponse, labels: list[str] | None) -> None:
+    console.print(f"[bold]{response.model}[/] version {response.version}")
+    for name, array in response.outputs.items():
+        console.print(f"[cyan]{name}[/] {list(array.shape)} {array.dtype}")
+        if labels and array.ndim == 2 and array.shape[1] == len(labels):
+            for row in array[:8]:
+                top = np.argsort(row)[::-1][:3]
+                console.print("  " + "   ".join(f"{labels[i]}: {row[i]:.3f}" for i in top))
+        else:
+            console.print(np.array2string(array, threshold=20, precision=4))
+    console.print(response.trace.describe(), highlight=False)
+
+
+def _specs(specs: Any) -> str:
+    return "\n".join(f"{s.name} {s.datatype}[{','.join(map(str, s.shape))}]" for s in specs)
+
+
+def main() -> None:
+    """Entry point: errors are one clear line on stderr, never a traceback."""
+    try:
+        app()
+    except EdgecloudError as exc:
+        errors.print(f"[red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # last resort: still one line, the traceback on request
+        if os.environ.get("EDGECLOUD_DEBUG"):
+            raise
+        errors.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {exc} "
+            "(set EDGECLOUD_DEBUG=1 for the traceback, and please report it)",
+            highlight=False,
+        )
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

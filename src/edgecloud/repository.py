@@ -1,0 +1,398 @@
+"""The on-disk model repository, laid out the way Triton users expect.
+
+::
+
+    <repo>/
+      <model>/
+        config.yaml            ModelConfig: inputs, outputs, labels, batching, policy
+        1/
+          model.onnx
+          version.json         sha256 of every file in the version, metadata
+        2/ ...
+
+Every artefact is hashed when written and checked when loaded: a corrupt or
+missing file is a :class:`ModelLoadError` naming the path, and one broken model
+never hides the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, ModelLoadError, ModelNotFoundError
+from .tensors import ONNX_TYPES, TensorSpec
+
+__all__ = [
+    "DynamicBatching",
+    "ModelConfig",
+    "ModelRepository",
+    "ModelStatus",
+    "ModelVersion",
+    "VersionPolicy",
+    "config_from_onnx",
+]
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "version.json"
+MODEL_FILE = "model.onnx"
+
+
+class VersionPolicy(BaseModel):
+    """Which versions on disk are served (Triton's ``version_policy``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    """``latest``: the newest ``count``; ``all``; ``specific``: those in ``versions``."""
+    count: int = Field(default=1, ge=1)
+    """How many of the newest versions ``latest`` serves."""
+    versions: list[int] = Field(default_factory=list)
+    """Versions served when ``kind`` is ``specific``."""
+
+    def select(self, on_disk: Iterable[int]) -> list[int]:
+        """The served versions among those on disk, ascending."""
+        ordered = sorted(on_disk)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.count :]
+
+
+class DynamicBatching(BaseModel):
+    """Server-side merging of concurrent requests into one runtime call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queue_delay_us: int = Field(default=500, ge=0)
+    """Longest a request waits for companions before its batch runs."""
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    """Batch sizes to run as soon as they are reached."""
+
+
+class ModelConfig(BaseModel):
+    """Per-model configuration, stored as ``<repo>/<model>/config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """Model name; must equal its directory name."""
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    """Runtime that serves the model."""
+    max_batch_size: int = Field(default=0, ge=0)
+    """0: the model does not batch and shapes are full; >0: the largest batch
+    one runtime call takes, and shapes exclude the leading batch dimension."""
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str] | None = None
+    """Class names for classifier outputs, index-aligned."""
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    dynamic_batching: DynamicBatching | None = None
+    """Server-side dynamic batching; None disables it."""
+    description: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Measured quality of the model, e.g. ``test_accuracy``."""
+    metadata: dict[str, str] = Field(default_factory=dict)
+    """Provenance: data set, seed, recipe, notes."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelConfig:
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            names = [s.name for s in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"duplicate {kind} names in {names}")
+        return self
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One version of a model on disk, with its config and manifest."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    files: Mapping[str, str]
+    """File name (relative to ``path``) -> sha256."""
+    metadata: Mapping[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def verify(self) -> None:
+        """Check every artefact against its recorded sha256."""
+        for rel, expected in self.files.items():
+            file = self.path / rel
+            if not file.is_file():
+                raise ModelLoadError(f"model {self.name!r} version {self.version}: missing {file}")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ModelLoadError(
+                    f"model {self.name!r} version {self.version}: {file} is corrupt "
+                    f"(sha256 {actual[:12]}…, expected {expected[:12]}…); rebuild or re-add it"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """What ``models list`` shows: a model's versions, or why it cannot load."""
+
+    name: str
+    versions: list[int]
+    served: list[int]
+    config: ModelConfig | None
+    error: str | None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelRepository:
+    """A directory of models: ``<root>/<model>/<version>/model.onnx``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ModelRepository({str(self.root)!r})"
+
+    def model_names(self) -> list[str]:
+        """Names of all model directories, sorted; broken ones included."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        )
+
+    def status(self) -> list[ModelStatus]:
+        """Every model with its versions, or the error that keeps it from loading."""
+        out = []
+        for name in self.model_names():
+            versions = self.versions(name)
+            try:
+                config = self.config(name)
+            except ModelLoadError as exc:
+                out.append(ModelStatus(name, versions, [], None, exc.message))
+                continue
+            served = config.version_policy.select(versions)
+            error = None if served else "no version on disk matches the version policy"
+            out.append(ModelStatus(name, versions, served, config, error))
+        return out
+
+    def config(self, name: str) -> ModelConfig:
+        """The model's config; ModelNotFoundError or ModelLoadError naming the file."""
+        path = self._model_dir(name) / CONFIG_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"model {name!r} has no config: {path} is missing")
+        try:
+            raw = yaml.safe_load(path.read_text())
+            config = ModelConfig.model_validate(raw)
+        except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(
+                f"model {name!r}: invalid config {path}: {_one_line(exc)}"
+            ) from exc
+        if config.name != name:
+            raise ModelLoadError(
+                f"model {name!r}: {path} names the model {config.name!r}; names must match"
+            )
+        return config
+
+    def versions(self, name: str) -> list[int]:
+        """Version numbers on disk, ascending."""
+        directory = self._model_dir(name)
+        return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def served_versions(self, name: str) -> list[int]:
+        """Versions the model's version policy serves, ascending."""
+        return self.config(name).version_policy.select(self.versions(name))
+
+    def get(
+        self, name: str, version: int | str | None = None, *, verify: bool = True
+    ) -> ModelVersion:
+        """One version of a model; ``None`` or ``"latest"`` is the newest served one."""
+        config = self.config(name)
+        served = config.version_policy.select(self.versions(name))
+        return self._entry(config, self._resolve_version(name, version, served), verify)
+
+    def _entry(self, config: ModelConfig, number: int, verify: bool) -> ModelVersion:
+        path = self._model_dir(config.name) / str(number)
+        entry = ModelVersion(
+            config.name, number, path, config, *self._read_manifest(config.name, path)
+        )
+        if verify:
+            entry.verify()
+        return entry
+
+    def add_version(
+        self,
+        name: str,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        config: ModelConfig | None = None,
+        extra_files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        version: int | None = None,
+    ) -> ModelVersion:
+        """Add a version atomically: written to a temporary directory, then renamed.
+
+        ``config`` (re)writes the model's config; it is required for a new model
+        (see :func:`config_from_onnx`). Returns the verified new version.
+        """
+        model_dir = self.root / name
+        if config is not None and config.name != name:
+            raise ConfigError(f"config names the model {config.name!r} but it is added as {name!r}")
+        if config is None and not (model_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"model {name!r} is new: pass a config (see config_from_onnx)")
+        model_dir.mkdir(parents=True, exist_ok=True)
+        number = version if version is not None else max(self.versions(name), default=0) + 1
+        if (model_dir / str(number)).exists():
+            raise ConfigError(f"model {name!r} already has version {number}")
+        files = {MODEL_FILE: model, **(extra_files or {})}
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        try:
+            self._write_version(staging, files, number, metadata or {})
+            if config is not None:
+                _write_atomic(model_dir / CONFIG_FILE, _dump_config(config).encode())
+            staging.rename(model_dir / str(number))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self._entry(self.config(name), number, verify=True)
+
+    def _write_version(
+        self,
+        directory: Path,
+        files: Mapping[str, str | os.PathLike[str] | bytes],
+        number: int,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        hashes = {}
+        for rel, source in files.items():
+            target = directory / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copyfile(source, target)
+            hashes[rel] = sha256_file(target)
+        manifest = {
+            "version": number,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": hashes,
+            "metadata": dict(metadata),
+        }
+        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+    def _model_dir(self, name: str) -> Path:
+        directory = self.root / name
+        if not name or "/" in name or name.startswith(".") or not directory.is_dir():
+            known = ", ".join(self.model_names()) or "none"
+            raise ModelNotFoundError(
+                f"no model {name!r} in repository {self.root} (models: {known})"
+            )
+        return directory
+
+    def _resolve_version(self, name: str, version: int | str | None, served: list[int]) -> int:
+        if not served:
+            raise ModelLoadError(
+                f"model {name!r} has no servable version in {self.root / name} "
+                f"(on disk: {self.versions(name)})"
+            )
+        if version is None or version == "latest" or version == "":
+            return served[-1]
+        try:
+            number = int(version)
+        except ValueError:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; versions are numbers or 'latest'"
+            ) from None
+        if number not in served:
+            raise ModelNotFoundError(
+                f"model {name!r} has no served version {number} (served: {served})"
+            )
+        return number
+
+    def _read_manifest(self, name: str, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        manifest = path / MANIFEST_FILE
+        if not manifest.is_file():
+            if (path / MODEL_FILE).is_file():
+                return {MODEL_FILE: sha256_file(path / MODEL_FILE)}, {}
+            raise ModelLoadError(f"model {name!r}: {path / MODEL_FILE} is missing")
+        try:
+            data = json.loads(manifest.read_text())
+            return dict(data["files"]), dict(data.get("metadata", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"model {name!r}: {manifest} is corrupt: {exc}") from exc
+
+
+def config_from_onnx(
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    max_batch_size: int = 0,
+    **fields: Any,
+) -> ModelConfig:
+    """Derive a config from an ONNX file's declared inputs and outputs.
+
+    Symbolic dimensions become ``-1``. With ``max_batch_size > 0`` the leading
+    dimension of every tensor is taken as the batch dimension and dropped.
+    """
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unexported types
+        raise ModelLoadError(f"cannot read ONNX model {path}: {_one_line(exc)}") from exc
+
+    def specs(args: list[Any]) -> list[TensorSpec]:
+        out = []
+        for arg in args:
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]
+            if max_batch_size > 0:
+                dims = dims[1:]
+            out.append(TensorSpec(name=arg.name, datatype=ONNX_TYPES[arg.type], shape=tuple(dims)))
+        return out
+
+    return ModelConfig(
+        name=name,
+        max_batch_size=max_batch_size,
+        inputs=specs(session.get_inputs()),
+        outputs=specs(session.get_outputs()),
+        **fields,
+    )
+
+
+def _dump_config(config: ModelConfig) -> str:
+    data = config.model_dump(mode="json", exclude_defaults=False)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,336 @@
+"""Requests, responses and tensors: Open Inference Protocol v2 datatypes <-> numpy.
+
+An :class:`InferRequest` is a set of named numpy arrays plus the context the
+router decides on (sensitivity, deadline, idempotency key). Every
+:class:`InferResponse` carries a :class:`Trace` saying who served it and where
+the time went.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from .errors import (
+    DatatypeMismatchError,
+    InvalidRequestError,
+    MissingInputError,
+    ShapeMismatchError,
+    UnknownInputError,
+    UnsupportedDatatypeError,
+)
+
+__all__ = [
+    "DATATYPES",
+    "InferRequest",
+    "InferResponse",
+    "InputValidator",
+    "RequestContext",
+    "Sensitivity",
+    "Span",
+    "TensorSpec",
+    "Trace",
+    "datatype_of",
+    "numpy_dtype",
+]
+
+Parameter = str | int | float | bool
+
+#: Open Inference Protocol datatype name -> numpy dtype. BYTES is an object array
+#: of ``bytes``; BF16 has no numpy dtype and is not supported.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_NAME_OF_DTYPE: dict[np.dtype[Any], str] = {dt: name for name, dt in DATATYPES.items()}
+
+#: ONNX tensor type strings (as onnxruntime reports them) -> protocol datatype.
+ONNX_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype for an Open Inference Protocol datatype name."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise UnsupportedDatatypeError(
+            f"unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def datatype_of(array: np.ndarray[Any, Any]) -> str:
+    """The Open Inference Protocol datatype name of a numpy array.
+
+    Unicode string arrays map to BYTES (they are UTF-8 encoded on the wire).
+    """
+    dtype = array.dtype
+    if dtype.kind in ("U", "S"):
+        return "BYTES"
+    try:
+        return _NAME_OF_DTYPE[dtype.newbyteorder("=")]
+    except KeyError:
+        raise UnsupportedDatatypeError(
+            f"numpy dtype {dtype} has no Open Inference Protocol datatype; "
+            f"convert to one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+class TensorSpec(BaseModel):
+    """A declared model input or output.
+
+    When the model batches (``max_batch_size > 0``), ``shape`` excludes the
+    batch dimension, as in Triton's model configuration.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    """Tensor name, exactly as in the ONNX graph."""
+    datatype: str
+    """Open Inference Protocol datatype, e.g. ``FP32``."""
+    shape: tuple[int, ...]
+    """Dimensions; ``-1`` marks a variable dimension."""
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in DATATYPES:
+            raise ValueError(f"unknown datatype {value!r}; use one of {', '.join(DATATYPES)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(dim < -1 or dim == 0 for dim in value):
+            raise ValueError(f"dimensions must be positive or -1, got {list(value)}")
+        return value
+
+    def full_shape(self, batched: bool) -> tuple[int, ...]:
+        """Shape including the batch dimension (``-1``) when batched."""
+        return (-1, *self.shape) if batched else self.shape
+
+
+class Sensitivity(enum.StrEnum):
+    """How sensitive the request's data is; privacy rules key on this."""
+
+    PUBLIC = "public"
+    PERSONAL = "personal"
+    RESTRICTED = "restricted"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What the router needs to know about a request beyond its tensors."""
+
+    sensitivity: Sensitivity = Sensitivity.PUBLIC
+    """Data class; restricted data never leaves the device."""
+    deadline: float | None = None
+    """Absolute ``time.monotonic()`` by which an answer is needed, or None."""
+    idempotency_key: str | None = None
+    """Key that lets a server answer a retried request without recomputing it."""
+
+    @classmethod
+    def with_timeout(cls, seconds: float, **kwargs: Any) -> RequestContext:
+        """A context whose deadline is ``seconds`` from now."""
+        return cls(deadline=time.monotonic() + seconds, **kwargs)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (may be negative), None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+DEFAULT_CONTEXT = RequestContext()
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """Named input tensors for one model, plus request context."""
+
+    model: str
+    inputs: Mapping[str, np.ndarray[Any, Any]]
+    version: str | None = None
+    """Model version; None means the latest ready one."""
+    outputs: Sequence[str] | None = None
+    """Names of the outputs wanted; None means all."""
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+    context: RequestContext = DEFAULT_CONTEXT
+    id: str = ""
+    """Caller's request id, echoed in the response; empty when not set."""
+
+    def with_id(self) -> InferRequest:
+        """This request, given a fresh random id if it has none."""
+        if not self.id:
+            self.id = uuid.uuid4().hex
+        return self
+
+    def nbytes(self) -> int:
+        """Bytes of tensor data in the request."""
+        return sum(int(a.nbytes) for a in self.inputs.values())
+
+
+@dataclass(slots=True)
+class Span:
+    """One step of serving a request: a computation, a transfer, or a decision."""
+
+    backend: str
+    """Which backend took the step, e.g. ``local:digits-small/1``."""
+    kind: str
+    """``compute``, ``network``, ``queue`` or ``decision``."""
+    seconds: float = 0.0
+    reason: str = ""
+    """Why (for decisions) or what (for work), in words."""
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass(slots=True)
+class Trace:
+    """The response's account of itself: who served it, why, and where time went."""
+
+    served_by: str
+    spans: list[Span] = field(default_factory=list)
+
+    def seconds(self, kind: str) -> float:
+        """Total seconds spent in spans of one kind."""
+        return sum(s.seconds for s in self.spans if s.kind == kind)
+
+    @property
+    def bytes_up(self) -> int:
+        return sum(s.bytes_up for s in self.spans)
+
+    @property
+    def bytes_down(self) -> int:
+        return sum(s.bytes_down for s in self.spans)
+
+    def describe(self) -> str:
+        """One line per span, for logs and the CLI."""
+        lines = [f"served by {self.served_by}"]
+        for s in self.spans:
+            detail = f" ({s.reason})" if s.reason else ""
+            lines.append(f"  {s.kind:<8} {s.backend:<28} {s.seconds * 1e3:8.3f} ms{detail}")
+        return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """Named output tensors and the trace of how they were produced."""
+
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray[Any, Any]]
+    trace: Trace
+    id: str = ""
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+class InputValidator:
+    """Checks requests against a model's declared inputs, compiled once per model.
+
+    Errors name the input, what was expected and what was received.
+    """
+
+    def __init__(self, model: str, specs: Sequence[TensorSpec], max_batch_size: int) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self._specs = {s.name: s for s in specs}
+        self._dtypes = {s.name: numpy_dtype(s.datatype) for s in specs}
+        self._shapes = {s.name: s.full_shape(max_batch_size > 0) for s in specs}
+
+    def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
+        """Raise on the first problem; return the batch size (1 when unbatched)."""
+        if inputs.keys() != self._specs.keys():
+            self._raise_for_names(inputs)
+        batch = -1
+        for name, array in inputs.items():
+            if not isinstance(array, np.ndarray):
+                raise InvalidRequestError(
+                    f"input {name!r} of model {self.model!r} must be a numpy array, "
+                    f"got {type(array).__name__}"
+                )
+            self._check_dtype(name, array)
+            self._check_shape(name, array.shape)
+            if self.max_batch_size > 0:
+                if batch not in (-1, array.shape[0]):
+                    raise ShapeMismatchError(
+                        f"inputs of model {self.model!r} disagree on the batch size: input "
+                        f"{name!r} has {array.shape[0]}, an earlier input has {batch}"
+                    )
+                batch = array.shape[0]
+        return max(batch, 1)
+
+    def _raise_for_names(self, inputs: Mapping[str, Any]) -> None:
+        declared = sorted(self._specs)
+        for name in inputs:
+            if name not in self._specs:
+                raise UnknownInputError(
+                    f"model {self.model!r} has no input {name!r}; its inputs are {declared}"
+                )
+        missing = sorted(set(self._specs) - set(inputs))
+        raise MissingInputError(
+            f"model {self.model!r} needs input(s) {missing}, which the request lacks"
+        )
+
+    def _check_dtype(self, name: str, array: np.ndarray[Any, Any]) -> None:
+        expected = self._dtypes[name]
+        if array.dtype == expected:
+            return
+        if expected.kind == "O" and array.dtype.kind in ("O", "U", "S"):
+            return
+        got = _describe_dtype(array)
+        raise DatatypeMismatchError(
+            f"input {name!r} of model {self.model!r} expects datatype "
+            f"{self._specs[name].datatype}, got {got}"
+        )
+
+    def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        expected = self._shapes[name]
+        if len(shape) != len(expected) or any(
+            want not in (-1, got) for want, got in zip(expected, shape, strict=True)
+        ):
+            raise ShapeMismatchError(
+                f"input {name!r} of model {self.model!r} expects shape "
+                f"{_show_shape(expected)}, got {list(shape)}"
+            )
+
+
+def _describe_dtype(array: np.ndarray[Any, Any]) -> str:
+    try:
+        return datatype_of(array)
+    except UnsupportedDatatypeError:
+        return f"numpy dtype {array.dtype}"
+
+
+def _show_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join("?" if d == -1 else str(d) for d in shape) + "] (? = any size)"

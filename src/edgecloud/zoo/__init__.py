@@ -1,0 +1,88 @@
+"""The demo model zoo: built offline, deterministically, from installed packages.
+
+``build_zoo(repo)`` builds every recipe that is missing or out of date into a
+:class:`~edgecloud.repository.ModelRepository`; a model already built by the
+same recipe revision is left alone (the cache). Building needs the ``train``
+extra (torch, scikit-learn, transformers, the packages carrying the weights).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, EdgecloudError
+from ..repository import ModelRepository, ModelVersion
+from .digits import DIGITS_LARGE, DIGITS_SMALL
+from .minilm import MINILM
+from .recipe import Built, Progress, Recipe
+from .resnet import RESNET18_LIKE
+from .vad import VAD
+
+__all__ = ["RECIPES", "BuildResult", "Built", "Progress", "Recipe", "build_zoo", "up_to_date"]
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r for r in (DIGITS_SMALL, DIGITS_LARGE, MINILM, VAD, RESNET18_LIKE)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    name: str
+    version: ModelVersion
+    cached: bool
+
+
+def up_to_date(repo: ModelRepository, recipe: Recipe) -> ModelVersion | None:
+    """The version built by this recipe revision, if the repository holds a sound one."""
+    if recipe.name not in repo.model_names():
+        return None
+    try:
+        entry = repo.get(recipe.name)
+    except EdgecloudError:
+        return None
+    return entry if entry.metadata.get("recipe") == recipe.fingerprint else None
+
+
+def build_zoo(
+    repo: ModelRepository,
+    only: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    progress: Callable[[str], Progress] | None = None,
+) -> list[BuildResult]:
+    """Build the named recipes (all by default) into ``repo``.
+
+    ``progress(name)`` returns the callback that recipe reports to.
+    """
+    names = list(only) if only else list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise ConfigError(f"unknown zoo model(s) {unknown}; known: {', '.join(RECIPES)}")
+    results = []
+    for name in names:
+        recipe = RECIPES[name]
+        report = progress(name) if progress else (lambda fraction, text: None)
+        cached = None if force else up_to_date(repo, recipe)
+        if cached is not None:
+            report(1.0, "cached")
+            results.append(BuildResult(name, cached, cached=True))
+            continue
+        results.append(BuildResult(name, _build_one(repo, recipe, report), cached=False))
+    return results
+
+
+def _build_one(repo: ModelRepository, recipe: Recipe, report: Progress) -> ModelVersion:
+    with tempfile.TemporaryDirectory(prefix=f"edgecloud-zoo-{recipe.name}-") as tmp:
+        built = recipe.build(Path(tmp), report)
+        entry = repo.add_version(
+            recipe.name,
+            built.model_path,
+            config=built.config,
+            extra_files=dict(built.extra_files),
+            metadata={"recipe": recipe.fingerprint, **built.metadata},
+        )
+    report(1.0, "built")
+    return entry

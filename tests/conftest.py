@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgecloud import ModelRepository
+
+from .models import make_repo
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    """A fresh repository of tiny models built in code."""
+    return make_repo(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def zoo_repo() -> ModelRepository:
+    """The demo zoo, built once and cached under .cache/test-zoo between runs."""
+    from edgecloud.zoo import build_zoo
+
+    repository = ModelRepository(ROOT / ".cache" / "test-zoo")
+    build_zoo(repository)
+    return repository

@@ -1,0 +1,98 @@
+"""Tiny ONNX models built in code, so tests need no zoo and no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecloud import ModelConfig, ModelRepository, TensorSpec
+
+WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
+BIAS = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+
+
+def affine_onnx(path: Path) -> Path:
+    """y = x @ W + b; z = softmax(y). x: FP32 [batch, 4]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+            helper.make_node("Softmax", ["y"], ["z"], axis=-1),
+        ],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        initializer=[numpy_helper.from_array(WEIGHTS, "W"), numpy_helper.from_array(BIAS, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def two_input_onnx(path: Path) -> Path:
+    """out = a * cast(b); a: FP32 [batch, 2], b: INT64 [batch, 2]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["a", "bf"], ["out"]),
+        ],
+        "two_input",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 2]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def affine_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = x @ WEIGHTS + BIAS
+    e = np.exp(y - y.max(axis=1, keepdims=True))
+    return y, e / e.sum(axis=1, keepdims=True)
+
+
+def affine_config(name: str = "affine", max_batch_size: int = 8) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        max_batch_size=max_batch_size,
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=(4,))],
+        outputs=[
+            TensorSpec(name="y", datatype="FP32", shape=(3,)),
+            TensorSpec(name="z", datatype="FP32", shape=(3,)),
+        ],
+        labels=["a", "b", "c"],
+    )
+
+
+def two_input_config() -> ModelConfig:
+    return ModelConfig(
+        name="two-input",
+        max_batch_size=4,
+        inputs=[
+            TensorSpec(name="a", datatype="FP32", shape=(2,)),
+            TensorSpec(name="b", datatype="INT64", shape=(2,)),
+        ],
+        outputs=[TensorSpec(name="out", datatype="FP32", shape=(2,))],
+    )
+
+
+def make_repo(root: Path) -> ModelRepository:
+    """A repository with ``affine`` (versions 1 and 2) and ``two-input``."""
+    repo = ModelRepository(root / "repo")
+    onnx_file = affine_onnx(root / "affine.onnx")
+    repo.add_version("affine", onnx_file, config=affine_config())
+    repo.add_version("affine", onnx_file, metadata={"note": "second"})
+    repo.add_version("two-input", two_input_onnx(root / "two.onnx"), config=two_input_config())
+    return repo

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecloud import InvalidRequestError, UnsupportedDatatypeError
+from edgecloud.io import load_inputs
+
+from .models import affine_config, two_input_config
+
+
+def test_npy_for_a_single_input_model(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+    inputs = load_inputs(tmp_path / "x.npy", affine_config())
+    assert list(inputs) == ["x"] and inputs["x"].shape == (2, 4)
+
+
+def test_npy_needs_a_single_input_model(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((2, 2), np.float32))
+    with pytest.raises(InvalidRequestError, match=r"inputs \['a', 'b'\]; use .npz or .json"):
+        load_inputs(tmp_path / "x.npy", two_input_config())
+
+
+def test_npz_names_inputs(tmp_path: Path) -> None:
+    np.savez(tmp_path / "in.npz", a=np.ones((1, 2), np.float32), b=np.ones((1, 2), np.int64))
+    assert set(load_inputs(tmp_path / "in.npz", two_input_config())) == {"a", "b"}
+
+
+def test_json_casts_to_declared_datatypes(tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text(json.dumps({"a": [[1.5, 2]], "b": [[3, 4]]}))
+    inputs = load_inputs(tmp_path / "in.json", two_input_config())
+    assert inputs["a"].dtype == np.float32 and inputs["b"].dtype == np.int64
+
+
+def test_json_open_inference_protocol_body(tmp_path: Path) -> None:
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": list(range(8))}]}
+    (tmp_path / "in.json").write_text(json.dumps(body))
+    inputs = load_inputs(tmp_path / "in.json", affine_config())
+    assert inputs["x"].shape == (2, 4) and inputs["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        (
+            '{"inputs": [{"name": "x", "shape": [3, 4], "data": [1, 2]}]}',
+            InvalidRequestError,
+            "do not fit shape",
+        ),
+        ('{"x": [[1, 2], [3]]}', InvalidRequestError, "not a rectangular array"),
+        ('{"x": "ab"', InvalidRequestError, "cannot read"),
+        ("[1, 2]", InvalidRequestError, "must be an object"),
+        (
+            '{"inputs": [{"name": "x", "datatype": "F32", "data": [1]}]}',
+            UnsupportedDatatypeError,
+            "unknown datatype 'F32'",
+        ),
+    ],
+)
+def test_bad_json_is_a_clear_error(
+    tmp_path: Path, content: str, error: type[Exception], message: str
+) -> None:
+    (tmp_path / "in.json").write_text(content)
+    with pytest.raises(error, match=message):
+        load_inputs(tmp_path / "in.json", affine_config())
+
+
+def test_missing_corrupt_and_unknown_files(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="does not exist"):
+        load_inputs(tmp_path / "absent.npy", affine_config())
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InvalidRequestError, match="cannot read"):
+        load_inputs(tmp_path / "bad.npy", affine_config())
+    (tmp_path / "bad.npz").write_bytes(b"PK garbage")
+    with pytest.raises(InvalidRequestError, match="cannot read"):
+        load_inputs(tmp_path / "bad.npz", affine_config())
+    (tmp_path / "in.csv").write_text("1,2")
+    with pytest.raises(InvalidRequestError, match=r"must end in .npy, .npz or .json"):
+        load_inputs(tmp_path / "in.csv", affine_config())

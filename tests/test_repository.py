@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgecloud import (
+    ConfigError,
+    InferRequest,
+    LocalBackend,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelRepository,
+    VersionPolicy,
+    config_from_onnx,
+)
+
+from .models import affine_config, affine_onnx
+
+
+def test_lists_models_and_versions(repo: ModelRepository) -> None:
+    assert repo.model_names() == ["affine", "two-input"]
+    assert repo.versions("affine") == [1, 2]
+    statuses = {s.name: s for s in repo.status()}
+    assert statuses["affine"].served == [2] and statuses["affine"].error is None
+
+
+def test_latest_and_explicit_versions(repo: ModelRepository) -> None:
+    assert repo.get("affine").version == 2
+    assert repo.get("affine", "latest").version == 2
+    assert repo.get("affine", "2").metadata == {"note": "second"}
+
+
+def test_version_policy_decides_what_is_served(repo: ModelRepository) -> None:
+    config = repo.config("affine").model_copy(
+        update={"version_policy": VersionPolicy(kind="specific", versions=[1])}
+    )
+    repo.add_version("affine", repo.get("affine").model_path, config=config)
+    assert repo.served_versions("affine") == [1]
+    assert repo.get("affine").version == 1
+    with pytest.raises(ModelNotFoundError, match=r"no served version 3 \(served: \[1\]\)"):
+        repo.get("affine", 3)
+    assert VersionPolicy(kind="latest", count=2).select([3, 1, 2]) == [2, 3]
+    assert VersionPolicy(kind="all").select([2, 1]) == [1, 2]
+
+
+def test_every_artefact_is_hashed(repo: ModelRepository) -> None:
+    entry = repo.get("affine", 2)
+    assert set(entry.files) == {"model.onnx"}
+    assert len(entry.files["model.onnx"]) == 64
+    entry.verify()
+
+
+def test_unknown_model_and_version_are_not_found(repo: ModelRepository) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"no model 'nope'.*models: affine, two-input"):
+        repo.get("nope")
+    with pytest.raises(ModelNotFoundError, match="no served version 9"):
+        repo.get("affine", 9)
+    with pytest.raises(ModelNotFoundError, match="versions are numbers or 'latest'"):
+        repo.get("affine", "newest")
+    with pytest.raises(ModelNotFoundError):
+        repo.get("../affine")
+
+
+def test_corrupt_model_file_names_the_path(repo: ModelRepository) -> None:
+    path = repo.get("affine", 2).model_path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=rf"{path}.*is corrupt.*sha256"):
+        repo.get("affine", 2)
+
+
+def test_missing_model_file_names_the_path(repo: ModelRepository) -> None:
+    path = repo.get("affine", 2).model_path
+    path.unlink()
+    with pytest.raises(ModelLoadError, match=rf"missing {path}"):
+        repo.get("affine", 2)
+
+
+def test_invalid_config_names_the_file(repo: ModelRepository) -> None:
+    config = repo.root / "affine" / "config.yaml"
+    config.write_text("name: affine\ninputs: [oops\n")
+    with pytest.raises(ModelLoadError, match=rf"invalid config {config}"):
+        repo.config("affine")
+    data = yaml.safe_load((repo.root / "two-input" / "config.yaml").read_text())
+    data["max_batch_size"] = -3
+    config.write_text(yaml.safe_dump(data | {"name": "affine"}))
+    with pytest.raises(ModelLoadError, match="max_batch_size"):
+        repo.config("affine")
+
+
+def test_config_must_name_its_directory(repo: ModelRepository) -> None:
+    config = repo.root / "affine" / "config.yaml"
+    config.write_text(config.read_text().replace("name: affine", "name: other"))
+    with pytest.raises(ModelLoadError, match="names the model 'other'"):
+        repo.config("affine")
+
+
+def test_one_broken_model_never_takes_down_the_others(repo: ModelRepository) -> None:
+    (repo.root / "affine" / "config.yaml").unlink()
+    statuses = {s.name: s for s in repo.status()}
+    assert (
+        statuses["affine"].error is not None
+        and "config.yaml is missing" in statuses["affine"].error
+    )
+    assert statuses["two-input"].error is None
+    with LocalBackend(repo) as local:
+        with pytest.raises(ModelLoadError, match="has no config"):
+            local.infer(InferRequest("affine", {"x": np.zeros((1, 4), np.float32)}))
+        inputs = {"a": np.ones((1, 2), np.float32), "b": np.full((1, 2), 3, np.int64)}
+        out = local.infer(InferRequest("two-input", inputs)).outputs["out"]
+        np.testing.assert_array_equal(out, [[3.0, 3.0]])
+
+
+def test_add_version_needs_a_config_for_a_new_model(repo: ModelRepository, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is new: pass a config"):
+        repo.add_version("fresh", affine_onnx(tmp_path / "m.onnx"))
+    with pytest.raises(ConfigError, match="names the model 'affine' but it is added as 'x'"):
+        repo.add_version("x", tmp_path / "m.onnx", config=affine_config())
+    with pytest.raises(ConfigError, match="already has version 1"):
+        repo.add_version("affine", tmp_path / "m.onnx", version=1)
+
+
+def test_failed_add_leaves_no_trace(repo: ModelRepository, tmp_path: Path) -> None:
+    before = sorted(p.name for p in (repo.root / "affine").iterdir())
+    with pytest.raises(FileNotFoundError):
+        repo.add_version("affine", tmp_path / "does-not-exist.onnx")
+    assert sorted(p.name for p in (repo.root / "affine").iterdir()) == before
+
+
+def test_config_from_onnx_reads_tensors(tmp_path: Path) -> None:
+    path = affine_onnx(tmp_path / "m.onnx")
+    config = config_from_onnx(path, "m", max_batch_size=16, labels=["a", "b", "c"])
+    assert [(s.name, s.datatype, s.shape) for s in config.inputs] == [("x", "FP32", (4,))]
+    assert [s.name for s in config.outputs] == ["y", "z"]
+    unbatched = config_from_onnx(path, "m")
+    assert unbatched.inputs[0].shape == (-1, 4)
+
+
+def test_config_from_garbage_is_a_load_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=rf"cannot read ONNX model {bad}"):
+        config_from_onnx(bad, "bad")
+
+
+def test_empty_or_missing_repository_lists_nothing(tmp_path: Path) -> None:
+    assert ModelRepository(tmp_path / "absent").model_names() == []
+    assert ModelRepository(tmp_path).status() == []
