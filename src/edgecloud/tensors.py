@@ -265,30 +265,51 @@ class InputValidator:
         self.model = model
         self.max_batch_size = max_batch_size
         self._specs = {s.name: s for s in specs}
+        self._names = frozenset(self._specs)
         self._dtypes = {s.name: numpy_dtype(s.datatype) for s in specs}
         self._shapes = {s.name: s.full_shape(max_batch_size > 0) for s in specs}
+        # The hot path: (name, dtype, rank, [(axis, size) of every fixed dimension]).
+        self._plan = [
+            (name, self._dtypes[name], len(shape), [(i, d) for i, d in enumerate(shape) if d != -1])
+            for name, shape in self._shapes.items()
+        ]
 
     def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
-        """Raise on the first problem; return the batch size (1 when unbatched)."""
-        if inputs.keys() != self._specs.keys():
+        """Raise on the first problem; return the batch size (1 when unbatched).
+
+        The common case (everything right) costs a few hundred nanoseconds; any
+        mismatch falls through to the slow path that builds the message.
+        """
+        if inputs.keys() != self._names:
             self._raise_for_names(inputs)
+        batched = self.max_batch_size > 0
         batch = -1
-        for name, array in inputs.items():
-            if not isinstance(array, np.ndarray):
-                raise InvalidRequestError(
-                    f"input {name!r} of model {self.model!r} must be a numpy array, "
-                    f"got {type(array).__name__}"
-                )
-            self._check_dtype(name, array)
-            self._check_shape(name, array.shape)
-            if self.max_batch_size > 0:
-                if batch not in (-1, array.shape[0]):
+        for name, dtype, rank, fixed in self._plan:
+            array = inputs[name]
+            if type(array) is not np.ndarray or array.dtype != dtype:
+                self._check_array(name, array)
+            shape = array.shape
+            if len(shape) != rank:
+                self._check_shape(name, shape)
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    self._check_shape(name, shape)
+            if batched:
+                if batch != shape[0] and batch != -1:
                     raise ShapeMismatchError(
                         f"inputs of model {self.model!r} disagree on the batch size: input "
-                        f"{name!r} has {array.shape[0]}, an earlier input has {batch}"
+                        f"{name!r} has {shape[0]}, an earlier input has {batch}"
                     )
-                batch = array.shape[0]
-        return max(batch, 1)
+                batch = shape[0]
+        return batch if batch > 0 else 1
+
+    def _check_array(self, name: str, array: Any) -> None:
+        if not isinstance(array, np.ndarray):
+            raise InvalidRequestError(
+                f"input {name!r} of model {self.model!r} must be a numpy array, "
+                f"got {type(array).__name__}"
+            )
+        self._check_dtype(name, array)
 
     def _raise_for_names(self, inputs: Mapping[str, Any]) -> None:
         declared = sorted(self._specs)

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from .base import Backend
 __all__ = ["LoadedModel", "LocalBackend", "default_providers"]
 
 log = logging.getLogger(__name__)
+_clock = time.perf_counter
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -43,18 +44,23 @@ class LoadedModel:
     validator: InputValidator
     output_names: list[str]
     label: str
-    _run: Callable[[list[str], Arrays, Any], list[np.ndarray[Any, Any]]]
+    limit: int
+    """``max_batch_size`` of the config: larger batches are split into runs this size."""
+    _run: Callable[[list[str], Mapping[str, np.ndarray[Any, Any]], Any], list[np.ndarray[Any, Any]]]
 
-    @property
-    def max_batch_size(self) -> int:
-        return self.entry.config.max_batch_size
-
-    def run(self, inputs: Arrays, outputs: Sequence[str] | None, batch: int) -> Arrays:
+    def run(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
+    ) -> Arrays:
         """Run validated inputs; split batches larger than ``max_batch_size``."""
         names = self.output_names if outputs is None else self._check_outputs(outputs)
-        limit = self.max_batch_size
+        limit = self.limit
         if limit <= 0 or batch <= limit:
-            return dict(zip(names, self._call(names, inputs), strict=True))
+            try:
+                values = self._run(names, inputs, None)
+            except Exception as exc:  # onnxruntime's exception types are not exported
+                raise self._failure(exc) from exc
+            # onnxruntime returns exactly the outputs asked for, in order.
+            return {names[0]: values[0]} if len(names) == 1 else dict(zip(names, values))
         parts = [
             self._call(names, {k: v[i : i + limit] for k, v in inputs.items()})
             for i in range(0, batch, limit)
@@ -65,9 +71,10 @@ class LoadedModel:
         try:
             return self._run(names, inputs, None)
         except Exception as exc:  # onnxruntime's exception types are not exported
-            raise InferenceError(
-                f"onnxruntime failed on {self.label}: {' '.join(str(exc).split())}"
-            ) from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: Exception) -> InferenceError:
+        return InferenceError(f"onnxruntime failed on {self.label}: {' '.join(str(exc).split())}")
 
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
         unknown = [o for o in outputs if o not in self.output_names]
@@ -170,6 +177,7 @@ class LocalBackend(Backend):
             validator=InputValidator(entry.name, config.inputs, config.max_batch_size),
             output_names=[o.name for o in config.outputs],
             label=label,
+            limit=config.max_batch_size,
             _run=_fast_run(session),
         )
         if self.warmup:
@@ -192,11 +200,13 @@ class LocalBackend(Backend):
     # -- inference -------------------------------------------------------------
 
     def infer(self, request: InferRequest) -> InferResponse:
-        loaded = self.load(request.model, request.version)
+        loaded = self._latest.get(request.model) if request.version is None else None
+        if loaded is None:
+            loaded = self.load(request.model, request.version)
         batch = loaded.validator.validate(request.inputs)
-        start = time.perf_counter()
-        outputs = loaded.run(request.inputs, request.outputs, batch)  # type: ignore[arg-type]
-        elapsed = time.perf_counter() - start
+        start = _clock()
+        outputs = loaded.run(request.inputs, request.outputs, batch)
+        elapsed = _clock() - start
         return InferResponse(
             model=loaded.entry.name,
             version=str(loaded.entry.version),
@@ -225,7 +235,7 @@ class LocalBackend(Backend):
 
 def _fast_run(
     session: ort.InferenceSession,
-) -> Callable[[list[str], Arrays, Any], list[np.ndarray[Any, Any]]]:
+) -> Callable[[list[str], Mapping[str, np.ndarray[Any, Any]], Any], list[np.ndarray[Any, Any]]]:
     """The session's C++ ``run``, skipping the Python wrapper's input checks.
 
     edgecloud validates names, dtypes and shapes itself before every call, so

@@ -1,0 +1,46 @@
+"""The README's Python examples run as written (against the demo zoo)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from edgecloud import ModelRepository
+
+from .conftest import ROOT
+
+
+def python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_examples_run(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    (tmp_path / "model-repo").symlink_to(zoo_repo.root)
+    blocks = python_blocks()
+    assert len(blocks) >= 4
+    runnable = [b for b in blocks if "my.onnx" not in b]
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join(runnable)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "served by local:digits-small/1" in result.stdout
+    assert "expects shape [?, 64] (? = any size), got [1, 65]" in result.stdout
+
+
+def test_readme_add_model_example(tmp_path: Path) -> None:
+    from .models import affine_onnx
+
+    affine_onnx(tmp_path / "my.onnx")
+    (block,) = [b for b in python_blocks() if "my.onnx" in b]
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert ModelRepository(tmp_path / "model-repo").versions("my-model") == [1]
