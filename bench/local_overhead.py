@@ -110,7 +110,8 @@ def main() -> None:
         "edgecloud µs",
         "overhead µs",
         "ratio",
-        title=f"LocalBackend vs bare onnxruntime (threads={args.threads}, median of {args.rounds} interleaved rounds)",
+        title=f"LocalBackend vs bare onnxruntime (threads={args.threads}, "
+        f"median of {args.rounds} interleaved rounds)",
     )
     for r in results:
         table.add_row(

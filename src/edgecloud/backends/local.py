@@ -60,7 +60,7 @@ class LoadedModel:
             except Exception as exc:  # onnxruntime's exception types are not exported
                 raise self._failure(exc) from exc
             # onnxruntime returns exactly the outputs asked for, in order.
-            return {names[0]: values[0]} if len(names) == 1 else dict(zip(names, values))
+            return {names[0]: values[0]} if len(names) == 1 else dict(zip(names, values))  # noqa: B905
         parts = [
             self._call(names, {k: v[i : i + limit] for k, v in inputs.items()})
             for i in range(0, batch, limit)
