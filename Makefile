@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint format bench zoo clean
+.PHONY: demo test lint format bench zoo clean proto
 
 demo: $(VENV)/.demo-deps
 	$(VENV)/bin/edgecloud zoo build --repo $(REPO)
@@ -47,3 +47,11 @@ $(VENV)/.dev-deps: pyproject.toml | $(PY)
 
 clean:
 	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache
+
+# gRPC stubs of the Open Inference Protocol. The descriptors go into a private
+# pool so they never clash with another copy of package `inference` (e.g.
+# tritonclient's) in the same process.
+proto: $(VENV)/.dev-deps
+	$(PIP) "grpcio-tools==1.76.0"  # emits protobuf 6 code: tritonclient needs protobuf<7
+	cd src && ../$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. edgecloud/server/proto/inference.proto
+	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/_POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = _POOL.AddSerializedFile(/' src/edgecloud/server/proto/inference_pb2.py

@@ -8,8 +8,10 @@ from __future__ import annotations
 from .backends.base import Backend, FunctionBackend
 from .backends.local import LocalBackend
 from .errors import (
+    AuthenticationError,
     ConfigError,
     DatatypeMismatchError,
+    DeadlineExceededError,
     EdgecloudError,
     InferenceError,
     InvalidRequestError,
@@ -17,7 +19,10 @@ from .errors import (
     MissingInputError,
     ModelLoadError,
     ModelNotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     ShapeMismatchError,
+    UnavailableError,
     UnknownInputError,
     UnsupportedDatatypeError,
 )
@@ -45,9 +50,11 @@ from .tensors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "Backend",
     "ConfigError",
     "DatatypeMismatchError",
+    "DeadlineExceededError",
     "DynamicBatching",
     "EdgecloudError",
     "FunctionBackend",
@@ -64,12 +71,15 @@ __all__ = [
     "ModelRepository",
     "ModelStatus",
     "ModelVersion",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
     "RequestContext",
     "Sensitivity",
     "ShapeMismatchError",
     "Span",
     "TensorSpec",
     "Trace",
+    "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
     "VersionPolicy",

@@ -15,7 +15,7 @@ from rich.table import Column, Table
 
 from . import __version__
 from .backends.local import LocalBackend
-from .errors import EdgecloudError
+from .errors import EdgecloudError, ModelNotFoundError
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -129,6 +129,58 @@ def infer(
         inputs = load_inputs(input, loaded.entry.config)
         response = local.infer(InferRequest(model, inputs, version=model_version))
         print_response(response, loaded.entry.config.labels)
+
+
+@app.command()
+def serve(
+    repo: RepoOption = DEFAULT_REPO,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port; -1 disables gRPC.")] = 8001,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File with the bearer token clients must send.")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body.")] = 64.0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 30.0,
+    access_log: Annotated[bool, typer.Option(help="JSON access log on stderr.")] = False,
+) -> None:
+    """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
+
+    Settings can also come from EDGECLOUD_SERVER_* environment variables
+    (e.g. EDGECLOUD_SERVER_TOKEN).
+    """
+    import logging
+
+    from .server.app import serve as run_server
+    from .server.settings import ServerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = ServerSettings.from_env(
+        host=host,
+        http_port=http_port,
+        grpc_port=None if grpc_port < 0 else grpc_port,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
+        request_timeout_s=timeout,
+        access_log=access_log or None,
+    )
+    repository = ModelRepository(repo)
+    if not repository.model_names():
+        raise ModelNotFoundError(
+            f"no models in {repo}; build the demo zoo with: edgecloud zoo build"
+        )
+    errors.print(
+        f"edgecloud {__version__} serving {repo} on http://{settings.host}:{settings.http_port}"
+        + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""),
+        highlight=False,
+    )
+    run_server(repository, settings)
 
 
 @app.command()

@@ -14,9 +14,14 @@ with ``raise SomeEdgecloudError(...) from exc``.
     │   ├── ShapeMismatchError               wrong rank or dimension
     │   ├── DatatypeMismatchError            wrong dtype
     │   └── UnsupportedDatatypeError         dtype with no Open Inference Protocol name
+    │   └── PayloadTooLargeError (413)       body above the server's size limit
+    ├── AuthenticationError (401)            missing or wrong bearer token
+    ├── PermissionDeniedError (403)          authenticated but not allowed
     ├── ConfigError (400)                    invalid config / deployment / spec file
     ├── ModelNotFoundError (404)             unknown model name or version
     ├── ModelLoadError (503)                 model exists but cannot be loaded
+    ├── UnavailableError (503)               server/link down or not ready: retryable
+    ├── DeadlineExceededError (504)          no answer within the request's time
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
@@ -24,8 +29,10 @@ with ``raise SomeEdgecloudError(...) from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "DatatypeMismatchError",
+    "DeadlineExceededError",
     "EdgecloudError",
     "InferenceError",
     "InvalidRequestError",
@@ -33,7 +40,10 @@ __all__ = [
     "MissingInputError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
     "ShapeMismatchError",
+    "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
 ]
@@ -73,6 +83,36 @@ class DatatypeMismatchError(InvalidRequestError):
 
 class UnsupportedDatatypeError(InvalidRequestError):
     """A numpy dtype or protocol datatype edgecloud cannot carry."""
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body is larger than the server accepts."""
+
+    status_code = 413
+
+
+class AuthenticationError(EdgecloudError):
+    """No bearer token, or the wrong one."""
+
+    status_code = 401
+
+
+class PermissionDeniedError(EdgecloudError):
+    """The caller is known but may not do this."""
+
+    status_code = 403
+
+
+class UnavailableError(EdgecloudError):
+    """The server or the link is down, overloaded or not ready; retrying may work."""
+
+    status_code = 503
+
+
+class DeadlineExceededError(EdgecloudError):
+    """No answer within the request's deadline or the server's timeout."""
+
+    status_code = 504
 
 
 class ConfigError(EdgecloudError):

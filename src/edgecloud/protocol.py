@@ -1,0 +1,404 @@
+"""Open Inference Protocol (KServe v2) REST bodies <-> InferRequest / InferResponse.
+
+Both directions of both sides live here, so the server and the RemoteBackend
+client cannot drift apart: JSON tensors, and the binary tensor data extension
+(JSON header, then raw little-endian row-major tensors, the header's length in
+the ``Inference-Header-Content-Length`` HTTP header). Every malformed body is
+an :class:`~edgecloud.errors.InvalidRequestError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidRequestError, UnsupportedDatatypeError
+from .tensors import (
+    DEFAULT_CONTEXT,
+    InferRequest,
+    InferResponse,
+    RequestContext,
+    Sensitivity,
+    Span,
+    Trace,
+    datatype_of,
+    numpy_dtype,
+)
+
+try:  # orjson is several times faster; the stdlib keeps the core dependency-free
+    import orjson
+
+    def loads(data: bytes) -> Any:
+        return orjson.loads(data)
+
+    def dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+except ImportError:  # pragma: no cover - exercised only without the server extra
+    import json
+
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), default=_json_default).encode()
+
+
+__all__ = [
+    "HEADER_LENGTH",
+    "DecodedRequest",
+    "decode_request",
+    "decode_response",
+    "dumps",
+    "encode_request",
+    "encode_response",
+    "loads",
+]
+
+HEADER_LENGTH = "inference-header-content-length"
+_LENGTH = struct.Struct("<I")
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+def _json_default(obj: Any) -> Any:  # pragma: no cover - stdlib json fallback only
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    """A parsed infer body and how the caller wants its outputs encoded."""
+
+    request: InferRequest
+    binary_outputs: set[str] = field(default_factory=set)
+    """Outputs to send as binary tensors (the rest as JSON)."""
+    all_binary: bool = False
+    """``binary_data_output: true``: every output binary unless it says otherwise."""
+    json_outputs: set[str] = field(default_factory=set)
+
+
+# -- tensors -------------------------------------------------------------------
+
+
+def tensor_bytes(array: np.ndarray[Any, Any]) -> bytes:
+    """Raw bytes of a tensor: little-endian, row-major; BYTES length-prefixed."""
+    if array.dtype.kind in ("O", "U", "S"):
+        parts = []
+        for item in array.reshape(-1):
+            raw = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(_LENGTH.pack(len(raw)) + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def tensor_from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int], name: str) -> Any:
+    count = int(np.prod(shape)) if shape else 1
+    if datatype == "BYTES":
+        return _bytes_elements(raw, count, name).reshape(shape)
+    dtype = numpy_dtype(datatype).newbyteorder("<")
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidRequestError(
+            f"tensor {name!r}: {len(raw)} bytes of binary data, but shape {shape} of "
+            f"{datatype} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _bytes_elements(raw: bytes | memoryview, count: int, name: str) -> np.ndarray[Any, Any]:
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidRequestError(f"tensor {name!r}: BYTES data ends before element {i}")
+        (size,) = _LENGTH.unpack_from(view, pos)
+        pos += 4
+        if pos + size > len(view):
+            raise InvalidRequestError(f"tensor {name!r}: BYTES element {i} overruns the data")
+        out[i] = bytes(view[pos : pos + size])
+        pos += size
+    if pos != len(view):
+        raise InvalidRequestError(f"tensor {name!r}: {len(view) - pos} stray bytes after data")
+    return out
+
+
+def tensor_from_json(data: Any, datatype: str, shape: list[int], name: str) -> Any:
+    dtype = numpy_dtype(datatype)
+    try:
+        if datatype == "BYTES":
+            flat = np.array(
+                [d.encode() if isinstance(d, str) else d for d in _flatten(data)], dtype=object
+            )
+        else:
+            flat = np.asarray(data, dtype=dtype).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequestError(
+            f"tensor {name!r}: data is not a list of {datatype} values ({exc})"
+        ) from exc
+    count = int(np.prod(shape)) if shape else 1
+    if flat.size != count:
+        raise InvalidRequestError(
+            f"tensor {name!r}: {flat.size} values in data, but shape {shape} holds {count}"
+        )
+    return flat.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    for item in data:
+        out.extend(_flatten(item))
+    return out
+
+
+def tensor_json(array: np.ndarray[Any, Any]) -> list[Any]:
+    if array.dtype.kind in ("O", "S"):
+        return [
+            x.decode(errors="replace") if isinstance(x, bytes) else x for x in array.reshape(-1)
+        ]
+    if array.dtype.kind == "U":
+        return array.reshape(-1).tolist()
+    values: list[Any] = array.reshape(-1).tolist()
+    return values
+
+
+# -- parsing helpers -----------------------------------------------------------
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview]:
+    if header_length is None:
+        header_bytes, rest = body, memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidRequestError(
+                f"Inference-Header-Content-Length {header_length} is outside the body "
+                f"({len(body)} bytes)"
+            )
+        view = memoryview(body)
+        header_bytes, rest = bytes(view[:header_length]), view[header_length:]
+    try:
+        header = loads(header_bytes)
+    except ValueError as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise InvalidRequestError("the JSON body must be an object")
+    return header, rest
+
+
+def _tensors(entries: Any, binary: memoryview, kind: str) -> Arrays:
+    if not isinstance(entries, list):
+        raise InvalidRequestError(f"'{kind}' must be a list of tensors")
+    out: Arrays = {}
+    pos = 0
+    for entry in entries:
+        name, datatype, shape, params = _tensor_header(entry, kind)
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or pos + size > len(binary):
+                raise InvalidRequestError(
+                    f"tensor {name!r}: binary_data_size {size} exceeds the "
+                    f"{len(binary) - pos} binary bytes left in the body"
+                )
+            out[name] = tensor_from_bytes(binary[pos : pos + size], datatype, shape, name)
+            pos += size
+        elif "data" in entry:
+            out[name] = tensor_from_json(entry["data"], datatype, shape, name)
+        else:
+            raise InvalidRequestError(f"tensor {name!r} has neither 'data' nor binary_data_size")
+        if name in out and list(out[name].shape) != shape:  # pragma: no cover - reshape guards
+            raise InvalidRequestError(f"tensor {name!r} does not match shape {shape}")
+    if pos != len(binary):
+        raise InvalidRequestError(
+            f"{len(binary) - pos} bytes of binary data follow the tensors they were meant for"
+        )
+    return out
+
+
+def _tensor_header(entry: Any, kind: str) -> tuple[str, str, list[int], dict[str, Any]]:
+    if not isinstance(entry, dict):
+        raise InvalidRequestError(f"each entry of '{kind}' must be an object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError(f"an entry of '{kind}' has no 'name'")
+    datatype = entry.get("datatype")
+    if not isinstance(datatype, str):
+        raise InvalidRequestError(f"tensor {name!r} has no 'datatype'")
+    try:
+        numpy_dtype(datatype)
+    except UnsupportedDatatypeError as exc:
+        raise InvalidRequestError(f"tensor {name!r}: {exc.message}") from exc
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidRequestError(f"tensor {name!r}: 'shape' must be a list of sizes >= 0")
+    params = entry.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidRequestError(f"tensor {name!r}: 'parameters' must be an object")
+    return name, datatype, shape, params
+
+
+def _parameters(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequestError("'parameters' must be an object")
+    return value
+
+
+# -- server side ---------------------------------------------------------------
+
+
+def decode_request(
+    body: bytes,
+    header_length: int | None,
+    model: str,
+    version: str | None,
+    idempotency_key: str | None = None,
+) -> DecodedRequest:
+    """Parse an infer request body (JSON or binary extension)."""
+    header, binary = _split_body(body, header_length)
+    params = _parameters(header.get("parameters"))
+    inputs = _tensors(header.get("inputs"), binary, "inputs")
+    decoded = DecodedRequest(
+        InferRequest(
+            model, inputs, version=version, parameters=params, id=str(header.get("id", ""))
+        )
+    )
+    decoded.all_binary = bool(params.get("binary_data_output", False))
+    requested = header.get("outputs")
+    if requested is not None:
+        decoded.request.outputs = _requested_outputs(requested, decoded)
+    decoded.request.context = _context(params, idempotency_key)
+    return decoded
+
+
+def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str]:
+    if not isinstance(requested, list):
+        raise InvalidRequestError("'outputs' must be a list")
+    names = []
+    for entry in requested:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidRequestError("each entry of 'outputs' needs a 'name'")
+        names.append(entry["name"])
+        binary = (entry.get("parameters") or {}).get("binary_data")
+        if binary is True:
+            decoded.binary_outputs.add(entry["name"])
+        elif binary is False:
+            decoded.json_outputs.add(entry["name"])
+    return names
+
+
+def _context(params: Mapping[str, Any], idempotency_key: str | None) -> RequestContext:
+    key = idempotency_key or params.get("idempotency_key")
+    sensitivity = params.get("sensitivity")
+    if key is None and sensitivity is None:
+        return DEFAULT_CONTEXT
+    try:
+        level = Sensitivity(sensitivity) if sensitivity is not None else Sensitivity.PUBLIC
+    except ValueError:
+        options = ", ".join(s.value for s in Sensitivity)
+        raise InvalidRequestError(f"sensitivity {sensitivity!r} is not one of {options}") from None
+    return RequestContext(sensitivity=level, idempotency_key=str(key) if key else None)
+
+
+def encode_response(
+    response: InferResponse, decoded: DecodedRequest | None = None
+) -> tuple[bytes, int | None]:
+    """Body and header length (None when all-JSON) of an infer response."""
+    outputs = []
+    chunks: list[bytes] = []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if decoded is not None and _wants_binary(decoded, name):
+            raw = tensor_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensor_json(array)
+        outputs.append(entry)
+    header = dumps(
+        {
+            "model_name": response.model,
+            "model_version": response.version,
+            "id": response.id,
+            "parameters": response.parameters,
+            "outputs": outputs,
+        }
+    )
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def _wants_binary(decoded: DecodedRequest, name: str) -> bool:
+    if name in decoded.binary_outputs:
+        return True
+    return decoded.all_binary and name not in decoded.json_outputs
+
+
+# -- client side ---------------------------------------------------------------
+
+
+def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int | None]:
+    """Body and header length (None for JSON) for sending ``request``."""
+    params: dict[str, Any] = dict(request.parameters)
+    if request.context.idempotency_key:
+        params["idempotency_key"] = request.context.idempotency_key
+    if request.context.sensitivity is not Sensitivity.PUBLIC:
+        params["sensitivity"] = request.context.sensitivity.value
+    inputs = []
+    chunks: list[bytes] = []
+    for name, array in request.inputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if binary:
+            raw = tensor_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensor_json(array)
+        inputs.append(entry)
+    if binary:
+        params["binary_data_output"] = True
+    body: dict[str, Any] = {"inputs": inputs, "parameters": params}
+    if request.id:
+        body["id"] = request.id
+    if request.outputs is not None:
+        body["outputs"] = [
+            {"name": n, "parameters": {"binary_data": binary}} for n in request.outputs
+        ]
+    header = dumps(body)
+    if not binary:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+def decode_response(body: bytes, header_length: int | None, served_by: str) -> InferResponse:
+    """Parse an infer response body into an InferResponse (trace filled by the caller)."""
+    header, binary = _split_body(body, header_length)
+    outputs = _tensors(header.get("outputs"), binary, "outputs")
+    return InferResponse(
+        model=str(header.get("model_name", "")),
+        version=str(header.get("model_version", "")),
+        outputs=outputs,
+        trace=Trace(served_by, [Span(served_by, "network")]),
+        id=str(header.get("id", "")),
+        parameters=_parameters(header.get("parameters")),
+    )

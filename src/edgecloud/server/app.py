@@ -1,0 +1,75 @@
+"""Running the server: HTTP (uvicorn) and gRPC on one event loop, graceful on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .._optional import require
+from ..repository import ModelRepository
+from .host import ModelHost
+from .http import HttpApp
+from .settings import ServerSettings
+
+__all__ = ["serve"]
+
+log = logging.getLogger("edgecloud.server")
+
+
+def serve(repository: ModelRepository, settings: ServerSettings) -> None:
+    """Serve every model in ``repository`` until SIGINT/SIGTERM."""
+    uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
+    token = settings.bearer_token()
+    host = ModelHost(repository, settings)
+    for state in host.load_all():
+        if state.error:
+            log.warning("model %s is not ready: %s", state.name, state.error)
+    app = HttpApp(host, token=token)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        loop=_loop(),
+        http=_http(),
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+        limit_concurrency=None,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    asyncio.run(_run(server, host, settings, token))
+
+
+async def _run(server: Any, host: ModelHost, settings: ServerSettings, token: str | None) -> None:
+    grpc_server = None
+    if settings.grpc_port is not None:
+        from .grpc import start_grpc
+
+        grpc_server = await start_grpc(host, settings, token)
+    try:
+        await server.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(settings.shutdown_grace_s)
+        await host.close()
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def _http() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"

@@ -1,0 +1,188 @@
+"""Dynamic batching: concurrent requests for one model merged into one runtime call.
+
+Requests queue per model version. A batch is formed whenever a runner slot is
+free: everything already waiting (up to ``max_batch_size``) with the same
+non-batch shapes goes in one onnxruntime call, and the outputs are split back.
+Under light load a request therefore runs at once; under heavy load batches
+form while the previous ones run (adaptive batching). ``max_queue_delay_us``
+adds Triton's classic wait for companions on top. A batch whose merged run
+fails is re-run request by request, so a bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backends.local import LoadedModel
+from ..errors import EdgecloudError
+
+__all__ = ["BatchStats", "DynamicBatcher"]
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+Inputs = Mapping[str, np.ndarray[Any, Any]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Inputs
+    outputs: Sequence[str] | None
+    size: int
+    future: asyncio.Future[tuple[Arrays, float, float]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def signature(self) -> tuple[Any, ...]:
+        shapes = tuple((k, v.shape[1:], v.dtype.str) for k, v in self.inputs.items())
+        return shapes, tuple(self.outputs) if self.outputs is not None else None
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counters a metrics exporter reads."""
+
+    batches: int = 0
+    requests: int = 0
+    last_batch_size: int = 0
+
+
+class DynamicBatcher:
+    """Merge concurrent requests for one loaded model into batched runs."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int = 0,
+        concurrency: int = 2,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.loaded = loaded
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_us / 1e6
+        self.stats = BatchStats()
+        self._executor = executor
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(
+        self, inputs: Inputs, outputs: Sequence[str] | None, size: int
+    ) -> tuple[Arrays, float, float]:
+        """Queue validated inputs; returns (outputs, queue seconds, compute seconds)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
+        future: asyncio.Future[tuple[Arrays, float, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(_Pending(inputs, outputs, size, future))
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        while not (self._closed and not self._queue):
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            if self.max_delay > 0:
+                await self._gather_companions()
+            batch = self._take_batch()
+            task = asyncio.create_task(self._run(batch))
+            task.add_done_callback(lambda _: self._slots.release())
+
+    async def _gather_companions(self) -> None:
+        deadline = self._queue[0].enqueued + self.max_delay
+        while sum(p.size for p in self._queue) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        first = self._queue[0]
+        signature = first.signature()
+        batch: list[_Pending] = []
+        rest: list[_Pending] = []
+        total = 0
+        for pending in self._queue:
+            if (
+                total + pending.size <= self.max_batch_size or not batch
+            ) and pending.signature() == signature:
+                batch.append(pending)
+                total += pending.size
+            else:
+                rest.append(pending)
+        self._queue = rest
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.last_batch_size = sum(p.size for p in batch)
+        try:
+            results = await loop.run_in_executor(self._executor, self._compute, batch)
+        except EdgecloudError:
+            results = None
+        except Exception as exc:  # keep the batcher alive whatever happens
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        if results is None:  # merged run failed: run each alone, so only culprits fail
+            await self._run_alone(batch)
+            return
+        elapsed = time.perf_counter() - started
+        for pending, outputs in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result((outputs, started - pending.enqueued, elapsed))
+
+    async def _run_alone(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for pending in batch:
+            started = time.perf_counter()
+            try:
+                (outputs,) = await loop.run_in_executor(self._executor, self._compute, [pending])
+            except Exception as exc:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+                continue
+            if not pending.future.done():
+                elapsed = time.perf_counter() - started
+                pending.future.set_result((outputs, started - pending.enqueued, elapsed))
+
+    def _compute(self, batch: list[_Pending]) -> list[Arrays]:
+        first = batch[0]
+        if len(batch) == 1:
+            return [self.loaded.run(first.inputs, first.outputs, first.size)]
+        merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in first.inputs}
+        total = sum(p.size for p in batch)
+        outputs = self.loaded.run(merged, first.outputs, total)
+        results, offset = [], 0
+        for p in batch:
+            results.append({k: v[offset : offset + p.size] for k, v in outputs.items()})
+            offset += p.size
+        return results

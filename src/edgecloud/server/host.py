@@ -1,0 +1,228 @@
+"""ModelHost: the protocol-independent core of the server.
+
+It owns the repository's sessions (through a LocalBackend), a dynamic batcher
+per model version, and the idempotency cache; the HTTP and gRPC front ends
+only translate bytes to :class:`InferRequest` and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..backends.local import LoadedModel, LocalBackend
+from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
+from ..repository import ModelConfig, ModelRepository
+from ..tensors import InferRequest, InferResponse, Span, Trace
+from .batching import DynamicBatcher
+from .metrics import ServerMetrics
+from .settings import ServerSettings
+
+__all__ = ["IdempotencyCache", "ModelHost", "ModelState"]
+
+
+@dataclass(slots=True)
+class ModelState:
+    """Whether a model is ready, and if not, why."""
+
+    name: str
+    versions: list[int]
+    ready: bool
+    error: str | None = None
+
+
+class IdempotencyCache:
+    """Answers by idempotency key, replayed within a time window.
+
+    Concurrent duplicates share one computation; failures are not cached, so a
+    retry after an error computes again.
+    """
+
+    def __init__(self, window_s: float, max_entries: int) -> None:
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], tuple[float, asyncio.Future[InferResponse]]]
+        self._entries = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def run(
+        self, key: tuple[str, str], compute: Callable[[], Awaitable[InferResponse]]
+    ) -> tuple[InferResponse, bool]:
+        """``(response, replayed)``: the stored answer for ``key``, or a fresh one."""
+        now = time.monotonic()
+        self._expire(now)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return await asyncio.shield(entry[1]), True
+        future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
+        self._entries[key] = (now + self.window_s, future)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        try:
+            response = await compute()
+        except BaseException as exc:
+            self._entries.pop(key, None)
+            future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        future.set_result(response)
+        return response, False
+
+    def _expire(self, now: float) -> None:
+        while self._entries:
+            key, (expires, future) = next(iter(self._entries.items()))
+            if expires > now or not future.done():
+                return
+            del self._entries[key]
+
+
+class ModelHost:
+    """Serve every model of a repository: load, batch, dedupe, trace."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: ServerSettings,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics or ServerMetrics()
+        self.local = LocalBackend(repository, intra_op_threads=settings.intra_op_threads)
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"
+        )
+        self.idempotency = IdempotencyCache(
+            settings.idempotency_window_s, settings.idempotency_max_entries
+        )
+        self._batchers: dict[str, DynamicBatcher] = {}
+        self.states: dict[str, ModelState] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def load_all(self) -> list[ModelState]:
+        """Load every served version; a model that fails is recorded, not fatal."""
+        self.states = {}
+        for status in self.repository.status():
+            state = ModelState(status.name, status.served, ready=False, error=status.error)
+            if status.error is None:
+                try:
+                    for version in status.served:
+                        self.local.load(status.name, version)
+                    self.local.load(status.name)
+                    state.ready = True
+                except EdgecloudError as exc:
+                    state.error = exc.message
+            self.states[status.name] = state
+        return list(self.states.values())
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self.executor.shutdown(wait=True)
+        self.local.close()
+
+    # -- queries ---------------------------------------------------------------
+
+    def config(self, model: str) -> ModelConfig:
+        state = self.states.get(model)
+        if state is None:
+            raise ModelNotFoundError(
+                f"no model {model!r} on this server (models: {', '.join(self.states) or 'none'})"
+            )
+        return self.repository.config(model)
+
+    def ready(self, model: str, version: str | None = None) -> bool:
+        state = self.states.get(model)
+        if state is None or not state.ready:
+            return False
+        return version is None or (version.isdigit() and int(version) in state.versions)
+
+    # -- inference -------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Answer one request (idempotent replays included) within the timeout."""
+        key = request.context.idempotency_key
+        if key and self.settings.idempotency_window_s > 0:
+            response, replayed = await self.idempotency.run(
+                (request.model, key), lambda: self._infer_with_timeout(request)
+            )
+            if replayed:
+                self.metrics.replays.labels(request.model).inc()
+                return _replayed(response, request.id)
+            return response
+        return await self._infer_with_timeout(request)
+
+    async def _infer_with_timeout(self, request: InferRequest) -> InferResponse:
+        timeout = self.settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(self._infer(request), timeout)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model {request.model!r} did not answer within the server's "
+                f"{timeout:g} s request timeout"
+            ) from None
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
+        if request.model not in self.states:
+            self.config(request.model)  # raises ModelNotFoundError naming the models
+        loaded = self.local.load(request.model, request.version)
+        size = loaded.validator.validate(request.inputs)
+        started = time.perf_counter()
+        batcher = self._batcher(loaded)
+        if batcher is not None:
+            outputs, queued, compute = await batcher.submit(request.inputs, request.outputs, size)
+            batch = batcher.stats.last_batch_size
+        else:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(
+                self.executor, loaded.run, request.inputs, request.outputs, size
+            )
+            queued, compute, batch = 0.0, time.perf_counter() - started, size
+        model = request.model
+        self.metrics.queue.labels(model).observe(queued)
+        self.metrics.compute.labels(model).observe(compute)
+        self.metrics.batch_size.labels(model).observe(batch)
+        label = f"server:{loaded.entry.name}/{loaded.entry.version}"
+        spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
+        return InferResponse(
+            model=loaded.entry.name,
+            version=str(loaded.entry.version),
+            outputs=outputs,
+            trace=Trace(label, spans),
+            id=request.id,
+        )
+
+    def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
+        if not self.settings.dynamic_batching or loaded.limit <= 0:
+            return None
+        batcher = self._batchers.get(loaded.label)
+        if batcher is None:
+            config = loaded.entry.config.dynamic_batching
+            batcher = self._batchers[loaded.label] = DynamicBatcher(
+                loaded,
+                self.executor,
+                max_batch_size=loaded.limit,
+                max_queue_delay_us=config.max_queue_delay_us if config else 0,
+                concurrency=self.settings.runners_per_model,
+            )
+        return batcher
+
+
+def _replayed(response: InferResponse, request_id: str) -> InferResponse:
+    label = response.trace.served_by
+    return InferResponse(
+        model=response.model,
+        version=response.version,
+        outputs=response.outputs,
+        trace=Trace(label, [Span(label, "decision", 0.0, "idempotent replay: stored answer")]),
+        id=request_id or response.id,
+        parameters={**response.parameters, "idempotent_replay": True},
+    )

@@ -1,0 +1,309 @@
+"""The Open Inference Protocol over HTTP/REST, as a plain ASGI application.
+
+No web framework: a request is routed by splitting its path, which keeps the
+per-request cost to what the protocol needs (the bar is set by MLServer,
+which runs FastAPI). Errors are ``{"error": "..."}`` with the status code of
+the :class:`~edgecloud.errors.EdgecloudError` raised.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .. import __version__
+from ..errors import (
+    AuthenticationError,
+    EdgecloudError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+)
+from ..protocol import HEADER_LENGTH, decode_request, dumps, encode_response
+from ..repository import ModelConfig
+from .host import ModelHost
+from .openapi import openapi_document
+
+__all__ = ["EXTENSIONS", "HttpApp", "model_metadata", "triton_config"]
+
+log = logging.getLogger("edgecloud.server")
+access_log = logging.getLogger("edgecloud.access")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+JSON = [(b"content-type", b"application/json")]
+
+TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
+}  # fmt: skip
+
+
+class _Reply(Exception):
+    """Internal: answer now with this status and body."""
+
+    def __init__(self, status: int, body: bytes = b"", headers: list[Any] | None = None) -> None:
+        self.status, self.body, self.headers = status, body, headers or JSON
+
+
+def model_metadata(config: ModelConfig, versions: list[int]) -> dict[str, Any]:
+    """The protocol's model metadata: tensors with -1 for the batch dimension."""
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": s.name, "datatype": s.datatype, "shape": list(s.full_shape(config.batched))}
+            for s in specs
+        ]
+
+    return {
+        "name": config.name,
+        "versions": [str(v) for v in versions],
+        "platform": config.platform,
+        "inputs": tensors(config.inputs),
+        "outputs": tensors(config.outputs),
+    }
+
+
+def triton_config(config: ModelConfig) -> dict[str, Any]:
+    """Triton's model configuration in JSON form (what perf_analyzer reads)."""
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": s.name, "data_type": TRITON_TYPES[s.datatype], "dims": list(s.shape)}
+            for s in specs
+        ]
+
+    policy = config.version_policy
+    out: dict[str, Any] = {
+        "name": config.name,
+        "platform": config.platform,
+        "backend": "onnxruntime",
+        "max_batch_size": config.max_batch_size,
+        "input": tensors(config.inputs),
+        "output": tensors(config.outputs),
+        "version_policy": {
+            policy.kind: {
+                "latest": {"num_versions": policy.count},
+                "all": {},
+                "specific": {"versions": policy.versions},
+            }[policy.kind]
+        },
+    }
+    if config.dynamic_batching is not None or config.batched:
+        batching = config.dynamic_batching
+        out["dynamic_batching"] = {
+            "max_queue_delay_microseconds": batching.max_queue_delay_us if batching else 0,
+            "preferred_batch_size": batching.preferred_batch_sizes if batching else [],
+        }
+    return out
+
+
+class HttpApp:
+    """ASGI application serving one :class:`ModelHost`."""
+
+    def __init__(self, host: ModelHost, *, token: str | None = None) -> None:
+        self.host = host
+        self.settings = host.settings
+        self.metrics = host.metrics
+        self._token = token.encode() if token else None
+        self._openapi = dumps(openapi_document(__version__))
+        self._server_metadata = dumps(
+            {"name": "edgecloud", "version": __version__, "extensions": EXTENSIONS}
+        )
+        self.ready = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        try:
+            status, body, headers = await self._handle(scope, receive)
+        except _Reply as reply:
+            status, body, headers = reply.status, reply.body, reply.headers
+        except EdgecloudError as exc:
+            status, body, headers = exc.status_code, _error(exc.message), JSON
+        except Exception as exc:  # never a traceback to the client
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, body, headers = 500, _error(f"internal error: {type(exc).__name__}"), JSON
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        if self.settings.access_log:
+            self._log_access(scope, status, len(body), started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routing ---------------------------------------------------------------
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
+        method: str = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        if parts[:2] == ["v2", "health"] and len(parts) == 3 and method == "GET":
+            return self._health(parts[2])
+        self._authorize(scope)
+        if parts == ["v2"] and method == "GET":
+            return 200, self._server_metadata, JSON
+        if parts[:2] == ["v2", "models"] and len(parts) >= 3:
+            return await self._model_route(method, parts[2:], scope, receive)
+        if parts == ["metrics"] and method == "GET":
+            return 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
+        if parts in (["openapi.json"], ["v2", "openapi.json"]) and method == "GET":
+            return 200, self._openapi, JSON
+        raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+
+    def _health(self, which: str) -> tuple[int, bytes, list[Any]]:
+        if which == "live":
+            return 200, b"", JSON
+        if which == "ready":
+            return (200 if self.ready else 503), b"", JSON
+        raise _Reply(404, _error(f"no health check {which!r}; use live or ready"))
+
+    async def _model_route(
+        self, method: str, rest: list[str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[Any]]:
+        model, version = rest[0], None
+        rest = rest[1:]
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        action = rest[0] if rest else ""
+        if len(rest) > 1:
+            raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+        if action == "infer":
+            if method != "POST":
+                raise _Reply(405, _error("infer takes POST"))
+            return await self._infer(model, version, scope, receive)
+        if method != "GET":
+            raise _Reply(405, _error(f"{method} is not allowed here; use GET"))
+        if action == "":
+            return 200, dumps(self._metadata(model, version)), JSON
+        if action == "ready":
+            self.host.config(model)
+            return (200 if self.host.ready(model, version) else 503), b"", JSON
+        if action == "config":
+            return 200, dumps(triton_config(self.host.config(model))), JSON
+        raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+
+    def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        config = self.host.config(model)
+        state = self.host.states[model]
+        if version is not None and not (version.isdigit() and int(version) in state.versions):
+            raise ModelNotFoundError(
+                f"model {model!r} has no version {version!r} (served: {state.versions})"
+            )
+        versions = state.versions if version is None else [int(version)]
+        return model_metadata(config, versions)
+
+    async def _infer(
+        self, model: str, version: str | None, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[Any]]:
+        headers = dict(scope["headers"])
+        body = await self._read_body(headers, receive)
+        length = headers.get(HEADER_LENGTH.encode())
+        header_length = _int_header(length) if length is not None else None
+        key = headers.get(b"idempotency-key")
+        decoded = decode_request(
+            body, header_length, model, version, key.decode("latin-1") if key else None
+        )
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await self.host.infer(decoded.request)
+            code = 200
+        except EdgecloudError as exc:
+            code = exc.status_code
+            raise
+        finally:
+            self.metrics.requests.labels(model, "http", str(code)).inc()
+            self.metrics.latency.labels(model, "http").observe(time.perf_counter() - started)
+        payload, json_length = encode_response(response, decoded)
+        if json_length is None:
+            return 200, payload, JSON
+        return (
+            200,
+            payload,
+            [
+                (b"content-type", b"application/octet-stream"),
+                (HEADER_LENGTH.encode(), str(json_length).encode()),
+            ],
+        )
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        limit = self.settings.max_request_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and _int_header(declared) > limit:
+            raise PayloadTooLargeError(
+                f"request body of {int(declared)} bytes exceeds the server's limit of {limit}"
+            )
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit}")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _authorize(self, scope: Scope) -> None:
+        if self._token is None:
+            return
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
+                    return
+                raise AuthenticationError("the bearer token is wrong")
+        raise AuthenticationError("this server needs 'Authorization: Bearer <token>'")
+
+    def _log_access(self, scope: Scope, status: int, size: int, started: float) -> None:
+        client = scope.get("client") or ("-", 0)
+        access_log.info(
+            json.dumps(
+                {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "bytes": size,
+                    "ms": round((time.perf_counter() - started) * 1e3, 3),
+                    "client": client[0],
+                }
+            )
+        )
+
+
+def _error(message: str) -> bytes:
+    return dumps({"error": message})
+
+
+def _int_header(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequestError(f"header value {value!r} is not an integer") from None

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the server, on a registry of its own (one per server)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ["ServerMetrics"]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    """Requests, errors, latency, queue time, batch sizes, idempotent replays."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "edgecloud_requests_total",
+            "Inference requests answered.",
+            ["model", "protocol", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgecloud_request_seconds",
+            "Time from request received to answer ready.",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue = Histogram(
+            "edgecloud_queue_seconds",
+            "Time a request waited for its batch to start.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "edgecloud_compute_seconds",
+            "onnxruntime time of the batch that served a request.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "edgecloud_batch_size",
+            "Rows per runtime call.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.replays = Counter(
+            "edgecloud_idempotent_replays_total",
+            "Requests answered from the idempotency cache.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,206 @@
+"""The OpenAPI 3 document of the HTTP API (served at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_DATATYPES = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    str(code): _json(_ref("Error"), text)
+    for code, text in [
+        (400, "bad request: the message says what to fix"),
+        (401, "missing or wrong bearer token"),
+        (404, "unknown model or version"),
+        (413, "body larger than the server accepts"),
+        (503, "model or server not ready"),
+        (504, "no answer within the request timeout"),
+    ]
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Parameters": {
+        "type": "object",
+        "additionalProperties": {
+            "oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]
+        },
+    },
+    "TensorMetadata": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": _DATATYPES},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
+    "Tensor": {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": _DATATYPES},
+            "parameters": _ref("Parameters"),
+            "data": {
+                "description": "row-major values, flat or nested",
+                "type": "array",
+                "items": {},
+            },
+        },
+    },
+    "RequestOutput": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string"}, "parameters": _ref("Parameters")},
+    },
+    "InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": _ref("Parameters"),
+            "inputs": {"type": "array", "items": _ref("Tensor")},
+            "outputs": {"type": "array", "items": _ref("RequestOutput")},
+        },
+    },
+    "InferenceResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": _ref("Parameters"),
+            "outputs": {"type": "array", "items": _ref("Tensor")},
+        },
+    },
+    "ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ModelMetadata": {
+        "type": "object",
+        "required": ["name", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+        },
+    },
+}
+
+
+def _model_paths(prefix: str) -> dict[str, Any]:
+    params = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+    if "{version}" in prefix:
+        params.append(
+            {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+        )
+    return {
+        prefix: {
+            "get": {
+                "summary": "Model metadata",
+                "parameters": params,
+                "responses": {"200": _json(_ref("ModelMetadata"), "metadata"), **_ERRORS},
+            }
+        },
+        f"{prefix}/ready": {
+            "get": {
+                "summary": "Model readiness (200 ready)",
+                "parameters": params,
+                "responses": {"200": {"description": "ready"}, **_ERRORS},
+            }
+        },
+        f"{prefix}/infer": {
+            "post": {
+                "summary": "Inference (JSON, or the binary tensor data extension)",
+                "parameters": params,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("InferenceRequest")},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "responses": {"200": _json(_ref("InferenceResponse"), "outputs"), **_ERRORS},
+            }
+        },
+    }
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "edgecloud inference server (Open Inference Protocol v2)",
+            "version": version,
+        },
+        "paths": {
+            "/v2/health/live": {
+                "get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}
+            },
+            "/v2/health/ready": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                }
+            },
+            "/v2": {
+                "get": {
+                    "summary": "Server metadata",
+                    "responses": {"200": _json(_ref("ServerMetadata"), "metadata")},
+                }
+            },
+            **_model_paths("/v2/models/{model}"),
+            **_model_paths("/v2/models/{model}/versions/{version}"),
+            "/v2/models/{model}/config": {
+                "get": {
+                    "summary": "Model configuration (Triton JSON form)",
+                    "parameters": [
+                        {
+                            "name": "model",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "configuration"}, **_ERRORS},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text"}},
+                }
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }
