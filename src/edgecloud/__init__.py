@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .backends.base import Backend, FunctionBackend
 from .backends.local import LocalBackend
+from .backends.remote import RemoteBackend
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -73,6 +74,7 @@ __all__ = [
     "ModelVersion",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RemoteBackend",
     "RequestContext",
     "Sensitivity",
     "ShapeMismatchError",

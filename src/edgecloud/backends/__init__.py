@@ -2,5 +2,6 @@
 
 from .base import Backend, FunctionBackend
 from .local import LocalBackend
+from .remote import RemoteBackend
 
-__all__ = ["Backend", "FunctionBackend", "LocalBackend"]
+__all__ = ["Backend", "FunctionBackend", "LocalBackend", "RemoteBackend"]

@@ -1,0 +1,207 @@
+"""RemoteBackend: an Open Inference Protocol (KServe v2) HTTP client.
+
+Works against edgecloud's server and any other v2 server (Triton, MLServer,
+KServe). Binary tensors by default; a server that rejects them (MLServer
+answers 422/400) is remembered and spoken to in JSON from then on. One
+connection pool per backend, reused by sync and async calls. Failures are
+translated into edgecloud's exception tree:
+
+- connection refused, reset, DNS, TLS → :class:`UnavailableError` (retryable);
+- timeouts → :class:`DeadlineExceededError`;
+- 4xx → the matching client error with the server's message; 5xx → Unavailable
+  (503) or InferenceError.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .._optional import require
+from ..errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    EdgecloudError,
+    InferenceError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from ..protocol import HEADER_LENGTH, decode_response, encode_request, loads
+from ..tensors import InferRequest, InferResponse, Span
+from .base import Backend
+
+__all__ = ["RemoteBackend"]
+
+_BY_STATUS: dict[int, type[EdgecloudError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: ModelNotFoundError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+    503: UnavailableError,
+    504: DeadlineExceededError,
+}
+
+
+class RemoteBackend(Backend):
+    """Send requests to a v2 inference server over HTTP(S).
+
+    >>> with RemoteBackend("http://127.0.0.1:8000") as remote:  # doctest: +SKIP
+    ...     remote.infer(InferRequest("digits-large", {"pixels": x}))
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        binary: bool = True,
+        verify: bool | str = True,
+        max_connections: int = 64,
+    ) -> None:
+        httpx = require("httpx", extra="remote", feature="RemoteBackend")
+        self.url = url.rstrip("/")
+        self.name = f"remote:{self.url}"
+        self.timeout = timeout
+        self.binary = binary
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        limits = httpx.Limits(max_connections=max_connections)
+        self._httpx = httpx
+        self._client = httpx.Client(headers=headers, timeout=timeout, verify=verify, limits=limits)
+        self._async: Any = None
+        self._async_args = {
+            "headers": headers,
+            "timeout": timeout,
+            "verify": verify,
+            "limits": limits,
+        }
+
+    # -- public ----------------------------------------------------------------
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        body, headers, path, timeout = self._prepare(request)
+        started = time.perf_counter()
+        try:
+            reply = self._client.post(path, content=body, headers=headers, timeout=timeout)
+        except self._httpx.HTTPError as exc:
+            raise self._transport_error(exc, request) from exc
+        response = self._finish(request, reply, len(body), started)
+        return response if response is not None else self.infer(request)
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        if self._async is None:
+            self._async = self._httpx.AsyncClient(**self._async_args)
+        body, headers, path, timeout = self._prepare(request)
+        started = time.perf_counter()
+        try:
+            reply = await self._async.post(path, content=body, headers=headers, timeout=timeout)
+        except self._httpx.HTTPError as exc:
+            raise self._transport_error(exc, request) from exc
+        response = self._finish(request, reply, len(body), started)
+        return response if response is not None else await self.infer_async(request)
+
+    def ready(self, model: str | None = None) -> bool:
+        """Whether the server (or one model on it) answers ready; False when unreachable."""
+        path = "/v2/health/ready" if model is None else f"/v2/models/{model}/ready"
+        try:
+            return bool(self._client.get(self.url + path).status_code == 200)
+        except self._httpx.HTTPError:
+            return False
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        """The server's metadata for ``model``."""
+        try:
+            reply = self._client.get(f"{self.url}/v2/models/{model}")
+        except self._httpx.HTTPError as exc:
+            raise UnavailableError(f"{self.url} is unreachable: {exc}") from exc
+        if reply.status_code != 200:
+            raise _status_error(reply.status_code, _message(reply.content), self.url)
+        result: dict[str, Any] = loads(reply.content)
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+        if self._async is not None:
+            # An AsyncClient cannot be closed without a loop; dropping it closes its pool.
+            self._async = None
+
+    async def aclose(self) -> None:
+        self._client.close()
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+
+    # -- internals -------------------------------------------------------------
+
+    def _prepare(
+        self, request: InferRequest
+    ) -> tuple[bytes, dict[str, str], str, float]:
+        body, length = encode_request(request, binary=self.binary)
+        headers = {"Content-Type": "application/octet-stream" if length else "application/json"}
+        if length is not None:
+            headers["Inference-Header-Content-Length"] = str(length)
+        if request.context.idempotency_key:
+            headers["Idempotency-Key"] = request.context.idempotency_key
+        version = f"/versions/{request.version}" if request.version else ""
+        path = f"{self.url}/v2/models/{request.model}{version}/infer"
+        remaining = request.context.remaining()
+        timeout = self.timeout if remaining is None else max(0.0, min(self.timeout, remaining))
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError(f"deadline passed before sending to {self.url}")
+        return body, headers, path, timeout
+
+    def _finish(
+        self, request: InferRequest, reply: Any, sent: int, started: float
+    ) -> InferResponse | None:
+        """The response, or None when the server refused binary tensors (retry in JSON)."""
+        elapsed = time.perf_counter() - started
+        if reply.status_code != 200:
+            if self.binary and reply.status_code in (400, 415, 422) and _rejects_binary(reply):
+                self.binary = False  # e.g. MLServer: no binary tensor extension
+                return None
+            raise _status_error(reply.status_code, _message(reply.content), self.url)
+        length = reply.headers.get(HEADER_LENGTH)
+        response = decode_response(
+            reply.content, int(length) if length is not None else None, self.name
+        )
+        response.trace.spans[0] = Span(
+            self.name, "network", elapsed, f"POST {request.model}", sent, len(reply.content)
+        )
+        return response
+
+    def _transport_error(self, exc: Exception, request: InferRequest) -> EdgecloudError:
+        if isinstance(exc, self._httpx.TimeoutException):
+            return DeadlineExceededError(
+                f"{self.url} did not answer {request.model!r} in time ({type(exc).__name__})"
+            )
+        return UnavailableError(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
+
+
+def _message(content: bytes) -> str:
+    try:
+        body = loads(content)
+    except ValueError:
+        return content[:200].decode(errors="replace")
+    if isinstance(body, dict):
+        error = body.get("error") or body.get("detail") or body
+        return str(error)
+    return str(body)
+
+
+def _rejects_binary(reply: Any) -> bool:
+    text = reply.content[:2000].decode(errors="replace").lower()
+    return "binary" in text or "json" in text or "decode" in text or reply.status_code == 422
+
+
+def _status_error(status: int, message: str, url: str) -> EdgecloudError:
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = UnavailableError if status >= 500 else InvalidRequestError
+        if status == 500:
+            cls = InferenceError
+    return cls(f"{url} answered {status}: {message}")
