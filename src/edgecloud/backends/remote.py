@@ -138,9 +138,7 @@ class RemoteBackend(Backend):
 
     # -- internals -------------------------------------------------------------
 
-    def _prepare(
-        self, request: InferRequest
-    ) -> tuple[bytes, dict[str, str], str, float]:
+    def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str, float]:
         body, length = encode_request(request, binary=self.binary)
         headers = {"Content-Type": "application/octet-stream" if length else "application/json"}
         if length is not None:
