@@ -256,7 +256,9 @@ def _warm_up(loaded: LoadedModel) -> None:
             return
         shape = [1 if d == -1 else d for d in spec.full_shape(config.batched)]
         inputs[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a graph that rejects zeros must not log an error
     try:
-        loaded.run(inputs, None, 1)
-    except InferenceError as exc:  # some graphs reject zeros; warm-up is best effort
+        loaded._run(loaded.output_names, inputs, quiet)
+    except Exception as exc:  # some graphs reject zeros; warm-up is best effort
         log.debug("warm-up of %s skipped: %s", loaded.label, exc)
