@@ -65,12 +65,12 @@ def start_mlserver(
         "name": name, "implementation": "onnx_runtime.OnnxModel",
         "parameters": {"uri": str(model_file)},
     }))  # fmt: skip
-    log = (workdir / "mlserver.log").open("wb")
-    process = subprocess.Popen(
-        [str(venv / "bin" / "mlserver"), "start", str(workdir)],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(workdir)},
-    )  # fmt: skip
+    with (workdir / "mlserver.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(venv / "bin" / "mlserver"), "start", str(workdir)],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(workdir)},
+        )  # fmt: skip
     server = MLServerProcess(process, http_port, workdir)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ translated into edgecloud's exception tree:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -69,6 +70,7 @@ class RemoteBackend(Backend):
         self.name = f"remote:{self.url}"
         self.timeout = timeout
         self.binary = binary
+        self._checked_extensions = not binary
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=max_connections)
         self._httpx = httpx
@@ -84,6 +86,8 @@ class RemoteBackend(Backend):
     # -- public ----------------------------------------------------------------
 
     def infer(self, request: InferRequest) -> InferResponse:
+        if not self._checked_extensions:
+            self._check_extensions()
         body, headers, path, timeout = self._prepare(request)
         started = time.perf_counter()
         try:
@@ -96,6 +100,8 @@ class RemoteBackend(Backend):
     async def infer_async(self, request: InferRequest) -> InferResponse:
         if self._async is None:
             self._async = self._httpx.AsyncClient(**self._async_args)
+        if not self._checked_extensions:
+            await asyncio.to_thread(self._check_extensions)
         body, headers, path, timeout = self._prepare(request)
         started = time.perf_counter()
         try:
@@ -137,6 +143,25 @@ class RemoteBackend(Backend):
             self._async = None
 
     # -- internals -------------------------------------------------------------
+
+    def _check_extensions(self) -> None:
+        """Use binary tensors only if the server advertises ``binary_tensor_data``.
+
+        Asked once, from the server metadata. Servers without the extension do
+        not always answer a binary body with a clean 4xx (MLServer 1.7 fails
+        with a 500), so the client must not find out by trial.
+        """
+        try:
+            reply = self._client.get(f"{self.url}/v2")
+        except self._httpx.HTTPError:
+            return  # unreachable now: decide on the next call
+        self._checked_extensions = True
+        if reply.status_code == 200:
+            try:
+                extensions = loads(reply.content).get("extensions", [])
+            except (ValueError, AttributeError):
+                extensions = []
+            self.binary = "binary_tensor_data" in extensions
 
     def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str, float]:
         body, length = encode_request(request, binary=self.binary)
