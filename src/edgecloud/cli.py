@@ -147,6 +147,9 @@ def serve(
     max_request_mb: Annotated[float, typer.Option(help="Largest request body.")] = 64.0,
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 30.0,
     access_log: Annotated[bool, typer.Option(help="JSON access log on stderr.")] = False,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA via torch when present), cpu or cuda.")
+    ] = "auto",
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
 
@@ -169,6 +172,7 @@ def serve(
         max_request_bytes=int(max_request_mb * 1024 * 1024),
         request_timeout_s=timeout,
         access_log=access_log or None,
+        device=device,
     )
     repository = ModelRepository(repo)
     if not repository.model_names():

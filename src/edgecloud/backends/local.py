@@ -10,15 +10,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InferenceError, InvalidRequestError, ModelLoadError
+from ..errors import ConfigError, InferenceError, InvalidRequestError, ModelLoadError
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
 from .base import Backend
+from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
 
 __all__ = ["LoadedModel", "LocalBackend", "default_providers"]
 
@@ -108,6 +109,7 @@ class LocalBackend(Backend):
         warmup: bool = True,
         preload: Sequence[str] = (),
         verify: bool = True,
+        device: Literal["auto", "cpu", "cuda"] = "cpu",
     ) -> None:
         self.repository = (
             repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
@@ -116,6 +118,10 @@ class LocalBackend(Backend):
         self.providers = list(providers) if providers is not None else default_providers()
         self.warmup = warmup
         self.verify = verify
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {device!r}")
+        self.device = device
+        self._cuda: bool | None = None
         self._models: dict[tuple[str, int], LoadedModel] = {}
         self._latest: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
@@ -171,6 +177,15 @@ class LocalBackend(Backend):
         config = entry.config
         self._check_declared(entry, session)
         label = f"{self.name}:{entry.name}/{entry.version}"
+        run = _fast_run(session)
+        if self._wants_torch(entry):
+            run = TorchRunner(
+                entry.path / TORCHSCRIPT_FILE,
+                [i.name for i in config.inputs],
+                [o.name for o in config.outputs],
+                device="cuda",
+            )
+            label = f"{self.name}-cuda:{entry.name}/{entry.version}"
         loaded = LoadedModel(
             entry=entry,
             session=session,
@@ -178,11 +193,29 @@ class LocalBackend(Backend):
             output_names=[o.name for o in config.outputs],
             label=label,
             limit=config.max_batch_size,
-            _run=_fast_run(session),
+            _run=run,
         )
         if self.warmup:
             _warm_up(loaded)
         return loaded
+
+    def _wants_torch(self, entry: ModelVersion) -> bool:
+        """Whether this version runs through torch on CUDA (see torch_runner)."""
+        if self.device == "cpu":
+            return False
+        if self._cuda is None:
+            self._cuda = cuda_available()
+        has_script = (entry.path / TORCHSCRIPT_FILE).is_file()
+        if self.device == "cuda" and not (self._cuda and has_script):
+            why = (
+                "no CUDA device is visible to torch"
+                if not self._cuda
+                else (f"{entry.path / TORCHSCRIPT_FILE} is missing")
+            )
+            raise ModelLoadError(
+                f"model {entry.name!r} version {entry.version} cannot run on cuda: {why}"
+            )
+        return self._cuda and has_script
 
     @staticmethod
     def _check_declared(entry: ModelVersion, session: ort.InferenceSession) -> None:

@@ -95,7 +95,9 @@ class ModelHost:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics or ServerMetrics()
-        self.local = LocalBackend(repository, intra_op_threads=settings.intra_op_threads)
+        self.local = LocalBackend(
+            repository, intra_op_threads=settings.intra_op_threads, device=settings.device
+        )
         self.executor = ThreadPoolExecutor(
             max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"
         )

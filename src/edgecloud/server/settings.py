@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -48,6 +48,9 @@ class ServerSettings(BaseModel):
     """Threads running onnxruntime calls."""
     intra_op_threads: int | None = Field(default=1, ge=1)
     """onnxruntime threads per call; None lets onnxruntime decide."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models run: ``auto`` uses CUDA through torch for versions carrying
+    ``model.pt`` when a GPU is visible, onnxruntime on the CPU otherwise."""
     access_log: bool = False
     """One JSON line per request on the ``edgecloud.access`` logger."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)

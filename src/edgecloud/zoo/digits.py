@@ -16,7 +16,7 @@ from .._optional import require
 from ..repository import ModelConfig
 from ..tensors import TensorSpec
 from . import datasets
-from .export import export_onnx
+from .export import export_onnx, export_torchscript
 from .recipe import Built, Progress, Recipe
 
 __all__ = ["DIGITS_LARGE", "DIGITS_SMALL", "build_classifier", "train_classifier"]
@@ -109,9 +109,10 @@ def _recipe(name: str, hidden: tuple[int, ...], epochs: int, summary: str) -> Re
                 "architecture": "MLP 64-" + "-".join(map(str, hidden)) + "-10, softmax",
             },
         )
-        return Built(path, config)
+        script = export_torchscript(model, (torch.zeros(1, 64),), workdir / "model.pt")
+        return Built(path, config, extra_files={"model.pt": script})
 
-    return Recipe(name=name, revision=1, summary=summary, build=build)
+    return Recipe(name=name, revision=2, summary=summary, build=build)
 
 
 DIGITS_SMALL = _recipe(

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._optional import require
 
-__all__ = ["OPSET", "export_onnx"]
+__all__ = ["OPSET", "export_onnx", "export_torchscript"]
 
 #: ONNX opset of every exported model: supported by onnxruntime's quantizer and
 #: by the float16 converter.
@@ -46,4 +46,19 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
+    return path
+
+
+def export_torchscript(module: Any, example_inputs: tuple[Any, ...], path: Path) -> Path:
+    """Save a traced TorchScript copy beside the ONNX file, for the GPU serving path.
+
+    onnxruntime-gpu is not available everywhere a CUDA device is; torch is, so
+    the GPU path runs this artefact (see ``edgecloud.backends.torch_runner``).
+    """
+    torch = require("torch", extra="train", feature="exporting TorchScript")
+    module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, example_inputs)
+    traced.save(str(path))
     return path

@@ -13,7 +13,7 @@ from typing import Any
 from .._optional import require
 from ..repository import ModelConfig
 from ..tensors import TensorSpec
-from .export import export_onnx
+from .export import export_onnx, export_torchscript
 from .recipe import Built, Progress, Recipe
 
 __all__ = ["RESNET18_LIKE", "resnet18"]
@@ -91,12 +91,13 @@ def _build(workdir: Path, progress: Progress) -> Built:
         metrics={"parameters": float(sum(p.numel() for p in model.parameters()))},
         metadata={"weights": f"untrained, torch.manual_seed({SEED}), He init", "input": "NCHW"},
     )
-    return Built(path, config)
+    script = export_torchscript(model, (torch.zeros(1, 3, IMAGE, IMAGE),), workdir / "model.pt")
+    return Built(path, config, extra_files={"model.pt": script})
 
 
 RESNET18_LIKE = Recipe(
     name="resnet18-like",
-    revision=1,
+    revision=2,
     summary="ResNet-18 backbone in plain torch, untrained seeded weights",
     build=_build,
 )
