@@ -33,6 +33,9 @@ zoo: $(VENV)/.demo-deps
 
 bench: $(VENV)/.dev-deps zoo
 	$(PY) bench/local_overhead.py --repo $(REPO)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
+	$(PY) bench/server.py --repo $(REPO)
+	$(PY) bench/gpu_serving.py --repo $(REPO)  # measures only where torch sees a GPU
 
 $(PY):
 	python3 -m venv $(VENV)

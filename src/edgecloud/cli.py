@@ -150,6 +150,9 @@ def serve(
     device: Annotated[
         str, typer.Option(help="auto (CUDA via torch when present), cpu or cuda.")
     ] = "auto",
+    threads: Annotated[
+        int, typer.Option(help="onnxruntime threads per call; 0 lets onnxruntime decide.")
+    ] = 1,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
 
@@ -173,6 +176,7 @@ def serve(
         request_timeout_s=timeout,
         access_log=access_log or None,
         device=device,
+        intra_op_threads=threads,
     )
     repository = ModelRepository(repo)
     if not repository.model_names():

@@ -96,7 +96,7 @@ class ModelHost:
         self.settings = settings
         self.metrics = metrics or ServerMetrics()
         self.local = LocalBackend(
-            repository, intra_op_threads=settings.intra_op_threads, device=settings.device
+            repository, intra_op_threads=settings.intra_op_threads or None, device=settings.device
         )
         self.executor = ThreadPoolExecutor(
             max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"

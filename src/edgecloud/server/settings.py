@@ -46,8 +46,9 @@ class ServerSettings(BaseModel):
     """Batches of one model that may run at once."""
     worker_threads: int = Field(default=4, ge=1)
     """Threads running onnxruntime calls."""
-    intra_op_threads: int | None = Field(default=1, ge=1)
-    """onnxruntime threads per call; None lets onnxruntime decide."""
+    intra_op_threads: int = Field(default=1, ge=0)
+    """onnxruntime threads per call; 0 lets onnxruntime decide (all cores). One
+    suits small models with several calls in flight; large models want more."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where models run: ``auto`` uses CUDA through torch for versions carrying
     ``model.pt`` when a GPU is visible, onnxruntime on the CPU otherwise."""
