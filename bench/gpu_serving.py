@@ -172,7 +172,8 @@ def main() -> None:
               f"torch CUDA {r['cuda_torch_ms']:7.2f} ms   {r['speedup']:6.1f}×")  # fmt: skip
     for r in server:
         print(f"serve --device {r['device']:<4} c={r['concurrency']:<2} "
-              f"{r['req_per_s']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['statuses']}")  # fmt: skip
+              f"{r['req_per_s']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+              f"p99 {r['p99_ms']:7.2f} ms  {r['statuses']}")  # fmt: skip
     rate = {(r["device"], r["concurrency"]): r["req_per_s"] for r in server}
     path = write_result(
         "gpu_serving",
