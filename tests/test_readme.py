@@ -21,7 +21,7 @@ def test_readme_examples_run(zoo_repo: ModelRepository, tmp_path: Path) -> None:
     (tmp_path / "model-repo").symlink_to(zoo_repo.root)
     blocks = python_blocks()
     assert len(blocks) >= 4
-    runnable = [b for b in blocks if "my.onnx" not in b]
+    runnable = [b for b in blocks if "my.onnx" not in b and "RemoteBackend(" not in b]
     result = subprocess.run(
         [sys.executable, "-c", "\n".join(runnable)],
         cwd=tmp_path,
@@ -44,3 +44,28 @@ def test_readme_add_model_example(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert ModelRepository(tmp_path / "model-repo").versions("my-model") == [1]
+
+
+def test_readme_remote_example_against_a_real_server(
+    zoo_repo: ModelRepository, tmp_path: Path
+) -> None:
+    from .server.conftest import start_server
+
+    server = start_server(zoo_repo, tmp_path)
+    try:
+        first = next(b for b in python_blocks() if "LocalBackend(" in b)
+        (remote,) = [b for b in python_blocks() if "RemoteBackend(" in b]
+        remote = remote.replace("http://127.0.0.1:8000", server.url)
+        script = first + remote + "\nprint(response.trace.served_by)\n"
+        (tmp_path / "model-repo").symlink_to(zoo_repo.root)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert f"remote:{server.url}" in result.stdout
