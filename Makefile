@@ -56,5 +56,5 @@ clean:
 # tritonclient's) in the same process.
 proto: $(VENV)/.dev-deps
 	$(PIP) "grpcio-tools==1.76.0"  # emits protobuf 6 code: tritonclient needs protobuf<7
-	cd src && ../$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. edgecloud/server/proto/inference.proto
-	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/_POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = _POOL.AddSerializedFile(/' src/edgecloud/server/proto/inference_pb2.py
+	cd src && ../$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. edgecloud/proto/inference.proto
+	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/_POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = _POOL.AddSerializedFile(/' src/edgecloud/proto/inference_pb2.py

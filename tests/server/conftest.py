@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -59,7 +60,14 @@ class Server:
         return self.process.wait(timeout=15)
 
 
-def start_server(repo: ModelRepository, tmp: Path, *extra: str, token: str | None = None) -> Server:
+def start_server(
+    repo: ModelRepository,
+    tmp: Path,
+    *extra: str,
+    token: str | None = None,
+    scheme: str = "http",
+    verify: bool | str = True,
+) -> Server:
     http_port, grpc_port = free_port(), free_port()
     args = [
         sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo.root),
@@ -72,12 +80,15 @@ def start_server(repo: ModelRepository, tmp: Path, *extra: str, token: str | Non
     with (tmp / f"server-{http_port}.log").open("wb") as log:
         process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
     server = Server(process, http_port, grpc_port, repo, token, tmp / f"server-{http_port}.log")
+    if isinstance(verify, str):
+        verify = ssl.create_default_context(cafile=verify)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {server.log.read_text()}")
         try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = f"{scheme}://127.0.0.1:{http_port}/v2/health/ready"
+            if httpx.get(ready, timeout=1, verify=verify).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

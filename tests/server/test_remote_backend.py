@@ -97,3 +97,39 @@ def test_metadata_and_readiness(server: Server) -> None:
         assert remote.metadata("affine")["inputs"][0]["shape"] == [-1, 4]
         with pytest.raises(ModelNotFoundError):
             remote.metadata("ghost")
+
+
+def test_grpc_transport_matches_and_maps_errors(server: Server) -> None:
+    with RemoteBackend(f"grpc://{server.grpc_address}", token=TOKEN) as remote:
+        assert remote.ready() and remote.ready("affine") and not remote.ready("broken")
+        assert remote.metadata("affine")["inputs"][0]["shape"] == [-1, 4]
+        response = remote.infer(InferRequest("affine", {"x": X}, outputs=["y"], id="g1"))
+        np.testing.assert_allclose(response.outputs["y"], affine_reference(X)[0], rtol=1e-5)
+        assert response.id == "g1" and response.trace.spans[0].bytes_up >= X.nbytes
+        with pytest.raises(ModelNotFoundError, match="no model 'ghost'"):
+            remote.infer(InferRequest("ghost", {"x": X}))
+        with pytest.raises(InvalidRequestError, match="expects shape"):
+            remote.infer(InferRequest("affine", {"x": X[:, :3].copy()}))
+        replay = RequestContext(idempotency_key="grpc-key")
+        remote.infer(InferRequest("affine", {"x": X}, context=replay))
+        again = remote.infer(InferRequest("affine", {"x": X}, context=replay))
+        assert again.parameters["idempotent_replay"] is True
+    with (
+        RemoteBackend(f"grpc://{server.grpc_address}", token="nope") as remote,
+        pytest.raises(AuthenticationError),
+    ):
+        remote.infer(InferRequest("affine", {"x": X}))
+
+
+def test_grpc_dead_server_is_unavailable() -> None:
+    with RemoteBackend(f"grpc://127.0.0.1:{free_port()}", timeout=2) as remote:
+        assert not remote.ready()
+        with pytest.raises((UnavailableError, DeadlineExceededError)):
+            remote.infer(InferRequest("affine", {"x": X}))
+
+
+def test_unknown_url_scheme_is_a_config_error() -> None:
+    from edgecloud import ConfigError
+
+    with pytest.raises(ConfigError, match="http"):
+        RemoteBackend("ftp://example")

@@ -1,4 +1,7 @@
-"""RemoteBackend: an Open Inference Protocol (KServe v2) HTTP client.
+"""RemoteBackend: an Open Inference Protocol (KServe v2) client over HTTP or gRPC.
+
+``http://`` and ``https://`` URLs speak REST; ``grpc://host:port`` and
+``grpcs://host:port`` speak ``inference.GRPCInferenceService``.
 
 Works against edgecloud's server and any other v2 server (Triton, MLServer,
 KServe). Binary tensors by default; a server that rejects them (MLServer
@@ -15,12 +18,14 @@ translated into edgecloud's exception tree:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
 from .._optional import require
 from ..errors import (
     AuthenticationError,
+    ConfigError,
     DeadlineExceededError,
     EdgecloudError,
     InferenceError,
@@ -33,6 +38,7 @@ from ..errors import (
 from ..protocol import HEADER_LENGTH, decode_response, encode_request, loads
 from ..tensors import InferRequest, InferResponse, Span
 from .base import Backend
+from .remote_grpc import GrpcTransport
 
 __all__ = ["RemoteBackend"]
 
@@ -62,16 +68,28 @@ class RemoteBackend(Backend):
         token: str | None = None,
         timeout: float = 10.0,
         binary: bool = True,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         max_connections: int = 64,
+        root_certificates: bytes | None = None,
     ) -> None:
-        httpx = require("httpx", extra="remote", feature="RemoteBackend")
         self.url = url.rstrip("/")
         self.name = f"remote:{self.url}"
         self.timeout = timeout
+        self._grpc: GrpcTransport | None = None
+        scheme, _, target = self.url.partition("://")
+        if scheme in ("grpc", "grpcs"):
+            self._grpc = GrpcTransport(
+                target, token=token, tls=scheme == "grpcs", root_certificates=root_certificates
+            )
+            binary = True
+        elif scheme not in ("http", "https"):
+            raise ConfigError(f"remote URL {url!r} must start with http(s):// or grpc(s)://")
+        httpx = require("httpx", extra="remote", feature="RemoteBackend")
         self.binary = binary
         self._checked_extensions = not binary
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):  # a CA bundle to trust (e.g. a self-signed certificate)
+            verify = ssl.create_default_context(cafile=verify)
         limits = httpx.Limits(max_connections=max_connections)
         self._httpx = httpx
         self._client = httpx.Client(headers=headers, timeout=timeout, verify=verify, limits=limits)
@@ -86,6 +104,8 @@ class RemoteBackend(Backend):
     # -- public ----------------------------------------------------------------
 
     def infer(self, request: InferRequest) -> InferResponse:
+        if self._grpc is not None:
+            return self._grpc.infer(request, self._timeout_for(request), self.name)
         if not self._checked_extensions:
             self._check_extensions()
         body, headers, path, timeout = self._prepare(request)
@@ -98,6 +118,8 @@ class RemoteBackend(Backend):
         return response if response is not None else self.infer(request)
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
+        if self._grpc is not None:
+            return await asyncio.to_thread(self.infer, request)
         if self._async is None:
             self._async = self._httpx.AsyncClient(**self._async_args)
         if not self._checked_extensions:
@@ -113,6 +135,8 @@ class RemoteBackend(Backend):
 
     def ready(self, model: str | None = None) -> bool:
         """Whether the server (or one model on it) answers ready; False when unreachable."""
+        if self._grpc is not None:
+            return self._grpc.ready(model)
         path = "/v2/health/ready" if model is None else f"/v2/models/{model}/ready"
         try:
             return bool(self._client.get(self.url + path).status_code == 200)
@@ -121,6 +145,8 @@ class RemoteBackend(Backend):
 
     def metadata(self, model: str) -> dict[str, Any]:
         """The server's metadata for ``model``."""
+        if self._grpc is not None:
+            return self._grpc.metadata(model)
         try:
             reply = self._client.get(f"{self.url}/v2/models/{model}")
         except self._httpx.HTTPError as exc:
@@ -132,6 +158,8 @@ class RemoteBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+        if self._grpc is not None:
+            self._grpc.close()
         if self._async is not None:
             # An AsyncClient cannot be closed without a loop; dropping it closes its pool.
             self._async = None
@@ -172,11 +200,14 @@ class RemoteBackend(Backend):
             headers["Idempotency-Key"] = request.context.idempotency_key
         version = f"/versions/{request.version}" if request.version else ""
         path = f"{self.url}/v2/models/{request.model}{version}/infer"
+        return body, headers, path, self._timeout_for(request)
+
+    def _timeout_for(self, request: InferRequest) -> float:
+        """The client timeout, shortened to the request's deadline; raises if it passed."""
         remaining = request.context.remaining()
-        timeout = self.timeout if remaining is None else max(0.0, min(self.timeout, remaining))
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError(f"deadline passed before sending to {self.url}")
-        return body, headers, path, timeout
+        return self.timeout if remaining is None else min(self.timeout, remaining)
 
     def _finish(
         self, request: InferRequest, reply: Any, sent: int, started: float

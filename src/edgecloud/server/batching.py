@@ -61,6 +61,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int,
         max_queue_delay_us: int = 0,
+        preferred_batch_sizes: Sequence[int] = (),
         concurrency: int = 2,
     ) -> None:
         if max_batch_size < 1:
@@ -68,6 +69,7 @@ class DynamicBatcher:
         self.loaded = loaded
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_us / 1e6
+        self.preferred = frozenset(preferred_batch_sizes)
         self.stats = BatchStats()
         self._executor = executor
         self._queue: list[_Pending] = []
@@ -110,7 +112,9 @@ class DynamicBatcher:
 
     async def _gather_companions(self) -> None:
         deadline = self._queue[0].enqueued + self.max_delay
-        while sum(p.size for p in self._queue) < self.max_batch_size:
+        while (total := sum(p.size for p in self._queue)) < self.max_batch_size:
+            if total in self.preferred:
+                return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

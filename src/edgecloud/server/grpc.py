@@ -12,16 +12,16 @@ import time
 from typing import Any
 
 import grpc
-import numpy as np
 
 from .. import __version__
 from ..errors import AuthenticationError, EdgecloudError, InvalidRequestError
-from ..protocol import tensor_bytes, tensor_from_bytes
+from ..grpc_codec import parameters, read_tensors, set_parameter
+from ..proto import inference_pb2 as pb
+from ..proto import inference_pb2_grpc as pb_grpc
+from ..protocol import tensor_bytes
 from ..tensors import InferRequest, InferResponse, RequestContext, Sensitivity, datatype_of
 from .host import ModelHost
 from .http import EXTENSIONS, model_metadata
-from .proto import inference_pb2 as pb
-from .proto import inference_pb2_grpc as pb_grpc
 from .settings import ServerSettings
 
 __all__ = ["start_grpc"]
@@ -36,56 +36,9 @@ STATUS = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-#: Typed ``InferTensorContents`` field for each datatype.
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-
-def _parameter(value: Any) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    return getattr(value, kind) if kind else None
-
-
-def _inputs(request: Any) -> dict[str, np.ndarray[Any, Any]]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidRequestError(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs"
-        )
-    out = {}
-    for i, tensor in enumerate(request.inputs):
-        shape = list(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidRequestError(f"tensor {tensor.name!r}: shape {shape} has negative sizes")
-        if raw:
-            out[tensor.name] = tensor_from_bytes(raw[i], tensor.datatype, shape, tensor.name)
-            continue
-        field = CONTENTS_FIELD.get(tensor.datatype)
-        if field is None:
-            raise InvalidRequestError(
-                f"tensor {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents"
-            )
-        from ..protocol import tensor_from_json
-
-        values = list(getattr(tensor.contents, field))
-        out[tensor.name] = tensor_from_json(values, tensor.datatype, shape, tensor.name)
-    return out
-
 
 def to_infer_request(request: Any, metadata: dict[str, str]) -> InferRequest:
-    params = {k: _parameter(v) for k, v in request.parameters.items()}
+    params = parameters(request.parameters)
     key = metadata.get("idempotency-key") or params.get("idempotency_key")
     sensitivity = params.get("sensitivity")
     context = RequestContext(
@@ -96,7 +49,7 @@ def to_infer_request(request: Any, metadata: dict[str, str]) -> InferRequest:
     )
     return InferRequest(
         request.model_name,
-        _inputs(request),
+        read_tensors(request.inputs, request.raw_input_contents),
         version=request.model_version or None,
         outputs=[o.name for o in request.outputs] or None,
         parameters=params,
@@ -113,19 +66,8 @@ def to_grpc_response(response: InferResponse) -> Any:
         message.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
         message.raw_output_contents.append(tensor_bytes(array))
     for key, value in response.parameters.items():
-        _set_parameter(message.parameters[key], value)
+        set_parameter(message.parameters[key], value)
     return message
-
-
-def _set_parameter(target: Any, value: Any) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = str(value)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -213,6 +213,7 @@ class ModelHost:
                 self.executor,
                 max_batch_size=loaded.limit,
                 max_queue_delay_us=config.max_queue_delay_us if config else 0,
+                preferred_batch_sizes=config.preferred_batch_sizes if config else (),
                 concurrency=self.settings.runners_per_model,
             )
         return batcher

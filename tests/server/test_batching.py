@@ -1,0 +1,90 @@
+"""DynamicBatcher in process: merging, preferred sizes, delays, isolation of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from edgecloud import LocalBackend, ModelRepository
+from edgecloud.server.batching import DynamicBatcher
+
+from ..models import affine_reference
+
+
+def rows(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, 4)).astype(np.float32) for _ in range(n)]
+
+
+async def submit_all(batcher: DynamicBatcher, inputs: list[np.ndarray]) -> list[dict]:
+    results = await asyncio.gather(*(batcher.submit({"x": x}, None, 1) for x in inputs))
+    return [outputs for outputs, _, _ in results]
+
+
+def test_preferred_size_cuts_the_wait_short(repo: ModelRepository) -> None:
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=2_000_000,
+            preferred_batch_sizes=[4],
+        )  # fmt: skip
+        inputs = rows(4)
+
+        async def run() -> tuple[list[dict], float]:
+            started = time.perf_counter()
+            outs = await submit_all(batcher, inputs)
+            elapsed = time.perf_counter() - started
+            await batcher.close()
+            return outs, elapsed
+
+        outputs, elapsed = asyncio.run(run())
+    assert elapsed < 1.0, "waited for the queue delay despite reaching a preferred size"
+    assert batcher.stats.batches == 1 and batcher.stats.last_batch_size == 4
+    for x, out in zip(inputs, outputs, strict=True):
+        np.testing.assert_allclose(out["y"], affine_reference(x)[0], rtol=1e-5)
+
+
+def test_queue_delay_gathers_companions(repo: ModelRepository) -> None:
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=100_000
+        )
+
+        async def run() -> None:
+            first = asyncio.ensure_future(batcher.submit({"x": rows(1)[0]}, None, 1))
+            await asyncio.sleep(0.02)  # arrives while the first waits for companions
+            await asyncio.gather(first, batcher.submit({"x": rows(1, 1)[0]}, None, 1))
+            await batcher.close()
+
+        asyncio.run(run())
+    assert batcher.stats.batches == 1 and batcher.stats.requests == 2
+
+
+def test_without_delay_a_lone_request_runs_at_once(repo: ModelRepository) -> None:
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(local.load("affine"), pool, max_batch_size=8)
+
+        async def run() -> float:
+            started = time.perf_counter()
+            await batcher.submit({"x": rows(1)[0]}, None, 1)
+            await batcher.close()
+            return time.perf_counter() - started
+
+        assert asyncio.run(run()) < 0.5
+
+
+def test_batches_never_exceed_max_batch_size(repo: ModelRepository) -> None:
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(local.load("affine"), pool, max_batch_size=3)
+        inputs = rows(7)
+
+        async def run() -> list[dict]:
+            outs = await submit_all(batcher, inputs)
+            await batcher.close()
+            return outs
+
+        outputs = asyncio.run(run())
+    assert all(o["y"].shape == (1, 3) for o in outputs)
+    assert batcher.stats.batches >= 3  # never more than max_batch_size rows per run
