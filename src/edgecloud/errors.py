@@ -17,6 +17,7 @@ with ``raise SomeEdgecloudError(...) from exc``.
     │   └── PayloadTooLargeError (413)       body above the server's size limit
     ├── AuthenticationError (401)            missing or wrong bearer token
     ├── PermissionDeniedError (403)          authenticated but not allowed
+    │   └── PrivacyError                     data whose rules keep it on the device
     ├── ConfigError (400)                    invalid config / deployment / spec file
     ├── ModelNotFoundError (404)             unknown model name or version
     ├── ModelLoadError (503)                 model exists but cannot be loaded
@@ -42,6 +43,7 @@ __all__ = [
     "ModelNotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PrivacyError",
     "ShapeMismatchError",
     "UnavailableError",
     "UnknownInputError",
@@ -101,6 +103,10 @@ class PermissionDeniedError(EdgecloudError):
     """The caller is known but may not do this."""
 
     status_code = 403
+
+
+class PrivacyError(PermissionDeniedError):
+    """The request's data may not leave the device, and only a remote could serve it."""
 
 
 class UnavailableError(EdgecloudError):

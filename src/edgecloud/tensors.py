@@ -160,6 +160,13 @@ class RequestContext:
     """Absolute ``time.monotonic()`` by which an answer is needed, or None."""
     idempotency_key: str | None = None
     """Key that lets a server answer a retried request without recomputing it."""
+    local_only: bool = False
+    """Set by a privacy Guard: no tensor of this request may leave the device.
+    Restricted data is local-only whatever this says."""
+
+    @property
+    def may_leave_device(self) -> bool:
+        return not self.local_only and self.sensitivity is not Sensitivity.RESTRICTED
 
     @classmethod
     def with_timeout(cls, seconds: float, **kwargs: Any) -> RequestContext:

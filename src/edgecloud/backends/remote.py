@@ -33,9 +33,11 @@ from ..errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    PrivacyError,
     UnavailableError,
 )
 from ..protocol import HEADER_LENGTH, decode_response, encode_request, loads
+from ..routing.privacy import AuditLog
 from ..tensors import InferRequest, InferResponse, Span
 from .base import Backend
 from .remote_grpc import GrpcTransport
@@ -71,10 +73,12 @@ class RemoteBackend(Backend):
         verify: bool | str | ssl.SSLContext = True,
         max_connections: int = 64,
         root_certificates: bytes | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = f"remote:{self.url}"
         self.timeout = timeout
+        self.audit = audit
         self._grpc: GrpcTransport | None = None
         scheme, _, target = self.url.partition("://")
         if scheme in ("grpc", "grpcs"):
@@ -104,6 +108,7 @@ class RemoteBackend(Backend):
     # -- public ----------------------------------------------------------------
 
     def infer(self, request: InferRequest) -> InferResponse:
+        self._egress(request)
         if self._grpc is not None:
             return self._grpc.infer(request, self._timeout_for(request), self.name)
         if not self._checked_extensions:
@@ -122,6 +127,7 @@ class RemoteBackend(Backend):
             return await asyncio.to_thread(self.infer, request)
         if self._async is None:
             self._async = self._httpx.AsyncClient(**self._async_args)
+        self._egress(request)
         if not self._checked_extensions:
             await asyncio.to_thread(self._check_extensions)
         body, headers, path, timeout = self._prepare(request)
@@ -171,6 +177,16 @@ class RemoteBackend(Backend):
             self._async = None
 
     # -- internals -------------------------------------------------------------
+
+    def _egress(self, request: InferRequest) -> None:
+        """The one door tensors leave by: privacy check, then the audit record."""
+        if not request.context.may_leave_device:
+            raise PrivacyError(
+                f"{request.context.sensitivity.value} data of this request may not leave the "
+                f"device, and {self.url} is remote"
+            )
+        if self.audit is not None:
+            self.audit.record(request, self.url)
 
     def _check_extensions(self) -> None:
         """Use binary tensors only if the server advertises ``binary_tensor_data``.

@@ -1,0 +1,165 @@
+"""Cascade: the small (local) model answers; rows it is unsure of escalate to the large one."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..errors import ConfigError, EdgecloudError, InvalidRequestError
+from ..tensors import InferRequest, InferResponse, Span, Trace
+from .confidence import confidence
+from .fallback import fallback_reason
+
+__all__ = ["Cascade"]
+
+#: Called with the escalation that could not be sent and the answer given instead
+#: (e.g. to queue it in the outbox for later).
+OnEscalationFailure = Callable[[InferRequest, InferResponse, str], None]
+
+
+class Cascade(Backend):
+    """Answer with ``small``; escalate low-confidence rows to ``large``.
+
+    ``output`` names the probability output both models produce. Rows whose
+    confidence (``max_prob``, ``margin`` or ``entropy``) is below ``threshold``
+    go to ``large`` as one sub-batch; their answers replace the small model's.
+    ``audit_rate`` also escalates that share of confident rows (to measure the
+    small model in production); ``min_interval_s`` spaces escalations out. If
+    the large model cannot be reached, the small model's answer is returned,
+    the trace says so, and ``on_escalation_failure`` is told.
+    """
+
+    def __init__(
+        self,
+        small: Backend,
+        large: Backend,
+        *,
+        threshold: float,
+        output: str = "probabilities",
+        confidence_measure: str = "max_prob",
+        small_model: str | None = None,
+        large_model: str | None = None,
+        audit_rate: float = 0.0,
+        min_interval_s: float = 0.0,
+        on_escalation_failure: OnEscalationFailure | None = None,
+        seed: int | None = None,
+        name: str = "cascade",
+    ) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"cascade threshold must be in [0, 1], got {threshold}")
+        if not 0.0 <= audit_rate <= 1.0:
+            raise ConfigError(f"audit_rate must be in [0, 1], got {audit_rate}")
+        if min_interval_s < 0:
+            raise ConfigError("min_interval_s must be >= 0")
+        self.small = small
+        self.large = large
+        self.threshold = threshold
+        self.output = output
+        self.measure = confidence_measure
+        self._confidence = confidence(confidence_measure)
+        self.small_model = small_model
+        self.large_model = large_model
+        self.audit_rate = audit_rate
+        self.min_interval_s = min_interval_s
+        self.on_escalation_failure = on_escalation_failure
+        self.name = name
+        self._rng = random.Random(seed)
+        self._last_escalation = -float("inf")
+        self._lock = threading.Lock()
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        model = self.small_model or request.model
+        first = self.small.infer(replace(request, model=model))
+        probs = first.outputs.get(self.output)
+        if probs is None or probs.ndim != 2:
+            raise InvalidRequestError(
+                f"cascade needs a [batch, classes] output {self.output!r} from {model!r}"
+            )
+        scores = self._confidence(probs)
+        unsure = scores < self.threshold
+        audited = self._audit(~unsure)
+        rows = np.flatnonzero(unsure | audited)
+        worst = float(scores.min())
+        if rows.size == 0:
+            why = f"cascade:confident ({self.measure} min {worst:.3f} >= {self.threshold:.3f})"
+            return _decided(first, self.name, why)
+        if not self._may_escalate():
+            return _decided(first, self.name, "cascade:rate-limited (min_interval_s)")
+        return self._escalate(request, first, rows, int(audited.sum()), worst)
+
+    def _audit(self, confident: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        if self.audit_rate <= 0:
+            return np.zeros_like(confident)
+        draws = np.array([self._rng.random() < self.audit_rate for _ in confident])
+        return np.asarray(confident & draws)
+
+    def _may_escalate(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_escalation < self.min_interval_s:
+                return False
+            self._last_escalation = now
+            return True
+
+    def _escalate(
+        self,
+        request: InferRequest,
+        first: InferResponse,
+        rows: np.ndarray[Any, Any],
+        audited: int,
+        worst: float,
+    ) -> InferResponse:
+        subset = {k: np.ascontiguousarray(v[rows]) for k, v in request.inputs.items()}
+        escalation = replace(request, model=self.large_model or request.model, inputs=subset)
+        why = (
+            f"cascade:escalate {rows.size}/{len(first.outputs[self.output])} rows "
+            f"({self.measure} min {worst:.3f} < {self.threshold:.3f}"
+            + (f", {audited} audit" if audited else "")
+            + ")"
+        )
+        try:
+            second = self.large.infer(escalation)
+        except EdgecloudError as exc:
+            reason = fallback_reason(exc)
+            if reason is None:
+                raise
+            if self.on_escalation_failure is not None:
+                self.on_escalation_failure(escalation, first, reason)
+            why = f"cascade:escalation-failed:{reason} — small model's answer ({exc.message[:100]})"
+            return _decided(first, self.name, why)
+        outputs = {k: v.copy() for k, v in first.outputs.items()}
+        for key, value in second.outputs.items():
+            if key in outputs:
+                outputs[key][rows] = value
+        spans = [
+            *first.trace.spans,
+            Span(self.name, "decision", 0.0, why),
+            *second.trace.spans,
+        ]
+        served = f"{first.trace.served_by} + {second.trace.served_by}"
+        return InferResponse(
+            model=request.model,
+            version=first.version,
+            outputs=outputs,
+            trace=Trace(served, spans),
+            id=request.id,
+            parameters={**first.parameters, "escalated_rows": int(rows.size)},
+        )
+
+    def close(self) -> None:
+        self.small.close()
+        self.large.close()
+
+
+def _decided(response: InferResponse, name: str, reason: str) -> InferResponse:
+    response.trace = Trace(
+        response.trace.served_by, [*response.trace.spans, Span(name, "decision", 0.0, reason)]
+    )
+    return response

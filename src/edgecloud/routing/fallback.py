@@ -1,0 +1,163 @@
+"""Fallback: try a primary backend, fall back to a secondary — and say why.
+
+The modes users know from hybrid SDKs are Fallbacks: ``prefer_local`` (local,
+then remote) and ``prefer_remote`` (remote, then local). Fallback happens on
+what a second path can fix — unreachable, timeout, server error, not ready,
+open circuit, data not allowed to leave — never on a request the caller got
+wrong (4xx): that would only hide the mistake.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from ..backends.base import Backend
+from ..errors import (
+    DeadlineExceededError,
+    EdgecloudError,
+    InferenceError,
+    ModelLoadError,
+    PrivacyError,
+    UnavailableError,
+)
+from ..tensors import InferRequest, InferResponse, Span, Trace
+from .resilience import CircuitBreaker
+
+__all__ = [
+    "Fallback",
+    "fallback_reason",
+    "only_local",
+    "only_remote",
+    "prefer_local",
+    "prefer_remote",
+]
+
+
+def fallback_reason(exc: BaseException) -> str | None:
+    """Why another path may succeed where this one failed, or None (re-raise)."""
+    if isinstance(exc, PrivacyError):
+        return "privacy"
+    if isinstance(exc, UnavailableError):
+        return "unavailable"
+    if isinstance(exc, DeadlineExceededError):
+        return "timeout"
+    if isinstance(exc, ModelLoadError):
+        return "not-ready"
+    if isinstance(exc, InferenceError):
+        return "server-error"
+    return None
+
+
+def with_decision(response: InferResponse, backend: str, reason: str) -> InferResponse:
+    """The response with a decision span first, naming who decided what."""
+    spans = [Span(backend, "decision", 0.0, reason), *response.trace.spans]
+    response.trace = Trace(response.trace.served_by, spans)
+    return response
+
+
+class Fallback(Backend):
+    """``primary`` first; ``secondary`` when the primary fails in a way it can fix.
+
+    With a request deadline, a primary still pending when only the
+    secondary's expected time is left is abandoned and the secondary answers.
+    An optional circuit breaker skips a primary that keeps failing.
+    """
+
+    def __init__(
+        self,
+        primary: Backend,
+        secondary: Backend,
+        *,
+        breaker: CircuitBreaker | None = None,
+        name: str = "fallback",
+    ) -> None:
+        self.primary = primary
+        self.secondary = secondary
+        self.breaker = breaker
+        self.name = name
+        self._secondary_s = 0.0  # EWMA of the secondary's latency: the deadline reserve
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        if self.breaker is not None and not self.breaker.allow():
+            return self._fall_back(request, "circuit-open", "the primary's circuit is open")
+        try:
+            response = self._primary(request)
+        except EdgecloudError as exc:
+            reason = fallback_reason(exc)
+            if reason is None:
+                raise
+            if self.breaker is not None and reason != "privacy":
+                self.breaker.record_failure()
+            return self._fall_back(request, reason, exc.message)
+        if self.breaker is not None:
+            self.breaker.record_success()
+        return with_decision(response, self.name, f"primary {self.primary.name} answered")
+
+    def _primary(self, request: InferRequest) -> InferResponse:
+        remaining = request.context.remaining()
+        if remaining is None:
+            return self.primary.infer(request)
+        budget = remaining - self._secondary_s
+        if budget <= 0:
+            raise DeadlineExceededError("no time left for the primary before the deadline")
+        future = self._executor().submit(self.primary.infer, request)
+        try:
+            return future.result(timeout=budget)
+        except FutureTimeout:
+            raise DeadlineExceededError(
+                f"{self.primary.name} still pending {budget * 1e3:.0f} ms before the deadline; "
+                "abandoned"
+            ) from None
+
+    def _fall_back(self, request: InferRequest, reason: str, detail: str) -> InferResponse:
+        started = time.perf_counter()
+        response = self.secondary.infer(request)
+        elapsed = time.perf_counter() - started
+        self._secondary_s = (
+            elapsed if self._secondary_s == 0 else 0.8 * self._secondary_s + 0.2 * elapsed
+        )
+        return with_decision(response, self.name, f"fallback:{reason} ({_short(detail)})")
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix=f"edgecloud-{self.name}")
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self.primary.close()
+        self.secondary.close()
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def only_local(local: Backend) -> Backend:
+    """Every request on the device."""
+    return local
+
+
+def only_remote(remote: Backend) -> Backend:
+    """Every request on the server."""
+    return remote
+
+
+def prefer_local(local: Backend, remote: Backend) -> Fallback:
+    """The device answers; the server only when the device fails."""
+    return Fallback(local, remote, name="prefer_local")
+
+
+def prefer_remote(
+    remote: Backend, local: Backend, *, breaker: CircuitBreaker | None = None
+) -> Fallback:
+    """The server answers; the device when the server is unreachable, slow or failing."""
+    return Fallback(remote, local, breaker=breaker or CircuitBreaker(), name="prefer_remote")

@@ -1,0 +1,132 @@
+"""Privacy: rules that keep data on the device, and an audit log of what left it.
+
+Enforcement happens where data would leave — in RemoteBackend, the only leaf
+that sends tensors — so no arrangement of combinators can route around it: a
+request whose context is local-only (or whose data is restricted) raises
+:class:`~edgecloud.errors.PrivacyError` there, which a Fallback answers with
+its local path and which otherwise fails the request clearly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..errors import ConfigError
+from ..tensors import InferRequest, InferResponse, Sensitivity, Span, Trace
+
+__all__ = ["AuditLog", "Guard"]
+
+Rule = Literal["local", "any"]
+
+
+class AuditLog:
+    """Append-only JSON lines: one record per tensor that leaves the device.
+
+    Each line: time, model, destination, tensor name, bytes, sha256,
+    sensitivity, request id. Lines are written with ``O_APPEND`` and fsynced,
+    so a crash never leaves a half-written record before a complete one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+
+    def record(self, request: InferRequest, destination: str) -> None:
+        now = time.time()
+        lines = []
+        for name, array in request.inputs.items():
+            data = (
+                np.ascontiguousarray(array).tobytes()
+                if array.dtype.kind != "O"
+                else repr(array.tolist()).encode()
+            )
+            lines.append(
+                json.dumps(
+                    {
+                        "time": now,
+                        "model": request.model,
+                        "destination": destination,
+                        "tensor": name,
+                        "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "sensitivity": request.context.sensitivity.value,
+                        "request_id": request.id,
+                    },
+                    sort_keys=True,
+                )
+            )
+        payload = ("\n".join(lines) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, payload)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with self.path.open() as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+class Guard(Backend):
+    """Apply per-deployment privacy rules before ``inner`` routes the request.
+
+    ``rules`` maps a sensitivity (``public``, ``personal``, ``restricted``) to
+    ``local`` (must stay on the device) or ``any``. Restricted data is local
+    whatever the rules say.
+    """
+
+    def __init__(
+        self, inner: Backend, *, rules: Mapping[str, Rule] | None = None, name: str = "guard"
+    ) -> None:
+        self.inner = inner
+        self.name = name
+        self.rules: dict[Sensitivity, Rule] = {Sensitivity.RESTRICTED: "local"}
+        for key, rule in (rules or {}).items():
+            try:
+                level = Sensitivity(key)
+            except ValueError:
+                raise ConfigError(
+                    f"privacy rule for unknown sensitivity {key!r}; use public, personal "
+                    "or restricted"
+                ) from None
+            if rule not in ("local", "any"):
+                raise ConfigError(f"privacy rule {key}: {rule!r} must be 'local' or 'any'")
+            if level is Sensitivity.RESTRICTED and rule != "local":
+                raise ConfigError("restricted data never leaves the device: its rule must be local")
+            self.rules[level] = rule
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        level = request.context.sensitivity
+        local = self.rules.get(level, "any") == "local"
+        if local and not request.context.local_only:
+            request = replace(request, context=replace(request.context, local_only=True))
+        response = self.inner.infer(request)
+        reason = f"guard:{level.value} → " + ("stays on the device" if local else "may leave")
+        response.trace = Trace(
+            response.trace.served_by,
+            [Span(self.name, "decision", 0.0, reason), *response.trace.spans],
+        )
+        return response
+
+    def close(self) -> None:
+        self.inner.close()

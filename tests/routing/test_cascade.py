@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecloud import (
+    ConfigError,
+    InferRequest,
+    LocalBackend,
+    ModelRepository,
+    RemoteBackend,
+    UnavailableError,
+)
+from edgecloud.routing import Cascade, calibrate
+from edgecloud.routing.confidence import margin, max_probability, normalised_entropy
+from edgecloud.zoo import datasets
+
+from ..server.conftest import Server, free_port
+
+
+def test_confidence_measures() -> None:
+    probs = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.6, 0.3, 0.1]])
+    np.testing.assert_allclose(max_probability(probs), [1.0, 1 / 3, 0.6])
+    np.testing.assert_allclose(margin(probs), [1.0, 0.0, 0.3], atol=1e-12)
+    entropy = normalised_entropy(probs)
+    assert entropy[0] == pytest.approx(1.0) and entropy[1] == pytest.approx(0.0, abs=1e-9)
+    assert 0 < entropy[2] < 1
+
+
+def cascade(repo: ModelRepository, large, threshold: float, **kw) -> Cascade:  # type: ignore[no-untyped-def]
+    return Cascade(
+        LocalBackend(repo), large, threshold=threshold,
+        small_model="digits-small", large_model="digits-large", **kw,
+    )  # fmt: skip
+
+
+def test_confident_rows_stay_local_unsure_rows_escalate(
+    zoo_repo: ModelRepository, zoo_server: Server
+) -> None:
+    test = datasets.digits("test")
+    with LocalBackend(zoo_repo) as local:
+        small = local.infer(InferRequest("digits-small", {"pixels": test.x})).outputs[
+            "probabilities"
+        ]
+        large = local.infer(InferRequest("digits-large", {"pixels": test.x})).outputs[
+            "probabilities"
+        ]
+    with cascade(zoo_repo, RemoteBackend(zoo_server.url), 0.9) as c:
+        response = c.infer(InferRequest("digits", {"pixels": test.x}))
+    unsure = small.max(axis=1) < 0.9
+    expected = np.where(unsure[:, None], large, small)
+    np.testing.assert_allclose(response.outputs["probabilities"], expected, rtol=1e-4, atol=1e-6)
+    assert response.parameters["escalated_rows"] == int(unsure.sum())
+    decisions = [s.reason for s in response.trace.spans if s.kind == "decision"]
+    assert decisions[0].startswith(f"cascade:escalate {unsure.sum()}/{len(test)} rows")
+    assert any(s.kind == "network" and s.bytes_up > 0 for s in response.trace.spans)
+
+
+def test_a_confident_request_never_leaves(zoo_repo: ModelRepository) -> None:
+    x = datasets.digits("test").x[:1]
+    with cascade(zoo_repo, RemoteBackend(f"http://127.0.0.1:{free_port()}"), 0.0) as c:
+        response = c.infer(InferRequest("digits", {"pixels": x}))
+    assert response.trace.served_by.startswith("local:digits-small")
+    assert "cascade:confident" in response.trace.spans[-1].reason
+
+
+def test_unreachable_large_model_gives_the_small_answer_and_reports_it(
+    zoo_repo: ModelRepository,
+) -> None:
+    failures: list[tuple[str, int]] = []
+    x = datasets.digits("test").x[:20]
+
+    def failed(req: InferRequest, resp: object, why: str) -> None:
+        failures.append((why, len(req.inputs["pixels"])))
+
+    dead = RemoteBackend(f"http://127.0.0.1:{free_port()}", timeout=1)
+    with cascade(zoo_repo, dead, 1.0, on_escalation_failure=failed) as c:
+        response = c.infer(InferRequest("digits", {"pixels": x}))
+    assert response.outputs["probabilities"].shape == (20, 10)
+    assert "cascade:escalation-failed:unavailable" in response.trace.spans[-1].reason
+    assert failures == [("unavailable", 20)]
+
+
+def test_audit_rate_escalates_some_confident_rows(zoo_repo: ModelRepository) -> None:
+    x = datasets.digits("test").x
+    with cascade(zoo_repo, LocalBackend(zoo_repo), 0.0, audit_rate=0.25, seed=1) as c:
+        response = c.infer(InferRequest("digits", {"pixels": x}))
+    share = response.parameters["escalated_rows"] / len(x)
+    assert 0.15 < share < 0.35
+
+
+def test_min_interval_spaces_escalations(zoo_repo: ModelRepository) -> None:
+    x = datasets.digits("test").x[:50]
+    with cascade(zoo_repo, LocalBackend(zoo_repo), 1.0, min_interval_s=60) as c:
+        first = c.infer(InferRequest("digits", {"pixels": x}))
+        second = c.infer(InferRequest("digits", {"pixels": x}))
+    assert first.parameters["escalated_rows"] == 50
+    assert "rate-limited" in second.trace.spans[-1].reason
+
+
+def test_cascade_settings_are_checked(zoo_repo: ModelRepository) -> None:
+    with pytest.raises(ConfigError, match="threshold"):
+        cascade(zoo_repo, LocalBackend(zoo_repo), 1.5)
+    with pytest.raises(ConfigError, match="unknown confidence"):
+        cascade(zoo_repo, LocalBackend(zoo_repo), 0.5, confidence_measure="vibes")
+
+
+def test_calibration_meets_its_target_on_validation_data(zoo_repo: ModelRepository) -> None:
+    val = datasets.digits("val")
+    with LocalBackend(zoo_repo) as local:
+        small = local.infer(InferRequest("digits-small", {"pixels": val.x})).outputs[
+            "probabilities"
+        ]
+        large = local.infer(InferRequest("digits-large", {"pixels": val.x})).outputs[
+            "probabilities"
+        ]
+    point = calibrate(small, large, val.y, target_relative_accuracy=0.995)
+    assert point.relative_accuracy >= 0.995 and point.escalation_rate < 0.5
+    capped = calibrate(small, large, val.y, max_escalation_rate=0.05)
+    assert capped.escalation_rate <= 0.05
+    with pytest.raises(ConfigError, match="no threshold reaches"):
+        calibrate(small, large, val.y, target_relative_accuracy=1.5)
+    with pytest.raises(ConfigError, match="exactly one"):
+        calibrate(small, large, val.y)
+
+
+def test_unavailable_is_what_a_dead_remote_raises() -> None:
+    with (
+        RemoteBackend(f"http://127.0.0.1:{free_port()}", timeout=1) as remote,
+        pytest.raises(UnavailableError),
+    ):
+        remote.infer(InferRequest("digits-large", {"pixels": np.zeros((1, 64), np.float32)}))
