@@ -8,6 +8,7 @@ from __future__ import annotations
 from .backends.base import Backend, FunctionBackend
 from .backends.local import LocalBackend
 from .backends.remote import RemoteBackend
+from .deployment import Deployment, load
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -74,6 +75,7 @@ __all__ = [
     "ConfigError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
+    "Deployment",
     "DynamicBatching",
     "EdgecloudError",
     "Fallback",
@@ -112,6 +114,7 @@ __all__ = [
     "calibrate",
     "config_from_onnx",
     "datatype_of",
+    "load",
     "numpy_dtype",
     "prefer_local",
     "prefer_remote",

@@ -192,6 +192,33 @@ def serve(
 
 
 @app.command()
+def calibrate(
+    deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],
+    dataset: Annotated[str, typer.Option(help="Labelled data set to calibrate on.")] = "digits",
+    split: Annotated[str, typer.Option(help="Its split (never the test split).")] = "val",
+    target: Annotated[
+        float | None, typer.Option(help="Accuracy to reach, relative to the large model.")
+    ] = None,
+    max_escalation: Annotated[
+        float | None, typer.Option(help="Largest share of requests to escalate.")
+    ] = None,
+) -> None:
+    """Pick the cascade's threshold on labelled data and write it into the deployment."""
+    from .calibration import calibrate_deployment
+
+    point = calibrate_deployment(
+        deployment, dataset=dataset, split=split, target=target, max_escalation=max_escalation
+    )
+    table = Table("threshold", "escalated", "accuracy", "relative to large model")
+    table.add_row(
+        f"{point.threshold:.4f}", f"{point.escalation_rate:.1%}", f"{point.accuracy:.2%}",
+        f"{point.relative_accuracy:.4f}",
+    )  # fmt: skip
+    console.print(table)
+    console.print(f"wrote threshold {point.threshold:.4f} into {deployment}")
+
+
+@app.command()
 def demo(repo: RepoOption = DEFAULT_REPO) -> None:
     """A tour on the demo zoo: digits on both models, sentence similarity, latency."""
     from .demo import run_demo

@@ -1,0 +1,306 @@
+"""Deployments: a whole backend tree declared in YAML and built with ``edgecloud.load``.
+
+::
+
+    repository: model-repo            # models for local leaves
+    remotes:
+      cloud: {url: "http://127.0.0.1:8000", timeout_s: 2.0, token_env: EDGECLOUD_TOKEN}
+    audit_log: audit.jsonl            # every tensor sent to a remote is recorded
+    outbox: {path: outbox.db, max_items: 10000, full_policy: drop_oldest}
+    root:
+      guard:
+        rules: {personal: local}
+        inner:
+          cascade:
+            small: local
+            large: {prefer_remote: {remote: cloud, local: local}}
+            small_model: digits-small
+            large_model: digits-large
+            threshold: 0.72
+
+A node is ``local``, the name of a remote, or a one-key mapping naming a
+combinator: ``local``, ``remote``, ``prefer_local``, ``prefer_remote``,
+``fallback``, ``cascade``, ``guard``. Mistakes are a ConfigError naming the
+file and the YAML path (``root.guard.inner.cascade.threshold: ...``).
+Relative paths are relative to the deployment file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .backends.base import Backend
+from .backends.local import LocalBackend
+from .backends.remote import RemoteBackend
+from .errors import ConfigError
+from .repository import ModelRepository
+from .routing.cascade import Cascade
+from .routing.fallback import Fallback
+from .routing.outbox import Outbox
+from .routing.privacy import AuditLog, Guard
+from .routing.resilience import CircuitBreaker
+from .tensors import InferRequest, InferResponse
+
+__all__ = ["Deployment", "DeploymentSpec", "load"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RemoteSpec(_Strict):
+    url: str
+    """``http(s)://host:port`` or ``grpc(s)://host:port`` of a v2 server."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    token_env: str | None = None
+    """Environment variable holding the bearer token."""
+    binary: bool = True
+
+
+class OutboxSpec(_Strict):
+    path: str = "outbox.db"
+    max_items: int = Field(default=10_000, ge=1)
+    ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    full_policy: Literal["reject", "drop_oldest"] = "reject"
+
+
+class LocalSpec(_Strict):
+    threads: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+
+
+class BreakerSpec(_Strict):
+    failure_threshold: int = Field(default=3, ge=1)
+    reset_after_s: float = Field(default=5.0, gt=0)
+
+
+class CascadeSpec(_Strict):
+    small: Any
+    large: Any
+    threshold: float = Field(ge=0, le=1)
+    confidence: Literal["max_prob", "margin", "entropy"] = "max_prob"
+    output: str = "probabilities"
+    small_model: str | None = None
+    large_model: str | None = None
+    audit_rate: float = Field(default=0.0, ge=0, le=1)
+    min_interval_s: float = Field(default=0.0, ge=0)
+    defer_failed_escalations: bool = False
+    """Queue escalations that could not be sent in the outbox, for later."""
+
+
+class GuardSpec(_Strict):
+    inner: Any
+    rules: dict[Literal["public", "personal", "restricted"], Literal["local", "any"]] = Field(
+        default_factory=dict
+    )
+
+
+class DeploymentSpec(_Strict):
+    """The validated deployment file."""
+
+    repository: str = "model-repo"
+    remotes: dict[str, RemoteSpec] = Field(default_factory=dict)
+    audit_log: str | None = None
+    outbox: OutboxSpec | None = None
+    root: Any
+
+
+class Deployment(Backend):
+    """A built deployment: its root backend plus the resources it owns."""
+
+    def __init__(
+        self, root: Backend, spec: DeploymentSpec, *, outbox: Outbox | None, source: Path | None
+    ) -> None:
+        self.root = root
+        self.spec = spec
+        self.outbox = outbox
+        self.source = source
+        self.name = f"deployment:{source.name if source else 'inline'}"
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        return self.root.infer(request)
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        return await self.root.infer_async(request)
+
+    def close(self) -> None:
+        self.root.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+
+def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
+    """Build the backend tree of a deployment file (or an already-parsed mapping)."""
+    path = None if isinstance(source, dict) else Path(source)
+    raw = source if isinstance(source, dict) else _read(Path(source))
+    where = str(path) if path else "deployment"
+    spec = _validate(DeploymentSpec, raw, "", where)
+    base = path.parent if path else Path.cwd()
+    builder = _Builder(spec, base, where)
+    root = builder.node(spec.root, "root")
+    return Deployment(root, spec, outbox=builder.outbox, source=path)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"deployment file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a deployment is a mapping with at least 'root'")
+    return raw
+
+
+def _validate(model: type[Any], raw: Any, at: str, where: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in (*([at] if at else []), *first["loc"]))
+        raise ConfigError(f"{where}: {loc or 'top level'}: {first['msg']}") from exc
+
+
+class _Builder:
+    def __init__(self, spec: DeploymentSpec, base: Path, where: str) -> None:
+        self.spec = spec
+        self.base = base
+        self.where = where
+        self.repository = ModelRepository(self._path(spec.repository))
+        self.audit = AuditLog(self._path(spec.audit_log)) if spec.audit_log else None
+        self.outbox = (
+            Outbox(
+                self._path(spec.outbox.path),
+                max_items=spec.outbox.max_items,
+                ttl_s=spec.outbox.ttl_s,
+                full_policy=spec.outbox.full_policy,
+            )
+            if spec.outbox
+            else None
+        )
+        self._locals: dict[str, LocalBackend] = {}
+        self.kinds: dict[str, Callable[[Any, str], Backend]] = {
+            "local": self._local,
+            "remote": self._remote_node,
+            "prefer_local": self._prefer_local,
+            "prefer_remote": self._prefer_remote,
+            "fallback": self._fallback,
+            "cascade": self._cascade,
+            "guard": self._guard,
+        }
+
+    def _path(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.base / path
+
+    def node(self, raw: Any, at: str) -> Backend:
+        if isinstance(raw, str):
+            if raw == "local":
+                return self._local({}, at)
+            return self._remote(raw, at)
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise ConfigError(
+                f"{self.where}: {at}: a node is 'local', a remote's name, or one of "
+                f"{{{', '.join(self.kinds)}: ...}}"
+            )
+        ((kind, params),) = raw.items()
+        if kind not in self.kinds:
+            raise ConfigError(
+                f"{self.where}: {at}: unknown node {kind!r}; use one of {', '.join(self.kinds)}"
+            )
+        return self.kinds[kind](params if params is not None else {}, f"{at}.{kind}")
+
+    def _local(self, params: Any, at: str) -> Backend:
+        spec = _validate(LocalSpec, params, at, self.where)
+        key = f"{spec.threads}/{spec.device}"
+        if key not in self._locals:  # one session cache per configuration
+            self._locals[key] = LocalBackend(
+                self.repository, intra_op_threads=spec.threads, device=spec.device
+            )
+        return self._locals[key]
+
+    def _remote(self, name: str, at: str) -> Backend:
+        spec = self.spec.remotes.get(name)
+        if spec is None:
+            known = ", ".join(self.spec.remotes) or "none declared"
+            raise ConfigError(f"{self.where}: {at}: unknown remote {name!r} (remotes: {known})")
+        token = os.environ.get(spec.token_env) if spec.token_env else None
+        if spec.token_env and token is None:
+            raise ConfigError(
+                f"{self.where}: remotes.{name}.token_env: ${spec.token_env} is not set"
+            )
+        return RemoteBackend(
+            spec.url, token=token, timeout=spec.timeout_s, binary=spec.binary, audit=self.audit
+        )
+
+    def _remote_node(self, params: Any, at: str) -> Backend:
+        if not isinstance(params, str):
+            raise ConfigError(f"{self.where}: {at}: give the name of a remote")
+        return self._remote(params, at)
+
+    def _pair(self, params: Any, at: str, first: str, second: str) -> tuple[Backend, Backend]:
+        if not isinstance(params, dict) or set(params) - {first, second, "breaker"}:
+            raise ConfigError(
+                f"{self.where}: {at}: needs {first} and {second} (and optionally breaker)"
+            )
+        for key in (first, second):
+            if key not in params:
+                raise ConfigError(f"{self.where}: {at}.{key}: missing")
+        return self.node(params[first], f"{at}.{first}"), self.node(
+            params[second], f"{at}.{second}"
+        )
+
+    def _breaker(self, params: Any, at: str) -> CircuitBreaker:
+        spec = _validate(BreakerSpec, params.get("breaker") or {}, f"{at}.breaker", self.where)
+        return CircuitBreaker(
+            failure_threshold=spec.failure_threshold, reset_after_s=spec.reset_after_s
+        )
+
+    def _prefer_local(self, params: Any, at: str) -> Backend:
+        local, remote = self._pair(params, at, "local", "remote")
+        return Fallback(local, remote, name="prefer_local")
+
+    def _prefer_remote(self, params: Any, at: str) -> Backend:
+        remote, local = self._pair(params, at, "remote", "local")
+        return Fallback(remote, local, breaker=self._breaker(params, at), name="prefer_remote")
+
+    def _fallback(self, params: Any, at: str) -> Backend:
+        primary, secondary = self._pair(params, at, "primary", "secondary")
+        return Fallback(primary, secondary, breaker=self._breaker(params, at))
+
+    def _cascade(self, params: Any, at: str) -> Backend:
+        spec = _validate(CascadeSpec, params, at, self.where)
+        defer: Callable[[InferRequest, InferResponse, str], None] | None = None
+        if spec.defer_failed_escalations:
+            if self.outbox is None:
+                raise ConfigError(
+                    f"{self.where}: {at}.defer_failed_escalations: declare an outbox first"
+                )
+            outbox = self.outbox
+
+            def defer(request: InferRequest, _response: InferResponse, _why: str) -> None:
+                outbox.put(request, kind="escalation")
+
+        return Cascade(
+            self.node(spec.small, f"{at}.small"),
+            self.node(spec.large, f"{at}.large"),
+            threshold=spec.threshold,
+            output=spec.output,
+            confidence_measure=spec.confidence,
+            small_model=spec.small_model,
+            large_model=spec.large_model,
+            audit_rate=spec.audit_rate,
+            min_interval_s=spec.min_interval_s,
+            on_escalation_failure=defer,
+        )
+
+    def _guard(self, params: Any, at: str) -> Backend:
+        spec = _validate(GuardSpec, params, at, self.where)
+        return Guard(self.node(spec.inner, f"{at}.inner"), rules=spec.rules)

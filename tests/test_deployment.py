@@ -1,0 +1,136 @@
+"""Deployment files: built into real backend trees, mistakes named by YAML path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import edgecloud
+from edgecloud import ConfigError, InferRequest, ModelRepository, RequestContext, Sensitivity
+from edgecloud.zoo import datasets
+
+from .server.conftest import free_port
+
+
+def deployment(tmp_path: Path, zoo_repo: ModelRepository, **overrides: object) -> Path:
+    spec = {
+        "repository": str(zoo_repo.root),
+        "remotes": {"cloud": {"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 1}},
+        "audit_log": "audit.jsonl",
+        "outbox": {"path": "outbox.db", "max_items": 100},
+        "root": {
+            "guard": {
+                "rules": {"personal": "local"},
+                "inner": {
+                    "cascade": {
+                        "small": "local",
+                        "large": {"prefer_remote": {"remote": "cloud", "local": "local"}},
+                        "small_model": "digits-small",
+                        "large_model": "digits-large",
+                        "threshold": 0.9,
+                        "defer_failed_escalations": False,
+                    }
+                },
+            }
+        },
+    } | overrides
+    path = tmp_path / "deployment.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_a_deployment_builds_and_routes(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    x = datasets.digits("test").x[:30]
+    with edgecloud.load(deployment(tmp_path, zoo_repo)) as tree:
+        response = tree.infer(InferRequest("digits", {"pixels": x}))
+        personal = tree.infer(InferRequest(
+            "digits", {"pixels": x}, context=RequestContext(sensitivity=Sensitivity.PERSONAL)
+        ))  # fmt: skip
+    assert response.outputs["probabilities"].shape == (30, 10)
+    reasons = [s.reason for s in response.trace.spans if s.kind == "decision"]
+    assert reasons[0] == "guard:public → may leave"
+    assert any(r.startswith("fallback:unavailable") for r in reasons)  # the cloud is down
+    personal_reasons = [s.reason for s in personal.trace.spans if s.kind == "decision"]
+    assert personal_reasons[0] == "guard:personal → stays on the device"
+    assert any(r.startswith("fallback:privacy") for r in personal_reasons)
+    assert (tmp_path / "outbox.db").exists()
+
+
+def test_failed_escalations_are_deferred_to_the_outbox(
+    zoo_repo: ModelRepository, tmp_path: Path
+) -> None:
+    path = deployment(tmp_path, zoo_repo, root={"cascade": {
+        "small": "local", "large": "cloud", "small_model": "digits-small",
+        "large_model": "digits-large", "threshold": 1.0, "defer_failed_escalations": True,
+    }})  # fmt: skip
+    with edgecloud.load(path) as tree:
+        tree.infer(InferRequest("digits", {"pixels": datasets.digits("test").x[:5]}))
+        assert tree.outbox is not None
+        (item,) = tree.outbox.items()
+    assert item.kind == "escalation" and item.model == "digits-large"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"root": {"cascade": {"small": "local", "large": "local", "threshold": 2}}},
+         "root.cascade.threshold: Input should be less than or equal to 1"),
+        ({"root": {"guard": {"inner": {"teleport": {}}}}},
+         "root.guard.inner: unknown node 'teleport'"),
+        ({"root": {"prefer_remote": {"remote": "moon", "local": "local"}}},
+         "root.prefer_remote.remote: unknown remote 'moon' (remotes: cloud)"),
+        ({"root": {"prefer_remote": {"remote": "cloud"}}}, "root.prefer_remote.local: missing"),
+        ({"root": {"cascade": {"small": "local", "large": "local", "threshold": 0.5,
+                               "defer_failed_escalations": True}}, "outbox": None},
+         "declare an outbox first"),
+        ({"remotes": {"cloud": {"url": "http://x", "token_env": "EDGECLOUD_NO_SUCH_VAR"}},
+          "root": "cloud"}, "remotes.cloud.token_env: $EDGECLOUD_NO_SUCH_VAR is not set"),
+        ({"remotes": {"cloud": {"uri": "http://x"}}, "root": "local"},
+         "remotes.cloud.url: Field required"),
+        ({"root": ["local", "cloud"]}, "root: a node is 'local'"),
+    ],
+)  # fmt: skip
+def test_mistakes_name_their_yaml_path(
+    zoo_repo: ModelRepository, tmp_path: Path, overrides: dict, message: str
+) -> None:
+    path = deployment(tmp_path, zoo_repo, **overrides)
+    with pytest.raises(ConfigError) as info:
+        edgecloud.load(path)
+    assert str(path) in info.value.message and message in info.value.message
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        edgecloud.load(tmp_path / "absent.yaml")
+    (tmp_path / "bad.yaml").write_text("root: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        edgecloud.load(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        edgecloud.load(tmp_path / "list.yaml")
+    (tmp_path / "noroot.yaml").write_text("repository: x\n")
+    with pytest.raises(ConfigError, match="root: Field required"):
+        edgecloud.load(tmp_path / "noroot.yaml")
+
+
+def test_calibrate_command_writes_the_threshold(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    path = deployment(tmp_path, zoo_repo)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "calibrate", "-d", str(path), "--target", "0.995"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    threshold = yaml.safe_load(path.read_text())["root"]["guard"]["inner"]["cascade"]["threshold"]
+    assert 0 < threshold < 1 and threshold != 0.9
+    assert f"{threshold:.4f}" in result.stdout
+    capped = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "calibrate", "-d", str(path), "--split", "test",
+         "--target", "0.99"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert capped.returncode == 1 and "validation split" in capped.stderr
+    assert np.isfinite(threshold)
