@@ -192,6 +192,28 @@ def serve(
 
 
 @app.command()
+def edge(
+    deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 30.0,
+) -> None:
+    """Run a hybrid deployment behind the Open Inference Protocol on this device.
+
+    Any v2 client calls it like a server; each response carries its routing
+    trace in the edgecloud_trace parameter. The outbox is drained in the background.
+    """
+    from .gateway import run_gateway
+    from .server.settings import ServerSettings
+
+    settings = ServerSettings.from_env(host=host, http_port=port, request_timeout_s=timeout)
+    errors.print(
+        f"edgecloud edge gateway for {deployment} on http://{host}:{port}", highlight=False
+    )
+    run_gateway(deployment, settings)
+
+
+@app.command()
 def calibrate(
     deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],
     dataset: Annotated[str, typer.Option(help="Labelled data set to calibrate on.")] = "digits",

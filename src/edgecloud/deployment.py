@@ -119,6 +119,9 @@ class Deployment(Backend):
     ) -> None:
         self.root = root
         self.spec = spec
+        base = source.parent if source else Path.cwd()
+        repo = Path(spec.repository)
+        self.repository = ModelRepository(repo if repo.is_absolute() else base / repo)
         self.outbox = outbox
         self.source = source
         self.name = f"deployment:{source.name if source else 'inline'}"

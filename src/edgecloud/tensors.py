@@ -241,6 +241,19 @@ class Trace:
     def bytes_down(self) -> int:
         return sum(s.bytes_down for s in self.spans)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as the edge gateway returns it."""
+        return {
+            "served_by": self.served_by,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "spans": [
+                {"backend": s.backend, "kind": s.kind, "ms": round(s.seconds * 1e3, 3),
+                 "reason": s.reason, "bytes_up": s.bytes_up, "bytes_down": s.bytes_down}
+                for s in self.spans
+            ],
+        }  # fmt: skip
+
     def describe(self) -> str:
         """One line per span, for logs and the CLI."""
         lines = [f"served by {self.served_by}"]

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..errors import (
@@ -25,8 +25,11 @@ from ..errors import (
 )
 from ..protocol import HEADER_LENGTH, decode_request, dumps, encode_response
 from ..repository import ModelConfig
-from .host import ModelHost
+from ..tensors import InferRequest, InferResponse
+from .host import ModelState
+from .metrics import ServerMetrics
 from .openapi import openapi_document
+from .settings import ServerSettings
 
 __all__ = ["EXTENSIONS", "HttpApp", "model_metadata", "triton_config"]
 
@@ -107,11 +110,32 @@ def triton_config(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
-class HttpApp:
-    """ASGI application serving one :class:`ModelHost`."""
+class InferenceHost(Protocol):
+    """What the HTTP front end needs: the server's ModelHost, or the edge gateway's."""
 
-    def __init__(self, host: ModelHost, *, token: str | None = None) -> None:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    states: dict[str, ModelState]
+
+    def config(self, model: str) -> ModelConfig: ...
+
+    def ready(self, model: str, version: str | None = None) -> bool: ...
+
+    async def infer(self, request: InferRequest) -> InferResponse: ...
+
+
+class HttpApp:
+    """ASGI application serving an :class:`InferenceHost` (a ModelHost by default).
+
+    With ``expose_trace`` every infer response carries its trace as the JSON
+    string parameter ``edgecloud_trace`` (which tier served it, why, timings, bytes).
+    """
+
+    def __init__(
+        self, host: InferenceHost, *, token: str | None = None, expose_trace: bool = False
+    ) -> None:
         self.host = host
+        self.expose_trace = expose_trace
         self.settings = host.settings
         self.metrics = host.metrics
         self._token = token.encode() if token else None
@@ -241,6 +265,11 @@ class HttpApp:
         finally:
             self.metrics.requests.labels(model, "http", str(code)).inc()
             self.metrics.latency.labels(model, "http").observe(time.perf_counter() - started)
+        if self.expose_trace:
+            response.parameters = {
+                **response.parameters,
+                "edgecloud_trace": json.dumps(response.trace.to_dict()),
+            }
         payload, json_length = encode_response(response, decoded)
         if json_length is None:
             return 200, payload, JSON

@@ -1,0 +1,101 @@
+"""``edgecloud edge``: a hybrid deployment behind the Open Inference Protocol on localhost.
+
+Apps in any language call the gateway exactly as they would call a v2 server;
+the deployment (cascade, fallback, privacy guard, outbox) decides per request,
+and every response carries its trace in the ``edgecloud_trace`` parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from .deployment import Deployment, load
+from .errors import DeadlineExceededError, ModelNotFoundError
+from .repository import ModelConfig
+from .server.host import ModelState
+from .server.metrics import ServerMetrics
+from .server.settings import ServerSettings
+from .tensors import InferRequest, InferResponse
+
+__all__ = ["DeploymentHost", "run_gateway"]
+
+log = logging.getLogger("edgecloud.gateway")
+
+
+class DeploymentHost:
+    """Adapts a Deployment to the HTTP front end's host interface."""
+
+    def __init__(self, deployment: Deployment, settings: ServerSettings) -> None:
+        self.deployment = deployment
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.states = {
+            s.name: ModelState(s.name, s.served, ready=s.error is None, error=s.error)
+            for s in deployment.repository.status()
+        }
+
+    def config(self, model: str) -> ModelConfig:
+        if model not in self.states:
+            known = ", ".join(self.states) or "none"
+            raise ModelNotFoundError(f"no model {model!r} behind this gateway (models: {known})")
+        return self.deployment.repository.config(model)
+
+    def ready(self, model: str, version: str | None = None) -> bool:
+        state = self.states.get(model)
+        return bool(state and state.ready)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        timeout = self.settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(self.deployment.infer_async(request), timeout)
+        except TimeoutError:
+            raise DeadlineExceededError(f"no answer within the gateway's {timeout:g} s") from None
+
+    async def drain_outbox_forever(self, every_s: float = 5.0) -> None:
+        """Send what the outbox holds whenever the link allows (the re-sync loop)."""
+        outbox = self.deployment.outbox
+        remotes = list(self.deployment.spec.remotes)
+        if outbox is None or not remotes:
+            return
+        from .backends.remote import RemoteBackend
+
+        spec = self.deployment.spec.remotes[remotes[0]]
+        with RemoteBackend(spec.url, timeout=spec.timeout_s) as remote:
+            while True:
+                if len(outbox):
+                    result = await asyncio.to_thread(outbox.drain, remote.infer)
+                    if result.delivered:
+                        log.info(
+                            "outbox: delivered %d, %d left", result.delivered, result.remaining
+                        )
+                await asyncio.sleep(every_s)
+
+
+def run_gateway(path: Path, settings: ServerSettings) -> None:
+    """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM."""
+    import uvicorn
+
+    from .server.http import HttpApp
+
+    deployment = load(path)
+    host = DeploymentHost(deployment, settings)
+    app = HttpApp(host, token=settings.bearer_token(), expose_trace=True)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,
+        log_level="warning", timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+    )  # fmt: skip
+
+    async def main() -> None:
+        drainer = asyncio.create_task(host.drain_outbox_forever())
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drainer
+            deployment.close()
+
+    asyncio.run(main())
