@@ -134,3 +134,14 @@ def test_calibrate_command_writes_the_threshold(zoo_repo: ModelRepository, tmp_p
     )  # fmt: skip
     assert capped.returncode == 1 and "validation split" in capped.stderr
     assert np.isfinite(threshold)
+
+
+def test_fastest_node(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    path = deployment(tmp_path, zoo_repo, root={"fastest": {"paths": ["local", "cloud"]}})
+    with edgecloud.load(path) as tree:
+        response = tree.infer(
+            InferRequest("digits-small", {"pixels": datasets.digits("test").x[:2]})
+        )
+    assert response.trace.spans[0].reason.startswith("fastest:")
+    with pytest.raises(ConfigError, match=r"root.fastest.paths: List should have at least 2"):
+        edgecloud.load(deployment(tmp_path, zoo_repo, root={"fastest": {"paths": ["local"]}}))

@@ -20,7 +20,7 @@
 
 A node is ``local``, the name of a remote, or a one-key mapping naming a
 combinator: ``local``, ``remote``, ``prefer_local``, ``prefer_remote``,
-``fallback``, ``cascade``, ``guard``. Mistakes are a ConfigError naming the
+``fallback``, ``fastest``, ``cascade``, ``guard``. Mistakes are a ConfigError naming the
 file and the YAML path (``root.guard.inner.cascade.threshold: ...``).
 Relative paths are relative to the deployment file.
 """
@@ -42,6 +42,7 @@ from .errors import ConfigError
 from .repository import ModelRepository
 from .routing.cascade import Cascade
 from .routing.fallback import Fallback
+from .routing.fastest import Fastest
 from .routing.outbox import Outbox
 from .routing.privacy import AuditLog, Guard
 from .routing.resilience import CircuitBreaker
@@ -99,6 +100,12 @@ class GuardSpec(_Strict):
     rules: dict[Literal["public", "personal", "restricted"], Literal["local", "any"]] = Field(
         default_factory=dict
     )
+
+
+class FastestSpec(_Strict):
+    paths: list[Any] = Field(min_length=2)
+    hedge: bool = False
+    explore: float = Field(default=0.05, ge=0, le=1)
 
 
 class DeploymentSpec(_Strict):
@@ -196,6 +203,7 @@ class _Builder:
             "prefer_remote": self._prefer_remote,
             "fallback": self._fallback,
             "cascade": self._cascade,
+            "fastest": self._fastest,
             "guard": self._guard,
         }
 
@@ -303,6 +311,11 @@ class _Builder:
             min_interval_s=spec.min_interval_s,
             on_escalation_failure=defer,
         )
+
+    def _fastest(self, params: Any, at: str) -> Backend:
+        spec = _validate(FastestSpec, params, at, self.where)
+        paths = [self.node(p, f"{at}.paths.{i}") for i, p in enumerate(spec.paths)]
+        return Fastest(paths, hedge=spec.hedge, explore=spec.explore)
 
     def _guard(self, params: Any, at: str) -> Backend:
         spec = _validate(GuardSpec, params, at, self.where)

@@ -15,6 +15,8 @@ from .fallback import (
     prefer_local,
     prefer_remote,
 )
+from .fastest import Fastest
+from .link import LinkEstimate, ShapedLink
 from .outbox import DrainResult, Outbox, OutboxFullError, OutboxItem
 from .privacy import AuditLog, Guard
 from .resilience import Backoff, BreakerState, CircuitBreaker, retry
@@ -28,11 +30,14 @@ __all__ = [
     "CircuitBreaker",
     "DrainResult",
     "Fallback",
+    "Fastest",
     "Guard",
+    "LinkEstimate",
     "OperatingPoint",
     "Outbox",
     "OutboxFullError",
     "OutboxItem",
+    "ShapedLink",
     "calibrate",
     "fallback_reason",
     "only_local",

@@ -1,0 +1,133 @@
+"""Fastest: send each request down the path expected to answer first, optionally hedged."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from ..backends.base import Backend
+from ..errors import ConfigError, EdgecloudError, UnavailableError
+from ..tensors import InferRequest, InferResponse
+from .fallback import fallback_reason, with_decision
+from .link import LinkEstimate
+from .resilience import CircuitBreaker
+
+__all__ = ["Fastest"]
+
+
+class Fastest(Backend):
+    """Choose between backends by expected latency, learned from their own answers.
+
+    Each path keeps a :class:`LinkEstimate` of its end-to-end time (compute,
+    network and server together) as a function of request size. A path never
+    measured is tried first; ``explore`` is the share of requests sent down a
+    path that is not the current best, so estimates stay fresh when
+    conditions change. A failing path is skipped by its circuit breaker and the
+    request goes to the next. With ``hedge``, when the chosen path has not
+    answered by its own p95, the next path starts too and the first answer wins.
+    """
+
+    def __init__(
+        self,
+        paths: list[Backend],
+        *,
+        explore: float = 0.05,
+        hedge: bool = False,
+        seed: int | None = None,
+        name: str = "fastest",
+    ) -> None:
+        if len(paths) < 2:
+            raise ConfigError("Fastest needs at least two paths")
+        if not 0 <= explore <= 1:
+            raise ConfigError("explore must be within [0, 1]")
+        self.paths = paths
+        self.explore = explore
+        self.hedge = hedge
+        self.name = name
+        self.estimates = [LinkEstimate() for _ in paths]
+        self.breakers = [CircuitBreaker(failure_threshold=2, reset_after_s=10) for _ in paths]
+        self._rng = random.Random(seed)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def ranking(self, nbytes: int) -> list[tuple[int, float | None]]:
+        """Paths ordered by expected seconds (unmeasured first), with the estimate."""
+        expected = [(i, e.predict(nbytes)) for i, e in enumerate(self.estimates)]
+        return sorted(expected, key=lambda pair: -1.0 if pair[1] is None else pair[1])
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        order = self.ranking(request.nbytes())
+        if len(order) > 1 and order[0][1] is not None and self._rng.random() < self.explore:
+            order = [order[1], order[0], *order[2:]]
+            why = "explore"
+        else:
+            why = "unmeasured" if order[0][1] is None else "fastest"
+        errors = []
+        for rank, (i, expected) in enumerate(order):
+            if not self.breakers[i].allow():
+                errors.append(f"{self.paths[i].name}: circuit open")
+                continue
+            try:
+                response = self._run(i, order[rank + 1 :], request)
+            except EdgecloudError as exc:
+                reason = fallback_reason(exc)
+                if reason is None:
+                    raise
+                self.breakers[i].record_failure()
+                errors.append(f"{self.paths[i].name}: {reason}")
+                continue
+            estimate = "unmeasured" if expected is None else f"expected {expected * 1e3:.1f} ms"
+            detail = f"fastest:{why} {self.paths[i].name} ({estimate})"
+            if errors:
+                detail += f" after {'; '.join(errors)}"
+            return with_decision(response, self.name, detail)
+        raise _all_failed(errors)
+
+    def _run(
+        self, i: int, rest: list[tuple[int, float | None]], request: InferRequest
+    ) -> InferResponse:
+        started = time.perf_counter()
+        p95 = self.estimates[i].percentile(95)
+        if self.hedge and rest and p95 is not None and len(self.estimates[i]) >= 8:
+            response = self._hedged(i, rest[0][0], p95, request)
+        else:
+            response = self.paths[i].infer(request)
+        self.estimates[i].record(request.nbytes(), time.perf_counter() - started)
+        self.breakers[i].record_success()
+        return response
+
+    def _hedged(
+        self, first: int, second: int, after: float, request: InferRequest
+    ) -> InferResponse:
+        pool = self._executor()
+        futures: dict[Future[InferResponse], int] = {
+            pool.submit(self.paths[first].infer, request): first
+        }
+        done, _ = wait(futures, timeout=after)
+        if not done:
+            futures[pool.submit(self.paths[second].infer, request)] = second
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+        winner = next(iter(done))
+        response = winner.result()
+        if futures[winner] != first:
+            why = f"hedge:{self.paths[second].name} answered before {self.paths[first].name}"
+            return with_decision(response, self.name, why)
+        return response
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix="edgecloud-fastest")
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for path in self.paths:
+            path.close()
+
+
+def _all_failed(errors: list[str]) -> EdgecloudError:
+    return UnavailableError("every path failed: " + "; ".join(errors))
