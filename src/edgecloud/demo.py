@@ -34,6 +34,9 @@ def run_demo(repo: ModelRepository, console: Console) -> None:
         _digits(local, console)
         if "minilm" in repo.model_names():
             _sentences(local, repo, console)
+    from .demo_hybrid import run_hybrid_demo
+
+    run_hybrid_demo(repo, console)
 
 
 def _digits(local: LocalBackend, console: Console) -> None:

@@ -137,6 +137,8 @@ def test_demo_runs_end_to_end(zoo_repo: ModelRepository) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "digits-small" in result.stdout and "cosine similarity" in result.stdout
+    assert "link DOWN" in result.stdout and "fallback:unavailable" in result.stdout
+    assert "While the link was down all 120 requests were answered" in result.stdout
 
 
 def test_demo_without_a_zoo_says_how_to_build_it(tmp_path: Path) -> None:
