@@ -46,7 +46,7 @@ def test_readme_add_model_example(tmp_path: Path) -> None:
     assert ModelRepository(tmp_path / "model-repo").versions("my-model") == [1]
 
 
-def test_readme_remote_example_against_a_real_server(
+def test_readme_remote_examples_against_a_real_server(
     zoo_repo: ModelRepository, tmp_path: Path
 ) -> None:
     from .server.conftest import start_server
@@ -54,18 +54,23 @@ def test_readme_remote_example_against_a_real_server(
     server = start_server(zoo_repo, tmp_path)
     try:
         first = next(b for b in python_blocks() if "LocalBackend(" in b)
-        (remote,) = [b for b in python_blocks() if "RemoteBackend(" in b]
-        remote = remote.replace("http://127.0.0.1:8000", server.url)
-        script = first + remote + "\nprint(response.trace.served_by)\n"
+        remote_blocks = [b for b in python_blocks() if "RemoteBackend(" in b]
+        assert len(remote_blocks) == 2  # the client example and the hybrid tree
         (tmp_path / "model-repo").symlink_to(zoo_repo.root)
-        result = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        outputs = []
+        for block in remote_blocks:
+            script = first + block.replace("http://127.0.0.1:8000", server.url)
+            script += "\nprint(response.trace.served_by)\n"
+            result = subprocess.run(
+                [sys.executable, "-c", script],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout)
     finally:
         server.stop()
-    assert result.returncode == 0, result.stderr
-    assert f"remote:{server.url}" in result.stdout
+    assert f"remote:{server.url}" in outputs[0]
+    assert "guard:public → may leave" in outputs[1] and "cascade:" in outputs[1]
