@@ -15,13 +15,10 @@ Writes bench/results/cascade.json (top-level ``relative_accuracy`` and
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -31,29 +28,12 @@ from _common import RESULTS, machine, write_result
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository, RemoteBackend
 from edgecloud.routing import Cascade, calibrate, sweep
+from edgecloud.server.launch import serve_process
 from edgecloud.zoo import build_zoo, datasets
-
-PORT = 18321
 
 
 def probabilities(local: LocalBackend, model: str, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return local.infer(InferRequest(model, {"pixels": x})).outputs["probabilities"]
-
-
-def start_server(repo: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo),
-         "--http-port", str(PORT), "--grpc-port", "-1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not start")
 
 
 def main() -> None:
@@ -79,9 +59,9 @@ def main() -> None:
     )
     curve = sweep(test_small, test_large, test.y, measure=args.measure)
 
-    server = start_server(args.repo)
+    server = serve_process(repo.root)
     try:
-        remote = RemoteBackend(f"http://127.0.0.1:{PORT}")
+        remote = RemoteBackend(server.url)
         cascade = Cascade(
             LocalBackend(repo), remote, threshold=point.threshold, confidence_measure=args.measure,
             small_model="digits-small", large_model="digits-large",
@@ -98,8 +78,7 @@ def main() -> None:
             for image in test.x
         ]  # fmt: skip
     finally:
-        server.terminate()
-        server.wait(15)
+        server.stop()
     accuracy = float(np.mean(np.array(predictions) == test.y))
     remote_accuracy = float(np.mean(np.array(remote_only) == test.y))
     local_accuracy = float(np.mean(test_small.argmax(axis=1) == test.y))

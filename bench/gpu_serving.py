@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from loadgen import run_load
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository
 from edgecloud.backends.torch_runner import cuda_available
+from edgecloud.server.launch import serve_process
 from edgecloud.zoo import build_zoo
 
 MODEL = "resnet18-like"
@@ -73,26 +72,6 @@ def local_level(repo: ModelRepository, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def start(repo: Path, port: int, device: str) -> subprocess.Popen[bytes]:
-    """A server; on the CPU with every core per call (its best for a large model)."""
-    import httpx
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo), "--http-port",
-         str(port), "--grpc-port", "-1", "--device", device,
-         "--threads", "0" if device == "cpu" else "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server on {device} did not start")
-
-
 def server_level(repo: Path, seconds: float) -> list[dict[str, Any]]:
     image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     header = json.dumps(
@@ -107,7 +86,9 @@ def server_level(repo: Path, seconds: float) -> list[dict[str, Any]]:
     body = header + image.tobytes()
     rows = []
     for device, port in (("cpu", 18500), ("cuda", 18501)):
-        process = start(repo, port, device)
+        threads = "0" if device == "cpu" else "1"  # the CPU at its best for a large model
+        extra = ["--device", device, "--threads", threads]
+        server = serve_process(repo, http_port=port, extra=extra)
         try:
             for c in (1, 8, 32):
                 result = asyncio.run(
@@ -116,8 +97,7 @@ def server_level(repo: Path, seconds: float) -> list[dict[str, Any]]:
                 ).summary()  # fmt: skip
                 rows.append({"device": device, **result})
         finally:
-            process.terminate()
-            process.wait(30)
+            server.stop(30)
     return rows
 
 

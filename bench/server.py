@@ -20,16 +20,12 @@ import asyncio
 import json
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
@@ -41,6 +37,7 @@ from loadgen import run_load
 from peers.mlserver import start_mlserver
 
 from edgecloud import ModelRepository
+from edgecloud.server.launch import free_port, serve_process
 from edgecloud.zoo import build_zoo
 
 MODEL = "digits-small"
@@ -50,12 +47,6 @@ wrk.body = io.open("{body}", "rb"):read("*a")
 wrk.headers["Content-Type"] = "{content_type}"
 {extra}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
@@ -79,35 +70,6 @@ def bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
             },
         ),
     }
-
-
-def start_edgecloud(repo: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo),
-         "--http-port", str(port), "--grpc-port", "-1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("edgecloud serve did not become ready")
-
-
-def stop_time(process: subprocess.Popen[bytes], timeout: float = 15.0) -> float | None:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-        return time.monotonic() - started
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return None
 
 
 def loadgen(
@@ -173,7 +135,7 @@ def main() -> None:
     payloads = bodies()
     ec_port, ml_port = free_port(), free_port()
     console.print("starting edgecloud and MLServer (MLServer's virtualenv is built on first use)…")
-    edgecloud = start_edgecloud(args.repo, ec_port)
+    edgecloud = serve_process(repo.root, http_port=ec_port)
     workdir = Path(tempfile.mkdtemp(prefix="mlserver-"))
     mlserver = start_mlserver(model_file, MODEL, workdir, ml_port, free_port(), free_port())
     contenders = [
@@ -203,7 +165,7 @@ def main() -> None:
                         )
                         progress.advance(task)
     finally:
-        ec_stop = stop_time(edgecloud)
+        ec_stop = edgecloud.stop()
         ml_stop = mlserver.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     report(console, cases, args, ec_stop, ml_stop)

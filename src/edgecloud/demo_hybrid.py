@@ -9,12 +9,8 @@ how accurately. Stops the server it started.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,42 +19,19 @@ from rich.table import Table
 
 from .backends.local import LocalBackend
 from .backends.remote import RemoteBackend
-from .errors import UnavailableError
 from .repository import ModelRepository
 from .routing.calibrate import calibrate
 from .routing.cascade import Cascade
 from .routing.fallback import prefer_remote
 from .routing.link import ShapedLink
 from .routing.resilience import CircuitBreaker
+from .server.launch import serve_process
 from .tensors import InferRequest, InferResponse
 
 __all__ = ["run_hybrid_demo"]
 
 PHASES = ("link up", "link DOWN", "link back")
 PACE_S = 0.005  # one image every 5 ms, like a 200 fps sensor
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_server(repo: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo), "--http-port",
-         str(port), "--grpc-port", "-1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    with RemoteBackend(f"http://127.0.0.1:{port}", timeout=1) as probe:
-        for _ in range(300):
-            if probe.ready():
-                return process
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-    process.kill()
-    raise UnavailableError("the demo's server did not start")
 
 
 def _tier(response: InferResponse) -> str:
@@ -82,10 +55,9 @@ def run_hybrid_demo(repo: ModelRepository, console: Console) -> None:
         for m in ("digits-small", "digits-large")
     ]
     point = calibrate(probs[0], probs[1], val.y, target_relative_accuracy=0.995)
-    port = _free_port()
-    server = _start_server(repo.root, port)
+    server = serve_process(repo.root)
     try:
-        link = ShapedLink(RemoteBackend(f"http://127.0.0.1:{port}", timeout=1), delay_s=0.002)
+        link = ShapedLink(RemoteBackend(server.url, timeout=1), delay_s=0.002)
         large = prefer_remote(
             link, local, breaker=CircuitBreaker(failure_threshold=2, reset_after_s=PACE_S * 20)
         )
@@ -95,8 +67,7 @@ def run_hybrid_demo(repo: ModelRepository, console: Console) -> None:
         )  # fmt: skip
         rows = _run(cascade, link, test)
     finally:
-        server.terminate()
-        server.wait(15)
+        server.stop()
     _report(console, rows, point.threshold)
 
 

@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import tritonclient.http as triton
 import yaml
 
 from edgecloud import ModelRepository
+from edgecloud.server.launch import ServerProcess, free_port, launch
 from edgecloud.zoo import datasets
 
-from ..server.conftest import Server, free_port
+from ..server.conftest import Server
 
 
-def start_gateway(path: Path, port: int) -> subprocess.Popen[bytes]:
-    log = path.with_suffix(".log")
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ},
-        )  # fmt: skip
-    for _ in range(300):
-        if process.poll() is not None:
-            raise RuntimeError(log.read_text())
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("gateway did not start")
+def start_gateway(path: Path, port: int) -> ServerProcess:
+    argv = [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", str(port)]
+    return launch(argv, f"http://127.0.0.1:{port}", log=path.with_suffix(".log"))
 
 
 def write(tmp: Path, repo: ModelRepository, url: str) -> Path:
@@ -76,8 +59,7 @@ def test_gateway_routes_and_explains(
         assert any(r.startswith("cascade:escalate") for r in reasons)
         assert "remote:" in trace["served_by"] and trace["bytes_up"] > 0
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(15)
+        gateway.stop()
 
 
 def test_gateway_keeps_answering_with_the_server_down(
@@ -92,8 +74,7 @@ def test_gateway_keeps_answering_with_the_server_down(
         assert any(r.startswith("fallback:unavailable") for r in reasons)
         assert "remote:" not in trace["served_by"]
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(15)
+        gateway.stop()
 
 
 def test_gateway_refuses_a_broken_deployment(tmp_path: Path) -> None:

@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository, RemoteBackend
 from edgecloud.routing import CircuitBreaker, Outbox, prefer_remote
+from edgecloud.server.launch import free_port, serve_process
 from edgecloud.zoo import datasets
 
 from ..netns import NetNamespace, require_netns
-from ..server.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
-
-
-def serve(
-    repo: ModelRepository, host: str, port: int, wrap=lambda argv: argv
-) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    argv = [sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo.root), "--host",
-            host, "--http-port", str(port), "--grpc-port", "-1"]  # fmt: skip
-    process = subprocess.Popen(wrap(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ})  # fmt: skip
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://{host}:{port}/v2/health/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not start")
 
 
 class Traffic:
@@ -92,21 +71,21 @@ def test_server_killed_mid_traffic_then_restarted(
     zoo_repo: ModelRepository, tmp_path: Path
 ) -> None:
     port = free_port()
-    server = serve(zoo_repo, "127.0.0.1", port)
+    server = serve_process(zoo_repo.root, http_port=port)
     remote = RemoteBackend(f"http://127.0.0.1:{port}", timeout=1)
     tree = prefer_remote(remote, LocalBackend(zoo_repo), breaker=CircuitBreaker(reset_after_s=0.5))
     outbox = Outbox(tmp_path / "outbox.db")
     try:
         with Traffic(tree, outbox) as traffic:
             wait_for(lambda: len(traffic.records) > 20)
-            server.send_signal(signal.SIGKILL)
-            server.wait()
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait()
             killed = time.monotonic()
             wait_for(lambda: len(traffic.since(killed)) > 30)
             during = traffic.since(killed + 0.2)
             assert during and all("remote:" not in served for _, served, _ in during)
             assert all(any(r.startswith("fallback:") for r in reasons) for _, _, reasons in during)
-            server = serve(zoo_repo, "127.0.0.1", port)
+            server = serve_process(zoo_repo.root, http_port=port)
             back = time.monotonic()
             wait_for(lambda: any("remote:" in s for _, s, _ in traffic.since(back)))
         assert traffic.errors == [], traffic.errors[:3]
@@ -116,15 +95,14 @@ def test_server_killed_mid_traffic_then_restarted(
     finally:
         tree.close()
         outbox.close()
-        server.kill()
-        server.wait()
+        server.stop()
 
 
 def test_real_link_cut_in_a_namespace(zoo_repo: ModelRepository, tmp_path: Path) -> None:
     require_netns()
     with NetNamespace() as ns:
         port = 8000
-        server = serve(zoo_repo, ns.ns_ip, port, wrap=ns.command)
+        server = serve_process(zoo_repo.root, host=ns.ns_ip, http_port=port, wrap=ns.command)
         remote = RemoteBackend(f"http://{ns.ns_ip}:{port}", timeout=0.5)
         breaker = CircuitBreaker(failure_threshold=2, reset_after_s=0.5)
         tree = prefer_remote(remote, LocalBackend(zoo_repo), breaker=breaker)
@@ -147,5 +125,4 @@ def test_real_link_cut_in_a_namespace(zoo_repo: ModelRepository, tmp_path: Path)
         finally:
             tree.close()
             outbox.close()
-            server.kill()
-            server.wait()
+            server.stop()

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from edgecloud import DynamicBatching, ModelRepository
+from edgecloud.server.launch import free_port, serve_process
 
 from ..models import make_repo
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -66,35 +55,20 @@ def start_server(
     *extra: str,
     token: str | None = None,
     scheme: str = "http",
-    verify: bool | str = True,
+    verify: str | None = None,
 ) -> Server:
+    """A real ``edgecloud serve`` with HTTP and gRPC on free ports, once ready."""
     http_port, grpc_port = free_port(), free_port()
-    args = [
-        sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo.root),
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra,
-    ]  # fmt: skip
+    args = list(extra)
     if token:
         (tmp / "token").write_text(token + "\n")
         args += ["--token-file", str(tmp / "token")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with (tmp / f"server-{http_port}.log").open("wb") as log:
-        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    server = Server(process, http_port, grpc_port, repo, token, tmp / f"server-{http_port}.log")
-    if isinstance(verify, str):
-        verify = ssl.create_default_context(cafile=verify)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {server.log.read_text()}")
-        try:
-            ready = f"{scheme}://127.0.0.1:{http_port}/v2/health/ready"
-            if httpx.get(ready, timeout=1, verify=verify).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError("server did not become ready in 30 s")
+    log = tmp / f"server-{http_port}.log"
+    started = serve_process(
+        repo.root, http_port=http_port, grpc_port=grpc_port, extra=args, log=log,
+        scheme=scheme, cafile=verify,
+    )  # fmt: skip
+    return Server(started.process, http_port, grpc_port, repo, token, log)
 
 
 def add_batching(repo: ModelRepository) -> None:

@@ -1,0 +1,116 @@
+"""Starting edgecloud processes (server, gateway) and waiting until they are ready.
+
+One implementation for the demo, the benchmarks and the tests: start the
+command, poll its ``/v2/health/ready`` until it answers 200, and fail with
+the process's own log if it exits or times out first. Standard library only.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UnavailableError
+
+__all__ = ["ServerProcess", "free_port", "launch", "serve_process"]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A started process and the base URL it answers on."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path | None = None
+
+    def stop(self, timeout: float = 15.0) -> float | None:
+        """SIGTERM and wait; seconds it took, or None if it had to be killed."""
+        if self.process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+            return time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+
+
+def _ready(url: str, context: ssl.SSLContext | None) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1, context=context) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def launch(
+    argv: Sequence[str],
+    url: str,
+    *,
+    timeout: float = 60.0,
+    log: Path | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+    cafile: str | None = None,
+) -> ServerProcess:
+    """Start ``argv`` and wait until ``url`` answers ready."""
+    command = wrap(list(argv)) if wrap else list(argv)
+    if log is not None:
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out)
+    else:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = ServerProcess(process, url, log)
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            detail = log.read_text()[-2000:] if log else "run it by hand to see why"
+            raise UnavailableError(
+                f"{' '.join(argv[:4])}… exited with {process.returncode}: {detail}"
+            )
+        if _ready(url, context):
+            return server
+        time.sleep(0.1)
+    server.stop()
+    raise UnavailableError(f"{url} did not become ready within {timeout:g} s")
+
+
+def serve_process(
+    repo: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    extra: Sequence[str] = (),
+    log: Path | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+    scheme: str = "http",
+    cafile: str | None = None,
+) -> ServerProcess:
+    """``edgecloud serve`` on ``repo`` (gRPC off unless a port is given), once ready."""
+    port = http_port or free_port()
+    argv = [
+        sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo), "--host", host,
+        "--http-port", str(port), "--grpc-port", str(grpc_port if grpc_port is not None else -1),
+        *extra,
+    ]  # fmt: skip
+    return launch(argv, f"{scheme}://{host}:{port}", log=log, wrap=wrap, cafile=cafile)
