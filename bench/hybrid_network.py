@@ -4,7 +4,8 @@ The server is a real ``edgecloud serve`` process on loopback serving
 digits-large; the device runs digits-small and digits-large locally. The link
 between them is shaped in process (ShapedLink: delay, jitter, bandwidth, loss,
 outages), because this machine's kernel has no netem; the profiles are the
-usual ones. Every mode sees the same 360 held-out digits, one request each.
+usual ones. Every mode sees the same 360 held-out digits, one request every
+10 ms (so the flapping link goes down and up during a run).
 
     python bench/hybrid_network.py [--repo model-repo] [--images 360]
 
@@ -40,6 +41,7 @@ from edgecloud.routing import (
 from edgecloud.server.launch import serve_process
 from edgecloud.zoo import build_zoo, datasets
 
+PACE_S = 0.01  # a device sending 100 requests a second: the flapping link goes up and down
 PROFILES: dict[str, dict[str, Any]] = {
     "LAN": {"delay_s": 0.001, "jitter_s": 0.0002, "bandwidth_bps": 1e9},
     "4G-like": {"delay_s": 0.050, "jitter_s": 0.015, "bandwidth_bps": 20e6, "loss": 0.005},
@@ -70,6 +72,7 @@ def trees(local: LocalBackend, link: ShapedLink, threshold: float) -> dict[str, 
 def run(model: str, tree: Any, test: Any) -> dict[str, Any]:
     latencies, right, remote, bytes_up, failed = [], 0, 0, 0, 0
     for image, label in zip(test.x, test.y, strict=True):
+        time.sleep(PACE_S)
         started = time.perf_counter()
         try:
             response = tree.infer(InferRequest(model, {"pixels": image[None]}))

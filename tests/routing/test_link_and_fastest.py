@@ -103,3 +103,31 @@ def test_hedging_starts_the_second_path_when_the_first_is_late() -> None:
     assert response.outputs["who"][0] == "local"
     assert any(s.reason.startswith("hedge:local") for s in response.trace.spans)
     fastest.close()
+
+
+def test_probes_keep_an_avoided_path_current() -> None:
+    link = ShapedLink(echo("remote"), delay_s=0.02)
+    fastest = Fastest([link, echo("local", 0.005)], explore=0.0)
+    for _ in range(5):
+        fastest.infer(req())  # remote measured slow: requests avoid it from now on
+    link.delay_s = 0.0
+    for _ in range(20):
+        fastest.probe_once()  # zero-byte probes see the link got fast
+    assert fastest.estimates[0].predict(0) < 0.005
+    down = ShapedLink(echo("remote"), outages=[(0, 1e9)])
+    probed = Fastest([down, echo("local")])
+    for _ in range(2):
+        probed.probe_once()
+    assert not probed.breakers[0].allow()  # an unreachable probe opens the breaker
+
+
+def test_remote_ping_measures_a_real_round_trip(zoo_server) -> None:  # type: ignore[no-untyped-def]
+    from edgecloud import RemoteBackend
+
+    from ..server.conftest import free_port
+
+    with RemoteBackend(zoo_server.url) as remote:
+        rtt = remote.ping()
+        assert rtt is not None and 0 < rtt < 1
+    with RemoteBackend(f"http://127.0.0.1:{free_port()}", timeout=1) as dead:
+        assert dead.ping() is None

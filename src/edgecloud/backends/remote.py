@@ -149,6 +149,17 @@ class RemoteBackend(Backend):
         except self._httpx.HTTPError:
             return False
 
+    def ping(self) -> float | None:
+        """Seconds for a liveness round trip (a light RTT probe), None when unreachable."""
+        started = time.perf_counter()
+        if self._grpc is not None:
+            return time.perf_counter() - started if self._grpc.ready(None) else None
+        try:
+            reply = self._client.get(f"{self.url}/v2/health/live", timeout=min(self.timeout, 2.0))
+        except self._httpx.HTTPError:
+            return None
+        return time.perf_counter() - started if reply.status_code == 200 else None
+
     def metadata(self, model: str) -> dict[str, Any]:
         """The server's metadata for ``model``."""
         if self._grpc is not None:

@@ -51,6 +51,35 @@ class Fastest(Backend):
         self._rng = random.Random(seed)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def probe_once(self) -> None:
+        """Time a light probe on every path that has one (``ping() -> seconds | None``).
+
+        A probe is a zero-byte sample: it keeps the base latency (RTT) of a path
+        current even while requests avoid that path; an unreachable path counts
+        as a failure for its breaker.
+        """
+        for i, path in enumerate(self.paths):
+            ping = getattr(path, "ping", None)
+            if not callable(ping):
+                continue
+            seconds = ping()
+            if seconds is None:
+                self.breakers[i].record_failure()
+            else:
+                self.estimates[i].record(0, seconds)
+
+    def start_probing(self, interval_s: float = 1.0) -> None:
+        """Probe every ``interval_s`` in a daemon thread until ``close()``."""
+        if interval_s <= 0:
+            raise ConfigError("probe interval must be positive")
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.probe_once()
+
+        threading.Thread(target=loop, name="edgecloud-probe", daemon=True).start()
 
     def ranking(self, nbytes: int) -> list[tuple[int, float | None]]:
         """Paths ordered by expected seconds (unmeasured first), with the estimate."""
@@ -123,6 +152,7 @@ class Fastest(Backend):
             return self._pool
 
     def close(self) -> None:
+        self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         for path in self.paths:

@@ -121,5 +121,17 @@ class ShapedLink(Backend):
         response.trace = Trace(response.trace.served_by, [span, *response.trace.spans])
         return response
 
+    def ping(self) -> float | None:
+        """The inner path's probe through this link: its RTT plus the shaped delay."""
+        if self.down():
+            return None
+        inner = getattr(self.inner, "ping", None)
+        base = inner() if callable(inner) else 0.0
+        if base is None:
+            return None
+        delay = max(0.0, self.delay_s + self._rng.uniform(-self.jitter_s, self.jitter_s))
+        self._sleep(delay)
+        return base + delay
+
     def close(self) -> None:
         self.inner.close()
