@@ -9,15 +9,24 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint format bench zoo clean proto
+.PHONY: demo test lint format bench zoo clean proto system-deps
 
 demo: $(VENV)/.demo-deps
 	$(VENV)/bin/edgecloud zoo build --repo $(REPO)
 	$(VENV)/bin/edgecloud models list --repo $(REPO)
 	$(VENV)/bin/edgecloud demo --repo $(REPO)
 
-test: $(VENV)/.dev-deps
+test: $(VENV)/.dev-deps system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian tools some tests use (network namespaces, TLS certificates). Installed
+# when missing and we are root; otherwise those tests skip and say why.
+system-deps:
+	@missing=""; command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) || \
+	  echo "could not install$$missing: the tests that need them will skip"; fi
 
 lint: $(VENV)/.dev-deps
 	$(VENV)/bin/ruff check src tests bench
@@ -33,6 +42,9 @@ zoo: $(VENV)/.demo-deps
 
 bench: $(VENV)/.dev-deps zoo
 	$(PY) bench/local_overhead.py --repo $(REPO)
+	$(PY) bench/router_overhead.py --repo $(REPO)
+	$(PY) bench/cascade.py --repo $(REPO)
+	$(PY) bench/hybrid_network.py --repo $(REPO)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
 	$(PY) bench/server.py --repo $(REPO)
 	$(PY) bench/gpu_serving.py --repo $(REPO)  # measures only where torch sees a GPU
