@@ -11,6 +11,7 @@ from .backends.remote import RemoteBackend
 from .deployment import Deployment, load
 from .errors import (
     AuthenticationError,
+    CompressionError,
     ConfigError,
     DatatypeMismatchError,
     DeadlineExceededError,
@@ -74,6 +75,7 @@ __all__ = [
     "Backoff",
     "Cascade",
     "CircuitBreaker",
+    "CompressionError",
     "ConfigError",
     "DatatypeMismatchError",
     "DeadlineExceededError",

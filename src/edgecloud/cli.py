@@ -192,6 +192,40 @@ def serve(
 
 
 @app.command()
+def compress(
+    model: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="int8-dynamic, int8-static, fp16, int4-weight.")
+    ],
+    repo: RepoOption = DEFAULT_REPO,
+    model_version: Annotated[
+        str | None,
+        typer.Option("--version", help="Version to start from (default: newest uncompressed)."),
+    ] = None,
+    calibration: Annotated[
+        str | None, typer.Option(help="int8-static inputs: an .npz file, or 'zoo'.")
+    ] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help="Max accuracy loss in points (or 1 - cosine) allowed.")
+    ] = None,
+) -> None:
+    """Compress a model into a new version, with an evaluation report beside it."""
+    from .compress import compress as run_compress
+    from .compress import report
+
+    with console.status(f"{method} on {model}: compressing and evaluating…"):
+        result = run_compress(
+            ModelRepository(repo), model, method, version=model_version,
+            calibration=calibration, tolerance=tolerance,
+        )  # fmt: skip
+    console.print(report.table([result]))
+    (result.version.path / "report.md").write_text(report.markdown([result]))
+    report.plot([result], result.version.path / "report.png")
+    console.print(f"version {result.version.version} written to {result.version.path} "
+                  "(report.md, report.png beside it)")  # fmt: skip
+
+
+@app.command()
 def edge(
     deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

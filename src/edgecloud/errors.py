@@ -23,6 +23,7 @@ with ``raise SomeEdgecloudError(...) from exc``.
     ├── ModelLoadError (503)                 model exists but cannot be loaded
     ├── UnavailableError (503)               server/link down or not ready: retryable
     ├── DeadlineExceededError (504)          no answer within the request's time
+    ├── CompressionError (422)               a model cannot be compressed, or lost too much
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CompressionError",
     "ConfigError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
@@ -137,6 +139,12 @@ class ModelLoadError(EdgecloudError):
     """A model is present but its files are missing, corrupt or not loadable."""
 
     status_code = 503
+
+
+class CompressionError(EdgecloudError):
+    """A model could not be compressed, or the result failed its parity check."""
+
+    status_code = 422
 
 
 class InferenceError(EdgecloudError):

@@ -229,11 +229,21 @@ class ModelRepository:
         return self.config(name).version_policy.select(self.versions(name))
 
     def get(
-        self, name: str, version: int | str | None = None, *, verify: bool = True
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        verify: bool = True,
+        served_only: bool = True,
     ) -> ModelVersion:
-        """One version of a model; ``None`` or ``"latest"`` is the newest served one."""
+        """One version of a model; ``None`` or ``"latest"`` is the newest served one.
+
+        ``served_only=False`` reaches every version on disk (tools such as
+        ``compress`` work on versions the policy does not serve).
+        """
         config = self.config(name)
-        served = config.version_policy.select(self.versions(name))
+        on_disk = self.versions(name)
+        served = config.version_policy.select(on_disk) if served_only else on_disk
         return self._entry(config, self._resolve_version(name, version, served), verify)
 
     def _entry(self, config: ModelConfig, number: int, verify: bool) -> ModelVersion:

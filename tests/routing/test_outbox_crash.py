@@ -21,7 +21,7 @@ from ..server.conftest import Server
 from .conftest import metric
 
 pytestmark = pytest.mark.slow
-ITEMS = 40
+ITEMS = 150
 KILLS = 12
 
 
@@ -49,7 +49,7 @@ def test_repeated_sigkill_loses_nothing_and_duplicates_nothing(
     kills = 0
     for _ in range(KILLS):
         process = worker(db, zoo_server.url, pause=0.03)
-        time.sleep(chooser.uniform(0.3, 0.8))  # interpreter start-up, then mid-drain
+        time.sleep(chooser.uniform(0.3, 0.6))  # interpreter start-up, then mid-drain
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
