@@ -132,7 +132,15 @@ def _summarise(
     a = out_parent.reshape(len(out_parent), -1).astype(np.float64)
     b = out_child.reshape(len(out_child), -1).astype(np.float64)
     cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    classifier = out_parent.ndim == 2 and out_parent.shape[1] > 1
+    # class scores: labelled data, or rows that are probability distributions
+    classifier = (
+        out_parent.ndim == 2
+        and out_parent.shape[1] > 1
+        and (
+            data.labels is not None
+            or bool(np.all(out_parent >= 0) and np.allclose(out_parent.sum(axis=1), 1, atol=1e-3))
+        )
+    )
     top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if classifier else None
     accuracy = parent_accuracy = drop = None
     if data.labels is not None and classifier:

@@ -1,0 +1,106 @@
+"""Every compression method on digits-large, digits-small and minilm: size, latency, fidelity.
+
+Each method runs through ``edgecloud.compress.compress`` on a scratch copy of
+the zoo (the repository itself is left alone): the compressed model is timed
+against its fp32 parent with LocalBackend, one thread, interleaved rounds, at
+batch 1 and 32, and its fidelity measured (digits: test-split accuracy;
+minilm: cosine similarity of the embeddings of sample sentences).
+
+    python bench/compression.py [--repo model-repo]
+
+Writes bench/results/compression.json (top-level ``size_ratio`` and
+``latency_ratio``: int8-dynamic on minilm, compressed / parent, batch 1) and
+bench/results/compression.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import track
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_result
+
+from edgecloud import ModelRepository
+from edgecloud.compress import compress, report
+from edgecloud.errors import EdgecloudError
+from edgecloud.zoo import build_zoo
+
+MODELS = ["digits-large", "digits-small", "minilm"]
+METHODS = ["int8-dynamic", "int8-static", "fp16", "int4-weight"]
+TARGETS = {"size_ratio": 0.26, "latency_ratio_batch1": 0.6, "accuracy_drop_points": 1.0,
+           "minilm_cosine": 0.98}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--repo", default="model-repo", type=Path)
+    args = parser.parse_args()
+    repo = ModelRepository(args.repo)
+    build_zoo(repo, MODELS)
+    console = Console()
+    results, failures = [], []
+    with tempfile.TemporaryDirectory(prefix="edgecloud-bench-compress-") as tmp:
+        scratch = ModelRepository(Path(tmp) / "repo")
+        for model in MODELS:
+            shutil.copytree(repo.root / model, scratch.root / model)
+        for model, method in track(
+            [(m, k) for m in MODELS for k in METHODS], description="compress"
+        ):
+            try:
+                results.append(compress(scratch, model, method, calibration=(
+                    "zoo" if method == "int8-static" else None)))  # fmt: skip
+            except EdgecloudError as exc:
+                failures.append({"model": model, "method": method, "error": exc.message[:300]})
+    console.print(report.table(results))
+    for f in failures:
+        console.print(f"[yellow]{f['model']} {f['method']}[/]: {f['error']}", highlight=False)
+    headline = next(r for r in results if (r.model, r.method) == ("minilm", "int8-dynamic"))
+    cases = [_case(r) for r in results]
+    path = write_result(
+        "compression",
+        {
+            "benchmark": "compression",
+            "peer": "the fp32 parent model, same LocalBackend settings",
+            "size_ratio": headline.evaluation.size_ratio,
+            "latency_ratio": headline.evaluation.latency_ratio["1"],
+            "headline": "int8-dynamic on minilm, compressed / parent, batch 1",
+            "targets": TARGETS,
+            "cases": cases,
+            "not_applicable_or_failed": failures,
+            "machine": machine(),
+        },
+    )
+    report.plot(results, RESULTS / "compression.png")
+    console.print(f"wrote {path} and {RESULTS / 'compression.png'}")
+
+
+def _case(result: Any) -> dict[str, Any]:
+    e = result.evaluation
+    return {
+        "model": result.model,
+        "method": result.method,
+        "parameters": result.parameters,
+        "size_ratio": e.size_ratio,
+        "latency_ratio_batch1": e.latency_ratio["1"],
+        "latency_ratio_batch32": e.latency_ratio["32"],
+        "accuracy": e.accuracy,
+        "parent_accuracy": e.parent_accuracy,
+        "accuracy_drop_points": e.accuracy_drop_points,
+        "cosine_min": e.cosine_min,
+        "top1_agreement": e.top1_agreement,
+        "evaluated_on": e.data,
+    }
+
+
+if __name__ == "__main__":
+    main()
