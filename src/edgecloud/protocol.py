@@ -10,7 +10,7 @@ an :class:`~edgecloud.errors.InvalidRequestError` saying what is wrong.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,25 +311,34 @@ def _context(params: Mapping[str, Any], idempotency_key: str | None) -> RequestC
     return RequestContext(sensitivity=level, idempotency_key=str(key) if key else None)
 
 
-def encode_response(
-    response: InferResponse, decoded: DecodedRequest | None = None
-) -> tuple[bytes, int | None]:
-    """Body and header length (None when all-JSON) of an infer response."""
-    outputs = []
-    chunks: list[bytes] = []
-    for name, array in response.outputs.items():
+def _tensor_entries(
+    tensors: Mapping[str, np.ndarray[Any, Any]], binary: Callable[[str], bool]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Header entries of named tensors, and the raw chunks of those sent as binary."""
+    entries, chunks = [], []
+    for name, array in tensors.items():
         entry: dict[str, Any] = {
             "name": name,
             "datatype": datatype_of(array),
             "shape": list(array.shape),
         }
-        if decoded is not None and _wants_binary(decoded, name):
+        if binary(name):
             raw = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
             entry["data"] = tensor_json(array)
-        outputs.append(entry)
+        entries.append(entry)
+    return entries, chunks
+
+
+def encode_response(
+    response: InferResponse, decoded: DecodedRequest | None = None
+) -> tuple[bytes, int | None]:
+    """Body and header length (None when all-JSON) of an infer response."""
+    outputs, chunks = _tensor_entries(
+        response.outputs, lambda name: decoded is not None and _wants_binary(decoded, name)
+    )
     header = dumps(
         {
             "model_name": response.model,
@@ -360,21 +369,7 @@ def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int |
         params["idempotency_key"] = request.context.idempotency_key
     if request.context.sensitivity is not Sensitivity.PUBLIC:
         params["sensitivity"] = request.context.sensitivity.value
-    inputs = []
-    chunks: list[bytes] = []
-    for name, array in request.inputs.items():
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": datatype_of(array),
-            "shape": list(array.shape),
-        }
-        if binary:
-            raw = tensor_bytes(array)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = tensor_json(array)
-        inputs.append(entry)
+    inputs, chunks = _tensor_entries(request.inputs, lambda name: binary)
     if binary:
         params["binary_data_output"] = True
     body: dict[str, Any] = {"inputs": inputs, "parameters": params}
