@@ -133,6 +133,7 @@ def fp16(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]
 def int4_weight(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]:
     """4-bit weight-only quantization of MatMul weights (MatMulNBits), block-wise."""
     onnx = require("onnx", extra="compress", feature="4-bit quantization")
+    require("onnx_ir", extra="compress", feature="4-bit quantization")
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(source))
