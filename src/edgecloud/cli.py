@@ -15,7 +15,7 @@ from rich.table import Column, Table
 
 from . import __version__
 from .backends.local import LocalBackend
-from .errors import EdgecloudError, ModelNotFoundError
+from .errors import ConfigError, EdgecloudError, ModelNotFoundError
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -208,8 +208,17 @@ def compress(
     tolerance: Annotated[
         float | None, typer.Option(help="Max accuracy loss in points (or 1 - cosine) allowed.")
     ] = None,
+    amount: Annotated[float, typer.Option(help="prune: share of hidden neurons removed.")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="prune/distill: training epochs.")] = 30,
+    student: Annotated[
+        str, typer.Option(help="distill: student hidden sizes, e.g. 8 or 32,16.")
+    ] = "8",
 ) -> None:
-    """Compress a model into a new version, with an evaluation report beside it."""
+    """Compress a model into a new version, with an evaluation report beside it.
+
+    Methods: int8-dynamic, int8-static, fp16, int4-weight (onnxruntime), and
+    prune, distill (torch; MLP classifiers with a known data set).
+    """
     from .compress import compress as run_compress
     from .compress import report
 
@@ -217,6 +226,8 @@ def compress(
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version,
             calibration=calibration, tolerance=tolerance,
+            settings={"amount": amount, "epochs": epochs,
+                      "student_hidden": _sizes(student)},
         )  # fmt: skip
     console.print(report.table([result]))
     (result.version.path / "report.md").write_text(report.markdown([result]))
@@ -293,6 +304,16 @@ def print_response(response: InferResponse, labels: list[str] | None) -> None:
         else:
             console.print(np.array2string(array, threshold=20, precision=4))
     console.print(response.trace.describe(), highlight=False)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--student takes sizes like 8 or 32,16, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--student takes positive sizes, not {text!r}")
+    return sizes
 
 
 def _specs(specs: Any) -> str:

@@ -111,23 +111,32 @@ def compress(
     tolerance: float | None = None,
     per_channel: bool = True,
     threads: int = 1,
+    settings: dict[str, Any] | None = None,
 ) -> CompressionResult:
     """Compress a model version into a new version, evaluated and parity-checked.
 
     ``tolerance``: the most accuracy (points) the model may lose where labels
-    exist; otherwise the most ``1 - min cosine`` between outputs.
+    exist; otherwise the most ``1 - min cosine`` between outputs. ``settings``
+    overrides CompressOptions fields (e.g. ``{"amount": 0.5}`` for pruning).
     """
-    run = resolve(method)
+    torch_method = method in ("prune", "distill")
+    run = None if torch_method else resolve(method)
     parent = _parent(repo, model, version)
     options = CompressOptions(
         calibration=calibration_batches(parent, calibration),
         per_channel=per_channel,
         transformer=(parent.path / "tokenizer.json").is_file(),
+        **(settings or {}),
     )
     with tempfile.TemporaryDirectory(prefix="edgecloud-compress-") as tmp:
         target = Path(tmp) / "model.onnx"
         try:
-            parameters = run(parent.model_path, target, options)
+            if run is None:
+                from .torch_methods import TORCH_METHODS
+
+                parameters = TORCH_METHODS[method](parent, target, options)
+            else:
+                parameters = run(parent.model_path, target, options)
         except EdgecloudError:
             raise
         except Exception as exc:  # onnx / onnxruntime quantizer errors

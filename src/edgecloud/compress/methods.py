@@ -35,6 +35,23 @@ class CompressOptions:
     """Skip symbolic shape inference in pre-processing (transformer graphs need this)."""
     block_size: int = 32
     """Block size of 4-bit weight-only quantization."""
+    amount: float = 0.5
+    """Share of each hidden layer's neurons that pruning removes."""
+    epochs: int = 30
+    """Fine-tuning (pruning) or training (distillation) epochs."""
+    student_hidden: tuple[int, ...] = (8,)
+    """Hidden layer sizes of the distilled student."""
+    temperature: float = 4.0
+    """Distillation temperature for the teacher's soft targets."""
+    alpha: float = 0.7
+    """Weight of the soft-target loss against the hard-label loss."""
+    progress: Callable[[float, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.amount < 1:
+            raise ConfigError(f"amount must be between 0 and 1, got {self.amount}")
+        if self.epochs < 1:
+            raise ConfigError("epochs must be at least 1")
 
 
 Method = Callable[[Path, Path, CompressOptions], dict[str, Any]]
@@ -152,6 +169,7 @@ def resolve(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
+        known = [*METHODS, "prune", "distill"]
         raise ConfigError(
-            f"unknown compression method {name!r}; use one of {', '.join(METHODS)}"
+            f"unknown compression method {name!r}; use one of {', '.join(known)}"
         ) from None
