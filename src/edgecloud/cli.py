@@ -222,12 +222,19 @@ def compress(
     from .compress import compress as run_compress
     from .compress import report
 
-    with console.status(f"{method} on {model}: compressing and evaluating…"):
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"{method} on {model}", total=1.0)
+
+        def report_progress(fraction: float, text: str) -> None:
+            progress.update(task, completed=fraction, description=f"{method} on {model}: {text}")
+
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version,
             calibration=calibration, tolerance=tolerance,
-            settings={"amount": amount, "epochs": epochs,
-                      "student_hidden": _sizes(student)},
+            settings={"amount": amount, "epochs": epochs, "student_hidden": _sizes(student),
+                      "progress": report_progress},
         )  # fmt: skip
     console.print(report.table([result]))
     (result.version.path / "report.md").write_text(report.markdown([result]))

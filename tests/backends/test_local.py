@@ -147,3 +147,11 @@ def test_function_backend_is_a_real_backend() -> None:
     np.testing.assert_array_equal(response.outputs["twice"], [0, 2, 4])
     assert response.trace.served_by == "doubler"
     assert asyncio.run(backend.infer_async(InferRequest("any", {"v": np.ones(1)}))).outputs
+
+
+def test_explicit_versions_are_served_from_the_session_cache(repo: ModelRepository) -> None:
+    with LocalBackend(repo) as local:
+        first = local.load("affine", 2)
+        (repo.root / "affine" / "config.yaml").unlink()  # no disk access once loaded
+        assert local.load("affine", "2") is first
+        assert local.infer(InferRequest("affine", {"x": x(1)}, version="2")).version == "2"

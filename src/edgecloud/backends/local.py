@@ -135,8 +135,11 @@ class LocalBackend(Backend):
         """Load (or return the cached) session for a model version."""
         if version is None or version == "latest":
             cached = self._latest.get(model)
-            if cached is not None:
-                return cached
+        else:
+            number = str(version)
+            cached = self._models.get((model, int(number))) if number.isdigit() else None
+        if cached is not None:
+            return cached
         entry = self.repository.get(model, version, verify=False)
         key = (entry.name, entry.version)
         with self._lock:
