@@ -141,9 +141,12 @@ def fp16(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]
     onnx = require("onnx", extra="compress", feature="fp16 conversion")
     float16 = require("onnxconverter_common.float16", extra="compress", feature="fp16 conversion")
     model = onnx.load(str(source))
-    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    # Cast nodes stay in float32: the converter retypes their outputs but not their
+    # `to` attribute, which onnxruntime then rejects (seen on MiniLM's mask cast).
+    blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "Cast"]
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
     onnx.save(converted, str(target))
-    return {"keep_io_types": True}
+    return {"keep_io_types": True, "kept_float32": ["Cast"]}
 
 
 @method("int4-weight")
