@@ -38,3 +38,23 @@ def test_nonsense_is_rejected() -> None:
         SplitPlanner(PROFILES[1:])
     with pytest.raises(ConfigError, match="bandwidth_bps > 0"):
         Link(rtt_s=0.01, bandwidth_bps=0)
+
+
+def test_profiles_measured_on_a_real_graph(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from edgecloud.split import cut_points
+    from edgecloud.split.profile import profile_cuts
+
+    from .test_partition import branched_onnx
+
+    path = branched_onnx(tmp_path / "m.onnx")
+    x = np.ones((1, 8), np.float32)
+    profiles = profile_cuts(path, cut_points(path), {"x": x}, tmp_path, server_speedup=4.0)
+    by_name = {p.name: p for p in profiles}
+    assert set(by_name) == {ALL_LOCAL, ALL_REMOTE, "cut0", "cut1", "cut2", "cut3"}
+    assert by_name[ALL_REMOTE].bytes_up == x.nbytes and by_name[ALL_REMOTE].bytes_down == 4 * 4
+    assert by_name["cut2"].bytes_up == 2 * 8 * 4  # a and b cross
+    assert by_name["cut3"].bytes_up == 8 * 4  # s only (8 wide, before the last MatMul)
+    assert all(p.head_s >= 0 and p.tail_s >= 0 for p in profiles)
+    assert SplitPlanner(profiles).plan(Link(rtt_s=0.5, bandwidth_bps=1e3)).name == ALL_LOCAL
