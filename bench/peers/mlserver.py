@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from edgecloud.server.launch import ServerProcess, launch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -26,32 +23,10 @@ def mlserver_venv() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-@dataclass
-class MLServerProcess:
-    process: subprocess.Popen[bytes]
-    http_port: int
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def stop(self, timeout: float = 15.0) -> float | None:
-        """SIGTERM, then seconds until exit, or None if it had to be killed."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-            return time.monotonic() - started
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            return None
-
-
 def start_mlserver(
     model_file: Path, name: str, workdir: Path, http_port: int, grpc_port: int, metrics_port: int
-) -> MLServerProcess:
+) -> ServerProcess:
+    """MLServer serving ``model_file`` as ``name``, once that model is ready."""
     venv = mlserver_venv()
     shutil.rmtree(workdir, ignore_errors=True)
     model_dir = workdir / name
@@ -65,22 +40,13 @@ def start_mlserver(
         "name": name, "implementation": "onnx_runtime.OnnxModel",
         "parameters": {"uri": str(model_file)},
     }))  # fmt: skip
-    with (workdir / "mlserver.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(venv / "bin" / "mlserver"), "start", str(workdir)],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(workdir)},
-        )  # fmt: skip
-    server = MLServerProcess(process, http_port, workdir)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"MLServer exited: {(workdir / 'mlserver.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/models/{name}/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    server.stop()
-    raise RuntimeError("MLServer did not become ready in 120 s")
+    return launch(
+        [str(venv / "bin" / "mlserver"), "start", str(workdir)],
+        f"http://127.0.0.1:{http_port}",
+        timeout=120,
+        log=workdir / "mlserver.log",
+        ready_path=f"/v2/models/{name}/ready",
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(workdir)},
+        group=True,
+    )

@@ -11,19 +11,20 @@ import onnxruntime as ort
 import pytest
 
 from edgecloud import InferRequest, ModelNotFoundError, RemoteBackend
+from edgecloud.server.launch import ServerProcess
 
 from ..conftest import ROOT
 from ..models import affine_onnx
 from .conftest import free_port
 
 sys.path.insert(0, str(ROOT / "bench"))
-from peers.mlserver import MLServerProcess, start_mlserver
+from peers.mlserver import start_mlserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
 @pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MLServerProcess, Path]]:
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     tmp = tmp_path_factory.mktemp("mlserver")
     model = affine_onnx(tmp / "affine.onnx")
     server = start_mlserver(model, "affine", tmp / "work", free_port(), free_port(), free_port())
@@ -32,7 +33,7 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MLServe
 
 
 def test_remote_backend_falls_back_to_json_and_matches(
-    mlserver: tuple[MLServerProcess, Path],
+    mlserver: tuple[ServerProcess, Path],
 ) -> None:
     server, model = mlserver
     x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
@@ -47,7 +48,7 @@ def test_remote_backend_falls_back_to_json_and_matches(
     assert response.model == "affine" and response.trace.spans[0].bytes_down > 0
 
 
-def test_remote_backend_maps_mlserver_errors(mlserver: tuple[MLServerProcess, Path]) -> None:
+def test_remote_backend_maps_mlserver_errors(mlserver: tuple[ServerProcess, Path]) -> None:
     server, _ = mlserver
     with RemoteBackend(server.url, binary=False) as remote:
         assert remote.ready() and remote.ready("affine")

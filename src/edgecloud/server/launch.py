@@ -7,6 +7,7 @@ the process's own log if it exits or times out first. Standard library only.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import ssl
@@ -15,9 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UnavailableError
 
@@ -38,6 +40,8 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     url: str
     log: Path | None = None
+    group: bool = False
+    """The process leads its own process group (its workers die with it)."""
 
     def stop(self, timeout: float = 15.0) -> float | None:
         """SIGTERM and wait; seconds it took, or None if it had to be killed."""
@@ -49,14 +53,17 @@ class ServerProcess:
             self.process.wait(timeout=timeout)
             return time.monotonic() - started
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            if self.group:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.kill()
             self.process.wait()
             return None
 
 
 def _ready(url: str, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1, context=context) as r:
+        with urllib.request.urlopen(url, timeout=1, context=context) as r:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -70,15 +77,26 @@ def launch(
     log: Path | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
     cafile: str | None = None,
+    ready_path: str = "/v2/health/ready",
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    group: bool = False,
 ) -> ServerProcess:
-    """Start ``argv`` and wait until ``url`` answers ready."""
+    """Start ``argv`` and wait until ``url + ready_path`` answers 200.
+
+    ``group`` starts it in a new session, so a forced stop takes its worker
+    processes too (MLServer's inference pool, for one).
+    """
     command = wrap(list(argv)) if wrap else list(argv)
+    options: dict[str, Any] = {"cwd": cwd, "env": env, "start_new_session": group}
     if log is not None:
         with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out)
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **options)
     else:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = ServerProcess(process, url, log)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **options
+        )
+    server = ServerProcess(process, url, log, group)
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,7 +105,7 @@ def launch(
             raise UnavailableError(
                 f"{' '.join(argv[:4])}… exited with {process.returncode}: {detail}"
             )
-        if _ready(url, context):
+        if _ready(url + ready_path, context):
             return server
         time.sleep(0.1)
     server.stop()
