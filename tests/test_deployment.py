@@ -72,7 +72,9 @@ def test_failed_escalations_are_deferred_to_the_outbox(
         tree.infer(InferRequest("digits", {"pixels": datasets.digits("test").x[:5]}))
         assert tree.outbox is not None
         (item,) = tree.outbox.items()
+        result = tree.drain_outbox()  # through the tree's own client: the cloud is still down
     assert item.kind == "escalation" and item.model == "digits-large"
+    assert result is not None and result.remaining == 1 and "unreachable" in str(result.stopped_by)
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,9 @@ from .repository import ModelRepository
 from .routing.cascade import Cascade
 from .routing.fallback import Fallback
 from .routing.fastest import Fastest
-from .routing.outbox import Outbox
+from .routing.outbox import DrainResult, Outbox
 from .routing.privacy import AuditLog, Guard
-from .routing.resilience import CircuitBreaker
+from .routing.resilience import Backoff, CircuitBreaker
 from .tensors import InferRequest, InferResponse
 
 __all__ = ["Deployment", "DeploymentSpec", "load"]
@@ -122,13 +122,20 @@ class Deployment(Backend):
     """A built deployment: its root backend plus the resources it owns."""
 
     def __init__(
-        self, root: Backend, spec: DeploymentSpec, *, outbox: Outbox | None, source: Path | None
+        self,
+        root: Backend,
+        spec: DeploymentSpec,
+        *,
+        repository: ModelRepository,
+        remotes: dict[str, RemoteBackend],
+        outbox: Outbox | None,
+        source: Path | None,
     ) -> None:
         self.root = root
         self.spec = spec
-        base = source.parent if source else Path.cwd()
-        repo = Path(spec.repository)
-        self.repository = ModelRepository(repo if repo.is_absolute() else base / repo)
+        self.repository = repository
+        self.remotes = remotes
+        """The remotes the tree uses, by name (one client each, shared by every node)."""
         self.outbox = outbox
         self.source = source
         self.name = f"deployment:{source.name if source else 'inline'}"
@@ -138,6 +145,17 @@ class Deployment(Backend):
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         return await self.root.infer_async(request)
+
+    def drain_outbox(self, backoff: Backoff | None = None) -> DrainResult | None:
+        """Send what the outbox holds to the first remote the tree uses.
+
+        The same client as the tree's (token, TLS, audit log included); None
+        when there is no outbox or no remote.
+        """
+        if self.outbox is None or not self.remotes:
+            return None
+        remote = next(iter(self.remotes.values()))
+        return self.outbox.drain(remote.infer, backoff=backoff)
 
     def close(self) -> None:
         self.root.close()
@@ -154,7 +172,14 @@ def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
     base = path.parent if path else Path.cwd()
     builder = _Builder(spec, base, where)
     root = builder.node(spec.root, "root")
-    return Deployment(root, spec, outbox=builder.outbox, source=path)
+    return Deployment(
+        root,
+        spec,
+        repository=builder.repository,
+        remotes=builder.remotes,
+        outbox=builder.outbox,
+        source=path,
+    )
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -196,6 +221,7 @@ class _Builder:
             else None
         )
         self._locals: dict[str, LocalBackend] = {}
+        self.remotes: dict[str, RemoteBackend] = {}
         self.kinds: dict[str, Callable[[Any, str], Backend]] = {
             "local": self._local,
             "remote": self._remote_node,
@@ -238,6 +264,8 @@ class _Builder:
         return self._locals[key]
 
     def _remote(self, name: str, at: str) -> Backend:
+        if name in self.remotes:
+            return self.remotes[name]
         spec = self.spec.remotes.get(name)
         if spec is None:
             known = ", ".join(self.spec.remotes) or "none declared"
@@ -247,9 +275,11 @@ class _Builder:
             raise ConfigError(
                 f"{self.where}: remotes.{name}.token_env: ${spec.token_env} is not set"
             )
-        return RemoteBackend(
+        remote = RemoteBackend(
             spec.url, token=token, timeout=spec.timeout_s, binary=spec.binary, audit=self.audit
         )
+        self.remotes[name] = remote
+        return remote
 
     def _remote_node(self, params: Any, at: str) -> Backend:
         if not isinstance(params, str):

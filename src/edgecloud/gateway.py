@@ -57,21 +57,14 @@ class DeploymentHost:
     async def drain_outbox_forever(self, every_s: float = 5.0) -> None:
         """Send what the outbox holds whenever the link allows (the re-sync loop)."""
         outbox = self.deployment.outbox
-        remotes = list(self.deployment.spec.remotes)
-        if outbox is None or not remotes:
+        if outbox is None or not self.deployment.remotes:
             return
-        from .backends.remote import RemoteBackend
-
-        spec = self.deployment.spec.remotes[remotes[0]]
-        with RemoteBackend(spec.url, timeout=spec.timeout_s) as remote:
-            while True:
-                if len(outbox):
-                    result = await asyncio.to_thread(outbox.drain, remote.infer)
-                    if result.delivered:
-                        log.info(
-                            "outbox: delivered %d, %d left", result.delivered, result.remaining
-                        )
-                await asyncio.sleep(every_s)
+        while True:
+            if len(outbox):
+                result = await asyncio.to_thread(self.deployment.drain_outbox)
+                if result is not None and result.delivered:
+                    log.info("outbox: delivered %d, %d left", result.delivered, result.remaining)
+            await asyncio.sleep(every_s)
 
 
 def run_gateway(path: Path, settings: ServerSettings) -> None:
