@@ -293,6 +293,66 @@ def calibrate(
 
 
 @app.command()
+def advise(
+    spec: Annotated[
+        Path | None, typer.Argument(help="Workload YAML (see the built-in --scenario files).")
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option("--scenario", "-s", help="A built-in example workload.")
+    ] = None,
+    list_scenarios: Annotated[
+        bool, typer.Option("--list", help="List the built-in scenarios.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for report.md, PNGs, deployment.yaml.")
+    ] = None,
+    plot: Annotated[bool, typer.Option(help="Draw cost, latency and sensitivity PNGs.")] = True,
+    measure: Annotated[
+        bool, typer.Option(help="Measure the model locally and the server, then re-decide.")
+    ] = False,
+    repo: Annotated[
+        Path | None, typer.Option("--repo", help="--measure: model repository to run.")
+    ] = None,
+    remote: Annotated[
+        str | None, typer.Option(help="--measure: a v2 server to probe (http://host:port).")
+    ] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="--measure: variable holding the server's token.")
+    ] = None,
+) -> None:
+    """Recommend local, remote or a hybrid pattern for a workload, with the reasons,
+    costs, latency, what would flip it, and a deployment.yaml that runs it."""
+    from . import advisor
+    from .advisor.report import render, write_outputs
+
+    if list_scenarios:
+        for name in advisor.scenario_names():
+            console.print(f"{name}: {' '.join(advisor.scenario(name).description.split())}")
+        return
+    if (spec is None) == (scenario is None):
+        raise ConfigError("give a workload file or --scenario NAME (--list shows them)")
+    workload = advisor.scenario(scenario) if scenario else advisor.load_workload(spec)  # type: ignore[arg-type]
+    if measure:
+        from .advisor.measure import measure as run_measure
+
+        before = advisor.advise(workload).strategy
+        token = os.environ.get(token_env) if token_env else None
+        workload, rows = run_measure(workload, repo=repo, remote_url=remote, token=token)
+        table = Table("quantity", "estimate", "measured", title="Estimate vs measured")
+        for row in rows:
+            table.add_row(row.quantity, f"{row.estimate:,.3f} {row.unit}",
+                          f"{row.measured:,.3f} {row.unit}")  # fmt: skip
+        console.print(table)
+        console.print(f"estimated recommendation: {before}")
+    decision = advisor.advise(workload)
+    flips = advisor.sensitivity(workload)
+    render(decision, flips, console)
+    target = out or Path("advice") / workload.name
+    paths = write_outputs(decision, flips, target, with_plots=plot)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
 def demo(repo: RepoOption = DEFAULT_REPO) -> None:
     """A tour on the demo zoo: digits on both models, sentence similarity, latency."""
     from .demo import run_demo

@@ -1,0 +1,140 @@
+"""The generated deployment loads and runs against a real server; --measure probes a real
+model and server; the CLI writes its report and fails clearly on bad specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import edgecloud
+from edgecloud import ConfigError, InferRequest, ModelRepository
+from edgecloud.advisor import advise, deployment_yaml, load_workload, scenario, scenario_names
+from edgecloud.advisor.measure import measure
+from edgecloud.cli import app
+from edgecloud.zoo import datasets
+
+from ..routing.conftest import metric
+from ..server.conftest import Server
+from ..test_cli import assert_one_line_error
+from ..test_cli import edgecloud as run_cli
+
+
+def digits_workload(url: str) -> dict[str, Any]:
+    """A cascade-shaped workload on the demo zoo's digits models."""
+    return {
+        "name": "digits-assistant",
+        "remote_url": url,
+        "application": {"latency_p50_ms": 50, "latency_p99_ms": 500, "requests_per_s": 1,
+                        "payload_kb": 0.3, "availability": 0.999, "min_accuracy": 0.96},
+        "model": {"name": "digits-large", "memory_mb": 400, "gflops": 0.0002,
+                  "accuracy": 0.972, "small_name": "digits-small", "small_memory_mb": 0.01,
+                  "small_gflops": 0.000002, "small_accuracy": 0.956},
+        "device": {"memory_mb": 100, "gflops_per_s": 1},
+        "network": {"rtt_ms": 40, "uplink_mbps": 5, "availability": 0.98},
+        "hybrid": {"escalation_rate": 0.11},
+    }  # fmt: skip
+
+
+@pytest.mark.network
+def test_the_generated_deployment_loads_and_runs(
+    zoo_repo: ModelRepository,
+    zoo_server: Server,
+    tmp_path: Path,
+) -> None:
+    decision = advise(load_workload(digits_workload(zoo_server.url)))
+    assert decision.strategy == "cascade"
+    spec = yaml.safe_load(deployment_yaml(decision))
+    spec["repository"] = str(zoo_repo.root)
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump(spec))
+    x = datasets.digits("test").x[:200]
+    sent = metric(zoo_server, "edgecloud_requests_total", "digits-large")
+    with edgecloud.load(tmp_path / "deployment.yaml") as tree:
+        response = tree.infer(InferRequest("digits", {"pixels": x}))
+    assert response.outputs["probabilities"].shape == (200, 10)
+    # the confident rows stayed local, the hard ones reached the real server
+    assert metric(zoo_server, "edgecloud_requests_total", "digits-large") > sent
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_every_scenario_deployment_is_valid(name: str, tmp_path: Path) -> None:
+    decision = advise(scenario(name))
+    path = tmp_path / "deployment.yaml"
+    path.write_text(deployment_yaml(decision))
+    with edgecloud.load(path) as tree:
+        assert tree.root is not None
+    spec = yaml.safe_load(path.read_text())
+    assert ("outbox" in spec) == (decision.strategy != "local" or name == "industrial-iot")
+
+
+@pytest.mark.network
+def test_measured_mode_runs_the_model_and_probes_the_server(
+    zoo_repo: ModelRepository,
+    zoo_server: Server,
+) -> None:
+    w = load_workload(digits_workload(zoo_server.url))
+    measured, rows = measure(w, repo=zoo_repo.root, remote_url=zoo_server.url, rounds=20)
+    names = {r.quantity for r in rows}
+    assert {"device compute: digits-large", "device compute: digits-small", "network RTT",
+            "server compute: digits-large"} <= names  # fmt: skip
+    assert measured.model.measured_local_ms is not None and measured.model.measured_local_ms < 50
+    assert measured.network.rtt_ms < 20 < w.network.rtt_ms  # loopback, not the assumed 40 ms
+    assert measured.prices.server_gflops_per_s != w.prices.server_gflops_per_s
+    advise(measured)  # decides again on the measured numbers
+
+
+def test_measure_needs_something_to_measure() -> None:
+    with pytest.raises(ConfigError, match="--repo"):
+        measure(scenario("camera-fleet"))
+
+
+def test_cli_writes_report_plots_and_deployment(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["advise", "-s", "camera-fleet", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "filter" in result.output and "What would flip" in result.output
+    for name in ("report.md", "cost.png", "latency.png", "sensitivity.png", "deployment.yaml"):
+        assert (tmp_path / name).stat().st_size > 100, name
+    report = (tmp_path / "report.md").read_text()
+    assert "648,000" in report  # raw video GB a month
+    assert "| `hybrid.trigger_memory_mb` | 20 | ≥ 256 → remote |" in report  # trigger must fit
+
+
+def test_cli_lists_scenarios() -> None:
+    result = CliRunner().invoke(app, ["advise", "--list"])
+    assert result.exit_code == 0
+    assert all(name in result.output for name in scenario_names())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s["network"].update(rtt_ms=-1), "network.rtt_ms: Input should be greater"),
+        (lambda s: s["application"].update(latency_p99_ms=1), "latency_p99_ms is below"),
+        (lambda s: s["model"].pop("gflops"), "give gflops"),
+        (lambda s: s["privacy"].update(data_class="secret"), "privacy.data_class"),
+        (lambda s: s.update(typo=1), "typo: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_specs_name_the_field(edit: Any, message: str, tmp_path: Path) -> None:
+    spec = yaml.safe_load(
+        (
+            Path(edgecloud.advisor.__file__).parent / "scenarios" / "regulated-health.yaml"
+        ).read_text()
+    )
+    edit(spec)
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=message):
+        load_workload(path)
+
+
+def test_the_cli_reports_a_bad_spec_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("application: {latency_p50_ms: 10}\n")
+    result = run_cli("advise", path, "--out", tmp_path / "o")
+    assert_one_line_error(result, "w.yaml", "application.latency_p99_ms: Field required")
+    assert not (tmp_path / "o").exists()
+    assert_one_line_error(run_cli("advise", "-s", "nope"), "unknown scenario 'nope'")
