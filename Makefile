@@ -19,11 +19,13 @@ demo: $(VENV)/.demo-deps
 test: $(VENV)/.dev-deps system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Debian tools some tests use (network namespaces, TLS certificates). Installed
+# Debian tools some tests use (network namespaces, TLS certificates, espeak-ng
+# speech for the edge-filter test set). Installed
 # when missing and we are root; otherwise those tests skip and say why.
 system-deps:
 	@missing=""; command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) || \
 	  echo "could not install$$missing: the tests that need them will skip"; fi
@@ -40,11 +42,12 @@ format: $(VENV)/.dev-deps
 zoo: $(VENV)/.demo-deps
 	$(VENV)/bin/edgecloud zoo build --repo $(REPO)
 
-bench: $(VENV)/.dev-deps zoo
+bench: $(VENV)/.dev-deps system-deps zoo
 	$(PY) bench/local_overhead.py --repo $(REPO)
 	$(PY) bench/router_overhead.py --repo $(REPO)
 	$(PY) bench/cascade.py --repo $(REPO)
 	$(PY) bench/hybrid_network.py --repo $(REPO)
+	$(PY) bench/edge_filter.py --repo $(REPO)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
 	$(PY) bench/server.py --repo $(REPO)
 	$(PY) bench/gpu_serving.py --repo $(REPO)  # measures only where torch sees a GPU

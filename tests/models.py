@@ -96,3 +96,29 @@ def make_repo(root: Path) -> ModelRepository:
     repo.add_version("affine", onnx_file, metadata={"note": "second"})
     repo.add_version("two-input", two_input_onnx(root / "two.onnx"), config=two_input_config())
     return repo
+
+
+def event_sink_onnx(path: Path) -> Path:
+    """energy = mean(input²) per row; input: FP32 [rows, samples], any number of samples."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input", "input"], ["sq"]),
+            helper.make_node("ReduceMean", ["sq"], ["energy"], axes=[1], keepdims=0),
+        ],
+        "event_sink",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["rows", "samples"])],
+        [helper.make_tensor_value_info("energy", TensorProto.FLOAT, ["rows"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def event_sink_config() -> ModelConfig:
+    return ModelConfig(
+        name="events",
+        max_batch_size=0,
+        inputs=[TensorSpec(name="input", datatype="FP32", shape=(-1, -1))],
+        outputs=[TensorSpec(name="energy", datatype="FP32", shape=(-1,))],
+    )

@@ -352,6 +352,83 @@ def advise(
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
+@app.command("filter")
+def filter_stream(
+    input_file: Annotated[
+        Path, typer.Option("--input", "-i", help="A 16 kHz WAV (vad), or .npy chunks.")
+    ],
+    trigger: Annotated[str, typer.Option(help="vad, anomaly or frame-diff.")] = "vad",
+    repo: RepoOption = DEFAULT_REPO,
+    threshold: Annotated[float | None, typer.Option(help="Trigger threshold.")] = None,
+    fit: Annotated[
+        Path | None, typer.Option(help="anomaly: .npy of normal readings [N, channels].")
+    ] = None,
+    chunk_s: Annotated[float, typer.Option(help="anomaly/frame-diff: seconds per chunk.")] = 1.0,
+    pre_roll: Annotated[float, typer.Option(help="Seconds kept before an event.")] = 0.25,
+    post_roll: Annotated[float, typer.Option(help="Seconds kept after an event.")] = 0.25,
+    merge_gap: Annotated[float, typer.Option(help="Quiet seconds that still merge.")] = 0.5,
+    min_duration: Annotated[float, typer.Option(help="Shortest triggered span kept.")] = 0.1,
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw the signal, trigger scores and events (PNG).")
+    ] = None,
+) -> None:
+    """Screen a stream on the device: print its events and the uplink bandwidth saved."""
+    from .filter import AnomalyTrigger, Filter, FrameDiffTrigger, SegmentConfig, Trigger
+    from .filter.audio import chunks as audio_chunks
+    from .filter.audio import read_wav
+
+    segment = SegmentConfig(pre_roll, post_roll, min_duration, merge_gap)
+    signal: np.ndarray
+    made: Trigger
+    if trigger == "vad":
+        signal = read_wav(input_file)
+        parts = audio_chunks(signal)
+        from .filter import VadTrigger
+
+        made = VadTrigger(ModelRepository(repo))
+    elif trigger in ("anomaly", "frame-diff"):
+        signal = _load_npy(input_file)
+        parts = list(signal)
+        if trigger == "anomaly":
+            if fit is None:
+                raise ConfigError("--trigger anomaly needs --fit normal.npy to learn from")
+            made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit))
+        else:
+            made = FrameDiffTrigger(chunk_s=chunk_s)
+    else:
+        raise ConfigError(f"unknown trigger {trigger!r}; use vad, anomaly or frame-diff")
+    if threshold is not None:
+        made.threshold = threshold
+    stream = Filter(made, segment=segment)
+    events = stream.feed_all(parts)
+    table = Table("event", "start s", "end s", "duration s", "peak score", "bytes sent",
+                  title=f"{input_file.name}: {len(events)} events")  # fmt: skip
+    for e in events:
+        table.add_row(str(e.index), f"{e.start_s:.2f}", f"{e.end_s:.2f}", f"{e.duration_s:.2f}",
+                      f"{e.peak_score:.3f}", f"{e.bytes_sent:,}")  # fmt: skip
+    console.print(table)
+    st = stream.stats
+    console.print(
+        f"sent {st.bytes_sent:,} of {st.bytes_total:,} bytes: "
+        f"[bold]{st.bytes_saved:.1%} of the uplink saved[/] "
+        f"({st.triggered_chunks} of {st.chunks} chunks triggered)"
+    )
+    if plot is not None:
+        from .filter.plot import plot_events
+
+        plot_events(signal, stream.scores, events, made.threshold, made.chunk_s, plot)
+        console.print(f"wrote {plot}")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a readable .npy file: {exc}") from exc
+
+
 @app.command()
 def demo(repo: RepoOption = DEFAULT_REPO) -> None:
     """A tour on the demo zoo: digits on both models, sentence similarity, latency."""

@@ -32,9 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ._config_files import read_mapping, validate
 from .backends.base import Backend
 from .backends.local import LocalBackend
 from .backends.remote import RemoteBackend
@@ -183,24 +183,10 @@ def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"deployment file {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a deployment is a mapping with at least 'root'")
-    return raw
+    return read_mapping(path, "deployment", "at least 'root'")
 
 
-def _validate(model: type[Any], raw: Any, at: str, where: str) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in (*([at] if at else []), *first["loc"]))
-        raise ConfigError(f"{where}: {loc or 'top level'}: {first['msg']}") from exc
+_validate = validate
 
 
 class _Builder:
@@ -349,4 +335,6 @@ class _Builder:
 
     def _guard(self, params: Any, at: str) -> Backend:
         spec = _validate(GuardSpec, params, at, self.where)
-        return Guard(self.node(spec.inner, f"{at}.inner"), rules=spec.rules)
+        return Guard(
+            self.node(spec.inner, f"{at}.inner"), rules={str(k): v for k, v in spec.rules.items()}
+        )

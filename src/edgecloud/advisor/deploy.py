@@ -55,9 +55,9 @@ def deployment_for(decision: Decision, candidate: Candidate | None = None) -> di
                 "defer_failed_escalations": True,
             }
         }
-    else:  # filter_then_forward: the trigger runs in the stream API; events go here
-        out["outbox"] = _outbox(decision)
-        root = {"prefer_remote": {"remote": "cloud", "local": "local", "breaker": breaker}}
+    else:  # filter_then_forward: edgecloud.filter.Filter(trigger, deployment, outbox=...)
+        out["outbox"] = _outbox(decision)  # events wait here while the link is down
+        root = "cloud"
     out["root"] = root
     return out
 
@@ -78,6 +78,7 @@ def deployment_yaml(decision: Decision, candidate: Candidate | None = None) -> s
     if c.strategy == "cascade":
         header.append("# Calibrate the threshold: edgecloud calibrate -d deployment.yaml")
     if c.strategy == "filter_then_forward":
-        header.append("# The on-device trigger (edgecloud.filter) forwards only events here.")
+        header.append("# Events come from the on-device trigger: edgecloud.filter.Filter(trigger, "
+                      "edgecloud.load(this), outbox=deployment.outbox)")  # fmt: skip
     body = yaml.safe_dump(deployment_for(decision, c), sort_keys=False)
     return "\n".join(header) + "\n" + body

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import ConfigError
+from .._config_files import read_mapping, validate
 
 __all__ = [
     "Application",
@@ -227,27 +226,14 @@ class Workload(_Strict):
 
 def load_workload(source: str | Path | dict[str, Any], *, base: Path | None = None) -> Workload:
     """Validate a workload from a YAML file or a mapping; ConfigError names the field."""
-    where = "workload"
     if isinstance(source, dict):
         raw: Any = source
+        where = "workload"
     else:
         path = Path(source)
-        where = str(path)
-        base = base or path.parent
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"workload file {path} does not exist") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a workload is a mapping (application, model, device, network)")
-    try:
-        workload = Workload.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise ConfigError(f"{where}: {loc}: {first['msg']}") from exc
+        where, base = str(path), base or path.parent
+        raw = read_mapping(path, "workload", "application, model, device and network")
+    workload = validate(Workload, raw, "", where)
     if workload.model.onnx is not None:
         from .onnx_stats import fill_from_onnx
 

@@ -1,0 +1,188 @@
+"""Filter with real triggers: Silero VAD on espeak-ng speech in noise, sensor anomalies,
+motion; events queue in a real SQLite outbox while the server is down and reach a real
+server after reconnect; bad audio is a clear error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecloud import (
+    ConfigError,
+    DatatypeMismatchError,
+    InvalidRequestError,
+    ModelRepository,
+    RemoteBackend,
+    ShapeMismatchError,
+)
+from edgecloud.filter import (
+    AnomalyTrigger,
+    Filter,
+    FrameDiffTrigger,
+    SegmentConfig,
+    VadTrigger,
+    calibrate_threshold,
+    chunks,
+    read_wav,
+    score_events,
+    write_wav,
+)
+from edgecloud.routing.outbox import Outbox
+from edgecloud.server.launch import free_port, serve_process
+
+from ..models import event_sink_config, event_sink_onnx
+from ..routing.conftest import metric
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng missing (make test installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def speech():  # type: ignore[no-untyped-def]
+    from edgecloud.filter.synth import make_stream
+
+    return make_stream(duration_s=120, utterances=4, snr_db=10, seed=3)
+
+
+@needs_espeak
+def test_vad_forwards_every_utterance_and_little_else(zoo_repo: ModelRepository, speech) -> None:  # type: ignore[no-untyped-def]
+    vad = VadTrigger(zoo_repo)
+    f = Filter(vad, segment=SegmentConfig(pre_roll_s=0.25, post_roll_s=0.25))
+    events = f.feed_all(chunks(speech.audio))
+    score = score_events(events, speech.spans)
+    assert score.recall == 1.0 and score.precision == 1.0
+    assert f.stats.bytes_saved > 0.9  # speech is ~6 % of this stream
+    assert f.stats.bytes_sent == sum(e.bytes_sent for e in events)
+    assert f.stats.bytes_total == speech.audio.nbytes + (-len(speech.audio)) % 512 * 4
+    # each event records what it sent and what was held back before it
+    assert sum(e.bytes_suppressed_before for e in events) <= f.stats.bytes_suppressed
+    vad.close()
+
+
+@needs_espeak
+@pytest.mark.network
+def test_events_queue_offline_and_are_delivered_after_reconnect(
+    zoo_repo: ModelRepository,
+    speech,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    repo = ModelRepository(tmp_path / "server-repo")
+    repo.add_version("events", event_sink_onnx(tmp_path / "sink.onnx"), config=event_sink_config())
+    port = free_port()
+    outbox = Outbox(tmp_path / "outbox.db")
+    with RemoteBackend(f"http://127.0.0.1:{port}", timeout=1.0) as offline:
+        f = Filter(VadTrigger(zoo_repo), inner=offline, model="events", outbox=outbox)
+        events = f.feed_all(chunks(speech.audio))
+    assert len(events) == 4 and all(e.queued for e in events)
+    assert len(outbox) == 4 and f.stats.queued_events == 4
+    server = serve_process(repo.root, http_port=port, log=tmp_path / "server.log")
+    try:
+        with RemoteBackend(server.url, timeout=5.0) as online:
+            result = outbox.drain(online.infer)
+        assert result.delivered == 4 and result.remaining == 0 and len(outbox) == 0
+        assert metric(server, "edgecloud_requests_total", "events") == 4  # type: ignore[arg-type]
+    finally:
+        server.stop()
+        outbox.close()
+
+
+def test_without_an_outbox_an_unsendable_event_is_an_error() -> None:
+    trigger = FrameDiffTrigger(threshold=0.1)
+    with RemoteBackend(f"http://127.0.0.1:{free_port()}", timeout=0.5) as offline:
+        f = Filter(trigger, inner=offline, segment=SegmentConfig(0, 0, 0, 0))
+        frames = [np.zeros((4, 4), np.float32)] * 3 + [np.ones((4, 4), np.float32)] * 2
+        with pytest.raises(ConfigError, match="no outbox to keep it"):
+            f.feed_all(frames)
+
+
+def test_bad_audio_is_a_clear_error(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    write_wav(tmp_path / "8k.wav", np.zeros(8000, np.float32), sample_rate=8000)
+    with pytest.raises(InvalidRequestError, match="8000 Hz; the VAD needs 16000 Hz"):
+        read_wav(tmp_path / "8k.wav")
+    (tmp_path / "junk.wav").write_bytes(b"not a wav")
+    with pytest.raises(InvalidRequestError, match="not a PCM WAV"):
+        read_wav(tmp_path / "junk.wav")
+    with pytest.raises(DatatypeMismatchError, match="divide by 32768"):
+        chunks(np.zeros(1024, np.int16))
+    with pytest.raises(InvalidRequestError, match="no samples"):
+        chunks(np.zeros(0, np.float32))
+    vad = VadTrigger(zoo_repo)
+    with pytest.raises(ShapeMismatchError, match="512 mono samples"):
+        vad.score(np.zeros(480, np.float32))
+    f = Filter(vad)
+    f.feed(np.zeros(512, np.float32))
+    with pytest.raises(InvalidRequestError, match="every chunk must have shape"):
+        f.feed(np.zeros(256, np.float32))
+    vad.close()
+
+
+def sensor_stream(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """6 channels at 10 Hz (levels + noise + slow wander); 1 s chunks; anomalies at known
+    seconds: an offset channel, a vibration burst, a drift, a saturated sensor."""
+    rng = np.random.default_rng(seed)
+
+    def normal_run(n: int) -> np.ndarray:
+        phase = rng.uniform(0, 2 * np.pi, 6)
+        wander = 0.05 * np.sin(2 * np.pi * np.arange(n)[:, None] / 6000 + phase)
+        return np.array([1.0, 0.8, 0.5, -0.7, 0.3, 1.2]) + wander + rng.normal(0, 0.1, (n, 6))
+
+    x = normal_run(3600 * 10)
+    anomalies = [(600, 620), (1500, 1505), (2400, 2460), (3000, 3010)]
+    x[6000:6200, 2] += 1.0  # offset channel
+    x[15000:15050] += rng.normal(0, 0.6, (50, 6))  # vibration burst
+    x[24000:24600, 0] += np.minimum(np.linspace(0, 6, 600), 1.5)  # drift, then stuck high
+    x[30000:30100, 4] = 2.0  # saturated sensor
+    return x.reshape(-1, 10, 6), normal_run(6000), anomalies
+
+
+def test_sensor_anomalies_are_caught_and_normal_data_suppressed() -> None:
+    chunks_, normal, truth = sensor_stream()
+    trigger = AnomalyTrigger(threshold=2.5, alpha=0.7).fit(normal)
+    f = Filter(trigger, segment=SegmentConfig(pre_roll_s=2, post_roll_s=2, merge_gap_s=3))
+    events = f.feed_all(list(chunks_))
+    spans = [(float(a), float(b)) for a, b in truth]
+    score = score_events(events, spans)
+    assert score.recall == 1.0 and score.precision == 1.0
+    assert f.stats.bytes_saved > 0.95
+
+
+def test_frame_difference_finds_motion() -> None:
+    still = np.full((8, 8), 100, np.uint8)
+    moving = still.copy()
+    moving[2:6, 2:6] = 250
+    frames = [still] * 5 + [moving, still] * 3 + [still] * 5
+    f = Filter(FrameDiffTrigger(threshold=0.05), segment=SegmentConfig(0, 0, 0, 0.1))
+    events = f.feed_all(frames)
+    assert [(e.start_chunk, e.end_chunk) for e in events] == [(5, 11)]
+
+
+def test_calibrated_threshold_reaches_the_target_recall() -> None:
+    scores = [0.9, 0.8, 0.7, 0.2, 0.6, 0.1, 0.05]
+    labels = [True, True, True, True, False, False, False]
+    assert calibrate_threshold(scores, labels, 0.75) == 0.7  # 3 of 4 positives
+    assert calibrate_threshold(scores, labels, 1.0) == 0.2
+    with pytest.raises(InvalidRequestError, match="no positive"):
+        calibrate_threshold([0.1], [False], 0.9)
+
+
+@needs_espeak
+def test_cli_prints_events_and_bandwidth_saved(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    from edgecloud.filter.synth import make_stream
+
+    from ..test_cli import assert_one_line_error
+    from ..test_cli import edgecloud as run_cli
+
+    s = make_stream(duration_s=40, utterances=2, snr_db=20, seed=7)
+    write_wav(tmp_path / "s.wav", s.audio)
+    result = run_cli("filter", "-i", tmp_path / "s.wav", "--repo", zoo_repo.root,
+                     "--plot", tmp_path / "s.png")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 events" in result.stdout and "of the uplink saved" in result.stdout
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    write_wav(tmp_path / "8k.wav", s.audio[:8000], sample_rate=8000)
+    bad = run_cli("filter", "-i", tmp_path / "8k.wav", "--repo", zoo_repo.root)
+    assert_one_line_error(bad, "8000 Hz", "ffmpeg")
