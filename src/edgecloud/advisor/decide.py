@@ -124,7 +124,6 @@ def _local_for(w: Workload, *, share: float = 1.0) -> LocalPlan:
     )  # fmt: skip
     if not large.problems or not m.has_small:
         return large
-    assert m.small_name and m.small_memory_mb and m.small_gflops and m.small_accuracy
     return _small(w, share=share)
 
 

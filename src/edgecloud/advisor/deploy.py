@@ -29,7 +29,7 @@ def deployment_for(decision: Decision, candidate: Candidate | None = None) -> di
     if c is None:
         raise ValueError("no feasible option: there is nothing to deploy")
     w = decision.workload
-    remote_spec = {"url": w.remote_url, "timeout_s": _timeout_s(decision, c)}
+    remote_spec = {"url": w.remote_url, "timeout_s": _timeout_s(decision)}
     out: dict[str, Any] = {"repository": "model-repo"}
     if c.strategy == "local":
         if c.parameters.get("periodic_sync"):
@@ -62,7 +62,7 @@ def deployment_for(decision: Decision, candidate: Candidate | None = None) -> di
     return out
 
 
-def _timeout_s(decision: Decision, c: Candidate) -> float:
+def _timeout_s(decision: Decision) -> float:
     """Give up on the server at the p99 target (so a fallback can still answer)."""
     return round(max(0.05, decision.workload.application.latency_p99_ms / 1000), 3)
 

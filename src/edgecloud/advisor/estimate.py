@@ -126,8 +126,8 @@ def local_plan(
     share: float = 1.0,
     allow_compression: bool = True,
 ) -> LocalPlan:
-    """Run ``name`` on each device for ``share`` of requests (all requests still pass the
-    device when share < 1 only through what the caller adds)."""
+    """Run ``name`` on each device for ``share`` of its requests (int8-quantized when only
+    that fits and ``allow_compression``); ``problems`` say why it cannot run."""
     device = w.device
     compressed = False
     if (

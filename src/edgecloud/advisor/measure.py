@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..backends.local import LocalBackend
@@ -30,8 +32,7 @@ class Measurement:
     unit: str
 
 
-def _median_ms(fn: object, rounds: int) -> tuple[float, float]:
-    assert callable(fn)
+def _median_ms(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
     fn()  # warm-up
     times = []
     for _ in range(rounds):
@@ -41,10 +42,11 @@ def _median_ms(fn: object, rounds: int) -> tuple[float, float]:
     return statistics.median(times), statistics.pstdev(times)
 
 
-def _sample(repo: ModelRepository, model: str) -> dict[str, object]:
+def _request(repo: ModelRepository, model: str) -> InferRequest:
+    """One batch-1 request of the model's declared inputs."""
     from ..compress.evaluate import random_inputs
 
-    return dict(random_inputs(repo.get(model).config, batch=1))
+    return InferRequest(model, random_inputs(repo.get(model).config, batch=1))
 
 
 def measure(
@@ -64,16 +66,16 @@ def measure(
     device = w.device
     network = w.network
     prices = w.prices
-    if repo is not None:
-        repository = ModelRepository(repo)
+    repository = ModelRepository(repo) if repo is not None else None
+    if repository is not None:
         with LocalBackend(repository, intra_op_threads=threads) as local:
             names = [("measured_local_ms", model.name, model.gflops)]
             if model.small_name:
                 names.append(("measured_small_local_ms", model.small_name, model.small_gflops))
             updates = {}
             for field, name, gflops in names:
-                request = InferRequest(name, _sample(repository, name))  # type: ignore[arg-type]
-                p50, _ = _median_ms(lambda r=request: local.infer(r), rounds)
+                request = _request(repository, name)
+                p50, _ = _median_ms(partial(local.infer, request), rounds)
                 estimate = (gflops or 0.0) / device.gflops_per_s * 1000
                 rows.append(Measurement(f"device compute: {name}", estimate, p50, "ms"))
                 updates[field] = p50
@@ -88,8 +90,8 @@ def measure(
             rows.append(Measurement("network RTT", network.rtt_ms, rtt, "ms"))
             rows.append(Measurement("network jitter (σ)", network.jitter_ms, jitter, "ms"))
             network = network.model_copy(update={"rtt_ms": rtt, "jitter_ms": jitter})
-            if repo is not None:
-                request = InferRequest(model.name, _sample(ModelRepository(repo), model.name))  # type: ignore[arg-type]
+            if repository is not None:
+                request = _request(repository, model.name)
                 total, _ = _median_ms(lambda: remote.infer(request), rounds)
                 upload = w.application.payload_kb * 8 / network.uplink_mbps
                 server_ms = max(0.01, total - rtt)
