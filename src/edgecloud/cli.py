@@ -352,6 +352,90 @@ def advise(
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
+@app.command("split")
+def split_command(
+    model: Annotated[str, typer.Argument(help="Model name in the repository.")],
+    repo: RepoOption = DEFAULT_REPO,
+    model_version: Annotated[
+        str | None, typer.Option("--version", help="Version to split (default: newest served).")
+    ] = None,
+    codec: Annotated[
+        str, typer.Option(help="Activation codecs to offer, comma-separated: fp32, fp16, int8.")
+    ] = "fp32,int8",
+    cuts: Annotated[
+        str | None,
+        typer.Option(help="Cuts to write, e.g. cut17,cut28 (default: those that can win)."),
+    ] = None,
+    device_threads: Annotated[int, typer.Option(min=1, help="Threads the device runs with.")] = 1,
+    remote: Annotated[
+        str | None, typer.Option(help="Time the tails through this server (it must serve them).")
+    ] = None,
+    tail_profile: Annotated[
+        Path | None, typer.Option(help="Tail times recorded on the server with --profile-out.")
+    ] = None,
+    profile_out: Annotated[
+        Path | None, typer.Option(help="Where to write the profile (default: beside the model).")
+    ] = None,
+    bandwidths: Annotated[
+        str, typer.Option(help="Bandwidths (Mbit/s) for the predicted-latency columns.")
+    ] = "1,10,50,200",
+    rtt_ms: Annotated[float, typer.Option(min=0, help="RTT for the predictions.")] = 20.0,
+    objective: Annotated[str, typer.Option(help="latency or energy.")] = "latency",
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw latency vs bandwidth for every split to this PNG.")
+    ] = None,
+) -> None:
+    """Partition a model: write head/tail versions of the useful cuts and profile them.
+
+    The tail of cut N is served as the model <model>.tail.cutN (.int8/.fp16 for
+    compressed activations), the head as <model>.head.cutN. Without --remote or
+    --tail-profile the tails are timed on this machine, as if it were the server.
+    """
+    from .split import (
+        ProfileTailTimer,
+        RemoteTailTimer,
+        SplitProfile,
+        default_profile_path,
+        split_model,
+    )
+    from .split import report as split_report
+
+    if remote is not None and tail_profile is not None:
+        raise ConfigError("give --remote or --tail-profile, not both")
+    if objective not in ("latency", "energy"):
+        raise ConfigError(f"--objective is latency or energy, not {objective!r}")
+    codecs = [c.strip() for c in codec.split(",") if c.strip()]
+    mbps = _floats(bandwidths, "--bandwidths")
+    repository = ModelRepository(repo)
+    timer: Any = None
+    if remote is not None:
+        from .backends.remote import RemoteBackend
+
+        timer = RemoteTailTimer(RemoteBackend(remote, timeout=30.0))
+    elif tail_profile is not None:
+        timer = ProfileTailTimer(SplitProfile.load(tail_profile))
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        result = split_model(
+            repository, model, version=model_version, codecs=codecs,
+            cuts=[c.strip() for c in cuts.split(",") if c.strip()] if cuts else None,
+            tail_timer=timer, device_threads=device_threads, progress=progress,
+        )  # fmt: skip
+    target = profile_out or default_profile_path(repository, model)
+    result.profile.save(target)
+    console.print(split_report.table(result.profile, mbps, rtt_ms / 1e3, objective=objective))
+    heads = sorted({p.head.name for p in result.pairs})
+    console.print(
+        f"{result.cuts_considered} cut points; {len(result.pairs)} splits written "
+        f"({len(heads)} heads, {len(result.pairs)} tails) to {repository.root}; "
+        f"profile: {target}"
+    )
+    if plot is not None:
+        split_report.plot(result.profile, plot, rtt_ms / 1e3)
+        console.print(f"plot: {plot}")
+
+
 @app.command("filter")
 def filter_stream(
     input_file: Annotated[
@@ -458,6 +542,16 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"--student takes positive sizes, not {text!r}")
     return sizes
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} takes numbers like 1,10,50, not {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ConfigError(f"{option} takes positive numbers, not {text!r}")
+    return values
 
 
 def _specs(specs: Any) -> str:

@@ -20,7 +20,7 @@
 
 A node is ``local``, the name of a remote, or a one-key mapping naming a
 combinator: ``local``, ``remote``, ``prefer_local``, ``prefer_remote``,
-``fallback``, ``fastest``, ``cascade``, ``guard``. Mistakes are a ConfigError naming the
+``fallback``, ``fastest``, ``cascade``, ``guard``, ``split``. Mistakes are a ConfigError naming the
 file and the YAML path (``root.guard.inner.cascade.threshold: ...``).
 Relative paths are relative to the deployment file.
 """
@@ -97,15 +97,39 @@ class CascadeSpec(_Strict):
 
 class GuardSpec(_Strict):
     inner: Any
-    rules: dict[Literal["public", "personal", "restricted"], Literal["local", "any"]] = Field(
-        default_factory=dict
-    )
+    rules: dict[
+        Literal["public", "personal", "restricted"], Literal["local", "features", "any"]
+    ] = Field(default_factory=dict)
 
 
 class FastestSpec(_Strict):
     paths: list[Any] = Field(min_length=2)
     hedge: bool = False
     explore: float = Field(default=0.05, ge=0, le=1)
+
+
+class LinkSpec(_Strict):
+    rtt_ms: float = Field(ge=0)
+    bandwidth_mbps: float = Field(gt=0)
+
+
+class SplitSpec(_Strict):
+    model: str
+    """The model to split; its profile comes from ``edgecloud split``."""
+    remote: str
+    """The remote that serves the tails (``<model>.tail.<cut>``)."""
+    profile: str | None = None
+    """Profile file (default: ``<repository>/<model>/split-profile.json``)."""
+    threads: int | None = Field(default=None, ge=1)
+    """Device threads for the head (default: the profile's)."""
+    objective: Literal["latency", "energy"] = "latency"
+    min_cosine: float = Field(default=0.99, ge=0, le=1)
+    hysteresis: float = Field(default=0.2, ge=0, lt=1)
+    explore: float = Field(default=0.02, ge=0, le=1)
+    fixed: str | None = None
+    """Always use this split (``cut17`` or ``cut17/int8``) instead of planning."""
+    link: LinkSpec | None = None
+    """Initial link estimate; without it the server is pinged at start."""
 
 
 class DeploymentSpec(_Strict):
@@ -217,6 +241,7 @@ class _Builder:
             "cascade": self._cascade,
             "fastest": self._fastest,
             "guard": self._guard,
+            "split": self._split,
         }
 
     def _path(self, value: str) -> Path:
@@ -337,4 +362,35 @@ class _Builder:
         spec = _validate(GuardSpec, params, at, self.where)
         return Guard(
             self.node(spec.inner, f"{at}.inner"), rules={str(k): v for k, v in spec.rules.items()}
+        )
+
+    def _split(self, params: Any, at: str) -> Backend:
+        from .split import SplitBackend, SplitProfile, default_profile_path
+        from .split.planner import Link
+
+        spec = _validate(SplitSpec, params, at, self.where)
+        path = self._path(spec.profile) if spec.profile else None
+        try:
+            profile = SplitProfile.load(path or default_profile_path(self.repository, spec.model))
+        except ConfigError as exc:
+            raise ConfigError(f"{self.where}: {at}.profile: {exc.message}") from exc
+        if profile.model != spec.model:
+            raise ConfigError(
+                f"{self.where}: {at}.profile: the profile is of {profile.model!r}, "
+                f"not {spec.model!r}"
+            )
+        threads = spec.threads or profile.device_threads
+        device = self._local({"threads": threads}, f"{at}.device")
+        assert isinstance(device, LocalBackend)
+        link = Link(spec.link.rtt_ms / 1e3, spec.link.bandwidth_mbps * 1e6) if spec.link else None
+        return SplitBackend(
+            device,
+            self._remote(spec.remote, f"{at}.remote"),
+            profile,
+            link=link,
+            objective=spec.objective,
+            min_cosine=spec.min_cosine,
+            hysteresis=spec.hysteresis,
+            explore=spec.explore,
+            fixed=spec.fixed,
         )

@@ -163,9 +163,23 @@ class RequestContext:
     local_only: bool = False
     """Set by a privacy Guard: no tensor of this request may leave the device.
     Restricted data is local-only whatever this says."""
+    features_only: bool = False
+    """Set by a Guard rule ``features``: the raw inputs stay on the device, but
+    features a :class:`~edgecloud.split.SplitBackend` computes from them (the
+    activation at a cut) may leave."""
 
     @property
     def may_leave_device(self) -> bool:
+        """Whether these tensors, as they are, may be sent to a remote."""
+        return (
+            not self.local_only
+            and not self.features_only
+            and self.sensitivity is not Sensitivity.RESTRICTED
+        )
+
+    @property
+    def features_may_leave(self) -> bool:
+        """Whether features computed from these tensors on the device may be sent."""
         return not self.local_only and self.sensitivity is not Sensitivity.RESTRICTED
 
     @classmethod

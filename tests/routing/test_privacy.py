@@ -75,7 +75,7 @@ def test_guard_rules_are_checked() -> None:
         Guard(inner, rules={"secret": "local"})
     with pytest.raises(ConfigError, match="restricted data never leaves"):
         Guard(inner, rules={"restricted": "any"})
-    with pytest.raises(ConfigError, match="'local' or 'any'"):
+    with pytest.raises(ConfigError, match="must be 'local', 'features' or 'any'"):
         Guard(inner, rules={"personal": "cloud"})  # type: ignore[dict-item]
 
 

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from edgecloud import ConfigError
-from edgecloud.split.planner import ALL_LOCAL, ALL_REMOTE, CutProfile, Link, SplitPlanner
+from edgecloud import ConfigError, ModelRepository
+from edgecloud.split import split_model
+from edgecloud.split.planner import (
+    ALL_LOCAL,
+    ALL_REMOTE,
+    CutProfile,
+    Link,
+    PowerModel,
+    SplitPlanner,
+)
 
 # A slow device, a server ten times faster; the mid cut shrinks 600 kB to 100 kB.
 PROFILES = [
@@ -40,21 +49,52 @@ def test_nonsense_is_rejected() -> None:
         Link(rtt_s=0.01, bandwidth_bps=0)
 
 
-def test_profiles_measured_on_a_real_graph(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import numpy as np
+def test_energy_objective_weighs_the_radio_not_the_wait() -> None:
+    # 20 Mbit/s, RTT 10 ms. Latency: cut20 wins (126 ms vs 200 ms local).
+    # Energy with an expensive radio (8 W): local 0.4 J, cut20 0.12 + 0.042*8.3 + ... > local.
+    link = Link(rtt_s=0.010, bandwidth_bps=20e6)
+    assert SplitPlanner(PROFILES).plan(link).name == "cut20"
+    radio = PowerModel(compute_w=2.0, radio_tx_w=8.0, idle_w=0.3)
+    energy = SplitPlanner(PROFILES, objective="energy", power=radio)
+    joules = {p.name: cost for cost, p in energy.rank(link)}
+    assert joules[ALL_LOCAL] == pytest.approx(2.0 * 0.200)
+    assert joules["cut20"] == pytest.approx(
+        2.0 * 0.060 + 8.3 * 100_000 * 8 / 20e6 + 0.3 * (0.010 + 0.014 + 4_000 * 8 / 20e6)
+    )
+    assert energy.plan(link).name == ALL_LOCAL
+    # A cheap radio makes offloading the energy winner too.
+    frugal = SplitPlanner(PROFILES, objective="energy", power=PowerModel(2.0, 0.5, 0.1))
+    assert frugal.plan(link).name == "cut20"
+    with pytest.raises(ConfigError, match="latency or energy"):
+        SplitPlanner(PROFILES, objective="cost")  # type: ignore[arg-type]
 
-    from edgecloud.split import cut_points
-    from edgecloud.split.profile import profile_cuts
 
-    from .test_partition import branched_onnx
+def test_candidates_below_the_fidelity_floor_are_never_planned() -> None:
+    lossy = CutProfile("cut20", 0.060, 0.014, 25_000, 4_000, codec="int8", cosine=0.95)
+    planner = SplitPlanner([*PROFILES, lossy], min_cosine=0.99)
+    assert all(p.key != "cut20/int8" for p in planner.profiles)
+    assert SplitPlanner([*PROFILES, lossy]).plan(Link(0.010, 20e6)).key == "cut20/int8"
 
-    path = branched_onnx(tmp_path / "m.onnx")
-    x = np.ones((1, 8), np.float32)
-    profiles = profile_cuts(path, cut_points(path), {"x": x}, tmp_path, server_speedup=4.0)
-    by_name = {p.name: p for p in profiles}
-    assert set(by_name) == {ALL_LOCAL, ALL_REMOTE, "cut0", "cut1", "cut2", "cut3"}
-    assert by_name[ALL_REMOTE].bytes_up == x.nbytes and by_name[ALL_REMOTE].bytes_down == 4 * 4
-    assert by_name["cut2"].bytes_up == 2 * 8 * 4  # a and b cross
-    assert by_name["cut3"].bytes_up == 8 * 4  # s only (8 wide, before the last MatMul)
-    assert all(p.head_s >= 0 and p.tail_s >= 0 for p in profiles)
-    assert SplitPlanner(profiles).plan(Link(rtt_s=0.5, bandwidth_bps=1e3)).name == ALL_LOCAL
+
+def test_profiles_measured_on_a_real_graph(branched_repo: ModelRepository) -> None:
+    result = split_model(branched_repo, "branched", codecs=("fp32", "int8"), cuts=["cut2", "cut3"],
+                         inputs={"x": np.ones((1, 8), np.float32)})  # fmt: skip
+    by_key = {p.key: p for p in result.profile.candidates}
+    assert set(by_key) == {ALL_LOCAL, ALL_REMOTE, "cut2", "cut3", "cut2/int8", "cut3/int8"}
+    assert by_key[ALL_REMOTE].bytes_up == 8 * 4 and by_key[ALL_REMOTE].bytes_down == 4 * 4
+    assert by_key["cut2"].bytes_up == 2 * 8 * 4  # a and b cross
+    assert by_key["cut3"].bytes_up == 8 * 4  # s only (8 wide, before the last MatMul)
+    assert by_key["cut3/int8"].bytes_up == 8 + 2 * 4  # uint8 values, scale and offset
+    assert all(p.head_s >= 0 and p.tail_s >= 0 for p in result.profile.candidates)
+    assert by_key["cut3/int8"].cosine > 0.99 and by_key["cut3"].cosine == pytest.approx(1.0)
+    assert result.profile.tensors == {"cut2": ["a", "b"], "cut3": ["s"]}
+    planner = result.profile.planner()
+    assert planner.plan(Link(rtt_s=0.5, bandwidth_bps=1e3)).name == ALL_LOCAL
+
+
+def test_only_cuts_that_can_win_are_written(branched_repo: ModelRepository) -> None:
+    # x is 32 bytes; a cut is kept only if it sends fewer bytes than x and every earlier one.
+    result = split_model(branched_repo, "branched", codecs=("fp32", "int8"))
+    # fp32: no cut sends < 32 bytes; int8: cut2 sends 16 + 16 (not < 32), cut3 8 + 8.
+    assert [(p.cut.name, p.codec) for p in result.pairs] == [("cut3", "int8")]
+    assert result.cuts_considered == 4

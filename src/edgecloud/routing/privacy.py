@@ -27,7 +27,7 @@ from ..tensors import InferRequest, InferResponse, Sensitivity, Span, Trace
 
 __all__ = ["AuditLog", "Guard"]
 
-Rule = Literal["local", "any"]
+Rule = Literal["local", "features", "any"]
 
 
 class AuditLog:
@@ -91,8 +91,9 @@ class Guard(Backend):
     """Apply per-deployment privacy rules before ``inner`` routes the request.
 
     ``rules`` maps a sensitivity (``public``, ``personal``, ``restricted``) to
-    ``local`` (must stay on the device) or ``any``. Restricted data is local
-    whatever the rules say.
+    ``local`` (must stay on the device), ``features`` (the raw input stays; a
+    :class:`~edgecloud.split.SplitBackend` may send the activation it computes
+    on the device) or ``any``. Restricted data is local whatever the rules say.
     """
 
     def __init__(
@@ -109,19 +110,24 @@ class Guard(Backend):
                     f"privacy rule for unknown sensitivity {key!r}; use public, personal "
                     "or restricted"
                 ) from None
-            if rule not in ("local", "any"):
-                raise ConfigError(f"privacy rule {key}: {rule!r} must be 'local' or 'any'")
+            if rule not in ("local", "features", "any"):
+                raise ConfigError(
+                    f"privacy rule {key}: {rule!r} must be 'local', 'features' or 'any'"
+                )
             if level is Sensitivity.RESTRICTED and rule != "local":
                 raise ConfigError("restricted data never leaves the device: its rule must be local")
             self.rules[level] = rule
 
     def infer(self, request: InferRequest) -> InferResponse:
         level = request.context.sensitivity
-        local = self.rules.get(level, "any") == "local"
-        if local and not request.context.local_only:
+        rule = self.rules.get(level, "any")
+        if rule == "local" and not request.context.local_only:
             request = replace(request, context=replace(request.context, local_only=True))
+        elif rule == "features" and not request.context.features_only:
+            request = replace(request, context=replace(request.context, features_only=True))
         response = self.inner.infer(request)
-        reason = f"guard:{level.value} → " + ("stays on the device" if local else "may leave")
+        outcome = {"local": "stays on the device", "features": "only features may leave"}
+        reason = f"guard:{level.value} → " + outcome.get(rule, "may leave")
         response.trace = Trace(
             response.trace.served_by,
             [Span(self.name, "decision", 0.0, reason), *response.trace.spans],

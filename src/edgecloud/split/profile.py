@@ -1,73 +1,264 @@
-"""Measuring each split: head time on this device, tail time (scaled for the server), bytes."""
+"""Measuring each way to split: head time on this device, tail time on the server, bytes.
+
+Head times are measured here, through :class:`LocalBackend` with the device's
+thread count. Tail times come from a :class:`TailTimer`:
+
+- :class:`RemoteTailTimer` asks the real server (round trip minus a ping, so
+  measure from close to the server or on a fast link);
+- :class:`LocalTailTimer` runs the tail here (what ``--profile-out`` records
+  on the server machine, GPU included);
+- :class:`ProfileTailTimer` reads such a recorded profile file.
+
+Only cuts that can win are profiled: a cut is a candidate when it sends fewer
+bytes than the input and than every earlier candidate (a later cut that sends
+more does more work on the slower device *and* sends more).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from rich.progress import Progress
 
-from ..errors import ConfigError
-from .partition import CutPoint, extract
-from .planner import ALL_LOCAL, ALL_REMOTE, CutProfile
+from .._optional import require
+from ..backends.local import LocalBackend
+from ..errors import ConfigError, EdgecloudError
+from ..repository import ModelRepository, ModelVersion
+from ..tensors import InferRequest
+from .artifacts import SplitPair, fidelity, tail_name
+from .codec import encode
+from .partition import CutPoint
+from .planner import ALL_LOCAL, ALL_REMOTE, CutProfile, SplitPlanner
 
-__all__ = ["profile_cuts"]
+__all__ = [
+    "LocalTailTimer",
+    "ProfileTailTimer",
+    "RemoteTailTimer",
+    "SplitProfile",
+    "TailTimer",
+    "activations",
+    "candidate_cuts",
+    "default_profile_path",
+    "profile_split",
+]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+PROFILE_FILE = "split-profile.json"
 
 
-def _session(path: str | os.PathLike[str], threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _timed(session: Any, feed: Arrays, repeats: int) -> tuple[float, list[np.ndarray[Any, Any]]]:
-    outputs = session.run(None, feed)  # warm-up
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
+    call()  # warm-up: first-run allocations and lazy loading
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        outputs = session.run(None, feed)
+        call()
         times.append(time.perf_counter() - started)
-    return statistics.median(times), outputs
+    return statistics.median(times)
 
 
-def profile_cuts(
-    model_path: str | os.PathLike[str],
-    cuts: list[CutPoint],
-    inputs: Arrays,
-    workdir: Path,
-    *,
-    server_speedup: float = 1.0,
-    repeats: int = 5,
-    threads: int = 1,
-) -> list[CutProfile]:
-    """Profiles of all-local, all-remote and every given cut, on ``inputs``.
+class TailTimer(Protocol):
+    """Seconds the server needs for ``model`` on ``feed`` (compute only, no network)."""
 
-    Tail times are measured here and divided by ``server_speedup`` (how much
-    faster the server runs the same graph, e.g. from a profile measured there).
-    """
-    if server_speedup <= 0:
-        raise ConfigError("server_speedup must be positive")
-    full_s, outputs = _timed(_session(model_path, threads), inputs, repeats)
-    down = sum(int(o.nbytes) for o in outputs)
-    up = sum(int(a.nbytes) for a in inputs.values())
-    profiles = [
-        CutProfile(ALL_LOCAL, full_s, 0.0, 0, 0),
-        CutProfile(ALL_REMOTE, 0.0, full_s / server_speedup, up, down),
-    ]
+    source: str
+
+    def __call__(self, model: str, feed: Arrays) -> float: ...
+
+
+class LocalTailTimer:
+    """Run the tail on this machine: for recording a server profile on the server itself."""
+
+    def __init__(self, repo: ModelRepository, *, threads: int | None = None, repeats: int = 5,
+                 device: str = "cpu") -> None:  # fmt: skip
+        self.backend = LocalBackend(repo, intra_op_threads=threads, device=device)  # type: ignore[arg-type]
+        self.repeats = repeats
+        self.source = f"measured here ({threads or 'all'} threads, {device})"
+
+    def __call__(self, model: str, feed: Arrays) -> float:
+        request = InferRequest(model, feed)
+        return _median_seconds(lambda: self.backend.infer(request), self.repeats)
+
+
+class RemoteTailTimer:
+    """Time the tail through the real server: median round trip minus median ping."""
+
+    def __init__(self, remote: Any, *, repeats: int = 5) -> None:
+        self.remote = remote
+        self.repeats = repeats
+        self.source = f"measured through {getattr(remote, 'url', remote)}"
+
+    def __call__(self, model: str, feed: Arrays) -> float:
+        request = InferRequest(model, feed)
+        total = _median_seconds(lambda: self.remote.infer(request), self.repeats)
+        pings = [self.remote.ping() for _ in range(self.repeats)]
+        rtt = float(statistics.median([p for p in pings if p is not None] or [0.0]))
+        return max(total - rtt, 0.0)
+
+
+class ProfileTailTimer:
+    """Tail times recorded in a profile file (``edgecloud split --profile-out`` on the server)."""
+
+    def __init__(self, profile: SplitProfile) -> None:
+        self.times = {profile.remote_model(c): c.tail_s for c in profile.candidates if c.tail_s}
+        self.source = f"profile {profile.path or ''} ({profile.tail_source})".strip()
+
+    def __call__(self, model: str, feed: Arrays) -> float:
+        if model not in self.times:
+            raise ConfigError(
+                f"the server profile has no time for {model!r}; record it with "
+                "`edgecloud split --profile-out` using the same cuts and codecs"
+            )
+        return float(self.times[model])
+
+
+@dataclass
+class SplitProfile:
+    """Every candidate split of one model version, measured: what the planner plans with."""
+
+    model: str
+    version: int
+    device_threads: int
+    tail_source: str
+    candidates: list[CutProfile]
+    tensors: dict[str, list[str]] = field(default_factory=dict)
+    """Cut name -> the tensors that cross it (what the head hands the tail)."""
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    path: Path | None = field(default=None, compare=False)
+
+    def remote_model(self, candidate: CutProfile) -> str:
+        """The server model that answers this candidate (the parent for all-remote)."""
+        if candidate.name == ALL_REMOTE:
+            return self.model
+        return tail_name(self.model, candidate.name, candidate.codec)
+
+    def candidate(self, key: str) -> CutProfile:
+        for c in self.candidates:
+            if c.key == key:
+                return c
+        keys = ", ".join(c.key for c in self.candidates)
+        raise ConfigError(f"no split {key!r} in the profile of {self.model}; candidates: {keys}")
+
+    def planner(self, **options: Any) -> SplitPlanner:
+        return SplitPlanner(self.candidates, **options)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        data = {k: v for k, v in asdict(self).items() if k != "path"}
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(data, indent=2) + "\n")
+        self.path = target
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SplitProfile:
+        source = Path(path)
+        try:
+            data = json.loads(source.read_text())
+            candidates = [CutProfile(**c) for c in data.pop("candidates")]
+            return cls(**data, candidates=candidates, path=source)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no split profile at {source}; run `edgecloud split` first"
+            ) from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"split profile {source} is not valid: {exc}") from exc
+
+
+def default_profile_path(repo: ModelRepository, model: str) -> Path:
+    return repo.root / model / PROFILE_FILE
+
+
+def activations(model_path: Path, cuts: Sequence[CutPoint], inputs: Arrays) -> dict[str, Arrays]:
+    """The tensors crossing each cut for ``inputs``, from one run of the full model."""
+    onnx = require("onnx", extra="compress", feature="model partitioning")
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    typed = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
+    wanted = sorted({t for c in cuts for t in c.tensors if t not in inputs})
+    present = {o.name for o in model.graph.output}
+    for name in wanted:
+        if name in typed and name not in present:
+            model.graph.output.append(typed[name])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
+    return {
+        c.name: {t: values[t] for t in c.tensors}
+        for c in cuts
+        if all(t in values for t in c.tensors)
+    }
+
+
+def candidate_cuts(
+    cuts: Sequence[CutPoint], sizes: dict[str, int], input_bytes: int
+) -> list[CutPoint]:
+    """Cuts that send fewer bytes than the input and than every earlier candidate."""
+    best, kept = input_bytes, []
     for cut in cuts:
-        head_path, tail_path = extract(model_path, cut, workdir / cut.name)
-        head = _session(head_path, threads)
-        head_s, middle = _timed(head, inputs, repeats)
-        produced = dict(zip([o.name for o in head.get_outputs()], middle, strict=True))
-        feed = {name: produced[name] if name in produced else inputs[name] for name in cut.tensors}
-        tail_s, _ = _timed(_session(tail_path, threads), feed, repeats)
-        sent = sum(int(v.nbytes) for v in feed.values())
-        profiles.append(CutProfile(cut.name, head_s, tail_s / server_speedup, sent, down))
-    return profiles
+        size = sizes.get(cut.name)
+        if size is not None and size < best:
+            kept.append(cut)
+            best = size
+    return kept
+
+
+def profile_split(
+    parent: ModelVersion,
+    pairs: Sequence[SplitPair],
+    inputs: Arrays,
+    tail_timer: TailTimer,
+    *,
+    repository: ModelRepository,
+    device_threads: int = 1,
+    repeats: int = 5,
+    progress: Progress | None = None,
+) -> SplitProfile:
+    """Measure all-local, all-remote and every written split on ``inputs``."""
+    device = LocalBackend(repository, intra_op_threads=device_threads)
+    task = progress.add_task("profiling splits", total=len(pairs) + 1) if progress else None
+    try:
+        full = InferRequest(parent.name, inputs, version=str(parent.version))
+        local_s = _median_seconds(lambda: device.infer(full), repeats)
+        outputs = device.infer(full).outputs
+        down = sum(int(o.nbytes) for o in outputs.values())
+        up = sum(int(a.nbytes) for a in inputs.values())
+        candidates = [
+            CutProfile(ALL_LOCAL, local_s, 0.0, 0, 0),
+            CutProfile(ALL_REMOTE, 0.0, _tail(tail_timer, parent.name, inputs), up, down),
+        ]
+        if progress is not None and task is not None:
+            progress.advance(task)
+        for pair in pairs:
+            head = InferRequest(pair.head.name, inputs, version=str(pair.head.version))
+            head_s = _median_seconds(lambda head=head: device.infer(head), repeats)  # type: ignore[misc]
+            middle = {**inputs, **device.infer(head).outputs}
+            feed = encode(pair.codec, {t: middle[t] for t in pair.cut.tensors})
+            sent = sum(int(v.nbytes) for v in feed.values())
+            tail_s = _tail(tail_timer, pair.tail.name, feed)
+            cosine = fidelity(parent, pair, inputs)
+            candidates.append(
+                CutProfile(pair.cut.name, head_s, tail_s, sent, down, pair.codec, cosine)
+            )
+            if progress is not None and task is not None:
+                progress.advance(task)
+    finally:
+        device.close()
+    tensors = {pair.cut.name: list(pair.cut.tensors) for pair in pairs}
+    return SplitProfile(
+        parent.name, parent.version, device_threads, tail_timer.source, candidates, tensors
+    )
+
+
+def _tail(timer: TailTimer, model: str, feed: Arrays) -> float:
+    try:
+        return timer(model, feed)
+    except EdgecloudError as exc:
+        raise type(exc)(f"timing the tail {model!r} failed: {exc.message}") from exc

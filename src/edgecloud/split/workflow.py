@@ -1,0 +1,112 @@
+"""``edgecloud split MODEL`` as a function: find the cuts worth having, write them, profile them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+from ..errors import ConfigError
+from ..repository import ModelRepository, ModelVersion
+from .artifacts import SplitPair, write_split
+from .codec import check_codec, wire_bytes
+from .partition import CutPoint, cut_points, find_cut
+from .profile import (
+    LocalTailTimer,
+    SplitProfile,
+    TailTimer,
+    activations,
+    candidate_cuts,
+    profile_split,
+)
+
+__all__ = ["SplitResult", "sample_inputs", "split_model", "write_splits"]
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitResult:
+    parent: ModelVersion
+    pairs: list[SplitPair]
+    profile: SplitProfile
+    cuts_considered: int
+
+
+def sample_inputs(entry: ModelVersion, batch: int = 1) -> Arrays:
+    """Representative inputs of ``entry``: its evaluation data, first ``batch`` rows."""
+    from ..compress import eval_data
+
+    inputs = eval_data(entry).inputs
+    return {name: np.ascontiguousarray(array[:batch]) for name, array in inputs.items()}
+
+
+def choose_cuts(
+    parent: ModelVersion, codec: str, inputs: Arrays, names: Sequence[str] | None = None
+) -> tuple[list[CutPoint], int]:
+    """The named cuts, or those that can win (fewer bytes than the input and every earlier one)."""
+    cuts = cut_points(parent.model_path)
+    if names:
+        return [find_cut(parent.model_path, name) for name in names], len(cuts)
+    crossing = activations(parent.model_path, cuts, inputs)
+    wire = {name: wire_bytes(check_codec(codec), arrays) for name, arrays in crossing.items()}
+    return candidate_cuts(cuts, wire, wire_bytes("fp32", inputs)), len(cuts)
+
+
+def write_splits(
+    repo: ModelRepository,
+    parent: ModelVersion,
+    codecs: Sequence[str],
+    sample: Arrays,
+    cuts: Sequence[str] | None = None,
+) -> tuple[list[SplitPair], int]:
+    """Write (or reuse) head and tail versions for every codec; also how many cuts exist."""
+    if not codecs:
+        raise ConfigError("give at least one activation codec")
+    for codec in codecs:
+        check_codec(codec)  # every mistake before anything is written
+    pairs: list[SplitPair] = []
+    considered = 0
+    for codec in codecs:
+        chosen, considered = choose_cuts(parent, codec, sample, cuts)
+        pairs += [write_split(repo, parent, cut, codec) for cut in chosen]
+    return pairs, considered
+
+
+def split_model(
+    repo: ModelRepository,
+    model: str,
+    *,
+    version: int | str | None = None,
+    codecs: Sequence[str] = ("fp32",),
+    cuts: Sequence[str] | None = None,
+    inputs: Arrays | None = None,
+    tail_timer: TailTimer | None = None,
+    device_threads: int = 1,
+    repeats: int = 5,
+    progress: Progress | None = None,
+) -> SplitResult:
+    """Write the head/tail versions of the cuts worth having and measure every option.
+
+    Without ``tail_timer`` the tail runs on this machine with all its threads,
+    as if this machine were the server; pass a :class:`RemoteTailTimer` or a
+    :class:`ProfileTailTimer` for the real server's figures.
+    """
+    parent = repo.get(model, version, served_only=False)
+    sample = inputs if inputs is not None else sample_inputs(parent)
+    pairs, considered = write_splits(repo, parent, codecs, sample, cuts)
+    timer = tail_timer or LocalTailTimer(repo, repeats=repeats)
+    profile = profile_split(
+        parent,
+        pairs,
+        sample,
+        timer,
+        repository=repo,
+        device_threads=device_threads,
+        repeats=repeats,
+        progress=progress,
+    )
+    return SplitResult(parent, pairs, profile, considered)

@@ -1,0 +1,192 @@
+"""SplitBackend against a real server that hosts the tails as ordinary models."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import edgecloud
+from edgecloud import (
+    InferRequest,
+    LocalBackend,
+    ModelNotFoundError,
+    ModelRepository,
+    RemoteBackend,
+    UnavailableError,
+)
+from edgecloud.routing import Fallback
+from edgecloud.routing.privacy import AuditLog, Guard
+from edgecloud.server.launch import free_port
+from edgecloud.split import (
+    ALL_LOCAL,
+    ALL_REMOTE,
+    Link,
+    LinkTracker,
+    RemoteTailTimer,
+    SplitBackend,
+    SplitProfile,
+    split_model,
+)
+from edgecloud.tensors import RequestContext, Sensitivity
+
+from ..server.conftest import Server, start_server
+
+X = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+FAST = Link(rtt_s=0.0, bandwidth_bps=10e9)
+THIN = Link(rtt_s=0.5, bandwidth_bps=1e3)
+
+
+@pytest.fixture
+def served(branched_repo: ModelRepository, tmp_path: Path) -> Iterator[tuple[SplitProfile, Server]]:
+    """cut3 (fp32 and int8) written, then a server started on the repository."""
+    result = split_model(branched_repo, "branched", codecs=("fp32", "int8"), cuts=["cut3"])
+    result.profile.save(branched_repo.root / "branched" / "split-profile.json")
+    (tmp_path / "server").mkdir()
+    server = start_server(branched_repo, tmp_path / "server")
+    yield result.profile, server
+    server.stop()
+
+
+def slow_device(profile: SplitProfile) -> SplitProfile:
+    """Times as on a slow device and a fast server: 200 ms here, 2 ms there, cut3 in between."""
+    times = {ALL_LOCAL: (0.2, 0.0), ALL_REMOTE: (0.0, 0.002), "cut3": (0.15, 0.001)}
+    candidates = [
+        dataclasses.replace(c, head_s=times[c.name][0], tail_s=times[c.name][1])
+        for c in profile.candidates
+    ]
+    return dataclasses.replace(profile, candidates=candidates)
+
+
+def backend(repo: ModelRepository, url: str, profile: SplitProfile, audit: AuditLog | None = None,
+            **options: object) -> SplitBackend:  # fmt: skip
+    return SplitBackend(LocalBackend(repo, intra_op_threads=1), RemoteBackend(url, audit=audit),
+                        profile, explore=0.0, **options)  # type: ignore[arg-type]  # fmt: skip
+
+
+def full_model(repo: ModelRepository) -> np.ndarray:
+    with LocalBackend(repo) as local:
+        return local.infer(InferRequest("branched", {"x": X})).outputs["y"]
+
+
+def test_tails_are_ordinary_models_on_the_server(served: tuple[SplitProfile, Server]) -> None:
+    _, server = served
+    with RemoteBackend(server.url) as remote:
+        meta = remote.metadata("branched.tail.cut3.int8")
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+        "s": "UINT8", "s__scale": "FP32", "s__offset": "FP32"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("fixed,tolerance", [("cut3", 1e-5), ("cut3/int8", 0.05)])
+def test_head_here_tail_there_equals_the_full_model(
+    served: tuple[SplitProfile, Server], branched_repo: ModelRepository, tmp_path: Path,
+    fixed: str, tolerance: float,
+) -> None:  # fmt: skip
+    profile, server = served
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    with backend(branched_repo, server.url, profile, audit, fixed=fixed) as split:
+        response = split.infer(InferRequest("branched", {"x": X}))
+    want = full_model(branched_repo)
+    assert np.abs(response.outputs["y"] - want).max() <= tolerance * np.abs(want).max()
+    assert response.model == "branched" and response.trace.served_by == f"split:{fixed}"
+    kinds = [s.kind for s in response.trace.spans]
+    assert kinds[:3] == ["decision", "compute", "network"]
+    sent = {r["tensor"] for r in audit}
+    assert sent == ({"s"} if fixed == "cut3" else {"s", "s__scale", "s__offset"})
+
+
+def test_the_planner_follows_the_link(
+    served: tuple[SplitProfile, Server], branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    profile, server = served
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    with backend(branched_repo, server.url, slow_device(profile), audit, link=THIN) as split:
+        assert split.infer(InferRequest("branched", {"x": X})).trace.served_by == "split:all-local"
+        assert list(audit) == []
+        split.tracker = LinkTracker(FAST)  # the link got fast
+        response = split.infer(InferRequest("branched", {"x": X}))
+    assert response.trace.served_by == "split:all-remote"
+    assert {r["tensor"] for r in audit} == {"x"}
+    np.testing.assert_allclose(response.outputs["y"], full_model(branched_repo), rtol=1e-5)
+
+
+def test_features_rule_sends_the_activation_never_the_input(
+    served: tuple[SplitProfile, Server], branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    profile, server = served
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    split = backend(branched_repo, server.url, slow_device(profile), audit, link=FAST)
+    guard = Guard(split, rules={"personal": "features", "public": "any"})
+    personal = RequestContext(sensitivity=Sensitivity.PERSONAL)
+    response = guard.infer(InferRequest("branched", {"x": X}, context=personal))
+    assert response.trace.served_by.startswith("split:cut3")  # all-remote would send x
+    assert "x" not in {r["tensor"] for r in audit}
+    public = guard.infer(InferRequest("branched", {"x": X}))
+    assert public.trace.served_by == "split:all-remote"
+    restricted = RequestContext(sensitivity=Sensitivity.RESTRICTED)
+    before = len(list(audit))
+    kept = guard.infer(InferRequest("branched", {"x": X}, context=restricted))
+    assert kept.trace.served_by == "split:all-local" and len(list(audit)) == before
+    guard.close()
+
+
+def test_tail_times_measured_through_the_server(
+    served: tuple[SplitProfile, Server], branched_repo: ModelRepository
+) -> None:
+    _, server = served
+    with RemoteBackend(server.url) as remote:
+        result = split_model(branched_repo, "branched", codecs=("fp32", "int8"), cuts=["cut3"],
+                             tail_timer=RemoteTailTimer(remote, repeats=3))  # fmt: skip
+    assert server.url in result.profile.tail_source
+    assert {c.key for c in result.profile.candidates} >= {"cut3", "cut3/int8", ALL_REMOTE}
+    assert all(c.tail_s >= 0 for c in result.profile.candidates)
+
+
+def test_a_dead_server_is_an_error_a_fallback_answers(
+    branched_repo: ModelRepository,
+) -> None:
+    result = split_model(branched_repo, "branched", cuts=["cut3"])
+    dead = f"http://127.0.0.1:{free_port()}"
+    split = backend(branched_repo, dead, result.profile, link=FAST, fixed="cut3")
+    with pytest.raises(UnavailableError, match="unreachable"):
+        split.infer(InferRequest("branched", {"x": X}))
+    with pytest.raises(ModelNotFoundError, match="serves 'branched', not 'other'"):
+        split.infer(InferRequest("other", {"x": X}))
+    kept = Fallback(split, LocalBackend(branched_repo)).infer(InferRequest("branched", {"x": X}))
+    np.testing.assert_allclose(kept.outputs["y"], full_model(branched_repo), rtol=1e-5)
+
+
+def test_a_deployment_file_builds_a_split(
+    served: tuple[SplitProfile, Server], branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    _, server = served
+    spec = {
+        "repository": str(branched_repo.root),
+        "remotes": {"cloud": {"url": server.url}},
+        "root": {"guard": {"rules": {"personal": "features"}, "inner": {
+            "split": {"model": "branched", "remote": "cloud", "fixed": "cut3/int8"}}}},
+    }  # fmt: skip
+    (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(spec))
+    with edgecloud.load(tmp_path / "deploy.yaml") as deployment:
+        response = deployment.infer(InferRequest("branched", {"x": X}))
+    assert response.trace.served_by == "split:cut3/int8"
+    spec["root"] = {"split": {"model": "branched", "remote": "cloud", "fixed": "cut9"}}
+    with pytest.raises(edgecloud.ConfigError, match="no split 'cut9'.*candidates: all-local"):
+        edgecloud.load(spec)
+
+
+def test_link_tracker_learns_bandwidth_from_transfers() -> None:
+    tracker = LinkTracker(Link(rtt_s=0.02, bandwidth_bps=1e6))
+    for _ in range(8):
+        tracker.record_rtt(0.020)
+        tracker.record_transfer(1_000_000, 0.020 + 0.080)  # 1 MB in 80 ms: 100 Mbit/s
+    link = tracker.link()
+    assert link.rtt_s == pytest.approx(0.020)
+    assert link.bandwidth_bps == pytest.approx(100e6)
+    tracker.record_transfer(100, 5.0)  # too small to measure bandwidth: ignored
+    assert tracker.link().bandwidth_bps == pytest.approx(100e6)

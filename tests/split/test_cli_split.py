@@ -1,0 +1,49 @@
+"""`edgecloud split`: candidate table, versions in the repository, profile, plot, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecloud import ModelRepository
+from edgecloud.split import SplitProfile
+
+from ..test_cli import assert_one_line_error, edgecloud
+
+
+def test_split_writes_heads_tails_profile_and_plot(
+    branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    plot = tmp_path / "split.png"
+    result = edgecloud("split", "branched", "--repo", branched_repo.root,
+                       "--cuts", "cut2,cut3", "--codec", "fp32,fp16",
+                       "--bandwidths", "0.01,1000", "--plot", plot)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for key in ("all-local", "all-remote", "cut2", "cut3/fp16", "0.01 Mbit/s", "1000 Mbit/s"):
+        assert key in result.stdout
+    assert "4 cut points; 4 splits written (2 heads, 4 tails)" in " ".join(result.stdout.split())
+    names = branched_repo.model_names()
+    assert {"branched.head.cut2", "branched.tail.cut3", "branched.tail.cut3.fp16"} <= set(names)
+    tail = branched_repo.get("branched.tail.cut3.fp16")
+    assert tail.metadata["parent_version"] == 1 and tail.metadata["codec"] == "fp16"
+    profile = SplitProfile.load(branched_repo.root / "branched" / "split-profile.json")
+    assert len(profile.candidates) == 6
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_split_mistakes_are_one_line_errors(branched_repo: ModelRepository, tmp_path: Path) -> None:
+    root = branched_repo.root
+    assert_one_line_error(edgecloud("split", "branched", "--repo", root, "--cuts", "cut99"),
+                          "no cut point 'cut99'", "valid cuts: cut0, cut1, cut2, cut3")  # fmt: skip
+    assert_one_line_error(edgecloud("split", "branched", "--repo", root, "--codec", "int4"),
+                          "unknown activation codec 'int4'")  # fmt: skip
+    assert_one_line_error(edgecloud("split", "nope", "--repo", root), "no model 'nope'")
+    assert_one_line_error(
+        edgecloud("split", "branched", "--repo", root, "--tail-profile", tmp_path / "none.json"),
+        "no split profile at",
+    )
+    (tmp_path / "bad.json").write_text("{not json")
+    assert_one_line_error(
+        edgecloud("split", "branched", "--repo", root, "--tail-profile", tmp_path / "bad.json"),
+        "is not valid",
+    )
+    assert branched_repo.model_names() == ["branched"]  # nothing half-written
