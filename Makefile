@@ -48,6 +48,7 @@ bench: $(VENV)/.dev-deps system-deps zoo
 	$(PY) bench/cascade.py --repo $(REPO)
 	$(PY) bench/hybrid_network.py --repo $(REPO)
 	$(PY) bench/edge_filter.py --repo $(REPO)
+	$(PY) bench/split.py --repo $(REPO)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
 	$(PY) bench/server.py --repo $(REPO)
 	$(PY) bench/gpu_serving.py --repo $(REPO)  # measures only where torch sees a GPU

@@ -54,7 +54,9 @@ def test_readme_remote_examples_against_a_real_server(
     server = start_server(zoo_repo, tmp_path)
     try:
         first = next(b for b in python_blocks() if "LocalBackend(" in b)
-        remote_blocks = [b for b in python_blocks() if "RemoteBackend(" in b]
+        remote_blocks = [
+            b for b in python_blocks() if "RemoteBackend(" in b and "SplitBackend(" not in b
+        ]
         assert len(remote_blocks) == 2  # the client example and the hybrid tree
         (tmp_path / "model-repo").symlink_to(zoo_repo.root)
         outputs = []
@@ -74,3 +76,32 @@ def test_readme_remote_examples_against_a_real_server(
         server.stop()
     assert f"remote:{server.url}" in outputs[0]
     assert "guard:public → may leave" in outputs[1] and "cascade:" in outputs[1]
+
+
+def test_readme_split_example_against_a_real_server(
+    zoo_repo: ModelRepository, tmp_path: Path
+) -> None:
+    import shutil
+
+    from edgecloud.split import default_profile_path, split_model
+
+    from .server.conftest import start_server
+
+    repo = ModelRepository(tmp_path / "model-repo")
+    shutil.copytree(zoo_repo.root / "resnet18-like", repo.root / "resnet18-like")
+    result = split_model(repo, "resnet18-like", codecs=["int8"], cuts=["cut28"], repeats=1)
+    result.profile.save(default_profile_path(repo, "resnet18-like"))
+    (block,) = [b for b in python_blocks() if "SplitBackend(" in b]
+    server = start_server(repo, tmp_path)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("split:")

@@ -157,6 +157,8 @@ def test_a_dead_server_is_an_error_a_fallback_answers(
         split.infer(InferRequest("branched", {"x": X}))
     with pytest.raises(ModelNotFoundError, match="serves 'branched', not 'other'"):
         split.infer(InferRequest("other", {"x": X}))
+    with pytest.raises(ModelNotFoundError, match="profile is for 'branched' version 1, not 7"):
+        split.infer(InferRequest("branched", {"x": X}, version="7"))
     kept = Fallback(split, LocalBackend(branched_repo)).infer(InferRequest("branched", {"x": X}))
     np.testing.assert_allclose(kept.outputs["y"], full_model(branched_repo), rtol=1e-5)
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgecloud import ConfigError, ModelRepository
-from edgecloud.split import split_model
+from edgecloud.split import ProfileTailTimer, SplitProfile, split_model
 from edgecloud.split.planner import (
     ALL_LOCAL,
     ALL_REMOTE,
@@ -98,3 +100,21 @@ def test_only_cuts_that_can_win_are_written(branched_repo: ModelRepository) -> N
     # fp32: no cut sends < 32 bytes; int8: cut2 sends 16 + 16 (not < 32), cut3 8 + 8.
     assert [(p.cut.name, p.codec) for p in result.pairs] == [("cut3", "int8")]
     assert result.cuts_considered == 4
+
+
+def test_tail_times_from_a_profile_recorded_on_the_server(
+    branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    # On the server: time the tails there and keep the profile ...
+    server_side = split_model(branched_repo, "branched", codecs=("fp32", "int8"), cuts=["cut3"])
+    recorded = server_side.profile.save(tmp_path / "server-profile.json")
+    # ... on the device: head times measured here, tail times read from that file.
+    timer = ProfileTailTimer(SplitProfile.load(recorded))
+    device_side = split_model(branched_repo, "branched", codecs=("fp32", "int8"), cuts=["cut3"],
+                              tail_timer=timer)  # fmt: skip
+    assert "server-profile.json" in device_side.profile.tail_source
+    for candidate in device_side.profile.candidates:
+        if candidate.name != ALL_LOCAL:
+            assert candidate.tail_s == server_side.profile.candidate(candidate.key).tail_s
+    with pytest.raises(ConfigError, match="has no time for 'branched.tail.cut2'"):
+        split_model(branched_repo, "branched", cuts=["cut2"], tail_timer=timer)

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Backend
-from ..backends.local import LocalBackend
 from ..errors import ConfigError, ModelNotFoundError
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .artifacts import head_name
@@ -48,6 +47,9 @@ class LinkTracker:
     median of the last ``window`` measurements does.
     """
 
+    MIN_BYTES = 32_000
+    """Smaller transfers are dominated by RTT and say nothing about bandwidth."""
+
     def __init__(self, initial: Link, *, window: int = 8) -> None:
         self.initial = initial
         self._rtts: deque[float] = deque(maxlen=window)
@@ -63,7 +65,7 @@ class LinkTracker:
         with self._lock:
             rtt = statistics.median(self._rtts) if self._rtts else self.initial.rtt_s
             wire = network_seconds - rtt
-            if nbytes < 1024 or wire <= 0.05 * network_seconds:
+            if nbytes < self.MIN_BYTES or wire <= 0.05 * network_seconds:
                 return  # too small to say anything about bandwidth
             self._bandwidths.append(nbytes * 8 / wire)
 
@@ -90,7 +92,7 @@ class SplitBackend(Backend):
 
     def __init__(
         self,
-        device: LocalBackend,
+        device: Backend,
         remote: Backend,
         profile: SplitProfile,
         *,
@@ -111,6 +113,8 @@ class SplitBackend(Backend):
         self.remote = remote
         self.profile = profile
         self.model = profile.model
+        self._version = str(profile.version)
+        """Head, tail and parent all carry the profiled parent's version number."""
         self.name = f"split:{self.model}"
         self.planner = profile.planner(
             objective=objective, power=power, min_cosine=min_cosine, hysteresis=hysteresis
@@ -169,6 +173,13 @@ class SplitBackend(Backend):
             raise ModelNotFoundError(
                 f"this split backend serves {self.model!r}, not {request.model!r}"
             )
+        if request.version not in (None, "", "latest", self._version):
+            raise ModelNotFoundError(
+                f"the split profile is for {self.model!r} version {self._version}, not "
+                f"{request.version}; run `edgecloud split {self.model} --version "
+                f"{request.version}` for that one"
+            )
+        request = replace(request, version=self._version)
         choice, why = self.choose(request)
         decision = Span(self.name, "decision", 0.0, why)
         if choice.name == ALL_LOCAL:
@@ -179,7 +190,10 @@ class SplitBackend(Backend):
         started = time.perf_counter()
         head = self.device.infer(
             InferRequest(
-                head_name(self.model, choice.name), request.inputs, context=request.context
+                head_name(self.model, choice.name),
+                request.inputs,
+                version=self._version,
+                context=request.context,
             )
         )
         head_span = Span(f"device:{head_name(self.model, choice.name)}", "compute",
@@ -202,8 +216,8 @@ class SplitBackend(Backend):
         if context.features_only and choice.name != ALL_REMOTE:
             context = replace(context, features_only=False)  # features, not the raw input
         outgoing = replace(
-            request, model=self.profile.remote_model(choice), inputs=tensors, version=None,
-            context=context,
+            request, model=self.profile.remote_model(choice), inputs=tensors,
+            version=self._version, context=context,
         )  # fmt: skip
         started = time.perf_counter()
         response = self.remote.infer(outgoing)

@@ -29,6 +29,7 @@ import numpy as np
 from rich.progress import Progress
 
 from .._optional import require
+from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from ..errors import ConfigError, EdgecloudError
 from ..repository import ModelRepository, ModelVersion
@@ -218,11 +219,17 @@ def profile_split(
     *,
     repository: ModelRepository,
     device_threads: int = 1,
+    device: Backend | None = None,
     repeats: int = 5,
     progress: Progress | None = None,
 ) -> SplitProfile:
-    """Measure all-local, all-remote and every written split on ``inputs``."""
-    device = LocalBackend(repository, intra_op_threads=device_threads)
+    """Measure all-local, all-remote and every written split on ``inputs``.
+
+    Head times come from ``device`` (default: a LocalBackend on ``repository``
+    with ``device_threads``): pass the backend the SplitBackend will use.
+    """
+    owned = device is None
+    device = device or LocalBackend(repository, intra_op_threads=device_threads)
     task = progress.add_task("profiling splits", total=len(pairs) + 1) if progress else None
     try:
         full = InferRequest(parent.name, inputs, version=str(parent.version))
@@ -250,7 +257,8 @@ def profile_split(
             if progress is not None and task is not None:
                 progress.advance(task)
     finally:
-        device.close()
+        if owned:
+            device.close()
     tensors = {pair.cut.name: list(pair.cut.tensors) for pair in pairs}
     return SplitProfile(
         parent.name, parent.version, device_threads, tail_timer.source, candidates, tensors
