@@ -26,6 +26,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -171,7 +172,7 @@ def main() -> None:
     profiles: dict[str, dict[str, Any]] = {}
     with NetNamespace() as ns:
         port = free_port()
-        log = RESULTS / "split-server.log"
+        log = Path(tempfile.gettempdir()) / "edgecloud-bench-split-server.log"
         server = serve_process(repo.root, host=ns.ns_ip, http_port=port, wrap=ns.command,
                                extra=["--threads", "0"], log=log)  # fmt: skip
         url = f"http://{ns.ns_ip}:{port}"
