@@ -98,6 +98,25 @@ def test_every_method_keeps_parity_with_fp32(
     assert result.evaluation.cosine_min > floor and result.evaluation.size_ratio < 1.0
 
 
+def test_static_int8_quantizes_layers_with_outlier_inputs_dynamically(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    # Calibration inputs with rare huge values (as after BERT's GELU): with fixed
+    # scales the first layer would spend its 256 levels on them.
+    x = RNG.standard_normal((256, 64)).astype(np.float32)
+    x[RNG.random(x.shape) < 0.0005] = 60.0
+    np.savez(tmp_path / "spiky.npz", x=x)
+    result = compress(repo, "mlp", "int8-static", calibration=tmp_path / "spiky.npz")
+    dynamic = result.parameters["dynamic_layers"]
+    assert len(dynamic) == 1 and next(iter(dynamic.values())) > 3.0  # the first MatMul only
+    ops = {n.op_type for n in onnx.load(str(result.version.model_path)).graph.node}
+    assert {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"} <= ops
+    calm = RNG.standard_normal((16, 64)).astype(np.float32)
+    with LocalBackend(repo) as local:
+        got = local.infer(InferRequest("mlp", {"x": calm})).outputs["probabilities"]
+    assert np.abs(got - _fp32(repo, calm)).max() < 0.05
+
+
 def _fp32(repo: ModelRepository, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
