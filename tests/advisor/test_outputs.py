@@ -15,6 +15,7 @@ from edgecloud import ConfigError, InferRequest, ModelRepository
 from edgecloud.advisor import advise, deployment_yaml, load_workload, scenario, scenario_names
 from edgecloud.advisor.measure import measure
 from edgecloud.cli import app
+from edgecloud.split import CutProfile, SplitProfile
 from edgecloud.zoo import datasets
 
 from ..routing.conftest import metric
@@ -59,15 +60,29 @@ def test_the_generated_deployment_loads_and_runs(
     assert metric(zoo_server, "edgecloud_requests_total", "digits-large") > sent
 
 
+def split_profile(model: str) -> SplitProfile:
+    candidates = [
+        CutProfile("all-local", 0.4, 0.0, 0, 0),
+        CutProfile("all-remote", 0.0, 0.01, 602_112, 4000),
+        CutProfile("cut2", 0.03, 0.01, 200_712, 4000, codec="int8"),
+    ]
+    return SplitProfile(model, 1, 1, "test", candidates, {"cut2": ["/3/MaxPool_output_0"]})
+
+
 @pytest.mark.parametrize("name", scenario_names())
 def test_every_scenario_deployment_is_valid(name: str, tmp_path: Path) -> None:
     decision = advise(scenario(name))
     path = tmp_path / "deployment.yaml"
     path.write_text(deployment_yaml(decision))
+    if decision.strategy == "split":  # the node plans with the profile `edgecloud split` writes
+        split_profile(decision.workload.model.name).save(
+            tmp_path / "model-repo" / decision.workload.model.name / "split-profile.json"
+        )
     with edgecloud.load(path) as tree:
         assert tree.root is not None
     spec = yaml.safe_load(path.read_text())
-    assert ("outbox" in spec) == (decision.strategy != "local" or name == "industrial-iot")
+    queues = decision.strategy in ("cascade", "filter_then_forward") or name == "industrial-iot"
+    assert ("outbox" in spec) == queues  # a split falls back to the device: nothing waits
 
 
 @pytest.mark.network

@@ -3,9 +3,20 @@ reasons and with the figures computed from their numbers."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from edgecloud.advisor import advise, scenario, scenario_names, sensitivity
+import pytest
+import yaml
+
+from edgecloud import ConfigError
+from edgecloud.advisor import (
+    SCENARIOS,
+    advise,
+    load_workload,
+    scenario,
+    scenario_names,
+    sensitivity,
+)
 from edgecloud.advisor.decide import with_value
 from edgecloud.advisor.spec import SECONDS_PER_MONTH
 
@@ -92,6 +103,44 @@ def test_regulated_health_data_stays_local() -> None:
     assert d.candidate("remote").costs.average_monthly(36) < d.candidate(
         "local"
     ).costs.average_monthly(36)
+
+
+def test_store_cameras_split_the_model_so_only_features_leave() -> None:
+    d = advise(scenario("store-cameras"))
+    assert d.strategy == "split"
+    split = d.candidate("split")
+    # the earliest int8 cut: 8 % of the model here, 200.7 kB instead of the 602 kB frame
+    assert split.parameters["cut"] == "cut2/int8"
+    assert split.latency.p50_ms < 250 < d.candidate("local").latency.p50_ms
+    assert d.candidate("remote").latency.p50_ms > 250  # 602 kB on a 20 Mbit/s uplink
+    assert any("misses the target" in why for why in d.candidate("local").missed)
+    assert split.scores["privacy"].value > d.candidate("remote").scores["privacy"].value
+    assert split.uplink_gb_month == pytest.approx(d.candidate("remote").uplink_gb_month / 3, 0.01)
+
+
+def test_split_cuts_come_from_a_profile_edgecloud_split_wrote(tmp_path: Path) -> None:
+    from edgecloud.split import CutProfile, SplitProfile
+
+    candidates = [
+        CutProfile("all-local", 0.5, 0.0, 0, 0),
+        CutProfile("all-remote", 0.0, 0.02, 600_000, 4000),
+        CutProfile("cut9", 0.1, 0.015, 150_000, 4000, codec="int8", cosine=0.999),
+        CutProfile("cut30", 0.4, 0.005, 20_000, 4000, codec="int8", cosine=0.95),
+    ]
+    SplitProfile("resnet18-like", 1, 1, "test", candidates).save(tmp_path / "profile.json")
+    raw = yaml.safe_load((SCENARIOS / "store-cameras.yaml").read_text())
+    raw["hybrid"] = {"split_profile": "profile.json"}
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(raw))
+    w = load_workload(tmp_path / "w.yaml")
+    cuts = {c.name: c for c in w.hybrid.split_cuts}
+    assert cuts["cut9/int8"].head_share == pytest.approx(0.2)
+    assert cuts["cut9/int8"].activation_kb == pytest.approx(150.0)
+    d = advise(w)
+    assert d.candidate("split").parameters["cut"] == "cut9/int8"  # cut30 loses fidelity
+    raw["hybrid"] = {"split_profile": "missing.json"}
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"hybrid.split_profile: no split profile at"):
+        load_workload(tmp_path / "w.yaml")
 
 
 @pytest.mark.parametrize("name", ["mobile-assistant", "camera-fleet", "industrial-iot"])

@@ -33,7 +33,7 @@ __all__ = [
     "sensitivity",
 ]
 
-Strategy = Literal["local", "remote", "cascade", "prefer_remote", "filter_then_forward"]
+Strategy = Literal["local", "remote", "cascade", "prefer_remote", "filter_then_forward", "split"]
 FACTORS = ("latency", "compute", "connectivity", "privacy", "operations", "cost")
 FACTOR_TITLES = {
     "latency": "Latency",
@@ -49,6 +49,7 @@ TITLES: dict[str, str] = {
     "cascade": "hybrid: cascade",
     "prefer_remote": "hybrid: prefer remote, local when offline",
     "filter_then_forward": "hybrid: filter on device, forward events",
+    "split": "hybrid: split the model (head on device, tail on server)",
 }
 
 
@@ -144,6 +145,8 @@ def candidates(w: Workload) -> list[Candidate]:
     out.append(_prefer_remote_candidate(w))
     if w.hybrid.event_fraction is not None:
         out.append(_filter_candidate(w))
+    if w.hybrid.split_cuts:
+        out.append(_split_candidate(w))
     for c in out:
         _check_common(w, c)
     return out
@@ -245,6 +248,52 @@ def _filter_candidate(w: Workload) -> Candidate:
     c.missed.extend(remote.problems)
     c.notes.append("events queue in the outbox while the link is down; nothing is lost")
     _raw_leaves(w, c)
+    return c
+
+
+def _split_candidate(w: Workload) -> Candidate:
+    """The fastest of the given cuts whose fidelity holds (cosine >= 0.99)."""
+    m = w.model
+    faithful = [cut for cut in w.hybrid.split_cuts if cut.cosine >= 0.99]
+    options = []
+    for cut in faithful or w.hybrid.split_cuts:
+        measured = m.measured_local_ms * cut.head_share if m.measured_local_ms else None
+        head = local_plan(
+            w, name=f"{m.name}.head.{cut.name.split('/')[0]}", memory_mb=m.memory * cut.head_share,
+            gflops=(m.gflops or 0.0) * cut.head_share, accuracy=m.accuracy, measured_ms=measured,
+        )  # fmt: skip
+        remote = remote_plan(
+            w, share=1.0, payload_kb=cut.activation_kb, compute_share=1 - cut.head_share
+        )
+        latency = Latency(
+            head.latency.p50_ms + remote.latency.p50_ms,
+            head.latency.p99_ms + remote.latency.p99_ms,
+            {"head": head.compute_ms, **remote.latency.parts_ms},
+        )
+        options.append((latency.p50_ms, cut, head, remote, latency))
+    _, cut, head, remote, latency = min(options, key=lambda option: option[0])
+    c = Candidate(
+        "split", f"the first {cut.head_share:.0%} of {m.name} runs on the device; the "
+        f"activation at {cut.name} ({cut.activation_kb:,.1f} kB instead of "
+        f"{w.application.payload_kb:,.1f} kB) goes to the tail on the server",
+        latency, head.costs + remote.costs, m.accuracy, remote.availability, 1.0,
+        remote.uplink_gb_month, local=head, remote=remote,
+        parameters={"model": m.name, "cut": cut.name, "head_share": cut.head_share,
+                    "activation_kb": cut.activation_kb, "cosine": cut.cosine},
+    )  # fmt: skip
+    c.blocked.extend(head.problems)
+    c.missed.extend(remote.problems)
+    if not faithful:
+        c.notes.append(f"no cut keeps cosine ≥ 0.99; {cut.name} keeps {cut.cosine:.3f}")
+    if w.privacy.residency == "device":
+        c.blocked.append("the data must stay on the device (privacy.residency: device)")
+    elif w.privacy.data_class == "regulated":
+        c.notes.append(
+            "only the activation at the cut leaves the device, never the raw input (Guard "
+            "rule `features`); whether such features count as regulated data is for your "
+            "compliance review: activations can leak information about the input"
+        )
+    c.notes.append(f"`edgecloud split {m.name}` writes and profiles the cuts")
     return c
 
 
@@ -363,6 +412,9 @@ def _privacy_score(w: Workload, c: Candidate) -> Score:
     cls = w.privacy.data_class
     if leaves == 0:
         return Score(10.0, f"{cls} data never leaves the device")
+    if c.strategy == "split":
+        penalty = {"public": 0.5, "personal": 3.0, "regulated": 5.0}[cls]
+        return Score(10 - penalty, f"{cls} data: only features (the activation) leave the device")
     if cls == "regulated":
         return Score(0.0, f"regulated data: {leaves:.0%} of raw payloads would leave")
     penalty = {"public": 1.0, "personal": 6.0}[cls] * leaves

@@ -55,6 +55,16 @@ def deployment_for(decision: Decision, candidate: Candidate | None = None) -> di
                 "defer_failed_escalations": True,
             }
         }
+    elif c.strategy == "split":
+        link = {"rtt_ms": w.network.rtt_ms, "bandwidth_mbps": w.network.uplink_mbps}
+        split = {"split": {"model": c.parameters["model"], "remote": "cloud", "link": link}}
+        root = {
+            "fallback": {  # personal data: only the activation may leave the device
+                "primary": {"guard": {"rules": {"personal": "features"}, "inner": split}},
+                "secondary": "local",
+                "breaker": breaker,
+            }
+        }
     else:  # filter_then_forward: edgecloud.filter.Filter(trigger, deployment, outbox=...)
         out["outbox"] = _outbox(decision)  # events wait here while the link is down
         root = "cloud"
@@ -77,6 +87,9 @@ def deployment_yaml(decision: Decision, candidate: Candidate | None = None) -> s
     ]
     if c.strategy == "cascade":
         header.append("# Calibrate the threshold: edgecloud calibrate -d deployment.yaml")
+    if c.strategy == "split":
+        header.append(f"# First: edgecloud split {c.parameters['model']} (head/tail versions and "
+                      "the profile this node plans with); serve the tails")  # fmt: skip
     if c.strategy == "filter_then_forward":
         header.append("# Events come from the on-device trigger: edgecloud.filter.Filter(trigger, "
                       "edgecloud.load(this), outbox=deployment.outbox)")  # fmt: skip

@@ -180,16 +180,26 @@ def local_plan(
     )  # fmt: skip
 
 
-def remote_plan(w: Workload, *, share: float, payload_share: float | None = None) -> RemotePlan:
+def remote_plan(
+    w: Workload,
+    *,
+    share: float,
+    payload_share: float | None = None,
+    payload_kb: float | None = None,
+    compute_share: float = 1.0,
+) -> RemotePlan:
     """Send ``share`` of requests to servers running the large model.
 
     ``payload_share`` is the share of the raw payload bytes sent (default: ``share``); a
-    filter forwards event segments, so bytes and requests differ.
+    filter forwards event segments, so bytes and requests differ. A split sends
+    ``payload_kb`` (the activation) instead of the payload and leaves the server
+    ``compute_share`` of the model.
     """
     app, net, prices = w.application, w.network, w.prices
     payload_share = share if payload_share is None else payload_share
+    sent_kb = app.payload_kb if payload_kb is None else payload_kb
     n = w.device.count
-    gflops = w.model.gflops or 0.0
+    gflops = (w.model.gflops or 0.0) * compute_share
     service_s = gflops / prices.server_gflops_per_s
     peak = app.requests_per_s * app.burstiness * share * n
     if prices.usd_per_1k_requests is not None:
@@ -202,10 +212,10 @@ def remote_plan(w: Workload, *, share: float, payload_share: float | None = None
         servers = max(1, math.ceil(peak / (capacity * prices.server_utilization)))
         rho = peak / (servers * capacity) if capacity != math.inf else 0.0
         compute_usd = servers * prices.server_usd_per_hour * HOURS_PER_MONTH
-    up_bits_per_s = app.payload_kb * 8000 * app.requests_per_s * app.burstiness * payload_share
+    up_bits_per_s = sent_kb * 8000 * app.requests_per_s * app.burstiness * payload_share
     link_util = up_bits_per_s / (net.uplink_mbps * 1e6)
     downlink = net.downlink_mbps or net.uplink_mbps
-    upload_ms = app.payload_kb * 8 / net.uplink_mbps / max(1e-3, 1 - link_util)
+    upload_ms = sent_kb * 8 / net.uplink_mbps / max(1e-3, 1 - link_util)
     download_ms = app.response_kb * 8 / downlink
     server_ms = service_s * 1000
     wait50 = _mm1_wait(rho, service_s, 0.5) * 1000
@@ -217,7 +227,7 @@ def remote_plan(w: Workload, *, share: float, payload_share: float | None = None
         {"rtt": net.rtt_ms, "upload": upload_ms, "download": download_ms,
          "server": server_ms, "server queue": wait50},
     )  # fmt: skip
-    up_gb = app.payload_kb * app.requests_per_s * payload_share * SECONDS_PER_MONTH * n / 1e6
+    up_gb = sent_kb * app.requests_per_s * payload_share * SECONDS_PER_MONTH * n / 1e6
     down_gb = app.response_kb * app.requests_per_s * share * SECONDS_PER_MONTH * n / 1e6
     costs = Costs(
         {

@@ -174,6 +174,18 @@ class Prices(_Strict):
     energy_usd_per_kwh: float = Field(default=0.20, ge=0)
 
 
+class SplitCut(_Strict):
+    """One way to split the model: the device runs the head, the server the tail."""
+
+    name: str = "cut"
+    head_share: float = Field(gt=0, lt=1)
+    """Share of the model's compute before the cut (on the device)."""
+    activation_kb: float = Field(gt=0)
+    """What crosses the link per request at this cut (after activation compression)."""
+    cosine: float = Field(default=1.0, gt=0, le=1)
+    """Fidelity of the split model's outputs to the full model's."""
+
+
 class Hybrid(_Strict):
     escalation_rate: float = Field(default=0.15, ge=0, le=1)
     """Cascade: share of requests the small model escalates (`edgecloud calibrate`
@@ -185,6 +197,11 @@ class Hybrid(_Strict):
     trigger_memory_mb: float = Field(default=5.0, gt=0)
     event_recall: float = Field(default=0.99, gt=0, le=1)
     """Share of true events the trigger catches (scales the filter's accuracy)."""
+    split_cuts: list[SplitCut] = Field(default_factory=list)
+    """Model partitioning: candidate cuts (enables the split pattern)."""
+    split_profile: str | None = None
+    """A ``split-profile.json`` from ``edgecloud split`` to read the cuts from: head
+    share = measured head time / whole-model time, activation = measured bytes."""
 
 
 class Weights(_Strict):
@@ -238,4 +255,27 @@ def load_workload(source: str | Path | dict[str, Any], *, base: Path | None = No
         from .onnx_stats import fill_from_onnx
 
         workload = fill_from_onnx(workload, base or Path.cwd())
+    if workload.hybrid.split_profile is not None:
+        workload = _cuts_from_profile(workload, base or Path.cwd(), where)
     return workload
+
+
+def _cuts_from_profile(workload: Workload, base: Path, where: str) -> Workload:
+    from ..errors import ConfigError
+    from ..split import SplitProfile
+
+    assert workload.hybrid.split_profile is not None
+    path = Path(workload.hybrid.split_profile)
+    try:
+        profile = SplitProfile.load(path if path.is_absolute() else base / path)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: hybrid.split_profile: {exc.message}") from exc
+    whole = profile.candidate("all-local").head_s
+    cuts = [
+        SplitCut(name=c.key, head_share=min(max(c.head_s / whole, 1e-3), 0.999),
+                 activation_kb=max(c.bytes_up / 1000, 1e-3), cosine=max(c.cosine, 1e-6))
+        for c in profile.candidates
+        if not c.trivial and whole > 0
+    ]  # fmt: skip
+    hybrid = workload.hybrid.model_copy(update={"split_cuts": [*workload.hybrid.split_cuts, *cuts]})
+    return workload.model_copy(update={"hybrid": hybrid})
