@@ -427,8 +427,9 @@ def split_command(
     console.print(split_report.table(result.profile, mbps, rtt_ms / 1e3, objective=objective))
     heads = sorted({p.head.name for p in result.pairs})
     console.print(
-        f"{result.cuts_considered} cut points; {len(result.pairs)} splits written "
-        f"({len(heads)} heads, {len(result.pairs)} tails) to {repository.root}; "
+        f"{result.cuts_considered} cut points; {_count(len(result.pairs), 'split')} written "
+        f"({_count(len(heads), 'head')}, {_count(len(result.pairs), 'tail')}) to "
+        f"{repository.root}; "
         f"profile: {target}"
     )
     if plot is not None:
@@ -542,6 +543,10 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"--student takes positive sizes, not {text!r}")
     return sizes
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _floats(text: str, option: str) -> list[float]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rich.table import Table
+from rich.table import Column, Table
 
 from .planner import ALL_LOCAL, ALL_REMOTE, Link, PowerModel, SplitPlanner
 from .profile import SplitProfile
@@ -28,7 +28,11 @@ def table(
     title = (f"{profile.model} v{profile.version}: device {profile.device_threads} thread(s), "
              f"tail {profile.tail_source}; "
              f"predicted {objective} at RTT {rtt_s * 1e3:g} ms")  # fmt: skip
-    columns = ["split", "head ms", "tail ms", "bytes up", "cosine"]
+    widest = max(len(c.key) for c in profile.candidates)
+    columns: list[Column | str] = [
+        Column("split", no_wrap=True, min_width=widest), "head ms", "tail ms",
+        Column("bytes up", no_wrap=True), "cosine",
+    ]  # fmt: skip
     result = Table(*columns, *(f"{b:g} Mbit/s {unit}" for b in bandwidths_mbps), title=title)
     links = [Link(rtt_s, b * 1e6) for b in bandwidths_mbps]
     best = [planner.rank(link)[0][1].key for link in links]
