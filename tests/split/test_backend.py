@@ -192,3 +192,17 @@ def test_link_tracker_learns_bandwidth_from_transfers() -> None:
     assert link.bandwidth_bps == pytest.approx(100e6)
     tracker.record_transfer(100, 5.0)  # too small to measure bandwidth: ignored
     assert tracker.link().bandwidth_bps == pytest.approx(100e6)
+
+
+def test_exploration_tries_the_link_while_the_plan_is_all_local(
+    served: tuple[SplitProfile, Server], branched_repo: ModelRepository
+) -> None:
+    profile, server = served
+    device, remote = LocalBackend(branched_repo), RemoteBackend(server.url)
+    always = SplitBackend(device, remote, slow_device(profile), link=THIN, explore=1.0)
+    response = always.infer(InferRequest("branched", {"x": X}))
+    assert response.trace.served_by == "split:all-remote"  # here the best that uses the link
+    assert "exploring" in response.trace.spans[0].reason
+    never = SplitBackend(device, remote, slow_device(profile), link=THIN, explore=0.0)
+    assert never.infer(InferRequest("branched", {"x": X})).trace.served_by == "split:all-local"
+    always.close()

@@ -153,15 +153,17 @@ class SplitBackend(Backend):
             return self.fixed, "fixed split"
         link = self.tracker.link()
         with self._lock:
-            ranked = self.planner.rank(link)
             choice = self.planner.plan(link)
-        allowed = [p for _, p in ranked if not (context.features_only and p.name == ALL_REMOTE)]
-        if choice not in allowed:
+        raw_stays = context.features_only
+        exploring = choice.name == ALL_LOCAL and self._rng.random() < self.explore
+        if (raw_stays and choice.name == ALL_REMOTE) or exploring:
+            allowed = [p for _, p in self.planner.rank(link)
+                       if not (raw_stays and p.name == ALL_REMOTE)]  # fmt: skip
+            if exploring:
+                remote = next((p for p in allowed if p.name != ALL_LOCAL), None)
+                if remote is not None:
+                    return remote, "exploring: keeps the link estimate current"
             choice = allowed[0]
-        if choice.name == ALL_LOCAL and self._rng.random() < self.explore:
-            remote = next((p for p in allowed if p.name != ALL_LOCAL), None)
-            if remote is not None:
-                return remote, "exploring: keeps the link estimate current"
         unit = "J" if self.planner.objective == "energy" else "s"
         cost = self.planner.cost(choice, link)
         why = (f"{link.bandwidth_bps / 1e6:.3g} Mbit/s, RTT {link.rtt_s * 1e3:.3g} ms → "

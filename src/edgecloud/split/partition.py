@@ -69,8 +69,9 @@ def _sizes(model: Any) -> dict[str, int | None]:
 
 def cut_points(model: Any) -> list[CutPoint]:
     """Every proper cut (both sides non-empty), in topological order."""
-    graph = _load(model).graph
-    sizes = _sizes(_load(model))
+    loaded = _load(model)
+    graph = loaded.graph
+    sizes = _sizes(loaded)
     constants = _constants(graph)
     nodes = [n for n in graph.node if not all(o in constants for o in n.output)]
     outputs = {o.name for o in graph.output}

@@ -50,7 +50,8 @@ def choose_cuts(
     """The named cuts, or those that can win (fewer bytes than the input and every earlier one)."""
     cuts = cut_points(parent.model_path)
     if names:
-        return [find_cut(parent.model_path, name) for name in names], len(cuts)
+        by_name = {cut.name: cut for cut in cuts}
+        return [by_name.get(n) or find_cut(parent.model_path, n) for n in names], len(cuts)
     crossing = activations(parent.model_path, cuts, inputs)
     wire = {name: wire_bytes(check_codec(codec), arrays) for name, arrays in crossing.items()}
     return candidate_cuts(cuts, wire, wire_bytes("fp32", inputs)), len(cuts)
