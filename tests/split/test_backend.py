@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,3 +207,27 @@ def test_exploration_tries_the_link_while_the_plan_is_all_local(
     never = SplitBackend(device, remote, slow_device(profile), link=THIN, explore=0.0)
     assert never.infer(InferRequest("branched", {"x": X})).trace.served_by == "split:all-local"
     always.close()
+
+
+def test_a_tail_the_server_lacks_is_planned_out(
+    branched_repo: ModelRepository, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = split_model(branched_repo, "branched", codecs=("fp32", "int8"), cuts=["cut3"])
+    shutil.rmtree(branched_repo.root / "branched.tail.cut3.int8")  # never deployed there
+    times = {ALL_LOCAL: (0.2, 0.0), ALL_REMOTE: (0.0, 0.3), "cut3": (0.01, 0.01)}
+    profile = dataclasses.replace(result.profile, candidates=[
+        dataclasses.replace(c, head_s=times[c.name][0], tail_s=times[c.name][1])
+        for c in result.profile.candidates
+    ])  # fmt: skip
+    assert profile.planner().plan(FAST).key == "cut3/int8"  # fewest bytes: the first choice
+    (tmp_path / "server").mkdir()
+    server = start_server(branched_repo, tmp_path / "server")
+    try:
+        with backend(branched_repo, server.url, profile, link=FAST) as split:
+            response = split.infer(InferRequest("branched", {"x": X}))
+            assert response.trace.served_by == "split:cut3"
+            assert "cut3/int8" not in {p.key for p in split.planner.profiles}
+    finally:
+        server.stop()
+    np.testing.assert_allclose(response.outputs["y"], full_model(branched_repo), rtol=1e-5)
+    assert "branched.tail.cut3.int8" in caplog.text and "no longer planned" in caplog.text

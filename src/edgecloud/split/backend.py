@@ -12,11 +12,14 @@ whose context is ``features_only`` (a Guard rule ``features``) never sends
 its raw input (all-remote is excluded) but may send the activation of a cut.
 
 Wrap it in a Fallback to a local path to keep answering when the server is
-unreachable; the split backend itself raises the remote's error.
+unreachable; the split backend itself raises the remote's error. A server
+that answers 404 for a tail (not deployed there) takes that split out of
+the plan, with a warning, and the request is planned again.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import threading
@@ -38,6 +41,7 @@ from .profile import SplitProfile
 __all__ = ["LinkTracker", "SplitBackend"]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+log = logging.getLogger(__name__)
 
 
 class LinkTracker:
@@ -183,6 +187,19 @@ class SplitBackend(Backend):
             )
         request = replace(request, version=self._version)
         choice, why = self.choose(request)
+        try:
+            return self._run(request, choice, why)
+        except ModelNotFoundError as exc:
+            if choice.name == ALL_LOCAL or self.fixed is not None:
+                raise
+            # The server does not have this tail (or the model): plan without it from now on.
+            log.warning("%s: %s; %s is no longer planned", self.name, exc.message, choice.key)
+            with self._lock:
+                if choice in self.planner.profiles:
+                    self.planner.exclude(choice)
+            return self.infer(request)
+
+    def _run(self, request: InferRequest, choice: CutProfile, why: str) -> InferResponse:
         decision = Span(self.name, "decision", 0.0, why)
         if choice.name == ALL_LOCAL:
             response = self.device.infer(request)

@@ -135,6 +135,13 @@ class SplitPlanner:
         return sorted(((self.cost(p, link), p) for p in self.profiles),
                       key=lambda pair: pair[0])  # fmt: skip
 
+    def exclude(self, candidate: CutProfile) -> None:
+        """Stop planning with ``candidate`` (e.g. its tail is not on the server); re-plan."""
+        if candidate.name == ALL_LOCAL:
+            raise ConfigError("all-local is always a candidate")
+        self.profiles = [p for p in self.profiles if p is not candidate]
+        self.choice, self._planned_for = None, None
+
     def plan(self, link: Link) -> CutProfile:
         """The split to use now; unchanged while the link stays within the band."""
         if self.choice is not None and self._planned_for is not None and self._within_band(link):
