@@ -118,3 +118,26 @@ def test_tail_times_from_a_profile_recorded_on_the_server(
             assert candidate.tail_s == server_side.profile.candidate(candidate.key).tail_s
     with pytest.raises(ConfigError, match="has no time for 'branched.tail.cut2'"):
         split_model(branched_repo, "branched", cuts=["cut2"], tail_timer=timer)
+
+
+def test_a_split_of_another_parent_is_never_reused(
+    branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    import shutil
+
+    from edgecloud.repository import config_from_onnx
+
+    from .test_partition import branched_onnx
+
+    split_model(branched_repo, "branched", cuts=["cut3"])
+    again = split_model(branched_repo, "branched", cuts=["cut3"])  # same parent: reused
+    assert (
+        again.pairs[0].tail.metadata["parent_sha256"]
+        == branched_repo.get("branched").files["model.onnx"]
+    )
+    shutil.rmtree(branched_repo.root / "branched" / "1")  # retrained weights, same version
+    path = branched_onnx(tmp_path / "retrained.onnx")
+    config = config_from_onnx(path, "branched", max_batch_size=16)
+    branched_repo.add_version("branched", path, config=config, version=1)
+    with pytest.raises(ConfigError, match="was split from another branched version 1; remove it"):
+        split_model(branched_repo, "branched", cuts=["cut3"])

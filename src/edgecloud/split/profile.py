@@ -5,8 +5,8 @@ thread count. Tail times come from a :class:`TailTimer`:
 
 - :class:`RemoteTailTimer` asks the real server (round trip minus a ping, so
   measure from close to the server or on a fast link);
-- :class:`LocalTailTimer` runs the tail here (what ``--profile-out`` records
-  on the server machine, GPU included);
+- :class:`LocalTailTimer` runs the tail here with onnxruntime (what
+  ``--profile-out`` records when run on the server machine);
 - :class:`ProfileTailTimer` reads such a recorded profile file.
 
 Only cuts that can win are profiled: a cut is a candidate when it sends fewer
@@ -76,11 +76,12 @@ class TailTimer(Protocol):
 class LocalTailTimer:
     """Run the tail on this machine: for recording a server profile on the server itself."""
 
-    def __init__(self, repo: ModelRepository, *, threads: int | None = None, repeats: int = 5,
-                 device: str = "cpu") -> None:  # fmt: skip
-        self.backend = LocalBackend(repo, intra_op_threads=threads, device=device)  # type: ignore[arg-type]
+    def __init__(
+        self, repo: ModelRepository, *, threads: int | None = None, repeats: int = 5
+    ) -> None:
+        self.backend = LocalBackend(repo, intra_op_threads=threads)
         self.repeats = repeats
-        self.source = f"measured here ({threads or 'all'} threads, {device})"
+        self.source = f"measured here ({threads or 'all'} threads, onnxruntime CPU)"
 
     def __call__(self, model: str, feed: Arrays) -> float:
         request = InferRequest(model, feed)
@@ -107,7 +108,9 @@ class ProfileTailTimer:
     """Tail times recorded in a profile file (``edgecloud split --profile-out`` on the server)."""
 
     def __init__(self, profile: SplitProfile) -> None:
-        self.times = {profile.remote_model(c): c.tail_s for c in profile.candidates if c.tail_s}
+        self.times = {
+            profile.remote_model(c): c.tail_s for c in profile.candidates if c.name != ALL_LOCAL
+        }
         self.source = f"profile {profile.path or ''} ({profile.tail_source})".strip()
 
     def __call__(self, model: str, feed: Arrays) -> float:
