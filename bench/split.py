@@ -128,8 +128,11 @@ def measure_point(
     times: dict[str, list[float]] = {"device": [], "server": [], "planner": []}
     chosen: Counter[str] = Counter()
     for i in range(requests):
-        order = ["device", "server", "planner"] if i % device_every == 0 else ["server", "planner"]
-        for name in order[i % len(order) :] + order[: i % len(order)]:
+        if i % device_every == 0:  # rotate over the device rounds themselves
+            order, turn = ["device", "server", "planner"], i // device_every
+        else:
+            order, turn = ["server", "planner"], i
+        for name in order[turn % len(order) :] + order[: turn % len(order)]:
             if name == "device":
                 seconds, _ = timed(lambda: local.infer(request))
             elif name == "server":
