@@ -8,12 +8,12 @@ calls for the server's time (their median minus the round trip and the upload).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from .._timing import time_calls
 from ..backends.local import LocalBackend
 from ..errors import ConfigError, UnavailableError
 from ..repository import ModelRepository
@@ -33,12 +33,7 @@ class Measurement:
 
 
 def _median_ms(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
+    times = [seconds * 1000 for seconds in time_calls(fn, rounds)]
     return statistics.median(times), statistics.pstdev(times)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from rich.progress import Progress
 
 from .._optional import require
+from .._timing import time_calls
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from ..errors import ConfigError, EdgecloudError
@@ -56,13 +57,7 @@ PROFILE_FILE = "split-profile.json"
 
 
 def _median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()  # warm-up: first-run allocations and lazy loading
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(time_calls(call, repeats))
 
 
 class TailTimer(Protocol):
