@@ -222,9 +222,7 @@ def compress(
     from .compress import compress as run_compress
     from .compress import report
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _task_progress() as progress:
         task = progress.add_task(f"{method} on {model}", total=1.0)
 
         def report_progress(fraction: float, text: str) -> None:
@@ -414,9 +412,7 @@ def split_command(
         timer = RemoteTailTimer(RemoteBackend(remote, timeout=30.0))
     elif tail_profile is not None:
         timer = ProfileTailTimer(SplitProfile.load(tail_profile))
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=True) as progress:
+    with _task_progress() as progress:
         result = split_model(
             repository, model, version=model_version, codecs=codecs,
             cuts=[c.strip() for c in cuts.split(",") if c.strip()] if cuts else None,
@@ -543,6 +539,13 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"--student takes positive sizes, not {text!r}")
     return sizes
+
+
+def _task_progress() -> Progress:
+    """A bar per long task (description, bar, %, elapsed) that clears when done."""
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    return Progress(*columns, console=console, transient=True)
 
 
 def _count(n: int, noun: str) -> str:
