@@ -10,6 +10,7 @@ numerically: ``tail(head(x))`` must equal the full model's output.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +46,20 @@ class CutPoint:
 
 
 def _load(model: Any) -> Any:
+    """The model with inferred shapes. Read it, never change it: for a file it is cached."""
     onnx = require("onnx", extra="compress", feature="model partitioning")
     if isinstance(model, (str, os.PathLike)):
-        return onnx.shape_inference.infer_shapes(onnx.load(str(model)))
+        stat = os.stat(model)
+        return _load_file(str(model), stat.st_mtime_ns, stat.st_size)
     return onnx.shape_inference.infer_shapes(model)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_file(path: str, mtime_ns: int, size: int) -> Any:
+    """Splitting a model enumerates its cuts and extracts several of them: load and infer
+    shapes once (keyed by modification time and size, so a rewritten file is reloaded)."""
+    onnx = require("onnx", extra="compress", feature="model partitioning")
+    return onnx.shape_inference.infer_shapes(onnx.load(path))
 
 
 def _sizes(model: Any) -> dict[str, int | None]:
