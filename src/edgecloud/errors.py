@@ -1,9 +1,15 @@
 """One exception hierarchy for everything edgecloud raises.
 
-Every error carries the HTTP status code (and so the gRPC code) the server
-layer answers with, and a message that says what to fix. Third-party
-exceptions (onnxruntime, httpx, grpc, sqlite3) are translated at the boundary
-with ``raise SomeEdgecloudError(...) from exc``.
+This module is also the one error catalogue of the wire: every class knows
+the HTTP status and the gRPC status code the server answers with
+(``status_code``, ``grpc_code``), and whether another path may succeed where
+this one failed (``fallback``: the reason a Fallback, Cascade or outbox gives
+when it tries elsewhere, or None when the caller's mistake must surface).
+The server, the gateway and both clients map statuses with
+:func:`error_for_http_status` and :func:`error_for_grpc_code` — there is no
+other table. Messages say what to fix. Third-party exceptions (onnxruntime,
+httpx, grpc, sqlite3) are translated at the boundary with
+``raise SomeEdgecloudError(...) from exc``.
 
 ::
 
@@ -13,8 +19,11 @@ with ``raise SomeEdgecloudError(...) from exc``.
     │   ├── MissingInputError                declared input absent from the request
     │   ├── ShapeMismatchError               wrong rank or dimension
     │   ├── DatatypeMismatchError            wrong dtype
-    │   └── UnsupportedDatatypeError         dtype with no Open Inference Protocol name
-    │   └── PayloadTooLargeError (413)       body above the server's size limit
+    │   ├── UnsupportedDatatypeError         dtype with no Open Inference Protocol name
+    │   ├── TensorValueError                 a value that does not fit its datatype
+    │   ├── PayloadTooLargeError (413)       body above the server's size limit
+    │   └── IdempotencyKeyReuseError (422)   a key reused with another payload
+    ├── ConflictError (409)                  a request under the same key is in flight
     ├── AuthenticationError (401)            missing or wrong bearer token
     ├── PermissionDeniedError (403)          authenticated but not allowed
     │   └── PrivacyError                     data whose rules keep it on the device
@@ -34,9 +43,11 @@ __all__ = [
     "AuthenticationError",
     "CompressionError",
     "ConfigError",
+    "ConflictError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
     "EdgecloudError",
+    "IdempotencyKeyReuseError",
     "InferenceError",
     "InvalidRequestError",
     "MissingDependencyError",
@@ -47,6 +58,7 @@ __all__ = [
     "PermissionDeniedError",
     "PrivacyError",
     "ShapeMismatchError",
+    "TensorValueError",
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
@@ -57,6 +69,12 @@ class EdgecloudError(Exception):
     """Root of every error edgecloud raises on purpose."""
 
     status_code: int = 500
+    """HTTP status the server answers with."""
+    grpc_code: str = "INTERNAL"
+    """Name of the ``grpc.StatusCode`` the gRPC front end answers with."""
+    fallback: str | None = None
+    """Why another path may succeed where this one failed (a Fallback's reason
+    in the trace), or None: the caller's mistake, re-raised unchanged."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -67,6 +85,7 @@ class InvalidRequestError(EdgecloudError):
     """The request itself is wrong; retrying it unchanged cannot succeed."""
 
     status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class UnknownInputError(InvalidRequestError):
@@ -89,68 +108,106 @@ class UnsupportedDatatypeError(InvalidRequestError):
     """A numpy dtype or protocol datatype edgecloud cannot carry."""
 
 
+class TensorValueError(InvalidRequestError):
+    """A tensor value that does not fit its declared datatype (fraction for an
+    integer, out of range, a string for a number, non-UTF-8 text); the message
+    names the tensor, the element index, the datatype and the value."""
+
+
 class PayloadTooLargeError(InvalidRequestError):
     """The request body is larger than the server accepts."""
 
     status_code = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class IdempotencyKeyReuseError(InvalidRequestError):
+    """An idempotency key already bound to a different request payload
+    (IETF httpapi Idempotency-Key draft: 422)."""
+
+    status_code = 422
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class ConflictError(EdgecloudError):
+    """A request under the same idempotency key is still being computed
+    (IETF httpapi Idempotency-Key draft: 409); retry shortly."""
+
+    status_code = 409
+    grpc_code = "ABORTED"
 
 
 class AuthenticationError(EdgecloudError):
     """No bearer token, or the wrong one."""
 
     status_code = 401
+    grpc_code = "UNAUTHENTICATED"
 
 
 class PermissionDeniedError(EdgecloudError):
     """The caller is known but may not do this."""
 
     status_code = 403
+    grpc_code = "PERMISSION_DENIED"
 
 
 class PrivacyError(PermissionDeniedError):
     """The request's data may not leave the device, and only a remote could serve it."""
+
+    fallback = "privacy"
 
 
 class UnavailableError(EdgecloudError):
     """The server or the link is down, overloaded or not ready; retrying may work."""
 
     status_code = 503
+    grpc_code = "UNAVAILABLE"
+    fallback = "unavailable"
 
 
 class DeadlineExceededError(EdgecloudError):
     """No answer within the request's deadline or the server's timeout."""
 
     status_code = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+    fallback = "timeout"
 
 
 class ConfigError(EdgecloudError):
     """A configuration, deployment or spec file is invalid; the message names where."""
 
     status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class ModelNotFoundError(EdgecloudError):
     """No model (or no such version of it) in the repository."""
 
     status_code = 404
+    grpc_code = "NOT_FOUND"
 
 
 class ModelLoadError(EdgecloudError):
     """A model is present but its files are missing, corrupt or not loadable."""
 
     status_code = 503
+    grpc_code = "UNAVAILABLE"
+    fallback = "not-ready"
 
 
 class CompressionError(EdgecloudError):
     """A model could not be compressed, or the result failed its parity check."""
 
     status_code = 422
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class InferenceError(EdgecloudError):
     """The runtime failed while running a request that passed validation."""
 
     status_code = 500
+    grpc_code = "INTERNAL"
+    fallback = "server-error"
 
 
 class MissingDependencyError(EdgecloudError):
@@ -165,3 +222,57 @@ class MissingDependencyError(EdgecloudError):
         )
         self.module = module
         self.extra = extra
+
+
+#: HTTP statuses a client maps to a class, where the status alone decides.
+_BY_STATUS: dict[int, type[EdgecloudError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: ModelNotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+    500: InferenceError,
+    503: UnavailableError,
+    504: DeadlineExceededError,
+}
+
+#: gRPC status code names a client maps to a class.
+_BY_GRPC: dict[str, type[EdgecloudError]] = {
+    "INVALID_ARGUMENT": InvalidRequestError,
+    "OUT_OF_RANGE": InvalidRequestError,
+    "NOT_FOUND": ModelNotFoundError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "RESOURCE_EXHAUSTED": PayloadTooLargeError,
+    "FAILED_PRECONDITION": InvalidRequestError,
+    "ABORTED": ConflictError,
+    "UNAVAILABLE": UnavailableError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
+    "CANCELLED": UnavailableError,
+    "INTERNAL": InferenceError,
+    "UNKNOWN": InferenceError,
+}
+
+
+def error_for_http_status(status: int, message: str) -> EdgecloudError:
+    """The error a client raises for a non-200 HTTP answer.
+
+    A 422 is an :class:`InvalidRequestError` (servers use it for bodies they
+    cannot process, not only for reused idempotency keys); another unknown
+    4xx is an :class:`InvalidRequestError`, an unknown 5xx an
+    :class:`UnavailableError`. The error keeps the server's ``status_code``.
+    """
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = UnavailableError if status >= 500 else InvalidRequestError
+    error = cls(message)
+    error.status_code = status
+    return error
+
+
+def error_for_grpc_code(code: str, message: str) -> EdgecloudError:
+    """The error a client raises for a failed gRPC call (``code`` is the
+    ``grpc.StatusCode`` name, e.g. ``"INVALID_ARGUMENT"``)."""
+    return _BY_GRPC.get(code, InferenceError)(message)

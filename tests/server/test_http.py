@@ -230,7 +230,7 @@ def test_metrics_and_openapi(server: Server) -> None:
 
 
 def test_bytes_tensors_round_trip_through_the_codec() -> None:
-    from edgecloud.protocol import tensor_bytes, tensor_from_bytes
+    from edgecloud.wire.rest import tensor_bytes, tensor_from_bytes
 
     array = np.array([b"ab", b"", "é".encode()], dtype=object)
     raw = tensor_bytes(array)

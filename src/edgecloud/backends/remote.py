@@ -24,36 +24,20 @@ from typing import Any
 
 from .._optional import require
 from ..errors import (
-    AuthenticationError,
     ConfigError,
     DeadlineExceededError,
     EdgecloudError,
-    InferenceError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
     PrivacyError,
     UnavailableError,
+    error_for_http_status,
 )
-from ..protocol import HEADER_LENGTH, decode_response, encode_request, loads
 from ..routing.privacy import AuditLog
 from ..tensors import InferRequest, InferResponse, Span
+from ..wire.rest import HEADER_LENGTH, decode_response, encode_request, loads
 from .base import Backend
 from .remote_grpc import GrpcTransport
 
 __all__ = ["RemoteBackend"]
-
-_BY_STATUS: dict[int, type[EdgecloudError]] = {
-    400: InvalidRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: ModelNotFoundError,
-    413: PayloadTooLargeError,
-    422: InvalidRequestError,
-    503: UnavailableError,
-    504: DeadlineExceededError,
-}
 
 
 class RemoteBackend(Backend):
@@ -280,9 +264,4 @@ def _rejects_binary(reply: Any) -> bool:
 
 
 def _status_error(status: int, message: str, url: str) -> EdgecloudError:
-    cls = _BY_STATUS.get(status)
-    if cls is None:
-        cls = UnavailableError if status >= 500 else InvalidRequestError
-        if status == 500:
-            cls = InferenceError
-    return cls(f"{url} answered {status}: {message}")
+    return error_for_http_status(status, f"{url} answered {status}: {message}")

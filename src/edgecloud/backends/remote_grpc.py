@@ -11,32 +11,15 @@ from typing import Any
 
 from .._optional import require
 from ..errors import (
-    AuthenticationError,
-    DeadlineExceededError,
     EdgecloudError,
-    InferenceError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    UnavailableError,
+    error_for_grpc_code,
 )
-from ..grpc_codec import parameters, read_tensors, set_parameter
-from ..protocol import tensor_bytes
-from ..tensors import InferRequest, InferResponse, Sensitivity, Span, Trace, datatype_of
+from ..tensors import InferRequest, InferResponse, Span, Trace, datatype_of
+from ..wire.context import context_parameters
+from ..wire.grpc import parameters, read_tensors, set_parameter
+from ..wire.rest import tensor_bytes
 
 __all__ = ["GrpcTransport"]
-
-_BY_CODE: dict[str, type[EdgecloudError]] = {
-    "INVALID_ARGUMENT": InvalidRequestError,
-    "NOT_FOUND": ModelNotFoundError,
-    "UNAUTHENTICATED": AuthenticationError,
-    "PERMISSION_DENIED": PermissionDeniedError,
-    "RESOURCE_EXHAUSTED": PayloadTooLargeError,
-    "UNAVAILABLE": UnavailableError,
-    "DEADLINE_EXCEEDED": DeadlineExceededError,
-    "CANCELLED": UnavailableError,
-}
 
 
 class GrpcTransport:
@@ -129,16 +112,12 @@ class GrpcTransport:
             message.raw_input_contents.append(tensor_bytes(array))
         for name in request.outputs or ():
             message.outputs.add(name=name)
-        params = dict(request.parameters)
-        if request.context.sensitivity is not Sensitivity.PUBLIC:
-            params["sensitivity"] = request.context.sensitivity.value
+        params = {**request.parameters, **context_parameters(request.context)}
         for key, value in params.items():
             set_parameter(message.parameters[key], value)
         return message
 
     def _error(self, exc: Any) -> EdgecloudError:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        cls = _BY_CODE.get(code, InferenceError)
-        return cls(
-            f"{self.target} answered {code}: {exc.details() if hasattr(exc, 'details') else exc}"
-        )
+        details = exc.details() if hasattr(exc, "details") else exc
+        return error_for_grpc_code(code, f"{self.target} answered {code}: {details}")

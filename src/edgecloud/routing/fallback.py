@@ -18,10 +18,6 @@ from ..backends.base import Backend
 from ..errors import (
     DeadlineExceededError,
     EdgecloudError,
-    InferenceError,
-    ModelLoadError,
-    PrivacyError,
-    UnavailableError,
 )
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .resilience import CircuitBreaker
@@ -37,18 +33,12 @@ __all__ = [
 
 
 def fallback_reason(exc: BaseException) -> str | None:
-    """Why another path may succeed where this one failed, or None (re-raise)."""
-    if isinstance(exc, PrivacyError):
-        return "privacy"
-    if isinstance(exc, UnavailableError):
-        return "unavailable"
-    if isinstance(exc, DeadlineExceededError):
-        return "timeout"
-    if isinstance(exc, ModelLoadError):
-        return "not-ready"
-    if isinstance(exc, InferenceError):
-        return "server-error"
-    return None
+    """Why another path may succeed where this one failed, or None (re-raise).
+
+    The answer lives on the error class (``EdgecloudError.fallback``), so
+    every combinator, the outbox and the filter agree.
+    """
+    return exc.fallback if isinstance(exc, EdgecloudError) else None
 
 
 def with_decision(response: InferResponse, backend: str, reason: str) -> InferResponse:

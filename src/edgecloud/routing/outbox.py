@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, EdgecloudError, UnavailableError
-from ..protocol import decode_request, encode_request
 from ..tensors import InferRequest, RequestContext
+from ..wire.rest import decode_request, encode_request
 from .fallback import fallback_reason
 from .resilience import Backoff
 

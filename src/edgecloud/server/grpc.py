@@ -15,38 +15,22 @@ import grpc
 
 from .. import __version__
 from ..errors import AuthenticationError, EdgecloudError, InvalidRequestError
-from ..grpc_codec import parameters, read_tensors, set_parameter
 from ..proto import inference_pb2 as pb
 from ..proto import inference_pb2_grpc as pb_grpc
-from ..protocol import tensor_bytes
-from ..tensors import InferRequest, InferResponse, RequestContext, Sensitivity, datatype_of
+from ..tensors import InferRequest, InferResponse, datatype_of
+from ..wire.context import decode_context
+from ..wire.grpc import parameters, read_tensors, set_parameter
+from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, model_metadata
 from .settings import ServerSettings
 
 __all__ = ["start_grpc"]
 
-STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
 
 def to_infer_request(request: Any, metadata: dict[str, str]) -> InferRequest:
     params = parameters(request.parameters)
-    key = metadata.get("idempotency-key") or params.get("idempotency_key")
-    sensitivity = params.get("sensitivity")
-    context = RequestContext(
-        sensitivity=Sensitivity(sensitivity)
-        if sensitivity in {"personal", "restricted"}
-        else Sensitivity.PUBLIC,
-        idempotency_key=str(key) if key else None,
-    )
+    context = decode_context(params, metadata.get("idempotency-key"))
     return InferRequest(
         request.model_name,
         read_tensors(request.inputs, request.raw_input_contents),
@@ -146,7 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def _abort(context: Any, exc: EdgecloudError) -> None:
-    await context.abort(STATUS.get(exc.status_code, grpc.StatusCode.INTERNAL), exc.message)
+    await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
 
 
 async def start_grpc(host: ModelHost, settings: ServerSettings, token: str | None) -> Any:

@@ -23,9 +23,9 @@ from ..errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
 )
-from ..protocol import HEADER_LENGTH, decode_request, dumps, encode_response
 from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
+from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
 from .metrics import ServerMetrics
 from .openapi import openapi_document

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidRequestError
-from .protocol import tensor_from_bytes, tensor_from_json
+from ..errors import InvalidRequestError
+from .rest import tensor_from_bytes, tensor_from_json
 
 __all__ = ["CONTENTS_FIELD", "get_parameter", "read_tensors", "set_parameter"]
 

@@ -16,18 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidRequestError, UnsupportedDatatypeError
-from .tensors import (
-    DEFAULT_CONTEXT,
+from ..errors import InvalidRequestError, UnsupportedDatatypeError
+from ..tensors import (
     InferRequest,
     InferResponse,
-    RequestContext,
-    Sensitivity,
     Span,
     Trace,
     datatype_of,
     numpy_dtype,
 )
+from .context import context_parameters, decode_context
 
 try:  # orjson is several times faster; the stdlib keeps the core dependency-free
     import orjson
@@ -278,7 +276,7 @@ def decode_request(
     requested = header.get("outputs")
     if requested is not None:
         decoded.request.outputs = _requested_outputs(requested, decoded)
-    decoded.request.context = _context(params, idempotency_key)
+    decoded.request.context = decode_context(params, idempotency_key)
     return decoded
 
 
@@ -296,19 +294,6 @@ def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str]:
         elif binary is False:
             decoded.json_outputs.add(entry["name"])
     return names
-
-
-def _context(params: Mapping[str, Any], idempotency_key: str | None) -> RequestContext:
-    key = idempotency_key or params.get("idempotency_key")
-    sensitivity = params.get("sensitivity")
-    if key is None and sensitivity is None:
-        return DEFAULT_CONTEXT
-    try:
-        level = Sensitivity(sensitivity) if sensitivity is not None else Sensitivity.PUBLIC
-    except ValueError:
-        options = ", ".join(s.value for s in Sensitivity)
-        raise InvalidRequestError(f"sensitivity {sensitivity!r} is not one of {options}") from None
-    return RequestContext(sensitivity=level, idempotency_key=str(key) if key else None)
 
 
 def _tensor_entries(
@@ -364,11 +349,7 @@ def _wants_binary(decoded: DecodedRequest, name: str) -> bool:
 
 def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int | None]:
     """Body and header length (None for JSON) for sending ``request``."""
-    params: dict[str, Any] = dict(request.parameters)
-    if request.context.idempotency_key:
-        params["idempotency_key"] = request.context.idempotency_key
-    if request.context.sensitivity is not Sensitivity.PUBLIC:
-        params["sensitivity"] = request.context.sensitivity.value
+    params: dict[str, Any] = {**request.parameters, **context_parameters(request.context)}
     inputs, chunks = _tensor_entries(request.inputs, lambda name: binary)
     if binary:
         params["binary_data_output"] = True

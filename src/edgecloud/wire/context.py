@@ -1,0 +1,78 @@
+"""Request context from the wire: one decoder for HTTP and gRPC, server and gateway.
+
+The context travels as request parameters (``sensitivity``,
+``idempotency_key``) and, for the key, as the ``Idempotency-Key`` HTTP header
+or ``idempotency-key`` gRPC metadata (the header wins when both are given and
+they agree; two different keys are a 400). An unknown sensitivity is a 400 on
+every front end — never decoded as public.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InvalidRequestError
+from ..tensors import DEFAULT_CONTEXT, RequestContext, Sensitivity
+
+__all__ = ["MAX_KEY_LENGTH", "context_parameters", "decode_context"]
+
+#: Longest idempotency key accepted (the IETF draft leaves it to the server;
+#: Stripe allows 255 characters).
+MAX_KEY_LENGTH = 255
+
+
+def decode_context(params: Mapping[str, Any], header_key: str | None = None) -> RequestContext:
+    """The :class:`RequestContext` of a request's parameters and key header.
+
+    Raises :class:`InvalidRequestError` for an unknown sensitivity, a key
+    that is not a non-empty string of at most :data:`MAX_KEY_LENGTH`
+    printable ASCII characters, or a header and parameter naming two keys.
+    """
+    param_key = params.get("idempotency_key")
+    sensitivity = params.get("sensitivity")
+    if header_key is None and param_key is None and sensitivity is None:
+        return DEFAULT_CONTEXT
+    if header_key is not None and param_key is not None and header_key != param_key:
+        raise InvalidRequestError(
+            f"the Idempotency-Key header {header_key!r} and the idempotency_key parameter "
+            f"{param_key!r} disagree; send one key"
+        )
+    key = header_key if header_key is not None else param_key
+    return RequestContext(sensitivity=_sensitivity(sensitivity), idempotency_key=_key(key))
+
+
+def context_parameters(context: RequestContext) -> dict[str, str]:
+    """Parameters a client sends so the server sees ``context`` (the inverse)."""
+    params: dict[str, str] = {}
+    if context.idempotency_key:
+        params["idempotency_key"] = context.idempotency_key
+    if context.sensitivity is not Sensitivity.PUBLIC:
+        params["sensitivity"] = context.sensitivity.value
+    return params
+
+
+def _sensitivity(value: Any) -> Sensitivity:
+    if value is None:
+        return Sensitivity.PUBLIC
+    if isinstance(value, str) and value in Sensitivity._value2member_map_:
+        return Sensitivity(value)
+    options = ", ".join(s.value for s in Sensitivity)
+    raise InvalidRequestError(f"parameter 'sensitivity' is {value!r}; use one of {options}")
+
+
+def _key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_KEY_LENGTH
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        raise InvalidRequestError(
+            f"idempotency key {value!r:.80} must be 1 to {MAX_KEY_LENGTH} printable ASCII "
+            "characters"
+        )
+    return value
