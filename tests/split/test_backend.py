@@ -335,3 +335,17 @@ def test_the_transport_refuses_a_raw_input_not_declared_a_feature(
         answer = remote.infer(InferRequest("gated.tail.cut1", tail, version="1", context=declared))
     assert answer.outputs["y"].shape == (2, 4)
     assert [r["tensor"] for r in audit] == ["a", "mask"]  # only the declared request left
+
+
+def test_a_profile_that_does_not_say_what_crosses_keeps_features_data_local(
+    branched_repo: ModelRepository,
+) -> None:
+    """An older profile without the cut's tensors: planning must not guess they are features."""
+    result = split_model(branched_repo, "branched", cuts=["cut3"], repeats=1)
+    profile = dataclasses.replace(slow_device(result.profile), tensors={})
+    split = SplitBackend(LocalBackend(branched_repo), RemoteBackend("http://127.0.0.1:9"),
+                         profile, link=FAST, explore=0.0)  # fmt: skip
+    features = RequestContext(sensitivity=Sensitivity.PERSONAL, features_only=True)
+    assert split.choose(InferRequest("branched", {"x": X}, context=features))[0].name == ALL_LOCAL
+    assert split.choose(InferRequest("branched", {"x": X}))[0].name != ALL_LOCAL
+    split.close()

@@ -192,7 +192,10 @@ class SplitBackend(Backend):
         return not self._withheld(choice, request)
 
     def _withheld(self, choice: CutProfile, request: InferRequest) -> list[str]:
-        raw, features = self._crossing(choice, request)
+        try:
+            raw, features = self._crossing(choice, request)
+        except ConfigError:  # the profile does not say what crosses: assume raw input does
+            raw, features = list(request.inputs), []
         context = replace(request.context, features=frozenset(features))
         return withheld(context, [*raw, *features])
 
