@@ -167,6 +167,11 @@ class RequestContext:
     """Set by a Guard rule ``features``: the raw inputs stay on the device, but
     features a :class:`~edgecloud.split.SplitBackend` computes from them (the
     activation at a cut) may leave."""
+    features: frozenset[str] = frozenset()
+    """Set by a :class:`~edgecloud.split.SplitBackend` on the request it sends a
+    tail: the names of its tensors computed on the device (activations, as
+    encoded). Under ``features_only`` only these may leave; any other tensor of
+    the request is raw data (see ``edgecloud.routing.privacy.withheld``)."""
 
     @property
     def may_leave_device(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from edgecloud import (
     Sensitivity,
 )
 from edgecloud.routing import AuditLog, Guard, prefer_remote
+from edgecloud.routing.privacy import withheld
+from edgecloud.server.launch import free_port
 from edgecloud.zoo import datasets
 
 from ..server.conftest import Server
@@ -67,6 +70,44 @@ def test_restricted_with_only_a_remote_fails_clearly(zoo_server: Server) -> None
         ),
     ):
         remote.infer(request(Sensitivity.RESTRICTED))
+
+
+PUBLIC, PERSONAL, RESTRICTED = Sensitivity.PUBLIC, Sensitivity.PERSONAL, Sensitivity.RESTRICTED
+
+
+@pytest.mark.parametrize(
+    "context,kept",
+    [
+        (RequestContext(), []),
+        (RequestContext(sensitivity=PERSONAL), []),
+        (RequestContext(sensitivity=RESTRICTED), ["a", "x"]),
+        (RequestContext(sensitivity=RESTRICTED, features=frozenset({"a"})), ["a", "x"]),
+        (RequestContext(sensitivity=PERSONAL, local_only=True), ["a", "x"]),
+        (RequestContext(sensitivity=PERSONAL, features_only=True), ["a", "x"]),
+        (RequestContext(features_only=True, features=frozenset({"a"})), ["x"]),
+        (RequestContext(features_only=True, features=frozenset({"a", "x"})), []),
+        (RequestContext(local_only=True, features_only=True, features=frozenset("ax")), ["a", "x"]),
+        (RequestContext(features=frozenset({"a"})), []),  # no features rule: all may leave
+    ],
+)
+def test_one_rule_says_which_tensors_stay(context: RequestContext, kept: list[str]) -> None:
+    assert withheld(context, ["x", "a"]) == kept
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_refused_before_any_connection_on_every_transport(scheme: str) -> None:
+    """Nothing listens at the URL: a privacy error (not unreachable) proves no byte was sent."""
+    url = f"{scheme}://127.0.0.1:{free_port()}"
+    smuggled = InferRequest(
+        "m",
+        {"a": np.ones((1, 2), np.float32), "x": np.ones((1, 2), np.float32)},
+        context=RequestContext(sensitivity=PERSONAL, features_only=True, features=frozenset("a")),
+    )
+    with RemoteBackend(url, timeout=1.0) as remote:
+        with pytest.raises(PrivacyError, match="'x' is raw input"):
+            remote.infer(smuggled)
+        with pytest.raises(PrivacyError, match="restricted data"):
+            asyncio.run(remote.infer_async(request(RESTRICTED)))
 
 
 def test_guard_rules_are_checked() -> None:

@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+from concurrent.futures import CancelledError as FutureCancelled
 
 import pytest
 
+from edgecloud.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PrivacyError,
+    UnavailableError,
+)
 from edgecloud.routing import Backoff, BreakerState, CircuitBreaker, retry
+from edgecloud.routing.resilience import Outcome
 
 
 class Clock:
@@ -23,15 +35,49 @@ def test_breaker_opens_after_threshold_and_half_opens_after_reset() -> None:
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
     breaker.record_failure()
     assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    assert breaker.acquire() is None
     clock.now = 10.0
     assert breaker.state is BreakerState.HALF_OPEN
-    assert breaker.allow() and not breaker.allow()  # one trial at a time
-    breaker.record_failure()  # the trial failed: open again
-    assert breaker.state is BreakerState.OPEN
+    trial = breaker.acquire()
+    assert trial is not None and trial.trial and breaker.acquire() is None  # one at a time
+    trial.record(Outcome.FAILURE)  # the trial failed: open again
+    assert breaker.state is BreakerState.OPEN and breaker.trials_in_flight == 0
     clock.now = 20.0
-    assert breaker.allow()
-    breaker.record_success()
+    with breaker.acquire() or pytest.fail("half-open refused its trial"):
+        pass  # the trial answered
     assert breaker.state is BreakerState.CLOSED and breaker.allow()
+
+
+@pytest.mark.parametrize(
+    "error,state",
+    [
+        (None, BreakerState.CLOSED),
+        (InvalidRequestError("wrong shape"), BreakerState.CLOSED),  # a 4xx: the remote is up
+        (ModelNotFoundError("no such model"), BreakerState.CLOSED),
+        (UnavailableError("down"), BreakerState.OPEN),
+        (DeadlineExceededError("slow"), BreakerState.OPEN),
+        (InferenceError("500"), BreakerState.OPEN),
+        (RuntimeError("a bug"), BreakerState.OPEN),
+        (PrivacyError("may not leave"), BreakerState.HALF_OPEN),  # never sent: slot freed
+        (asyncio.CancelledError(), BreakerState.HALF_OPEN),
+        (FutureCancelled(), BreakerState.HALF_OPEN),
+        (KeyboardInterrupt(), BreakerState.HALF_OPEN),
+    ],
+)
+def test_every_way_a_trial_ends_resolves_half_open(
+    error: BaseException | None, state: BreakerState
+) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=10, clock=clock)
+    breaker.record_failure()
+    clock.now = 10.0
+    trial = breaker.acquire()
+    assert trial is not None
+    with contextlib.suppress(BaseException), trial:
+        if error is not None:
+            raise error
+    assert breaker.state is state and breaker.trials_in_flight == 0
+    assert (breaker.acquire() is not None) is (state is not BreakerState.OPEN)
 
 
 def test_breaker_rejects_nonsense() -> None:
@@ -39,6 +85,8 @@ def test_breaker_rejects_nonsense() -> None:
         CircuitBreaker(failure_threshold=0)
     with pytest.raises(ValueError):
         CircuitBreaker(reset_after_s=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker(half_open_trials=0)
 
 
 def test_backoff_is_exponential_with_full_jitter() -> None:

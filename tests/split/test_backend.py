@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
+from onnx import TensorProto, helper, numpy_helper
 
 import edgecloud
 from edgecloud import (
@@ -17,9 +19,11 @@ from edgecloud import (
     LocalBackend,
     ModelNotFoundError,
     ModelRepository,
+    PrivacyError,
     RemoteBackend,
     UnavailableError,
 )
+from edgecloud.repository import config_from_onnx
 from edgecloud.routing import Fallback
 from edgecloud.routing.privacy import AuditLog, Guard
 from edgecloud.server.launch import free_port
@@ -231,3 +235,117 @@ def test_a_tail_the_server_lacks_is_planned_out(
         server.stop()
     np.testing.assert_allclose(response.outputs["y"], full_model(branched_repo), rtol=1e-5)
     assert "branched.tail.cut3.int8" in caplog.text and "no longer planned" in caplog.text
+
+
+def gated_onnx(path: Path) -> Path:
+    """y = (relu(x W1) W2) * mask: the second input ``mask`` is read only by the last node.
+
+    x: FP32 [batch, 16], mask: FP32 [batch, 4] → y: FP32 [batch, 4]. Every cut
+    carries the raw ``mask`` to the tail (and fewer bytes than the inputs).
+    """
+    rng = np.random.default_rng(1)
+    w1, w2 = rng.standard_normal((16, 4)), rng.standard_normal((4, 4))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
+            helper.make_node("Relu", ["h1"], ["a"], name="relu"),
+            helper.make_node("MatMul", ["a", "w2"], ["b"], name="mm2"),
+            helper.make_node("Mul", ["b", "mask"], ["y"], name="gate"),
+        ],
+        "gated",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[
+            numpy_helper.from_array(w1.astype(np.float32), "w1"),
+            numpy_helper.from_array(w2.astype(np.float32), "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+GATED = {
+    "x": np.random.default_rng(7).standard_normal((2, 16)).astype(np.float32),
+    "mask": np.random.default_rng(8).standard_normal((2, 4)).astype(np.float32),
+}
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[ModelRepository, SplitProfile, Server]]:
+    """``gated`` split at cut1 (fp32, int8), times that make the cut the plan, and a server."""
+    repo = ModelRepository(tmp_path / "repo")
+    path = gated_onnx(tmp_path / "gated.onnx")
+    repo.add_version("gated", path, config=config_from_onnx(path, "gated", max_batch_size=8))
+    result = split_model(repo, "gated", codecs=("fp32", "int8"), cuts=["cut1"], repeats=1)
+    times = {ALL_LOCAL: (0.2, 0.0), ALL_REMOTE: (0.0, 0.3), "cut1": (0.01, 0.01)}
+    profile = dataclasses.replace(result.profile, candidates=[
+        dataclasses.replace(c, head_s=times[c.name][0], tail_s=times[c.name][1])
+        for c in result.profile.candidates
+    ])  # fmt: skip
+    assert profile.tensors["cut1"] == ["mask", "a"]
+    (tmp_path / "server").mkdir()
+    server = start_server(repo, tmp_path / "server")
+    yield repo, profile, server
+    server.stop()
+
+
+@pytest.mark.parametrize("fixed", [None, "cut1", "cut1/int8"])
+def test_features_rule_rules_out_a_cut_whose_tail_reads_a_raw_input(
+    gated: tuple[ModelRepository, SplitProfile, Server], tmp_path: Path, fixed: str | None
+) -> None:
+    repo, profile, server = gated
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    split = backend(repo, server.url, profile, audit, link=FAST, fixed=fixed)
+    guard = Guard(split, rules={"personal": "features", "public": "any"})
+    public = guard.infer(InferRequest("gated", GATED))
+    assert public.trace.served_by.startswith("split:cut1")  # mask crosses: public data may
+    assert {r["tensor"] for r in audit} >= {"mask"}
+    before = len(list(audit))
+    personal = RequestContext(sensitivity=Sensitivity.PERSONAL)
+    kept = guard.infer(InferRequest("gated", GATED, context=personal))
+    assert kept.trace.served_by == "split:all-local"  # every cut would send the raw mask
+    assert len(list(audit)) == before
+    reason = next(s.reason for s in kept.trace.spans if s.backend == split.name)
+    assert "raw" in reason
+    with LocalBackend(repo) as local:
+        want = local.infer(InferRequest("gated", GATED)).outputs["y"]
+    np.testing.assert_allclose(kept.outputs["y"], want, rtol=1e-5)
+    guard.close()
+
+
+def test_the_transport_refuses_a_raw_input_not_declared_a_feature(
+    gated: tuple[ModelRepository, SplitProfile, Server], tmp_path: Path
+) -> None:
+    """The backstop: a tail request that smuggles a raw input never leaves."""
+    _, _, server = gated
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    tail = {"a": np.ones((2, 4), np.float32), "mask": GATED["mask"]}
+    context = RequestContext(
+        sensitivity=Sensitivity.PERSONAL, features_only=True, features=frozenset({"a"})
+    )
+    with RemoteBackend(server.url, audit=audit) as remote:
+        with pytest.raises(PrivacyError, match="'mask' is raw input"):
+            remote.infer(InferRequest("gated.tail.cut1", tail, version="1", context=context))
+        declared = dataclasses.replace(context, features=frozenset({"a", "mask"}))
+        answer = remote.infer(InferRequest("gated.tail.cut1", tail, version="1", context=declared))
+    assert answer.outputs["y"].shape == (2, 4)
+    assert [r["tensor"] for r in audit] == ["a", "mask"]  # only the declared request left
+
+
+def test_a_profile_that_does_not_say_what_crosses_keeps_features_data_local(
+    branched_repo: ModelRepository,
+) -> None:
+    """An older profile without the cut's tensors: planning must not guess they are features."""
+    result = split_model(branched_repo, "branched", cuts=["cut3"], repeats=1)
+    profile = dataclasses.replace(slow_device(result.profile), tensors={})
+    split = SplitBackend(LocalBackend(branched_repo), RemoteBackend("http://127.0.0.1:9"),
+                         profile, link=FAST, explore=0.0)  # fmt: skip
+    features = RequestContext(sensitivity=Sensitivity.PERSONAL, features_only=True)
+    assert split.choose(InferRequest("branched", {"x": X}, context=features))[0].name == ALL_LOCAL
+    assert split.choose(InferRequest("branched", {"x": X}))[0].name != ALL_LOCAL
+    split.close()

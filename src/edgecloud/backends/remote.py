@@ -27,11 +27,10 @@ from ..errors import (
     ConfigError,
     DeadlineExceededError,
     EdgecloudError,
-    PrivacyError,
     UnavailableError,
     error_for_http_status,
 )
-from ..routing.privacy import AuditLog
+from ..routing.privacy import AuditLog, check_egress
 from ..tensors import InferRequest, InferResponse, Span
 from ..wire.rest import HEADER_LENGTH, decode_response, encode_request, loads
 from .base import Backend
@@ -175,11 +174,7 @@ class RemoteBackend(Backend):
 
     def _egress(self, request: InferRequest) -> None:
         """The one door tensors leave by: privacy check, then the audit record."""
-        if not request.context.may_leave_device:
-            raise PrivacyError(
-                f"{request.context.sensitivity.value} data of this request may not leave the "
-                f"device, and {self.url} is remote"
-            )
+        check_egress(request, self.url)
         if self.audit is not None:
             self.audit.record(request, self.url)
 

@@ -12,7 +12,7 @@ from ..backends.base import Backend
 from ..errors import ConfigError, InvalidRequestError
 from ..routing.fallback import fallback_reason
 from ..routing.outbox import Outbox
-from ..tensors import InferRequest, RequestContext
+from ..tensors import InferRequest, RequestContext, Sensitivity
 from .segment import Event, SegmentConfig, Segmenter
 from .triggers import Trigger
 
@@ -59,8 +59,15 @@ class Filter:
     stats: FilterStats = field(default_factory=FilterStats)
     scores: list[float] = field(default_factory=list)
     """Every chunk's trigger score, for plots and calibration."""
+    sensitivity: Sensitivity = Sensitivity.PUBLIC
+    """How sensitive the stream is: every event carries it, so a Guard's rules
+    and the transport's privacy check apply to forwarded (and queued) events."""
 
     def __post_init__(self) -> None:
+        if self.sensitivity not in Sensitivity._value2member_map_:
+            options = ", ".join(level.value for level in Sensitivity)
+            raise ConfigError(f"Filter sensitivity {self.sensitivity!r}: use one of {options}")
+        self.sensitivity = Sensitivity(self.sensitivity)
         self._segmenter = Segmenter(self.segment, self.trigger.chunk_s)
         self._since_last = 0
         self._shape: tuple[int, ...] | None = None
@@ -115,7 +122,10 @@ class Filter:
         request = InferRequest(
             self.model, {self.input_name: event.data[None, ...]},
             parameters={"event_start_s": event.start_s, "event_end_s": event.end_s},
-            context=RequestContext(idempotency_key=f"event-{id(self)}-{event.index}"),
+            context=RequestContext(
+                sensitivity=self.sensitivity,
+                idempotency_key=f"event-{id(self)}-{event.index}",
+            ),
         )  # fmt: skip
         try:
             event.result = self.inner.infer(request)

@@ -9,6 +9,7 @@ wrong (4xx): that would only hide the mistake.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,9 @@ class Fallback(Backend):
 
     With a request deadline, a primary still pending when only the
     secondary's expected time is left is abandoned and the secondary answers.
-    An optional circuit breaker skips a primary that keeps failing.
+    An optional circuit breaker skips a primary that keeps failing; every
+    call of the primary holds one of its permits, resolved however the call
+    ends, so a half-open breaker never sticks.
     """
 
     def __init__(
@@ -73,28 +76,31 @@ class Fallback(Backend):
         self._lock = threading.Lock()
 
     def infer(self, request: InferRequest) -> InferResponse:
-        if self.breaker is not None and not self.breaker.allow():
+        remaining = request.context.remaining()
+        budget = None if remaining is None else remaining - self._secondary_s
+        if budget is not None and budget <= 0:
+            why = "no time left for the primary before the deadline"
+            return self._fall_back(request, "timeout", why)
+        permit = self.breaker.acquire() if self.breaker is not None else None
+        if self.breaker is not None and permit is None:
             return self._fall_back(request, "circuit-open", "the primary's circuit is open")
         try:
-            response = self._primary(request)
+            # The permit is resolved however the primary ends (see resilience.outcome_of):
+            # an answer or a 4xx closes, a retryable error or a crash counts as a failure,
+            # a privacy refusal or a cancellation only frees the trial slot.
+            with permit if permit is not None else contextlib.nullcontext():
+                response = self._primary(request, budget)
         except EdgecloudError as exc:
             reason = fallback_reason(exc)
             if reason is None:
                 raise
-            if self.breaker is not None and reason != "privacy":
-                self.breaker.record_failure()
             return self._fall_back(request, reason, exc.message)
-        if self.breaker is not None:
-            self.breaker.record_success()
         return with_decision(response, self.name, f"primary {self.primary.name} answered")
 
-    def _primary(self, request: InferRequest) -> InferResponse:
-        remaining = request.context.remaining()
-        if remaining is None:
+    def _primary(self, request: InferRequest, budget: float | None) -> InferResponse:
+        """The primary's answer; with a budget, abandoned (DeadlineExceeded) when it runs out."""
+        if budget is None:
             return self.primary.infer(request)
-        budget = remaining - self._secondary_s
-        if budget <= 0:
-            raise DeadlineExceededError("no time left for the primary before the deadline")
         future = self._executor().submit(self.primary.infer, request)
         try:
             return future.result(timeout=budget)

@@ -6,13 +6,14 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from functools import partial
 
 from ..backends.base import Backend
 from ..errors import ConfigError, EdgecloudError, UnavailableError
 from ..tensors import InferRequest, InferResponse
 from .fallback import fallback_reason, with_decision
 from .link import LinkEstimate
-from .resilience import CircuitBreaker
+from .resilience import CircuitBreaker, Permit
 
 __all__ = ["Fastest"]
 
@@ -95,16 +96,17 @@ class Fastest(Backend):
             why = "unmeasured" if order[0][1] is None else "fastest"
         errors = []
         for rank, (i, expected) in enumerate(order):
-            if not self.breakers[i].allow():
+            permit = self.breakers[i].acquire()
+            if permit is None:
                 errors.append(f"{self.paths[i].name}: circuit open")
                 continue
             try:
-                response = self._run(i, order[rank + 1 :], request)
+                with permit:  # resolved however the call ends (resilience.outcome_of)
+                    response = self._run(i, permit, order[rank + 1 :], request)
             except EdgecloudError as exc:
                 reason = fallback_reason(exc)
                 if reason is None:
                     raise
-                self.breakers[i].record_failure()
                 errors.append(f"{self.paths[i].name}: {reason}")
                 continue
             estimate = "unmeasured" if expected is None else f"expected {expected * 1e3:.1f} ms"
@@ -115,35 +117,41 @@ class Fastest(Backend):
         raise _all_failed(errors)
 
     def _run(
-        self, i: int, rest: list[tuple[int, float | None]], request: InferRequest
+        self, i: int, permit: Permit, rest: list[tuple[int, float | None]], request: InferRequest
     ) -> InferResponse:
         started = time.perf_counter()
         p95 = self.estimates[i].percentile(95)
         if self.hedge and rest and p95 is not None and len(self.estimates[i]) >= 8:
-            response = self._hedged(i, rest[0][0], p95, request)
+            response = self._hedged(i, permit, rest[0][0], p95, request)
         else:
             response = self.paths[i].infer(request)
         self.estimates[i].record(request.nbytes(), time.perf_counter() - started)
-        self.breakers[i].record_success()
         return response
 
     def _hedged(
-        self, first: int, second: int, after: float, request: InferRequest
+        self, first: int, own: Permit, second: int, after: float, request: InferRequest
     ) -> InferResponse:
+        """``first``'s answer, or ``second``'s when it comes first after ``after`` seconds.
+
+        The hedge goes through ``second``'s breaker too: it is not started while
+        that circuit is open, and its permit is resolved by its own outcome
+        whenever it ends (a hedge still running when ``first`` wins included).
+        """
         pool = self._executor()
-        futures: dict[Future[InferResponse], int] = {
-            pool.submit(self.paths[first].infer, request): first
-        }
-        done, _ = wait(futures, timeout=after)
-        if not done:
-            futures[pool.submit(self.paths[second].infer, request)] = second
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
-        winner = next(iter(done))
-        response = winner.result()
-        if futures[winner] != first:
-            why = f"hedge:{self.paths[second].name} answered before {self.paths[first].name}"
-            return with_decision(response, self.name, why)
-        return response
+        primary = pool.submit(self.paths[first].infer, request)
+        hedge = None
+        if not wait([primary], timeout=after).done:
+            permit = self.breakers[second].acquire()
+            if permit is not None:
+                hedge = pool.submit(self.paths[second].infer, request)
+                hedge.add_done_callback(partial(_resolve_by, permit))
+        if hedge is not None:
+            wait([primary, hedge], return_when=FIRST_COMPLETED)
+            if not primary.done() and hedge.exception() is None:
+                own.release()  # the first path has not answered: its call proves nothing
+                why = f"hedge:{self.paths[second].name} answered before {self.paths[first].name}"
+                return with_decision(hedge.result(), self.name, why)
+        return primary.result()  # a failed hedge leaves the answer to the first path
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -157,6 +165,14 @@ class Fastest(Backend):
             self._pool.shutdown(wait=False, cancel_futures=True)
         for path in self.paths:
             path.close()
+
+
+def _resolve_by(permit: Permit, future: Future[InferResponse]) -> None:
+    """Resolve a hedge's permit by how its call ended (cancelled: neutral)."""
+    if future.cancelled():
+        permit.release()
+    else:
+        permit.record(future.exception())
 
 
 def _all_failed(errors: list[str]) -> EdgecloudError:

@@ -1,10 +1,20 @@
 """Privacy: rules that keep data on the device, and an audit log of what left it.
 
 Enforcement happens where data would leave — in RemoteBackend, the only leaf
-that sends tensors — so no arrangement of combinators can route around it: a
-request whose context is local-only (or whose data is restricted) raises
-:class:`~edgecloud.errors.PrivacyError` there, which a Fallback answers with
-its local path and which otherwise fails the request clearly.
+that sends tensors — so no arrangement of combinators can route around it:
+every path (direct, escalation, fallback, hedge, probe, split, outbox drain,
+filter, gateway) ends in :func:`check_egress`, which raises
+:class:`~edgecloud.errors.PrivacyError` for a request carrying any tensor its
+context withholds. A Fallback answers that with its local path; otherwise the
+request fails clearly. :func:`withheld` is the one rule, also used by the
+split planner to rule out cuts before it runs them:
+
+- restricted data, or a context marked ``local_only``: every tensor stays;
+- ``features_only`` (a Guard rule ``features``): only the tensors the context
+  names in ``features`` (activations a SplitBackend computed on the device)
+  may leave; every other tensor — a raw graph input, even one the tail
+  consumes directly — stays;
+- otherwise everything may leave.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,12 +32,45 @@ from typing import Any, Literal
 import numpy as np
 
 from ..backends.base import Backend
-from ..errors import ConfigError
-from ..tensors import InferRequest, InferResponse, Sensitivity, Span, Trace
+from ..errors import ConfigError, PrivacyError
+from ..tensors import InferRequest, InferResponse, RequestContext, Sensitivity, Span, Trace
 
-__all__ = ["AuditLog", "Guard"]
+__all__ = ["AuditLog", "Guard", "check_egress", "withheld"]
 
 Rule = Literal["local", "features", "any"]
+
+
+def withheld(context: RequestContext, tensors: Iterable[str]) -> list[str]:
+    """The names among ``tensors`` that ``context`` keeps on the device (sorted).
+
+    Empty when all of them may be sent; see the module docstring for the rule.
+    """
+    names = sorted(tensors)
+    if not context.features_may_leave:
+        return names
+    if context.features_only:
+        return [name for name in names if name not in context.features]
+    return []
+
+
+def check_egress(request: InferRequest, destination: str) -> None:
+    """Raise :class:`PrivacyError` if any tensor of ``request`` may not go to ``destination``.
+
+    Called by every transport before a byte is sent (``RemoteBackend``).
+    """
+    kept = withheld(request.context, request.inputs)
+    if not kept:
+        return
+    context = request.context
+    if context.sensitivity is Sensitivity.RESTRICTED or context.local_only:
+        why = f"{context.sensitivity.value} data of this request may not leave the device"
+    else:
+        why = (
+            f"only features computed on the device may leave for {context.sensitivity.value} "
+            f"data, and {', '.join(map(repr, kept))} "
+            + ("is raw input" if len(kept) == 1 else "are raw inputs")
+        )
+    raise PrivacyError(f"{why}, and {destination} is remote")
 
 
 class AuditLog:

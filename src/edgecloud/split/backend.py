@@ -8,8 +8,12 @@ is all-local no transfer is observed, so a small ``explore`` share of
 requests takes the best remote candidate to keep the estimate current.
 
 Privacy: a request that may not leave the device runs all-local. A request
-whose context is ``features_only`` (a Guard rule ``features``) never sends
-its raw input (all-remote is excluded) but may send the activation of a cut.
+whose context is ``features_only`` (a Guard rule ``features``) never sends a
+raw input: all-remote is excluded, and so is every cut whose tail consumes a
+graph input directly (e.g. a second input only the tail reads) — the rule is
+:func:`edgecloud.routing.privacy.withheld`, the same one the transport
+enforces. The tail request names the tensors computed on the device in its
+context (``features``), so the transport can tell activations from raw data.
 
 Wrap it in a Fallback to a local path to keep answering when the server is
 unreachable; the split backend itself raises the remote's error. A server
@@ -32,6 +36,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import ConfigError, ModelNotFoundError
+from ..routing.privacy import withheld
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .artifacts import head_name
 from .codec import check_codec, encode
@@ -148,31 +153,61 @@ class SplitBackend(Backend):
         return self.tracker.link()
 
     def choose(self, request: InferRequest) -> tuple[CutProfile, str]:
-        """The split for this request, and why."""
-        context = request.context
-        if not context.features_may_leave:
-            local = self.profile.candidate(ALL_LOCAL)
+        """The split for this request, and why.
+
+        Only splits whose tail request the privacy rule lets leave are
+        planned (:meth:`eligible`): under ``features_only`` a cut whose tail
+        consumes a raw graph input directly is ruled out like all-remote.
+        """
+        local = self.profile.candidate(ALL_LOCAL)
+        if not request.context.features_may_leave:
             return local, "data may not leave the device"
         if self.fixed is not None:
+            kept = self._withheld(self.fixed, request)
+            if kept:
+                return local, f"fixed split {self.fixed.key} would send raw {', '.join(kept)}"
             return self.fixed, "fixed split"
         link = self.tracker.link()
         with self._lock:
             choice = self.planner.plan(link)
-        raw_stays = context.features_only
+            ranked = [p for _, p in self.planner.rank(link)]
+        allowed = [p for p in ranked if not self._withheld(p, request)]
         exploring = choice.name == ALL_LOCAL and self._rng.random() < self.explore
-        if (raw_stays and choice.name == ALL_REMOTE) or exploring:
-            allowed = [p for _, p in self.planner.rank(link)
-                       if not (raw_stays and p.name == ALL_REMOTE)]  # fmt: skip
-            if exploring:
-                remote = next((p for p in allowed if p.name != ALL_LOCAL), None)
-                if remote is not None:
-                    return remote, "exploring: keeps the link estimate current"
-            choice = allowed[0]
+        if exploring:
+            remote = next((p for p in allowed if p.name != ALL_LOCAL), None)
+            if remote is not None:
+                return remote, "exploring: keeps the link estimate current"
+        if choice not in allowed:
+            choice = allowed[0] if allowed else local
         unit = "J" if self.planner.objective == "energy" else "s"
         cost = self.planner.cost(choice, link)
         why = (f"{link.bandwidth_bps / 1e6:.3g} Mbit/s, RTT {link.rtt_s * 1e3:.3g} ms → "
                f"{choice.key} (expected {cost:.3g} {unit})")  # fmt: skip
+        if len(allowed) < len(ranked):
+            why += f"; {len(ranked) - len(allowed)} splits would send raw input"
         return choice, why
+
+    def eligible(self, choice: CutProfile, request: InferRequest) -> bool:
+        """Whether ``choice``'s tail request may leave the device under this request's rules."""
+        return not self._withheld(choice, request)
+
+    def _withheld(self, choice: CutProfile, request: InferRequest) -> list[str]:
+        try:
+            raw, features = self._crossing(choice, request)
+        except ConfigError:  # the profile does not say what crosses: assume raw input does
+            raw, features = list(request.inputs), []
+        context = replace(request.context, features=frozenset(features))
+        return withheld(context, [*raw, *features])
+
+    def _crossing(self, choice: CutProfile, request: InferRequest) -> tuple[list[str], list[str]]:
+        """(raw inputs, device-computed tensors) that ``choice`` sends the server, by name."""
+        if choice.name == ALL_LOCAL:
+            return [], []
+        if choice.name == ALL_REMOTE:
+            return list(request.inputs), []
+        names = _cut_names(self.profile, choice)
+        raw = [n for n in names if n in request.inputs]
+        return raw, [n for n in names if n not in request.inputs]
 
     def infer(self, request: InferRequest) -> InferResponse:
         if request.model != self.model:
@@ -217,11 +252,11 @@ class SplitBackend(Backend):
         )
         head_span = Span(f"device:{head_name(self.model, choice.name)}", "compute",
                          time.perf_counter() - started, f"head up to {choice.name}")  # fmt: skip
-        middle: Arrays = {**request.inputs, **head.outputs}
-        tensors = _cut_tensors(self.profile, choice, middle)
-        return self._remote(
-            request, encode(check_codec(choice.codec), tensors), decision, [head_span], choice
-        )
+        codec = check_codec(choice.codec)
+        raw, computed = self._crossing(choice, request)
+        features = encode(codec, {name: head.outputs[name] for name in computed})
+        tensors = {**encode(codec, {name: request.inputs[name] for name in raw}), **features}
+        return self._remote(request, tensors, decision, [head_span], choice, set(features))
 
     def _remote(
         self,
@@ -230,10 +265,16 @@ class SplitBackend(Backend):
         decision: Span,
         spans: list[Span],
         choice: CutProfile,
+        features: set[str] | None = None,
     ) -> InferResponse:
-        context = request.context
-        if context.features_only and choice.name != ALL_REMOTE:
-            context = replace(context, features_only=False)  # features, not the raw input
+        """Send ``tensors`` to ``choice``'s model on the server.
+
+        ``features`` names the tensors computed on the device; the request
+        carries them in its context so the transport tells them from raw
+        inputs (a raw input is never declared a feature, so a ``features_only``
+        request that would carry one is refused where it leaves).
+        """
+        context = replace(request.context, features=frozenset(features or ()))
         outgoing = replace(
             request, model=self.profile.remote_model(choice), inputs=tensors,
             version=self._version, context=context,
@@ -251,13 +292,13 @@ class SplitBackend(Backend):
         self.remote.close()
 
 
-def _cut_tensors(profile: SplitProfile, choice: CutProfile, middle: Arrays) -> Arrays:
+def _cut_names(profile: SplitProfile, choice: CutProfile) -> list[str]:
     names = profile.tensors.get(choice.name)
     if names is None:
         raise ConfigError(
             f"the profile of {profile.model} does not record the tensors of {choice.name}"
         )
-    return {name: middle[name] for name in names}
+    return list(names)
 
 
 def _traced(response: InferResponse, served_by: str, before: list[Span]) -> InferResponse:
