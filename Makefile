@@ -56,8 +56,10 @@ bench: $(VENV)/.dev-deps system-deps zoo
 $(PY):
 	python3 -m venv $(VENV)
 
+# What `make demo` really runs: the zoo build (train), the local tour, and the
+# hybrid step's real server (server) and its client (remote).
 $(VENV)/.demo-deps: pyproject.toml | $(PY)
-	$(PIP) -e ".[train]"
+	$(PIP) -e ".[train,server,remote]"
 	touch $@
 
 $(VENV)/.dev-deps: pyproject.toml | $(PY)
