@@ -69,10 +69,10 @@ class DeploymentHost:
 
 def run_gateway(path: Path, settings: ServerSettings) -> None:
     """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM."""
-    import uvicorn
-
+    from ._optional import require
     from .server.http import HttpApp
 
+    uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")
     deployment = load(path)
     host = DeploymentHost(deployment, settings)
     app = HttpApp(host, token=settings.bearer_token(), expose_trace=True)
