@@ -193,12 +193,11 @@ def serve(
         raise ModelNotFoundError(
             f"no models in {repo}; build the demo zoo with: edgecloud zoo build"
         )
-    errors.print(
+    announce = (
         f"edgecloud {__version__} serving {repo} on http://{settings.host}:{settings.http_port}"
-        + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""),
-        highlight=False,
+        + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     )
-    run_server(repository, settings)
+    run_server(repository, settings, on_ready=lambda: errors.print(announce, highlight=False))
 
 
 @app.command()
@@ -579,7 +578,7 @@ def main() -> None:
     try:
         app()
     except EdgecloudError as exc:
-        errors.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
+        errors.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         errors.print("interrupted")
@@ -591,6 +590,7 @@ def main() -> None:
             f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
             "(set EDGECLOUD_DEBUG=1 for the traceback, and please report it)",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(2)
 

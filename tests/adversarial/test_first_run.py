@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import itertools
 import re
 import subprocess
 import sys
@@ -62,10 +63,10 @@ def _is_optional(name: str) -> bool:
 
 def _guarded(chain: list[ast.AST]) -> bool:
     """Under ``if TYPE_CHECKING:`` or in a ``try`` body that catches ImportError."""
-    for parent, child in zip(chain, chain[1:], strict=False):
-        if isinstance(parent, ast.If) and "TYPE_CHECKING" in ast.unparse(parent.test):
-            if child in parent.body:
-                return True
+    for parent, child in itertools.pairwise(chain):
+        typing_only = isinstance(parent, ast.If) and "TYPE_CHECKING" in ast.unparse(parent.test)
+        if typing_only and child in parent.body:
+            return True
         if isinstance(parent, ast.Try) and child in parent.body:
             caught = " ".join(ast.unparse(h.type) for h in parent.handlers if h.type)
             if re.search(r"\b(ImportError|ModuleNotFoundError|Exception)\b", caught):
@@ -116,10 +117,11 @@ def _extra_modules() -> dict[str, set[str]]:
             by_dist.setdefault(_canonical(dist), set()).add(module)
     modules = {}
     for extra in EXTRAS:
-        names = [re.split(r"[<>=!\[; ]", r, maxsplit=1)[0] for r in project["optional-dependencies"][extra]]
+        requirements = project["optional-dependencies"][extra]
+        names = [re.split(r"[<>=!\[; ]", r, maxsplit=1)[0] for r in requirements]
         modules[extra] = set().union(*(by_dist.get(_canonical(n), set()) for n in names))
     # Our generated stubs need grpcio and protobuf: whichever extra carries both.
-    for extra, found in modules.items():
+    for found in modules.values():
         if {"grpc", "google"} <= found:
             found.add("edgecloud")
     return modules

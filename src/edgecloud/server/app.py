@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .._optional import require
@@ -18,12 +19,23 @@ __all__ = ["check_ready", "serve"]
 log = logging.getLogger("edgecloud.server")
 
 
-def serve(repository: ModelRepository, settings: ServerSettings) -> None:
-    """Serve every model in ``repository`` until SIGINT/SIGTERM."""
+def serve(
+    repository: ModelRepository,
+    settings: ServerSettings,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve every model in ``repository`` until SIGINT/SIGTERM.
+
+    Every model is loaded (files checked by sha256) before binding; start-up
+    fails with ConfigError if nothing can be served (:func:`check_ready`),
+    and ``on_ready`` is called once something can.
+    """
     uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
     token = settings.bearer_token()
     host = ModelHost(repository, settings)
     check_ready(repository, host.load_all())
+    if on_ready is not None:
+        on_ready()
     app = HttpApp(host, token=token)
     config = uvicorn.Config(
         app,
