@@ -134,11 +134,10 @@ def test_edge_refuses_a_repository_with_nothing_that_can_serve(
     _one_line_error(result, "no model in", "affine", "two-input")
 
 
-def test_load_names_the_yaml_path_of_a_missing_model(
-    repo: ModelRepository, tmp_path: Path
-) -> None:
+def test_load_names_the_yaml_path_of_a_missing_model(repo: ModelRepository, tmp_path: Path) -> None:
     path = _deployment(tmp_path, repo.root, {"guard": {"inner": _cascade(large_model="ghost")}})
-    with pytest.raises(ConfigError, match=r"root\.guard\.inner\.cascade\.large\.prefer_remote\.local: model 'ghost' is not"):
+    where = r"root\.guard\.inner\.cascade\.large\.prefer_remote\.local"
+    with pytest.raises(ConfigError, match=where + ": model 'ghost' is not in"):
         edgecloud.load(path)
 
 
