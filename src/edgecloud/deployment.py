@@ -221,8 +221,15 @@ class Deployment(Backend):
             self.outbox.close()
 
 
-def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
-    """Build the backend tree of a deployment file (or an already-parsed mapping)."""
+def load(source: str | os.PathLike[str] | dict[str, Any], *, ready: bool = False) -> Deployment:
+    """Build the backend tree of a deployment file (or an already-parsed mapping).
+
+    Models are loaded lazily, so a file can be checked where its models are
+    not (``edgecloud advise`` output, say). ``ready=True`` (what ``edgecloud
+    edge`` does) also runs :meth:`Deployment.check_ready` before returning:
+    every model the file names for a local node is loaded now, its files
+    checked by sha256, and a missing one is a ConfigError naming its YAML path.
+    """
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else _read(Path(source))
     where = str(path) if path else "deployment"
@@ -240,11 +247,12 @@ def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
     )
     deployment.local_models = builder.local_models
     deployment.uses_local = bool(builder._locals)
-    try:
-        deployment.check_ready()
-    except ConfigError:
-        deployment.close()
-        raise
+    if ready:
+        try:
+            deployment.check_ready()
+        except ConfigError:
+            deployment.close()
+            raise
     return deployment
 
 

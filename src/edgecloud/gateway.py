@@ -103,7 +103,7 @@ def run_gateway(
     from .server.http import HttpApp
 
     uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")
-    deployment = load(path)
+    deployment = load(path, ready=True)
     host = DeploymentHost(deployment, settings)
     try:
         check_ready(deployment, host)

@@ -11,7 +11,7 @@ Members of the kind, each with real processes and real files:
   every model is broken fails start-up; one broken model among good ones is
   reported not ready (503) while the others serve;
 * ``edgecloud models list``: "ready" only for files that match their sha256;
-* ``edgecloud.load()`` (the library's start-up) names the YAML path.
+* ``edgecloud.load(path, ready=True)`` (the library's start-up) names the YAML path.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_load_names_the_yaml_path_of_a_missing_model(repo: ModelRepository, tmp_
     path = _deployment(tmp_path, repo.root, {"guard": {"inner": _cascade(large_model="ghost")}})
     where = r"root\.guard\.inner\.cascade\.large\.prefer_remote\.local"
     with pytest.raises(ConfigError, match=where + ": model 'ghost' is not in"):
-        edgecloud.load(path)
+        edgecloud.load(path, ready=True)
 
 
 # --- edgecloud serve --------------------------------------------------------
