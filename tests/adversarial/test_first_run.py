@@ -222,6 +222,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("first-run")
     make_repo(root)  # root/repo
     np.save(root / "x.npy", np.ones((2, 4), np.float32))
+    readings = np.random.default_rng(0).normal(size=(2, 200, 3)).astype(np.float32)
+    np.save(root / "normal.npy", readings[0])
+    np.save(root / "readings.npy", readings[1])
+    cascade = {"small": "local", "large": "local", "small_model": "affine",
+               "large_model": "affine", "threshold": 0.5}  # fmt: skip
+    (root / "cascade.yaml").write_text(
+        yaml.safe_dump({"repository": str(root / "repo"), "root": {"cascade": cascade}})
+    )
     (root / "deployment.yaml").write_text(
         yaml.safe_dump(
             {
@@ -233,6 +241,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     return root
 
+
+FILTER = ["filter", "--trigger", "anomaly", "--input", "readings.npy", "--fit", "normal.npy"]
 
 #: (command line, refused extra): each must fail with one line naming an extra
 #: that provides the refused package the command reached first.
@@ -249,13 +259,16 @@ NEEDS = [
     (["compress", "affine", "--repo", "repo", "-m", "fp16"], "compress"),
     (["split", "affine", "--repo", "repo"], "compress"),
     (["advise", "-s", "camera-fleet", "--out", "advice"], "bench"),
+    (["calibrate", "-d", "cascade.yaml"], "train"),
+    (["split", "affine", "--repo", "repo", "--remote", "http://127.0.0.1:9"], "remote"),
+    ([*FILTER, "--plot", "events.png"], "bench"),
 ]
 
 LINE = re.compile(r"needs the Python package '([\w.]+)'.*pip install 'edgecloud\[(\w+)\]'")
 
 
 @pytest.mark.parametrize(
-    ("argv", "extra"), NEEDS, ids=[f"{' '.join(a[:2])}-without-{e}" for a, e in NEEDS]
+    ("argv", "extra"), NEEDS, ids=[f"{'-'.join(a[:2])}-without-{e}" for a, e in NEEDS]
 )
 def test_a_command_without_its_extra_says_which_in_one_line(
     argv: list[str], extra: str, workdir: Path
@@ -275,8 +288,15 @@ def test_a_command_without_its_extra_says_which_in_one_line(
 
 @pytest.mark.parametrize(
     "argv",
-    [["models", "list", "--repo", "repo"], ["infer", "affine", "--repo", "repo", "-i", "x.npy"]],
-    ids=["models-list", "infer"],
+    [
+        ["models", "list", "--repo", "repo"],
+        ["infer", "affine", "--repo", "repo", "-i", "x.npy"],
+        ["zoo", "list"],
+        ["version"],
+        ["advise", "-s", "camera-fleet", "--no-plot", "--out", "advice-core"],
+        FILTER,
+    ],
+    ids=["models-list", "infer", "zoo-list", "version", "advise-no-plot", "filter"],
 )
 def test_core_commands_run_with_every_extra_refused(argv: list[str], workdir: Path) -> None:
     result = _cli(argv, _blocked("all"), workdir)
