@@ -56,11 +56,15 @@ bench: $(VENV)/.dev-deps system-deps zoo
 $(PY):
 	python3 -m venv $(VENV)
 
-$(VENV)/.demo-deps: pyproject.toml | $(PY)
-	$(PIP) -e ".[train]"
+# What `make demo` really runs: the zoo build (train), the local tour, and the
+# hybrid step's real server (server) and its client (remote).
+# The stamps depend on this Makefile too: a venv made by an older recipe (one
+# that installed fewer extras) is brought up to date on the next make demo.
+$(VENV)/.demo-deps: pyproject.toml Makefile | $(PY)
+	$(PIP) -e ".[train,server,remote]"
 	touch $@
 
-$(VENV)/.dev-deps: pyproject.toml | $(PY)
+$(VENV)/.dev-deps: pyproject.toml Makefile | $(PY)
 	$(PIP) -e ".[dev]"
 	touch $@ $(VENV)/.demo-deps
 

@@ -1,4 +1,11 @@
-"""Lazy imports of optional extras, with an actionable error when one is missing."""
+"""Lazy imports of optional extras, with an actionable error when one is missing.
+
+Every import of a package outside the core (numpy, onnxruntime, pydantic,
+pyyaml, typer, rich) goes through :func:`require`, or sits in a
+``try: ... except ImportError:`` with a fallback, or under ``TYPE_CHECKING``;
+``tests/adversarial/test_first_run.py`` checks every module's imports with
+``ast`` so a bare one cannot come back.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,15 @@ __all__ = ["require"]
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:
-    """Import ``module`` or raise MissingDependencyError naming the extra to install."""
+    """Import ``module`` (dotted, e.g. ``"matplotlib.pyplot"``) and return it.
+
+    Raises:
+        MissingDependencyError: ``module`` or a package it imports is not
+            installed; the message names the missing package, the
+            ``feature`` that needs it and ``pip install 'edgecloud[extra]'``.
+    """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(module, extra, feature) from exc
+        missing = getattr(exc, "name", None) or module
+        raise MissingDependencyError(missing, extra, feature) from exc

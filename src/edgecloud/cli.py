@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
@@ -93,7 +94,16 @@ def zoo_list() -> None:
 
 @models_app.command("list")
 def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
-    """Every model in the repository: versions, tensors, batching, metrics, status."""
+    """Every model in the repository: versions, tensors, batching, metrics, status.
+
+    "ready" means the config is valid and every served version's files are
+    there with the sha256 recorded when they were added.
+    """
+    if not repo.is_dir():
+        raise ConfigError(
+            f"model repository {repo} does not exist; build the demo zoo with: "
+            f"edgecloud zoo build --repo {repo}"
+        )
     repository = ModelRepository(repo)
     statuses = repository.status()
     if not statuses:
@@ -110,7 +120,7 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
             _specs(cfg.outputs) if cfg else "-",
             str(cfg.max_batch_size) if cfg else "-",
             "\n".join(f"{k}={v:.4g}" for k, v in cfg.metrics.items()) if cfg else "-",
-            f"[red]{s.error}[/]" if s.error else "[green]ready[/]",
+            f"[red]{escape(s.error)}[/]" if s.error else "[green]ready[/]",
         )
     console.print(table)
 
@@ -183,12 +193,11 @@ def serve(
         raise ModelNotFoundError(
             f"no models in {repo}; build the demo zoo with: edgecloud zoo build"
         )
-    errors.print(
+    announce = (
         f"edgecloud {__version__} serving {repo} on http://{settings.host}:{settings.http_port}"
-        + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""),
-        highlight=False,
+        + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     )
-    run_server(repository, settings)
+    run_server(repository, settings, on_ready=lambda: errors.print(announce, highlight=False))
 
 
 @app.command()
@@ -257,10 +266,8 @@ def edge(
     from .server.settings import ServerSettings
 
     settings = ServerSettings.from_env(host=host, http_port=port, request_timeout_s=timeout)
-    errors.print(
-        f"edgecloud edge gateway for {deployment} on http://{host}:{port}", highlight=False
-    )
-    run_gateway(deployment, settings)
+    announce = f"edgecloud edge gateway for {deployment} on http://{host}:{port}"
+    run_gateway(deployment, settings, on_ready=lambda: errors.print(announce, highlight=False))
 
 
 @app.command()
@@ -571,7 +578,7 @@ def main() -> None:
     try:
         app()
     except EdgecloudError as exc:
-        errors.print(f"[red]error:[/] {exc.message}", highlight=False)
+        errors.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         errors.print("interrupted")
@@ -580,9 +587,10 @@ def main() -> None:
         if os.environ.get("EDGECLOUD_DEBUG"):
             raise
         errors.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc} "
+            f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
             "(set EDGECLOUD_DEBUG=1 for the traceback, and please report it)",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(2)
 

@@ -9,6 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ._optional import require
 from .backends.local import LocalBackend
 from .errors import ModelNotFoundError
 from .repository import ModelRepository
@@ -24,7 +25,26 @@ SENTENCES = [
 ]
 
 
+#: What the demo imports beyond the core, checked before the tour starts so a
+#: missing extra is one line up front rather than a failure at the hybrid step:
+#: (module, extra, what needs it).
+DEMO_NEEDS = (
+    ("sklearn", "train", "the demo's digits data"),
+    ("uvicorn", "server", "the demo's hybrid step (it starts edgecloud serve)"),
+    ("prometheus_client", "server", "the demo's hybrid step (it starts edgecloud serve)"),
+    ("httpx", "remote", "the demo's hybrid step (RemoteBackend)"),
+)
+
+
 def run_demo(repo: ModelRepository, console: Console) -> None:
+    """Digits on both models, MiniLM similarity when built, then the hybrid cascade.
+
+    Raises:
+        MissingDependencyError: an extra in DEMO_NEEDS is not installed.
+        ModelNotFoundError: digits-small or digits-large is not in ``repo``.
+    """
+    for module, extra, feature in DEMO_NEEDS:
+        require(module, extra=extra, feature=feature)
     missing = [m for m in ("digits-small", "digits-large") if m not in repo.model_names()]
     if missing:
         raise ModelNotFoundError(

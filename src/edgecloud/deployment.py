@@ -38,7 +38,7 @@ from ._config_files import read_mapping, validate
 from .backends.base import Backend
 from .backends.local import LocalBackend
 from .backends.remote import RemoteBackend
-from .errors import ConfigError
+from .errors import ConfigError, EdgecloudError
 from .repository import ModelRepository
 from .routing.cascade import Cascade
 from .routing.fallback import Fallback
@@ -163,6 +163,40 @@ class Deployment(Backend):
         self.outbox = outbox
         self.source = source
         self.name = f"deployment:{source.name if source else 'inline'}"
+        self.local_models: dict[str, tuple[str, LocalBackend]] = {}
+        """Models the file names for a local node: model -> (YAML path, the node)."""
+        self.uses_local = False
+        """Whether any node runs models on this device (then the repository must exist)."""
+
+    @property
+    def where(self) -> str:
+        return str(self.source) if self.source else "deployment"
+
+    def check_ready(self) -> None:
+        """Load every model the file names for a local node, its files checked by sha256.
+
+        Ready means every model this deployment will run on the device loads
+        now: a repository that does not exist, a named model that is not in it,
+        or one whose files are missing or corrupt fails here, not on the first
+        request.
+
+        Raises:
+            ConfigError: ``<file>: <YAML path>: <what is missing>``, one line.
+        """
+        root = self.repository.root
+        if self.uses_local and not root.is_dir():
+            raise ConfigError(f"{self.where}: repository: {root} does not exist")
+        names = self.repository.model_names()
+        for model, (at, local) in self.local_models.items():
+            if model not in names:
+                raise ConfigError(
+                    f"{self.where}: {at}: model {model!r} is not in {root} "
+                    f"(models: {', '.join(names) or 'none'})"
+                )
+            try:
+                local.load(model)
+            except EdgecloudError as exc:
+                raise ConfigError(f"{self.where}: {at}: {exc.message}") from exc
 
     def infer(self, request: InferRequest) -> InferResponse:
         return self.root.infer(request)
@@ -187,8 +221,15 @@ class Deployment(Backend):
             self.outbox.close()
 
 
-def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
-    """Build the backend tree of a deployment file (or an already-parsed mapping)."""
+def load(source: str | os.PathLike[str] | dict[str, Any], *, ready: bool = False) -> Deployment:
+    """Build the backend tree of a deployment file (or an already-parsed mapping).
+
+    Models are loaded lazily, so a file can be checked where its models are
+    not (``edgecloud advise`` output, say). ``ready=True`` (what ``edgecloud
+    edge`` does) also runs :meth:`Deployment.check_ready` before returning:
+    every model the file names for a local node is loaded now, its files
+    checked by sha256, and a missing one is a ConfigError naming its YAML path.
+    """
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else _read(Path(source))
     where = str(path) if path else "deployment"
@@ -196,7 +237,7 @@ def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
     base = path.parent if path else Path.cwd()
     builder = _Builder(spec, base, where)
     root = builder.node(spec.root, "root")
-    return Deployment(
+    deployment = Deployment(
         root,
         spec,
         repository=builder.repository,
@@ -204,6 +245,15 @@ def load(source: str | os.PathLike[str] | dict[str, Any]) -> Deployment:
         outbox=builder.outbox,
         source=path,
     )
+    deployment.local_models = builder.local_models
+    deployment.uses_local = bool(builder._locals)
+    if ready:
+        try:
+            deployment.check_ready()
+        except ConfigError:
+            deployment.close()
+            raise
+    return deployment
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -231,6 +281,9 @@ class _Builder:
             else None
         )
         self._locals: dict[str, LocalBackend] = {}
+        self._serving: list[str | None] = [None]
+        """The model the node being built will be asked for (a cascade names them)."""
+        self.local_models: dict[str, tuple[str, LocalBackend]] = {}
         self.remotes: dict[str, RemoteBackend] = {}
         self.kinds: dict[str, Callable[[Any, str], Backend]] = {
             "local": self._local,
@@ -272,7 +325,18 @@ class _Builder:
             self._locals[key] = LocalBackend(
                 self.repository, intra_op_threads=spec.threads, device=spec.device
             )
+        model = self._serving[-1]
+        if model is not None:
+            self.local_models.setdefault(model, (at, self._locals[key]))
         return self._locals[key]
+
+    def _node_for(self, model: str | None, raw: Any, at: str) -> Backend:
+        """Build ``raw`` knowing the requests it gets ask for ``model`` (None: the caller's)."""
+        self._serving.append(model or self._serving[-1])
+        try:
+            return self.node(raw, at)
+        finally:
+            self._serving.pop()
 
     def _remote(self, name: str, at: str) -> Backend:
         if name in self.remotes:
@@ -341,8 +405,8 @@ class _Builder:
                 outbox.put(request, kind="escalation")
 
         return Cascade(
-            self.node(spec.small, f"{at}.small"),
-            self.node(spec.large, f"{at}.large"),
+            self._node_for(spec.small_model, spec.small, f"{at}.small"),
+            self._node_for(spec.large_model, spec.large, f"{at}.large"),
             threshold=spec.threshold,
             output=spec.output,
             confidence_measure=spec.confidence,
@@ -380,7 +444,11 @@ class _Builder:
                 f"not {spec.model!r}"
             )
         threads = spec.threads or profile.device_threads
-        device = self._local({"threads": threads}, f"{at}.device")
+        self._serving.append(spec.model)
+        try:
+            device = self._local({"threads": threads}, f"{at}.device")
+        finally:
+            self._serving.pop()
         assert isinstance(device, LocalBackend)
         link = Link(spec.link.rtt_ms / 1e3, spec.link.bandwidth_mbps * 1e6) if spec.link else None
         return SplitBackend(

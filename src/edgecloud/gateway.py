@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from .deployment import Deployment, load
-from .errors import DeadlineExceededError, ModelNotFoundError
+from .errors import ConfigError, DeadlineExceededError, ModelNotFoundError
 from .repository import ModelConfig
 from .server.host import ModelState
 from .server.metrics import ServerMetrics
@@ -67,14 +68,50 @@ class DeploymentHost:
             await asyncio.sleep(every_s)
 
 
-def run_gateway(path: Path, settings: ServerSettings) -> None:
-    """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM."""
-    import uvicorn
+def check_ready(deployment: Deployment, host: DeploymentHost) -> None:
+    """The gateway answers for the repository's models: at least one must be ready.
 
+    ``load`` has already loaded every model the file names; this adds what
+    the gateway itself serves (its model list and metadata come from the
+    repository). A broken model among good ones is reported not ready
+    (``/v2/models/{m}/ready`` 503), as on the server.
+
+    Raises:
+        ConfigError: the repository does not exist or no model in it can serve.
+    """
+    root = deployment.repository.root
+    if not root.is_dir():
+        raise ConfigError(f"{deployment.where}: repository: {root} does not exist")
+    if not any(state.ready for state in host.states.values()):
+        why = "; ".join(f"{s.name}: {s.error}" for s in host.states.values()) or "it is empty"
+        raise ConfigError(f"{deployment.where}: repository: no model in {root} can serve ({why})")
+    for state in host.states.values():
+        if not state.ready:
+            log.warning("model %s is not ready: %s", state.name, state.error)
+
+
+def run_gateway(
+    path: Path, settings: ServerSettings, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM.
+
+    Start-up fails (ConfigError, before binding) unless every model the
+    deployment names loads and matches its sha256 and the repository has a
+    model to serve; ``on_ready`` is called once that holds.
+    """
+    from ._optional import require
     from .server.http import HttpApp
 
-    deployment = load(path)
+    uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")
+    deployment = load(path, ready=True)
     host = DeploymentHost(deployment, settings)
+    try:
+        check_ready(deployment, host)
+    except ConfigError:
+        deployment.close()
+        raise
+    if on_ready is not None:
+        on_ready()
     app = HttpApp(host, token=settings.bearer_token(), expose_trace=True)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,

@@ -186,8 +186,13 @@ class ModelRepository:
             p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
         )
 
-    def status(self) -> list[ModelStatus]:
-        """Every model with its versions, or the error that keeps it from loading."""
+    def status(self, *, verify: bool = True) -> list[ModelStatus]:
+        """Every model with its versions, or the error that keeps it from loading.
+
+        With ``verify`` (the default) every served version's files are checked
+        against their recorded sha256, so a model is reported without error
+        only if its files are all there and intact (``models list`` "ready").
+        """
         out = []
         for name in self.model_names():
             versions = self.versions(name)
@@ -198,6 +203,12 @@ class ModelRepository:
                 continue
             served = config.version_policy.select(versions)
             error = None if served else "no version on disk matches the version policy"
+            for version in served if verify else ():
+                try:
+                    self._entry(config, version, verify=True)
+                except ModelLoadError as exc:
+                    error = exc.message
+                    break
             out.append(ModelStatus(name, versions, served, config, error))
         return out
 

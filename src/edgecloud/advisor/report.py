@@ -158,11 +158,9 @@ def plots(decision: Decision, flips: list[Flip] | None, out: Path) -> list[str]:
     """cost.png, latency.png and sensitivity.png in ``out``; the file names written."""
     from .._optional import require
 
-    require("matplotlib", extra="bench", feature="advise plots")
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="bench", feature="advise plots")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", extra="bench", feature="advise plots")
 
     w = decision.workload
     written = []

@@ -29,7 +29,11 @@ class GrpcTransport:
         self, target: str, *, token: str | None, tls: bool, root_certificates: bytes | None
     ) -> None:
         self._grpc = require("grpc", extra="remote", feature="RemoteBackend over gRPC")
-        from ..proto import inference_pb2, inference_pb2_grpc
+        feature = "RemoteBackend over gRPC"
+        inference_pb2 = require("edgecloud.proto.inference_pb2", extra="remote", feature=feature)
+        inference_pb2_grpc = require(
+            "edgecloud.proto.inference_pb2_grpc", extra="remote", feature=feature
+        )
 
         self._pb = inference_pb2
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -38,7 +42,7 @@ class GrpcTransport:
             self._channel = self._grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = self._grpc.insecure_channel(target, options=options)
-        self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self.target = target
 

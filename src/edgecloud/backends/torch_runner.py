@@ -29,8 +29,7 @@ def cuda_available() -> bool:
     """True when torch is installed and sees a CUDA device (cheap when there is no GPU)."""
     if not os.path.exists("/dev/nvidiactl") or importlib.util.find_spec("torch") is None:
         return False
-    import torch
-
+    torch = require("torch", extra="train", feature="the torch (GPU) serving path")
     return bool(torch.cuda.is_available())
 
 

@@ -71,8 +71,7 @@ def method(name: str) -> Callable[[Method], Method]:
 
 
 def _quantization() -> Any:
-    require("onnx", extra="compress", feature="quantization")
-    import onnxruntime.quantization as quantization
+    quantization = require("onnxruntime.quantization", extra="compress", feature="quantization")
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     return quantization
@@ -243,10 +242,14 @@ def int4_weight(source: Path, target: Path, options: CompressOptions) -> dict[st
     """4-bit weight-only quantization of MatMul weights (MatMulNBits), block-wise."""
     onnx = require("onnx", extra="compress", feature="4-bit quantization")
     require("onnx_ir", extra="compress", feature="4-bit quantization")
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    nbits = require(
+        "onnxruntime.quantization.matmul_nbits_quantizer",
+        extra="compress",
+        feature="4-bit quantization",
+    )
 
     model = onnx.load(str(source))
-    quantizer = MatMulNBitsQuantizer(model, block_size=options.block_size, is_symmetric=True)
+    quantizer = nbits.MatMulNBitsQuantizer(model, block_size=options.block_size, is_symmetric=True)
     quantizer.process()
     quantized = quantizer.model.model
     if not any(n.op_type == "MatMulNBits" for n in quantized.graph.node):

@@ -56,10 +56,11 @@ def markdown(results: list[CompressionResult]) -> str:
 
 def plot(results: list[CompressionResult], path: Path) -> Path:
     """Size vs latency, one point per method, annotated with fidelity."""
-    import matplotlib
+    from .._optional import require
 
+    matplotlib = require("matplotlib", extra="bench", feature="compress --plot")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", extra="bench", feature="compress --plot")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.scatter([1.0], [1.0], marker="s", c="gray", label="parent (fp32)")

@@ -41,7 +41,9 @@ def mlp_from_onnx(path: Path) -> Any:
     """The torch MLP whose export is ``path`` (Gemm/Relu chain, Softmax last), weights loaded."""
     onnx = require("onnx", extra="compress", feature="pruning and distillation")
     torch = require("torch", extra="train", feature="pruning and distillation")
-    from onnx import numpy_helper
+    numpy_helper = require(
+        "onnx.numpy_helper", extra="compress", feature="pruning and distillation"
+    )
 
     from ..zoo.digits import build_classifier
 

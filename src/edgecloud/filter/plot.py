@@ -22,11 +22,9 @@ def plot_events(
     path: Path,
     truth: Sequence[tuple[float, float]] = (),
 ) -> None:
-    require("matplotlib", extra="bench", feature="filter plots")
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="bench", feature="filter plots")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", extra="bench", feature="filter plots")
 
     duration = len(scores) * chunk_s
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.5), sharex=True)

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .._optional import require
+from ..errors import ConfigError
 from ..repository import ModelRepository
-from .host import ModelHost
+from .host import ModelHost, ModelState
 from .http import HttpApp
 from .settings import ServerSettings
 
-__all__ = ["serve"]
+__all__ = ["check_ready", "serve"]
 
 log = logging.getLogger("edgecloud.server")
 
 
-def serve(repository: ModelRepository, settings: ServerSettings) -> None:
-    """Serve every model in ``repository`` until SIGINT/SIGTERM."""
+def serve(
+    repository: ModelRepository,
+    settings: ServerSettings,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve every model in ``repository`` until SIGINT/SIGTERM.
+
+    Every model is loaded (files checked by sha256) before binding; start-up
+    fails with ConfigError if nothing can be served (:func:`check_ready`),
+    and ``on_ready`` is called once something can.
+    """
     uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
     token = settings.bearer_token()
     host = ModelHost(repository, settings)
-    for state in host.load_all():
-        if state.error:
-            log.warning("model %s is not ready: %s", state.name, state.error)
+    check_ready(repository, host.load_all())
+    if on_ready is not None:
+        on_ready()
     app = HttpApp(host, token=token)
     config = uvicorn.Config(
         app,
@@ -43,6 +54,30 @@ def serve(repository: ModelRepository, settings: ServerSettings) -> None:
     )
     server = uvicorn.Server(config)
     asyncio.run(_run(server, host, settings, token))
+
+
+def check_ready(repository: ModelRepository, states: list[ModelState]) -> None:
+    """Start only if something can be served; log each model that cannot.
+
+    Readiness is per model: one broken model among good ones is reported not
+    ready (``/v2/models/{m}/ready`` answers 503, its requests 503) while the
+    others serve. A repository that does not exist, is empty, or has no model
+    that loads and matches its sha256 fails start-up instead of answering
+    ready and 404-ing every request.
+
+    Raises:
+        ConfigError: one line naming the repository and why each model failed.
+    """
+    root = repository.root
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root} does not exist; build it with: "
+                          f"edgecloud zoo build --repo {root}")  # fmt: skip
+    if not any(state.ready for state in states):
+        why = "; ".join(f"{s.name}: {s.error}" for s in states) or "it holds no model"
+        raise ConfigError(f"no model in {root} can be served ({why})")
+    for state in states:
+        if not state.ready:
+            log.warning("model %s is not ready: %s", state.name, state.error)
 
 
 async def _run(server: Any, host: ModelHost, settings: ServerSettings, token: str | None) -> None:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from .._optional import require
 from ..errors import AuthenticationError, EdgecloudError, InvalidRequestError
-from ..proto import inference_pb2 as pb
-from ..proto import inference_pb2_grpc as pb_grpc
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
@@ -24,6 +21,17 @@ from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, model_metadata
 from .settings import ServerSettings
+
+_FEATURE = "the server's gRPC endpoint"
+if TYPE_CHECKING:
+    import grpc
+
+    from ..proto import inference_pb2 as pb
+    from ..proto import inference_pb2_grpc as pb_grpc
+else:
+    grpc = require("grpc", extra="server", feature=_FEATURE)
+    pb = require("edgecloud.proto.inference_pb2", extra="server", feature=_FEATURE)
+    pb_grpc = require("edgecloud.proto.inference_pb2_grpc", extra="server", feature=_FEATURE)
 
 __all__ = ["start_grpc"]
 

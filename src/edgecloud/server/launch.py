@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -89,27 +90,42 @@ def launch(
     """
     command = wrap(list(argv)) if wrap else list(argv)
     options: dict[str, Any] = {"cwd": cwd, "env": env, "start_new_session": group}
-    if log is not None:
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **options)
-    else:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **options
-        )
-    server = ServerProcess(process, url, log, group)
+    # Without a log, stderr still goes to a file (not a pipe nobody drains), so
+    # a process that refuses to start is reported with its own one-line reason.
+    with (
+        log.open("w+b") if log is not None else tempfile.TemporaryFile() as out,
+    ):
+        stderr: Any = subprocess.STDOUT if log is not None else out
+        stdout: Any = out if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, **options)
+        server = ServerProcess(process, url, log, group)
+        return _wait_ready(server, argv, out, url + ready_path, cafile, timeout)
+
+
+def _wait_ready(
+    server: ServerProcess,
+    argv: Sequence[str],
+    out: Any,
+    url: str,
+    cafile: str | None,
+    timeout: float,
+) -> ServerProcess:
+    process = server.process
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            detail = log.read_text()[-2000:] if log else "run it by hand to see why"
+            out.flush()
+            out.seek(0)
+            detail = out.read()[-2000:].decode(errors="replace").strip()
             raise UnavailableError(
                 f"{' '.join(argv[:4])}… exited with {process.returncode}: {detail}"
             )
-        if _ready(url + ready_path, context):
+        if _ready(url, context):
             return server
         time.sleep(0.1)
     server.stop()
-    raise UnavailableError(f"{url} did not become ready within {timeout:g} s")
+    raise UnavailableError(f"{server.url} did not become ready within {timeout:g} s")
 
 
 def serve_process(

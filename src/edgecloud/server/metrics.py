@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from .._optional import require
+
+_prometheus = require("prometheus_client", extra="server", feature="the server's /metrics")
+CollectorRegistry = _prometheus.CollectorRegistry
+Counter = _prometheus.Counter
+Histogram = _prometheus.Histogram
+generate_latest = _prometheus.generate_latest
 
 __all__ = ["ServerMetrics"]
 
@@ -57,4 +63,4 @@ class ServerMetrics:
         )
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return bytes(generate_latest(self.registry))

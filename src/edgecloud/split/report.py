@@ -54,10 +54,11 @@ def table(
 
 def plot(profile: SplitProfile, path: Path, rtt_s: float, *, min_cosine: float = 0.0) -> Path:
     """Expected latency of every candidate from 0.5 to 500 Mbit/s, and the planner's envelope."""
-    import matplotlib
+    from .._optional import require
 
+    matplotlib = require("matplotlib", extra="bench", feature="split --plot")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", extra="bench", feature="split --plot")
 
     planner = SplitPlanner(profile.candidates, min_cosine=min_cosine)
     bandwidths = np.logspace(np.log10(0.5), np.log10(500), 80)

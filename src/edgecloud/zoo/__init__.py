@@ -2,7 +2,9 @@
 
 ``build_zoo(repo)`` builds every recipe that is missing or out of date into a
 :class:`~edgecloud.repository.ModelRepository`; a model already built by the
-same recipe revision is left alone (the cache). Building needs the ``train``
+same recipe revision is left alone (the cache), whatever versions were
+added after it: re-running ``build_zoo`` leaves the repository byte for byte
+as it was. Building needs the ``train``
 extra (torch, scikit-learn, transformers, the packages carrying the weights).
 """
 
@@ -36,14 +38,26 @@ class BuildResult:
 
 
 def up_to_date(repo: ModelRepository, recipe: Recipe) -> ModelVersion | None:
-    """The version built by this recipe revision, if the repository holds a sound one."""
+    """The version built by this recipe revision, if the repository holds a sound one.
+
+    Any version on disk counts, newest first, not only the newest served one:
+    versions added after the build (``compress``'s, say) must not make the
+    recipe's own look missing, or a re-run would add a copy of it as the new
+    latest version and stop serving theirs. Its files must match the sha256
+    recorded in its ``version.json``; a damaged one is rebuilt.
+    """
     if recipe.name not in repo.model_names():
         return None
     try:
-        entry = repo.get(recipe.name)
+        numbers = repo.versions(recipe.name)
+        for number in reversed(numbers):
+            entry = repo.get(recipe.name, number, served_only=False, verify=False)
+            if entry.metadata.get("recipe") == recipe.fingerprint:
+                entry.verify()
+                return entry
     except EdgecloudError:
         return None
-    return entry if entry.metadata.get("recipe") == recipe.fingerprint else None
+    return None
 
 
 def build_zoo(
