@@ -230,7 +230,8 @@ class IdempotencyStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL may have rolled back already
+                    self._db.execute("ROLLBACK")
                 self._recount()
                 raise
         self.entries += 1 if old is None else 0
