@@ -259,3 +259,31 @@ def test_the_store_is_bounded_and_says_when_it_evicts_unexpired_answers(
     assert stored is not None and stored.fingerprint == "fp"
     np.testing.assert_array_equal(stored.response.outputs["y"], np.ones(10, np.float32))
     reopened.close()
+
+
+def test_concurrent_answers_are_committed_together_and_all_durable(tmp_path: Path) -> None:
+    """Group commit: answers arriving while a commit waits for its fsync share the
+    next one; every answer is on disk before its caller gets it."""
+    store = IdempotencyStore(tmp_path / "i.db", window_s=60, max_entries=1000, max_bytes=1 << 30)
+    runner = IdempotentRunner(lambda: store, describe="i.db", metrics=ServerMetrics())
+    runner.open()
+    requests = [
+        InferRequest("m", {"x": X + i}, context=RequestContext(idempotency_key=f"k{i}"))
+        for i in range(64)
+    ]
+
+    async def scenario() -> list[InferResponse]:
+        async def one(request: InferRequest) -> InferResponse:
+            async def compute() -> InferResponse:
+                return _answer(request, 3)
+
+            return await runner.run(request, compute)
+
+        answers = await asyncio.gather(*(one(r) for r in requests))
+        await runner.close()
+        return answers
+
+    assert len(asyncio.run(scenario())) == 64
+    reopened = IdempotencyStore(tmp_path / "i.db", window_s=60, max_entries=1000, max_bytes=1 << 30)
+    assert len(reopened) == 64 and all(reopened.get("m", f"k{i}") for i in range(64))
+    reopened.close()
