@@ -341,3 +341,40 @@ def test_a_keyed_requests_escalation_key_is_derived_from_it() -> None:
     keys = [r.context.idempotency_key for r in deferred]
     assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3
     assert all(k is not None and k.startswith("escalation-") and "order" not in k for k in keys)
+
+
+def test_large_requests_are_bound_too(tmp_path: Path) -> None:
+    """Requests above 256 kB are fingerprinted off the event loop: same rules."""
+    import asyncio
+
+    from edgecloud import IdempotencyKeyReuseError
+    from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner
+    from edgecloud.server.metrics import ServerMetrics
+    from edgecloud.tensors import InferResponse, Trace
+
+    store = IdempotencyStore(tmp_path / "i.db", window_s=60, max_entries=10, max_bytes=1 << 30)
+    runner = IdempotentRunner(lambda: store, describe="i.db", metrics=ServerMetrics())
+    runner.open()
+    big = np.arange(100_000, dtype=np.float32)
+    context = RequestContext(idempotency_key="big-1")
+    computed: list[int] = []
+
+    async def send(x: np.ndarray) -> InferResponse:
+        request = InferRequest("m", {"x": x}, context=context)
+
+        async def compute() -> InferResponse:
+            computed.append(1)
+            return InferResponse("m", "1", {"y": x[:3]}, Trace("t", []))
+
+        return await runner.run(request, compute)
+
+    async def scenario() -> None:
+        first, again = await send(big), await send(big.copy())
+        assert again.parameters["idempotent_replay"] is True
+        np.testing.assert_array_equal(first.outputs["y"], again.outputs["y"])
+        with pytest.raises(IdempotencyKeyReuseError, match="'big-1'"):
+            await send(big + 1)
+        await runner.close()
+
+    asyncio.run(scenario())
+    assert computed == [1]
