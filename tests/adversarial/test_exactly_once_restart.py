@@ -25,9 +25,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from edgecloud import InferRequest, InferResponse, Outbox, RemoteBackend, UnavailableError
+from edgecloud.advisor import advise, scenario, scenario_names
+from edgecloud.advisor.deploy import deployment_for, server_env, server_settings_for
 from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner
+from edgecloud.server.launch import free_port, launch
 from edgecloud.server.metrics import ServerMetrics
 from edgecloud.server.settings import IDEMPOTENCY_WINDOW_S, ServerSettings
 from edgecloud.tensors import RequestContext, Trace
@@ -145,9 +149,6 @@ def test_the_default_window_covers_the_outbox_ttl(tmp_path: Path) -> None:
 
 
 def test_advise_writes_a_server_window_at_least_the_outbox_ttl() -> None:
-    from edgecloud.advisor import advise, scenario, scenario_names
-    from edgecloud.advisor.deploy import deployment_for, server_env, server_settings_for
-
     checked = 0
     for name in scenario_names():
         decision = advise(scenario(name))
@@ -284,3 +285,39 @@ def test_concurrent_answers_are_committed_together_and_all_durable(tmp_path: Pat
     reopened = IdempotencyStore(tmp_path / "i.db", window_s=60, max_entries=1000, max_bytes=1 << 30)
     assert len(reopened) == 64 and all(reopened.get("m", f"k{i}") for i in range(64))
     reopened.close()
+
+
+def test_the_gateway_keeps_its_promise_across_a_sigkill(state: Path) -> None:
+    """`edgecloud edge` answering on the device (no server at all) stores keyed
+    answers the same way: killed and restarted, it replays them."""
+    repo = make_repo(state)
+    path = state / "deployment.yaml"
+    path.write_text(yaml.safe_dump({"repository": str(repo.root), "root": "local"}))
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        argv = [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", str(port)]
+        running = launch(argv, f"http://127.0.0.1:{port}", log=state / f"edge-{port}.log")
+        return running.process, running.url
+
+    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                        "data": X.ravel().tolist()}]}  # fmt: skip
+    headers = {"Idempotency-Key": "edge-key-1"}
+    process, url = start()
+    try:
+        first = httpx.post(f"{url}/v2/models/affine/infer", json=body, headers=headers).json()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    process, url = start()
+    try:
+        again = httpx.post(f"{url}/v2/models/affine/infer", json=body, headers=headers).json()
+        other = httpx.post(f"{url}/v2/models/affine/infer", headers=headers,
+                           json={"inputs": [{**body["inputs"][0], "data": [0.0] * 8}]})  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    assert "idempotent_replay" not in first["parameters"]
+    assert again["parameters"]["idempotent_replay"] is True
+    assert again["outputs"] == first["outputs"]
+    assert other.status_code == 422 and "'edge-key-1'" in other.json()["error"]

@@ -12,6 +12,7 @@ request's answer.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import re
 import sys
@@ -31,7 +32,9 @@ from tritonclient.utils import InferenceServerException
 from edgecloud import (
     Cascade,
     FunctionBackend,
+    IdempotencyKeyReuseError,
     InferRequest,
+    InferResponse,
     InvalidRequestError,
     Outbox,
     RemoteBackend,
@@ -39,7 +42,10 @@ from edgecloud import (
     UnavailableError,
 )
 from edgecloud.filter import Filter, SegmentConfig
+from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner
 from edgecloud.server.launch import ServerProcess, free_port, launch
+from edgecloud.server.metrics import ServerMetrics
+from edgecloud.tensors import Trace
 
 from ..models import affine_reference, make_repo
 from ..server.conftest import Server, start_server
@@ -345,13 +351,6 @@ def test_a_keyed_requests_escalation_key_is_derived_from_it() -> None:
 
 def test_large_requests_are_bound_too(tmp_path: Path) -> None:
     """Requests above 256 kB are fingerprinted off the event loop: same rules."""
-    import asyncio
-
-    from edgecloud import IdempotencyKeyReuseError
-    from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner
-    from edgecloud.server.metrics import ServerMetrics
-    from edgecloud.tensors import InferResponse, Trace
-
     store = IdempotencyStore(tmp_path / "i.db", window_s=60, max_entries=10, max_bytes=1 << 30)
     runner = IdempotentRunner(lambda: store, describe="i.db", metrics=ServerMetrics())
     runner.open()
