@@ -7,9 +7,11 @@ and every response carries its trace in the ``edgecloud_trace`` parameter.
 Idempotency keys (``Idempotency-Key`` header or ``idempotency_key``
 parameter) get the server's treatment here too, with the same store
 (:mod:`edgecloud.server.idempotency`; by default a file in the state
-directory named after the deployment file): a keyed request is answered once — also when the
-deployment answered it on the device — a reuse with another payload is a
-422, and the key travels on to the remote, which binds it the same way.
+directory named after the deployment file): a keyed request is answered
+once — also when the deployment answered it on the device — a reuse with
+another payload is a 422, and the key travels on to the remote, which binds
+it the same way (a cascade's escalation carries a key derived from it:
+:func:`edgecloud.routing.keys.derived_key`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 It owns the repository's sessions (through a LocalBackend), a dynamic batcher
 per model version, and the durable idempotency store (:mod:`.idempotency`);
-the HTTP and gRPC front ends
-only translate bytes to :class:`InferRequest` and back.
+the HTTP and gRPC front ends only translate bytes to :class:`InferRequest`
+and back.
 """
 
 from __future__ import annotations
