@@ -15,6 +15,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Servers the tests start keep their idempotency stores in a temp folder,
+    not in the user's ~/.local/state/edgecloud."""
+    os.environ.setdefault("EDGECLOUD_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> ModelRepository:
     """A fresh repository of tiny models built in code."""

@@ -3,6 +3,15 @@
 Apps in any language call the gateway exactly as they would call a v2 server;
 the deployment (cascade, fallback, privacy guard, outbox) decides per request,
 and every response carries its trace in the ``edgecloud_trace`` parameter.
+
+Idempotency keys (``Idempotency-Key`` header or ``idempotency_key``
+parameter) get the server's treatment here too, with the same store
+(:mod:`edgecloud.server.idempotency`; by default a file in the state
+directory named after the deployment file): a keyed request is answered
+once — also when the deployment answered it on the device — a reuse with
+another payload is a 422, and the key travels on to the remote, which binds
+it the same way (a cascade's escalation carries a key derived from it:
+:func:`edgecloud.routing.keys.derived_key`).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from pathlib import Path
 from .deployment import Deployment, load
 from .errors import ConfigError, DeadlineExceededError, ModelNotFoundError
 from .repository import ModelConfig
-from .server.host import ModelState
+from .server.host import ModelState, open_idempotency
 from .server.metrics import ServerMetrics
 from .server.settings import ServerSettings
 from .tensors import InferRequest, InferResponse
@@ -33,6 +42,8 @@ class DeploymentHost:
         self.deployment = deployment
         self.settings = settings
         self.metrics = ServerMetrics()
+        serving = deployment.source or deployment.repository.root
+        self.idempotency = open_idempotency(settings, serving, self.metrics)
         self.states = {
             s.name: ModelState(s.name, s.served, ready=s.error is None, error=s.error)
             for s in deployment.repository.status()
@@ -49,6 +60,13 @@ class DeploymentHost:
         return bool(state and state.ready)
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """The deployment's answer; a keyed request at most once (the key goes on
+        to any remote the deployment sends it to)."""
+        if request.context.idempotency_key and self.settings.idempotency_window_s > 0:
+            return await self.idempotency.run(request, lambda: self._infer(request))
+        return await self._infer(request)
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         timeout = self.settings.request_timeout_s
         try:
             return await asyncio.wait_for(self.deployment.infer_async(request), timeout)
@@ -126,6 +144,7 @@ def run_gateway(
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await drainer
+            await host.idempotency.close()
             deployment.close()
 
     asyncio.run(main())

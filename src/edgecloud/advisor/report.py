@@ -229,8 +229,8 @@ def plots(decision: Decision, flips: list[Flip] | None, out: Path) -> list[str]:
 def write_outputs(
     decision: Decision, flips: list[Flip] | None, out: Path, *, with_plots: bool = True
 ) -> list[Path]:
-    """report.md, the PNGs and deployment.yaml in ``out``; the paths written."""
-    from .deploy import deployment_yaml
+    """report.md, the PNGs, deployment.yaml and server.env in ``out``; the paths written."""
+    from .deploy import deployment_yaml, server_env
 
     out.mkdir(parents=True, exist_ok=True)
     images = plots(decision, flips, out) if with_plots else []
@@ -239,4 +239,8 @@ def write_outputs(
     if decision.recommended is not None:
         (out / "deployment.yaml").write_text(deployment_yaml(decision))
         paths.append(out / "deployment.yaml")
+        env = server_env(decision)
+        if env is not None:
+            (out / "server.env").write_text(env)
+            paths.append(out / "server.env")
     return paths

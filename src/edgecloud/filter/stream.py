@@ -11,6 +11,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..errors import ConfigError, InvalidRequestError
 from ..routing.fallback import fallback_reason
+from ..routing.keys import new_key
 from ..routing.outbox import Outbox
 from ..tensors import InferRequest, RequestContext, Sensitivity
 from .segment import Event, SegmentConfig, Segmenter
@@ -47,7 +48,9 @@ class Filter:
     taking the :class:`Event`, or None to only collect events. When the backend is
     unreachable the event is put in ``outbox`` (and sent later by
     ``outbox.drain``); without an outbox the error is raised — an event is never
-    dropped silently.
+    dropped silently. Each event carries a random idempotency key of its own
+    (:func:`~edgecloud.routing.keys.new_key`), the same for its live attempt and
+    its queued re-send, and unique across filters, processes and devices.
     """
 
     trigger: Trigger
@@ -123,8 +126,7 @@ class Filter:
             self.model, {self.input_name: event.data[None, ...]},
             parameters={"event_start_s": event.start_s, "event_end_s": event.end_s},
             context=RequestContext(
-                sensitivity=self.sensitivity,
-                idempotency_key=f"event-{id(self)}-{event.index}",
+                sensitivity=self.sensitivity, idempotency_key=new_key("event")
             ),
         )  # fmt: skip
         try:

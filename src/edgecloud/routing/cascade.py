@@ -16,6 +16,7 @@ from ..errors import ConfigError, EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .confidence import confidence
 from .fallback import fallback_reason
+from .keys import derived_key, new_key
 
 __all__ = ["Cascade"]
 
@@ -117,7 +118,7 @@ class Cascade(Backend):
         worst: float,
     ) -> InferResponse:
         subset = {k: np.ascontiguousarray(v[rows]) for k, v in request.inputs.items()}
-        escalation = replace(request, model=self.large_model or request.model, inputs=subset)
+        escalation = self._escalation(request, subset)
         why = (
             f"cascade:escalate {rows.size}/{len(first.outputs[self.output])} rows "
             f"({self.measure} min {worst:.3f} < {self.threshold:.3f}"
@@ -152,6 +153,24 @@ class Cascade(Backend):
             id=request.id,
             parameters={**first.parameters, "escalated_rows": int(rows.size)},
         )
+
+    def _escalation(self, request: InferRequest, subset: dict[str, Any]) -> InferRequest:
+        """The request for the large model: the unsure rows, under a key of its own.
+
+        A keyed request's escalation gets a key derived from it (a retry of the
+        request re-sends the same escalation under the same key); an unkeyed one
+        gets a fresh key when it may be deferred (``on_escalation_failure``),
+        so the live attempt and the deferred re-send are computed once.
+        """
+        escalation = replace(request, model=self.large_model or request.model, inputs=subset)
+        parent = request.context.idempotency_key
+        if parent:
+            key: str | None = derived_key(parent, escalation, "escalation")
+        else:
+            key = new_key("escalation") if self.on_escalation_failure is not None else None
+        if key is not None:
+            escalation.context = replace(request.context, idempotency_key=key)
+        return escalation
 
     def close(self) -> None:
         self.small.close()

@@ -1,28 +1,29 @@
 """ModelHost: the protocol-independent core of the server.
 
 It owns the repository's sessions (through a LocalBackend), a dynamic batcher
-per model version, and the idempotency cache; the HTTP and gRPC front ends
-only translate bytes to :class:`InferRequest` and back.
+per model version, and the durable idempotency store (:mod:`.idempotency`);
+the HTTP and gRPC front ends only translate bytes to :class:`InferRequest`
+and back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..backends.local import LoadedModel, LocalBackend
 from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .batching import DynamicBatcher
+from .idempotency import IdempotencyStore, IdempotentRunner, default_store_path
 from .metrics import ServerMetrics
 from .settings import ServerSettings
 
-__all__ = ["IdempotencyCache", "ModelHost", "ModelState"]
+__all__ = ["ModelHost", "ModelState", "open_idempotency"]
 
 
 @dataclass(slots=True)
@@ -33,54 +34,6 @@ class ModelState:
     versions: list[int]
     ready: bool
     error: str | None = None
-
-
-class IdempotencyCache:
-    """Answers by idempotency key, replayed within a time window.
-
-    Concurrent duplicates share one computation; failures are not cached, so a
-    retry after an error computes again.
-    """
-
-    def __init__(self, window_s: float, max_entries: int) -> None:
-        self.window_s = window_s
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], tuple[float, asyncio.Future[InferResponse]]]
-        self._entries = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    async def run(
-        self, key: tuple[str, str], compute: Callable[[], Awaitable[InferResponse]]
-    ) -> tuple[InferResponse, bool]:
-        """``(response, replayed)``: the stored answer for ``key``, or a fresh one."""
-        now = time.monotonic()
-        self._expire(now)
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            return await asyncio.shield(entry[1]), True
-        future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
-        self._entries[key] = (now + self.window_s, future)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        try:
-            response = await compute()
-        except BaseException as exc:
-            self._entries.pop(key, None)
-            future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        future.set_result(response)
-        return response, False
-
-    def _expire(self, now: float) -> None:
-        while self._entries:
-            key, (expires, future) = next(iter(self._entries.items()))
-            if expires > now or not future.done():
-                return
-            del self._entries[key]
 
 
 class ModelHost:
@@ -101,9 +54,7 @@ class ModelHost:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"
         )
-        self.idempotency = IdempotencyCache(
-            settings.idempotency_window_s, settings.idempotency_max_entries
-        )
+        self.idempotency = open_idempotency(settings, repository.root, self.metrics)
         self._batchers: dict[str, DynamicBatcher] = {}
         self.states: dict[str, ModelState] = {}
 
@@ -126,6 +77,7 @@ class ModelHost:
         return list(self.states.values())
 
     async def close(self) -> None:
+        await self.idempotency.close()
         for batcher in self._batchers.values():
             await batcher.close()
         self.executor.shutdown(wait=True)
@@ -150,16 +102,11 @@ class ModelHost:
     # -- inference -------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Answer one request (idempotent replays included) within the timeout."""
-        key = request.context.idempotency_key
-        if key and self.settings.idempotency_window_s > 0:
-            response, replayed = await self.idempotency.run(
-                (request.model, key), lambda: self._infer_with_timeout(request)
-            )
-            if replayed:
-                self.metrics.replays.labels(request.model).inc()
-                return _replayed(response, request.id)
-            return response
+        """Answer one request within the timeout; a keyed one at most once
+        (see :mod:`.idempotency`: replays, 422 for a reused key, 503 when the
+        store is unusable)."""
+        if request.context.idempotency_key and self.settings.idempotency_window_s > 0:
+            return await self.idempotency.run(request, lambda: self._infer_with_timeout(request))
         return await self._infer_with_timeout(request)
 
     async def _infer_with_timeout(self, request: InferRequest) -> InferResponse:
@@ -192,6 +139,7 @@ class ModelHost:
         self.metrics.queue.labels(model).observe(queued)
         self.metrics.compute.labels(model).observe(compute)
         self.metrics.batch_size.labels(model).observe(batch)
+        self.metrics.computations.labels(model).inc()
         label = f"server:{loaded.entry.name}/{loaded.entry.version}"
         spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
         return InferResponse(
@@ -219,13 +167,27 @@ class ModelHost:
         return batcher
 
 
-def _replayed(response: InferResponse, request_id: str) -> InferResponse:
-    label = response.trace.served_by
-    return InferResponse(
-        model=response.model,
-        version=response.version,
-        outputs=response.outputs,
-        trace=Trace(label, [Span(label, "decision", 0.0, "idempotent replay: stored answer")]),
-        id=request_id or response.id,
-        parameters={**response.parameters, "idempotent_replay": True},
-    )
+def open_idempotency(
+    settings: ServerSettings, serving: Path, metrics: ServerMetrics
+) -> IdempotentRunner:
+    """The idempotency store ``settings`` describe, opened (failures logged, not raised).
+
+    Without ``settings.idempotency_db`` the file is
+    :func:`~.idempotency.default_store_path` of ``serving`` (the model
+    repository, or the deployment file of a gateway).
+    """
+    path = settings.idempotency_db or default_store_path(serving)
+
+    def open_store() -> IdempotencyStore:
+        return IdempotencyStore(
+            path,
+            window_s=settings.idempotency_window_s,
+            max_entries=settings.idempotency_max_entries,
+            max_bytes=settings.idempotency_max_bytes,
+            synchronous=settings.idempotency_synchronous,
+        )
+
+    runner = IdempotentRunner(open_store, describe=str(path), metrics=metrics)
+    if settings.idempotency_window_s > 0:
+        runner.open()
+    return runner

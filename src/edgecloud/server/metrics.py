@@ -17,7 +17,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServerMetrics:
-    """Requests, errors, latency, queue time, batch sizes, idempotent replays."""
+    """Requests, errors, latency, queue time, batch sizes, computations, idempotency."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -59,6 +59,25 @@ class ServerMetrics:
             "edgecloud_idempotent_replays_total",
             "Requests answered from the idempotency cache.",
             ["model"],
+            registry=self.registry,
+        )
+
+        self.computations = Counter(
+            "edgecloud_computations_total",
+            "Requests computed by the runtime (replays and failures not counted).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.idempotency_evictions = Counter(
+            "edgecloud_idempotency_evictions_total",
+            "Stored answers evicted before their window ended, to keep the store within "
+            "its bounds (a re-send of one is computed again).",
+            registry=self.registry,
+        )
+        self.idempotency_store_errors = Counter(
+            "edgecloud_idempotency_store_errors_total",
+            "Keyed requests refused (503) because the idempotency store could not be "
+            "opened, read or written.",
             registry=self.registry,
         )
 

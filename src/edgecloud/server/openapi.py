@@ -32,6 +32,17 @@ _ERRORS = {
     ]
 }
 
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Answer this request at most once: a re-send with the same key and "
+    "payload gets the stored answer (also after a server restart, within the server's "
+    "idempotency window); the same key with another payload is a 422. Or send it as the "
+    "idempotency_key parameter.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Parameters": {
@@ -137,7 +148,7 @@ def _model_paths(prefix: str) -> dict[str, Any]:
         f"{prefix}/infer": {
             "post": {
                 "summary": "Inference (JSON, or the binary tensor data extension)",
-                "parameters": params,
+                "parameters": [*params, _IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -147,7 +158,11 @@ def _model_paths(prefix: str) -> dict[str, Any]:
                         },
                     },
                 },
-                "responses": {"200": _json(_ref("InferenceResponse"), "outputs"), **_ERRORS},
+                "responses": {
+                    "200": _json(_ref("InferenceResponse"), "outputs"),
+                    **_ERRORS,
+                    "422": _json(_ref("Error"), "idempotency key reused with another payload"),
+                },
             }
         },
     }

@@ -10,9 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 
-__all__ = ["ServerSettings"]
+__all__ = ["IDEMPOTENCY_WINDOW_S", "ServerSettings"]
 
 ENV_PREFIX = "EDGECLOUD_SERVER_"
+
+#: Default replay window of idempotency keys: 7 days, the default TTL of an
+#: outbox item (``Outbox(ttl_s=...)``, ``OutboxSpec.ttl_s``).
+IDEMPOTENCY_WINDOW_S = 7 * 24 * 3600.0
 
 
 class ServerSettings(BaseModel):
@@ -37,9 +41,25 @@ class ServerSettings(BaseModel):
     """Largest request body accepted; larger ones get 413."""
     request_timeout_s: float = Field(default=30.0, gt=0)
     """Longest an inference may take before the request gets 504."""
-    idempotency_window_s: float = Field(default=600.0, ge=0)
-    """How long an answer stays replayable by its idempotency key (0 disables)."""
+    idempotency_window_s: float = Field(default=IDEMPOTENCY_WINDOW_S, ge=0)
+    """Seconds an answer stays replayable by its idempotency key, across restarts
+    (0 ignores keys). Default 7 days: the outbox's default item TTL, so an item
+    re-sent at any point of its life is not computed twice; keep it >= the TTL of
+    every outbox that sends here."""
     idempotency_max_entries: int = Field(default=100_000, ge=1)
+    """Most answers stored; beyond it the oldest go (counted in
+    ``edgecloud_idempotency_evictions_total``)."""
+    idempotency_max_bytes: int = Field(default=1024**3, ge=1024)
+    """Most bytes of stored (encoded) answers; beyond it the oldest go, as above."""
+    idempotency_db: Path | None = None
+    """SQLite file of the idempotency store. None: one per model repository
+    (``edgecloud serve``) or deployment file (``edgecloud edge``) in the state
+    directory (``$EDGECLOUD_STATE_DIR``, else ``$XDG_STATE_HOME/edgecloud``, else
+    ``~/.local/state/edgecloud``), so a restart finds it; ``:memory:`` keeps
+    answers for this process's life only."""
+    idempotency_synchronous: Literal["full", "normal"] = "full"
+    """SQLite ``synchronous`` of the store: ``full`` keeps answers through a power
+    loss (an fsync per keyed answer, ~0.4 ms), ``normal`` through a killed process only."""
     dynamic_batching: bool = True
     """Batch concurrent requests for every model with ``max_batch_size > 0``."""
     runners_per_model: int = Field(default=2, ge=1)
