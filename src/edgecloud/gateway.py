@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from .deployment import Deployment, load
-from .errors import DeadlineExceededError, ModelNotFoundError
+from .errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from .repository import ModelConfig
 from .server.host import ModelState
 from .server.metrics import ServerMetrics
@@ -59,11 +59,19 @@ class DeploymentHost:
         outbox = self.deployment.outbox
         if outbox is None or not self.deployment.remotes:
             return
+        if outbox.quarantined is not None:
+            log.error("outbox: a corrupt file was moved to %s at open", outbox.quarantined)
         while True:
-            if len(outbox):
-                result = await asyncio.to_thread(self.deployment.drain_outbox)
-                if result is not None and result.delivered:
-                    log.info("outbox: delivered %d, %d left", result.delivered, result.remaining)
+            try:
+                if len(outbox):
+                    result = await asyncio.to_thread(self.deployment.drain_outbox)
+                    if result is not None and (result.delivered or result.dead_lettered):
+                        log.info(
+                            "outbox: delivered %d, dead-lettered %d, %d left",
+                            result.delivered, result.dead_lettered, result.remaining,
+                        )  # fmt: skip
+            except EdgecloudError as exc:  # e.g. the disk is full: keep the loop, try later
+                log.error("outbox: %s", exc.message)
             await asyncio.sleep(every_s)
 
 

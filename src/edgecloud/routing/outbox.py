@@ -2,48 +2,136 @@
 
 Work that must reach the remote side while it is unreachable — deferred
 escalations, hard examples, telemetry — is written here first and sent later.
+
 Delivery is at least once: an item is deleted only after the server answered
 it, so a crash between sending and deleting re-sends it, and the server's
 idempotency cache (every item carries a key) turns that into exactly once in
-effect. Nothing is dropped silently: a full outbox either rejects the new item
-(the caller gets :class:`OutboxFullError`) or drops the oldest, and every drop,
-rejection, expiry and permanent failure is counted; permanently failing items
-(a 4xx from the server) move to a dead-letter table rather than vanish.
+effect. Nothing is dropped silently: every drop, rejection, expiry, duplicate
+and dead letter is counted, and every counter is committed in the same
+transaction as the change it counts.
+
+Promises, one per failure mode of a durable queue:
+
+- **Idempotency keys are bound to the request.** Each item stores the
+  :func:`~edgecloud.wire.fingerprint.request_fingerprint` of its request. A
+  ``put`` under a key the outbox holds (pending or dead-lettered) with the
+  same fingerprint is a no-op (counted ``duplicates``; the stricter of the two
+  contexts is kept); with another fingerprint it raises
+  :class:`~edgecloud.errors.IdempotencyKeyReuseError` and stores nothing
+  (counted ``key_reuse``). Keys of delivered items are the server's to bind.
+- **Privacy survives the queue.** The request context (sensitivity,
+  ``local_only``, ``features_only``, key) is stored in columns with the item
+  and rebuilt at drain; the drain re-checks it before calling ``send``, and
+  ``send`` (a :class:`RemoteBackend`) checks it again. An item whose raw
+  tensors may not leave the device — at ``put`` (``why="privacy"`` marks an
+  item a guard refused) or at drain — is never sent: it goes to the
+  dead-letter table with the reason (counted ``privacy_refused``). The
+  request's deadline is not kept: it was for the caller who has moved on.
+- **Storage failures are typed.** Every ``sqlite3`` error is translated at
+  this boundary: a full disk, an I/O error or a lock raise
+  :class:`OutboxStorageError` (an ``UnavailableError``) after the
+  transaction is rolled back, so nothing is half-written and every earlier
+  item is intact; the outbox works again once space returns.
+- **Corruption is quarantined.** At open, ``PRAGMA quick_check`` runs; a
+  damaged file (or one that is not a database at all) is moved aside with
+  its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>``, a fresh outbox is
+  started, the event is logged as an error and recorded in the new database
+  (counter ``quarantined``, :meth:`Outbox.quarantines`) and in
+  :attr:`Outbox.quarantined`.
+- **Time is what the outbox observed.** Items age in *outbox time*:
+  seconds accumulated from a monotonic clock that counts suspend
+  (``CLOCK_BOOTTIME``), persisted with every write. A jump of the wall clock
+  while the outbox is open (NTP correcting a device that booted with the
+  wrong time) changes nothing. Across a restart the wall-clock gap since the
+  last write is credited, clamped to ``[0, max_clock_credit_s]`` (default
+  half the TTL, at most a day): a wall clock that jumped forward ages the
+  queue by at most that much, and one that jumped back by nothing. So no
+  single jump expires every item, and an item expires after at most
+  ``ttl_s`` of observed time whatever the wall clock says. Several
+  processes sharing the file take the maximum of their estimates, so time is
+  never counted twice.
+- **A poison item does not block the queue.** An item the server answers
+  with a retryable error of its own (a 5xx :class:`InferenceError`, a 409)
+  is tried again after a per-item backoff (``retry_backoff``, in outbox
+  time) while the items behind it are sent; after ``max_attempts`` it moves
+  to the dead letters with its last error (counted ``poisoned``). A failure
+  that may mean the server is unreachable (:class:`UnavailableError`, a
+  timeout) is checked against the next item: if that one gets an answer, the
+  failure was the item's own and costs it an attempt; if it fails too, the
+  link is down, the drain stops, and no item loses an attempt. A 401/403
+  stops the drain too (the deployment's credentials are wrong, not the
+  items). Other 4xx answers dead-letter the item at once (counted
+  ``dead_lettered`` like every dead letter). The dead-letter table is bounded
+  by ``max_items`` as well (oldest pruned, counted
+  ``dead_letters_dropped``).
+
+Older outbox files (schema 1) are migrated in place at open; their items get
+the sensitivity their body carried and ``local_only``/``features_only``
+false, which schema 1 did not record.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, EdgecloudError, UnavailableError
-from ..tensors import InferRequest, RequestContext
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    EdgecloudError,
+    IdempotencyKeyReuseError,
+    InferenceError,
+    PermissionDeniedError,
+    PrivacyError,
+    UnavailableError,
+)
+from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
+from ..wire.context import context_parameters, decode_context
+from ..wire.fingerprint import request_fingerprint
 from ..wire.rest import decode_request, encode_request
 from .fallback import fallback_reason
 from .resilience import Backoff
 
-__all__ = ["DrainResult", "Outbox", "OutboxFullError", "OutboxItem"]
+__all__ = [
+    "DeadLetter",
+    "DrainResult",
+    "Outbox",
+    "OutboxFullError",
+    "OutboxItem",
+    "OutboxStorageError",
+]
+
+log = logging.getLogger("edgecloud.outbox")
 
 FullPolicy = Literal["reject", "drop_oldest"]
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL DEFAULT '',
     kind TEXT NOT NULL,
     model TEXT NOT NULL,
     version TEXT,
+    sensitivity TEXT NOT NULL DEFAULT 'public',
+    local_only INTEGER NOT NULL DEFAULT 0,
+    features_only INTEGER NOT NULL DEFAULT 0,
     header_length INTEGER NOT NULL,
     body BLOB NOT NULL,
     created REAL NOT NULL,
-    expires REAL NOT NULL,
+    enqueued REAL NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
@@ -52,12 +140,67 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error TEXT, failed_at REAL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS clock (
+    id INTEGER PRIMARY KEY CHECK (id = 0), observed_s REAL NOT NULL, wall_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantines (at REAL NOT NULL, path TEXT NOT NULL, error TEXT);
 """
-COUNTERS = ("delivered", "dropped", "rejected", "expired", "dead_lettered")
+#: Columns schema 2 added to tables schema 1 already had: (table, column, declaration).
+ADDED_COLUMNS = (
+    ("items", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
+    ("items", "sensitivity", "TEXT NOT NULL DEFAULT 'public'"),
+    ("items", "local_only", "INTEGER NOT NULL DEFAULT 0"),
+    ("items", "features_only", "INTEGER NOT NULL DEFAULT 0"),
+    ("items", "enqueued", "REAL NOT NULL DEFAULT 0"),
+    ("items", "next_try", "REAL NOT NULL DEFAULT 0"),
+    ("dead_letters", "item_seq", "INTEGER"),
+    ("dead_letters", "fingerprint", "TEXT"),
+    ("dead_letters", "version", "TEXT"),
+    ("dead_letters", "sensitivity", "TEXT"),
+    ("dead_letters", "local_only", "INTEGER"),
+    ("dead_letters", "features_only", "INTEGER"),
+    ("dead_letters", "reason", "TEXT"),
+    ("dead_letters", "attempts", "INTEGER"),
+)
+COUNTERS = (
+    "delivered", "dropped", "rejected", "expired", "dead_lettered", "duplicates", "key_reuse",
+    "privacy_refused", "poisoned", "dead_letters_dropped", "quarantined",
+)  # fmt: skip
+#: sqlite3 primary result codes (https://sqlite.org/rescode.html) and what to do about them.
+_STORAGE_CODES = {
+    3: "permission denied: let this process write the file and its directory",
+    5: "the database is locked by another process: retry",
+    6: "the database is locked: retry",
+    8: "the file is read-only: make it and its directory writable",
+    10: "disk I/O error: check the storage device",
+    11: "the file is corrupt: reopen the outbox to quarantine it",
+    13: "the disk is full: free space; nothing was written",
+    14: "cannot open the file: check the path and its directory",
+    26: "the file is not a database: reopen the outbox to quarantine it",
+}
+_CORRUPT_CODES = (11, 26)
+_STRICTNESS = {Sensitivity.PUBLIC: 0, Sensitivity.PERSONAL: 1, Sensitivity.RESTRICTED: 2}
+#: Request parameters that carry the context on the wire (stored in columns instead).
+_CONTEXT_KEYS = frozenset(
+    context_parameters(
+        RequestContext(
+            sensitivity=Sensitivity.RESTRICTED,
+            idempotency_key="k",
+            local_only=True,
+            features_only=True,
+        )
+    )
+) | {"binary_data_output"}
 
 
 class OutboxFullError(UnavailableError):
     """The outbox holds ``max_items`` and its policy is to reject new ones."""
+
+
+class OutboxStorageError(UnavailableError):
+    """The outbox's SQLite file could not be written or read (disk full, I/O
+    error, locked, read-only); the transaction was rolled back, nothing is
+    half-written, and the operation may be retried once the cause is fixed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +210,26 @@ class OutboxItem:
     kind: str
     model: str
     created: float
+    """Wall-clock time of ``put`` (informational; ageing uses outbox time)."""
     attempts: int
+    """Times the server answered this item with a retryable error of its own."""
     last_error: str | None
+    sensitivity: Sensitivity = Sensitivity.PUBLIC
+    local_only: bool = False
+    features_only: bool = False
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: str
+    kind: str
+    model: str
+    reason: str
+    """``privacy``, ``rejected`` (a 4xx), ``poisoned`` (max_attempts) or ``undecodable``."""
+    error: str
+    failed_at: float
+    sensitivity: Sensitivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +237,33 @@ class DrainResult:
     delivered: int
     remaining: int
     stopped_by: str | None
-    """Why draining stopped early (the retryable error), None when emptied."""
+    """Why draining stopped early (the link-level error), None when emptied."""
+    dead_lettered: int = 0
+    """Items this drain moved to the dead letters."""
+    deferred: int = 0
+    """Items this drain left for a later try (their own retryable failure)."""
+
+
+@dataclass(slots=True)
+class _Row:
+    seq: int
+    key: str
+    model: str
+    version: str | None
+    header_length: int
+    body: bytes
+    context: RequestContext
+    attempts: int
+
+
+Outcome = Literal["delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable"]
+
+
+def boot_clock() -> float:
+    """Seconds of a monotonic clock that keeps counting while the device sleeps."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()  # pragma: no cover - not Linux
 
 
 class Outbox:
@@ -89,83 +276,171 @@ class Outbox:
         max_items: int = 10_000,
         ttl_s: float = 7 * 24 * 3600,
         full_policy: FullPolicy = "reject",
+        max_attempts: int = 8,
+        retry_backoff: Backoff | None = None,
+        max_clock_credit_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = boot_clock,
     ) -> None:
-        if max_items < 1:
-            raise ConfigError("outbox max_items must be at least 1")
-        if ttl_s <= 0:
-            raise ConfigError("outbox ttl_s must be positive")
-        if full_policy not in ("reject", "drop_oldest"):
-            raise ConfigError(
-                f"outbox full_policy must be reject or drop_oldest, not {full_policy!r}"
-            )
+        """``clock`` is the wall clock (seconds since the epoch); ``monotonic`` the
+        clock items age by; ``retry_backoff`` spaces the tries of one item
+        (default 1 s doubling to 5 min, full jitter); ``max_attempts`` bounds them."""
+        _check_settings(max_items, ttl_s, full_policy, max_attempts, max_clock_credit_s)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_items = max_items
         self.ttl_s = ttl_s
         self.full_policy = full_policy
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff or Backoff(base_s=1.0, cap_s=300.0, max_tries=None)
+        self.max_clock_credit_s = (
+            min(ttl_s / 2, 86_400.0) if max_clock_credit_s is None else max_clock_credit_s
+        )
         self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            for name in COUNTERS:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,)
-                )
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"outbox {self.path} is not a usable SQLite database: {exc}") from exc
+        self.quarantined: Path | None = None
+        """Where a corrupt file found at open was moved, or None."""
+        self._db = self._open()
 
     # -- writing ---------------------------------------------------------------
 
-    def put(self, request: InferRequest, *, kind: str = "request") -> str:
-        """Store ``request`` durably; returns its idempotency key (given or new)."""
-        key = request.context.idempotency_key or uuid.uuid4().hex
-        stored = replace(request, context=replace(request.context, idempotency_key=key))
+    def put(self, request: InferRequest, *, kind: str = "request", why: str | None = None) -> str:
+        """Store ``request`` durably with its full context; returns its idempotency key.
+
+        ``why`` is the fallback reason the caller defers for; ``"privacy"``
+        (a guard refused the request) marks it local-only, so it is recorded
+        as a dead letter and never sent. Raises :class:`OutboxFullError`,
+        :class:`IdempotencyKeyReuseError` (the key holds another request) or
+        :class:`OutboxStorageError`.
+        """
+        context = request.context
+        if why == "privacy":
+            context = replace(context, local_only=True)
+        key = context.idempotency_key or uuid.uuid4().hex
+        context = replace(context, idempotency_key=key, deadline=None)
+        fingerprint = request_fingerprint(request)
+        stored = replace(
+            request, context=DEFAULT_CONTEXT, parameters=_without_context(request.parameters)
+        )
         body, header_length = encode_request(stored, binary=True)
-        now = self._clock()
-        with self._lock, self._transaction():
-            self._expire(now)
-            count = self._count()
-            full = count >= self.max_items and self.full_policy == "reject"
-            if full:
-                self._bump("rejected")  # committed: the rejection itself is on record
-            else:
-                if count >= self.max_items:
-                    self._drop_oldest(count - self.max_items + 1)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO items(key, kind, model, version, header_length, "
-                    "body, created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, kind, request.model, request.version, header_length or 0, body,
-                     now, now + self.ttl_s),
-                )  # fmt: skip
-        if full:
+        row = {
+            "key": key, "fingerprint": fingerprint, "kind": kind, "model": request.model,
+            "version": request.version, "header_length": header_length or 0, "body": body,
+            **_context_columns(context),
+        }  # fmt: skip
+        with self._transaction("store an item") as db:
+            now = self._observed(db)
+            self._expire(db, now)
+            outcome = self._put_row(db, row, context, now)
+        if outcome == "reuse":
+            raise IdempotencyKeyReuseError(
+                f"idempotency key {key!r} is already bound to another request in outbox "
+                f"{self.path}; use a new key for new work (nothing was stored)"
+            )
+        if outcome == "full":
             raise OutboxFullError(
-                f"outbox {self.path} is full ({count} items); the new item was rejected"
+                f"outbox {self.path} is full ({self.max_items} items); the new item was rejected"
             )
         return key
 
-    # -- reading and delivering ------------------------------------------------
+    def _put_row(
+        self, db: sqlite3.Connection, row: dict[str, Any], context: RequestContext, now: float
+    ) -> str:
+        bound = _bound_fingerprint(db, row["key"])
+        if bound is not None:
+            if bound != row["fingerprint"]:
+                _bump(db, "key_reuse")
+                return "reuse"
+            _bump(db, "duplicates")
+            _tighten(db, row["key"], context)
+            return "duplicate"
+        if not context.may_leave_device:
+            self._dead_letter_row(db, row, "privacy", _privacy_error(context), attempts=0)
+            return "privacy"
+        count = _count(db)
+        if count >= self.max_items:
+            if self.full_policy == "reject":
+                _bump(db, "rejected")  # committed: the rejection itself is on record
+                return "full"
+            _drop_oldest(db, count - self.max_items + 1)
+        db.execute(
+            "INSERT INTO items(key, fingerprint, kind, model, version, sensitivity, local_only, "
+            "features_only, header_length, body, created, enqueued, next_try) VALUES (:key, "
+            ":fingerprint, :kind, :model, :version, :sensitivity, :local_only, :features_only, "
+            ":header_length, :body, :created, :now, :now)",
+            {**row, "created": self._clock(), "now": now},
+        )
+        return "stored"
+
+    # -- reading ---------------------------------------------------------------
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._count()
+        with self._reading("count items") as db:
+            return _count(db)
 
     def items(self) -> list[OutboxItem]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, key, kind, model, created, attempts, last_error FROM items "
-                "ORDER BY seq"
+        """Pending items, oldest first."""
+        with self._reading("list items") as db:
+            rows = db.execute(
+                "SELECT seq, key, kind, model, created, attempts, last_error, sensitivity, "
+                "local_only, features_only, fingerprint FROM items ORDER BY seq"
             ).fetchall()
-        return [OutboxItem(*row) for row in rows]
+        return [
+            OutboxItem(
+                seq=r[0],
+                key=r[1],
+                kind=r[2],
+                model=r[3],
+                created=r[4],
+                attempts=r[5],
+                last_error=r[6],
+                sensitivity=Sensitivity(r[7]),
+                local_only=bool(r[8]),
+                features_only=bool(r[9]),
+                fingerprint=r[10],
+            )
+            for r in rows
+        ]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Items that will not be sent, oldest first, with why."""
+        with self._reading("list dead letters") as db:
+            rows = db.execute(
+                "SELECT key, kind, model, coalesce(reason, 'rejected'), error, failed_at, "
+                "coalesce(sensitivity, 'public') FROM dead_letters ORDER BY seq"
+            ).fetchall()
+        return [
+            DeadLetter(
+                key=r[0],
+                kind=r[1],
+                model=r[2],
+                reason=r[3],
+                error=r[4],
+                failed_at=r[5],
+                sensitivity=Sensitivity(r[6]),
+            )
+            for r in rows
+        ]
+
+    def quarantines(self) -> list[tuple[float, str, str]]:
+        """Corrupt files this outbox moved aside: (wall time, path, what was wrong)."""
+        with self._reading("list quarantines") as db:
+            rows = db.execute("SELECT at, path, error FROM quarantines ORDER BY at").fetchall()
+        return [(float(at), str(path), str(error)) for at, path, error in rows]
 
     def stats(self) -> dict[str, int]:
-        """Pending items and the counters of what happened to the others."""
-        with self._lock:
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            return {"pending": self._count(), **{k: int(counters.get(k, 0)) for k in COUNTERS}}
+        """Pending items, dead letters held, and the counters of what happened."""
+        with self._reading("read counters") as db:
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+            pending = _count(db)
+        return {
+            "pending": pending,
+            "dead_letters": dead,
+            **{k: int(counters.get(k, 0)) for k in COUNTERS},
+        }
+
+    # -- delivering ------------------------------------------------------------
 
     def drain(
         self,
@@ -175,95 +450,434 @@ class Outbox:
         max_items: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> DrainResult:
-        """Send items oldest first; stop at the first retryable failure.
+        """Send due items oldest first; stop when the link is down.
 
-        With ``backoff``, a retryable failure is retried after its delays before
-        giving up for now. A non-retryable failure (the server rejects the item
-        itself) moves the item to the dead-letter table and draining goes on.
+        Each due item is tried once per pass. ``backoff`` retries a down link
+        within this call (its delays, up to its ``max_tries`` passes); without
+        it the drain returns at the first link failure. What happens to an
+        item on each kind of failure is in the module docstring. Raises
+        :class:`OutboxStorageError`; exceptions that are not edgecloud errors
+        propagate from ``send`` with the item untouched.
         """
-        delivered, attempt = 0, 0
-        while max_items is None or delivered < max_items:
-            with self._lock:
-                self._expire(self._clock())
-                row = self._db.execute(
-                    "SELECT seq, key, model, version, header_length, body FROM items "
-                    "ORDER BY seq LIMIT 1"
-                ).fetchone()
+        tally = {"delivered": 0, "dead_lettered": 0, "deferred": 0}
+        passes = 0
+        while True:
+            stopped = self._drain_pass(send, tally, max_items)
+            if stopped is None:
+                break
+            passes += 1
+            if backoff is None or (backoff.max_tries is not None and passes >= backoff.max_tries):
+                return DrainResult(tally["delivered"], len(self), stopped,
+                                   tally["dead_lettered"], tally["deferred"])  # fmt: skip
+            sleep(backoff.delay(passes - 1))
+        return DrainResult(
+            tally["delivered"], len(self), None, tally["dead_lettered"], tally["deferred"]
+        )
+
+    def _drain_pass(
+        self,
+        send: Callable[[InferRequest], Any],
+        tally: dict[str, int],
+        max_items: int | None,
+    ) -> str | None:
+        """One pass over the due items; the link-level error that stopped it, or None."""
+        cursor, suspect = 0, None
+        while max_items is None or tally["delivered"] < max_items:
+            row = self._next_due(cursor)
             if row is None:
-                return DrainResult(delivered, 0, None)
-            seq, key, model, version, header_length, body = row
-            request = decode_request(body, header_length or None, model, version).request
-            request.context = RequestContext(idempotency_key=key)
-            try:
-                send(request)
-            except EdgecloudError as exc:
-                if fallback_reason(exc) is None:
-                    self._dead_letter(seq, exc.message)
-                    continue
-                self._failed(seq, exc.message)
-                if backoff is None or (
-                    backoff.max_tries is not None and attempt + 1 >= backoff.max_tries
-                ):
-                    return DrainResult(delivered, len(self), exc.message)
-                sleep(backoff.delay(attempt))
-                attempt += 1
+                break
+            cursor = row.seq
+            outcome, error = self._try(send, row)
+            if outcome == "stop":
+                return error
+            if outcome == "ambiguous":
+                if suspect is not None:
+                    return error  # two in a row without an answer: the link is down
+                suspect = (row, error)
                 continue
-            attempt = 0
-            with self._lock, self._transaction():
-                self._db.execute("DELETE FROM items WHERE seq = ?", (seq,))
-                self._bump("delivered")
-            delivered += 1
-        return DrainResult(delivered, len(self), None)
+            answered = outcome in ("delivered", "rejected", "item")
+            if suspect is not None and answered:
+                self._item_failed(*suspect, tally)  # the server answers: it was that item's
+                suspect = None
+            self._settle(row, outcome, error, tally)
+        return suspect[1] if suspect is not None else None
+
+    def _try(self, send: Callable[[InferRequest], Any], row: _Row) -> tuple[Outcome, str]:
+        if not row.context.may_leave_device:
+            return "privacy", _privacy_error(row.context)
+        try:
+            request = _rebuild(row)
+        except EdgecloudError as exc:
+            return "undecodable", f"the stored body cannot be decoded: {exc.message}"
+        try:
+            send(request)
+        except EdgecloudError as exc:
+            self._note_error(row.seq, exc.message)
+            return _classify(exc), exc.message
+        return "delivered", ""
+
+    def _settle(self, row: _Row, outcome: Outcome, error: str, tally: dict[str, int]) -> None:
+        if outcome == "delivered":
+            with self._transaction("delete a delivered item") as db:
+                db.execute("DELETE FROM items WHERE seq = ?", (row.seq,))
+                _bump(db, "delivered")
+            tally["delivered"] += 1
+        elif outcome == "item":
+            self._item_failed(row, error, tally)
+        else:  # privacy, rejected, undecodable
+            self._dead_letter(row.seq, outcome, error, row.attempts)
+            tally["dead_lettered"] += 1
+
+    def _item_failed(self, row: _Row, error: str, tally: dict[str, int]) -> None:
+        """The server answered this item with a retryable error: back off or give up."""
+        attempts = row.attempts + 1
+        if attempts >= self.max_attempts:
+            self._dead_letter(row.seq, "poisoned", error, attempts)
+            tally["dead_lettered"] += 1
+            return
+        delay = self.retry_backoff.delay(attempts - 1)
+        with self._transaction("reschedule an item") as db:
+            now = self._observed(db)
+            db.execute(
+                "UPDATE items SET attempts = ?, next_try = ?, last_error = ? WHERE seq = ?",
+                (attempts, now + delay, error[:500], row.seq),
+            )
+        tally["deferred"] += 1
+
+    def _next_due(self, cursor: int) -> _Row | None:
+        with self._transaction("read the next item") as db:
+            now = self._observed(db)
+            self._expire(db, now)
+            found = db.execute(
+                "SELECT seq, key, model, version, header_length, body, sensitivity, local_only, "
+                "features_only, attempts FROM items WHERE seq > ? AND next_try <= ? "
+                "ORDER BY seq LIMIT 1",
+                (cursor, now),
+            ).fetchone()
+        if found is None:
+            return None
+        seq, key, model, version, length, body, sensitivity, local, features, attempts = found
+        context = _context_of(key, sensitivity, local, features)
+        return _Row(seq, key, model, version, length, body, context, attempts)
+
+    def _note_error(self, seq: int, error: str) -> None:
+        with self._transaction("record an error") as db:
+            db.execute("UPDATE items SET last_error = ? WHERE seq = ?", (error[:500], seq))
+
+    def _dead_letter(self, seq: int, reason: str, error: str, attempts: int) -> None:
+        with self._transaction("move an item to the dead letters") as db:
+            db.execute(
+                "INSERT INTO dead_letters(item_seq, key, fingerprint, kind, model, version, "
+                "sensitivity, local_only, features_only, body, header_length, reason, error, "
+                "attempts, failed_at) SELECT seq, key, fingerprint, kind, model, version, "
+                "sensitivity, local_only, features_only, body, header_length, ?, ?, ?, ? "
+                "FROM items WHERE seq = ?",
+                (reason, error[:500], attempts, self._clock(), seq),
+            )
+            db.execute("DELETE FROM items WHERE seq = ?", (seq,))
+            self._after_dead_letter(db, reason)
+
+    def _dead_letter_row(
+        self, db: sqlite3.Connection, row: dict[str, Any], reason: str, error: str, attempts: int
+    ) -> None:
+        db.execute(
+            "INSERT INTO dead_letters(key, fingerprint, kind, model, version, sensitivity, "
+            "local_only, features_only, body, header_length, reason, error, attempts, failed_at) "
+            "VALUES (:key, :fingerprint, :kind, :model, :version, :sensitivity, :local_only, "
+            ":features_only, :body, :header_length, :reason, :error, :attempts, :at)",
+            {**row, "reason": reason, "error": error, "attempts": attempts, "at": self._clock()},
+        )
+        self._after_dead_letter(db, reason)
+
+    def _after_dead_letter(self, db: sqlite3.Connection, reason: str) -> None:
+        _bump(db, "dead_lettered")
+        if reason == "poisoned":
+            _bump(db, "poisoned")
+        elif reason == "privacy":
+            _bump(db, "privacy_refused")
+        (held,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        if held > self.max_items:
+            db.execute(
+                "DELETE FROM dead_letters WHERE seq IN "
+                "(SELECT seq FROM dead_letters ORDER BY seq LIMIT ?)",
+                (held - self.max_items,),
+            )
+            _bump(db, "dead_letters_dropped", held - self.max_items)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    # -- internals -------------------------------------------------------------
+    # -- time ------------------------------------------------------------------
 
-    def _transaction(self) -> Any:
-        db = self._db
+    def _observed(self, db: sqlite3.Connection) -> float:
+        """Outbox time now (see the module docstring), persisted in ``db``'s transaction."""
+        estimate = self._base_observed + max(0.0, self._monotonic() - self._base_monotonic)
+        (stored,) = db.execute("SELECT observed_s FROM clock WHERE id = 0").fetchone()
+        now = max(float(stored), estimate)
+        db.execute("UPDATE clock SET observed_s = ?, wall_s = ? WHERE id = 0", (now, self._clock()))
+        return now
 
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type: Any, *_: Any) -> None:
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
-
-    def _drop_oldest(self, excess: int) -> None:
-        self._db.execute(
-            "DELETE FROM items WHERE seq IN (SELECT seq FROM items ORDER BY seq LIMIT ?)", (excess,)
+    def _start_clock(self, db: sqlite3.Connection) -> None:
+        """Outbox time at open: the stored time plus the bounded wall-clock downtime."""
+        wall = self._clock()
+        db.execute("INSERT OR IGNORE INTO clock(id, observed_s, wall_s) VALUES (0, 0, ?)", (wall,))
+        stored, last_wall = db.execute(
+            "SELECT observed_s, wall_s FROM clock WHERE id = 0"
+        ).fetchone()
+        credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
+        self._base_observed = float(stored) + credit
+        self._base_monotonic = self._monotonic()
+        db.execute(
+            "UPDATE clock SET observed_s = ?, wall_s = ? WHERE id = 0", (self._base_observed, wall)
         )
-        self._bump("dropped", excess)
 
-    def _count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-
-    def _bump(self, name: str, by: int = 1) -> None:
-        self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
-
-    def _expire(self, now: float) -> None:
-        cursor = self._db.execute("DELETE FROM items WHERE expires <= ?", (now,))
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        cursor = db.execute("DELETE FROM items WHERE enqueued <= ?", (now - self.ttl_s,))
         if cursor.rowcount:
-            self._bump("expired", cursor.rowcount)
+            _bump(db, "expired", cursor.rowcount)
 
-    def _failed(self, seq: int, error: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE items SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
-                (error[:500], seq),
-            )
+    # -- storage ---------------------------------------------------------------
 
-    def _dead_letter(self, seq: int, error: str) -> None:
-        with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT INTO dead_letters(seq, key, kind, model, body, header_length, error, "
-                "failed_at) SELECT seq, key, kind, model, body, header_length, ?, ? FROM items "
-                "WHERE seq = ?",
-                (error[:500], self._clock(), seq),
-            )
-            self._db.execute("DELETE FROM items WHERE seq = ?", (seq,))
-            self._bump("dead_lettered")
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any error."""
+        with self._lock, self._translated(action):
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._translated(action):
+            yield self._db
+
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _storage_error(self.path, action, exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxStorageError(
+                f"outbox {self.path}: cannot create its directory: {exc}"
+            ) from exc
+        problem, db = _open_checked(self.path)
+        if problem is not None:
+            self.quarantined = _quarantine(self.path, problem, self._clock())
+            _, db = _open_checked(self.path)
+        assert db is not None
+        self._db = db
+        with self._transaction("set up its tables") as tx:
+            _migrate(tx)
+            self._start_clock(tx)
+            if self.quarantined is not None:
+                tx.execute(
+                    "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
+                    (self._clock(), str(self.quarantined), problem),
+                )
+                _bump(tx, "quarantined")
+            _backfill(tx, self._base_observed, self._clock(), self.max_clock_credit_s)
+        return db
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _check_settings(
+    max_items: int,
+    ttl_s: float,
+    full_policy: str,
+    max_attempts: int,
+    max_clock_credit_s: float | None,
+) -> None:
+    if max_items < 1:
+        raise ConfigError("outbox max_items must be at least 1")
+    if ttl_s <= 0:
+        raise ConfigError("outbox ttl_s must be positive")
+    if full_policy not in ("reject", "drop_oldest"):
+        raise ConfigError(f"outbox full_policy must be reject or drop_oldest, not {full_policy!r}")
+    if max_attempts < 1:
+        raise ConfigError("outbox max_attempts must be at least 1")
+    if max_clock_credit_s is not None and max_clock_credit_s < 0:
+        raise ConfigError("outbox max_clock_credit_s must be >= 0")
+
+
+def _classify(exc: EdgecloudError) -> Outcome:
+    """What a failure of ``send`` says about the item (see the module docstring)."""
+    if isinstance(exc, PrivacyError):
+        return "privacy"
+    if isinstance(exc, AuthenticationError | PermissionDeniedError):
+        return "stop"
+    if isinstance(exc, InferenceError | ConflictError):
+        return "item"
+    if fallback_reason(exc) is None:
+        return "rejected"
+    return "ambiguous"
+
+
+def _storage_error(path: Path, action: str, exc: sqlite3.Error) -> OutboxStorageError:
+    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+    hint = _STORAGE_CODES.get(code, "check the storage device and the file")
+    return OutboxStorageError(f"outbox {path}: could not {action}: {exc} — {hint}")
+
+
+def _open_checked(path: Path) -> tuple[str | None, sqlite3.Connection | None]:
+    """A connection to ``path`` after ``PRAGMA quick_check``; or what is wrong with it."""
+    db: sqlite3.Connection | None = None
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        report = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()
+        if getattr(exc, "sqlite_errorcode", -1) & 0xFF in _CORRUPT_CODES:
+            return str(exc), None
+        raise _storage_error(path, "open", exc) from exc
+    if report != ["ok"]:
+        db.close()
+        return "quick_check: " + "; ".join(report)[:500], None
+    return None, db
+
+
+def _quarantine(path: Path, problem: str, wall: float) -> Path:
+    """Move ``path`` and its ``-wal``/``-shm`` aside; returns the new path of the file."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                os.replace(source, f"{target}{suffix}")
+    except OSError as exc:
+        raise OutboxStorageError(
+            f"outbox {path} is corrupt ({problem}) and could not be moved aside: {exc}; "
+            "move or delete it"
+        ) from exc
+    log.error(
+        "outbox %s is corrupt (%s): moved to %s, starting a fresh outbox", path, problem, target
+    )
+    return target
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring a schema-1 file to schema 2 in place."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    for table, column, declaration in ADDED_COLUMNS:
+        present = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    if "expires" in {r[1] for r in db.execute("PRAGMA table_info(items)")}:
+        db.execute("ALTER TABLE items DROP COLUMN expires")  # schema 1 aged by wall clock
+    for name in COUNTERS:
+        db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _backfill(db: sqlite3.Connection, now: float, wall: float, credit: float) -> None:
+    """Fingerprint, context and outbox-time age of items migrated from schema 1."""
+    rows = db.execute(
+        "SELECT seq, model, version, header_length, body, created FROM items WHERE fingerprint = ''"
+    ).fetchall()
+    for seq, model, version, length, body, created in rows:
+        age = min(max(0.0, wall - created), credit)
+        try:
+            request = decode_request(body, length or None, model, version).request
+            values = (request_fingerprint(request), request.context.sensitivity.value)
+        except EdgecloudError:
+            values = ("undecodable", Sensitivity.PUBLIC.value)  # dead-lettered at drain
+        db.execute(
+            "UPDATE items SET fingerprint = ?, sensitivity = ?, enqueued = ? WHERE seq = ?",
+            (*values, now - age, seq),
+        )
+
+
+def _rebuild(row: _Row) -> InferRequest:
+    request = decode_request(row.body, row.header_length or None, row.model, row.version).request
+    return replace(request, parameters=_without_context(request.parameters), context=row.context)
+
+
+def _without_context(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in parameters.items() if k not in _CONTEXT_KEYS}
+
+
+def _context_columns(context: RequestContext) -> dict[str, Any]:
+    return {
+        "sensitivity": context.sensitivity.value,
+        "local_only": int(context.local_only),
+        "features_only": int(context.features_only),
+    }
+
+
+def _context_of(key: str, sensitivity: str, local: int, features: int) -> RequestContext:
+    """The stored context, through the one context decoder (an unknown value is an error)."""
+    decoded = decode_context({"sensitivity": sensitivity, "idempotency_key": key})
+    return replace(decoded, local_only=bool(local), features_only=bool(features))
+
+
+def _privacy_error(context: RequestContext) -> str:
+    rule = "guard: local only" if context.local_only else "guard: features only"
+    if context.sensitivity is Sensitivity.RESTRICTED:
+        rule = "restricted"
+    return (
+        f"privacy: {context.sensitivity.value} data ({rule}) may not leave the device; "
+        "the outbox never sends it"
+    )
+
+
+def _bound_fingerprint(db: sqlite3.Connection, key: str) -> str | None:
+    for table in ("items", "dead_letters"):
+        row = db.execute(f"SELECT fingerprint FROM {table} WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return str(row[0] or "")
+    return None
+
+
+def _tighten(db: sqlite3.Connection, key: str, context: RequestContext) -> None:
+    """Keep the stricter of the stored and the new context for a duplicate put."""
+    row = db.execute(
+        "SELECT sensitivity, local_only, features_only FROM items WHERE key = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return
+    stored = Sensitivity(row[0])
+    strictest = max(stored, context.sensitivity, key=_STRICTNESS.__getitem__)
+    db.execute(
+        "UPDATE items SET sensitivity = ?, local_only = ?, features_only = ? WHERE key = ?",
+        (strictest.value, max(row[1], int(context.local_only)),
+         max(row[2], int(context.features_only)), key),
+    )  # fmt: skip
+
+
+def _drop_oldest(db: sqlite3.Connection, excess: int) -> None:
+    db.execute(
+        "DELETE FROM items WHERE seq IN (SELECT seq FROM items ORDER BY seq LIMIT ?)", (excess,)
+    )
+    _bump(db, "dropped", excess)
+
+
+def _count(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+
+def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
+    db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
