@@ -82,7 +82,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ..errors import (
     AuthenticationError,
@@ -113,6 +113,7 @@ __all__ = [
 
 log = logging.getLogger("edgecloud.outbox")
 
+T = TypeVar("T")
 FullPolicy = Literal["reject", "drop_oldest"]
 SCHEMA_VERSION = 2
 
@@ -328,10 +329,13 @@ class Outbox:
             "version": request.version, "header_length": header_length or 0, "body": body,
             **_context_columns(context),
         }  # fmt: skip
-        with self._transaction("store an item") as db:
+
+        def store(db: sqlite3.Connection) -> str:
             now = self._observed(db)
             self._expire(db, now)
-            outcome = self._put_row(db, row, context, now)
+            return self._put_row(db, row, context, now)
+
+        outcome = self._write("store an item", store)
         if outcome == "reuse":
             raise IdempotencyKeyReuseError(
                 f"idempotency key {key!r} is already bound to another request in outbox "
@@ -518,9 +522,12 @@ class Outbox:
 
     def _settle(self, row: _Row, outcome: Outcome, error: str, tally: dict[str, int]) -> None:
         if outcome == "delivered":
-            with self._transaction("delete a delivered item") as db:
+
+            def delete(db: sqlite3.Connection) -> None:
                 db.execute("DELETE FROM items WHERE seq = ?", (row.seq,))
                 _bump(db, "delivered")
+
+            self._write("delete a delivered item", delete)
             tally["delivered"] += 1
         elif outcome == "item":
             self._item_failed(row, error, tally)
@@ -536,24 +543,29 @@ class Outbox:
             tally["dead_lettered"] += 1
             return
         delay = self.retry_backoff.delay(attempts - 1)
-        with self._transaction("reschedule an item") as db:
-            now = self._observed(db)
+
+        def reschedule(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE items SET attempts = ?, next_try = ?, last_error = ? WHERE seq = ?",
-                (attempts, now + delay, error[:500], row.seq),
+                (attempts, self._observed(db) + delay, error[:500], row.seq),
             )
+
+        self._write("reschedule an item", reschedule)
         tally["deferred"] += 1
 
     def _next_due(self, cursor: int) -> _Row | None:
-        with self._transaction("read the next item") as db:
+
+        def oldest_due(db: sqlite3.Connection) -> Any:
             now = self._observed(db)
             self._expire(db, now)
-            found = db.execute(
+            return db.execute(
                 "SELECT seq, key, model, version, header_length, body, sensitivity, local_only, "
                 "features_only, attempts FROM items WHERE seq > ? AND next_try <= ? "
                 "ORDER BY seq LIMIT 1",
                 (cursor, now),
             ).fetchone()
+
+        found = self._write("read the next item", oldest_due)
         if found is None:
             return None
         seq, key, model, version, length, body, sensitivity, local, features, attempts = found
@@ -561,11 +573,16 @@ class Outbox:
         return _Row(seq, key, model, version, length, body, context, attempts)
 
     def _note_error(self, seq: int, error: str) -> None:
-        with self._transaction("record an error") as db:
-            db.execute("UPDATE items SET last_error = ? WHERE seq = ?", (error[:500], seq))
+        self._write(
+            "record an error",
+            lambda db: db.execute(
+                "UPDATE items SET last_error = ? WHERE seq = ?", (error[:500], seq)
+            ),
+        )
 
     def _dead_letter(self, seq: int, reason: str, error: str, attempts: int) -> None:
-        with self._transaction("move an item to the dead letters") as db:
+
+        def move(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO dead_letters(item_seq, key, fingerprint, kind, model, version, "
                 "sensitivity, local_only, features_only, body, header_length, reason, error, "
@@ -576,6 +593,8 @@ class Outbox:
             )
             db.execute("DELETE FROM items WHERE seq = ?", (seq,))
             self._after_dead_letter(db, reason)
+
+        self._write("move an item to the dead letters", move)
 
     def _dead_letter_row(
         self, db: sqlite3.Connection, row: dict[str, Any], reason: str, error: str, attempts: int
@@ -639,6 +658,20 @@ class Outbox:
 
     # -- storage ---------------------------------------------------------------
 
+    def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body`` in one transaction. On SQLITE_FULL the write-ahead log is
+        checkpointed and truncated (giving its space back) and ``body`` tried once more."""
+        try:
+            with self._transaction(action) as db:
+                return body(db)
+        except OutboxStorageError as exc:
+            if not _disk_full(exc):
+                raise
+            with self._lock, contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with self._transaction(action) as db:
+                return body(db)
+
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any error."""
@@ -679,17 +712,19 @@ class Outbox:
             _, db = _open_checked(self.path)
         assert db is not None
         self._db = db
-        with self._transaction("set up its tables") as tx:
-            _migrate(tx)
-            self._start_clock(tx)
-            if self.quarantined is not None:
-                tx.execute(
-                    "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
-                    (self._clock(), str(self.quarantined), problem),
-                )
-                _bump(tx, "quarantined")
-            _backfill(tx, self._base_observed, self._clock(), self.max_clock_credit_s)
+        self._write("set up its tables", lambda tx: self._set_up(tx, problem))
         return db
+
+    def _set_up(self, db: sqlite3.Connection, problem: str | None) -> None:
+        _migrate(db)
+        self._start_clock(db)
+        if self.quarantined is not None:
+            db.execute(
+                "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
+                (self._clock(), str(self.quarantined), problem),
+            )
+            _bump(db, "quarantined")
+        _backfill(db, self._base_observed, self._clock(), self.max_clock_credit_s)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -725,6 +760,11 @@ def _classify(exc: EdgecloudError) -> Outcome:
     if fallback_reason(exc) is None:
         return "rejected"
     return "ambiguous"
+
+
+def _disk_full(exc: OutboxStorageError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.Error) and getattr(cause, "sqlite_errorcode", 0) & 0xFF == 13
 
 
 def _storage_error(path: Path, action: str, exc: sqlite3.Error) -> OutboxStorageError:
