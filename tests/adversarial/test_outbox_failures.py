@@ -11,6 +11,7 @@ idempotency key reused with another payload or the same one.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from edgecloud import (
     IdempotencyKeyReuseError,
     InferRequest,
     InferResponse,
+    InvalidRequestError,
     RemoteBackend,
     RequestContext,
     Sensitivity,
@@ -268,6 +270,20 @@ def test_an_item_only_it_gets_unavailable_for_is_found_out_and_dead_lettered(
     second = box.drain(send)
     assert second.dead_lettered == 1 and [d.key for d in box.dead_letters()] == [bad]
     assert box.stats()["delivered"] == len(good) == 4
+
+
+def test_rows_that_cannot_be_decoded_are_dead_lettered_not_blockers(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    bad_context, bad_body, good = (box.put(blob(i)) for i in range(3))
+    with pytest.raises(InvalidRequestError, match="printable ASCII"):
+        box.put(keyed(blob(3), "bad\nkey"))  # refused at put, not at every drain after
+    with sqlite3.connect(tmp_path / "o.db") as db:  # damage two rows quick_check cannot see
+        db.execute("UPDATE items SET sensitivity = 'secret' WHERE key = ?", (bad_context,))
+        db.execute("UPDATE items SET body = x'7b7b' WHERE key = ?", (bad_body,))
+    seen, send = recording(lambda r: None)
+    result = box.drain(send)
+    assert seen == [good] and result.dead_lettered == 2
+    assert [d.reason for d in box.dead_letters()] == ["undecodable", "undecodable"]
 
 
 # -- corruption --------------------------------------------------------------------

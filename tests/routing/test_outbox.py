@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,13 @@ import pytest
 
 from edgecloud import (
     ConfigError,
+    IdempotencyKeyReuseError,
     InferRequest,
     InvalidRequestError,
     ModelRepository,
     RemoteBackend,
     RequestContext,
+    Sensitivity,
     UnavailableError,
 )
 from edgecloud.routing import Backoff, Outbox, OutboxFullError
@@ -153,3 +156,51 @@ def test_drains_to_a_real_server_after_reconnect(
                                   context=RequestContext(idempotency_key=keys[0])))  # fmt: skip
     assert metric(zoo_server, "edgecloud_requests_total", "digits-large") == before + 7
     assert metric(zoo_server, "edgecloud_idempotent_replays_total", "digits-large") >= 1
+
+
+SCHEMA_1 = """
+CREATE TABLE items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    model TEXT NOT NULL, version TEXT, header_length INTEGER NOT NULL, body BLOB NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE dead_letters (
+    seq INTEGER PRIMARY KEY, key TEXT, kind TEXT, model TEXT, body BLOB, header_length INTEGER,
+    error TEXT, failed_at REAL
+);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters VALUES ('delivered', 7), ('dropped', 0), ('rejected', 0), ('expired', 0),
+    ('dead_lettered', 1);
+INSERT INTO dead_letters VALUES (1, 'old', 'request', 'm', x'00', 0, 'server says no', 0);
+"""
+
+
+def test_a_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    from edgecloud.wire.rest import encode_request
+
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        db.executescript(SCHEMA_1)
+        for i, sensitivity in enumerate(["public", "restricted", "personal"]):
+            context = RequestContext(Sensitivity(sensitivity), idempotency_key=f"k{i}")
+            request = InferRequest("digits-large", item(i).inputs, context=context)
+            body, length = encode_request(request, binary=True)
+            db.execute(
+                "INSERT INTO items(key, kind, model, header_length, body, created, expires) "
+                "VALUES (?, 'request', 'digits-large', ?, ?, ?, ?)",
+                (f"k{i}", length, body, time.time() - 60, time.time() + 3600),
+            )
+    box = Outbox(tmp_path / "o.db")
+    items = box.items()
+    assert [i.sensitivity.value for i in items] == ["public", "restricted", "personal"]
+    assert all(len(i.fingerprint) == 64 for i in items)
+    sent: list[InferRequest] = []
+    result = box.drain(sent.append)
+    assert [r.context.idempotency_key for r in sent] == ["k0", "k2"]
+    assert sent[1].context.sensitivity is Sensitivity.PERSONAL
+    assert "sensitivity" not in sent[1].parameters  # the context travels once, as context
+    assert result.dead_lettered == 1  # the restricted one: never sent
+    stats = box.stats()
+    assert stats["delivered"] == 9 and stats["dead_lettered"] == 2 and stats["dead_letters"] == 2
+    with pytest.raises(IdempotencyKeyReuseError):
+        box.put(InferRequest("m", {"x": np.ones(2)}, context=RequestContext(idempotency_key="k1")))

@@ -256,7 +256,8 @@ class _Row:
     version: str | None
     header_length: int
     body: bytes
-    context: RequestContext
+    context: RequestContext | str
+    """The stored context, or why it could not be decoded."""
     attempts: int
 
 
@@ -322,6 +323,7 @@ class Outbox:
             context = replace(context, local_only=True)
         key = context.idempotency_key or uuid.uuid4().hex
         context = replace(context, idempotency_key=key, deadline=None)
+        _context_of(key, context.sensitivity.value, 0, 0)  # a key the wire refuses is a 400 now
         fingerprint = request_fingerprint(request)
         stored = replace(
             request, context=DEFAULT_CONTEXT, parameters=_without_context(request.parameters)
@@ -401,7 +403,7 @@ class Outbox:
                 created=r[4],
                 attempts=r[5],
                 last_error=r[6],
-                sensitivity=Sensitivity(r[7]),
+                sensitivity=_listed(r[7]),
                 local_only=bool(r[8]),
                 features_only=bool(r[9]),
                 fingerprint=r[10],
@@ -424,7 +426,7 @@ class Outbox:
                 reason=r[3],
                 error=r[4],
                 failed_at=r[5],
-                sensitivity=Sensitivity(r[6]),
+                sensitivity=_listed(r[6]),
             )
             for r in rows
         ]
@@ -510,10 +512,12 @@ class Outbox:
         return suspect[1] if suspect is not None else None
 
     def _try(self, send: Callable[[InferRequest], Any], row: _Row) -> tuple[Outcome, str]:
+        if isinstance(row.context, str):
+            return "undecodable", row.context
         if not row.context.may_leave_device:
             return "privacy", _privacy_error(row.context)
         try:
-            request = _rebuild(row)
+            request = _rebuild(row, row.context)
         except EdgecloudError as exc:
             return "undecodable", f"the stored body cannot be decoded: {exc.message}"
         try:
@@ -572,7 +576,10 @@ class Outbox:
         if found is None:
             return None
         seq, key, model, version, length, body, sensitivity, local, features, attempts = found
-        context = _context_of(key, sensitivity, local, features)
+        try:
+            context: RequestContext | str = _context_of(key, sensitivity, local, features)
+        except EdgecloudError as exc:  # a row written by hand or damaged: never sent
+            context = f"the stored context cannot be decoded: {exc.message}"
         return _Row(seq, key, model, version, length, body, context, attempts)
 
     def _note_error(self, seq: int, error: str) -> None:
@@ -857,9 +864,9 @@ def _backfill(db: sqlite3.Connection, now: float, wall: float, credit: float) ->
         )
 
 
-def _rebuild(row: _Row) -> InferRequest:
+def _rebuild(row: _Row, context: RequestContext) -> InferRequest:
     request = decode_request(row.body, row.header_length or None, row.model, row.version).request
-    return replace(request, parameters=_without_context(request.parameters), context=row.context)
+    return replace(request, parameters=_without_context(request.parameters), context=context)
 
 
 def _without_context(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -905,7 +912,7 @@ def _tighten(db: sqlite3.Connection, key: str, context: RequestContext) -> None:
     ).fetchone()
     if row is None:
         return
-    stored = Sensitivity(row[0])
+    stored = _listed(row[0])
     strictest = max(stored, context.sensitivity, key=_STRICTNESS.__getitem__)
     db.execute(
         "UPDATE items SET sensitivity = ?, local_only = ?, features_only = ? WHERE key = ?",
@@ -927,3 +934,11 @@ def _count(db: sqlite3.Connection) -> int:
 
 def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
     db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+
+def _listed(value: str) -> Sensitivity:
+    """A stored sensitivity for listings; a damaged value reads as the strictest."""
+    try:
+        return Sensitivity(value)
+    except ValueError:
+        return Sensitivity.RESTRICTED
