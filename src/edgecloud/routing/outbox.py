@@ -31,7 +31,10 @@ Promises, one per failure mode of a durable queue:
   this boundary: a full disk, an I/O error or a lock raise
   :class:`OutboxStorageError` (an ``UnavailableError``) after the
   transaction is rolled back, so nothing is half-written and every earlier
-  item is intact; the outbox works again once space returns.
+  item is intact; the outbox works again once space returns. On a full disk
+  the write-ahead log is first checkpointed and truncated (it can hold up to
+  1000 pages) and the transaction tried once more, so deleting delivered
+  items frees space rather than needing it.
 - **Corruption is quarantined.** At open, ``PRAGMA quick_check`` runs; a
   damaged file (or one that is not a database at all) is moved aside with
   its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>``, a fresh outbox is
@@ -40,7 +43,7 @@ Promises, one per failure mode of a durable queue:
   :attr:`Outbox.quarantined`.
 - **Time is what the outbox observed.** Items age in *outbox time*:
   seconds accumulated from a monotonic clock that counts suspend
-  (``CLOCK_BOOTTIME``), persisted with every write. A jump of the wall clock
+  (``CLOCK_BOOTTIME``), persisted whenever it moved a second or more. A jump of the wall clock
   while the outbox is open (NTP correcting a device that booted with the
   wrong time) changes nothing. Across a restart the wall-clock gap since the
   last write is credited, clamped to ``[0, max_clock_credit_s]`` (default
@@ -58,12 +61,16 @@ Promises, one per failure mode of a durable queue:
   that may mean the server is unreachable (:class:`UnavailableError`, a
   timeout) is checked against the next item: if that one gets an answer, the
   failure was the item's own and costs it an attempt; if it fails too, the
-  link is down, the drain stops, and no item loses an attempt. A 401/403
+  link is down, the drain stops, and no item loses an attempt (so an item
+  alone in the queue that fails this way waits, and at worst expires,
+  counted). A 401/403
   stops the drain too (the deployment's credentials are wrong, not the
   items). Other 4xx answers dead-letter the item at once (counted
   ``dead_lettered`` like every dead letter). The dead-letter table is bounded
   by ``max_items`` as well (oldest pruned, counted
-  ``dead_letters_dropped``).
+  ``dead_letters_dropped``). A row whose stored body or context cannot be
+  decoded is a dead letter (``undecodable``), not a blocker; a key the wire
+  would refuse is refused at ``put``.
 
 Older outbox files (schema 1) are migrated in place at open; their items get
 the sensitivity their body carried and ``local_only``/``features_only``
@@ -99,7 +106,9 @@ from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
 from ..wire.context import context_parameters, decode_context
 from ..wire.fingerprint import request_fingerprint
 from ..wire.rest import decode_request, encode_request
+from . import outbox_store as store
 from .fallback import fallback_reason
+from .outbox_store import COUNTERS, OutboxStorageError
 from .resilience import Backoff
 
 __all__ = [
@@ -115,75 +124,10 @@ log = logging.getLogger("edgecloud.outbox")
 
 T = TypeVar("T")
 FullPolicy = Literal["reject", "drop_oldest"]
-SCHEMA_VERSION = 2
 #: Outbox time is persisted when it moved at least this much (seconds), so a
 #: drain step that changes nothing else writes nothing (no extra fsync per item).
 CLOCK_RESOLUTION_S = 1.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    fingerprint TEXT NOT NULL DEFAULT '',
-    kind TEXT NOT NULL,
-    model TEXT NOT NULL,
-    version TEXT,
-    sensitivity TEXT NOT NULL DEFAULT 'public',
-    local_only INTEGER NOT NULL DEFAULT 0,
-    features_only INTEGER NOT NULL DEFAULT 0,
-    header_length INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    created REAL NOT NULL,
-    enqueued REAL NOT NULL DEFAULT 0,
-    next_try REAL NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY, key TEXT, kind TEXT, model TEXT, body BLOB, header_length INTEGER,
-    error TEXT, failed_at REAL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS clock (
-    id INTEGER PRIMARY KEY CHECK (id = 0), observed_s REAL NOT NULL, wall_s REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantines (at REAL NOT NULL, path TEXT NOT NULL, error TEXT);
-"""
-#: Columns schema 2 added to tables schema 1 already had: (table, column, declaration).
-ADDED_COLUMNS = (
-    ("items", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
-    ("items", "sensitivity", "TEXT NOT NULL DEFAULT 'public'"),
-    ("items", "local_only", "INTEGER NOT NULL DEFAULT 0"),
-    ("items", "features_only", "INTEGER NOT NULL DEFAULT 0"),
-    ("items", "enqueued", "REAL NOT NULL DEFAULT 0"),
-    ("items", "next_try", "REAL NOT NULL DEFAULT 0"),
-    ("dead_letters", "item_seq", "INTEGER"),
-    ("dead_letters", "fingerprint", "TEXT"),
-    ("dead_letters", "version", "TEXT"),
-    ("dead_letters", "sensitivity", "TEXT"),
-    ("dead_letters", "local_only", "INTEGER"),
-    ("dead_letters", "features_only", "INTEGER"),
-    ("dead_letters", "reason", "TEXT"),
-    ("dead_letters", "attempts", "INTEGER"),
-)
-COUNTERS = (
-    "delivered", "dropped", "rejected", "expired", "dead_lettered", "duplicates", "key_reuse",
-    "privacy_refused", "poisoned", "dead_letters_dropped", "quarantined",
-)  # fmt: skip
-#: sqlite3 primary result codes (https://sqlite.org/rescode.html) and what to do about them.
-_STORAGE_CODES = {
-    3: "permission denied: let this process write the file and its directory",
-    5: "the database is locked by another process: retry",
-    6: "the database is locked: retry",
-    8: "the file is read-only: make it and its directory writable",
-    10: "disk I/O error: check the storage device",
-    11: "the file is corrupt: reopen the outbox to quarantine it",
-    13: "the disk is full: free space; nothing was written",
-    14: "cannot open the file: check the path and its directory",
-    26: "the file is not a database: reopen the outbox to quarantine it",
-}
-_CORRUPT_CODES = (11, 26)
-_STRICTNESS = {Sensitivity.PUBLIC: 0, Sensitivity.PERSONAL: 1, Sensitivity.RESTRICTED: 2}
 #: Request parameters that carry the context on the wire (stored in columns instead).
 _CONTEXT_KEYS = frozenset(
     context_parameters(
@@ -199,12 +143,6 @@ _CONTEXT_KEYS = frozenset(
 
 class OutboxFullError(UnavailableError):
     """The outbox holds ``max_items`` and its policy is to reject new ones."""
-
-
-class OutboxStorageError(UnavailableError):
-    """The outbox's SQLite file could not be written or read (disk full, I/O
-    error, locked, read-only); the transaction was rolled back, nothing is
-    half-written, and the operation may be retried once the cause is fixed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,23 +293,23 @@ class Outbox:
     def _put_row(
         self, db: sqlite3.Connection, row: dict[str, Any], context: RequestContext, now: float
     ) -> str:
-        bound = _bound_fingerprint(db, row["key"])
+        bound = store.bound_fingerprint(db, row["key"])
         if bound is not None:
             if bound != row["fingerprint"]:
-                _bump(db, "key_reuse")
+                store.bump(db, "key_reuse")
                 return "reuse"
-            _bump(db, "duplicates")
-            _tighten(db, row["key"], context)
+            store.bump(db, "duplicates")
+            store.tighten(db, row["key"], context)
             return "duplicate"
         if not context.may_leave_device:
             self._dead_letter_row(db, row, "privacy", _privacy_error(context), attempts=0)
             return "privacy"
-        count = _count(db)
+        count = store.count(db)
         if count >= self.max_items:
             if self.full_policy == "reject":
-                _bump(db, "rejected")  # committed: the rejection itself is on record
+                store.bump(db, "rejected")  # committed: the rejection itself is on record
                 return "full"
-            _drop_oldest(db, count - self.max_items + 1)
+            store.drop_oldest(db, count - self.max_items + 1)
         db.execute(
             "INSERT INTO items(key, fingerprint, kind, model, version, sensitivity, local_only, "
             "features_only, header_length, body, created, enqueued, next_try) VALUES (:key, "
@@ -385,7 +323,7 @@ class Outbox:
 
     def __len__(self) -> int:
         with self._reading("count items") as db:
-            return _count(db)
+            return store.count(db)
 
     def items(self) -> list[OutboxItem]:
         """Pending items, oldest first."""
@@ -403,7 +341,7 @@ class Outbox:
                 created=r[4],
                 attempts=r[5],
                 last_error=r[6],
-                sensitivity=_listed(r[7]),
+                sensitivity=store.listed(r[7]),
                 local_only=bool(r[8]),
                 features_only=bool(r[9]),
                 fingerprint=r[10],
@@ -426,7 +364,7 @@ class Outbox:
                 reason=r[3],
                 error=r[4],
                 failed_at=r[5],
-                sensitivity=_listed(r[6]),
+                sensitivity=store.listed(r[6]),
             )
             for r in rows
         ]
@@ -442,7 +380,7 @@ class Outbox:
         with self._reading("read counters") as db:
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
             dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-            pending = _count(db)
+            pending = store.count(db)
         return {
             "pending": pending,
             "dead_letters": dead,
@@ -532,7 +470,7 @@ class Outbox:
 
             def delete(db: sqlite3.Connection) -> None:
                 db.execute("DELETE FROM items WHERE seq = ?", (row.seq,))
-                _bump(db, "delivered")
+                store.bump(db, "delivered")
 
             self._write("delete a delivered item", delete)
             tally["delivered"] += 1
@@ -619,11 +557,11 @@ class Outbox:
         self._after_dead_letter(db, reason)
 
     def _after_dead_letter(self, db: sqlite3.Connection, reason: str) -> None:
-        _bump(db, "dead_lettered")
+        store.bump(db, "dead_lettered")
         if reason == "poisoned":
-            _bump(db, "poisoned")
+            store.bump(db, "poisoned")
         elif reason == "privacy":
-            _bump(db, "privacy_refused")
+            store.bump(db, "privacy_refused")
         (held,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
         if held > self.max_items:
             db.execute(
@@ -631,7 +569,7 @@ class Outbox:
                 "(SELECT seq FROM dead_letters ORDER BY seq LIMIT ?)",
                 (held - self.max_items,),
             )
-            _bump(db, "dead_letters_dropped", held - self.max_items)
+            store.bump(db, "dead_letters_dropped", held - self.max_items)
 
     def close(self) -> None:
         with self._lock:
@@ -667,7 +605,7 @@ class Outbox:
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         cursor = db.execute("DELETE FROM items WHERE enqueued <= ?", (now - self.ttl_s,))
         if cursor.rowcount:
-            _bump(db, "expired", cursor.rowcount)
+            store.bump(db, "expired", cursor.rowcount)
 
     # -- storage ---------------------------------------------------------------
 
@@ -678,7 +616,7 @@ class Outbox:
             with self._transaction(action) as db:
                 return body(db)
         except OutboxStorageError as exc:
-            if not _disk_full(exc):
+            if not store.disk_full(exc):
                 raise
             with self._lock, contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -710,7 +648,7 @@ class Outbox:
         try:
             yield
         except sqlite3.Error as exc:
-            raise _storage_error(self.path, action, exc) from exc
+            raise store.storage_error(self.path, action, exc) from exc
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -719,25 +657,25 @@ class Outbox:
             raise OutboxStorageError(
                 f"outbox {self.path}: cannot create its directory: {exc}"
             ) from exc
-        problem, db = _open_checked(self.path)
+        problem, db = store.open_checked(self.path)
         if problem is not None:
-            self.quarantined = _quarantine(self.path, problem, self._clock())
-            _, db = _open_checked(self.path)
+            self.quarantined = store.quarantine(self.path, problem, self._clock())
+            _, db = store.open_checked(self.path)
         assert db is not None
         self._db = db
         self._write("set up its tables", lambda tx: self._set_up(tx, problem))
         return db
 
     def _set_up(self, db: sqlite3.Connection, problem: str | None) -> None:
-        _migrate(db)
+        store.migrate(db)
         self._start_clock(db)
         if self.quarantined is not None:
             db.execute(
                 "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
                 (self._clock(), str(self.quarantined), problem),
             )
-            _bump(db, "quarantined")
-        _backfill(db, self._base_observed, self._clock(), self.max_clock_credit_s)
+            store.bump(db, "quarantined")
+        store.backfill(db, self._base_observed, self._clock(), self.max_clock_credit_s)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -775,95 +713,6 @@ def _classify(exc: EdgecloudError) -> Outcome:
     return "ambiguous"
 
 
-def _disk_full(exc: OutboxStorageError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, sqlite3.Error) and getattr(cause, "sqlite_errorcode", 0) & 0xFF == 13
-
-
-def _storage_error(path: Path, action: str, exc: sqlite3.Error) -> OutboxStorageError:
-    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
-    hint = _STORAGE_CODES.get(code, "check the storage device and the file")
-    return OutboxStorageError(f"outbox {path}: could not {action}: {exc} — {hint}")
-
-
-def _open_checked(path: Path) -> tuple[str | None, sqlite3.Connection | None]:
-    """A connection to ``path`` after ``PRAGMA quick_check``; or what is wrong with it."""
-    db: sqlite3.Connection | None = None
-    try:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        report = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
-    except sqlite3.DatabaseError as exc:
-        if db is not None:
-            db.close()
-        if getattr(exc, "sqlite_errorcode", -1) & 0xFF in _CORRUPT_CODES:
-            return str(exc), None
-        raise _storage_error(path, "open", exc) from exc
-    if report != ["ok"]:
-        db.close()
-        return "quick_check: " + "; ".join(report)[:500], None
-    return None, db
-
-
-def _quarantine(path: Path, problem: str, wall: float) -> Path:
-    """Move ``path`` and its ``-wal``/``-shm`` aside; returns the new path of the file."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall))
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    try:
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{path}{suffix}")
-            if source.exists():
-                os.replace(source, f"{target}{suffix}")
-    except OSError as exc:
-        raise OutboxStorageError(
-            f"outbox {path} is corrupt ({problem}) and could not be moved aside: {exc}; "
-            "move or delete it"
-        ) from exc
-    log.error(
-        "outbox %s is corrupt (%s): moved to %s, starting a fresh outbox", path, problem, target
-    )
-    return target
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Create the tables, or bring a schema-1 file to schema 2 in place."""
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-    for table, column, declaration in ADDED_COLUMNS:
-        present = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-    if "expires" in {r[1] for r in db.execute("PRAGMA table_info(items)")}:
-        db.execute("ALTER TABLE items DROP COLUMN expires")  # schema 1 aged by wall clock
-    for name in COUNTERS:
-        db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-def _backfill(db: sqlite3.Connection, now: float, wall: float, credit: float) -> None:
-    """Fingerprint, context and outbox-time age of items migrated from schema 1."""
-    rows = db.execute(
-        "SELECT seq, model, version, header_length, body, created FROM items WHERE fingerprint = ''"
-    ).fetchall()
-    for seq, model, version, length, body, created in rows:
-        age = min(max(0.0, wall - created), credit)
-        try:
-            request = decode_request(body, length or None, model, version).request
-            values = (request_fingerprint(request), request.context.sensitivity.value)
-        except EdgecloudError:
-            values = ("undecodable", Sensitivity.PUBLIC.value)  # dead-lettered at drain
-        db.execute(
-            "UPDATE items SET fingerprint = ?, sensitivity = ?, enqueued = ? WHERE seq = ?",
-            (*values, now - age, seq),
-        )
-
-
 def _rebuild(row: _Row, context: RequestContext) -> InferRequest:
     request = decode_request(row.body, row.header_length or None, row.model, row.version).request
     return replace(request, parameters=_without_context(request.parameters), context=context)
@@ -895,50 +744,3 @@ def _privacy_error(context: RequestContext) -> str:
         f"privacy: {context.sensitivity.value} data ({rule}) may not leave the device; "
         "the outbox never sends it"
     )
-
-
-def _bound_fingerprint(db: sqlite3.Connection, key: str) -> str | None:
-    for table in ("items", "dead_letters"):
-        row = db.execute(f"SELECT fingerprint FROM {table} WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            return str(row[0] or "")
-    return None
-
-
-def _tighten(db: sqlite3.Connection, key: str, context: RequestContext) -> None:
-    """Keep the stricter of the stored and the new context for a duplicate put."""
-    row = db.execute(
-        "SELECT sensitivity, local_only, features_only FROM items WHERE key = ?", (key,)
-    ).fetchone()
-    if row is None:
-        return
-    stored = _listed(row[0])
-    strictest = max(stored, context.sensitivity, key=_STRICTNESS.__getitem__)
-    db.execute(
-        "UPDATE items SET sensitivity = ?, local_only = ?, features_only = ? WHERE key = ?",
-        (strictest.value, max(row[1], int(context.local_only)),
-         max(row[2], int(context.features_only)), key),
-    )  # fmt: skip
-
-
-def _drop_oldest(db: sqlite3.Connection, excess: int) -> None:
-    db.execute(
-        "DELETE FROM items WHERE seq IN (SELECT seq FROM items ORDER BY seq LIMIT ?)", (excess,)
-    )
-    _bump(db, "dropped", excess)
-
-
-def _count(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-
-
-def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
-    db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
-
-
-def _listed(value: str) -> Sensitivity:
-    """A stored sensitivity for listings; a damaged value reads as the strictest."""
-    try:
-        return Sensitivity(value)
-    except ValueError:
-        return Sensitivity.RESTRICTED
