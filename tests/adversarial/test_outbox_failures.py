@@ -11,8 +11,10 @@ idempotency key reused with another payload or the same one.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from edgecloud import (
 )
 from edgecloud.routing import Backoff, Outbox, OutboxStorageError
 
+from ..conftest import ROOT
 from ..routing.conftest import metric
 from ..server.conftest import Server
 from ._outbox_helpers import Clock, affine, lookup, outbox_server
@@ -326,6 +329,15 @@ def test_a_corrupt_file_is_quarantined_and_reported(
     again = Outbox(path)
     assert again.quarantined is None and again.stats()["quarantined"] == 1  # on record
     assert [i.key for i in again.items()] == [key]
+    again.close()
+    if how == "not-a-database":  # and the CLI reports it (one run is enough)
+        shown = subprocess.run(
+            [sys.executable, "-m", "edgecloud.cli", "outbox", str(path)],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "200"},
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "quarantined" in shown.stdout and str(fresh.quarantined) in shown.stderr
 
 
 # -- idempotency keys --------------------------------------------------------------
