@@ -131,8 +131,8 @@ def test_sqlite_full_from_its_page_limit_rolls_back_and_recovers(tmp_path: Path)
 # -- clock jumps -------------------------------------------------------------------
 
 
-def clocked(path: Path, wall: Clock, monotonic: Clock) -> Outbox:
-    return Outbox(path, ttl_s=TTL, clock=wall, monotonic=monotonic)
+def clocked(path: Path, wall: Clock, monotonic: Clock, boot: str = "boot-1") -> Outbox:
+    return Outbox(path, ttl_s=TTL, clock=wall, monotonic=monotonic, boot=lambda: boot)
 
 
 def test_a_forward_wall_clock_jump_expires_nothing(tmp_path: Path) -> None:
@@ -143,10 +143,17 @@ def test_a_forward_wall_clock_jump_expires_nothing(tmp_path: Path) -> None:
     monotonic.now += 60
     assert [item.key for item in box.items()] == keys and box.stats()["expired"] == 0
     box.close()
-    wall.now += 10 * YEAR  # and again while the app was down
+    wall.now += 10 * YEAR  # and again while the app restarted: downtime is measured
+    monotonic.now += 30
     box = clocked(tmp_path / "o.db", wall, monotonic)
-    assert len(box) == 5 and box.stats()["expired"] == 0  # credited at most TTL / 2
-    monotonic.now += TTL / 2  # but they still expire after at most ttl_s of observed time
+    assert len(box) == 5
+    box.close()
+    wall.now += 10 * YEAR  # a reboot into a wrong wall clock: credited at most TTL / 2
+    rebooted = Clock(0.0)
+    box = clocked(tmp_path / "o.db", wall, rebooted, boot="boot-2")
+    rebooted.now += TTL / 2 - 100  # observed so far: 60 + 30 + TTL / 2 + TTL / 2 - 100
+    assert len(box.items()) == 5 and box.stats()["expired"] == 0
+    rebooted.now += 11  # they still expire after at most ttl_s of observed time
     assert box.drain(lambda request: None).delivered == 0
     assert box.stats()["expired"] == 5
 
@@ -162,13 +169,21 @@ def test_a_backward_wall_clock_jump_does_not_keep_items_forever(tmp_path: Path) 
     sent: list[InferRequest] = []
     box.drain(sent.append)
     assert sent == [] and box.stats()["expired"] == 1
-    box.put(blob(1))  # across a restart too: a gap < 0 credits nothing, time still passes
+    box.put(blob(1))  # the app is down longer than the TTL; the wall clock says no time passed
     box.close()
+    monotonic.now += TTL + 1
     wall.now -= YEAR
     box = clocked(tmp_path / "o.db", wall, monotonic)
-    monotonic.now += TTL + 1
     box.drain(sent.append)
     assert sent == [] and box.stats()["expired"] == 2
+    box.put(blob(2))  # across a reboot a gap < 0 credits nothing, and time still passes
+    box.close()
+    wall.now -= YEAR
+    rebooted = Clock(0.0)
+    box = clocked(tmp_path / "o.db", wall, rebooted, boot="boot-2")
+    rebooted.now += TTL + 1
+    box.drain(sent.append)
+    assert sent == [] and box.stats()["expired"] == 3
 
 
 def test_two_processes_on_one_file_do_not_count_time_twice(tmp_path: Path) -> None:

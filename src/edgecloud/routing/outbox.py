@@ -45,7 +45,9 @@ Promises, one per failure mode of a durable queue:
   seconds accumulated from a monotonic clock that counts suspend
   (``CLOCK_BOOTTIME``), persisted whenever it moved a second or more. A jump of the wall clock
   while the outbox is open (NTP correcting a device that booted with the
-  wrong time) changes nothing. Across a restart the wall-clock gap since the
+  wrong time) changes nothing. Across a restart of the app within one boot,
+  the downtime is measured by the same monotonic clock (the boot is named by
+  the kernel's ``boot_id``). Across a reboot the wall-clock gap since the
   last write is credited, clamped to ``[0, max_clock_credit_s]`` (default
   half the TTL, at most a day): a wall clock that jumped forward ages the
   queue by at most that much, and one that jumped back by nothing. So no
@@ -209,6 +211,14 @@ def boot_clock() -> float:
     return time.monotonic()  # pragma: no cover - not Linux
 
 
+def boot_id() -> str:
+    """This boot's identity (Linux ``/proc/sys/kernel/random/boot_id``), or ``""``."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # pragma: no cover - not Linux
+        return ""
+
+
 class Outbox:
     """Ordered, durable queue of requests for the remote side."""
 
@@ -224,9 +234,11 @@ class Outbox:
         max_clock_credit_s: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = boot_clock,
+        boot: Callable[[], str] = boot_id,
     ) -> None:
         """``clock`` is the wall clock (seconds since the epoch); ``monotonic`` the
-        clock items age by; ``retry_backoff`` spaces the tries of one item
+        clock items age by, and ``boot`` names the boot it counts from (within one
+        boot, downtime is measured by it); ``retry_backoff`` spaces the tries of one item
         (default 1 s doubling to 5 min, full jitter); ``max_attempts`` bounds them."""
         _check_settings(max_items, ttl_s, full_policy, max_attempts, max_clock_credit_s)
         self.path = Path(path)
@@ -240,6 +252,7 @@ class Outbox:
         )
         self._clock = clock
         self._monotonic = monotonic
+        self._boot = boot
         self._lock = threading.Lock()
         self.quarantined: Path | None = None
         """Where a corrupt file found at open was moved, or None."""
@@ -584,22 +597,35 @@ class Outbox:
         now = max(float(stored), estimate)
         if now >= stored + CLOCK_RESOLUTION_S:  # a read-only transaction costs no fsync
             db.execute(
-                "UPDATE clock SET observed_s = ?, wall_s = ? WHERE id = 0", (now, self._clock())
+                "UPDATE clock SET observed_s = ?, wall_s = ?, boot_id = ?, monotonic_s = ? "
+                "WHERE id = 0",
+                (now, self._clock(), self._boot(), self._monotonic()),
             )
         return now
 
     def _start_clock(self, db: sqlite3.Connection) -> None:
-        """Outbox time at open: the stored time plus the bounded wall-clock downtime."""
-        wall = self._clock()
+        """Outbox time at open: the stored time plus the downtime since the last write,
+        measured by the monotonic clock within one boot, else by the wall clock, bounded."""
+        wall, boot, monotonic = self._clock(), self._boot(), self._monotonic()
         db.execute("INSERT OR IGNORE INTO clock(id, observed_s, wall_s) VALUES (0, 0, ?)", (wall,))
-        stored, last_wall = db.execute(
-            "SELECT observed_s, wall_s FROM clock WHERE id = 0"
+        stored, last_wall, last_boot, last_monotonic = db.execute(
+            "SELECT observed_s, wall_s, boot_id, monotonic_s FROM clock WHERE id = 0"
         ).fetchone()
-        credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
+        if (
+            boot
+            and boot == last_boot
+            and last_monotonic is not None
+            and monotonic >= last_monotonic
+        ):
+            credit = monotonic - float(last_monotonic)  # the same boot: measured, not guessed
+        else:
+            credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
         self._base_observed = float(stored) + credit
-        self._base_monotonic = self._monotonic()
+        self._base_monotonic = monotonic
         db.execute(
-            "UPDATE clock SET observed_s = ?, wall_s = ? WHERE id = 0", (self._base_observed, wall)
+            "UPDATE clock SET observed_s = ?, wall_s = ?, boot_id = ?, monotonic_s = ? "
+            "WHERE id = 0",
+            (self._base_observed, wall, boot, monotonic),
         )
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS clock (
-    id INTEGER PRIMARY KEY CHECK (id = 0), observed_s REAL NOT NULL, wall_s REAL NOT NULL
+    id INTEGER PRIMARY KEY CHECK (id = 0), observed_s REAL NOT NULL, wall_s REAL NOT NULL,
+    boot_id TEXT, monotonic_s REAL
 );
 CREATE TABLE IF NOT EXISTS quarantines (at REAL NOT NULL, path TEXT NOT NULL, error TEXT);
 """
