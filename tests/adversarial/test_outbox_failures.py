@@ -105,6 +105,9 @@ def test_a_full_filesystem_is_a_typed_error_that_loses_nothing_and_recovers(
     with pytest.raises(OutboxStorageError):
         box.put(blob(len(keys)))  # still full: still typed, still nothing half-written
     assert [item.key for item in box.items()] == keys
+    box.close()
+    box = Outbox(tiny_fs / "outbox.db")  # a restart on the full disk: opening writes nothing
+    assert [item.key for item in box.items()] == keys and box.quarantined is None
     ballast.unlink()  # space returns
     keys.append(box.put(blob(len(keys))))
     box.close()

@@ -585,6 +585,9 @@ class Outbox:
             store.bump(db, "dead_letters_dropped", held - self.max_items)
 
     def close(self) -> None:
+        """Persist outbox time (best effort: not on a full disk) and close the file."""
+        with contextlib.suppress(OutboxStorageError):
+            self._write("record the time", self._observed)
         with self._lock:
             self._db.close()
 
@@ -607,10 +610,17 @@ class Outbox:
         """Outbox time at open: the stored time plus the downtime since the last write,
         measured by the monotonic clock within one boot, else by the wall clock, bounded."""
         wall, boot, monotonic = self._clock(), self._boot(), self._monotonic()
-        db.execute("INSERT OR IGNORE INTO clock(id, observed_s, wall_s) VALUES (0, 0, ?)", (wall,))
-        stored, last_wall, last_boot, last_monotonic = db.execute(
+        row = db.execute(
             "SELECT observed_s, wall_s, boot_id, monotonic_s FROM clock WHERE id = 0"
         ).fetchone()
+        if row is None:
+            row = (0.0, wall, boot, monotonic)
+            db.execute(
+                "INSERT INTO clock(id, observed_s, wall_s, boot_id, monotonic_s) "
+                "VALUES (0, ?, ?, ?, ?)",
+                row,
+            )
+        stored, last_wall, last_boot, last_monotonic = row
         if (
             boot
             and boot == last_boot
@@ -620,13 +630,11 @@ class Outbox:
             credit = monotonic - float(last_monotonic)  # the same boot: measured, not guessed
         else:
             credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
+        # Not written back here: opening writes nothing (a full disk can still be
+        # opened); the next write persists it, and until then a second open
+        # derives the same credit from the same stored row.
         self._base_observed = float(stored) + credit
         self._base_monotonic = monotonic
-        db.execute(
-            "UPDATE clock SET observed_s = ?, wall_s = ?, boot_id = ?, monotonic_s = ? "
-            "WHERE id = 0",
-            (self._base_observed, wall, boot, monotonic),
-        )
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         cursor = db.execute("DELETE FROM items WHERE enqueued <= ?", (now - self.ttl_s,))

@@ -147,7 +147,12 @@ def quarantine(path: Path, problem: str, wall: float) -> Path:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Create the tables, or bring a schema-1 file to schema 2 in place."""
+    """Create the tables, or bring a schema-1 file to schema 2 in place.
+
+    A file already at schema 2 is left untouched: opening writes nothing, so
+    an outbox opens (and can be read and drained) on a full disk."""
+    if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
