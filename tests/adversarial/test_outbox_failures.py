@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -305,6 +306,24 @@ def test_rows_that_cannot_be_decoded_are_dead_lettered_not_blockers(tmp_path: Pa
     result = box.drain(send)
     assert seen == [good] and result.dead_lettered == 2
     assert [d.reason for d in box.dead_letters()] == ["undecodable", "undecodable"]
+
+
+def test_concurrent_drains_send_each_item_once_and_count_it_once(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    keys = [box.put(blob(i)) for i in range(30)]
+    sent: list[str] = []
+
+    def slow(request: InferRequest) -> None:
+        sent.append(str(request.context.idempotency_key))
+        time.sleep(0.002)
+
+    threads = [threading.Thread(target=box.drain, args=(slow,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(sent) == sorted(keys)  # none twice, none lost
+    assert box.stats()["delivered"] == 30 and len(box) == 0
 
 
 # -- corruption --------------------------------------------------------------------

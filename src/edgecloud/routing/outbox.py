@@ -253,6 +253,8 @@ class Outbox:
         self._clock = clock
         self._monotonic = monotonic
         self._boot = boot
+        self._claims_lock = threading.Lock()
+        self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self.quarantined: Path | None = None
         """Where a corrupt file found at open was moved, or None."""
@@ -440,27 +442,35 @@ class Outbox:
         tally: dict[str, int],
         max_items: int | None,
     ) -> str | None:
-        """One pass over the due items; the link-level error that stopped it, or None."""
-        cursor, suspect = 0, None
-        while max_items is None or tally["delivered"] < max_items:
-            row = self._next_due(cursor)
-            if row is None:
-                break
-            cursor = row.seq
-            outcome, error = self._try(send, row)
-            if outcome == "stop":
-                return error
-            if outcome == "ambiguous":
-                if suspect is not None:
-                    return error  # two in a row without an answer: the link is down
-                suspect = (row, error)
-                continue
-            answered = outcome in ("delivered", "rejected", "item")
-            if suspect is not None and answered:
-                self._item_failed(*suspect, tally)  # the server answers: it was that item's
-                suspect = None
-            self._settle(row, outcome, error, tally)
-        return suspect[1] if suspect is not None else None
+        """One pass over the due items; the link-level error that stopped it, or None.
+
+        Items being sent are claimed, so drains in several threads of one
+        process never send the same item twice (across processes, at least once)."""
+        cursor, suspect, claimed = 0, None, set()
+        try:
+            while max_items is None or tally["delivered"] < max_items:
+                row = self._next_due(cursor)
+                if row is None:
+                    break
+                cursor = row.seq
+                claimed.add(row.seq)
+                outcome, error = self._try(send, row)
+                if outcome == "stop":
+                    return error
+                if outcome == "ambiguous":
+                    if suspect is not None:
+                        return error  # two in a row without an answer: the link is down
+                    suspect = (row, error)
+                    continue
+                answered = outcome in ("delivered", "rejected", "item")
+                if suspect is not None and answered:
+                    self._item_failed(*suspect, tally)  # the server answers: it was that item's
+                    suspect = None
+                self._settle(row, outcome, error, tally)
+            return suspect[1] if suspect is not None else None
+        finally:
+            with self._claims_lock:
+                self._in_flight -= claimed
 
     def _try(self, send: Callable[[InferRequest], Any], row: _Row) -> tuple[Outcome, str]:
         if isinstance(row.context, str):
@@ -482,8 +492,8 @@ class Outbox:
         if outcome == "delivered":
 
             def delete(db: sqlite3.Connection) -> None:
-                db.execute("DELETE FROM items WHERE seq = ?", (row.seq,))
-                store.bump(db, "delivered")
+                if db.execute("DELETE FROM items WHERE seq = ?", (row.seq,)).rowcount:
+                    store.bump(db, "delivered")  # not twice if another process was faster
 
             self._write("delete a delivered item", delete)
             tally["delivered"] += 1
@@ -523,9 +533,15 @@ class Outbox:
                 (cursor, now),
             ).fetchone()
 
-        found = self._write("read the next item", oldest_due)
-        if found is None:
-            return None
+        while True:
+            found = self._write("read the next item", oldest_due)
+            if found is None:
+                return None
+            with self._claims_lock:
+                if found[0] not in self._in_flight:
+                    self._in_flight.add(found[0])
+                    break
+            cursor = found[0]  # another thread of this process is sending it
         seq, key, model, version, length, body, sensitivity, local, features, attempts = found
         try:
             context: RequestContext | str = _context_of(key, sensitivity, local, features)
@@ -544,16 +560,17 @@ class Outbox:
     def _dead_letter(self, seq: int, reason: str, error: str, attempts: int) -> None:
 
         def move(db: sqlite3.Connection) -> None:
-            db.execute(
+            moved = db.execute(
                 "INSERT INTO dead_letters(item_seq, key, fingerprint, kind, model, version, "
                 "sensitivity, local_only, features_only, body, header_length, reason, error, "
                 "attempts, failed_at) SELECT seq, key, fingerprint, kind, model, version, "
                 "sensitivity, local_only, features_only, body, header_length, ?, ?, ?, ? "
                 "FROM items WHERE seq = ?",
                 (reason, error[:500], attempts, self._clock(), seq),
-            )
-            db.execute("DELETE FROM items WHERE seq = ?", (seq,))
-            self._after_dead_letter(db, reason)
+            ).rowcount
+            if moved:  # not twice if another process was faster
+                db.execute("DELETE FROM items WHERE seq = ?", (seq,))
+                self._after_dead_letter(db, reason)
 
         self._write("move an item to the dead letters", move)
 
