@@ -288,12 +288,12 @@ class Outbox:
             **_context_columns(context),
         }  # fmt: skip
 
-        def store(db: sqlite3.Connection) -> str:
+        def insert(db: sqlite3.Connection) -> str:
             now = self._observed(db)
             self._expire(db, now)
             return self._put_row(db, row, context, now)
 
-        outcome = self._write("store an item", store)
+        outcome = self._write("store an item", insert)
         if outcome == "reuse":
             raise IdempotencyKeyReuseError(
                 f"idempotency key {key!r} is already bound to another request in outbox "
@@ -422,18 +422,22 @@ class Outbox:
         propagate from ``send`` with the item untouched.
         """
         tally = {"delivered": 0, "dead_lettered": 0, "deferred": 0}
-        passes = 0
-        while True:
-            stopped = self._drain_pass(send, tally, max_items)
-            if stopped is None:
-                break
+        passes, slept = 0, 0.0
+        while (stopped := self._drain_pass(send, tally, max_items)) is not None:
             passes += 1
             if backoff is None or (backoff.max_tries is not None and passes >= backoff.max_tries):
-                return DrainResult(tally["delivered"], len(self), stopped,
-                                   tally["dead_lettered"], tally["deferred"])  # fmt: skip
-            sleep(backoff.delay(passes - 1))
+                break
+            delay = backoff.delay(passes - 1)
+            if backoff.max_elapsed_s is not None and slept + delay > backoff.max_elapsed_s:
+                break
+            sleep(delay)
+            slept += delay
         return DrainResult(
-            tally["delivered"], len(self), None, tally["dead_lettered"], tally["deferred"]
+            delivered=tally["delivered"],
+            remaining=len(self),
+            stopped_by=stopped,
+            dead_lettered=tally["dead_lettered"],
+            deferred=tally["deferred"],
         )
 
     def _drain_pass(
