@@ -270,6 +270,33 @@ def edge(
     run_gateway(deployment, settings, on_ready=lambda: errors.print(announce, highlight=False))
 
 
+@app.command("outbox")
+def outbox_status(
+    path: Annotated[Path, typer.Argument(help="The outbox's SQLite file.")],
+) -> None:
+    """What an outbox holds and what became of the rest: counters, dead letters, quarantines."""
+    from .routing.outbox import Outbox
+
+    if not path.is_file():
+        raise ConfigError(f"no outbox file at {path}")
+    box = Outbox(path)  # a corrupt file is quarantined here, and reported below
+    try:
+        stats, dead, quarantines = box.stats(), box.dead_letters(), box.quarantines()
+    finally:
+        box.close()
+    table = Table("counter", "value")
+    for name, value in stats.items():
+        table.add_row(name, str(value))
+    console.print(table)
+    reasons: dict[str, int] = {}
+    for letter in dead:
+        reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
+    if reasons:
+        console.print("dead letters: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+    for _, moved_to, problem in quarantines:
+        errors.print(f"[red]corrupt outbox file moved to {moved_to}:[/] {problem}", highlight=False)
+
+
 @app.command()
 def calibrate(
     deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],

@@ -69,6 +69,8 @@ class OutboxSpec(_Strict):
     max_items: int = Field(default=10_000, ge=1)
     ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     full_policy: Literal["reject", "drop_oldest"] = "reject"
+    max_attempts: int = Field(default=8, ge=1)
+    """Tries of an item the server keeps failing (5xx) before it is dead-lettered."""
 
 
 class LocalSpec(_Strict):
@@ -276,6 +278,7 @@ class _Builder:
                 max_items=spec.outbox.max_items,
                 ttl_s=spec.outbox.ttl_s,
                 full_policy=spec.outbox.full_policy,
+                max_attempts=spec.outbox.max_attempts,
             )
             if spec.outbox
             else None
@@ -401,8 +404,8 @@ class _Builder:
                 )
             outbox = self.outbox
 
-            def defer(request: InferRequest, _response: InferResponse, _why: str) -> None:
-                outbox.put(request, kind="escalation")
+            def defer(request: InferRequest, _response: InferResponse, why: str) -> None:
+                outbox.put(request, kind="escalation", why=why)  # "privacy": never sent
 
         return Cascade(
             self._node_for(spec.small_model, spec.small, f"{at}.small"),

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .deployment import Deployment, load
-from .errors import ConfigError, DeadlineExceededError, ModelNotFoundError
+from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from .repository import ModelConfig
 from .server.host import ModelState, open_idempotency
 from .server.metrics import ServerMetrics
@@ -78,11 +78,19 @@ class DeploymentHost:
         outbox = self.deployment.outbox
         if outbox is None or not self.deployment.remotes:
             return
+        if outbox.quarantined is not None:
+            log.error("outbox: a corrupt file was moved to %s at open", outbox.quarantined)
         while True:
-            if len(outbox):
-                result = await asyncio.to_thread(self.deployment.drain_outbox)
-                if result is not None and result.delivered:
-                    log.info("outbox: delivered %d, %d left", result.delivered, result.remaining)
+            try:
+                if len(outbox):
+                    result = await asyncio.to_thread(self.deployment.drain_outbox)
+                    if result is not None and (result.delivered or result.dead_lettered):
+                        log.info(
+                            "outbox: delivered %d, dead-lettered %d, %d left",
+                            result.delivered, result.dead_lettered, result.remaining,
+                        )  # fmt: skip
+            except EdgecloudError as exc:  # e.g. the disk is full: keep the loop, try later
+                log.error("outbox: %s", exc.message)
             await asyncio.sleep(every_s)
 
 

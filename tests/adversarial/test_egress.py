@@ -60,7 +60,6 @@ from . import _privacy_helpers as recorder
 LEVELS = [s.value for s in Sensitivity]
 FAST = Link(rtt_s=0.0, bandwidth_bps=10e9)
 SEEDS = itertools.count(1000)
-OUTBOX_XFAIL = pytest.mark.xfail(reason="outbox context: branch wt-outbox", strict=False)
 
 
 def secret(*shape: int) -> np.ndarray:
@@ -422,10 +421,9 @@ PATHS: dict[str, tuple[Path_, dict[str, bool | None]]] = {
 
 
 def cases() -> Iterator[Any]:
-    for name, (_, arrives) in PATHS.items():
+    for name in PATHS:
         for level in LEVELS:
-            marks = [OUTBOX_XFAIL] if "outbox" in name and not arrives[level] else []
-            yield pytest.param(name, level, marks=marks, id=f"{name}-{level}")
+            yield pytest.param(name, level, id=f"{name}-{level}")
 
 
 def test_the_readme_has_deployments_to_check() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,13 @@ import pytest
 
 from edgecloud import (
     ConfigError,
+    IdempotencyKeyReuseError,
     InferRequest,
     InvalidRequestError,
     ModelRepository,
     RemoteBackend,
     RequestContext,
+    Sensitivity,
     UnavailableError,
 )
 from edgecloud.routing import Backoff, Outbox, OutboxFullError
@@ -71,10 +74,10 @@ def test_full_outbox_rejects_or_drops_oldest_and_counts_it(tmp_path: Path) -> No
 
 
 def test_expired_items_are_counted_not_sent(tmp_path: Path) -> None:
-    clock = Clock()
-    box = Outbox(tmp_path / "o.db", ttl_s=60, clock=clock)
+    wall, monotonic = Clock(), Clock()
+    box = Outbox(tmp_path / "o.db", ttl_s=60, clock=wall, monotonic=monotonic)
     box.put(item(0))
-    clock.now += 61
+    monotonic.now += 61  # items age by time the outbox saw pass, not by the wall clock
     box.put(item(1))
     sent: list[InferRequest] = []
     box.drain(sent.append)
@@ -94,9 +97,11 @@ def test_drain_stops_at_a_retryable_failure_and_keeps_the_item(tmp_path: Path) -
     slept: list[float] = []
     result = box.drain(down, backoff=Backoff(base_s=0.01, max_tries=3), sleep=slept.append)
     assert result.delivered == 0 and result.remaining == 2 and "link down" in str(result.stopped_by)
-    assert len(calls) == 3 and len(slept) == 2
-    (first, _) = box.items()
-    assert first.attempts == 3 and first.last_error == "link down"
+    # each pass tries the head and one more item (to tell a dead link from a bad item)
+    assert len(calls) == 6 and len(slept) == 2
+    (first, second) = box.items()
+    assert first.attempts == second.attempts == 0  # offline costs no item an attempt
+    assert first.last_error == second.last_error == "link down"
 
 
 def test_rejected_items_go_to_dead_letters_not_nowhere(tmp_path: Path) -> None:
@@ -112,18 +117,27 @@ def test_rejected_items_go_to_dead_letters_not_nowhere(tmp_path: Path) -> None:
         sent.append(request)
 
     result = box.drain(picky)
-    assert result.delivered == 1 and box.stats()["dead_lettered"] == 1
+    assert result.delivered == 1 and result.dead_lettered == 1
+    assert box.stats()["dead_lettered"] == 1
     with sqlite3.connect(tmp_path / "o.db") as db:
-        (error,) = db.execute("SELECT error FROM dead_letters").fetchone()
-    assert error == "server says no"
+        (error, reason) = db.execute("SELECT error, reason FROM dead_letters").fetchone()
+    assert error == "server says no" and reason == "rejected"
 
 
-def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
+def test_corrupt_database_is_quarantined_and_settings_are_checked(tmp_path: Path) -> None:
     (tmp_path / "bad.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ConfigError, match="not a usable SQLite database"):
-        Outbox(tmp_path / "bad.db")
-    with pytest.raises(ConfigError, match="full_policy"):
-        Outbox(tmp_path / "x.db", full_policy="shrug")  # type: ignore[arg-type]
+    box = Outbox(tmp_path / "bad.db")
+    assert box.quarantined is not None and box.quarantined.read_bytes().startswith(b"this is")
+    assert box.stats()["quarantined"] == 1 and len(box) == 0
+    for wrong, message in [
+        ({"full_policy": "shrug"}, "full_policy"),
+        ({"max_items": 0}, "max_items"),
+        ({"ttl_s": 0}, "ttl_s"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_clock_credit_s": -1}, "max_clock_credit_s"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Outbox(tmp_path / "x.db", **wrong)  # type: ignore[arg-type]
 
 
 def test_drains_to_a_real_server_after_reconnect(
@@ -142,3 +156,51 @@ def test_drains_to_a_real_server_after_reconnect(
                                   context=RequestContext(idempotency_key=keys[0])))  # fmt: skip
     assert metric(zoo_server, "edgecloud_requests_total", "digits-large") == before + 7
     assert metric(zoo_server, "edgecloud_idempotent_replays_total", "digits-large") >= 1
+
+
+SCHEMA_1 = """
+CREATE TABLE items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    model TEXT NOT NULL, version TEXT, header_length INTEGER NOT NULL, body BLOB NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE dead_letters (
+    seq INTEGER PRIMARY KEY, key TEXT, kind TEXT, model TEXT, body BLOB, header_length INTEGER,
+    error TEXT, failed_at REAL
+);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters VALUES ('delivered', 7), ('dropped', 0), ('rejected', 0), ('expired', 0),
+    ('dead_lettered', 1);
+INSERT INTO dead_letters VALUES (1, 'old', 'request', 'm', x'00', 0, 'server says no', 0);
+"""
+
+
+def test_a_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    from edgecloud.wire.rest import encode_request
+
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        db.executescript(SCHEMA_1)
+        for i, sensitivity in enumerate(["public", "restricted", "personal"]):
+            context = RequestContext(Sensitivity(sensitivity), idempotency_key=f"k{i}")
+            request = InferRequest("digits-large", item(i).inputs, context=context)
+            body, length = encode_request(request, binary=True)
+            db.execute(
+                "INSERT INTO items(key, kind, model, header_length, body, created, expires) "
+                "VALUES (?, 'request', 'digits-large', ?, ?, ?, ?)",
+                (f"k{i}", length, body, time.time() - 60, time.time() + 3600),
+            )
+    box = Outbox(tmp_path / "o.db")
+    items = box.items()
+    assert [i.sensitivity.value for i in items] == ["public", "restricted", "personal"]
+    assert all(len(i.fingerprint) == 64 for i in items)
+    sent: list[InferRequest] = []
+    result = box.drain(sent.append)
+    assert [r.context.idempotency_key for r in sent] == ["k0", "k2"]
+    assert sent[1].context.sensitivity is Sensitivity.PERSONAL
+    assert "sensitivity" not in sent[1].parameters  # the context travels once, as context
+    assert result.dead_lettered == 1  # the restricted one: never sent
+    stats = box.stats()
+    assert stats["delivered"] == 9 and stats["dead_lettered"] == 2 and stats["dead_letters"] == 2
+    with pytest.raises(IdempotencyKeyReuseError):
+        box.put(InferRequest("m", {"x": np.ones(2)}, context=RequestContext(idempotency_key="k1")))

@@ -139,6 +139,6 @@ class Filter:
                     f"event {event.index} ({event.start_s:.2f}–{event.end_s:.2f} s) could not "
                     f"be sent ({exc}) and there is no outbox to keep it: give Filter an outbox"
                 ) from exc
-            self.outbox.put(request, kind="event")
+            self.outbox.put(request, kind="event", why=fallback_reason(exc))
             event.queued = True
             self.stats.queued_events += 1

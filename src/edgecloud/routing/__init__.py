@@ -17,7 +17,14 @@ from .fallback import (
 )
 from .fastest import Fastest
 from .link import LinkEstimate, ShapedLink
-from .outbox import DrainResult, Outbox, OutboxFullError, OutboxItem
+from .outbox import (
+    DeadLetter,
+    DrainResult,
+    Outbox,
+    OutboxFullError,
+    OutboxItem,
+    OutboxStorageError,
+)
 from .privacy import AuditLog, Guard
 from .resilience import Backoff, BreakerState, CircuitBreaker, retry
 
@@ -28,6 +35,7 @@ __all__ = [
     "BreakerState",
     "Cascade",
     "CircuitBreaker",
+    "DeadLetter",
     "DrainResult",
     "Fallback",
     "Fastest",
@@ -37,6 +45,7 @@ __all__ = [
     "Outbox",
     "OutboxFullError",
     "OutboxItem",
+    "OutboxStorageError",
     "ShapedLink",
     "calibrate",
     "fallback_reason",

@@ -2,58 +2,145 @@
 
 Work that must reach the remote side while it is unreachable — deferred
 escalations, hard examples, telemetry — is written here first and sent later.
+
 Delivery is at least once: an item is deleted only after the server answered
 it, so a crash between sending and deleting re-sends it, and the server's
 idempotency cache (every item carries a key) turns that into exactly once in
-effect. Nothing is dropped silently: a full outbox either rejects the new item
-(the caller gets :class:`OutboxFullError`) or drops the oldest, and every drop,
-rejection, expiry and permanent failure is counted; permanently failing items
-(a 4xx from the server) move to a dead-letter table rather than vanish.
+effect. Nothing is dropped silently: every drop, rejection, expiry, duplicate
+and dead letter is counted, and every counter is committed in the same
+transaction as the change it counts.
+
+Promises, one per failure mode of a durable queue:
+
+- **Idempotency keys are bound to the request.** Each item stores the
+  :func:`~edgecloud.wire.fingerprint.request_fingerprint` of its request. A
+  ``put`` under a key the outbox holds (pending or dead-lettered) with the
+  same fingerprint is a no-op (counted ``duplicates``; the stricter of the two
+  contexts is kept); with another fingerprint it raises
+  :class:`~edgecloud.errors.IdempotencyKeyReuseError` and stores nothing
+  (counted ``key_reuse``). Keys of delivered items are the server's to bind.
+- **Privacy survives the queue.** The request context (sensitivity,
+  ``local_only``, ``features_only``, key) is stored in columns with the item
+  and rebuilt at drain; the drain re-checks it before calling ``send``, and
+  ``send`` (a :class:`RemoteBackend`) checks it again. An item whose raw
+  tensors may not leave the device — at ``put`` (``why="privacy"`` marks an
+  item a guard refused) or at drain — is never sent: it goes to the
+  dead-letter table with the reason (counted ``privacy_refused``). The
+  request's deadline is not kept: it was for the caller who has moved on.
+- **Storage failures are typed.** Every ``sqlite3`` error is translated at
+  this boundary: a full disk, an I/O error or a lock raise
+  :class:`OutboxStorageError` (an ``UnavailableError``) after the
+  transaction is rolled back, so nothing is half-written and every earlier
+  item is intact; the outbox works again once space returns. On a full disk
+  the write-ahead log is first checkpointed and truncated (it can hold up to
+  1000 pages) and the transaction tried once more, so deleting delivered
+  items frees space rather than needing it.
+- **Corruption is quarantined.** At open, ``PRAGMA quick_check`` runs; a
+  damaged file (or one that is not a database at all) is moved aside with
+  its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>``, a fresh outbox is
+  started, the event is logged as an error and recorded in the new database
+  (counter ``quarantined``, :meth:`Outbox.quarantines`) and in
+  :attr:`Outbox.quarantined`.
+- **Time is what the outbox observed.** Items age in *outbox time*:
+  seconds accumulated from a monotonic clock that counts suspend
+  (``CLOCK_BOOTTIME``), persisted whenever it moved a second or more. A jump of the wall clock
+  while the outbox is open (NTP correcting a device that booted with the
+  wrong time) changes nothing. Across a restart of the app within one boot,
+  the downtime is measured by the same monotonic clock (the boot is named by
+  the kernel's ``boot_id``). Across a reboot the wall-clock gap since the
+  last write is credited, clamped to ``[0, max_clock_credit_s]`` (default
+  half the TTL, at most a day): a wall clock that jumped forward ages the
+  queue by at most that much, and one that jumped back by nothing. So no
+  single jump expires every item, and an item expires after at most
+  ``ttl_s`` of observed time whatever the wall clock says. Several
+  processes sharing the file take the maximum of their estimates, so time is
+  never counted twice.
+- **A poison item does not block the queue.** An item the server answers
+  with a retryable error of its own (a 5xx :class:`InferenceError`, a 409)
+  is tried again after a per-item backoff (``retry_backoff``, in outbox
+  time) while the items behind it are sent; after ``max_attempts`` it moves
+  to the dead letters with its last error (counted ``poisoned``). A failure
+  that may mean the server is unreachable (:class:`UnavailableError`, a
+  timeout) is checked against the next item: if that one gets an answer, the
+  failure was the item's own and costs it an attempt; if it fails too, the
+  link is down, the drain stops, and no item loses an attempt (so an item
+  alone in the queue that fails this way waits, and at worst expires,
+  counted). A 401/403
+  stops the drain too (the deployment's credentials are wrong, not the
+  items). Other 4xx answers dead-letter the item at once (counted
+  ``dead_lettered`` like every dead letter). The dead-letter table is bounded
+  by ``max_items`` as well (oldest pruned, counted
+  ``dead_letters_dropped``). A row whose stored body or context cannot be
+  decoded is a dead letter (``undecodable``), not a blocker; a key the wire
+  would refuse is refused at ``put``.
+
+Older outbox files (schema 1) are migrated in place at open; their items get
+the sensitivity their body carried and ``local_only``/``features_only``
+false, which schema 1 did not record.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from ..errors import ConfigError, EdgecloudError, UnavailableError
-from ..tensors import InferRequest, RequestContext
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    EdgecloudError,
+    IdempotencyKeyReuseError,
+    InferenceError,
+    PermissionDeniedError,
+    PrivacyError,
+    UnavailableError,
+)
+from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
+from ..wire.context import context_parameters, decode_context
+from ..wire.fingerprint import request_fingerprint
 from ..wire.rest import decode_request, encode_request
+from . import outbox_store as store
 from .fallback import fallback_reason
+from .outbox_store import COUNTERS, OutboxStorageError
 from .resilience import Backoff
 
-__all__ = ["DrainResult", "Outbox", "OutboxFullError", "OutboxItem"]
+__all__ = [
+    "DeadLetter",
+    "DrainResult",
+    "Outbox",
+    "OutboxFullError",
+    "OutboxItem",
+    "OutboxStorageError",
+]
 
+log = logging.getLogger("edgecloud.outbox")
+
+T = TypeVar("T")
 FullPolicy = Literal["reject", "drop_oldest"]
+#: Outbox time is persisted when it moved at least this much (seconds), so a
+#: drain step that changes nothing else writes nothing (no extra fsync per item).
+CLOCK_RESOLUTION_S = 1.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    model TEXT NOT NULL,
-    version TEXT,
-    header_length INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY, key TEXT, kind TEXT, model TEXT, body BLOB, header_length INTEGER,
-    error TEXT, failed_at REAL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-COUNTERS = ("delivered", "dropped", "rejected", "expired", "dead_lettered")
+#: Request parameters that carry the context on the wire (stored in columns instead).
+_CONTEXT_KEYS = frozenset(
+    context_parameters(
+        RequestContext(
+            sensitivity=Sensitivity.RESTRICTED,
+            idempotency_key="k",
+            local_only=True,
+            features_only=True,
+        )
+    )
+) | {"binary_data_output"}
 
 
 class OutboxFullError(UnavailableError):
@@ -67,8 +154,26 @@ class OutboxItem:
     kind: str
     model: str
     created: float
+    """Wall-clock time of ``put`` (informational; ageing uses outbox time)."""
     attempts: int
+    """Times the server answered this item with a retryable error of its own."""
     last_error: str | None
+    sensitivity: Sensitivity = Sensitivity.PUBLIC
+    local_only: bool = False
+    features_only: bool = False
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: str
+    kind: str
+    model: str
+    reason: str
+    """``privacy``, ``rejected`` (a 4xx), ``poisoned`` (max_attempts) or ``undecodable``."""
+    error: str
+    failed_at: float
+    sensitivity: Sensitivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +181,42 @@ class DrainResult:
     delivered: int
     remaining: int
     stopped_by: str | None
-    """Why draining stopped early (the retryable error), None when emptied."""
+    """Why draining stopped early (the link-level error), None when emptied."""
+    dead_lettered: int = 0
+    """Items this drain moved to the dead letters."""
+    deferred: int = 0
+    """Items this drain left for a later try (their own retryable failure)."""
+
+
+@dataclass(slots=True)
+class _Row:
+    seq: int
+    key: str
+    model: str
+    version: str | None
+    header_length: int
+    body: bytes
+    context: RequestContext | str
+    """The stored context, or why it could not be decoded."""
+    attempts: int
+
+
+Outcome = Literal["delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable"]
+
+
+def boot_clock() -> float:
+    """Seconds of a monotonic clock that keeps counting while the device sleeps."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()  # pragma: no cover - not Linux
+
+
+def boot_id() -> str:
+    """This boot's identity (Linux ``/proc/sys/kernel/random/boot_id``), or ``""``."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # pragma: no cover - not Linux
+        return ""
 
 
 class Outbox:
@@ -89,83 +229,180 @@ class Outbox:
         max_items: int = 10_000,
         ttl_s: float = 7 * 24 * 3600,
         full_policy: FullPolicy = "reject",
+        max_attempts: int = 8,
+        retry_backoff: Backoff | None = None,
+        max_clock_credit_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = boot_clock,
+        boot: Callable[[], str] = boot_id,
     ) -> None:
-        if max_items < 1:
-            raise ConfigError("outbox max_items must be at least 1")
-        if ttl_s <= 0:
-            raise ConfigError("outbox ttl_s must be positive")
-        if full_policy not in ("reject", "drop_oldest"):
-            raise ConfigError(
-                f"outbox full_policy must be reject or drop_oldest, not {full_policy!r}"
-            )
+        """``clock`` is the wall clock (seconds since the epoch); ``monotonic`` the
+        clock items age by, and ``boot`` names the boot it counts from (within one
+        boot, downtime is measured by it); ``retry_backoff`` spaces the tries of one item
+        (default 1 s doubling to 5 min, full jitter); ``max_attempts`` bounds them."""
+        _check_settings(max_items, ttl_s, full_policy, max_attempts, max_clock_credit_s)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_items = max_items
         self.ttl_s = ttl_s
         self.full_policy = full_policy
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff or Backoff(base_s=1.0, cap_s=300.0, max_tries=None)
+        self.max_clock_credit_s = (
+            min(ttl_s / 2, 86_400.0) if max_clock_credit_s is None else max_clock_credit_s
+        )
         self._clock = clock
+        self._monotonic = monotonic
+        self._boot = boot
+        self._claims_lock = threading.Lock()
+        self._in_flight: set[int] = set()
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            for name in COUNTERS:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,)
-                )
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"outbox {self.path} is not a usable SQLite database: {exc}") from exc
+        self.quarantined: Path | None = None
+        """Where a corrupt file found at open was moved, or None."""
+        self._db = self._open()
 
     # -- writing ---------------------------------------------------------------
 
-    def put(self, request: InferRequest, *, kind: str = "request") -> str:
-        """Store ``request`` durably; returns its idempotency key (given or new)."""
-        key = request.context.idempotency_key or uuid.uuid4().hex
-        stored = replace(request, context=replace(request.context, idempotency_key=key))
+    def put(self, request: InferRequest, *, kind: str = "request", why: str | None = None) -> str:
+        """Store ``request`` durably with its full context; returns its idempotency key.
+
+        ``why`` is the fallback reason the caller defers for; ``"privacy"``
+        (a guard refused the request) marks it local-only, so it is recorded
+        as a dead letter and never sent. Raises :class:`OutboxFullError`,
+        :class:`IdempotencyKeyReuseError` (the key holds another request) or
+        :class:`OutboxStorageError`.
+        """
+        context = request.context
+        if why == "privacy":
+            context = replace(context, local_only=True)
+        key = context.idempotency_key or uuid.uuid4().hex
+        context = replace(context, idempotency_key=key, deadline=None)
+        _context_of(key, context.sensitivity.value, 0, 0)  # a key the wire refuses is a 400 now
+        fingerprint = request_fingerprint(request)
+        stored = replace(
+            request, context=DEFAULT_CONTEXT, parameters=_without_context(request.parameters)
+        )
         body, header_length = encode_request(stored, binary=True)
-        now = self._clock()
-        with self._lock, self._transaction():
-            self._expire(now)
-            count = self._count()
-            full = count >= self.max_items and self.full_policy == "reject"
-            if full:
-                self._bump("rejected")  # committed: the rejection itself is on record
-            else:
-                if count >= self.max_items:
-                    self._drop_oldest(count - self.max_items + 1)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO items(key, kind, model, version, header_length, "
-                    "body, created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, kind, request.model, request.version, header_length or 0, body,
-                     now, now + self.ttl_s),
-                )  # fmt: skip
-        if full:
+        row = {
+            "key": key, "fingerprint": fingerprint, "kind": kind, "model": request.model,
+            "version": request.version, "header_length": header_length or 0, "body": body,
+            **_context_columns(context),
+        }  # fmt: skip
+
+        def insert(db: sqlite3.Connection) -> str:
+            now = self._observed(db)
+            self._expire(db, now)
+            return self._put_row(db, row, context, now)
+
+        outcome = self._write("store an item", insert)
+        if outcome == "reuse":
+            raise IdempotencyKeyReuseError(
+                f"idempotency key {key!r} is already bound to another request in outbox "
+                f"{self.path}; use a new key for new work (nothing was stored)"
+            )
+        if outcome == "full":
             raise OutboxFullError(
-                f"outbox {self.path} is full ({count} items); the new item was rejected"
+                f"outbox {self.path} is full ({self.max_items} items); the new item was rejected"
             )
         return key
 
-    # -- reading and delivering ------------------------------------------------
+    def _put_row(
+        self, db: sqlite3.Connection, row: dict[str, Any], context: RequestContext, now: float
+    ) -> str:
+        bound = store.bound_fingerprint(db, row["key"])
+        if bound is not None:
+            if bound != row["fingerprint"]:
+                store.bump(db, "key_reuse")
+                return "reuse"
+            store.bump(db, "duplicates")
+            store.tighten(db, row["key"], context)
+            return "duplicate"
+        if not context.may_leave_device:
+            self._dead_letter_row(db, row, "privacy", _privacy_error(context), attempts=0)
+            return "privacy"
+        count = store.count(db)
+        if count >= self.max_items:
+            if self.full_policy == "reject":
+                store.bump(db, "rejected")  # committed: the rejection itself is on record
+                return "full"
+            store.drop_oldest(db, count - self.max_items + 1)
+        db.execute(
+            "INSERT INTO items(key, fingerprint, kind, model, version, sensitivity, local_only, "
+            "features_only, header_length, body, created, enqueued, next_try) VALUES (:key, "
+            ":fingerprint, :kind, :model, :version, :sensitivity, :local_only, :features_only, "
+            ":header_length, :body, :created, :now, :now)",
+            {**row, "created": self._clock(), "now": now},
+        )
+        return "stored"
+
+    # -- reading ---------------------------------------------------------------
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._count()
+        with self._reading("count items") as db:
+            return store.count(db)
 
     def items(self) -> list[OutboxItem]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, key, kind, model, created, attempts, last_error FROM items "
-                "ORDER BY seq"
+        """Pending items, oldest first."""
+        with self._reading("list items") as db:
+            rows = db.execute(
+                "SELECT seq, key, kind, model, created, attempts, last_error, sensitivity, "
+                "local_only, features_only, fingerprint FROM items ORDER BY seq"
             ).fetchall()
-        return [OutboxItem(*row) for row in rows]
+        return [
+            OutboxItem(
+                seq=r[0],
+                key=r[1],
+                kind=r[2],
+                model=r[3],
+                created=r[4],
+                attempts=r[5],
+                last_error=r[6],
+                sensitivity=store.listed(r[7]),
+                local_only=bool(r[8]),
+                features_only=bool(r[9]),
+                fingerprint=r[10],
+            )
+            for r in rows
+        ]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Items that will not be sent, oldest first, with why."""
+        with self._reading("list dead letters") as db:
+            rows = db.execute(
+                "SELECT key, kind, model, coalesce(reason, 'rejected'), error, failed_at, "
+                "coalesce(sensitivity, 'public') FROM dead_letters ORDER BY seq"
+            ).fetchall()
+        return [
+            DeadLetter(
+                key=r[0],
+                kind=r[1],
+                model=r[2],
+                reason=r[3],
+                error=r[4],
+                failed_at=r[5],
+                sensitivity=store.listed(r[6]),
+            )
+            for r in rows
+        ]
+
+    def quarantines(self) -> list[tuple[float, str, str]]:
+        """Corrupt files this outbox moved aside: (wall time, path, what was wrong)."""
+        with self._reading("list quarantines") as db:
+            rows = db.execute("SELECT at, path, error FROM quarantines ORDER BY at").fetchall()
+        return [(float(at), str(path), str(error)) for at, path, error in rows]
 
     def stats(self) -> dict[str, int]:
-        """Pending items and the counters of what happened to the others."""
-        with self._lock:
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            return {"pending": self._count(), **{k: int(counters.get(k, 0)) for k in COUNTERS}}
+        """Pending items, dead letters held, and the counters of what happened."""
+        with self._reading("read counters") as db:
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+            pending = store.count(db)
+        return {
+            "pending": pending,
+            "dead_letters": dead,
+            **{k: int(counters.get(k, 0)) for k in COUNTERS},
+        }
+
+    # -- delivering ------------------------------------------------------------
 
     def drain(
         self,
@@ -175,95 +412,390 @@ class Outbox:
         max_items: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> DrainResult:
-        """Send items oldest first; stop at the first retryable failure.
+        """Send due items oldest first; stop when the link is down.
 
-        With ``backoff``, a retryable failure is retried after its delays before
-        giving up for now. A non-retryable failure (the server rejects the item
-        itself) moves the item to the dead-letter table and draining goes on.
+        Each due item is tried once per pass. ``backoff`` retries a down link
+        within this call (its delays, up to its ``max_tries`` passes); without
+        it the drain returns at the first link failure. What happens to an
+        item on each kind of failure is in the module docstring. Raises
+        :class:`OutboxStorageError`; exceptions that are not edgecloud errors
+        propagate from ``send`` with the item untouched.
         """
-        delivered, attempt = 0, 0
-        while max_items is None or delivered < max_items:
-            with self._lock:
-                self._expire(self._clock())
-                row = self._db.execute(
-                    "SELECT seq, key, model, version, header_length, body FROM items "
-                    "ORDER BY seq LIMIT 1"
-                ).fetchone()
-            if row is None:
-                return DrainResult(delivered, 0, None)
-            seq, key, model, version, header_length, body = row
-            request = decode_request(body, header_length or None, model, version).request
-            request.context = RequestContext(idempotency_key=key)
-            try:
-                send(request)
-            except EdgecloudError as exc:
-                if fallback_reason(exc) is None:
-                    self._dead_letter(seq, exc.message)
+        tally = {"delivered": 0, "dead_lettered": 0, "deferred": 0}
+        passes, slept = 0, 0.0
+        while (stopped := self._drain_pass(send, tally, max_items)) is not None:
+            passes += 1
+            if backoff is None or (backoff.max_tries is not None and passes >= backoff.max_tries):
+                break
+            delay = backoff.delay(passes - 1)
+            if backoff.max_elapsed_s is not None and slept + delay > backoff.max_elapsed_s:
+                break
+            sleep(delay)
+            slept += delay
+        return DrainResult(
+            delivered=tally["delivered"],
+            remaining=len(self),
+            stopped_by=stopped,
+            dead_lettered=tally["dead_lettered"],
+            deferred=tally["deferred"],
+        )
+
+    def _drain_pass(
+        self,
+        send: Callable[[InferRequest], Any],
+        tally: dict[str, int],
+        max_items: int | None,
+    ) -> str | None:
+        """One pass over the due items; the link-level error that stopped it, or None.
+
+        Items being sent are claimed, so drains in several threads of one
+        process never send the same item twice (across processes, at least once)."""
+        cursor, suspect, claimed = 0, None, set()
+        try:
+            while max_items is None or tally["delivered"] < max_items:
+                row = self._next_due(cursor)
+                if row is None:
+                    break
+                cursor = row.seq
+                claimed.add(row.seq)
+                outcome, error = self._try(send, row)
+                if outcome == "stop":
+                    return error
+                if outcome == "ambiguous":
+                    if suspect is not None:
+                        return error  # two in a row without an answer: the link is down
+                    suspect = (row, error)
                     continue
-                self._failed(seq, exc.message)
-                if backoff is None or (
-                    backoff.max_tries is not None and attempt + 1 >= backoff.max_tries
-                ):
-                    return DrainResult(delivered, len(self), exc.message)
-                sleep(backoff.delay(attempt))
-                attempt += 1
-                continue
-            attempt = 0
-            with self._lock, self._transaction():
-                self._db.execute("DELETE FROM items WHERE seq = ?", (seq,))
-                self._bump("delivered")
-            delivered += 1
-        return DrainResult(delivered, len(self), None)
+                answered = outcome in ("delivered", "rejected", "item")
+                if suspect is not None and answered:
+                    self._item_failed(*suspect, tally)  # the server answers: it was that item's
+                    suspect = None
+                self._settle(row, outcome, error, tally)
+            return suspect[1] if suspect is not None else None
+        finally:
+            with self._claims_lock:
+                self._in_flight -= claimed
+
+    def _try(self, send: Callable[[InferRequest], Any], row: _Row) -> tuple[Outcome, str]:
+        if isinstance(row.context, str):
+            return "undecodable", row.context
+        if not row.context.may_leave_device:
+            return "privacy", _privacy_error(row.context)
+        try:
+            request = _rebuild(row, row.context)
+        except EdgecloudError as exc:
+            return "undecodable", f"the stored body cannot be decoded: {exc.message}"
+        try:
+            send(request)
+        except EdgecloudError as exc:
+            self._note_error(row.seq, exc.message)
+            return _classify(exc), exc.message
+        return "delivered", ""
+
+    def _settle(self, row: _Row, outcome: Outcome, error: str, tally: dict[str, int]) -> None:
+        if outcome == "delivered":
+
+            def delete(db: sqlite3.Connection) -> None:
+                if db.execute("DELETE FROM items WHERE seq = ?", (row.seq,)).rowcount:
+                    store.bump(db, "delivered")  # not twice if another process was faster
+
+            self._write("delete a delivered item", delete)
+            tally["delivered"] += 1
+        elif outcome == "item":
+            self._item_failed(row, error, tally)
+        else:  # privacy, rejected, undecodable
+            self._dead_letter(row.seq, outcome, error, row.attempts)
+            tally["dead_lettered"] += 1
+
+    def _item_failed(self, row: _Row, error: str, tally: dict[str, int]) -> None:
+        """The server answered this item with a retryable error: back off or give up."""
+        attempts = row.attempts + 1
+        if attempts >= self.max_attempts:
+            self._dead_letter(row.seq, "poisoned", error, attempts)
+            tally["dead_lettered"] += 1
+            return
+        delay = self.retry_backoff.delay(attempts - 1)
+
+        def reschedule(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE items SET attempts = ?, next_try = ?, last_error = ? WHERE seq = ?",
+                (attempts, self._observed(db) + delay, error[:500], row.seq),
+            )
+
+        self._write("reschedule an item", reschedule)
+        tally["deferred"] += 1
+
+    def _next_due(self, cursor: int) -> _Row | None:
+
+        def oldest_due(db: sqlite3.Connection) -> Any:
+            now = self._observed(db)
+            self._expire(db, now)
+            return db.execute(
+                "SELECT seq, key, model, version, header_length, body, sensitivity, local_only, "
+                "features_only, attempts FROM items WHERE seq > ? AND next_try <= ? "
+                "ORDER BY seq LIMIT 1",
+                (cursor, now),
+            ).fetchone()
+
+        while True:
+            found = self._write("read the next item", oldest_due)
+            if found is None:
+                return None
+            with self._claims_lock:
+                if found[0] not in self._in_flight:
+                    self._in_flight.add(found[0])
+                    break
+            cursor = found[0]  # another thread of this process is sending it
+        seq, key, model, version, length, body, sensitivity, local, features, attempts = found
+        try:
+            context: RequestContext | str = _context_of(key, sensitivity, local, features)
+        except EdgecloudError as exc:  # a row written by hand or damaged: never sent
+            context = f"the stored context cannot be decoded: {exc.message}"
+        return _Row(seq, key, model, version, length, body, context, attempts)
+
+    def _note_error(self, seq: int, error: str) -> None:
+        self._write(
+            "record an error",
+            lambda db: db.execute(
+                "UPDATE items SET last_error = ? WHERE seq = ?", (error[:500], seq)
+            ),
+        )
+
+    def _dead_letter(self, seq: int, reason: str, error: str, attempts: int) -> None:
+
+        def move(db: sqlite3.Connection) -> None:
+            moved = db.execute(
+                "INSERT INTO dead_letters(item_seq, key, fingerprint, kind, model, version, "
+                "sensitivity, local_only, features_only, body, header_length, reason, error, "
+                "attempts, failed_at) SELECT seq, key, fingerprint, kind, model, version, "
+                "sensitivity, local_only, features_only, body, header_length, ?, ?, ?, ? "
+                "FROM items WHERE seq = ?",
+                (reason, error[:500], attempts, self._clock(), seq),
+            ).rowcount
+            if moved:  # not twice if another process was faster
+                db.execute("DELETE FROM items WHERE seq = ?", (seq,))
+                self._after_dead_letter(db, reason)
+
+        self._write("move an item to the dead letters", move)
+
+    def _dead_letter_row(
+        self, db: sqlite3.Connection, row: dict[str, Any], reason: str, error: str, attempts: int
+    ) -> None:
+        db.execute(
+            "INSERT INTO dead_letters(key, fingerprint, kind, model, version, sensitivity, "
+            "local_only, features_only, body, header_length, reason, error, attempts, failed_at) "
+            "VALUES (:key, :fingerprint, :kind, :model, :version, :sensitivity, :local_only, "
+            ":features_only, :body, :header_length, :reason, :error, :attempts, :at)",
+            {**row, "reason": reason, "error": error, "attempts": attempts, "at": self._clock()},
+        )
+        self._after_dead_letter(db, reason)
+
+    def _after_dead_letter(self, db: sqlite3.Connection, reason: str) -> None:
+        store.bump(db, "dead_lettered")
+        if reason == "poisoned":
+            store.bump(db, "poisoned")
+        elif reason == "privacy":
+            store.bump(db, "privacy_refused")
+        (held,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        if held > self.max_items:
+            db.execute(
+                "DELETE FROM dead_letters WHERE seq IN "
+                "(SELECT seq FROM dead_letters ORDER BY seq LIMIT ?)",
+                (held - self.max_items,),
+            )
+            store.bump(db, "dead_letters_dropped", held - self.max_items)
 
     def close(self) -> None:
+        """Persist outbox time (best effort: not on a full disk) and close the file."""
+        with contextlib.suppress(OutboxStorageError):
+            self._write("record the time", self._observed)
         with self._lock:
             self._db.close()
 
-    # -- internals -------------------------------------------------------------
+    # -- time ------------------------------------------------------------------
 
-    def _transaction(self) -> Any:
-        db = self._db
+    def _observed(self, db: sqlite3.Connection) -> float:
+        """Outbox time now (see the module docstring), persisted in ``db``'s transaction."""
+        estimate = self._base_observed + max(0.0, self._monotonic() - self._base_monotonic)
+        (stored,) = db.execute("SELECT observed_s FROM clock WHERE id = 0").fetchone()
+        now = max(float(stored), estimate)
+        if now >= stored + CLOCK_RESOLUTION_S:  # a read-only transaction costs no fsync
+            db.execute(
+                "UPDATE clock SET observed_s = ?, wall_s = ?, boot_id = ?, monotonic_s = ? "
+                "WHERE id = 0",
+                (now, self._clock(), self._boot(), self._monotonic()),
+            )
+        return now
 
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
+    def _start_clock(self, db: sqlite3.Connection) -> None:
+        """Outbox time at open: the stored time plus the downtime since the last write,
+        measured by the monotonic clock within one boot, else by the wall clock, bounded."""
+        wall, boot, monotonic = self._clock(), self._boot(), self._monotonic()
+        row = db.execute(
+            "SELECT observed_s, wall_s, boot_id, monotonic_s FROM clock WHERE id = 0"
+        ).fetchone()
+        if row is None:
+            row = (0.0, wall, boot, monotonic)
+            db.execute(
+                "INSERT INTO clock(id, observed_s, wall_s, boot_id, monotonic_s) "
+                "VALUES (0, ?, ?, ?, ?)",
+                row,
+            )
+        stored, last_wall, last_boot, last_monotonic = row
+        if (
+            boot
+            and boot == last_boot
+            and last_monotonic is not None
+            and monotonic >= last_monotonic
+        ):
+            credit = monotonic - float(last_monotonic)  # the same boot: measured, not guessed
+        else:
+            credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
+        # Not written back here: opening writes nothing (a full disk can still be
+        # opened); the next write persists it, and until then a second open
+        # derives the same credit from the same stored row.
+        self._base_observed = float(stored) + credit
+        self._base_monotonic = monotonic
 
-            def __exit__(self, exc_type: Any, *_: Any) -> None:
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
-
-    def _drop_oldest(self, excess: int) -> None:
-        self._db.execute(
-            "DELETE FROM items WHERE seq IN (SELECT seq FROM items ORDER BY seq LIMIT ?)", (excess,)
-        )
-        self._bump("dropped", excess)
-
-    def _count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-
-    def _bump(self, name: str, by: int = 1) -> None:
-        self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
-
-    def _expire(self, now: float) -> None:
-        cursor = self._db.execute("DELETE FROM items WHERE expires <= ?", (now,))
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        cursor = db.execute("DELETE FROM items WHERE enqueued <= ?", (now - self.ttl_s,))
         if cursor.rowcount:
-            self._bump("expired", cursor.rowcount)
+            store.bump(db, "expired", cursor.rowcount)
 
-    def _failed(self, seq: int, error: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE items SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
-                (error[:500], seq),
-            )
+    # -- storage ---------------------------------------------------------------
 
-    def _dead_letter(self, seq: int, error: str) -> None:
-        with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT INTO dead_letters(seq, key, kind, model, body, header_length, error, "
-                "failed_at) SELECT seq, key, kind, model, body, header_length, ?, ? FROM items "
-                "WHERE seq = ?",
-                (error[:500], self._clock(), seq),
+    def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body`` in one transaction. On SQLITE_FULL the write-ahead log is
+        checkpointed and truncated (giving its space back) and ``body`` tried once more."""
+        try:
+            with self._transaction(action) as db:
+                return body(db)
+        except OutboxStorageError as exc:
+            if not store.disk_full(exc):
+                raise
+            with self._lock, contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with self._transaction(action) as db:
+                return body(db)
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock; rolled back on any error."""
+        with self._lock, self._translated(action):
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._translated(action):
+            yield self._db
+
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise store.storage_error(self.path, action, exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxStorageError(
+                f"outbox {self.path}: cannot create its directory: {exc}"
+            ) from exc
+        problem, db = store.open_checked(self.path)
+        if problem is not None:
+            self.quarantined = store.quarantine(self.path, problem, self._clock())
+            _, db = store.open_checked(self.path)
+        assert db is not None
+        self._db = db
+        self._write("set up its tables", lambda tx: self._set_up(tx, problem))
+        return db
+
+    def _set_up(self, db: sqlite3.Connection, problem: str | None) -> None:
+        store.migrate(db)
+        self._start_clock(db)
+        if self.quarantined is not None:
+            db.execute(
+                "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
+                (self._clock(), str(self.quarantined), problem),
             )
-            self._db.execute("DELETE FROM items WHERE seq = ?", (seq,))
-            self._bump("dead_lettered")
+            store.bump(db, "quarantined")
+        store.backfill(db, self._base_observed, self._clock(), self.max_clock_credit_s)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _check_settings(
+    max_items: int,
+    ttl_s: float,
+    full_policy: str,
+    max_attempts: int,
+    max_clock_credit_s: float | None,
+) -> None:
+    if max_items < 1:
+        raise ConfigError("outbox max_items must be at least 1")
+    if ttl_s <= 0:
+        raise ConfigError("outbox ttl_s must be positive")
+    if full_policy not in ("reject", "drop_oldest"):
+        raise ConfigError(f"outbox full_policy must be reject or drop_oldest, not {full_policy!r}")
+    if max_attempts < 1:
+        raise ConfigError("outbox max_attempts must be at least 1")
+    if max_clock_credit_s is not None and max_clock_credit_s < 0:
+        raise ConfigError("outbox max_clock_credit_s must be >= 0")
+
+
+def _classify(exc: EdgecloudError) -> Outcome:
+    """What a failure of ``send`` says about the item (see the module docstring)."""
+    if isinstance(exc, PrivacyError):
+        return "privacy"
+    if isinstance(exc, AuthenticationError | PermissionDeniedError):
+        return "stop"
+    if isinstance(exc, InferenceError | ConflictError):
+        return "item"
+    if fallback_reason(exc) is None:
+        return "rejected"
+    return "ambiguous"
+
+
+def _rebuild(row: _Row, context: RequestContext) -> InferRequest:
+    request = decode_request(row.body, row.header_length or None, row.model, row.version).request
+    return replace(request, parameters=_without_context(request.parameters), context=context)
+
+
+def _without_context(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in parameters.items() if k not in _CONTEXT_KEYS}
+
+
+def _context_columns(context: RequestContext) -> dict[str, Any]:
+    return {
+        "sensitivity": context.sensitivity.value,
+        "local_only": int(context.local_only),
+        "features_only": int(context.features_only),
+    }
+
+
+def _context_of(key: str, sensitivity: str, local: int, features: int) -> RequestContext:
+    """The stored context, through the one context decoder (an unknown value is an error)."""
+    decoded = decode_context({"sensitivity": sensitivity, "idempotency_key": key})
+    return replace(decoded, local_only=bool(local), features_only=bool(features))
+
+
+def _privacy_error(context: RequestContext) -> str:
+    rule = "guard: local only" if context.local_only else "guard: features only"
+    if context.sensitivity is Sensitivity.RESTRICTED:
+        rule = "restricted"
+    return (
+        f"privacy: {context.sensitivity.value} data ({rule}) may not leave the device; "
+        "the outbox never sends it"
+    )
