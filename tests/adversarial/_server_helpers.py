@@ -14,15 +14,18 @@ Models (all built in code, onnxruntime only):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecloud import ModelConfig, ModelRepository, TensorSpec
+from edgecloud.server.launch import ServerProcess, free_port, launch
 
 from ..models import make_repo
 from ..server.conftest import Server, add_batching, start_server
@@ -137,3 +140,31 @@ def adversarial_server(
     running = start_server(adversarial_repo, tmp_path_factory.mktemp("adversarial-server"))
     yield running
     running.stop()
+
+
+def start_gateway(repo: ModelRepository, server_url: str, tmp: Path, *extra: str) -> ServerProcess:
+    """``edgecloud edge`` preferring the server at ``server_url``, the device as fallback."""
+    spec = {
+        "repository": str(repo.root),
+        "remotes": {"cloud": {"url": server_url, "timeout_s": 5}},
+        "root": {"prefer_remote": {"remote": "cloud", "local": "local"}},
+    }
+    path = tmp / "deployment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    port = free_port()
+    argv = [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", str(port)]
+    return launch([*argv, *extra], f"http://127.0.0.1:{port}", log=tmp / "gateway.log")
+
+
+@pytest.fixture(scope="module")
+def adversarial_gateway(
+    adversarial_repo: ModelRepository,
+    adversarial_server: Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:
+    """The edge gateway in front of :func:`adversarial_server`."""
+    process = start_gateway(
+        adversarial_repo, adversarial_server.url, tmp_path_factory.mktemp("gateway")
+    )
+    yield process
+    process.stop()

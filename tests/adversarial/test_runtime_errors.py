@@ -12,14 +12,10 @@ server fault (memory exhausted) stays a 500.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-
 import grpc
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from edgecloud import (
     Cascade,
@@ -36,12 +32,12 @@ from edgecloud.backends.local import runtime_error
 from edgecloud.backends.remote import RemoteBackend
 from edgecloud.proto import inference_pb2 as pb
 from edgecloud.proto import inference_pb2_grpc as pb_grpc
-from edgecloud.server.launch import ServerProcess, free_port, launch
+from edgecloud.server.launch import ServerProcess
 
 from ..server.conftest import Server
-from ._server_helpers import TABLE, adversarial_repo, adversarial_server
+from ._server_helpers import TABLE, adversarial_gateway, adversarial_repo, adversarial_server
 
-__all__ = ["adversarial_repo", "adversarial_server"]
+__all__ = ["adversarial_gateway", "adversarial_repo", "adversarial_server"]
 
 BAD_IDS = np.array([[1, 2, 99]], dtype=np.int64)  # table has rows 0..9
 GOOD_IDS = np.array([[1, 2, 9]], dtype=np.int64)
@@ -159,34 +155,12 @@ def test_fallback_and_cascade_reraise_instead_of_falling_back(
     assert answered == []
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    adversarial_repo: ModelRepository,
-    adversarial_server: Server,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerProcess]:
-    """``edgecloud edge`` preferring the server, the device as fallback."""
-    tmp = tmp_path_factory.mktemp("gateway")
-    spec = {
-        "repository": str(adversarial_repo.root),
-        "remotes": {"cloud": {"url": adversarial_server.url, "timeout_s": 5}},
-        "root": {"prefer_remote": {"remote": "cloud", "local": "local"}},
-    }
-    path = tmp / "deployment.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    port = free_port()
-    argv = [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", str(port)]
-    process = launch(argv, f"http://127.0.0.1:{port}", log=tmp / "gateway.log")
-    yield process
-    process.stop()
-
-
 @pytest.mark.parametrize(("model", "inputs", "says"), CASES)
 def test_gateway_answers_400_without_falling_back(
-    gateway: ServerProcess, model: str, inputs: dict[str, np.ndarray], says: str
+    adversarial_gateway: ServerProcess, model: str, inputs: dict[str, np.ndarray], says: str
 ) -> None:
     answer = httpx.post(
-        f"{gateway.url}/v2/models/{model}/infer", json=json_body(inputs), timeout=30
+        f"{adversarial_gateway.url}/v2/models/{model}/infer", json=json_body(inputs), timeout=30
     )
     assert answer.status_code == 400, answer.text
     assert says in answer.json()["error"]
