@@ -200,9 +200,25 @@ class LocalBackend(Backend):
             loaded = self._models.get(key)
             if loaded is None:
                 loaded = self._models[key] = self._open(entry)
+                self._forget_unserved(entry.name)
             if version is None or version == "latest":
                 self._latest[model] = loaded
         return loaded
+
+    def _forget_unserved(self, model: str) -> None:
+        """Drop sessions of versions the version policy no longer serves (call under the lock).
+
+        Sessions are cached per version; without this, every version ever
+        loaded while versions are hot-swapped in would stay in memory.
+        """
+        served = set(
+            self.repository.config(model).version_policy.select(self.repository.versions(model))
+        )
+        for key in [k for k in self._models if k[0] == model and k[1] not in served]:
+            del self._models[key]
+        latest = self._latest.get(model)
+        if latest is not None and latest.entry.version not in served:
+            del self._latest[model]
 
     def unload(self, model: str) -> None:
         """Drop every cached session of a model (the next request reloads)."""

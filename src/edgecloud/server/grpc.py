@@ -23,6 +23,7 @@ from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, model_metadata
+from .metrics import model_label
 from .settings import ServerSettings
 
 __all__ = ["start_grpc"]
@@ -122,10 +123,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await _abort(context, exc)
         finally:
             metrics = self.host.metrics
-            metrics.requests.labels(request.model_name, "grpc", str(code)).inc()
-            metrics.latency.labels(request.model_name, "grpc").observe(
-                time.perf_counter() - started
-            )
+            label = model_label(request.model_name, self.host.states)
+            metrics.requests.labels(label, "grpc", str(code)).inc()
+            metrics.latency.labels(label, "grpc").observe(time.perf_counter() - started)
         return to_grpc_response(response)
 
 

@@ -105,6 +105,7 @@ class ModelHost:
             settings.idempotency_window_s, settings.idempotency_max_entries
         )
         self._batchers: dict[str, DynamicBatcher] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self.states: dict[str, ModelState] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -128,6 +129,8 @@ class ModelHost:
     async def close(self) -> None:
         for batcher in self._batchers.values():
             await batcher.close()
+        for task in list(self._retiring):
+            await task
         self.executor.shutdown(wait=True)
         self.local.close()
 
@@ -188,7 +191,7 @@ class ModelHost:
                 self.executor, loaded.run, request.inputs, request.outputs, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-        model = request.model
+        model = loaded.entry.name  # a model that exists: metric labels are never the caller's
         self.metrics.queue.labels(model).observe(queued)
         self.metrics.compute.labels(model).observe(compute)
         self.metrics.batch_size.labels(model).observe(batch)
@@ -203,10 +206,18 @@ class ModelHost:
         )
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
+        """The batcher of a loaded version, made on first use.
+
+        One per version whose session LocalBackend holds: when a new one is
+        made, those of versions LocalBackend has let go (no longer served) are
+        closed after their queues drain, so hot-swapped versions leave nothing
+        behind.
+        """
         if not self.settings.dynamic_batching or loaded.limit <= 0:
             return None
         batcher = self._batchers.get(loaded.label)
         if batcher is None:
+            self._retire_batchers()
             config = loaded.entry.config.dynamic_batching
             batcher = self._batchers[loaded.label] = DynamicBatcher(
                 loaded,
@@ -217,6 +228,13 @@ class ModelHost:
                 concurrency=self.settings.runners_per_model,
             )
         return batcher
+
+    def _retire_batchers(self) -> None:
+        held = {m.label for m in self.local.loaded()}
+        for label in [label for label in self._batchers if label not in held]:
+            task = asyncio.create_task(self._batchers.pop(label).close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
 
 def _replayed(response: InferResponse, request_id: str) -> InferResponse:

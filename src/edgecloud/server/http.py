@@ -27,7 +27,7 @@ from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
-from .metrics import ServerMetrics
+from .metrics import ServerMetrics, model_label
 from .openapi import openapi_document
 from .settings import ServerSettings
 
@@ -275,8 +275,9 @@ class HttpApp:
             code = exc.status_code
             raise
         finally:
-            self.metrics.requests.labels(model, "http", str(code)).inc()
-            self.metrics.latency.labels(model, "http").observe(time.perf_counter() - started)
+            label = model_label(model, self.host.states)
+            self.metrics.requests.labels(label, "http", str(code)).inc()
+            self.metrics.latency.labels(label, "http").observe(time.perf_counter() - started)
         if self.expose_trace:
             response.parameters = {
                 **response.parameters,
