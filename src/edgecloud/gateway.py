@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from pathlib import Path
 
 from .deployment import Deployment, load
@@ -69,6 +70,16 @@ class DeploymentHost:
 
 def run_gateway(path: Path, settings: ServerSettings) -> None:
     """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM."""
+    from .server.app import listen
+
+    sock = listen(settings.host, settings.http_port, "the gateway's HTTP", "--port")
+    try:
+        _serve_gateway(path, settings, sock)
+    finally:
+        sock.close()
+
+
+def _serve_gateway(path: Path, settings: ServerSettings, sock: socket.socket) -> None:
     import uvicorn
 
     from .server.http import HttpApp
@@ -84,7 +95,7 @@ def run_gateway(path: Path, settings: ServerSettings) -> None:
     async def main() -> None:
         drainer = asyncio.create_task(host.drain_outbox_forever())
         try:
-            await uvicorn.Server(config).serve()
+            await uvicorn.Server(config).serve(sockets=[sock])
         finally:
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

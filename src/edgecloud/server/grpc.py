@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from .. import __version__
-from ..errors import AuthenticationError, EdgecloudError, InvalidRequestError
+from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
 from ..proto import inference_pb2 as pb
 from ..proto import inference_pb2_grpc as pb_grpc
 from ..tensors import InferRequest, InferResponse, datatype_of
@@ -134,21 +134,34 @@ async def _abort(context: Any, exc: EdgecloudError) -> None:
 
 
 async def start_grpc(host: ModelHost, settings: ServerSettings, token: str | None) -> Any:
-    """Start the gRPC server on the running loop; returns it (``await server.stop()``)."""
+    """Start the gRPC server on the running loop; returns it (``await server.stop()``).
+
+    The port is bound exclusively (``grpc.so_reuseport`` 0: grpc's default lets
+    a second server share it); ConfigError naming the port when it cannot be had.
+    """
     options = [
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
     servicer = InferenceServicer(host, token, lambda: True)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"{settings.host}:{settings.grpc_port}"
-    if settings.tls_cert and settings.tls_key:
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+    try:
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        bound = 0
+    if not bound:
+        raise ConfigError(
+            f"cannot listen for gRPC on {address}: the port is in use or the address is not "
+            "this machine's; choose another --grpc-port (or -1 to turn gRPC off)"
         )
-        server.add_secure_port(address, credentials)
-    else:
-        server.add_insecure_port(address)
     await server.start()
     return server
