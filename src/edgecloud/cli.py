@@ -311,6 +311,9 @@ def edge(
     if print_config:
         _print_settings(settings)
         return
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     errors.print(
         f"edgecloud edge gateway for {deployment} on http://{settings.host}:{settings.http_port}",
         highlight=False,

@@ -69,7 +69,12 @@ class DeploymentHost:
 
 
 def run_gateway(path: Path, settings: ServerSettings) -> None:
-    """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM."""
+    """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM.
+
+    Of the server settings the gateway uses the listener's (host, http_port,
+    TLS), token, limits (max_request_bytes, request_timeout_s), access_log and
+    shutdown_grace_s; how models run is the deployment file's business.
+    """
     from .server.app import listen
 
     sock = listen(settings.host, settings.http_port, "the gateway's HTTP", "--port")
@@ -90,6 +95,8 @@ def _serve_gateway(path: Path, settings: ServerSettings, sock: socket.socket) ->
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,
         log_level="warning", timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )  # fmt: skip
 
     async def main() -> None:

@@ -13,7 +13,9 @@ here the real processes honour it.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -177,5 +179,44 @@ def test_environment_and_file_reach_the_real_server(repo: ModelRepository, tmp_p
     )  # fmt: skip
     try:
         assert httpx.get(f"http://127.0.0.1:{flag_port}/v2/health/live").status_code == 200
+    finally:
+        process.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_gateway_honours_tls_and_token_from_the_environment(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """Settings the gateway takes from the environment do what they say (not silently HTTP)."""
+    from ..server.test_tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    deployment = tmp_path / "d.yaml"
+    deployment.write_text(f"repository: {repo.root}\nroot: local\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGECLOUD_SERVER_TLS_CERT": str(cert),
+        "EDGECLOUD_SERVER_TLS_KEY": str(key),
+        "EDGECLOUD_SERVER_TOKEN": "gateway-token",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "edgecloud.cli",
+        "edge",
+        "-d",
+        str(deployment),
+        "--port",
+        str(port),
+    ]
+    url = f"https://127.0.0.1:{port}"
+    process = launch(argv, url, env=env, cafile=str(cert), log=tmp_path / "edge.log")
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        assert httpx.get(f"{url}/v2/health/live", verify=trust).json() == {"live": True}
+        assert httpx.get(f"{url}/v2", verify=trust).status_code == 401
+        headers = {"Authorization": "Bearer gateway-token"}
+        assert httpx.get(f"{url}/v2", verify=trust, headers=headers).status_code == 200
     finally:
         process.stop()
