@@ -77,6 +77,7 @@ def run_gateway(path: Path, settings: ServerSettings) -> None:
     """
     from .server.app import listen
 
+    settings.check_tls()
     sock = listen(settings.host, settings.http_port, "the gateway's HTTP", "--port")
     try:
         _serve_gateway(path, settings, sock)

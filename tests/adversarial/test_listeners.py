@@ -122,12 +122,17 @@ def test_edge_refuses_a_taken_port(repo: ModelRepository, tmp_path: Path) -> Non
         (["--host", "no-such-host.invalid"], ["no-such-host.invalid", "--host"]),
         (["--host", "192.0.2.1"], ["192.0.2.1", "not an address of this machine"]),
         (["--http-port", "9100", "--grpc-port", "9100"], ["both 9100"]),
+        (["--tls-cert", "/no/cert.pem", "--tls-key", "/no/key.pem"], ["/no/cert.pem", "TLS"]),
+        (["--tls-cert", "{garbage}", "--tls-key", "{garbage}"], ["garbage.pem", "TLS"]),
     ],
-    ids=["unknown-host", "foreign-address", "same-port"],
+    ids=["unknown-host", "foreign-address", "same-port", "missing-tls", "garbage-tls"],
 )
 def test_other_bind_failures_are_one_clear_line(
-    repo: ModelRepository, args: list[str], fragments: list[str]
+    repo: ModelRepository, tmp_path: Path, args: list[str], fragments: list[str]
 ) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    args = [a.replace("{garbage}", str(garbage)) for a in args]
     assert_one_line_error(edgecloud("serve", "--repo", repo.root, *args), *fragments)
 
 

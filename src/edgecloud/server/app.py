@@ -33,6 +33,7 @@ def serve(repository: ModelRepository, settings: ServerSettings) -> None:
     """
     uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
     token = settings.bearer_token()
+    settings.check_tls()
     http_socket = listen(settings.host, settings.http_port, "HTTP", "--http-port")
     if settings.grpc_port:  # probe: the clear error before grpc's own bind
         listen(settings.host, settings.grpc_port, "gRPC", "--grpc-port").close()

@@ -12,6 +12,7 @@ Every field can come from four sources; the first that gives it wins:
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -159,6 +160,23 @@ class ServerSettings(BaseModel):
         """Settings from ``EDGECLOUD_SERVER_<FIELD>`` variables, then ``overrides``
         (None values skipped): :meth:`resolve` without a settings file."""
         return cls.resolve(cli=overrides)
+
+    def check_tls(self) -> None:
+        """ConfigError unless ``tls_cert`` and ``tls_key`` (when given) load as a PEM pair.
+
+        Checked before anything listens, so a missing or mismatched file is one
+        clear line rather than a failure inside uvicorn or grpc.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot serve TLS with certificate {self.tls_cert} and key {self.tls_key}: "
+                f"{exc.strerror or exc}; give a readable PEM certificate and its private key"
+            ) from None
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-ready values, the bearer token masked (``--print-config``)."""
