@@ -174,10 +174,12 @@ def test_model_host_retires_batchers_of_unserved_versions(tmp_path: Path) -> Non
 
 
 def test_unserved_versions_leave_nothing(adversarial_server: Server) -> None:
-    """A version that is not served is refused without loading or recording it."""
-    for version in ("1", "77", "9" * 300):
-        reply = httpx.post(
-            f"{adversarial_server.url}/v2/models/affine/versions/{version}/infer", json=BODY
-        )
+    """A version that is not served is refused (never a 500) without loading or recording it."""
+    url = f"{adversarial_server.url}/v2/models/affine/versions"
+    for version in ("1", "77", "9" * 300, "9" * 5000, "+2", "%D9%A3"):
+        reply = httpx.post(f"{url}/{version}/infer", json=BODY)
         assert reply.status_code == 404, reply.text
+        assert httpx.get(f"{url}/{version}").status_code == 404
+        ready = httpx.get(f"{url}/{version}/ready")
+        assert (ready.status_code, ready.json()["ready"]) == (503, False)
     assert b"9" * 300 not in httpx.get(f"{adversarial_server.url}/metrics").content

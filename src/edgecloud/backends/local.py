@@ -22,6 +22,7 @@ from ..errors import (
     InferenceError,
     InvalidRequestError,
     ModelLoadError,
+    ModelNotFoundError,
 )
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
@@ -34,6 +35,7 @@ __all__ = [
     "batched_outputs",
     "default_providers",
     "runtime_error",
+    "version_number",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,12 +188,25 @@ class LocalBackend(Backend):
     # -- loading ---------------------------------------------------------------
 
     def load(self, model: str, version: int | str | None = None) -> LoadedModel:
-        """Load (or return the cached) session for a model version."""
-        if version is None or version == "latest":
+        """Load (or return the cached) session for a model version.
+
+        ``version``: None, ``"latest"`` or ``""`` for the newest served one, else
+        a number (an int or its plain ASCII digits: ``"+2"`` or ``" 2"`` name no
+        version). ModelNotFoundError for a version that is not served.
+        """
+        if version is None or version == "latest" or version == "":
+            version = None
             cached = self._latest.get(model)
         else:
-            number = str(version)
-            cached = self._models.get((model, int(number))) if number.isdigit() else None
+            parsed = version if isinstance(version, int) else version_number(version)
+            if parsed is None:
+                text = str(version)
+                shown = text if len(text) <= 40 else text[:40] + "…"
+                raise ModelNotFoundError(
+                    f"model {model!r} has no version {shown!r}; versions are numbers or 'latest'"
+                )
+            version = parsed
+            cached = self._models.get((model, parsed))
         if cached is not None:
             return cached
         entry = self.repository.get(model, version, verify=False)
@@ -201,7 +216,7 @@ class LocalBackend(Backend):
             if loaded is None:
                 loaded = self._models[key] = self._open(entry)
                 self._forget_unserved(entry.name)
-            if version is None or version == "latest":
+            if version is None:
                 self._latest[model] = loaded
         return loaded
 
@@ -369,6 +384,18 @@ def _warm_up(loaded: LoadedModel) -> None:
         loaded._run(loaded.output_names, inputs, quiet)
     except Exception as exc:  # some graphs reject zeros; warm-up is best effort
         log.debug("warm-up of %s skipped: %s", loaded.label, exc)
+
+
+def version_number(text: str) -> int | None:
+    """The version a path or request names, or None when it names none.
+
+    ASCII digits only, at most 18 of them (a version is an int64 in Triton's
+    model config); anything else — a 5,000-digit string Python refuses to
+    convert, a non-ASCII digit, a sign — names no version.
+    """
+    if 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def batched_outputs(session: ort.InferenceSession) -> frozenset[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from .. import __version__
+from ..backends.local import version_number
 from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
 from ..proto import inference_pb2 as pb
 from ..proto import inference_pb2_grpc as pb_grpc
@@ -95,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             config = self.host.config(request.name)
             versions = self.host.states[request.name].versions
             if request.version:
-                if not request.version.isdigit() or int(request.version) not in versions:
+                if version_number(request.version) not in versions:
                     raise InvalidRequestError(
                         f"model {request.name!r} has no version {request.version!r}"
                     )

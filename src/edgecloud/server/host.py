@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..backends.local import LoadedModel, LocalBackend
+from ..backends.local import LoadedModel, LocalBackend, version_number
 from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
@@ -148,7 +148,7 @@ class ModelHost:
         state = self.states.get(model)
         if state is None or not state.ready:
             return False
-        return version is None or (version.isdigit() and int(version) in state.versions)
+        return version is None or version_number(version) in state.versions
 
     # -- inference -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from .. import __version__
+from ..backends.local import version_number
 from ..errors import (
     AuthenticationError,
     EdgecloudError,
@@ -248,11 +249,11 @@ class HttpApp:
     def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
         config = self.host.config(model)
         state = self.host.states[model]
-        if version is not None and not (version.isdigit() and int(version) in state.versions):
+        if version is not None and version_number(version) not in state.versions:
             raise ModelNotFoundError(
                 f"model {model!r} has no version {version!r} (served: {state.versions})"
             )
-        versions = state.versions if version is None else [int(version)]
+        versions = state.versions if version is None else [int(version)]  # checked above
         return model_metadata(config, versions)
 
     async def _infer(
