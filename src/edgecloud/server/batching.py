@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.local import LoadedModel
-from ..errors import EdgecloudError
+from ..errors import EdgecloudError, UnavailableError
 
 __all__ = ["BatchStats", "DynamicBatcher"]
 
@@ -86,7 +86,13 @@ class DynamicBatcher:
     async def submit(
         self, inputs: Inputs, outputs: Sequence[str] | None, size: int
     ) -> tuple[Arrays, float, float]:
-        """Queue validated inputs; returns (outputs, queue seconds, compute seconds)."""
+        """Queue validated inputs; returns (outputs, queue seconds, compute seconds).
+
+        ``size`` is the request's row count (0 for an empty batch). UnavailableError
+        once the batcher is closed (its version was unloaded): a retry finds the new one.
+        """
+        if self._closed:
+            raise UnavailableError(f"{self.loaded.label} was unloaded; retry the request")
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
         future: asyncio.Future[tuple[Arrays, float, float]] = (
