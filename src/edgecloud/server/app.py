@@ -59,7 +59,7 @@ def serve(repository: ModelRepository, settings: ServerSettings) -> None:
     )
     server = uvicorn.Server(config)
     try:
-        asyncio.run(_run(server, http_socket, host, settings, token))
+        asyncio.run(_run(server, http_socket, host, app, settings, token))
     finally:
         http_socket.close()
 
@@ -106,15 +106,15 @@ def _bind_failure(what: str, host: str, port: int, flag: str, exc: OSError) -> s
 
 
 async def _run(
-    server: Any, http_socket: socket.socket, host: ModelHost, settings: ServerSettings,
-    token: str | None,
+    server: Any, http_socket: socket.socket, host: ModelHost, app: HttpApp,
+    settings: ServerSettings, token: str | None,
 ) -> None:  # fmt: skip
     grpc_server = None
     try:
         if settings.grpc_port is not None:
             from .grpc import start_grpc
 
-            grpc_server = await start_grpc(host, settings, token)
+            grpc_server = await start_grpc(host, settings, token, ready=lambda: app.ready)
         await server.serve(sockets=[http_socket])
     finally:
         if grpc_server is not None:

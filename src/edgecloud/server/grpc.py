@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -134,8 +135,15 @@ async def _abort(context: Any, exc: EdgecloudError) -> None:
     await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
 
 
-async def start_grpc(host: ModelHost, settings: ServerSettings, token: str | None) -> Any:
+async def start_grpc(
+    host: ModelHost,
+    settings: ServerSettings,
+    token: str | None,
+    ready: Callable[[], bool] = lambda: True,
+) -> Any:
     """Start the gRPC server on the running loop; returns it (``await server.stop()``).
+
+    ``ready`` answers ServerReady (the HTTP front end's readiness, so both agree).
 
     The port is bound exclusively (``grpc.so_reuseport`` 0: grpc's default lets
     a second server share it); ConfigError naming the port when it cannot be had.
@@ -146,7 +154,7 @@ async def start_grpc(host: ModelHost, settings: ServerSettings, token: str | Non
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    servicer = InferenceServicer(host, token, lambda: True)
+    servicer = InferenceServicer(host, token, ready)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"{settings.host}:{settings.grpc_port}"
     try:
