@@ -25,7 +25,7 @@ from edgecloud.backends.remote import RemoteBackend
 from edgecloud.server.batching import DynamicBatcher
 
 from ..models import affine_reference
-from ..server.conftest import Server
+from ..server.conftest import Server, start_server
 from ._server_helpers import adversarial_repo, adversarial_server
 
 __all__ = ["adversarial_repo", "adversarial_server"]
@@ -168,3 +168,31 @@ def test_local_backend_splits_oversized_batches_by_rows(local: LocalBackend, row
         np.testing.assert_allclose(split.outputs["y"], 2 * x, rtol=1e-6)
         with pytest.raises(InvalidRequestError, match="no batch dimension.*send at most 4 rows"):
             local.infer(InferRequest("pooled", {"x": x}))
+
+
+@pytest.fixture(scope="module")
+def zoo_server(
+    zoo_repo: ModelRepository, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    running = start_server(zoo_repo, tmp_path_factory.mktemp("zoo-batching"))
+    yield running
+    running.stop()
+
+
+def test_zoo_digits_with_empty_batches_mixed_in(
+    zoo_repo: ModelRepository, zoo_server: Server
+) -> None:
+    """The issue's case: digits-small, default config, zero-row requests among ordinary ones."""
+    rng = np.random.default_rng(13)
+    sizes = [0, 1, 2, 0, 1, 3, 0, 1] * 6
+    inputs = [rng.random((n, 64), dtype=np.float32) * 16 for n in sizes]
+    with LocalBackend(zoo_repo) as local:
+        expected = [local.infer(InferRequest("digits-small", {"pixels": x})) for x in inputs]
+    url = f"http://{zoo_server.http_address}"
+    with RemoteBackend(url, timeout=30) as remote, ThreadPoolExecutor(16) as pool:
+        answers = list(
+            pool.map(lambda x: remote.infer(InferRequest("digits-small", {"pixels": x})), inputs)
+        )
+    for want, got in zip(expected, answers, strict=True):
+        for name, value in want.outputs.items():
+            np.testing.assert_allclose(got.outputs[name], value, rtol=1e-4, atol=1e-5)
