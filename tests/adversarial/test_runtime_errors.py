@@ -186,7 +186,7 @@ def test_zoo_models_reject_bad_values_as_the_callers(zoo_repo: ModelRepository) 
     with LocalBackend(zoo_repo) as local:
         if "vad" in names:
             state = np.zeros((2, 1, 128), np.float32)
-            for sr, samples in ((12345, 512), (8000, 512), (16000, 100)):
+            for sr, samples in ((12345, 512), (8000, 512), (16000, 100), (16000, 0)):
                 inputs = {
                     "input": np.zeros((1, samples), np.float32),
                     "state": state,
