@@ -141,53 +141,84 @@ def infer(
         print_response(response, loaded.entry.config.labels)
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Server settings file (YAML: any ServerSettings field). "
+        "Precedence: flag > EDGECLOUD_SERVER_* variable > this file > default.",
+    ),
+]
+PrintConfigOption = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved settings (YAML) and exit.")
+]
+
+
 @app.command()
 def serve(
     repo: RepoOption = DEFAULT_REPO,
+    config: ConfigOption = None,
     host: Annotated[
-        str, typer.Option(help="Interface to bind (loopback by default).")
-    ] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port; -1 disables gRPC.")] = 8001,
+        str | None, typer.Option(help="Interface to bind (default 127.0.0.1, loopback).")
+    ] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (default 8001); -1 disables gRPC.")
+    ] = None,
     token_file: Annotated[
         Path | None, typer.Option(help="File with the bearer token clients must send.")
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
-    max_request_mb: Annotated[float, typer.Option(help="Largest request body.")] = 64.0,
-    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 30.0,
-    access_log: Annotated[bool, typer.Option(help="JSON access log on stderr.")] = False,
+    max_request_mb: Annotated[
+        float | None, typer.Option(help="Largest request body, MiB (default 64).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Per-request timeout, seconds (default 30).")
+    ] = None,
+    access_log: Annotated[
+        bool | None, typer.Option("--access-log/--no-access-log", help="JSON access log on stderr.")
+    ] = None,
     device: Annotated[
-        str, typer.Option(help="auto (CUDA via torch when present), cpu or cuda.")
-    ] = "auto",
+        str | None, typer.Option(help="auto (default; CUDA via torch when present), cpu or cuda.")
+    ] = None,
     threads: Annotated[
-        int, typer.Option(help="onnxruntime threads per call; 0 lets onnxruntime decide.")
-    ] = 1,
+        int | None,
+        typer.Option(help="onnxruntime threads per call (default 1); 0 lets onnxruntime decide."),
+    ] = None,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
 
-    Settings can also come from EDGECLOUD_SERVER_* environment variables
-    (e.g. EDGECLOUD_SERVER_TOKEN).
+    Every setting also comes from an EDGECLOUD_SERVER_<FIELD> environment
+    variable (e.g. EDGECLOUD_SERVER_TOKEN) or the --config file; a flag given
+    here wins over the environment, which wins over the file.
     """
     import logging
 
     from .server.app import serve as run_server
     from .server.settings import ServerSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = ServerSettings.from_env(
-        host=host,
-        http_port=http_port,
-        grpc_port=None if grpc_port < 0 else grpc_port,
-        token_file=token_file,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        max_request_bytes=int(max_request_mb * 1024 * 1024),
-        request_timeout_s=timeout,
-        access_log=access_log or None,
-        device=device,
-        intra_op_threads=threads,
+    settings = ServerSettings.resolve(
+        file=config,
+        cli={
+            "host": host,
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "token_file": token_file,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "max_request_bytes": _mib(max_request_mb),
+            "request_timeout_s": timeout,
+            "access_log": access_log,
+            "device": device,
+            "intra_op_threads": threads,
+        },
     )
+    if print_config:
+        _print_settings(settings)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     repository = ModelRepository(repo)
     if not repository.model_names():
         raise ModelNotFoundError(
@@ -198,6 +229,16 @@ def serve(
         + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     )
     run_server(repository, settings, on_ready=lambda: errors.print(announce, highlight=False))
+
+
+def _mib(megabytes: float | None) -> int | None:
+    return None if megabytes is None else int(megabytes * 1024 * 1024)
+
+
+def _print_settings(settings: Any) -> None:
+    import yaml
+
+    console.print(yaml.safe_dump(settings.redacted(), sort_keys=False), end="", highlight=False)
 
 
 @app.command()
@@ -253,21 +294,43 @@ def compress(
 @app.command()
 def edge(
     deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
-    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 30.0,
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Per-request timeout, seconds (default 30).")
+    ] = None,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Run a hybrid deployment behind the Open Inference Protocol on this device.
 
     Any v2 client calls it like a server; each response carries its routing
     trace in the edgecloud_trace parameter. The outbox is drained in the background.
+    Settings: flag > EDGECLOUD_SERVER_* variable > --config file > default (the
+    gateway listens on 8080 unless told otherwise; it serves no gRPC).
     """
     from .gateway import run_gateway
     from .server.settings import ServerSettings
 
-    settings = ServerSettings.from_env(host=host, http_port=port, request_timeout_s=timeout)
-    announce = f"edgecloud edge gateway for {deployment} on http://{host}:{port}"
+    settings = ServerSettings.resolve(
+        file=config,
+        cli={"http_port": port, "host": host, "request_timeout_s": timeout, "grpc_port": -1},
+        defaults={"http_port": GATEWAY_PORT},
+    )
+    if print_config:
+        _print_settings(settings)
+        return
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    announce = (
+        f"edgecloud edge gateway for {deployment} on http://{settings.host}:{settings.http_port}"
+    )
     run_gateway(deployment, settings, on_ready=lambda: errors.print(announce, highlight=False))
+
+
+#: The gateway's HTTP port when no source gives one (the server's is 8000).
+GATEWAY_PORT = 8080
 
 
 @app.command("outbox")

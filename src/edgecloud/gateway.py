@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,10 +122,30 @@ def run_gateway(
 ) -> None:
     """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM.
 
-    Start-up fails (ConfigError, before binding) unless every model the
-    deployment names loads and matches its sha256 and the repository has a
-    model to serve; ``on_ready`` is called once that holds.
+    The port is bound first (ConfigError naming it when it cannot be had);
+    then start-up fails (ConfigError) unless every model the deployment names
+    loads and matches its sha256 and the repository has a model to serve;
+    ``on_ready`` is called once that holds. Of the server settings the
+    gateway uses the listener's (host, http_port, TLS), token, limits
+    (max_request_bytes, request_timeout_s), access_log and shutdown_grace_s;
+    how models run is the deployment file's business.
     """
+    from .server.app import listen
+
+    settings.check_tls()
+    sock = listen(settings.host, settings.http_port, "the gateway's HTTP", "--port")
+    try:
+        _serve_gateway(path, settings, sock, on_ready)
+    finally:
+        sock.close()
+
+
+def _serve_gateway(
+    path: Path,
+    settings: ServerSettings,
+    sock: socket.socket,
+    on_ready: Callable[[], None] | None,
+) -> None:
     from ._optional import require
     from .server.http import HttpApp
 
@@ -142,12 +163,14 @@ def run_gateway(
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,
         log_level="warning", timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )  # fmt: skip
 
     async def main() -> None:
         drainer = asyncio.create_task(host.drain_outbox_forever())
         try:
-            await uvicorn.Server(config).serve()
+            await uvicorn.Server(config).serve(sockets=[sock])
         finally:
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

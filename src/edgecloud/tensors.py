@@ -314,7 +314,9 @@ class InputValidator:
         ]
 
     def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
-        """Raise on the first problem; return the batch size (1 when unbatched).
+        """Raise on the first problem; return the batch size: the rows of the
+        request for a batched model (0 for an empty batch: a legal tensor that
+        batching must carry as zero rows, not one), 1 for an unbatched one.
 
         The common case (everything right) costs a few hundred nanoseconds; any
         mismatch falls through to the slow path that builds the message.
@@ -340,7 +342,7 @@ class InputValidator:
                         f"{name!r} has {shape[0]}, an earlier input has {batch}"
                     )
                 batch = shape[0]
-        return batch if batch > 0 else 1
+        return batch if batch >= 0 else 1
 
     def _check_array(self, name: str, array: Any) -> None:
         if not isinstance(array, np.ndarray):

@@ -51,11 +51,22 @@ def lookup_repo(root: Path) -> ModelRepository:
         outputs=[TensorSpec(name="value", datatype="FP32", shape=(1, 1))],
     )
     repo.add_version("lookup", root / "lookup.onnx", config=config)
+    # ``lookup-broken``: the same model with its file damaged after it was added,
+    # so the server answers every request for it with 503 (a server fault that
+    # no retry of the item can fix) while ``lookup`` keeps serving.
+    broken = repo.add_version(
+        "lookup-broken",
+        root / "lookup.onnx",
+        config=config.model_copy(update={"name": "lookup-broken"}),
+    )
+    broken.model_path.write_bytes(broken.model_path.read_bytes()[:40])
     return repo
 
 
-def lookup(index: int, context: RequestContext = DEFAULT_CONTEXT) -> InferRequest:
-    return InferRequest("lookup", {"idx": np.array([[index]], np.int64)}, context=context)
+def lookup(
+    index: int, context: RequestContext = DEFAULT_CONTEXT, model: str = "lookup"
+) -> InferRequest:
+    return InferRequest(model, {"idx": np.array([[index]], np.int64)}, context=context)
 
 
 def affine(value: float, context: RequestContext = DEFAULT_CONTEXT) -> InferRequest:

@@ -219,7 +219,10 @@ def test_an_item_the_server_always_fails_is_dead_lettered_without_blocking(
         retry_backoff=Backoff(base_s=10, cap_s=10, max_tries=None),
     )  # fmt: skip
     before = metric(outbox_server, "edgecloud_requests_total", "lookup")
-    for index in (0, 99, 1, 2):  # 99 is out of the table: onnxruntime fails, a 500
+    before_broken = metric(outbox_server, "edgecloud_requests_total", "lookup-broken")
+    box.put(lookup(0))
+    box.put(lookup(0, model="lookup-broken"))  # the server answers it 503, always
+    for index in (1, 2):
         box.put(lookup(index))
     with RemoteBackend(outbox_server.url, timeout=5) as remote:
         first = box.drain(remote.infer)
@@ -228,19 +231,23 @@ def test_an_item_the_server_always_fails_is_dead_lettered_without_blocking(
         box.put(lookup(3))  # newer than the poison, and not held up by it
         assert box.drain(remote.infer).delivered == 1  # the poison is backing off
         (poison,) = box.items()
-        assert poison.attempts == 1 and "500" in str(poison.last_error)
+        assert poison.attempts == 1 and "503" in str(poison.last_error)
         results = []
-        for _ in range(2):
+        for i in range(2):
             monotonic.now += 11  # past its backoff
+            # a 503 alone could be a dead link; a good item answered in the same
+            # drain shows the 503 is the poison's own (see the module docstring)
+            box.put(lookup(1 + i % 3))
             results.append(box.drain(remote.infer))
     assert [r.dead_lettered for r in results] == [0, 1]
     (dead,) = box.dead_letters()
-    assert dead.reason == "poisoned" and "500" in dead.error and dead.model == "lookup"
+    assert dead.reason == "poisoned" and "503" in dead.error and dead.model == "lookup-broken"
     stats = box.stats()
     assert stats["poisoned"] == stats["dead_lettered"] == 1 and stats["pending"] == 0
-    assert stats["delivered"] == 4
-    # 4 good items once each, the poison exactly max_attempts times
-    assert metric(outbox_server, "edgecloud_requests_total", "lookup") - before == 4 + 3
+    assert stats["delivered"] == 6
+    # 6 good items once each, the poison exactly max_attempts times
+    assert metric(outbox_server, "edgecloud_requests_total", "lookup") - before == 6
+    assert metric(outbox_server, "edgecloud_requests_total", "lookup-broken") - before_broken == 3
 
 
 def recording(fail: Callable[[InferRequest], Exception | None]) -> tuple[list[str], Callable]:

@@ -14,14 +14,29 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from ..errors import ConfigError, InferenceError, InvalidRequestError, ModelLoadError
+from ..errors import (
+    ConfigError,
+    EdgecloudError,
+    InferenceError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
 from .base import Backend
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
 
-__all__ = ["LoadedModel", "LocalBackend", "default_providers"]
+__all__ = [
+    "LoadedModel",
+    "LocalBackend",
+    "batched_outputs",
+    "default_providers",
+    "runtime_error",
+    "version_number",
+]
 
 log = logging.getLogger(__name__)
 _clock = time.perf_counter
@@ -47,35 +62,76 @@ class LoadedModel:
     label: str
     limit: int
     """``max_batch_size`` of the config: larger batches are split into runs this size."""
+    batched_outputs: frozenset[str]
+    """Outputs whose first graph dimension is symbolic: the batch, along which
+    rows can be split back to requests. An output with a fixed (or no) first
+    dimension describes the whole run, so runs that produce it are never merged
+    nor split (see :func:`batched_outputs`)."""
     _run: Callable[[list[str], Mapping[str, np.ndarray[Any, Any]], Any], list[np.ndarray[Any, Any]]]
 
     def run(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
     ) -> Arrays:
-        """Run validated inputs; split batches larger than ``max_batch_size``."""
+        """Run validated inputs; split batches larger than ``max_batch_size``.
+
+        ``batch`` is the request's row count (``InputValidator.validate``; 0 is
+        an empty batch). A batch above the limit is run ``limit`` rows at a time
+        and the outputs concatenated along axis 0; a model with an output that
+        has no batch dimension cannot be split, so such a request is refused
+        (InvalidRequestError) rather than answered with a stitched guess.
+        """
         names = self.output_names if outputs is None else self._check_outputs(outputs)
         limit = self.limit
         if limit <= 0 or batch <= limit:
-            try:
-                values = self._run(names, inputs, None)
-            except Exception as exc:  # onnxruntime's exception types are not exported
-                raise self._failure(exc) from exc
+            values = self._call(names, inputs)
             # onnxruntime returns exactly the outputs asked for, in order.
             return {names[0]: values[0]} if len(names) == 1 else dict(zip(names, values))  # noqa: B905
+        if not self.splittable(names):
+            raise InvalidRequestError(
+                f"model {self.entry.name!r} takes at most {limit} rows per run and its "
+                f"output(s) {sorted(set(names) - self.batched_outputs)} have no batch "
+                f"dimension to split a batch of {batch} along; send at most {limit} rows"
+            )
+        starts = range(0, batch, limit)
         parts = [
-            self._call(names, {k: v[i : i + limit] for k, v in inputs.items()})
-            for i in range(0, batch, limit)
+            self._call(names, {k: v[i : i + limit] for k, v in inputs.items()}) for i in starts
         ]
-        return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(names)}
+        sizes = [min(limit, batch - i) for i in starts]
+        return {n: self.concat_rows(n, [p[j] for p in parts], sizes) for j, n in enumerate(names)}
 
-    def _call(self, names: list[str], inputs: Arrays) -> list[np.ndarray[Any, Any]]:
+    def splittable(self, names: Sequence[str]) -> bool:
+        """Whether runs producing ``names`` can be merged and split along rows."""
+        return self.limit > 0 and all(n in self.batched_outputs for n in names)
+
+    def concat_rows(
+        self, name: str, values: Sequence[np.ndarray[Any, Any]], rows: Sequence[int]
+    ) -> np.ndarray[Any, Any]:
+        """Outputs of runs of ``rows`` rows each, joined along axis 0.
+
+        InferenceError when an output does not have one row per input row (a
+        graph whose symbolic first dimension is not the batch): the server's
+        model is at fault, not the request.
+        """
+        for value, count in zip(values, rows, strict=True):
+            if value.ndim == 0 or value.shape[0] != count:
+                raise InferenceError(
+                    f"output {name!r} of {self.label} has shape {list(value.shape)} for "
+                    f"{count} input rows, so it is not batched along axis 0; set "
+                    "max_batch_size: 0 in its config"
+                )
+        return np.concatenate(values)
+
+    def _call(
+        self, names: list[str], inputs: Mapping[str, np.ndarray[Any, Any]]
+    ) -> list[np.ndarray[Any, Any]]:
         try:
             return self._run(names, inputs, None)
         except Exception as exc:  # onnxruntime's exception types are not exported
             raise self._failure(exc) from exc
 
-    def _failure(self, exc: Exception) -> InferenceError:
-        return InferenceError(f"onnxruntime failed on {self.label}: {' '.join(str(exc).split())}")
+    def _failure(self, exc: Exception) -> EdgecloudError:
+        """onnxruntime's failure as the error of whoever caused it (see :func:`runtime_error`)."""
+        return runtime_error(exc, f"{self.entry.name!r} version {self.entry.version}")
 
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
         unknown = [o for o in outputs if o not in self.output_names]
@@ -132,12 +188,25 @@ class LocalBackend(Backend):
     # -- loading ---------------------------------------------------------------
 
     def load(self, model: str, version: int | str | None = None) -> LoadedModel:
-        """Load (or return the cached) session for a model version."""
-        if version is None or version == "latest":
+        """Load (or return the cached) session for a model version.
+
+        ``version``: None, ``"latest"`` or ``""`` for the newest served one, else
+        a number (an int or its plain ASCII digits: ``"+2"`` or ``" 2"`` name no
+        version). ModelNotFoundError for a version that is not served.
+        """
+        if version is None or version == "latest" or version == "":
+            version = None
             cached = self._latest.get(model)
         else:
-            number = str(version)
-            cached = self._models.get((model, int(number))) if number.isdigit() else None
+            parsed = version if isinstance(version, int) else version_number(version)
+            if parsed is None:
+                text = str(version)
+                shown = text if len(text) <= 40 else text[:40] + "…"
+                raise ModelNotFoundError(
+                    f"model {model!r} has no version {shown!r}; versions are numbers or 'latest'"
+                )
+            version = parsed
+            cached = self._models.get((model, parsed))
         if cached is not None:
             return cached
         entry = self.repository.get(model, version, verify=False)
@@ -146,9 +215,25 @@ class LocalBackend(Backend):
             loaded = self._models.get(key)
             if loaded is None:
                 loaded = self._models[key] = self._open(entry)
-            if version is None or version == "latest":
+                self._forget_unserved(entry.name)
+            if version is None:
                 self._latest[model] = loaded
         return loaded
+
+    def _forget_unserved(self, model: str) -> None:
+        """Drop sessions of versions the version policy no longer serves (call under the lock).
+
+        Sessions are cached per version; without this, every version ever
+        loaded while versions are hot-swapped in would stay in memory.
+        """
+        served = set(
+            self.repository.config(model).version_policy.select(self.repository.versions(model))
+        )
+        for key in [k for k in self._models if k[0] == model and k[1] not in served]:
+            del self._models[key]
+        latest = self._latest.get(model)
+        if latest is not None and latest.entry.version not in served:
+            del self._latest[model]
 
     def unload(self, model: str) -> None:
         """Drop every cached session of a model (the next request reloads)."""
@@ -196,6 +281,7 @@ class LocalBackend(Backend):
             output_names=[o.name for o in config.outputs],
             label=label,
             limit=config.max_batch_size,
+            batched_outputs=batched_outputs(session),
             _run=run,
         )
         if self.warmup:
@@ -298,3 +384,55 @@ def _warm_up(loaded: LoadedModel) -> None:
         loaded._run(loaded.output_names, inputs, quiet)
     except Exception as exc:  # some graphs reject zeros; warm-up is best effort
         log.debug("warm-up of %s skipped: %s", loaded.label, exc)
+
+
+def version_number(text: str) -> int | None:
+    """The version a path or request names, or None when it names none.
+
+    ASCII digits only, at most 18 of them (a version is an int64 in Triton's
+    model config); anything else — a 5,000-digit string Python refuses to
+    convert, a non-ASCII digit, a sign — names no version.
+    """
+    if 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def batched_outputs(session: ort.InferenceSession) -> frozenset[str]:
+    """Names of the outputs whose first dimension is symbolic (``"batch"``, None).
+
+    onnxruntime reports a symbolic dimension as a string or None and a fixed
+    one as an int; a rank-0 output has no first dimension at all.
+    """
+    return frozenset(
+        o.name for o in session.get_outputs() if o.shape and not isinstance(o.shape[0], int)
+    )
+
+
+#: onnxruntime's failure classes that mean "these inputs do not fit this graph"
+#: (``onnxruntime.capi.onnxruntime_pybind11_state``: status codes 2 INVALID_ARGUMENT
+#: and 1 FAIL, the code of a kernel's ORT_ENFORCE). Seen: Gather with an index
+#: out of range and silero-vad's unsupported ``sr`` (InvalidArgument); a
+#: Reshape, Pad or broadcast the shapes do not fit (Fail).
+_CALLERS = tuple(
+    cls for cls in (getattr(_ort_state, n, None) for n in ("InvalidArgument", "Fail"))
+    if isinstance(cls, type)
+)  # fmt: skip
+#: A FAIL that is the server's: memory ran out (onnxruntime's BFC arena, the C++ runtime).
+_SERVER_FAULTS = ("Failed to allocate memory", "bad_alloc", "out of memory")
+
+
+def runtime_error(exc: Exception, what: str) -> EdgecloudError:
+    """The typed error for an exception onnxruntime raised running ``what``.
+
+    The caller's (InvalidRequestError, 400, no fallback) when onnxruntime
+    rejects the values or shapes of inputs that passed the declared checks:
+    an invalid argument, or a kernel's failed check (a Reshape that does not
+    fit). The server's (InferenceError, 500) for anything else: memory
+    exhausted, an execution provider or engine failure, a runtime exception.
+    The message keeps onnxruntime's own words, on one line.
+    """
+    detail = " ".join(str(exc).split())
+    if isinstance(exc, _CALLERS) and not any(s in detail for s in _SERVER_FAULTS):
+        return InvalidRequestError(f"model {what} rejected the request's inputs: {detail}")
+    return InferenceError(f"onnxruntime failed on model {what}: {detail}")

@@ -1,9 +1,17 @@
-"""Running the server: HTTP (uvicorn) and gRPC on one event loop, graceful on SIGTERM."""
+"""Running the server: HTTP (uvicorn) and gRPC on one event loop, graceful on SIGTERM.
+
+Every listener binds exclusively: no ``SO_REUSEPORT`` (gRPC sets it by
+default, which lets a second server share the port and answer part of the
+calls, a token-less one included), and a port another process holds is one
+ConfigError naming the port and the flag that moves it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +22,7 @@ from .host import ModelHost, ModelState
 from .http import HttpApp
 from .settings import ServerSettings
 
-__all__ = ["check_ready", "serve"]
+__all__ = ["check_ready", "listen", "serve"]
 
 log = logging.getLogger("edgecloud.server")
 
@@ -26,14 +34,23 @@ def serve(
 ) -> None:
     """Serve every model in ``repository`` until SIGINT/SIGTERM.
 
-    Every model is loaded (files checked by sha256) before binding; start-up
+    The ports are bound first (ConfigError naming the port when one cannot
+    be had), then every model is loaded (files checked by sha256); start-up
     fails with ConfigError if nothing can be served (:func:`check_ready`),
     and ``on_ready`` is called once something can.
     """
     uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
     token = settings.bearer_token()
-    host = ModelHost(repository, settings)
-    check_ready(repository, host.load_all())
+    settings.check_tls()
+    http_socket = listen(settings.host, settings.http_port, "HTTP", "--http-port")
+    if settings.grpc_port:  # probe: the clear error before grpc's own bind
+        listen(settings.host, settings.grpc_port, "gRPC", "--grpc-port").close()
+    try:
+        host = ModelHost(repository, settings)
+        check_ready(repository, host.load_all())
+    except BaseException:
+        http_socket.close()
+        raise
     if on_ready is not None:
         on_ready()
     app = HttpApp(host, token=token)
@@ -53,7 +70,10 @@ def serve(
         backlog=2048,
     )
     server = uvicorn.Server(config)
-    asyncio.run(_run(server, host, settings, token))
+    try:
+        asyncio.run(_run(server, http_socket, host, app, settings, token))
+    finally:
+        http_socket.close()
 
 
 def check_ready(repository: ModelRepository, states: list[ModelState]) -> None:
@@ -80,14 +100,58 @@ def check_ready(repository: ModelRepository, states: list[ModelState]) -> None:
             log.warning("model %s is not ready: %s", state.name, state.error)
 
 
-async def _run(server: Any, host: ModelHost, settings: ServerSettings, token: str | None) -> None:
-    grpc_server = None
-    if settings.grpc_port is not None:
-        from .grpc import start_grpc
+def listen(host: str, port: int, what: str, flag: str) -> socket.socket:
+    """A TCP socket listening on ``host:port`` that no other process can share.
 
-        grpc_server = await start_grpc(host, settings, token)
+    ``SO_REUSEADDR`` only (a restart may bind over connections in TIME_WAIT;
+    Linux still refuses a port with a live listener), never ``SO_REUSEPORT``.
+    ConfigError naming the address, the reason and ``flag`` when it fails.
+    """
     try:
-        await server.serve()
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen for {what} on {host}:{port}: no such address ({exc.strerror}); "
+            "give an address of this machine with --host"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(_bind_failure(what, host, port, flag, exc)) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_failure(what: str, host: str, port: int, flag: str, exc: OSError) -> str:
+    where = f"cannot listen for {what} on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use by another process; stop it or choose another {flag}"
+    if exc.errno == errno.EACCES:
+        return (
+            f"{where}: permission denied (ports below 1024 need privileges); choose another {flag}"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {host} is not an address of this machine; choose another --host"
+    return f"{where}: {exc.strerror or exc}"
+
+
+async def _run(
+    server: Any, http_socket: socket.socket, host: ModelHost, app: HttpApp,
+    settings: ServerSettings, token: str | None,
+) -> None:  # fmt: skip
+    grpc_server = None
+    try:
+        if settings.grpc_port is not None:
+            from .grpc import start_grpc
+
+            grpc_server = await start_grpc(host, settings, token, ready=lambda: app.ready)
+        await server.serve(sockets=[http_socket])
     finally:
         if grpc_server is not None:
             await grpc_server.stop(settings.shutdown_grace_s)

@@ -2,7 +2,12 @@
 
 Requests queue per model version. A batch is formed whenever a runner slot is
 free: everything already waiting (up to ``max_batch_size``) with the same
-non-batch shapes goes in one onnxruntime call, and the outputs are split back.
+non-batch shapes goes in one onnxruntime call, and the outputs are split back
+by each request's own row count (0 included: an empty batch is a legal tensor
+and contributes no rows). Only models whose requested outputs all carry the
+batch as their first dimension are merged (``LoadedModel.splittable``); a
+merged output without one row per input row is never split: the requests run
+alone instead.
 Under light load a request therefore runs at once; under heavy load batches
 form while the previous ones run (adaptive batching). ``max_queue_delay_us``
 adds Triton's classic wait for companions on top. A batch whose merged run
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.local import LoadedModel
-from ..errors import EdgecloudError
+from ..errors import EdgecloudError, UnavailableError
 
 __all__ = ["BatchStats", "DynamicBatcher"]
 
@@ -81,7 +86,13 @@ class DynamicBatcher:
     async def submit(
         self, inputs: Inputs, outputs: Sequence[str] | None, size: int
     ) -> tuple[Arrays, float, float]:
-        """Queue validated inputs; returns (outputs, queue seconds, compute seconds)."""
+        """Queue validated inputs; returns (outputs, queue seconds, compute seconds).
+
+        ``size`` is the request's row count (0 for an empty batch). UnavailableError
+        once the batcher is closed (its version was unloaded): a retry finds the new one.
+        """
+        if self._closed:
+            raise UnavailableError(f"{self.loaded.label} was unloaded; retry the request")
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
         future: asyncio.Future[tuple[Arrays, float, float]] = (
@@ -126,6 +137,9 @@ class DynamicBatcher:
 
     def _take_batch(self) -> list[_Pending]:
         first = self._queue[0]
+        if not self._mergeable(first):
+            self._queue = self._queue[1:]
+            return [first]
         signature = first.signature()
         batch: list[_Pending] = []
         rest: list[_Pending] = []
@@ -156,7 +170,7 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        if results is None:  # merged run failed: run each alone, so only culprits fail
+        if results is None:  # merged run failed or did not split: run each alone
             await self._run_alone(batch)
             return
         elapsed = time.perf_counter() - started
@@ -169,7 +183,9 @@ class DynamicBatcher:
         for pending in batch:
             started = time.perf_counter()
             try:
-                (outputs,) = await loop.run_in_executor(self._executor, self._compute, [pending])
+                outputs = await loop.run_in_executor(
+                    self._executor, self.loaded.run, pending.inputs, pending.outputs, pending.size
+                )
             except Exception as exc:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
@@ -178,13 +194,20 @@ class DynamicBatcher:
                 elapsed = time.perf_counter() - started
                 pending.future.set_result((outputs, started - pending.enqueued, elapsed))
 
-    def _compute(self, batch: list[_Pending]) -> list[Arrays]:
+    def _mergeable(self, pending: _Pending) -> bool:
+        names = pending.outputs if pending.outputs is not None else self.loaded.output_names
+        return self.loaded.splittable(names)
+
+    def _compute(self, batch: list[_Pending]) -> list[Arrays] | None:
+        """Outputs per request, or None when the merged outputs do not split by rows."""
         first = batch[0]
         if len(batch) == 1:
             return [self.loaded.run(first.inputs, first.outputs, first.size)]
         merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in first.inputs}
         total = sum(p.size for p in batch)
         outputs = self.loaded.run(merged, first.outputs, total)
+        if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
+            return None
         results, offset = [], 0
         for p in batch:
             results.append({k: v[offset : offset + p.size] for k, v in outputs.items()})

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._optional import require
-from ..errors import AuthenticationError, EdgecloudError, InvalidRequestError
+from ..backends.local import version_number
+from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, model_metadata
+from .metrics import model_label
 from .settings import ServerSettings
 
 _FEATURE = "the server's gRPC endpoint"
@@ -102,7 +105,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             config = self.host.config(request.name)
             versions = self.host.states[request.name].versions
             if request.version:
-                if not request.version.isdigit() or int(request.version) not in versions:
+                if version_number(request.version) not in versions:
                     raise InvalidRequestError(
                         f"model {request.name!r} has no version {request.version!r}"
                     )
@@ -130,10 +133,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await _abort(context, exc)
         finally:
             metrics = self.host.metrics
-            metrics.requests.labels(request.model_name, "grpc", str(code)).inc()
-            metrics.latency.labels(request.model_name, "grpc").observe(
-                time.perf_counter() - started
-            )
+            label = model_label(request.model_name, self.host.states)
+            metrics.requests.labels(label, "grpc", str(code)).inc()
+            metrics.latency.labels(label, "grpc").observe(time.perf_counter() - started)
         return to_grpc_response(response)
 
 
@@ -141,22 +143,42 @@ async def _abort(context: Any, exc: EdgecloudError) -> None:
     await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
 
 
-async def start_grpc(host: ModelHost, settings: ServerSettings, token: str | None) -> Any:
-    """Start the gRPC server on the running loop; returns it (``await server.stop()``)."""
+async def start_grpc(
+    host: ModelHost,
+    settings: ServerSettings,
+    token: str | None,
+    ready: Callable[[], bool] = lambda: True,
+) -> Any:
+    """Start the gRPC server on the running loop; returns it (``await server.stop()``).
+
+    ``ready`` answers ServerReady (the HTTP front end's readiness, so both agree).
+
+    The port is bound exclusively (``grpc.so_reuseport`` 0: grpc's default lets
+    a second server share it); ConfigError naming the port when it cannot be had.
+    """
     options = [
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    servicer = InferenceServicer(host, token, lambda: True)
+    servicer = InferenceServicer(host, token, ready)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"{settings.host}:{settings.grpc_port}"
-    if settings.tls_cert and settings.tls_key:
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+    try:
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        bound = 0
+    if not bound:
+        raise ConfigError(
+            f"cannot listen for gRPC on {address}: the port is in use or the address is not "
+            "this machine's; choose another --grpc-port (or -1 to turn gRPC off)"
         )
-        server.add_secure_port(address, credentials)
-    else:
-        server.add_insecure_port(address)
     await server.start()
     return server

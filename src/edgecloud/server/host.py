@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends.local import LoadedModel, LocalBackend
+from ..backends.local import LoadedModel, LocalBackend, version_number
 from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
@@ -56,6 +56,7 @@ class ModelHost:
         )
         self.idempotency = open_idempotency(settings, repository.root, self.metrics)
         self._batchers: dict[str, DynamicBatcher] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self.states: dict[str, ModelState] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -80,6 +81,8 @@ class ModelHost:
         await self.idempotency.close()
         for batcher in self._batchers.values():
             await batcher.close()
+        for task in list(self._retiring):
+            await task
         self.executor.shutdown(wait=True)
         self.local.close()
 
@@ -97,7 +100,7 @@ class ModelHost:
         state = self.states.get(model)
         if state is None or not state.ready:
             return False
-        return version is None or (version.isdigit() and int(version) in state.versions)
+        return version is None or version_number(version) in state.versions
 
     # -- inference -------------------------------------------------------------
 
@@ -135,7 +138,7 @@ class ModelHost:
                 self.executor, loaded.run, request.inputs, request.outputs, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-        model = request.model
+        model = loaded.entry.name  # a model that exists: metric labels are never the caller's
         self.metrics.queue.labels(model).observe(queued)
         self.metrics.compute.labels(model).observe(compute)
         self.metrics.batch_size.labels(model).observe(batch)
@@ -151,10 +154,18 @@ class ModelHost:
         )
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
+        """The batcher of a loaded version, made on first use.
+
+        One per version whose session LocalBackend holds: when a new one is
+        made, those of versions LocalBackend has let go (no longer served) are
+        closed after their queues drain, so hot-swapped versions leave nothing
+        behind.
+        """
         if not self.settings.dynamic_batching or loaded.limit <= 0:
             return None
         batcher = self._batchers.get(loaded.label)
         if batcher is None:
+            self._retire_batchers()
             config = loaded.entry.config.dynamic_batching
             batcher = self._batchers[loaded.label] = DynamicBatcher(
                 loaded,
@@ -165,6 +176,13 @@ class ModelHost:
                 concurrency=self.settings.runners_per_model,
             )
         return batcher
+
+    def _retire_batchers(self) -> None:
+        held = {m.label for m in self.local.loaded()}
+        for label in [label for label in self._batchers if label not in held]:
+            task = asyncio.create_task(self._batchers.pop(label).close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
 
 def open_idempotency(

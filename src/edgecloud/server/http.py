@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from .. import __version__
+from ..backends.local import version_number
 from ..errors import (
     AuthenticationError,
     EdgecloudError,
@@ -27,7 +28,7 @@ from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
-from .metrics import ServerMetrics
+from .metrics import ServerMetrics, model_label
 from .openapi import openapi_document
 from .settings import ServerSettings
 
@@ -42,6 +43,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 JSON = [(b"content-type", b"application/json")]
+LIVE = b'{"live":true}'
+READY = b'{"ready":true}'
+NOT_READY = b'{"ready":false}'
 
 TRITON_TYPES = {
     "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
@@ -202,10 +206,18 @@ class HttpApp:
         raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
 
     def _health(self, which: str) -> tuple[int, bytes, list[Any]]:
+        """The OIP REST health bodies; the status code is the answer too (200 or 503).
+
+        Live: ``{"live": true}`` (``$live_server_response``). Ready:
+        ``{"ready": <bool>}`` — the specification's ``$ready_server_response``
+        repeats the live object's ``"live"`` key, a copy slip in a section that
+        answers readiness; KServe's own server and every client that parses
+        the body read ``"ready"``.
+        """
         if which == "live":
-            return 200, b"", JSON
+            return 200, LIVE, JSON
         if which == "ready":
-            return (200 if self.ready else 503), b"", JSON
+            return (200, READY, JSON) if self.ready else (503, NOT_READY, JSON)
         raise _Reply(404, _error(f"no health check {which!r}; use live or ready"))
 
     async def _model_route(
@@ -226,9 +238,10 @@ class HttpApp:
             raise _Reply(405, _error(f"{method} is not allowed here; use GET"))
         if action == "":
             return 200, dumps(self._metadata(model, version)), JSON
-        if action == "ready":
+        if action == "ready":  # $ready_model_response: {"name": ..., "ready": ...}
             self.host.config(model)
-            return (200 if self.host.ready(model, version) else 503), b"", JSON
+            ready = self.host.ready(model, version)
+            return (200 if ready else 503), dumps({"name": model, "ready": ready}), JSON
         if action == "config":
             return 200, dumps(triton_config(self.host.config(model))), JSON
         raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
@@ -236,11 +249,11 @@ class HttpApp:
     def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
         config = self.host.config(model)
         state = self.host.states[model]
-        if version is not None and not (version.isdigit() and int(version) in state.versions):
+        if version is not None and version_number(version) not in state.versions:
             raise ModelNotFoundError(
                 f"model {model!r} has no version {version!r} (served: {state.versions})"
             )
-        versions = state.versions if version is None else [int(version)]
+        versions = state.versions if version is None else [int(version)]  # checked above
         return model_metadata(config, versions)
 
     async def _infer(
@@ -263,8 +276,9 @@ class HttpApp:
             code = exc.status_code
             raise
         finally:
-            self.metrics.requests.labels(model, "http", str(code)).inc()
-            self.metrics.latency.labels(model, "http").observe(time.perf_counter() - started)
+            label = model_label(model, self.host.states)
+            self.metrics.requests.labels(label, "http", str(code)).inc()
+            self.metrics.latency.labels(label, "http").observe(time.perf_counter() - started)
         if self.expose_trace:
             response.parameters = {
                 **response.parameters,

@@ -1,6 +1,15 @@
-"""Prometheus metrics of the server, on a registry of its own (one per server)."""
+"""Prometheus metrics of the server, on a registry of its own (one per server).
+
+Every label value is a series kept until the process ends, so no request may
+create one: the ``model`` label only ever holds the name of a model the
+server (or gateway) has; requests naming any other model share the series
+whose ``model`` is empty (:data:`UNKNOWN_MODEL`). The other labels come from
+closed sets (protocol, HTTP status code).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 from .._optional import require
 
@@ -10,7 +19,16 @@ Counter = _prometheus.Counter
 Histogram = _prometheus.Histogram
 generate_latest = _prometheus.generate_latest
 
-__all__ = ["ServerMetrics"]
+__all__ = ["UNKNOWN_MODEL", "ServerMetrics", "model_label"]
+
+#: The ``model`` label of requests for a model that does not exist here.
+UNKNOWN_MODEL = ""
+
+
+def model_label(model: str, known: Container[str]) -> str:
+    """``model`` when it is one of ``known`` (the models served), else :data:`UNKNOWN_MODEL`."""
+    return model if model in known else UNKNOWN_MODEL
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

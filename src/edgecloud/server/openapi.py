@@ -43,8 +43,19 @@ _IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
+
+def _flags(*names: str, name: bool = False) -> dict[str, Any]:
+    properties: dict[str, Any] = {n: {"type": "boolean"} for n in names}
+    if name:
+        properties = {"name": {"type": "string"}, **properties}
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "ServerLive": _flags("live"),
+    "ServerReady": _flags("ready"),
+    "ModelReady": _flags("ready", name=True),
     "Parameters": {
         "type": "object",
         "additionalProperties": {
@@ -140,9 +151,13 @@ def _model_paths(prefix: str) -> dict[str, Any]:
         },
         f"{prefix}/ready": {
             "get": {
-                "summary": "Model readiness (200 ready)",
+                "summary": "Model readiness (200 ready, 503 not ready)",
                 "parameters": params,
-                "responses": {"200": {"description": "ready"}, **_ERRORS},
+                "responses": {
+                    **_ERRORS,
+                    "200": _json(_ref("ModelReady"), "ready"),
+                    "503": _json(_ref("ModelReady"), "not ready"),
+                },
             }
         },
         f"{prefix}/infer": {
@@ -177,14 +192,17 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "paths": {
             "/v2/health/live": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": _json(_ref("ServerLive"), "live")},
+                }
             },
             "/v2/health/ready": {
                 "get": {
                     "summary": "Readiness",
                     "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
+                        "200": _json(_ref("ServerReady"), "ready"),
+                        "503": _json(_ref("ServerReady"), "not ready"),
                     },
                 }
             },

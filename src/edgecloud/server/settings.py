@@ -1,16 +1,35 @@
-"""Server settings: one typed object, overridable by ``EDGECLOUD_SERVER_*`` env vars."""
+"""Server settings: one typed object, from CLI flags, environment, a settings file.
+
+Every field can come from four sources; the first that gives it wins:
+
+1. a flag of ``edgecloud serve`` / ``edgecloud edge`` (only flags given on
+   the command line count; an option left out does not hide the sources below);
+2. the environment variable ``EDGECLOUD_SERVER_<FIELD>`` (``EDGECLOUD_SERVER_HTTP_PORT``);
+3. the settings file given with ``--config`` (YAML, a mapping of field names);
+4. the default declared here.
+"""
 
 from __future__ import annotations
 
 import os
+import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from .._config_files import read_mapping
 from ..errors import ConfigError
 
-__all__ = ["IDEMPOTENCY_WINDOW_S", "ServerSettings"]
+__all__ = ["ENV_PREFIX", "IDEMPOTENCY_WINDOW_S", "ServerSettings"]
 
 ENV_PREFIX = "EDGECLOUD_SERVER_"
 
@@ -20,7 +39,12 @@ IDEMPOTENCY_WINDOW_S = 7 * 24 * 3600.0
 
 
 class ServerSettings(BaseModel):
-    """How ``edgecloud serve`` listens, authenticates, limits and batches."""
+    """How ``edgecloud serve`` listens, authenticates, limits and batches.
+
+    Precedence, highest first: CLI flag > ``EDGECLOUD_SERVER_<FIELD>``
+    environment variable > settings file (``--config``) > default; see
+    :meth:`resolve`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,7 +53,7 @@ class ServerSettings(BaseModel):
     http_port: int = Field(default=8000, ge=0, le=65535)
     """HTTP/REST port (0 picks a free one)."""
     grpc_port: int | None = Field(default=8001, ge=0, le=65535)
-    """gRPC port; None disables gRPC."""
+    """gRPC port; None (or any negative number, as ``--grpc-port -1``) disables gRPC."""
     token: str | None = None
     """Bearer token every request except health checks must carry."""
     token_file: Path | None = None
@@ -77,10 +101,22 @@ class ServerSettings(BaseModel):
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
 
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _negative_disables(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        try:
+            return None if int(value) < 0 else value
+        except (TypeError, ValueError):
+            return value  # pydantic reports it
+
     @model_validator(mode="after")
-    def _tls_pair(self) -> ServerSettings:
+    def _consistent(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
+            raise ValueError(f"http_port and grpc_port are both {self.http_port}; give two ports")
         return self
 
     def bearer_token(self) -> str | None:
@@ -98,17 +134,73 @@ class ServerSettings(BaseModel):
         return token
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> ServerSettings:
-        """Settings from ``EDGECLOUD_SERVER_<FIELD>`` variables, then ``overrides``."""
-        values: dict[str, Any] = {}
+    def resolve(
+        cls,
+        *,
+        file: Path | None = None,
+        cli: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> ServerSettings:
+        """Settings from every source: ``cli`` > ``environ`` > ``file`` > ``defaults``
+        > the field defaults.
+
+        ``cli`` holds the flags given (None means "not given" and is skipped);
+        ``environ`` defaults to ``os.environ``, read for ``EDGECLOUD_SERVER_<FIELD>``;
+        ``defaults`` are a command's own (the gateway's port 8080).
+        ConfigError names the field and where its bad value came from.
+        """
+        values: dict[str, Any] = dict(defaults or {})
+        origin: dict[str, str] = {}
+        if file is not None:
+            raw = read_mapping(file, "server settings", "server setting names as keys")
+            values.update(raw)
+            origin.update(dict.fromkeys(raw, f"settings file {file}"))
+        env = os.environ if environ is None else environ
         for name in cls.model_fields:
-            raw = os.environ.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+            variable = ENV_PREFIX + name.upper()
+            if variable in env:
+                values[name] = env[variable]
+                origin[name] = f"environment variable {variable}"
+        for name, value in (cli or {}).items():
+            if value is not None:
+                values[name] = value
+                origin[name] = "command line"
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "settings"
-            raise ConfigError(f"server setting {where}: {first['msg']}") from exc
+            source = origin.get(str(first["loc"][0])) if first["loc"] else None
+            detail = f" (from the {source})" if source else ""
+            raise ConfigError(f"server setting {where}{detail}: {first['msg']}") from exc
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServerSettings:
+        """Settings from ``EDGECLOUD_SERVER_<FIELD>`` variables, then ``overrides``
+        (None values skipped): :meth:`resolve` without a settings file."""
+        return cls.resolve(cli=overrides)
+
+    def check_tls(self) -> None:
+        """ConfigError unless ``tls_cert`` and ``tls_key`` (when given) load as a PEM pair.
+
+        Checked before anything listens, so a missing or mismatched file is one
+        clear line rather than a failure inside uvicorn or grpc.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot serve TLS with certificate {self.tls_cert} and key {self.tls_key}: "
+                f"{exc.strerror or exc}; give a readable PEM certificate and its private key"
+            ) from None
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-ready values, the bearer token masked (``--print-config``)."""
+        values = self.model_dump(mode="json")
+        if values.get("token"):
+            values["token"] = "***"
+        return values
