@@ -15,7 +15,13 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import ConfigError, InferenceError, InvalidRequestError, ModelLoadError
+from ..errors import (
+    ConfigError,
+    InferenceError,
+    InvalidRequestError,
+    ModelLoadError,
+    TensorValueError,
+)
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
 from .base import Backend
@@ -48,11 +54,27 @@ class LoadedModel:
     limit: int
     """``max_batch_size`` of the config: larger batches are split into runs this size."""
     _run: Callable[[list[str], Mapping[str, np.ndarray[Any, Any]], Any], list[np.ndarray[Any, Any]]]
+    strings: bool = False
+    """The model has BYTES inputs or outputs (see :meth:`run`)."""
 
     def run(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
     ) -> Arrays:
-        """Run validated inputs; split batches larger than ``max_batch_size``."""
+        """Run validated inputs; split batches larger than ``max_batch_size``.
+
+        BYTES are ``bytes`` on both sides. onnxruntime's Python binding takes
+        string tensors as ``str`` (it ``repr``s a ``bytes`` element into
+        ``"b'hello'"``) and returns ``str``: inputs are decoded as UTF-8 (other
+        bytes are a TensorValueError) and outputs encoded back.
+        """
+        if not self.strings:
+            return self._run_batches(inputs, outputs, batch)
+        result = self._run_batches(_as_text(inputs), outputs, batch)
+        return {k: _as_bytes(v) if v.dtype.kind == "O" else v for k, v in result.items()}
+
+    def _run_batches(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
+    ) -> Arrays:
         names = self.output_names if outputs is None else self._check_outputs(outputs)
         limit = self.limit
         if limit <= 0 or batch <= limit:
@@ -197,6 +219,7 @@ class LocalBackend(Backend):
             label=label,
             limit=config.max_batch_size,
             _run=run,
+            strings=any(t.datatype == "BYTES" for t in (*config.inputs, *config.outputs)),
         )
         if self.warmup:
             _warm_up(loaded)
@@ -281,6 +304,33 @@ def _fast_run(
     inner = getattr(session, "_sess", None)
     run = getattr(inner, "run", None)
     return run if callable(run) else session.run  # type: ignore[no-any-return]
+
+
+def _as_text(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
+    """BYTES inputs as the UTF-8 ``str`` elements onnxruntime's binding needs."""
+    out = dict(inputs)
+    for name, array in inputs.items():
+        if array.dtype.kind not in ("O", "S"):
+            continue
+        text = np.empty(array.shape, dtype=object)
+        flat = text.reshape(-1)
+        for index, item in enumerate(array.reshape(-1).tolist()):
+            try:
+                flat[index] = item.decode() if isinstance(item, bytes) else item
+            except UnicodeDecodeError:
+                raise TensorValueError(
+                    f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is "
+                    "not UTF-8; onnxruntime string tensors hold UTF-8 text"
+                ) from None
+        out[name] = text
+    return out
+
+
+def _as_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """onnxruntime's ``str`` string outputs as UTF-8 ``bytes``."""
+    out = np.empty(array.shape, dtype=object)
+    out.reshape(-1)[:] = [x.encode() if isinstance(x, str) else x for x in array.reshape(-1)]
+    return out
 
 
 def _warm_up(loaded: LoadedModel) -> None:

@@ -109,7 +109,7 @@ class GrpcTransport:
         )
         for name, array in request.inputs.items():
             message.inputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
-            message.raw_input_contents.append(tensor_bytes(array))
+            message.raw_input_contents.append(tensor_bytes(array, name))
         for name in request.outputs or ():
             message.outputs.add(name=name)
         params = {**request.parameters, **context_parameters(request.context)}
