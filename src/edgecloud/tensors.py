@@ -95,7 +95,13 @@ def datatype_of(array: np.ndarray[Any, Any]) -> str:
     """The Open Inference Protocol datatype name of a numpy array.
 
     Unicode string arrays map to BYTES (they are UTF-8 encoded on the wire).
+    Anything but a numpy array is an InvalidRequestError (never coerced).
     """
+    if not isinstance(array, np.ndarray):
+        raise InvalidRequestError(
+            f"tensors must be numpy arrays, got {type(array).__name__}; wrap it in np.asarray "
+            "with the dtype you mean"
+        )
     dtype = array.dtype
     if dtype.kind in ("U", "S"):
         return "BYTES"
