@@ -9,7 +9,9 @@ element index (row-major, flat), the datatype and the value.
 
 The rules
 ---------
-- Shape: a list of at most :data:`MAX_RANK` integers ``>= 0``. The element
+- Shape: a list of at most :data:`MAX_RANK` integers ``>= 0`` whose non-zero
+  dimensions multiply to at most ``2**63 / 16`` (numpy's limit, even for an
+  empty tensor). The element
   count is their product in Python integers (it cannot overflow) and is
   checked against the values or bytes present **before** anything is
   allocated, so a tiny request cannot make the server allocate a large array
@@ -67,6 +69,9 @@ _INTS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32
 #: which is infinity): IEEE 754 round-to-nearest.
 _OVERFLOW_AT = {"FP16": 65520.0, "FP32": 2.0**128 - 2.0**103}
 _NUMBER = frozenset({int, float})
+#: numpy refuses a shape whose non-zero dimensions multiply (times the item size,
+#: at most 16 bytes here) beyond its index type, even when another dimension is 0.
+_MAX_SPAN = int(np.iinfo(np.intp).max) // 16
 
 
 class HugeNumber:
@@ -88,6 +93,10 @@ def element_count(name: str, shape: Any) -> int:
     if len(shape) > MAX_RANK:
         raise InvalidRequestError(
             f"tensor {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} allowed"
+        )
+    if math.prod(d for d in shape if d) > _MAX_SPAN:
+        raise InvalidRequestError(
+            f"tensor {name!r}: shape {list(shape)} spans more elements than any array can hold"
         )
     return math.prod(shape)
 
