@@ -65,9 +65,6 @@ __all__ = [
 MAX_RANK = 64
 _LENGTH = struct.Struct("<I")
 _INTS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
-#: Smallest magnitude that rounds to infinity (max + half an ulp; ties go to even,
-#: which is infinity): IEEE 754 round-to-nearest.
-_OVERFLOW_AT = {"FP16": 65520.0, "FP32": 2.0**128 - 2.0**103}
 _NUMBER = frozenset({int, float})
 #: numpy refuses a shape whose non-zero dimensions multiply (times the item size,
 #: at most 16 bytes here) beyond its index type, even when another dimension is 0.
@@ -167,13 +164,13 @@ def _flat_values(name: str, datatype: str, values: list[Any], text: bool) -> np.
     if datatype in _INTS:
         if kinds <= {int}:
             try:
-                return np.array(values, dtype=numpy_dtype(datatype))
+                return np.fromiter(values, dtype=numpy_dtype(datatype), count=len(values))
             except OverflowError:
                 pass
         raise _first_bad(name, datatype, values)
     if datatype == "BOOL":
         if kinds <= {bool}:
-            return np.array(values, dtype=np.bool_)
+            return np.fromiter(values, dtype=np.bool_, count=len(values))
         raise _first_bad(name, datatype, values)
     return _float_values(name, datatype, values, kinds)
 
@@ -181,19 +178,18 @@ def _flat_values(name: str, datatype: str, values: list[Any], text: bool) -> np.
 def _float_values(
     name: str, datatype: str, values: list[Any], kinds: set[type]
 ) -> np.ndarray[Any, Any]:
-    if not kinds <= _NUMBER:
-        raise _first_bad(name, datatype, values)
-    try:
-        wide = np.array(values, dtype=np.float64)
-    except OverflowError:  # a Python int beyond float64
-        raise _first_bad(name, datatype, values) from None
-    limit = _OVERFLOW_AT.get(datatype)
-    if limit is None:
-        return wide
-    size = np.abs(wide)
-    if ((size >= limit) & (size != np.inf)).any():
-        raise _first_bad(name, datatype, values)
-    return wide.astype(numpy_dtype(datatype))
+    if kinds <= _NUMBER:
+        try:
+            return _cast(values, datatype)
+        except (OverflowError, FloatingPointError):
+            pass
+    raise _first_bad(name, datatype, values)
+
+
+def _cast(values: list[Any], datatype: str) -> np.ndarray[Any, Any]:
+    """numpy's IEEE round-to-nearest cast; raises where a finite value becomes infinity."""
+    with np.errstate(over="raise"):
+        return np.fromiter(values, dtype=numpy_dtype(datatype), count=len(values))
 
 
 def _first_bad(name: str, datatype: str, values: list[Any]) -> TensorValueError:
@@ -221,11 +217,8 @@ def _why_not(datatype: str, value: Any) -> str | None:
     if kind not in _NUMBER:
         return f"{datatype} takes numbers, NaN, Infinity or -Infinity only"
     try:
-        wide = float(value)
-    except OverflowError:
-        return f"beyond the range of {datatype}"
-    limit = _OVERFLOW_AT.get(datatype, math.inf)
-    if math.isfinite(wide) and abs(wide) >= limit:
+        _cast([value], datatype)
+    except (OverflowError, FloatingPointError):
         return f"beyond the range of {datatype} (it would become infinity)"
     return None
 
