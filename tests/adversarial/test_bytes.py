@@ -160,3 +160,25 @@ def test_json_output_of_non_utf8_bytes_is_refused_not_replaced() -> None:
 
     with pytest.raises(InvalidRequestError, match="not UTF-8 .* binary tensor"):
         tensor_json(objects([b"\xff"]), "y")
+
+
+@pytest.mark.parametrize("protocol", ["http-json", "http-binary", "grpc"])
+def test_tritonclient_sends_and_reads_bytes(wire: Stack, protocol: str) -> None:
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    x = objects(TEXTS)
+    if protocol == "grpc":
+        client = triton_grpc.InferenceServerClient(wire.server.grpc_address)
+        tensor = triton_grpc.InferInput("x", [len(TEXTS)], "BYTES")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(MODEL, [tensor])
+    else:
+        binary = protocol == "http-binary"
+        client = triton_http.InferenceServerClient(wire.server.http_address)
+        tensor = triton_http.InferInput("x", [len(TEXTS)], "BYTES")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        wanted = triton_http.InferRequestedOutput("y", binary_data=binary)
+        result = client.infer(MODEL, [tensor], outputs=[wanted])
+    got = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("y").tolist()]
+    assert got == TEXTS

@@ -306,3 +306,28 @@ def test_an_empty_tensor_of_absurd_span_is_400(wire: Stack, front: str) -> None:
     status, error = shaped(wire, front, [0, 2**40, 2**40])
     assert status in (400, "INVALID_ARGUMENT"), error
     assert "spans more elements than any array can hold" in error
+
+
+@pytest.mark.parametrize("front", REST)
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ('"parameters": {"binary_data_output": "false"}',
+         "parameter 'binary_data_output' must be true or false, got 'false'"),
+        ('"outputs": [{"name": "y", "parameters": {"binary_data": 1}}]',
+         "parameter 'binary_data' must be true or false, got 1"),
+        ('"outputs": [{"name": "y", "parameters": [true]}]', "'parameters' must be an object"),
+        ('"id": 7', "'id' must be a string, got 7"),
+    ],
+)  # fmt: skip
+def test_request_flags_are_not_coerced_either(
+    wire: Stack, front: str, extra: str, fragment: str
+) -> None:
+    """``bool("false")`` is True: the boolean parameters of a request take true/false only."""
+    body = '{"inputs": [' + json_entry("x", "FP32", [1], "[1]") + "], " + extra + "}"
+    import httpx
+
+    response = httpx.post(
+        f"{wire.url(front)}/v2/models/ident-fp32/infer", content=body.encode(), timeout=30
+    )
+    assert error_of(response) == (400, fragment)

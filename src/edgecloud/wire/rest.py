@@ -262,11 +262,9 @@ def decode_request(
     params = _parameters(header.get("parameters"))
     inputs = _tensors(header.get("inputs"), binary, "inputs")
     decoded = DecodedRequest(
-        InferRequest(
-            model, inputs, version=version, parameters=params, id=str(header.get("id", ""))
-        )
+        InferRequest(model, inputs, version=version, parameters=params, id=_request_id(header))
     )
-    decoded.all_binary = bool(params.get("binary_data_output", False))
+    decoded.all_binary = bool(_flag(params.get("binary_data_output"), "binary_data_output"))
     requested = header.get("outputs")
     if requested is not None:
         decoded.request.outputs = _requested_outputs(requested, decoded)
@@ -282,12 +280,26 @@ def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidRequestError("each entry of 'outputs' needs a 'name'")
         names.append(entry["name"])
-        binary = (entry.get("parameters") or {}).get("binary_data")
+        binary = _flag(_parameters(entry.get("parameters")).get("binary_data"), "binary_data")
         if binary is True:
             decoded.binary_outputs.add(entry["name"])
         elif binary is False:
             decoded.json_outputs.add(entry["name"])
     return names
+
+
+def _request_id(header: dict[str, Any]) -> str:
+    value = header.get("id", "")
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"'id' must be a string, got {value!r:.40}")
+    return value
+
+
+def _flag(value: Any, name: str) -> Any:
+    """A boolean parameter: true, false or absent — never ``bool("false")``."""
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequestError(f"parameter {name!r} must be true or false, got {value!r:.40}")
+    return value
 
 
 def _tensor_entries(
