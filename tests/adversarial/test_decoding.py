@@ -12,15 +12,18 @@ gRPC typed and raw contents, LocalBackend, RemoteBackend over HTTP and gRPC.
 
 from __future__ import annotations
 
+import http.server
 import json
+import re
 import struct
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from edgecloud import InferRequest
-from edgecloud.errors import DatatypeMismatchError, InvalidRequestError
+from edgecloud import InferRequest, RemoteBackend
+from edgecloud.errors import DatatypeMismatchError, InferenceError, InvalidRequestError
 
 from ..models import identity_name
 from ._wire_helpers import (
@@ -331,3 +334,61 @@ def test_request_flags_are_not_coerced_either(
         f"{wire.url(front)}/v2/models/ident-fp32/infer", content=body.encode(), timeout=30
     )
     assert error_of(response) == (400, fragment)
+
+
+# -- RemoteBackend decodes responses by the same rules -------------------------------------
+
+
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """A v2 'server' that answers every infer with one fixed body (a real socket)."""
+
+    body = b""
+
+    def do_GET(self) -> None:
+        self._send(b'{"name": "canned", "extensions": []}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(self.body)
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("output", "fragment"),
+    [
+        ('{"name": "y", "datatype": "BOOL", "shape": [1], "data": ["false"]}',
+         "tensor 'y': element 0 of BOOL data is 'false'"),
+        ('{"name": "y", "datatype": "INT64", "shape": [2], "data": [1, 2.5]}',
+         "tensor 'y': element 1 of INT64 data is 2.5"),
+        ('{"name": "y", "datatype": "FP32", "shape": [1], "data": [1e39]}',
+         "tensor 'y': element 0 of FP32 data is 1e+39"),
+        ('{"name": "y", "datatype": "BYTES", "shape": [1], "data": [null]}',
+         "tensor 'y': element 0 of BYTES data is None"),
+    ],
+)  # fmt: skip
+def test_remote_backend_refuses_a_response_that_coerces(output: str, fragment: str) -> None:
+    """A bad response is the server's fault: InferenceError (a Fallback may go elsewhere)."""
+    handler = type("Handler", (_Canned,), {"body": ('{"outputs": [' + output + "]}").encode()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with (
+            RemoteBackend(url, binary=False) as remote,
+            pytest.raises(InferenceError, match=re.escape(fragment)),
+        ):
+            remote.infer(InferRequest("m", {"x": np.zeros(1, np.float32)}))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -12,6 +12,8 @@ from typing import Any
 from .._optional import require
 from ..errors import (
     EdgecloudError,
+    InferenceError,
+    InvalidRequestError,
     error_for_grpc_code,
 )
 from ..tensors import InferRequest, InferResponse, Span, Trace, datatype_of
@@ -53,7 +55,12 @@ class GrpcTransport:
         except self._grpc.RpcError as exc:
             raise self._error(exc) from exc
         elapsed = time.perf_counter() - started
-        outputs = read_tensors(reply.outputs, reply.raw_output_contents)
+        try:
+            outputs = read_tensors(reply.outputs, reply.raw_output_contents)
+        except InvalidRequestError as exc:  # the server's fault, not the caller's
+            raise InferenceError(
+                f"{self.target} sent a response that cannot be read: {exc}"
+            ) from exc
         span = Span(
             served_by, "network", elapsed, f"ModelInfer {request.model}",
             message.ByteSize(), reply.ByteSize(),

@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, TensorValueError, UnsupportedDatatypeError
+from ..errors import (
+    InferenceError,
+    InvalidRequestError,
+    TensorValueError,
+    UnsupportedDatatypeError,
+)
 from ..tensors import (
     InferRequest,
     InferResponse,
@@ -373,9 +378,16 @@ def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int |
 
 
 def decode_response(body: bytes, header_length: int | None, served_by: str) -> InferResponse:
-    """Parse an infer response body into an InferResponse (trace filled by the caller)."""
-    header, binary = _split_body(body, header_length)
-    outputs = _tensors(header.get("outputs"), binary, "outputs")
+    """Parse an infer response body into an InferResponse (trace filled by the caller).
+
+    A response that breaks the decoding rules is the server's fault, not the
+    caller's: an InferenceError (a Fallback may try elsewhere).
+    """
+    try:
+        header, binary = _split_body(body, header_length)
+        outputs = _tensors(header.get("outputs"), binary, "outputs")
+    except InvalidRequestError as exc:
+        raise InferenceError(f"{served_by} sent a response that cannot be read: {exc}") from exc
     return InferResponse(
         model=str(header.get("model_name", "")),
         version=str(header.get("model_version", "")),
