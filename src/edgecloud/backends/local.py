@@ -312,18 +312,28 @@ def _as_text(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
     for name, array in inputs.items():
         if array.dtype.kind not in ("O", "S"):
             continue
+        items = array.reshape(-1).tolist()
         text = np.empty(array.shape, dtype=object)
-        flat = text.reshape(-1)
-        for index, item in enumerate(array.reshape(-1).tolist()):
-            try:
-                flat[index] = item.decode() if isinstance(item, bytes) else item
-            except UnicodeDecodeError:
-                raise TensorValueError(
-                    f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is "
-                    "not UTF-8; onnxruntime string tensors hold UTF-8 text"
-                ) from None
+        try:
+            text.reshape(-1)[:] = [x.decode() if isinstance(x, bytes) else x for x in items]
+        except UnicodeDecodeError:
+            index, item = next((i, x) for i, x in enumerate(items) if not _is_utf8(x))
+            raise TensorValueError(
+                f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is "
+                "not UTF-8; onnxruntime string tensors hold UTF-8 text"
+            ) from None
         out[name] = text
     return out
+
+
+def _is_utf8(item: Any) -> bool:
+    if not isinstance(item, bytes):
+        return True
+    try:
+        item.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _as_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
