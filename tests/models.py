@@ -122,3 +122,79 @@ def event_sink_config() -> ModelConfig:
         inputs=[TensorSpec(name="input", datatype="FP32", shape=(-1, -1))],
         outputs=[TensorSpec(name="energy", datatype="FP32", shape=(-1,))],
     )
+
+
+#: Open Inference Protocol datatype -> ONNX element type, for the identity models.
+ONNX_ELEMENT = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def identity_name(datatype: str) -> str:
+    """``ident-fp32`` etc.: the identity model of one datatype."""
+    return f"ident-{datatype.lower()}"
+
+
+def identity_onnx(path: Path, datatype: str) -> Path:
+    """y = x; x, y: ``datatype`` [n] (BYTES: a string-identity model)."""
+    element = ONNX_ELEMENT[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", element, ["n"])],
+        [helper.make_tensor_value_info("y", element, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def nonfinite_onnx(path: Path) -> Path:
+    """y = x / 0: [1, -1, 0] -> [+Inf, -Inf, NaN]; x, y: FP32 [n]."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "zero"], ["y"])],
+        "nonfinite",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        initializer=[numpy_helper.from_array(np.zeros(1, np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def vector_config(name: str, datatype: str) -> ModelConfig:
+    """Unbatched x -> y of one datatype, any length."""
+    return ModelConfig(
+        name=name,
+        max_batch_size=0,
+        inputs=[TensorSpec(name="x", datatype=datatype, shape=(-1,))],
+        outputs=[TensorSpec(name="y", datatype=datatype, shape=(-1,))],
+    )
+
+
+def make_wire_repo(root: Path) -> ModelRepository:
+    """One identity model per datatype (``ident-fp32``, ..., ``ident-bytes``) and
+    ``nonfinite`` (x / 0), for the wire's adversarial tests."""
+    repo = ModelRepository(root / "wire-repo")
+    for datatype in ONNX_ELEMENT:
+        name = identity_name(datatype)
+        model = identity_onnx(root / f"{name}.onnx", datatype)
+        repo.add_version(name, model, config=vector_config(name, datatype))
+    model = nonfinite_onnx(root / "nonfinite.onnx")
+    repo.add_version("nonfinite", model, config=vector_config("nonfinite", "FP32"))
+    return repo

@@ -23,6 +23,7 @@ from .errors import (
     InvalidRequestError,
     MissingInputError,
     ShapeMismatchError,
+    TensorValueError,
     UnknownInputError,
     UnsupportedDatatypeError,
 )
@@ -94,7 +95,13 @@ def datatype_of(array: np.ndarray[Any, Any]) -> str:
     """The Open Inference Protocol datatype name of a numpy array.
 
     Unicode string arrays map to BYTES (they are UTF-8 encoded on the wire).
+    Anything but a numpy array is an InvalidRequestError (never coerced).
     """
+    if not isinstance(array, np.ndarray):
+        raise InvalidRequestError(
+            f"tensors must be numpy arrays, got {type(array).__name__}; wrap it in np.asarray "
+            "with the dtype you mean"
+        )
     dtype = array.dtype
     if dtype.kind in ("U", "S"):
         return "BYTES"
@@ -308,8 +315,14 @@ class InputValidator:
         self._dtypes = {s.name: numpy_dtype(s.datatype) for s in specs}
         self._shapes = {s.name: s.full_shape(max_batch_size > 0) for s in specs}
         # The hot path: (name, dtype, rank, [(axis, size) of every fixed dimension]).
+        # BYTES inputs always take the slow path: their elements are checked one by one.
         self._plan = [
-            (name, self._dtypes[name], len(shape), [(i, d) for i, d in enumerate(shape) if d != -1])
+            (
+                name,
+                _CHECK_ELEMENTS if self._dtypes[name].kind == "O" else self._dtypes[name],
+                len(shape),
+                [(i, d) for i, d in enumerate(shape) if d != -1],
+            )
             for name, shape in self._shapes.items()
         ]
 
@@ -366,9 +379,12 @@ class InputValidator:
 
     def _check_dtype(self, name: str, array: np.ndarray[Any, Any]) -> None:
         expected = self._dtypes[name]
-        if array.dtype == expected:
+        if array.dtype == expected and expected.kind != "O":
             return
-        if expected.kind == "O" and array.dtype.kind in ("O", "U", "S"):
+        if expected.kind == "O" and array.dtype.kind in ("U", "S"):
+            return
+        if expected.kind == "O" and array.dtype.kind == "O":
+            _check_bytes_elements(name, array)
             return
         got = _describe_dtype(array)
         raise DatatypeMismatchError(
@@ -384,6 +400,34 @@ class InputValidator:
             raise ShapeMismatchError(
                 f"input {name!r} of model {self.model!r} expects shape "
                 f"{_show_shape(expected)}, got {list(shape)}"
+            )
+
+
+class _AlwaysDifferent:
+    """Compares unequal to every dtype, sending an input down the checked path."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+_CHECK_ELEMENTS: Any = _AlwaysDifferent()
+
+
+def _check_bytes_elements(name: str, array: np.ndarray[Any, Any]) -> None:
+    """Every element of a BYTES object array is ``bytes`` or ``str`` — never ``repr``'d."""
+    flat = array.reshape(-1).tolist()
+    if set(map(type, flat)) <= {bytes, str}:
+        return
+    for index, item in enumerate(flat):
+        if not isinstance(item, bytes | str):
+            raise TensorValueError(
+                f"tensor {name!r}: element {index} of BYTES data is {repr(item)[:80]}: "
+                "BYTES elements must be bytes or strings"
             )
 
 

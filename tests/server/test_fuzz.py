@@ -1,20 +1,39 @@
 """Hypothesis throws malformed bodies, shapes, dtypes, headers and lengths at a live server.
 
 The contract: every answer is a 2xx or a 4xx with an ``error`` message — never
-a 5xx, never a dropped connection — and the server's memory stays flat.
+a 5xx, never a dropped connection — and the server's memory stays flat. Valid
+tensors of every datatype (NaN, ±Inf and range extremes included) get exactly
+LocalBackend's answer over JSON, binary, gRPC typed and raw, and the gateway.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgecloud import InferRequest
+
+from ..adversarial._wire_helpers import (
+    DTYPE,
+    TYPED_FIELD,
+    Stack,
+    grpc_call,
+    json_entry,
+    post_json,
+    raw_request,
+    roundtrip,
+    stack,
+    typed_request,
+)
+from ..models import identity_name
 from .conftest import Server
 
 pytestmark = pytest.mark.slow
@@ -111,3 +130,105 @@ def test_memory_is_stable_under_bad_requests(server: Server) -> None:
     grown_kib = rss() - before
     assert grown_kib < 8 * 1024, f"server RSS grew {grown_kib} KiB over 2,000 bad requests"
     assert server.process.poll() is None
+
+
+# -- every front end agrees with LocalBackend (issue 13, kind 2) ------------------------
+
+FRONTS = ["json", "binary", "grpc-typed", "grpc-raw", "gateway-json", "gateway-binary"]
+FLOAT_WIDTH = {"FP16": 16, "FP32": 32, "FP64": 64}
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from stack(tmp_path_factory.mktemp("fuzz-wire"))
+
+
+def elements(datatype: str) -> st.SearchStrategy[Any]:
+    if datatype == "BYTES":
+        return st.text(max_size=8).map(str.encode)
+    if datatype in FLOAT_WIDTH:
+        return st.floats(width=FLOAT_WIDTH[datatype])  # NaN and ±Inf included
+    if datatype == "BOOL":
+        return st.booleans()
+    info = np.iinfo(DTYPE[datatype])
+    return st.integers(int(info.min), int(info.max))
+
+
+@st.composite
+def valid_tensors(draw: st.DrawFn) -> tuple[str, np.ndarray]:
+    datatype = draw(st.sampled_from(sorted(DTYPE)))
+    values = draw(st.lists(elements(datatype), max_size=12))
+    array = np.empty(len(values), dtype=object) if datatype == "BYTES" else None
+    if array is not None:
+        array[:] = values
+    else:
+        array = np.array(values, dtype=DTYPE[datatype])
+    return datatype, array
+
+
+def same(got: np.ndarray, want: np.ndarray) -> bool:
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    if want.dtype == object:
+        return bool(got.tolist() == want.tolist())
+    if want.dtype.kind == "f":
+        nan = np.isnan(want)
+        return bool((np.isnan(got) == nan).all() and got[~nan].tobytes() == want[~nan].tobytes())
+    return got.tobytes() == want.tobytes()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tensor=valid_tensors())
+def test_valid_requests_get_the_local_answer_over_every_front(
+    wire: Stack, tensor: tuple[str, np.ndarray]
+) -> None:
+    datatype, x = tensor
+    model = identity_name(datatype)
+    want = wire.local.infer(InferRequest(model, {"x": x})).outputs["y"]
+    for front in FRONTS:
+        if front == "grpc-typed" and datatype == "FP16":
+            continue  # no typed contents for FP16 in the protocol
+        got = roundtrip(wire, front, model, x)
+        assert same(got, want), (front, got, want)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    datatype=st.sampled_from(sorted(DTYPE)),
+    data=st.lists(json_values | st.integers(-(2**70), 2**70), min_size=1, max_size=6),
+    gateway=st.booleans(),
+)
+def test_invalid_json_values_get_4xx(
+    wire: Stack, datatype: str, data: list[Any], gateway: bool
+) -> None:
+    entry = json_entry("x", datatype, [len(data)], json.dumps(data, allow_nan=True))
+    response = post_json(wire.url("gateway-json" if gateway else "json"),
+                         identity_name(datatype), [entry])  # fmt: skip
+    assert_clean(response)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    datatype=st.sampled_from([*sorted(DTYPE), "BF16", "x"]),
+    shape=st.lists(st.integers(0, 2**62), max_size=4) | st.lists(st.integers(0, 3), max_size=70),
+    raw=st.binary(max_size=40),
+    typed=st.one_of(
+        st.none(),
+        st.tuples(st.sampled_from(sorted(set(TYPED_FIELD.values()))), st.integers(-5, 300)),
+    ),
+)
+def test_grpc_never_fails_internally(
+    wire: Stack, datatype: str, shape: list[int], raw: bytes, typed: tuple[str, int] | None
+) -> None:
+    model = identity_name(datatype if datatype in DTYPE else "FP32")
+    if typed is None:
+        request = raw_request(model, [("x", datatype, shape, raw)])
+    else:
+        field, value = typed
+        value_of = {"bool_contents": bool(value), "bytes_contents": raw,
+                    "fp32_contents": float(value), "fp64_contents": float(value)}  # fmt: skip
+        request = typed_request(
+            model, "x", datatype, shape, [value_of.get(field, abs(value))], field
+        )
+    code, reply = grpc_call(wire.server.grpc_address, request)
+    assert code in ("OK", "INVALID_ARGUMENT"), (code, reply)

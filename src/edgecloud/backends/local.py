@@ -23,6 +23,7 @@ from ..errors import (
     InvalidRequestError,
     ModelLoadError,
     ModelNotFoundError,
+    TensorValueError,
 )
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
@@ -68,6 +69,8 @@ class LoadedModel:
     dimension describes the whole run, so runs that produce it are never merged
     nor split (see :func:`batched_outputs`)."""
     _run: Callable[[list[str], Mapping[str, np.ndarray[Any, Any]], Any], list[np.ndarray[Any, Any]]]
+    strings: bool = False
+    """The model has BYTES inputs or outputs (see :meth:`run`)."""
 
     def run(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
@@ -79,7 +82,20 @@ class LoadedModel:
         and the outputs concatenated along axis 0; a model with an output that
         has no batch dimension cannot be split, so such a request is refused
         (InvalidRequestError) rather than answered with a stitched guess.
+
+        BYTES are ``bytes`` on both sides. onnxruntime's Python binding takes
+        string tensors as ``str`` (it ``repr``s a ``bytes`` element into
+        ``"b'hello'"``) and returns ``str``: inputs are decoded as UTF-8 (other
+        bytes are a TensorValueError) and outputs encoded back.
         """
+        if not self.strings:
+            return self._run_batches(inputs, outputs, batch)
+        result = self._run_batches(_as_text(inputs), outputs, batch)
+        return {k: _as_bytes(v) if v.dtype.kind == "O" else v for k, v in result.items()}
+
+    def _run_batches(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
+    ) -> Arrays:
         names = self.output_names if outputs is None else self._check_outputs(outputs)
         limit = self.limit
         if limit <= 0 or batch <= limit:
@@ -283,6 +299,7 @@ class LocalBackend(Backend):
             limit=config.max_batch_size,
             batched_outputs=batched_outputs(session),
             _run=run,
+            strings=any(t.datatype == "BYTES" for t in (*config.inputs, *config.outputs)),
         )
         if self.warmup:
             _warm_up(loaded)
@@ -367,6 +384,43 @@ def _fast_run(
     inner = getattr(session, "_sess", None)
     run = getattr(inner, "run", None)
     return run if callable(run) else session.run  # type: ignore[no-any-return]
+
+
+def _as_text(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
+    """BYTES inputs as the UTF-8 ``str`` elements onnxruntime's binding needs."""
+    out = dict(inputs)
+    for name, array in inputs.items():
+        if array.dtype.kind not in ("O", "S"):
+            continue
+        items = array.reshape(-1).tolist()
+        text = np.empty(array.shape, dtype=object)
+        try:
+            text.reshape(-1)[:] = [x.decode() if isinstance(x, bytes) else x for x in items]
+        except UnicodeDecodeError:
+            index, item = next((i, x) for i, x in enumerate(items) if not _is_utf8(x))
+            raise TensorValueError(
+                f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is "
+                "not UTF-8; onnxruntime string tensors hold UTF-8 text"
+            ) from None
+        out[name] = text
+    return out
+
+
+def _is_utf8(item: Any) -> bool:
+    if not isinstance(item, bytes):
+        return True
+    try:
+        item.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _as_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """onnxruntime's ``str`` string outputs as UTF-8 ``bytes``."""
+    out = np.empty(array.shape, dtype=object)
+    out.reshape(-1)[:] = [x.encode() if isinstance(x, str) else x for x in array.reshape(-1)]
+    return out
 
 
 def _warm_up(loaded: LoadedModel) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 from .._optional import require
 from ..errors import (
     EdgecloudError,
+    InferenceError,
+    InvalidRequestError,
     error_for_grpc_code,
 )
 from ..tensors import InferRequest, InferResponse, Span, Trace, datatype_of
@@ -57,7 +59,12 @@ class GrpcTransport:
         except self._grpc.RpcError as exc:
             raise self._error(exc) from exc
         elapsed = time.perf_counter() - started
-        outputs = read_tensors(reply.outputs, reply.raw_output_contents)
+        try:
+            outputs = read_tensors(reply.outputs, reply.raw_output_contents)
+        except InvalidRequestError as exc:  # the server's fault, not the caller's
+            raise InferenceError(
+                f"{self.target} sent a response that cannot be read: {exc}"
+            ) from exc
         span = Span(
             served_by, "network", elapsed, f"ModelInfer {request.model}",
             message.ByteSize(), reply.ByteSize(),
@@ -113,7 +120,7 @@ class GrpcTransport:
         )
         for name, array in request.inputs.items():
             message.inputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
-            message.raw_input_contents.append(tensor_bytes(array))
+            message.raw_input_contents.append(tensor_bytes(array, name))
         for name in request.outputs or ():
             message.outputs.add(name=name)
         params = {**request.parameters, **context_parameters(request.context)}

@@ -59,7 +59,7 @@ def to_grpc_response(response: InferResponse) -> Any:
     )
     for name, array in response.outputs.items():
         message.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
-        message.raw_output_contents.append(tensor_bytes(array))
+        message.raw_output_contents.append(tensor_bytes(array, name))
     for key, value in response.parameters.items():
         set_parameter(message.parameters[key], value)
     return message

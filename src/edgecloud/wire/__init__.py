@@ -7,6 +7,11 @@ gateway and both clients, so none of them can drift apart:
   extension (JSON header, then raw little-endian row-major tensors);
 - :mod:`.grpc` — ``ModelInferRequest`` / ``ModelInferResponse`` tensors,
   typed ``contents`` and ``raw_*_contents``, and their parameters;
+- :mod:`.values` — the one tensor decoder under both: untrusted values to
+  numpy with no silent coercion (a :class:`~edgecloud.errors.TensorValueError`
+  naming tensor, element, datatype and value), declared sizes checked against
+  the bytes present before anything is allocated; the exact rules are in its
+  docstring;
 - :mod:`.context` — the request context (sensitivity, idempotency key)
   from parameters, HTTP headers or gRPC metadata.
 

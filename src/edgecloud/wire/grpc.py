@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequestError
-from .rest import tensor_from_bytes, tensor_from_json
+from ..tensors import DATATYPES
+from .values import element_count, from_raw, from_values
 
 __all__ = ["CONTENTS_FIELD", "get_parameter", "read_tensors", "set_parameter"]
 
@@ -27,6 +28,7 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+_FIELDS = frozenset(CONTENTS_FIELD.values())
 
 
 def get_parameter(value: Any) -> Any:
@@ -48,25 +50,52 @@ def set_parameter(target: Any, value: Any) -> None:
 
 
 def read_tensors(tensors: Any, raw: Any) -> dict[str, np.ndarray[Any, Any]]:
-    """Tensors of a request or response, from ``raw_*_contents`` or typed contents."""
+    """Tensors of a request or response, from ``raw_*_contents`` or typed contents.
+
+    The rules are :mod:`.values`' (one validation path for every front end):
+    typed contents must hold exactly the declared number of values, each
+    fitting the datatype (an INT8 tensor's ``int_contents`` of 300 is an
+    error, not a wrapped byte); raw contents are checked against the shape
+    before anything is allocated. A message mixing raw and typed contents, or
+    naming a tensor twice, is refused.
+    """
     if raw and len(raw) != len(tensors):
         raise InvalidRequestError(f"{len(raw)} raw contents for {len(tensors)} tensors")
     out = {}
     for i, tensor in enumerate(tensors):
+        name, datatype = tensor.name, tensor.datatype
+        if name in out:
+            raise InvalidRequestError(f"tensor {name!r} appears twice")
         shape = list(tensor.shape)
         if any(d < 0 for d in shape):
-            raise InvalidRequestError(f"tensor {tensor.name!r}: shape {shape} has negative sizes")
-        if raw:
-            out[tensor.name] = tensor_from_bytes(raw[i], tensor.datatype, shape, tensor.name)
-            continue
-        field = CONTENTS_FIELD.get(tensor.datatype)
-        if field is None:
+            raise InvalidRequestError(f"tensor {name!r}: shape {shape} has negative sizes")
+        element_count(name, shape)
+        if datatype not in DATATYPES:
             raise InvalidRequestError(
-                f"tensor {tensor.name!r}: {tensor.datatype} must be sent as raw contents"
+                f"tensor {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
             )
-        values = list(getattr(tensor.contents, field))
-        out[tensor.name] = tensor_from_json(values, tensor.datatype, shape, tensor.name)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidRequestError(
+                    f"tensor {name!r} has typed contents and raw contents; send one"
+                )
+            out[name] = from_raw(name, datatype, raw[i], shape)
+        else:
+            out[name] = _typed(tensor, shape)
     return out
+
+
+def _typed(tensor: Any, shape: list[int]) -> np.ndarray[Any, Any]:
+    name, datatype = tensor.name, tensor.datatype
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidRequestError(f"tensor {name!r}: {datatype} must be sent as raw contents")
+    for other in _FIELDS - {field}:
+        if len(getattr(tensor.contents, other)):
+            raise InvalidRequestError(
+                f"tensor {name!r}: {datatype} values go in contents.{field}, not {other}"
+            )
+    return from_values(name, datatype, list(getattr(tensor.contents, field)), shape, text=False)
 
 
 def parameters(message_parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,14 +9,20 @@ an :class:`~edgecloud.errors.InvalidRequestError` saying what is wrong.
 
 from __future__ import annotations
 
-import struct
+import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, UnsupportedDatatypeError
+from ..errors import (
+    InferenceError,
+    InvalidRequestError,
+    TensorValueError,
+    UnsupportedDatatypeError,
+)
 from ..tensors import (
     InferRequest,
     InferResponse,
@@ -26,25 +32,59 @@ from ..tensors import (
     numpy_dtype,
 )
 from .context import context_parameters, decode_context
+from .values import (
+    HugeNumber,
+    bytes_error,
+    element_count,
+    flatten,
+    from_raw,
+    from_values,
+    raw_bytes,
+)
 
 try:  # orjson is several times faster; the stdlib keeps the core dependency-free
     import orjson
 
     def loads(data: bytes) -> Any:
-        return orjson.loads(data)
+        """Parse JSON; the ``NaN`` / ``Infinity`` / ``-Infinity`` literals are values."""
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:  # orjson refuses those literals (and 1e400)
+            return _stdlib_loads(data)
 
     def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
+    def _literal(value: float) -> Any:
+        return orjson.Fragment(_LITERALS[value != value, value > 0])
+
 except ImportError:  # pragma: no cover - exercised only without the server extra
-    import json
 
     def loads(data: bytes) -> Any:
-        return json.loads(data)
+        return _stdlib_loads(data)
 
     def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), default=_json_default).encode()
 
+    def _literal(value: float) -> Any:
+        return value  # json.dumps writes NaN, Infinity, -Infinity
+
+
+def _stdlib_loads(data: bytes) -> Any:
+    """The stdlib parser: reads the non-finite literals; 1e400 becomes a HugeNumber."""
+    try:
+        return json.loads(data, parse_float=_parse_float)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _parse_float(text: str) -> float | HugeNumber:
+    value = float(text)
+    return HugeNumber(text) if value in (math.inf, -math.inf) else value
+
+
+#: (is NaN, is positive) -> the JSON literal Triton writes (its PR 3870).
+_LITERALS = {(True, False): b"NaN", (False, True): b"Infinity", (False, False): b"-Infinity"}
 
 __all__ = [
     "HEADER_LENGTH",
@@ -58,7 +98,6 @@ __all__ = [
 ]
 
 HEADER_LENGTH = "inference-header-content-length"
-_LENGTH = struct.Struct("<I")
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
@@ -85,88 +124,47 @@ class DecodedRequest:
 # -- tensors -------------------------------------------------------------------
 
 
-def tensor_bytes(array: np.ndarray[Any, Any]) -> bytes:
+def tensor_bytes(array: np.ndarray[Any, Any], name: str = "") -> bytes:
     """Raw bytes of a tensor: little-endian, row-major; BYTES length-prefixed."""
-    if array.dtype.kind in ("O", "U", "S"):
-        parts = []
-        for item in array.reshape(-1):
-            raw = item.encode() if isinstance(item, str) else bytes(item)
-            parts.append(_LENGTH.pack(len(raw)) + raw)
-        return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return raw_bytes(array, name)
 
 
 def tensor_from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int], name: str) -> Any:
-    count = int(np.prod(shape)) if shape else 1
-    if datatype == "BYTES":
-        return _bytes_elements(raw, count, name).reshape(shape)
-    dtype = numpy_dtype(datatype).newbyteorder("<")
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise InvalidRequestError(
-            f"tensor {name!r}: {len(raw)} bytes of binary data, but shape {shape} of "
-            f"{datatype} needs {expected}"
-        )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def _bytes_elements(raw: bytes | memoryview, count: int, name: str) -> np.ndarray[Any, Any]:
-    out = np.empty(count, dtype=object)
-    view = memoryview(raw)
-    pos = 0
-    for i in range(count):
-        if pos + 4 > len(view):
-            raise InvalidRequestError(f"tensor {name!r}: BYTES data ends before element {i}")
-        (size,) = _LENGTH.unpack_from(view, pos)
-        pos += 4
-        if pos + size > len(view):
-            raise InvalidRequestError(f"tensor {name!r}: BYTES element {i} overruns the data")
-        out[i] = bytes(view[pos : pos + size])
-        pos += size
-    if pos != len(view):
-        raise InvalidRequestError(f"tensor {name!r}: {len(view) - pos} stray bytes after data")
-    return out
+    """A tensor from the binary extension's bytes (rules: :mod:`.values`)."""
+    return from_raw(name, datatype, raw, shape)
 
 
 def tensor_from_json(data: Any, datatype: str, shape: list[int], name: str) -> Any:
-    dtype = numpy_dtype(datatype)
+    """A tensor from JSON ``data``, flat or nested (rules: :mod:`.values`)."""
+    values = flatten(name, data, shape)
+    return from_values(name, datatype, values, shape, text=True)
+
+
+def tensor_json(array: np.ndarray[Any, Any], name: str = "") -> Any:
+    """JSON ``data`` of a tensor: flat; BYTES as UTF-8 text; NaN and ±Infinity as literals."""
+    kind = array.dtype.kind
+    if kind in ("O", "S", "U"):
+        return [_text(name, i, x) for i, x in enumerate(array.reshape(-1))]
+    flat = np.ascontiguousarray(array.reshape(-1))
+    if kind == "f" and not np.isfinite(flat).all():
+        return [x if math.isfinite(x) else _literal(x) for x in flat.tolist()]
+    if flat.dtype.byteorder == ">":
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    return flat
+
+
+def _text(name: str, index: int, item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if not isinstance(item, bytes):
+        raise bytes_error(name, index, item)
     try:
-        if datatype == "BYTES":
-            flat = np.array(
-                [d.encode() if isinstance(d, str) else d for d in _flatten(data)], dtype=object
-            )
-        else:
-            flat = np.asarray(data, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidRequestError(
-            f"tensor {name!r}: data is not a list of {datatype} values ({exc})"
-        ) from exc
-    count = int(np.prod(shape)) if shape else 1
-    if flat.size != count:
-        raise InvalidRequestError(
-            f"tensor {name!r}: {flat.size} values in data, but shape {shape} holds {count}"
-        )
-    return flat.reshape(shape)
-
-
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    out: list[Any] = []
-    for item in data:
-        out.extend(_flatten(item))
-    return out
-
-
-def tensor_json(array: np.ndarray[Any, Any]) -> list[Any]:
-    if array.dtype.kind in ("O", "S"):
-        return [
-            x.decode(errors="replace") if isinstance(x, bytes) else x for x in array.reshape(-1)
-        ]
-    if array.dtype.kind == "U":
-        return array.reshape(-1).tolist()
-    values: list[Any] = array.reshape(-1).tolist()
-    return values
+        return item.decode()
+    except UnicodeDecodeError:
+        raise TensorValueError(
+            f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is not "
+            "UTF-8 and cannot travel as a JSON string; send or request it as a binary tensor"
+        ) from None
 
 
 # -- parsing helpers -----------------------------------------------------------
@@ -199,12 +197,18 @@ def _tensors(entries: Any, binary: memoryview, kind: str) -> Arrays:
     pos = 0
     for entry in entries:
         name, datatype, shape, params = _tensor_header(entry, kind)
+        if name in out:
+            raise InvalidRequestError(f"tensor {name!r} appears twice in '{kind}'")
         size = params.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or pos + size > len(binary):
+            if type(size) is not int or size < 0 or pos + size > len(binary):
                 raise InvalidRequestError(
-                    f"tensor {name!r}: binary_data_size {size} exceeds the "
+                    f"tensor {name!r}: binary_data_size {size!r} exceeds the "
                     f"{len(binary) - pos} binary bytes left in the body"
+                )
+            if "data" in entry:
+                raise InvalidRequestError(
+                    f"tensor {name!r} has both 'data' and binary_data_size; send one"
                 )
             out[name] = tensor_from_bytes(binary[pos : pos + size], datatype, shape, name)
             pos += size
@@ -212,8 +216,6 @@ def _tensors(entries: Any, binary: memoryview, kind: str) -> Arrays:
             out[name] = tensor_from_json(entry["data"], datatype, shape, name)
         else:
             raise InvalidRequestError(f"tensor {name!r} has neither 'data' nor binary_data_size")
-        if name in out and list(out[name].shape) != shape:  # pragma: no cover - reshape guards
-            raise InvalidRequestError(f"tensor {name!r} does not match shape {shape}")
     if pos != len(binary):
         raise InvalidRequestError(
             f"{len(binary) - pos} bytes of binary data follow the tensors they were meant for"
@@ -234,15 +236,12 @@ def _tensor_header(entry: Any, kind: str) -> tuple[str, str, list[int], dict[str
         numpy_dtype(datatype)
     except UnsupportedDatatypeError as exc:
         raise InvalidRequestError(f"tensor {name!r}: {exc.message}") from exc
-    shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InvalidRequestError(f"tensor {name!r}: 'shape' must be a list of sizes >= 0")
+    shape: Any = entry.get("shape")
+    element_count(name, shape)
     params = entry.get("parameters") or {}
     if not isinstance(params, dict):
         raise InvalidRequestError(f"tensor {name!r}: 'parameters' must be an object")
-    return name, datatype, shape, params
+    return name, datatype, list(shape), params
 
 
 def _parameters(value: Any) -> dict[str, Any]:
@@ -268,11 +267,9 @@ def decode_request(
     params = _parameters(header.get("parameters"))
     inputs = _tensors(header.get("inputs"), binary, "inputs")
     decoded = DecodedRequest(
-        InferRequest(
-            model, inputs, version=version, parameters=params, id=str(header.get("id", ""))
-        )
+        InferRequest(model, inputs, version=version, parameters=params, id=_request_id(header))
     )
-    decoded.all_binary = bool(params.get("binary_data_output", False))
+    decoded.all_binary = bool(_flag(params.get("binary_data_output"), "binary_data_output"))
     requested = header.get("outputs")
     if requested is not None:
         decoded.request.outputs = _requested_outputs(requested, decoded)
@@ -288,12 +285,26 @@ def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidRequestError("each entry of 'outputs' needs a 'name'")
         names.append(entry["name"])
-        binary = (entry.get("parameters") or {}).get("binary_data")
+        binary = _flag(_parameters(entry.get("parameters")).get("binary_data"), "binary_data")
         if binary is True:
             decoded.binary_outputs.add(entry["name"])
         elif binary is False:
             decoded.json_outputs.add(entry["name"])
     return names
+
+
+def _request_id(header: dict[str, Any]) -> str:
+    value = header.get("id", "")
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"'id' must be a string, got {value!r:.40}")
+    return value
+
+
+def _flag(value: Any, name: str) -> Any:
+    """A boolean parameter: true, false or absent — never ``bool("false")``."""
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequestError(f"parameter {name!r} must be true or false, got {value!r:.40}")
+    return value
 
 
 def _tensor_entries(
@@ -308,11 +319,11 @@ def _tensor_entries(
             "shape": list(array.shape),
         }
         if binary(name):
-            raw = tensor_bytes(array)
+            raw = tensor_bytes(array, name)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = tensor_json(array)
+            entry["data"] = tensor_json(array, name)
         entries.append(entry)
     return entries, chunks
 
@@ -367,9 +378,16 @@ def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int |
 
 
 def decode_response(body: bytes, header_length: int | None, served_by: str) -> InferResponse:
-    """Parse an infer response body into an InferResponse (trace filled by the caller)."""
-    header, binary = _split_body(body, header_length)
-    outputs = _tensors(header.get("outputs"), binary, "outputs")
+    """Parse an infer response body into an InferResponse (trace filled by the caller).
+
+    A response that breaks the decoding rules is the server's fault, not the
+    caller's: an InferenceError (a Fallback may try elsewhere).
+    """
+    try:
+        header, binary = _split_body(body, header_length)
+        outputs = _tensors(header.get("outputs"), binary, "outputs")
+    except InvalidRequestError as exc:
+        raise InferenceError(f"{served_by} sent a response that cannot be read: {exc}") from exc
     return InferResponse(
         model=str(header.get("model_name", "")),
         version=str(header.get("model_version", "")),

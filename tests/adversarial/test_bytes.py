@@ -1,0 +1,184 @@
+"""Kind 4: BYTES tensors are bytes end to end, over every front end and client.
+
+A string sent as ``"hello"`` used to reach the model as ``"b'hello'"``
+(onnxruntime's binding ``repr``s a ``bytes`` element), and numbers, objects
+and ``null`` were accepted as strings. Now JSON strings travel as UTF-8,
+binary as a 4-byte little-endian length plus the bytes, gRPC as
+``bytes_contents``; LocalBackend hands onnxruntime UTF-8 text and returns
+``bytes``; anything else is a 400 naming the tensor, element and value. The
+model is a string identity built in the test (``tests/models.identity_onnx``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from edgecloud import InferRequest
+from edgecloud.errors import InvalidRequestError, TensorValueError
+
+from ._wire_helpers import (
+    ALL_FRONTS,
+    CLIENT_FRONTS,
+    Stack,
+    client_infer,
+    error_of,
+    grpc_call,
+    json_entry,
+    post_binary,
+    post_json,
+    raw_request,
+    roundtrip,
+    stack,
+    typed_request,
+)
+
+MODEL = "ident-bytes"
+TEXTS = [
+    b"hello",
+    b"",
+    "h\u00e9llo \u2603 \U0001f600".encode(),
+    b"a\x00b",
+    b"b'quoted'",
+    b" ",
+    b"0",
+]
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from stack(tmp_path_factory.mktemp("bytes"))
+
+
+def objects(items: list[object]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+@pytest.mark.parametrize("front", ALL_FRONTS)
+def test_strings_reach_the_model_and_come_back_unchanged(wire: Stack, front: str) -> None:
+    got = roundtrip(wire, front, MODEL, objects(TEXTS))
+    assert got.dtype == object and got.tolist() == TEXTS
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+def test_clients_take_str_as_utf8(wire: Stack, front: str) -> None:
+    request = InferRequest(MODEL, {"x": np.array(["hello", "h\u00e9"])})
+    assert client_infer(wire, front, request).outputs["y"].tolist() == [b"hello", b"h\xc3\xa9"]
+
+
+@pytest.mark.parametrize("front", ["json", "gateway-json"])
+@pytest.mark.parametrize(
+    ("data", "index", "shown"),
+    [
+        ('["ok", 1]', 1, "1"),
+        ('["ok", "ok", null]', 2, "None"),
+        ('[{"a": 1}]', 0, "{'a': 1}"),
+        ('[["nested"]]', 0, "['nested']"),
+        ("[true]", 0, "True"),
+        ("[1.5]", 0, "1.5"),
+        ('["\\ud800"]', 0, "'\\ud800'"),
+    ],
+)
+def test_json_bytes_take_strings_only(
+    wire: Stack, front: str, data: str, index: int, shown: str
+) -> None:
+    count = data.count(",") + 1
+    status, error = error_of(
+        post_json(wire.url(front), MODEL, [json_entry("x", "BYTES", [count], data)])
+    )
+    assert status == 400
+    assert f"tensor 'x': element {index} of BYTES data is {shown}" in error
+
+
+@pytest.mark.parametrize("front", ["binary", "gateway-binary", "grpc-raw"])
+@pytest.mark.parametrize(
+    ("raw", "count", "fragment"),
+    [
+        (struct.pack("<I", 10) + b"abc", 1, "element 0 declares 10 bytes, only 3 are left"),
+        (struct.pack("<I", 2**32 - 1) + b"abc", 1, "declares 4294967295 bytes"),
+        (struct.pack("<I", 1) + b"a" + b"\x00" * 3, 2, "BYTES data ends before element 1"),
+        (struct.pack("<I", 1) + b"ab", 1, "1 stray bytes after data"),
+        (b"\x01\x00", 1, "hold at most 0"),
+    ],
+)
+def test_binary_lengths_are_checked(
+    wire: Stack, front: str, raw: bytes, count: int, fragment: str
+) -> None:
+    tensors = [("x", "BYTES", [count], raw)]
+    if front == "grpc-raw":
+        status, error = grpc_call(wire.server.grpc_address, raw_request(MODEL, tensors))
+        assert status == "INVALID_ARGUMENT"
+    else:
+        status, error = error_of(post_binary(wire.url(front), MODEL, tensors, True))
+        assert status == 400
+    assert "tensor 'x'" in error and fragment in error
+
+
+def test_grpc_bytes_go_in_bytes_contents(wire: Stack) -> None:
+    request = typed_request(MODEL, "x", "BYTES", [1], [7], field="int_contents")
+    status, error = grpc_call(wire.server.grpc_address, request)
+    assert status == "INVALID_ARGUMENT" and "contents.bytes_contents, not int_contents" in error
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+@pytest.mark.parametrize(("item", "shown"), [(1, "1"), (None, "None"), (2.5, "2.5"), ({}, "{}")])
+def test_clients_refuse_non_strings(wire: Stack, front: str, item: object, shown: str) -> None:
+    request = InferRequest(MODEL, {"x": objects([b"ok", item])})
+    with pytest.raises(TensorValueError, match=f"element 1 of BYTES data is {shown}"):
+        client_infer(wire, front, request)
+
+
+@pytest.mark.parametrize("front", ["binary", "grpc-raw", "local"])
+def test_non_utf8_bytes_are_a_clear_400_for_a_string_model(wire: Stack, front: str) -> None:
+    """onnxruntime's string tensors hold UTF-8 text: other bytes cannot reach it."""
+    x = objects([b"ok", b"\xff\xfe"])
+    if front == "local":
+        with pytest.raises(TensorValueError, match="element 1 of BYTES data is b'\\\\xff\\\\xfe'"):
+            client_infer(wire, front, InferRequest(MODEL, {"x": x}))
+        return
+    raw = b"".join(struct.pack("<I", len(v)) + v for v in x)
+    if front == "grpc-raw":
+        status, error = grpc_call(
+            wire.server.grpc_address, raw_request(MODEL, [("x", "BYTES", [2], raw)])
+        )
+        assert status == "INVALID_ARGUMENT"
+    else:
+        status, error = error_of(
+            post_binary(wire.server.url, MODEL, [("x", "BYTES", [2], raw)], True)
+        )
+        assert status == 400
+    assert "element 1 of BYTES data" in error and "not UTF-8" in error
+
+
+def test_json_output_of_non_utf8_bytes_is_refused_not_replaced() -> None:
+    from edgecloud.wire.rest import tensor_json
+
+    with pytest.raises(InvalidRequestError, match="not UTF-8 .* binary tensor"):
+        tensor_json(objects([b"\xff"]), "y")
+
+
+@pytest.mark.parametrize("protocol", ["http-json", "http-binary", "grpc"])
+def test_tritonclient_sends_and_reads_bytes(wire: Stack, protocol: str) -> None:
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    x = objects(TEXTS)
+    if protocol == "grpc":
+        client = triton_grpc.InferenceServerClient(wire.server.grpc_address)
+        tensor = triton_grpc.InferInput("x", [len(TEXTS)], "BYTES")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(MODEL, [tensor])
+    else:
+        binary = protocol == "http-binary"
+        client = triton_http.InferenceServerClient(wire.server.http_address)
+        tensor = triton_http.InferInput("x", [len(TEXTS)], "BYTES")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        wanted = triton_http.InferRequestedOutput("y", binary_data=binary)
+        result = client.infer(MODEL, [tensor], outputs=[wanted])
+    got = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("y").tolist()]
+    assert got == TEXTS
