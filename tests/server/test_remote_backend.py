@@ -133,3 +133,17 @@ def test_unknown_url_scheme_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="http"):
         RemoteBackend("ftp://example")
+
+
+def test_a_rejected_request_never_switches_a_binary_server_to_json(server: Server) -> None:
+    """A 4xx about the request (here a 422: a key reused with another payload)
+    must not be read as "this server lacks binary tensors" when its metadata
+    advertises them: the client would speak JSON to it for good."""
+    key = RequestContext(idempotency_key="remote-binary-422")
+    with RemoteBackend(server.url, token=TOKEN) as remote:
+        remote.infer(InferRequest("affine", {"x": X}, context=key))
+        with pytest.raises(InvalidRequestError, match="422"):
+            remote.infer(InferRequest("affine", {"x": X + 1}, context=key))
+        assert remote.binary
+        remote.infer(InferRequest("affine", {"x": X}))
+        assert remote.binary

@@ -74,6 +74,9 @@ class RemoteBackend(Backend):
         httpx = require("httpx", extra="remote", feature="RemoteBackend")
         self.binary = binary
         self._checked_extensions = not binary
+        self._binary_advertised = False
+        """The server's metadata lists ``binary_tensor_data``: a 4xx is then
+        about the request, never a reason to fall back to JSON."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if isinstance(verify, str):  # a CA bundle to trust (e.g. a self-signed certificate)
             verify = ssl.create_default_context(cafile=verify)
@@ -195,7 +198,7 @@ class RemoteBackend(Backend):
                 extensions = loads(reply.content).get("extensions", [])
             except (ValueError, AttributeError):
                 extensions = []
-            self.binary = "binary_tensor_data" in extensions
+            self.binary = self._binary_advertised = "binary_tensor_data" in extensions
 
     def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str, float]:
         body, length = encode_request(request, binary=self.binary)
@@ -221,7 +224,12 @@ class RemoteBackend(Backend):
         """The response, or None when the server refused binary tensors (retry in JSON)."""
         elapsed = time.perf_counter() - started
         if reply.status_code != 200:
-            if self.binary and reply.status_code in (400, 415, 422) and _rejects_binary(reply):
+            if (
+                self.binary
+                and not self._binary_advertised
+                and reply.status_code in (400, 415, 422)
+                and _rejects_binary(reply)
+            ):
                 self.binary = False  # e.g. MLServer: no binary tensor extension
                 return None
             raise _status_error(reply.status_code, _message(reply.content), self.url)
