@@ -213,6 +213,9 @@ def compress(
     student: Annotated[
         str, typer.Option(help="distill: student hidden sizes, e.g. 8 or 32,16.")
     ] = "8",
+    time_limit: Annotated[
+        float, typer.Option(min=0.001, help="Seconds building and evaluating may take.")
+    ] = 1800.0,
 ) -> None:
     """Compress a model into a new version, with an evaluation report beside it.
 
@@ -230,7 +233,7 @@ def compress(
 
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version,
-            calibration=calibration, tolerance=tolerance,
+            calibration=calibration, tolerance=tolerance, time_limit_s=time_limit,
             settings={"amount": amount, "epochs": epochs, "student_hidden": _sizes(student),
                       "progress": report_progress},
         )  # fmt: skip

@@ -62,6 +62,9 @@ class Evaluation:
     data: str
     max_abs_error: float = 0.0
     """Largest |compressed - parent| over every float output value."""
+    scale_error: float = 0.0
+    """Largest |‖compressed row‖ / ‖parent row‖ - 1|: what cosine cannot see (fp16's
+    converter clips constants to ±1e4, so a model can come out 100× off yet cosine 1)."""
     nonfinite_outputs: int = 0
     """NaN or infinite values in the compressed model's outputs (the parent's are all finite)."""
 
@@ -79,6 +82,7 @@ class Evaluation:
             "min cosine": self.cosine_min,
             "top-1 agreement": self.top1_agreement,
             "max abs error": self.max_abs_error,
+            "scale error": self.scale_error,
         }
 
 
@@ -118,6 +122,14 @@ def check_fidelity(
         raise CompressionError(
             f"{method} on {model!r}: outputs drift to cosine {evaluation.cosine_min:.4f} "
             f"(tolerance {tolerance:g} → at least {1 - tolerance:.4f}){unchanged}"
+        )
+    # 1 - cos ≈ r²/2 for a perpendicular error of relative size r: the same r along the
+    # output (a change of scale) is what the tolerance admits
+    if not evaluation.scale_error <= math.sqrt(2 * tolerance):
+        raise CompressionError(
+            f"{method} on {model!r}: output magnitudes change by up to "
+            f"{evaluation.scale_error:.2%} (tolerance {tolerance:g} → at most "
+            f"{math.sqrt(2 * tolerance):.2%}){unchanged}"
         )
 
 
@@ -227,7 +239,9 @@ def _rows_of(array: np.ndarray[Any, Any], rows: int) -> np.ndarray[Any, Any]:
     return flat.reshape(rows if rows and flat.size % rows == 0 else 1, -1)
 
 
-def _agreement(outs_parent: Arrays, outs_child: Arrays) -> tuple[np.ndarray[Any, Any], float, int]:
+def _agreement(
+    outs_parent: Arrays, outs_child: Arrays
+) -> tuple[np.ndarray[Any, Any], float, float, int]:
     """Per-row cosines over every float output, max |difference|, non-finite count.
 
     A compressed output of another size than the parent's counts as all NaN.
@@ -237,16 +251,18 @@ def _agreement(outs_parent: Arrays, outs_child: Arrays) -> tuple[np.ndarray[Any,
             f"the compressed model's float outputs {sorted(outs_child)} are not the parent's "
             f"{sorted(outs_parent)}"
         )
-    cosines, errors, nonfinite = [], [], 0
+    cosines, errors, scales, nonfinite = [], [], [], 0
     for name, want in outs_parent.items():
         a = _rows_of(want, len(want) if want.ndim else 1)
         have = np.asarray(outs_child[name], dtype=np.float64)
         b = have.reshape(a.shape) if have.size == a.size else np.full(a.shape, np.nan)
         nonfinite += int(b.size - np.count_nonzero(np.isfinite(b)))
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosines.append(np.sum(a * b, axis=1) / (norms + 1e-12))
+        norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        cosines.append(np.sum(a * b, axis=1) / (norm_a * norm_b + 1e-12))
         errors.append(np.max(np.abs(a - b)) if a.size else 0.0)
-    return np.concatenate(cosines), float(np.max(errors)), nonfinite  # np.max keeps NaN
+        scales.append(np.max(np.abs(norm_b - norm_a) / (norm_a + 1e-12)) if a.size else 0.0)
+    # np.max keeps NaN where Python's max would drop it
+    return np.concatenate(cosines), float(np.max(errors)), float(np.max(scales)), nonfinite
 
 
 def _classes(
@@ -280,7 +296,7 @@ def _summarise(
     outs_child: Arrays,
     data: EvalData,
 ) -> Evaluation:
-    cosine, max_error, nonfinite = _agreement(outs_parent, outs_child)
+    cosine, max_error, scale_error, nonfinite = _agreement(outs_parent, outs_child)
     first = next(iter(outs_parent))
     top1, accuracy, parent_accuracy = _classes(outs_parent[first], outs_child[first], data)
     drop = None
@@ -301,5 +317,6 @@ def _summarise(
         top1_agreement=top1,
         data=data.name,
         max_abs_error=max_error,
+        scale_error=scale_error,
         nonfinite_outputs=nonfinite,
     )

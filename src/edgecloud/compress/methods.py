@@ -219,17 +219,28 @@ def _name_nodes(path: Path) -> Path:
     """Give every unnamed node a unique name: the quantizers select nodes by name."""
     onnx = require("onnx", extra="compress", feature="quantization")
     model = onnx.load(str(path))
+    if _named(model):
+        onnx.save(model, str(path))
+    return path
+
+
+def _named(model: Any) -> bool:
+    """Name every unnamed node uniquely, in place; True when any was unnamed.
+
+    The quantizers select nodes by name, and the float16 converter names its
+    casts after them (two unnamed consumers of one input gave two casts named
+    ``x_cast_to_``, an invalid model).
+    """
     taken = {n.name for n in model.graph.node if n.name}
     if len(taken) == len(model.graph.node):
-        return path
+        return False
     for index, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{index}"
             while node.name in taken:
                 node.name += "_"
             taken.add(node.name)
-    onnx.save(model, str(path))
-    return path
+    return True
 
 
 def _outlier_layers(model_path: Path, batches: list[Arrays], threshold: float) -> dict[str, float]:
@@ -287,6 +298,7 @@ def fp16(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]
     onnx = require("onnx", extra="compress", feature="fp16 conversion")
     float16 = require("onnxconverter_common.float16", extra="compress", feature="fp16 conversion")
     model = onnx.load(str(source))
+    _named(model)
     # Cast nodes stay in float32: the converter retypes their outputs but not their
     # `to` attribute, which onnxruntime then rejects (seen on MiniLM's mask cast).
     blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "Cast"]
