@@ -128,6 +128,9 @@ class SplitProfile:
     candidates: list[CutProfile]
     tensors: dict[str, list[str]] = field(default_factory=dict)
     """Cut name -> the tensors that cross it (what the head hands the tail)."""
+    raw_inputs_of_tail: dict[str, list[str]] = field(default_factory=dict)
+    """Cut name -> the model inputs among those tensors: raw data the tail receives as is
+    (what a privacy rule on an input must look at; empty lists when none)."""
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path: Path | None = field(default=None, compare=False)
 
@@ -258,8 +261,9 @@ def profile_split(
         if owned:
             device.close()
     tensors = {pair.cut.name: list(pair.cut.tensors) for pair in pairs}
+    raw = {pair.cut.name: list(pair.cut.raw_inputs) for pair in pairs}
     return SplitProfile(
-        parent.name, parent.version, device_threads, tail_timer.source, candidates, tensors
+        parent.name, parent.version, device_threads, tail_timer.source, candidates, tensors, raw
     )
 
 
