@@ -164,3 +164,93 @@ def branch_onnx(path: Path, width: int = 32) -> Path:
 def cli_env() -> dict[str, str]:
     """The test's environment (its PYTHONPATH: this checkout's code), wide columns."""
     return {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+
+
+def loop_onnx(path: Path) -> Path:
+    """A Loop whose body adds an outer-scope tensor ``t`` (captured by name) each turn.
+
+    t = tanh(x @ w); v = x; repeat 3 times: v = v + t; y = v @ w2.
+    x: FP32 [batch, 8] -> y: FP32 [batch, 4].
+    """
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "t"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+        helper.make_node("Tanh", ["h"], ["t"], name="tanh"),
+        helper.make_node("Loop", ["trips", "true", "x"], ["v"], body=body, name="loop"),
+        helper.make_node("MatMul", ["v", "w2"], ["y"], name="out"),
+    ]
+    init = [
+        numpy_helper.from_array((RNG.standard_normal((8, 8)) / 3).astype(np.float32), "w"),
+        numpy_helper.from_array((RNG.standard_normal((8, 4)) / 3).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(3, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "true"),
+    ]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    return save(helper.make_graph(nodes, "loop", [_x(8)], [out], init), path)
+
+
+def two_input_onnx(path: Path) -> Path:
+    """y = relu(x @ w) + z: the raw input z is consumed only after every cut.
+
+    x, z: FP32 [batch, 8] -> y: FP32 [batch, 8].
+    """
+    w = (RNG.standard_normal((8, 8)) / 3).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "z"], ["y"], name="add_z"),
+    ]
+    inputs = [_x(8), helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 8])]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    init = [numpy_helper.from_array(w, "w")]
+    return save(helper.make_graph(nodes, "two", inputs, [out], init), path)
+
+
+def reused_output_onnx(path: Path) -> Path:
+    """Outputs r and y, where y = tanh(r) + r also consumes the output r.
+
+    x: FP32 [batch, 8] -> r, y: FP32 [batch, 8].
+    """
+    w = (RNG.standard_normal((8, 8)) / 3).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Tanh", ["r"], ["t"], name="tanh"),
+        helper.make_node("Add", ["t", "r"], ["y"], name="add"),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8]) for n in "ry"]
+    init = [numpy_helper.from_array(w, "w")]
+    return save(helper.make_graph(nodes, "reused", [_x(8)], outs, init), path)
+
+
+def sensitive_onnx(path: Path) -> Path:
+    """y = sin(1000 * (x @ w)): exact when split in fp32; int8 activations (1/255 of the
+    range) scramble the phase, so the tail fails the numerical check.
+
+    x: FP32 [batch, 8] -> y: FP32 [batch, 8].
+    """
+    w = (RNG.standard_normal((8, 8)) / 3).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "k"], ["s"], name="scale"),
+        helper.make_node("Sin", ["s"], ["y"], name="sin"),
+    ]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    init = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1000), "k")]
+    return save(helper.make_graph(nodes, "sensitive", [_x(8)], [out], init), path)

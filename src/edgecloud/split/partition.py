@@ -202,6 +202,8 @@ def extract(
         raise ConfigError(
             f"cannot cut {model_path} at {cut.name}: shape inference knows no type for {exc}"
         ) from exc
+    except ConfigError as exc:
+        raise ConfigError(f"cannot cut {model_path} at {cut.name}: {exc.message}") from exc
     directory.mkdir(parents=True, exist_ok=True)
     head_path, tail_path = directory / "head.onnx", directory / "tail.onnx"
     onnx.save(head, str(head_path))
@@ -233,6 +235,12 @@ def _part(model: Any, inputs: list[str], outputs: list[str], role: str) -> Any:
     if missing:
         raise ConfigError(f"the {role} would need {sorted(missing)}, which the cut does not carry")
     infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
+    unshaped = [n for n in [*inputs, *outputs] if not infos[n].type.tensor_type.HasField("shape")]
+    if unshaped:
+        raise ConfigError(
+            f"the {role} would exchange {unshaped} whose rank shape inference does not know "
+            "(as after a Loop whose body declares no shape); choose another cut"
+        )
     part = onnx.helper.make_graph(
         nodes,
         f"{graph.name}_{role}",
