@@ -32,7 +32,7 @@ from .._optional import require
 from .._timing import time_calls
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
-from ..errors import ConfigError, EdgecloudError
+from ..errors import ConfigError, EdgecloudError, InvalidRequestError
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest
 from .artifacts import SplitPair, fidelity, tail_name
@@ -189,9 +189,18 @@ def activations(model_path: Path, cuts: Sequence[CutPoint], inputs: Arrays) -> d
     for name in wanted:
         if name in typed and name not in present:
             model.graph.output.append(typed[name])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        values = {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
+    except Exception as exc:  # onnxruntime's exception types are not exported
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise InvalidRequestError(
+            f"{model_path.parent.parent.name} does not run on the sample inputs "
+            f"({sorted(inputs)}), so its cuts cannot be measured: {text}"
+        ) from exc
     return {
         c.name: {t: values[t] for t in c.tensors}
         for c in cuts

@@ -37,10 +37,13 @@ class SplitResult:
 
 
 def sample_inputs(entry: ModelVersion, batch: int = 1) -> Arrays:
-    """Representative inputs of ``entry``: its evaluation data, first ``batch`` rows."""
+    """Representative inputs of ``entry``: its evaluation data, first ``batch`` rows
+    (all of it for a model without a batch dimension, whose inputs may be scalars)."""
     from ..compress import eval_data
 
     inputs = eval_data(entry).inputs
+    if not entry.config.batched:
+        return inputs
     return {name: np.ascontiguousarray(array[:batch]) for name, array in inputs.items()}
 
 
