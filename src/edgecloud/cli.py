@@ -574,7 +574,9 @@ def main() -> None:
     try:
         app()
     except EdgecloudError as exc:
-        errors.print(f"[red]error:[/] {exc.message}", highlight=False)
+        from .compress.worker import reason
+
+        errors.print(f"[red]error:[/] {reason(exc)}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         errors.print("interrupted")
@@ -582,8 +584,10 @@ def main() -> None:
     except Exception as exc:  # last resort: still one line, the traceback on request
         if os.environ.get("EDGECLOUD_DEBUG"):
             raise
+        from .compress.worker import reason
+
         errors.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc} "
+            f"[red]internal error:[/] {reason(exc)} "
             "(set EDGECLOUD_DEBUG=1 for the traceback, and please report it)",
             highlight=False,
         )

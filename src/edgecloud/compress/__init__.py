@@ -109,7 +109,7 @@ def _npz_batches(path: Path, entry: ModelVersion) -> list[Arrays]:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError) as exc:
-        raise InvalidRequestError(f"cannot read calibration file {path}: {exc}") from exc
+        raise InvalidRequestError(f"cannot read calibration file {path}: {reason(exc)}") from exc
     names = [i.name for i in entry.config.inputs]
     if sorted(arrays) != sorted(names):
         raise InvalidRequestError(

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from ..compress.worker import reason
 from ..errors import ConfigError, EdgecloudError, InferenceError
 from ..repository import CONFIG_FILE, ModelRepository, ModelVersion, config_from_onnx
 from .codec import Codec, add_decoder, check_codec, encode
@@ -169,8 +170,7 @@ def _run(path: Path, feed: Arrays) -> Arrays:
         wanted = {i.name for i in session.get_inputs()}
         values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
     except Exception as exc:  # onnxruntime's exception types are not exported
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        raise InferenceError(f"{path.name} does not run: {text}") from exc
+        raise InferenceError(f"{path.name} does not run: {reason(exc)}") from exc
     return dict(zip(names, values, strict=True))
 
 

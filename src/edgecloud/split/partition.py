@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from ..compress.worker import reason
 from ..errors import ConfigError, InferenceError
 
 __all__ = ["CutPoint", "cut_points", "extract", "find_cut", "uses", "verify_split"]
@@ -279,8 +280,9 @@ def verify_split(
             wanted = {i.name for i in session.get_inputs()}
             values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
         except Exception as exc:  # onnxruntime's exception types are not exported
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            raise InferenceError(f"{Path(path).name} of the split does not run: {text}") from exc
+            raise InferenceError(
+                f"{Path(path).name} of the split does not run: {reason(exc)}"
+            ) from exc
         return dict(zip(names, values, strict=True))
 
     expected = run(model_path, inputs)

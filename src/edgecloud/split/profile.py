@@ -32,6 +32,7 @@ from .._optional import require
 from .._timing import time_calls
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
+from ..compress.worker import reason
 from ..errors import ConfigError, EdgecloudError, InvalidRequestError
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest
@@ -170,7 +171,7 @@ class SplitProfile:
                 f"no split profile at {source}; run `edgecloud split` first"
             ) from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ConfigError(f"split profile {source} is not valid: {exc}") from exc
+            raise ConfigError(f"split profile {source} is not valid: {reason(exc)}") from exc
 
 
 def default_profile_path(repo: ModelRepository, model: str) -> Path:
@@ -196,10 +197,9 @@ def activations(model_path: Path, cuts: Sequence[CutPoint], inputs: Arrays) -> d
         names = [o.name for o in session.get_outputs()]
         values = {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
     except Exception as exc:  # onnxruntime's exception types are not exported
-        text = " ".join(str(exc).split()) or type(exc).__name__
         raise InvalidRequestError(
             f"{model_path.parent.parent.name} does not run on the sample inputs "
-            f"({sorted(inputs)}), so its cuts cannot be measured: {text}"
+            f"({sorted(inputs)}), so its cuts cannot be measured: {reason(exc)}"
         ) from exc
     return {
         c.name: {t: values[t] for t in c.tensors}
