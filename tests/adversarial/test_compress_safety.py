@@ -25,6 +25,7 @@ import pytest
 
 from edgecloud import (
     CompressionError,
+    ConfigError,
     DeadlineExceededError,
     EdgecloudError,
     ModelRepository,
@@ -135,6 +136,16 @@ def test_every_non_finite_figure_fails(figure: str, value: float) -> None:
         with pytest.raises(CompressionError, match="not finite"):
             check_fidelity(evaluation, tolerance, "m", "fp16")
     check_fidelity(_evaluation(), 0.0, "m", "fp16")  # the same, finite, passes
+
+
+@pytest.mark.parametrize("tolerance", [math.nan, -0.1])
+def test_a_nan_or_negative_tolerance_is_refused_before_any_work(
+    repo: ModelRepository, tolerance: float
+) -> None:
+    error = _refused(repo, "cancelling", "int8-dynamic", tolerance=tolerance)
+    assert isinstance(error, ConfigError) and "tolerance must be a number >= 0" in error.message
+    with pytest.raises(ConfigError, match="tolerance must be a number >= 0"):
+        check_fidelity(_evaluation(), tolerance, "m", "fp16")
 
 
 def test_cosine_tolerance_without_labels_is_nan_safe() -> None:
