@@ -41,6 +41,7 @@ from ._compress_helpers import (
     cancelling_onnx,
     cli_env,
     log_onnx,
+    loop_onnx,
     overflow_onnx,
     rounding_onnx,
     tree_digest,
@@ -58,6 +59,7 @@ def repo(tmp_path: Path) -> ModelRepository:
     add_model(repository, "log", log_onnx(tmp_path / "log.onnx"))
     add_model(repository, "rounding", rounding_onnx(tmp_path / "rounding.onnx"))
     add_model(repository, "branch", branch_onnx(tmp_path / "branch.onnx"))
+    add_model(repository, "loop", loop_onnx(tmp_path / "loop.onnx"))
     return repository
 
 
@@ -157,26 +159,31 @@ def test_cosine_tolerance_without_labels_is_nan_safe() -> None:
         check_fidelity(replace(evaluation, nonfinite_outputs=3), None, "m", "fp16")
 
 
+CONTROL_FLOW = {"branch": ("If 'branch'", 32), "loop": ("Loop 'loop'", 8)}
+
+
+@pytest.mark.parametrize("model", sorted(CONTROL_FLOW))
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_control_flow_is_refused_up_front_or_converted_on_both_branches(
-    repo: ModelRepository, tmp_path: Path, method: str
+    repo: ModelRepository, tmp_path: Path, method: str, model: str
 ) -> None:
-    calibration = _calibration(tmp_path, 32) if method == "int8-static" else None
+    node, width = CONTROL_FLOW[model]
+    calibration = _calibration(tmp_path, width) if method == "int8-static" else None
     before = tree_digest(repo.root)
     started = time.monotonic()
     try:
-        result = compress(repo, "branch", method, calibration=calibration, tolerance=0.05)
+        result = compress(repo, model, method, calibration=calibration, tolerance=0.05)
     except EdgecloudError as exc:
         assert tree_digest(repo.root) == before
         if method in ("fp16", "prune", "distill"):
-            assert "control flow (If 'branch')" in exc.message and "try int8-dynamic" in exc.message
+            assert f"control flow ({node})" in exc.message and "try int8-dynamic" in exc.message
             assert time.monotonic() - started < 5  # refused before any work
         assert exc.message.strip(), method
         return
     assert method not in ("fp16", "prune", "distill")
     # the evaluation saw one branch (sum over the batch); check both here
-    parent = repo.get("branch", 1, served_only=False).model_path
-    x = np.random.default_rng(3).standard_normal((16, 32)).astype(np.float32)
+    parent = repo.get(model, 1, served_only=False).model_path
+    x = np.random.default_rng(3).standard_normal((16, width)).astype(np.float32)
     for sign in (1.0, -1.0):
         feed = {"x": sign * np.abs(x)}
         (want,) = ort.InferenceSession(parent).run(None, feed)
