@@ -400,6 +400,7 @@ def split_command(
         split_model,
     )
     from .split import report as split_report
+    from .split.artifacts import all_or_nothing
 
     if remote is not None and tail_profile is not None:
         raise ConfigError("give --remote or --tail-profile, not both")
@@ -415,14 +416,14 @@ def split_command(
         timer = RemoteTailTimer(RemoteBackend(remote, timeout=30.0))
     elif tail_profile is not None:
         timer = ProfileTailTimer(SplitProfile.load(tail_profile))
-    with _task_progress() as progress:
+    target = profile_out or default_profile_path(repository, model)
+    with _task_progress() as progress, all_or_nothing(repository, model):
         result = split_model(
             repository, model, version=model_version, codecs=codecs,
             cuts=[c.strip() for c in cuts.split(",") if c.strip()] if cuts else None,
             tail_timer=timer, device_threads=device_threads, progress=progress,
         )  # fmt: skip
-    target = profile_out or default_profile_path(repository, model)
-    result.profile.save(target)
+        result.profile.save(target)  # splits without their profile are not kept either
     console.print(split_report.table(result.profile, mbps, rtt_ms / 1e3, objective=objective))
     heads = sorted({p.head.name for p in result.pairs})
     console.print(

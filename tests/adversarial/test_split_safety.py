@@ -175,3 +175,8 @@ def test_cli_splits_control_flow_and_refuses_in_one_line(repo: ModelRepository) 
     assert "nothing was written" in " ".join(bad.stderr.split())
     assert "Traceback" not in bad.stderr and "internal error" not in bad.stderr
     assert tree_digest(repo.root) == before
+    # the splits are fine but their profile cannot be written: none of them is kept
+    unwritable = _cli(repo, "two", "--codec", "fp32", "--profile-out", "/dev/null/profile.json")
+    assert unwritable.returncode == 1, unwritable.stderr
+    assert "cannot write the split profile" in " ".join(unwritable.stderr.split())
+    assert tree_digest(repo.root) == before

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar, cast
 
-from ..errors import CompressionError, DeadlineExceededError, EdgecloudError
+from ..errors import CompressionError, ConfigError, DeadlineExceededError, EdgecloudError
 
 __all__ = ["Progress", "reason", "run_limited"]
 
@@ -77,7 +77,7 @@ def run_limited(
     :class:`CompressionError` when the worker dies without an answer.
     """
     if limit_s is not None and limit_s <= 0:
-        raise CompressionError(f"the time limit must be positive, got {limit_s:g} s")
+        raise ConfigError(f"the time limit must be positive, got {limit_s:g} s")
     report = progress or (lambda fraction, text: None)
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)

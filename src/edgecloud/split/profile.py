@@ -154,8 +154,11 @@ class SplitProfile:
     def save(self, path: str | os.PathLike[str]) -> Path:
         data = {k: v for k, v in asdict(self).items() if k != "path"}
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(data, indent=2) + "\n")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the split profile to {target}: {reason(exc)}") from exc
         self.path = target
         return target
 
