@@ -13,8 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 from edgecloud import ModelRepository
 from edgecloud.repository import config_from_onnx
 
-RNG = np.random.default_rng(7)
-
 
 def tree_digest(root: Path) -> str:
     """sha256 over every path (directories too) and file's bytes under ``root``."""
@@ -49,7 +47,8 @@ def cancelling_onnx(path: Path, width: int = 32) -> Path:
 
     x: FP32 [batch, 32] -> y: FP32 [batch, 1].
     """
-    w = (RNG.standard_normal((width, 1)) / 4).astype(np.float32)
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((width, 1)) / 4).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"]),
         helper.make_node("Mul", ["x", "w_row"], ["xw"]),
@@ -110,7 +109,8 @@ def overflow_onnx(path: Path) -> Path:
 
 def log_onnx(path: Path) -> Path:
     """y = log(x) @ w: NaN on any negative input — a reference that is itself broken."""
-    w = RNG.standard_normal((8, 2)).astype(np.float32)
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((8, 2)).astype(np.float32)
     nodes = [
         helper.make_node("Log", ["x"], ["l"]),
         helper.make_node("MatMul", ["l", "w"], ["y"]),
@@ -126,11 +126,12 @@ def branch_onnx(path: Path, width: int = 32) -> Path:
     t = relu(x @ w0); if sum(x) > 0: y = t @ w1 else: y = t @ w2 + x @ w3.
     x: FP32 [batch, 32] -> y: FP32 [batch, 8].
     """
+    rng = np.random.default_rng(9)
     weights = {
-        "w0": RNG.standard_normal((width, width)) / 6,
-        "w1": RNG.standard_normal((width, 8)) / 6,
-        "w2": RNG.standard_normal((width, 8)) / 6,
-        "w3": RNG.standard_normal((width, 8)) / 6,
+        "w0": rng.standard_normal((width, width)) / 6,
+        "w1": rng.standard_normal((width, 8)) / 6,
+        "w2": rng.standard_normal((width, 8)) / 6,
+        "w3": rng.standard_normal((width, 8)) / 6,
     }
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
     then = helper.make_graph(
@@ -172,6 +173,7 @@ def loop_onnx(path: Path) -> Path:
     t = tanh(x @ w); v = x; repeat 3 times: v = v + t; y = v @ w2.
     x: FP32 [batch, 8] -> y: FP32 [batch, 4].
     """
+    rng = np.random.default_rng(11)
     body = helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
@@ -195,8 +197,8 @@ def loop_onnx(path: Path) -> Path:
         helper.make_node("MatMul", ["v", "w2"], ["y"], name="out"),
     ]
     init = [
-        numpy_helper.from_array((RNG.standard_normal((8, 8)) / 3).astype(np.float32), "w"),
-        numpy_helper.from_array((RNG.standard_normal((8, 4)) / 3).astype(np.float32), "w2"),
+        numpy_helper.from_array((rng.standard_normal((8, 8)) / 3).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal((8, 4)) / 3).astype(np.float32), "w2"),
         numpy_helper.from_array(np.array(3, np.int64), "trips"),
         numpy_helper.from_array(np.array(True), "true"),
     ]
@@ -209,7 +211,8 @@ def two_input_onnx(path: Path) -> Path:
 
     x, z: FP32 [batch, 8] -> y: FP32 [batch, 8].
     """
-    w = (RNG.standard_normal((8, 8)) / 3).astype(np.float32)
+    rng = np.random.default_rng(12)
+    w = (rng.standard_normal((8, 8)) / 3).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
@@ -226,7 +229,8 @@ def reused_output_onnx(path: Path) -> Path:
 
     x: FP32 [batch, 8] -> r, y: FP32 [batch, 8].
     """
-    w = (RNG.standard_normal((8, 8)) / 3).astype(np.float32)
+    rng = np.random.default_rng(13)
+    w = (rng.standard_normal((8, 8)) / 3).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
