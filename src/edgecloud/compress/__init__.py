@@ -42,8 +42,9 @@ __all__ = ["METHODS", "CompressOptions", "CompressionResult", "EvalData", "Evalu
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 DEFAULT_TIME_LIMIT_S = 1800.0
-"""Building plus evaluating one compressed version: the zoo's largest (MiniLM, int8-static)
-takes about a minute on two cores; half an hour means something is stuck."""
+"""Building plus evaluating one compressed version. The zoo's MiniLM takes 7-9 s wall
+(int8-dynamic, int8-static, fp16; `edgecloud compress`, 2 shared cores): half an hour
+means something is stuck, as fp16 on Silero VAD was for over ten minutes."""
 
 SENTENCES = [
     "The device answers most requests on its own.",

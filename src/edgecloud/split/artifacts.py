@@ -122,8 +122,9 @@ def write_split(
 
 
 LOSSY_COSINE = 0.99
-"""Least cosine of ``tail(encode(head(x)))`` to the parent with fp16/int8 activations
-(per-sample uint8 gives about 0.9999 on the zoo's models)."""
+"""Least cosine of ``tail(encode(head(x)))`` to the parent with fp16/int8 activations:
+the floor a SplitBackend applies by default (``min_cosine``), so no split is written
+that the planner would never pick for fidelity."""
 
 
 def _verify(
