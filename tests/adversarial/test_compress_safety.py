@@ -11,6 +11,7 @@ repository is byte-identical (sha256 of the tree).
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -247,3 +248,13 @@ def test_cli_refuses_nan_and_control_flow_with_one_line(repo: ModelRepository) -
         assert result.returncode == 1, result.stderr
         assert expected in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
         assert tree_digest(repo.root) == before
+
+
+def test_zoo_vad_fp16_is_refused_at_once(zoo_repo: ModelRepository, tmp_path: Path) -> None:
+    """The reported hang: fp16 on Silero VAD ran for over ten minutes."""
+    repo = ModelRepository(tmp_path / "zoo")
+    shutil.copytree(zoo_repo.root / "vad", repo.root / "vad")
+    started = time.monotonic()
+    error = _refused(repo, "vad", "fp16", tolerance=0.05)
+    assert "control flow (If 'If_0')" in error.message
+    assert time.monotonic() - started < 5

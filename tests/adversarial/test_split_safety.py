@@ -11,6 +11,7 @@ refusal leaves the repository byte-identical (sha256 of the tree).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,20 @@ def test_cli_splits_control_flow_and_refuses_in_one_line(repo: ModelRepository) 
     assert unwritable.returncode == 1, unwritable.stderr
     assert "cannot write the split profile" in " ".join(unwritable.stderr.split())
     assert tree_digest(repo.root) == before
+
+
+def test_zoo_vad_splits_exactly_and_reports_its_raw_inputs(
+    zoo_repo: ModelRepository, tmp_path: Path
+) -> None:
+    """The reported 'internal error': Silero VAD (an If whose branches capture input, state)."""
+    repo = ModelRepository(tmp_path / "zoo")
+    shutil.copytree(zoo_repo.root / "vad", repo.root / "vad")
+    chunk = {
+        "input": (0.1 * _x(512, rows=1)),
+        "state": np.zeros((2, 1, 128), np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+    names = [c.name for c in cut_points(repo.get("vad").model_path)]
+    result = split_model(repo, "vad", cuts=names, inputs=chunk, repeats=1)
+    raw = {pair.cut.name: pair.cut.raw_inputs_of_tail for pair in result.pairs}
+    assert raw["cut0"] == ("input", "state") and len(result.pairs) == len(names)
