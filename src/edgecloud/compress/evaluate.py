@@ -242,9 +242,9 @@ def _rows_of(array: np.ndarray[Any, Any], rows: int) -> np.ndarray[Any, Any]:
 def _agreement(
     outs_parent: Arrays, outs_child: Arrays
 ) -> tuple[np.ndarray[Any, Any], float, float, int]:
-    """Per-row cosines over every float output, max |difference|, non-finite count.
+    """Per-row cosines over every float output, max |difference|, scale error, non-finite count.
 
-    A compressed output of another size than the parent's counts as all NaN.
+    Raises CompressionError when the outputs differ in name or size.
     """
     if set(outs_child) != set(outs_parent):
         raise CompressionError(
@@ -255,7 +255,12 @@ def _agreement(
     for name, want in outs_parent.items():
         a = _rows_of(want, len(want) if want.ndim else 1)
         have = np.asarray(outs_child[name], dtype=np.float64)
-        b = have.reshape(a.shape) if have.size == a.size else np.full(a.shape, np.nan)
+        if have.size != a.size:
+            raise CompressionError(
+                f"the compressed model's output {name!r} has shape {list(have.shape)}, "
+                f"the parent's {list(want.shape)}; the repository is unchanged"
+            )
+        b = have.reshape(a.shape)
         nonfinite += int(b.size - np.count_nonzero(np.isfinite(b)))
         norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
         cosines.append(np.sum(a * b, axis=1) / (norm_a * norm_b + 1e-12))
