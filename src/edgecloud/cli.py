@@ -16,7 +16,7 @@ from rich.table import Column, Table
 
 from . import __version__
 from .backends.local import LocalBackend
-from .errors import ConfigError, EdgecloudError, ModelNotFoundError
+from .errors import ConfigError, EdgecloudError, ModelNotFoundError, describe
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -263,6 +263,9 @@ def compress(
     student: Annotated[
         str, typer.Option(help="distill: student hidden sizes, e.g. 8 or 32,16.")
     ] = "8",
+    time_limit: Annotated[
+        float, typer.Option(min=0.001, help="Seconds building and evaluating may take.")
+    ] = 1800.0,
 ) -> None:
     """Compress a model into a new version, with an evaluation report beside it.
 
@@ -280,7 +283,7 @@ def compress(
 
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version,
-            calibration=calibration, tolerance=tolerance,
+            calibration=calibration, tolerance=tolerance, time_limit_s=time_limit,
             settings={"amount": amount, "epochs": epochs, "student_hidden": _sizes(student),
                       "progress": report_progress},
         )  # fmt: skip
@@ -494,6 +497,7 @@ def split_command(
         split_model,
     )
     from .split import report as split_report
+    from .split.artifacts import all_or_nothing
 
     if remote is not None and tail_profile is not None:
         raise ConfigError("give --remote or --tail-profile, not both")
@@ -509,14 +513,14 @@ def split_command(
         timer = RemoteTailTimer(RemoteBackend(remote, timeout=30.0))
     elif tail_profile is not None:
         timer = ProfileTailTimer(SplitProfile.load(tail_profile))
-    with _task_progress() as progress:
+    target = profile_out or default_profile_path(repository, model)
+    with _task_progress() as progress, all_or_nothing(repository, model):
         result = split_model(
             repository, model, version=model_version, codecs=codecs,
             cuts=[c.strip() for c in cuts.split(",") if c.strip()] if cuts else None,
             tail_timer=timer, device_threads=device_threads, progress=progress,
         )  # fmt: skip
-    target = profile_out or default_profile_path(repository, model)
-    result.profile.save(target)
+        result.profile.save(target)  # splits without their profile are not kept either
     console.print(split_report.table(result.profile, mbps, rtt_ms / 1e3, objective=objective))
     heads = sorted({p.head.name for p in result.pairs})
     console.print(
@@ -668,7 +672,7 @@ def main() -> None:
     try:
         app()
     except EdgecloudError as exc:
-        errors.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/] {escape(describe(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         errors.print("interrupted")
@@ -677,7 +681,7 @@ def main() -> None:
         if os.environ.get("EDGECLOUD_DEBUG"):
             raise
         errors.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+            f"[red]internal error:[/] {escape(describe(exc))} "
             "(set EDGECLOUD_DEBUG=1 for the traceback, and please report it)",
             highlight=False,
             soft_wrap=True,

@@ -276,3 +276,19 @@ def error_for_grpc_code(code: str, message: str) -> EdgecloudError:
     """The error a client raises for a failed gRPC call (``code`` is the
     ``grpc.StatusCode`` name, e.g. ``"INVALID_ARGUMENT"``)."""
     return _BY_GRPC.get(code, InferenceError)(message)
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong: the exception's text, else its type.
+
+    Every place an exception becomes a message (the CLI, compression and
+    split refusals) goes through this, so a refusal always ends in a reason:
+    ``AssertionError()`` from onnxruntime's shape inference has an empty
+    ``str`` and reads ``AssertionError (no message)``. An EdgecloudError's
+    message stands alone; others are prefixed with their type.
+    """
+    text = " ".join(str(getattr(exc, "message", "") or exc).split())
+    name = type(exc).__name__
+    if not text:
+        return f"{name} (no message)"
+    return text if isinstance(exc, EdgecloudError) else f"{name}: {text}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,7 +155,7 @@ def test_cli_writes_the_version_and_its_report(repo: ModelRepository) -> None:
         [sys.executable, "-m", "edgecloud.cli", "compress", "mlp", "-m", "int8-dynamic",
          "--repo", str(repo.root), "--tolerance", "0.05"],
         capture_output=True, text=True, timeout=300,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "COLUMNS": "160"},  # PYTHONPATH too: this checkout's code
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "int8-dynamic" in result.stdout and "1 → 2" in result.stdout

@@ -69,3 +69,30 @@ def test_bad_cut_names_list_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no cut point 'cut99'.*valid cuts: cut0, cut1"):
         find_cut(path, "cut99")
     assert find_cut(path, "cut3").tensors == ("s",)
+
+
+def test_uses_include_what_nested_subgraphs_capture() -> None:
+    """A Loop body holding an If that reads the top-level ``t``: the Loop node uses ``t``."""
+    from edgecloud.split.partition import uses
+
+    value = helper.make_tensor_value_info
+    branch = helper.make_graph(
+        [helper.make_node("Add", ["v_in", "t"], ["out"])], "then", [],
+        [value("out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["v_in"], ["same"])], "else", [],
+        [value("same", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("If", ["cond_in"], ["v_out"], then_branch=branch, else_branch=other),
+        ],
+        "body",
+        [value("i", TensorProto.INT64, []), value("cond_in", TensorProto.BOOL, []),
+         value("v_in", TensorProto.FLOAT, None)],
+        [value("cond_out", TensorProto.BOOL, []), value("v_out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    loop = helper.make_node("Loop", ["trips", "go", "x"], ["v"], body=body)
+    assert uses(loop) == ["trips", "go", "x", "t"]  # v_in, cond_in, i: the body's own

@@ -18,9 +18,18 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import ConfigError, InvalidRequestError
+from ..errors import CompressionError, ConfigError, InvalidRequestError
 
-__all__ = ["METHODS", "CompressOptions", "method"]
+__all__ = [
+    "METHODS",
+    "REFUSES_CONTROL_FLOW",
+    "TORCH_METHOD_NAMES",
+    "CompressOptions",
+    "control_flow_nodes",
+    "method",
+    "refuse_unsupported",
+    "resolve_any",
+]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -60,14 +69,55 @@ class CompressOptions:
 
 Method = Callable[[Path, Path, CompressOptions], dict[str, Any]]
 METHODS: dict[str, Method] = {}
+TORCH_METHOD_NAMES = ("prune", "distill")
+"""Methods of :mod:`.torch_methods` (the ``train`` extra); they take the parent version."""
+REFUSES_CONTROL_FLOW: dict[str, str] = {
+    "prune": "it rebuilds MLP classifiers (Gemm/Relu … Softmax) in torch",
+    "distill": "it trains an MLP student on an MLP teacher rebuilt in torch",
+}
+"""Method -> why it cannot convert graphs with control flow (If/Loop/Scan subgraphs)."""
 
 
-def method(name: str) -> Callable[[Method], Method]:
+def method(name: str, *, refuses_control_flow: str | None = None) -> Callable[[Method], Method]:
+    """Register a method; ``refuses_control_flow`` says why it cannot take If/Loop/Scan graphs."""
+
     def register(fn: Method) -> Method:
         METHODS[name] = fn
+        if refuses_control_flow:
+            REFUSES_CONTROL_FLOW[name] = refuses_control_flow
         return fn
 
     return register
+
+
+def control_flow_nodes(model_path: Path) -> list[str]:
+    """``op_type 'name'`` of every top-level node that holds a subgraph (If, Loop, Scan, …)."""
+    onnx = require("onnx", extra="compress", feature="compression")
+    graph_kinds = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [
+        f"{node.op_type} {node.name!r}" if node.name else node.op_type
+        for node in model.graph.node
+        if any(attr.type in graph_kinds for attr in node.attribute)
+    ]
+
+
+def refuse_unsupported(model_path: Path, name: str) -> None:
+    """Refuse, before any work, a graph with control flow for a method that cannot convert it.
+
+    Raises CompressionError naming the nodes and the reason.
+    """
+    why = REFUSES_CONTROL_FLOW.get(name)
+    if why is None:
+        return
+    found = control_flow_nodes(model_path)
+    if found:
+        others = [m for m in METHODS if m not in REFUSES_CONTROL_FLOW]
+        raise CompressionError(
+            f"{name} cannot compress this model: the graph has control flow "
+            f"({', '.join(found[:4])}{' …' if len(found) > 4 else ''}) and {why}; "
+            f"try {' or '.join(others)}; the repository is unchanged"
+        )
 
 
 def _quantization() -> Any:
@@ -81,7 +131,10 @@ def _preprocess(source: Path, workdir: Path, options: CompressOptions) -> Path:
     """Shape inference and graph optimisation, as onnxruntime's quantizer recommends."""
     q = _quantization()
     target = workdir / "preprocessed.onnx"
-    q.quant_pre_process(str(source), str(target), skip_symbolic_shape=options.transformer)
+    # onnxruntime's symbolic shape inference fails on If subgraphs (a bare AssertionError
+    # on Silero VAD), and transformer graphs: ONNX shape inference is enough for both.
+    skip = options.transformer or bool(control_flow_nodes(source))
+    q.quant_pre_process(str(source), str(target), skip_symbolic_shape=skip)
     return target
 
 
@@ -165,17 +218,28 @@ def _name_nodes(path: Path) -> Path:
     """Give every unnamed node a unique name: the quantizers select nodes by name."""
     onnx = require("onnx", extra="compress", feature="quantization")
     model = onnx.load(str(path))
+    if _named(model):
+        onnx.save(model, str(path))
+    return path
+
+
+def _named(model: Any) -> bool:
+    """Name every unnamed node uniquely, in place; True when any was unnamed.
+
+    The quantizers select nodes by name, and the float16 converter names its
+    casts after them (two unnamed consumers of one input gave two casts named
+    ``x_cast_to_``, an invalid model).
+    """
     taken = {n.name for n in model.graph.node if n.name}
     if len(taken) == len(model.graph.node):
-        return path
+        return False
     for index, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{index}"
             while node.name in taken:
                 node.name += "_"
             taken.add(node.name)
-    onnx.save(model, str(path))
-    return path
+    return True
 
 
 def _outlier_layers(model_path: Path, batches: list[Arrays], threshold: float) -> dict[str, float]:
@@ -207,8 +271,10 @@ def _outlier_layers(model_path: Path, batches: list[Arrays], threshold: float) -
                 if name in seen:
                     seen[name].append(np.abs(value).ravel())
     except Exception as exc:  # onnxruntime's exception types are not exported
+        from ..errors import describe
+
         raise InvalidRequestError(
-            f"calibration inputs do not run through the model: {' '.join(str(exc).split())}"
+            f"calibration inputs do not run through the model: {describe(exc)}"
         ) from exc
     found = {}
     for layer, tensor in layers.items():
@@ -219,12 +285,19 @@ def _outlier_layers(model_path: Path, batches: list[Arrays], threshold: float) -
     return found
 
 
-@method("fp16")
+@method(
+    "fp16",
+    refuses_control_flow=(
+        "onnxconverter-common's float16 converter does not convert subgraphs "
+        "(with Cast kept in float32 it inserts casts forever: the ten-minute hang on Silero VAD)"
+    ),
+)
 def fp16(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]:
     """Weights and compute in float16; inputs and outputs stay float32."""
     onnx = require("onnx", extra="compress", feature="fp16 conversion")
     float16 = require("onnxconverter_common.float16", extra="compress", feature="fp16 conversion")
     model = onnx.load(str(source))
+    _named(model)
     # Cast nodes stay in float32: the converter retypes their outputs but not their
     # `to` attribute, which onnxruntime then rejects (seen on MiniLM's mask cast).
     blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "Cast"]
@@ -260,11 +333,20 @@ def int4_weight(source: Path, target: Path, options: CompressOptions) -> dict[st
     return {"bits": 4, "block_size": options.block_size, "symmetric": True}
 
 
+def resolve_any(name: str) -> Callable[..., dict[str, Any]]:
+    """Any method by name: ONNX ones take model paths, torch ones the parent version."""
+    if name in TORCH_METHOD_NAMES:
+        from .torch_methods import TORCH_METHODS
+
+        return TORCH_METHODS[name]
+    return resolve(name)
+
+
 def resolve(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        known = [*METHODS, "prune", "distill"]
+        known = [*METHODS, *TORCH_METHOD_NAMES]
         raise ConfigError(
             f"unknown compression method {name!r}; use one of {', '.join(known)}"
         ) from None

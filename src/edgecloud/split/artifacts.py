@@ -8,13 +8,24 @@ For a cut ``cutN`` of model ``m`` version ``v``:
 
 Any Open Inference Protocol server that serves the repository hosts the tail:
 it is a plain ONNX model with a plain config. Each version records its parent
-(name, version, sha256), the cut and the codec; writing the same split again
-reuses it, and a stale one (another parent behind the same version) is an error.
+(name, version, sha256), the cut, the codec and the raw inputs the tail
+receives; writing the same split again reuses it, and a stale one (another
+parent behind the same version) is an error.
+
+Writing is all-or-nothing: both parts are extracted, checked numerically
+against the parent (``tail(head(x))`` equals the full model) and given their
+configs in a scratch directory before anything is added; the two versions
+are then added inside :func:`all_or_nothing`, which removes what this call
+added — and restores the configs it rewrote — if anything fails, so the
+repository never holds a head without its tail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +33,19 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import ConfigError
-from ..repository import ModelRepository, ModelVersion, config_from_onnx
+from ..errors import ConfigError, EdgecloudError, InferenceError, describe
+from ..repository import CONFIG_FILE, ModelRepository, ModelVersion, config_from_onnx
 from .codec import Codec, add_decoder, check_codec, encode
-from .partition import CutPoint, extract
+from .partition import CutPoint, extract, verify_split
 
-__all__ = ["SplitPair", "fidelity", "head_name", "tail_name", "write_split"]
+__all__ = [
+    "SplitPair",
+    "all_or_nothing",
+    "fidelity",
+    "head_name",
+    "tail_name",
+    "write_split",
+]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -51,9 +69,20 @@ class SplitPair:
 
 
 def write_split(
-    repo: ModelRepository, parent: ModelVersion, cut: CutPoint, codec: str = "fp32"
+    repo: ModelRepository,
+    parent: ModelVersion,
+    cut: CutPoint,
+    codec: str = "fp32",
+    inputs: Arrays | None = None,
 ) -> SplitPair:
-    """Write (or reuse) the head and tail versions of ``parent`` cut at ``cut``."""
+    """Write (or reuse) the head and tail versions of ``parent`` cut at ``cut``.
+
+    ``inputs`` (default: the parent's evaluation data, two rows) are what
+    ``tail(head(x))`` is checked on before anything is written. Raises
+    ConfigError when the split diverges from the parent or a part does not
+    run, EdgecloudError when the repository cannot be written; either way no
+    part of this split is left in the repository.
+    """
     codec = check_codec(codec)
     onnx = require("onnx", extra="compress", feature="model partitioning")
     provenance = {
@@ -62,6 +91,7 @@ def write_split(
         "parent_sha256": parent.files.get("model.onnx", ""),
         "cut": cut.name,
         "tensors": list(cut.tensors),
+        "raw_inputs_of_tail": list(cut.raw_inputs),
     }
     names = {
         "head": head_name(parent.name, cut.name),
@@ -75,27 +105,176 @@ def write_split(
     with tempfile.TemporaryDirectory(prefix="edgecloud-split-") as tmp:
         head_path, tail_path = extract(parent.model_path, cut, Path(tmp))
         onnx.save(add_decoder(onnx.load(str(tail_path)), codec), str(tail_path))
+        _verify(parent, cut, codec, head_path, tail_path, inputs)
+        paths = {"head": head_path, "tail": tail_path}
+        configs = {role: _config(parent, cut, role, names[role], paths[role]) for role in paths}
         written = {}
-        for role, path in (("head", head_path), ("tail", tail_path)):
-            name = names[role]
-            if existing[role] is not None:
-                written[role] = existing[role]
-                continue
-            config = config_from_onnx(
-                path,
-                name,
-                max_batch_size=_batch_limit(parent, path),
-                description=f"{role} of {parent.name} v{parent.version} cut at {cut.name}",
-                metadata={"split_of": parent.name, "role": role, "cut": cut.name},
-            )
-            written[role] = repo.add_version(
-                name,
-                path,
-                config=config,
-                version=parent.version,
-                metadata={**provenance, "role": role, "codec": codec if role == "tail" else "fp32"},
-            )
+        with all_or_nothing(repo, parent.name):
+            for role, path in paths.items():
+                if existing[role] is not None:
+                    written[role] = existing[role]
+                    continue
+                written[role] = _add(repo, names[role], path, configs[role], parent, {
+                    **provenance, "role": role, "codec": codec if role == "tail" else "fp32"
+                })  # fmt: skip
     return SplitPair(cut, codec, written["head"], written["tail"])  # type: ignore[arg-type]
+
+
+LOSSY_COSINE = 0.99
+"""Least cosine of ``tail(encode(head(x)))`` to the parent with fp16/int8 activations:
+the floor a SplitBackend applies by default (``min_cosine``), so no split is written
+that the planner would never pick for fidelity."""
+
+
+def _verify(
+    parent: ModelVersion,
+    cut: CutPoint,
+    codec: Codec,
+    head: Path,
+    tail: Path,
+    inputs: Arrays | None,
+) -> None:
+    """Refuse a split whose composition is not the parent (before anything is written).
+
+    fp32: ``tail(head(x))`` equals the parent (rtol 1e-3, atol 1e-4); fp16/int8:
+    same output names, dtypes and shapes, cosine at least :data:`LOSSY_COSINE`.
+    """
+    if inputs is None:
+        from .workflow import sample_inputs
+
+        inputs = sample_inputs(parent, batch=2)
+    try:
+        if codec == "fp32":
+            verify_split(parent.model_path, head, tail, inputs, rtol=1e-3, atol=1e-4)
+            return
+        cosine = _composed_cosine(parent.model_path, head, tail, cut, codec, inputs)
+    except EdgecloudError as exc:
+        problem = exc.message
+    else:
+        if cosine >= LOSSY_COSINE:
+            return
+        problem = f"with {codec} activations the outputs reach cosine {cosine:.4f} only"
+    raise ConfigError(
+        f"cannot split {parent.name!r} version {parent.version} at {cut.name}"
+        f"{'' if codec == 'fp32' else f' with {codec} activations'}: {problem}; "
+        "nothing was written"
+    )
+
+
+def _run(path: Path, feed: Arrays) -> Arrays:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        wanted = {i.name for i in session.get_inputs()}
+        values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
+    except Exception as exc:  # onnxruntime's exception types are not exported
+        raise InferenceError(f"{path.name} does not run: {describe(exc)}") from exc
+    return dict(zip(names, values, strict=True))
+
+
+def _composed_cosine(
+    model: Path, head: Path, tail: Path, cut: CutPoint, codec: Codec, inputs: Arrays
+) -> float:
+    """Worst cosine of ``tail(encode(head(x)))`` to the model (NaN if any is NaN)."""
+    expected = _run(model, inputs)
+    middle = {**inputs, **_run(head, inputs)}
+    got = _run(tail, encode(codec, {name: middle[name] for name in cut.tensors}))
+    return _worst_cosine(expected, got)
+
+
+def _worst_cosine(expected: Arrays, got: Arrays) -> float:
+    """Smallest cosine over outputs; NaN when any output is NaN/Inf or of another dtype/shape."""
+    worst = 1.0
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None or have.dtype != want.dtype or have.shape != want.shape:
+            return float("nan")
+        a, b = want.astype(np.float64).ravel(), have.astype(np.float64).ravel()
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+            return float("nan")
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosine = float(a @ b / norm) if norm > 0 else float(np.array_equal(a, b))
+        worst = min(worst, cosine)
+    return worst
+
+
+def _config(parent: ModelVersion, cut: CutPoint, role: str, name: str, path: Path) -> Any:
+    return config_from_onnx(
+        path,
+        name,
+        max_batch_size=_batch_limit(parent, path),
+        description=f"{role} of {parent.name} v{parent.version} cut at {cut.name}",
+        metadata={"split_of": parent.name, "role": role, "cut": cut.name},
+    )
+
+
+def _add(
+    repo: ModelRepository,
+    name: str,
+    path: Path,
+    config: Any,
+    parent: ModelVersion,
+    metadata: dict[str, Any],
+) -> ModelVersion:
+    try:
+        return repo.add_version(
+            name, path, config=config, version=parent.version, metadata=metadata
+        )
+    except EdgecloudError:
+        raise
+    except OSError as exc:
+        raise EdgecloudError(
+            f"cannot write {name} version {parent.version} into {repo.root}: "
+            f"{exc.strerror or type(exc).__name__} ({exc.filename}); nothing of this split "
+            "was kept"
+        ) from exc
+
+
+@contextlib.contextmanager
+def all_or_nothing(repo: ModelRepository, model: str) -> Iterator[None]:
+    """Undo, on any exception, what the block added to ``model``'s split models.
+
+    The split models of ``model`` are the directories ``model.head.*`` and
+    ``model.tail.*``; a new one is removed, a new version of an existing one is
+    removed and its config restored. Other models are not touched.
+    """
+    before = _split_dirs(repo, model)
+    try:
+        yield
+    except BaseException:
+        for name in _split_dirs(repo, model):
+            _restore(repo.root / name, before.get(name))
+        raise
+
+
+def _restore(directory: Path, state: tuple[set[str], bytes | None] | None) -> None:
+    if state is None:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    entries, config = state
+    for child in directory.iterdir():
+        if child.name not in entries:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    if config is not None:
+        (directory / CONFIG_FILE).write_bytes(config)
+
+
+def _split_dirs(repo: ModelRepository, model: str) -> dict[str, tuple[set[str], bytes | None]]:
+    """Each split model directory of ``model``: its entries and its config's bytes."""
+    found: dict[str, tuple[set[str], bytes | None]] = {}
+    if not repo.root.is_dir():
+        return found
+    for directory in repo.root.iterdir():
+        if directory.is_dir() and directory.name.startswith((f"{model}.head.", f"{model}.tail.")):
+            config = directory / CONFIG_FILE
+            entries = {child.name for child in directory.iterdir()}
+            found[directory.name] = (entries, config.read_bytes() if config.is_file() else None)
+    return found
 
 
 def _existing(
@@ -126,22 +305,11 @@ def _batch_limit(parent: ModelVersion, path: Path) -> int:
 
 
 def fidelity(parent: ModelVersion, pair: SplitPair, inputs: Arrays) -> float:
-    """Cosine similarity of ``tail(encode(head(x)))`` to the parent's outputs (worst output)."""
-    import onnxruntime as ort
+    """Cosine similarity of ``tail(encode(head(x)))`` to the parent's outputs (worst output).
 
-    def run(path: Path, feed: Arrays) -> Arrays:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(None, feed), strict=True))
-
-    expected = run(parent.model_path, inputs)
-    middle = {**inputs, **run(pair.head.model_path, inputs)}
-    feed = encode(pair.codec, {name: middle[name] for name in pair.cut.tensors})
-    got = run(pair.tail.model_path, feed)
-    worst = 1.0
-    for name, want in expected.items():
-        a, b = want.astype(np.float64).ravel(), got[name].astype(np.float64).ravel()
-        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-        cosine = float(a @ b / norm) if norm > 0 else float(np.array_equal(a, b))
-        worst = min(worst, cosine)
-    return worst
+    NaN when an output holds NaN/Inf or differs in dtype or shape (never hidden
+    by ``min``, which would skip a NaN).
+    """
+    return _composed_cosine(
+        parent.model_path, pair.head.model_path, pair.tail.model_path, pair.cut, pair.codec, inputs
+    )

@@ -4,8 +4,18 @@ A cut after node *k* of the topological order is the set of tensors that are
 alive there: produced by a node up to *k* (or a graph input) and still needed
 by a node after *k* or as a graph output. Cutting all of them separates the
 graph, branches included; single-tensor cuts are the common case in chains.
-Head and tail are extracted with ``onnx.utils.Extractor`` and checked
-numerically: ``tail(head(x))`` must equal the full model's output.
+Head and tail are extracted by backward reachability from their outputs and
+checked numerically (:func:`verify_split`): ``tail(head(x))`` must equal the
+full model's output.
+
+What a node needs includes its *implicit* inputs: the outer-scope tensors
+that the subgraphs of If/Loop/Scan nodes read by name. A cut never separates
+a subgraph from a tensor it captures — the tensor crosses the cut instead —
+and extraction copies the initializers subgraphs capture. A graph input that
+a node after the cut needs crosses the cut as raw data
+(:attr:`CutPoint.raw_inputs`: the tail receives it unprocessed, which the
+privacy check must know). A graph output that later nodes also consume is
+both sent across and passed through by the tail.
 """
 
 from __future__ import annotations
@@ -19,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import ConfigError, InferenceError
+from ..errors import ConfigError, InferenceError, describe
 
-__all__ = ["CutPoint", "cut_points", "extract", "find_cut", "verify_split"]
+__all__ = ["CutPoint", "cut_points", "extract", "find_cut", "uses", "verify_split"]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -39,10 +49,17 @@ class CutPoint:
     """Tensors sent from head to tail."""
     nbytes: int | None
     """Bytes per sample crossing the cut (batch dimension 1), when shapes are known."""
+    raw_inputs: tuple[str, ...] = ()
+    """The model inputs among ``tensors``: raw data the tail needs, sent unprocessed."""
 
     @property
     def name(self) -> str:
         return f"cut{self.index}"
+
+    @property
+    def raw_inputs_of_tail(self) -> tuple[str, ...]:
+        """Model inputs the tail receives as they are (same as :attr:`raw_inputs`)."""
+        return self.raw_inputs
 
 
 def _load(model: Any) -> Any:
@@ -78,6 +95,37 @@ def _sizes(model: Any) -> dict[str, int | None]:
     return sizes
 
 
+def _subgraphs(node: Any) -> list[Any]:
+    """The graphs held in ``node``'s attributes (If branches, Loop/Scan bodies)."""
+    onnx = require("onnx", extra="compress", feature="model partitioning")
+    found = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
+def _outer_names(graph: Any) -> set[str]:
+    """Names a (sub)graph reads but does not define: what it captures from outside."""
+    defined = {i.name for i in [*graph.input, *graph.initializer, *graph.sparse_initializer]}
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        defined.update(node.output)
+        used.update(uses(node))
+    return used - defined
+
+
+def uses(node: Any) -> list[str]:
+    """Every tensor ``node`` reads: its inputs, then what its subgraphs capture (sorted)."""
+    implicit: set[str] = set()
+    for graph in _subgraphs(node):
+        implicit |= _outer_names(graph)
+    explicit = [name for name in node.input if name]
+    return explicit + sorted(implicit - set(explicit))
+
+
 def cut_points(model: Any) -> list[CutPoint]:
     """Every proper cut (both sides non-empty), in topological order."""
     loaded = _load(model)
@@ -86,10 +134,11 @@ def cut_points(model: Any) -> list[CutPoint]:
     constants = _constants(graph)
     nodes = [n for n in graph.node if not all(o in constants for o in n.output)]
     outputs = {o.name for o in graph.output}
+    raw = {i.name for i in graph.input if i.name not in constants}
     last_use: dict[str, int] = {}
     for position, node in enumerate(nodes):
-        for name in node.input:
-            if name and name not in constants:
+        for name in uses(node):
+            if name not in constants:
                 last_use[name] = position
     produced_at = {i.name: -1 for i in graph.input if i.name not in constants}
     for position, node in enumerate(nodes):
@@ -106,7 +155,8 @@ def cut_points(model: Any) -> list[CutPoint]:
             continue  # nothing computed on the device yet
         known = [sizes.get(n) for n in alive]
         nbytes = None if any(s is None for s in known) else sum(s for s in known if s)
-        cuts.append(CutPoint(k, nodes[k].name or nodes[k].op_type, alive, nbytes))
+        after = nodes[k].name or nodes[k].op_type
+        cuts.append(CutPoint(k, after, alive, nbytes, tuple(n for n in alive if n in raw)))
     return cuts
 
 
@@ -115,9 +165,9 @@ def _constants(graph: Any) -> set[str]:
 
     Such tensors never cross a cut: the extractor copies what each side needs.
     """
-    constants = {i.name for i in graph.initializer}
+    constants = {i.name for i in [*graph.initializer, *graph.sparse_initializer]}
     for node in graph.node:
-        if all(not name or name in constants for name in node.input):
+        if all(name in constants for name in uses(node)):
             constants.update(node.output)
     return constants
 
@@ -135,25 +185,75 @@ def find_cut(model: Any, name: str) -> CutPoint:
 def extract(
     model_path: str | os.PathLike[str], cut: CutPoint, directory: Path
 ) -> tuple[Path, Path]:
-    """Write ``head.onnx`` (inputs → cut tensors) and ``tail.onnx`` (cut tensors → outputs)."""
+    """Write ``head.onnx`` (inputs → cut tensors) and ``tail.onnx`` (cut tensors → outputs).
+
+    Raises ConfigError when a side cannot be built (a tensor of unknown type
+    crosses the cut, or the tail would need a tensor the cut does not carry).
+    """
     onnx = require("onnx", extra="compress", feature="model partitioning")
     model = _load(model_path)
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     outputs = [o.name for o in model.graph.output]
-    extractor = onnx.utils.Extractor(model)
     try:
-        head = extractor.extract_model(inputs, [t for t in cut.tensors if t not in inputs])
-        tail = extractor.extract_model(list(cut.tensors), outputs)
-    except (KeyError, ValueError) as exc:
+        head = _part(model, inputs, [t for t in cut.tensors if t not in inputs], "head")
+        tail = _part(model, list(cut.tensors), outputs, "tail")
+    except KeyError as exc:
         raise ConfigError(
             f"cannot cut {model_path} at {cut.name}: shape inference knows no type for {exc}"
         ) from exc
+    except ConfigError as exc:
+        raise ConfigError(f"cannot cut {model_path} at {cut.name}: {exc.message}") from exc
     directory.mkdir(parents=True, exist_ok=True)
     head_path, tail_path = directory / "head.onnx", directory / "tail.onnx"
     onnx.save(head, str(head_path))
     onnx.save(tail, str(tail_path))
     return head_path, tail_path
+
+
+def _part(model: Any, inputs: list[str], outputs: list[str], role: str) -> Any:
+    """The model computing ``outputs`` from ``inputs``: the nodes they need (subgraph
+    captures included), in the original order, with the initializers those nodes read."""
+    onnx = require("onnx", extra="compress", feature="model partitioning")
+    graph = model.graph
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output}
+    keep: set[int] = set()
+    stack, seen = list(outputs), set(inputs)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in producer and producer[name] not in keep:
+            keep.add(producer[name])
+            stack.extend(uses(graph.node[producer[name]]))
+    nodes = [node for index, node in enumerate(graph.node) if index in keep]
+    read = {name for node in nodes for name in uses(node)} | set(outputs)
+    weights = [i for i in graph.initializer if i.name in read and i.name not in inputs]
+    made = {name for node in nodes for name in node.output}
+    missing = read - made - set(inputs) - {w.name for w in weights}
+    if missing:
+        raise ConfigError(f"the {role} would need {sorted(missing)}, which the cut does not carry")
+    infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
+    unshaped = [n for n in [*inputs, *outputs] if not infos[n].type.tensor_type.HasField("shape")]
+    if unshaped:
+        raise ConfigError(
+            f"the {role} would exchange {unshaped} whose rank shape inference does not know "
+            "(as after a Loop whose body declares no shape); choose another cut"
+        )
+    part = onnx.helper.make_graph(
+        nodes,
+        f"{graph.name}_{role}",
+        [infos[name] for name in inputs],
+        [infos[name] for name in outputs],
+        initializer=weights,
+        value_info=[v for v in graph.value_info if v.name in made],
+    )
+    out = onnx.helper.make_model(
+        part, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    out.functions.extend(model.functions)
+    return out
 
 
 def verify_split(
@@ -165,22 +265,46 @@ def verify_split(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> float:
-    """Largest absolute difference between ``tail(head(x))`` and the full model."""
+    """Largest absolute difference between ``tail(head(x))`` and the full model.
+
+    NaN in the same places on both sides counts as equal. Raises
+    InferenceError when the split diverges or a part does not load or run.
+    """
     import onnxruntime as ort
 
-    def session(path: str | os.PathLike[str]) -> Any:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    full, head, tail = session(model_path), session(head_path), session(tail_path)
-    expected = full.run(None, inputs)
-    middle = dict(zip([o.name for o in head.get_outputs()], head.run(None, inputs), strict=True))
-    feed = {i.name: middle.get(i.name, inputs.get(i.name)) for i in tail.get_inputs()}
-    got = tail.run(None, feed)
-    worst = 0.0
-    for want, have in zip(expected, got, strict=True):
-        if not np.allclose(have, want, rtol=rtol, atol=atol):
+    def run(path: str | os.PathLike[str], feed: Arrays) -> Arrays:
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            names = [o.name for o in session.get_outputs()]
+            wanted = {i.name for i in session.get_inputs()}
+            values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
+        except Exception as exc:  # onnxruntime's exception types are not exported
             raise InferenceError(
-                f"split of {model_path} diverges: max difference {np.abs(have - want).max():.3g}"
+                f"{Path(path).name} of the split does not run: {describe(exc)}"
+            ) from exc
+        return dict(zip(names, values, strict=True))
+
+    expected = run(model_path, inputs)
+    middle = {**inputs, **run(head_path, inputs)}
+    got = run(tail_path, middle)
+    worst = 0.0
+    for name, want in expected.items():
+        have = got[name]
+        if have.shape != want.shape or not np.allclose(
+            have, want, rtol=rtol, atol=atol, equal_nan=True
+        ):
+            raise InferenceError(
+                f"split of {model_path} diverges on output {name!r}: "
+                f"max difference {_max_difference(have, want)}"
             )
-        worst = max(worst, float(np.abs(have - want).max()))
+        worst = max(worst, _max_difference(have, want))
     return worst
+
+
+def _max_difference(have: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> float:
+    if have.shape != want.shape:
+        return float("inf")
+    finite = np.isfinite(want) & np.isfinite(have)
+    if not finite.any():
+        return 0.0
+    return float(np.abs(have[finite].astype(np.float64) - want[finite]).max())

@@ -32,7 +32,7 @@ from .._optional import require
 from .._timing import time_calls
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
-from ..errors import ConfigError, EdgecloudError
+from ..errors import ConfigError, EdgecloudError, InvalidRequestError, describe
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest
 from .artifacts import SplitPair, fidelity, tail_name
@@ -128,6 +128,9 @@ class SplitProfile:
     candidates: list[CutProfile]
     tensors: dict[str, list[str]] = field(default_factory=dict)
     """Cut name -> the tensors that cross it (what the head hands the tail)."""
+    raw_inputs_of_tail: dict[str, list[str]] = field(default_factory=dict)
+    """Cut name -> the model inputs among those tensors: raw data the tail receives as is
+    (what a privacy rule on an input must look at; empty lists when none)."""
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path: Path | None = field(default=None, compare=False)
 
@@ -150,8 +153,13 @@ class SplitProfile:
     def save(self, path: str | os.PathLike[str]) -> Path:
         data = {k: v for k, v in asdict(self).items() if k != "path"}
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(data, indent=2) + "\n")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the split profile to {target}: {describe(exc)}"
+            ) from exc
         self.path = target
         return target
 
@@ -167,7 +175,7 @@ class SplitProfile:
                 f"no split profile at {source}; run `edgecloud split` first"
             ) from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ConfigError(f"split profile {source} is not valid: {exc}") from exc
+            raise ConfigError(f"split profile {source} is not valid: {describe(exc)}") from exc
 
 
 def default_profile_path(repo: ModelRepository, model: str) -> Path:
@@ -186,9 +194,17 @@ def activations(model_path: Path, cuts: Sequence[CutPoint], inputs: Arrays) -> d
     for name in wanted:
         if name in typed and name not in present:
             model.graph.output.append(typed[name])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        values = {**inputs, **dict(zip(names, session.run(None, inputs), strict=True))}
+    except Exception as exc:  # onnxruntime's exception types are not exported
+        raise InvalidRequestError(
+            f"{model_path.parent.parent.name} does not run on the sample inputs "
+            f"({sorted(inputs)}), so its cuts cannot be measured: {describe(exc)}"
+        ) from exc
     return {
         c.name: {t: values[t] for t in c.tensors}
         for c in cuts
@@ -258,8 +274,9 @@ def profile_split(
         if owned:
             device.close()
     tensors = {pair.cut.name: list(pair.cut.tensors) for pair in pairs}
+    raw = {pair.cut.name: list(pair.cut.raw_inputs) for pair in pairs}
     return SplitProfile(
-        parent.name, parent.version, device_threads, tail_timer.source, candidates, tensors
+        parent.name, parent.version, device_threads, tail_timer.source, candidates, tensors, raw
     )
 
 

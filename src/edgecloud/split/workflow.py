@@ -11,7 +11,7 @@ from rich.progress import Progress
 
 from ..errors import ConfigError
 from ..repository import ModelRepository, ModelVersion
-from .artifacts import SplitPair, write_split
+from .artifacts import SplitPair, all_or_nothing, write_split
 from .codec import check_codec, wire_bytes
 from .partition import CutPoint, cut_points, find_cut
 from .profile import (
@@ -37,10 +37,13 @@ class SplitResult:
 
 
 def sample_inputs(entry: ModelVersion, batch: int = 1) -> Arrays:
-    """Representative inputs of ``entry``: its evaluation data, first ``batch`` rows."""
+    """Representative inputs of ``entry``: its evaluation data, first ``batch`` rows
+    (all of it for a model without a batch dimension, whose inputs may be scalars)."""
     from ..compress import eval_data
 
     inputs = eval_data(entry).inputs
+    if not entry.config.batched:
+        return inputs
     return {name: np.ascontiguousarray(array[:batch]) for name, array in inputs.items()}
 
 
@@ -64,16 +67,21 @@ def write_splits(
     sample: Arrays,
     cuts: Sequence[str] | None = None,
 ) -> tuple[list[SplitPair], int]:
-    """Write (or reuse) head and tail versions for every codec; also how many cuts exist."""
+    """Write (or reuse) head and tail versions for every codec; also how many cuts exist.
+
+    All or nothing: if any split is refused or fails to write, the splits this
+    call added are removed again (see :func:`all_or_nothing`).
+    """
     if not codecs:
         raise ConfigError("give at least one activation codec")
     for codec in codecs:
         check_codec(codec)  # every mistake before anything is written
     pairs: list[SplitPair] = []
     considered = 0
-    for codec in codecs:
-        chosen, considered = choose_cuts(parent, codec, sample, cuts)
-        pairs += [write_split(repo, parent, cut, codec) for cut in chosen]
+    with all_or_nothing(repo, parent.name):
+        for codec in codecs:
+            chosen, considered = choose_cuts(parent, codec, sample, cuts)
+            pairs += [write_split(repo, parent, cut, codec, sample) for cut in chosen]
     return pairs, considered
 
 
@@ -98,16 +106,17 @@ def split_model(
     """
     parent = repo.get(model, version, served_only=False)
     sample = inputs if inputs is not None else sample_inputs(parent)
-    pairs, considered = write_splits(repo, parent, codecs, sample, cuts)
-    timer = tail_timer or LocalTailTimer(repo, repeats=repeats)
-    profile = profile_split(
-        parent,
-        pairs,
-        sample,
-        timer,
-        repository=repo,
-        device_threads=device_threads,
-        repeats=repeats,
-        progress=progress,
-    )
+    with all_or_nothing(repo, parent.name):  # a split that cannot be profiled is not kept
+        pairs, considered = write_splits(repo, parent, codecs, sample, cuts)
+        timer = tail_timer or LocalTailTimer(repo, repeats=repeats)
+        profile = profile_split(
+            parent,
+            pairs,
+            sample,
+            timer,
+            repository=repo,
+            device_threads=device_threads,
+            repeats=repeats,
+            progress=progress,
+        )
     return SplitResult(parent, pairs, profile, considered)

@@ -1,0 +1,200 @@
+"""Split never leaves half a pair (issue 14, kind 7).
+
+Members of the kind: graphs with control flow (If, Loop: subgraphs capture
+outer tensors by name), several inputs (a raw input only the tail consumes),
+a graph output that later nodes consume too, and failures in the middle of
+writing (a tail that fails the numerical check, a second write that fails, a
+later codec refused after an earlier pair was written). Each split is either
+exact (checked against the full model) or refused with a typed error, and a
+refusal leaves the repository byte-identical (sha256 of the tree).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecloud import ConfigError, EdgecloudError, ModelRepository
+from edgecloud.split import SplitProfile, cut_points, split_model, verify_split, write_split
+
+from ._compress_helpers import (
+    add_model,
+    branch_onnx,
+    cli_env,
+    loop_onnx,
+    reused_output_onnx,
+    sensitive_onnx,
+    tree_digest,
+    two_input_onnx,
+)
+
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    repository = ModelRepository(tmp_path / "repo")
+    for name, build in [("branch", branch_onnx), ("loop", loop_onnx), ("two", two_input_onnx),
+                        ("reused", reused_output_onnx), ("sensitive", sensitive_onnx)]:  # fmt: skip
+        add_model(repository, name, build(tmp_path / f"{name}.onnx"), batch=16)
+    return repository
+
+
+def _x(width: int, rows: int = 4) -> np.ndarray:
+    return RNG.standard_normal((rows, width)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("model", "width"), [("branch", 32), ("loop", 8)])
+def test_control_flow_splits_are_exact_at_every_cut(
+    repo: ModelRepository, model: str, width: int
+) -> None:
+    parent = repo.get(model, served_only=False)
+    cuts = cut_points(parent.model_path)
+    assert cuts  # before: every cut separated the subgraph from what it captures
+    if model == "loop":  # the Loop's output has no shape: that cut is refused, clearly
+        before = tree_digest(repo.root)
+        with pytest.raises(ConfigError, match=r"at cut2: the head would exchange \['v'\]"):
+            split_model(repo, model, cuts=["cut2"], inputs={"x": _x(width)}, repeats=1)
+        assert tree_digest(repo.root) == before
+        cuts = [c for c in cuts if c.name != "cut2"]
+    positive = {"x": np.abs(_x(width))}
+    result = split_model(repo, model, cuts=[c.name for c in cuts], inputs=positive, repeats=1)
+    assert len(result.pairs) == len(cuts)
+    for pair in result.pairs:
+        assert "x" in pair.cut.tensors and pair.cut.raw_inputs_of_tail == ("x",)
+        for feed in (positive, {"x": -np.abs(_x(width))}):  # both If branches
+            assert (
+                verify_split(parent.model_path, pair.head.model_path, pair.tail.model_path, feed)
+                < 1e-4
+            )
+
+
+def test_a_raw_input_only_the_tail_consumes_is_tail_input_and_reported(
+    repo: ModelRepository,
+) -> None:
+    feed = {"x": _x(8), "z": _x(8)}
+    result = split_model(repo, "two", codecs=["fp32", "int8"], inputs=feed, repeats=1)
+    assert result.pairs
+    for pair in result.pairs:
+        assert pair.cut.raw_inputs_of_tail == ("z",)
+        assert "z" in [t.name for t in pair.tail.config.inputs]
+        assert pair.tail.metadata["raw_inputs_of_tail"] == ["z"]
+        assert result.profile.raw_inputs_of_tail[pair.cut.name] == ["z"]
+        if pair.codec == "fp32":
+            assert (
+                verify_split(
+                    pair_parent(repo, "two"), pair.head.model_path, pair.tail.model_path, feed
+                )
+                < 1e-4
+            )
+    assert all(c.cosine > 0.99 for c in result.profile.candidates)
+    saved = result.profile.save(repo.root / "two" / "split-profile.json")
+    loaded = SplitProfile.load(saved)
+    assert loaded.raw_inputs_of_tail == result.profile.raw_inputs_of_tail
+
+
+def pair_parent(repo: ModelRepository, model: str) -> Path:
+    return repo.get(model, served_only=False).model_path
+
+
+def test_an_output_consumed_later_passes_through_exactly(repo: ModelRepository) -> None:
+    feed = {"x": _x(8)}
+    names = [c.name for c in cut_points(pair_parent(repo, "reused"))]
+    result = split_model(repo, "reused", cuts=names, inputs=feed, repeats=1)
+    for pair in result.pairs:
+        assert [o.name for o in pair.tail.config.outputs] == ["r", "y"]
+        assert (
+            verify_split(
+                pair_parent(repo, "reused"), pair.head.model_path, pair.tail.model_path, feed
+            )
+            < 1e-4
+        )
+
+
+def test_a_lossy_codec_on_a_passed_through_output_is_refused_and_undone(
+    repo: ModelRepository,
+) -> None:
+    # cut2 sends r (an output) and t: fp32 is exact and is written first; int8 would
+    # hand the caller r as uint8 — refused, and the fp32 pair already written is removed
+    before = tree_digest(repo.root)
+    with pytest.raises(ConfigError, match=r"at cut2 with int8 activations.*nothing was written"):
+        split_model(repo, "reused", codecs=["fp32", "int8"], cuts=["cut2"],
+                    inputs={"x": _x(8)}, repeats=1)  # fmt: skip
+    assert tree_digest(repo.root) == before
+
+
+def test_a_tail_that_fails_the_numerical_check_writes_nothing(repo: ModelRepository) -> None:
+    before = tree_digest(repo.root)
+    split = r"cannot split 'sensitive' version 1 at cut1 with int8 activations"
+    with pytest.raises(ConfigError, match=split + r".*cosine .* only; nothing was written"):
+        split_model(repo, "sensitive", codecs=["fp32", "int8"], cuts=["cut1"],
+                    inputs={"x": _x(8)}, repeats=1)  # fmt: skip
+    assert tree_digest(repo.root) == before
+
+
+def test_a_failing_second_write_removes_the_head(repo: ModelRepository) -> None:
+    parent = repo.get("two", served_only=False)
+    cut = cut_points(parent.model_path)[0]
+    (repo.root / f"two.tail.{cut.name}").write_text("in the way")  # the tail cannot be written
+    before = tree_digest(repo.root)
+    with pytest.raises(EdgecloudError, match="nothing of this split was kept"):
+        write_split(repo, parent, cut, inputs={"x": _x(8), "z": _x(8)})
+    assert tree_digest(repo.root) == before
+    assert not (repo.root / f"two.head.{cut.name}").exists()
+
+
+def test_a_failure_in_a_later_pair_undoes_the_earlier_pairs(repo: ModelRepository) -> None:
+    parent = repo.get("branch", served_only=False)
+    cuts = cut_points(parent.model_path)
+    (repo.root / f"branch.tail.{cuts[-1].name}").write_text("in the way")
+    before = tree_digest(repo.root)
+    with pytest.raises(EdgecloudError):
+        split_model(repo, "branch", cuts=[c.name for c in cuts], inputs={"x": _x(32)}, repeats=1)
+    assert tree_digest(repo.root) == before
+
+
+def _cli(repo: ModelRepository, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "split", *args, "--repo", str(repo.root)],
+        capture_output=True, text=True, timeout=300, env=cli_env(),
+    )  # fmt: skip
+
+
+def test_cli_splits_control_flow_and_refuses_in_one_line(repo: ModelRepository) -> None:
+    ok = _cli(repo, "loop", "--codec", "fp32", "--cuts", "cut1")
+    assert ok.returncode == 0, ok.stderr
+    assert (repo.root / "loop.head.cut1" / "1").is_dir()
+    assert (repo.root / "loop.tail.cut1" / "1").is_dir()
+    before = tree_digest(repo.root)
+    bad = _cli(repo, "sensitive", "--codec", "fp32,int8", "--cuts", "cut1")
+    assert bad.returncode == 1
+    assert "nothing was written" in " ".join(bad.stderr.split())
+    assert "Traceback" not in bad.stderr and "internal error" not in bad.stderr
+    assert tree_digest(repo.root) == before
+    # the splits are fine but their profile cannot be written: none of them is kept
+    unwritable = _cli(repo, "two", "--codec", "fp32", "--profile-out", "/dev/null/profile.json")
+    assert unwritable.returncode == 1, unwritable.stderr
+    assert "cannot write the split profile" in " ".join(unwritable.stderr.split())
+    assert tree_digest(repo.root) == before
+
+
+def test_zoo_vad_splits_exactly_and_reports_its_raw_inputs(
+    zoo_repo: ModelRepository, tmp_path: Path
+) -> None:
+    """The reported 'internal error': Silero VAD (an If whose branches capture input, state)."""
+    repo = ModelRepository(tmp_path / "zoo")
+    shutil.copytree(zoo_repo.root / "vad", repo.root / "vad")
+    chunk = {
+        "input": (0.1 * _x(512, rows=1)),
+        "state": np.zeros((2, 1, 128), np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+    names = [c.name for c in cut_points(repo.get("vad").model_path)]
+    result = split_model(repo, "vad", cuts=names, inputs=chunk, repeats=1)
+    raw = {pair.cut.name: pair.cut.raw_inputs_of_tail for pair in result.pairs}
+    assert raw["cut0"] == ("input", "state") and len(result.pairs) == len(names)
