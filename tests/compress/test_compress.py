@@ -168,3 +168,10 @@ def test_cli_writes_the_version_and_its_report(repo: ModelRepository) -> None:
     )  # fmt: skip
     assert bad.returncode == 1 and "unknown compression method 'zip'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_every_method_declares_what_it_imports() -> None:
+    """The build runs in a worker process; a missing extra must be found here first."""
+    from edgecloud.compress.methods import METHODS, NEEDS, TORCH_METHOD_NAMES
+
+    assert set(NEEDS) == {*METHODS, *TORCH_METHOD_NAMES}

@@ -38,6 +38,7 @@ from .methods import (
     METHODS,
     TORCH_METHOD_NAMES,
     CompressOptions,
+    check_needs,
     refuse_unsupported,
     resolve_any,
 )
@@ -156,6 +157,7 @@ def compress(
     if tolerance is not None and not tolerance >= 0:
         raise ConfigError(f"tolerance must be a number >= 0, got {tolerance}")
     build = resolve_any(method)
+    check_needs(method)
     parent = _parent(repo, model, version)
     refuse_unsupported(parent.model_path, method)
     options = CompressOptions(

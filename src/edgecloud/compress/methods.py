@@ -76,6 +76,24 @@ REFUSES_CONTROL_FLOW: dict[str, str] = {
     "distill": "it trains an MLP student on an MLP teacher rebuilt in torch",
 }
 """Method -> why it cannot convert graphs with control flow (If/Loop/Scan subgraphs)."""
+_QUANTIZE = (("onnx", "compress"), ("onnxruntime.quantization", "compress"))
+NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "int8-dynamic": _QUANTIZE,
+    "int8-static": _QUANTIZE,
+    "fp16": (("onnx", "compress"), ("onnxconverter_common.float16", "compress")),
+    "int4-weight": (*_QUANTIZE, ("onnx_ir", "compress")),
+    "prune": (("onnx", "compress"), ("torch", "train"), ("torch_pruning", "train")),
+    "distill": (("onnx", "compress"), ("torch", "train")),
+}
+"""Method -> ``(module, extra)`` it imports. Checked in this process before the
+build starts in its worker (:func:`check_needs`), so a missing extra is one line
+naming it rather than a failure inside the worker."""
+
+
+def check_needs(name: str) -> None:
+    """Raise MissingDependencyError naming the extra if ``name`` cannot run here."""
+    for module, extra in NEEDS.get(name, ()):
+        require(module, extra=extra, feature=f"compression with {name}")
 
 
 def method(name: str, *, refuses_control_flow: str | None = None) -> Callable[[Method], Method]:

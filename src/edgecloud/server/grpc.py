@@ -7,6 +7,7 @@ inputs are accepted raw or as typed ``contents``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
-from .http import EXTENSIONS, model_metadata
+from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
 from .metrics import model_label
 from .settings import ServerSettings
 
@@ -126,7 +127,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         code = 500
         try:
-            response = await self.host.infer(to_infer_request(request, metadata))
+            if request.ByteSize() > OFFLOAD_BYTES:  # decode large messages off the loop
+                infer_request = await asyncio.to_thread(to_infer_request, request, metadata)
+            else:
+                infer_request = to_infer_request(request, metadata)
+            response = await self.host.infer(infer_request)
             code = 200
         except EdgecloudError as exc:
             code = exc.status_code
