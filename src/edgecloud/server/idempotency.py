@@ -329,8 +329,8 @@ class IdempotencyStore:
 @dataclass(slots=True)
 class _InFlight:
     fingerprint: str
-    task: asyncio.Future[tuple[InferResponse, bool]]
-    """The first caller's work: ``(answer, replayed from the store)``."""
+    task: asyncio.Future[InferResponse]
+    """The first caller's work: its answer, computed and stored."""
 
 
 class IdempotentRunner:
@@ -393,21 +393,26 @@ class IdempotentRunner:
             fingerprint = binding(request)
         else:  # sha256 of a large request would hold up the loop (~2 ms per MB here)
             fingerprint = await asyncio.to_thread(binding, request)
+        # From here to the registration of the slot nothing awaits: the in-flight
+        # table and the store are read and the slot taken in one step of the loop,
+        # so the slot's fingerprint is the one the key is bound to (the first
+        # registered), and every later request is compared against it.
         slot = (request.model, key)
         inflight = self._inflight.get(slot)
         if inflight is not None and not inflight.task.done():
             _check(request, key, inflight.fingerprint, fingerprint, "still being computed")
-            response, _ = await asyncio.shield(inflight.task)
-            return self._replayed(request, response)
-        task = asyncio.ensure_future(self._first(request, key, fingerprint, compute))
+            return self._replayed(request, await asyncio.shield(inflight.task))
+        store = self._usable_store()
+        stored = self._failing_as_503(lambda: store.get(request.model, key))
+        if stored is not None:
+            _check(request, key, stored.fingerprint, fingerprint, _when(stored.created))
+            return self._replayed(request, stored.response)
+        task = asyncio.ensure_future(self._first(store, request, key, fingerprint, compute))
         self._inflight[slot] = _InFlight(fingerprint, task)
         task.add_done_callback(lambda done: self._finished(slot, done))
-        response, replayed = await asyncio.shield(task)
-        return self._replayed(request, response) if replayed else response
+        return await asyncio.shield(task)
 
-    def _finished(
-        self, slot: tuple[str, str], task: asyncio.Future[tuple[InferResponse, bool]]
-    ) -> None:
+    def _finished(self, slot: tuple[str, str], task: asyncio.Future[InferResponse]) -> None:
         if self._inflight.get(slot, None) is not None and self._inflight[slot].task is task:
             del self._inflight[slot]
         if not task.cancelled():
@@ -415,16 +420,12 @@ class IdempotentRunner:
 
     async def _first(
         self,
+        store: IdempotencyStore,
         request: InferRequest,
         key: str,
         fingerprint: str,
         compute: Callable[[], Awaitable[InferResponse]],
-    ) -> tuple[InferResponse, bool]:
-        store = self._usable_store()
-        stored = self._failing_as_503(lambda: store.get(request.model, key))
-        if stored is not None:
-            _check(request, key, stored.fingerprint, fingerprint, _when(stored.created))
-            return stored.response, True
+    ) -> InferResponse:
         response = await compute()
         evicted = await self._save(store, (request.model, key, fingerprint, response))
         if evicted:
@@ -435,7 +436,7 @@ class IdempotentRunner:
                 self.describe,
                 evicted,
             )
-        return response, False
+        return response
 
     def _usable_store(self) -> IdempotencyStore:
         if self.store is None and time.monotonic() - self._opened_at >= REOPEN_EVERY_S:
