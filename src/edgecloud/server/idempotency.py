@@ -24,14 +24,41 @@ How (IETF httpapi Idempotency-Key draft, draft-ietf-httpapi-idempotency-key-head
   process only (15 µs). Writes run on a thread of their own, never on the
   event loop; a lookup (about 5 µs, on a WAL reader connection of its own
   that never waits for a commit) runs inline.
-- Failures are not stored: a retry after an error computes again. Nothing is
-  recorded while a request computes, so a server killed mid-computation sent
-  no answer, and the retry's computation is the only one whose answer anyone
-  saw — once in effect.
+- One arbiter: a keyed request that finds no answer first *claims* the key
+  in the store — one ``BEGIN IMMEDIATE`` transaction that inserts
+  ``(model, key, fingerprint, owner, pid)`` into ``claims`` unless the key is
+  answered or claimed (about 65 µs here, ``synchronous=NORMAL``: a claim
+  lost to power loss went with the process computing it). Exactly one claim
+  wins, also between several processes sharing one store file; the key is
+  bound to its fingerprint. In this process the in-flight table and the
+  claim agree: the store is read and the slot taken in one step of the event
+  loop, and every request under the key — the first included — is compared
+  with the fingerprint the claim bound (the first registered one, or another
+  process's). Every request with that fingerprint gets the one answer,
+  computed once; every other gets 422.
 - Concurrent requests with the same key and fingerprint share one
   computation (the draft would answer the later ones 409; sharing is as
   exactly-once and saves the client a retry). The computation runs as a
-  task of its own, so a caller that disconnects does not cancel it.
+  task of its own, so a caller that disconnects does not cancel it. In
+  another process sharing the file, such requests wait for the claimant's
+  stored answer (looked at every few ms, at most every :data:`POLL_MAX_S`)
+  and replay it; if the claimant drops its claim without an answer (its
+  computation failed) or is gone, they get a retryable 503.
+- Failures are not stored: a computation that fails drops its claim, so a
+  retry computes again. A claim whose process is gone (its pid is not
+  running on this host) or older than the request timeout plus
+  :data:`CLAIM_GRACE_S` is taken over by the next request, so a server
+  killed mid-computation sent no answer and the retry's computation is the
+  only one anyone sees — once in effect. An answer that comes after its
+  claim was taken over is sent but not stored (the key is the new
+  claimant's).
+- Limits of the cross-process arbiter: processes must share the file on one
+  host (SQLite's locks do not hold on network file systems, and a pid means
+  nothing on another host); an exited process that its parent has not
+  reaped (a zombie) still counts as running, so its claim holds until it is
+  stale; two stores that one process opens on one file take over each
+  other's claims instead of waiting (each shares only its own in-flight
+  work) — a server or gateway opens one.
 - Bounded: ``max_entries`` answers and ``max_bytes`` of encoded answers.
   Expired records go first; when unexpired ones must go to make room, the
   oldest go, counted in ``edgecloud_idempotency_evictions_total``
