@@ -530,3 +530,30 @@ def test_two_idempotency_key_metadata_entries_are_invalid_argument(
     assert _grpc_stub_call(grpc_stub, A, [("idempotency-key", same)]).replayed
     empty = _grpc_stub_call(grpc_stub, A, [("idempotency-key", "")])
     assert empty.status == "INVALID_ARGUMENT" and "printable ASCII" in empty.message, empty
+
+
+def test_concurrent_requests_with_two_bodies_at_the_gateway_bind_exactly_one(
+    server: Server, gateway: ServerProcess
+) -> None:
+    """The gateway's runner is the same mechanism: the same race through it binds one
+    body, computed once at the server behind it."""
+    for trial in range(2):
+        key = f"gateway-race-{trial}-{uuid.uuid4().hex}"
+        before = computations(server.url)
+        bodies = [trial % 2, (trial + 1) % 2] * 8
+        barrier = threading.Barrier(len(bodies))
+
+        def send(body: int, key: str = key, barrier: threading.Barrier = barrier) -> Answer:
+            barrier.wait()
+            return _http(gateway.url, BODIES[body], key, where="header")
+
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(send, bodies))
+        winners = {
+            body for body, answer in zip(bodies, answers, strict=True) if answer.status == "ok"
+        }
+        assert len(winners) == 1, answers
+        for body, answer in zip(bodies, answers, strict=True):
+            assert answer.status == ("ok" if body in winners else "422"), answer
+        assert sum(a.status == "ok" and not a.replayed for a in answers) == 1
+        assert computations(server.url) - before == 1
