@@ -14,10 +14,12 @@ a retryable 503 rather than computing without the promise.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,17 +29,24 @@ import numpy as np
 import pytest
 import yaml
 
-from edgecloud import InferRequest, InferResponse, Outbox, RemoteBackend, UnavailableError
+from edgecloud import (
+    IdempotencyKeyReuseError,
+    InferRequest,
+    InferResponse,
+    Outbox,
+    RemoteBackend,
+    UnavailableError,
+)
 from edgecloud.advisor import advise, scenario, scenario_names
 from edgecloud.advisor.deploy import deployment_for, server_env, server_settings_for
-from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner
+from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner, binding
 from edgecloud.server.launch import free_port, launch
 from edgecloud.server.metrics import ServerMetrics
 from edgecloud.server.settings import IDEMPOTENCY_WINDOW_S, ServerSettings
 from edgecloud.tensors import RequestContext, Trace
 
 from ..models import affine_reference, make_repo
-from ..server.conftest import Server, start_server
+from ..server.conftest import Server, add_batching, start_server
 
 X = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
 
@@ -321,3 +330,158 @@ def test_the_gateway_keeps_its_promise_across_a_sigkill(state: Path) -> None:
     assert again["parameters"]["idempotent_replay"] is True
     assert again["outputs"] == first["outputs"]
     assert other.status_code == 422 and "'edge-key-1'" in other.json()["error"]
+
+
+# -- issue 14 b: one arbiter across processes sharing a store file ---------------
+
+
+def test_two_servers_on_one_store_compute_a_key_once(state: Path) -> None:
+    """Two ``edgecloud serve`` processes on one repository share its store file.
+    Concurrent requests under one key, two bodies, spread over both: one body is
+    bound and computed once in all (before: each process computed it), every
+    request with it gets that answer, every other a 422."""
+    repo = make_repo(state)
+    add_batching(repo)  # a computation takes >= 20 ms: the other process must wait
+    servers = [start_server(repo, state) for _ in range(2)]
+    try:
+        for trial in range(3):
+            before = sum(computations(s) for s in servers)
+            _race(servers, f"two-servers-{trial}-{time.time_ns()}")
+            assert sum(computations(s) for s in servers) - before == 1
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _race(servers: list[Server], key: str) -> None:
+    """16 requests at once under ``key``, alternating servers and two bodies."""
+    bodies = [X, X + 1]
+    jobs = [(i % 2, (i // 2) % 2) for i in range(16)]  # (server, body)
+    barrier = threading.Barrier(len(jobs))
+
+    def send(job: tuple[int, int]) -> tuple[int, httpx.Response]:
+        server, body = job
+        x = bodies[body]
+        tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                  "data": x.ravel().tolist()}  # fmt: skip
+        barrier.wait()
+        reply = httpx.post(
+            f"{servers[server].url}/v2/models/affine/infer",
+            json={"inputs": [tensor]}, headers={"Idempotency-Key": key}, timeout=30,
+        )  # fmt: skip
+        return body, reply
+
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(send, jobs))
+    winners = {body for body, reply in results if reply.status_code == 200}
+    assert len(winners) == 1, [(b, r.status_code, r.text[:200]) for b, r in results]
+    (winner,) = winners
+    expected = affine_reference(bodies[winner])[0]
+    for body, reply in results:
+        if body != winner:
+            assert reply.status_code == 422, reply.text
+            continue
+        assert reply.status_code == 200, reply.text
+        y = np.array(reply.json()["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(y.reshape(expected.shape), expected, rtol=1e-5)
+
+
+#: Another process on the store: claim a key, say so, wait for a line on stdin,
+#: then either store an answer ("put") or exit without one.
+CLAIMER = """
+import sys
+import numpy as np
+from edgecloud.server.idempotency import IdempotencyStore
+from edgecloud.tensors import InferResponse, Trace
+path, key, fingerprint = sys.argv[1:4]
+store = IdempotencyStore(path, window_s=60, max_entries=100, max_bytes=1 << 20)
+print(store.claim("m", key, fingerprint, stale_after_s=60).kind, flush=True)
+if sys.stdin.readline().strip() == "put":
+    store.put("m", key, fingerprint, InferResponse("m", "1", {"y": np.full(3, 7, np.float32)},
+                                                   Trace("other", [])))
+store.close()
+"""
+
+
+def _claimer(path: Path, key: str, fingerprint: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", CLAIMER, str(path), key, fingerprint],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stdout.readline().strip() == "ours"
+    return process
+
+
+def _store(path: Path) -> IdempotencyStore:
+    return IdempotencyStore(path, window_s=60, max_entries=100, max_bytes=1 << 20)
+
+
+def test_a_claim_of_a_live_process_binds_and_one_of_a_gone_or_stale_process_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "i.db"
+    store = _store(path)
+    other = _claimer(path, "k", "fp-other")
+    try:
+        held = store.claim("m", "k", "fp-mine", stale_after_s=60)
+        assert (held.kind, held.fingerprint) == ("pending", "fp-other")
+        stale = store.claim("m", "k", "fp-mine", stale_after_s=0.0)  # older than the timeout
+        assert (stale.kind, stale.fingerprint) == ("ours", "fp-mine")
+    finally:
+        other.communicate("exit\n", timeout=30)
+    gone = _claimer(path, "k2", "fp-gone")
+    gone.communicate("exit\n", timeout=30)  # the process ends holding its claim (a crash)
+    taken = store.claim("m", "k2", "fp-mine", stale_after_s=60)
+    assert (taken.kind, taken.fingerprint) == ("ours", "fp-mine")
+    store.close()
+
+
+def test_a_request_waits_for_the_answer_another_process_is_computing(tmp_path: Path) -> None:
+    """Same key and payload, the other process claimed it first: this one computes
+    nothing and replays that process's answer once stored; another payload is a
+    422; if the other process dies without answering, a retryable 503, then the
+    retry computes."""
+    path = tmp_path / "i.db"
+    request = InferRequest("m", {"x": X}, context=RequestContext(idempotency_key="k"))
+    calls: list[str] = []
+
+    async def compute() -> InferResponse:
+        calls.append("computed")
+        return _answer(request, 3)
+
+    async def scenario(other: subprocess.Popen[str], then: str) -> InferResponse:
+        runner = IdempotentRunner(lambda: _store(path), describe="i.db", metrics=ServerMetrics())
+        runner.open()
+        try:
+            waiting = asyncio.ensure_future(runner.run(request, compute))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            mismatch = InferRequest("m", {"x": X + 1}, context=request.context)
+            with pytest.raises(IdempotencyKeyReuseError, match="another process"):
+                await runner.run(mismatch, compute)
+            await asyncio.to_thread(other.communicate, then + "\n", 30)  # ends, reaped
+            return await waiting
+        finally:
+            await runner.close()
+
+    other = _claimer(path, "k", binding(request))
+    answer = asyncio.run(scenario(other, "put"))
+    assert answer.parameters["idempotent_replay"] is True and calls == []
+    np.testing.assert_array_equal(answer.outputs["y"], np.full(3, 7, np.float32))
+
+    request = InferRequest("m", {"x": X}, context=RequestContext(idempotency_key="k3"))
+    other = _claimer(path, "k3", binding(request))
+    with pytest.raises(UnavailableError, match="another process"):
+        asyncio.run(scenario(other, "exit"))
+    assert calls == []
+
+    async def retry() -> InferResponse:
+        runner = IdempotentRunner(lambda: _store(path), describe="i.db", metrics=ServerMetrics())
+        runner.open()
+        try:
+            return await runner.run(request, compute)
+        finally:
+            await runner.close()
+
+    assert "idempotent_replay" not in asyncio.run(retry()).parameters
+    assert calls == ["computed"]

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import re
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from edgecloud import (
@@ -377,3 +380,180 @@ def test_large_requests_are_bound_too(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert computed == [1]
+
+
+# -- issue 14 b, kind 1: exactly one fingerprint is bound to a key, under races --
+
+BODIES = [A, B, (A * 2).astype(np.float32)]
+
+
+def _grpc_stub_call(stub: Any, x: np.ndarray, metadata: list[tuple[str, str]]) -> Answer:
+    """One ModelInfer on the generated stub, with ``metadata`` as given (repeats kept).
+
+    No outputs are named, like :func:`_http`: both bind the same fingerprint."""
+    import grpc
+
+    from edgecloud.proto import inference_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="affine")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    try:
+        reply = stub.ModelInfer(request, metadata=metadata, timeout=10)
+    except grpc.RpcError as exc:
+        return Answer(status=exc.code().name, message=exc.details() or "")
+    index = [output.name for output in reply.outputs].index("y")  # all outputs, as over HTTP
+    y = np.frombuffer(reply.raw_output_contents[index], np.float32).reshape(x.shape[0], 3)
+    replayed = "idempotent_replay" in reply.parameters
+    return Answer(y, replayed and reply.parameters["idempotent_replay"].bool_param)
+
+
+@pytest.fixture(scope="module")
+def grpc_stub(server: Server) -> Iterator[Any]:
+    import grpc
+
+    from edgecloud.proto import inference_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(server.grpc_address)
+    yield pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+    channel.close()
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    mix=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(["http", "grpc"])), min_size=8, max_size=24
+    )
+)
+def test_concurrent_requests_with_several_bodies_bind_exactly_one(
+    server: Server, grpc_stub: Any, mix: list[tuple[int, str]]
+) -> None:
+    """Many requests under one key, a random mix of bodies and front ends, all at
+    once: one body is bound and computed once; every request with it gets that
+    answer, every request with another body a 422 — never a 422 for the bound body
+    (issue 14 b: 2–5 of 20 did, in 5 of 10 trials)."""
+    key = f"race-{uuid.uuid4().hex}"
+    before = computations(server.url)
+    barrier = threading.Barrier(len(mix))
+
+    def send(item: tuple[int, str]) -> tuple[int, str, Answer]:
+        body, front_end = item
+        barrier.wait()
+        if front_end == "http":
+            return body, front_end, _http(server.url, BODIES[body], key, where="header")
+        return body, front_end, _grpc_stub_call(grpc_stub, BODIES[body], [("idempotency-key", key)])
+
+    with concurrent.futures.ThreadPoolExecutor(len(mix)) as pool:
+        results = list(pool.map(send, mix))
+    bound = {body for body, _, answer in results if answer.status == "ok"}
+    assert len(bound) == 1, results
+    (winner,) = bound
+    for body, front_end, answer in results:
+        if body == winner:
+            assert answer.status == "ok", (front_end, answer)
+            np.testing.assert_allclose(answer.y, affine_reference(BODIES[body])[0], rtol=1e-5)
+        else:
+            assert answer.status == ("422" if front_end == "http" else "FAILED_PRECONDITION")
+            assert repr(key) in answer.message, answer.message
+    assert sum(a.status == "ok" and not a.replayed for _, _, a in results) == 1, results
+    assert computations(server.url) - before == 1
+
+
+# -- issue 14 b, kind 2: a key carrier given twice must name one key ----------
+
+
+def _post_headers(
+    url: str, x: np.ndarray, headers: list[tuple[str, str]] | list[tuple[bytes, bytes]]
+) -> httpx.Response:
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    return httpx.post(
+        f"{url}/v2/models/affine/infer", json={"inputs": [tensor]}, headers=headers, timeout=10
+    )
+
+
+@pytest.mark.parametrize("where", ["server", "gateway"])
+def test_two_idempotency_key_headers_with_two_keys_are_a_400(
+    server: Server, gateway: ServerProcess, where: str
+) -> None:
+    url = server.url if where == "server" else gateway.url
+    a, b = f"A-{uuid.uuid4().hex}", f"B-{uuid.uuid4().hex}"
+    reply = _post_headers(url, A, [("Idempotency-Key", a), ("Idempotency-Key", b)])
+    assert reply.status_code == 400, reply.text
+    assert a in reply.json()["error"] and b in reply.json()["error"]
+    for key in (a, b):  # neither was bound: both are free for another payload
+        fresh = _http(url, B, key, where="header")
+        assert fresh.status == "ok" and not fresh.replayed, fresh
+
+
+@pytest.mark.parametrize("where", ["server", "gateway"])
+def test_a_repeated_identical_key_header_is_one_key(
+    server: Server, gateway: ServerProcess, where: str
+) -> None:
+    url = server.url if where == "server" else gateway.url
+    key = uuid.uuid4().hex
+    first = _post_headers(url, A, [("Idempotency-Key", key), ("idempotency-key", key)])
+    assert first.status_code == 200, first.text
+    assert _http(url, A, key, where="header").replayed
+
+
+@pytest.mark.parametrize("where", ["server", "gateway"])
+@pytest.mark.parametrize("value", ["", "é", "x" * 256])
+def test_a_bad_key_header_is_a_400_like_a_bad_parameter(
+    server: Server, gateway: ServerProcess, where: str, value: str
+) -> None:
+    """An empty ``Idempotency-Key`` header was silently no key; the empty parameter
+    was a 400. Both are 400s now, as are the other malformed keys."""
+    url = server.url if where == "server" else gateway.url
+    reply = _post_headers(url, A, [(b"Idempotency-Key", value.encode())])
+    assert reply.status_code == 400, reply.text
+    assert "printable ASCII" in reply.json()["error"]
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": A.ravel().tolist()}
+    body = {"inputs": [tensor], "parameters": {"idempotency_key": value}}
+    assert httpx.post(f"{url}/v2/models/affine/infer", json=body).status_code == 400
+
+
+def test_two_idempotency_key_metadata_entries_are_invalid_argument(
+    server: Server, grpc_stub: Any
+) -> None:
+    a, b = f"A-{uuid.uuid4().hex}", f"B-{uuid.uuid4().hex}"
+    both = _grpc_stub_call(grpc_stub, A, [("idempotency-key", a), ("idempotency-key", b)])
+    assert both.status == "INVALID_ARGUMENT", both
+    assert a in both.message and b in both.message
+    for key in (a, b):  # neither was bound
+        fresh = _grpc_stub_call(grpc_stub, B, [("idempotency-key", key)])
+        assert fresh.status == "ok" and not fresh.replayed, fresh
+    same = uuid.uuid4().hex
+    twice = _grpc_stub_call(grpc_stub, A, [("idempotency-key", same), ("idempotency-key", same)])
+    assert twice.status == "ok" and not twice.replayed, twice
+    assert _grpc_stub_call(grpc_stub, A, [("idempotency-key", same)]).replayed
+    empty = _grpc_stub_call(grpc_stub, A, [("idempotency-key", "")])
+    assert empty.status == "INVALID_ARGUMENT" and "printable ASCII" in empty.message, empty
+
+
+def test_concurrent_requests_with_two_bodies_at_the_gateway_bind_exactly_one(
+    server: Server, gateway: ServerProcess
+) -> None:
+    """The gateway's runner is the same mechanism: the same race through it binds one
+    body, computed once at the server behind it."""
+    for trial in range(2):
+        key = f"gateway-race-{trial}-{uuid.uuid4().hex}"
+        before = computations(server.url)
+        bodies = [trial % 2, (trial + 1) % 2] * 8
+        barrier = threading.Barrier(len(bodies))
+
+        def send(body: int, key: str = key, barrier: threading.Barrier = barrier) -> Answer:
+            barrier.wait()
+            return _http(gateway.url, BODIES[body], key, where="header")
+
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(send, bodies))
+        winners = {
+            body for body, answer in zip(bodies, answers, strict=True) if answer.status == "ok"
+        }
+        assert len(winners) == 1, answers
+        for body, answer in zip(bodies, answers, strict=True):
+            assert answer.status == ("ok" if body in winners else "422"), answer
+        assert sum(a.status == "ok" and not a.replayed for a in answers) == 1
+        assert computations(server.url) - before == 1

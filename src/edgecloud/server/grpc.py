@@ -18,7 +18,7 @@ from .._optional import require
 from ..backends.local import version_number
 from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, datatype_of
-from ..wire.context import decode_context
+from ..wire.context import carried_key, decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
@@ -40,9 +40,11 @@ else:
 __all__ = ["start_grpc"]
 
 
-def to_infer_request(request: Any, metadata: dict[str, str]) -> InferRequest:
+def to_infer_request(request: Any, key: str | None) -> InferRequest:
+    """``request`` (a ModelInferRequest) with ``key``, the one ``idempotency-key``
+    of its metadata (:func:`~edgecloud.wire.context.carried_key`), or None."""
     params = parameters(request.parameters)
-    context = decode_context(params, metadata.get("idempotency-key"))
+    context = decode_context(params, key)
     return InferRequest(
         request.model_name,
         read_tensors(request.inputs, request.raw_input_contents),
@@ -123,14 +125,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        metadata = await self._guard(context)
+        await self._guard(context)
         started = time.perf_counter()
         code = 500
         try:
+            key = carried_key(
+                (v for k, v in context.invocation_metadata() if k.lower() == "idempotency-key"),
+                "the idempotency-key metadata",
+            )
             if request.ByteSize() > OFFLOAD_BYTES:  # decode large messages off the loop
-                infer_request = await asyncio.to_thread(to_infer_request, request, metadata)
+                infer_request = await asyncio.to_thread(to_infer_request, request, key)
             else:
-                infer_request = to_infer_request(request, metadata)
+                infer_request = to_infer_request(request, key)
             response = await self.host.infer(infer_request)
             code = 200
         except EdgecloudError as exc:

@@ -19,7 +19,12 @@ from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .batching import DynamicBatcher
-from .idempotency import IdempotencyStore, IdempotentRunner, default_store_path
+from .idempotency import (
+    CLAIM_GRACE_S,
+    IdempotencyStore,
+    IdempotentRunner,
+    default_store_path,
+)
 from .metrics import ServerMetrics
 from .settings import ServerSettings
 
@@ -205,7 +210,12 @@ def open_idempotency(
             synchronous=settings.idempotency_synchronous,
         )
 
-    runner = IdempotentRunner(open_store, describe=str(path), metrics=metrics)
+    runner = IdempotentRunner(
+        open_store,
+        describe=str(path),
+        metrics=metrics,
+        stale_after_s=settings.request_timeout_s + CLAIM_GRACE_S,
+    )
     if settings.idempotency_window_s > 0:
         runner.open()
     return runner

@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
+from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
 from .metrics import ServerMetrics, model_label
@@ -271,8 +272,11 @@ class HttpApp:
         body = await self._read_body(headers, receive)
         length = headers.get(HEADER_LENGTH.encode())
         header_length = _int_header(length) if length is not None else None
-        key = headers.get(b"idempotency-key")
-        args = (body, header_length, model, version, key.decode("latin-1") if key else None)
+        key = carried_key(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"idempotency-key"),
+            "the Idempotency-Key headers",
+        )
+        args = (body, header_length, model, version, key)
         if len(body) > OFFLOAD_BYTES:  # a large body decodes off the event loop
             decoded = await asyncio.to_thread(decode_request, *args)
         else:

@@ -24,14 +24,41 @@ How (IETF httpapi Idempotency-Key draft, draft-ietf-httpapi-idempotency-key-head
   process only (15 µs). Writes run on a thread of their own, never on the
   event loop; a lookup (about 5 µs, on a WAL reader connection of its own
   that never waits for a commit) runs inline.
-- Failures are not stored: a retry after an error computes again. Nothing is
-  recorded while a request computes, so a server killed mid-computation sent
-  no answer, and the retry's computation is the only one whose answer anyone
-  saw — once in effect.
+- One arbiter: a keyed request that finds no answer first *claims* the key
+  in the store — one ``BEGIN IMMEDIATE`` transaction that inserts
+  ``(model, key, fingerprint, owner, pid)`` into ``claims`` unless the key is
+  answered or claimed (about 65 µs here, ``synchronous=NORMAL``: a claim
+  lost to power loss went with the process computing it). Exactly one claim
+  wins, also between several processes sharing one store file; the key is
+  bound to its fingerprint. In this process the in-flight table and the
+  claim agree: the store is read and the slot taken in one step of the event
+  loop, and every request under the key — the first included — is compared
+  with the fingerprint the claim bound (the first registered one, or another
+  process's). Every request with that fingerprint gets the one answer,
+  computed once; every other gets 422.
 - Concurrent requests with the same key and fingerprint share one
   computation (the draft would answer the later ones 409; sharing is as
   exactly-once and saves the client a retry). The computation runs as a
-  task of its own, so a caller that disconnects does not cancel it.
+  task of its own, so a caller that disconnects does not cancel it. In
+  another process sharing the file, such requests wait for the claimant's
+  stored answer (looked at every few ms, at most every :data:`POLL_MAX_S`)
+  and replay it; if the claimant drops its claim without an answer (its
+  computation failed) or is gone, they get a retryable 503.
+- Failures are not stored: a computation that fails drops its claim, so a
+  retry computes again. A claim whose process is gone (its pid is not
+  running on this host) or older than the request timeout plus
+  :data:`CLAIM_GRACE_S` is taken over by the next request, so a server
+  killed mid-computation sent no answer and the retry's computation is the
+  only one anyone sees — once in effect. An answer that comes after its
+  claim was taken over is sent but not stored (the key is the new
+  claimant's).
+- Limits of the cross-process arbiter: processes must share the file on one
+  host (SQLite's locks do not hold on network file systems, and a pid means
+  nothing on another host); an exited process that its parent has not
+  reaped (a zombie) still counts as running, so its claim holds until it is
+  stale; two stores that one process opens on one file take over each
+  other's claims instead of waiting (each shares only its own in-flight
+  work) — a server or gateway opens one.
 - Bounded: ``max_entries`` answers and ``max_bytes`` of encoded answers.
   Expired records go first; when unexpired ones must go to make room, the
   oldest go, counted in ``edgecloud_idempotency_evictions_total``
@@ -48,12 +75,14 @@ How (IETF httpapi Idempotency-Key draft, draft-ietf-httpapi-idempotency-key-head
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +96,7 @@ from ..wire.rest import DecodedRequest, decode_response, encode_response
 from .metrics import ServerMetrics
 
 __all__ = [
+    "Claim",
     "IdempotencyStore",
     "IdempotentRunner",
     "StoredAnswer",
@@ -96,12 +126,26 @@ CREATE TABLE IF NOT EXISTS answers (
     PRIMARY KEY (model, key)
 );
 CREATE INDEX IF NOT EXISTS answers_created ON answers(created);
+CREATE TABLE IF NOT EXISTS claims (
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, key)
+);
 """
 
 #: Seconds between attempts to reopen a store that failed.
 REOPEN_EVERY_S = 5.0
 #: Seconds between sweeps of expired records.
 SWEEP_EVERY_S = 1.0
+#: Seconds past the request timeout before a claim of a live process is taken
+#: over: time for its answer's commit (an fsync, an eviction) after computing.
+CLAIM_GRACE_S = 5.0
+#: Longest pause between two looks at an answer another process is computing.
+POLL_MAX_S = 0.05
 #: Requests with more tensor bytes than this are fingerprinted off the event loop.
 INLINE_FINGERPRINT_BYTES = 256 * 1024
 
@@ -141,6 +185,22 @@ def binding(request: InferRequest) -> str:
         return fingerprint
     names = "\0".join(sorted(request.outputs))
     return hashlib.sha256(f"{fingerprint}\0outputs\0{names}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`IdempotencyStore.claim` found under ``(model, key)``.
+
+    ``kind``: ``"ours"`` (this store now holds the key for ``fingerprint``:
+    compute, then :meth:`~IdempotencyStore.put` or
+    :meth:`~IdempotencyStore.release`), ``"answered"`` (``answer`` is stored),
+    or ``"pending"`` (another live process is computing ``fingerprint``).
+    """
+
+    kind: Literal["ours", "answered", "pending"]
+    fingerprint: str
+    answer: StoredAnswer | None = None
+    created: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +244,9 @@ class IdempotencyStore:
         self.evicted_unexpired = 0
         if self.path != MEMORY:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex}"
+        """This store object's name on the claims it makes (one per process start)."""
+        self._synchronous = synchronous.upper()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -212,12 +275,89 @@ class IdempotencyStore:
                 "WHERE model = ? AND key = ? AND created > ?",
                 (model, key, self._clock() - self.window_s),
             ).fetchone()
+        return None if row is None else _stored(row)
+
+    def claim(self, model: str, key: str, fingerprint: str, *, stale_after_s: float) -> Claim:
+        """Bind ``(model, key)`` to ``fingerprint`` unless it is answered or claimed.
+
+        One write transaction (``BEGIN IMMEDIATE``: processes sharing the file
+        take turns), so of any number of processes and requests exactly one
+        claim wins; the others see its fingerprint. A claim by another store
+        is taken over when its process is gone (its pid is not running on this
+        host, or is this process, which that store did not outlive) or it is
+        older than ``stale_after_s`` (the request timeout: its computation
+        cannot still be running). Committed with ``synchronous=NORMAL``: a
+        claim lost to power loss was lost with the process computing it.
+        """
+        now = self._clock()
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                claim = self._claim(model, key, fingerprint, stale_after_s, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        return claim
+
+    def _claim(
+        self, model: str, key: str, fingerprint: str, stale_after_s: float, now: float
+    ) -> Claim:
+        row = self._db.execute(
+            "SELECT fingerprint, served_by, header_length, body, created FROM answers "
+            "WHERE model = ? AND key = ? AND created > ?",
+            (model, key, now - self.window_s),
+        ).fetchone()
+        if row is not None:
+            answer = _stored(row)
+            return Claim("answered", answer.fingerprint, answer, answer.created)
+        held = self._db.execute(
+            "SELECT fingerprint, owner, pid, created FROM claims WHERE model = ? AND key = ?",
+            (model, key),
+        ).fetchone()
+        if held is not None and held[1] != self.owner:
+            bound, _, pid, created = held
+            if now - float(created) < stale_after_s and _running_elsewhere(int(pid)):
+                return Claim("pending", str(bound), None, float(created))
+            log.warning(
+                "idempotency key %r of model %r: taking over the claim of process %d "
+                "(%s), which is gone or older than %g s",
+                key,
+                model,
+                pid,
+                held[1],
+                stale_after_s,
+            )
+        self._db.execute(
+            "INSERT OR REPLACE INTO claims(model, key, fingerprint, owner, pid, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (model, key, fingerprint, self.owner, os.getpid(), now),
+        )
+        return Claim("ours", fingerprint, None, now)
+
+    def claimant(self, model: str, key: str) -> tuple[str, float, bool] | None:
+        """``(fingerprint, created, its process is running)`` of the claim on
+        ``(model, key)``, or None (on the reader connection, microseconds)."""
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT fingerprint, pid, created FROM claims WHERE model = ? AND key = ?",
+                (model, key),
+            ).fetchone()
         if row is None:
             return None
-        fingerprint, served_by, header_length, body, created = row
-        response = decode_response(bytes(body), header_length, served_by)
-        response.trace = Trace(served_by, [])
-        return StoredAnswer(fingerprint, response, float(created))
+        return str(row[0]), float(row[2]), _running(int(row[1]))
+
+    def release(self, model: str, key: str) -> None:
+        """Drop this store's claim on ``(model, key)`` (its computation failed)."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM claims WHERE model = ? AND key = ? AND owner = ?",
+                (model, key, self.owner),
+            )
 
     def put(self, model: str, key: str, fingerprint: str, response: InferResponse) -> int:
         """Store one answer; see :meth:`put_many`."""
@@ -229,7 +369,10 @@ class IdempotencyStore:
         many unexpired records were evicted to make room.
 
         A record already under ``(model, key)`` is replaced (it expired, or
-        another process sharing the file answered the same request).
+        another process sharing the file answered the same request), unless
+        another store holds a claim on the key (it took over this store's
+        claim: this answer came later than the request timeout) — then this
+        answer is not stored. The store's own claim is dropped with the commit.
         """
         rows = []
         for model, key, fingerprint, response in answers:
@@ -254,6 +397,13 @@ class IdempotencyStore:
 
     def _insert(self, row: tuple[str, str, str, str, int | None, bytes], now: float) -> int:
         model, key, body = row[0], row[1], row[5]
+        holder = self._db.execute(
+            "SELECT owner FROM claims WHERE model = ? AND key = ?", (model, key)
+        ).fetchone()
+        if holder is not None:
+            if holder[0] != self.owner:  # taken over: the key is theirs now
+                return 0
+            self._db.execute("DELETE FROM claims WHERE model = ? AND key = ?", (model, key))
         old = self._db.execute(
             "DELETE FROM answers WHERE model = ? AND key = ? RETURNING length(body)", (model, key)
         ).fetchone()
@@ -291,6 +441,7 @@ class IdempotencyStore:
             "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM answers WHERE created <= ?",
             (horizon,),
         ).fetchone()
+        self._db.execute("DELETE FROM claims WHERE created <= ?", (horizon,))
         if count:
             self._db.execute("DELETE FROM answers WHERE created <= ?", (horizon,))
             self.entries -= int(count)
@@ -328,9 +479,11 @@ class IdempotencyStore:
 
 @dataclass(slots=True)
 class _InFlight:
-    fingerprint: str
+    bound: asyncio.Future[tuple[str, str]]
+    """``(fingerprint, when)``: what the key is bound to, once the store's claim
+    says (the first registered request's, or one another process bound)."""
     task: asyncio.Future[tuple[InferResponse, bool]]
-    """The first caller's work: ``(answer, replayed from the store)``."""
+    """The answer to the bound fingerprint, and whether it was computed here."""
 
 
 class IdempotentRunner:
@@ -347,10 +500,16 @@ class IdempotentRunner:
         *,
         describe: str,
         metrics: ServerMetrics,
+        stale_after_s: float = 30.0 + CLAIM_GRACE_S,
     ) -> None:
         self._open_store = open_store
         self.describe = describe
         self.metrics = metrics
+        self.stale_after_s = stale_after_s
+        """Age after which another process's claim is taken over (see
+        :meth:`IdempotencyStore.claim`): the request timeout plus :data:`CLAIM_GRACE_S`."""
+        self._claims = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecloud-claim")
+        self._closing = False
         self.store: IdempotencyStore | None = None
         self.error: str | None = "not opened yet"
         self._opened_at = -float("inf")
@@ -393,39 +552,76 @@ class IdempotentRunner:
             fingerprint = binding(request)
         else:  # sha256 of a large request would hold up the loop (~2 ms per MB here)
             fingerprint = await asyncio.to_thread(binding, request)
+        # From here to the registration of the slot nothing awaits: the in-flight
+        # table and the store are read and the slot taken in one step of the loop,
+        # so in this process one request is the first registered; the store's
+        # claim (one transaction, across processes) then says what the key is
+        # bound to, and every request is compared against that.
         slot = (request.model, key)
         inflight = self._inflight.get(slot)
-        if inflight is not None and not inflight.task.done():
-            _check(request, key, inflight.fingerprint, fingerprint, "still being computed")
-            response, _ = await asyncio.shield(inflight.task)
-            return self._replayed(request, response)
-        task = asyncio.ensure_future(self._first(request, key, fingerprint, compute))
-        self._inflight[slot] = _InFlight(fingerprint, task)
-        task.add_done_callback(lambda done: self._finished(slot, done))
-        response, replayed = await asyncio.shield(task)
-        return self._replayed(request, response) if replayed else response
+        first = inflight is None or inflight.task.done()
+        if inflight is None or first:
+            store = self._usable_store()
+            stored = self._failing_as_503(lambda: store.get(request.model, key))
+            if stored is not None:
+                _check(request, key, stored.fingerprint, fingerprint, _when(stored.created))
+                return self._replayed(request, stored.response)
+            bound: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(
+                self._first(store, request, key, fingerprint, compute, bound)
+            )
+            inflight = self._inflight[slot] = _InFlight(bound, task)
+            task.add_done_callback(lambda done: self._finished(slot, done))
+        bound_to, when = await asyncio.shield(inflight.bound)
+        _check(request, key, bound_to, fingerprint, when)
+        response, computed = await asyncio.shield(inflight.task)
+        return response if first and computed else self._replayed(request, response)
 
     def _finished(
         self, slot: tuple[str, str], task: asyncio.Future[tuple[InferResponse, bool]]
     ) -> None:
-        if self._inflight.get(slot, None) is not None and self._inflight[slot].task is task:
+        inflight = self._inflight.get(slot)
+        if inflight is not None and inflight.task is task:
             del self._inflight[slot]
         if not task.cancelled():
             task.exception()  # retrieved: every caller re-raises it itself
+        if inflight is not None and inflight.bound.done() and not inflight.bound.cancelled():
+            inflight.bound.exception()
 
     async def _first(
         self,
+        store: IdempotencyStore,
         request: InferRequest,
         key: str,
         fingerprint: str,
         compute: Callable[[], Awaitable[InferResponse]],
+        bound: asyncio.Future[tuple[str, str]],
     ) -> tuple[InferResponse, bool]:
-        store = self._usable_store()
-        stored = self._failing_as_503(lambda: store.get(request.model, key))
-        if stored is not None:
-            _check(request, key, stored.fingerprint, fingerprint, _when(stored.created))
-            return stored.response, True
-        response = await compute()
+        """The claim, then the answer to whichever fingerprint it bound:
+        ``(answer, computed here)``; settles ``bound`` as soon as that is known."""
+        try:
+            claim = await self._claim(store, request.model, key, fingerprint)
+        except Exception as exc:
+            bound.set_exception(exc)
+            raise
+        except BaseException:
+            bound.cancel()
+            raise
+        if claim.kind == "answered":
+            assert claim.answer is not None
+            bound.set_result((claim.fingerprint, _when(claim.created)))
+            return claim.answer.response, False
+        if claim.kind == "pending":
+            bound.set_result(
+                (claim.fingerprint, "still being computed by another process on this store")
+            )
+            return await self._answer_of_other(store, request.model, key, claim), False
+        bound.set_result((fingerprint, "still being computed"))
+        try:
+            response = await compute()
+        except BaseException:
+            self._claims.submit(_release, store, request.model, key)
+            raise
         evicted = await self._save(store, (request.model, key, fingerprint, response))
         if evicted:
             self.metrics.idempotency_evictions.inc(evicted)
@@ -435,7 +631,52 @@ class IdempotentRunner:
                 self.describe,
                 evicted,
             )
-        return response, False
+        return response, True
+
+    async def _claim(
+        self, store: IdempotencyStore, model: str, key: str, fingerprint: str
+    ) -> Claim:
+        """:meth:`IdempotencyStore.claim` on the claims' thread; errors become 503s."""
+        loop = asyncio.get_running_loop()
+        claim = functools.partial(
+            store.claim, model, key, fingerprint, stale_after_s=self.stale_after_s
+        )
+        try:
+            return await loop.run_in_executor(self._claims, claim)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _answer_of_other(
+        self, store: IdempotencyStore, model: str, key: str, claim: Claim
+    ) -> InferResponse:
+        """The answer another process is computing under ``claim``, once it is
+        stored (looked at every few ms, at most every :data:`POLL_MAX_S`).
+
+        Raises :class:`UnavailableError` (retryable) when that process drops
+        its claim without an answer (its computation failed), is gone, or
+        outlives :attr:`stale_after_s` — a retry then computes or replays.
+        """
+        pause = 0.002
+        while not self._closing:
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, POLL_MAX_S)
+            held = self._failing_as_503(lambda: store.claimant(model, key))
+            stored = self._failing_as_503(lambda: store.get(model, key))
+            if stored is not None and stored.fingerprint == claim.fingerprint:
+                return stored.response
+            if (
+                stored is not None
+                or held is None
+                or held[0] != claim.fingerprint
+                or not held[2]
+                or time.time() - held[1] > self.stale_after_s
+            ):
+                break
+        raise UnavailableError(
+            f"idempotency key {key!r} of model {model!r} was being computed by another "
+            f"process sharing the store {self.describe}, which did not answer (it failed, "
+            "stopped, or ran out of time); nothing was computed here — retry"
+        )
 
     def _usable_store(self) -> IdempotencyStore:
         if self.store is None and time.monotonic() - self._opened_at >= REOPEN_EVERY_S:
@@ -517,10 +758,12 @@ class IdempotentRunner:
 
     async def close(self) -> None:
         """Wait for computations in flight (their answers are stored), then close."""
+        self._closing = True  # waits for other processes' answers end now (503)
         pending = [f.task for f in self._inflight.values()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._thread.shutdown(wait=True)
+        self._claims.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -537,6 +780,15 @@ def _settle(futures: list[asyncio.Future[int]], evicted: int | BaseException) ->
             future.set_result(evicted if i == 0 else 0)
 
 
+def _release(store: IdempotencyStore, model: str, key: str) -> None:
+    """Drop a failed computation's claim (on the claims' thread); a store error
+    only logs: the claim is this store's, so its next claim replaces it anyway."""
+    try:
+        store.release(model, key)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("idempotency store: could not release a claim on %r: %s", key, exc)
+
+
 def _check(request: InferRequest, key: str, bound: str, fingerprint: str, when: str) -> None:
     if bound == fingerprint:
         return
@@ -550,3 +802,29 @@ def _check(request: InferRequest, key: str, bound: str, fingerprint: str, when: 
 def _when(created: float) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     return f"answered at {stamp}"
+
+
+def _stored(row: tuple[str, str, int | None, bytes, float]) -> StoredAnswer:
+    fingerprint, served_by, header_length, body, created = row
+    response = decode_response(bytes(body), header_length, served_by)
+    response.trace = Trace(served_by, [])
+    return StoredAnswer(fingerprint, response, float(created))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
+
+
+def _running_elsewhere(pid: int) -> bool:
+    """Whether ``pid`` is another running process. This process's own pid on a
+    claim of another store means a store this process closed or an earlier
+    process that had the same pid (a container's pid 1): either way, not computing
+    for that claim any more."""
+    return pid != os.getpid() and _running(pid)

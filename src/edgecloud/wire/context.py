@@ -3,19 +3,22 @@
 The context travels as request parameters (``sensitivity``,
 ``idempotency_key``) and, for the key, as the ``Idempotency-Key`` HTTP header
 or ``idempotency-key`` gRPC metadata (the header wins when both are given and
-they agree; two different keys are a 400). An unknown sensitivity is a 400 on
-every front end — never decoded as public.
+they agree; two different keys are a 400). A carrier given more than once
+(two ``Idempotency-Key`` headers, two metadata entries) must repeat one value
+(:func:`carried_key`): two different values are a 400 naming both, never
+"the last one wins". An empty key is a 400 whatever carries it. An unknown
+sensitivity is a 400 on every front end — never decoded as public.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import InvalidRequestError
 from ..tensors import DEFAULT_CONTEXT, RequestContext, Sensitivity
 
-__all__ = ["MAX_KEY_LENGTH", "context_parameters", "decode_context"]
+__all__ = ["MAX_KEY_LENGTH", "carried_key", "context_parameters", "decode_context"]
 
 #: Longest idempotency key accepted (the IETF draft leaves it to the server;
 #: Stripe allows 255 characters).
@@ -40,6 +43,26 @@ def decode_context(params: Mapping[str, Any], header_key: str | None = None) -> 
         )
     key = header_key if header_key is not None else param_key
     return RequestContext(sensitivity=_sensitivity(sensitivity), idempotency_key=_key(key))
+
+
+def carried_key(values: Iterable[str], carrier: str) -> str | None:
+    """The one key that every occurrence of a key carrier names, or None if absent.
+
+    ``values``: each value of a carrier that a request may repeat (the
+    ``Idempotency-Key`` headers of an HTTP request, the ``idempotency-key``
+    entries of gRPC metadata), in arrival order; ``carrier`` names it for the
+    error. Identical repeats are one key; an empty value is returned as is
+    (:func:`decode_context` refuses it like an empty parameter).
+
+    Raises :class:`InvalidRequestError` naming the values when they differ.
+    """
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) > 1:
+        named = ", ".join(f"{value!r:.80}" for value in distinct)
+        raise InvalidRequestError(
+            f"{len(distinct)} different idempotency keys in {carrier} ({named}); send one key"
+        )
+    return distinct[0] if distinct else None
 
 
 def context_parameters(context: RequestContext) -> dict[str, str]:
