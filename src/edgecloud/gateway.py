@@ -22,11 +22,15 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .deployment import Deployment, load
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from .repository import ModelConfig
 from .server.host import ModelState, open_idempotency
+
+if TYPE_CHECKING:
+    from .server.app import Listening
 from .server.metrics import ServerMetrics
 from .server.settings import ServerSettings
 from .tensors import InferRequest, InferResponse
@@ -118,17 +122,17 @@ def check_ready(deployment: Deployment, host: DeploymentHost) -> None:
 
 
 def run_gateway(
-    path: Path, settings: ServerSettings, on_ready: Callable[[], None] | None = None
+    path: Path, settings: ServerSettings, on_ready: Callable[[Listening], None] | None = None
 ) -> None:
     """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM.
 
     The port is bound first (ConfigError naming it when it cannot be had);
     then start-up fails (ConfigError) unless every model the deployment names
     loads and matches its sha256 and the repository has a model to serve;
-    ``on_ready`` is called once that holds. Of the server settings the
-    gateway uses the listener's (host, http_port, TLS), token, limits
-    (max_request_bytes, request_timeout_s), access_log and shutdown_grace_s;
-    how models run is the deployment file's business.
+    ``on_ready`` is called once that holds, with the port bound (port 0
+    resolved). Of the server settings the gateway uses the listener's (host,
+    http_port, TLS), token, limits (max_request_bytes, request_timeout_s),
+    access_log and shutdown_grace_s; how models run is the deployment file's business.
     """
     from .server.app import listen
 
@@ -144,9 +148,10 @@ def _serve_gateway(
     path: Path,
     settings: ServerSettings,
     sock: socket.socket,
-    on_ready: Callable[[], None] | None,
+    on_ready: Callable[[Listening], None] | None,
 ) -> None:
     from ._optional import require
+    from .server.app import bound_port
     from .server.http import HttpApp
 
     uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")
@@ -158,7 +163,8 @@ def _serve_gateway(
         deployment.close()
         raise
     if on_ready is not None:
-        on_ready()
+        tls = settings.tls_cert is not None
+        on_ready(Listening(settings.host, bound_port(sock), None, tls))
     app = HttpApp(host, token=settings.bearer_token(), expose_trace=True)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,

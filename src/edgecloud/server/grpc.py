@@ -21,6 +21,7 @@ from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
+from .app import address
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
 from .metrics import model_label
@@ -153,8 +154,9 @@ async def start_grpc(
     settings: ServerSettings,
     token: str | None,
     ready: Callable[[], bool] = lambda: True,
-) -> Any:
-    """Start the gRPC server on the running loop; returns it (``await server.stop()``).
+) -> tuple[Any, int]:
+    """Start the gRPC server on the running loop; returns it (``await server.stop()``)
+    and the port it bound (``grpc_port`` 0 picks a free one).
 
     ``ready`` answers ServerReady (the HTTP front end's readiness, so both agree).
 
@@ -169,21 +171,21 @@ async def start_grpc(
     server = grpc.aio.server(options=options)
     servicer = InferenceServicer(host, token, ready)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    address = f"{settings.host}:{settings.grpc_port}"
+    target = address(settings.host, settings.grpc_port or 0)  # [::1]:port for IPv6
     try:
         if settings.tls_cert and settings.tls_key:
             credentials = grpc.ssl_server_credentials(
                 [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
             )
-            bound = server.add_secure_port(address, credentials)
+            bound = server.add_secure_port(target, credentials)
         else:
-            bound = server.add_insecure_port(address)
+            bound = server.add_insecure_port(target)
     except RuntimeError:  # grpc's "Failed to bind to address"
         bound = 0
     if not bound:
         raise ConfigError(
-            f"cannot listen for gRPC on {address}: the port is in use or the address is not "
+            f"cannot listen for gRPC on {target}: the port is in use or the address is not "
             "this machine's; choose another --grpc-port (or -1 to turn gRPC off)"
         )
     await server.start()
-    return server
+    return server, int(bound)
