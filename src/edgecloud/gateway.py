@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .backends.local import LocalBackend
 from .deployment import Deployment, load
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from .repository import ModelConfig
-from .server.host import ModelState, open_idempotency
+from .server.host import ModelState, model_states, open_idempotency
 
 if TYPE_CHECKING:
     from .server.app import Listening
@@ -49,10 +50,7 @@ class DeploymentHost:
         self.metrics = ServerMetrics()
         serving = deployment.source or deployment.repository.root
         self.idempotency = open_idempotency(settings, serving, self.metrics)
-        self.states = {
-            s.name: ModelState(s.name, s.served, ready=s.error is None, error=s.error)
-            for s in deployment.repository.status()
-        }
+        self.states = gateway_states(deployment)
 
     def config(self, model: str) -> ModelConfig:
         if model not in self.states:
@@ -61,8 +59,9 @@ class DeploymentHost:
         return self.deployment.repository.config(model)
 
     def ready(self, model: str, version: str | None = None) -> bool:
+        """The server's answer (:meth:`ModelState.serves`): the version counts."""
         state = self.states.get(model)
-        return bool(state and state.ready)
+        return state is not None and state.serves(version)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """The deployment's answer; a keyed request at most once (the key goes on
@@ -97,6 +96,21 @@ class DeploymentHost:
             except EdgecloudError as exc:  # e.g. the disk is full: keep the loop, try later
                 log.error("outbox: %s", exc.message)
             await asyncio.sleep(every_s)
+
+
+def gateway_states(deployment: Deployment) -> dict[str, ModelState]:
+    """What the gateway reports ready: :func:`~edgecloud.server.host.model_states`,
+    the server's computation, on the deployment's repository.
+
+    Every model is opened once by a session-less check (warm-up off) that is
+    then closed, so a model whose config does not match its graph is not
+    ready here either (before: ready, then a 503 on every request).
+    """
+    checker = LocalBackend(deployment.repository, warmup=False)
+    try:
+        return model_states(deployment.repository, checker)
+    finally:
+        checker.close()
 
 
 def check_ready(deployment: Deployment, host: DeploymentHost) -> None:
@@ -151,7 +165,7 @@ def _serve_gateway(
     on_ready: Callable[[Listening], None] | None,
 ) -> None:
     from ._optional import require
-    from .server.app import bound_port
+    from .server.app import Listening, bound_port
     from .server.http import HttpApp
 
     uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._optional import require
-from ..backends.local import version_number
-from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
+from ..errors import AuthenticationError, ConfigError, EdgecloudError, ModelNotFoundError
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
@@ -92,8 +91,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
+        """Ready as REST computes it (:meth:`ModelState.serves`); an unknown model
+        or a malformed version is not ready (REST: 404; Triton's gRPC client
+        reads a ``ready`` flag, not an error)."""
         await self._guard(context)
-        return pb.ModelReadyResponse(ready=self.host.ready(request.name, request.version or None))
+        try:
+            ready = self.host.ready(request.name, request.version or None)
+        except ModelNotFoundError:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)
@@ -103,15 +109,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)
-        try:
+        try:  # the REST answer's computation and error class (404 / NOT_FOUND)
             config = self.host.config(request.name)
-            versions = self.host.states[request.name].versions
-            if request.version:
-                if version_number(request.version) not in versions:
-                    raise InvalidRequestError(
-                        f"model {request.name!r} has no version {request.version!r}"
-                    )
-                versions = [int(request.version)]
+            versions = self.host.states[request.name].metadata_versions(request.version or None)
         except EdgecloudError as exc:
             await _abort(context, exc)
         meta = model_metadata(config, versions)
