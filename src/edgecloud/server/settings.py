@@ -110,7 +110,8 @@ class ServerSettings(BaseModel):
     """SQLite ``synchronous`` of the store: ``full`` keeps answers through a power
     loss (an fsync per keyed answer, ~0.4 ms), ``normal`` through a killed process only."""
     dynamic_batching: bool = True
-    """Batch concurrent requests for every model with ``max_batch_size > 0``."""
+    """Batch concurrent requests for every model with ``max_batch_size > 0`` (whose
+    rows must then be independent: see ``ModelConfig.max_batch_size``)."""
     runners_per_model: int = Field(default=2, ge=1)
     """Batches of one model that may run at once."""
     worker_threads: int = Field(default=4, ge=1)
