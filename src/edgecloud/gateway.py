@@ -106,7 +106,7 @@ def gateway_states(deployment: Deployment) -> dict[str, ModelState]:
     then closed, so a model whose config does not match its graph is not
     ready here either (before: ready, then a 503 on every request).
     """
-    checker = LocalBackend(deployment.repository, warmup=False)
+    checker = LocalBackend(deployment.repository, warmup=False, verify=False)  # status() did
     try:
         return model_states(deployment.repository, checker)
     finally:

@@ -411,3 +411,22 @@ def test_a_taken_grpc_port_on_ipv6_any_is_in_use(repo: ModelRepository, holder: 
     finally:
         squatter.close() if holder == "plain" else squatter.stop(None)
     assert_one_line_error(result, f"[::]:{port}", "in use", "--grpc-port")
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("::1", "[::1]:8001"),
+        ("::", "[::]:8001"),
+        ("[::1]", "[::1]:8001"),
+        ("fe80::1%lo", "[fe80::1%lo]:8001"),
+        ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]:8001"),
+        ("127.0.0.1", "127.0.0.1:8001"),
+        ("0.0.0.0", "0.0.0.0:8001"),
+        ("localhost", "localhost:8001"),
+    ],
+)
+def test_addresses_are_written_as_urls_and_grpc_take_them(host: str, shown: str) -> None:
+    from edgecloud.server.launch import address
+
+    assert address(host, 8001) == shown

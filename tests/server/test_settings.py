@@ -288,3 +288,10 @@ def test_unknown_environment_variables_are_refused(variable: str, hint: str | No
         result = CliRunner().invoke(cli.app, command, env={variable: "9000"})
         assert isinstance(result.exception, ConfigError), result.output
         assert variable in str(result.exception)
+
+
+def test_a_yaml_null_gives_no_alternative(tmp_path: Path) -> None:
+    """`token: null` beside `token_file` in one file is one alternative, not two."""
+    (tmp_path / "t.txt").write_text("from-file\n")
+    given = {"file": {"token": None, "token_file": str(tmp_path / "t.txt")}}
+    assert ServerSettings.resolve(**sources(tmp_path, given)).bearer_token() == "from-file"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -22,25 +21,12 @@ from ..errors import ConfigError
 from ..repository import ModelRepository
 from .host import ModelHost, ModelState
 from .http import HttpApp
+from .launch import address
 from .settings import ServerSettings
 
 __all__ = ["Listening", "address", "bound_port", "check_ready", "listen", "serve"]
 
 log = logging.getLogger("edgecloud.server")
-
-
-def address(host: str, port: int) -> str:
-    """``host:port`` as URLs and grpc take it: an IPv6 address bracketed.
-
-    ``address("::1", 8001) == "[::1]:8001"`` (RFC 3986 section 3.2.2; grpc reads
-    an unbracketed ``:::8001`` as a misformatted name); names and IPv4 as given.
-    """
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        is_v6 = isinstance(ipaddress.ip_address(bare.split("%", 1)[0]), ipaddress.IPv6Address)
-    except ValueError:
-        is_v6 = False
-    return f"[{bare}]:{port}" if is_v6 else f"{host}:{port}"
 
 
 def bound_port(sock: socket.socket) -> int:

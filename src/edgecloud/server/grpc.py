@@ -20,9 +20,9 @@ from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
-from .app import address
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
+from .launch import address
 from .metrics import model_label
 from .settings import ServerSettings
 

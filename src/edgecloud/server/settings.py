@@ -283,11 +283,10 @@ def _by_group(layers: list[_Layer]) -> list[_Layer]:
         ConfigError: one source gives two alternatives (``token`` and ``token_file``).
     """
     for members, alternatives in GROUPS:
-        winner = next((layer for layer in reversed(layers) if set(members) & set(layer.values)),
-                      None)  # fmt: skip
+        winner = next((layer for layer in reversed(layers) if _gives(layer, members)), None)
         if winner is None:
             continue
-        both = [m for m in members if m in winner.values]
+        both = _gives(winner, members)
         if alternatives and len(both) > 1:
             named = " and ".join(f"{m} (from the {winner.sources[m]})" for m in both)
             raise ConfigError(
@@ -295,7 +294,7 @@ def _by_group(layers: list[_Layer]) -> list[_Layer]:
             )
         if not alternatives and len(both) < len(members):
             missing = [m for m in members if m not in winner.values]
-            lower = [layer.name for layer in layers if set(missing) & set(layer.values)]
+            lower = [layer.name for layer in layers if _gives(layer, tuple(missing))]
             if lower:
                 raise ConfigError(
                     f"server setting {both[0]} comes from the {winner.sources[both[0]]} but "
@@ -304,3 +303,8 @@ def _by_group(layers: list[_Layer]) -> list[_Layer]:
                 )
         layers = [layer if layer is winner else layer.without(members) for layer in layers]
     return layers
+
+
+def _gives(layer: _Layer, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` ``layer`` gives a value for (a YAML ``null`` gives none)."""
+    return [name for name in names if layer.values.get(name) is not None]
