@@ -12,8 +12,9 @@ Triton's clients (HTTP and gRPC) must keep working on top.
 Members of the kind "health, readiness and metadata agree with what is served":
 
 * one version parser (``version_number``) for infer, ready and metadata, on
-  REST and gRPC: ``latest`` is served everywhere, a malformed version is 404
-  (NOT_FOUND) everywhere, an unserved number is 404 / not ready everywhere;
+  REST and gRPC: ``latest`` is served everywhere; a malformed version or an
+  unserved number is 404 (NOT_FOUND) for infer and metadata and not ready
+  (503 with the ready body; gRPC ``ready: false``) for ready;
 * gRPC ModelMetadata for an unknown version has REST's class (NOT_FOUND, 404);
 * the gateway's readiness is the server's computation: a model whose config
   does not match its graph, or a version not served, is not ready on both;
@@ -248,7 +249,7 @@ VERSIONS = [
     ("latest", 200, 200, 200),
     ("1", 404, 503, 404),
     ("77", 404, 503, 404),
-    *[(bad, 404, 404, 404) for bad in MALFORMED],
+    *[(bad, 404, 503, 404) for bad in MALFORMED],
 ]
 
 
@@ -404,7 +405,7 @@ READY_CASES = [
     ("affine", "/versions/latest", 200),
     ("affine", "/versions/1", 503),
     ("affine", "/versions/99", 503),
-    ("affine", "/versions/v2", 404),
+    ("affine", "/versions/v2", 503),
     ("two-input", "", 200),
     ("mismatch", "", 503),
     ("mismatch", "/versions/1", 503),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._optional import require
-from ..errors import AuthenticationError, ConfigError, EdgecloudError, ModelNotFoundError
+from ..errors import AuthenticationError, ConfigError, EdgecloudError
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
@@ -92,14 +92,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         """Ready as REST computes it (:meth:`ModelState.serves`); an unknown model
-        or a malformed version is not ready (REST: 404; Triton's gRPC client
-        reads a ``ready`` flag, not an error)."""
+        is not ready (REST: 404; Triton's gRPC client reads a flag, not an error)."""
         await self._guard(context)
-        try:
-            ready = self.host.ready(request.name, request.version or None)
-        except ModelNotFoundError:
-            ready = False
-        return pb.ModelReadyResponse(ready=ready)
+        return pb.ModelReadyResponse(ready=self.host.ready(request.name, request.version or None))
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)

@@ -39,10 +39,15 @@ class ModelState:
         """Whether ``version`` (as :func:`version_number` reads it; None or
         ``latest``: the newest) is ready: the model is, and serves that version.
 
-        Raises:
-            ModelNotFoundError: ``version`` names no version (``"+2"``, ``"v1"``).
+        A version that names none (``"+2"``, ``"v1"``) is not served, so not
+        ready: the ready endpoints answer their not-ready body (REST 503
+        ``{"name": m, "ready": false}``, gRPC ``ready: false``) for it, where
+        infer and metadata answer 404 with the parser's message.
         """
-        number = version_number(version, self.name)
+        try:
+            number = version_number(version, self.name)
+        except ModelNotFoundError:
+            return False
         return self.ready and (number is None or number in self.versions)
 
     def metadata_versions(self, version: str | None) -> list[int]:
@@ -140,7 +145,7 @@ class ModelHost:
 
     def ready(self, model: str, version: str | None = None) -> bool:
         """Whether ``model`` (at ``version``) can serve: :meth:`ModelState.serves`;
-        False for a model not here. ModelNotFoundError for a malformed version."""
+        False for a model not here."""
         state = self.states.get(model)
         return state is not None and state.serves(version)
 
