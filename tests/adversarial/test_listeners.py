@@ -340,8 +340,12 @@ def grpc_live(target: str) -> bool:
 
 @pytest.mark.parametrize(
     "host",
-    [pytest.param("127.0.0.1"), pytest.param("::1", marks=needs_ipv6)],
-    ids=["ipv4", "ipv6"],
+    [
+        pytest.param("127.0.0.1"),
+        pytest.param("::1", marks=needs_ipv6),
+        pytest.param("::", marks=needs_ipv6),
+    ],
+    ids=["ipv4", "ipv6-loopback", "ipv6-any"],
 )
 def test_serve_announces_the_ports_it_bound(
     repo: ModelRepository, tmp_path: Path, host: str
@@ -352,7 +356,7 @@ def test_serve_announces_the_ports_it_bound(
                               "--http-port", "0", "--grpc-port", "0"]  # fmt: skip
     process, line = start_announced(argv, tmp_path / "serve.log")
     try:
-        shown = "[::1]" if host == "::1" else host
+        shown = f"[{host}]" if ":" in host else host
         found = re.search(
             rf"on (http://{re.escape(shown)}:(\d+)) and grpc ({re.escape(shown)}:(\d+))$", line
         )
