@@ -275,6 +275,7 @@ def test_grpc_off_is_a_value_of_its_source(
         ("EDGECLOUD_SERVER_HTTP_PROT", "EDGECLOUD_SERVER_HTTP_PORT"),
         ("EDGECLOUD_SERVER_TOKENFILE", "EDGECLOUD_SERVER_TOKEN_FILE"),
         ("EDGECLOUD_SERVER_", None),
+        ("EDGECLOUD_SERVER_http_port", "EDGECLOUD_SERVER_HTTP_PORT"),
         ("EDGECLOUD_SERVER_COMPLETELY_UNRELATED", None),
     ],
 )

@@ -176,8 +176,14 @@ class ServerSettings(BaseModel):
 
         ``cli`` holds the flags given (None means "not given" and is skipped);
         ``environ`` defaults to ``os.environ``, read for ``EDGECLOUD_SERVER_<FIELD>``;
-        ``defaults`` are a command's own (the gateway's port 8080).
-        ConfigError names the field and where its bad value came from.
+        ``defaults`` are a command's own (the gateway's port 8080). The
+        members of each of :data:`GROUPS` come from one source: the highest
+        that gives any of them.
+
+        Raises:
+            ConfigError: a bad value (naming the field and where it came from),
+                two alternatives from one source, half a pair above the other
+                half, or an ``EDGECLOUD_SERVER_*`` variable that names no field.
         """
         layers: list[_Layer] = [_Layer.of("defaults", defaults or {})]
         if file is not None:
@@ -215,8 +221,9 @@ class ServerSettings(BaseModel):
         for variable in sorted(environ):
             if not variable.startswith(ENV_PREFIX):
                 continue
-            name = variable[len(ENV_PREFIX) :].lower()
-            if name not in cls.model_fields:
+            suffix = variable[len(ENV_PREFIX) :]
+            name = suffix.lower()
+            if name not in cls.model_fields or suffix != name.upper():
                 near = difflib.get_close_matches(name, list(cls.model_fields), n=1)
                 hint = f"did you mean {ENV_PREFIX}{near[0].upper()}? " if near else ""
                 raise ConfigError(
