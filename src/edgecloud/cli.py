@@ -196,6 +196,7 @@ def serve(
     """
     import logging
 
+    from .server.app import Listening
     from .server.app import serve as run_server
     from .server.settings import ServerSettings
 
@@ -224,11 +225,13 @@ def serve(
         raise ModelNotFoundError(
             f"no models in {repo}; build the demo zoo with: edgecloud zoo build"
         )
-    announce = (
-        f"edgecloud {__version__} serving {repo} on http://{settings.host}:{settings.http_port}"
-        + (f" and grpc {settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
-    )
-    run_server(repository, settings, on_ready=lambda: errors.print(announce, highlight=False))
+
+    def announce(listening: Listening) -> None:  # the ports bound: --http-port 0 resolved
+        grpc = f" and grpc {listening.grpc}" if listening.grpc else ""
+        text = f"edgecloud {__version__} serving {repo} on {listening.url}{grpc}"
+        errors.print(text, highlight=False, soft_wrap=True)
+
+    run_server(repository, settings, on_ready=announce)
 
 
 def _mib(megabytes: float | None) -> int | None:
@@ -313,6 +316,7 @@ def edge(
     gateway listens on 8080 unless told otherwise; it serves no gRPC).
     """
     from .gateway import run_gateway
+    from .server.app import Listening
     from .server.settings import ServerSettings
 
     settings = ServerSettings.resolve(
@@ -326,10 +330,12 @@ def edge(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    announce = (
-        f"edgecloud edge gateway for {deployment} on http://{settings.host}:{settings.http_port}"
-    )
-    run_gateway(deployment, settings, on_ready=lambda: errors.print(announce, highlight=False))
+
+    def announce(listening: Listening) -> None:  # the port bound: --port 0 resolved
+        text = f"edgecloud edge gateway for {deployment} on {listening.url}"
+        errors.print(text, highlight=False, soft_wrap=True)
+
+    run_gateway(deployment, settings, on_ready=announce)
 
 
 #: The gateway's HTTP port when no source gives one (the server's is 8000).

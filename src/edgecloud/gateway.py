@@ -22,11 +22,16 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .backends.local import LocalBackend
 from .deployment import Deployment, load
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError
 from .repository import ModelConfig
-from .server.host import ModelState, open_idempotency
+from .server.host import ModelState, model_states, open_idempotency
+
+if TYPE_CHECKING:
+    from .server.app import Listening
 from .server.metrics import ServerMetrics
 from .server.settings import ServerSettings
 from .tensors import InferRequest, InferResponse
@@ -45,10 +50,7 @@ class DeploymentHost:
         self.metrics = ServerMetrics()
         serving = deployment.source or deployment.repository.root
         self.idempotency = open_idempotency(settings, serving, self.metrics)
-        self.states = {
-            s.name: ModelState(s.name, s.served, ready=s.error is None, error=s.error)
-            for s in deployment.repository.status()
-        }
+        self.states = gateway_states(deployment)
 
     def config(self, model: str) -> ModelConfig:
         if model not in self.states:
@@ -57,8 +59,9 @@ class DeploymentHost:
         return self.deployment.repository.config(model)
 
     def ready(self, model: str, version: str | None = None) -> bool:
+        """The server's answer (:meth:`ModelState.serves`): the version counts."""
         state = self.states.get(model)
-        return bool(state and state.ready)
+        return state is not None and state.serves(version)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """The deployment's answer; a keyed request at most once (the key goes on
@@ -95,6 +98,21 @@ class DeploymentHost:
             await asyncio.sleep(every_s)
 
 
+def gateway_states(deployment: Deployment) -> dict[str, ModelState]:
+    """What the gateway reports ready: :func:`~edgecloud.server.host.model_states`,
+    the server's computation, on the deployment's repository.
+
+    Every model is opened once by a session-less check (warm-up off) that is
+    then closed, so a model whose config does not match its graph is not
+    ready here either (before: ready, then a 503 on every request).
+    """
+    checker = LocalBackend(deployment.repository, warmup=False, verify=False)  # status() did
+    try:
+        return model_states(deployment.repository, checker)
+    finally:
+        checker.close()
+
+
 def check_ready(deployment: Deployment, host: DeploymentHost) -> None:
     """The gateway answers for the repository's models: at least one must be ready.
 
@@ -118,17 +136,17 @@ def check_ready(deployment: Deployment, host: DeploymentHost) -> None:
 
 
 def run_gateway(
-    path: Path, settings: ServerSettings, on_ready: Callable[[], None] | None = None
+    path: Path, settings: ServerSettings, on_ready: Callable[[Listening], None] | None = None
 ) -> None:
     """Serve the deployment at ``path`` on ``settings.host:settings.http_port`` until SIGTERM.
 
     The port is bound first (ConfigError naming it when it cannot be had);
     then start-up fails (ConfigError) unless every model the deployment names
     loads and matches its sha256 and the repository has a model to serve;
-    ``on_ready`` is called once that holds. Of the server settings the
-    gateway uses the listener's (host, http_port, TLS), token, limits
-    (max_request_bytes, request_timeout_s), access_log and shutdown_grace_s;
-    how models run is the deployment file's business.
+    ``on_ready`` is called once that holds, with the port bound (port 0
+    resolved). Of the server settings the gateway uses the listener's (host,
+    http_port, TLS), token, limits (max_request_bytes, request_timeout_s),
+    access_log and shutdown_grace_s; how models run is the deployment file's business.
     """
     from .server.app import listen
 
@@ -144,9 +162,10 @@ def _serve_gateway(
     path: Path,
     settings: ServerSettings,
     sock: socket.socket,
-    on_ready: Callable[[], None] | None,
+    on_ready: Callable[[Listening], None] | None,
 ) -> None:
     from ._optional import require
+    from .server.app import Listening, bound_port
     from .server.http import HttpApp
 
     uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")
@@ -158,7 +177,8 @@ def _serve_gateway(
         deployment.close()
         raise
     if on_ready is not None:
-        on_ready()
+        tls = settings.tls_cert is not None
+        on_ready(Listening(settings.host, bound_port(sock), None, tls))
     app = HttpApp(host, token=settings.bearer_token(), expose_trace=True)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,

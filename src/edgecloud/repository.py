@@ -93,7 +93,14 @@ class ModelConfig(BaseModel):
     """Runtime that serves the model."""
     max_batch_size: int = Field(default=0, ge=0)
     """0: the model does not batch and shapes are full; >0: the largest batch
-    one runtime call takes, and shapes exclude the leading batch dimension."""
+    one runtime call takes, and shapes exclude the leading batch dimension.
+
+    >0 also promises that rows are independent: the server's dynamic batcher
+    merges concurrent requests into one call and splits the outputs back by
+    rows, so each row's output may depend only on that row (as in Triton). A
+    model that normalises over the batch, pools across it or otherwise mixes
+    rows (``y = x - mean(x, axis=0)``) answers differently when requests are
+    merged: give it ``max_batch_size: 0``, or serve with ``dynamic_batching`` off."""
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     labels: list[str] | None = None
@@ -377,7 +384,10 @@ def config_from_onnx(
     """Derive a config from an ONNX file's declared inputs and outputs.
 
     Symbolic dimensions become ``-1``. With ``max_batch_size > 0`` the leading
-    dimension of every tensor is taken as the batch dimension and dropped.
+    dimension of every tensor is taken as the batch dimension and dropped, and
+    the graph's rows must be independent (nothing here can check it; see
+    :attr:`ModelConfig.max_batch_size`): a graph that mixes rows across the
+    batch gets merged requests' rows into its answers; keep 0 for it.
     """
     import onnxruntime as ort
 

@@ -8,19 +8,34 @@ share ours; an address that cannot be had (unknown host, both protocols on
 one port) is the same one line. Settings precedence (flag > environment >
 file > default) is tested field by field in tests/server/test_settings.py;
 here the real processes honour it.
+
+Members added after the first round:
+
+* settings that come as alternatives or pairs (``token`` / ``token_file``)
+  resolve by the precedence of their source on the real server: a
+  ``--token-file`` flag replaces the file's or the environment's ``token``;
+* an unknown ``EDGECLOUD_SERVER_*`` variable stops ``serve`` and ``edge`` with
+  one line naming it;
+* IPv6 hosts (``::1``, ``::``) are bracketed for grpc and in the printed URLs,
+  and a taken gRPC port on ``::`` is "in use", named as ``[::]:port``;
+* port 0 ("pick a free one") prints the ports actually bound, for ``serve``
+  (HTTP and gRPC) and ``edge``, and they answer.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -225,3 +240,197 @@ def test_gateway_honours_tls_and_token_from_the_environment(
         assert httpx.get(f"{url}/v2", verify=trust, headers=headers).status_code == 200
     finally:
         process.stop()
+
+
+# -- alternatives resolve by source on the real server ---------------------------------
+
+
+def status_with(url: str, token: str) -> int:
+    return httpx.get(f"{url}/v2", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+@pytest.mark.parametrize("old_from", ["file", "env"])
+def test_token_file_flag_replaces_a_lower_token(
+    repo: ModelRepository, tmp_path: Path, old_from: str
+) -> None:
+    """`token: old-secret` in --config (or EDGECLOUD_SERVER_TOKEN) and --token-file
+    new.txt: the new token works, the old one is refused (it was the other way)."""
+    config = tmp_path / "server.yaml"
+    config.write_text("token: old-secret\n" if old_from == "file" else "{}\n")
+    (tmp_path / "new.txt").write_text("new-secret\n")
+    env = {**os.environ}
+    if old_from == "env":
+        env["EDGECLOUD_SERVER_TOKEN"] = "old-secret"
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo.root),
+        "--http-port", str(port), "--grpc-port", "-1", "--config", str(config),
+        "--token-file", str(tmp_path / "new.txt"),
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    process = launch(argv, url, env=env, log=tmp_path / "token.log")
+    try:
+        assert (status_with(url, "new-secret"), status_with(url, "old-secret")) == (200, 401)
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("command", ["serve", "edge"])
+def test_an_unknown_environment_variable_stops_the_command(
+    repo: ModelRepository, tmp_path: Path, command: str
+) -> None:
+    deployment = tmp_path / "d.yaml"
+    deployment.write_text(f"repository: {repo.root}\nroot: local\n")
+    args = ["--repo", repo.root] if command == "serve" else ["-d", deployment]
+    result = edgecloud(command, *args, env={"EDGECLOUD_SERVER_HTTP_PROT": "9000"})
+    assert_one_line_error(result, "EDGECLOUD_SERVER_HTTP_PROT", "EDGECLOUD_SERVER_HTTP_PORT")
+
+
+# -- the printed addresses: IPv6 bracketed, port 0 resolved ---------------------------
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+def start_announced(argv: list[str | Path], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start an edgecloud command; its process and the line announcing where it serves."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgecloud.cli", *map(str, argv)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        found = re.search(r"^edgecloud .* on \S+.*$", text, re.MULTILINE)
+        if found:
+            return process, found.group(0)
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}: {text}")
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"no announcement within 60 s: {log.read_text(errors='replace')}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=15)
+
+
+def grpc_live(target: str) -> bool:
+    from edgecloud.proto import inference_pb2 as pb
+    from edgecloud.proto import inference_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("127.0.0.1"),
+        pytest.param("::1", marks=needs_ipv6),
+        pytest.param("::", marks=needs_ipv6),
+    ],
+    ids=["ipv4", "ipv6-loopback", "ipv6-any"],
+)
+def test_serve_announces_the_ports_it_bound(
+    repo: ModelRepository, tmp_path: Path, host: str
+) -> None:
+    """--http-port 0 --grpc-port 0: the printed URL and gRPC target are the bound
+    ones (IPv6 bracketed), and both answer."""
+    argv: list[str | Path] = ["serve", "--repo", repo.root, "--host", host,
+                              "--http-port", "0", "--grpc-port", "0"]  # fmt: skip
+    process, line = start_announced(argv, tmp_path / "serve.log")
+    try:
+        shown = f"[{host}]" if ":" in host else host
+        found = re.search(
+            rf"on (http://{re.escape(shown)}:(\d+)) and grpc ({re.escape(shown)}:(\d+))$", line
+        )
+        assert found, line
+        url, http_port, target, grpc_port = found.groups()
+        assert 0 not in (int(http_port), int(grpc_port)) and http_port != grpc_port, line
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
+        assert grpc_live(target)
+    finally:
+        stop(process)
+
+
+def test_edge_announces_the_port_it_bound(repo: ModelRepository, tmp_path: Path) -> None:
+    deployment = tmp_path / "d.yaml"
+    deployment.write_text(f"repository: {repo.root}\nroot: local\n")
+    process, line = start_announced(["edge", "-d", deployment, "--port", "0"], tmp_path / "e.log")
+    try:
+        found = re.search(r"on (http://127\.0\.0\.1:(\d+))$", line)
+        assert found and found.group(2) != "0", line
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{found.group(1)}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(f"{found.group(1)}/v2/health/live").json() == {"live": True}
+    finally:
+        stop(process)
+
+
+@needs_ipv6
+@pytest.mark.parametrize("holder", ["plain", "grpc"])
+def test_a_taken_grpc_port_on_ipv6_any_is_in_use(repo: ModelRepository, holder: str) -> None:
+    """--host :: with the gRPC port held (by a plain listener, or a gRPC server
+    allowing SO_REUSEPORT): one line, "in use", the address bracketed."""
+    if holder == "plain":
+        squatter: Any = socket.create_server(("::", 0), family=socket.AF_INET6)
+        port = squatter.getsockname()[1]
+    else:
+        squatter = grpc.server(ThreadPoolExecutor(1))
+        port = squatter.add_insecure_port("[::]:0")
+        squatter.start()
+    try:
+        result = edgecloud(
+            "serve", "--repo", repo.root, "--host", "::",
+            "--http-port", free_port(), "--grpc-port", port,
+        )  # fmt: skip
+    finally:
+        squatter.close() if holder == "plain" else squatter.stop(None)
+    assert_one_line_error(result, f"[::]:{port}", "in use", "--grpc-port")
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("::1", "[::1]:8001"),
+        ("::", "[::]:8001"),
+        ("[::1]", "[::1]:8001"),
+        ("fe80::1%lo", "[fe80::1%lo]:8001"),
+        ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]:8001"),
+        ("127.0.0.1", "127.0.0.1:8001"),
+        ("0.0.0.0", "0.0.0.0:8001"),
+        ("localhost", "localhost:8001"),
+    ],
+)
+def test_addresses_are_written_as_urls_and_grpc_take_them(host: str, shown: str) -> None:
+    from edgecloud.server.launch import address
+
+    assert address(host, 8001) == shown

@@ -8,6 +8,18 @@ not-found case and as the ``{"error": $string}`` object on failure; the
 content type must match the body. Walked on the server and on the edge
 gateway (the same front end over a deployment), parsed with a JSON parser;
 Triton's clients (HTTP and gRPC) must keep working on top.
+
+Members of the kind "health, readiness and metadata agree with what is served":
+
+* one version parser (``version_number``) for infer, ready and metadata, on
+  REST and gRPC: ``latest`` is served everywhere; a malformed version or an
+  unserved number is 404 (NOT_FOUND) for infer and metadata and not ready
+  (503 with the ready body; gRPC ``ready: false``) for ready;
+* gRPC ModelMetadata for an unknown version has REST's class (NOT_FOUND, 404);
+* the gateway's readiness is the server's computation: a model whose config
+  does not match its graph, or a version not served, is not ready on both;
+* a known path with another method is 405 with ``Allow`` (HEAD included),
+  on every path of the router, on the server and the gateway.
 """
 
 from __future__ import annotations
@@ -24,13 +36,21 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from edgecloud import ModelRepository
+from edgecloud.proto import inference_pb2 as pb
+from edgecloud.proto import inference_pb2_grpc as pb_grpc
 from edgecloud.server.host import ModelHost
 from edgecloud.server.http import HttpApp
 from edgecloud.server.launch import ServerProcess
 from edgecloud.server.settings import ServerSettings
 
-from ..server.conftest import Server
-from ._server_helpers import adversarial_gateway, adversarial_repo, adversarial_server
+from ..models import affine_config, affine_onnx, make_repo
+from ..server.conftest import Server, start_server
+from ._server_helpers import (
+    adversarial_gateway,
+    adversarial_repo,
+    adversarial_server,
+    start_gateway,
+)
 
 __all__ = ["adversarial_gateway", "adversarial_repo", "adversarial_server"]
 
@@ -217,3 +237,204 @@ def test_triton_grpc_client_keeps_working(adversarial_server: Server) -> None:
     assert client.is_model_ready("affine") and not client.is_model_ready("affine", "77")
     assert client.get_server_metadata().name == "edgecloud"
     assert client.get_model_metadata("affine").inputs[0].shape == [-1, 4]
+
+
+# -- one version parser: infer, ready, metadata; REST and gRPC ------------------------
+
+#: (version in the path, REST status of infer, of ready, of metadata). ``affine``
+#: serves version 2 only (versions 1 and 2 on disk, policy: the newest).
+MALFORMED = ["+2", "v2", "%202", "2%20", "%D9%A2", "-1", "1" * 5000, "99999999999999999999"]
+VERSIONS = [
+    ("2", 200, 200, 200),
+    ("latest", 200, 200, 200),
+    ("1", 404, 503, 404),
+    ("77", 404, 503, 404),
+    *[(bad, 404, 503, 404) for bad in MALFORMED],
+]
+
+
+@pytest.mark.parametrize(
+    ("version", "infer", "ready", "metadata"), VERSIONS, ids=[v[0][:12] for v in VERSIONS]
+)
+def test_every_endpoint_reads_a_version_the_same_way(
+    adversarial_server: Server, version: str, infer: int, ready: int, metadata: int
+) -> None:
+    base = f"/v2/models/affine/versions/{version}"
+    got = {
+        "infer": answer(adversarial_server.url, "POST", base + "/infer", GOOD_INFER),
+        "ready": answer(adversarial_server.url, "GET", base + "/ready", None),
+        "metadata": answer(adversarial_server.url, "GET", base, None),
+    }
+    assert {k: v[0] for k, v in got.items()} == {
+        "infer": infer, "ready": ready, "metadata": metadata,
+    }, got  # fmt: skip
+    if infer == 200:
+        assert got["infer"][1]["model_version"] == "2"
+        assert got["metadata"][1]["versions"] == ["2"]
+        assert got["ready"][1] == {"name": "affine", "ready": True}
+    for status, body in got.values():
+        if status == 404:
+            ERROR(body)
+            if version in MALFORMED:
+                assert "versions are numbers or 'latest'" in body["error"], body
+
+
+GRPC_VERSIONS = [("2", True), ("latest", True), ("1", False), ("77", False), ("+2", False),
+                 ("v2", False), ("\u0662", False), ("1" * 5000, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "served"), GRPC_VERSIONS, ids=[v[0][:12] for v in GRPC_VERSIONS]
+)
+def test_grpc_reads_a_version_as_rest_does(
+    adversarial_server: Server, version: str, served: bool
+) -> None:
+    """Ready, metadata and infer over gRPC: served versions answer, the rest is
+    NOT_FOUND (REST's 404; metadata used to answer INVALID_ARGUMENT)."""
+    import grpc
+
+    with grpc.insecure_channel(adversarial_server.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        ready = stub.ModelReady(pb.ModelReadyRequest(name="affine", version=version), timeout=10)
+        assert ready.ready is served
+        request = pb.ModelInferRequest(model_name="affine", model_version=version)
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        tensor.contents.fp32_contents.extend([0.5] * 4)
+        calls = [
+            lambda: stub.ModelMetadata(
+                pb.ModelMetadataRequest(name="affine", version=version), timeout=10
+            ),
+            lambda: stub.ModelInfer(request, timeout=10),
+        ]
+        for call in calls:
+            if served:
+                call()
+                continue
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        if served:
+            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="affine", version=version))
+            assert list(meta.versions) == ["2"]
+
+
+# -- 405 with Allow on every path of the router ---------------------------------------
+
+#: Every path the router serves, with the one method it takes.
+ROUTES = [
+    ("/v2/health/live", "GET"),
+    ("/v2/health/ready", "GET"),
+    ("/v2", "GET"),
+    ("/v2/models/affine", "GET"),
+    ("/v2/models/affine/versions/2", "GET"),
+    ("/v2/models/affine/ready", "GET"),
+    ("/v2/models/affine/versions/2/ready", "GET"),
+    ("/v2/models/affine/config", "GET"),
+    ("/v2/models/affine/infer", "POST"),
+    ("/v2/models/affine/versions/2/infer", "POST"),
+    ("/metrics", "GET"),
+    ("/openapi.json", "GET"),
+    ("/v2/openapi.json", "GET"),
+]
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+def wrong_methods(url: str) -> list[tuple[str, str, int, str, bytes]]:
+    out = []
+    for path, allowed in ROUTES:
+        for method in METHODS:
+            if method != allowed:
+                reply = httpx.request(method, url + path, timeout=10)
+                allow = reply.headers.get("allow", "")
+                out.append((path, method, reply.status_code, allow, reply.content))
+    return out
+
+
+def check_405s(got: list[tuple[str, str, int, str, bytes]]) -> None:
+    allowed = dict(ROUTES)
+    for path, method, status, allow, body in got:
+        assert (status, allow) == (405, allowed[path]), (path, method, status, allow, body)
+        if method != "HEAD":  # a HEAD answer has no body
+            ERROR(json.loads(body))
+            assert method in json.loads(body)["error"]
+
+
+def test_server_answers_405_with_allow_on_every_path(adversarial_server: Server) -> None:
+    check_405s(wrong_methods(adversarial_server.url))
+
+
+def test_gateway_answers_405_with_allow_on_every_path(adversarial_gateway: ServerProcess) -> None:
+    check_405s(wrong_methods(adversarial_gateway.url))
+
+
+def test_unknown_paths_stay_404(adversarial_server: Server) -> None:
+    for path in ("/v2/health/other", "/v2/models/affine/explain", "/v2/models/affine/ready/x",
+                 "/v2/models/affine/versions", "/v3"):  # fmt: skip
+        for method in ("GET", "POST"):
+            status, body = answer(adversarial_server.url, method, path, None)
+            assert status == 404, (method, path, body)
+            ERROR(body)
+
+
+# -- the gateway's readiness is the server's -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mismatch_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server and a gateway in front of it, on a repository where ``mismatch``'s
+    config does not match its graph (it declares input ``features``; the graph takes ``x``)."""
+    tmp = tmp_path_factory.mktemp("mismatch")
+    repo = make_repo(tmp)
+    config = affine_config("mismatch")
+    config.inputs[0] = config.inputs[0].model_copy(update={"name": "features"})
+    repo.add_version("mismatch", affine_onnx(tmp / "mismatch.onnx"), config=config)
+    server = start_server(repo, tmp)
+    try:
+        gateway = start_gateway(repo, server.url, tmp)
+    except BaseException:
+        server.stop()
+        raise
+    yield server, gateway
+    gateway.stop()
+    server.stop()
+
+
+READY_CASES = [
+    ("affine", "", 200),
+    ("affine", "/versions/2", 200),
+    ("affine", "/versions/latest", 200),
+    ("affine", "/versions/1", 503),
+    ("affine", "/versions/99", 503),
+    ("affine", "/versions/v2", 503),
+    ("two-input", "", 200),
+    ("mismatch", "", 503),
+    ("mismatch", "/versions/1", 503),
+    ("mismatch", "/versions/latest", 503),
+    ("ghost", "", 404),
+]
+
+
+@pytest.mark.parametrize(("model", "version", "status"), READY_CASES)
+def test_gateway_readiness_is_the_servers(
+    mismatch_pair: Any, model: str, version: str, status: int
+) -> None:
+    server, gateway = mismatch_pair
+    path = f"/v2/models/{model}{version}/ready"
+    on_server = answer(server.url, "GET", path, None)
+    on_gateway = answer(gateway.url, "GET", path, None)
+    assert on_server[0] == on_gateway[0] == status, (on_server, on_gateway)
+    if status == 404:  # the messages name the server or the gateway
+        ERROR(on_server[1])
+        ERROR(on_gateway[1])
+    else:
+        assert on_server[1] == on_gateway[1] == {"name": model, "ready": status == 200}
+
+
+def test_a_model_not_ready_is_not_served_either(mismatch_pair: Any) -> None:
+    """Ready and infer agree on the gateway: not ready, and infer does not answer 200."""
+    _, gateway = mismatch_pair
+    body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
+                        "data": [0.5] * 4}]}  # fmt: skip
+    status, parsed = answer(gateway.url, "POST", "/v2/models/mismatch/infer", body)
+    assert status == 503, parsed
+    assert answer(gateway.url, "GET", "/v2/models/mismatch/ready", None)[0] == 503

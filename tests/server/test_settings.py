@@ -55,8 +55,19 @@ FLAGS: dict[str, Callable[[Any], list[str]]] = {
     "device": lambda v: ["--device", v],
     "intra_op_threads": lambda v: ["--threads", str(v)],
 }
-#: Fields whose validation needs a partner, given from the lowest source (the file).
+#: Fields whose validation needs a partner, given from the same source (a pair
+#: resolves by the source that gives it: see test_groups_resolve_by_source).
 PARTNERS = {"tls_cert": {"tls_key": "/partner/key.pem"}, "tls_key": {"tls_cert": "/partner/c.pem"}}
+
+
+def partner_env(name: str, level: int) -> dict[str, str]:
+    return {ENV_PREFIX + k.upper(): f"{v}.{level}" for k, v in PARTNERS.get(name, {}).items()}
+
+
+def partner_flags(name: str, level: int) -> list[str]:
+    return [a for k, v in PARTNERS.get(name, {}).items() for a in FLAGS[k](f"{v}.{level}")]
+
+
 FIELDS = sorted(ServerSettings.model_fields)
 
 
@@ -109,7 +120,7 @@ def test_every_field_from_the_settings_file(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", FIELDS)
 def test_every_field_from_the_environment_over_the_file(name: str, tmp_path: Path) -> None:
     file_value, env_value = sample(name, 1), sample(name, 2)
-    env = {ENV_PREFIX + name.upper(): env_text(env_value)}
+    env = {ENV_PREFIX + name.upper(): env_text(env_value), **partner_env(name, 2)}
     got = resolved([], env, {name: file_value, **PARTNERS.get(name, {})}, tmp_path)
     assert got[name] == shown(name, env_value)
 
@@ -117,9 +128,10 @@ def test_every_field_from_the_environment_over_the_file(name: str, tmp_path: Pat
 @pytest.mark.parametrize("name", sorted(FLAGS))
 def test_every_flag_over_the_environment_and_the_file(name: str, tmp_path: Path) -> None:
     file_value, env_value, flag_value = (sample(name, level) for level in (1, 2, 3))
-    env = {ENV_PREFIX + name.upper(): env_text(env_value)}
+    env = {ENV_PREFIX + name.upper(): env_text(env_value), **partner_env(name, 2)}
     file = {name: file_value, **PARTNERS.get(name, {})}
-    assert resolved(FLAGS[name](flag_value), env, file, tmp_path)[name] == flag_value
+    args = FLAGS[name](flag_value) + partner_flags(name, 3)
+    assert resolved(args, env, file, tmp_path)[name] == flag_value
     # A flag left out hides nothing: the environment's value stands.
     assert resolved([], env, file, tmp_path)[name] == env_value
 
@@ -165,3 +177,122 @@ def test_bad_values_name_their_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="both 9000"):
         ServerSettings.resolve(cli={"http_port": 9000, "grpc_port": 9000}, environ={})
     assert ServerSettings.resolve(environ={"EDGECLOUD_SERVER_GRPC_PORT": "-1"}).grpc_port is None
+
+
+# -- groups: alternatives and pairs resolve by the precedence of their source ----------
+
+LEVELS = ["file", "env", "cli"]
+
+
+def sources(tmp: Path, given: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``resolve`` arguments giving ``given[level]`` from each level."""
+    config = tmp / "server.yaml"
+    config.write_text(yaml.safe_dump(given.get("file", {})))
+    env = {ENV_PREFIX + k.upper(): str(v) for k, v in given.get("env", {}).items()}
+    return {"file": config, "environ": env, "cli": given.get("cli", {})}
+
+
+#: (higher, lower) source pairs.
+RANKED = [(h, lo) for i, h in enumerate(LEVELS) for lo in LEVELS[:i]]
+
+
+@pytest.mark.parametrize(("high", "low"), RANKED)
+@pytest.mark.parametrize("high_gives", ["token", "token_file"])
+def test_token_alternatives_resolve_by_source(
+    high: str, low: str, high_gives: str, tmp_path: Path
+) -> None:
+    """The highest source giving either alternative wins; the lower one's is ignored."""
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text("old-secret\n")
+    new.write_text("new-secret\n")
+    low_gives = "token_file" if high_gives == "token" else "token"
+    value = {"token": "new-secret", "token_file": str(new)}[high_gives]
+    low_value = {"token": "old-secret", "token_file": str(old)}[low_gives]
+    given = {high: {high_gives: value}, low: {low_gives: low_value}}
+    settings = ServerSettings.resolve(**sources(tmp_path, given))
+    assert settings.bearer_token() == "new-secret"
+    assert getattr(settings, low_gives) is None
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_two_alternatives_from_one_source_are_refused(level: str, tmp_path: Path) -> None:
+    given = {level: {"token": "a", "token_file": str(tmp_path / "t")}}
+    with pytest.raises(ConfigError, match="token .*and token_file .*two ways") as caught:
+        ServerSettings.resolve(**sources(tmp_path, given))
+    where = {"file": "settings file", "env": "EDGECLOUD_SERVER_TOKEN_FILE", "cli": "command line"}
+    assert where[level] in str(caught.value)
+    with pytest.raises(ValueError, match="two ways"):
+        ServerSettings(token="a", token_file=tmp_path / "t")
+
+
+@pytest.mark.parametrize(("high", "low"), RANKED)
+def test_tls_pair_comes_from_one_source(high: str, low: str, tmp_path: Path) -> None:
+    pair = {"tls_cert": "/high/cert.pem", "tls_key": "/high/key.pem"}
+    lower = {"tls_cert": "/low/cert.pem", "tls_key": "/low/key.pem"}
+    settings = ServerSettings.resolve(**sources(tmp_path, {high: pair, low: lower}))
+    assert (str(settings.tls_cert), str(settings.tls_key)) == ("/high/cert.pem", "/high/key.pem")
+    for half in ("tls_cert", "tls_key"):  # half a pair above the other half: refused
+        other = "tls_key" if half == "tls_cert" else "tls_cert"
+        given = {high: {half: pair[half]}, low: {other: lower[other]}}
+        with pytest.raises(ConfigError, match=f"{half} comes from .* but {other} only from"):
+            ServerSettings.resolve(**sources(tmp_path, given))
+
+
+def test_the_reported_token_case_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`token: old-secret` in --config, `EDGECLOUD_SERVER_TOKEN` too, --token-file
+    new.txt on the command line: the flag's token file, nothing else."""
+    monkeypatch.chdir(tmp_path)
+    Path("new.txt").write_text("new-secret\n")
+    env = {"EDGECLOUD_SERVER_TOKEN": "env-secret"}
+    got = resolved(["--token-file", "new.txt"], env, {"token": "old-secret"}, tmp_path)
+    assert got["token"] is None and got["token_file"] == "new.txt"
+    got = resolved([], env, {"token_file": "new.txt"}, tmp_path)
+    assert got["token"] == "***" and got["token_file"] is None
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"file": {"grpc_port": 9001}, "env": {"grpc_port": -1}}, None),
+        ({"file": {"grpc_port": 9001}, "env": {"grpc_port": "off"}}, None),
+        ({"file": {"grpc_port": None}}, None),
+        ({"env": {"grpc_port": 9005}, "cli": {"grpc_port": -1}}, None),
+        ({"env": {"grpc_port": -1}, "cli": {"grpc_port": 9007}}, 9007),
+        ({"file": {"grpc_port": -1}, "env": {"grpc_port": 9008}}, 9008),
+    ],
+)
+def test_grpc_off_is_a_value_of_its_source(
+    given: dict[str, dict[str, Any]], expected: int | None, tmp_path: Path
+) -> None:
+    assert ServerSettings.resolve(**sources(tmp_path, given)).grpc_port == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [
+        ("EDGECLOUD_SERVER_HTTP_PROT", "EDGECLOUD_SERVER_HTTP_PORT"),
+        ("EDGECLOUD_SERVER_TOKENFILE", "EDGECLOUD_SERVER_TOKEN_FILE"),
+        ("EDGECLOUD_SERVER_", None),
+        ("EDGECLOUD_SERVER_http_port", "EDGECLOUD_SERVER_HTTP_PORT"),
+        ("EDGECLOUD_SERVER_COMPLETELY_UNRELATED", None),
+    ],
+)
+def test_unknown_environment_variables_are_refused(variable: str, hint: str | None) -> None:
+    """A typo in a variable is an error, as an unknown key in the settings file is."""
+    with pytest.raises(ConfigError, match=f"environment variable {variable} names no") as caught:
+        ServerSettings.resolve(environ={variable: "9000"})
+    if hint:
+        assert f"did you mean {hint}?" in str(caught.value)
+    for command in (["serve", "--print-config"], ["edge", "-d", "x.yaml", "--print-config"]):
+        result = CliRunner().invoke(cli.app, command, env={variable: "9000"})
+        assert isinstance(result.exception, ConfigError), result.output
+        assert variable in str(result.exception)
+
+
+def test_a_yaml_null_gives_no_alternative(tmp_path: Path) -> None:
+    """`token: null` beside `token_file` in one file is one alternative, not two."""
+    (tmp_path / "t.txt").write_text("from-file\n")
+    given = {"file": {"token": None, "token_file": str(tmp_path / "t.txt")}}
+    assert ServerSettings.resolve(**sources(tmp_path, given)).bearer_token() == "from-file"

@@ -206,33 +206,22 @@ class LocalBackend(Backend):
     def load(self, model: str, version: int | str | None = None) -> LoadedModel:
         """Load (or return the cached) session for a model version.
 
-        ``version``: None, ``"latest"`` or ``""`` for the newest served one, else
-        a number (an int or its plain ASCII digits: ``"+2"`` or ``" 2"`` name no
-        version). ModelNotFoundError for a version that is not served.
+        ``version``: as :func:`version_number` reads it (None, ``"latest"`` or
+        ``""`` for the newest served one, else a number: ``"+2"`` or ``" 2"`` name
+        no version). ModelNotFoundError for a version that is not served.
         """
-        if version is None or version == "latest" or version == "":
-            version = None
-            cached = self._latest.get(model)
-        else:
-            parsed = version if isinstance(version, int) else version_number(version)
-            if parsed is None:
-                text = str(version)
-                shown = text if len(text) <= 40 else text[:40] + "…"
-                raise ModelNotFoundError(
-                    f"model {model!r} has no version {shown!r}; versions are numbers or 'latest'"
-                )
-            version = parsed
-            cached = self._models.get((model, parsed))
+        number = version_number(version, model)
+        cached = self._latest.get(model) if number is None else self._models.get((model, number))
         if cached is not None:
             return cached
-        entry = self.repository.get(model, version, verify=False)
+        entry = self.repository.get(model, number, verify=False)
         key = (entry.name, entry.version)
         with self._lock:
             loaded = self._models.get(key)
             if loaded is None:
                 loaded = self._models[key] = self._open(entry)
                 self._forget_unserved(entry.name)
-            if version is None:
+            if number is None:
                 self._latest[model] = loaded
         return loaded
 
@@ -440,16 +429,30 @@ def _warm_up(loaded: LoadedModel) -> None:
         log.debug("warm-up of %s skipped: %s", loaded.label, exc)
 
 
-def version_number(text: str) -> int | None:
-    """The version a path or request names, or None when it names none.
+def version_number(version: int | str | None, model: str = "") -> int | None:
+    """The version a path or request names: None for the newest served one, else its number.
 
-    ASCII digits only, at most 18 of them (a version is an int64 in Triton's
-    model config); anything else — a 5,000-digit string Python refuses to
-    convert, a non-ASCII digit, a sign — names no version.
+    The one version parser of every front end (infer, ready and metadata, over
+    REST, gRPC and LocalBackend): None, ``""`` and ``"latest"`` name the newest
+    served version; a number is a non-negative int, or ASCII digits only, at
+    most 18 of them (a version is an int64 in Triton's model config).
+
+    Raises:
+        ModelNotFoundError: anything else — a sign (``"+2"``), a space, a
+            non-ASCII digit, a 5,000-digit string Python refuses to convert —
+            names no version of ``model`` (404, as an unserved number is).
     """
-    if 0 < len(text) <= 18 and text.isascii() and text.isdigit():
-        return int(text)
-    return None
+    if version is None or version == "" or version == "latest":
+        return None
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+        return version
+    if isinstance(version, str) and len(version) <= 18 and version.isascii() and version.isdigit():
+        return int(version)
+    text = str(version)
+    shown = text if len(text) <= 40 else text[:40] + "…"
+    raise ModelNotFoundError(
+        f"model {model!r} has no version {shown!r}; versions are numbers or 'latest'"
+    )
 
 
 def batched_outputs(session: ort.InferenceSession) -> frozenset[str]:

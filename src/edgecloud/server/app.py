@@ -13,6 +13,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .._optional import require
@@ -20,24 +21,51 @@ from ..errors import ConfigError
 from ..repository import ModelRepository
 from .host import ModelHost, ModelState
 from .http import HttpApp
+from .launch import address
 from .settings import ServerSettings
 
-__all__ = ["check_ready", "listen", "serve"]
+__all__ = ["Listening", "address", "bound_port", "check_ready", "listen", "serve"]
 
 log = logging.getLogger("edgecloud.server")
+
+
+def bound_port(sock: socket.socket) -> int:
+    """The port a bound socket holds (what port 0 turned into)."""
+    return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where a started server answers: the ports actually bound (port 0 resolved)."""
+
+    host: str
+    http_port: int
+    grpc_port: int | None = None
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        """The HTTP base URL, e.g. ``http://[::1]:8000``."""
+        return f"{'https' if self.tls else 'http'}://{address(self.host, self.http_port)}"
+
+    @property
+    def grpc(self) -> str | None:
+        """The gRPC target (``[::1]:8001``), or None when gRPC is off."""
+        return None if self.grpc_port is None else address(self.host, self.grpc_port)
 
 
 def serve(
     repository: ModelRepository,
     settings: ServerSettings,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[Listening], None] | None = None,
 ) -> None:
     """Serve every model in ``repository`` until SIGINT/SIGTERM.
 
     The ports are bound first (ConfigError naming the port when one cannot
     be had), then every model is loaded (files checked by sha256); start-up
     fails with ConfigError if nothing can be served (:func:`check_ready`),
-    and ``on_ready`` is called once something can.
+    and ``on_ready`` is called once something can and both listeners are
+    bound, with the ports they hold (port 0 resolved to the one bound).
     """
     uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
     token = settings.bearer_token()
@@ -51,8 +79,6 @@ def serve(
     except BaseException:
         http_socket.close()
         raise
-    if on_ready is not None:
-        on_ready()
     app = HttpApp(host, token=token)
     config = uvicorn.Config(
         app,
@@ -71,7 +97,7 @@ def serve(
     )
     server = uvicorn.Server(config)
     try:
-        asyncio.run(_run(server, http_socket, host, app, settings, token))
+        asyncio.run(_run(server, http_socket, host, app, settings, token, on_ready))
     finally:
         http_socket.close()
 
@@ -108,18 +134,19 @@ def listen(host: str, port: int, what: str, flag: str) -> socket.socket:
     ConfigError naming the address, the reason and ``flag`` when it fails.
     """
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise ConfigError(
-            f"cannot listen for {what} on {host}:{port}: no such address ({exc.strerror}); "
+            f"cannot listen for {what} on {address(host, port)}: no such address "
+            f"({exc.strerror}); "
             "give an address of this machine with --host"
         ) from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind(sockaddr)
         sock.listen(2048)
     except OSError as exc:
         sock.close()
@@ -129,7 +156,7 @@ def listen(host: str, port: int, what: str, flag: str) -> socket.socket:
 
 
 def _bind_failure(what: str, host: str, port: int, flag: str, exc: OSError) -> str:
-    where = f"cannot listen for {what} on {host}:{port}"
+    where = f"cannot listen for {what} on {address(host, port)}"
     if exc.errno == errno.EADDRINUSE:
         return f"{where}: the port is in use by another process; stop it or choose another {flag}"
     if exc.errno == errno.EACCES:
@@ -143,14 +170,19 @@ def _bind_failure(what: str, host: str, port: int, flag: str, exc: OSError) -> s
 
 async def _run(
     server: Any, http_socket: socket.socket, host: ModelHost, app: HttpApp,
-    settings: ServerSettings, token: str | None,
+    settings: ServerSettings, token: str | None, on_ready: Callable[[Listening], None] | None,
 ) -> None:  # fmt: skip
-    grpc_server = None
+    grpc_server, grpc_port = None, None
     try:
         if settings.grpc_port is not None:
             from .grpc import start_grpc
 
-            grpc_server = await start_grpc(host, settings, token, ready=lambda: app.ready)
+            grpc_server, grpc_port = await start_grpc(
+                host, settings, token, ready=lambda: app.ready
+            )
+        if on_ready is not None:
+            tls = settings.tls_cert is not None
+            on_ready(Listening(settings.host, bound_port(http_socket), grpc_port, tls))
         await server.serve(sockets=[http_socket])
     finally:
         if grpc_server is not None:

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._optional import require
-from ..backends.local import version_number
-from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
+from ..errors import AuthenticationError, ConfigError, EdgecloudError
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import carried_key, decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
+from .launch import address
 from .metrics import model_label
 from .settings import ServerSettings
 
@@ -93,6 +93,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
+        """Ready as REST computes it (:meth:`ModelState.serves`); an unknown model
+        is not ready (REST: 404; Triton's gRPC client reads a flag, not an error)."""
         await self._guard(context)
         return pb.ModelReadyResponse(ready=self.host.ready(request.name, request.version or None))
 
@@ -104,15 +106,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)
-        try:
+        try:  # the REST answer's computation and error class (404 / NOT_FOUND)
             config = self.host.config(request.name)
-            versions = self.host.states[request.name].versions
-            if request.version:
-                if version_number(request.version) not in versions:
-                    raise InvalidRequestError(
-                        f"model {request.name!r} has no version {request.version!r}"
-                    )
-                versions = [int(request.version)]
+            versions = self.host.states[request.name].metadata_versions(request.version or None)
         except EdgecloudError as exc:
             await _abort(context, exc)
         meta = model_metadata(config, versions)
@@ -159,8 +155,9 @@ async def start_grpc(
     settings: ServerSettings,
     token: str | None,
     ready: Callable[[], bool] = lambda: True,
-) -> Any:
-    """Start the gRPC server on the running loop; returns it (``await server.stop()``).
+) -> tuple[Any, int]:
+    """Start the gRPC server on the running loop; returns it (``await server.stop()``)
+    and the port it bound (``grpc_port`` 0 picks a free one).
 
     ``ready`` answers ServerReady (the HTTP front end's readiness, so both agree).
 
@@ -175,21 +172,21 @@ async def start_grpc(
     server = grpc.aio.server(options=options)
     servicer = InferenceServicer(host, token, ready)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    address = f"{settings.host}:{settings.grpc_port}"
+    target = address(settings.host, settings.grpc_port or 0)  # [::1]:port for IPv6
     try:
         if settings.tls_cert and settings.tls_key:
             credentials = grpc.ssl_server_credentials(
                 [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
             )
-            bound = server.add_secure_port(address, credentials)
+            bound = server.add_secure_port(target, credentials)
         else:
-            bound = server.add_insecure_port(address)
+            bound = server.add_insecure_port(target)
     except RuntimeError:  # grpc's "Failed to bind to address"
         bound = 0
     if not bound:
         raise ConfigError(
-            f"cannot listen for gRPC on {address}: the port is in use or the address is not "
+            f"cannot listen for gRPC on {target}: the port is in use or the address is not "
             "this machine's; choose another --grpc-port (or -1 to turn gRPC off)"
         )
     await server.start()
-    return server
+    return server, int(bound)

@@ -28,17 +28,74 @@ from .idempotency import (
 from .metrics import ServerMetrics
 from .settings import ServerSettings
 
-__all__ = ["ModelHost", "ModelState", "open_idempotency"]
+__all__ = ["ModelHost", "ModelState", "model_states", "open_idempotency"]
 
 
 @dataclass(slots=True)
 class ModelState:
-    """Whether a model is ready, and if not, why."""
+    """Whether a model is ready, and if not, why; ``versions``: those served, ascending."""
 
     name: str
     versions: list[int]
     ready: bool
     error: str | None = None
+
+    def serves(self, version: str | None) -> bool:
+        """Whether ``version`` (as :func:`version_number` reads it; None or
+        ``latest``: the newest) is ready: the model is, and serves that version.
+
+        A version that names none (``"+2"``, ``"v1"``) is not served, so not
+        ready: the ready endpoints answer their not-ready body (REST 503
+        ``{"name": m, "ready": false}``, gRPC ``ready: false``) for it, where
+        infer and metadata answer 404 with the parser's message.
+        """
+        try:
+            number = version_number(version, self.name)
+        except ModelNotFoundError:
+            return False
+        return self.ready and (number is None or number in self.versions)
+
+    def metadata_versions(self, version: str | None) -> list[int]:
+        """The versions model metadata lists: all served ones without a version,
+        the newest for ``latest``, else the one named.
+
+        Raises:
+            ModelNotFoundError: ``version`` names no version, or one not served.
+        """
+        if version is None:
+            return list(self.versions)
+        number = version_number(version, self.name)
+        if number is None:
+            return self.versions[-1:]
+        if number not in self.versions:
+            raise ModelNotFoundError(
+                f"model {self.name!r} has no version {number} (served: {self.versions})"
+            )
+        return [number]
+
+
+def model_states(repository: ModelRepository, local: LocalBackend) -> dict[str, ModelState]:
+    """Every model of ``repository`` and whether it can serve: the one readiness
+    computation of the server and the edge gateway.
+
+    A model is ready when its config reads, its files match their sha256
+    (``repository.status()``) and ``local`` loads every served version and the
+    newest — onnxruntime opens the graph and it matches the declared inputs
+    and outputs. A model that fails is recorded with why, not raised.
+    """
+    states = {}
+    for status in repository.status():
+        state = ModelState(status.name, status.served, ready=False, error=status.error)
+        if status.error is None:
+            try:
+                for version in status.served:
+                    local.load(status.name, version)
+                local.load(status.name)
+                state.ready = True
+            except EdgecloudError as exc:
+                state.error = exc.message
+        states[status.name] = state
+    return states
 
 
 class ModelHost:
@@ -67,19 +124,9 @@ class ModelHost:
     # -- lifecycle -------------------------------------------------------------
 
     def load_all(self) -> list[ModelState]:
-        """Load every served version; a model that fails is recorded, not fatal."""
-        self.states = {}
-        for status in self.repository.status():
-            state = ModelState(status.name, status.served, ready=False, error=status.error)
-            if status.error is None:
-                try:
-                    for version in status.served:
-                        self.local.load(status.name, version)
-                    self.local.load(status.name)
-                    state.ready = True
-                except EdgecloudError as exc:
-                    state.error = exc.message
-            self.states[status.name] = state
+        """Load every served version; a model that fails is recorded, not fatal
+        (:func:`model_states`)."""
+        self.states = model_states(self.repository, self.local)
         return list(self.states.values())
 
     async def close(self) -> None:
@@ -102,10 +149,10 @@ class ModelHost:
         return self.repository.config(model)
 
     def ready(self, model: str, version: str | None = None) -> bool:
+        """Whether ``model`` (at ``version``) can serve: :meth:`ModelState.serves`;
+        False for a model not here."""
         state = self.states.get(model)
-        if state is None or not state.ready:
-            return False
-        return version is None or version_number(version) in state.versions
+        return state is not None and state.serves(version)
 
     # -- inference -------------------------------------------------------------
 

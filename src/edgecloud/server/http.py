@@ -17,12 +17,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from .. import __version__
-from ..backends.local import version_number
 from ..errors import (
     AuthenticationError,
     EdgecloudError,
     InvalidRequestError,
-    ModelNotFoundError,
     PayloadTooLargeError,
 )
 from ..repository import ModelConfig
@@ -199,35 +197,51 @@ class HttpApp:
     # -- routing ---------------------------------------------------------------
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[Any]]:
+        """Route by path, then method: a path served here with another method is
+        405 with an ``Allow`` header (as Triton answers; HEAD included), an
+        unknown path 404. Health checks need no token; everything else does."""
         method: str = scope["method"]
         parts = scope["path"].strip("/").split("/")
-        if parts[:2] == ["v2", "health"] and len(parts) == 3 and method == "GET":
+        if parts[:2] == ["v2", "health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
+            _allow(method, "GET", scope)
             return self._health(parts[2])
         self._authorize(scope)
-        if parts == ["v2"] and method == "GET":
+        if parts == ["v2"]:
+            _allow(method, "GET", scope)
             return 200, self._server_metadata, JSON
         if parts[:2] == ["v2", "models"] and len(parts) >= 3:
             return await self._model_route(method, parts[2:], scope, receive)
-        if parts == ["metrics"] and method == "GET":
+        if parts == ["metrics"]:
+            _allow(method, "GET", scope)
             return 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
-        if parts in (["openapi.json"], ["v2", "openapi.json"]) and method == "GET":
+        if parts in (["openapi.json"], ["v2", "openapi.json"]):
+            _allow(method, "GET", scope)
             return 200, self._openapi, JSON
         raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
 
     def _health(self, which: str) -> tuple[int, bytes, list[Any]]:
-        """The OIP REST health bodies; the status code is the answer too (200 or 503).
+        """The OIP REST health bodies; the status code is the answer too.
 
-        Live: ``{"live": true}`` (``$live_server_response``). Ready:
-        ``{"ready": <bool>}`` — the specification's ``$ready_server_response``
-        repeats the live object's ``"live"`` key, a copy slip in a section that
-        answers readiness; KServe's own server and every client that parses
-        the body read ``"ready"``.
+        Live: 200 ``{"live": true}`` (``$live_server_response``). Ready: 200
+        ``{"ready": true}``, or 503 ``{"ready": false}`` before start-up ends and
+        while shutting down.
+
+        Deviations from kserve/open-inference-protocol
+        ``specification/protocol/inference_rest.md``, on purpose:
+
+        * its ``$ready_server_response`` repeats the live object's ``"live"``
+          key, a copy slip in a section that answers readiness; KServe's own
+          server and every client that parses the body read ``"ready"``;
+        * it defines no status for "not ready" (the older v2 text said "a 4xx
+          status code indicates false", with an empty body); we answer 503,
+          what KServe's server answers and its client reads as not ready,
+          which Kubernetes probes and Triton's clients (``status == 200``) also
+          read as not ready, with the specification's body, so a client that
+          parses the body reads ``false`` rather than failing on an empty one.
         """
         if which == "live":
             return 200, LIVE, JSON
-        if which == "ready":
-            return (200, READY, JSON) if self.ready else (503, NOT_READY, JSON)
-        raise _Reply(404, _error(f"no health check {which!r}; use live or ready"))
+        return (200, READY, JSON) if self.ready else (503, NOT_READY, JSON)
 
     async def _model_route(
         self, method: str, rest: list[str], scope: Scope, receive: Receive
@@ -237,33 +251,25 @@ class HttpApp:
         if rest[:1] == ["versions"] and len(rest) >= 2:
             version, rest = rest[1], rest[2:]
         action = rest[0] if rest else ""
-        if len(rest) > 1:
+        if len(rest) > 1 or action not in ("", "infer", "ready", "config"):
             raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
         if action == "infer":
-            if method != "POST":
-                raise _Reply(405, _error("infer takes POST"))
+            _allow(method, "POST", scope)
             return await self._infer(model, version, scope, receive)
-        if method != "GET":
-            raise _Reply(405, _error(f"{method} is not allowed here; use GET"))
+        _allow(method, "GET", scope)
         if action == "":
             return 200, dumps(self._metadata(model, version)), JSON
         if action == "ready":  # $ready_model_response: {"name": ..., "ready": ...}
             self.host.config(model)
             ready = self.host.ready(model, version)
             return (200 if ready else 503), dumps({"name": model, "ready": ready}), JSON
-        if action == "config":
-            return 200, dumps(triton_config(self.host.config(model))), JSON
-        raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+        return 200, dumps(triton_config(self.host.config(model))), JSON
 
     def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        """Model metadata; ModelNotFoundError (404) for an unknown model or a
+        version not served (:meth:`ModelState.metadata_versions`, also gRPC's)."""
         config = self.host.config(model)
-        state = self.host.states[model]
-        if version is not None and version_number(version) not in state.versions:
-            raise ModelNotFoundError(
-                f"model {model!r} has no version {version!r} (served: {state.versions})"
-            )
-        versions = state.versions if version is None else [int(version)]  # checked above
-        return model_metadata(config, versions)
+        return model_metadata(config, self.host.states[model].metadata_versions(version))
 
     async def _infer(
         self, model: str, version: str | None, scope: Scope, receive: Receive
@@ -357,6 +363,16 @@ class HttpApp:
 
 def _error(message: str) -> bytes:
     return dumps({"error": message})
+
+
+def _allow(method: str, allowed: str, scope: Scope) -> None:
+    """405 with ``Allow: <allowed>`` unless ``method`` is it (RFC 9110 section 15.5.6)."""
+    if method != allowed:
+        raise _Reply(
+            405,
+            _error(f"{method} is not allowed on {scope['path']}; use {allowed}"),
+            [*JSON, (b"allow", allowed.encode())],
+        )
 
 
 def _int_header(value: bytes) -> int:

@@ -7,6 +7,7 @@ the process's own log if it exits or times out first. Standard library only.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -24,7 +25,21 @@ from typing import Any
 
 from ..errors import UnavailableError
 
-__all__ = ["ServerProcess", "free_port", "launch", "serve_process"]
+__all__ = ["ServerProcess", "address", "free_port", "launch", "serve_process"]
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as URLs and grpc take it: an IPv6 address bracketed.
+
+    ``address("::1", 8001) == "[::1]:8001"`` (RFC 3986 section 3.2.2; grpc reads
+    an unbracketed ``:::8001`` as a misformatted name); names and IPv4 as given.
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        is_v6 = isinstance(ipaddress.ip_address(bare.split("%", 1)[0]), ipaddress.IPv6Address)
+    except ValueError:
+        is_v6 = False
+    return f"[{bare}]:{port}" if is_v6 else f"{host}:{port}"
 
 
 def free_port() -> int:
@@ -147,4 +162,5 @@ def serve_process(
         "--http-port", str(port), "--grpc-port", str(grpc_port if grpc_port is not None else -1),
         *extra,
     ]  # fmt: skip
-    return launch(argv, f"{scheme}://{host}:{port}", log=log, wrap=wrap, cafile=cafile)
+    url = f"{scheme}://{address(host, port)}"
+    return launch(argv, url, log=log, wrap=wrap, cafile=cafile)

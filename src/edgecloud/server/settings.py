@@ -7,13 +7,29 @@ Every field can come from four sources; the first that gives it wins:
 2. the environment variable ``EDGECLOUD_SERVER_<FIELD>`` (``EDGECLOUD_SERVER_HTTP_PORT``);
 3. the settings file given with ``--config`` (YAML, a mapping of field names);
 4. the default declared here.
+
+Settings that come together resolve by *source*, not field by field
+(:data:`GROUPS`): ``token`` / ``token_file`` are two ways of giving one token,
+``tls_cert`` / ``tls_key`` one TLS identity. The highest-precedence source that
+gives any member of a group gives the whole group; the members the lower
+sources give are ignored (a ``--token-file`` flag replaces a ``token`` in the
+file: the old token stops working). Two alternatives from one source
+(``token`` and ``token_file`` both in the file) are a ConfigError naming both,
+and so is half a pair (``--tls-cert`` on the command line, ``tls_key`` only in
+the file).
+
+A variable that starts with ``EDGECLOUD_SERVER_`` but names no setting (a
+typo like ``EDGECLOUD_SERVER_HTTP_PROT``) is a ConfigError, as an unknown key
+in the file is: the prefix is edgecloud's, so nothing else sets such variables.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +45,17 @@ from pydantic import (
 from .._config_files import read_mapping
 from ..errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "IDEMPOTENCY_WINDOW_S", "ServerSettings"]
+__all__ = ["ENV_PREFIX", "GROUPS", "IDEMPOTENCY_WINDOW_S", "ServerSettings"]
 
 ENV_PREFIX = "EDGECLOUD_SERVER_"
+
+#: Settings that resolve together, by the precedence of the source that gives
+#: them: (members, alternatives). Alternatives are ways of giving one value
+#: (at most one per source); otherwise the members are a pair given together.
+GROUPS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("token", "token_file"), True),
+    (("tls_cert", "tls_key"), False),
+)
 
 #: Default replay window of idempotency keys: 7 days, the default TTL of an
 #: outbox item (``Outbox(ttl_s=...)``, ``OutboxSpec.ttl_s``).
@@ -55,7 +79,8 @@ class ServerSettings(BaseModel):
     grpc_port: int | None = Field(default=8001, ge=0, le=65535)
     """gRPC port; None (or any negative number, as ``--grpc-port -1``) disables gRPC."""
     token: str | None = None
-    """Bearer token every request except health checks must carry."""
+    """Bearer token every request except health checks must carry (or ``token_file``:
+    the two resolve together, by the precedence of the source that gives one)."""
     token_file: Path | None = None
     """File holding the bearer token (first line), instead of ``token``."""
     tls_cert: Path | None = None
@@ -85,7 +110,8 @@ class ServerSettings(BaseModel):
     """SQLite ``synchronous`` of the store: ``full`` keeps answers through a power
     loss (an fsync per keyed answer, ~0.4 ms), ``normal`` through a killed process only."""
     dynamic_batching: bool = True
-    """Batch concurrent requests for every model with ``max_batch_size > 0``."""
+    """Batch concurrent requests for every model with ``max_batch_size > 0`` (whose
+    rows must then be independent: see ``ModelConfig.max_batch_size``)."""
     runners_per_model: int = Field(default=2, ge=1)
     """Batches of one model that may run at once."""
     worker_threads: int = Field(default=4, ge=1)
@@ -113,6 +139,8 @@ class ServerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("token and token_file are two ways of giving the token: give one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
@@ -120,7 +148,8 @@ class ServerSettings(BaseModel):
         return self
 
     def bearer_token(self) -> str | None:
-        """The token from ``token`` or ``token_file``; ConfigError if the file is unreadable."""
+        """The token from ``token`` or ``token_file`` (never both: the model refuses
+        that); ConfigError if the file is unreadable."""
         if self.token:
             return self.token
         if self.token_file is None:
@@ -147,33 +176,63 @@ class ServerSettings(BaseModel):
 
         ``cli`` holds the flags given (None means "not given" and is skipped);
         ``environ`` defaults to ``os.environ``, read for ``EDGECLOUD_SERVER_<FIELD>``;
-        ``defaults`` are a command's own (the gateway's port 8080).
-        ConfigError names the field and where its bad value came from.
+        ``defaults`` are a command's own (the gateway's port 8080). The
+        members of each of :data:`GROUPS` come from one source: the highest
+        that gives any of them.
+
+        Raises:
+            ConfigError: a bad value (naming the field and where it came from),
+                two alternatives from one source, half a pair above the other
+                half, or an ``EDGECLOUD_SERVER_*`` variable that names no field.
         """
-        values: dict[str, Any] = dict(defaults or {})
-        origin: dict[str, str] = {}
+        layers: list[_Layer] = [_Layer.of("defaults", defaults or {})]
         if file is not None:
             raw = read_mapping(file, "server settings", "server setting names as keys")
-            values.update(raw)
-            origin.update(dict.fromkeys(raw, f"settings file {file}"))
-        env = os.environ if environ is None else environ
-        for name in cls.model_fields:
-            variable = ENV_PREFIX + name.upper()
-            if variable in env:
-                values[name] = env[variable]
-                origin[name] = f"environment variable {variable}"
-        for name, value in (cli or {}).items():
-            if value is not None:
-                values[name] = value
-                origin[name] = "command line"
+            layers.append(_Layer.of(f"settings file {file}", raw))
+        layers.append(cls._environment(os.environ if environ is None else environ))
+        given = {name: value for name, value in (cli or {}).items() if value is not None}
+        layers.append(_Layer.of("command line", given))
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for layer in _by_group(layers):
+            values.update(layer.values)
+            origin.update(layer.sources)
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "settings"
-            source = origin.get(str(first["loc"][0])) if first["loc"] else None
+            if not first["loc"]:  # a check of several fields: where each came from
+                named = [f"{n} from the {origin[n]}" for n in origin if n in str(first["msg"])]
+                detail = f" ({'; '.join(named)})" if named else ""
+                raise ConfigError(f"server settings: {first['msg']}{detail}") from exc
+            where = ".".join(str(p) for p in first["loc"])
+            source = origin.get(str(first["loc"][0]))
             detail = f" (from the {source})" if source else ""
             raise ConfigError(f"server setting {where}{detail}: {first['msg']}") from exc
+
+    @classmethod
+    def _environment(cls, environ: Mapping[str, str]) -> _Layer:
+        """The ``EDGECLOUD_SERVER_<FIELD>`` variables as one source.
+
+        ConfigError for a variable with the prefix that names no field (the
+        nearest field's variable suggested), as the file's unknown keys are.
+        """
+        layer = _Layer("environment", {}, {})
+        for variable in sorted(environ):
+            if not variable.startswith(ENV_PREFIX):
+                continue
+            suffix = variable[len(ENV_PREFIX) :]
+            name = suffix.lower()
+            if name not in cls.model_fields or suffix != name.upper():
+                near = difflib.get_close_matches(name, list(cls.model_fields), n=1)
+                hint = f"did you mean {ENV_PREFIX}{near[0].upper()}? " if near else ""
+                raise ConfigError(
+                    f"environment variable {variable} names no server setting; {hint}"
+                    f"unset it or fix its name (settings: {', '.join(cls.model_fields)})"
+                )
+            layer.values[name] = environ[variable]
+            layer.sources[name] = f"environment variable {variable}"
+        return layer
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ServerSettings:
@@ -204,3 +263,55 @@ class ServerSettings(BaseModel):
         if values.get("token"):
             values["token"] = "***"
         return values
+
+
+@dataclass
+class _Layer:
+    """One source of settings: its name, the values it gives, where each came from."""
+
+    name: str
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+    @classmethod
+    def of(cls, name: str, values: Mapping[str, Any]) -> _Layer:
+        return cls(name, dict(values), dict.fromkeys(values, name))
+
+    def without(self, names: tuple[str, ...]) -> _Layer:
+        keep = {k: v for k, v in self.values.items() if k not in names}
+        return _Layer(self.name, keep, {k: self.sources[k] for k in keep})
+
+
+def _by_group(layers: list[_Layer]) -> list[_Layer]:
+    """``layers`` (lowest precedence first) with each :data:`GROUPS` member kept
+    only in the highest layer that gives any member of its group.
+
+    Raises:
+        ConfigError: one source gives two alternatives (``token`` and ``token_file``).
+    """
+    for members, alternatives in GROUPS:
+        winner = next((layer for layer in reversed(layers) if _gives(layer, members)), None)
+        if winner is None:
+            continue
+        both = _gives(winner, members)
+        if alternatives and len(both) > 1:
+            named = " and ".join(f"{m} (from the {winner.sources[m]})" for m in both)
+            raise ConfigError(
+                f"server settings {named} are two ways of giving one value: give one of them"
+            )
+        if not alternatives and len(both) < len(members):
+            missing = [m for m in members if m not in winner.values]
+            lower = [layer.name for layer in layers if _gives(layer, tuple(missing))]
+            if lower:
+                raise ConfigError(
+                    f"server setting {both[0]} comes from the {winner.sources[both[0]]} but "
+                    f"{' and '.join(missing)} only from the {lower[-1]}; "
+                    f"{' and '.join(members)} go together: give them from one source"
+                )
+        layers = [layer if layer is winner else layer.without(members) for layer in layers]
+    return layers
+
+
+def _gives(layer: _Layer, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` ``layer`` gives a value for (a YAML ``null`` gives none)."""
+    return [name for name in names if layer.values.get(name) is not None]
