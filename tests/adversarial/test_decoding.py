@@ -161,7 +161,7 @@ def test_grpc_typed_values_out_of_range_are_invalid(
         ),
         (
             lambda: typed_request("ident-fp32", "x", "FP32", [3], [1.0, 2.0]),
-            "2 values in data, but shape [3] holds 3",
+            "2 values in contents, but shape [3] holds 3",
         ),
         (
             lambda: typed_request("ident-int64", "x", "INT64", [2**62, 2**62, 4], [1]),
