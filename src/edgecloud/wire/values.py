@@ -32,6 +32,17 @@ The rules
 - Nested JSON data must nest exactly as the shape says; flat data is
   row-major.
 
+- Integers beyond 64 bits in JSON (orjson reads them as floats:
+  ``18446744073709551616`` arrives as ``1.8446744073709552e+19``) are
+  reported as out of range, for values and shape dimensions alike.
+
+Known limit: a JSON object with a key twice (``"data"`` twice, ``"inputs"``
+twice) is read as orjson reads it, the last value winning. Detecting it
+needs the stdlib parser's ``object_pairs_hook`` (several times slower on every
+request) or a tokenizer of our own; a byte scan cannot tell keys from string
+contents. The two values were both sent by the caller, so nothing is coerced:
+the request means what the JSON parser of almost every server makes of it.
+
 Encoding (responses, and RemoteBackend requests) writes non-finite floats as
 the ``NaN`` / ``Infinity`` / ``-Infinity`` literals, so every float value
 round-trips exactly, and refuses BYTES elements that are not ``bytes`` or
