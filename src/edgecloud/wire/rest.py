@@ -35,6 +35,7 @@ from .context import context_parameters, decode_context
 from .values import (
     HugeNumber,
     bytes_error,
+    check_bool,
     element_count,
     flatten,
     from_raw,
@@ -148,6 +149,8 @@ def tensor_json(array: np.ndarray[Any, Any], name: str = "") -> Any:
     if kind in ("O", "S", "U"):
         return [_text(name, i, x) for i, x in enumerate(array.reshape(-1))]
     flat = np.ascontiguousarray(array.reshape(-1))
+    if kind == "b":
+        check_bool(name, flat)  # a byte 2 would be written true: a silent coercion
     if kind == "f" and not np.isfinite(flat).all():
         return [x if math.isfinite(x) else _literal(x) for x in flat.tolist()]
     if flat.dtype.byteorder == ">":

@@ -65,6 +65,7 @@ __all__ = [
     "MAX_RANK",
     "HugeNumber",
     "bytes_error",
+    "check_bool",
     "element_count",
     "flatten",
     "from_raw",
@@ -156,7 +157,7 @@ def requested_outputs(
 
 
 def _value_error(name: str, datatype: str, index: int, value: Any, why: str) -> TensorValueError:
-    shown = repr(value)
+    shown = repr(value.item() if isinstance(value, np.generic) else value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return TensorValueError(
@@ -412,7 +413,15 @@ def raw_bytes(array: np.ndarray[Any, Any], name: str = "") -> bytes:
             parts.append(_LENGTH.pack(len(raw)))
             parts.append(raw)
         return b"".join(parts)
+    if array.dtype.kind == "b":
+        check_bool(name, array)
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def check_bool(name: str, array: np.ndarray[Any, Any]) -> None:
+    """A numpy bool array's bytes are 0 or 1 (``np.frombuffer(b"\\x02", bool)`` holds 2,
+    which numpy prints as True but which is not a BOOL on the wire): else TensorValueError."""
+    _check_bool_bytes(name, np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
 def utf8_items(name: str, array: np.ndarray[Any, Any]) -> list[bytes]:
