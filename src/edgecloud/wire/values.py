@@ -129,7 +129,7 @@ def _shape_problem(name: str, shape: Any) -> str:
 def _beyond_int64(value: Any) -> bool:
     """A JSON integer orjson could not hold: it parses those beyond 64 bits as floats
     (``18446744073709551616`` -> ``1.8446744073709552e+19``)."""
-    return type(value) is float and value.is_integer() and not -(2**63) <= value < 2**64
+    return type(value) is float and value.is_integer() and not -(2**63) < value < 2**64
 
 
 def requested_outputs(
