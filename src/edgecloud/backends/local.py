@@ -401,8 +401,7 @@ def _native(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
     as the wire does (RemoteBackend sends little-endian).
     """
     return {
-        k: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
-        for k, a in inputs.items()
+        k: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for k, a in inputs.items()
     }
 
 

@@ -108,6 +108,4 @@ def output_names(outputs: Any) -> list[str] | None:
     Same rules as REST (:func:`.values.requested_outputs`): a name twice, or an
     output parameter other than ``binary_data``, is refused.
     """
-    return requested_outputs(
-        [o.name for o in outputs], [dict(o.parameters) for o in outputs]
-    )
+    return requested_outputs([o.name for o in outputs], [dict(o.parameters) for o in outputs])

@@ -297,8 +297,7 @@ def _why_not(datatype: str, value: Any) -> str | None:
         info = np.iinfo(numpy_dtype(datatype))
         if _beyond_int64(value):
             return (
-                f"an integer beyond 64 bits, outside the {datatype} range "
-                f"[{info.min}, {info.max}]"
+                f"an integer beyond 64 bits, outside the {datatype} range [{info.min}, {info.max}]"
             )
         if kind is not int:
             return f"{datatype} takes integers only"
@@ -371,7 +370,7 @@ def from_raw(
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _check_bool_bytes(name: str, raw: bytes | memoryview) -> None:
+def _check_bool_bytes(name: str, raw: bytes | memoryview | np.ndarray[Any, Any]) -> None:
     octets = np.frombuffer(raw, dtype=np.uint8)
     bad = np.flatnonzero(octets > 1)
     if bad.size:
