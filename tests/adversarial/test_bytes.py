@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,21 @@ def test_a_fallback_does_not_route_around_the_callers_bad_string(wire: Stack) ->
             )
     finally:
         remote.close()
+
+
+@pytest.mark.parametrize("kind", ["O", "U"])
+def test_the_outbox_refuses_an_unencodable_string_and_stores_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    from edgecloud.routing.outbox import Outbox
+
+    x = objects(["ok", "\ud800"]) if kind == "O" else np.array(["ok", "\ud800"])
+    outbox = Outbox(tmp_path / "outbox.db")
+    try:
+        with pytest.raises(TensorValueError, match=r"element 1 of BYTES data is '\\ud800'"):
+            outbox.put(InferRequest(MODEL, {"x": x}))
+        assert len(outbox) == 0
+    finally:
+        close = getattr(outbox, "close", None)
+        if close is not None:
+            close()
