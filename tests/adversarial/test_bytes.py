@@ -287,3 +287,26 @@ def test_the_outbox_refuses_an_unencodable_string_and_stores_nothing(
         close = getattr(outbox, "close", None)
         if close is not None:
             close()
+
+
+@pytest.mark.parametrize("kind", ["U", "S", "O-str", "O-bytes"])
+def test_batched_string_model_keeps_nuls_when_split_into_runs(tmp_path: Path, kind: str) -> None:
+    """The batched path too: 5 rows for a model that takes 2 per run."""
+    from edgecloud import LocalBackend, ModelRepository
+    from edgecloud.repository import ModelConfig
+    from edgecloud.tensors import TensorSpec
+
+    from ..models import identity_onnx
+
+    repo = ModelRepository(tmp_path / "repo")
+    config = ModelConfig(
+        name="sid",
+        max_batch_size=2,
+        inputs=[TensorSpec(name="x", datatype="BYTES", shape=())],
+        outputs=[TensorSpec(name="y", datatype="BYTES", shape=())],
+    )
+    repo.add_version("sid", identity_onnx(tmp_path / "sid.onnx", "BYTES"), config=config)
+    texts = [*NULS, "e"]
+    with LocalBackend(repo) as local:
+        got = local.infer(InferRequest("sid", {"x": string_array(kind, texts)})).outputs["y"]
+    assert got.tolist() == [t.encode() for t in texts]
