@@ -308,7 +308,7 @@ def test_json_body_over_the_limit_is_413_before_it_is_parsed(
     limited: Server, declared: bool
 ) -> None:
     """Refused from Content-Length, or while reading a chunked body; the message
-    names the limit and the binary extension. The gateway has the same limit."""
+    names the limit and the binary extension."""
     body = _flood(b"[],", 4 * JSON_LIMIT)
     process = limited.process
     warm(limited.url)

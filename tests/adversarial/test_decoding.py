@@ -8,6 +8,13 @@ decodes through ``edgecloud.wire.values`` (the rules are in its docstring)
 and answers 400 naming the tensor, the element index, the datatype and the
 value. Matrix: JSON and binary bodies to the server and to ``edgecloud edge``,
 gRPC typed and raw contents, LocalBackend, RemoteBackend over HTTP and gRPC.
+
+Issue 13's second round adds the smaller silent acceptances: length headers
+given twice or spelled ``1_3`` / ``+13``; integers and shape dimensions beyond
+64 bits reported as "integers only" / "sizes >= 0"; an output requested twice
+or with a parameter we do not implement (Triton's ``classification``) silently
+served, ``outputs: []`` a 400 in onnxruntime's words; LocalBackend refusing a
+big-endian array with "expects FP32, got FP32" and accepting a BOOL byte 2.
 """
 
 from __future__ import annotations
