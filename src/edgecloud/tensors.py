@@ -315,11 +315,12 @@ class InputValidator:
         self._dtypes = {s.name: numpy_dtype(s.datatype) for s in specs}
         self._shapes = {s.name: s.full_shape(max_batch_size > 0) for s in specs}
         # The hot path: (name, dtype, rank, [(axis, size) of every fixed dimension]).
-        # BYTES inputs always take the slow path: their elements are checked one by one.
+        # BYTES inputs always take the slow path: their elements are checked one by
+        # one; BOOL inputs too: their bytes must be 0 or 1 (one vectorised pass).
         self._plan = [
             (
                 name,
-                _CHECK_ELEMENTS if self._dtypes[name].kind == "O" else self._dtypes[name],
+                _CHECK_ELEMENTS if self._dtypes[name].kind in "Ob" else self._dtypes[name],
                 len(shape),
                 [(i, d) for i, d in enumerate(shape) if d != -1],
             )
@@ -379,8 +380,13 @@ class InputValidator:
 
     def _check_dtype(self, name: str, array: np.ndarray[Any, Any]) -> None:
         expected = self._dtypes[name]
-        if array.dtype == expected and expected.kind != "O":
-            return
+        if array.dtype == expected:
+            if expected.kind == "b":
+                _check_bool_bytes(name, array)
+            if expected.kind != "O":
+                return
+        if array.dtype.kind not in "OUS" and array.dtype.newbyteorder("=") == expected:
+            return  # the other byte order of the right type: LocalBackend converts it
         if expected.kind == "O" and array.dtype.kind in ("U", "S"):
             return
         if expected.kind == "O" and array.dtype.kind == "O":
@@ -429,6 +435,31 @@ def _check_bytes_elements(name: str, array: np.ndarray[Any, Any]) -> None:
                 f"tensor {name!r}: element {index} of BYTES data is {repr(item)[:80]}: "
                 "BYTES elements must be bytes or strings"
             )
+
+
+_BOOL_BYTES = bytes([0, 1])
+
+
+def _check_bool_bytes(name: str, array: np.ndarray[Any, Any]) -> None:
+    """A BOOL tensor's bytes are 0 or 1, as on the wire (``np.frombuffer(b"\\x02", bool)``
+    holds a 2 that onnxruntime would pass through unchanged).
+
+    Small arrays: ``bytes.translate`` deleting 0 and 1 (~1 us for 784 elements;
+    numpy's ``max`` has ~3 us of fixed cost); large ones: ``max`` (10 us per 10^6
+    elements, where ``translate`` takes 1.7 ms).
+    """
+    octets = array.view(np.uint8)
+    if octets.size <= 4096:
+        if not octets.tobytes().translate(None, _BOOL_BYTES):
+            return
+    elif not octets.size or octets.max() <= 1:
+        return
+    flat = octets.reshape(-1)
+    index = int(np.flatnonzero(flat > 1)[0])
+    raise TensorValueError(
+        f"tensor {name!r}: element {index} of BOOL data is {int(flat[index])}: "
+        "a BOOL is the byte 0 or 1"
+    )
 
 
 def _describe_dtype(array: np.ndarray[Any, Any]) -> str:

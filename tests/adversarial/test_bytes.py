@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgecloud import InferRequest
+from edgecloud import InferRequest, RemoteBackend
 from edgecloud.errors import InvalidRequestError, TensorValueError
 
 from ._wire_helpers import (
@@ -182,3 +183,130 @@ def test_tritonclient_sends_and_reads_bytes(wire: Stack, protocol: str) -> None:
         result = client.infer(MODEL, [tensor], outputs=[wanted])
     got = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("y").tolist()]
     assert got == TEXTS
+
+
+# -- every numpy string kind reaches the model exact ------------------------------------
+
+NULS = ["a\x00b", "\x00lead", "ok", "mid\x00\x00dle"]
+
+
+def string_array(kind: str, texts: list[str]) -> np.ndarray:
+    if kind == "U":
+        return np.array(texts)
+    if kind == "S":
+        return np.array([t.encode() for t in texts])
+    return objects(list(texts) if kind == "O-str" else [t.encode() for t in texts])
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+@pytest.mark.parametrize("kind", ["U", "S", "O-str", "O-bytes"])
+def test_embedded_nuls_survive_every_numpy_string_kind(wire: Stack, front: str, kind: str) -> None:
+    """LocalBackend used to hand ``U`` arrays to onnxruntime, which cut each element at
+    its first NUL: ``["a\\x00b", "\\x00lead", "ok"]`` came back ``[b'a', b'', b'ok']``."""
+    x = string_array(kind, NULS)
+    got = client_infer(wire, front, InferRequest(MODEL, {"x": x})).outputs["y"]
+    assert got.tolist() == [t.encode() for t in NULS]
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+def test_trailing_nuls_are_numpy_semantics_object_arrays_keep_them(wire: Stack, front: str) -> None:
+    """numpy's fixed-width ``U``/``S`` dtypes drop trailing NULs when the array is
+    built (documented in ``wire.values.utf8_items``); an object array keeps them."""
+    assert np.array([b"a\x00"]).tolist() == [b"a"] and np.array(["a\x00"]).tolist() == ["a"]
+    x = objects([b"a\x00", "b\x00", b"\x00"])
+    got = client_infer(wire, front, InferRequest(MODEL, {"x": x})).outputs["y"]
+    assert got.tolist() == [b"a\x00", b"b\x00", b"\x00"]
+
+
+# -- a str UTF-8 cannot encode is the caller's 400 on every path -------------------------
+
+SURROGATES = ["\ud800", "\udfff", "ok\udc80"]
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+@pytest.mark.parametrize("kind", ["O", "U"])
+@pytest.mark.parametrize("bad", SURROGATES)
+def test_unencodable_str_is_a_tensor_value_error_on_every_client(
+    wire: Stack, front: str, kind: str, bad: str
+) -> None:
+    """Before: LocalBackend answered InferenceError (500) for an object array and a 400
+    quoting ``<class 'UnicodeEncodeError'>`` for a ``U`` array; RemoteBackend raised a
+    bare ``UnicodeEncodeError`` (not an EdgecloudError, so a Fallback passed it on)."""
+    x = objects(["ok", bad]) if kind == "O" else np.array(["ok", bad])
+    with pytest.raises(TensorValueError) as info:
+        client_infer(wire, front, InferRequest(MODEL, {"x": x}))
+    assert info.value.status_code == 400 and info.value.fallback is None
+    assert f"tensor 'x': element 1 of BYTES data is {bad!r}: not encodable as UTF-8" in str(
+        info.value
+    )
+
+
+@pytest.mark.parametrize("encoder", ["fingerprint", "binary", "json"])
+@pytest.mark.parametrize("kind", ["O", "U"])
+def test_request_encoders_name_the_unencodable_element(encoder: str, kind: str) -> None:
+    """The fingerprint (idempotency, outbox keys) and both REST encodings (the outbox
+    stores the binary one) share the rule."""
+    from edgecloud.wire.fingerprint import request_fingerprint
+    from edgecloud.wire.rest import encode_request
+
+    x = objects(["ok", "\ud800"]) if kind == "O" else np.array(["ok", "\ud800"])
+    request = InferRequest(MODEL, {"x": x})
+    with pytest.raises(TensorValueError, match=r"element 1 of BYTES data is '\\ud800'"):
+        if encoder == "fingerprint":
+            request_fingerprint(request)
+        else:
+            encode_request(request, binary=encoder == "binary")
+
+
+def test_a_fallback_does_not_route_around_the_callers_bad_string(wire: Stack) -> None:
+    from edgecloud import prefer_remote
+
+    remote = RemoteBackend(wire.server.url)
+    try:
+        with pytest.raises(TensorValueError, match="element 1 of BYTES data"):
+            prefer_remote(remote, wire.local).infer(
+                InferRequest(MODEL, {"x": objects(["ok", "\ud800"])})
+            )
+    finally:
+        remote.close()
+
+
+@pytest.mark.parametrize("kind", ["O", "U"])
+def test_the_outbox_refuses_an_unencodable_string_and_stores_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    from edgecloud.routing.outbox import Outbox
+
+    x = objects(["ok", "\ud800"]) if kind == "O" else np.array(["ok", "\ud800"])
+    outbox = Outbox(tmp_path / "outbox.db")
+    try:
+        with pytest.raises(TensorValueError, match=r"element 1 of BYTES data is '\\ud800'"):
+            outbox.put(InferRequest(MODEL, {"x": x}))
+        assert len(outbox) == 0
+    finally:
+        close = getattr(outbox, "close", None)
+        if close is not None:
+            close()
+
+
+@pytest.mark.parametrize("kind", ["U", "S", "O-str", "O-bytes"])
+def test_batched_string_model_keeps_nuls_when_split_into_runs(tmp_path: Path, kind: str) -> None:
+    """The batched path too: 5 rows for a model that takes 2 per run."""
+    from edgecloud import LocalBackend, ModelRepository
+    from edgecloud.repository import ModelConfig
+    from edgecloud.tensors import TensorSpec
+
+    from ..models import identity_onnx
+
+    repo = ModelRepository(tmp_path / "repo")
+    config = ModelConfig(
+        name="sid",
+        max_batch_size=2,
+        inputs=[TensorSpec(name="x", datatype="BYTES", shape=())],
+        outputs=[TensorSpec(name="y", datatype="BYTES", shape=())],
+    )
+    repo.add_version("sid", identity_onnx(tmp_path / "sid.onnx", "BYTES"), config=config)
+    texts = [*NULS, "e"]
+    with LocalBackend(repo) as local:
+        got = local.infer(InferRequest("sid", {"x": string_array(kind, texts)})).outputs["y"]
+    assert got.tolist() == [t.encode() for t in texts]

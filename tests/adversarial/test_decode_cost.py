@@ -22,10 +22,14 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from ..models import make_wire_repo
+from ..server.conftest import Server, start_server
 from ._wire_helpers import (
     Stack,
     grpc_call,
@@ -205,3 +209,130 @@ def test_decoding_costs_a_small_multiple_of_the_request(wire: Stack, front: str)
     assert status in (400, "INVALID_ARGUMENT") and "'z'" in error, error
     bound = MULTIPLE[front.removeprefix("gateway-")] * size
     assert grown < bound, f"{front}: peak RSS grew {grown / size:.1f}x the {size}-byte request"
+
+
+# -- gRPC typed contents: counted before they are read ----------------------------------
+
+#: Peak RSS growth per byte of a gRPC message whose typed contents do not match its
+#: shape. Before, ``list(field)`` and a type scan ran before the count check: a
+#: 38 MiB message of 20M empty ``bytes_contents`` for shape [1] raised the server's
+#: peak by 1038 MB; here 8 MiB of ``fp32_contents`` grew it 15.3x, 4M empty
+#: ``bytes_contents`` 22.7x. Now the count is checked first: numeric fields stay
+#: under 12x. What remains for ``bytes_contents`` (measured 20.8x) is protobuf's
+#: own parse, before any edgecloud code runs: upb keeps a 16-byte view per
+#: element in an arena that keeps every outgrown copy of the array (~32 bytes per
+#: 2-byte empty element); only the gRPC message size limit bounds it.
+GRPC_MULTIPLE = {"bytes_contents": 26, "fp32_contents": 12, "int64_contents": 12}
+
+
+def _typed_flood(field: str, count: int) -> Any:
+    from edgecloud.proto import inference_pb2 as pb
+
+    datatype = {"bytes_contents": "BYTES", "fp32_contents": "FP32", "int64_contents": "INT64"}
+    model = {"BYTES": "ident-bytes", "FP32": "ident-fp32", "INT64": "ident-int64"}
+    request = pb.ModelInferRequest(model_name=model[datatype[field]])
+    tensor = request.inputs.add(name="x", datatype=datatype[field], shape=[1])
+    values: Any = [b""] * count if field == "bytes_contents" else np.zeros(count, np.int64).tolist()
+    getattr(tensor.contents, field).extend(values)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("field", "count"),
+    [("bytes_contents", 4_000_000), ("fp32_contents", 2_000_000), ("int64_contents", 1_000_000)],
+)
+def test_grpc_typed_contents_are_counted_before_they_are_read(
+    wire: Stack, field: str, count: int
+) -> None:
+    process = wire.server.process
+    request = _typed_flood(field, count)
+    size = request.ByteSize()
+    grpc(wire, typed_request("ident-fp32", "x", "FP32", [1], [1.0]))  # warm
+    reset_peak(process.pid)
+    before = peak_kib(process.pid)
+    status, error, _ = grpc(wire, request)
+    grown = (peak_kib(process.pid) - before) * 1024
+    assert status == "INVALID_ARGUMENT", error
+    assert f"{count} values in contents, but shape [1] holds 1" in error
+    assert grown < GRPC_MULTIPLE[field] * size, (
+        f"{field}: peak grew {grown / size:.1f}x the message"
+    )
+
+
+# -- JSON bodies: their own, smaller limit -----------------------------------------------
+
+#: Peak RSS growth allowed per byte of a hostile JSON body at ``max_json_request_bytes``.
+#: Measured at the default 8 MiB: ``[[]],`` repeated (two list objects per 5 bytes)
+#: 36x (287 MiB), ``[],`` 31x, ``{},`` 27x, ``0,`` 15x, ``"",`` 9x. A 63 MiB body
+#: under the general 64 MiB limit peaked at +1.5 GB before the JSON limit existed.
+JSON_MULTIPLE = 48
+JSON_LIMIT = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a 1 MiB JSON limit (the default 8 MiB takes too long to flood
+    in a unit test; the multiple is the same)."""
+    tmp = tmp_path_factory.mktemp("json-limit")
+    config = tmp / "server.yaml"
+    config.write_text(f"max_json_request_bytes: {JSON_LIMIT}\n")
+    server = start_server(make_wire_repo(tmp), tmp, "--config", str(config))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _flood(item: bytes, size: int) -> bytes:
+    head = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":['
+    tail = b"0]}]}"
+    return head + item * ((size - len(head) - len(tail)) // len(item)) + tail
+
+
+@pytest.mark.parametrize("item", [b"[[]],", b"[],", b"0,", b'"",', b"{},"])
+def test_json_body_at_the_limit_costs_a_bounded_multiple(limited: Server, item: bytes) -> None:
+    process = limited.process
+    body = _flood(item, JSON_LIMIT)
+    assert len(body) <= JSON_LIMIT
+    warm(limited.url)
+    reset_peak(process.pid)
+    before = peak_kib(process.pid)
+    response = httpx.post(f"{limited.url}/v2/models/ident-fp32/infer", content=body, timeout=60)
+    grown = (peak_kib(process.pid) - before) * 1024
+    assert response.status_code == 400, response.text
+    assert grown < JSON_MULTIPLE * len(body), f"{item!r}: peak grew {grown / len(body):.1f}x"
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_json_body_over_the_limit_is_413_before_it_is_parsed(
+    limited: Server, declared: bool
+) -> None:
+    """Refused from Content-Length, or while reading a chunked body; the message
+    names the limit and the binary extension."""
+    body = _flood(b"[],", 4 * JSON_LIMIT)
+    process = limited.process
+    warm(limited.url)
+    reset_peak(process.pid)
+    before = peak_kib(process.pid)
+    content: Any = (
+        body if declared else iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    )
+    response = httpx.post(f"{limited.url}/v2/models/ident-fp32/infer", content=content, timeout=60)
+    grown = (peak_kib(process.pid) - before) * 1024
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert f"JSON limit of {JSON_LIMIT} bytes" in error and "binary tensor data extension" in error
+    assert grown < 2 * len(body)
+
+
+def test_binary_requests_only_count_their_json_header(limited: Server) -> None:
+    """A binary tensor larger than the JSON limit is fine; a JSON header beyond it is not."""
+    n = JSON_LIMIT  # 4 MiB of FP32, over the JSON limit, under max_request_bytes
+    x = np.arange(n, dtype=np.float32)
+    entry = {"name": "x", "datatype": "FP32", "shape": [n],
+             "parameters": {"binary_data_size": 4 * n}}  # fmt: skip
+    status, error, _ = binary(limited.url, "ident-fp32", entry, x.tobytes())
+    assert status == 200, error
+    padded = {**entry, "parameters": {**entry["parameters"], "pad": "x" * JSON_LIMIT}}
+    status, error, _ = binary(limited.url, "ident-fp32", padded, x.tobytes())
+    assert status == 413 and "max_json_request_bytes" in error

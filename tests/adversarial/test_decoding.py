@@ -8,6 +8,13 @@ decodes through ``edgecloud.wire.values`` (the rules are in its docstring)
 and answers 400 naming the tensor, the element index, the datatype and the
 value. Matrix: JSON and binary bodies to the server and to ``edgecloud edge``,
 gRPC typed and raw contents, LocalBackend, RemoteBackend over HTTP and gRPC.
+
+Issue 13's second round adds the smaller silent acceptances: length headers
+given twice or spelled ``1_3`` / ``+13``; integers and shape dimensions beyond
+64 bits reported as "integers only" / "sizes >= 0"; an output requested twice
+or with a parameter we do not implement (Triton's ``classification``) silently
+served, ``outputs: []`` a 400 in onnxruntime's words; LocalBackend refusing a
+big-endian array with "expects FP32, got FP32" and accepting a BOOL byte 2.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import struct
 import threading
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 
@@ -70,6 +78,11 @@ JSON_VALUES = [
     ("UINT16", "[65536]", 0, "65536", "outside the UINT16 range"),
     ("UINT32", "[4294967296]", 0, "4294967296", "outside the UINT32 range"),
     ("UINT64", "[-1]", 0, "-1", "outside the UINT64 range [0, 18446744073709551615]"),
+    # beyond 64 bits orjson hands over a float: the message says out of range, not "integers"
+    ("UINT64", "[18446744073709551616]", 0, "1.8446744073709552e+19", "beyond 64 bits, outside"),
+    ("UINT64", "[1, 1" + "0" * 30 + "]", 1, "1e+30", "beyond 64 bits, outside the UINT64"),
+    ("INT64", "[-9223372036854775809]", 0, "-9.223372036854776e+18", "beyond 64 bits"),
+    ("INT8", "[18446744073709551616]", 0, "1.8446744073709552e+19", "outside the INT8 range"),
     ("FP32", "[1, 1e39]", 1, "1e+39", "beyond the range of FP32"),
     ("FP32", "[-3.5e38]", 0, "-3.5e+38", "beyond the range of FP32"),
     ("FP16", "[65520]", 0, "65520", "beyond the range of FP16"),
@@ -161,7 +174,7 @@ def test_grpc_typed_values_out_of_range_are_invalid(
         ),
         (
             lambda: typed_request("ident-fp32", "x", "FP32", [3], [1.0, 2.0]),
-            "2 values in data, but shape [3] holds 3",
+            "2 values in contents, but shape [3] holds 3",
         ),
         (
             lambda: typed_request("ident-int64", "x", "INT64", [2**62, 2**62, 4], [1]),
@@ -392,3 +405,156 @@ def test_remote_backend_refuses_a_response_that_coerces(output: str, fragment: s
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# -- header parsing: one value, ASCII digits ---------------------------------------------
+
+
+def raw_http(url: str, head: bytes, body: bytes) -> tuple[int, str]:
+    """Send a hand-written request (repeated or odd headers httpx would not send)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/ident-fp32/infer HTTP/1.1\r\nHost: x\r\n" + head)
+        sock.sendall(b"Connection: close\r\n\r\n" + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    payload = reply.split(b"\r\n\r\n", 1)[1]
+    return status, payload.decode("latin-1")
+
+
+BODY = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
+
+
+@pytest.mark.parametrize("front", REST)
+@pytest.mark.parametrize(
+    "value", [b"1_3", b"+13", b"0x1", b"1e1", b"-1", b"\xd9\xa1\xd9\xa3", b"13.0", b""]
+)
+def test_header_length_takes_ascii_digits_only(wire: Stack, front: str, value: bytes) -> None:
+    """``int()`` took ``1_3`` and `` +13`` (and Arabic-Indic digits)."""
+    head = b"Content-Length: %d\r\nInference-Header-Content-Length: %s\r\n" % (
+        len(BODY),
+        value,
+    )
+    status, error = raw_http(wire.url(front), head, BODY.encode())
+    assert status == 400, error
+    assert "inference-header-content-length" in error.lower()
+
+
+@pytest.mark.parametrize("front", REST)
+@pytest.mark.parametrize("header", [b"Inference-Header-Content-Length", b"Content-Length"])
+@pytest.mark.parametrize("same", [True, False])
+def test_a_length_header_twice_is_400(wire: Stack, front: str, header: bytes, same: bool) -> None:
+    """``dict(scope["headers"])`` kept the last of two; the body follows one of them."""
+    size = len(BODY)
+    values = (size, size) if same else (size, 5)
+    if header == b"Content-Length":
+        head = b"Content-Length: %d\r\nContent-Length: %d\r\n" % values
+    else:
+        head = b"Content-Length: %d\r\n" % size
+        head += b"".join(b"%s: %d\r\n" % (header, v) for v in values)
+    status, _ = raw_http(wire.url(front), head, BODY.encode())
+    assert status == 400
+
+
+@pytest.mark.parametrize("front", REST)
+@pytest.mark.parametrize(("shape", "fragment"), [
+    ("[18446744073709551616]", "dimension 0 is 18446744073709551616 or more, too large"),
+    ("[1, 1" + "0" * 25 + "]", "dimension 1 is "),
+    ("[9223372036854775807]", "spans more elements than any array can hold"),
+])  # fmt: skip
+def test_a_shape_beyond_64_bits_is_too_large_not_negative(
+    wire: Stack, front: str, shape: str, fragment: str
+) -> None:
+    body = '{"inputs":[{"name":"x","datatype":"FP32","shape":' + shape + ',"data":[]}]}'
+    status, error = raw_http(wire.url(front), b"Content-Length: %d\r\n" % len(body), body.encode())
+    assert status == 400 and fragment in error, error
+    assert ">= 0" not in error
+
+
+# -- requested outputs: the same rules on REST, gRPC and LocalBackend --------------------
+
+
+def rest_outputs(url: str, outputs: object) -> tuple[int, str, object]:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}
+    body["outputs"] = outputs
+    response = httpx.post(f"{url}/v2/models/ident-fp32/infer", json=body, timeout=30)
+    reply = response.json()
+    return response.status_code, reply.get("error", ""), reply.get("outputs")
+
+
+@pytest.mark.parametrize("front", REST)
+@pytest.mark.parametrize(("outputs", "fragment"), [
+    ([{"name": "y"}, {"name": "y"}], "output 'y' is requested twice"),
+    ([{"name": "y", "parameters": {"classification": 2}}], "['classification'] are not supported"),
+    ([{"name": "y", "parameters": {"binary_data": False, "x": 1}}], "['x'] are not supported"),
+])  # fmt: skip
+def test_rest_outputs_twice_or_unsupported_parameters_are_400(
+    wire: Stack, front: str, outputs: object, fragment: str
+) -> None:
+    status, error, _ = rest_outputs(wire.url(front), outputs)
+    assert status == 400 and fragment in error, error
+
+
+@pytest.mark.parametrize("front", REST)
+def test_rest_empty_outputs_means_all_as_in_grpc(wire: Stack, front: str) -> None:
+    """Was a 400 quoting onnxruntime ("At least one output should be requested")
+    labelled as a rejection of the inputs."""
+    status, error, outputs = rest_outputs(wire.url(front), [])
+    assert status == 200, error
+    assert [o["name"] for o in outputs] == ["y"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("case", ["twice", "classification", "none"])
+def test_grpc_outputs_follow_the_rest_rules(wire: Stack, case: str) -> None:
+    request = typed_request("ident-fp32", "x", "FP32", [1], [1.0])
+    if case == "twice":
+        request.outputs.add(name="y")
+        request.outputs.add(name="y")
+    elif case == "classification":
+        request.outputs.add(name="y").parameters["classification"].int64_param = 2
+    status, reply = grpc_call(wire.server.grpc_address, request)
+    if case == "none":
+        assert status == "OK" and [o.name for o in reply.outputs] == ["y"]
+    else:
+        assert status == "INVALID_ARGUMENT"
+        assert ("requested twice" if case == "twice" else "'classification'") in reply
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+def test_clients_follow_the_output_rules(wire: Stack, front: str) -> None:
+    x = np.ones(1, np.float32)
+    got = client_infer(wire, front, InferRequest("ident-fp32", {"x": x}, outputs=[]))
+    assert list(got.outputs) == ["y"]
+    with pytest.raises(InvalidRequestError, match="requested twice"):
+        client_infer(wire, front, InferRequest("ident-fp32", {"x": x}, outputs=["y", "y"]))
+
+
+# -- LocalBackend agrees with the wire on byte order and BOOL bytes -----------------------
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "INT16", "INT32", "INT64",
+                                      "UINT16", "UINT32", "UINT64"])  # fmt: skip
+def test_other_byte_order_is_the_same_values(wire: Stack, front: str, datatype: str) -> None:
+    """LocalBackend said "expects datatype FP32, got FP32" for ``>f4`` (and onnxruntime
+    reads such a buffer as native: 1.5 became 6.9e-41); RemoteBackend sent it right."""
+    native = np.array([1, 2, 3], DTYPE[datatype])
+    swapped = native.astype(native.dtype.newbyteorder(">"))
+    got = client_infer(wire, front, InferRequest(identity_name(datatype), {"x": swapped}))
+    assert got.outputs["y"].tolist() == native.tolist()
+
+
+@pytest.mark.parametrize("front", CLIENT_FRONTS)
+@pytest.mark.parametrize("octet", [2, 255])
+def test_a_bool_byte_other_than_0_or_1_is_refused_by_every_client(
+    wire: Stack, front: str, octet: int
+) -> None:
+    """LocalBackend passed it to onnxruntime, RemoteBackend's JSON wrote it as true;
+    the server refuses the same bytes with 400."""
+    x = np.array([0, octet, 1], np.uint8).view(np.bool_)
+    with pytest.raises(InvalidRequestError, match=f"element 1 of BOOL data is {octet}"):
+        client_infer(wire, front, InferRequest("ident-bool", {"x": x}))

@@ -23,10 +23,10 @@ from ..errors import (
     InvalidRequestError,
     ModelLoadError,
     ModelNotFoundError,
-    TensorValueError,
 )
 from ..repository import ModelRepository, ModelVersion
 from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
+from ..wire.values import utf8_error
 from .base import Backend
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
 
@@ -96,7 +96,7 @@ class LoadedModel:
     def _run_batches(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
     ) -> Arrays:
-        names = self.output_names if outputs is None else self._check_outputs(outputs)
+        names = self.output_names if not outputs else self._check_outputs(outputs)
         limit = self.limit
         if limit <= 0 or batch <= limit:
             values = self._call(names, inputs)
@@ -150,6 +150,10 @@ class LoadedModel:
         return runtime_error(exc, f"{self.entry.name!r} version {self.entry.version}")
 
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
+        """The requested outputs; an empty list means all (as absent: the REST and gRPC rule)."""
+        if len(set(outputs)) != len(outputs):
+            twice = sorted({o for o in outputs if list(outputs).count(o) > 1})
+            raise InvalidRequestError(f"output(s) {twice} are requested twice; list each once")
         unknown = [o for o in outputs if o not in self.output_names]
         if unknown:
             raise InvalidRequestError(
@@ -332,8 +336,11 @@ class LocalBackend(Backend):
         if loaded is None:
             loaded = self.load(request.model, request.version)
         batch = loaded.validator.validate(request.inputs)
+        inputs = request.inputs
+        if not all(a.dtype.isnative for a in inputs.values()):
+            inputs = _native(inputs)
         start = _clock()
-        outputs = loaded.run(request.inputs, request.outputs, batch)
+        outputs = loaded.run(inputs, request.outputs, batch)
         elapsed = _clock() - start
         return InferResponse(
             model=loaded.entry.name,
@@ -375,32 +382,58 @@ def _fast_run(
     return run if callable(run) else session.run  # type: ignore[no-any-return]
 
 
+def _native(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
+    """Inputs in the machine's byte order (``>f4`` -> ``float32``), values unchanged.
+
+    onnxruntime reads the buffer as native (a big-endian ``>f4`` 1.5 became
+    6.9e-41); InputValidator accepts either byte order of the declared type,
+    as the wire does (RemoteBackend sends little-endian).
+    """
+    return {
+        k: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for k, a in inputs.items()
+    }
+
+
 def _as_text(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
-    """BYTES inputs as the UTF-8 ``str`` elements onnxruntime's binding needs."""
+    """BYTES inputs as the object arrays of UTF-8 ``str`` onnxruntime's binding needs.
+
+    Every string kind is converted — ``O`` (bytes or str elements), ``S`` and
+    ``U``: onnxruntime cuts a numpy ``U``/``S`` element at its first NUL
+    (``"a\\x00b"`` became ``"a"``) but keeps NULs inside an object array's
+    ``str``, so only object arrays reach it and every element arrives exact.
+    (numpy itself drops *trailing* NULs of ``U``/``S`` elements when the
+    array is built; that is numpy's semantics, and an object array keeps
+    them.) Bytes that are not UTF-8, and a ``str`` UTF-8 cannot encode (a
+    lone surrogate), are a TensorValueError naming the tensor and element.
+    """
     out = dict(inputs)
     for name, array in inputs.items():
-        if array.dtype.kind not in ("O", "S"):
+        if array.dtype.kind not in ("O", "S", "U"):
             continue
         items = array.reshape(-1).tolist()
         text = np.empty(array.shape, dtype=object)
         try:
-            text.reshape(-1)[:] = [x.decode() if isinstance(x, bytes) else x for x in items]
-        except UnicodeDecodeError:
+            text.reshape(-1)[:] = [_utf8_text(x) for x in items]
+        except (UnicodeDecodeError, UnicodeEncodeError):
             index, item = next((i, x) for i, x in enumerate(items) if not _is_utf8(x))
-            raise TensorValueError(
-                f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is "
-                "not UTF-8; onnxruntime string tensors hold UTF-8 text"
-            ) from None
+            raise utf8_error(name, index, item) from None
         out[name] = text
     return out
 
 
+def _utf8_text(item: Any) -> Any:
+    """``item`` as text onnxruntime can encode: bytes decoded, str checked."""
+    if isinstance(item, bytes):
+        return item.decode()
+    if isinstance(item, str) and not item.isascii():
+        item.encode()  # raises UnicodeEncodeError for a lone surrogate
+    return item
+
+
 def _is_utf8(item: Any) -> bool:
-    if not isinstance(item, bytes):
-        return True
     try:
-        item.decode()
-    except UnicodeDecodeError:
+        _utf8_text(item)
+    except (UnicodeDecodeError, UnicodeEncodeError):
         return False
     return True
 

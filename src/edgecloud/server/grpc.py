@@ -18,7 +18,7 @@ from .._optional import require
 from ..errors import AuthenticationError, ConfigError, EdgecloudError
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import carried_key, decode_context
-from ..wire.grpc import parameters, read_tensors, set_parameter
+from ..wire.grpc import output_names, parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
@@ -49,7 +49,7 @@ def to_infer_request(request: Any, key: str | None) -> InferRequest:
         request.model_name,
         read_tensors(request.inputs, request.raw_input_contents),
         version=request.model_version or None,
-        outputs=[o.name for o in request.outputs] or None,
+        outputs=output_names(request.outputs),
         parameters=params,
         context=context,
         id=request.id,

@@ -274,10 +274,8 @@ class HttpApp:
     async def _infer(
         self, model: str, version: str | None, scope: Scope, receive: Receive
     ) -> tuple[int, bytes, list[Any]]:
-        headers = dict(scope["headers"])
-        body = await self._read_body(headers, receive)
-        length = headers.get(HEADER_LENGTH.encode())
-        header_length = _int_header(length) if length is not None else None
+        header_length = _length_header(scope, HEADER_LENGTH.encode())
+        body = await self._read_body(scope, header_length, receive)
         key = carried_key(
             (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"idempotency-key"),
             "the Idempotency-Key headers",
@@ -316,12 +314,28 @@ class HttpApp:
             ],
         )
 
-    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, header_length: int | None, receive: Receive) -> bytes:
+        """The body, refused with 413 as soon as it is known to be too large.
+
+        Two limits: ``max_request_bytes`` for the whole body, and
+        ``max_json_request_bytes`` for its JSON: the whole body of a JSON request,
+        or the ``header_length`` bytes of a binary-extension one (parsed JSON
+        costs ~20x its size in memory; binary tensors cost 1x).
+        """
         limit = self.settings.max_request_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and _int_header(declared) > limit:
+        json_limit = self.settings.max_json_request_bytes
+        if header_length is not None and header_length > json_limit:
+            raise _json_too_large(header_length, json_limit)
+        if header_length is None and json_limit < limit:
+            limit, json_body = json_limit, True
+        else:
+            json_body = False
+        declared = _length_header(scope, b"content-length")
+        if declared is not None and declared > limit:
+            if json_body:
+                raise _json_too_large(declared, limit)
             raise PayloadTooLargeError(
-                f"request body of {int(declared)} bytes exceeds the server's limit of {limit}"
+                f"request body of {declared} bytes exceeds the server's limit of {limit}"
             )
         chunks, total = [], 0
         while True:
@@ -329,6 +343,8 @@ class HttpApp:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:
+                if json_body:
+                    raise _json_too_large(total, limit)
                 raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit}")
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -375,8 +391,32 @@ def _allow(method: str, allowed: str, scope: Scope) -> None:
         )
 
 
-def _int_header(value: bytes) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequestError(f"header value {value!r} is not an integer") from None
+def _json_too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the JSON of this request ({size} bytes so far) exceeds the server's JSON limit of "
+        f"{limit} bytes (max_json_request_bytes); send large tensors with the binary tensor "
+        "data extension (binary_data_size, Inference-Header-Content-Length), which only "
+        "max_request_bytes limits"
+    )
+
+
+def _length_header(scope: Scope, name: bytes) -> int | None:
+    """A length header's value: ASCII digits only, at most once (else 400).
+
+    ``int()`` would take ``1_3``, `` +13`` and ``١٣``; a second header with
+    another value is ambiguous (which does the body follow?), so it is refused
+    rather than the last one silently winning.
+    """
+    values = [v for k, v in scope["headers"] if k == name]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequestError(
+            f"header {name.decode()!r} appears {len(values)} times; send it once"
+        )
+    value = values[0]
+    if not value.isdigit() or len(value) > 19:  # bytes.isdigit: ASCII 0-9 only
+        raise InvalidRequestError(
+            f"header {name.decode()!r} must be a decimal byte count, got {value[:40]!r}"
+        )
+    return int(value)

@@ -88,6 +88,16 @@ class ServerSettings(BaseModel):
     tls_key: Path | None = None
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413."""
+    max_json_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest JSON part of an infer request: the whole body of a JSON request,
+    the JSON header of a binary-extension one (its binary tensors count only
+    against ``max_request_bytes``); larger gets 413 suggesting the binary tensor
+    data extension. Parsed JSON costs up to ~36x its size in Python objects (a
+    list per ``[]``, an int per ``0,``): the worst case measured, an 8 MiB body of
+    ``[[]],[[]],...``, raises the server's peak RSS by 287 MiB (``[],`` 31x,
+    ``0,`` 15x); so the worst case is about 36 x this limit, per concurrent
+    request. tests/adversarial/test_decode_cost.py holds it under 48x. Checked
+    from Content-Length before reading and while reading."""
     request_timeout_s: float = Field(default=30.0, gt=0)
     """Longest an inference may take before the request gets 504."""
     idempotency_window_s: float = Field(default=IDEMPOTENCY_WINDOW_S, ge=0)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..tensors import InferRequest, datatype_of
+from .values import raw_bytes
 
 __all__ = ["request_fingerprint"]
 
@@ -25,8 +26,12 @@ def request_fingerprint(request: InferRequest) -> str:
 
     Canonical means independent of how the tensors travelled: inputs sorted
     by name; each as its datatype name, shape and little-endian row-major
-    bytes (BYTES elements length-prefixed, as in the binary extension). The
-    requested outputs, request id and other parameters are not part of it.
+    bytes (BYTES elements length-prefixed, as in the binary extension: the
+    same :func:`~.values.raw_bytes`). The requested outputs, request id and
+    other parameters are not part of it.
+
+    Raises TensorValueError for a BYTES element that is neither ``bytes`` nor
+    UTF-8-encodable ``str`` (e.g. a lone surrogate), naming tensor and element.
     """
     digest = hashlib.sha256()
     _field(digest, request.model.encode())
@@ -36,20 +41,10 @@ def request_fingerprint(request: InferRequest) -> str:
         _field(digest, name.encode())
         _field(digest, datatype_of(array).encode())
         _field(digest, struct.pack(f"<{array.ndim}q", *array.shape))
-        _field(digest, _canonical_bytes(array))
+        _field(digest, raw_bytes(array, name))
     return digest.hexdigest()
 
 
 def _field(digest: Any, data: bytes) -> None:
     digest.update(struct.pack("<Q", len(data)))
     digest.update(data)
-
-
-def _canonical_bytes(array: np.ndarray[Any, Any]) -> bytes:
-    if array.dtype.kind in ("O", "U", "S"):
-        parts = []
-        for item in array.reshape(-1):
-            raw = item.encode() if isinstance(item, str) else bytes(item)
-            parts.append(struct.pack("<I", len(raw)) + raw)
-        return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..errors import InvalidRequestError
 from ..tensors import DATATYPES
-from .values import element_count, from_raw, from_values
+from .values import element_count, from_raw, from_typed, requested_outputs
 
-__all__ = ["CONTENTS_FIELD", "get_parameter", "read_tensors", "set_parameter"]
+__all__ = ["CONTENTS_FIELD", "get_parameter", "output_names", "read_tensors", "set_parameter"]
 
 #: Typed ``InferTensorContents`` field for each datatype (FP16 travels raw only).
 CONTENTS_FIELD = {
@@ -95,8 +95,17 @@ def _typed(tensor: Any, shape: list[int]) -> np.ndarray[Any, Any]:
             raise InvalidRequestError(
                 f"tensor {name!r}: {datatype} values go in contents.{field}, not {other}"
             )
-    return from_values(name, datatype, list(getattr(tensor.contents, field)), shape, text=False)
+    return from_typed(name, datatype, getattr(tensor.contents, field), shape)
 
 
 def parameters(message_parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: get_parameter(v) for k, v in message_parameters.items()}
+
+
+def output_names(outputs: Any) -> list[str] | None:
+    """The names of a ModelInferRequest's requested outputs; None (all) when it lists none.
+
+    Same rules as REST (:func:`.values.requested_outputs`): a name twice, or an
+    output parameter other than ``binary_data``, is refused.
+    """
+    return requested_outputs([o.name for o in outputs], [dict(o.parameters) for o in outputs])

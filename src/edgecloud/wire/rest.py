@@ -35,11 +35,14 @@ from .context import context_parameters, decode_context
 from .values import (
     HugeNumber,
     bytes_error,
+    check_bool,
     element_count,
     flatten,
     from_raw,
     from_values,
     raw_bytes,
+    requested_outputs,
+    utf8_error,
 )
 
 try:  # orjson is several times faster; the stdlib keeps the core dependency-free
@@ -146,6 +149,8 @@ def tensor_json(array: np.ndarray[Any, Any], name: str = "") -> Any:
     if kind in ("O", "S", "U"):
         return [_text(name, i, x) for i, x in enumerate(array.reshape(-1))]
     flat = np.ascontiguousarray(array.reshape(-1))
+    if kind == "b":
+        check_bool(name, flat)  # a byte 2 would be written true: a silent coercion
     if kind == "f" and not np.isfinite(flat).all():
         return [x if math.isfinite(x) else _literal(x) for x in flat.tolist()]
     if flat.dtype.byteorder == ">":
@@ -155,6 +160,11 @@ def tensor_json(array: np.ndarray[Any, Any], name: str = "") -> Any:
 
 def _text(name: str, index: int, item: Any) -> str:
     if isinstance(item, str):
+        if not item.isascii():  # O(1); a lone surrogate would fail in dumps, unnamed
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise utf8_error(name, index, item) from None
         return item
     if not isinstance(item, bytes):
         raise bytes_error(name, index, item)
@@ -277,20 +287,21 @@ def decode_request(
     return decoded
 
 
-def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str]:
+def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str] | None:
     if not isinstance(requested, list):
         raise InvalidRequestError("'outputs' must be a list")
-    names = []
+    names, params = [], []
     for entry in requested:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidRequestError("each entry of 'outputs' needs a 'name'")
         names.append(entry["name"])
-        binary = _flag(_parameters(entry.get("parameters")).get("binary_data"), "binary_data")
+        params.append(_parameters(entry.get("parameters")))
+        binary = _flag(params[-1].get("binary_data"), "binary_data")
         if binary is True:
             decoded.binary_outputs.add(entry["name"])
         elif binary is False:
             decoded.json_outputs.add(entry["name"])
-    return names
+    return requested_outputs(names, params)
 
 
 def _request_id(header: dict[str, Any]) -> str:

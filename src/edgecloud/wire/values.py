@@ -32,6 +32,17 @@ The rules
 - Nested JSON data must nest exactly as the shape says; flat data is
   row-major.
 
+- Integers beyond 64 bits in JSON (orjson reads them as floats:
+  ``18446744073709551616`` arrives as ``1.8446744073709552e+19``) are
+  reported as out of range, for values and shape dimensions alike.
+
+Known limit: a JSON object with a key twice (``"data"`` twice, ``"inputs"``
+twice) is read as orjson reads it, the last value winning. Detecting it
+needs the stdlib parser's ``object_pairs_hook`` (several times slower on every
+request) or a tokenizer of our own; a byte scan cannot tell keys from string
+contents. The two values were both sent by the caller, so nothing is coerced:
+the request means what the JSON parser of almost every server makes of it.
+
 Encoding (responses, and RemoteBackend requests) writes non-finite floats as
 the ``NaN`` / ``Infinity`` / ``-Infinity`` literals, so every float value
 round-trips exactly, and refuses BYTES elements that are not ``bytes`` or
@@ -42,7 +53,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,11 +65,16 @@ __all__ = [
     "MAX_RANK",
     "HugeNumber",
     "bytes_error",
+    "check_bool",
     "element_count",
     "flatten",
     "from_raw",
+    "from_typed",
     "from_values",
     "raw_bytes",
+    "requested_outputs",
+    "utf8_error",
+    "utf8_items",
 ]
 
 #: Most dimensions a tensor may have: numpy's ``NPY_MAXDIMS`` (64 since numpy 2).
@@ -86,7 +102,7 @@ class HugeNumber:
 def element_count(name: str, shape: Any) -> int:
     """Elements of a tensor of ``shape``; raises InvalidRequestError for a bad shape."""
     if not isinstance(shape, list | tuple) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InvalidRequestError(f"tensor {name!r}: 'shape' must be a list of sizes >= 0")
+        raise InvalidRequestError(_shape_problem(name, shape))
     if len(shape) > MAX_RANK:
         raise InvalidRequestError(
             f"tensor {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} allowed"
@@ -98,8 +114,50 @@ def element_count(name: str, shape: Any) -> int:
     return math.prod(shape)
 
 
+def _shape_problem(name: str, shape: Any) -> str:
+    if isinstance(shape, list | tuple):
+        for i, d in enumerate(shape):
+            if _beyond_int64(d) and d > 0:
+                return (
+                    f"tensor {name!r}: shape dimension {i} is {d:.0f} or more, too large "
+                    f"(a dimension is at most {2**63 - 1}, and all of them multiply to at "
+                    f"most {_MAX_SPAN})"
+                )
+    return f"tensor {name!r}: 'shape' must be a list of sizes >= 0"
+
+
+def _beyond_int64(value: Any) -> bool:
+    """A JSON integer orjson could not hold: it parses those beyond 64 bits as floats
+    (``18446744073709551616`` -> ``1.8446744073709552e+19``)."""
+    return type(value) is float and value.is_integer() and not -(2**63) < value < 2**64
+
+
+def requested_outputs(
+    names: Sequence[str], parameters: Sequence[Mapping[str, Any]]
+) -> list[str] | None:
+    """The outputs a request asks for, REST and gRPC alike; None means all.
+
+    An empty list means all outputs, as an absent one does (gRPC cannot tell
+    them apart). A name listed twice is a 400, and so is an output parameter
+    other than ``binary_data`` (e.g. Triton's ``classification``, which this
+    server does not implement: ignoring it would answer another question).
+    """
+    seen: set[str] = set()
+    for name, params in zip(names, parameters, strict=True):
+        if name in seen:
+            raise InvalidRequestError(f"output {name!r} is requested twice; list it once")
+        seen.add(name)
+        unknown = sorted(set(params) - {"binary_data"})
+        if unknown:
+            raise InvalidRequestError(
+                f"output {name!r}: parameter(s) {unknown} are not supported (only "
+                "binary_data is); this server has no classification extension"
+            )
+    return list(names) or None
+
+
 def _value_error(name: str, datatype: str, index: int, value: Any, why: str) -> TensorValueError:
-    shown = repr(value)
+    shown = repr(value.item() if isinstance(value, np.generic) else value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return TensorValueError(
@@ -157,6 +215,36 @@ def from_values(
     return _flat_values(name, datatype, values, text).reshape(shape)
 
 
+def from_typed(
+    name: str, datatype: str, values: Sequence[Any], shape: Sequence[int]
+) -> np.ndarray[Any, Any]:
+    """A tensor of ``shape`` from a gRPC typed-contents repeated field, without copying it.
+
+    ``values`` is the protobuf repeated field itself: its length is compared
+    with the shape **before** any element is read (a 38 MiB message of 20M
+    empty ``bytes_contents`` for shape ``[1]`` used to become a 20M-item list,
+    +1 GB, before the count check), and numbers go straight into numpy
+    (``np.fromiter`` over the field: half the time of ``np.array(field)`` and
+    no intermediate list; protobuf already typed every element). Range errors
+    (an ``int_contents`` of 300 for INT8) are TensorValueErrors as in
+    :func:`from_values`.
+    """
+    count = element_count(name, shape)
+    if len(values) != count:
+        raise InvalidRequestError(
+            f"tensor {name!r}: {len(values)} values in contents, but shape {list(shape)} "
+            f"holds {count}"
+        )
+    if datatype == "BYTES":
+        return _bytes_values(name, values, bytes).reshape(shape)
+    try:
+        with np.errstate(over="raise"):
+            flat = np.fromiter(values, dtype=numpy_dtype(datatype), count=count)
+    except (OverflowError, FloatingPointError):
+        raise _first_bad(name, datatype, values) from None
+    return flat.reshape(shape)
+
+
 def _flat_values(name: str, datatype: str, values: list[Any], text: bool) -> np.ndarray[Any, Any]:
     if datatype == "BYTES":
         return _bytes_values(name, values, str if text else bytes)
@@ -192,7 +280,7 @@ def _cast(values: list[Any], datatype: str) -> np.ndarray[Any, Any]:
         return np.fromiter(values, dtype=numpy_dtype(datatype), count=len(values))
 
 
-def _first_bad(name: str, datatype: str, values: list[Any]) -> TensorValueError:
+def _first_bad(name: str, datatype: str, values: Sequence[Any]) -> TensorValueError:
     """The error for the first value of ``values`` that ``datatype`` cannot hold."""
     for index, value in enumerate(values):
         why = _why_not(datatype, value)
@@ -206,9 +294,13 @@ def _why_not(datatype: str, value: Any) -> str | None:
     if datatype == "BOOL":
         return None if kind is bool else "BOOL takes true or false only"
     if datatype in _INTS:
+        info = np.iinfo(numpy_dtype(datatype))
+        if _beyond_int64(value):
+            return (
+                f"an integer beyond 64 bits, outside the {datatype} range [{info.min}, {info.max}]"
+            )
         if kind is not int:
             return f"{datatype} takes integers only"
-        info = np.iinfo(numpy_dtype(datatype))
         if not info.min <= value <= info.max:
             return f"outside the {datatype} range [{info.min}, {info.max}]"
         return None
@@ -223,7 +315,7 @@ def _why_not(datatype: str, value: Any) -> str | None:
     return None
 
 
-def _bytes_values(name: str, values: list[Any], kind: type) -> np.ndarray[Any, Any]:
+def _bytes_values(name: str, values: Sequence[Any], kind: type) -> np.ndarray[Any, Any]:
     out = np.empty(len(values), dtype=object)
     if kind is bytes:
         if set(map(type, values)) <= {bytes}:
@@ -243,9 +335,7 @@ def _bytes_values(name: str, values: list[Any], kind: type) -> np.ndarray[Any, A
             try:
                 value.encode()
             except UnicodeEncodeError:
-                raise _value_error(
-                    name, "BYTES", index, value, "not encodable as UTF-8 (a lone surrogate)"
-                ) from None
+                raise utf8_error(name, index, value) from None
     raise AssertionError("no bad value found")  # pragma: no cover
 
 
@@ -280,7 +370,7 @@ def from_raw(
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _check_bool_bytes(name: str, raw: bytes | memoryview) -> None:
+def _check_bool_bytes(name: str, raw: bytes | memoryview | np.ndarray[Any, Any]) -> None:
     octets = np.frombuffer(raw, dtype=np.uint8)
     bad = np.flatnonzero(octets > 1)
     if bad.size:
@@ -312,19 +402,71 @@ def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarra
 def raw_bytes(array: np.ndarray[Any, Any], name: str = "") -> bytes:
     """Raw bytes of a tensor: little-endian, row-major; BYTES length-prefixed.
 
-    BYTES elements must be ``bytes`` or ``str`` (sent UTF-8); anything else is
-    a TensorValueError rather than its ``repr``.
+    BYTES elements must be ``bytes`` or ``str`` (sent UTF-8); anything else,
+    or a ``str`` that UTF-8 cannot encode (a lone surrogate), is a
+    TensorValueError (see :func:`utf8_items`).
     """
     if array.dtype.kind in ("O", "U", "S"):
         parts = []
-        for index, item in enumerate(array.reshape(-1)):
-            if isinstance(item, bytes):
-                raw = item
-            elif isinstance(item, str):
-                raw = item.encode()
-            else:
-                raise bytes_error(name, index, item)
+        for raw in utf8_items(name, array):
             parts.append(_LENGTH.pack(len(raw)))
             parts.append(raw)
         return b"".join(parts)
+    if array.dtype.kind == "b":
+        check_bool(name, array)
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def check_bool(name: str, array: np.ndarray[Any, Any]) -> None:
+    """A numpy bool array's bytes are 0 or 1 (``np.frombuffer(b"\\x02", bool)`` holds 2,
+    which numpy prints as True but which is not a BOOL on the wire): else TensorValueError."""
+    _check_bool_bytes(name, np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def utf8_items(name: str, array: np.ndarray[Any, Any]) -> list[bytes]:
+    """The elements of a BYTES tensor (numpy kind ``O``, ``U`` or ``S``) as bytes, row-major.
+
+    ``bytes`` stay as they are, ``str`` are encoded UTF-8. Every client-side
+    encoder of a caller's tensor goes through here (binary extension, gRPC,
+    request fingerprints, the outbox), so one rule holds: an element that is
+    neither, or a ``str`` UTF-8 cannot encode (a lone surrogate such as
+    ``"\\ud800"``), is a TensorValueError (400) naming the tensor, element
+    index, datatype and value — never a bare ``UnicodeEncodeError``.
+
+    numpy's own semantics apply before this sees the data: a ``U`` or ``S``
+    array drops *trailing* NULs at construction (``np.array([b"a\\x00"])``
+    holds ``b"a"``); embedded NULs are kept. Send an object array to keep
+    trailing NULs.
+    """
+    items = array.reshape(-1).tolist()
+    kinds = set(map(type, items))
+    if kinds <= {bytes}:
+        return items
+    if kinds <= {bytes, str}:
+        try:
+            return [x.encode() if type(x) is str else x for x in items]
+        except UnicodeEncodeError:
+            pass
+    out = []
+    for index, item in enumerate(items):
+        if isinstance(item, bytes):
+            out.append(bytes(item))
+        elif isinstance(item, str):
+            try:
+                out.append(item.encode())
+            except UnicodeEncodeError:
+                raise utf8_error(name, index, item) from None
+        else:
+            raise bytes_error(name, index, item)
+    return out
+
+
+def utf8_error(name: str, index: int, value: Any) -> TensorValueError:
+    """The error for a BYTES element that is not UTF-8 text (bytes) or not encodable (str)."""
+    if isinstance(value, str):
+        return _value_error(
+            name, "BYTES", index, value, "not encodable as UTF-8 (a lone surrogate)"
+        )
+    return _value_error(
+        name, "BYTES", index, value, "not UTF-8; onnxruntime string tensors hold UTF-8 text"
+    )
