@@ -139,7 +139,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for c in split.profile.candidates
     ])  # fmt: skip
     profile.save(default_profile_path(repo, "gated"))
-    path = copied_onnx(tmp / "copied.onnx", COPIES["reshape"])
+    path = tmp / "copied.onnx"
+    copied_onnx(path, COPIES["reshape"])
     repo.add_version("copied", path, config=config_from_onnx(path, "copied", max_batch_size=8))
     copied = split_model(repo, "copied", codecs=("fp32",), repeats=1).profile
     path = classifier_onnx(tmp / "single.onnx", 7)
