@@ -39,6 +39,11 @@ httpx, grpc, sqlite3) are translated at the boundary with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tensors import RequestContext
+
 __all__ = [
     "AuthenticationError",
     "CompressionError",
@@ -75,6 +80,11 @@ class EdgecloudError(Exception):
     fallback: str | None = None
     """Why another path may succeed where this one failed (a Fallback's reason
     in the trace), or None: the caller's mistake, re-raised unchanged."""
+    context: RequestContext | None = None
+    """The privacy rules in force where the request failed (set by
+    ``check_egress`` on a refusal and by every Guard the error passes), or
+    None: what a deferral must store with the request so a Guard's decision
+    is not lost (``edgecloud.routing.privacy.deferrable``)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

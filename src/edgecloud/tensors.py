@@ -157,6 +157,10 @@ class Sensitivity(enum.StrEnum):
     RESTRICTED = "restricted"
 
 
+_MAY_LEAVE = frozenset({"public", "personal"})
+"""Sensitivity values whose data (or features of it) may leave the device at all."""
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """What the router needs to know about a request beyond its tensors."""
@@ -180,19 +184,85 @@ class RequestContext:
     encoded). Under ``features_only`` only these may leave; any other tensor of
     the request is raw data (see ``edgecloud.routing.privacy.withheld``)."""
 
+    def __post_init__(self) -> None:
+        """Validate every field; a valid sensitivity string becomes the enum.
+
+        ``Sensitivity("restricted")`` is exact (the enum's own values), not a
+        lossy coercion; anything else — another spelling, a non-string flag, a
+        string where a set of names belongs — raises
+        :class:`~edgecloud.errors.InvalidRequestError` naming what is allowed,
+        so a malformed context can never pass a privacy check by accident.
+        """
+        sensitivity = self.sensitivity
+        if not isinstance(sensitivity, Sensitivity):
+            if isinstance(sensitivity, str) and sensitivity in Sensitivity._value2member_map_:
+                object.__setattr__(self, "sensitivity", Sensitivity(sensitivity))
+            else:
+                options = ", ".join(s.value for s in Sensitivity)
+                raise InvalidRequestError(
+                    f"RequestContext.sensitivity is {sensitivity!r}; use one of {options} "
+                    "(or edgecloud.Sensitivity)"
+                )
+        for flag in ("local_only", "features_only"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidRequestError(
+                    f"RequestContext.{flag} is {getattr(self, flag)!r}; use True or False"
+                )
+        deadline = self.deadline
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, int | float)
+        ):
+            raise InvalidRequestError(
+                f"RequestContext.deadline is {deadline!r}; use a time.monotonic() value or None"
+            )
+        key = self.idempotency_key
+        if key is not None and not isinstance(key, str):
+            raise InvalidRequestError(
+                f"RequestContext.idempotency_key is {key!r:.80}; use a string or None"
+            )
+        features = self.features
+        if not isinstance(features, frozenset):
+            if isinstance(features, str | bytes) or not isinstance(features, set | list | tuple):
+                raise InvalidRequestError(
+                    f"RequestContext.features is {features!r:.80}; use a set of tensor names"
+                )
+            object.__setattr__(self, "features", frozenset(features))
+        if not all(isinstance(name, str) for name in self.features):
+            raise InvalidRequestError("RequestContext.features must hold tensor names (strings)")
+
     @property
     def may_leave_device(self) -> bool:
         """Whether these tensors, as they are, may be sent to a remote."""
-        return (
-            not self.local_only
-            and not self.features_only
-            and self.sensitivity is not Sensitivity.RESTRICTED
-        )
+        return self.features_may_leave and not self.features_only
 
     @property
     def features_may_leave(self) -> bool:
-        """Whether features computed from these tensors on the device may be sent."""
-        return not self.local_only and self.sensitivity is not Sensitivity.RESTRICTED
+        """Whether features computed from these tensors on the device may be sent.
+
+        Compared by value against the levels that may leave, so anything else
+        (restricted, or a value that is no level at all) stays: it fails closed.
+        """
+        return not self.local_only and self.sensitivity in _MAY_LEAVE
+
+    def merged_rules(self, other: RequestContext | None) -> RequestContext:
+        """This context with ``other``'s privacy restrictions added (the stricter of both).
+
+        The higher sensitivity, either ``local_only``, either ``features_only``;
+        ``features`` is cleared (it names tensors of one tail request, not of
+        the request this context is merged into). Used to keep a Guard's
+        decision with a request that is deferred after the Guard refused it.
+        """
+        if other is None:
+            return self
+        order = list(Sensitivity)
+        level = max(self.sensitivity, other.sensitivity, key=order.index)
+        return RequestContext(
+            sensitivity=level,
+            deadline=self.deadline,
+            idempotency_key=self.idempotency_key,
+            local_only=self.local_only or other.local_only,
+            features_only=self.features_only or other.features_only,
+        )
 
     @classmethod
     def with_timeout(cls, seconds: float, **kwargs: Any) -> RequestContext:

@@ -10,12 +10,21 @@ example of the README — and then searches every recorded body (binary bytes
 and decoded JSON values) for any row of those inputs. Public data must arrive
 (the path really is exercised); personal data under a ``local`` rule and
 restricted data never; under a ``features`` rule no raw input does.
+
+Rows added after the hostile review of the first fix: a Guard whose refusal
+passes a Fastest or a Fallback before a cascade or filter defers it (the
+refusal must not become "unavailable", nor the Guard's mark be lost), a
+split whose head only reshapes a raw input, a caller's preset ``features``,
+and a sensitivity given as a plain string. The tail request of a ``features``
+split carries no caller parameters or id (its own test below).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import json
 import re
 import sys
 import threading
@@ -32,6 +41,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+import edgecloud
 from edgecloud import (
     FunctionBackend,
     InferRequest,
@@ -45,7 +55,7 @@ from edgecloud.backends.base import Backend
 from edgecloud.filter import Filter
 from edgecloud.repository import config_from_onnx
 from edgecloud.routing import Cascade, Fallback, Fastest, Outbox, prefer_remote
-from edgecloud.routing.privacy import Guard
+from edgecloud.routing.privacy import AuditLog, Guard
 from edgecloud.server.launch import ServerProcess, free_port, launch
 from edgecloud.split import ALL_LOCAL, ALL_REMOTE, Link, SplitBackend, SplitProfile, split_model
 from edgecloud.split.profile import default_profile_path
@@ -54,7 +64,7 @@ from edgecloud.tensors import RequestContext, Sensitivity
 from ..conftest import ROOT
 from ..models import event_sink_config, event_sink_onnx
 from ..server.conftest import Server, start_server
-from ..split.test_backend import gated_onnx
+from ..split.test_backend import COPIES, copied_onnx, gated_onnx
 from . import _privacy_helpers as recorder
 
 LEVELS = [s.value for s in Sensitivity]
@@ -97,6 +107,10 @@ class World:
     record: Path
     profile: SplitProfile
     tmp: Path
+    copied: SplitProfile
+    """``copied``: the head reshapes the raw ``y`` for the tail, split at every cut."""
+    single: SplitProfile
+    """``single``: a one-input classifier split after its MatMul (a real feature crosses)."""
 
     @property
     def url(self) -> str:
@@ -125,12 +139,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for c in split.profile.candidates
     ])  # fmt: skip
     profile.save(default_profile_path(repo, "gated"))
+    path = tmp / "copied.onnx"
+    copied_onnx(path, COPIES["reshape"])
+    repo.add_version("copied", path, config=config_from_onnx(path, "copied", max_batch_size=8))
+    copied = split_model(repo, "copied", codecs=("fp32",), repeats=1).profile
+    path = classifier_onnx(tmp / "single.onnx", 7)
+    repo.add_version("single", path, config=config_from_onnx(path, "single", max_batch_size=8))
+    single = split_model(repo, "single", codecs=("fp32",), repeats=1).profile
     server = start_server(repo, tmp)
     record, port = tmp / "arrivals.jsonl", free_port()
     argv = [sys.executable, recorder.__file__, "--port", str(port), "--upstream", server.url,
             "--record", str(record)]  # fmt: skip
     proxy = launch(argv, f"http://127.0.0.1:{port}", log=tmp / "proxy.log")
-    yield World(repo, server, proxy, record, profile, tmp)
+    yield World(repo, server, proxy, record, profile, tmp, copied, single)
     proxy.stop()
     server.stop()
 
@@ -307,6 +328,136 @@ def filter_outbox_drain(world: World, level: str) -> list[np.ndarray]:
     return sent
 
 
+class Down(Backend):
+    """A path that is unreachable (an UnavailableError), without touching any socket."""
+
+    name = "down"
+
+    def infer(self, request: InferRequest) -> Any:
+        raise UnavailableError("down: the link is gone")
+
+    def close(self) -> None:
+        return None
+
+
+def deployment_cascade_guard_fastest(world: World, level: str) -> list[np.ndarray]:
+    """The reported case: a Guard inside a cascade's large branch, above a Fastest.
+
+    Both Fastest paths refuse for privacy; the cascade defers the escalation to
+    the outbox; then the outbox drains (``Deployment.drain_outbox``).
+    """
+    spec = {
+        "repository": str(world.repo.root),
+        "remotes": {"cloud": {"url": world.url, "timeout_s": 5.0},
+                    "cloud2": {"url": world.url, "timeout_s": 5.0}},
+        "outbox": {"path": str(world.tmp / f"deployment-outbox-{next(SEEDS)}.db")},
+        "root": {"cascade": {
+            "small": "local",
+            "large": {"guard": {"rules": {"personal": "local"},
+                                "inner": {"fastest": {"paths": ["cloud", "cloud2"]}}}},
+            "small_model": "digits-small", "large_model": "digits-large",
+            "threshold": 0.9, "defer_failed_escalations": True,
+        }},
+    }  # fmt: skip
+    deployment = edgecloud.load(spec)
+    x = secret(3, 4)
+    try:
+        deployment.infer(InferRequest("digits-small", {"x": x}, context=context(level)))
+        deployment.drain_outbox()
+    finally:
+        deployment.close()
+    return [x]
+
+
+def deferred_then_drained(
+    inner: Callable[[World], Backend], *, via: str
+) -> Callable[[World, str], list[np.ndarray]]:
+    """A cascade (``via="cascade"``) or filter (``"filter"``) over ``personal_local(inner)``
+    that defers what fails to an outbox, as the deployment wires it; then the drain."""
+
+    def run(world: World, level: str) -> list[np.ndarray]:
+        outbox = Outbox(world.tmp / f"outbox-{next(SEEDS)}.db")
+        tree = personal_local(inner(world))
+        if via == "filter":
+            sent = stream(world, level, tree, outbox)
+        else:
+            x = secret(3, 4)
+
+            def defer(escalation: InferRequest, _: object, why: str) -> None:
+                outbox.put(escalation, kind="escalation", why=why)
+
+            cascaded = Cascade(local(world), tree, threshold=0.9, small_model="digits-small",
+                               large_model="digits-large", on_escalation_failure=defer)  # fmt: skip
+            ask(cascaded, "digits-small", level, x=x)
+            sent = [x]
+        sender = remote(world)
+        outbox.drain(sender.infer)
+        for closing in (sender, tree, outbox):
+            closing.close()
+        return sent
+
+    return run
+
+
+def two_remotes(world: World) -> Backend:
+    return Fastest([remote(world), remote(world)], explore=0.0)
+
+
+def remote_then_down(world: World) -> Backend:
+    """Its primary refuses for privacy; its secondary is unreachable."""
+    return Fallback(remote(world), Down(), name="remote-then-down")
+
+
+def down_then_remote(world: World) -> Backend:
+    return Fastest([Down(), remote(world)], explore=0.0)
+
+
+def split_features_copy(world: World, level: str) -> list[np.ndarray]:
+    """The head only reshapes the raw ``y``: under ``features`` no cut may send it."""
+    x, y = secret(2, 8), secret(2, 4)
+    for candidate in world.copied.candidates:
+        if candidate.name in (ALL_LOCAL, ALL_REMOTE):
+            continue
+        backend = SplitBackend(local(world), remote(world), world.copied, fixed=candidate.key)
+        ask(Guard(backend, rules={"personal": "features"}), "copied", level, x=x, y=y)
+    return [x, y]
+
+
+def guard_features_preset(world: World, level: str) -> list[np.ndarray]:
+    """The caller names its raw input a feature: a Guard ``features`` rule must not believe it."""
+    x = secret(2, 4)
+    guard = Guard(remote(world), rules={"personal": "features"})
+    preset = dataclasses.replace(context(level), features=frozenset({"x"}))
+    try:
+        guard.infer(InferRequest("digits-large", {"x": x}, context=preset))
+    except PrivacyError:
+        pass
+    finally:
+        guard.close()
+    return [x]
+
+
+def plain_string(world: World, level: str) -> list[np.ndarray]:
+    """``RequestContext(sensitivity="restricted")``: a plain string, as config-fed code passes."""
+    x = secret(2, 4)
+    plain = RequestContext(sensitivity=level)  # type: ignore[arg-type]
+    with remote(world) as sender, contextlib.suppress(PrivacyError):
+        sender.infer(InferRequest("digits-large", {"x": x}, context=plain))
+    return [x]
+
+
+def plain_string_outbox(world: World, level: str) -> list[np.ndarray]:
+    """The same context queued in the outbox, then drained."""
+    x = secret(2, 4)
+    outbox = Outbox(world.tmp / f"outbox-{next(SEEDS)}.db")
+    plain = RequestContext(sensitivity=level)  # type: ignore[arg-type]
+    outbox.put(InferRequest("digits-large", {"x": x}, context=plain))
+    with remote(world) as sender:
+        outbox.drain(sender.infer)
+    outbox.close()
+    return [x]
+
+
 # -- the gateway with the README's deployments --------------------------------
 
 
@@ -412,6 +563,29 @@ PATHS: dict[str, tuple[Path_, dict[str, bool | None]]] = {
     "outbox-drain": (outbox_drain, {"public": True, "personal": False, "restricted": False}),
     "filter-outbox-drain": (filter_outbox_drain, {"public": True, "personal": False,
                                                   "restricted": False}),
+    "deployment-cascade-guard-fastest-outbox": (
+        deployment_cascade_guard_fastest, {"public": True, "personal": False, "restricted": False}
+    ),
+    "cascade-guard-fallback-outbox": (
+        deferred_then_drained(remote_then_down, via="cascade"),
+        {"public": True, "personal": False, "restricted": False},
+    ),
+    "filter-guard-fastest-outbox": (
+        deferred_then_drained(two_remotes, via="filter"),
+        {"public": True, "personal": False, "restricted": False},
+    ),
+    "filter-guard-fastest-down-outbox": (
+        deferred_then_drained(down_then_remote, via="filter"),
+        {"public": True, "personal": False, "restricted": False},
+    ),
+    "split-features-copy": (split_features_copy, {"public": True, "personal": False,
+                                                  "restricted": False}),
+    "guard-features-preset": (guard_features_preset, {"public": True, "personal": False,
+                                                      "restricted": False}),
+    "plain-string-sensitivity": (plain_string, {"public": True, "personal": True,
+                                                "restricted": False}),
+    "plain-string-outbox": (plain_string_outbox, {"public": True, "personal": True,
+                                                  "restricted": False}),
     **{
         f"gateway-readme-{i}": (through_gateway(i), {"public": True, "personal": False,
                                                      "restricted": False})
@@ -444,3 +618,34 @@ def test_nothing_that_may_not_leave_reaches_the_server(world: World, path: str, 
     else:
         leaked = [i for i, hit in enumerate(seen) if hit]
         assert not leaked, f"{path}: {level} input(s) {leaked} reached the server"
+
+
+def test_a_features_split_sends_no_caller_parameters_or_id(world: World) -> None:
+    """The tail request under ``features`` carries the activation, not the caller's metadata.
+
+    What still leaves: the transport's own parameters (sensitivity, key, binary
+    flag). The answer keeps the caller's id; the audit log names what was dropped.
+    """
+    audit = world.tmp / f"audit-{next(SEEDS)}.jsonl"
+    cut = next(c for c in world.single.candidates if c.name not in (ALL_LOCAL, ALL_REMOTE))
+    start = world.mark()
+    backend = SplitBackend(local(world), RemoteBackend(world.url, audit=AuditLog(audit)),
+                           world.single, fixed=cut.key)  # fmt: skip
+    guard = Guard(backend, rules={"personal": "features"})
+    parameters: dict[str, Any] = {"patient_name": "Jane Doe", "diagnosis": "confidential"}
+    request = InferRequest("single", {"x": secret(2, 4)}, id="patient-4711", parameters=parameters,
+                           context=context("personal"))  # fmt: skip
+    answer = guard.infer(request)
+    guard.close()
+    assert answer.trace.served_by.startswith(f"split:{cut.key}")  # the tail really was sent
+    assert answer.id == "patient-4711"
+    posts = [a for a in recorder.arrivals(world.record, start) if a.method == "POST"]
+    assert posts
+    for arrival in posts:
+        for word in (b"Jane Doe", b"patient", b"diagnosis", b"confidential", b"4711"):
+            assert word not in arrival.body, (arrival.path, word)
+        assert set(arrival.parameters()) <= {"sensitivity", "idempotency_key", "binary_data_output"}
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert records and all(
+        r["dropped"] == ["id", "parameters.diagnosis", "parameters.patient_name"] for r in records
+    )

@@ -197,4 +197,6 @@ def test_zoo_vad_splits_exactly_and_reports_its_raw_inputs(
     names = [c.name for c in cut_points(repo.get("vad").model_path)]
     result = split_model(repo, "vad", cuts=names, inputs=chunk, repeats=1)
     raw = {pair.cut.name: pair.cut.raw_inputs_of_tail for pair in result.pairs}
-    assert raw["cut0"] == ("input", "state") and len(result.pairs) == len(names)
+    # Equal_0_C = Equal(sr, 16000): computed from a raw input by a non-feature op, so raw too
+    # (partition.FEATURE_OPS; privacy fails closed).
+    assert raw["cut0"] == ("input", "state", "Equal_0_C") and len(result.pairs) == len(names)

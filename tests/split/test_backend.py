@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -349,3 +350,146 @@ def test_a_profile_that_does_not_say_what_crosses_keeps_features_data_local(
     assert split.choose(InferRequest("branched", {"x": X}, context=features))[0].name == ALL_LOCAL
     assert split.choose(InferRequest("branched", {"x": X}))[0].name != ALL_LOCAL
     split.close()
+
+
+# -- a copy of a raw input is raw input (issue 14, kind 3: A2) -----------------
+
+
+def copied_onnx(path: Path | None, copy: list[Any], *, name: str = "copied") -> Any:
+    """out = relu(x W1) W2 + c, where the head computes c from the raw ``y`` by ``copy``.
+
+    x: FP32 [batch, 8], y: FP32 [batch, 4] → out: FP32 [batch, 4]. ``copy`` is a
+    list of nodes from ``y`` to ``c`` (FP32 [batch, 4]), placed first so every
+    cut after them carries ``c`` to the tail. Saved to ``path`` when given.
+    """
+    rng = np.random.default_rng(2)
+    constants = {
+        "w1": rng.standard_normal((8, 4)), "w2": rng.standard_normal((4, 4)),
+        "wy": rng.standard_normal((4, 4)), "two": np.array(2.0), "shape": np.array([-1, 4]),
+        "axes": np.array([1]), "perm_shape": np.array([4, -1]), "idx": np.array([3, 2, 1, 0]),
+        "starts": np.array([0]), "ends": np.array([4]), "reps": np.array([1, 1]),
+        "full": np.array([1, 4]),
+    }  # fmt: skip
+    initializers = [
+        numpy_helper.from_array(v.astype(np.int64 if v.dtype.kind == "i" else np.float32), k)
+        for k, v in constants.items()
+    ]
+    graph = helper.make_graph(
+        [
+            *copy,
+            helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
+            helper.make_node("Relu", ["h1"], ["a"], name="relu"),
+            helper.make_node("MatMul", ["a", "w2"], ["b"], name="mm2"),
+            helper.make_node("Add", ["b", "c"], ["out"], name="add"),
+        ],
+        name,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if path is not None:
+        onnx.save(model, path)
+    return model
+
+
+def node(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+#: Steps that keep the information of ``y`` (a copy in another layout or scale):
+#: the crossing ``c`` is raw data.
+COPIES = {
+    "identity": [node("Identity", ["y"], ["c"])],
+    "reshape": [node("Reshape", ["y", "shape"], ["c"])],
+    "flatten": [node("Flatten", ["y"], ["c"])],
+    "unsqueeze-squeeze": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                          node("Squeeze", ["u", "axes"], ["c"])],
+    "transpose-twice": [node("Transpose", ["y"], ["t"], perm=[1, 0]),
+                        node("Transpose", ["t"], ["c"], perm=[1, 0])],
+    "cast-wider-and-back": [node("Cast", ["y"], ["d"], to=TensorProto.DOUBLE),
+                            node("Cast", ["d"], ["c"], to=TensorProto.FLOAT)],
+    "gather-permutes": [node("Gather", ["y", "idx"], ["c"], axis=1)],
+    "slice": [node("Slice", ["y", "starts", "ends", "axes"], ["c"])],
+    "expand": [node("Expand", ["y", "full"], ["c"])],
+    "tile": [node("Tile", ["y", "reps"], ["c"])],
+    "neg": [node("Neg", ["y"], ["c"])],
+    "mul-by-constant": [node("Mul", ["y", "two"], ["c"])],
+    "div-add-sub": [node("Div", ["y", "two"], ["d"]), node("Add", ["d", "two"], ["e"]),
+                    node("Sub", ["e", "two"], ["c"])],
+    "relu": [node("Relu", ["y"], ["c"])],
+    "sigmoid": [node("Sigmoid", ["y"], ["c"])],
+    "concat-split": [node("Concat", ["y", "y"], ["cc"], axis=1),
+                     node("Split", ["cc"], ["c", "c2"], axis=1, num_outputs=2)],
+    "unknown-op": [node("Softsign", ["y"], ["c"])],
+}  # fmt: skip
+#: Steps that mix elements through weights: the crossing ``c`` is a feature.
+FEATURES = {
+    "matmul": [node("MatMul", ["y", "wy"], ["c"])],
+    "gemm-then-reshape": [node("Gemm", ["y", "wy"], ["g"]), node("Reshape", ["g", "shape"], ["c"])],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", list(COPIES.values()), ids=list(COPIES))
+def test_a_tensor_the_head_only_copies_from_a_raw_input_is_raw(steps: list[Any]) -> None:
+    from edgecloud.split.partition import cut_points
+
+    cuts = [c for c in cut_points(copied_onnx(None, steps)) if "c" in c.tensors]
+    assert cuts
+    for cut in cuts:
+        assert "c" in cut.raw_inputs_of_tail, (cut.name, cut.tensors)
+
+
+@pytest.mark.parametrize("steps", list(FEATURES.values()), ids=list(FEATURES))
+def test_a_tensor_computed_through_weights_is_a_feature(steps: list[Any]) -> None:
+    from edgecloud.split.partition import cut_points
+
+    cuts = [c for c in cut_points(copied_onnx(None, steps)) if "c" in c.tensors]
+    assert cuts
+    for cut in cuts:
+        assert "c" not in cut.raw_inputs_of_tail, (cut.name, cut.tensors)
+        assert "y" not in cut.tensors
+
+
+@pytest.fixture(scope="module")
+def copied(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ModelRepository, SplitProfile, Server]]:
+    """``copied`` with ``c = Reshape(y)`` (the reported model), split at every cut, served."""
+    tmp = tmp_path_factory.mktemp("copied")
+    repo = ModelRepository(tmp / "repo")
+    path = tmp / "copied.onnx"
+    copied_onnx(path, COPIES["reshape"])
+    repo.add_version("copied", path, config=config_from_onnx(path, "copied", max_batch_size=8))
+    result = split_model(repo, "copied", codecs=("fp32",), repeats=1)
+    (tmp / "server").mkdir()
+    server = start_server(repo, tmp / "server")
+    yield repo, result.profile, server
+    server.stop()
+
+
+def test_features_rule_never_sends_a_reshaped_raw_input(
+    copied: tuple[ModelRepository, SplitProfile, Server], tmp_path: Path
+) -> None:
+    """The reported case: under ``features`` no cut sends y's bytes in another shape."""
+    repo, profile, server = copied
+    cuts = [c.key for c in profile.candidates if c.name not in (ALL_LOCAL, ALL_REMOTE)]
+    assert cuts and all(profile.raw_inputs_of_tail[k.split("/")[0]] for k in cuts)
+    rng = np.random.default_rng(9)
+    inputs = {"x": rng.random((1, 8), np.float32), "y": rng.random((1, 4), np.float32)}
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    personal = RequestContext(sensitivity=Sensitivity.PERSONAL)
+    for key in cuts:
+        split = backend(repo, server.url, profile, audit, link=FAST, fixed=key)
+        guard = Guard(split, rules={"personal": "features"})
+        public = guard.infer(InferRequest("copied", inputs))
+        assert public.trace.served_by.startswith(f"split:{key}")  # the cut itself works
+        answer = guard.infer(InferRequest("copied", inputs, context=personal))
+        assert answer.trace.served_by == "split:all-local", key
+        np.testing.assert_allclose(answer.outputs["out"], public.outputs["out"], rtol=1e-5)
+        guard.close()
+    assert {r["sensitivity"] for r in audit} == {"public"}

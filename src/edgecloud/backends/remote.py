@@ -94,36 +94,39 @@ class RemoteBackend(Backend):
     # -- public ----------------------------------------------------------------
 
     def infer(self, request: InferRequest) -> InferResponse:
-        self._egress(request)
+        outgoing = self._egress(request)
         if self._grpc is not None:
-            return self._grpc.infer(request, self._timeout_for(request), self.name)
+            answer = self._grpc.infer(outgoing, self._timeout_for(outgoing), self.name)
+            return _answering(answer, request)
         if not self._checked_extensions:
             self._check_extensions()
-        body, headers, path, timeout = self._prepare(request)
+        body, headers, path, timeout = self._prepare(outgoing)
         started = time.perf_counter()
         try:
             reply = self._client.post(path, content=body, headers=headers, timeout=timeout)
         except self._httpx.HTTPError as exc:
-            raise self._transport_error(exc, request) from exc
-        response = self._finish(request, reply, len(body), started)
-        return response if response is not None else self.infer(request)
+            raise self._transport_error(exc, outgoing) from exc
+        response = self._finish(outgoing, reply, len(body), started)
+        return _answering(response, request) if response is not None else self.infer(request)
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         if self._grpc is not None:
             return await asyncio.to_thread(self.infer, request)
         if self._async is None:
             self._async = self._httpx.AsyncClient(**self._async_args)
-        self._egress(request)
+        outgoing = self._egress(request)
         if not self._checked_extensions:
             await asyncio.to_thread(self._check_extensions)
-        body, headers, path, timeout = self._prepare(request)
+        body, headers, path, timeout = self._prepare(outgoing)
         started = time.perf_counter()
         try:
             reply = await self._async.post(path, content=body, headers=headers, timeout=timeout)
         except self._httpx.HTTPError as exc:
-            raise self._transport_error(exc, request) from exc
-        response = self._finish(request, reply, len(body), started)
-        return response if response is not None else await self.infer_async(request)
+            raise self._transport_error(exc, outgoing) from exc
+        response = self._finish(outgoing, reply, len(body), started)
+        if response is None:
+            return await self.infer_async(request)
+        return _answering(response, request)
 
     def ready(self, model: str | None = None) -> bool:
         """Whether the server (or one model on it) answers ready; False when unreachable."""
@@ -175,11 +178,17 @@ class RemoteBackend(Backend):
 
     # -- internals -------------------------------------------------------------
 
-    def _egress(self, request: InferRequest) -> None:
-        """The one door tensors leave by: privacy check, then the audit record."""
-        check_egress(request, self.url)
+    def _egress(self, request: InferRequest) -> InferRequest:
+        """The one door requests leave by: privacy check, then the audit record.
+
+        Returns the request as it may leave (``check_egress`` drops the
+        caller's parameters and id under ``features_only``); raises
+        :class:`~edgecloud.errors.PrivacyError` when it may not leave at all.
+        """
+        outgoing, dropped = check_egress(request, self.url)
         if self.audit is not None:
-            self.audit.record(request, self.url)
+            self.audit.record(outgoing, self.url, dropped)
+        return outgoing
 
     def _check_extensions(self) -> None:
         """Use binary tensors only if the server advertises ``binary_tensor_data``.
@@ -248,6 +257,13 @@ class RemoteBackend(Backend):
                 f"{self.url} did not answer {request.model!r} in time ({type(exc).__name__})"
             )
         return UnavailableError(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
+
+
+def _answering(response: InferResponse, request: InferRequest) -> InferResponse:
+    """``response`` echoing the caller's id (which may have been held back at egress)."""
+    if request.id:
+        response.id = request.id
+    return response
 
 
 def _message(content: bytes) -> str:

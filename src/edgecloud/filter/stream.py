@@ -13,6 +13,7 @@ from ..errors import ConfigError, InvalidRequestError
 from ..routing.fallback import fallback_reason
 from ..routing.keys import new_key
 from ..routing.outbox import Outbox
+from ..routing.privacy import deferrable
 from ..tensors import InferRequest, RequestContext, Sensitivity
 from .segment import Event, SegmentConfig, Segmenter
 from .triggers import Trigger
@@ -139,6 +140,8 @@ class Filter:
                     f"event {event.index} ({event.start_s:.2f}–{event.end_s:.2f} s) could not "
                     f"be sent ({exc}) and there is no outbox to keep it: give Filter an outbox"
                 ) from exc
-            self.outbox.put(request, kind="event", why=fallback_reason(exc))
+            # Stored with the rules in force where it failed (a Guard below this filter).
+            deferred, why = deferrable(request, exc)
+            self.outbox.put(deferred, kind="event", why=why)
             event.queued = True
             self.stats.queued_events += 1

@@ -17,6 +17,7 @@ from ..tensors import InferRequest, InferResponse, Span, Trace
 from .confidence import confidence
 from .fallback import fallback_reason
 from .keys import derived_key, new_key
+from .privacy import deferrable
 
 __all__ = ["Cascade"]
 
@@ -132,7 +133,10 @@ class Cascade(Backend):
             if reason is None:
                 raise
             if self.on_escalation_failure is not None:
-                self.on_escalation_failure(escalation, first, reason)
+                # Deferred with the rules in force where it failed (a Guard on the large
+                # branch, a refusal below a Fastest): the outbox enforces them at drain.
+                deferred, why_deferred = deferrable(escalation, exc)
+                self.on_escalation_failure(deferred, first, why_deferred or reason)
             why = f"cascade:escalation-failed:{reason} — small model's answer ({exc.message[:100]})"
             return _decided(first, self.name, why)
         outputs = {k: v.copy() for k, v in first.outputs.items()}

@@ -19,12 +19,15 @@ from ..backends.base import Backend
 from ..errors import (
     DeadlineExceededError,
     EdgecloudError,
+    PrivacyError,
+    UnavailableError,
 )
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .resilience import CircuitBreaker
 
 __all__ = [
     "Fallback",
+    "combined_error",
     "fallback_reason",
     "only_local",
     "only_remote",
@@ -40,6 +43,33 @@ def fallback_reason(exc: BaseException) -> str | None:
     every combinator, the outbox and the filter agree.
     """
     return exc.fallback if isinstance(exc, EdgecloudError) else None
+
+
+def combined_error(failures: list[tuple[str, EdgecloudError | str]]) -> EdgecloudError:
+    """One error for a request every path failed: ``(path name, its error or why skipped)``.
+
+    The one place combinators (Fallback, Fastest) merge errors, so none loses
+    a privacy refusal: if any path refused for privacy the result is a
+    :class:`PrivacyError` (never "unavailable", which a cascade or filter
+    would defer as an ordinary failure), else :class:`UnavailableError`.
+    Either way its ``context`` holds the strictest privacy rules any path
+    reported (``EdgecloudError.context``), for ``privacy.deferrable``.
+    """
+    parts = []
+    context = None
+    refused = False
+    for name, failure in failures:
+        if isinstance(failure, str):
+            parts.append(f"{name}: {failure}")
+            continue
+        parts.append(f"{name}: {failure.fallback or type(failure).__name__} ({failure.message})")
+        refused = refused or isinstance(failure, PrivacyError)
+        if failure.context is not None:
+            context = failure.context if context is None else context.merged_rules(failure.context)
+    kind = PrivacyError if refused else UnavailableError
+    error = kind("every path failed: " + "; ".join(parts))
+    error.context = context
+    return error
 
 
 def with_decision(response: InferResponse, backend: str, reason: str) -> InferResponse:
@@ -94,7 +124,7 @@ class Fallback(Backend):
             reason = fallback_reason(exc)
             if reason is None:
                 raise
-            return self._fall_back(request, reason, exc.message)
+            return self._fall_back(request, reason, exc.message, exc)
         return with_decision(response, self.name, f"primary {self.primary.name} answered")
 
     def _primary(self, request: InferRequest, budget: float | None) -> InferResponse:
@@ -110,9 +140,26 @@ class Fallback(Backend):
                 "abandoned"
             ) from None
 
-    def _fall_back(self, request: InferRequest, reason: str, detail: str) -> InferResponse:
+    def _fall_back(
+        self, request: InferRequest, reason: str, detail: str, failed: EdgecloudError | None = None
+    ) -> InferResponse:
+        """The secondary's answer. If it fails too, its error is raised — unless the
+        primary refused for privacy and the secondary did not: then the combined
+        error (:func:`combined_error`), so a privacy refusal is never lost. Either
+        way the error keeps the primary's privacy rules (``context``)."""
         started = time.perf_counter()
-        response = self.secondary.infer(request)
+        try:
+            response = self.secondary.infer(request)
+        except EdgecloudError as exc:
+            if failed is None or fallback_reason(exc) is None:
+                raise
+            if isinstance(failed, PrivacyError) and not isinstance(exc, PrivacyError):
+                raise combined_error(
+                    [(self.primary.name, failed), (self.secondary.name, exc)]
+                ) from exc
+            if failed.context is not None:
+                exc.context = failed.context.merged_rules(exc.context)
+            raise
         elapsed = time.perf_counter() - started
         self._secondary_s = (
             elapsed if self._secondary_s == 0 else 0.8 * self._secondary_s + 0.2 * elapsed

@@ -9,9 +9,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import partial
 
 from ..backends.base import Backend
-from ..errors import ConfigError, EdgecloudError, UnavailableError
+from ..errors import ConfigError, EdgecloudError
 from ..tensors import InferRequest, InferResponse
-from .fallback import fallback_reason, with_decision
+from .fallback import combined_error, fallback_reason, with_decision
 from .link import LinkEstimate
 from .resilience import CircuitBreaker, Permit
 
@@ -94,11 +94,11 @@ class Fastest(Backend):
             why = "explore"
         else:
             why = "unmeasured" if order[0][1] is None else "fastest"
-        errors = []
+        errors: list[tuple[str, EdgecloudError | str]] = []
         for rank, (i, expected) in enumerate(order):
             permit = self.breakers[i].acquire()
             if permit is None:
-                errors.append(f"{self.paths[i].name}: circuit open")
+                errors.append((self.paths[i].name, "circuit open"))
                 continue
             try:
                 with permit:  # resolved however the call ends (resilience.outcome_of)
@@ -107,14 +107,14 @@ class Fastest(Backend):
                 reason = fallback_reason(exc)
                 if reason is None:
                     raise
-                errors.append(f"{self.paths[i].name}: {reason}")
+                errors.append((self.paths[i].name, exc))
                 continue
             estimate = "unmeasured" if expected is None else f"expected {expected * 1e3:.1f} ms"
             detail = f"fastest:{why} {self.paths[i].name} ({estimate})"
             if errors:
-                detail += f" after {'; '.join(errors)}"
+                detail += " after " + "; ".join(f"{n}: {_why(e)}" for n, e in errors)
             return with_decision(response, self.name, detail)
-        raise _all_failed(errors)
+        raise combined_error(errors)
 
     def _run(
         self, i: int, permit: Permit, rest: list[tuple[int, float | None]], request: InferRequest
@@ -175,5 +175,5 @@ def _resolve_by(permit: Permit, future: Future[InferResponse]) -> None:
         permit.record(future.exception())
 
 
-def _all_failed(errors: list[str]) -> EdgecloudError:
-    return UnavailableError("every path failed: " + "; ".join(errors))
+def _why(failure: EdgecloudError | str) -> str:
+    return failure if isinstance(failure, str) else str(failure.fallback)

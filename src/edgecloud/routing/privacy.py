@@ -15,6 +15,18 @@ split planner to rule out cuts before it runs them:
   may leave; every other tensor — a raw graph input, even one the tail
   consumes directly — stays;
 - otherwise everything may leave.
+
+Under ``features_only`` the request's non-tensor data is held back too: the
+caller's ``parameters`` and ``id`` may name or describe the person
+(``patient_name``, ``patient-4711``), so :func:`check_egress` returns the
+request without them; only the context parameters the transport itself adds
+(``sensitivity``, ``idempotency_key``, ``binary_data_output``) and the
+model's own output names leave. The audit log records what was dropped.
+
+A refusal (and any error passing a Guard) carries the rules in force as
+``exc.context``; :func:`deferrable` puts them back on a request that is
+deferred to the outbox, so a Guard's decision is never lost between the
+refusal and the queue.
 """
 
 from __future__ import annotations
@@ -32,10 +44,10 @@ from typing import Any, Literal
 import numpy as np
 
 from ..backends.base import Backend
-from ..errors import ConfigError, PrivacyError
+from ..errors import ConfigError, EdgecloudError, PrivacyError
 from ..tensors import InferRequest, InferResponse, RequestContext, Sensitivity, Span, Trace
 
-__all__ = ["AuditLog", "Guard", "check_egress", "withheld"]
+__all__ = ["AuditLog", "Guard", "check_egress", "deferrable", "withheld"]
 
 Rule = Literal["local", "features", "any"]
 
@@ -53,24 +65,54 @@ def withheld(context: RequestContext, tensors: Iterable[str]) -> list[str]:
     return []
 
 
-def check_egress(request: InferRequest, destination: str) -> None:
-    """Raise :class:`PrivacyError` if any tensor of ``request`` may not go to ``destination``.
+def check_egress(request: InferRequest, destination: str) -> tuple[InferRequest, list[str]]:
+    """The request as it may go to ``destination``, and what was dropped from it.
 
     Called by every transport before a byte is sent (``RemoteBackend``).
+    Raises :class:`PrivacyError` (its ``context`` the one refused) if any
+    tensor of ``request`` may not leave. Under ``features_only`` the caller's
+    parameters and id are dropped (named in the list, e.g.
+    ``["id", "parameters.patient_name"]``); otherwise the request is unchanged
+    and the list empty.
     """
-    kept = withheld(request.context, request.inputs)
-    if not kept:
-        return
     context = request.context
-    if context.sensitivity is Sensitivity.RESTRICTED or context.local_only:
-        why = f"{context.sensitivity.value} data of this request may not leave the device"
-    else:
-        why = (
-            f"only features computed on the device may leave for {context.sensitivity.value} "
-            f"data, and {', '.join(map(repr, kept))} "
-            + ("is raw input" if len(kept) == 1 else "are raw inputs")
-        )
-    raise PrivacyError(f"{why}, and {destination} is remote")
+    kept = withheld(context, request.inputs)
+    if kept:
+        if not context.features_may_leave:
+            why = f"{context.sensitivity.value} data of this request may not leave the device"
+        else:
+            why = (
+                f"only features computed on the device may leave for {context.sensitivity.value} "
+                f"data, and {', '.join(map(repr, kept))} "
+                + ("is raw input" if len(kept) == 1 else "are raw inputs")
+            )
+        error = PrivacyError(f"{why}, and {destination} is remote")
+        error.context = context
+        raise error
+    if not context.features_only:
+        return request, []
+    dropped = [f"parameters.{name}" for name in sorted(request.parameters)]
+    if request.id:
+        dropped.insert(0, "id")
+    if not dropped:
+        return request, []
+    return replace(request, parameters={}, id=""), dropped
+
+
+def deferrable(request: InferRequest, exc: BaseException) -> tuple[InferRequest, str | None]:
+    """``request`` with the privacy rules ``exc`` carries, and the reason to defer it for.
+
+    The rules are those in force where the request failed (``exc.context``,
+    set by :func:`check_egress` and by every :class:`Guard` the error passed):
+    the stored request gets the stricter of its own context and those, so the
+    outbox enforces a Guard's decision at drain. The reason is the error's
+    fallback reason (``"privacy"`` for a refusal: the outbox never sends it).
+    """
+    if not isinstance(exc, EdgecloudError):
+        return request, None
+    if exc.context is not None:
+        request = replace(request, context=request.context.merged_rules(exc.context))
+    return request, exc.fallback
 
 
 class AuditLog:
@@ -87,8 +129,11 @@ class AuditLog:
         self.fsync = fsync
         self._lock = threading.Lock()
 
-    def record(self, request: InferRequest, destination: str) -> None:
+    def record(self, request: InferRequest, destination: str, dropped: Iterable[str] = ()) -> None:
+        """One line per tensor of ``request``; ``dropped`` names the non-tensor data
+        :func:`check_egress` held back (recorded with each line as ``dropped``)."""
         now = time.time()
+        held = sorted(dropped)
         lines = []
         for name, array in request.inputs.items():
             data = (
@@ -107,6 +152,7 @@ class AuditLog:
                         "sha256": hashlib.sha256(data).hexdigest(),
                         "sensitivity": request.context.sensitivity.value,
                         "request_id": request.id,
+                        **({"dropped": held} if held else {}),
                     },
                     sort_keys=True,
                 )
@@ -162,13 +208,26 @@ class Guard(Backend):
             self.rules[level] = rule
 
     def infer(self, request: InferRequest) -> InferResponse:
+        """Mark the context with this Guard's rule, then let ``inner`` route it.
+
+        A caller's ``features`` are cleared: only a SplitBackend below the
+        Guard may name tensors it computed. Any error from ``inner`` leaves
+        carrying the guarded context (``exc.context``), so code that defers the
+        request stores the Guard's decision with it (:func:`deferrable`).
+        """
         level = request.context.sensitivity
         rule = self.rules.get(level, "any")
-        if rule == "local" and not request.context.local_only:
-            request = replace(request, context=replace(request.context, local_only=True))
-        elif rule == "features" and not request.context.features_only:
-            request = replace(request, context=replace(request.context, features_only=True))
-        response = self.inner.infer(request)
+        context = replace(request.context, features=frozenset())
+        if rule == "local":
+            context = replace(context, local_only=True)
+        elif rule == "features":
+            context = replace(context, features_only=True)
+        request = replace(request, context=context)
+        try:
+            response = self.inner.infer(request)
+        except EdgecloudError as exc:
+            exc.context = context.merged_rules(exc.context)
+            raise
         outcome = {"local": "stays on the device", "features": "only features may leave"}
         reason = f"guard:{level.value} → " + outcome.get(rule, "may leave")
         response.trace = Trace(

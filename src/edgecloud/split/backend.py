@@ -10,7 +10,9 @@ requests takes the best remote candidate to keep the estimate current.
 Privacy: a request that may not leave the device runs all-local. A request
 whose context is ``features_only`` (a Guard rule ``features``) never sends a
 raw input: all-remote is excluded, and so is every cut whose tail consumes a
-graph input directly (e.g. a second input only the tail reads) — the rule is
+graph input directly (e.g. a second input only the tail reads) or a tensor the
+head only copied from one (a Reshape or Cast of it: the profile's
+``raw_inputs_of_tail``, see ``partition.FEATURE_OPS``) — the rule is
 :func:`edgecloud.routing.privacy.withheld`, the same one the transport
 enforces. The tail request names the tensors computed on the device in its
 context (``features``), so the transport can tell activations from raw data.
@@ -200,14 +202,19 @@ class SplitBackend(Backend):
         return withheld(context, [*raw, *features])
 
     def _crossing(self, choice: CutProfile, request: InferRequest) -> tuple[list[str], list[str]]:
-        """(raw inputs, device-computed tensors) that ``choice`` sends the server, by name."""
+        """(raw data, device-computed features) that ``choice`` sends the server, by name.
+
+        Raw: the request's inputs among the crossing tensors, and the tensors
+        the profile records as copies of raw inputs (``raw_inputs_of_tail``).
+        """
         if choice.name == ALL_LOCAL:
             return [], []
         if choice.name == ALL_REMOTE:
             return list(request.inputs), []
         names = _cut_names(self.profile, choice)
-        raw = [n for n in names if n in request.inputs]
-        return raw, [n for n in names if n not in request.inputs]
+        copies = set(self.profile.raw_inputs_of_tail.get(choice.name, ()))
+        raw = [n for n in names if n in request.inputs or n in copies]
+        return raw, [n for n in names if n not in raw]
 
     def infer(self, request: InferRequest) -> InferResponse:
         if request.model != self.model:
@@ -255,7 +262,8 @@ class SplitBackend(Backend):
         codec = check_codec(choice.codec)
         raw, computed = self._crossing(choice, request)
         features = encode(codec, {name: head.outputs[name] for name in computed})
-        tensors = {**encode(codec, {name: request.inputs[name] for name in raw}), **features}
+        sent_raw = {n: request.inputs[n] if n in request.inputs else head.outputs[n] for n in raw}
+        tensors = {**encode(codec, sent_raw), **features}
         return self._remote(request, tensors, decision, [head_span], choice, set(features))
 
     def _remote(

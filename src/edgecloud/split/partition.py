@@ -14,8 +14,11 @@ a subgraph from a tensor it captures — the tensor crosses the cut instead —
 and extraction copies the initializers subgraphs capture. A graph input that
 a node after the cut needs crosses the cut as raw data
 (:attr:`CutPoint.raw_inputs`: the tail receives it unprocessed, which the
-privacy check must know). A graph output that later nodes also consume is
-both sent across and passed through by the tail.
+privacy check must know). So does a tensor the head only *copies* from a raw
+input — a Reshape, Cast, Transpose, scaling by a constant…: it is the raw
+data in another layout, so it counts as raw too (see :data:`FEATURE_OPS`).
+A graph output that later nodes also consume is both sent across and passed
+through by the tail.
 """
 
 from __future__ import annotations
@@ -31,9 +34,44 @@ import numpy as np
 from .._optional import require
 from ..errors import ConfigError, InferenceError, describe
 
-__all__ = ["CutPoint", "cut_points", "extract", "find_cut", "uses", "verify_split"]
+__all__ = [
+    "FEATURE_OPS",
+    "CutPoint",
+    "cut_points",
+    "extract",
+    "find_cut",
+    "uses",
+    "verify_split",
+]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+
+FEATURE_OPS = frozenset({
+    # learned linear maps that mix many elements (with a weight, or two activations)
+    "Conv", "ConvInteger", "ConvTranspose", "QLinearConv", "DeformConv",
+    "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm",
+    # pooling and reductions: many elements to one
+    "AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "MaxRoiPool", "RoiAlign",
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "ArgMax", "ArgMin",
+    # recurrent layers (a learned, mixing state update)
+    "LSTM", "GRU", "RNN",
+    # only the dimensions of the data, which the crossing tensor's own shape tells anyway
+    "Shape", "Size",
+})  # fmt: skip
+"""Ops whose output counts as a *feature* of their inputs, not a copy of them.
+
+A crossing tensor is raw data if a graph input reaches it through ops not in
+this set (:func:`cut_points`). This errs on the side of privacy (it fails
+closed): every other op — Identity, Reshape, Flatten, Squeeze, Transpose, Cast,
+Expand, Tile, Concat, Split, Slice, Gather, Pad, Neg, Add/Sub/Mul/Div (by a
+constant or not), Relu, Sigmoid, Softmax, normalisations, control flow, and any
+op edgecloud does not know — is assumed to pass the raw data through, because
+most of them are invertible or leak their input element for element. A cut
+wrongly ruled raw only costs a split under a ``features`` rule; one wrongly
+ruled a feature would send personal data. Only ops that mix many elements
+through learned weights or reduce them are listed here."""
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8}
 
@@ -50,7 +88,8 @@ class CutPoint:
     nbytes: int | None
     """Bytes per sample crossing the cut (batch dimension 1), when shapes are known."""
     raw_inputs: tuple[str, ...] = ()
-    """The model inputs among ``tensors``: raw data the tail needs, sent unprocessed."""
+    """The raw data among ``tensors``: model inputs the tail needs, and tensors the
+    head computed from model inputs by copying ops only (see :data:`FEATURE_OPS`)."""
 
     @property
     def name(self) -> str:
@@ -58,7 +97,7 @@ class CutPoint:
 
     @property
     def raw_inputs_of_tail(self) -> tuple[str, ...]:
-        """Model inputs the tail receives as they are (same as :attr:`raw_inputs`)."""
+        """Raw data the tail receives: model inputs and copies of them (:attr:`raw_inputs`)."""
         return self.raw_inputs
 
 
@@ -140,6 +179,11 @@ def cut_points(model: Any) -> list[CutPoint]:
         for name in uses(node):
             if name not in constants:
                 last_use[name] = position
+    # Raw data is what a graph input reaches through copying (non-FEATURE_OPS) ops only.
+    copies = set(raw)
+    for node in nodes:
+        if node.op_type not in FEATURE_OPS and any(name in copies for name in uses(node)):
+            copies.update(node.output)
     produced_at = {i.name: -1 for i in graph.input if i.name not in constants}
     for position, node in enumerate(nodes):
         for name in node.output:
@@ -156,7 +200,7 @@ def cut_points(model: Any) -> list[CutPoint]:
         known = [sizes.get(n) for n in alive]
         nbytes = None if any(s is None for s in known) else sum(s for s in known if s)
         after = nodes[k].name or nodes[k].op_type
-        cuts.append(CutPoint(k, after, alive, nbytes, tuple(n for n in alive if n in raw)))
+        cuts.append(CutPoint(k, after, alive, nbytes, tuple(n for n in alive if n in copies)))
     return cuts
 
 
