@@ -63,8 +63,10 @@ def test_shaped_link_outage_and_loss() -> None:
 
 
 def test_fastest_learns_the_quicker_path_and_follows_changes() -> None:
-    slow_link = ShapedLink(echo("remote"), delay_s=0.03, seed=0)
-    fastest = Fastest([echo("local", 0.005), slow_link], explore=0.2, seed=1)
+    # Margins wide enough for a loaded 2-core CI machine: a 0-delay call must
+    # not look slower than a 20 ms one because the scheduler preempted it.
+    slow_link = ShapedLink(echo("remote"), delay_s=0.08, seed=0)
+    fastest = Fastest([echo("local", 0.02), slow_link], explore=0.2, seed=1)
     served = [fastest.infer(req()).trace.served_by for _ in range(40)]
     assert served[-20:].count("local") >= 12  # mostly local once both are measured
     slow_link.delay_s = 0.0  # the network got fast: remote is now quicker than local compute
