@@ -106,7 +106,7 @@ from ..errors import (
 )
 from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
 from ..wire.context import context_parameters, decode_context
-from ..wire.fingerprint import request_fingerprint
+from ..wire.fingerprint import binding, request_fingerprint
 from ..wire.rest import decode_request, encode_request
 from . import outbox_store as store
 from .fallback import fallback_reason
@@ -129,6 +129,10 @@ FullPolicy = Literal["reject", "drop_oldest"]
 #: Outbox time is persisted when it moved at least this much (seconds), so a
 #: drain step that changes nothing else writes nothing (no extra fsync per item).
 CLOCK_RESOLUTION_S = 1.0
+#: Two clocks agree about an interval when they differ by at most
+#: max(seconds, fraction of the interval): NTP slews at most 500 ppm (RFC 5905
+#: section 11.3), so a 1 % or 60 s margin covers drift, not a jump.
+CLOCK_AGREEMENT = (60.0, 0.01)
 
 #: Request parameters that carry the context on the wire (stored in columns instead).
 _CONTEXT_KEYS = frozenset(
@@ -170,7 +174,8 @@ class DeadLetter:
     kind: str
     model: str
     reason: str
-    """``privacy``, ``rejected`` (a 4xx), ``poisoned`` (max_attempts) or ``undecodable``."""
+    """``privacy``, ``rejected`` (a 4xx), ``poisoned`` (max_attempts), ``undecodable``
+    or ``corrupt`` (the body no longer matches its stored fingerprint)."""
     error: str
     failed_at: float
     sensitivity: Sensitivity
@@ -199,9 +204,12 @@ class _Row:
     context: RequestContext | str
     """The stored context, or why it could not be decoded."""
     attempts: int
+    fingerprint: str = ""
 
 
-Outcome = Literal["delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable"]
+Outcome = Literal[
+    "delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable", "corrupt"
+]
 
 
 def boot_clock() -> float:
@@ -257,7 +265,15 @@ class Outbox:
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self.quarantined: Path | None = None
-        """Where a corrupt file found at open was moved, or None."""
+        """Where a corrupt file found at open was moved (or a damaged one copied), or None."""
+        self._damage: list[tuple[str, str]] = []
+        """(where the damaged files went, what was wrong): recorded at set-up."""
+        self._undeleted: set[int] = set()
+        """Items delivered whose delete failed (a full disk): deleted before any send."""
+        self._reserve_released = False
+        self._page_size = 4096
+        self._lock_fd: int | None = None
+        self._base_observed = self._base_monotonic = self._base_wall = 0.0
         self._db = self._open()
 
     # -- writing ---------------------------------------------------------------
@@ -277,7 +293,7 @@ class Outbox:
         key = context.idempotency_key or uuid.uuid4().hex
         context = replace(context, idempotency_key=key, deadline=None)
         _context_of(key, context.sensitivity.value, 0, 0)  # a key the wire refuses is a 400 now
-        fingerprint = request_fingerprint(request)
+        fingerprint = binding(request)
         stored = replace(
             request, context=DEFAULT_CONTEXT, parameters=_without_context(request.parameters)
         )
@@ -293,7 +309,7 @@ class Outbox:
             self._expire(db, now)
             return self._put_row(db, row, context, now)
 
-        outcome = self._write("store an item", insert)
+        outcome = self._write("store an item", insert, reserve=False)
         if outcome == "reuse":
             raise IdempotencyKeyReuseError(
                 f"idempotency key {key!r} is already bound to another request in outbox "
@@ -432,6 +448,7 @@ class Outbox:
                 break
             sleep(delay)
             slept += delay
+        self._keep_reserve()
         return DrainResult(
             delivered=tally["delivered"],
             remaining=len(self),
@@ -450,6 +467,7 @@ class Outbox:
 
         Items being sent are claimed, so drains in several threads of one
         process never send the same item twice (across processes, at least once)."""
+        self._delete_undeleted(tally)
         cursor, suspect, claimed = 0, None, set()
         try:
             while max_items is None or tally["delivered"] < max_items:
@@ -485,27 +503,51 @@ class Outbox:
             request = _rebuild(row, row.context)
         except EdgecloudError as exc:
             return "undecodable", f"the stored body cannot be decoded: {exc.message}"
+        if not _intact(request, row.fingerprint):
+            return "corrupt", (
+                "corrupt: the stored body no longer matches the fingerprint stored with it "
+                f"({row.fingerprint[:16]}…); it was altered on disk and is never sent"
+            )
         try:
             send(request)
         except EdgecloudError as exc:
             self._note_error(row.seq, exc.message)
             return _classify(exc), exc.message
+        except Exception as exc:  # every outcome of a send is classified
+            message = f"{type(exc).__name__}: {exc}"
+            self._note_error(row.seq, message)
+            return _classify_unexpected(exc), message
         return "delivered", ""
 
     def _settle(self, row: _Row, outcome: Outcome, error: str, tally: dict[str, int]) -> None:
         if outcome == "delivered":
-
-            def delete(db: sqlite3.Connection) -> None:
-                if db.execute("DELETE FROM items WHERE seq = ?", (row.seq,)).rowcount:
-                    store.bump(db, "delivered")  # not twice if another process was faster
-
-            self._write("delete a delivered item", delete)
+            try:
+                self._delete_delivered(row.seq)
+            except OutboxStorageError:
+                self._undeleted.add(row.seq)  # not sent again by this process: see drain
+                raise
             tally["delivered"] += 1
         elif outcome == "item":
             self._item_failed(row, error, tally)
-        else:  # privacy, rejected, undecodable
+        else:  # privacy, rejected, undecodable, corrupt
             self._dead_letter(row.seq, outcome, error, row.attempts)
             tally["dead_lettered"] += 1
+
+    def _delete_delivered(self, seq: int) -> None:
+
+        def delete(db: sqlite3.Connection) -> None:
+            if db.execute("DELETE FROM items WHERE seq = ?", (seq,)).rowcount:
+                store.bump(db, "delivered")  # not twice if another process was faster
+
+        self._write("delete a delivered item", delete)
+
+    def _delete_undeleted(self, tally: dict[str, int]) -> None:
+        """Delete the items delivered earlier whose delete failed; raises the
+        storage error (and sends nothing) while that still fails."""
+        for seq in sorted(self._undeleted):
+            self._delete_delivered(seq)
+            self._undeleted.discard(seq)
+            tally["delivered"] += 1
 
     def _item_failed(self, row: _Row, error: str, tally: dict[str, int]) -> None:
         """The server answered this item with a retryable error: back off or give up."""
@@ -532,7 +574,7 @@ class Outbox:
             self._expire(db, now)
             return db.execute(
                 "SELECT seq, key, model, version, header_length, body, sensitivity, local_only, "
-                "features_only, attempts FROM items WHERE seq > ? AND next_try <= ? "
+                "features_only, attempts, fingerprint FROM items WHERE seq > ? AND next_try <= ? "
                 "ORDER BY seq LIMIT 1",
                 (cursor, now),
             ).fetchone()
@@ -542,16 +584,18 @@ class Outbox:
             if found is None:
                 return None
             with self._claims_lock:
-                if found[0] not in self._in_flight:
+                if found[0] not in self._in_flight and found[0] not in self._undeleted:
                     self._in_flight.add(found[0])
                     break
             cursor = found[0]  # another thread of this process is sending it
-        seq, key, model, version, length, body, sensitivity, local, features, attempts = found
+        seq, key, model, version, length, body, sensitivity, local, features, attempts, bound = (
+            found
+        )
         try:
             context: RequestContext | str = _context_of(key, sensitivity, local, features)
         except EdgecloudError as exc:  # a row written by hand or damaged: never sent
             context = f"the stored context cannot be decoded: {exc.message}"
-        return _Row(seq, key, model, version, length, body, context, attempts)
+        return _Row(seq, key, model, version, length, body, context, attempts, str(bound or ""))
 
     def _note_error(self, seq: int, error: str) -> None:
         self._write(
@@ -596,6 +640,8 @@ class Outbox:
             store.bump(db, "poisoned")
         elif reason == "privacy":
             store.bump(db, "privacy_refused")
+        elif reason == "corrupt":
+            store.bump(db, "corrupt")
         (held,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
         if held > self.max_items:
             db.execute(
@@ -611,12 +657,14 @@ class Outbox:
             self._write("record the time", self._observed)
         with self._lock:
             self._db.close()
+            store.unlock(self._lock_fd)
+            self._lock_fd = None
 
     # -- time ------------------------------------------------------------------
 
     def _observed(self, db: sqlite3.Connection) -> float:
         """Outbox time now (see the module docstring), persisted in ``db``'s transaction."""
-        estimate = self._base_observed + max(0.0, self._monotonic() - self._base_monotonic)
+        estimate = self._tick()
         (stored,) = db.execute("SELECT observed_s FROM clock WHERE id = 0").fetchone()
         now = max(float(stored), estimate)
         if now >= stored + CLOCK_RESOLUTION_S:  # a read-only transaction costs no fsync
@@ -626,6 +674,16 @@ class Outbox:
                 (now, self._clock(), self._boot(), self._monotonic()),
             )
         return now
+
+    def _tick(self) -> float:
+        """Advance the in-memory outbox time by one plausible reading of the clocks
+        (every read and write takes one, under the lock); returns it."""
+        monotonic, wall = self._monotonic(), self._clock()
+        self._base_observed += self._plausible(
+            monotonic - self._base_monotonic, wall - self._base_wall
+        )
+        self._base_monotonic, self._base_wall = monotonic, wall
+        return self._base_observed
 
     def _start_clock(self, db: sqlite3.Connection) -> None:
         """Outbox time at open: the stored time plus the downtime since the last write,
@@ -642,20 +700,33 @@ class Outbox:
                 row,
             )
         stored, last_wall, last_boot, last_monotonic = row
+        gap = wall - float(last_wall)
         if (
             boot
             and boot == last_boot
             and last_monotonic is not None
             and monotonic >= last_monotonic
-        ):
-            credit = monotonic - float(last_monotonic)  # the same boot: measured, not guessed
+        ):  # the same boot: measured, if plausible (another time namespace is not)
+            credit = self._plausible(monotonic - float(last_monotonic), gap)
         else:
-            credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
+            credit = min(max(0.0, gap), self.max_clock_credit_s)
         # Not written back here: opening writes nothing (a full disk can still be
         # opened); the next write persists it, and until then a second open
         # derives the same credit from the same stored row.
         self._base_observed = float(stored) + credit
-        self._base_monotonic = monotonic
+        self._base_monotonic, self._base_wall = monotonic, wall
+
+    def _plausible(self, measured: float, wall_gap: float) -> float:
+        """Seconds to credit for ``measured`` seconds of the monotonic clock while the
+        wall clock moved ``wall_gap``: all of them when at most ``max_clock_credit_s``
+        or when the two clocks agree (within ``CLOCK_AGREEMENT``), else
+        ``max_clock_credit_s``; nothing for a clock that went back."""
+        if measured <= self.max_clock_credit_s:
+            return max(0.0, measured)
+        tolerance = max(CLOCK_AGREEMENT[0], CLOCK_AGREEMENT[1] * measured)
+        if abs(wall_gap - measured) <= tolerance:
+            return measured
+        return self.max_clock_credit_s
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         cursor = db.execute("DELETE FROM items WHERE enqueued <= ?", (now - self.ttl_s,))
@@ -664,19 +735,39 @@ class Outbox:
 
     # -- storage ---------------------------------------------------------------
 
-    def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(
+        self, action: str, body: Callable[[sqlite3.Connection], T], *, reserve: bool = True
+    ) -> T:
         """``body`` in one transaction. On SQLITE_FULL the write-ahead log is
-        checkpointed and truncated (giving its space back) and ``body`` tried once more."""
+        checkpointed and truncated (giving its space back) and ``body`` tried once
+        more; if the disk is still full and ``reserve`` (every write but a new
+        item's), the reserve file is released and both tried once more."""
         try:
             with self._transaction(action) as db:
                 return body(db)
         except OutboxStorageError as exc:
             if not store.disk_full(exc):
                 raise
-            with self._lock, contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._checkpoint()
+        try:
             with self._transaction(action) as db:
                 return body(db)
+        except OutboxStorageError as exc:
+            if not (reserve and store.disk_full(exc) and store.release_reserve(self.path)):
+                raise
+        self._reserve_released = True
+        self._checkpoint()
+        with self._transaction(action) as db:
+            return body(db)
+
+    def _checkpoint(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _keep_reserve(self) -> None:
+        """Re-create the reserve once space allows (after a drain freed some)."""
+        if self._reserve_released and store.make_reserve(self.path, self._page_size):
+            self._reserve_released = False
 
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -696,6 +787,7 @@ class Outbox:
     @contextlib.contextmanager
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._translated(action):
+            self._tick()
             yield self._db
 
     @contextlib.contextmanager
@@ -712,22 +804,44 @@ class Outbox:
             raise OutboxStorageError(
                 f"outbox {self.path}: cannot create its directory: {exc}"
             ) from exc
+        self._lock_fd, alone = store.lock_file(self.path)
+        try:
+            db = self._open_checked(alone)
+            self._db = db
+            self._write("set up its tables", self._set_up)
+            (self._page_size,) = db.execute("PRAGMA page_size").fetchone()
+        except BaseException:
+            store.unlock(self._lock_fd)
+            raise
+        if self._lock_fd is not None and alone:
+            store.share(self._lock_fd)
+        store.make_reserve(self.path, self._page_size)
+        return db
+
+    def _open_checked(self, alone: bool) -> sqlite3.Connection:
+        """Check the log (when nobody else has the file open) and the database; a
+        damaged log is copied aside, a corrupt database moved aside; both recorded."""
+        damaged = store.wal_damage(self.path) if alone else None
+        if damaged is not None:
+            where = store.copy_aside(self.path, damaged, self._clock())
+            self._damage.append((where, damaged))
+            if not where.startswith("("):
+                self.quarantined = Path(where)
         problem, db = store.open_checked(self.path)
         if problem is not None:
             self.quarantined = store.quarantine(self.path, problem, self._clock())
+            self._damage.append((str(self.quarantined), problem))
             _, db = store.open_checked(self.path)
         assert db is not None
-        self._db = db
-        self._write("set up its tables", lambda tx: self._set_up(tx, problem))
         return db
 
-    def _set_up(self, db: sqlite3.Connection, problem: str | None) -> None:
+    def _set_up(self, db: sqlite3.Connection) -> None:
         store.migrate(db)
         self._start_clock(db)
-        if self.quarantined is not None:
+        for where, problem in self._damage:
             db.execute(
                 "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
-                (self._clock(), str(self.quarantined), problem),
+                (self._clock(), where, problem),
             )
             store.bump(db, "quarantined")
         store.backfill(db, self._base_observed, self._clock(), self.max_clock_credit_s)
@@ -766,6 +880,22 @@ def _classify(exc: EdgecloudError) -> Outcome:
     if fallback_reason(exc) is None:
         return "rejected"
     return "ambiguous"
+
+
+def _classify_unexpected(exc: Exception) -> Outcome:
+    """A ``send`` that raised something other than an edgecloud error: a socket
+    that failed or timed out may mean the link is down (checked against the
+    next item); anything else (an answer that cannot be decoded, a bug in the
+    sender) is this item's own failure and costs it an attempt."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return "ambiguous"
+    return "item"
+
+
+def _intact(request: InferRequest, fingerprint: str) -> bool:
+    """Whether a rebuilt request is the one stored: its :func:`binding` (or, for
+    items stored before bindings counted the outputs, its fingerprint)."""
+    return fingerprint in (binding(request), request_fingerprint(request))
 
 
 def _rebuild(row: _Row, context: RequestContext) -> InferRequest:
