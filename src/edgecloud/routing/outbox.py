@@ -271,7 +271,7 @@ class Outbox:
         self._undeleted: set[int] = set()
         """Items delivered whose delete failed (a full disk): deleted before any send."""
         self._reserve_released = False
-        self._page_size = 4096
+        self._reserve_size = 0
         self._lock_fd: int | None = None
         self._base_observed = self._base_monotonic = self._base_wall = 0.0
         self._db = self._open()
@@ -766,7 +766,7 @@ class Outbox:
 
     def _keep_reserve(self) -> None:
         """Re-create the reserve once space allows (after a drain freed some)."""
-        if self._reserve_released and store.make_reserve(self.path, self._page_size):
+        if self._reserve_released and store.make_reserve(self.path, self._reserve_size):
             self._reserve_released = False
 
     @contextlib.contextmanager
@@ -808,14 +808,14 @@ class Outbox:
         try:
             db = self._open_checked(alone)
             self._db = db
+            self._reserve_size, _ = store.tune(db, self.path)
             self._write("set up its tables", self._set_up)
-            (self._page_size,) = db.execute("PRAGMA page_size").fetchone()
         except BaseException:
             store.unlock(self._lock_fd)
             raise
         if self._lock_fd is not None and alone:
             store.share(self._lock_fd)
-        store.make_reserve(self.path, self._page_size)
+        store.make_reserve(self.path, self._reserve_size)
         return db
 
     def _open_checked(self, alone: bool) -> sqlite3.Connection:

@@ -87,11 +87,9 @@ STORAGE_CODES = {
 CORRUPT_CODES = (11, 26)
 #: The write-ahead log is checkpointed when it holds this many pages (SQLite's
 #: default is 1000) and cut back to that size after, so a checkpoint never needs
-#: more new space in the database file than about this many pages.
+#: more new space in the database file than about this many pages. On a small
+#: filesystem, fewer: an eighth of it (at least 16 pages), see :func:`tune`.
 WAL_PAGES = 128
-#: Pages kept free beside the database in ``<name>-reserve``: a checkpoint of a
-#: full log plus the deletes of a drain (see :func:`make_reserve`).
-RESERVE_PAGES = WAL_PAGES + 32
 #: WAL header magic numbers (https://www.sqlite.org/fileformat.html, "The WAL
 #: File Format"): the low bit says the checksums use big-endian words.
 WAL_MAGIC = (0x377F0682, 0x377F0683)
@@ -124,9 +122,6 @@ def open_checked(path: Path) -> tuple[str | None, sqlite3.Connection | None]:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-        (page_size,) = db.execute("PRAGMA page_size").fetchone()
-        db.execute(f"PRAGMA journal_size_limit={WAL_PAGES * int(page_size)}")
         report = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:
         if db is not None:
@@ -157,6 +152,24 @@ def quarantine(path: Path, problem: str, wall: float) -> Path:
         "outbox %s is corrupt (%s): moved to %s, starting a fresh outbox", path, problem, target
     )
     return target
+
+
+def tune(db: sqlite3.Connection, path: Path) -> tuple[int, int]:
+    """Bound the write-ahead log (``wal_autocheckpoint``, ``journal_size_limit``) to
+    :data:`WAL_PAGES` pages, or an eighth of a smaller filesystem; returns the
+    size of the reserve that lets a checkpoint of such a log and the deletes of
+    a drain proceed on a full disk (bytes: the log's pages plus a quarter more,
+    at least 8 pages), and the page size."""
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    page_size = int(page_size)
+    try:
+        stat = os.statvfs(path.parent)
+        pages = max(16, min(WAL_PAGES, stat.f_blocks * stat.f_frsize // 8 // page_size))
+    except OSError:
+        pages = WAL_PAGES
+    db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+    db.execute(f"PRAGMA journal_size_limit={pages * page_size}")
+    return (pages + max(8, pages // 4)) * page_size, page_size
 
 
 def lock_file(path: Path) -> tuple[int | None, bool]:
@@ -310,12 +323,11 @@ def reserve_path(path: Path) -> Path:
     return Path(f"{path}-reserve")
 
 
-def make_reserve(path: Path, page_size: int) -> bool:
-    """Keep :data:`RESERVE_PAGES` pages of disk beside the database (best effort:
-    not when the space is not there). Released on a full disk so that a drain
-    can checkpoint the log and delete what it delivered."""
+def make_reserve(path: Path, size: int) -> bool:
+    """Keep ``size`` bytes of disk beside the database (best effort: not when the
+    space is not there). Released on a full disk so that a drain can checkpoint
+    the log and delete what it delivered."""
     reserve = reserve_path(path)
-    size = RESERVE_PAGES * page_size
     try:
         if reserve.stat().st_size >= size:
             return True
