@@ -10,6 +10,7 @@ idempotency key reused with another payload or the same one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -679,3 +680,82 @@ def test_a_monotonic_clock_from_another_namespace_expires_nothing_at_once(
     monotonic.now += 2 * TTL
     box = reopen()
     assert _drained(box) == [] and box.stats()["expired"] == 10
+
+
+# -- a full disk must not wedge the queue ----------------------------------------------
+
+
+def mounted_tmpfs(where: Path, size: str) -> Path:
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    return where
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root and mount permission; skipped otherwise)."""
+    mountpoint = mounted_tmpfs(tmp_path / "small", "1m")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_disk_drains_every_item_once_and_takes_puts_again(
+    small_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = small_fs / "o.db"
+    box = Outbox(path, monotonic=Clock())
+    assert Path(f"{path}-reserve").exists()  # kept free beside the database
+    keys, error = fill_until_full(box)
+    assert "disk is full" in error.message and len(keys) > 50
+    sent: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="edgecloud.outbox"):
+        result = box.drain(lambda r: sent.append(str(r.context.idempotency_key)))
+    assert any("released its reserve" in r.getMessage() for r in caplog.records)
+    assert result.delivered == len(keys) and result.remaining == 0
+    assert sent == keys  # each once, in order: nothing re-sent
+    assert box.stats()["delivered"] == len(keys)
+    assert Path(f"{path}-reserve").exists()  # re-created once space returned
+    more = [box.put(blob(i)) for i in range(20)]  # puts work again
+    assert [r.context.idempotency_key for r in _drained(box)] == more
+    box.close()
+
+
+def test_a_delete_that_fails_stops_the_drain_and_never_resends(small_fs: Path) -> None:
+    """No reserve could be made (the disk was full at open): the first delete after a
+    send fails; the drain stops there, later drains send nothing until the delete
+    succeeds, and that item is counted delivered once."""
+    path = small_fs / "o.db"
+    box = Outbox(path, monotonic=Clock())
+    keys, _ = fill_until_full(box)
+    box.close()
+    Path(f"{path}-reserve").unlink()
+    ballast = small_fs / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # take every byte left
+        while os.write(fd, b"\0" * 4096):
+            pass
+    os.close(fd)
+    box = Outbox(path, monotonic=Clock())  # opening writes nothing: it opens
+    assert not Path(f"{path}-reserve").exists()
+    sent: list[str] = []
+
+    def send(request: InferRequest) -> None:
+        sent.append(str(request.context.idempotency_key))
+
+    for _ in range(3):
+        with pytest.raises(OutboxStorageError, match="disk is full"):
+            box.drain(send)
+    assert sent == keys[:1]  # sent once, not once per drain
+    ballast.unlink()  # space returns
+    result = box.drain(send)
+    assert result.delivered == len(keys) and result.remaining == 0
+    assert sent == keys and box.stats()["delivered"] == len(keys)
+    box.close()
