@@ -12,8 +12,10 @@ transaction as the change it counts.
 
 Promises, one per failure mode of a durable queue:
 
-- **Idempotency keys are bound to the request.** Each item stores the
-  :func:`~edgecloud.wire.fingerprint.request_fingerprint` of its request. A
+- **Idempotency keys are bound to the request** as the server binds them.
+  Each item stores the :func:`~edgecloud.wire.fingerprint.binding` of its
+  request (fingerprint of model, version and inputs, plus the requested
+  outputs). A
   ``put`` under a key the outbox holds (pending or dead-lettered) with the
   same fingerprint is a no-op (counted ``duplicates``; the stricter of the two
   contexts is kept); with another fingerprint it raises
@@ -31,16 +33,37 @@ Promises, one per failure mode of a durable queue:
   this boundary: a full disk, an I/O error or a lock raise
   :class:`OutboxStorageError` (an ``UnavailableError``) after the
   transaction is rolled back, so nothing is half-written and every earlier
-  item is intact; the outbox works again once space returns. On a full disk
-  the write-ahead log is first checkpointed and truncated (it can hold up to
-  1000 pages) and the transaction tried once more, so deleting delivered
-  items frees space rather than needing it.
-- **Corruption is quarantined.** At open, ``PRAGMA quick_check`` runs; a
+  item is intact; the outbox works again once space returns.
+- **A full disk does not wedge the queue.** Deleting a delivered item needs
+  space too (the delete is appended to the write-ahead log; a checkpoint
+  writes the log's pages into the database before it can cut the log). So
+  the log is bounded (``wal_autocheckpoint``/``journal_size_limit`` of
+  :data:`~.outbox_store.WAL_PAGES` pages, fewer on a small filesystem) and a
+  reserve file ``<name>-reserve`` (the log's size and a quarter) is made at
+  open when the space is there. On SQLITE_FULL the log is checkpointed and
+  truncated and the transaction tried again; if the disk is still full and
+  the write is the drain's (never a ``put``), the reserve is released and
+  both tried once more; it is re-created after a drain once space allows.
+  A delete that fails anyway raises :class:`OutboxStorageError` and stops the
+  drain; this process never sends that item again: the next drain first
+  retries the delete and sends nothing while it fails. (An item larger than
+  the reserve can still need more than it holds.)
+- **Damage is reported, never silent.** At open, before SQLite reads it, a
+  write-ahead log left behind (a crash) is checked when no other process has
+  the outbox open (a ``flock`` on ``<name>-lock``): its header, the
+  checksum of every frame of the current log, a commit frame cut short, a
+  database file emptied beside it. SQLite replays a log only up to its first
+  bad frame, so damage there would drop committed items without a word;
+  a damaged log is copied with its database to ``<name>.corrupt-<UTC time>``
+  and SQLite then recovers what it can. Then ``PRAGMA quick_check`` runs; a
   damaged file (or one that is not a database at all) is moved aside with
-  its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>``, a fresh outbox is
-  started, the event is logged as an error and recorded in the new database
+  its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>`` and a fresh outbox is
+  started. Each event is logged as an error and recorded in the database
   (counter ``quarantined``, :meth:`Outbox.quarantines`) and in
-  :attr:`Outbox.quarantined`.
+  :attr:`Outbox.quarantined`. Damage inside a valid file (a flipped byte in
+  a body) passes ``quick_check``: each rebuilt request is checked against
+  its stored binding before it is sent, and one that does not match is a
+  dead letter ``corrupt`` (counted ``corrupt``), never sent.
 - **Time is what the outbox observed.** Items age in *outbox time*:
   seconds accumulated from a monotonic clock that counts suspend
   (``CLOCK_BOOTTIME``), persisted whenever it moved a second or more. A jump of the wall clock
@@ -50,18 +73,31 @@ Promises, one per failure mode of a durable queue:
   the kernel's ``boot_id``). Across a reboot the wall-clock gap since the
   last write is credited, clamped to ``[0, max_clock_credit_s]`` (default
   half the TTL, at most a day): a wall clock that jumped forward ages the
-  queue by at most that much, and one that jumped back by nothing. So no
-  single jump expires every item, and an item expires after at most
-  ``ttl_s`` of observed time whatever the wall clock says. Several
+  queue by at most that much, and one that jumped back by nothing. The rule
+  for the monotonic clock, at open and at every reading while open (each
+  read and write of the outbox takes one): an interval of it is credited in
+  full when it is at most ``max_clock_credit_s`` or when the wall clock
+  agrees with it (within 1 % or 60 s, :data:`CLOCK_AGREEMENT`: a long
+  suspend); otherwise it is credited ``max_clock_credit_s`` (a monotonic
+  clock from another time namespace — ``unshare --time``, a CRIU restore —
+  under the same ``boot_id``); one that went back credits nothing. So no
+  single clock reading expires every item (two implausible ones in a row can
+  age it by ``2 * max_clock_credit_s``, the TTL by default), and an item
+  expires after at most ``ttl_s`` of observed time whatever the wall clock
+  says. Several
   processes sharing the file take the maximum of their estimates, so time is
   never counted twice.
-- **A poison item does not block the queue.** An item the server answers
-  with a retryable error of its own (a 5xx :class:`InferenceError`, a 409)
-  is tried again after a per-item backoff (``retry_backoff``, in outbox
-  time) while the items behind it are sent; after ``max_attempts`` it moves
-  to the dead letters with its last error (counted ``poisoned``). A failure
-  that may mean the server is unreachable (:class:`UnavailableError`, a
-  timeout) is checked against the next item: if that one gets an answer, the
+- **A poison item does not block the queue.** Every outcome of ``send`` is
+  classified. An item the server answers with a retryable error of its own
+  (a 5xx :class:`InferenceError`, a 409), or whose ``send`` raises an
+  exception that is not an edgecloud error (an answer that cannot be
+  decoded, a bug in the sender: not a ``ConnectionError`` or
+  ``TimeoutError``, which count as a dead link below), is tried again
+  after a per-item backoff (``retry_backoff``, in outbox time) while the
+  items behind it are sent; after ``max_attempts`` it moves to the dead
+  letters with its last error (counted ``poisoned``). A failure that may
+  mean the server is unreachable (:class:`UnavailableError`, a timeout, a
+  ``ConnectionError``) is checked against the next item: if that one gets an answer, the
   failure was the item's own and costs it an attempt; if it fails too, the
   link is down, the drain stops, and no item loses an attempt (so an item
   alone in the queue that fails this way waits, and at worst expires,
@@ -433,9 +469,9 @@ class Outbox:
         Each due item is tried once per pass. ``backoff`` retries a down link
         within this call (its delays, up to its ``max_tries`` passes); without
         it the drain returns at the first link failure. What happens to an
-        item on each kind of failure is in the module docstring. Raises
-        :class:`OutboxStorageError`; exceptions that are not edgecloud errors
-        propagate from ``send`` with the item untouched.
+        item on each kind of failure (including exceptions that are not
+        edgecloud errors) is in the module docstring. Raises
+        :class:`OutboxStorageError`, and stops there.
         """
         tally = {"delivered": 0, "dead_lettered": 0, "deferred": 0}
         passes, slept = 0, 0.0
