@@ -759,3 +759,26 @@ def test_a_delete_that_fails_stops_the_drain_and_never_resends(small_fs: Path) -
     assert result.delivered == len(keys) and result.remaining == 0
     assert sent == keys and box.stats()["delivered"] == len(keys)
     box.close()
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("sensitivity", 5),  # a number where text belongs
+        ("local_only", "yes"),
+        ("header_length", 10**9),  # a JSON header longer than the body
+        ("header_length", -3),
+        ("body", b"\x00" * 64),
+        ("version", 7),
+        ("model", b"\xff\xfe"),
+    ],
+)
+def test_no_damaged_row_stops_the_queue(tmp_path: Path, column: str, value: object) -> None:
+    box = Outbox(tmp_path / "o.db")
+    bad, good = box.put(blob(0)), box.put(blob(1))
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        db.execute(f"UPDATE items SET {column} = ? WHERE key = ?", (value, bad))
+    seen, send = recording(lambda r: None)
+    result = box.drain(send)  # never raises, never stops at the row
+    assert seen == [good] and result.remaining == 0 and result.dead_lettered == 1
+    assert [d.key for d in box.dead_letters()] == [bad]

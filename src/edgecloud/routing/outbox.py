@@ -120,6 +120,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -537,9 +538,12 @@ class Outbox:
             return "privacy", _privacy_error(row.context)
         try:
             request = _rebuild(row, row.context)
+            intact = _intact(request, row.fingerprint)
         except EdgecloudError as exc:
             return "undecodable", f"the stored body cannot be decoded: {exc.message}"
-        if not _intact(request, row.fingerprint):
+        except Exception as exc:  # a damaged row must not stop the queue either
+            return "undecodable", f"the stored body cannot be decoded: {type(exc).__name__}: {exc}"
+        if not intact:
             return "corrupt", (
                 "corrupt: the stored body no longer matches the fingerprint stored with it "
                 f"({row.fingerprint[:16]}…); it was altered on disk and is never sent"
@@ -631,6 +635,8 @@ class Outbox:
             context: RequestContext | str = _context_of(key, sensitivity, local, features)
         except EdgecloudError as exc:  # a row written by hand or damaged: never sent
             context = f"the stored context cannot be decoded: {exc.message}"
+        except Exception as exc:  # e.g. a number where text belongs
+            context = f"the stored context cannot be decoded: {type(exc).__name__}: {exc}"
         return _Row(seq, key, model, version, length, body, context, attempts, str(bound or ""))
 
     def _note_error(self, seq: int, error: str) -> None:
@@ -920,10 +926,11 @@ def _classify(exc: EdgecloudError) -> Outcome:
 
 def _classify_unexpected(exc: Exception) -> Outcome:
     """A ``send`` that raised something other than an edgecloud error: a socket
-    that failed or timed out may mean the link is down (checked against the
-    next item); anything else (an answer that cannot be decoded, a bug in the
-    sender) is this item's own failure and costs it an attempt."""
-    if isinstance(exc, ConnectionError | TimeoutError):
+    that failed or timed out, or a name that did not resolve, may mean the link
+    is down (checked against the next item); anything else (an answer that
+    cannot be decoded, a bug in the sender) is this item's own failure and
+    costs it an attempt."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return "ambiguous"
     return "item"
 
