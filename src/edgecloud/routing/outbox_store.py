@@ -264,7 +264,10 @@ def _wal_frames_damage(wal: bytes, page_size: int, order: str, sums: tuple[int, 
             if sums != struct.unpack(">2I", header[16:24]):
                 bad = i
                 if commit:
-                    return f"write-ahead log frame {i + 1} (a commit) fails its checksum"
+                    return (
+                        f"write-ahead log frame {i + 1} (a commit) fails its checksum: damage, "
+                        "or a crash during that commit's write if it is the log's last frame"
+                    )
         elif commit:
             return (
                 f"write-ahead log frame {bad + 1} fails its checksum: the transactions "
@@ -274,7 +277,10 @@ def _wal_frames_damage(wal: bytes, page_size: int, order: str, sums: tuple[int, 
         return f"write-ahead log frame {bad + 1} fails its checksum"
     at = WAL_HEADER + count * frame
     if rest >= FRAME_HEADER and wal[at + 8 : at + 16] == salts and wal[at + 4 : at + 8] != bytes(4):
-        return f"the write-ahead log ends {rest} bytes into a committed frame (it was truncated)"
+        return (
+            f"the write-ahead log ends {rest} bytes into a commit frame: truncated, or a "
+            "crash during that commit's write"
+        )
     return None
 
 
