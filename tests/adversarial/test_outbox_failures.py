@@ -38,7 +38,7 @@ from edgecloud import (
 )
 from edgecloud.routing import Backoff, Outbox, OutboxStorageError
 from edgecloud.server.idempotency import binding as server_binding
-from edgecloud.wire.fingerprint import binding
+from edgecloud.wire.fingerprint import binding, request_fingerprint
 
 from ..conftest import ROOT
 from ..routing.conftest import metric
@@ -782,3 +782,32 @@ def test_no_damaged_row_stops_the_queue(tmp_path: Path, column: str, value: obje
     result = box.drain(send)  # never raises, never stops at the row
     assert seen == [good] and result.remaining == 0 and result.dead_lettered == 1
     assert [d.key for d in box.dead_letters()] == [bad]
+
+
+def test_a_schema_2_file_is_rebound_with_outputs_and_still_checked(tmp_path: Path) -> None:
+    """Schema 2 bound keys to the fingerprint alone: rows that named their outputs
+    are re-bound at open, so a retry is still a duplicate, and a body altered
+    before the upgrade is still found out."""
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    x = {"x": np.ones((1, 4), np.float32)}
+    kept = InferRequest("affine", x, outputs=["y"], context=RequestContext(idempotency_key="a"))
+    altered = InferRequest(
+        "affine", {"x": np.full((1, 4), 7, np.float32)}, outputs=["y"],
+        context=RequestContext(idempotency_key="b"),
+    )  # fmt: skip
+    box.put(kept)
+    box.put(altered)
+    box.close()
+    with sqlite3.connect(path) as db:  # as schema 2 wrote them
+        for request in (kept, altered):
+            db.execute(
+                "UPDATE items SET fingerprint = ? WHERE key = ?",
+                (request_fingerprint(request), request.context.idempotency_key),
+            )
+        db.execute("UPDATE items SET model = 'lookup' WHERE key = 'b'")
+        db.execute("PRAGMA user_version = 2")
+    box = Outbox(path)
+    assert box.put(kept) == "a" and box.stats()["duplicates"] == 1
+    assert [r.context.idempotency_key for r in _drained(box)] == ["a"]
+    assert [(d.key, d.reason) for d in box.dead_letters()] == [("b", "corrupt")]

@@ -110,9 +110,10 @@ Promises, one per failure mode of a durable queue:
   decoded is a dead letter (``undecodable``), not a blocker; a key the wire
   would refuse is refused at ``put``.
 
-Older outbox files (schema 1) are migrated in place at open; their items get
-the sensitivity their body carried and ``local_only``/``features_only``
-false, which schema 1 did not record.
+Older outbox files are migrated in place at open. Schema 1 items get the
+sensitivity their body carried and ``local_only``/``features_only`` false,
+which schema 1 did not record. Schema 2 rows of requests that named their
+outputs are re-bound with them (when their body still matches).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ from ..errors import (
 )
 from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
 from ..wire.context import context_parameters, decode_context
-from ..wire.fingerprint import binding, request_fingerprint
+from ..wire.fingerprint import binding
 from ..wire.rest import decode_request, encode_request
 from . import outbox_store as store
 from .fallback import fallback_reason
@@ -936,9 +937,8 @@ def _classify_unexpected(exc: Exception) -> Outcome:
 
 
 def _intact(request: InferRequest, fingerprint: str) -> bool:
-    """Whether a rebuilt request is the one stored: its :func:`binding` (or, for
-    items stored before bindings counted the outputs, its fingerprint)."""
-    return fingerprint in (binding(request), request_fingerprint(request))
+    """Whether a rebuilt request is the one stored (model, version, inputs, outputs)."""
+    return binding(request) == fingerprint
 
 
 def _rebuild(row: _Row, context: RequestContext) -> InferRequest:

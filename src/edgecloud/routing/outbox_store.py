@@ -15,12 +15,13 @@ from pathlib import Path
 
 from ..errors import EdgecloudError, UnavailableError
 from ..tensors import RequestContext, Sensitivity
-from ..wire.fingerprint import binding
+from ..wire.fingerprint import binding, request_fingerprint
 from ..wire.rest import decode_request
 
 log = logging.getLogger("edgecloud.outbox")
 
-SCHEMA_VERSION = 2
+#: 3: items and dead letters are bound by :func:`binding` (with requested outputs).
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -362,11 +363,13 @@ def release_reserve(path: Path) -> bool:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Create the tables, or bring a schema-1 file to schema 2 in place.
+    """Create the tables, or bring a schema-1 or -2 file to schema 3 in place.
 
-    A file already at schema 2 is left untouched: opening writes nothing, so
-    an outbox opens (and can be read and drained) on a full disk."""
-    if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+    A file already at schema 3 is left untouched (but for a counter added
+    since): opening writes nothing, so an outbox opens (and can be read and
+    drained) on a full disk."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
         missing = set(COUNTERS) - {r[0] for r in db.execute("SELECT name FROM counters")}
         for name in sorted(missing):  # a counter added since the file was made
             db.execute("INSERT INTO counters(name, value) VALUES (?, 0)", (name,))
@@ -382,7 +385,31 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE items DROP COLUMN expires")  # schema 1 aged by wall clock
     for name in COUNTERS:
         db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+    if version == 2:
+        rebind(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def rebind(db: sqlite3.Connection) -> None:
+    """Schema 2 bound a key to :func:`request_fingerprint` alone; schema 3 to
+    :func:`binding`, which differs for a request that names its outputs. Such a
+    row gets its binding if its body still matches its fingerprint (else it
+    keeps the old one, and the drain dead-letters it as ``corrupt``)."""
+    for table in ("items", "dead_letters"):
+        rows = db.execute(
+            f"SELECT seq, model, version, header_length, body, fingerprint FROM {table} "
+            "WHERE fingerprint IS NOT NULL AND fingerprint != ''"
+        ).fetchall()
+        for seq, model, version, length, body, fingerprint in rows:
+            try:
+                request = decode_request(body, length or None, model, version).request
+                matches = request_fingerprint(request) == fingerprint
+            except Exception:  # a damaged row: left for the drain to dead-letter
+                continue
+            if matches and request.outputs is not None:
+                db.execute(
+                    f"UPDATE {table} SET fingerprint = ? WHERE seq = ?", (binding(request), seq)
+                )
 
 
 def backfill(db: sqlite3.Connection, now: float, wall: float, credit: float) -> None:
