@@ -517,6 +517,7 @@ WAL_DAMAGE: dict[str, Callable[[Path], None]] = {
     ),
     "log header": lambda p: scribble(Path(f"{p}-wal"), 0, os.urandom(32)),
     "first frame": lambda p: scribble(Path(f"{p}-wal"), 32 + 24 + 3000, b"\xff" * 8),
+    "a frame's salts": lambda p: scribble(Path(f"{p}-wal"), 32 + 2 * (24 + 4096) + 8, b"\0" * 8),
     "log cut mid-commit": lambda p: os.truncate(f"{p}-wal", Path(f"{p}-wal").stat().st_size - 1000),
     "database emptied": lambda p: os.truncate(p, 0),
 }

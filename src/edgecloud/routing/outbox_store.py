@@ -249,36 +249,40 @@ def wal_damage(path: Path) -> str | None:
 
 
 def _wal_frames_damage(wal: bytes, page_size: int, order: str, sums: tuple[int, int]) -> str | None:
+    """The current log ends at the first frame with other salts (left from before
+    a checkpoint: SQLite gives each new log new salts, so no frame after the end
+    can carry the current ones) or at the first that fails its checksum."""
     salts = wal[16:24]
     frame = FRAME_HEADER + page_size
     count, rest = divmod(len(wal) - WAL_HEADER, frame)
-    bad: int | None = None
+    end: int | None = None  # the first frame not in the log as SQLite replays it
+    failed = False
     for i in range(count):
         at = WAL_HEADER + i * frame
         header = wal[at : at + FRAME_HEADER]
-        if header[8:16] != salts:
-            if bad is None:
-                return None  # the end of the current log
-            continue
-        commit = struct.unpack(">I", header[4:8])[0] != 0
-        if bad is None:
-            sums = _wal_checksum(header[:8] + wal[at + FRAME_HEADER : at + frame], order, *sums)
-            if sums != struct.unpack(">2I", header[16:24]):
-                bad = i
-                if commit:
-                    return (
-                        f"write-ahead log frame {i + 1} (a commit) fails its checksum: damage, "
-                        "or a crash during that commit's write if it is the log's last frame"
-                    )
-        elif commit:
+        current = header[8:16] == salts
+        if end is None:
+            if current:
+                body = header[:8] + wal[at + FRAME_HEADER : at + frame]
+                sums = _wal_checksum(body, order, *sums)
+                if sums == struct.unpack(">2I", header[16:24]):
+                    continue
+                failed = True
+            end = i
+        elif current:
+            what = "fails its checksum" if failed else "has damaged salts"
             return (
-                f"write-ahead log frame {bad + 1} fails its checksum: the transactions "
-                f"committed in frames {bad + 1}..{i + 1} after it would be lost"
+                f"write-ahead log frame {end + 1} {what}: frame {i + 1} and any others "
+                "written after it in the same log would be lost"
             )
-    if bad is not None:
-        return f"write-ahead log frame {bad + 1} fails its checksum"
     at = WAL_HEADER + count * frame
-    if rest >= FRAME_HEADER and wal[at + 8 : at + 16] == salts and wal[at + 4 : at + 8] != bytes(4):
+    tail = wal[at : at + FRAME_HEADER] if rest >= FRAME_HEADER else b""
+    if failed:
+        return (
+            f"write-ahead log frame {end + 1 if end is not None else 0} fails its checksum: "
+            "damage, or a crash while the log's last transaction was written"
+        )
+    if end is None and tail[8:16] == salts and tail[4:8] != bytes(4):
         return (
             f"the write-ahead log ends {rest} bytes into a commit frame: truncated, or a "
             "crash during that commit's write"
