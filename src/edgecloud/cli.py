@@ -366,7 +366,7 @@ def outbox_status(
     if reasons:
         console.print("dead letters: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
     for _, moved_to, problem in quarantines:
-        errors.print(f"[red]corrupt outbox file moved to {moved_to}:[/] {problem}", highlight=False)
+        errors.print(f"[red]damaged outbox file kept at {moved_to}:[/] {problem}", highlight=False)
 
 
 @app.command()

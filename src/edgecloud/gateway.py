@@ -83,7 +83,7 @@ class DeploymentHost:
         if outbox is None or not self.deployment.remotes:
             return
         if outbox.quarantined is not None:
-            log.error("outbox: a corrupt file was moved to %s at open", outbox.quarantined)
+            log.error("outbox: a damaged file was set aside at %s at open", outbox.quarantined)
         while True:
             try:
                 if len(outbox):

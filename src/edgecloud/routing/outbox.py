@@ -12,8 +12,10 @@ transaction as the change it counts.
 
 Promises, one per failure mode of a durable queue:
 
-- **Idempotency keys are bound to the request.** Each item stores the
-  :func:`~edgecloud.wire.fingerprint.request_fingerprint` of its request. A
+- **Idempotency keys are bound to the request** as the server binds them.
+  Each item stores the :func:`~edgecloud.wire.fingerprint.binding` of its
+  request (fingerprint of model, version and inputs, plus the requested
+  outputs). A
   ``put`` under a key the outbox holds (pending or dead-lettered) with the
   same fingerprint is a no-op (counted ``duplicates``; the stricter of the two
   contexts is kept); with another fingerprint it raises
@@ -31,16 +33,37 @@ Promises, one per failure mode of a durable queue:
   this boundary: a full disk, an I/O error or a lock raise
   :class:`OutboxStorageError` (an ``UnavailableError``) after the
   transaction is rolled back, so nothing is half-written and every earlier
-  item is intact; the outbox works again once space returns. On a full disk
-  the write-ahead log is first checkpointed and truncated (it can hold up to
-  1000 pages) and the transaction tried once more, so deleting delivered
-  items frees space rather than needing it.
-- **Corruption is quarantined.** At open, ``PRAGMA quick_check`` runs; a
+  item is intact; the outbox works again once space returns.
+- **A full disk does not wedge the queue.** Deleting a delivered item needs
+  space too (the delete is appended to the write-ahead log; a checkpoint
+  writes the log's pages into the database before it can cut the log). So
+  the log is bounded (``wal_autocheckpoint``/``journal_size_limit`` of
+  :data:`~.outbox_store.WAL_PAGES` pages, fewer on a small filesystem) and a
+  reserve file ``<name>-reserve`` (the log's size and a quarter) is made at
+  open when the space is there. On SQLITE_FULL the log is checkpointed and
+  truncated and the transaction tried again; if the disk is still full and
+  the write is the drain's (never a ``put``), the reserve is released and
+  both tried once more; it is re-created after a drain once space allows.
+  A delete that fails anyway raises :class:`OutboxStorageError` and stops the
+  drain; this process never sends that item again: the next drain first
+  retries the delete and sends nothing while it fails. (An item larger than
+  the reserve can still need more than it holds.)
+- **Damage is reported, never silent.** At open, before SQLite reads it, a
+  write-ahead log left behind (a crash) is checked when no other process has
+  the outbox open (a ``flock`` on ``<name>-lock``): its header, the
+  checksum of every frame of the current log, a commit frame cut short, a
+  database file emptied beside it. SQLite replays a log only up to its first
+  bad frame, so damage there would drop committed items without a word;
+  a damaged log is copied with its database to ``<name>.corrupt-<UTC time>``
+  and SQLite then recovers what it can. Then ``PRAGMA quick_check`` runs; a
   damaged file (or one that is not a database at all) is moved aside with
-  its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>``, a fresh outbox is
-  started, the event is logged as an error and recorded in the new database
+  its ``-wal``/``-shm`` to ``<name>.corrupt-<UTC time>`` and a fresh outbox is
+  started. Each event is logged as an error and recorded in the database
   (counter ``quarantined``, :meth:`Outbox.quarantines`) and in
-  :attr:`Outbox.quarantined`.
+  :attr:`Outbox.quarantined`. Damage inside a valid file (a flipped byte in
+  a body) passes ``quick_check``: each rebuilt request is checked against
+  its stored binding before it is sent, and one that does not match is a
+  dead letter ``corrupt`` (counted ``corrupt``), never sent.
 - **Time is what the outbox observed.** Items age in *outbox time*:
   seconds accumulated from a monotonic clock that counts suspend
   (``CLOCK_BOOTTIME``), persisted whenever it moved a second or more. A jump of the wall clock
@@ -50,18 +73,31 @@ Promises, one per failure mode of a durable queue:
   the kernel's ``boot_id``). Across a reboot the wall-clock gap since the
   last write is credited, clamped to ``[0, max_clock_credit_s]`` (default
   half the TTL, at most a day): a wall clock that jumped forward ages the
-  queue by at most that much, and one that jumped back by nothing. So no
-  single jump expires every item, and an item expires after at most
-  ``ttl_s`` of observed time whatever the wall clock says. Several
+  queue by at most that much, and one that jumped back by nothing. The rule
+  for the monotonic clock, at open and at every reading while open (each
+  read and write of the outbox takes one): an interval of it is credited in
+  full when it is at most ``max_clock_credit_s`` or when the wall clock
+  agrees with it (within 1 % or 60 s, :data:`CLOCK_AGREEMENT`: a long
+  suspend); otherwise it is credited ``max_clock_credit_s`` (a monotonic
+  clock from another time namespace — ``unshare --time``, a CRIU restore —
+  under the same ``boot_id``); one that went back credits nothing. So no
+  single clock reading expires every item (two implausible ones in a row can
+  age it by ``2 * max_clock_credit_s``, the TTL by default), and an item
+  expires after at most ``ttl_s`` of observed time whatever the wall clock
+  says. Several
   processes sharing the file take the maximum of their estimates, so time is
   never counted twice.
-- **A poison item does not block the queue.** An item the server answers
-  with a retryable error of its own (a 5xx :class:`InferenceError`, a 409)
-  is tried again after a per-item backoff (``retry_backoff``, in outbox
-  time) while the items behind it are sent; after ``max_attempts`` it moves
-  to the dead letters with its last error (counted ``poisoned``). A failure
-  that may mean the server is unreachable (:class:`UnavailableError`, a
-  timeout) is checked against the next item: if that one gets an answer, the
+- **A poison item does not block the queue.** Every outcome of ``send`` is
+  classified. An item the server answers with a retryable error of its own
+  (a 5xx :class:`InferenceError`, a 409), or whose ``send`` raises an
+  exception that is not an edgecloud error (an answer that cannot be
+  decoded, a bug in the sender: not a ``ConnectionError`` or
+  ``TimeoutError``, which count as a dead link below), is tried again
+  after a per-item backoff (``retry_backoff``, in outbox time) while the
+  items behind it are sent; after ``max_attempts`` it moves to the dead
+  letters with its last error (counted ``poisoned``). A failure that may
+  mean the server is unreachable (:class:`UnavailableError`, a timeout, a
+  ``ConnectionError``) is checked against the next item: if that one gets an answer, the
   failure was the item's own and costs it an attempt; if it fails too, the
   link is down, the drain stops, and no item loses an attempt (so an item
   alone in the queue that fails this way waits, and at worst expires,
@@ -74,9 +110,10 @@ Promises, one per failure mode of a durable queue:
   decoded is a dead letter (``undecodable``), not a blocker; a key the wire
   would refuse is refused at ``put``.
 
-Older outbox files (schema 1) are migrated in place at open; their items get
-the sensitivity their body carried and ``local_only``/``features_only``
-false, which schema 1 did not record.
+Older outbox files are migrated in place at open. Schema 1 items get the
+sensitivity their body carried and ``local_only``/``features_only`` false,
+which schema 1 did not record. Schema 2 rows of requests that named their
+outputs are re-bound with them (when their body still matches).
 """
 
 from __future__ import annotations
@@ -84,6 +121,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -106,7 +144,7 @@ from ..errors import (
 )
 from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
 from ..wire.context import context_parameters, decode_context
-from ..wire.fingerprint import request_fingerprint
+from ..wire.fingerprint import binding
 from ..wire.rest import decode_request, encode_request
 from . import outbox_store as store
 from .fallback import fallback_reason
@@ -129,6 +167,10 @@ FullPolicy = Literal["reject", "drop_oldest"]
 #: Outbox time is persisted when it moved at least this much (seconds), so a
 #: drain step that changes nothing else writes nothing (no extra fsync per item).
 CLOCK_RESOLUTION_S = 1.0
+#: Two clocks agree about an interval when they differ by at most
+#: max(seconds, fraction of the interval): NTP slews at most 500 ppm (RFC 5905
+#: section 11.3), so a 1 % or 60 s margin covers drift, not a jump.
+CLOCK_AGREEMENT = (60.0, 0.01)
 
 #: Request parameters that carry the context on the wire (stored in columns instead).
 _CONTEXT_KEYS = frozenset(
@@ -170,7 +212,8 @@ class DeadLetter:
     kind: str
     model: str
     reason: str
-    """``privacy``, ``rejected`` (a 4xx), ``poisoned`` (max_attempts) or ``undecodable``."""
+    """``privacy``, ``rejected`` (a 4xx), ``poisoned`` (max_attempts), ``undecodable``
+    or ``corrupt`` (the body no longer matches its stored fingerprint)."""
     error: str
     failed_at: float
     sensitivity: Sensitivity
@@ -199,9 +242,12 @@ class _Row:
     context: RequestContext | str
     """The stored context, or why it could not be decoded."""
     attempts: int
+    fingerprint: str = ""
 
 
-Outcome = Literal["delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable"]
+Outcome = Literal[
+    "delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable", "corrupt"
+]
 
 
 def boot_clock() -> float:
@@ -257,7 +303,15 @@ class Outbox:
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
         self.quarantined: Path | None = None
-        """Where a corrupt file found at open was moved, or None."""
+        """Where a corrupt file found at open was moved (or a damaged one copied), or None."""
+        self._damage: list[tuple[str, str]] = []
+        """(where the damaged files went, what was wrong): recorded at set-up."""
+        self._undeleted: set[int] = set()
+        """Items delivered whose delete failed (a full disk): deleted before any send."""
+        self._reserve_released = False
+        self._reserve_size = 0
+        self._lock_fd: int | None = None
+        self._base_observed = self._base_monotonic = self._base_wall = 0.0
         self._db = self._open()
 
     # -- writing ---------------------------------------------------------------
@@ -277,7 +331,7 @@ class Outbox:
         key = context.idempotency_key or uuid.uuid4().hex
         context = replace(context, idempotency_key=key, deadline=None)
         _context_of(key, context.sensitivity.value, 0, 0)  # a key the wire refuses is a 400 now
-        fingerprint = request_fingerprint(request)
+        fingerprint = binding(request)
         stored = replace(
             request, context=DEFAULT_CONTEXT, parameters=_without_context(request.parameters)
         )
@@ -293,7 +347,7 @@ class Outbox:
             self._expire(db, now)
             return self._put_row(db, row, context, now)
 
-        outcome = self._write("store an item", insert)
+        outcome = self._write("store an item", insert, reserve=False)
         if outcome == "reuse":
             raise IdempotencyKeyReuseError(
                 f"idempotency key {key!r} is already bound to another request in outbox "
@@ -417,9 +471,9 @@ class Outbox:
         Each due item is tried once per pass. ``backoff`` retries a down link
         within this call (its delays, up to its ``max_tries`` passes); without
         it the drain returns at the first link failure. What happens to an
-        item on each kind of failure is in the module docstring. Raises
-        :class:`OutboxStorageError`; exceptions that are not edgecloud errors
-        propagate from ``send`` with the item untouched.
+        item on each kind of failure (including exceptions that are not
+        edgecloud errors) is in the module docstring. Raises
+        :class:`OutboxStorageError`, and stops there.
         """
         tally = {"delivered": 0, "dead_lettered": 0, "deferred": 0}
         passes, slept = 0, 0.0
@@ -432,6 +486,7 @@ class Outbox:
                 break
             sleep(delay)
             slept += delay
+        self._keep_reserve()
         return DrainResult(
             delivered=tally["delivered"],
             remaining=len(self),
@@ -450,6 +505,7 @@ class Outbox:
 
         Items being sent are claimed, so drains in several threads of one
         process never send the same item twice (across processes, at least once)."""
+        self._delete_undeleted(tally)
         cursor, suspect, claimed = 0, None, set()
         try:
             while max_items is None or tally["delivered"] < max_items:
@@ -483,29 +539,56 @@ class Outbox:
             return "privacy", _privacy_error(row.context)
         try:
             request = _rebuild(row, row.context)
+            intact = _intact(request, row.fingerprint)
         except EdgecloudError as exc:
             return "undecodable", f"the stored body cannot be decoded: {exc.message}"
+        except Exception as exc:  # a damaged row must not stop the queue either
+            return "undecodable", f"the stored body cannot be decoded: {type(exc).__name__}: {exc}"
+        if not intact:
+            return "corrupt", (
+                "corrupt: the stored body no longer matches the fingerprint stored with it "
+                f"({row.fingerprint[:16]}…); it was altered on disk and is never sent"
+            )
         try:
             send(request)
         except EdgecloudError as exc:
             self._note_error(row.seq, exc.message)
             return _classify(exc), exc.message
+        except Exception as exc:  # every outcome of a send is classified
+            message = f"{type(exc).__name__}: {exc}"
+            self._note_error(row.seq, message)
+            return _classify_unexpected(exc), message
         return "delivered", ""
 
     def _settle(self, row: _Row, outcome: Outcome, error: str, tally: dict[str, int]) -> None:
         if outcome == "delivered":
-
-            def delete(db: sqlite3.Connection) -> None:
-                if db.execute("DELETE FROM items WHERE seq = ?", (row.seq,)).rowcount:
-                    store.bump(db, "delivered")  # not twice if another process was faster
-
-            self._write("delete a delivered item", delete)
+            try:
+                self._delete_delivered(row.seq)
+            except OutboxStorageError:
+                self._undeleted.add(row.seq)  # not sent again by this process: see drain
+                raise
             tally["delivered"] += 1
         elif outcome == "item":
             self._item_failed(row, error, tally)
-        else:  # privacy, rejected, undecodable
+        else:  # privacy, rejected, undecodable, corrupt
             self._dead_letter(row.seq, outcome, error, row.attempts)
             tally["dead_lettered"] += 1
+
+    def _delete_delivered(self, seq: int) -> None:
+
+        def delete(db: sqlite3.Connection) -> None:
+            if db.execute("DELETE FROM items WHERE seq = ?", (seq,)).rowcount:
+                store.bump(db, "delivered")  # not twice if another process was faster
+
+        self._write("delete a delivered item", delete)
+
+    def _delete_undeleted(self, tally: dict[str, int]) -> None:
+        """Delete the items delivered earlier whose delete failed; raises the
+        storage error (and sends nothing) while that still fails."""
+        for seq in sorted(self._undeleted):
+            self._delete_delivered(seq)
+            self._undeleted.discard(seq)
+            tally["delivered"] += 1
 
     def _item_failed(self, row: _Row, error: str, tally: dict[str, int]) -> None:
         """The server answered this item with a retryable error: back off or give up."""
@@ -532,7 +615,7 @@ class Outbox:
             self._expire(db, now)
             return db.execute(
                 "SELECT seq, key, model, version, header_length, body, sensitivity, local_only, "
-                "features_only, attempts FROM items WHERE seq > ? AND next_try <= ? "
+                "features_only, attempts, fingerprint FROM items WHERE seq > ? AND next_try <= ? "
                 "ORDER BY seq LIMIT 1",
                 (cursor, now),
             ).fetchone()
@@ -542,16 +625,20 @@ class Outbox:
             if found is None:
                 return None
             with self._claims_lock:
-                if found[0] not in self._in_flight:
+                if found[0] not in self._in_flight and found[0] not in self._undeleted:
                     self._in_flight.add(found[0])
                     break
             cursor = found[0]  # another thread of this process is sending it
-        seq, key, model, version, length, body, sensitivity, local, features, attempts = found
+        seq, key, model, version, length, body, sensitivity, local, features, attempts, bound = (
+            found
+        )
         try:
             context: RequestContext | str = _context_of(key, sensitivity, local, features)
         except EdgecloudError as exc:  # a row written by hand or damaged: never sent
             context = f"the stored context cannot be decoded: {exc.message}"
-        return _Row(seq, key, model, version, length, body, context, attempts)
+        except Exception as exc:  # e.g. a number where text belongs
+            context = f"the stored context cannot be decoded: {type(exc).__name__}: {exc}"
+        return _Row(seq, key, model, version, length, body, context, attempts, str(bound or ""))
 
     def _note_error(self, seq: int, error: str) -> None:
         self._write(
@@ -596,6 +683,8 @@ class Outbox:
             store.bump(db, "poisoned")
         elif reason == "privacy":
             store.bump(db, "privacy_refused")
+        elif reason == "corrupt":
+            store.bump(db, "corrupt")
         (held,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
         if held > self.max_items:
             db.execute(
@@ -611,12 +700,14 @@ class Outbox:
             self._write("record the time", self._observed)
         with self._lock:
             self._db.close()
+            store.unlock(self._lock_fd)
+            self._lock_fd = None
 
     # -- time ------------------------------------------------------------------
 
     def _observed(self, db: sqlite3.Connection) -> float:
         """Outbox time now (see the module docstring), persisted in ``db``'s transaction."""
-        estimate = self._base_observed + max(0.0, self._monotonic() - self._base_monotonic)
+        estimate = self._tick()
         (stored,) = db.execute("SELECT observed_s FROM clock WHERE id = 0").fetchone()
         now = max(float(stored), estimate)
         if now >= stored + CLOCK_RESOLUTION_S:  # a read-only transaction costs no fsync
@@ -626,6 +717,16 @@ class Outbox:
                 (now, self._clock(), self._boot(), self._monotonic()),
             )
         return now
+
+    def _tick(self) -> float:
+        """Advance the in-memory outbox time by one plausible reading of the clocks
+        (every read and write takes one, under the lock); returns it."""
+        monotonic, wall = self._monotonic(), self._clock()
+        self._base_observed += self._plausible(
+            monotonic - self._base_monotonic, wall - self._base_wall
+        )
+        self._base_monotonic, self._base_wall = monotonic, wall
+        return self._base_observed
 
     def _start_clock(self, db: sqlite3.Connection) -> None:
         """Outbox time at open: the stored time plus the downtime since the last write,
@@ -642,20 +743,33 @@ class Outbox:
                 row,
             )
         stored, last_wall, last_boot, last_monotonic = row
+        gap = wall - float(last_wall)
         if (
             boot
             and boot == last_boot
             and last_monotonic is not None
             and monotonic >= last_monotonic
-        ):
-            credit = monotonic - float(last_monotonic)  # the same boot: measured, not guessed
+        ):  # the same boot: measured, if plausible (another time namespace is not)
+            credit = self._plausible(monotonic - float(last_monotonic), gap)
         else:
-            credit = min(max(0.0, wall - float(last_wall)), self.max_clock_credit_s)
+            credit = min(max(0.0, gap), self.max_clock_credit_s)
         # Not written back here: opening writes nothing (a full disk can still be
         # opened); the next write persists it, and until then a second open
         # derives the same credit from the same stored row.
         self._base_observed = float(stored) + credit
-        self._base_monotonic = monotonic
+        self._base_monotonic, self._base_wall = monotonic, wall
+
+    def _plausible(self, measured: float, wall_gap: float) -> float:
+        """Seconds to credit for ``measured`` seconds of the monotonic clock while the
+        wall clock moved ``wall_gap``: all of them when at most ``max_clock_credit_s``
+        or when the two clocks agree (within ``CLOCK_AGREEMENT``), else
+        ``max_clock_credit_s``; nothing for a clock that went back."""
+        if measured <= self.max_clock_credit_s:
+            return max(0.0, measured)
+        tolerance = max(CLOCK_AGREEMENT[0], CLOCK_AGREEMENT[1] * measured)
+        if abs(wall_gap - measured) <= tolerance:
+            return measured
+        return self.max_clock_credit_s
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         cursor = db.execute("DELETE FROM items WHERE enqueued <= ?", (now - self.ttl_s,))
@@ -664,19 +778,39 @@ class Outbox:
 
     # -- storage ---------------------------------------------------------------
 
-    def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(
+        self, action: str, body: Callable[[sqlite3.Connection], T], *, reserve: bool = True
+    ) -> T:
         """``body`` in one transaction. On SQLITE_FULL the write-ahead log is
-        checkpointed and truncated (giving its space back) and ``body`` tried once more."""
+        checkpointed and truncated (giving its space back) and ``body`` tried once
+        more; if the disk is still full and ``reserve`` (every write but a new
+        item's), the reserve file is released and both tried once more."""
         try:
             with self._transaction(action) as db:
                 return body(db)
         except OutboxStorageError as exc:
             if not store.disk_full(exc):
                 raise
-            with self._lock, contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._checkpoint()
+        try:
             with self._transaction(action) as db:
                 return body(db)
+        except OutboxStorageError as exc:
+            if not (reserve and store.disk_full(exc) and store.release_reserve(self.path)):
+                raise
+        self._reserve_released = True
+        self._checkpoint()
+        with self._transaction(action) as db:
+            return body(db)
+
+    def _checkpoint(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _keep_reserve(self) -> None:
+        """Re-create the reserve once space allows (after a drain freed some)."""
+        if self._reserve_released and store.make_reserve(self.path, self._reserve_size):
+            self._reserve_released = False
 
     @contextlib.contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -696,6 +830,7 @@ class Outbox:
     @contextlib.contextmanager
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._translated(action):
+            self._tick()
             yield self._db
 
     @contextlib.contextmanager
@@ -712,22 +847,44 @@ class Outbox:
             raise OutboxStorageError(
                 f"outbox {self.path}: cannot create its directory: {exc}"
             ) from exc
+        self._lock_fd, alone = store.lock_file(self.path)
+        try:
+            db = self._open_checked(alone)
+            self._db = db
+            self._reserve_size, _ = store.tune(db, self.path)
+            self._write("set up its tables", self._set_up)
+        except BaseException:
+            store.unlock(self._lock_fd)
+            raise
+        if self._lock_fd is not None and alone:
+            store.share(self._lock_fd)
+        store.make_reserve(self.path, self._reserve_size)
+        return db
+
+    def _open_checked(self, alone: bool) -> sqlite3.Connection:
+        """Check the log (when nobody else has the file open) and the database; a
+        damaged log is copied aside, a corrupt database moved aside; both recorded."""
+        damaged = store.wal_damage(self.path) if alone else None
+        if damaged is not None:
+            where = store.copy_aside(self.path, damaged, self._clock())
+            self._damage.append((where, damaged))
+            if not where.startswith("("):
+                self.quarantined = Path(where)
         problem, db = store.open_checked(self.path)
         if problem is not None:
             self.quarantined = store.quarantine(self.path, problem, self._clock())
+            self._damage.append((str(self.quarantined), problem))
             _, db = store.open_checked(self.path)
         assert db is not None
-        self._db = db
-        self._write("set up its tables", lambda tx: self._set_up(tx, problem))
         return db
 
-    def _set_up(self, db: sqlite3.Connection, problem: str | None) -> None:
+    def _set_up(self, db: sqlite3.Connection) -> None:
         store.migrate(db)
         self._start_clock(db)
-        if self.quarantined is not None:
+        for where, problem in self._damage:
             db.execute(
                 "INSERT INTO quarantines(at, path, error) VALUES (?, ?, ?)",
-                (self._clock(), str(self.quarantined), problem),
+                (self._clock(), where, problem),
             )
             store.bump(db, "quarantined")
         store.backfill(db, self._base_observed, self._clock(), self.max_clock_credit_s)
@@ -766,6 +923,22 @@ def _classify(exc: EdgecloudError) -> Outcome:
     if fallback_reason(exc) is None:
         return "rejected"
     return "ambiguous"
+
+
+def _classify_unexpected(exc: Exception) -> Outcome:
+    """A ``send`` that raised something other than an edgecloud error: a socket
+    that failed or timed out, or a name that did not resolve, may mean the link
+    is down (checked against the next item); anything else (an answer that
+    cannot be decoded, a bug in the sender) is this item's own failure and
+    costs it an attempt."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return "ambiguous"
+    return "item"
+
+
+def _intact(request: InferRequest, fingerprint: str) -> bool:
+    """Whether a rebuilt request is the one stored (model, version, inputs, outputs)."""
+    return binding(request) == fingerprint
 
 
 def _rebuild(row: _Row, context: RequestContext) -> InferRequest:

@@ -18,7 +18,7 @@ import numpy as np
 from ..tensors import InferRequest, datatype_of
 from .values import raw_bytes
 
-__all__ = ["request_fingerprint"]
+__all__ = ["binding", "request_fingerprint"]
 
 
 def request_fingerprint(request: InferRequest) -> str:
@@ -43,6 +43,23 @@ def request_fingerprint(request: InferRequest) -> str:
         _field(digest, struct.pack(f"<{array.ndim}q", *array.shape))
         _field(digest, raw_bytes(array, name))
     return digest.hexdigest()
+
+
+def binding(request: InferRequest) -> str:
+    """What an idempotency key is bound to: :func:`request_fingerprint` plus the
+    requested output names (sha256 hex, 64 characters).
+
+    The outputs are part of it because an answer holds only the outputs that
+    were asked for; the same key and inputs with other outputs is another
+    request (the server answers 422). Without requested outputs (``None``:
+    all of them) it is the fingerprint itself, so keys bound before outputs
+    counted keep their binding.
+    """
+    fingerprint = request_fingerprint(request)
+    if request.outputs is None:
+        return fingerprint
+    names = "\0".join(sorted(request.outputs))
+    return hashlib.sha256(f"{fingerprint}\0outputs\0{names}".encode()).hexdigest()
 
 
 def _field(digest: Any, data: bytes) -> None:
