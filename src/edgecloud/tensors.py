@@ -19,7 +19,6 @@ import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
-    SerializationInfo,
     SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
@@ -186,9 +185,7 @@ class TensorSpec(BaseModel):
         return self
 
     @model_serializer(mode="wrap")
-    def _omit_unset_domain(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> dict[str, Any]:
+    def _omit_unset_domain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Unset value bounds are left out, so configs without them read as before."""
         data: dict[str, Any] = handler(self)
         for key in ("min_value", "max_value", "allowed_values"):
@@ -209,16 +206,24 @@ class TensorSpec(BaseModel):
         """The declared values in words, e.g. ``[0, 30521]`` or ``one of {8000, 16000}``."""
         parts = []
         if self.min_value is not None or self.max_value is not None:
-            low = "-inf" if self.min_value is None else f"{self.min_value:g}"
-            high = "+inf" if self.max_value is None else f"{self.max_value:g}"
+            low = "-inf" if self.min_value is None else _show_number(self.min_value)
+            high = "+inf" if self.max_value is None else _show_number(self.max_value)
             parts.append(f"in [{low}, {high}]")
         if self.allowed_values is not None:
-            parts.append("one of {" + ", ".join(f"{v:g}" for v in self.allowed_values) + "}")
+            shown = ", ".join(_show_number(v) for v in self.allowed_values)
+            parts.append("one of {" + shown + "}")
         return " and ".join(parts)
 
     def full_shape(self, batched: bool) -> tuple[int, ...]:
         """Shape including the batch dimension (``-1``) when batched."""
         return (-1, *self.shape) if batched else self.shape
+
+
+def _show_number(value: int | float) -> str:
+    """A bound as written: ``30521``, ``0`` for ``0.0``, ``0.25``; exact for large ints."""
+    if isinstance(value, int):
+        return str(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 class Sensitivity(enum.StrEnum):
