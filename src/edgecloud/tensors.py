@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import (
     DatatypeMismatchError,
@@ -130,6 +137,18 @@ class TensorSpec(BaseModel):
     shape: tuple[int, ...]
     """Dimensions; ``-1`` marks a variable dimension."""
 
+    min_value: int | float | None = None
+    """Smallest value an element may take (inclusive), in the tensor's own units
+    (a token id, a sample rate in Hz); None: no lower bound. For values the
+    runtime cannot check itself: ONNX ``Gather`` wraps a negative index, so
+    token id -5 would silently embed token ``vocab_size - 5``. Numeric
+    datatypes only; NaN is outside every declared range."""
+    max_value: int | float | None = None
+    """Largest value an element may take (inclusive); None: no upper bound."""
+    allowed_values: tuple[int | float, ...] | None = None
+    """The only values an element may take (a set a range cannot say: silero-vad's
+    ``sr`` is 8000 or 16000); None: any value within the range."""
+
     @field_validator("datatype")
     @classmethod
     def _known_datatype(cls, value: str) -> str:
@@ -144,9 +163,67 @@ class TensorSpec(BaseModel):
             raise ValueError(f"dimensions must be positive or -1, got {list(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _valid_domain(self) -> TensorSpec:
+        if not self.has_domain:
+            return self
+        if self.datatype in ("BYTES", "BOOL"):
+            raise ValueError(
+                f"tensor {self.name!r}: min_value/max_value/allowed_values apply to numeric "
+                f"datatypes, not {self.datatype}"
+            )
+        bounds = [b for b in (self.min_value, self.max_value) if b is not None]
+        values = [*bounds, *(self.allowed_values or ())]
+        if any(isinstance(v, float) and not np.isfinite(v) for v in values):
+            raise ValueError(f"tensor {self.name!r}: value bounds must be finite numbers")
+        if len(bounds) == 2 and bounds[0] > bounds[1]:
+            raise ValueError(
+                f"tensor {self.name!r}: min_value {bounds[0]} is above max_value {bounds[1]}"
+            )
+        if self.allowed_values is not None and not self.allowed_values:
+            raise ValueError(f"tensor {self.name!r}: allowed_values is empty")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_domain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Unset value bounds are left out, so configs without them read as before."""
+        data: dict[str, Any] = handler(self)
+        for key in ("min_value", "max_value", "allowed_values"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    @property
+    def has_domain(self) -> bool:
+        """Whether any value bound is declared."""
+        return (
+            self.min_value is not None
+            or self.max_value is not None
+            or self.allowed_values is not None
+        )
+
+    def describe_domain(self) -> str:
+        """The declared values in words, e.g. ``[0, 30521]`` or ``one of {8000, 16000}``."""
+        parts = []
+        if self.min_value is not None or self.max_value is not None:
+            low = "-inf" if self.min_value is None else _show_number(self.min_value)
+            high = "+inf" if self.max_value is None else _show_number(self.max_value)
+            parts.append(f"in [{low}, {high}]")
+        if self.allowed_values is not None:
+            shown = ", ".join(_show_number(v) for v in self.allowed_values)
+            parts.append("one of {" + shown + "}")
+        return " and ".join(parts)
+
     def full_shape(self, batched: bool) -> tuple[int, ...]:
         """Shape including the batch dimension (``-1``) when batched."""
         return (-1, *self.shape) if batched else self.shape
+
+
+def _show_number(value: int | float) -> str:
+    """A bound as written: ``30521``, ``0`` for ``0.0``, ``0.25``; exact for large ints."""
+    if isinstance(value, int):
+        return str(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 class Sensitivity(enum.StrEnum):
@@ -396,6 +473,9 @@ class InputValidator:
             )
             for name, shape in self._shapes.items()
         ]
+        # Value domains (TensorSpec.min_value/max_value/allowed_values): only the
+        # inputs that declare one are scanned, so other models pay nothing.
+        self._domains = [(s.name, s) for s in specs if s.has_domain]
 
     def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
         """Raise on the first problem; return the batch size: the rows of the
@@ -419,6 +499,8 @@ class InputValidator:
             for axis, size in fixed:
                 if shape[axis] != size:
                     self._check_shape(name, shape)
+            if array.size == 0:
+                self._check_empty(name, shape)
             if batched:
                 if batch != shape[0] and batch != -1:
                     raise ShapeMismatchError(
@@ -426,7 +508,33 @@ class InputValidator:
                         f"{name!r} has {shape[0]}, an earlier input has {batch}"
                     )
                 batch = shape[0]
+        for name, spec in self._domains:
+            _check_domain(self.model, spec, inputs[name])
         return batch if batch >= 0 else 1
+
+    def _check_empty(self, name: str, shape: tuple[int, ...]) -> None:
+        """Zero-size tensors: only an empty batch (0 rows of a batched model) is legal.
+
+        onnxruntime kernels are not safe on zero-size dimensions: silero-vad
+        with ``input`` [0, 512] and ``state`` [2, 0, 128] aborts the whole
+        process (SIGABRT, "terminate called without an active exception").
+        So a zero anywhere else — any dimension of an unbatched model's input,
+        a non-batch dimension of a batched one — is refused before the runtime
+        (ShapeMismatchError, 400), and an empty batch never reaches it
+        (``LoadedModel.run`` answers it without a run).
+        """
+        batched = self.max_batch_size > 0
+        for axis, size in enumerate(shape):
+            if size == 0 and not (batched and axis == 0):
+                where = (
+                    "the batch dimension may be 0 (an empty batch), no other"
+                    if batched
+                    else "the model takes no batch dimension"
+                )
+                raise ShapeMismatchError(
+                    f"input {name!r} of model {self.model!r} has size 0 in dimension {axis} "
+                    f"(shape {list(shape)}): zero-size dimensions are refused ({where})"
+                )
 
     def _check_array(self, name: str, array: Any) -> None:
         if not isinstance(array, np.ndarray):
@@ -530,6 +638,54 @@ def _check_bool_bytes(name: str, array: np.ndarray[Any, Any]) -> None:
         f"tensor {name!r}: element {index} of BOOL data is {int(flat[index])}: "
         "a BOOL is the byte 0 or 1"
     )
+
+
+def _check_domain(model: str, spec: TensorSpec, array: np.ndarray[Any, Any]) -> None:
+    """TensorValueError unless every element is within ``spec``'s declared values.
+
+    The common case is two vectorised reductions (``min``, ``max``) and, with
+    ``allowed_values``, one ``np.isin``; only a failure scans for the first
+    offending element to name it. NaN fails every bound (comparisons with NaN
+    are false).
+    """
+    if array.size == 0:
+        return
+    low, high, allowed = spec.min_value, spec.max_value, spec.allowed_values
+    ok = True
+    if low is not None or high is not None:
+        smallest, largest = array.min(), array.max()
+        ok = bool((low is None or smallest >= low) and (high is None or largest <= high))
+    if ok and allowed is not None:
+        ok = bool(_allowed_mask(array, allowed).all())
+    if ok:
+        return
+    flat = array.reshape(-1)
+    good = np.ones(flat.shape, dtype=bool)
+    if low is not None:
+        good &= flat >= low
+    if high is not None:
+        good &= flat <= high
+    if allowed is not None:
+        good &= _allowed_mask(flat, allowed)
+    index = int(np.flatnonzero(~good)[0])
+    raise TensorValueError(
+        f"tensor {spec.name!r} of model {model!r}: element {index} ({spec.datatype}) is "
+        f"{flat[index].item()!r}, outside the values the model accepts: "
+        f"{spec.describe_domain()}"
+    )
+
+
+def _allowed_mask(
+    array: np.ndarray[Any, Any], allowed: Sequence[int | float]
+) -> np.ndarray[Any, Any]:
+    """Which elements are one of ``allowed``: one comparison per value for a
+    small set (``np.isin`` costs ~50 µs even on a scalar), ``np.isin`` otherwise."""
+    if len(allowed) > 16:
+        return np.asarray(np.isin(array, allowed))
+    mask = array == allowed[0]
+    for value in allowed[1:]:
+        mask = mask | (array == value)
+    return np.asarray(mask)
 
 
 def _describe_dtype(array: np.ndarray[Any, Any]) -> str:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +25,15 @@ from ..errors import (
     ModelNotFoundError,
 )
 from ..repository import ModelRepository, ModelVersion
-from ..tensors import InferRequest, InferResponse, InputValidator, Span, Trace, numpy_dtype
+from ..tensors import (
+    InferRequest,
+    InferResponse,
+    InputValidator,
+    Span,
+    TensorSpec,
+    Trace,
+    numpy_dtype,
+)
 from ..wire.values import utf8_error
 from .base import Backend
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
@@ -35,6 +43,7 @@ __all__ = [
     "LocalBackend",
     "batched_outputs",
     "default_providers",
+    "empty_answers",
     "runtime_error",
     "version_number",
 ]
@@ -71,6 +80,10 @@ class LoadedModel:
     _run: Callable[[list[str], Mapping[str, np.ndarray[Any, Any]], Any], list[np.ndarray[Any, Any]]]
     strings: bool = False
     """The model has BYTES inputs or outputs (see :meth:`run`)."""
+    empty: Mapping[str, np.ndarray[Any, Any]] = field(default_factory=dict)
+    """The answer to an empty batch, per output that has one: ``[0, *declared
+    dims]`` for each output batched along axis 0 whose declared dims are all
+    fixed (see :func:`empty_answers`)."""
 
     def run(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
@@ -88,10 +101,32 @@ class LoadedModel:
         ``"b'hello'"``) and returns ``str``: inputs are decoded as UTF-8 (other
         bytes are a TensorValueError) and outputs encoded back.
         """
+        if batch == 0 and self.limit > 0:
+            return self._empty_batch(outputs)
         if not self.strings:
             return self._run_batches(inputs, outputs, batch)
         result = self._run_batches(_as_text(inputs), outputs, batch)
         return {k: _as_bytes(v) if v.dtype.kind == "O" else v for k, v in result.items()}
+
+    def _empty_batch(self, outputs: Sequence[str] | None) -> Arrays:
+        """The answer to 0 rows of a batched model, without calling the runtime.
+
+        onnxruntime is not safe on zero-size tensors (a graph can abort the
+        process), and its answer would depend on whether the empty request was
+        merged with others. An empty batch is therefore always answered the same
+        way: empty outputs of shape ``[0, *declared dims]``, or, when an output's
+        shape is not known without running the model (a variable dim, no batch
+        dimension), an InvalidRequestError (400).
+        """
+        names = self.output_names if outputs is None else self._check_outputs(outputs)
+        unknown = [n for n in names if n not in self.empty]
+        if unknown:
+            raise InvalidRequestError(
+                f"model {self.entry.name!r} cannot answer an empty batch (0 rows): the "
+                f"shape of output(s) {unknown} is not known without running it; "
+                "send at least one row"
+            )
+        return {n: self.empty[n].copy() for n in names}
 
     def _run_batches(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
@@ -294,6 +329,7 @@ class LocalBackend(Backend):
             _run=run,
             strings=any(t.datatype == "BYTES" for t in (*config.inputs, *config.outputs)),
         )
+        loaded.empty = empty_answers(config.outputs, loaded.batched_outputs, config.batched)
         if self.warmup:
             _warm_up(loaded)
         return loaded
@@ -486,6 +522,25 @@ def version_number(version: int | str | None, model: str = "") -> int | None:
     raise ModelNotFoundError(
         f"model {model!r} has no version {shown!r}; versions are numbers or 'latest'"
     )
+
+
+def empty_answers(
+    specs: Sequence[TensorSpec], batched: frozenset[str], model_batches: bool
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Each output's answer to an empty batch, where it is known without a run.
+
+    An output qualifies when the model batches (``max_batch_size > 0``), the
+    graph's first dimension of the output is the symbolic batch (``batched``,
+    see :func:`batched_outputs`), and every declared non-batch dimension is
+    fixed: its answer is ``np.empty((0, *spec.shape))`` of its datatype.
+    """
+    if not model_batches:
+        return {}
+    return {
+        s.name: np.empty((0, *s.shape), dtype=numpy_dtype(s.datatype))
+        for s in specs
+        if s.name in batched and all(d > 0 for d in s.shape)
+    }
 
 
 def batched_outputs(session: ort.InferenceSession) -> frozenset[str]:

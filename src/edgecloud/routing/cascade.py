@@ -84,6 +84,8 @@ class Cascade(Backend):
             raise InvalidRequestError(
                 f"cascade needs a [batch, classes] output {self.output!r} from {model!r}"
             )
+        if probs.shape[0] == 0:  # an empty batch: the small model's empty answer is the answer
+            return _decided(first, self.name, "cascade:empty batch (0 rows), nothing to escalate")
         scores = self._confidence(probs)
         unsure = scores < self.threshold
         audited = self._audit(~unsure)

@@ -3,11 +3,12 @@
 Requests queue per model version. A batch is formed whenever a runner slot is
 free: everything already waiting (up to ``max_batch_size``) with the same
 non-batch shapes goes in one onnxruntime call, and the outputs are split back
-by each request's own row count (0 included: an empty batch is a legal tensor
-and contributes no rows). Only models whose requested outputs all carry the
-batch as their first dimension are merged (``LoadedModel.splittable``); a
-merged output without one row per input row is never split: the requests run
-alone instead.
+by each request's own row count. An empty batch (0 rows) is never queued nor
+merged: ``LoadedModel.run`` answers it without the runtime, so its answer does
+not depend on the load (merged, it would have depended on its companions).
+Only models whose requested outputs all carry the batch as their first
+dimension are merged (``LoadedModel.splittable``); a merged output without one
+row per input row is never split: the requests run alone instead.
 Under light load a request therefore runs at once; under heavy load batches
 form while the previous ones run (adaptive batching). ``max_queue_delay_us``
 adds Triton's classic wait for companions on top. A batch whose merged run
@@ -93,6 +94,8 @@ class DynamicBatcher:
         """
         if self._closed:
             raise UnavailableError(f"{self.loaded.label} was unloaded; retry the request")
+        if size == 0:  # never merged: the same answer alone or under load, no runtime call
+            return self.loaded.run(inputs, outputs, 0), 0.0, 0.0
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
         future: asyncio.Future[tuple[Arrays, float, float]] = (

@@ -164,6 +164,8 @@ class SplitBackend(Backend):
         local = self.profile.candidate(ALL_LOCAL)
         if not request.context.features_may_leave:
             return local, "data may not leave the device"
+        if any(v.ndim and v.shape[0] == 0 for v in request.inputs.values()):
+            return local, "an empty batch (0 rows): the device answers it without a run"
         if self.fixed is not None:
             kept = self._withheld(self.fixed, request)
             if kept:

@@ -20,9 +20,13 @@ from ..tensors import TensorSpec
 from .export import export_onnx
 from .recipe import Built, Progress, Recipe
 
-__all__ = ["MAX_TOKENS", "MINILM", "tokenize"]
+__all__ = ["MAX_TOKENS", "MINILM", "VOCAB", "tokenize"]
 
 MAX_TOKENS = 256
+#: Token ids are 0 .. VOCAB - 1: the rows of the embedding table
+#: (``bert.embeddings.word_embeddings.weight`` is [30522, 384]; tokenizer.json
+#: has 30522 entries).
+VOCAB = 30522
 SAMPLE = ["edge inference keeps data on the device", "the server answers the hard cases"]
 
 
@@ -100,8 +104,14 @@ def _build(workdir: Path, progress: Progress) -> Built:
         name="minilm",
         max_batch_size=64,
         inputs=[
-            TensorSpec(name="input_ids", datatype="INT64", shape=(-1,)),
-            TensorSpec(name="attention_mask", datatype="INT64", shape=(-1,)),
+            # Gather wraps a negative id (-5 embeds token vocab-5) and cannot see a mask
+            # that is not 0/1: the declared domains refuse both before the runtime.
+            TensorSpec(
+                name="input_ids", datatype="INT64", shape=(-1,), min_value=0, max_value=VOCAB - 1
+            ),
+            TensorSpec(
+                name="attention_mask", datatype="INT64", shape=(-1,), min_value=0, max_value=1
+            ),
         ],
         outputs=[TensorSpec(name="embedding", datatype="FP32", shape=(384,))],
         description="all-MiniLM-L6-v2 sentence embeddings (mean pooling + L2 norm in the graph)",
@@ -130,7 +140,7 @@ def _parity(encoder: Any, path: Path, sample: dict[str, np.ndarray[Any, Any]]) -
 
 MINILM = Recipe(
     name="minilm",
-    revision=1,
+    revision=2,  # 2: value domains of input_ids and attention_mask
     summary="all-MiniLM-L6-v2 sentence embeddings (384-d), exported from the bundled weights",
     build=_build,
 )

@@ -32,7 +32,9 @@ def _build(workdir: Path, progress: Progress) -> Built:
         inputs=[
             TensorSpec(name="input", datatype="FP32", shape=(-1, -1)),
             TensorSpec(name="state", datatype="FP32", shape=(2, -1, 128)),
-            TensorSpec(name="sr", datatype="INT64", shape=()),
+            # The graph branches on sr: 8000 and 16000 run, anything else fails inside an
+            # If node; declared, the refusal names the values instead.
+            TensorSpec(name="sr", datatype="INT64", shape=(), allowed_values=(8000, 16000)),
         ],
         outputs=[
             TensorSpec(name="output", datatype="FP32", shape=(-1, 1)),
@@ -49,7 +51,7 @@ def _build(workdir: Path, progress: Progress) -> Built:
 
 VAD = Recipe(
     name="vad",
-    revision=1,
+    revision=2,  # 2: sr declared as one of {8000, 16000}
     summary="Silero voice activity detector (the ONNX model shipped in silero-vad)",
     build=_build,
 )
