@@ -63,7 +63,7 @@ def read_outbox(path: Path) -> OutboxReport:
 
 def _report(db: sqlite3.Connection, path: Path) -> OutboxReport:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not TABLES <= tables:
+    if not tables >= TABLES:
         raise ConfigError(
             f"{path} is an SQLite database but not an outbox (it lacks the tables "
             f"{', '.join(sorted(TABLES - tables))}); left untouched"

@@ -15,8 +15,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Column, Table
 
 from . import __version__
-from .backends.local import LocalBackend
 from ._config_files import checked_path
+from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, ModelNotFoundError, describe
 from .io import load_inputs
 from .repository import ModelRepository

@@ -108,7 +108,7 @@ def _from_json(raw: bytes, config: ModelConfig) -> Arrays:
                     f"input {name!r} is sent as {sent} but model {config.name!r} declares "
                     f"{spec.datatype}"
                 )
-        return arrays
+        return dict(arrays)
     return {name: _plain(name, data, _spec(specs, name, config)) for name, data in body.items()}
 
 
@@ -121,4 +121,5 @@ def _plain(name: str, data: Any, spec: TensorSpec) -> np.ndarray[Any, Any]:
         if not level:
             break
         level = level[0]
-    return tensor_from_json(data, spec.datatype, shape, name)
+    array: np.ndarray[Any, Any] = tensor_from_json(data, spec.datatype, shape, name)
+    return array

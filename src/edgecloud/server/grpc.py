@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from .._optional import require
 from ..backends.local import version_number
-from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError
+from ..errors import AuthenticationError, ConfigError, EdgecloudError, InvalidRequestError, clip
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import decode_context
 from ..wire.grpc import parameters, read_tensors, set_parameter
@@ -108,7 +108,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if request.version:
                 if version_number(request.version) not in versions:
                     raise InvalidRequestError(
-                        f"model {request.name!r} has no version {request.version!r}"
+                        f"model {clip(request.name)} has no version {clip(request.version)}"
                     )
                 versions = [int(request.version)]
         except EdgecloudError as exc:

@@ -24,6 +24,7 @@ from ..errors import (
     InvalidRequestError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    clip,
 )
 from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
@@ -226,7 +227,7 @@ class HttpApp:
             return 200, LIVE, JSON
         if which == "ready":
             return (200, READY, JSON) if self.ready else (503, NOT_READY, JSON)
-        raise _Reply(404, _error(f"no health check {which!r}; use live or ready"))
+        raise _Reply(404, _error(f"no health check {clip(which)}; use live or ready"))
 
     async def _model_route(
         self, method: str, rest: list[str], scope: Scope, receive: Receive
@@ -259,7 +260,7 @@ class HttpApp:
         state = self.host.states[model]
         if version is not None and version_number(version) not in state.versions:
             raise ModelNotFoundError(
-                f"model {model!r} has no version {version!r} (served: {state.versions})"
+                f"model {clip(model)} has no version {clip(version)} (served: {state.versions})"
             )
         versions = state.versions if version is None else [int(version)]  # checked above
         return model_metadata(config, versions)
@@ -359,4 +360,4 @@ def _int_header(value: bytes) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidRequestError(f"header value {value!r} is not an integer") from None
+        raise InvalidRequestError(f"header value {clip(value)} is not an integer") from None
