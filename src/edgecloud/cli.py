@@ -323,7 +323,6 @@ def edge(
     from .gateway import run_gateway
     from .server.settings import ServerSettings
 
-    checked_path(deployment, "file", "deployment file")
     _config(config)
 
     settings = ServerSettings.resolve(
@@ -334,6 +333,7 @@ def edge(
     if print_config:
         _print_settings(settings)
         return
+    checked_path(deployment, "file", "deployment file")
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
