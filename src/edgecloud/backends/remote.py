@@ -11,6 +11,14 @@ translated into edgecloud's exception tree:
 
 - connection refused, reset, DNS, TLS → :class:`UnavailableError` (retryable);
 - timeouts → :class:`DeadlineExceededError`;
+
+One time budget per request: ``min(timeout, the request's remaining
+deadline)``, fixed when ``infer`` starts. Every network wait of the request
+— the one-time ``/v2`` extensions probe, the call itself, a retry in JSON —
+gets what is left of that budget, never a fresh ``timeout``, so against a
+hung server ``infer`` returns after the budget, not a multiple of it (the
+async path is also cut at the budget as a whole; gRPC uses the budget as the
+call's deadline).
 - 4xx → the matching client error with the server's message; 5xx → Unavailable
   (503) or InferenceError.
 """
@@ -28,6 +36,7 @@ from ..errors import (
     DeadlineExceededError,
     EdgecloudError,
     UnavailableError,
+    clip,
     error_for_http_status,
 )
 from ..routing.privacy import AuditLog, check_egress
@@ -95,18 +104,24 @@ class RemoteBackend(Backend):
 
     def infer(self, request: InferRequest) -> InferResponse:
         self._egress(request)
+        end = self._end_for(request)
         if self._grpc is not None:
-            return self._grpc.infer(request, self._timeout_for(request), self.name)
+            return self._grpc.infer(request, self._left(end, request), self.name)
+        return self._infer_http(request, end)
+
+    def _infer_http(self, request: InferRequest, end: float) -> InferResponse:
         if not self._checked_extensions:
-            self._check_extensions()
-        body, headers, path, timeout = self._prepare(request)
+            self._check_extensions(self._left(end, request))
+        body, headers, path = self._prepare(request)
         started = time.perf_counter()
         try:
-            reply = self._client.post(path, content=body, headers=headers, timeout=timeout)
+            reply = self._client.post(
+                path, content=body, headers=headers, timeout=self._left(end, request)
+            )
         except self._httpx.HTTPError as exc:
             raise self._transport_error(exc, request) from exc
         response = self._finish(request, reply, len(body), started)
-        return response if response is not None else self.infer(request)
+        return response if response is not None else self._infer_http(request, end)
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         if self._grpc is not None:
@@ -114,16 +129,28 @@ class RemoteBackend(Backend):
         if self._async is None:
             self._async = self._httpx.AsyncClient(**self._async_args)
         self._egress(request)
+        end = self._end_for(request)
+        try:
+            async with asyncio.timeout(self._left(end, request)):  # the budget as a whole
+                return await self._infer_http_async(request, end)
+        except TimeoutError as exc:
+            if isinstance(exc, EdgecloudError):
+                raise
+            raise self._out_of_time(request) from None
+
+    async def _infer_http_async(self, request: InferRequest, end: float) -> InferResponse:
         if not self._checked_extensions:
-            await asyncio.to_thread(self._check_extensions)
-        body, headers, path, timeout = self._prepare(request)
+            await asyncio.to_thread(self._check_extensions, self._left(end, request))
+        body, headers, path = self._prepare(request)
         started = time.perf_counter()
         try:
-            reply = await self._async.post(path, content=body, headers=headers, timeout=timeout)
+            reply = await self._async.post(
+                path, content=body, headers=headers, timeout=self._left(end, request)
+            )
         except self._httpx.HTTPError as exc:
             raise self._transport_error(exc, request) from exc
         response = self._finish(request, reply, len(body), started)
-        return response if response is not None else await self.infer_async(request)
+        return response if response is not None else await self._infer_http_async(request, end)
 
     def ready(self, model: str | None = None) -> bool:
         """Whether the server (or one model on it) answers ready; False when unreachable."""
@@ -181,17 +208,18 @@ class RemoteBackend(Backend):
         if self.audit is not None:
             self.audit.record(request, self.url)
 
-    def _check_extensions(self) -> None:
+    def _check_extensions(self, timeout: float) -> None:
         """Use binary tensors only if the server advertises ``binary_tensor_data``.
 
         Asked once, from the server metadata. Servers without the extension do
         not always answer a binary body with a clean 4xx (MLServer 1.7 fails
-        with a 500), so the client must not find out by trial.
+        with a 500), so the client must not find out by trial. ``timeout``:
+        what is left of the request's budget (seconds), never a fresh one.
         """
         try:
-            reply = self._client.get(f"{self.url}/v2")
+            reply = self._client.get(f"{self.url}/v2", timeout=timeout)
         except self._httpx.HTTPError:
-            return  # unreachable now: decide on the next call
+            return  # unreachable now: decide on the next call (the budget keeps counting)
         self._checked_extensions = True
         if reply.status_code == 200:
             try:
@@ -200,7 +228,7 @@ class RemoteBackend(Backend):
                 extensions = []
             self.binary = self._binary_advertised = "binary_tensor_data" in extensions
 
-    def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str, float]:
+    def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str]:
         body, length = encode_request(request, binary=self.binary)
         headers = {"Content-Type": "application/octet-stream" if length else "application/json"}
         if length is not None:
@@ -209,14 +237,29 @@ class RemoteBackend(Backend):
             headers["Idempotency-Key"] = request.context.idempotency_key
         version = f"/versions/{request.version}" if request.version else ""
         path = f"{self.url}/v2/models/{request.model}{version}/infer"
-        return body, headers, path, self._timeout_for(request)
+        return body, headers, path
 
-    def _timeout_for(self, request: InferRequest) -> float:
-        """The client timeout, shortened to the request's deadline; raises if it passed."""
+    def _end_for(self, request: InferRequest) -> float:
+        """``time.monotonic()`` by which the request must be answered: the client
+        timeout, shortened to the request's deadline; raises if that has passed."""
         remaining = request.context.remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError(f"deadline passed before sending to {self.url}")
-        return self.timeout if remaining is None else min(self.timeout, remaining)
+        budget = self.timeout if remaining is None else min(self.timeout, remaining)
+        return time.monotonic() + budget
+
+    def _left(self, end: float, request: InferRequest) -> float:
+        """Seconds left of the request's budget; DeadlineExceededError when none."""
+        left = end - time.monotonic()
+        if left <= 0:
+            raise self._out_of_time(request)
+        return left
+
+    def _out_of_time(self, request: InferRequest) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"{self.url} did not answer {clip(request.model)} within the request's time "
+            f"(client timeout {self.timeout:g} s or the request's deadline, whichever is first)"
+        )
 
     def _finish(
         self, request: InferRequest, reply: Any, sent: int, started: float
@@ -245,7 +288,7 @@ class RemoteBackend(Backend):
     def _transport_error(self, exc: Exception, request: InferRequest) -> EdgecloudError:
         if isinstance(exc, self._httpx.TimeoutException):
             return DeadlineExceededError(
-                f"{self.url} did not answer {request.model!r} in time ({type(exc).__name__})"
+                f"{self.url} did not answer {clip(request.model)} in time ({type(exc).__name__})"
             )
         return UnavailableError(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
 
