@@ -62,7 +62,6 @@ __all__ = [
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
-    "clip",
 ]
 
 #: Most characters of a caller-supplied string an error message quotes.

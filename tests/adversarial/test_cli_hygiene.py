@@ -478,7 +478,7 @@ def test_compress_refuses_a_tolerance_that_is_not_a_finite_number(
 ) -> None:
     result = cli("compress", "affine", "--repo", repo.root, "-m", "int8-dynamic",
                  f"--tolerance={tolerance}")  # fmt: skip
-    one_line_error(result, "tolerance must be a finite number >= 0")
+    one_line_error(result, "tolerance must be a number >= 0 and finite")
 
 
 def test_a_calibration_file_that_is_not_npz_says_so(tmp_path: Path) -> None:

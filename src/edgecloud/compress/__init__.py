@@ -162,7 +162,7 @@ def compress(
     method, settings or calibration data); the repository is then unchanged.
     """
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance}")
+        raise ConfigError(f"tolerance must be a number >= 0 and finite, got {tolerance}")
     build = resolve_any(method)
     check_needs(method)
     parent = _parent(repo, model, version)
