@@ -111,17 +111,31 @@ class RemoteBackend(Backend):
 
     def _infer_http(self, request: InferRequest, end: float) -> InferResponse:
         if not self._checked_extensions:
-            self._check_extensions(self._left(end, request))
+            self._check_extensions(end, request)
         body, headers, path = self._prepare(request)
         started = time.perf_counter()
         try:
-            reply = self._client.post(
-                path, content=body, headers=headers, timeout=self._left(end, request)
-            )
+            reply = self._send("POST", path, end, request, content=body, headers=headers)
         except self._httpx.HTTPError as exc:
             raise self._transport_error(exc, request) from exc
         response = self._finish(request, reply, len(body), started)
         return response if response is not None else self._infer_http(request, end)
+
+    def _send(self, method: str, url: str, end: float, request: InferRequest, **kw: Any) -> Any:
+        """One sync HTTP exchange in which each phase (pool wait, connect, send,
+        read of the headers, read of the body) waits at most what is left of the
+        budget when it starts, not a fresh timeout each.
+
+        httpx gives every phase the full timeout; httpcore looks the phase's
+        timeout up in the request's ``timeout`` extension as the phase starts,
+        so a mapping that answers with the time left shrinks each in turn.
+        Limit: within one phase the socket reads share the value taken at its
+        start, so a server that trickles its answer byte by byte can stretch one
+        phase (a hung or stopped server cannot).
+        """
+        built = self._client.build_request(method, url, timeout=self._left(end, request), **kw)
+        built.extensions["timeout"] = _Remaining(end, built.extensions["timeout"])
+        return self._client.send(built)
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         if self._grpc is not None:
@@ -140,7 +154,7 @@ class RemoteBackend(Backend):
 
     async def _infer_http_async(self, request: InferRequest, end: float) -> InferResponse:
         if not self._checked_extensions:
-            await asyncio.to_thread(self._check_extensions, self._left(end, request))
+            await asyncio.to_thread(self._check_extensions, end, request)
         body, headers, path = self._prepare(request)
         started = time.perf_counter()
         try:
@@ -208,16 +222,16 @@ class RemoteBackend(Backend):
         if self.audit is not None:
             self.audit.record(request, self.url)
 
-    def _check_extensions(self, timeout: float) -> None:
+    def _check_extensions(self, end: float, request: InferRequest) -> None:
         """Use binary tensors only if the server advertises ``binary_tensor_data``.
 
         Asked once, from the server metadata. Servers without the extension do
         not always answer a binary body with a clean 4xx (MLServer 1.7 fails
-        with a 500), so the client must not find out by trial. ``timeout``:
-        what is left of the request's budget (seconds), never a fresh one.
+        with a 500), so the client must not find out by trial. It waits only
+        for what is left of the request's budget (``end``, monotonic seconds).
         """
         try:
-            reply = self._client.get(f"{self.url}/v2", timeout=timeout)
+            reply = self._send("GET", f"{self.url}/v2", end, request)
         except self._httpx.HTTPError:
             return  # unreachable now: decide on the next call (the budget keeps counting)
         self._checked_extensions = True
@@ -291,6 +305,18 @@ class RemoteBackend(Backend):
                 f"{self.url} did not answer {clip(request.model)} in time ({type(exc).__name__})"
             )
         return UnavailableError(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
+
+
+class _Remaining(dict[str, float | None]):
+    """httpcore's per-request timeouts, each answering the seconds left until ``end``
+    (looked up as each phase of the exchange starts)."""
+
+    def __init__(self, end: float, phases: dict[str, float | None]) -> None:
+        super().__init__(phases)
+        self.end = end
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return max(self.end - time.monotonic(), 1e-3) if key in self else default
 
 
 def _message(content: bytes) -> str:
