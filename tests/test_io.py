@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecloud import InvalidRequestError, UnsupportedDatatypeError
+from edgecloud import ConfigError, InvalidRequestError
 from edgecloud.io import load_inputs
 
 from .models import affine_config, two_input_config
@@ -29,7 +29,7 @@ def test_npz_names_inputs(tmp_path: Path) -> None:
     assert set(load_inputs(tmp_path / "in.npz", two_input_config())) == {"a", "b"}
 
 
-def test_json_casts_to_declared_datatypes(tmp_path: Path) -> None:
+def test_json_decodes_to_declared_datatypes(tmp_path: Path) -> None:
     (tmp_path / "in.json").write_text(json.dumps({"a": [[1.5, 2]], "b": [[3, 4]]}))
     inputs = load_inputs(tmp_path / "in.json", two_input_config())
     assert inputs["a"].dtype == np.float32 and inputs["b"].dtype == np.int64
@@ -46,17 +46,22 @@ def test_json_open_inference_protocol_body(tmp_path: Path) -> None:
     ("content", "error", "message"),
     [
         (
-            '{"inputs": [{"name": "x", "shape": [3, 4], "data": [1, 2]}]}',
+            '{"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [1, 2]}]}',
             InvalidRequestError,
-            "do not fit shape",
+            r"2 values in data, but shape \[3, 4\] holds 12",
         ),
-        ('{"x": [[1, 2], [3]]}', InvalidRequestError, "not a rectangular array"),
-        ('{"x": "ab"', InvalidRequestError, "cannot read"),
+        (
+            '{"inputs": [{"name": "x", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+            InvalidRequestError,
+            "has no 'datatype'",  # as the server says: the wire's own decoder
+        ),
+        ('{"x": [[1, 2], [3]]}', InvalidRequestError, "nested data does not match shape"),
+        ('{"x": "ab"', InvalidRequestError, "not valid JSON"),
         ("[1, 2]", InvalidRequestError, "must be an object"),
         (
-            '{"inputs": [{"name": "x", "datatype": "F32", "data": [1]}]}',
-            UnsupportedDatatypeError,
-            "unknown datatype 'F32'",
+            '{"inputs": [{"name": "x", "shape": [1], "datatype": "F32", "data": [1]}]}',
+            InvalidRequestError,
+            "F32",
         ),
     ],
 )
@@ -69,8 +74,10 @@ def test_bad_json_is_a_clear_error(
 
 
 def test_missing_corrupt_and_unknown_files(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequestError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_inputs(tmp_path / "absent.npy", affine_config())
+    with pytest.raises(ConfigError, match="is a directory; expected a file"):
+        load_inputs(tmp_path, affine_config())
     (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(InvalidRequestError, match="cannot read"):
         load_inputs(tmp_path / "bad.npy", affine_config())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,25 @@ from .conftest import ROOT
 def python_blocks() -> list[str]:
     text = (ROOT / "README.md").read_text()
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def curl_blocks() -> list[str]:
+    """The README's shell blocks that call the server with curl."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [b for b in blocks if "curl -s localhost:8000/v2/models/" in b]
+
+
+def run_curl_block(block: str, url: str, cwd: Path) -> str:
+    """Run a README curl block against ``url`` (set -e: every line must succeed)."""
+    script = "set -euo pipefail\n" + block.replace("localhost:8000", url.removeprefix("http://"))
+    script = script.replace("curl -s ", "curl -sf ")  # an HTTP error fails the block
+    script = script.replace("python -c", f"{sys.executable} -c")
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, (block, result.stdout, result.stderr)
+    return result.stdout
 
 
 def test_readme_examples_run(zoo_repo: ModelRepository, tmp_path: Path) -> None:
@@ -72,8 +92,10 @@ def test_readme_remote_examples_against_a_real_server(
             )
             assert result.returncode == 0, result.stderr
             outputs.append(result.stdout)
+        curled = [json.loads(run_curl_block(b, server.url, tmp_path)) for b in curl_blocks()]
     finally:
         server.stop()
+    assert curled and all(c["model_name"] == "digits-small" for c in curled)  # no `...` left
     assert f"remote:{server.url}" in outputs[0]
     assert "guard:public → may leave" in outputs[1] and "cascade:" in outputs[1]
 

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Column, Table
 
 from . import __version__
+from ._config_files import checked_path
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, ModelNotFoundError, describe
 from .io import load_inputs
@@ -60,6 +61,7 @@ def zoo_build(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .zoo import build_zoo
 
+    checked_path(repo, "directory", "model repository", may_be_missing=True)
     columns = (
         TextColumn("{task.fields[model]:<14}"),
         BarColumn(),
@@ -134,6 +136,8 @@ def infer(
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
 ) -> None:
     """Run one inference locally and print the outputs and the trace."""
+    checked_path(input, "file", "input file")
+    _repo(repo)
     with LocalBackend(repo, intra_op_threads=threads) as local:
         loaded = local.load(model, model_version)
         inputs = load_inputs(input, loaded.entry.config)
@@ -200,6 +204,8 @@ def serve(
     from .server.app import serve as run_server
     from .server.settings import ServerSettings
 
+    _config(config)
+
     settings = ServerSettings.resolve(
         file=config,
         cli={
@@ -220,7 +226,7 @@ def serve(
         _print_settings(settings)
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    repository = ModelRepository(repo)
+    repository = ModelRepository(_repo(repo))
     if not repository.model_names():
         raise ModelNotFoundError(
             f"no models in {repo}; build the demo zoo with: edgecloud zoo build"
@@ -278,6 +284,8 @@ def compress(
     from .compress import compress as run_compress
     from .compress import report
 
+    _repo(repo)
+
     with _task_progress() as progress:
         task = progress.add_task(f"{method} on {model}", total=1.0)
 
@@ -319,6 +327,8 @@ def edge(
     from .server.app import Listening
     from .server.settings import ServerSettings
 
+    _config(config)
+
     settings = ServerSettings.resolve(
         file=config,
         cli={"http_port": port, "host": host, "request_timeout_s": timeout, "grpc_port": -1},
@@ -327,6 +337,7 @@ def edge(
     if print_config:
         _print_settings(settings)
         return
+    checked_path(deployment, "file", "deployment file")
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -346,26 +357,22 @@ GATEWAY_PORT = 8080
 def outbox_status(
     path: Annotated[Path, typer.Argument(help="The outbox's SQLite file.")],
 ) -> None:
-    """What an outbox holds and what became of the rest: counters, dead letters, quarantines."""
-    from .routing.outbox import Outbox
+    """What an outbox holds and what became of the rest: counters, dead letters, quarantines.
 
-    if not path.is_file():
-        raise ConfigError(f"no outbox file at {path}")
-    box = Outbox(path)  # a corrupt file is quarantined here, and reported below
-    try:
-        stats, dead, quarantines = box.stats(), box.dead_letters(), box.quarantines()
-    finally:
-        box.close()
+    Read-only: the file is opened read-only, and a file that is not an outbox
+    (or a corrupt one) is reported and left exactly as it is.
+    """
+    from ._outbox_report import read_outbox
+
+    report = read_outbox(path)
     table = Table("counter", "value")
-    for name, value in stats.items():
+    for name, value in report.stats.items():
         table.add_row(name, str(value))
     console.print(table)
-    reasons: dict[str, int] = {}
-    for letter in dead:
-        reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
-    if reasons:
-        console.print("dead letters: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
-    for _, moved_to, problem in quarantines:
+    if report.dead_reasons:
+        console.print("dead letters: " + ", ".join(
+            f"{n} {r}" for r, n in sorted(report.dead_reasons.items())))  # fmt: skip
+    for _, moved_to, problem in report.quarantines:
         errors.print(f"[red]damaged outbox file kept at {moved_to}:[/] {problem}", highlight=False)
 
 
@@ -383,6 +390,8 @@ def calibrate(
 ) -> None:
     """Pick the cascade's threshold on labelled data and write it into the deployment."""
     from .calibration import calibrate_deployment
+
+    checked_path(deployment, "file", "deployment file")
 
     point = calibrate_deployment(
         deployment, dataset=dataset, split=split, target=target, max_escalation=max_escalation
@@ -435,8 +444,14 @@ def advise(
         return
     if (spec is None) == (scenario is None):
         raise ConfigError("give a workload file or --scenario NAME (--list shows them)")
+    if spec is not None:
+        checked_path(spec, "file", "workload file")
+    if out is not None:
+        checked_path(out, "directory", "output directory", may_be_missing=True)
     workload = advisor.scenario(scenario) if scenario else advisor.load_workload(spec)  # type: ignore[arg-type]
     if measure:
+        if repo is not None:
+            _repo(repo)
         from .advisor.measure import measure as run_measure
 
         before = advisor.advise(workload).strategy
@@ -511,7 +526,9 @@ def split_command(
         raise ConfigError(f"--objective is latency or energy, not {objective!r}")
     codecs = [c.strip() for c in codec.split(",") if c.strip()]
     mbps = _floats(bandwidths, "--bandwidths")
-    repository = ModelRepository(repo)
+    if tail_profile is not None:
+        checked_path(tail_profile, "file", "tail profile")
+    repository = ModelRepository(_repo(repo))
     timer: Any = None
     if remote is not None:
         from .backends.remote import RemoteBackend
@@ -565,6 +582,11 @@ def filter_stream(
     from .filter.audio import chunks as audio_chunks
     from .filter.audio import read_wav
 
+    checked_path(input_file, "file", "input file")
+    if fit is not None:
+        checked_path(fit, "file", "--fit file")
+    if trigger == "vad":
+        _repo(repo)
     segment = SegmentConfig(pre_roll, post_roll, min_duration, merge_gap)
     signal: np.ndarray
     made: Trigger
@@ -606,6 +628,16 @@ def filter_stream(
 
         plot_events(signal, stream.scores, events, made.threshold, made.chunk_s, plot)
         console.print(f"wrote {plot}")
+
+
+def _repo(repo: Path) -> Path:
+    """The model repository directory, checked (ConfigError naming what is wrong)."""
+    return checked_path(repo, "directory", "model repository")
+
+
+def _config(config: Path | None) -> None:
+    if config is not None:
+        checked_path(config, "file", "settings file")
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -686,6 +718,12 @@ def main() -> None:
     except Exception as exc:  # last resort: still one line, the traceback on request
         if os.environ.get("EDGECLOUD_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # a path the user gave that no check caught: still the user's to fix
+            reason = exc.strerror or type(exc).__name__
+            errors.print(f"[red]error:[/] {escape(f'{exc.filename}: {reason}')}",
+                         highlight=False, soft_wrap=True)  # fmt: skip
+            sys.exit(1)
         errors.print(
             f"[red]internal error:[/] {escape(describe(exc))} "
             "(set EDGECLOUD_DEBUG=1 for the traceback, and please report it)",

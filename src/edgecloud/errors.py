@@ -69,6 +69,20 @@ __all__ = [
     "UnsupportedDatatypeError",
 ]
 
+#: Most characters of a caller-supplied string an error message quotes.
+CLIP_CHARS = 100
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters with an ellipsis, for error messages.
+
+    Names, keys and values the caller sent are echoed in errors; unclipped, a
+    10 KB model name becomes a 10 KB ``grpc-message`` header that the peer
+    refuses (RESOURCE_EXHAUSTED instead of NOT_FOUND) and a bloated log line.
+    """
+    shown = repr(value) if isinstance(value, str) else repr(str(value))
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
 
 class EdgecloudError(Exception):
     """Root of every error edgecloud raises on purpose."""

@@ -12,6 +12,13 @@ once — also when the deployment answered it on the device — a reuse with
 another payload is a 422, and the key travels on to the remote, which binds
 it the same way (a cascade's escalation carries a key derived from it:
 :func:`edgecloud.routing.keys.derived_key`).
+
+The gateway answers for exactly the model names its deployment can serve
+(:func:`entry_models`): a cascade with ``small_model`` is asked by that name,
+a split by its ``model``; a tree that passes the caller's name on to its
+leaves serves the repository's models. Any other name is a 404 on every
+endpoint (infer, metadata, ready, config) — never an answer computed by
+another model under the requested name.
 """
 
 from __future__ import annotations
@@ -20,13 +27,13 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .backends.local import LocalBackend
 from .deployment import Deployment, load
-from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError
+from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from .repository import ModelConfig
 from .server.host import ModelState, model_states, open_idempotency
 
@@ -36,7 +43,7 @@ from .server.metrics import ServerMetrics
 from .server.settings import ServerSettings
 from .tensors import InferRequest, InferResponse
 
-__all__ = ["DeploymentHost", "run_gateway"]
+__all__ = ["DeploymentHost", "entry_models", "run_gateway"]
 
 log = logging.getLogger("edgecloud.gateway")
 
@@ -50,22 +57,45 @@ class DeploymentHost:
         self.metrics = ServerMetrics()
         serving = deployment.source or deployment.repository.root
         self.idempotency = open_idempotency(settings, serving, self.metrics)
-        self.states = gateway_states(deployment)
+        entry = entry_models(deployment.spec.root)
+        self.names: frozenset[str] | None = entry
+        """Model names requests may carry; None: any (a remote-only pass-through tree)."""
+        states = gateway_states(deployment)
+        if entry is None and (states or deployment.uses_local):
+            self.names = frozenset(states)
+        self.states = {
+            name: state
+            for name, state in states.items()
+            if self.names is None or name in self.names
+        }
+
+    def check_name(self, model: str) -> None:
+        """ModelNotFoundError (404) unless the deployment serves ``model``."""
+        if self.names is not None and model not in self.names:
+            served = ", ".join(sorted(self.names)) or "none"
+            raise ModelNotFoundError(
+                f"no model {clip(model)} behind this gateway (it serves: {served})"
+            )
 
     def config(self, model: str) -> ModelConfig:
+        self.check_name(model)
         if model not in self.states:
             known = ", ".join(self.states) or "none"
-            raise ModelNotFoundError(f"no model {model!r} behind this gateway (models: {known})")
+            raise ModelNotFoundError(
+                f"no model {clip(model)} behind this gateway (models: {known})"
+            )
         return self.deployment.repository.config(model)
 
     def ready(self, model: str, version: str | None = None) -> bool:
         """The server's answer (:meth:`ModelState.serves`): the version counts."""
+        self.check_name(model)
         state = self.states.get(model)
         return state is not None and state.serves(version)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """The deployment's answer; a keyed request at most once (the key goes on
         to any remote the deployment sends it to)."""
+        self.check_name(request.model)
         if request.context.idempotency_key and self.settings.idempotency_window_s > 0:
             return await self.idempotency.run(request, lambda: self._infer(request))
         return await self._infer(request)
@@ -111,6 +141,35 @@ def gateway_states(deployment: Deployment) -> dict[str, ModelState]:
         return model_states(deployment.repository, checker)
     finally:
         checker.close()
+
+
+def entry_models(node: Any) -> frozenset[str] | None:
+    """The model names a request to the deployment node ``node`` (raw YAML) may carry.
+
+    A cascade with ``small_model`` is asked by that name (its answers are that
+    model's or its escalation's), a split by its ``model``; other combinators
+    serve the union of what their children serve. None: the node passes the
+    caller's name on (``local``, a remote), so the names are the leaves'.
+    """
+    if isinstance(node, list):
+        return _union(entry_models(n) for n in node)
+    if not isinstance(node, dict):
+        return None
+    if len(node) == 1:
+        ((kind, params),) = node.items()
+        if kind == "cascade" and isinstance(params, dict):
+            small = params.get("small_model")
+            return (
+                frozenset({small}) if isinstance(small, str) else entry_models(params.get("small"))
+            )
+        if kind == "split" and isinstance(params, dict) and isinstance(params.get("model"), str):
+            return frozenset({params["model"]})
+    return _union(entry_models(v) for v in node.values())
+
+
+def _union(parts: Iterable[frozenset[str] | None]) -> frozenset[str] | None:
+    named = [p for p in parts if p is not None]
+    return frozenset().union(*named) if named else None
 
 
 def check_ready(deployment: Deployment, host: DeploymentHost) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InvalidRequestError
+from ._config_files import checked_path
+from .errors import InvalidRequestError, clip
 from .repository import ModelConfig
-from .tensors import TensorSpec, numpy_dtype
+from .tensors import TensorSpec, datatype_of, numpy_dtype
+from .wire.rest import decode_request, loads, tensor_from_json
 
 __all__ = ["load_inputs"]
 
@@ -26,23 +27,28 @@ def load_inputs(path: str | Path, config: ModelConfig) -> Arrays:
     - ``.json``: ``{"input_name": nested list, ...}`` or an Open Inference
       Protocol body ``{"inputs": [{"name", "shape", "datatype", "data"}]}``.
 
-    JSON numbers are cast to each input's declared datatype.
+    Nothing is coerced, as on the server: JSON goes through the wire's one
+    decoder (:mod:`edgecloud.wire.values`) with each input's declared datatype
+    (``1.5`` or ``"7"`` for INT64, ``1e39`` for FP32 are errors naming the
+    tensor, element and value), and arrays must already have the declared
+    dtype. Raises ConfigError for a path that is missing or not a readable
+    file, InvalidRequestError (or TensorValueError) for its contents.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise InvalidRequestError(f"input file {file} does not exist")
+    file = checked_path(Path(path), "file", "input file")
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
-            return _single(config, np.load(file, allow_pickle=False), file)
-        if suffix == ".npz":
+            arrays = _single(config, np.load(file, allow_pickle=False), file)
+        elif suffix == ".npz":
             with np.load(file, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}
-        if suffix == ".json":
-            return _from_json(json.loads(file.read_text()), config)
+                arrays = {name: archive[name] for name in archive.files}
+        elif suffix == ".json":
+            return _from_json(file.read_bytes(), config)
+        else:
+            raise InvalidRequestError(f"input file {file} must end in .npy, .npz or .json")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"cannot read {file}: {' '.join(str(exc).split())}") from exc
-    raise InvalidRequestError(f"input file {file} must end in .npy, .npz or .json")
+    return _checked_arrays(arrays, config, file)
 
 
 def _single(config: ModelConfig, array: np.ndarray[Any, Any], file: Path) -> Arrays:
@@ -55,40 +61,65 @@ def _single(config: ModelConfig, array: np.ndarray[Any, Any], file: Path) -> Arr
     return {config.inputs[0].name: array}
 
 
-def _from_json(body: Any, config: ModelConfig) -> Arrays:
-    specs = {s.name: s for s in config.inputs}
-    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
-        return {t["name"]: _v2_tensor(t, specs) for t in body["inputs"]}
+def _checked_arrays(arrays: Arrays, config: ModelConfig, file: Path) -> Arrays:
+    """Arrays whose dtype is the declared one; another dtype is refused, not cast."""
+    specs = _specs(config)
+    for name, array in arrays.items():
+        spec = _spec(specs, name, config)
+        if spec.datatype == "BYTES":
+            ok = array.dtype.kind in ("S", "U", "O")
+        else:
+            ok = array.dtype == numpy_dtype(spec.datatype)
+        if not ok:
+            raise InvalidRequestError(
+                f"{file}: input {name!r} is {array.dtype} but model {config.name!r} declares "
+                f"{spec.datatype}; convert it explicitly (e.g. array.astype(...)) before saving"
+            )
+    return arrays
+
+
+def _specs(config: ModelConfig) -> dict[str, TensorSpec]:
+    return {s.name: s for s in config.inputs}
+
+
+def _spec(specs: dict[str, TensorSpec], name: str, config: ModelConfig) -> TensorSpec:
+    spec = specs.get(name)
+    if spec is None:
+        raise InvalidRequestError(
+            f"model {config.name!r} has no input {clip(name)}; its inputs are {sorted(specs)}"
+        )
+    return spec
+
+
+def _from_json(raw: bytes, config: ModelConfig) -> Arrays:
+    try:
+        body = loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"not valid JSON: {' '.join(str(exc).split())}") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("JSON input must be an object mapping input names to data")
-    return {name: _cast(name, data, specs) for name, data in body.items()}
+    specs = _specs(config)
+    if isinstance(body.get("inputs"), list):  # an Open Inference Protocol body: as the server
+        arrays = decode_request(raw, None, config.name, None).request.inputs
+        for name, array in arrays.items():
+            spec, sent = _spec(specs, name, config), datatype_of(array)
+            if spec.datatype != sent:
+                raise InvalidRequestError(
+                    f"input {name!r} is sent as {sent} but model {config.name!r} declares "
+                    f"{spec.datatype}"
+                )
+        return dict(arrays)
+    return {name: _plain(name, data, _spec(specs, name, config)) for name, data in body.items()}
 
 
-def _v2_tensor(tensor: Any, specs: dict[str, TensorSpec]) -> np.ndarray[Any, Any]:
-    if not isinstance(tensor, dict) or not {"name", "data"} <= tensor.keys():
-        raise InvalidRequestError("each entry of 'inputs' needs at least 'name' and 'data'")
-    name = str(tensor["name"])
-    datatype = tensor.get("datatype")
-    array = _cast(name, tensor["data"], specs, numpy_dtype(datatype) if datatype else None)
-    if "shape" in tensor:
-        try:
-            array = array.reshape([int(d) for d in tensor["shape"]])
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequestError(
-                f"input {name!r}: {array.size} values do not fit shape {tensor['shape']}"
-            ) from exc
+def _plain(name: str, data: Any, spec: TensorSpec) -> np.ndarray[Any, Any]:
+    """``data`` (nested lists, or one value) decoded with ``spec``'s datatype."""
+    shape: list[int] = []
+    level = data
+    while type(level) is list:
+        shape.append(len(level))
+        if not level:
+            break
+        level = level[0]
+    array: np.ndarray[Any, Any] = tensor_from_json(data, spec.datatype, shape, name)
     return array
-
-
-def _cast(
-    name: str, data: Any, specs: dict[str, TensorSpec], dtype: np.dtype[Any] | None = None
-) -> np.ndarray[Any, Any]:
-    if dtype is None:
-        spec = specs.get(name)
-        dtype = numpy_dtype(spec.datatype) if spec else None
-    try:
-        return np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequestError(
-            f"input {name!r}: data is not a rectangular array of {dtype}: {exc}"
-        ) from exc

@@ -80,7 +80,8 @@ def test_gateway_keeps_answering_with_the_server_down(
 def test_gateway_refuses_a_broken_deployment(tmp_path: Path) -> None:
     (tmp_path / "d.yaml").write_text("root: {teleport: {}}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(tmp_path / "d.yaml")],
+        [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(tmp_path / "d.yaml"),
+         "--port", str(free_port())],  # never the default 8080: it may be taken
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1 and "root: unknown node 'teleport'" in result.stderr

@@ -11,6 +11,14 @@ translated into edgecloud's exception tree:
 
 - connection refused, reset, DNS, TLS → :class:`UnavailableError` (retryable);
 - timeouts → :class:`DeadlineExceededError`;
+
+One time budget per request: ``min(timeout, the request's remaining
+deadline)``, fixed when ``infer`` starts. Every network wait of the request
+— the one-time ``/v2`` extensions probe, the call itself, a retry in JSON —
+gets what is left of that budget, never a fresh ``timeout``, so against a
+hung server ``infer`` returns after the budget, not a multiple of it (the
+async path is also cut at the budget as a whole; gRPC uses the budget as the
+call's deadline).
 - 4xx → the matching client error with the server's message; 5xx → Unavailable
   (503) or InferenceError.
 """
@@ -28,6 +36,7 @@ from ..errors import (
     DeadlineExceededError,
     EdgecloudError,
     UnavailableError,
+    clip,
     error_for_http_status,
 )
 from ..routing.privacy import AuditLog, check_egress
@@ -95,19 +104,40 @@ class RemoteBackend(Backend):
 
     def infer(self, request: InferRequest) -> InferResponse:
         outgoing = self._egress(request)
+        end = self._end_for(outgoing)
         if self._grpc is not None:
-            answer = self._grpc.infer(outgoing, self._timeout_for(outgoing), self.name)
+            answer = self._grpc.infer(outgoing, self._left(end, outgoing), self.name)
             return _answering(answer, request)
+        return _answering(self._infer_http(outgoing, end), request)
+
+    def _infer_http(self, request: InferRequest, end: float) -> InferResponse:
+        """``request`` (already past egress) over HTTP within the budget ending at ``end``."""
         if not self._checked_extensions:
-            self._check_extensions()
-        body, headers, path, timeout = self._prepare(outgoing)
+            self._check_extensions(end, request)
+        body, headers, path = self._prepare(request)
         started = time.perf_counter()
         try:
-            reply = self._client.post(path, content=body, headers=headers, timeout=timeout)
+            reply = self._send("POST", path, end, request, content=body, headers=headers)
         except self._httpx.HTTPError as exc:
-            raise self._transport_error(exc, outgoing) from exc
-        response = self._finish(outgoing, reply, len(body), started)
-        return _answering(response, request) if response is not None else self.infer(request)
+            raise self._transport_error(exc, request) from exc
+        response = self._finish(request, reply, len(body), started)
+        return response if response is not None else self._infer_http(request, end)
+
+    def _send(self, method: str, url: str, end: float, request: InferRequest, **kw: Any) -> Any:
+        """One sync HTTP exchange in which each phase (pool wait, connect, send,
+        read of the headers, read of the body) waits at most what is left of the
+        budget when it starts, not a fresh timeout each.
+
+        httpx gives every phase the full timeout; httpcore looks the phase's
+        timeout up in the request's ``timeout`` extension as the phase starts,
+        so a mapping that answers with the time left shrinks each in turn.
+        Limit: within one phase the socket reads share the value taken at its
+        start, so a server that trickles its answer byte by byte can stretch one
+        phase (a hung or stopped server cannot).
+        """
+        built = self._client.build_request(method, url, timeout=self._left(end, request), **kw)
+        built.extensions["timeout"] = _Remaining(end, built.extensions["timeout"])
+        return self._client.send(built)
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         if self._grpc is not None:
@@ -115,18 +145,28 @@ class RemoteBackend(Backend):
         if self._async is None:
             self._async = self._httpx.AsyncClient(**self._async_args)
         outgoing = self._egress(request)
+        end = self._end_for(outgoing)
+        try:
+            async with asyncio.timeout(self._left(end, outgoing)):  # the budget as a whole
+                return _answering(await self._infer_http_async(outgoing, end), request)
+        except TimeoutError as exc:
+            if isinstance(exc, EdgecloudError):
+                raise
+            raise self._out_of_time(outgoing) from None
+
+    async def _infer_http_async(self, request: InferRequest, end: float) -> InferResponse:
         if not self._checked_extensions:
-            await asyncio.to_thread(self._check_extensions)
-        body, headers, path, timeout = self._prepare(outgoing)
+            await asyncio.to_thread(self._check_extensions, end, request)
+        body, headers, path = self._prepare(request)
         started = time.perf_counter()
         try:
-            reply = await self._async.post(path, content=body, headers=headers, timeout=timeout)
+            reply = await self._async.post(
+                path, content=body, headers=headers, timeout=self._left(end, request)
+            )
         except self._httpx.HTTPError as exc:
-            raise self._transport_error(exc, outgoing) from exc
-        response = self._finish(outgoing, reply, len(body), started)
-        if response is None:
-            return await self.infer_async(request)
-        return _answering(response, request)
+            raise self._transport_error(exc, request) from exc
+        response = self._finish(request, reply, len(body), started)
+        return response if response is not None else await self._infer_http_async(request, end)
 
     def ready(self, model: str | None = None) -> bool:
         """Whether the server (or one model on it) answers ready; False when unreachable."""
@@ -190,17 +230,18 @@ class RemoteBackend(Backend):
             self.audit.record(outgoing, self.url, dropped)
         return outgoing
 
-    def _check_extensions(self) -> None:
+    def _check_extensions(self, end: float, request: InferRequest) -> None:
         """Use binary tensors only if the server advertises ``binary_tensor_data``.
 
         Asked once, from the server metadata. Servers without the extension do
         not always answer a binary body with a clean 4xx (MLServer 1.7 fails
-        with a 500), so the client must not find out by trial.
+        with a 500), so the client must not find out by trial. It waits only
+        for what is left of the request's budget (``end``, monotonic seconds).
         """
         try:
-            reply = self._client.get(f"{self.url}/v2")
+            reply = self._send("GET", f"{self.url}/v2", end, request)
         except self._httpx.HTTPError:
-            return  # unreachable now: decide on the next call
+            return  # unreachable now: decide on the next call (the budget keeps counting)
         self._checked_extensions = True
         if reply.status_code == 200:
             try:
@@ -209,7 +250,7 @@ class RemoteBackend(Backend):
                 extensions = []
             self.binary = self._binary_advertised = "binary_tensor_data" in extensions
 
-    def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str, float]:
+    def _prepare(self, request: InferRequest) -> tuple[bytes, dict[str, str], str]:
         body, length = encode_request(request, binary=self.binary)
         headers = {"Content-Type": "application/octet-stream" if length else "application/json"}
         if length is not None:
@@ -218,14 +259,29 @@ class RemoteBackend(Backend):
             headers["Idempotency-Key"] = request.context.idempotency_key
         version = f"/versions/{request.version}" if request.version else ""
         path = f"{self.url}/v2/models/{request.model}{version}/infer"
-        return body, headers, path, self._timeout_for(request)
+        return body, headers, path
 
-    def _timeout_for(self, request: InferRequest) -> float:
-        """The client timeout, shortened to the request's deadline; raises if it passed."""
+    def _end_for(self, request: InferRequest) -> float:
+        """``time.monotonic()`` by which the request must be answered: the client
+        timeout, shortened to the request's deadline; raises if that has passed."""
         remaining = request.context.remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError(f"deadline passed before sending to {self.url}")
-        return self.timeout if remaining is None else min(self.timeout, remaining)
+        budget = self.timeout if remaining is None else min(self.timeout, remaining)
+        return time.monotonic() + budget
+
+    def _left(self, end: float, request: InferRequest) -> float:
+        """Seconds left of the request's budget; DeadlineExceededError when none."""
+        left = end - time.monotonic()
+        if left <= 0:
+            raise self._out_of_time(request)
+        return left
+
+    def _out_of_time(self, request: InferRequest) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"{self.url} did not answer {clip(request.model)} within the request's time "
+            f"(client timeout {self.timeout:g} s or the request's deadline, whichever is first)"
+        )
 
     def _finish(
         self, request: InferRequest, reply: Any, sent: int, started: float
@@ -254,7 +310,7 @@ class RemoteBackend(Backend):
     def _transport_error(self, exc: Exception, request: InferRequest) -> EdgecloudError:
         if isinstance(exc, self._httpx.TimeoutException):
             return DeadlineExceededError(
-                f"{self.url} did not answer {request.model!r} in time ({type(exc).__name__})"
+                f"{self.url} did not answer {clip(request.model)} in time ({type(exc).__name__})"
             )
         return UnavailableError(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
 
@@ -264,6 +320,18 @@ def _answering(response: InferResponse, request: InferRequest) -> InferResponse:
     if request.id:
         response.id = request.id
     return response
+
+
+class _Remaining(dict[str, float | None]):
+    """httpcore's per-request timeouts, each answering the seconds left until ``end``
+    (looked up as each phase of the exchange starts)."""
+
+    def __init__(self, end: float, phases: dict[str, float | None]) -> None:
+        super().__init__(phases)
+        self.end = end
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return max(self.end - time.monotonic(), 1e-3) if key in self else default
 
 
 def _message(content: bytes) -> str:

@@ -16,8 +16,10 @@ refused whatever the tolerance (:func:`check_fidelity`).
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .._config_files import checked_path
 from ..errors import (
     CompressionError,
     ConfigError,
@@ -111,8 +114,12 @@ def calibration_batches(entry: ModelVersion, source: str | Path | None) -> list[
 
 
 def _npz_batches(path: Path, entry: ModelVersion) -> list[Arrays]:
-    if not path.is_file():
-        raise InvalidRequestError(f"calibration file {path} does not exist")
+    checked_path(path, "file", "calibration file")
+    if not zipfile.is_zipfile(path):  # np.load would read an .npy, or report "pickled data"
+        raise InvalidRequestError(
+            f"calibration file {path} is not an .npz file (arrays named after the model's "
+            "inputs, written by numpy.savez)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -154,8 +161,8 @@ def compress(
     DeadlineExceededError (time limit), ConfigError / InvalidRequestError (bad
     method, settings or calibration data); the repository is then unchanged.
     """
-    if tolerance is not None and not tolerance >= 0:
-        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance}")
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(f"tolerance must be a number >= 0 and finite, got {tolerance}")
     build = resolve_any(method)
     check_needs(method)
     parent = _parent(repo, model, version)

@@ -108,8 +108,8 @@ def check_fidelity(
         )
     if tolerance is None:
         return
-    if not tolerance >= 0:
-        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(f"tolerance must be a number >= 0 and finite, got {tolerance}")
     if evaluation.accuracy_drop_points is not None:
         if not evaluation.accuracy_drop_points <= tolerance:
             raise CompressionError(

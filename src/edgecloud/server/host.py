@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends.local import LoadedModel, LocalBackend, version_number
-from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError
+from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .batching import DynamicBatcher
@@ -144,7 +144,8 @@ class ModelHost:
         state = self.states.get(model)
         if state is None:
             raise ModelNotFoundError(
-                f"no model {model!r} on this server (models: {', '.join(self.states) or 'none'})"
+                f"no model {clip(model)} on this server "
+                f"(models: {', '.join(self.states) or 'none'})"
             )
         return self.repository.config(model)
 
@@ -170,7 +171,7 @@ class ModelHost:
             return await asyncio.wait_for(self._infer(request), timeout)
         except TimeoutError:
             raise DeadlineExceededError(
-                f"model {request.model!r} did not answer within the server's "
+                f"model {clip(request.model)} did not answer within the server's "
                 f"{timeout:g} s request timeout"
             ) from None
 

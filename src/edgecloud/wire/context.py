@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, clip
 from ..tensors import DEFAULT_CONTEXT, RequestContext, Sensitivity
 
 __all__ = ["MAX_KEY_LENGTH", "carried_key", "context_parameters", "decode_context"]
@@ -38,8 +38,8 @@ def decode_context(params: Mapping[str, Any], header_key: str | None = None) -> 
         return DEFAULT_CONTEXT
     if header_key is not None and param_key is not None and header_key != param_key:
         raise InvalidRequestError(
-            f"the Idempotency-Key header {header_key!r} and the idempotency_key parameter "
-            f"{param_key!r} disagree; send one key"
+            f"the Idempotency-Key header {clip(header_key)} and the idempotency_key parameter "
+            f"{clip(param_key)} disagree; send one key"
         )
     key = header_key if header_key is not None else param_key
     return RequestContext(sensitivity=_sensitivity(sensitivity), idempotency_key=_key(key))
@@ -81,7 +81,7 @@ def _sensitivity(value: Any) -> Sensitivity:
     if isinstance(value, str) and value in Sensitivity._value2member_map_:
         return Sensitivity(value)
     options = ", ".join(s.value for s in Sensitivity)
-    raise InvalidRequestError(f"parameter 'sensitivity' is {value!r}; use one of {options}")
+    raise InvalidRequestError(f"parameter 'sensitivity' is {clip(value)}; use one of {options}")
 
 
 def _key(value: Any) -> str | None:

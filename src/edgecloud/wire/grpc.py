@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, clip
 from ..tensors import DATATYPES
 from .values import element_count, from_raw, from_typed, requested_outputs
 
@@ -65,19 +65,20 @@ def read_tensors(tensors: Any, raw: Any) -> dict[str, np.ndarray[Any, Any]]:
     for i, tensor in enumerate(tensors):
         name, datatype = tensor.name, tensor.datatype
         if name in out:
-            raise InvalidRequestError(f"tensor {name!r} appears twice")
+            raise InvalidRequestError(f"tensor {clip(name)} appears twice")
         shape = list(tensor.shape)
         if any(d < 0 for d in shape):
-            raise InvalidRequestError(f"tensor {name!r}: shape {shape} has negative sizes")
+            raise InvalidRequestError(f"tensor {clip(name)}: shape {shape} has negative sizes")
         element_count(name, shape)
         if datatype not in DATATYPES:
             raise InvalidRequestError(
-                f"tensor {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
+                f"tensor {clip(name)}: unknown datatype {clip(datatype)}; "
+                f"use one of {', '.join(DATATYPES)}"
             )
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidRequestError(
-                    f"tensor {name!r} has typed contents and raw contents; send one"
+                    f"tensor {clip(name)} has typed contents and raw contents; send one"
                 )
             out[name] = from_raw(name, datatype, raw[i], shape)
         else:
@@ -89,11 +90,11 @@ def _typed(tensor: Any, shape: list[int]) -> np.ndarray[Any, Any]:
     name, datatype = tensor.name, tensor.datatype
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidRequestError(f"tensor {name!r}: {datatype} must be sent as raw contents")
+        raise InvalidRequestError(f"tensor {clip(name)}: {datatype} must be sent as raw contents")
     for other in _FIELDS - {field}:
         if len(getattr(tensor.contents, other)):
             raise InvalidRequestError(
-                f"tensor {name!r}: {datatype} values go in contents.{field}, not {other}"
+                f"tensor {clip(name)}: {datatype} values go in contents.{field}, not {other}"
             )
     return from_typed(name, datatype, getattr(tensor.contents, field), shape)
 

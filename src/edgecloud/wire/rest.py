@@ -22,6 +22,7 @@ from ..errors import (
     InvalidRequestError,
     TensorValueError,
     UnsupportedDatatypeError,
+    clip,
 )
 from ..tensors import (
     InferRequest,
@@ -172,7 +173,7 @@ def _text(name: str, index: int, item: Any) -> str:
         return item.decode()
     except UnicodeDecodeError:
         raise TensorValueError(
-            f"tensor {name!r}: element {index} of BYTES data is {item[:40]!r}, which is not "
+            f"tensor {clip(name)}: element {index} of BYTES data is {item[:40]!r}, which is not "
             "UTF-8 and cannot travel as a JSON string; send or request it as a binary tensor"
         ) from None
 
@@ -208,24 +209,26 @@ def _tensors(entries: Any, binary: memoryview, kind: str) -> Arrays:
     for entry in entries:
         name, datatype, shape, params = _tensor_header(entry, kind)
         if name in out:
-            raise InvalidRequestError(f"tensor {name!r} appears twice in '{kind}'")
+            raise InvalidRequestError(f"tensor {clip(name)} appears twice in '{kind}'")
         size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or pos + size > len(binary):
                 raise InvalidRequestError(
-                    f"tensor {name!r}: binary_data_size {size!r} exceeds the "
+                    f"tensor {clip(name)}: binary_data_size {clip(size)} exceeds the "
                     f"{len(binary) - pos} binary bytes left in the body"
                 )
             if "data" in entry:
                 raise InvalidRequestError(
-                    f"tensor {name!r} has both 'data' and binary_data_size; send one"
+                    f"tensor {clip(name)} has both 'data' and binary_data_size; send one"
                 )
             out[name] = tensor_from_bytes(binary[pos : pos + size], datatype, shape, name)
             pos += size
         elif "data" in entry:
             out[name] = tensor_from_json(entry["data"], datatype, shape, name)
         else:
-            raise InvalidRequestError(f"tensor {name!r} has neither 'data' nor binary_data_size")
+            raise InvalidRequestError(
+                f"tensor {clip(name)} has neither 'data' nor binary_data_size"
+            )
     if pos != len(binary):
         raise InvalidRequestError(
             f"{len(binary) - pos} bytes of binary data follow the tensors they were meant for"
@@ -241,16 +244,16 @@ def _tensor_header(entry: Any, kind: str) -> tuple[str, str, list[int], dict[str
         raise InvalidRequestError(f"an entry of '{kind}' has no 'name'")
     datatype = entry.get("datatype")
     if not isinstance(datatype, str):
-        raise InvalidRequestError(f"tensor {name!r} has no 'datatype'")
+        raise InvalidRequestError(f"tensor {clip(name)} has no 'datatype'")
     try:
         numpy_dtype(datatype)
     except UnsupportedDatatypeError as exc:
-        raise InvalidRequestError(f"tensor {name!r}: {exc.message}") from exc
+        raise InvalidRequestError(f"tensor {clip(name)}: {exc.message}") from exc
     shape: Any = entry.get("shape")
     element_count(name, shape)
     params = entry.get("parameters") or {}
     if not isinstance(params, dict):
-        raise InvalidRequestError(f"tensor {name!r}: 'parameters' must be an object")
+        raise InvalidRequestError(f"tensor {clip(name)}: 'parameters' must be an object")
     return name, datatype, list(shape), params
 
 
@@ -314,7 +317,9 @@ def _request_id(header: dict[str, Any]) -> str:
 def _flag(value: Any, name: str) -> Any:
     """A boolean parameter: true, false or absent — never ``bool("false")``."""
     if value is not None and not isinstance(value, bool):
-        raise InvalidRequestError(f"parameter {name!r} must be true or false, got {value!r:.40}")
+        raise InvalidRequestError(
+            f"parameter {clip(name)} must be true or false, got {value!r:.40}"
+        )
     return value
 
 

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, TensorValueError
+from ..errors import InvalidRequestError, TensorValueError, clip
 from ..tensors import numpy_dtype
 
 __all__ = [
@@ -105,11 +105,11 @@ def element_count(name: str, shape: Any) -> int:
         raise InvalidRequestError(_shape_problem(name, shape))
     if len(shape) > MAX_RANK:
         raise InvalidRequestError(
-            f"tensor {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} allowed"
+            f"tensor {clip(name)}: shape has {len(shape)} dimensions, at most {MAX_RANK} allowed"
         )
     if math.prod(d for d in shape if d) > _MAX_SPAN:
         raise InvalidRequestError(
-            f"tensor {name!r}: shape {list(shape)} spans more elements than any array can hold"
+            f"tensor {clip(name)}: shape {list(shape)} spans more elements than any array can hold"
         )
     return math.prod(shape)
 
@@ -119,11 +119,11 @@ def _shape_problem(name: str, shape: Any) -> str:
         for i, d in enumerate(shape):
             if _beyond_int64(d) and d > 0:
                 return (
-                    f"tensor {name!r}: shape dimension {i} is {d:.0f} or more, too large "
+                    f"tensor {clip(name)}: shape dimension {i} is {d:.0f} or more, too large "
                     f"(a dimension is at most {2**63 - 1}, and all of them multiply to at "
                     f"most {_MAX_SPAN})"
                 )
-    return f"tensor {name!r}: 'shape' must be a list of sizes >= 0"
+    return f"tensor {clip(name)}: 'shape' must be a list of sizes >= 0"
 
 
 def _beyond_int64(value: Any) -> bool:
@@ -161,7 +161,7 @@ def _value_error(name: str, datatype: str, index: int, value: Any, why: str) -> 
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return TensorValueError(
-        f"tensor {name!r}: element {index} of {datatype} data is {shown}: {why}"
+        f"tensor {clip(name)}: element {index} of {datatype} data is {shown}: {why}"
     )
 
 
@@ -188,7 +188,7 @@ def _nested(name: str, data: Any, shape: Sequence[int], depth: int, out: list[An
     if type(data) is not list or len(data) != shape[depth]:
         got = f"{len(data)} entries" if type(data) is list else repr(data)[:40]
         raise InvalidRequestError(
-            f"tensor {name!r}: nested data does not match shape {list(shape)}: "
+            f"tensor {clip(name)}: nested data does not match shape {list(shape)}: "
             f"dimension {depth} needs {shape[depth]} entries, got {got}"
         )
     if depth == len(shape) - 1:
@@ -210,7 +210,8 @@ def from_values(
     count = element_count(name, shape)
     if len(values) != count:
         raise InvalidRequestError(
-            f"tensor {name!r}: {len(values)} values in data, but shape {list(shape)} holds {count}"
+            f"tensor {clip(name)}: {len(values)} values in data, "
+            f"but shape {list(shape)} holds {count}"
         )
     return _flat_values(name, datatype, values, text).reshape(shape)
 
@@ -354,7 +355,7 @@ def from_raw(
     if datatype == "BYTES":
         if count > len(raw) // 4:
             raise InvalidRequestError(
-                f"tensor {name!r}: shape {list(shape)} declares {count} BYTES elements, but "
+                f"tensor {clip(name)}: shape {list(shape)} declares {count} BYTES elements, but "
                 f"its {len(raw)} bytes of data hold at most {len(raw) // 4} (4-byte length each)"
             )
         return _bytes_elements(name, raw, count).reshape(shape)
@@ -362,7 +363,7 @@ def from_raw(
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidRequestError(
-            f"tensor {name!r}: {len(raw)} bytes of binary data, but shape {list(shape)} of "
+            f"tensor {clip(name)}: {len(raw)} bytes of binary data, but shape {list(shape)} of "
             f"{datatype} needs {expected}"
         )
     if datatype == "BOOL":
@@ -384,18 +385,18 @@ def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarra
     end, pos = len(view), 0
     for i in range(count):
         if pos + 4 > end:
-            raise InvalidRequestError(f"tensor {name!r}: BYTES data ends before element {i}")
+            raise InvalidRequestError(f"tensor {clip(name)}: BYTES data ends before element {i}")
         (size,) = _LENGTH.unpack_from(view, pos)
         pos += 4
         if size > end - pos:
             raise InvalidRequestError(
-                f"tensor {name!r}: BYTES element {i} declares {size} bytes, "
+                f"tensor {clip(name)}: BYTES element {i} declares {size} bytes, "
                 f"only {end - pos} are left"
             )
         out[i] = bytes(view[pos : pos + size])
         pos += size
     if pos != end:
-        raise InvalidRequestError(f"tensor {name!r}: {end - pos} stray bytes after data")
+        raise InvalidRequestError(f"tensor {clip(name)}: {end - pos} stray bytes after data")
     return out
 
 
