@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -137,7 +138,12 @@ class ModelVersion:
         return self.path / MODEL_FILE
 
     def verify(self) -> None:
-        """Check every artefact against its recorded sha256."""
+        """Check every artefact against its recorded sha256 (``model.onnx`` must be recorded)."""
+        if MODEL_FILE not in self.files:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: its record lists no {MODEL_FILE}, "
+                "so the model cannot be checked; re-add the version"
+            )
         for rel, expected in self.files.items():
             file = self.path / rel
             if not file.is_file():
@@ -355,16 +361,54 @@ class ModelRepository:
         return number
 
     def _read_manifest(self, name: str, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        """The version's recorded hashes and metadata; ModelLoadError if there is no usable record.
+
+        A version is only as good as its record: one without ``version.json``, with
+        a malformed one, or one that does not list ``model.onnx`` has nothing its
+        files can be checked against, so it is broken (never "ready" unchecked).
+        """
+        where = f"model {name!r} version {path.name}"
+        fix = (
+            "re-add the version (ModelRepository.add_version, or `edgecloud zoo build "
+            "--force` for a zoo model), which writes the files and their record together"
+        )
         manifest = path / MANIFEST_FILE
         if not manifest.is_file():
-            if (path / MODEL_FILE).is_file():
-                return {MODEL_FILE: sha256_file(path / MODEL_FILE)}, {}
-            raise ModelLoadError(f"model {name!r}: {path / MODEL_FILE} is missing")
+            raise ModelLoadError(
+                f"{where}: {manifest} is missing, so its files cannot be checked; {fix}"
+            )
         try:
             data = json.loads(manifest.read_text())
-            return dict(data["files"]), dict(data.get("metadata", {}))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"model {name!r}: {manifest} is corrupt: {exc}") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{where}: {manifest} is not valid JSON ({exc}); {fix}") from exc
+        problem = _manifest_problem(data)
+        if problem is not None:
+            raise ModelLoadError(f"{where}: {manifest} is malformed: {problem}; {fix}")
+        return dict(data["files"]), dict(data.get("metadata", {}))
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is wrong with a parsed ``version.json``, or None: it must map every file
+    (``model.onnx`` included) by a relative path to a 64-hex-digit sha256."""
+    if not isinstance(data, dict):
+        return f"a JSON object is expected, not {type(data).__name__}"
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        return "'files' (file name -> sha256) is missing or empty"
+    if MODEL_FILE not in files:
+        return f"'files' does not list {MODEL_FILE}"
+    for rel, digest in files.items():
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or rel == MANIFEST_FILE:
+            return f"'files' names {rel!r}, which is not a file inside the version"
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            return f"the sha256 of {rel!r} is {digest!r}, not 64 hex digits"
+    if not isinstance(data.get("metadata", {}), dict):
+        return "'metadata' is not an object"
+    return None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def config_from_onnx(
