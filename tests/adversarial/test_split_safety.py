@@ -28,6 +28,7 @@ from ._compress_helpers import (
     cli_env,
     loop_onnx,
     reused_output_onnx,
+    save,
     sensitive_onnx,
     tree_digest,
     two_input_onnx,
@@ -198,3 +199,76 @@ def test_zoo_vad_splits_exactly_and_reports_its_raw_inputs(
     result = split_model(repo, "vad", cuts=names, inputs=chunk, repeats=1)
     raw = {pair.cut.name: pair.cut.raw_inputs_of_tail for pair in result.pairs}
     assert raw["cut0"] == ("input", "state") and len(result.pairs) == len(names)
+
+
+# --- every graph the repository can hold (finding C1) ------------------------
+
+
+def _mlp_onnx(path: Path, width: int = 64) -> Path:
+    """x: FP32 [batch, 64] -> MatMul -> Relu -> MatMul -> y: FP32 [batch, 8]; big enough
+    for int4-weight's 32-wide blocks, so every compress method rewrites both MatMuls."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((width, width)) / 8).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((width, 8)) / 8).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [w1, w2],
+    )
+    return save(graph, path)
+
+
+@pytest.mark.parametrize("method", ["int8-dynamic", "int8-static", "fp16", "int4-weight"])
+def test_every_compressed_version_splits_exactly_at_every_cut(method: str, tmp_path: Path) -> None:
+    """Before: int8-dynamic then split = "internal error: IndexError" (a rank-0 scale crossed
+    the cut); int4-weight refused every cut (MatMulNBits outputs had no inferred type);
+    fp16's first cut diverged by 3e-4 against an fp32 tolerance."""
+    from edgecloud.compress import compress
+    from edgecloud.split.artifacts import fidelity
+
+    repo = ModelRepository(tmp_path / "repo")
+    add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=RNG.standard_normal((64, 64)).astype(np.float32))
+    compress(repo, "mlp", method, calibration=calibration if method == "int8-static" else None)
+    parent = repo.get("mlp")
+    assert parent.version == 2
+    x = {"x": _x(64)}
+    cuts = cut_points(parent.model_path)
+    assert cuts
+    for cut in cuts:
+        for codec in ("fp32", "fp16", "int8"):
+            pair = write_split(repo, parent, cut, codec, x)  # any refusal fails the test
+            if codec == "fp32":
+                verify_split(parent.model_path, pair.head.model_path, pair.tail.model_path, x,
+                             rtol=1e-2, atol=1e-3)  # fmt: skip
+            assert fidelity(parent, pair, x) >= 0.99
+    # The fp32 original is no longer served, yet it can be split (and profiled) by number.
+    result = split_model(
+        repo, "mlp", version=1, codecs=("fp32",), cuts=["cut0"], inputs=x, repeats=1
+    )
+    assert result.profile.version == 1 and result.pairs
+    for pair in result.pairs:
+        assert pair.head.version == pair.tail.version == 1
+        assert 1 in repo.served_versions(pair.head.name)  # every split version is served
+
+
+def test_split_of_a_version_that_fails_its_sha256_is_refused(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
+    repo.add_version("mlp", tmp_path / "mlp.onnx")
+    model = repo.get("mlp", 1, served_only=False, verify=False).model_path
+    model.write_bytes(model.read_bytes() + b"\0")
+    before = tree_digest(repo.root)
+    with pytest.raises(EdgecloudError, match="corrupt"):
+        split_model(repo, "mlp", version=1, codecs=("fp32",), inputs={"x": _x(64)}, repeats=1)
+    assert tree_digest(repo.root) == before
