@@ -272,3 +272,85 @@ def test_split_of_a_version_that_fails_its_sha256_is_refused(tmp_path: Path) -> 
     with pytest.raises(EdgecloudError, match="corrupt"):
         split_model(repo, "mlp", version=1, codecs=("fp32",), inputs={"x": _x(64)}, repeats=1)
     assert tree_digest(repo.root) == before
+
+
+# --- a crash in the middle of a split (finding C6) ---------------------------
+
+
+def _reader_view(root: Path) -> str:
+    """sha256 of what a reader in another process sees: every model, its config as
+    read, and the bytes of each version on disk that readers list."""
+    import hashlib
+
+    repo = ModelRepository(root)
+    digest = hashlib.sha256()
+    for name in repo.model_names():
+        digest.update(name.encode() + repo.config(name).model_dump_json().encode())
+        for version in repo.versions(name):
+            entry = repo.get(name, version, served_only=False)
+            digest.update(f"{version}".encode() + tree_digest(entry.path).encode())
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> str:
+    """sha256 of the tree, the (empty) journal directory aside."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == ".pending":
+            continue
+        digest.update(str(rel).encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
+    return digest.hexdigest()
+
+
+def _killed_split(root: Path, after_versions: int) -> subprocess.CompletedProcess[str]:
+    env = {**cli_env(), "EDGECLOUD_TEST_KILL_AFTER_VERSIONS": str(after_versions)}
+    return subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "split", "mlp", "--repo", str(root),
+         "--codec", "fp32,int8", "--cuts", "cut0,cut1"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("after_versions", [1, 2, 4])
+def test_a_split_killed_midway_is_invisible_and_rolled_back(
+    after_versions: int, tmp_path: Path
+) -> None:
+    """Before: SIGKILL during `split` left 12 model directories (5 heads, 7 tails) that
+    every reader listed. After: readers see the old repository until the next writer or
+    `models list` rolls the dead write back; then the split runs cleanly.
+
+    cut0 fp32 is split beforehand, so "old" is not empty; the killed split then writes
+    4 versions (head and tail of cut1, two int8 tails) and a new profile, and is
+    SIGKILLed right after its 1st, 2nd or 4th version (the last: before the profile
+    and the commit).
+    """
+    repo = ModelRepository(tmp_path / "repo")
+    add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
+    first = _cli(repo, "mlp", "--codec", "fp32", "--cuts", "cut0")
+    assert first.returncode == 0, first.stderr
+    old_view, old_files = _reader_view(repo.root), _files(repo.root)
+    killed = _killed_split(repo.root, after_versions)
+    assert killed.returncode == -9, killed.stderr
+    assert list((repo.root / ".pending").glob("*.json"))  # the dead write is still recorded
+    assert _reader_view(repo.root) == old_view  # every reader sees the old repository
+    if after_versions == 2:  # any writer rolls back first
+        repo.add_version("other", tmp_path / "mlp.onnx", config=repo.config("mlp").model_copy(
+            update={"name": "other"}))  # fmt: skip
+        shutil.rmtree(repo.root / "other")
+    else:
+        listed = subprocess.run(
+            [sys.executable, "-m", "edgecloud.cli", "models", "list", "--repo", str(repo.root)],
+            capture_output=True, text=True, timeout=60, env=cli_env(),
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+    assert not list((repo.root / ".pending").glob("*.json"))
+    assert _files(repo.root) == old_files  # byte for byte as before the killed split
+    again = _cli(repo, "mlp", "--codec", "fp32,int8", "--cuts", "cut0,cut1")
+    assert again.returncode == 0, again.stderr
+    profile = SplitProfile.load(repo.root / "mlp" / "split-profile.json")
+    assert {c.name for c in profile.candidates} >= {"cut0", "cut1"}
+    heads = {p.name for p in repo.root.iterdir() if ".head." in p.name}
+    assert heads == {"mlp.head.cut0", "mlp.head.cut1"}

@@ -266,15 +266,18 @@ def all_or_nothing(repo: ModelRepository, model: str) -> Iterator[None]:
 
     The split models of ``model`` are the directories ``model.head.*`` and
     ``model.tail.*``; a new one is removed, a new version of an existing one is
-    removed and its config restored. Other models are not touched.
+    removed and its config restored. Other models are not touched. The block is
+    one repository transaction: if the process dies inside it, readers never see
+    its versions and the next writer rolls them back.
     """
-    before = _split_dirs(repo, model)
-    try:
-        yield
-    except BaseException:
-        for name in _split_dirs(repo, model):
-            _restore(repo.root / name, before.get(name))
-        raise
+    with repo.transaction():  # and a crash: see ModelRepository.transaction
+        before = _split_dirs(repo, model)
+        try:
+            yield
+        except BaseException:
+            for name in _split_dirs(repo, model):
+                _restore(repo.root / name, before.get(name))
+            raise
 
 
 def _restore(directory: Path, state: tuple[set[str], bytes | None] | None) -> None:
