@@ -455,7 +455,11 @@ def split_command(
     model: Annotated[str, typer.Argument(help="Model name in the repository.")],
     repo: RepoOption = DEFAULT_REPO,
     model_version: Annotated[
-        str | None, typer.Option("--version", help="Version to split (default: newest served).")
+        str | None,
+        typer.Option(
+            "--version",
+            help="Version to split: any on disk that matches its sha256 (default: newest served).",
+        ),
     ] = None,
     codec: Annotated[
         str, typer.Option(help="Activation codecs to offer, comma-separated: fp32, fp16, int8.")

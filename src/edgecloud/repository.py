@@ -290,7 +290,8 @@ class ModelRepository:
         config = self.config(name)
         on_disk = self.versions(name)
         served = config.version_policy.select(on_disk) if served_only else on_disk
-        return self._entry(config, self._resolve_version(name, version, served), verify)
+        number = self._resolve_version(name, version, served, "served" if served_only else "")
+        return self._entry(config, number, verify)
 
     def _entry(self, config: ModelConfig, number: int, verify: bool) -> ModelVersion:
         path = self._model_dir(config.name) / str(number)
@@ -427,7 +428,9 @@ class ModelRepository:
             )
         return directory
 
-    def _resolve_version(self, name: str, version: int | str | None, served: list[int]) -> int:
+    def _resolve_version(
+        self, name: str, version: int | str | None, served: list[int], kind: str = "served"
+    ) -> int:
         if not served:
             raise ModelLoadError(
                 f"model {name!r} has no servable version in {self.root / name} "
@@ -442,8 +445,9 @@ class ModelRepository:
                 f"model {name!r} has no version {version!r}; versions are numbers or 'latest'"
             ) from None
         if number not in served:
+            which = f"{kind} " if kind else ""
             raise ModelNotFoundError(
-                f"model {name!r} has no served version {number} (served: {served})"
+                f"model {name!r} has no {which}version {number} ({kind or 'on disk'}: {served})"
             )
         return number
 
