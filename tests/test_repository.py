@@ -177,6 +177,8 @@ def test_a_pending_write_of_a_live_process_is_hidden_and_kept(
         assert repo.versions("affine") == versions_before
         assert repo.config("affine") == config_before
         assert "fresh" not in repo.model_names()
+        with pytest.raises(ModelNotFoundError, match="no model 'fresh'"):
+            repo.get("fresh", 1, served_only=False)
         assert repo.recover() == []  # alive: left alone
         assert json.loads(journal.path.read_text())["versions"] == [["affine", 9], ["fresh", 1]]
     finally:

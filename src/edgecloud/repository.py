@@ -421,7 +421,13 @@ class ModelRepository:
 
     def _model_dir(self, name: str) -> Path:
         directory = self.root / name
-        if not name or "/" in name or name.startswith(".") or not directory.is_dir():
+        if (
+            not name
+            or "/" in name
+            or name.startswith(".")
+            or not directory.is_dir()
+            or name in self._pending().new_models  # another process is still writing it
+        ):
             known = ", ".join(self.model_names()) or "none"
             raise ModelNotFoundError(
                 f"no model {name!r} in repository {self.root} (models: {known})"
