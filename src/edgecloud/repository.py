@@ -615,17 +615,25 @@ def _owner() -> dict[str, Any]:
     return {"pid": os.getpid(), "start": _start_time(os.getpid())}
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22),
-    which tells a reused pid from the writer; None where /proc is not there."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    which tells a reused pid from the writer; None where /proc is not there."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
 
 
 def _alive(owner: Mapping[str, Any]) -> bool:
+    """Whether the writer that owns a record still runs (a zombie does not: a SIGKILLed
+    writer whose parent died too waits for init to reap it)."""
     pid = owner.get("pid")
     if not isinstance(pid, int):
         return False
@@ -637,8 +645,13 @@ def _alive(owner: Mapping[str, Any]) -> bool:
         return False
     except PermissionError:
         pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return not Path("/proc/self/stat").exists()  # no /proc: trust kill(0)
+    if fields[0] in ("Z", "X"):
+        return False
     start = owner.get("start")
-    return start is None or _start_time(pid) in (None, start)
+    return start is None or fields[19] == start
 
 
 def _hook_after_version() -> None:

@@ -305,13 +305,23 @@ def _files(root: Path) -> str:
     return digest.hexdigest()
 
 
-def _killed_split(root: Path, after_versions: int) -> subprocess.CompletedProcess[str]:
+def _killed_split(root: Path, after_versions: int) -> subprocess.Popen[bytes]:
+    """A split SIGKILLed after its n-th version, left unreaped (a zombie, as when `timeout -s
+    KILL` kills itself with it): its pid still answers kill(pid, 0)."""
+    import time
+
     env = {**cli_env(), "EDGECLOUD_TEST_KILL_AFTER_VERSIONS": str(after_versions)}
-    return subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "edgecloud.cli", "split", "mlp", "--repo", str(root),
          "--codec", "fp32,int8", "--cuts", "cut0,cut1"],
-        capture_output=True, text=True, timeout=120, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
+    deadline = time.monotonic() + 120
+    stat = Path(f"/proc/{process.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the split was not killed"
+        time.sleep(0.05)
+    return process
 
 
 @pytest.mark.parametrize("after_versions", [1, 2, 4])
@@ -333,7 +343,6 @@ def test_a_split_killed_midway_is_invisible_and_rolled_back(
     assert first.returncode == 0, first.stderr
     old_view, old_files = _reader_view(repo.root), _files(repo.root)
     killed = _killed_split(repo.root, after_versions)
-    assert killed.returncode == -9, killed.stderr
     assert list((repo.root / ".pending").glob("*.json"))  # the dead write is still recorded
     assert _reader_view(repo.root) == old_view  # every reader sees the old repository
     if after_versions == 2:  # any writer rolls back first
@@ -348,6 +357,7 @@ def test_a_split_killed_midway_is_invisible_and_rolled_back(
         assert listed.returncode == 0, listed.stderr
     assert not list((repo.root / ".pending").glob("*.json"))
     assert _files(repo.root) == old_files  # byte for byte as before the killed split
+    assert killed.wait() == -9
     again = _cli(repo, "mlp", "--codec", "fp32,int8", "--cuts", "cut0,cut1")
     assert again.returncode == 0, again.stderr
     profile = SplitProfile.load(repo.root / "mlp" / "split-profile.json")
