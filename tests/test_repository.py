@@ -150,3 +150,40 @@ def test_config_from_garbage_is_a_load_error(tmp_path: Path) -> None:
 def test_empty_or_missing_repository_lists_nothing(tmp_path: Path) -> None:
     assert ModelRepository(tmp_path / "absent").model_names() == []
     assert ModelRepository(tmp_path).status() == []
+
+
+def test_a_pending_write_of_a_live_process_is_hidden_and_kept(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """The journal: another process's unfinished write is invisible to readers (its new
+    version, its new model, the config it rewrote) and only rolled back once it is gone."""
+    import json
+    import subprocess
+    import sys
+
+    from edgecloud.repository import _Journal
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        config_before = repo.config("affine")
+        versions_before = repo.versions("affine")
+        journal = _Journal(repo.root)
+        journal.data["owner"] = {"pid": writer.pid, "start": None}
+        journal.record("affine", 9, config_file=True)
+        journal.record("fresh", 1, config_file=True)
+        (repo.root / "affine" / "9").mkdir()
+        (repo.root / "fresh" / "1").mkdir(parents=True)
+        (repo.root / "affine" / "config.yaml").write_text("not: [a config")
+        assert repo.versions("affine") == versions_before
+        assert repo.config("affine") == config_before
+        assert "fresh" not in repo.model_names()
+        with pytest.raises(ModelNotFoundError, match="no model 'fresh'"):
+            repo.get("fresh", 1, served_only=False)
+        assert repo.recover() == []  # alive: left alone
+        assert json.loads(journal.path.read_text())["versions"] == [["affine", 9], ["fresh", 1]]
+    finally:
+        writer.kill()
+        writer.wait()
+    assert repo.recover() == [journal.path.stem]
+    assert not (repo.root / "affine" / "9").exists() and not (repo.root / "fresh").exists()
+    assert repo.config("affine") == config_before and repo.versions("affine") == versions_before

@@ -476,7 +476,11 @@ def split_command(
     model: Annotated[str, typer.Argument(help="Model name in the repository.")],
     repo: RepoOption = DEFAULT_REPO,
     model_version: Annotated[
-        str | None, typer.Option("--version", help="Version to split (default: newest served).")
+        str | None,
+        typer.Option(
+            "--version",
+            help="Version to split: any on disk that matches its sha256 (default: newest served).",
+        ),
     ] = None,
     codec: Annotated[
         str, typer.Option(help="Activation codecs to offer, comma-separated: fp32, fp16, int8.")
@@ -537,12 +541,18 @@ def split_command(
     elif tail_profile is not None:
         timer = ProfileTailTimer(SplitProfile.load(tail_profile))
     target = profile_out or default_profile_path(repository, model)
-    with _task_progress() as progress, all_or_nothing(repository, model):
+    with (
+        _task_progress() as progress,
+        all_or_nothing(repository, model),
+        repository.transaction() as journal,
+    ):
         result = split_model(
             repository, model, version=model_version, codecs=codecs,
             cuts=[c.strip() for c in cuts.split(",") if c.strip()] if cuts else None,
             tail_timer=timer, device_threads=device_threads, progress=progress,
         )  # fmt: skip
+        if target.resolve().is_relative_to(repository.root.resolve()):
+            journal.protect(target)  # a crash restores the old profile with the old splits
         result.profile.save(target)  # splits without their profile are not kept either
     console.print(split_report.table(result.profile, mbps, rtt_ms / 1e3, objective=objective))
     heads = sorted({p.head.name for p in result.pairs})

@@ -13,18 +13,35 @@
 Every artefact is hashed when written and checked when loaded: a corrupt or
 missing file is a :class:`ModelLoadError` naming the path, and one broken model
 never hides the others.
+
+Writes that add several versions (``edgecloud split``: heads and tails) are
+crash-consistent through a journal, ``<repo>/.pending/<id>.json``: before a
+version (or a new model, or a rewritten config) is written, it is recorded
+there (written to a temporary file, fsynced, renamed, directory fsynced).
+Every reader (:meth:`ModelRepository.model_names`, ``versions``, ``config``,
+hence ``status``, ``models list``, ``serve``, LocalBackend) ignores what a
+pending record lists and reads the configs it replaced, so a reader sees the
+repository as before the write until the record is removed — last, when the
+write is complete. A record whose process is gone (SIGKILL, power loss) is
+rolled back by the next writer (``add_version``, ``split``, ``compress``,
+``zoo build``) or ``models list``: its versions, new models and files are
+removed or restored, then the record itself.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +64,7 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "version.json"
 MODEL_FILE = "model.onnx"
+PENDING_DIR = ".pending"
 
 
 class VersionPolicy(BaseModel):
@@ -144,7 +162,12 @@ class ModelVersion:
         return self.path / MODEL_FILE
 
     def verify(self) -> None:
-        """Check every artefact against its recorded sha256."""
+        """Check every artefact against its recorded sha256 (``model.onnx`` must be recorded)."""
+        if MODEL_FILE not in self.files:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: its record lists no {MODEL_FILE}, "
+                "so the model cannot be checked; re-add the version"
+            )
         for rel, expected in self.files.items():
             file = self.path / rel
             if not file.is_file():
@@ -181,6 +204,7 @@ class ModelRepository:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._journal: _Journal | None = None
 
     def __repr__(self) -> str:
         return f"ModelRepository({str(self.root)!r})"
@@ -189,8 +213,11 @@ class ModelRepository:
         """Names of all model directories, sorted; broken ones included."""
         if not self.root.is_dir():
             return []
+        hidden = self._pending().new_models
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in hidden
         )
 
     def status(self, *, verify: bool = True) -> list[ModelStatus]:
@@ -200,6 +227,8 @@ class ModelRepository:
         against their recorded sha256, so a model is reported without error
         only if its files are all there and intact (``models list`` "ready").
         """
+        with contextlib.suppress(OSError):  # a read-only repository is still read
+            self.recover()
         out = []
         for name in self.model_names():
             versions = self.versions(name)
@@ -222,10 +251,11 @@ class ModelRepository:
     def config(self, name: str) -> ModelConfig:
         """The model's config; ModelNotFoundError or ModelLoadError naming the file."""
         path = self._model_dir(name) / CONFIG_FILE
-        if not path.is_file():
+        replaced = self._pending().old_files.get(str(path.relative_to(self.root)), b"")
+        if replaced is None or (not replaced and not path.is_file()):
             raise ModelLoadError(f"model {name!r} has no config: {path} is missing")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(replaced.decode() if replaced else path.read_text())
             config = ModelConfig.model_validate(raw)
         except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
             raise ModelLoadError(
@@ -240,7 +270,12 @@ class ModelRepository:
     def versions(self, name: str) -> list[int]:
         """Version numbers on disk, ascending."""
         directory = self._model_dir(name)
-        return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+        pending = self._pending().versions
+        return sorted(
+            int(p.name)
+            for p in directory.iterdir()
+            if p.is_dir() and p.name.isdigit() and (name, int(p.name)) not in pending
+        )
 
     def served_versions(self, name: str) -> list[int]:
         """Versions the model's version policy serves, ascending."""
@@ -262,7 +297,8 @@ class ModelRepository:
         config = self.config(name)
         on_disk = self.versions(name)
         served = config.version_policy.select(on_disk) if served_only else on_disk
-        return self._entry(config, self._resolve_version(name, version, served), verify)
+        number = self._resolve_version(name, version, served, "served" if served_only else "")
+        return self._entry(config, number, verify)
 
     def _entry(self, config: ModelConfig, number: int, verify: bool) -> ModelVersion:
         path = self._model_dir(config.name) / str(number)
@@ -293,20 +329,78 @@ class ModelRepository:
             raise ConfigError(f"config names the model {config.name!r} but it is added as {name!r}")
         if config is None and not (model_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"model {name!r} is new: pass a config (see config_from_onnx)")
-        model_dir.mkdir(parents=True, exist_ok=True)
-        number = version if version is not None else max(self.versions(name), default=0) + 1
-        if (model_dir / str(number)).exists():
-            raise ConfigError(f"model {name!r} already has version {number}")
-        files = {MODEL_FILE: model, **(extra_files or {})}
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
-        try:
-            self._write_version(staging, files, number, metadata or {})
-            if config is not None:
-                _write_atomic(model_dir / CONFIG_FILE, _dump_config(config).encode())
-            staging.rename(model_dir / str(number))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with self.transaction() as journal:
+            number = version
+            if number is None:
+                number = max(self._versions_on_disk(model_dir), default=0) + 1
+            if (model_dir / str(number)).exists():
+                raise ConfigError(f"model {name!r} already has version {number}")
+            journal.record(name, number, config_file=config is not None)
+            model_dir.mkdir(parents=True, exist_ok=True)
+            files = {MODEL_FILE: model, **(extra_files or {})}
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+            try:
+                self._write_version(staging, files, number, metadata or {})
+                if config is not None:
+                    _write_atomic(model_dir / CONFIG_FILE, _dump_config(config).encode())
+                staging.rename(model_dir / str(number))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            _hook_after_version()
         return self._entry(self.config(name), number, verify=True)
+
+    @staticmethod
+    def _versions_on_disk(model_dir: Path) -> list[int]:
+        if not model_dir.is_dir():
+            return []
+        return [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_Journal]:
+        """Group writes so that a crash leaves the repository as before or as after.
+
+        Nested calls join the outermost. On entry, records of dead processes are
+        rolled back (:meth:`recover`); each write records itself first
+        (:meth:`_Journal.record`, :meth:`_Journal.protect`); on an exception the
+        recorded writes are undone; the record is removed last.
+        """
+        if self._journal is not None:
+            yield self._journal
+            return
+        self.recover()
+        journal = _Journal(self.root)
+        self._journal = journal
+        try:
+            yield journal
+        except BaseException:
+            journal.roll_back()
+            raise
+        finally:
+            self._journal = None
+        journal.commit()
+
+    def recover(self) -> list[str]:
+        """Roll back the pending writes of processes that are gone; their record ids."""
+        rolled = []
+        for path, record in _read_records(self.root):
+            if _alive(record.get("owner", {})):
+                continue
+            _Journal(self.root, path, record).roll_back()
+            rolled.append(path.stem)
+        return rolled
+
+    def _pending(self) -> _Pending:
+        """What the pending records of other processes (live or dead) hide from readers."""
+        pending = _Pending()
+        for _, record in _read_records(self.root):
+            if record.get("owner", {}).get("pid") == os.getpid():
+                continue  # this process's own write: it reads what it wrote
+            for entry in record.get("versions", []):
+                pending.versions.add((str(entry[0]), int(entry[1])))
+            pending.new_models.update(record.get("new_models", []))
+            for rel, old in record.get("files", {}).items():
+                pending.old_files.setdefault(rel, None if old is None else base64.b64decode(old))
+        return pending
 
     def _write_version(
         self,
@@ -334,14 +428,22 @@ class ModelRepository:
 
     def _model_dir(self, name: str) -> Path:
         directory = self.root / name
-        if not name or "/" in name or name.startswith(".") or not directory.is_dir():
+        if (
+            not name
+            or "/" in name
+            or name.startswith(".")
+            or not directory.is_dir()
+            or name in self._pending().new_models  # another process is still writing it
+        ):
             known = ", ".join(self.model_names()) or "none"
             raise ModelNotFoundError(
                 f"no model {name!r} in repository {self.root} (models: {known})"
             )
         return directory
 
-    def _resolve_version(self, name: str, version: int | str | None, served: list[int]) -> int:
+    def _resolve_version(
+        self, name: str, version: int | str | None, served: list[int], kind: str = "served"
+    ) -> int:
         if not served:
             raise ModelLoadError(
                 f"model {name!r} has no servable version in {self.root / name} "
@@ -356,22 +458,232 @@ class ModelRepository:
                 f"model {name!r} has no version {version!r}; versions are numbers or 'latest'"
             ) from None
         if number not in served:
+            which = f"{kind} " if kind else ""
             raise ModelNotFoundError(
-                f"model {name!r} has no served version {number} (served: {served})"
+                f"model {name!r} has no {which}version {number} ({kind or 'on disk'}: {served})"
             )
         return number
 
     def _read_manifest(self, name: str, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        """The version's recorded hashes and metadata; ModelLoadError if there is no usable record.
+
+        A version is only as good as its record: one without ``version.json``, with
+        a malformed one, or one that does not list ``model.onnx`` has nothing its
+        files can be checked against, so it is broken (never "ready" unchecked).
+        """
+        where = f"model {name!r} version {path.name}"
+        fix = (
+            "re-add the version (ModelRepository.add_version, or `edgecloud zoo build "
+            "--force` for a zoo model), which writes the files and their record together"
+        )
         manifest = path / MANIFEST_FILE
         if not manifest.is_file():
-            if (path / MODEL_FILE).is_file():
-                return {MODEL_FILE: sha256_file(path / MODEL_FILE)}, {}
-            raise ModelLoadError(f"model {name!r}: {path / MODEL_FILE} is missing")
+            raise ModelLoadError(
+                f"{where}: {manifest} is missing, so its files cannot be checked; {fix}"
+            )
         try:
             data = json.loads(manifest.read_text())
-            return dict(data["files"]), dict(data.get("metadata", {}))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"model {name!r}: {manifest} is corrupt: {exc}") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{where}: {manifest} is not valid JSON ({exc}); {fix}") from exc
+        problem = _manifest_problem(data)
+        if problem is not None:
+            raise ModelLoadError(f"{where}: {manifest} is malformed: {problem}; {fix}")
+        return dict(data["files"]), dict(data.get("metadata", {}))
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is wrong with a parsed ``version.json``, or None: it must map every file
+    (``model.onnx`` included) by a relative path to a 64-hex-digit sha256."""
+    if not isinstance(data, dict):
+        return f"a JSON object is expected, not {type(data).__name__}"
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        return "'files' (file name -> sha256) is missing or empty"
+    if MODEL_FILE not in files:
+        return f"'files' does not list {MODEL_FILE}"
+    for rel, digest in files.items():
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or rel == MANIFEST_FILE:
+            return f"'files' names {rel!r}, which is not a file inside the version"
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            return f"the sha256 of {rel!r} is {digest!r}, not 64 hex digits"
+    if not isinstance(data.get("metadata", {}), dict):
+        return "'metadata' is not an object"
+    return None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class _Pending:
+    versions: set[tuple[str, int]] = field(default_factory=set)
+    new_models: set[str] = field(default_factory=set)
+    old_files: dict[str, bytes | None] = field(default_factory=dict)
+    """Repository-relative path -> its bytes before the write (None: it did not exist)."""
+
+
+class _Journal:
+    """One pending multi-version write: ``<repo>/.pending/<id>.json``."""
+
+    def __init__(
+        self, root: Path, path: Path | None = None, record: dict[str, Any] | None = None
+    ) -> None:
+        self.root = root
+        self.path = path or root / PENDING_DIR / f"{uuid.uuid4().hex}.json"
+        self.data: dict[str, Any] = record or {
+            "owner": _owner(),
+            "versions": [],
+            "new_models": [],
+            "files": {},
+        }
+
+    def record(self, model: str, version: int, *, config_file: bool) -> None:
+        """Note, durably, that ``model`` ``version`` is about to be written."""
+        if not (self.root / model).is_dir() and model not in self.data["new_models"]:
+            self.data["new_models"].append(model)
+        self.data["versions"].append([model, version])
+        if config_file:
+            self._note_file(self.root / model / CONFIG_FILE)
+        self._save()
+
+    def protect(self, path: Path) -> None:
+        """Note ``path``'s bytes before it is (re)written: a roll-back restores them."""
+        if self._note_file(path):
+            self._save()
+
+    def _note_file(self, path: Path) -> bool:
+        rel = str(path.resolve().relative_to(self.root.resolve()))
+        if rel in self.data["files"]:
+            return False
+        old = path.read_bytes() if path.is_file() else None
+        self.data["files"][rel] = None if old is None else base64.b64encode(old).decode()
+        return True
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.path, json.dumps(self.data).encode(), durable=True)
+
+    def commit(self) -> None:
+        """The write is complete: remove the record (readers now see it)."""
+        if self.path.exists():
+            self.path.unlink()
+            _fsync_dir(self.path.parent)
+
+    def roll_back(self) -> None:
+        """Undo every recorded write, then remove the record.
+
+        Idempotent, so a crash here is finished by the next writer; a step that
+        fails (OSError) leaves the record in place for that retry, and never
+        hides the error that caused the roll-back.
+        """
+        complete = True
+        touched = {str(model) for model, _ in self.data["versions"]}
+        for model, version in self.data["versions"]:
+            shutil.rmtree(self.root / str(model) / str(version), ignore_errors=True)
+        for rel, old in self.data["files"].items():
+            target = self.root / rel
+            try:
+                if old is None:
+                    if target.is_file():
+                        target.unlink()
+                elif target.parent.is_dir():
+                    _write_atomic(target, base64.b64decode(old))
+            except OSError:
+                complete = False
+        for model in touched:
+            directory = self.root / model
+            if model in self.data["new_models"]:
+                shutil.rmtree(directory, ignore_errors=True)
+            elif directory.is_dir():
+                for leftover in directory.glob(".staging-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+        if complete:
+            with contextlib.suppress(OSError):
+                self.commit()
+
+
+def _read_records(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    directory = root / PENDING_DIR
+    if not directory.is_dir():
+        return []
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # removed meanwhile; never half-written (renamed into place)
+        if isinstance(data, dict):
+            records.append((path, data))
+    return records
+
+
+def _owner() -> dict[str, Any]:
+    return {"pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    which tells a reused pid from the writer; None where /proc is not there."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
+
+
+def _alive(owner: Mapping[str, Any]) -> bool:
+    """Whether the writer that owns a record still runs (a zombie does not: a SIGKILLed
+    writer whose parent died too waits for init to reap it)."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return not Path("/proc/self/stat").exists()  # no /proc: trust kill(0)
+    if fields[0] in ("Z", "X"):
+        return False
+    start = owner.get("start")
+    return start is None or fields[19] == start
+
+
+def _hook_after_version() -> None:
+    """Test hook: ``EDGECLOUD_TEST_KILL_AFTER_VERSIONS=N`` SIGKILLs this process after its
+    N-th version is written (journal still pending), to test crash consistency."""
+    limit = os.environ.get("EDGECLOUD_TEST_KILL_AFTER_VERSIONS")
+    if not limit:
+        return
+    global _VERSIONS_WRITTEN
+    _VERSIONS_WRITTEN += 1
+    if int(limit) <= _VERSIONS_WRITTEN:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_VERSIONS_WRITTEN = 0
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def config_from_onnx(
@@ -419,10 +731,17 @@ def _dump_config(config: ModelConfig) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+def _write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` by rename; ``durable``: fsync file and directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ import yaml
 
 import edgecloud
 from edgecloud import ConfigError, ModelRepository
+from edgecloud.repository import ModelVersion
 from edgecloud.server.launch import free_port, serve_process
 
 from ..models import make_repo
@@ -215,3 +216,67 @@ def test_status_checks_every_served_version(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes() + b"\0")
     (status,) = [s for s in repo.status() if s.name == "affine"]
     assert status.error is not None and "version 1" in status.error
+
+
+# --- a version with no usable hash record (issue 14 kind 9, finding C3) -------
+
+
+def _drop_record(repo: ModelRepository, model: str) -> None:
+    (repo.get(model, verify=False).path / "version.json").unlink()
+
+
+def _record(repo: ModelRepository, model: str, edit: Any) -> None:
+    path = repo.get(model, verify=False).path / "version.json"
+    path.write_text(edit(path.read_text()))
+
+
+_NO_RECORD: dict[str, Any] = {
+    "deleted": (_drop_record, "version.json is missing"),
+    "not-json": (lambda r, m: _record(r, m, lambda t: t[: len(t) // 2]), "not valid JSON"),
+    "no-model-file": (
+        lambda r, m: _record(r, m, lambda t: t.replace('"model.onnx"', '"other.onnx"')),
+        "does not list model.onnx",
+    ),
+    "bad-digest": (
+        lambda r, m: _record(r, m, lambda t: t.replace('"files": {', '"files": {"x": 3, ')),
+        "not 64 hex digits",
+    ),
+    "escapes": (
+        lambda r, m: _record(r, m, lambda t: t.replace('"files": {', '"files": {"../x": "0", ')),
+        "not a file inside the version",
+    ),
+    "list": (lambda r, m: _record(r, m, lambda t: "[]"), "JSON object is expected"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_NO_RECORD))
+def test_a_version_without_a_usable_record_is_not_ready(kind: str, repo: ModelRepository) -> None:
+    damage, says = _NO_RECORD[kind]
+    damage(repo, "two-input")
+    path = repo.root / "two-input"
+    model = next(path.glob("*/model.onnx"))
+    model.write_bytes(model.read_bytes()[:-8] + b"\x7f" * 8)  # and its bytes altered
+    (status,) = [s for s in repo.status() if s.name == "two-input"]
+    assert status.error is not None and says in status.error and "re-add" in status.error
+    (good,) = [s for s in repo.status() if s.name == "affine"]
+    assert good.error is None
+    with pytest.raises(edgecloud.ModelLoadError, match="re-add"):
+        repo.get("two-input")
+
+
+def test_models_list_and_serve_treat_a_version_without_record_as_broken(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    _drop_record(repo, "two-input")
+    listed = _run("models", "list", "--repo", repo.root)
+    assert "version.json is missing" in listed.stdout, listed.stdout
+    _drop_record(repo, "affine")
+    _one_line_error(_serve(repo.root), "no model in", "version.json is missing")
+    result = _edge(_deployment(tmp_path, repo.root, _cascade()))
+    _one_line_error(result, "root.cascade.small", "'affine'", "version.json is missing")
+
+
+def test_a_record_without_model_file_fails_verify() -> None:
+    entry = ModelVersion("m", 1, Path("/nonexistent"), None, {}, {})  # type: ignore[arg-type]
+    with pytest.raises(edgecloud.ModelLoadError, match="lists no model.onnx"):
+        entry.verify()

@@ -28,6 +28,7 @@ from ._compress_helpers import (
     cli_env,
     loop_onnx,
     reused_output_onnx,
+    save,
     sensitive_onnx,
     tree_digest,
     two_input_onnx,
@@ -200,3 +201,168 @@ def test_zoo_vad_splits_exactly_and_reports_its_raw_inputs(
     # Equal_0_C = Equal(sr, 16000): computed from a raw input by a non-feature op, so raw too
     # (partition.FEATURE_OPS; privacy fails closed).
     assert raw["cut0"] == ("input", "state", "Equal_0_C") and len(result.pairs) == len(names)
+
+
+# --- every graph the repository can hold (finding C1) ------------------------
+
+
+def _mlp_onnx(path: Path, width: int = 64) -> Path:
+    """x: FP32 [batch, 64] -> MatMul -> Relu -> MatMul -> y: FP32 [batch, 8]; big enough
+    for int4-weight's 32-wide blocks, so every compress method rewrites both MatMuls."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((width, width)) / 8).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((width, 8)) / 8).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [w1, w2],
+    )
+    return save(graph, path)
+
+
+@pytest.mark.parametrize("method", ["int8-dynamic", "int8-static", "fp16", "int4-weight"])
+def test_every_compressed_version_splits_exactly_at_every_cut(method: str, tmp_path: Path) -> None:
+    """Before: int8-dynamic then split = "internal error: IndexError" (a rank-0 scale crossed
+    the cut); int4-weight refused every cut (MatMulNBits outputs had no inferred type);
+    fp16's first cut diverged by 3e-4 against an fp32 tolerance."""
+    from edgecloud.compress import compress
+    from edgecloud.split.artifacts import fidelity
+
+    repo = ModelRepository(tmp_path / "repo")
+    add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=RNG.standard_normal((64, 64)).astype(np.float32))
+    compress(repo, "mlp", method, calibration=calibration if method == "int8-static" else None)
+    parent = repo.get("mlp")
+    assert parent.version == 2
+    x = {"x": _x(64)}
+    cuts = cut_points(parent.model_path)
+    assert cuts
+    for cut in cuts:
+        for codec in ("fp32", "fp16", "int8"):
+            pair = write_split(repo, parent, cut, codec, x)  # any refusal fails the test
+            if codec == "fp32":
+                verify_split(parent.model_path, pair.head.model_path, pair.tail.model_path, x,
+                             rtol=1e-2, atol=1e-3)  # fmt: skip
+            assert fidelity(parent, pair, x) >= 0.99
+    # The fp32 original is no longer served, yet it can be split (and profiled) by number.
+    result = split_model(
+        repo, "mlp", version=1, codecs=("fp32",), cuts=["cut0"], inputs=x, repeats=1
+    )
+    assert result.profile.version == 1 and result.pairs
+    for pair in result.pairs:
+        assert pair.head.version == pair.tail.version == 1
+        assert 1 in repo.served_versions(pair.head.name)  # every split version is served
+
+
+def test_split_of_a_version_that_fails_its_sha256_is_refused(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
+    repo.add_version("mlp", tmp_path / "mlp.onnx")
+    model = repo.get("mlp", 1, served_only=False, verify=False).model_path
+    model.write_bytes(model.read_bytes() + b"\0")
+    before = tree_digest(repo.root)
+    with pytest.raises(EdgecloudError, match="corrupt"):
+        split_model(repo, "mlp", version=1, codecs=("fp32",), inputs={"x": _x(64)}, repeats=1)
+    assert tree_digest(repo.root) == before
+
+
+# --- a crash in the middle of a split (finding C6) ---------------------------
+
+
+def _reader_view(root: Path) -> str:
+    """sha256 of what a reader in another process sees: every model, its config as
+    read, and the bytes of each version on disk that readers list."""
+    import hashlib
+
+    repo = ModelRepository(root)
+    digest = hashlib.sha256()
+    for name in repo.model_names():
+        digest.update(name.encode() + repo.config(name).model_dump_json().encode())
+        for version in repo.versions(name):
+            entry = repo.get(name, version, served_only=False)
+            digest.update(f"{version}".encode() + tree_digest(entry.path).encode())
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> str:
+    """sha256 of the tree, the (empty) journal directory aside."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == ".pending":
+            continue
+        digest.update(str(rel).encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
+    return digest.hexdigest()
+
+
+def _killed_split(root: Path, after_versions: int) -> subprocess.Popen[bytes]:
+    """A split SIGKILLed after its n-th version, left unreaped (a zombie, as when `timeout -s
+    KILL` kills itself with it): its pid still answers kill(pid, 0)."""
+    import time
+
+    env = {**cli_env(), "EDGECLOUD_TEST_KILL_AFTER_VERSIONS": str(after_versions)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecloud.cli", "split", "mlp", "--repo", str(root),
+         "--codec", "fp32,int8", "--cuts", "cut0,cut1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    stat = Path(f"/proc/{process.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the split was not killed"
+        time.sleep(0.05)
+    return process
+
+
+@pytest.mark.parametrize("after_versions", [1, 2, 4])
+def test_a_split_killed_midway_is_invisible_and_rolled_back(
+    after_versions: int, tmp_path: Path
+) -> None:
+    """Before: SIGKILL during `split` left 12 model directories (5 heads, 7 tails) that
+    every reader listed. After: readers see the old repository until the next writer or
+    `models list` rolls the dead write back; then the split runs cleanly.
+
+    cut0 fp32 is split beforehand, so "old" is not empty; the killed split then writes
+    4 versions (head and tail of cut1, two int8 tails) and a new profile, and is
+    SIGKILLed right after its 1st, 2nd or 4th version (the last: before the profile
+    and the commit).
+    """
+    repo = ModelRepository(tmp_path / "repo")
+    add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
+    first = _cli(repo, "mlp", "--codec", "fp32", "--cuts", "cut0")
+    assert first.returncode == 0, first.stderr
+    old_view, old_files = _reader_view(repo.root), _files(repo.root)
+    killed = _killed_split(repo.root, after_versions)
+    assert list((repo.root / ".pending").glob("*.json"))  # the dead write is still recorded
+    assert _reader_view(repo.root) == old_view  # every reader sees the old repository
+    if after_versions == 2:  # any writer rolls back first
+        repo.add_version("other", tmp_path / "mlp.onnx", config=repo.config("mlp").model_copy(
+            update={"name": "other"}))  # fmt: skip
+        shutil.rmtree(repo.root / "other")
+    else:
+        listed = subprocess.run(
+            [sys.executable, "-m", "edgecloud.cli", "models", "list", "--repo", str(repo.root)],
+            capture_output=True, text=True, timeout=60, env=cli_env(),
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+    assert not list((repo.root / ".pending").glob("*.json"))
+    assert _files(repo.root) == old_files  # byte for byte as before the killed split
+    assert killed.wait() == -9
+    again = _cli(repo, "mlp", "--codec", "fp32,int8", "--cuts", "cut0,cut1")
+    assert again.returncode == 0, again.stderr
+    profile = SplitProfile.load(repo.root / "mlp" / "split-profile.json")
+    assert {c.name for c in profile.candidates} >= {"cut0", "cut1"}
+    heads = {p.name for p in repo.root.iterdir() if ".head." in p.name}
+    assert heads == {"mlp.head.cut0", "mlp.head.cut1"}

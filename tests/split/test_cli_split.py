@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from edgecloud import ModelRepository
@@ -47,3 +50,34 @@ def test_split_mistakes_are_one_line_errors(branched_repo: ModelRepository, tmp_
         "is not valid",
     )
     assert branched_repo.model_names() == ["branched"]  # nothing half-written
+
+
+def _split(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``edgecloud split`` in a subprocess running this checkout's code (its PYTHONPATH)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "split", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_split_version_reaches_every_intact_version_on_disk(branched_repo: ModelRepository) -> None:
+    """After a second version is added (as `compress` does), version 1 is no longer served;
+    before, `split --version 1` was "no served version 1 (served: [2])"."""
+    root = branched_repo.root
+    parent = branched_repo.get("branched")
+    branched_repo.add_version("branched", parent.model_path)
+    assert branched_repo.served_versions("branched") == [2]
+    result = _split("branched", "--repo", root, "--version", "1",
+                       "--cuts", "cut2", "--codec", "fp32,int8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert SplitProfile.load(root / "branched" / "split-profile.json").version == 1
+    assert branched_repo.get("branched.tail.cut2.int8", 1).metadata["parent_version"] == 1
+    assert_one_line_error(_split("branched", "--repo", root, "--version", "7"),
+                          "no version 7 (on disk: [1, 2])")  # fmt: skip
+    model = parent.model_path
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert_one_line_error(_split("branched", "--repo", root, "--version", "1"),
+                          "version 1", "is corrupt")  # fmt: skip

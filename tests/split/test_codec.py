@@ -61,3 +61,54 @@ def test_the_tail_decodes_what_the_head_encoded(
 def test_unknown_codec_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="unknown activation codec 'int4'; use one of fp32"):
         check_codec("int4")
+
+
+def _scalar_and_index_onnx(path: Path) -> Path:
+    """x: FP32 [batch, 8] -> y = x / max(x) + argmax(x): a rank-0 float (the max) and an
+    int64 tensor (the argmax) cross every cut after them, beside the raw input."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["s"], keepdims=0),
+        helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=1),
+        helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["x", "s"], ["d"]),
+        helper.make_node("Add", ["d", "f"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "int8"])
+def test_scalars_and_integers_crossing_a_cut_pass_through_every_codec(
+    codec: str, tmp_path: Path
+) -> None:
+    """Before: int8 on a rank-0 tensor was IndexError in add_decoder (``dims[0]``)."""
+    from edgecloud import ModelRepository
+    from edgecloud.repository import config_from_onnx
+    from edgecloud.split import cut_points, write_split
+    from edgecloud.split.artifacts import fidelity
+
+    path = _scalar_and_index_onnx(tmp_path / "scalar.onnx")
+    repo = ModelRepository(tmp_path / "repo")
+    repo.add_version("scalar", path, config=config_from_onnx(path, "scalar", max_batch_size=8))
+    parent = repo.get("scalar")
+    x = {"x": RNG.random((4, 8)).astype(np.float32) + 0.5}
+    crossing = [cut for cut in cut_points(path) if "s" in cut.tensors]
+    assert crossing and any("i" in cut.tensors for cut in crossing)
+    for cut in crossing:
+        pair = write_split(repo, parent, cut, codec, x)
+        assert fidelity(parent, pair, x) >= 0.99
+        sent = encode(codec, {"s": np.float32(2.0), "i": np.ones((4, 1), np.int64)})  # type: ignore[arg-type]
+        assert sent["s"].dtype == np.float32 and sent["i"].dtype == np.int64
+        assert set(sent) == {"s", "i"}
+        wire = wire_bytes(codec, {"s": np.zeros((), np.float32)})  # type: ignore[arg-type]
+        assert wire == 4

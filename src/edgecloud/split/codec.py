@@ -10,7 +10,11 @@ so any Open Inference Protocol server hosts the tail unchanged.
   offset per sample (``x ≈ q × scale + offset``), 4× smaller; the tail starts
   with ``Cast → Mul → Add``. ReLU activations lose almost nothing.
 
-Tensors that are not float32 (token masks, shape tensors) always pass through.
+Tensors that are not float32 (token masks, shape tensors, the uint8 data of a
+quantized model) and float32 scalars (rank 0: a dynamic-quantization scale, a
+loop bound; a few bytes whose every bit matters) always pass through unchanged.
+The rule is one function, :func:`encoded`, read by the encoder (from the
+array) and the decoder (from the tail's declared input), so both sides agree.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 from .._optional import require
 from ..errors import ConfigError, InvalidRequestError
 
-__all__ = ["CODECS", "Codec", "add_decoder", "check_codec", "encode", "wire_bytes"]
+__all__ = ["CODECS", "Codec", "add_decoder", "check_codec", "encode", "encoded", "wire_bytes"]
 
 Codec = Literal["fp32", "fp16", "int8"]
 CODECS: tuple[str, ...] = get_args(Codec)
@@ -39,6 +43,14 @@ def check_codec(codec: str) -> Codec:
     return codec  # type: ignore[return-value]
 
 
+def encoded(elem_float32: bool, rank: int | None) -> bool:
+    """Whether a tensor is encoded by the codec: float32 of rank at least 1.
+
+    ``rank`` None (unknown) is treated as encoded; :func:`add_decoder` refuses it.
+    """
+    return elem_float32 and (rank is None or rank > 0)
+
+
 def _per_sample(array: np.ndarray[Any, Any]) -> tuple[int, ...]:
     """Shape of a per-sample statistic that broadcasts against ``array``."""
     if array.ndim == 0:
@@ -52,12 +64,13 @@ def encode(codec: Codec, arrays: Arrays) -> Arrays:
         return dict(arrays)
     out: Arrays = {}
     for name, array in arrays.items():
-        if array.dtype != np.float32:
+        if not encoded(array.dtype == np.float32, array.ndim):
             out[name] = array
         elif codec == "fp16":
-            out[name] = array.astype(np.float16)
+            with np.errstate(over="ignore"):  # beyond ±65504: inf, which the checks refuse
+                out[name] = array.astype(np.float16)
         else:
-            flat = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, -1)
+            flat = array.reshape(array.shape[0], -1)
             low = flat.min(axis=1).reshape(_per_sample(array))
             high = flat.max(axis=1).reshape(_per_sample(array))
             scale = np.where(high > low, (high - low) / 255.0, 1.0).astype(np.float32)
@@ -71,17 +84,21 @@ def wire_bytes(codec: Codec, arrays: Arrays) -> int:
     """Bytes ``encode(codec, arrays)`` puts on the wire (computed without encoding)."""
     total = 0
     for array in arrays.values():
-        if array.dtype == np.float32:
+        if encoded(array.dtype == np.float32, array.ndim):
             total += array.size * _BYTES_PER_FLOAT[codec]
             if codec == "int8":
-                total += 2 * 4 * (array.shape[0] if array.ndim else 1)
+                total += 2 * 4 * array.shape[0]
         else:
             total += int(array.nbytes)
     return total
 
 
 def add_decoder(tail: Any, codec: Codec) -> Any:
-    """``tail`` (an ONNX ModelProto) taking ``codec``-encoded float inputs instead of float32."""
+    """``tail`` (an ONNX ModelProto) taking ``codec``-encoded float inputs instead of float32.
+
+    Inputs that :func:`encoded` says pass through are left as they are. Raises
+    ConfigError for a float32 input of unknown rank (nothing to decode it with).
+    """
     if codec == "fp32":
         return tail
     onnx = require("onnx", extra="compress", feature="activation compression")
@@ -90,9 +107,15 @@ def add_decoder(tail: Any, codec: Codec) -> Any:
     nodes, new_inputs = [], []
     for info in graph.input:
         tensor = info.type.tensor_type
-        if tensor.elem_type != proto.FLOAT:
+        rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
+        if not encoded(tensor.elem_type == proto.FLOAT, rank):
             new_inputs.append(info)
             continue
+        if rank is None:
+            raise ConfigError(
+                f"the tail input {info.name!r} has no known rank, so {codec} activations "
+                "cannot be decoded; use --codec fp32 or another cut"
+            )
         name, decoded = info.name, info.name + "__decoded"
         dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
         wire_type = proto.FLOAT16 if codec == "fp16" else proto.UINT8

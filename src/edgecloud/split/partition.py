@@ -103,11 +103,11 @@ class CutPoint:
 
 def _load(model: Any) -> Any:
     """The model with inferred shapes. Read it, never change it: for a file it is cached."""
-    onnx = require("onnx", extra="compress", feature="model partitioning")
+    require("onnx", extra="compress", feature="model partitioning")
     if isinstance(model, (str, os.PathLike)):
         stat = os.stat(model)
         return _load_file(str(model), stat.st_mtime_ns, stat.st_size)
-    return onnx.shape_inference.infer_shapes(model)
+    return _infer_shapes(model)
 
 
 @functools.lru_cache(maxsize=2)
@@ -115,7 +115,37 @@ def _load_file(path: str, mtime_ns: int, size: int) -> Any:
     """Splitting a model enumerates its cuts and extracts several of them: load and infer
     shapes once (keyed by modification time and size, so a rewritten file is reloaded)."""
     onnx = require("onnx", extra="compress", feature="model partitioning")
-    return onnx.shape_inference.infer_shapes(onnx.load(path))
+    return _infer_shapes(onnx.load(path))
+
+
+def _infer_shapes(model: Any) -> Any:
+    """``model`` with the types and shapes of its tensors inferred.
+
+    ONNX's inference knows only the standard operators; for the tensors it
+    leaves untyped (outputs of onnxruntime's contrib operators, as the
+    ``MatMulNBits`` of an ``int4-weight`` version) onnxruntime's symbolic shape
+    inference is asked as well. A tensor neither knows stays untyped, and a cut
+    that needs it is refused by :func:`extract`.
+    """
+    onnx = require("onnx", extra="compress", feature="model partitioning")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    known = {v.name for v in [*graph.value_info, *graph.input, *graph.output]}
+    untyped = {name for node in graph.node for name in node.output if name} - known
+    if not untyped:
+        return inferred
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # its failures are plain Exceptions; ONNX's answer stands then
+        return inferred
+    graph.value_info.extend(
+        info
+        for info in symbolic.graph.value_info
+        if info.name in untyped and info.type.tensor_type.elem_type
+    )
+    return inferred
 
 
 def _sizes(model: Any) -> dict[str, int | None]:

@@ -38,6 +38,7 @@ from ..tensors import InferRequest
 from .artifacts import SplitPair, fidelity, tail_name
 from .codec import encode
 from .partition import CutPoint
+from .partition import _load as load_inferred
 from .planner import ALL_LOCAL, ALL_REMOTE, CutProfile, SplitPlanner
 
 __all__ = [
@@ -65,7 +66,7 @@ class TailTimer(Protocol):
 
     source: str
 
-    def __call__(self, model: str, feed: Arrays) -> float: ...
+    def __call__(self, model: str, feed: Arrays, version: int | None = None) -> float: ...
 
 
 class LocalTailTimer:
@@ -75,12 +76,14 @@ class LocalTailTimer:
         self, repo: ModelRepository, *, threads: int | None = None, repeats: int = 5
     ) -> None:
         self.backend = LocalBackend(repo, intra_op_threads=threads)
+        self.repo = repo
+        self.threads = threads
         self.repeats = repeats
         self.source = f"measured here ({threads or 'all'} threads, onnxruntime CPU)"
 
-    def __call__(self, model: str, feed: Arrays) -> float:
-        request = InferRequest(model, feed)
-        return _median_seconds(lambda: self.backend.infer(request), self.repeats)
+    def __call__(self, model: str, feed: Arrays, version: int | None = None) -> float:
+        run = _runner(self.backend, self.repo, model, version, feed, self.threads)
+        return _median_seconds(run, self.repeats)
 
 
 class RemoteTailTimer:
@@ -91,8 +94,8 @@ class RemoteTailTimer:
         self.repeats = repeats
         self.source = f"measured through {getattr(remote, 'url', remote)}"
 
-    def __call__(self, model: str, feed: Arrays) -> float:
-        request = InferRequest(model, feed)
+    def __call__(self, model: str, feed: Arrays, version: int | None = None) -> float:
+        request = InferRequest(model, feed, version=None if version is None else str(version))
         total = _median_seconds(lambda: self.remote.infer(request), self.repeats)
         pings = [self.remote.ping() for _ in range(self.repeats)]
         rtt = float(statistics.median([p for p in pings if p is not None] or [0.0]))
@@ -108,7 +111,7 @@ class ProfileTailTimer:
         }
         self.source = f"profile {profile.path or ''} ({profile.tail_source})".strip()
 
-    def __call__(self, model: str, feed: Arrays) -> float:
+    def __call__(self, model: str, feed: Arrays, version: int | None = None) -> float:
         if model not in self.times:
             raise ConfigError(
                 f"the server profile has no time for {model!r}; record it with "
@@ -187,7 +190,8 @@ def activations(model_path: Path, cuts: Sequence[CutPoint], inputs: Arrays) -> d
     onnx = require("onnx", extra="compress", feature="model partitioning")
     import onnxruntime as ort
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    model = onnx.ModelProto()
+    model.CopyFrom(load_inferred(model_path))  # the cached one is shared: never change it
     typed = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
     wanted = sorted({t for c in cuts for t in c.tensors if t not in inputs})
     present = {o.name for o in model.graph.output}
@@ -246,24 +250,30 @@ def profile_split(
     device = device or LocalBackend(repository, intra_op_threads=device_threads)
     task = progress.add_task("profiling splits", total=len(pairs) + 1) if progress else None
     try:
-        full = InferRequest(parent.name, inputs, version=str(parent.version))
-        local_s = _median_seconds(lambda: device.infer(full), repeats)
-        outputs = device.infer(full).outputs
+        run_parent = _runner(
+            device, repository, parent.name, parent.version, inputs, device_threads
+        )
+        local_s = _median_seconds(run_parent, repeats)
+        outputs = run_parent()
         down = sum(int(o.nbytes) for o in outputs.values())
         up = sum(int(a.nbytes) for a in inputs.values())
         candidates = [
             CutProfile(ALL_LOCAL, local_s, 0.0, 0, 0),
-            CutProfile(ALL_REMOTE, 0.0, _tail(tail_timer, parent.name, inputs), up, down),
+            CutProfile(
+                ALL_REMOTE, 0.0, _tail(tail_timer, parent.name, inputs, parent.version), up, down
+            ),
         ]
         if progress is not None and task is not None:
             progress.advance(task)
         for pair in pairs:
-            head = InferRequest(pair.head.name, inputs, version=str(pair.head.version))
-            head_s = _median_seconds(lambda head=head: device.infer(head), repeats)  # type: ignore[misc]
-            middle = {**inputs, **device.infer(head).outputs}
+            run_head = _runner(
+                device, repository, pair.head.name, pair.head.version, inputs, device_threads
+            )
+            head_s = _median_seconds(run_head, repeats)
+            middle = {**inputs, **run_head()}
             feed = encode(pair.codec, {t: middle[t] for t in pair.cut.tensors})
             sent = sum(int(v.nbytes) for v in feed.values())
-            tail_s = _tail(tail_timer, pair.tail.name, feed)
+            tail_s = _tail(tail_timer, pair.tail.name, feed, pair.tail.version)
             cosine = fidelity(parent, pair, inputs)
             candidates.append(
                 CutProfile(pair.cut.name, head_s, tail_s, sent, down, pair.codec, cosine)
@@ -280,8 +290,46 @@ def profile_split(
     )
 
 
-def _tail(timer: TailTimer, model: str, feed: Arrays) -> float:
+def _runner(
+    device: Backend,
+    repo: ModelRepository,
+    model: str,
+    version: int | None,
+    feed: Arrays,
+    threads: int | None,
+) -> Callable[[], Arrays]:
+    """A call that runs ``model`` ``version`` on ``feed`` and returns its outputs.
+
+    A served version runs through ``device``; one the version policy does not
+    serve (``edgecloud split --version 1`` after ``compress`` added version 2)
+    is verified against its sha256 and run directly by onnxruntime with the
+    same thread count, so any intact version on disk can be profiled.
+    """
+    if version is None or version in repo.served_versions(model):
+        request = InferRequest(model, feed, version=None if version is None else str(version))
+        return lambda: device.infer(request).outputs
+    import onnxruntime as ort
+
+    entry = repo.get(model, version, served_only=False)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     try:
-        return timer(model, feed)
+        session = ort.InferenceSession(
+            str(entry.model_path), options, providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        wanted = {i.name for i in session.get_inputs()}
+    except Exception as exc:  # onnxruntime's exception types are not exported
+        raise InvalidRequestError(
+            f"{model} version {version} does not load: {describe(exc)}"
+        ) from exc
+    ordered = {k: v for k, v in feed.items() if k in wanted}
+    return lambda: dict(zip(names, session.run(None, ordered), strict=True))
+
+
+def _tail(timer: TailTimer, model: str, feed: Arrays, version: int | None = None) -> float:
+    try:
+        return timer(model, feed, version)
     except EdgecloudError as exc:
         raise type(exc)(f"timing the tail {model!r} failed: {exc.message}") from exc

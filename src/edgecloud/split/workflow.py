@@ -104,7 +104,8 @@ def split_model(
     as if this machine were the server; pass a :class:`RemoteTailTimer` or a
     :class:`ProfileTailTimer` for the real server's figures.
     """
-    parent = repo.get(model, version, served_only=False)
+    # The newest served version by default; any version on disk (sha256 checked) by number.
+    parent = repo.get(model, version, served_only=version in (None, "", "latest"))
     sample = inputs if inputs is not None else sample_inputs(parent)
     with all_or_nothing(repo, parent.name):  # a split that cannot be profiled is not kept
         pairs, considered = write_splits(repo, parent, codecs, sample, cuts)
