@@ -39,11 +39,12 @@ from edgecloud import (
 )
 from edgecloud.advisor import advise, scenario, scenario_names
 from edgecloud.advisor.deploy import deployment_for, server_env, server_settings_for
-from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner, binding
+from edgecloud.server.idempotency import IdempotencyStore, IdempotentRunner
 from edgecloud.server.launch import free_port, launch
 from edgecloud.server.metrics import ServerMetrics
 from edgecloud.server.settings import IDEMPOTENCY_WINDOW_S, ServerSettings
 from edgecloud.tensors import RequestContext, Trace
+from edgecloud.wire.fingerprint import binding
 
 from ..models import affine_reference, make_repo
 from ..server.conftest import Server, add_batching, start_server

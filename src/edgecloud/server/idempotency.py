@@ -91,7 +91,7 @@ from typing import Literal, TypeVar
 
 from ..errors import IdempotencyKeyReuseError, UnavailableError
 from ..tensors import InferRequest, InferResponse, Span, Trace
-from ..wire.fingerprint import request_fingerprint
+from ..wire.fingerprint import binding
 from ..wire.rest import DecodedRequest, decode_response, encode_response
 from .metrics import ServerMetrics
 
@@ -100,7 +100,6 @@ __all__ = [
     "IdempotencyStore",
     "IdempotentRunner",
     "StoredAnswer",
-    "binding",
     "default_store_path",
     "state_dir",
 ]
@@ -172,19 +171,6 @@ def default_store_path(serving: Path) -> Path:
     where = str(serving.resolve())
     digest = hashlib.sha256(where.encode()).hexdigest()[:16]
     return state_dir() / "idempotency" / f"{serving.name or 'root'}-{digest}.db"
-
-
-def binding(request: InferRequest) -> str:
-    """What a key is bound to: the request fingerprint, plus the requested outputs.
-
-    The outputs are part of it because a stored answer holds only the outputs
-    that were asked for; replaying it to a request for others would be wrong.
-    """
-    fingerprint = request_fingerprint(request)
-    if request.outputs is None:
-        return fingerprint
-    names = "\0".join(sorted(request.outputs))
-    return hashlib.sha256(f"{fingerprint}\0outputs\0{names}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
