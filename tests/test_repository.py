@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from edgecloud import (
     config_from_onnx,
 )
 
-from .models import affine_config, affine_onnx
+from .models import affine_config, affine_onnx, make_repo
 
 
 def test_lists_models_and_versions(repo: ModelRepository) -> None:
@@ -187,3 +188,15 @@ def test_a_pending_write_of_a_live_process_is_hidden_and_kept(
     assert repo.recover() == [journal.path.stem]
     assert not (repo.root / "affine" / "9").exists() and not (repo.root / "fresh").exists()
     assert repo.config("affine") == config_before and repo.versions("affine") == versions_before
+
+
+def test_versions_get_the_umask_permissions_not_0700(tmp_path: Path) -> None:
+    """A repository one user builds is servable by another (a service account)."""
+    old = os.umask(0o022)
+    try:
+        repo = make_repo(tmp_path)
+    finally:
+        os.umask(old)
+    for version in (repo.root / "affine").iterdir():
+        if version.is_dir():
+            assert version.stat().st_mode & 0o777 == 0o755, version

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -172,7 +171,13 @@ class ModelVersion:
             file = self.path / rel
             if not file.is_file():
                 raise ModelLoadError(f"model {self.name!r} version {self.version}: missing {file}")
-            actual = sha256_file(file)
+            try:
+                actual = sha256_file(file)
+            except OSError as exc:  # unreadable (permissions, I/O): this model only
+                raise ModelLoadError(
+                    f"model {self.name!r} version {self.version}: cannot read {file}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
             if actual != expected:
                 raise ModelLoadError(
                     f"model {self.name!r} version {self.version}: {file} is corrupt "
@@ -257,6 +262,10 @@ class ModelRepository:
         try:
             raw = yaml.safe_load(replaced.decode() if replaced else path.read_text())
             config = ModelConfig.model_validate(raw)
+        except OSError as exc:  # unreadable (permissions, I/O): this model only
+            raise ModelLoadError(
+                f"model {name!r}: cannot read {path}: {exc.strerror or exc}"
+            ) from exc
         except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
             raise ModelLoadError(
                 f"model {name!r}: invalid config {path}: {_one_line(exc)}"
@@ -338,7 +347,10 @@ class ModelRepository:
             journal.record(name, number, config_file=config is not None)
             model_dir.mkdir(parents=True, exist_ok=True)
             files = {MODEL_FILE: model, **(extra_files or {})}
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+            # mkdir (not mkdtemp, which makes 0700 directories): the version gets the
+            # umask's permissions, so a service account can serve what a user built.
+            staging = model_dir / f".staging-{uuid.uuid4().hex}"
+            staging.mkdir()
             try:
                 self._write_version(staging, files, number, metadata or {})
                 if config is not None:

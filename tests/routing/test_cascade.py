@@ -130,3 +130,25 @@ def test_unavailable_is_what_a_dead_remote_raises() -> None:
         pytest.raises(UnavailableError),
     ):
         remote.infer(InferRequest("digits-large", {"pixels": np.zeros((1, 64), np.float32)}))
+
+
+def test_a_deferral_that_cannot_be_stored_keeps_the_small_answer(
+    zoo_repo: ModelRepository, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The outbox's disk is full: the caller still gets the small model's answer, and
+    the trace says the escalation was neither answered nor deferred."""
+    from edgecloud.routing import OutboxStorageError
+
+    def refuse(request, response, why) -> None:  # type: ignore[no-untyped-def]
+        raise OutboxStorageError("outbox o.db: database or disk is full")
+
+    unreachable = RemoteBackend(f"http://127.0.0.1:{free_port()}", timeout=0.5)
+    x = datasets.digits("test").x[:16]
+    with cascade(zoo_repo, unreachable, 1.0, on_escalation_failure=refuse) as c:
+        response = c.infer(InferRequest("digits", {"pixels": x}))
+    with LocalBackend(zoo_repo) as local:
+        small = local.infer(InferRequest("digits-small", {"pixels": x})).outputs["probabilities"]
+    np.testing.assert_array_equal(response.outputs["probabilities"], small)
+    (decision,) = [s.reason for s in response.trace.spans if s.kind == "decision"]
+    assert "escalation-failed:unavailable" in decision and "not deferred" in decision
+    assert "disk is full" in decision

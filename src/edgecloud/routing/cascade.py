@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -20,6 +21,8 @@ from .keys import derived_key, new_key
 from .privacy import deferrable
 
 __all__ = ["Cascade"]
+
+log = logging.getLogger(__name__)
 
 #: Called with the escalation that could not be sent and the answer given instead
 #: (e.g. to queue it in the outbox for later).
@@ -134,12 +137,18 @@ class Cascade(Backend):
             reason = fallback_reason(exc)
             if reason is None:
                 raise
+            why = f"cascade:escalation-failed:{reason} — small model's answer ({exc.message[:100]})"
             if self.on_escalation_failure is not None:
                 # Deferred with the rules in force where it failed (a Guard on the large
                 # branch, a refusal below a Fastest): the outbox enforces them at drain.
                 deferred, why_deferred = deferrable(escalation, exc)
-                self.on_escalation_failure(deferred, first, why_deferred or reason)
-            why = f"cascade:escalation-failed:{reason} — small model's answer ({exc.message[:100]})"
+                try:
+                    self.on_escalation_failure(deferred, first, why_deferred or reason)
+                except EdgecloudError as failed:  # e.g. the outbox's disk is full
+                    # The small model's answer stands; the lost deferral is said in the
+                    # trace and the log, never silently.
+                    log.warning("%s: could not defer the escalation: %s", self.name, failed)
+                    why += f"; not deferred: {failed.message[:100]}"
             return _decided(first, self.name, why)
         outputs = {k: v.copy() for k, v in first.outputs.items()}
         for key, value in second.outputs.items():
