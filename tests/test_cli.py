@@ -69,7 +69,7 @@ def test_infer_wrong_shape(repo: ModelRepository, tmp_path: Path) -> None:
 def test_infer_wrong_dtype(repo: ModelRepository, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.ones((1, 4), np.float64))
     result = edgecloud("infer", "affine", "-i", tmp_path / "x.npy", "--repo", repo.root)
-    assert_one_line_error(result, "expects datatype FP32, got FP64")
+    assert_one_line_error(result, "is float64 but model 'affine' declares FP32")
 
 
 def test_infer_corrupt_model(repo: ModelRepository, tmp_path: Path) -> None:

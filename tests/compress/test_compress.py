@@ -141,7 +141,7 @@ def test_bad_inputs_leave_the_repository_unchanged(repo: ModelRepository, tmp_pa
     np.savez(wrong, pixels=np.zeros((4, 64), np.float32))
     with pytest.raises(InvalidRequestError, match=r"holds \['pixels'\]; model 'mlp' needs \['x'\]"):
         compress(repo, "mlp", "int8-static", calibration=wrong)
-    with pytest.raises(InvalidRequestError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         compress(repo, "mlp", "int8-static", calibration=tmp_path / "absent.npz")
     with pytest.raises(ConfigError, match="found no MatMul"):
         compress(repo, "two-input", "int4-weight")  # nothing to quantize in that graph

@@ -42,7 +42,7 @@ def test_split_mistakes_are_one_line_errors(branched_repo: ModelRepository, tmp_
     assert_one_line_error(edgecloud("split", "nope", "--repo", root), "no model 'nope'")
     assert_one_line_error(
         edgecloud("split", "branched", "--repo", root, "--tail-profile", tmp_path / "none.json"),
-        "no split profile at",
+        "does not exist",
     )
     (tmp_path / "bad.json").write_text("{not json")
     assert_one_line_error(
