@@ -45,3 +45,15 @@ def test_missing_dependency_names_the_extra() -> None:
 
 def test_every_error_is_exported() -> None:
     assert {cls.__name__ for cls in all_errors()} <= set(edgecloud.__all__)
+
+
+def test_rate_limited_is_a_retryable_unavailable_error() -> None:
+    exc = errors.RateLimitedError("slow down")
+    assert isinstance(exc, errors.UnavailableError)
+    assert (exc.status_code, exc.grpc_code, exc.fallback) == (
+        429,
+        "RESOURCE_EXHAUSTED",
+        "rate-limited",
+    )
+    assert exc.retry_after_s is None
+    assert errors.error_for_http_status(429, "x", "3").retry_after_s == 3.0  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── ModelNotFoundError (404)             unknown model name or version
     ├── ModelLoadError (503)                 model exists but cannot be loaded
     ├── UnavailableError (503)               server/link down or not ready: retryable
+    │   └── RateLimitedError (429)           the server refused for load: retry after a while
     ├── DeadlineExceededError (504)          no answer within the request's time
     ├── CompressionError (422)               a model cannot be compressed, or lost too much
     ├── InferenceError (500)                 the runtime failed on a valid request
@@ -39,6 +40,9 @@ httpx, grpc, sqlite3) are translated at the boundary with
 
 from __future__ import annotations
 
+import math
+import time
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PrivacyError",
+    "RateLimitedError",
     "ShapeMismatchError",
     "TensorValueError",
     "UnavailableError",
@@ -182,11 +187,29 @@ class PrivacyError(PermissionDeniedError):
 
 
 class UnavailableError(EdgecloudError):
-    """The server or the link is down, overloaded or not ready; retrying may work."""
+    """The server or the link is down, overloaded or not ready; retrying may work.
+
+    Also the class of transient refusals (HTTP 408 Request Timeout, 425 Too
+    Early): the request was fine, the moment was not.
+    """
 
     status_code = 503
     grpc_code = "UNAVAILABLE"
     fallback = "unavailable"
+    retry_after_s: float | None = None
+    """Seconds the server asked the caller to wait before retrying (its
+    ``Retry-After`` header, :func:`parse_retry_after`), or None: not said."""
+
+
+class RateLimitedError(UnavailableError):
+    """The server (or a proxy or quota in front of it) refused the request for
+    load — HTTP 429 Too Many Requests, gRPC RESOURCE_EXHAUSTED that is not
+    about message size. Not the request's fault: a fallback serves it
+    elsewhere, an outbox keeps it and retries after ``retry_after_s``."""
+
+    status_code = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+    fallback = "rate-limited"
 
 
 class DeadlineExceededError(EdgecloudError):
@@ -258,6 +281,9 @@ _BY_STATUS: dict[int, type[EdgecloudError]] = {
     413: PayloadTooLargeError,
     422: InvalidRequestError,
     500: InferenceError,
+    408: UnavailableError,  # Request Timeout: the server gave up waiting; re-send
+    425: UnavailableError,  # Too Early (RFC 8470): re-send later
+    429: RateLimitedError,
     503: UnavailableError,
     504: DeadlineExceededError,
 }
@@ -280,25 +306,78 @@ _BY_GRPC: dict[str, type[EdgecloudError]] = {
 }
 
 
-def error_for_http_status(status: int, message: str) -> EdgecloudError:
+def error_for_http_status(
+    status: int, message: str, retry_after: str | None = None, *, now: float | None = None
+) -> EdgecloudError:
     """The error a client raises for a non-200 HTTP answer.
 
     A 422 is an :class:`InvalidRequestError` (servers use it for bodies they
-    cannot process, not only for reused idempotency keys); another unknown
-    4xx is an :class:`InvalidRequestError`, an unknown 5xx an
-    :class:`UnavailableError`. The error keeps the server's ``status_code``.
+    cannot process, not only for reused idempotency keys); transient refusals
+    (408, 425, 429, 503) are retryable (:class:`UnavailableError`, 429 a
+    :class:`RateLimitedError`) and carry ``retry_after_s`` from the answer's
+    ``Retry-After`` header value ``retry_after`` (:func:`parse_retry_after`,
+    ``now``: Unix seconds, default the clock); another unknown 4xx is an
+    :class:`InvalidRequestError`, an unknown 5xx an :class:`UnavailableError`.
+    The error keeps the server's ``status_code``.
     """
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = UnavailableError if status >= 500 else InvalidRequestError
     error = cls(message)
     error.status_code = status
+    if isinstance(error, UnavailableError):
+        error.retry_after_s = parse_retry_after(retry_after, now=now)
     return error
+
+
+#: Longest ``Retry-After`` a client honours, in seconds (one hour): a larger or
+#: far-future value is clipped, so a misconfigured proxy cannot park an item for days.
+MAX_RETRY_AFTER_S = 3600.0
+
+#: Words with which gRPC and this server say RESOURCE_EXHAUSTED is about the
+#: size of a message: grpc core's "Received message larger than max (N vs. M)"
+#: / "Sent message larger than max", and this server's own 413 text
+#: ("request body ... exceeds the server's limit of N"). Any other
+#: RESOURCE_EXHAUSTED (a quota, a rate limiter) is a :class:`RateLimitedError`.
+_SIZE_WORDS = ("larger than", "exceeds", "too large")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value, or None.
+
+    RFC 9110 section 10.2.3: either delta-seconds (``"120"``, a non-negative
+    integer) or an HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``; ``now`` is
+    the Unix time it is compared with, default ``time.time()``; a date in the
+    past means 0). The result lies in ``[0, MAX_RETRY_AFTER_S]``; a missing or
+    invalid value (a fraction, a negative number, an unreadable date) is None.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return min(float(int(text.lstrip("0")[:12] or 0)), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one came without a zone
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(delay):
+        return None
+    return min(max(delay, 0.0), MAX_RETRY_AFTER_S)
 
 
 def error_for_grpc_code(code: str, message: str) -> EdgecloudError:
     """The error a client raises for a failed gRPC call (``code`` is the
-    ``grpc.StatusCode`` name, e.g. ``"INVALID_ARGUMENT"``)."""
+    ``grpc.StatusCode`` name, e.g. ``"INVALID_ARGUMENT"``).
+
+    RESOURCE_EXHAUSTED is a :class:`PayloadTooLargeError` when the message is
+    about message size (:data:`_SIZE_WORDS`), else a :class:`RateLimitedError`
+    (quota, rate limiter: retryable; gRPC carries no Retry-After).
+    """
+    if code == "RESOURCE_EXHAUSTED" and not any(w in message.lower() for w in _SIZE_WORDS):
+        return RateLimitedError(message)
     return _BY_GRPC.get(code, InferenceError)(message)
 
 

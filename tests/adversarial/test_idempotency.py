@@ -17,6 +17,7 @@ import concurrent.futures
 import re
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ from edgecloud import (
     InferRequest,
     InferResponse,
     InvalidRequestError,
+    ModelConfig,
+    ModelRepository,
     Outbox,
     RemoteBackend,
     RequestContext,
+    TensorSpec,
     UnavailableError,
 )
 from edgecloud.filter import Filter, SegmentConfig
@@ -557,3 +561,105 @@ def test_concurrent_requests_with_two_bodies_at_the_gateway_bind_exactly_one(
             assert answer.status == ("ok" if body in winners else "422"), answer
         assert sum(a.status == "ok" and not a.replayed for a in answers) == 1
         assert computations(server.url) - before == 1
+
+
+# -- a keyed request that outlives the server's request timeout -------------------------
+
+SLOW_N, SLOW_STEPS = 512, 60
+"""A 512x512 MatMul chain of 60 steps: about 0.3-1 s of onnxruntime on one CI core."""
+
+
+def _slow_repo(root: Path) -> ModelRepository:
+    """A repository with ``slow``: FP32 [1] in, FP32 [] out, much slower than its timeout."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(SLOW_N, dtype=np.float32), "W")
+    shape = numpy_helper.from_array(np.array([SLOW_N, SLOW_N], np.int64), "shape")
+    nodes = [helper.make_node("Expand", ["s", "shape"], ["m0"])]
+    nodes += [helper.make_node("MatMul", [f"m{i}", "W"], [f"m{i + 1}"]) for i in range(SLOW_STEPS)]
+    nodes.append(helper.make_node("ReduceMean", [f"m{SLOW_STEPS}"], ["y"], keepdims=0))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        initializer=[weight, shape],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, root / "slow.onnx")
+    repo = ModelRepository(root / "repo")
+    config = ModelConfig(
+        name="slow", max_batch_size=0,
+        inputs=[TensorSpec(name="s", datatype="FP32", shape=(1,))],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=())],
+    )  # fmt: skip
+    repo.add_version("slow", root / "slow.onnx", config=config)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("slow-server")
+    running = start_server(_slow_repo(tmp), tmp, "--timeout", "0.05")
+    yield running
+    running.stop()
+
+
+def _counter(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(rf'^{name}{{model="slow"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def _post_slow(url: str, value: float, key: str | None) -> httpx.Response:
+    body = {"inputs": [{"name": "s", "shape": [1], "datatype": "FP32", "data": [value]}]}
+    headers = {"Idempotency-Key": key} if key else {}
+    return httpx.post(f"{url}/v2/models/slow/infer", json=body, headers=headers, timeout=30)
+
+
+def _settled(url: str, started: float, deadline_s: float = 20.0) -> None:
+    """Wait until every computation started so far has ended."""
+    end = time.monotonic() + deadline_s
+    while _counter(url, "edgecloud_computations_total") < started:
+        assert time.monotonic() < end, "a computation never ended"
+        time.sleep(0.05)
+
+
+def test_keyed_request_past_the_timeout_is_computed_once_and_replayed(
+    slow_server: Server,
+) -> None:
+    """Before: each of 4 re-sends under one key got a 504 and burnt a full
+    computation, none stored. Now: one computation; its 504'd callers' retries
+    share it while it runs and replay it after."""
+    url, key = slow_server.url, f"slow-{uuid.uuid4()}"
+    started0 = _counter(url, "edgecloud_computations_started_total")
+    first = _post_slow(url, 2.0, key)
+    assert first.status_code == 504, first.text
+    assert "re-send with the same key" in first.json()["error"]
+    second = _post_slow(url, 2.0, key)  # while it runs: shares it (504 again, or its answer)
+    assert second.status_code in (200, 504), second.text
+    _settled(url, started0 + 1)
+    third = _post_slow(url, 2.0, key)
+    assert third.status_code == 200, third.text
+    data = third.json()
+    assert data["outputs"][0]["data"] == [pytest.approx(2.0)]
+    assert data["parameters"]["idempotent_replay"] is True
+    assert _counter(url, "edgecloud_computations_started_total") - started0 == 1
+    assert _counter(url, "edgecloud_computations_late_total") >= 1
+    other = _post_slow(url, 3.0, key)  # the stored answer is still bound to its payload
+    assert other.status_code == 422, other.text
+
+
+def test_unkeyed_request_past_the_timeout_is_counted(slow_server: Server) -> None:
+    """An unkeyed computation that outlives its caller is not invisible: it is
+    counted as started, finished and late (its answer is dropped)."""
+    url = slow_server.url
+    started0 = _counter(url, "edgecloud_computations_started_total")
+    late0 = _counter(url, "edgecloud_computations_late_total")
+    reply = _post_slow(url, 1.0, None)
+    assert reply.status_code == 504, reply.text
+    assert "idempotency key" not in reply.json()["error"]
+    assert _counter(url, "edgecloud_computations_started_total") - started0 == 1
+    _settled(url, started0 + 1)
+    assert _counter(url, "edgecloud_computations_late_total") - late0 == 1

@@ -198,7 +198,7 @@ class RemoteBackend(Backend):
         except self._httpx.HTTPError as exc:
             raise UnavailableError(f"{self.url} is unreachable: {exc}") from exc
         if reply.status_code != 200:
-            raise _status_error(reply.status_code, _message(reply.content), self.url)
+            raise _status_error(reply, self.url)
         result: dict[str, Any] = loads(reply.content)
         return result
 
@@ -297,7 +297,7 @@ class RemoteBackend(Backend):
             ):
                 self.binary = False  # e.g. MLServer: no binary tensor extension
                 return None
-            raise _status_error(reply.status_code, _message(reply.content), self.url)
+            raise _status_error(reply, self.url)
         length = reply.headers.get(HEADER_LENGTH)
         response = decode_response(
             reply.content, int(length) if length is not None else None, self.name
@@ -350,5 +350,12 @@ def _rejects_binary(reply: Any) -> bool:
     return "binary" in text or "json" in text or "decode" in text or reply.status_code == 422
 
 
-def _status_error(status: int, message: str, url: str) -> EdgecloudError:
-    return error_for_http_status(status, f"{url} answered {status}: {message}")
+def _status_error(reply: Any, url: str) -> EdgecloudError:
+    """The catalogue's error for a non-200 ``reply`` (an ``httpx.Response``),
+    with its ``Retry-After`` header (a 408, 425, 429 or 503's wait)."""
+    status = reply.status_code
+    return error_for_http_status(
+        status,
+        f"{url} answered {status}: {_message(reply.content)}",
+        reply.headers.get("retry-after"),
+    )

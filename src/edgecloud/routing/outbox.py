@@ -103,7 +103,12 @@ Promises, one per failure mode of a durable queue:
   alone in the queue that fails this way waits, and at worst expires,
   counted). A 401/403
   stops the drain too (the deployment's credentials are wrong, not the
-  items). Other 4xx answers dead-letter the item at once (counted
+  items). A refusal for load — a 429 / gRPC RESOURCE_EXHAUSTED
+  (:class:`RateLimitedError`), or a 408/425/503 with ``Retry-After`` — is
+  the server's state, not the item's: the item costs no attempt, the drain
+  stops (the items behind would be refused too), and no queued item is
+  tried before the server's ``Retry-After`` (outbox time). Other 4xx answers
+  dead-letter the item at once (counted
   ``dead_lettered`` like every dead letter). The dead-letter table is bounded
   by ``max_items`` as well (oldest pruned, counted
   ``dead_letters_dropped``). A row whose stored body or context cannot be
@@ -140,6 +145,7 @@ from ..errors import (
     InferenceError,
     PermissionDeniedError,
     PrivacyError,
+    RateLimitedError,
     UnavailableError,
 )
 from ..tensors import DEFAULT_CONTEXT, InferRequest, RequestContext, Sensitivity
@@ -246,7 +252,15 @@ class _Row:
 
 
 Outcome = Literal[
-    "delivered", "privacy", "rejected", "item", "ambiguous", "stop", "undecodable", "corrupt"
+    "delivered",
+    "privacy",
+    "rejected",
+    "item",
+    "ambiguous",
+    "stop",
+    "wait",
+    "undecodable",
+    "corrupt",
 ]
 
 
@@ -517,6 +531,8 @@ class Outbox:
                 outcome, error = self._try(send, row)
                 if outcome == "stop":
                     return error
+                if outcome == "wait":  # the server's load: the items behind get it too
+                    return error
                 if outcome == "ambiguous":
                     if suspect is not None:
                         return error  # two in a row without an answer: the link is down
@@ -553,7 +569,10 @@ class Outbox:
             send(request)
         except EdgecloudError as exc:
             self._note_error(row.seq, exc.message)
-            return _classify(exc), exc.message
+            outcome = _classify(exc)
+            if outcome == "wait":
+                self._hold(exc)
+            return outcome, exc.message
         except Exception as exc:  # every outcome of a send is classified
             message = f"{type(exc).__name__}: {exc}"
             self._note_error(row.seq, message)
@@ -607,6 +626,19 @@ class Outbox:
 
         self._write("reschedule an item", reschedule)
         tally["deferred"] += 1
+
+    def _hold(self, exc: EdgecloudError) -> None:
+        """The server refused for load (:func:`_classify`'s ``"wait"``): no item
+        is tried before the server's ``Retry-After`` (it said so of itself, not
+        of this item: the queued items wait too); no attempt is counted."""
+        delay = getattr(exc, "retry_after_s", None) or 0.0
+
+        def hold(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE items SET next_try = MAX(next_try, ?)", (self._observed(db) + delay,)
+            )
+
+        self._write("hold an item until the server's Retry-After", hold)
 
     def _next_due(self, cursor: int) -> _Row | None:
 
@@ -918,6 +950,10 @@ def _classify(exc: EdgecloudError) -> Outcome:
         return "privacy"
     if isinstance(exc, AuthenticationError | PermissionDeniedError):
         return "stop"
+    if isinstance(exc, RateLimitedError) or (
+        isinstance(exc, UnavailableError) and exc.retry_after_s is not None
+    ):
+        return "wait"
     if isinstance(exc, InferenceError | ConflictError):
         return "item"
     if fallback_reason(exc) is None:

@@ -18,7 +18,7 @@ from ..backends.local import LoadedModel, LocalBackend, version_number
 from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
-from .batching import DynamicBatcher
+from .batching import Arrays, DynamicBatcher
 from .idempotency import (
     CLAIM_GRACE_S,
     IdempotencyStore,
@@ -119,6 +119,7 @@ class ModelHost:
         self.idempotency = open_idempotency(settings, repository.root, self.metrics)
         self._batchers: dict[str, DynamicBatcher] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._computing: set[asyncio.Future[InferResponse]] = set()
         self.states: dict[str, ModelState] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -131,6 +132,8 @@ class ModelHost:
 
     async def close(self) -> None:
         await self.idempotency.close()
+        if self._computing:  # computations that outlived their callers' timeouts
+            await asyncio.gather(*list(self._computing), return_exceptions=True)
         for batcher in self._batchers.values():
             await batcher.close()
         for task in list(self._retiring):
@@ -160,20 +163,51 @@ class ModelHost:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Answer one request within the timeout; a keyed one at most once
         (see :mod:`.idempotency`: replays, 422 for a reused key, 503 when the
-        store is unusable)."""
-        if request.context.idempotency_key and self.settings.idempotency_window_s > 0:
-            return await self.idempotency.run(request, lambda: self._infer_with_timeout(request))
-        return await self._infer_with_timeout(request)
+        store is unusable).
 
-    async def _infer_with_timeout(self, request: InferRequest) -> InferResponse:
+        The timeout bounds the caller's wait, not the computation: a
+        computation, once started, runs to its end as a task of its own and is
+        counted (``edgecloud_computations_started_total`` /
+        ``edgecloud_computations_total``, ``..._late_total`` for one that ended
+        after its caller's 504). A keyed one then stores its answer under the
+        key, so a retry that arrives while it runs shares it and one that
+        arrives after gets the replay — one computation however often a caller
+        that times out re-sends. An unkeyed one's answer is dropped: an
+        onnxruntime run cannot be interrupted, and a request queued in a
+        batcher is computed with its batch, so cancelling would save nothing.
+        """
+        keyed = bool(request.context.idempotency_key) and self.settings.idempotency_window_s > 0
+        if keyed:
+            waiting = self.idempotency.run(request, lambda: self._computed(request))
+        else:
+            waiting = self._computed(request)
         timeout = self.settings.request_timeout_s
         try:
-            return await asyncio.wait_for(self._infer(request), timeout)
+            return await asyncio.wait_for(waiting, timeout)
         except TimeoutError:
             raise DeadlineExceededError(
                 f"model {clip(request.model)} did not answer within the server's "
                 f"{timeout:g} s request timeout"
+                + (
+                    "; its computation goes on and its answer is stored under the "
+                    "idempotency key: re-send with the same key to get it"
+                    if keyed
+                    else ""
+                )
             ) from None
+
+    async def _computed(self, request: InferRequest) -> InferResponse:
+        """:meth:`_infer` as a task of its own that a caller's timeout or
+        disconnect does not cancel (only the caller's wait is cancelled)."""
+        task = asyncio.ensure_future(self._infer(request))
+        self._computing.add(task)
+        task.add_done_callback(self._computation_done)
+        return await asyncio.shield(task)
+
+    def _computation_done(self, task: asyncio.Future[InferResponse]) -> None:
+        self._computing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller still waiting re-raises it
 
     async def _infer(self, request: InferRequest) -> InferResponse:
         if request.model not in self.states:
@@ -181,6 +215,26 @@ class ModelHost:
         loaded = self.local.load(request.model, request.version)
         size = loaded.validator.validate(request.inputs)
         started = time.perf_counter()
+        model = loaded.entry.name  # a model that exists: metric labels are never the caller's
+        self.metrics.computations_started.labels(model).inc()
+        outputs, queued, compute, batch = await self._run(loaded, request, size, started)
+        self.metrics.computations.labels(model).inc()
+        if time.perf_counter() - started > self.settings.request_timeout_s:
+            self.metrics.computations_late.labels(model).inc()
+        label = f"server:{loaded.entry.name}/{loaded.entry.version}"
+        spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
+        return InferResponse(
+            model=loaded.entry.name,
+            version=str(loaded.entry.version),
+            outputs=outputs,
+            trace=Trace(label, spans),
+            id=request.id,
+        )
+
+    async def _run(
+        self, loaded: LoadedModel, request: InferRequest, size: int, started: float
+    ) -> tuple[Arrays, float, float, int]:
+        """Outputs, queue seconds, compute seconds and batch rows of one validated request."""
         batcher = self._batcher(loaded)
         if batcher is not None:
             outputs, queued, compute = await batcher.submit(request.inputs, request.outputs, size)
@@ -191,20 +245,11 @@ class ModelHost:
                 self.executor, loaded.run, request.inputs, request.outputs, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-        model = loaded.entry.name  # a model that exists: metric labels are never the caller's
+        model = loaded.entry.name
         self.metrics.queue.labels(model).observe(queued)
         self.metrics.compute.labels(model).observe(compute)
         self.metrics.batch_size.labels(model).observe(batch)
-        self.metrics.computations.labels(model).inc()
-        label = f"server:{loaded.entry.name}/{loaded.entry.version}"
-        spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
-        return InferResponse(
-            model=loaded.entry.name,
-            version=str(loaded.entry.version),
-            outputs=outputs,
-            trace=Trace(label, spans),
-            id=request.id,
-        )
+        return outputs, queued, compute, batch
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
         """The batcher of a loaded version, made on first use.

@@ -39,7 +39,12 @@ How (IETF httpapi Idempotency-Key draft, draft-ietf-httpapi-idempotency-key-head
 - Concurrent requests with the same key and fingerprint share one
   computation (the draft would answer the later ones 409; sharing is as
   exactly-once and saves the client a retry). The computation runs as a
-  task of its own, so a caller that disconnects does not cancel it. In
+  task of its own, so a caller that disconnects does not cancel it, nor
+  does the server's request timeout: that bounds the caller's wait (504),
+  while the computation runs to its end and its answer is stored, so a
+  retry while it runs shares it and one after it gets the replay — one
+  computation however often a timed-out caller re-sends (``ModelHost.infer``).
+  In
   another process sharing the file, such requests wait for the claimant's
   stored answer (looked at every few ms, at most every :data:`POLL_MAX_S`)
   and replay it; if the claimant drops its claim without an answer (its
@@ -58,7 +63,9 @@ How (IETF httpapi Idempotency-Key draft, draft-ietf-httpapi-idempotency-key-head
   reaped (a zombie) still counts as running, so its claim holds until it is
   stale; two stores that one process opens on one file take over each
   other's claims instead of waiting (each shares only its own in-flight
-  work) — a server or gateway opens one.
+  work) — a server or gateway opens one; and a computation that outlives
+  the request timeout plus :data:`CLAIM_GRACE_S` may be taken over (so
+  computed again) by another process sharing the file.
 - Bounded: ``max_entries`` answers and ``max_bytes`` of encoded answers.
   Expired records go first; when unexpired ones must go to make room, the
   oldest go, counted in ``edgecloud_idempotency_evictions_total``

@@ -80,9 +80,25 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+        self.computations_started = Counter(
+            "edgecloud_computations_started_total",
+            "Requests handed to the runtime (validated; replays not counted). A "
+            "computation runs to its end even when its caller times out.",
+            ["model"],
+            registry=self.registry,
+        )
         self.computations = Counter(
             "edgecloud_computations_total",
-            "Requests computed by the runtime (replays and failures not counted).",
+            "Requests computed by the runtime to an answer, including those whose "
+            "caller had timed out (replays and failures not counted).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.computations_late = Counter(
+            "edgecloud_computations_late_total",
+            "Computations that ended after the server's request timeout: their caller "
+            "got a 504; a keyed one's answer is stored for its retry, an unkeyed one's "
+            "is dropped.",
             ["model"],
             registry=self.registry,
         )
