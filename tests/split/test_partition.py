@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -96,3 +97,319 @@ def test_uses_include_what_nested_subgraphs_capture() -> None:
     )  # fmt: skip
     loop = helper.make_node("Loop", ["trips", "go", "x"], ["v"], body=body)
     assert uses(loop) == ["trips", "go", "x", "t"]  # v_in, cond_in, i: the body's own
+
+
+# -- which "feature" ops really mix (issue 14 kind 3) -----------------------------------------
+
+_RNG = np.random.default_rng(5)
+PERMUTATION = 2.0 * np.eye(4)[[1, 3, 0, 2]]
+DENSE = _RNG.standard_normal((4, 4))
+
+
+def one_op(op: str, inputs: list[str], shape: list[Any], weights: dict[str, Any], opset: int = 17,
+           elem: int = TensorProto.FLOAT, **attrs: Any) -> Any:  # fmt: skip
+    """x (``shape``) → ``op`` → f → Neg → out: the one cut sends f, computed from raw x."""
+    out = {"ArgMax": TensorProto.INT64}.get(op, TensorProto.INT32 if "Integer" in op else elem)
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["f"], **attrs), helper.make_node("Neg", ["f"], ["out"])],
+        "one_op",
+        [helper.make_tensor_value_info("x", elem, shape)],
+        [helper.make_tensor_value_info("out", out, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def f32(a: Any) -> Any:
+    return np.asarray(a, np.float32)
+
+
+def i64(a: Any) -> Any:
+    return np.asarray(a, np.int64)
+
+
+#: name: (op, inputs, x shape, weights, opset, attributes, f is raw)
+MEMBERS: dict[str, tuple[Any, ...]] = {
+    # reductions: mixing only when the reduced sizes multiply to more than 1
+    "reduce-mean-mono-downmix": (
+        "ReduceMean",
+        ["x"],
+        [1, 1, 64],
+        {},
+        13,
+        {"axes": [1], "keepdims": 0},
+        True,
+    ),
+    "reduce-mean-over-time": ("ReduceMean", ["x"], [1, 1, 64], {}, 13, {"axes": [2]}, False),
+    "reduce-max-axes-input-size-1": (
+        "ReduceMax",
+        ["x", "ax"],
+        ["n", 1, 8],
+        {"ax": i64([1])},
+        18,
+        {},
+        True,
+    ),
+    "reduce-max-axes-input-size-8": (
+        "ReduceMax",
+        ["x", "ax"],
+        ["n", 1, 8],
+        {"ax": i64([2])},
+        18,
+        {},
+        False,
+    ),
+    "reduce-sum-noop-empty-axes": (
+        "ReduceSum",
+        ["x"],
+        ["n", 8],
+        {},
+        13,
+        {"noop_with_empty_axes": 1},
+        True,
+    ),
+    "reduce-sum-all-axes": ("ReduceSum", ["x"], ["n", 8], {}, 13, {}, False),
+    "reduce-sum-unknown-size": (
+        "ReduceSum",
+        ["x", "ax"],
+        ["n", "t"],
+        {"ax": i64([1])},
+        13,
+        {},
+        True,
+    ),
+    "reduce-l2-batch-of-unknown-size": ("ReduceL2", ["x"], ["n", 1], {}, 13, {"axes": [0]}, True),
+    # pools: the window, after padding, must always cover more than one position
+    "max-pool-1x1": ("MaxPool", ["x"], [1, 3, 8, 8], {}, 17, {"kernel_shape": [1, 1]}, True),
+    "max-pool-2x2": (
+        "MaxPool",
+        ["x"],
+        [1, 3, 8, 8],
+        {},
+        17,
+        {"kernel_shape": [2, 2], "strides": [2, 2]},
+        False,
+    ),
+    "average-pool-1": ("AveragePool", ["x"], [1, 3, 8], {}, 17, {"kernel_shape": [1]}, True),
+    "average-pool-2-pad-1": (
+        "AveragePool",
+        ["x"],
+        [1, 3, 8],
+        {},
+        17,
+        {"kernel_shape": [2], "pads": [1, 1]},
+        True,
+    ),
+    "lp-pool-3-pad-1": (
+        "LpPool",
+        ["x"],
+        [1, 3, 8],
+        {},
+        17,
+        {"kernel_shape": [3], "pads": [1, 1]},
+        False,
+    ),
+    "max-pool-2-ceil-mode": (
+        "MaxPool",
+        ["x"],
+        [1, 3, 7],
+        {},
+        17,
+        {"kernel_shape": [2], "strides": [2], "ceil_mode": 1},
+        True,
+    ),
+    "global-pool-1x1": ("GlobalAveragePool", ["x"], [1, 3, 1, 1], {}, 17, {}, True),
+    "global-pool-4x4": ("GlobalAveragePool", ["x"], [1, 3, 4, 4], {}, 17, {}, False),
+    # Conv: each output channel needs two non-zero taps inside the data
+    "conv-1x1-identity": (
+        "Conv",
+        ["x", "w"],
+        [1, 3, 4, 4],
+        {"w": f32(np.eye(3)[:, :, None, None])},
+        17,
+        {},
+        True,
+    ),
+    "conv-1x1-permutation": (
+        "Conv",
+        ["x", "w"],
+        [1, 3, 4, 4],
+        {"w": f32(3 * np.eye(3)[[2, 0, 1], :, None, None])},
+        17,
+        {},
+        True,
+    ),
+    "conv-1x1-dense": (
+        "Conv",
+        ["x", "w"],
+        [1, 3, 4, 4],
+        {"w": f32(_RNG.standard_normal((2, 3, 1, 1)))},
+        17,
+        {},
+        False,
+    ),
+    "conv-3x3-pad-1": (
+        "Conv",
+        ["x", "w"],
+        [1, 1, 6, 6],
+        {"w": f32(_RNG.standard_normal((2, 1, 3, 3)))},
+        17,
+        {"pads": [1, 1, 1, 1]},
+        False,
+    ),
+    "conv-2-padded-border": (
+        "Conv",
+        ["x", "w"],
+        [1, 1, 6],
+        {"w": f32(_RNG.standard_normal((1, 1, 2)))},
+        17,
+        {"pads": [0, 1]},
+        True,
+    ),
+    "conv-weight-at-run-time": ("Conv", ["x", "x"], [1, 1, 1, 1], {}, 17, {}, True),
+    "conv-integer-identity-less-zero-point": (
+        "ConvInteger",
+        ["x", "w", "", "z"],
+        [1, 2, 4],
+        {"w": np.asarray(np.eye(2)[:, :, None] + 5, np.uint8), "z": np.asarray(5, np.uint8)},
+        17,
+        {},
+        True,
+        TensorProto.UINT8,
+    ),
+    "conv-transpose-stride-2": (
+        "ConvTranspose",
+        ["x", "w"],
+        [1, 1, 4],
+        {"w": f32(_RNG.standard_normal((1, 1, 2)))},
+        17,
+        {"strides": [2]},
+        True,
+    ),
+    "conv-transpose-two-channels": (
+        "ConvTranspose",
+        ["x", "w"],
+        [1, 2, 4],
+        {"w": f32(_RNG.standard_normal((2, 1, 2)))},
+        17,
+        {"strides": [2]},
+        False,
+    ),
+    # MatMul / Gemm: a constant operand with two non-zero weights per output element
+    "matmul-scaled-permutation": (
+        "MatMul",
+        ["x", "w"],
+        ["n", 4],
+        {"w": f32(PERMUTATION)},
+        17,
+        {},
+        True,
+    ),
+    "matmul-dense": ("MatMul", ["x", "w"], ["n", 4], {"w": f32(DENSE)}, 17, {}, False),
+    "matmul-inner-1": (
+        "MatMul",
+        ["x", "w"],
+        ["n", 1],
+        {"w": f32(_RNG.standard_normal((1, 4)))},
+        17,
+        {},
+        True,
+    ),
+    "matmul-left-permutation": (
+        "MatMul",
+        ["w", "x"],
+        [4, "n"],
+        {"w": f32(PERMUTATION)},
+        17,
+        {},
+        True,
+    ),
+    "matmul-left-dense": ("MatMul", ["w", "x"], [4, "n"], {"w": f32(DENSE)}, 17, {}, False),
+    "matmul-two-run-time-tensors": ("MatMul", ["x", "x"], [4, 4], {}, 17, {}, True),
+    "gemm-identity-transb": (
+        "Gemm",
+        ["x", "w"],
+        ["n", 4],
+        {"w": f32(np.eye(4))},
+        17,
+        {"transB": 1},
+        True,
+    ),
+    "gemm-dense-transb": (
+        "Gemm",
+        ["x", "w"],
+        ["n", 4],
+        {"w": f32(DENSE)},
+        17,
+        {"transB": 1},
+        False,
+    ),
+    "matmul-integer-permutation-less-zero-point": (
+        "MatMulInteger",
+        ["x", "w", "", "z"],
+        ["n", 4],
+        {"w": np.asarray(PERMUTATION / 2 + 7, np.uint8), "z": np.asarray(7, np.uint8)},
+        17,
+        {},
+        True,
+        TensorProto.UINT8,
+    ),
+    "matmul-integer-dense": (
+        "MatMulInteger",
+        ["x", "w"],
+        ["n", 4],
+        {"w": np.asarray(_RNG.integers(1, 9, (4, 4)), np.uint8)},
+        17,
+        {},
+        False,
+        TensorProto.UINT8,
+    ),
+    # always features: indices and dimensions
+    "argmax-over-size-1": ("ArgMax", ["x"], [1, 1, 8], {}, 17, {"axis": 1}, False),
+}
+
+
+@pytest.mark.parametrize("member", list(MEMBERS), ids=list(MEMBERS))
+def test_a_feature_op_is_a_feature_only_when_it_mixes(member: str) -> None:
+    """Before: every listed op was a feature, so a channel downmix of mono audio (which is
+    the audio), a 1x1 pool, an identity or permutation weight sent raw data under a
+    ``features`` rule. Each member runs (onnxruntime accepts it) and is ruled as marked."""
+    import onnxruntime as ort
+
+    op, inputs, shape, weights, opset, attrs, raw, *elem = MEMBERS[member]
+    model = one_op(op, inputs, shape, weights, opset, *elem, **attrs)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (cut,) = cut_points(model)
+    assert cut.tensors == ("f",)
+    assert cut.raw_inputs_of_tail == (("f",) if raw else ()), member
+
+
+def test_the_reported_downmix_sends_the_audio_as_raw() -> None:
+    """ReduceMean over the channel of [1, 1, 64] audio, then a dense MatMul: the downmix
+    is raw (it equals the audio), the MatMul's output is a feature."""
+    import onnxruntime as ort
+
+    w = numpy_helper.from_array(_RNG.standard_normal((64, 8)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["audio"], ["mono"], axes=[1], keepdims=0),
+            helper.make_node("MatMul", ["mono", "W"], ["h"]),
+            helper.make_node("Relu", ["h"], ["score"]),
+        ],
+        "downmix",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 1, 64])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 8])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = _RNG.standard_normal((1, 1, 64)).astype(np.float32)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info("mono", TensorProto.FLOAT, None))
+    (mono,) = ort.InferenceSession(probe.SerializeToString()).run(["mono"], {"audio": x})
+    np.testing.assert_array_equal(mono, x[:, 0, :])  # the "feature" is the audio itself
+    raw = {c.tensors: c.raw_inputs_of_tail for c in cut_points(model)}
+    assert raw == {("mono",): ("mono",), ("h",): ()}
