@@ -366,6 +366,16 @@ MEMBERS: dict[str, tuple[Any, ...]] = {
         False,
         TensorProto.UINT8,
     ),
+    "matmul-vector-weight": ("MatMul", ["x", "w"], ["n", 4], {"w": f32(DENSE[0])}, 17, {}, False),
+    "matmul-one-hot-vector": (
+        "MatMul",
+        ["x", "w"],
+        ["n", 4],
+        {"w": f32([0, 0, 1, 0])},
+        17,
+        {},
+        True,
+    ),
     # always features: indices and dimensions
     "argmax-over-size-1": ("ArgMax", ["x"], [1, 1, 8], {}, 17, {"axis": 1}, False),
 }
@@ -413,3 +423,26 @@ def test_the_reported_downmix_sends_the_audio_as_raw() -> None:
     np.testing.assert_array_equal(mono, x[:, 0, :])  # the "feature" is the audio itself
     raw = {c.tensors: c.raw_inputs_of_tail for c in cut_points(model)}
     assert raw == {("mono",): ("mono",), ("h",): ()}
+
+
+@pytest.mark.parametrize(("weight", "raw"), [(PERMUTATION, True), (DENSE, False)])
+def test_a_dequantized_weight_is_folded_and_checked(weight: Any, raw: bool) -> None:
+    """A QDQ model's weight is DequantizeLinear(int8 initializer): not an initializer
+    itself, so it is folded first; a permutation stays raw, a dense weight mixes."""
+    q = np.clip(np.round(weight * 20), -127, 127).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["wq", "scale"], ["w"]),
+            helper.make_node("MatMul", ["x", "w"], ["f"]),
+            helper.make_node("Neg", ["f"], ["out"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4])],
+        initializer=[numpy_helper.from_array(q, "wq"),
+                     numpy_helper.from_array(np.asarray(0.05, np.float32), "scale")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (cut,) = cut_points(model)
+    assert cut.raw_inputs_of_tail == (("f",) if raw else ())

@@ -87,8 +87,9 @@ of constant weights. Otherwise it is a copy (fail closed), as
   LSTM/GRU/RNN whose constant weight (less its zero point) has an output
   element with fewer than two non-zero weights over the contracted extent (an
   identity, a permutation or a scaled selection; a 1x1 kernel on one channel),
-  and any of them whose weight is not a constant initializer or ``Constant``
-  (computed at run time, or dequantized by another node: not provably mixing);
+  and any of them whose weight is computed at run time (not provably mixing; a
+  weight computed from initializers alone, as the ``DequantizeLinear`` of a QDQ
+  model, is folded and checked);
   a ConvTranspose counts only its mixing across input channels (a border output
   receives one tap per axis);
 - DeformConv, RoiAlign and MaxRoiPool (learned offsets or regions may sample a
@@ -229,7 +230,7 @@ def cut_points(model: Any) -> list[CutPoint]:
     graph = loaded.graph
     sizes = _sizes(loaded)
     constants = _constants(graph)
-    facts = _facts(graph)
+    facts = _Facts(loaded, constants)
     nodes = [n for n in graph.node if not all(o in constants for o in n.output)]
     outputs = {o.name for o in graph.output}
     raw = {i.name for i in graph.input if i.name not in constants}
@@ -433,32 +434,50 @@ _MATMULS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class _Facts:
-    """What :func:`_mixes` may know about a graph: static shapes and constant values."""
+    """What :func:`_mixes` may know about a model: static shapes (``None`` for an unknown
+    dimension) and, on demand, the values of constant tensors."""
 
-    shapes: dict[str, tuple[int | None, ...]]
-    values: dict[str, np.ndarray[Any, Any]]
+    def __init__(self, model: Any, constants: set[str]) -> None:
+        graph = model.graph
+        self.model = model
+        self.constants = constants
+        self.shapes: dict[str, tuple[int | None, ...]] = {}
+        for info in [*graph.value_info, *graph.input, *graph.output]:
+            tensor = info.type.tensor_type
+            if tensor.HasField("shape"):
+                self.shapes[info.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+                )
+        self._initializers = {i.name: i for i in graph.initializer}
+        self._values: dict[str, np.ndarray[Any, Any] | None] = {}
 
+    def value(self, name: str) -> np.ndarray[Any, Any] | None:
+        """The value of ``name`` when it is constant: an initializer, or computed from
+        initializers alone (a ``Constant``, a ``DequantizeLinear`` of int8 weights in a QDQ
+        model…), folded once with onnxruntime. ``None`` otherwise, or when
+        folding fails (then the caller fails closed)."""
+        if not name or name not in self.constants:
+            return None
+        if name not in self._values:
+            self._values[name] = self._fold(name)
+        return self._values[name]
 
-def _facts(graph: Any) -> _Facts:
-    """Static shapes (``None`` for an unknown dimension) and the values of initializers and
-    ``Constant`` nodes of the top-level graph."""
-    onnx = require("onnx", extra="compress", feature="model partitioning")
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    for info in [*graph.value_info, *graph.input, *graph.output]:
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            shapes[info.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+    def _fold(self, name: str) -> np.ndarray[Any, Any] | None:
+        onnx = require("onnx", extra="compress", feature="model partitioning")
+        if name in self._initializers:
+            return np.asarray(onnx.numpy_helper.to_array(self._initializers[name]))
+        try:
+            import onnxruntime as ort
+
+            part = _part(self.model, [], [name], "weight")
+            session = ort.InferenceSession(
+                part.SerializeToString(), providers=["CPUExecutionProvider"]
             )
-    values = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = onnx.numpy_helper.to_array(attr.t)
-    return _Facts(shapes, values)
+            (value,) = session.run(None, {})
+        except Exception:  # any failure to fold: not provably constant, fail closed
+            return None
+        return np.asarray(value)
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -505,7 +524,7 @@ def _mixes(node: Any, facts: _Facts) -> bool:
         return _matmul_mixes(node, facts)
     if op in {"LSTM", "GRU", "RNN"}:
         # W: [directions, gates x hidden, input_size]: each gate mixes input_size elements.
-        weight = facts.values.get(_input(node, 1))
+        weight = facts.value(_input(node, 1))
         return weight is not None and _rows_mix(weight.reshape(-1, weight.shape[-1]))
     return False
 
@@ -516,9 +535,10 @@ def _reduction_mixes(node: Any, facts: _Facts) -> bool:
         return False
     axes_input = _input(node, 1)
     if axes_input:
-        if axes_input not in facts.values:
+        value = facts.value(axes_input)
+        if value is None:
             return False  # axes computed at run time: not provably mixing
-        axes = [int(a) for a in facts.values[axes_input].reshape(-1)]
+        axes = [int(a) for a in value.reshape(-1)]
     else:
         axes = list(_attr(node, "axes", []))
     if not axes:
@@ -571,11 +591,11 @@ def _weight(
 ) -> Any:
     """The constant weight with its zero point subtracted (``None`` if not constant, or
     its zero point is per channel along an axis other than ``channel_axis``)."""
-    weight = facts.values.get(_input(node, index))
+    weight = facts.value(_input(node, index))
     if weight is None:
         return None
     if zero_index is not None and _input(node, zero_index):
-        zero = facts.values.get(_input(node, zero_index))
+        zero = facts.value(_input(node, zero_index))
         if zero is None:
             return None
         if zero.size > 1:  # per output channel
@@ -625,12 +645,16 @@ def _matmul_mixes(node: Any, facts: _Facts) -> bool:
     output element. A product of two run-time tensors is not provably mixing."""
     weight_index, zero_index = _MATMULS[node.op_type]
     right = _weight(node, facts, weight_index, zero_index, -1)
+    if right is not None and right.ndim == 1 and node.op_type != "Gemm":
+        right = right[:, None]  # a vector: one output column
     if right is not None and right.ndim >= 2:
         if node.op_type == "Gemm" and _attr(node, "transB", 0):
             right = right.T
         return _rows_mix(np.swapaxes(right, -1, -2))  # columns of B over K
     left_zero = {"MatMulInteger": 2, "QLinearMatMul": 2}.get(node.op_type)
     left = _weight(node, facts, 0, left_zero, None)
+    if left is not None and left.ndim == 1 and node.op_type != "Gemm":
+        left = left[None, :]
     if left is not None and left.ndim >= 2:
         if node.op_type == "Gemm" and _attr(node, "transA", 0):
             left = left.T
