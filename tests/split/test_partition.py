@@ -297,6 +297,51 @@ MEMBERS: dict[str, tuple[Any, ...]] = {
         {"strides": [2]},
         False,
     ),
+    "conv-3-sparse-padded-border": (
+        "Conv",
+        ["x", "w"],
+        [1, 1, 6],
+        {"w": f32([[[1, 0, 1]]])},
+        17,
+        {"pads": [1, 1]},
+        True,
+    ),
+    "conv-3-sparse-unpadded": (
+        "Conv",
+        ["x", "w"],
+        [1, 1, 6],
+        {"w": f32([[[1, 0, 1]]])},
+        17,
+        {},
+        False,
+    ),
+    "conv-3x3-pad-1-unknown-size": (
+        "Conv",
+        ["x", "w"],
+        [1, 1, "h", "w"],
+        {"w": f32(_RNG.standard_normal((2, 1, 3, 3)))},
+        17,
+        {"pads": [1, 1, 1, 1]},
+        True,
+    ),
+    "max-pool-3-pad-1-on-length-1": (
+        "MaxPool",
+        ["x"],
+        [1, 1, 1],
+        {},
+        17,
+        {"kernel_shape": [3], "pads": [1, 1]},
+        True,
+    ),
+    "average-pool-same-upper": (
+        "AveragePool",
+        ["x"],
+        [1, 1, 8],
+        {},
+        17,
+        {"kernel_shape": [3], "auto_pad": "SAME_UPPER"},
+        False,
+    ),
     # MatMul / Gemm: a constant operand with two non-zero weights per output element
     "matmul-scaled-permutation": (
         "MatMul",
@@ -446,3 +491,36 @@ def test_a_dequantized_weight_is_folded_and_checked(weight: Any, raw: bool) -> N
     model.ir_version = 8
     (cut,) = cut_points(model)
     assert cut.raw_inputs_of_tail == (("f",) if raw else ())
+
+
+def test_an_int8_static_qdq_conv_is_still_a_feature(tmp_path: Path) -> None:
+    """onnxruntime's QDQ quantization dequantizes the weight in a node of its own, and some
+    int8 weights round to 0: the weight is folded and the padded 3x3 Conv still mixes."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 1, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "conv", [x], [y], initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "f.onnx")
+
+    class Samples(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}] * 2
+
+        def get_next(self) -> dict[str, Any] | None:
+            return self.left.pop() if self.left else None
+
+    quantize_static(
+        tmp_path / "f.onnx", tmp_path / "q.onnx", Samples(), quant_format=QuantFormat.QDQ
+    )
+    raw = {c.after_node: c.raw_inputs_of_tail for c in cut_points(tmp_path / "q.onnx")}
+    assert raw["Conv"] == () and raw["x_DequantizeLinear"] != ()

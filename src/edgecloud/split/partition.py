@@ -24,6 +24,7 @@ through by the tail.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,8 @@ of constant weights. Otherwise it is a copy (fail closed), as
 - Conv/ConvInteger/QLinearConv, MatMul/Gemm/MatMulInteger/QLinearMatMul and
   LSTM/GRU/RNN whose constant weight (less its zero point) has an output
   element with fewer than two non-zero weights over the contracted extent (an
-  identity, a permutation or a scaled selection; a 1x1 kernel on one channel),
+  identity, a permutation or a scaled selection; a 1x1 kernel on one channel;
+  for a padded Conv, among the taps a border window keeps inside the data),
   and any of them whose weight is computed at run time (not provably mixing; a
   weight computed from initializers alone, as the ``DequantizeLinear`` of a QDQ
   model, is folded and checked);
@@ -512,7 +514,7 @@ def _mixes(node: Any, facts: _Facts) -> bool:
     if op in _REDUCTIONS:
         return _reduction_mixes(node, facts)
     if op in _POOLS:
-        return _window_taps(node, facts, spatial=None) > 1
+        return _window_taps(node, facts) > 1
     if op in _GLOBAL_POOLS:
         shape = facts.shapes.get(_input(node, 0))
         return shape is not None and len(shape) >= 3 and _known_product(shape[2:]) > 1
@@ -551,18 +553,10 @@ def _reduction_mixes(node: Any, facts: _Facts) -> bool:
         return False  # an axis out of range: onnxruntime refuses the model anyway
 
 
-def _side_taps(kernel: int, dilation: int, pad: int) -> int:
-    """Fewest kernel taps along one axis that land inside the data, at a border with
-    ``pad`` padding: ``kernel - ceil(pad / dilation)`` (at least 0)."""
-    return max(kernel - -(-pad // dilation), 0)
-
-
-def _window_taps(node: Any, facts: _Facts, spatial: tuple[int, ...] | None) -> int:
-    """Fewest input positions one sliding window (pool or conv kernel) covers, padding and
-    ``ceil_mode`` taken into account (per side at most the kernel's extent less one)."""
-    kernel = list(spatial if spatial is not None else _attr(node, "kernel_shape", []))
-    if not kernel:
-        return 0
+def _clips(node: Any, kernel: list[int]) -> list[tuple[int, int]]:
+    """Per spatial axis, the kernel taps a window may lose to padding at the begin and at
+    the end: ``ceil(pad / dilation)``; ``ceil_mode`` pads the end by up to ``stride - 1``;
+    a ``SAME`` pad is at most half the extent less one, rounded up."""
     rank = len(kernel)
     strides = list(_attr(node, "strides", [1] * rank))
     dilations = list(_attr(node, "dilations", [1] * rank))
@@ -570,19 +564,46 @@ def _window_taps(node: Any, facts: _Facts, spatial: tuple[int, ...] | None) -> i
     auto_pad = _attr(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     ceil_mode = int(_attr(node, "ceil_mode", 0))
-    taps = 1
+    clips = []
     for axis, k in enumerate(kernel):
         extent = (k - 1) * dilations[axis] + 1
         if auto_pad.startswith("SAME"):
-            begin = end = -(-(extent - 1) // 2)  # SAME pads at most extent - 1 in total
+            begin = end = -(-(extent - 1) // 2)
         else:
             begin, end = pads[axis], pads[axis + rank]
         if ceil_mode:
             end += strides[axis] - 1  # the last window may hang over the end
-        taps *= min(
-            _side_taps(k, dilations[axis], begin),
-            _side_taps(k, dilations[axis], end),
-        )
+        clips.append((-(-begin // dilations[axis]), -(-end // dilations[axis])))
+    return clips
+
+
+def _tap_ranges(node: Any, facts: _Facts, kernel: list[int]) -> list[list[tuple[int, int]]]:
+    """Per spatial axis, the smallest ranges ``[lo, hi)`` of kernel taps a window may
+    keep inside the data: clipped at the begin, at the end, and — when the input along
+    that axis is unknown or shorter than the kernel's extent — at both."""
+    shape = facts.shapes.get(_input(node, 0))
+    rank = len(kernel)
+    dilations = list(_attr(node, "dilations", [1] * rank))
+    ranges = []
+    for axis, ((begin, end), k) in enumerate(zip(_clips(node, kernel), kernel, strict=True)):
+        extent = (k - 1) * dilations[axis] + 1
+        size = shape[2 + axis] if shape is not None and len(shape) == 2 + rank else None
+        options = [(min(begin, k), k), (0, max(k - end, 0))]
+        if (begin or end) and (size is None or size < extent):
+            options.append((min(begin, k), max(k - end, min(begin, k))))
+        ranges.append(options)
+    return ranges
+
+
+def _window_taps(node: Any, facts: _Facts) -> int:
+    """Fewest input positions one pool window covers, padding and ``ceil_mode`` taken
+    into account."""
+    kernel = [int(k) for k in _attr(node, "kernel_shape", [])]
+    if not kernel:
+        return 0
+    taps = 1
+    for options in _tap_ranges(node, facts, kernel):
+        taps *= min(hi - lo for lo, hi in options)
     return taps
 
 
@@ -615,17 +636,18 @@ def _rows_mix(matrix: np.ndarray[Any, Any]) -> bool:
 
 
 def _conv_mixes(node: Any, facts: _Facts) -> bool:
-    """W: [M, C/group, k1, k2, …]; output channel m combines W[m]'s non-zero taps."""
+    """W: [M, C/group, k1, k2, …]. Every output channel needs two non-zero weights among
+    the taps that stay inside the data, for every way padding may clip a window."""
     weight_index, zero_index = _CONVS[node.op_type]
     weight = _weight(node, facts, weight_index, zero_index, 0)
     if weight is None or weight.ndim < 3:
         return False  # a weight computed at run time: not provably mixing
-    spatial = tuple(int(d) for d in weight.shape[2:])
-    dense = bool(np.count_nonzero(weight) == weight.size)
-    window = _window_taps(node, facts, spatial)
-    if not dense and window < int(np.prod(spatial)):
-        return False  # zero taps and padding together may leave one element: unsure
-    return window * weight.shape[1] > 1 and _rows_mix(weight.reshape(weight.shape[0], -1))
+    kernel = [int(d) for d in weight.shape[2:]]
+    for box in itertools.product(*_tap_ranges(node, facts, kernel)):
+        kept = weight[(slice(None), slice(None), *(slice(lo, hi) for lo, hi in box))]
+        if not _rows_mix(kept.reshape(weight.shape[0], -1)):
+            return False
+    return True
 
 
 def _conv_transpose_mixes(node: Any, facts: _Facts) -> bool:
