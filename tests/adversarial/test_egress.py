@@ -99,6 +99,29 @@ def classifier_onnx(path: Path, seed: int) -> Path:
     return path
 
 
+def downmix_onnx(path: Path) -> Path:
+    """score = relu(mean(audio, axis 1) W): audio FP32 [batch, 1, 16] → [batch, 4].
+
+    The "downmix" of mono audio is the audio itself, element for element.
+    """
+    weights = np.random.default_rng(3).standard_normal((16, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["audio"], ["mono"], axes=[1], keepdims=0),
+            helper.make_node("MatMul", ["mono", "w"], ["h"]),
+            helper.make_node("Relu", ["h"], ["score"]),
+        ],
+        "downmix",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 1, 16])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 @dataclass
 class World:
     repo: ModelRepository
@@ -111,6 +134,8 @@ class World:
     """``copied``: the head reshapes the raw ``y`` for the tail, split at every cut."""
     single: SplitProfile
     """``single``: a one-input classifier split after its MatMul (a real feature crosses)."""
+    downmix: SplitProfile
+    """``downmix``: mono audio averaged over its one channel (the audio), split at every cut."""
 
     @property
     def url(self) -> str:
@@ -146,12 +171,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     path = classifier_onnx(tmp / "single.onnx", 7)
     repo.add_version("single", path, config=config_from_onnx(path, "single", max_batch_size=8))
     single = split_model(repo, "single", codecs=("fp32",), repeats=1).profile
+    path = downmix_onnx(tmp / "downmix.onnx")
+    repo.add_version("downmix", path, config=config_from_onnx(path, "downmix", max_batch_size=8))
+    downmix = split_model(repo, "downmix", codecs=("fp32",), cuts=["cut0", "cut1"], repeats=1)
     server = start_server(repo, tmp)
     record, port = tmp / "arrivals.jsonl", free_port()
     argv = [sys.executable, recorder.__file__, "--port", str(port), "--upstream", server.url,
             "--record", str(record)]  # fmt: skip
     proxy = launch(argv, f"http://127.0.0.1:{port}", log=tmp / "proxy.log")
-    yield World(repo, server, proxy, record, profile, tmp, copied, single)
+    yield World(repo, server, proxy, record, profile, tmp, copied, single, downmix.profile)
     proxy.stop()
     server.stop()
 
@@ -423,6 +451,18 @@ def split_features_copy(world: World, level: str) -> list[np.ndarray]:
     return [x, y]
 
 
+def split_features_downmix(world: World, level: str) -> list[np.ndarray]:
+    """ReduceMean over the one channel of mono audio returns the audio: under ``features``
+    its cut is raw (before: a feature, and the audio crossed), the MatMul's is not."""
+    audio = secret(2, 1, 16)
+    for candidate in world.downmix.candidates:
+        if candidate.name in (ALL_LOCAL, ALL_REMOTE):
+            continue
+        backend = SplitBackend(local(world), remote(world), world.downmix, fixed=candidate.key)
+        ask(Guard(backend, rules={"personal": "features"}), "downmix", level, audio=audio)
+    return [audio]
+
+
 def guard_features_preset(world: World, level: str) -> list[np.ndarray]:
     """The caller names its raw input a feature: a Guard ``features`` rule must not believe it."""
     x = secret(2, 4)
@@ -580,6 +620,8 @@ PATHS: dict[str, tuple[Path_, dict[str, bool | None]]] = {
     ),
     "split-features-copy": (split_features_copy, {"public": True, "personal": False,
                                                   "restricted": False}),
+    "split-features-downmix": (split_features_downmix, {"public": True, "personal": False,
+                                                        "restricted": False}),
     "guard-features-preset": (guard_features_preset, {"public": True, "personal": False,
                                                       "restricted": False}),
     "plain-string-sensitivity": (plain_string, {"public": True, "personal": True,

@@ -11,6 +11,8 @@ from edgecloud import (
     RemoteBackend,
     UnavailableError,
 )
+from edgecloud.backends.base import FunctionBackend, check_rows
+from edgecloud.errors import InferenceError
 from edgecloud.routing import Cascade, calibrate
 from edgecloud.routing.confidence import margin, max_probability, normalised_entropy
 from edgecloud.zoo import datasets
@@ -152,3 +154,53 @@ def test_a_deferral_that_cannot_be_stored_keeps_the_small_answer(
     (decision,) = [s.reason for s in response.trace.spans if s.kind == "decision"]
     assert "escalation-failed:unavailable" in decision and "not deferred" in decision
     assert "disk is full" in decision
+
+
+SMALL = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.8, 0.1, 0.1], [0.34, 0.33, 0.33]])
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        (np.array([[0.0, 1.0, 0.0]]), "[1, 3] for 2 input rows"),  # one row for two
+        (np.zeros((3, 3)), "[3, 3] for 2 input rows"),  # more rows than escalated
+        (np.zeros((2, 4)), "[2, 4], but the rows it replaces have shape"),
+        (np.zeros((2, 3, 1)), "[2, 3, 1], but the rows it replaces"),
+        (np.float64(0.5), "[] for 2 input rows"),
+    ],
+)
+def test_a_large_answer_of_the_wrong_shape_is_never_broadcast_into_the_rows(
+    answer: np.ndarray, shown: str
+) -> None:
+    """The large model answers 2 escalated rows with the wrong row count or trailing dims:
+    before, numpy broadcast one row over all escalated rows (silently wrong answers); now
+    the escalation fails as the large model's fault and the small answer stands."""
+    small = FunctionBackend(lambda inputs: {"probabilities": SMALL.copy()}, name="small")
+    large = FunctionBackend(lambda inputs: {"probabilities": answer}, name="large")
+    told = []
+    c = Cascade(
+        small, large, threshold=0.5,
+        on_escalation_failure=lambda request, response, why: told.append(why),
+    )  # fmt: skip
+    response = c.infer(InferRequest("m", {"x": np.zeros((4, 2), np.float32)}))
+    np.testing.assert_array_equal(response.outputs["probabilities"], SMALL)
+    (decision,) = [s.reason for s in response.trace.spans if s.kind == "decision"]
+    assert "escalation-failed" in decision and "large large:" in decision and shown in decision
+    assert told  # the escalation is reported, not silently dropped
+
+
+def test_a_large_answer_of_the_right_shape_replaces_the_escalated_rows() -> None:
+    answer = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    small = FunctionBackend(lambda inputs: {"probabilities": SMALL.copy()}, name="small")
+    large = FunctionBackend(lambda inputs: {"probabilities": answer}, name="large")
+    response = Cascade(small, large, threshold=0.5).infer(
+        InferRequest("m", {"x": np.zeros((4, 2), np.float32)})
+    )
+    np.testing.assert_array_equal(response.outputs["probabilities"][[1, 3]], answer)
+    np.testing.assert_array_equal(response.outputs["probabilities"][[0, 2]], SMALL[[0, 2]])
+
+
+def test_check_rows_names_the_source_and_shapes() -> None:
+    with pytest.raises(InferenceError, match=r"remote:x: output 'y' has shape \[1, 3\] for 3"):
+        check_rows(np.zeros((1, 3)), 3, output="y", source="remote:x")
+    check_rows(np.zeros((3, 3)), 3, output="y", source="remote:x", like=np.zeros((5, 3)))

@@ -368,7 +368,8 @@ def copied_onnx(path: Path | None, copy: list[Any], *, name: str = "copied") -> 
         "wy": rng.standard_normal((4, 4)), "two": np.array(2.0), "shape": np.array([-1, 4]),
         "axes": np.array([1]), "perm_shape": np.array([4, -1]), "idx": np.array([3, 2, 1, 0]),
         "starts": np.array([0]), "ends": np.array([4]), "reps": np.array([1, 1]),
-        "full": np.array([1, 4]),
+        "full": np.array([1, 4]), "axes2": np.array([2]),
+        "perm": 2 * np.eye(4)[[2, 0, 3, 1]], "eye": np.eye(4), "k1": np.full((1, 1, 1), 3.0),
     }  # fmt: skip
     initializers = [
         numpy_helper.from_array(v.astype(np.int64 if v.dtype.kind == "i" else np.float32), k)
@@ -426,11 +427,41 @@ COPIES = {
     "concat-split": [node("Concat", ["y", "y"], ["cc"], axis=1),
                      node("Split", ["cc"], ["c", "c2"], axis=1, num_outputs=2)],
     "unknown-op": [node("Softsign", ["y"], ["c"])],
+    # "feature" ops that do not mix: each output element is one input element (issue 14)
+    "reduce-mean-over-a-size-1-axis": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                                       node("ReduceMean", ["u"], ["c"], axes=[1], keepdims=0)],
+    "reduce-sum-axes-input-size-1": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                                     node("ReduceSum", ["u", "axes"], ["c"], keepdims=0)],
+    "reduce-sum-noop-empty-axes": [node("ReduceSum", ["y"], ["c"], noop_with_empty_axes=1)],
+    "max-pool-kernel-1": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                          node("MaxPool", ["u"], ["p"], kernel_shape=[1]),
+                          node("Squeeze", ["p", "axes"], ["c"])],
+    "average-pool-padded-border": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                                   node("AveragePool", ["u"], ["p"], kernel_shape=[2],
+                                        pads=[1, 0]),
+                                   node("Squeeze", ["p", "axes"], ["c"])],
+    "global-pool-over-one": [node("Unsqueeze", ["y", "axes2"], ["u"]),
+                             node("GlobalMaxPool", ["u"], ["p"]),
+                             node("Squeeze", ["p", "axes2"], ["c"])],
+    "conv-1x1-one-channel": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                             node("Conv", ["u", "k1"], ["p"]),
+                             node("Squeeze", ["p", "axes"], ["c"])],
+    "matmul-scaled-permutation": [node("MatMul", ["y", "perm"], ["c"])],
+    "gemm-identity-transb": [node("Gemm", ["y", "eye"], ["c"], transB=1)],
+    "matmul-weight-not-constant": [node("Mul", ["y", "two"], ["w"]),
+                                   node("ReduceSum", ["w"], ["s"], keepdims=1),
+                                   node("Mul", ["wy", "s"], ["ws"]),
+                                   node("MatMul", ["y", "ws"], ["c"])],
 }  # fmt: skip
 #: Steps that mix elements through weights: the crossing ``c`` is a feature.
 FEATURES = {
     "matmul": [node("MatMul", ["y", "wy"], ["c"])],
     "gemm-then-reshape": [node("Gemm", ["y", "wy"], ["g"]), node("Reshape", ["g", "shape"], ["c"])],
+    "reduce-mean-over-4": [node("ReduceMean", ["y"], ["c"], axes=[1], keepdims=1)],
+    "reduce-sum-over-all": [node("ReduceSum", ["y"], ["c"], keepdims=1)],
+    "max-pool-kernel-4": [node("Unsqueeze", ["y", "axes"], ["u"]),
+                          node("MaxPool", ["u"], ["p"], kernel_shape=[4]),
+                          node("Squeeze", ["p", "axes"], ["c"])],
 }  # fmt: skip
 
 

@@ -11,9 +11,39 @@ from typing import Any, Self
 
 import numpy as np
 
+from ..errors import InferenceError
 from ..tensors import InferRequest, InferResponse, Span, Trace
 
-__all__ = ["Backend", "FunctionBackend"]
+__all__ = ["Backend", "FunctionBackend", "check_rows"]
+
+
+def check_rows(
+    value: np.ndarray[Any, Any],
+    rows: int,
+    *,
+    output: str,
+    source: str,
+    like: np.ndarray[Any, Any] | None = None,
+    hint: str = "",
+) -> None:
+    """Check an answer before its rows are stitched into another: ``value`` must have
+    ``rows`` rows along axis 0 and, when ``like`` is given, ``like``'s shape after it.
+
+    Raises InferenceError naming ``source`` (the backend or model that answered) and the
+    shapes: the answer is at fault, not the request, so a Fallback may try elsewhere.
+    Without the check, numpy would broadcast one row over all of them (silently wrong).
+    """
+    shape = list(value.shape)
+    if value.ndim == 0 or value.shape[0] != rows:
+        raise InferenceError(
+            f"{source}: output {output!r} has shape {shape} for {rows} input rows, "
+            f"so it is not batched along axis 0{hint}"
+        )
+    if like is not None and value.shape[1:] != like.shape[1:]:
+        raise InferenceError(
+            f"{source}: output {output!r} has shape {shape}, but the rows it replaces "
+            f"have shape {['*', *like.shape[1:]]}{hint}"
+        )
 
 
 class Backend(abc.ABC):

@@ -35,7 +35,7 @@ from ..tensors import (
     numpy_dtype,
 )
 from ..wire.values import utf8_error
-from .base import Backend
+from .base import Backend, check_rows
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
 
 __all__ = [
@@ -164,12 +164,10 @@ class LoadedModel:
         model is at fault, not the request.
         """
         for value, count in zip(values, rows, strict=True):
-            if value.ndim == 0 or value.shape[0] != count:
-                raise InferenceError(
-                    f"output {name!r} of {self.label} has shape {list(value.shape)} for "
-                    f"{count} input rows, so it is not batched along axis 0; set "
-                    "max_batch_size: 0 in its config"
-                )
+            check_rows(
+                value, count, output=name, source=self.label,
+                hint="; set max_batch_size: 0 in its config",
+            )  # fmt: skip
         return np.concatenate(values)
 
     def _call(

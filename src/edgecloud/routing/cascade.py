@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Backend
+from ..backends.base import Backend, check_rows
 from ..errors import ConfigError, EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .confidence import confidence
@@ -133,6 +133,12 @@ class Cascade(Backend):
         )
         try:
             second = self.large.infer(escalation)
+            for key, value in second.outputs.items():
+                if key in first.outputs:
+                    check_rows(
+                        value, int(rows.size), output=key, like=first.outputs[key],
+                        source=f"large {self.large.name}",
+                    )  # fmt: skip
         except EdgecloudError as exc:
             reason = fallback_reason(exc)
             if reason is None:

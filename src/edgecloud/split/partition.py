@@ -24,6 +24,7 @@ through by the tail.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,11 @@ __all__ = [
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 FEATURE_OPS = frozenset({
-    # learned linear maps that mix many elements (with a weight, or two activations)
-    "Conv", "ConvInteger", "ConvTranspose", "QLinearConv", "DeformConv",
+    # learned linear maps that mix many elements (with a constant weight)
+    "Conv", "ConvInteger", "ConvTranspose", "QLinearConv",
     "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm",
     # pooling and reductions: many elements to one
     "AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "MaxRoiPool", "RoiAlign",
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
     "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "ArgMax", "ArgMin",
     # recurrent layers (a learned, mixing state update)
@@ -71,7 +71,38 @@ op edgecloud does not know — is assumed to pass the raw data through, because
 most of them are invertible or leak their input element for element. A cut
 wrongly ruled raw only costs a split under a ``features`` rule; one wrongly
 ruled a feature would send personal data. Only ops that mix many elements
-through learned weights or reduce them are listed here."""
+through learned weights or reduce them are listed here.
+
+Being listed is not enough: a node of these ops counts as a feature only when
+every output element provably combines more than one input element
+(:func:`_mixes`), from the static shapes shape inference gives and the values
+of constant weights. Otherwise it is a copy (fail closed), as
+
+- a reduction whose reduced axes have a product of sizes of 1 (``ReduceMean``
+  over the channel of mono audio ``[N, 1, T]`` returns the audio; an unknown
+  size counts as 1), with axes computed at run time, or with empty axes and
+  ``noop_with_empty_axes=1``; a global pool over one position;
+- a pool whose window, after padding and ``ceil_mode``, may cover only one
+  position (a 1x1 kernel);
+- Conv/ConvInteger/QLinearConv, MatMul/Gemm/MatMulInteger/QLinearMatMul and
+  LSTM/GRU/RNN whose constant weight (less its zero point) has an output
+  element with fewer than two non-zero weights over the contracted extent (an
+  identity, a permutation or a scaled selection; a 1x1 kernel on one channel;
+  for a padded Conv, among the taps a border window keeps inside the data),
+  and any of them whose weight is computed at run time (not provably mixing; a
+  weight computed from initializers alone, as the ``DequantizeLinear`` of a QDQ
+  model, is folded and checked);
+  a ConvTranspose counts only its mixing across input channels (a border output
+  receives one tap per axis);
+- DeformConv, RoiAlign and MaxRoiPool (learned offsets or regions may sample a
+  single element) are not listed at all.
+
+Only ArgMax/ArgMin (indices) and Shape/Size (dimensions) always count.
+
+This rule keeps raw data, and exact or scaled copies of it, from leaving the
+device; it does not make every feature non-invertible: the output of a learned
+linear layer may still be inverted by someone who holds its weights (a square,
+full-rank MatMul is invertible), and a server that runs the tail holds them."""
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8}
 
@@ -201,6 +232,7 @@ def cut_points(model: Any) -> list[CutPoint]:
     graph = loaded.graph
     sizes = _sizes(loaded)
     constants = _constants(graph)
+    facts = _Facts(loaded, constants)
     nodes = [n for n in graph.node if not all(o in constants for o in n.output)]
     outputs = {o.name for o in graph.output}
     raw = {i.name for i in graph.input if i.name not in constants}
@@ -209,10 +241,12 @@ def cut_points(model: Any) -> list[CutPoint]:
         for name in uses(node):
             if name not in constants:
                 last_use[name] = position
-    # Raw data is what a graph input reaches through copying (non-FEATURE_OPS) ops only.
+    # Raw data is what a graph input reaches through copying ops only: those not in
+    # FEATURE_OPS, and those in it that do not provably mix (see _mixes).
     copies = set(raw)
     for node in nodes:
-        if node.op_type not in FEATURE_OPS and any(name in copies for name in uses(node)):
+        mixes = node.op_type in FEATURE_OPS and _mixes(node, facts)
+        if not mixes and any(name in copies for name in uses(node)):
             copies.update(node.output)
     produced_at = {i.name: -1 for i in graph.input if i.name not in constants}
     for position, node in enumerate(nodes):
@@ -382,3 +416,269 @@ def _max_difference(have: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> f
     if not finite.any():
         return 0.0
     return float(np.abs(have[finite].astype(np.float64) - want[finite]).max())
+
+
+# --- when does a FEATURE_OPS node provably mix its input? -----------------------------------
+
+_REDUCTIONS = frozenset({
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare",
+})  # fmt: skip
+_POOLS = frozenset({"AveragePool", "MaxPool", "LpPool"})
+_GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+# op -> (index of the weight input, index of its zero point or None)
+_CONVS = {"Conv": (1, None), "ConvInteger": (1, 3), "QLinearConv": (3, 5)}
+_MATMULS = {
+    "MatMul": (1, None),
+    "Gemm": (1, None),
+    "MatMulInteger": (1, 3),
+    "QLinearMatMul": (3, 5),
+}
+
+
+class _Facts:
+    """What :func:`_mixes` may know about a model: static shapes (``None`` for an unknown
+    dimension) and, on demand, the values of constant tensors."""
+
+    def __init__(self, model: Any, constants: set[str]) -> None:
+        graph = model.graph
+        self.model = model
+        self.constants = constants
+        self.shapes: dict[str, tuple[int | None, ...]] = {}
+        for info in [*graph.value_info, *graph.input, *graph.output]:
+            tensor = info.type.tensor_type
+            if tensor.HasField("shape"):
+                self.shapes[info.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+                )
+        self._initializers = {i.name: i for i in graph.initializer}
+        self._values: dict[str, np.ndarray[Any, Any] | None] = {}
+
+    def value(self, name: str) -> np.ndarray[Any, Any] | None:
+        """The value of ``name`` when it is constant: an initializer, or computed from
+        initializers alone (a ``Constant``, a ``DequantizeLinear`` of int8 weights in a QDQ
+        model…), folded once with onnxruntime. ``None`` otherwise, or when
+        folding fails (then the caller fails closed)."""
+        if not name or name not in self.constants:
+            return None
+        if name not in self._values:
+            self._values[name] = self._fold(name)
+        return self._values[name]
+
+    def _fold(self, name: str) -> np.ndarray[Any, Any] | None:
+        onnx = require("onnx", extra="compress", feature="model partitioning")
+        if name in self._initializers:
+            return np.asarray(onnx.numpy_helper.to_array(self._initializers[name]))
+        try:
+            import onnxruntime as ort
+
+            part = _part(self.model, [], [name], "weight")
+            session = ort.InferenceSession(
+                part.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+            (value,) = session.run(None, {})
+        except Exception:  # any failure to fold: not provably constant, fail closed
+            return None
+        return np.asarray(value)
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    onnx = require("onnx", extra="compress", feature="model partitioning")
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def _input(node: Any, index: int) -> str:
+    return node.input[index] if len(node.input) > index else ""
+
+
+def _known_product(dims: Any) -> int:
+    """Product of the static sizes among ``dims``. An unknown size counts as 1: a
+    non-empty tensor has at least one element along it, so a product > 1 is proven
+    mixing whatever the unknown sizes are (and an empty tensor leaks nothing)."""
+    total = 1
+    for d in dims:
+        if d is not None and d > 0:
+            total *= int(d)
+    return total
+
+
+def _mixes(node: Any, facts: _Facts) -> bool:
+    """Whether every output element of FEATURE_OPS ``node`` provably combines more than
+    one input element (see :data:`FEATURE_OPS`). Unknown shapes or weights: ``False``."""
+    op = node.op_type
+    if op in {"Shape", "Size", "ArgMax", "ArgMin"}:
+        return True  # dimensions or indices: never the data's values
+    if op in _REDUCTIONS:
+        return _reduction_mixes(node, facts)
+    if op in _POOLS:
+        return _window_taps(node, facts) > 1
+    if op in _GLOBAL_POOLS:
+        shape = facts.shapes.get(_input(node, 0))
+        return shape is not None and len(shape) >= 3 and _known_product(shape[2:]) > 1
+    if op in _CONVS:
+        return _conv_mixes(node, facts)
+    if op == "ConvTranspose":
+        return _conv_transpose_mixes(node, facts)
+    if op in _MATMULS:
+        return _matmul_mixes(node, facts)
+    if op in {"LSTM", "GRU", "RNN"}:
+        # W: [directions, gates x hidden, input_size]: each gate mixes input_size elements.
+        weight = facts.value(_input(node, 1))
+        return weight is not None and _rows_mix(weight.reshape(-1, weight.shape[-1]))
+    return False
+
+
+def _reduction_mixes(node: Any, facts: _Facts) -> bool:
+    shape = facts.shapes.get(_input(node, 0))
+    if shape is None:
+        return False
+    axes_input = _input(node, 1)
+    if axes_input:
+        value = facts.value(axes_input)
+        if value is None:
+            return False  # axes computed at run time: not provably mixing
+        axes = [int(a) for a in value.reshape(-1)]
+    else:
+        axes = list(_attr(node, "axes", []))
+    if not axes:
+        if _attr(node, "noop_with_empty_axes", 0):
+            return False  # the identity
+        axes = list(range(len(shape)))
+    try:
+        return _known_product(shape[a] for a in axes) > 1
+    except IndexError:
+        return False  # an axis out of range: onnxruntime refuses the model anyway
+
+
+def _clips(node: Any, kernel: list[int]) -> list[tuple[int, int]]:
+    """Per spatial axis, the kernel taps a window may lose to padding at the begin and at
+    the end: ``ceil(pad / dilation)``; ``ceil_mode`` pads the end by up to ``stride - 1``;
+    a ``SAME`` pad is at most half the extent less one, rounded up."""
+    rank = len(kernel)
+    strides = list(_attr(node, "strides", [1] * rank))
+    dilations = list(_attr(node, "dilations", [1] * rank))
+    pads = list(_attr(node, "pads", [0] * 2 * rank))
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    ceil_mode = int(_attr(node, "ceil_mode", 0))
+    clips = []
+    for axis, k in enumerate(kernel):
+        extent = (k - 1) * dilations[axis] + 1
+        if auto_pad.startswith("SAME"):
+            begin = end = -(-(extent - 1) // 2)
+        else:
+            begin, end = pads[axis], pads[axis + rank]
+        if ceil_mode:
+            end += strides[axis] - 1  # the last window may hang over the end
+        clips.append((-(-begin // dilations[axis]), -(-end // dilations[axis])))
+    return clips
+
+
+def _tap_ranges(node: Any, facts: _Facts, kernel: list[int]) -> list[list[tuple[int, int]]]:
+    """Per spatial axis, the smallest ranges ``[lo, hi)`` of kernel taps a window may
+    keep inside the data: clipped at the begin, at the end, and — when the input along
+    that axis is unknown or shorter than the kernel's extent — at both."""
+    shape = facts.shapes.get(_input(node, 0))
+    rank = len(kernel)
+    dilations = list(_attr(node, "dilations", [1] * rank))
+    ranges = []
+    for axis, ((begin, end), k) in enumerate(zip(_clips(node, kernel), kernel, strict=True)):
+        extent = (k - 1) * dilations[axis] + 1
+        size = shape[2 + axis] if shape is not None and len(shape) == 2 + rank else None
+        options = [(min(begin, k), k), (0, max(k - end, 0))]
+        if (begin or end) and (size is None or size < extent):
+            options.append((min(begin, k), max(k - end, min(begin, k))))
+        ranges.append(options)
+    return ranges
+
+
+def _window_taps(node: Any, facts: _Facts) -> int:
+    """Fewest input positions one pool window covers, padding and ``ceil_mode`` taken
+    into account."""
+    kernel = [int(k) for k in _attr(node, "kernel_shape", [])]
+    if not kernel:
+        return 0
+    taps = 1
+    for options in _tap_ranges(node, facts, kernel):
+        taps *= min(hi - lo for lo, hi in options)
+    return taps
+
+
+def _weight(
+    node: Any, facts: _Facts, index: int, zero_index: int | None, channel_axis: int | None
+) -> Any:
+    """The constant weight with its zero point subtracted (``None`` if not constant, or
+    its zero point is per channel along an axis other than ``channel_axis``)."""
+    weight = facts.value(_input(node, index))
+    if weight is None:
+        return None
+    if zero_index is not None and _input(node, zero_index):
+        zero = facts.value(_input(node, zero_index))
+        if zero is None:
+            return None
+        if zero.size > 1:  # per output channel
+            if channel_axis is None:
+                return None
+            shape = [1] * weight.ndim
+            shape[channel_axis] = -1
+            zero = zero.reshape(shape)
+        return weight.astype(np.int64) - zero.astype(np.int64)
+    return weight
+
+
+def _rows_mix(matrix: np.ndarray[Any, Any]) -> bool:
+    """Every row has at least two non-zero entries: each output element is a combination
+    of at least two input elements, not a (scaled) copy of one or a constant."""
+    return bool(matrix.size) and bool((np.count_nonzero(matrix, axis=-1) >= 2).all())
+
+
+def _conv_mixes(node: Any, facts: _Facts) -> bool:
+    """W: [M, C/group, k1, k2, …]. Every output channel needs two non-zero weights among
+    the taps that stay inside the data, for every way padding may clip a window."""
+    weight_index, zero_index = _CONVS[node.op_type]
+    weight = _weight(node, facts, weight_index, zero_index, 0)
+    if weight is None or weight.ndim < 3:
+        return False  # a weight computed at run time: not provably mixing
+    kernel = [int(d) for d in weight.shape[2:]]
+    for box in itertools.product(*_tap_ranges(node, facts, kernel)):
+        kept = weight[(slice(None), slice(None), *(slice(lo, hi) for lo, hi in box))]
+        if not _rows_mix(kept.reshape(weight.shape[0], -1)):
+            return False
+    return True
+
+
+def _conv_transpose_mixes(node: Any, facts: _Facts) -> bool:
+    """W: [C, M/group, k…]. A border output may receive a single tap per axis, so only
+    mixing over input channels counts: each (output channel, tap) needs two non-zero
+    weights across the C/group input channels."""
+    weight = _weight(node, facts, 1, None, None)
+    if weight is None or weight.ndim < 3:
+        return False
+    group = int(_attr(node, "group", 1))
+    per_group = weight.reshape(group, weight.shape[0] // group, -1)  # [g, C/g, M/g x taps]
+    return all(_rows_mix(block.T) for block in per_group)
+
+
+def _matmul_mixes(node: Any, facts: _Facts) -> bool:
+    """The contracted axis of a constant operand must hold two non-zero weights for every
+    output element. A product of two run-time tensors is not provably mixing."""
+    weight_index, zero_index = _MATMULS[node.op_type]
+    right = _weight(node, facts, weight_index, zero_index, -1)
+    if right is not None and right.ndim == 1 and node.op_type != "Gemm":
+        right = right[:, None]  # a vector: one output column
+    if right is not None and right.ndim >= 2:
+        if node.op_type == "Gemm" and _attr(node, "transB", 0):
+            right = right.T
+        return _rows_mix(np.swapaxes(right, -1, -2))  # columns of B over K
+    left_zero = {"MatMulInteger": 2, "QLinearMatMul": 2}.get(node.op_type)
+    left = _weight(node, facts, 0, left_zero, None)
+    if left is not None and left.ndim == 1 and node.op_type != "Gemm":
+        left = left[None, :]
+    if left is not None and left.ndim >= 2:
+        if node.op_type == "Gemm" and _attr(node, "transA", 0):
+            left = left.T
+        return _rows_mix(left)  # rows of A over K
+    return False
