@@ -485,14 +485,29 @@ class InputValidator:
         The common case (everything right) costs a few hundred nanoseconds; any
         mismatch falls through to the slow path that builds the message.
         """
+        return self.check(inputs)[0]
+
+    def check(
+        self, inputs: Mapping[str, np.ndarray[Any, Any]]
+    ) -> tuple[int, Mapping[str, np.ndarray[Any, Any]]]:
+        """:meth:`validate`, plus the inputs as a runtime must read them: an
+        array in the other byte order of its declared type (``>f4`` for FP32,
+        accepted as the wire accepts it) converted to the machine's, values
+        unchanged — onnxruntime reads every buffer as native (a big-endian 1.5
+        became 6.9e-41). Only that slow path copies; otherwise ``inputs`` itself.
+        """
         if inputs.keys() != self._names:
             self._raise_for_names(inputs)
         batched = self.max_batch_size > 0
         batch = -1
+        converted: dict[str, np.ndarray[Any, Any]] | None = None
         for name, dtype, rank, fixed in self._plan:
             array = inputs[name]
             if type(array) is not np.ndarray or array.dtype != dtype:
                 self._check_array(name, array)
+                if not array.dtype.isnative:
+                    converted = dict(inputs) if converted is None else converted
+                    converted[name] = array = array.astype(array.dtype.newbyteorder("="))
             shape = array.shape
             if len(shape) != rank:
                 self._check_shape(name, shape)
@@ -510,7 +525,7 @@ class InputValidator:
                 batch = shape[0]
         for name, spec in self._domains:
             _check_domain(self.model, spec, inputs[name])
-        return batch if batch >= 0 else 1
+        return (batch if batch >= 0 else 1), (inputs if converted is None else converted)
 
     def _check_empty(self, name: str, shape: tuple[int, ...]) -> None:
         """Zero-size tensors: only an empty batch (0 rows of a batched model) is legal.

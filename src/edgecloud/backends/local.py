@@ -101,6 +101,17 @@ class LoadedModel:
         ``"b'hello'"``) and returns ``str``: inputs are decoded as UTF-8 (other
         bytes are a TensorValueError) and outputs encoded back.
         """
+        if (
+            not self.strings
+            and not outputs
+            and batch > 0
+            and (batch <= self.limit or self.limit <= 0)
+        ):
+            try:
+                values = self._run(self.output_names, inputs, None)
+            except Exception as exc:  # onnxruntime's exception types are not exported
+                raise self._failure(exc) from exc
+            return dict(zip(self.output_names, values))  # noqa: B905 (one per name, in order)
         if batch == 0 and self.limit > 0:
             return self._empty_batch(outputs)
         if not self.strings:
@@ -369,10 +380,7 @@ class LocalBackend(Backend):
         loaded = self._latest.get(request.model) if request.version is None else None
         if loaded is None:
             loaded = self.load(request.model, request.version)
-        batch = loaded.validator.validate(request.inputs)
-        inputs = request.inputs
-        if not all(a.dtype.isnative for a in inputs.values()):
-            inputs = _native(inputs)
+        batch, inputs = loaded.validator.check(request.inputs)
         start = _clock()
         outputs = loaded.run(inputs, request.outputs, batch)
         elapsed = _clock() - start
@@ -414,18 +422,6 @@ def _fast_run(
     inner = getattr(session, "_sess", None)
     run = getattr(inner, "run", None)
     return run if callable(run) else session.run  # type: ignore[no-any-return]
-
-
-def _native(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
-    """Inputs in the machine's byte order (``>f4`` -> ``float32``), values unchanged.
-
-    onnxruntime reads the buffer as native (a big-endian ``>f4`` 1.5 became
-    6.9e-41); InputValidator accepts either byte order of the declared type,
-    as the wire does (RemoteBackend sends little-endian).
-    """
-    return {
-        k: a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for k, a in inputs.items()
-    }
 
 
 def _as_text(inputs: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
