@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from ._config_files import checked_path, path_error
 from .errors import ConfigError
-from .routing.outbox_store import COUNTERS
+from .routing import outbox_store as store
 
 __all__ = ["OutboxReport", "read_outbox"]
 
@@ -73,17 +73,9 @@ def _report(db: sqlite3.Connection, path: Path) -> OutboxReport:
         raise ConfigError(
             f"outbox {path} is corrupt ({problem}); opening it from the app moves it aside"
         )
-    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-    stats = {
-        "pending": int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0]),
-        "dead_letters": int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]),
-        **{k: int(counters.get(k, 0)) for k in COUNTERS},
-    }
+    stats = store.stats(db)
     columns = {r[1] for r in db.execute("PRAGMA table_info(dead_letters)")}
     reason = "coalesce(reason, 'rejected')" if "reason" in columns else "'rejected'"
     reasons = dict(db.execute(f"SELECT {reason}, COUNT(*) FROM dead_letters GROUP BY 1"))
-    quarantines: list[tuple[float, str, str]] = []
-    if "quarantines" in tables:
-        rows = db.execute("SELECT at, path, error FROM quarantines ORDER BY at").fetchall()
-        quarantines = [(float(at), str(p), str(e)) for at, p, e in rows]
+    quarantines = store.quarantines(db) if "quarantines" in tables else []
     return OutboxReport(stats, {str(k): int(v) for k, v in reasons.items()}, quarantines)

@@ -154,7 +154,7 @@ from ..wire.fingerprint import binding
 from ..wire.rest import decode_request, encode_request
 from . import outbox_store as store
 from .fallback import fallback_reason
-from .outbox_store import COUNTERS, OutboxStorageError
+from .outbox_store import OutboxStorageError
 from .resilience import Backoff
 
 __all__ = [
@@ -455,20 +455,12 @@ class Outbox:
     def quarantines(self) -> list[tuple[float, str, str]]:
         """Corrupt files this outbox moved aside: (wall time, path, what was wrong)."""
         with self._reading("list quarantines") as db:
-            rows = db.execute("SELECT at, path, error FROM quarantines ORDER BY at").fetchall()
-        return [(float(at), str(path), str(error)) for at, path, error in rows]
+            return store.quarantines(db)
 
     def stats(self) -> dict[str, int]:
         """Pending items, dead letters held, and the counters of what happened."""
         with self._reading("read counters") as db:
-            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-            dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-            pending = store.count(db)
-        return {
-            "pending": pending,
-            "dead_letters": dead,
-            **{k: int(counters.get(k, 0)) for k in COUNTERS},
-        }
+            return store.stats(db)
 
     # -- delivering ------------------------------------------------------------
 

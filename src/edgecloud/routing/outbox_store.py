@@ -466,6 +466,22 @@ def drop_oldest(db: sqlite3.Connection, excess: int) -> None:
     bump(db, "dropped", excess)
 
 
+def stats(db: sqlite3.Connection) -> dict[str, int]:
+    """Pending items, dead letters held, and the counters (``COUNTERS``) of what happened;
+    shared by :meth:`Outbox.stats` and the read-only ``edgecloud outbox`` report."""
+    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+    return {"pending": count(db), "dead_letters": dead} | {
+        k: int(counters.get(k, 0)) for k in COUNTERS
+    }
+
+
+def quarantines(db: sqlite3.Connection) -> list[tuple[float, str, str]]:
+    """Damaged files moved or copied aside: (wall time, path, what was wrong), oldest first."""
+    rows = db.execute("SELECT at, path, error FROM quarantines ORDER BY at").fetchall()
+    return [(float(at), str(path), str(error)) for at, path, error in rows]
+
+
 def count(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
