@@ -183,9 +183,14 @@ def import_model(
     The version is checked by running it (its samples, else zeros) before
     anyone sees it; a model that fails, or gives NaN/Inf, is not added.
     """
+    import onnxruntime as ort
+
     from .importing import import_onnx
 
     checked_path(repo, "directory", "model repository", may_be_missing=True)
+    # A model that fails on its samples is reported in one line below, not also
+    # in onnxruntime's own multi-line log on stderr (severity 4: fatal only).
+    ort.set_default_logger_severity(4)
     imported = import_onnx(
         ModelRepository(repo),
         model_file,
