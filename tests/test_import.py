@@ -75,6 +75,20 @@ def failing_onnx(path: Path) -> Path:
     return path
 
 
+def fixed_row_onnx(path: Path) -> Path:
+    """y = x; x, y: FP32 [1, 4]: exactly one row, no batch dimension to speak of."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     """Models, samples and labels files in one directory."""
@@ -244,14 +258,19 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
     (files / "dir.onnx").mkdir()
     (files / "blank.txt").write_text("cat\n\nbird\n")
     (files / "two.txt").write_text("cat\ndog\n")
+    fixed_row_onnx(files / "fixed.onnx")
     return {
+        "fixed batch": (
+            [files / "fixed.onnx", "--name", "fresh", "--max-batch-size", "4"],
+            ["input 'x' has fixed leading dimension 1", "--max-batch-size 0"],
+        ),
         "fails on samples": (
             [files / "failing.onnx", "--name", "fresh", "--samples", files / "three.npz"],
             ["'fresh' version 1 fails on its samples", "three.npz"],
         ),
         "NaN outputs": (
             [files / "nonfinite.onnx", "--name", "fresh", "--samples", files / "nan.npz"],
-            ["non-finite values (NaN or Inf) in output 'y'", "nan.npz"],
+            ["nan.npz gives non-finite values (NaN or Inf) in output 'y'"],
         ),
         "not ONNX": ([files / "notonnx.onnx", "--name", "fresh"], ["notonnx.onnx"]),
         "missing file": ([files / "absent.onnx", "--name", "fresh"], ["does not exist"]),
@@ -285,6 +304,7 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
 
 
 REFUSALS = [
+    "fixed batch",
     "fails on samples", "NaN outputs", "not ONNX", "missing file", "directory",
     "missing samples", "samples dir", "labels count", "blank label", "missing labels",
     "other graph", "bad name",
@@ -362,3 +382,21 @@ def test_readme_import_block_runs(files: Path) -> None:
     assert expected is not None and result.stdout.strip() == expected.group(1)
     config = yaml.safe_load((files / "model-repo" / "my-model" / "config.yaml").read_text())
     assert config["labels"] == ["cat", "dog", "bird"]
+
+
+def test_samples_run_max_batch_size_rows_at_a_time_and_domains_survive(files: Path) -> None:
+    """20 rows through a model of max_batch_size 8; a re-import keeps the config's
+    declared value domains (the graph cannot say them, so they are not compared)."""
+    from edgecloud.importing import import_onnx
+
+    repo = ModelRepository(files / "repo")
+    config = affine_config("mine", max_batch_size=8)
+    spec = config.inputs[0].model_copy(update={"min_value": -10.0, "max_value": 10.0})
+    repo.add_version(
+        "mine", files / "affine.onnx", config=config.model_copy(update={"inputs": [spec]})
+    )
+    np.savez(files / "many.npz", x=np.ones((20, 4), np.float32))
+    imported = import_onnx(repo, files / "affine.onnx", "mine", samples=files / "many.npz")
+    assert imported.rows == 20 and imported.version.version == 2
+    assert repo.config("mine").inputs[0].max_value == 10.0
+    assert data_for(imported.version).rows == 20

@@ -11,6 +11,7 @@ Any failure rolls the transaction back: the repository is as before.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,16 +122,12 @@ def _config(
         if max_batch_size is not None
         else (existing.max_batch_size if existing else 0)
     )
-    inferred = config_from_onnx(model, name, max_batch_size=batch)
-    if not inferred.inputs or not inferred.outputs:
+    full = config_from_onnx(model, name)
+    if not full.inputs or not full.outputs:
         raise ConfigError(f"model file {model}: the graph declares no inputs or no outputs")
+    inferred = _batched(full, batch, model) if batch > 0 else full
     if existing is not None:
-        same = (existing.inputs, existing.outputs, existing.max_batch_size) == (
-            inferred.inputs,
-            inferred.outputs,
-            inferred.max_batch_size,
-        )
-        if not same:
+        if _signature(existing) != _signature(inferred):
             raise ConfigError(
                 f"model file {model} does not match model {name!r} in {repo.root}: its "
                 f"versions take {_signature(existing)}, this graph {_signature(inferred)}; "
@@ -141,6 +138,30 @@ def _config(
         _check_labels(inferred, labels)
         inferred = inferred.model_copy(update={"labels": labels})
     return inferred
+
+
+def _batched(full: ModelConfig, max_batch_size: int, model: Path) -> ModelConfig:
+    """``full`` with the leading (batch) dimension dropped from every tensor.
+
+    Every input's leading graph dimension must be symbolic: a graph declared
+    for exactly 1 row (``[1, 4]``) cannot take a batch of 8, and a scalar has
+    no batch dimension. Outputs may have a fixed one (a whole-run output).
+    """
+    for spec in full.inputs:
+        if not spec.shape or spec.shape[0] != -1:
+            lead = f"fixed leading dimension {spec.shape[0]}" if spec.shape else "no dimensions"
+            raise ConfigError(
+                f"model file {model}: input {spec.name!r} has {lead} "
+                f"(shape {list(spec.shape)}), so the graph cannot take a batch of "
+                f"{max_batch_size}; import it with --max-batch-size 0"
+            )
+    return full.model_copy(
+        update={
+            "max_batch_size": max_batch_size,
+            "inputs": [s.model_copy(update={"shape": s.shape[1:]}) for s in full.inputs],
+            "outputs": [s.model_copy(update={"shape": s.shape[1:]}) for s in full.outputs],
+        }
+    )
 
 
 def _signature(config: ModelConfig) -> str:
@@ -170,19 +191,33 @@ def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples |
         local.load(version.name, version.version)  # loads, checks the config, warms up
         if samples is None:
             return
-        request = InferRequest(version.name, samples.inputs, version=str(version.version))
-        try:
-            outputs = local.infer(request).outputs
-        except EdgecloudError as exc:
-            raise ModelLoadError(
-                f"{label} fails on its samples {samples.source}: {exc.message}"
-            ) from exc
+        # A batched model runs max_batch_size rows at a time, as the server would
+        # call it; an unbatched model's samples are one request.
+        step = version.config.max_batch_size or samples.rows
+        for start in range(0, samples.rows, step):
+            chunk = (
+                {k: v[start : start + step] for k, v in samples.inputs.items()}
+                if version.config.batched
+                else samples.inputs
+            )
+            request = InferRequest(version.name, chunk, version=str(version.version))
+            try:
+                outputs = local.infer(request).outputs
+            except EdgecloudError as exc:
+                raise ModelLoadError(
+                    f"{label} fails on its samples {samples.source}: {exc.message}"
+                ) from exc
+            _check_outputs(version, outputs, f"{label} on its samples {samples.source}")
+
+
+def _check_outputs(version: ModelVersion, outputs: Mapping[str, Any], where: str) -> None:
+    """Every floating-point output finite; the labels fit the first output."""
     for output, array in outputs.items():
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             raise ModelLoadError(
-                f"{label} gives non-finite values (NaN or Inf) in output {output!r} "
-                f"on its samples {samples.source} ({bad} of {array.size} values); not imported"
+                f"{where} gives non-finite values (NaN or Inf) in output {output!r} "
+                f"({bad} of {array.size} values); not imported"
             )
     first = version.config.outputs[0]
     labels = version.config.labels
@@ -190,5 +225,5 @@ def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples |
     if labels is not None and got.ndim and got.shape[-1] != len(labels):
         raise ConfigError(
             f"{len(labels)} labels given, but output {first.name!r} has {got.shape[-1]} "
-            f"entries in its last dimension on the samples; give one label per entry"
+            f"entries in its last dimension ({where}); give one label per entry"
         )
