@@ -400,3 +400,24 @@ def test_samples_run_max_batch_size_rows_at_a_time_and_domains_survive(files: Pa
     assert imported.rows == 20 and imported.version.version == 2
     assert repo.config("mine").inputs[0].max_value == 10.0
     assert data_for(imported.version).rows == 20
+
+
+def test_killed_during_the_check_leaves_nothing_visible(files: Path, repo_with_one: Path) -> None:
+    """SIGKILL after the version is written, before its samples ran: other processes
+    never see it, and the next reader rolls it back to the tree as before."""
+    before = tree_hash(repo_with_one)
+    env = {
+        "EDGECLOUD_TEST_KILL_AFTER_VERSIONS": "1",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    for name in ("mine", "fresh"):
+        result = subprocess.run(
+            [sys.executable, "-m", "edgecloud.cli", "import", files / "affine.onnx", "--name",
+             name, "--samples", files / "samples.npz", "--repo", repo_with_one],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert result.returncode == -9, result.stderr
+        repository = ModelRepository(repo_with_one)
+        assert repository.model_names() == ["mine"] and repository.versions("mine") == [1]
+        assert [s.name for s in repository.status()] == ["mine"]  # rolls the record back
+        assert tree_hash(repo_with_one) == before
