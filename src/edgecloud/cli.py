@@ -180,8 +180,9 @@ def import_model(
 ) -> None:
     """Add an ONNX model as a new version, its config inferred from the graph.
 
-    The version is checked by running it (its samples, else zeros) before
-    anyone sees it; a model that fails, or gives NaN/Inf, is not added.
+    Before anyone sees the version, every sample row is run through it; a
+    model that fails on its samples, or gives NaN/Inf, is not added. Without
+    --samples it is only loaded and warmed up on zeros (the output says so).
     """
     import onnxruntime as ort
 
