@@ -145,6 +145,78 @@ def infer(
         print_response(response, loaded.entry.config.labels)
 
 
+@app.command("import")
+def import_model(
+    model_file: Annotated[
+        Path, typer.Argument(metavar="MODEL.onnx", help="The ONNX model file to add.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Model name in the repository.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Text file of class names, one per line, one per entry of the first "
+            "output's last dimension.",
+        ),
+    ] = None,
+    samples: Annotated[
+        Path | None,
+        typer.Option(
+            "--samples",
+            help=".npz of inputs by name (and optional 'labels', one per row): run before "
+            "the version is added, then stored with it as samples.npz.",
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-size",
+            min=0,
+            help="0: no batching (shapes are full); N>0: the leading dimension is the "
+            "batch and rows are independent. Default: 0, or the model's for a new version.",
+        ),
+    ] = None,
+    repo: RepoOption = DEFAULT_REPO,
+) -> None:
+    """Add an ONNX model as a new version, its config inferred from the graph.
+
+    Before anyone sees the version, every sample row is run through it; a
+    model that fails on its samples, or gives NaN/Inf, is not added. Without
+    --samples it is only loaded and warmed up on zeros (the output says so).
+    """
+    import onnxruntime as ort
+
+    from .importing import import_onnx
+
+    checked_path(repo, "directory", "model repository", may_be_missing=True)
+    # A model that fails on its samples is reported in one line below, not also
+    # in onnxruntime's own multi-line log on stderr (severity 4: fatal only).
+    ort.set_default_logger_severity(4)
+    imported = import_onnx(
+        ModelRepository(repo),
+        model_file,
+        name,
+        labels=labels,
+        samples=samples,
+        max_batch_size=max_batch_size,
+    )
+    entry = imported.version
+    config = entry.config
+    checked = (
+        f"ran {_count(imported.rows, 'sample row')}"
+        if imported.rows
+        else "no samples given: loaded and warmed up on zeros only (pass --samples FILE.npz)"
+    )
+    tensors = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in config.inputs)
+    outputs = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in config.outputs)
+    console.print(
+        f"imported {escape(entry.name)} version {entry.version}: inputs {escape(tensors)} -> "
+        f"outputs {escape(outputs)}; {checked}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(

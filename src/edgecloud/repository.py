@@ -7,6 +7,7 @@
         config.yaml            ModelConfig: inputs, outputs, labels, batching, policy
         1/
           model.onnx
+          samples.npz          optional: sample inputs (+ labels), see edgecloud.samples
           version.json         sha256 of every file in the version, metadata
         2/ ...
 
@@ -37,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -63,6 +65,7 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "version.json"
 MODEL_FILE = "model.onnx"
+SAMPLES_FILE = "samples.npz"
 PENDING_DIR = ".pending"
 
 
@@ -327,17 +330,41 @@ class ModelRepository:
         extra_files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
         metadata: Mapping[str, Any] | None = None,
         version: int | None = None,
+        samples: str | os.PathLike[str] | None = None,
     ) -> ModelVersion:
         """Add a version atomically: written to a temporary directory, then renamed.
 
         ``config`` (re)writes the model's config; it is required for a new model
-        (see :func:`config_from_onnx`). Returns the verified new version.
+        (see :func:`config_from_onnx`). ``samples``: a ``.npz`` of inputs (and
+        optional ``labels``) stored as ``samples.npz`` in the version (also
+        accepted through ``extra_files``); it is checked against the config
+        (:func:`edgecloud.samples.load_samples`, ConfigError naming the file)
+        before the version appears. Returns the verified new version.
         """
         model_dir = self.root / name
         if config is not None and config.name != name:
             raise ConfigError(f"config names the model {config.name!r} but it is added as {name!r}")
         if config is None and not (model_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"model {name!r} is new: pass a config (see config_from_onnx)")
+        files: dict[str, str | os.PathLike[str] | bytes] = {
+            MODEL_FILE: model,
+            **(extra_files or {}),
+        }
+        if samples is not None:
+            if SAMPLES_FILE in files:
+                raise ConfigError("pass the samples either as samples= or in extra_files, not both")
+            files[SAMPLES_FILE] = samples
+        source = files.get(SAMPLES_FILE)
+        if source is not None:  # checked before anything is written; errors name the file
+            from .samples import load_samples
+
+            with contextlib.ExitStack() as stack:
+                if isinstance(source, bytes):
+                    held = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".npz"))
+                    held.write(source)
+                    held.flush()
+                    source = held.name
+                load_samples(source, config or self.config(name))
         with self.transaction() as journal:
             number = version
             if number is None:
@@ -346,7 +373,6 @@ class ModelRepository:
                 raise ConfigError(f"model {name!r} already has version {number}")
             journal.record(name, number, config_file=config is not None)
             model_dir.mkdir(parents=True, exist_ok=True)
-            files = {MODEL_FILE: model, **(extra_files or {})}
             # mkdir (not mkdtemp, which makes 0700 directories): the version gets the
             # umask's permissions, so a service account can serve what a user built.
             staging = model_dir / f".staging-{uuid.uuid4().hex}"

@@ -1,0 +1,229 @@
+"""``edgecloud import``: add your own ONNX model to a repository, checked by running it.
+
+The config is inferred from the graph (:func:`~edgecloud.repository.config_from_onnx`);
+the version is added inside a repository transaction, so other processes do
+not see it until it has run: with ``samples`` every row is run through
+:class:`~edgecloud.backends.local.LocalBackend` and every floating-point
+output must be finite; without, the model is loaded and warmed up on zeros.
+Any failure rolls the transaction back: the repository is as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._config_files import checked_path, path_error
+from .backends.local import LocalBackend
+from .errors import ConfigError, EdgecloudError, ModelLoadError, ModelNotFoundError
+from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_onnx
+from .samples import Samples, load_samples
+from .tensors import InferRequest
+
+__all__ = ["Imported", "import_onnx", "read_labels"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What :func:`import_onnx` added."""
+
+    version: ModelVersion
+    rows: int
+    """Sample rows run to check the model; 0 when no samples were given."""
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names from a text file, one per line (a final newline is optional).
+
+    ConfigError naming the file when it is missing, not UTF-8, empty, or has a
+    blank line (a stray one would shift every name after it).
+    """
+    checked_path(path, "file", "labels file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise path_error(path, "file", "labels file", exc) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"labels file {path} is not UTF-8 text; one label per line") from exc
+    labels = text.removesuffix("\n").split("\n") if text else []
+    labels = [label.removesuffix("\r") for label in labels]
+    if not labels:
+        raise ConfigError(f"labels file {path} is empty; one label per line")
+    blank = [i + 1 for i, label in enumerate(labels) if not label.strip()]
+    if blank:
+        raise ConfigError(
+            f"labels file {path}: line {blank[0]} is blank; one label per line, none empty"
+        )
+    return labels
+
+
+def import_onnx(
+    repo: ModelRepository,
+    model: Path,
+    name: str,
+    *,
+    labels: Path | None = None,
+    samples: Path | None = None,
+    max_batch_size: int | None = None,
+) -> Imported:
+    """Add ``model`` as the next version of ``name``, checked by running it.
+
+    A new model gets ``max_batch_size`` (default 0); a new version of an
+    existing model keeps its config (labels, batching, policy), which the
+    graph must match: same inputs and outputs, same ``max_batch_size``.
+    ``labels`` must have one name per entry of the first output's last
+    dimension. ConfigError (the caller's to fix) or ModelLoadError (the model
+    does not load or run, or gives NaN/Inf on its samples); nothing is added.
+    """
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"model name {name!r}: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit"
+        )
+    checked_path(model, "file", "model file")
+    names = read_labels(labels) if labels is not None else None
+    config = _config(repo, model, name, names, max_batch_size)
+    checked = load_samples(samples, config) if samples is not None else None
+    with repo.transaction():
+        version = repo.add_version(
+            name,
+            model,
+            config=config,
+            samples=samples,
+            metadata={"imported_from": model.name},
+        )
+        # Inside the transaction: other processes do not see the version yet,
+        # and any failure below rolls it (and a new model's directory) back.
+        _check_runs(repo, version, checked)
+    return Imported(version, checked.rows if checked else 0)
+
+
+def _config(
+    repo: ModelRepository,
+    model: Path,
+    name: str,
+    labels: list[str] | None,
+    max_batch_size: int | None,
+) -> ModelConfig:
+    """The config to write: inferred from the graph, or the model's own, checked against it."""
+    try:
+        existing: ModelConfig | None = repo.config(name)
+    except ModelNotFoundError:
+        existing = None
+    batch = (
+        max_batch_size
+        if max_batch_size is not None
+        else (existing.max_batch_size if existing else 0)
+    )
+    full = config_from_onnx(model, name)
+    if not full.inputs or not full.outputs:
+        raise ConfigError(f"model file {model}: the graph declares no inputs or no outputs")
+    inferred = _batched(full, batch, model) if batch > 0 else full
+    if existing is not None:
+        if _signature(existing) != _signature(inferred):
+            raise ConfigError(
+                f"model file {model} does not match model {name!r} in {repo.root}: its "
+                f"versions take {_signature(existing)}, this graph {_signature(inferred)}; "
+                "import it under another --name"
+            )
+        inferred = existing
+    if labels is not None:
+        _check_labels(inferred, labels)
+        inferred = inferred.model_copy(update={"labels": labels})
+    return inferred
+
+
+def _batched(full: ModelConfig, max_batch_size: int, model: Path) -> ModelConfig:
+    """``full`` with the leading (batch) dimension dropped from every tensor.
+
+    Every input's leading graph dimension must be symbolic: a graph declared
+    for exactly 1 row (``[1, 4]``) cannot take a batch of 8, and a scalar has
+    no batch dimension. Outputs may have a fixed one (a whole-run output).
+    """
+    for spec in full.inputs:
+        if not spec.shape or spec.shape[0] != -1:
+            lead = f"fixed leading dimension {spec.shape[0]}" if spec.shape else "no dimensions"
+            raise ConfigError(
+                f"model file {model}: input {spec.name!r} has {lead} "
+                f"(shape {list(spec.shape)}), so the graph cannot take a batch of "
+                f"{max_batch_size}; import it with --max-batch-size 0"
+            )
+    return full.model_copy(
+        update={
+            "max_batch_size": max_batch_size,
+            "inputs": [s.model_copy(update={"shape": s.shape[1:]}) for s in full.inputs],
+            "outputs": [s.model_copy(update={"shape": s.shape[1:]}) for s in full.outputs],
+        }
+    )
+
+
+def _signature(config: ModelConfig) -> str:
+    def specs(items: Any) -> str:
+        return ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in items)
+
+    return (
+        f"inputs [{specs(config.inputs)}] -> outputs [{specs(config.outputs)}], "
+        f"max_batch_size {config.max_batch_size}"
+    )
+
+
+def _check_labels(config: ModelConfig, labels: list[str]) -> None:
+    first = config.outputs[0]
+    size = first.shape[-1] if first.shape else 1
+    if size != -1 and size != len(labels):
+        raise ConfigError(
+            f"{len(labels)} labels given, but output {first.name!r} has {size} entries "
+            f"in its last dimension (shape {list(first.shape)}); give one label per entry"
+        )
+
+
+def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples | None) -> None:
+    """Load the new version and run its samples; ModelLoadError on any failure or NaN/Inf."""
+    label = f"model {version.name!r} version {version.version}"
+    with LocalBackend(repo, intra_op_threads=1, verify=True) as local:
+        local.load(version.name, version.version)  # loads, checks the config, warms up
+        if samples is None:
+            return
+        # A batched model runs max_batch_size rows at a time, as the server would
+        # call it; an unbatched model's samples are one request.
+        step = version.config.max_batch_size or samples.rows
+        for start in range(0, samples.rows, step):
+            chunk = (
+                {k: v[start : start + step] for k, v in samples.inputs.items()}
+                if version.config.batched
+                else samples.inputs
+            )
+            request = InferRequest(version.name, chunk, version=str(version.version))
+            try:
+                outputs = local.infer(request).outputs
+            except EdgecloudError as exc:
+                raise ModelLoadError(
+                    f"{label} fails on its samples {samples.source}: {exc.message}"
+                ) from exc
+            _check_outputs(version, outputs, f"{label} on its samples {samples.source}")
+
+
+def _check_outputs(version: ModelVersion, outputs: Mapping[str, Any], where: str) -> None:
+    """Every floating-point output finite; the labels fit the first output."""
+    for output, array in outputs.items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise ModelLoadError(
+                f"{where} gives non-finite values (NaN or Inf) in output {output!r} "
+                f"({bad} of {array.size} values); not imported"
+            )
+    first = version.config.outputs[0]
+    labels = version.config.labels
+    got = outputs[first.name]
+    if labels is not None and got.ndim and got.shape[-1] != len(labels):
+        raise ConfigError(
+            f"{len(labels)} labels given, but output {first.name!r} has {got.shape[-1]} "
+            f"entries in its last dimension ({where}); give one label per entry"
+        )

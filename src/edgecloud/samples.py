@@ -1,0 +1,156 @@
+"""Sample, evaluation and calibration inputs for a model version.
+
+A samples file is a numpy ``.npz`` archive::
+
+    <input name>   one array per model input, named as in the model's config,
+                   of exactly the declared datatype and shape (no casting)
+    labels         optional: 1-D, one entry per row (class index, name or target)
+
+Rows: for a batched model (``max_batch_size > 0``) the leading dimension of
+every input is the batch, so a file holds any number of rows (runs larger
+than ``max_batch_size`` are split by :class:`~edgecloud.backends.local.LocalBackend`);
+for an unbatched model the file is one full request and its rows are the
+leading dimension of its inputs (1 for scalars). Every input must agree on the
+row count, and ``labels`` must have that many entries.
+
+A model version may carry its samples (``samples.npz`` in the version,
+hashed in ``version.json`` like every other artefact:
+``ModelRepository.add_version(..., samples=PATH)``); every command that
+needs data takes ``--data FILE.npz`` and otherwise uses the version's samples
+(:func:`data_for`). Archives are read with ``allow_pickle=False``: a file
+that holds pickled objects is refused, never unpickled.
+
+Every problem is one :class:`~edgecloud.errors.ConfigError` naming the file
+and what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._config_files import checked_path, path_error
+from .errors import ConfigError, InvalidRequestError
+from .repository import SAMPLES_FILE, ModelConfig, ModelVersion
+from .tensors import InputValidator, TensorSpec
+
+__all__ = ["LABELS", "SAMPLES_FILE", "Samples", "data_for", "expected_inputs", "load_samples"]
+
+LABELS = "labels"
+"""The optional array of per-row labels in a samples file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """Validated inputs for one model (and optional labels), read from ``source``."""
+
+    source: Path
+    inputs: dict[str, np.ndarray[Any, Any]]
+    """Input name -> array of the declared datatype and shape."""
+    labels: np.ndarray[Any, Any] | None
+    """1-D, ``rows`` entries; None when the file has none."""
+    rows: int
+
+
+def expected_inputs(config: ModelConfig) -> str:
+    """The inputs a samples file must hold, as a message fragment.
+
+    E.g. ``x (FP32 [rows, 4]), b (INT64 [rows, 2])``; ``?`` is any size.
+    """
+    return ", ".join(_describe(spec, config.batched) for spec in config.inputs)
+
+
+def _describe(spec: TensorSpec, batched: bool) -> str:
+    dims = ["?" if d == -1 else str(d) for d in spec.shape]
+    if batched:
+        dims.insert(0, "rows")
+    return f"{spec.name} ({spec.datatype} [{', '.join(dims)}])"
+
+
+def load_samples(path: str | os.PathLike[str], config: ModelConfig) -> Samples:
+    """Read and check a samples file against ``config``'s inputs.
+
+    Raises ConfigError naming ``path`` when it is missing, a directory, not an
+    ``.npz`` archive, holds pickled objects, lacks an input or has one the
+    model does not take, has an array of the wrong datatype or shape, rows
+    that disagree, no rows, or ``labels`` that are not 1-D with one per row.
+    """
+    file = checked_path(Path(path), "file", "samples file")
+    fix = f"expected a .npz file (numpy.savez) with {expected_inputs(config)}"
+    arrays = _read_npz(file, fix)
+    takes_labels = any(spec.name == LABELS for spec in config.inputs)
+    labels = None if takes_labels else arrays.pop(LABELS, None)
+    validator = InputValidator(config.name, config.inputs, config.max_batch_size)
+    try:
+        batch, checked = validator.check(arrays)  # byte order made native, nothing cast
+    except InvalidRequestError as exc:
+        raise ConfigError(f"samples file {file}: {exc.message}; {fix}") from exc
+    arrays = dict(checked)
+    rows = batch if config.batched else _rows(file, arrays)
+    if rows == 0:
+        raise ConfigError(f"samples file {file} holds no rows; {fix}")
+    if labels is not None and (labels.ndim != 1 or len(labels) != rows):
+        raise ConfigError(
+            f"samples file {file}: labels must be 1-D with one entry per row ({rows}), "
+            f"got shape {list(labels.shape)}"
+        )
+    return Samples(file, arrays, labels, rows)
+
+
+def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
+    """Every array in the archive, read without unpickling anything."""
+    try:
+        with file.open("rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise ConfigError(f"samples file {file} is a single .npy array, not an archive; {fix}")
+        if not magic.startswith(b"PK\x03\x04"):
+            raise ConfigError(f"samples file {file} is not a .npz archive; {fix}")
+        with np.load(file, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except OSError as exc:
+        raise path_error(file, "file", "samples file", exc) from exc
+    except ValueError as exc:
+        # allow_pickle=False: a pickled object (array) or a file numpy cannot read at all
+        why = (
+            "holds pickled Python objects, which are never loaded"
+            if "pickle" in str(exc)
+            else f"cannot be read ({' '.join(str(exc).split())})"
+        )
+        raise ConfigError(f"samples file {file} {why}; {fix}") from exc
+    except (zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise ConfigError(f"samples file {file} is not a valid .npz archive; {fix}") from exc
+
+
+def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:
+    """Rows of an unbatched model's sample: the inputs' common leading dimension."""
+    leading = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
+    if len(set(leading.values())) > 1:
+        raise ConfigError(
+            f"samples file {file}: inputs disagree on the number of rows "
+            f"(leading dimensions {leading}); give every input the same number of rows"
+        )
+    return next(iter(leading.values()), 1)
+
+
+def data_for(version: ModelVersion, data: str | os.PathLike[str] | None = None) -> Samples:
+    """The inputs a command runs on: ``data`` (``--data FILE``) if given, else
+    the version's ``samples.npz``; ConfigError saying what to pass when neither.
+
+    The version's samples are checked against its config like any other file
+    (their sha256 is checked when the version is loaded with ``verify``).
+    """
+    if data is not None:
+        return load_samples(data, version.config)
+    if SAMPLES_FILE in version.files:
+        return load_samples(version.path / SAMPLES_FILE, version.config)
+    raise ConfigError(
+        f"model {version.name!r} version {version.version} carries no samples: pass "
+        f"--data FILE.npz with inputs named {expected_inputs(version.config)} "
+        f"(and optionally '{LABELS}', one per row)"
+    )
