@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ from edgecloud.samples import data_for, load_samples
 
 from .conftest import ROOT
 from .models import affine_config, affine_onnx, nonfinite_onnx, two_input_config, two_input_onnx
+from .trees import tree_sha256
 
 
 def edgecloud(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -48,16 +48,6 @@ def refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert "Traceback" not in result.stderr and not result.stdout.strip()
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
-
-
-def tree_hash(root: Path) -> str:
-    """sha256 over every path under ``root`` and every file's bytes."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def failing_onnx(path: Path) -> Path:
@@ -240,13 +230,13 @@ def test_bad_samples_are_refused_and_change_nothing(
     make, fragments = BAD_SAMPLES[kind]
     samples = make(files)
     for name in ("mine", "fresh"):  # a new version of a model, and a new model
-        before = tree_hash(repo_with_one)
+        before = tree_sha256(repo_with_one)
         result = edgecloud(
             "import", files / "affine.onnx", "--name", name, "--max-batch-size", "8",
             "--samples", samples, "--repo", repo_with_one,
         )  # fmt: skip
         refused(result, "samples file", str(samples.name), *fragments)
-        assert tree_hash(repo_with_one) == before
+        assert tree_sha256(repo_with_one) == before
 
 
 def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path], list[str]]]:
@@ -316,9 +306,9 @@ def test_refusals_are_one_line_and_change_nothing(
     kind: str, files: Path, repo_with_one: Path
 ) -> None:
     args, fragments = _model_and_samples_refusals(files)[kind]
-    before = tree_hash(repo_with_one)
+    before = tree_sha256(repo_with_one)
     refused(edgecloud("import", *args, "--repo", repo_with_one), *fragments)
-    assert tree_hash(repo_with_one) == before
+    assert tree_sha256(repo_with_one) == before
     assert not (repo_with_one / "fresh").exists()
 
 
@@ -326,7 +316,7 @@ def test_add_version_checks_samples_from_any_source(files: Path) -> None:
     """samples=, extra_files path or bytes: checked before anything is written."""
     repo = ModelRepository(files / "repo")
     repo.add_version("two-input", files / "two.onnx", config=two_input_config())
-    before = tree_hash(repo.root)
+    before = tree_sha256(repo.root)
     np.savez(files / "rows.npz", a=np.ones((3, 2), np.float32), b=np.ones((2, 2), np.int64))
     np.savez(files / "cast.npz", a=np.ones((3, 2), np.float32), b=np.ones((3, 2), np.int32))
     for source in ("rows.npz", "cast.npz"):
@@ -342,7 +332,7 @@ def test_add_version_checks_samples_from_any_source(files: Path) -> None:
                 files / "two.onnx",
                 extra_files={"samples.npz": (files / source).read_bytes()},
             )
-    assert tree_hash(repo.root) == before
+    assert tree_sha256(repo.root) == before
     np.savez(files / "good.npz", a=np.ones((3, 2), np.float32), b=np.ones((3, 2), np.int64))
     added = repo.add_version("two-input", files / "two.onnx", samples=files / "good.npz")
     assert added.files["samples.npz"] == sha256_file(files / "good.npz")
@@ -405,7 +395,7 @@ def test_samples_run_max_batch_size_rows_at_a_time_and_domains_survive(files: Pa
 def test_killed_during_the_check_leaves_nothing_visible(files: Path, repo_with_one: Path) -> None:
     """SIGKILL after the version is written, before its samples ran: other processes
     never see it, and the next reader rolls it back to the tree as before."""
-    before = tree_hash(repo_with_one)
+    before = tree_sha256(repo_with_one)
     env = {
         "EDGECLOUD_TEST_KILL_AFTER_VERSIONS": "1",
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
@@ -420,4 +410,4 @@ def test_killed_during_the_check_leaves_nothing_visible(files: Path, repo_with_o
         repository = ModelRepository(repo_with_one)
         assert repository.model_names() == ["mine"] and repository.versions("mine") == [1]
         assert [s.name for s in repository.status()] == ["mine"]  # rolls the record back
-        assert tree_hash(repo_with_one) == before
+        assert tree_sha256(repo_with_one) == before

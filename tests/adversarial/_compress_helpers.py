@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -12,16 +11,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecloud import ModelRepository
 from edgecloud.repository import config_from_onnx
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over every path (directories too) and file's bytes under ``root``."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def save(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:

@@ -36,6 +36,7 @@ from edgecloud.compress.evaluate import check_fidelity
 from edgecloud.compress.methods import METHODS
 from edgecloud.errors import describe as reason
 
+from ..trees import tree_sha256
 from ._compress_helpers import (
     add_model,
     branch_onnx,
@@ -45,7 +46,6 @@ from ._compress_helpers import (
     loop_onnx,
     overflow_onnx,
     rounding_onnx,
-    tree_digest,
 )
 
 ONNX_METHODS = ["int8-dynamic", "int8-static", "fp16", "int4-weight"]
@@ -72,10 +72,10 @@ def _calibration(tmp_path: Path, width: int) -> Path:
 
 def _refused(repo: ModelRepository, model: str, method: str, **kwargs: Any) -> EdgecloudError:
     """Compress, expecting a refusal that names a reason and leaves the repository as it was."""
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     with pytest.raises(EdgecloudError) as info:
         compress(repo, model, method, **kwargs)
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
     message = info.value.message
     assert message.strip() and not message.rstrip().endswith(":"), message
     return info.value
@@ -170,12 +170,12 @@ def test_control_flow_is_refused_up_front_or_converted_on_both_branches(
 ) -> None:
     node, width = CONTROL_FLOW[model]
     calibration = _calibration(tmp_path, width) if method == "int8-static" else None
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     started = time.monotonic()
     try:
         result = compress(repo, model, method, calibration=calibration, tolerance=0.05)
     except EdgecloudError as exc:
-        assert tree_digest(repo.root) == before
+        assert tree_sha256(repo.root) == before
         if method in ("fp16", "prune", "distill"):
             assert f"control flow ({node})" in exc.message and "try int8-dynamic" in exc.message
             assert time.monotonic() - started < 5  # refused before any work
@@ -216,12 +216,12 @@ def test_time_limit_stops_a_stuck_step_and_shows_progress(repo: ModelRepository)
     seen: list[str] = []
     started = time.monotonic()
     settings = {"progress": lambda fraction, text: seen.append(text)}
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     with pytest.raises(DeadlineExceededError, match="time limit of 4 s") as info:
         compress(repo, "cancelling", "test-slow", time_limit_s=4, settings=settings)
     assert time.monotonic() - started < 15
     assert "repository is unchanged" in info.value.message
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
     assert any(text.startswith("compressing (") for text in seen), seen  # elapsed ticks
 
 
@@ -235,7 +235,7 @@ def test_an_exception_without_text_still_gives_a_reason(repo: ModelRepository) -
 
 
 def test_cli_refuses_nan_and_control_flow_with_one_line(repo: ModelRepository) -> None:
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     for model, method, expected in [
         ("cancelling", "int8-dynamic", "NaN/Inf output values"),
         ("branch", "fp16", "control flow"),
@@ -247,7 +247,7 @@ def test_cli_refuses_nan_and_control_flow_with_one_line(repo: ModelRepository) -
         )  # fmt: skip
         assert result.returncode == 1, result.stderr
         assert expected in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
-        assert tree_digest(repo.root) == before
+        assert tree_sha256(repo.root) == before
 
 
 def test_zoo_vad_fp16_is_refused_at_once(zoo_repo: ModelRepository, tmp_path: Path) -> None:

@@ -24,21 +24,11 @@ import yaml
 from edgecloud import ModelRepository
 from edgecloud.zoo import RECIPES, build_zoo
 
+from ..trees import tree_sha256
+
 #: What ``split`` measures each time it runs (head/tail timings on this
 #: machine): a fresh measurement on purpose, not a model artefact.
 MEASUREMENTS = frozenset({"split-profile.json"})
-
-
-def tree_sha256(root: Path, *, skip: frozenset[str] = frozenset()) -> str:
-    """sha256 over every path under ``root`` (directories too) and every file's bytes."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.name in skip:
-            continue
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        if path.is_file():
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def edgecloud(*argv: str | Path) -> subprocess.CompletedProcess[str]:

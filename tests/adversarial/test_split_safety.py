@@ -22,6 +22,7 @@ import pytest
 from edgecloud import ConfigError, EdgecloudError, ModelRepository
 from edgecloud.split import SplitProfile, cut_points, split_model, verify_split, write_split
 
+from ..trees import tree_sha256
 from ._compress_helpers import (
     add_model,
     branch_onnx,
@@ -30,11 +31,12 @@ from ._compress_helpers import (
     reused_output_onnx,
     save,
     sensitive_onnx,
-    tree_digest,
     two_input_onnx,
 )
 
 RNG = np.random.default_rng(11)
+#: The (empty) journal directory a killed writer leaves behind, once rolled back.
+PENDING = frozenset({".pending"})
 
 
 @pytest.fixture
@@ -58,10 +60,10 @@ def test_control_flow_splits_are_exact_at_every_cut(
     cuts = cut_points(parent.model_path)
     assert cuts  # before: every cut separated the subgraph from what it captures
     if model == "loop":  # the Loop's output has no shape: that cut is refused, clearly
-        before = tree_digest(repo.root)
+        before = tree_sha256(repo.root)
         with pytest.raises(ConfigError, match=r"at cut2: the head would exchange \['v'\]"):
             split_model(repo, model, cuts=["cut2"], inputs={"x": _x(width)}, repeats=1)
-        assert tree_digest(repo.root) == before
+        assert tree_sha256(repo.root) == before
         cuts = [c for c in cuts if c.name != "cut2"]
     positive = {"x": np.abs(_x(width))}
     result = split_model(repo, model, cuts=[c.name for c in cuts], inputs=positive, repeats=1)
@@ -122,30 +124,30 @@ def test_a_lossy_codec_on_a_passed_through_output_is_refused_and_undone(
 ) -> None:
     # cut2 sends r (an output) and t: fp32 is exact and is written first; int8 would
     # hand the caller r as uint8 — refused, and the fp32 pair already written is removed
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     with pytest.raises(ConfigError, match=r"at cut2 with int8 activations.*nothing was written"):
         split_model(repo, "reused", codecs=["fp32", "int8"], cuts=["cut2"],
                     inputs={"x": _x(8)}, repeats=1)  # fmt: skip
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
 
 
 def test_a_tail_that_fails_the_numerical_check_writes_nothing(repo: ModelRepository) -> None:
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     split = r"cannot split 'sensitive' version 1 at cut1 with int8 activations"
     with pytest.raises(ConfigError, match=split + r".*cosine .* only; nothing was written"):
         split_model(repo, "sensitive", codecs=["fp32", "int8"], cuts=["cut1"],
                     inputs={"x": _x(8)}, repeats=1)  # fmt: skip
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
 
 
 def test_a_failing_second_write_removes_the_head(repo: ModelRepository) -> None:
     parent = repo.get("two", served_only=False)
     cut = cut_points(parent.model_path)[0]
     (repo.root / f"two.tail.{cut.name}").write_text("in the way")  # the tail cannot be written
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     with pytest.raises(EdgecloudError, match="nothing of this split was kept"):
         write_split(repo, parent, cut, inputs={"x": _x(8), "z": _x(8)})
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
     assert not (repo.root / f"two.head.{cut.name}").exists()
 
 
@@ -153,10 +155,10 @@ def test_a_failure_in_a_later_pair_undoes_the_earlier_pairs(repo: ModelRepositor
     parent = repo.get("branch", served_only=False)
     cuts = cut_points(parent.model_path)
     (repo.root / f"branch.tail.{cuts[-1].name}").write_text("in the way")
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     with pytest.raises(EdgecloudError):
         split_model(repo, "branch", cuts=[c.name for c in cuts], inputs={"x": _x(32)}, repeats=1)
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
 
 
 def _cli(repo: ModelRepository, *args: str) -> subprocess.CompletedProcess[str]:
@@ -171,17 +173,17 @@ def test_cli_splits_control_flow_and_refuses_in_one_line(repo: ModelRepository) 
     assert ok.returncode == 0, ok.stderr
     assert (repo.root / "loop.head.cut1" / "1").is_dir()
     assert (repo.root / "loop.tail.cut1" / "1").is_dir()
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     bad = _cli(repo, "sensitive", "--codec", "fp32,int8", "--cuts", "cut1")
     assert bad.returncode == 1
     assert "nothing was written" in " ".join(bad.stderr.split())
     assert "Traceback" not in bad.stderr and "internal error" not in bad.stderr
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
     # the splits are fine but their profile cannot be written: none of them is kept
     unwritable = _cli(repo, "two", "--codec", "fp32", "--profile-out", "/dev/null/profile.json")
     assert unwritable.returncode == 1, unwritable.stderr
     assert "cannot write the split profile" in " ".join(unwritable.stderr.split())
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
 
 
 def test_zoo_vad_splits_exactly_and_reports_its_raw_inputs(
@@ -270,10 +272,10 @@ def test_split_of_a_version_that_fails_its_sha256_is_refused(tmp_path: Path) -> 
     repo.add_version("mlp", tmp_path / "mlp.onnx")
     model = repo.get("mlp", 1, served_only=False, verify=False).model_path
     model.write_bytes(model.read_bytes() + b"\0")
-    before = tree_digest(repo.root)
+    before = tree_sha256(repo.root)
     with pytest.raises(EdgecloudError, match="corrupt"):
         split_model(repo, "mlp", version=1, codecs=("fp32",), inputs={"x": _x(64)}, repeats=1)
-    assert tree_digest(repo.root) == before
+    assert tree_sha256(repo.root) == before
 
 
 # --- a crash in the middle of a split (finding C6) ---------------------------
@@ -290,20 +292,7 @@ def _reader_view(root: Path) -> str:
         digest.update(name.encode() + repo.config(name).model_dump_json().encode())
         for version in repo.versions(name):
             entry = repo.get(name, version, served_only=False)
-            digest.update(f"{version}".encode() + tree_digest(entry.path).encode())
-    return digest.hexdigest()
-
-
-def _files(root: Path) -> str:
-    """sha256 of the tree, the (empty) journal directory aside."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if rel.parts[0] == ".pending":
-            continue
-        digest.update(str(rel).encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
+            digest.update(f"{version}".encode() + tree_sha256(entry.path).encode())
     return digest.hexdigest()
 
 
@@ -343,7 +332,7 @@ def test_a_split_killed_midway_is_invisible_and_rolled_back(
     add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
     first = _cli(repo, "mlp", "--codec", "fp32", "--cuts", "cut0")
     assert first.returncode == 0, first.stderr
-    old_view, old_files = _reader_view(repo.root), _files(repo.root)
+    old_view, old_files = _reader_view(repo.root), tree_sha256(repo.root, skip=PENDING)
     killed = _killed_split(repo.root, after_versions)
     assert list((repo.root / ".pending").glob("*.json"))  # the dead write is still recorded
     assert _reader_view(repo.root) == old_view  # every reader sees the old repository
@@ -358,7 +347,9 @@ def test_a_split_killed_midway_is_invisible_and_rolled_back(
         )  # fmt: skip
         assert listed.returncode == 0, listed.stderr
     assert not list((repo.root / ".pending").glob("*.json"))
-    assert _files(repo.root) == old_files  # byte for byte as before the killed split
+    assert (
+        tree_sha256(repo.root, skip=PENDING) == old_files
+    )  # byte for byte as before the killed split
     assert killed.wait() == -9
     again = _cli(repo, "mlp", "--codec", "fp32,int8", "--cuts", "cut0,cut1")
     assert again.returncode == 0, again.stderr

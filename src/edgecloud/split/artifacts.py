@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import ConfigError, EdgecloudError, InferenceError, describe
+from ..errors import ConfigError, EdgecloudError
 from ..repository import (
     CONFIG_FILE,
     ModelRepository,
@@ -42,7 +42,7 @@ from ..repository import (
     config_from_onnx,
 )
 from .codec import Codec, add_decoder, check_codec, encode
-from .partition import CutPoint, extract, verify_split
+from .partition import CutPoint, extract, run_model, verify_split
 
 __all__ = [
     "SplitPair",
@@ -188,26 +188,13 @@ def _computes_in_half(model: Path) -> bool:
     )
 
 
-def _run(path: Path, feed: Arrays) -> Arrays:
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        wanted = {i.name for i in session.get_inputs()}
-        values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
-    except Exception as exc:  # onnxruntime's exception types are not exported
-        raise InferenceError(f"{path.name} does not run: {describe(exc)}") from exc
-    return dict(zip(names, values, strict=True))
-
-
 def _composed_cosine(
     model: Path, head: Path, tail: Path, cut: CutPoint, codec: Codec, inputs: Arrays
 ) -> float:
     """Worst cosine of ``tail(encode(head(x)))`` to the model (NaN if any is NaN)."""
-    expected = _run(model, inputs)
-    middle = {**inputs, **_run(head, inputs)}
-    got = _run(tail, encode(codec, {name: middle[name] for name in cut.tensors}))
+    expected = run_model(model, inputs)
+    middle = {**inputs, **run_model(head, inputs)}
+    got = run_model(tail, encode(codec, {name: middle[name] for name in cut.tensors}))
     return _worst_cosine(expected, got)
 
 

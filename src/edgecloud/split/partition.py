@@ -364,6 +364,22 @@ def _part(model: Any, inputs: list[str], outputs: list[str], role: str) -> Any:
     return out
 
 
+def run_model(path: str | os.PathLike[str], feed: Arrays) -> Arrays:
+    """Every output of the ONNX file at ``path`` on the inputs of ``feed`` it takes
+    (extra entries are ignored), on the CPU; InferenceError naming the file when it
+    does not load or run."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        wanted = {i.name for i in session.get_inputs()}
+        values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
+    except Exception as exc:  # onnxruntime's exception types are not exported
+        raise InferenceError(f"{Path(path).name} does not run: {describe(exc)}") from exc
+    return dict(zip(names, values, strict=True))
+
+
 def verify_split(
     model_path: str | os.PathLike[str],
     head_path: Path,
@@ -378,23 +394,9 @@ def verify_split(
     NaN in the same places on both sides counts as equal. Raises
     InferenceError when the split diverges or a part does not load or run.
     """
-    import onnxruntime as ort
-
-    def run(path: str | os.PathLike[str], feed: Arrays) -> Arrays:
-        try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            names = [o.name for o in session.get_outputs()]
-            wanted = {i.name for i in session.get_inputs()}
-            values = session.run(None, {k: v for k, v in feed.items() if k in wanted})
-        except Exception as exc:  # onnxruntime's exception types are not exported
-            raise InferenceError(
-                f"{Path(path).name} of the split does not run: {describe(exc)}"
-            ) from exc
-        return dict(zip(names, values, strict=True))
-
-    expected = run(model_path, inputs)
-    middle = {**inputs, **run(head_path, inputs)}
-    got = run(tail_path, middle)
+    expected = run_model(model_path, inputs)
+    middle = {**inputs, **run_model(head_path, inputs)}
+    got = run_model(tail_path, middle)
     worst = 0.0
     for name, want in expected.items():
         have = got[name]
