@@ -99,7 +99,9 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
     """Every model in the repository: versions, tensors, batching, metrics, status.
 
     "ready" means the config is valid and every served version's files are
-    there with the sha256 recorded when they were added.
+    there with the sha256 recorded when they were added; a Triton model
+    directory (config.pbtxt, "source" column) has no sha256: its model files
+    are checked against the graph instead.
     """
     if not repo.is_dir():
         raise ConfigError(
@@ -111,7 +113,7 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
     if not statuses:
         console.print(f"no models in {repo}; build the demo zoo with: edgecloud zoo build")
         return
-    table = Table("versions", "inputs", "outputs", "batch", "metrics", "status")
+    table = Table("versions", "inputs", "outputs", "batch", "metrics", "status", "source")
     table.columns.insert(0, Column("model", no_wrap=True))
     for s in statuses:
         cfg = s.config
@@ -123,6 +125,7 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
             str(cfg.max_batch_size) if cfg else "-",
             "\n".join(f"{k}={v:.4g}" for k, v in cfg.metrics.items()) if cfg else "-",
             f"[red]{escape(s.error)}[/]" if s.error else "[green]ready[/]",
+            _source(repository, s.name),
         )
     console.print(table)
 
@@ -148,9 +151,14 @@ def infer(
 @app.command("import")
 def import_model(
     model_file: Annotated[
-        Path, typer.Argument(metavar="MODEL.onnx", help="The ONNX model file to add.")
-    ],
-    name: Annotated[str, typer.Option("--name", help="Model name in the repository.")],
+        Path | None, typer.Argument(metavar="MODEL.onnx", help="The ONNX model file to add.")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Model name in the repository (--from-triton: default its directory)."
+        ),
+    ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -176,6 +184,18 @@ def import_model(
             "batch and rows are independent. Default: 0, or the model's for a new version.",
         ),
     ] = None,
+    from_triton: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-triton",
+            metavar="DIR",
+            help="Convert a Triton model directory (<triton repo>/<model> with config.pbtxt) "
+            "instead: every version its version_policy serves, labels and batching carried.",
+        ),
+    ] = None,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="--from-triton: only the newest served version.")
+    ] = False,
     repo: RepoOption = DEFAULT_REPO,
 ) -> None:
     """Add an ONNX model as a new version, its config inferred from the graph.
@@ -183,6 +203,7 @@ def import_model(
     Before anyone sees the version, every sample row is run through it; a
     model that fails on its samples, or gives NaN/Inf, is not added. Without
     --samples it is only loaded and warmed up on zeros (the output says so).
+    With --from-triton DIR, a Triton model's config.pbtxt gives the config.
     """
     import onnxruntime as ort
 
@@ -192,6 +213,11 @@ def import_model(
     # A model that fails on its samples is reported in one line below, not also
     # in onnxruntime's own multi-line log on stderr (severity 4: fatal only).
     ort.set_default_logger_severity(4)
+    if from_triton is not None or model_file is None:
+        _import_triton(model_file, from_triton, name, repo, latest, labels, samples, max_batch_size)
+        return
+    if name is None:
+        raise ConfigError("pass --name NAME: the model's name in the repository")
     imported = import_onnx(
         ModelRepository(repo),
         model_file,
@@ -215,6 +241,37 @@ def import_model(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _import_triton(
+    model_file: Path | None,
+    directory: Path | None,
+    name: str | None,
+    repo: Path,
+    latest: bool,
+    *others: Any,
+) -> None:
+    """``edgecloud import --from-triton DIR``: one line per version added."""
+    from .importing import import_triton
+
+    if directory is None:
+        raise ConfigError("pass the ONNX model file to import (or --from-triton DIR)")
+    if model_file is not None or any(o is not None for o in others):
+        raise ConfigError(
+            "--from-triton takes its model, labels and batching from config.pbtxt: drop "
+            "MODEL.onnx, --labels, --samples and --max-batch-size"
+        )
+    for item in import_triton(ModelRepository(repo), directory, name, latest=latest):
+        entry = item.version
+        notes = entry.config.metadata.get("triton_ignored")
+        console.print(
+            f"imported {escape(entry.name)} version {entry.version} from Triton "
+            f"{escape(str(directory))}: batch {entry.config.max_batch_size}, "
+            f"{len(entry.config.labels or [])} labels; loaded and warmed up on zeros"
+            + (f"; {escape(notes)}" if notes else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 ConfigOption = Annotated[
@@ -781,6 +838,13 @@ def _floats(text: str, option: str) -> list[float]:
     if not values or min(values) <= 0:
         raise ConfigError(f"{option} takes positive numbers, not {text!r}")
     return values
+
+
+def _source(repository: ModelRepository, name: str) -> str:
+    """``models list``'s source column: a Triton directory is read-only and not hashed."""
+    if repository.is_triton(name):
+        return "triton config.pbtxt (read-only, no sha256)"
+    return "edgecloud (sha256)"
 
 
 def _specs(specs: Any) -> str:

@@ -25,7 +25,7 @@ from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_
 from .samples import Samples, load_samples
 from .tensors import InferRequest
 
-__all__ = ["Imported", "import_onnx", "read_labels"]
+__all__ = ["Imported", "import_onnx", "import_triton", "read_labels"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -103,6 +103,77 @@ def import_onnx(
         # and any failure below rolls it (and a new model's directory) back.
         _check_runs(repo, version, checked)
     return Imported(version, checked.rows if checked else 0)
+
+
+def import_triton(
+    repo: ModelRepository,
+    directory: Path,
+    name: str | None = None,
+    *,
+    latest: bool = False,
+) -> list[Imported]:
+    """Convert one Triton model directory (``<triton repo>/<model>``) into ``name``.
+
+    Every version its ``version_policy`` serves (``latest``: only the newest)
+    is added under its own number, with the config read from ``config.pbtxt``
+    (:mod:`edgecloud.triton_config`: labels, batching and the version policy
+    carried; settings it ignores are recorded in the config's metadata), each
+    graph checked against it and loaded and warmed up. ``directory`` is only
+    read. All versions or none: ConfigError (not a Triton model, a bad name,
+    ``name`` already in ``repo``) or ModelLoadError (the config or a graph is
+    refused); MissingDependencyError without the ``triton`` extra.
+    """
+    from .triton_config import is_triton_model
+
+    checked_path(directory, "directory", "Triton model directory")
+    directory = directory.resolve()
+    if not is_triton_model(directory):
+        raise ConfigError(
+            f"{directory} is not a Triton model directory: it needs config.pbtxt (or, for an "
+            "ONNX model, version directories such as 1/model.onnx) and no config.yaml"
+        )
+    name = name or directory.name
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"model name {name!r}: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit (pass --name)"
+        )
+    if (repo.root / name).exists():
+        raise ConfigError(
+            f"model {name!r} already exists in {repo.root}; import the Triton model under "
+            "another --name"
+        )
+    source = ModelRepository(directory.parent)
+    served = source.served_versions(directory.name)
+    if not served:
+        raise ModelLoadError(
+            f"Triton model {directory}: no version directory its version_policy serves "
+            f"(on disk: {source.versions(directory.name)})"
+        )
+    entries = [source.get(directory.name, v) for v in (served[-1:] if latest else served)]
+    config = _converted(entries[0].config, name)
+    imported = []
+    with repo.transaction():
+        for entry in entries:
+            version = repo.add_version(
+                name,
+                entry.model_path,
+                config=config,
+                version=entry.version,
+                metadata={"imported_from": f"triton:{entry.model_path}"},
+            )
+            _check_runs(repo, version, None)
+            imported.append(Imported(version, 0))
+    return imported
+
+
+def _converted(triton: ModelConfig, name: str) -> ModelConfig:
+    """The Triton model's config as an edgecloud one: same tensors, labels,
+    batching and policy; provenance (and what was ignored) in the metadata."""
+    metadata = {"imported_from": f"triton:{triton.metadata.get('triton_config', '')}"}
+    if "triton_ignored" in triton.metadata:
+        metadata["triton_ignored"] = triton.metadata["triton_ignored"]
+    return triton.model_copy(update={"name": name, "metadata": metadata})
 
 
 def _config(

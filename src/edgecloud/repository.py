@@ -44,13 +44,16 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ConfigError, ModelLoadError, ModelNotFoundError
+from .errors import ConfigError, MissingDependencyError, ModelLoadError, ModelNotFoundError
 from .tensors import ONNX_TYPES, TensorSpec
+
+if TYPE_CHECKING:
+    from .triton_config import TritonModel
 
 __all__ = [
     "DynamicBatching",
@@ -158,13 +161,28 @@ class ModelVersion:
     files: Mapping[str, str]
     """File name (relative to ``path``) -> sha256."""
     metadata: Mapping[str, Any]
+    model_file: str = MODEL_FILE
+    """The model's file name in ``path`` (a Triton config's ``default_model_filename``)."""
+    triton: bool = False
+    """A version of a Triton model directory (``config.pbtxt``): no ``version.json``,
+    nothing hashed; :meth:`verify` checks the graph against the config instead."""
 
     @property
     def model_path(self) -> Path:
-        return self.path / MODEL_FILE
+        return self.path / self.model_file
 
     def verify(self) -> None:
-        """Check every artefact against its recorded sha256 (``model.onnx`` must be recorded)."""
+        """Check every artefact against its recorded sha256 (``model.onnx`` must be recorded).
+
+        A Triton version has no record: its model file must be there and its
+        graph match the config (:func:`edgecloud.triton_config.check_graph`).
+        """
+        if self.triton:
+            from .triton_config import check_graph
+
+            where = f"model {self.name!r} version {self.version} (Triton, not hashed)"
+            check_graph(self.config, self.model_path, where)
+            return
         if MODEL_FILE not in self.files:
             raise ModelLoadError(
                 f"model {self.name!r} version {self.version}: its record lists no {MODEL_FILE}, "
@@ -213,6 +231,7 @@ class ModelRepository:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._journal: _Journal | None = None
+        self._triton: dict[str, tuple[tuple[Any, ...], TritonModel]] = {}
 
     def __repr__(self) -> str:
         return f"ModelRepository({str(self.root)!r})"
@@ -242,7 +261,7 @@ class ModelRepository:
             versions = self.versions(name)
             try:
                 config = self.config(name)
-            except ModelLoadError as exc:
+            except (ModelLoadError, MissingDependencyError) as exc:
                 out.append(ModelStatus(name, versions, [], None, exc.message))
                 continue
             served = config.version_policy.select(versions)
@@ -257,8 +276,15 @@ class ModelRepository:
         return out
 
     def config(self, name: str) -> ModelConfig:
-        """The model's config; ModelNotFoundError or ModelLoadError naming the file."""
+        """The model's config; ModelNotFoundError or ModelLoadError naming the file.
+
+        A Triton model directory's ``config.pbtxt`` is read as it is
+        (:mod:`edgecloud.triton_config`; MissingDependencyError without the
+        ``triton`` extra).
+        """
         path = self._model_dir(name) / CONFIG_FILE
+        if self.is_triton(name):
+            return self._triton_model(name).config
         replaced = self._pending().old_files.get(str(path.relative_to(self.root)), b"")
         if replaced is None or (not replaced and not path.is_file()):
             raise ModelLoadError(f"model {name!r} has no config: {path} is missing")
@@ -278,6 +304,32 @@ class ModelRepository:
                 f"model {name!r}: {path} names the model {config.name!r}; names must match"
             )
         return config
+
+    def is_triton(self, name: str) -> bool:
+        """Whether model ``name`` is a Triton model directory (read-only to edgecloud)."""
+        from .triton_config import is_triton_model
+
+        return is_triton_model(self._model_dir(name))
+
+    def _triton_model(self, name: str) -> TritonModel:
+        """The Triton model ``name``, read again only when its files change."""
+        from .triton_config import read_triton_model
+
+        directory = self._model_dir(name)
+        versions = self.versions(name)
+        newest = directory / str(versions[-1]) if versions else directory
+        stamp = tuple(
+            (p.name, st.st_mtime_ns, st.st_size)
+            for folder in (directory, newest)
+            for p in sorted(folder.iterdir())
+            if (st := p.stat()) and p.is_file()
+        ) + tuple(versions)
+        cached = self._triton.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        model = read_triton_model(directory, name, versions)
+        self._triton[name] = (stamp, model)
+        return model
 
     def versions(self, name: str) -> list[int]:
         """Version numbers on disk, ascending."""
@@ -314,6 +366,12 @@ class ModelRepository:
 
     def _entry(self, config: ModelConfig, number: int, verify: bool) -> ModelVersion:
         path = self._model_dir(config.name) / str(number)
+        if config.metadata.get("source") == "triton" and self.is_triton(config.name):
+            model_file = self._triton_model(config.name).model_file
+            entry = ModelVersion(config.name, number, path, config, {}, {}, model_file, True)
+            if verify:
+                entry.verify()
+            return entry
         entry = ModelVersion(
             config.name, number, path, config, *self._read_manifest(config.name, path)
         )
@@ -342,6 +400,14 @@ class ModelRepository:
         before the version appears. Returns the verified new version.
         """
         model_dir = self.root / name
+        from .triton_config import is_triton_model
+
+        if model_dir.is_dir() and is_triton_model(model_dir):
+            raise ConfigError(
+                f"model {name!r} in {self.root} is a Triton model directory, which edgecloud "
+                "only reads; convert it into an edgecloud repository with: edgecloud import "
+                f"--from-triton {model_dir} --repo OTHER_REPO"
+            )
         if config is not None and config.name != name:
             raise ConfigError(f"config names the model {config.name!r} but it is added as {name!r}")
         if config is None and not (model_dir / CONFIG_FILE).is_file():
