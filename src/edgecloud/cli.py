@@ -128,6 +128,11 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
             _source(repository, s.name),
         )
     console.print(table)
+    if any(repository.is_triton(s.name) for s in statuses):
+        console.print(
+            "triton: a Triton model directory (config.pbtxt), only read: its files have no "
+            "sha256 and are checked against the graph instead"
+        )
 
 
 @app.command()
@@ -842,9 +847,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 def _source(repository: ModelRepository, name: str) -> str:
     """``models list``'s source column: a Triton directory is read-only and not hashed."""
-    if repository.is_triton(name):
-        return "triton config.pbtxt (read-only, no sha256)"
-    return "edgecloud (sha256)"
+    return "triton" if repository.is_triton(name) else "edgecloud"
 
 
 def _specs(specs: Any) -> str:

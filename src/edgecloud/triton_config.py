@@ -335,7 +335,10 @@ def _ignored(proto: Any) -> list[str]:
 
 def _is_set(proto: Any, key: str) -> bool:
     field = proto.DESCRIPTOR.fields_by_name[key]
-    if field.label == field.LABEL_REPEATED:
+    repeated = getattr(field, "is_repeated", None)  # protobuf >= 6.30; `label` is deprecated
+    if repeated is None:  # pragma: no cover - older protobuf
+        repeated = field.label == field.LABEL_REPEATED
+    if repeated:
         return len(getattr(proto, key)) > 0
     return bool(proto.HasField(key))
 
