@@ -230,10 +230,13 @@ def test_an_edgecloud_model_is_not_taken_for_a_triton_one(tmp_path: Path) -> Non
 def test_models_list_says_which_models_are_triton_s(triton_repo: Path) -> None:
     result = edgecloud("models", "list", "--repo", triton_repo)
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[1]: line.split()[-2] for line in result.stdout.splitlines()[3:-2]}
-    assert {m: rows.get(m) for m in ("auto", "classifier", "fixed", "pinned")} == dict.fromkeys(
-        ("auto", "classifier", "fixed", "pinned"), "triton"
-    ), result.stdout
+    rows = {
+        cells[1].strip(): (cells[-3].strip(), cells[-2].strip())
+        for cells in (line.split("│") for line in result.stdout.splitlines())
+        if len(cells) > 2 and cells[1].strip()
+    }
+    models = ("auto", "classifier", "fixed", "pinned")
+    assert {m: rows[m] for m in models} == dict.fromkeys(models, ("triton", "ready")), rows
     assert "have no sha256" in result.stdout
 
 

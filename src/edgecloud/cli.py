@@ -113,7 +113,7 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
     if not statuses:
         console.print(f"no models in {repo}; build the demo zoo with: edgecloud zoo build")
         return
-    table = Table("versions", "inputs", "outputs", "batch", "metrics", "status", "source")
+    table = Table("versions", "inputs", "outputs", "batch", "metrics", "source", "status")
     table.columns.insert(0, Column("model", no_wrap=True))
     for s in statuses:
         cfg = s.config
@@ -124,8 +124,8 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
             _specs(cfg.outputs) if cfg else "-",
             str(cfg.max_batch_size) if cfg else "-",
             "\n".join(f"{k}={v:.4g}" for k, v in cfg.metrics.items()) if cfg else "-",
-            f"[red]{escape(s.error)}[/]" if s.error else "[green]ready[/]",
             _source(repository, s.name),
+            f"[red]{escape(s.error)}[/]" if s.error else "[green]ready[/]",
         )
     console.print(table)
     if any(repository.is_triton(s.name) for s in statuses):
