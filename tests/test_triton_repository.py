@@ -124,6 +124,13 @@ def test_without_tritonclient_it_names_the_extra(
         ('platform: "tensorrt_plan"\nmax_batch_size: 8', "platform 'tensorrt_plan'"),
         ('platform: "pytorch_libtorch"', "platform 'pytorch_libtorch'"),
         ('backend: "python"', "backend 'python'"),
+        ('default_model_filename: "model.plan"', "'model.plan' is not an .onnx file"),
+        (MODEL + 'default_model_filename: "../m.onnx"', "'../m.onnx' is not a file name"),
+        (
+            MODEL.replace("dims: [ 3 ] }", 'dims: [ 3 ] label_filename: "/etc/passwd" }'),
+            "label_filename '/etc/passwd' is not a file name",
+        ),
+        (MODEL.replace("onnxruntime_onnx", 'onnxruntime_onnx"\nbackend: "tensorrt'), "tensorrt"),
         ('platform: "ensemble"\nmax_batch_size: 8', "ensemble"),
         (
             'platform: "onnxruntime_onnx"\nensemble_scheduling { step [ { model_name: "a" } ] }',

@@ -15,6 +15,13 @@ Every artefact is hashed when written and checked when loaded: a corrupt or
 missing file is a :class:`ModelLoadError` naming the path, and one broken model
 never hides the others.
 
+A Triton model directory (``config.pbtxt`` and no ``config.yaml``, or bare
+``<version>/model.onnx`` directories without ``version.json``) is served as it
+is: :mod:`edgecloud.triton_config` reads its config (cached until its files
+change), its versions are checked against the graph instead of a sha256, and
+nothing is ever written into it (``add_version`` refuses; ``edgecloud import
+--from-triton`` converts one into an edgecloud model).
+
 Writes that add several versions (``edgecloud split``: heads and tails) are
 crash-consistent through a journal, ``<repo>/.pending/<id>.json``: before a
 version (or a new model, or a rewritten config) is written, it is recorded

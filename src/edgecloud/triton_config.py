@@ -36,7 +36,7 @@ tune how Triton schedules or places work (``instance_group``,
 ``optimization``, ``model_warmup``, queue policies, ``parameters``,
 ``response_cache``, ...) are ignored, and the model's metadata says which
 (``triton_ignored``): edgecloud sets threads, runners and device per server
-(``--threads``, ``--runners-per-model``, ``--device``).
+(``serve --threads``, ``--device``, the ``runners_per_model`` setting).
 
 Nothing is ever written into a Triton model directory: it has no
 ``version.json``, so its files are checked for presence and against the
@@ -240,6 +240,16 @@ def _convert(
                 "name, so rename one of them"
             )
     model_file = (proto.default_model_filename if proto is not None else "") or DEFAULT_MODEL_FILE
+    _inside(model_file, "default_model_filename", where)
+    if (
+        proto is not None
+        and not (proto.platform or proto.backend)
+        and not model_file.endswith(".onnx")
+    ):
+        raise ModelLoadError(
+            f"{where}: no platform or backend, and default_model_filename {model_file!r} is "
+            f'not an .onnx file; edgecloud serves ONNX models (platform "{_PLATFORM}")'
+        )
     max_batch = int(proto.max_batch_size) if proto is not None else 0
     if max_batch < 0:
         raise ModelLoadError(f"{where}: max_batch_size {max_batch} is negative; use 0 or more")
@@ -326,7 +336,7 @@ def _ignored(proto: Any) -> list[str]:
                 groups = ", ".join(
                     f"{g.count or 1} x {_enum_name(g, 'kind')}" for g in proto.instance_group
                 )
-                why = f"{groups}; {why} (--threads, --runners-per-model, --device)"
+                why = f"{groups}; {why} (serve --threads, --device, the runners_per_model setting)"
             elif key == "model_warmup":
                 why = "edgecloud warms every version up on zeros when it loads"
             notes.append(f"{key} ignored ({why})")
@@ -452,6 +462,7 @@ def _labels(proto: Any, directory: Path, outputs: list[TensorSpec], where: str) 
             f"{where}: label_filename on output {tensor.name!r}: edgecloud carries the labels "
             "of the first output only; put the labelled output first"
         )
+    _inside(tensor.label_filename, "label_filename", where)
     from .importing import read_labels  # importing pulls LocalBackend
 
     try:
@@ -465,6 +476,13 @@ def _labels(proto: Any, directory: Path, outputs: list[TensorSpec], where: str) 
             f"{tensor.name!r} has {size} entries in its last dimension; one label per entry"
         )
     return labels
+
+
+def _inside(name: str, key: str, where: str) -> None:
+    """A file name from the config must stay inside its directory."""
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts or len(parts) != 1:
+        raise ModelLoadError(f"{where}: {key} {name!r} is not a file name in the model's directory")
 
 
 # -- the graph -----------------------------------------------------------------
