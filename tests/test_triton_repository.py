@@ -3,6 +3,8 @@ edgecloud cannot honour them, and converted by ``edgecloud import --from-triton`
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -322,3 +324,23 @@ def test_import_from_triton_refuses_in_one_line(triton_repo: Path, tmp_path: Pat
         edgecloud("import", "--from-triton", triton_repo / "fixed", "--repo", target),
         "already exists",
     )
+
+
+def test_import_from_triton_without_the_extra_is_one_line(
+    triton_repo: Path, tmp_path: Path
+) -> None:
+    script = (
+        "import sys; sys.modules['tritonclient'] = None; from edgecloud.cli import main; "
+        f"sys.argv = ['edgecloud', 'import', '--from-triton', {str(triton_repo / 'fixed')!r}, "
+        f"'--repo', {str(tmp_path / 'repo')!r}]; main()"
+    )
+    env = {
+        "COLUMNS": "200",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    refused(result, "Triton config.pbtxt", "pip install 'edgecloud[triton]'")
+    assert not (tmp_path / "repo" / "fixed").exists()

@@ -149,12 +149,23 @@ def test_answers_equal_onnxruntime_on_the_same_file(served: Server, triton_repo:
     np.testing.assert_array_equal(got_fixed.as_numpy("y"), want_fixed)
 
 
+def batch_sizes(server: Server) -> dict[str, float]:
+    """The classifier's ``edgecloud_batch_size`` histogram: bucket bound -> count."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("edgecloud_batch_size_bucket") and 'model="classifier"' in line
+    }
+
+
 def test_concurrent_requests_batch_and_split_back_exactly(
     served: Server, triton_repo: Path
 ) -> None:
-    """dynamic_batching merges concurrent requests (up to max_batch_size 8); each still
-    gets exactly its own rows' answers."""
-    inputs = [rows(1 + i % 3, seed=10 + i) for i in range(16)]
+    """dynamic_batching merges concurrent one-row requests into runs of at most
+    max_batch_size 8; each request still gets exactly its own row's answer."""
+    inputs = [rows(1, seed=10 + i) for i in range(32)]
+    before = batch_sizes(served)
 
     def ask(x: np.ndarray) -> np.ndarray:
         result = http(served).infer("classifier", [tensor(triton_http, x)])
@@ -165,6 +176,10 @@ def test_concurrent_requests_batch_and_split_back_exactly(
     model = triton_repo / "classifier" / "2" / "model.onnx"
     for x, got in zip(inputs, answers, strict=True):
         np.testing.assert_allclose(got, run_onnx(model, x)["y"], rtol=1e-6, atol=1e-6)
+    after = batch_sizes(served)
+    added = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+    assert added["1.0"] < added["+Inf"], f"no request was merged: {added}"
+    assert added["8.0"] == added["+Inf"], f"a run exceeded max_batch_size 8: {added}"
 
 
 def test_an_unbatched_model_refuses_another_shape(served: Server) -> None:
