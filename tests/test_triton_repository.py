@@ -73,6 +73,27 @@ def test_the_config_is_triton_s(triton_repo: Path) -> None:
     assert repo.is_triton("classifier") and repo.get("pinned").model_path.name == "linear.onnx"
 
 
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [
+        ("", [3]),  # Triton's default: latest 1
+        ("version_policy: { latest: { num_versions: 2 } }", [2, 3]),
+        ("version_policy: { all: {} }", [1, 2, 3]),
+        ("version_policy: { specific: { versions: [ 2 ] } }", [2]),
+    ],
+)
+def test_version_policy_selects_among_the_version_directories(
+    tmp_path: Path, policy: str, served: list[int]
+) -> None:
+    one_model(tmp_path, MODEL + policy)
+    for version in (2, 3):
+        linear_onnx(tmp_path / "m" / str(version) / "model.onnx", float(version))
+    (tmp_path / "m" / "notes").mkdir()  # not a number: not a version, as in Triton
+    repo = ModelRepository(tmp_path)
+    assert repo.versions("m") == [1, 2, 3] and repo.served_versions("m") == served
+    assert repo.get("m").version == served[-1]
+
+
 def test_local_backend_runs_it_unchanged(triton_repo: Path) -> None:
     before = tree_sha256(triton_repo)
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)

@@ -109,6 +109,9 @@ def test_model_config_endpoint_reflects_batching_and_policy(served: Server) -> N
     assert http(served).get_model_config("fixed")["max_batch_size"] == 0
     pinned = http(served).get_model_config("pinned")
     assert pinned["version_policy"] == {"specific": {"versions": [1, 3]}}
+    with pytest.raises(InferenceServerException) as raised:  # KServe v2 gRPC has no config
+        grpc(served).get_model_config("classifier")
+    assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
     auto = http(served).get_model_config("auto")  # Triton's auto-complete: 4, batching on
     assert auto["max_batch_size"] == 4 and auto["dynamic_batching"]["preferred_batch_size"] == []
 
