@@ -94,6 +94,27 @@ def test_version_policy_selects_among_the_version_directories(
     assert repo.get("m").version == served[-1]
 
 
+def test_a_config_without_tensors_is_completed_from_the_graph(tmp_path: Path) -> None:
+    """As Triton's onnxruntime backend: tensors from the graph; a batchable graph with
+    max_batch_size 0 gets 4, keeping the dynamic_batching the config declares."""
+    one_model(
+        tmp_path, 'backend: "onnxruntime"\ndynamic_batching { max_queue_delay_microseconds: 300 }'
+    )
+    one_model(tmp_path, 'platform: "onnxruntime_onnx"\nmax_batch_size: 2', name="two")
+    one_model(tmp_path, 'platform: "onnxruntime_onnx"', rows=2, name="fixed")
+    repo = ModelRepository(tmp_path)
+    config = repo.config("m")
+    assert config.max_batch_size == 4 and config.dynamic_batching is not None
+    assert config.dynamic_batching.max_queue_delay_us == 300
+    assert [s.shape for s in config.inputs] == [(4,)]
+    assert "auto-completed to 4" in config.metadata["triton_ignored"]
+    two = repo.config("two")
+    assert two.max_batch_size == 2 and [s.shape for s in two.outputs] == [(3,), (3,)]
+    fixed = repo.config("fixed")  # a graph fixed to 2 rows does not batch
+    assert fixed.max_batch_size == 0 and [s.shape for s in fixed.inputs] == [(2, 4)]
+    assert all(s.error is None for s in repo.status()), repo.status()
+
+
 def test_local_backend_runs_it_unchanged(triton_repo: Path) -> None:
     before = tree_sha256(triton_repo)
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)

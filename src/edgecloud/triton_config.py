@@ -230,43 +230,16 @@ def _parse(path: Path, where: str) -> Any:
 def _convert(
     proto: Any, directory: Path, name: str, versions: list[int], where: str
 ) -> TritonModel:
-    notes: list[str] = []
-    if proto is not None:
-        _refuse_unsupported(proto, where)
-        notes = _ignored(proto)
-        if proto.name and proto.name != name:
-            raise ModelLoadError(
-                f"{where} names the model {proto.name!r}; Triton requires the directory "
-                "name, so rename one of them"
-            )
-    model_file = (proto.default_model_filename if proto is not None else "") or DEFAULT_MODEL_FILE
-    _inside(model_file, "default_model_filename", where)
-    if (
-        proto is not None
-        and not (proto.platform or proto.backend)
-        and not model_file.endswith(".onnx")
-    ):
-        raise ModelLoadError(
-            f"{where}: no platform or backend, and default_model_filename {model_file!r} is "
-            f'not an .onnx file; edgecloud serves ONNX models (platform "{_PLATFORM}")'
+    notes = _checked(proto, name, where) if proto is not None else []
+    model_file = _model_file(proto, where)
+    inputs, outputs, max_batch, auto = _tensors(proto, directory, name, versions, model_file, where)
+    batching = _dynamic_batching(proto, max_batch, where, notes)
+    if auto:
+        batching = batching or DynamicBatching(max_queue_delay_us=0)
+        notes.append(
+            f"max_batch_size auto-completed to {AUTO_MAX_BATCH_SIZE} with dynamic batching "
+            "(the graph's leading dimensions are dynamic), as Triton does"
         )
-    max_batch = int(proto.max_batch_size) if proto is not None else 0
-    if max_batch < 0:
-        raise ModelLoadError(f"{where}: max_batch_size {max_batch} is negative; use 0 or more")
-    inputs = [_spec(t, "input", where) for t in proto.input] if proto is not None else []
-    outputs = [_spec(t, "output", where) for t in proto.output] if proto is not None else []
-    batching = _dynamic_batching(proto, max_batch, where, notes) if proto is not None else None
-    if not inputs or not outputs:
-        graph = _graph(directory, name, versions, model_file, where)
-        if not inputs and not outputs and max_batch == 0 and _batchable(graph):
-            max_batch, batching = AUTO_MAX_BATCH_SIZE, DynamicBatching(max_queue_delay_us=0)
-            notes.append(
-                f"max_batch_size auto-completed to {AUTO_MAX_BATCH_SIZE} with dynamic batching "
-                "(the graph's leading dimensions are dynamic), as Triton does"
-            )
-        cut = 1 if max_batch > 0 else 0
-        inputs = inputs or [s.model_copy(update={"shape": s.shape[cut:]}) for s in graph.inputs]
-        outputs = outputs or [s.model_copy(update={"shape": s.shape[cut:]}) for s in graph.outputs]
     labels = _labels(proto, directory, outputs, where) if proto is not None else None
     config_path = directory / TRITON_CONFIG if proto is not None else directory
     metadata = {"source": "triton", "triton_config": str(config_path)}
@@ -287,6 +260,56 @@ def _convert(
         raise ModelLoadError(f"{where}: {' '.join(str(exc).split())}") from exc
     _check_versions(config, versions, directory, where)
     return TritonModel(config, model_file, tuple(notes))
+
+
+def _checked(proto: Any, name: str, where: str) -> list[str]:
+    """Refuse what cannot be honoured; the notes on what is ignored."""
+    _refuse_unsupported(proto, where)
+    if proto.name and proto.name != name:
+        raise ModelLoadError(
+            f"{where} names the model {proto.name!r}; Triton requires the directory "
+            "name, so rename one of them"
+        )
+    if proto.max_batch_size < 0:
+        raise ModelLoadError(
+            f"{where}: max_batch_size {proto.max_batch_size} is negative; use 0 or more"
+        )
+    return _ignored(proto)
+
+
+def _model_file(proto: Any, where: str) -> str:
+    model_file = (proto.default_model_filename if proto is not None else "") or DEFAULT_MODEL_FILE
+    _inside(model_file, "default_model_filename", where)
+    unnamed = proto is not None and not (proto.platform or proto.backend)
+    if unnamed and not model_file.endswith(".onnx"):
+        raise ModelLoadError(
+            f"{where}: no platform or backend, and default_model_filename {model_file!r} "
+            f'is not an .onnx file; edgecloud serves ONNX models (platform "{_PLATFORM}")'
+        )
+    return str(model_file)
+
+
+def _tensors(
+    proto: Any, directory: Path, name: str, versions: list[int], model_file: str, where: str
+) -> tuple[list[TensorSpec], list[TensorSpec], int, bool]:
+    """Inputs, outputs, max_batch_size, and whether max_batch_size was auto-completed.
+
+    What the config does not declare comes from the newest version's graph; a
+    config with no tensors and max_batch_size 0 on a graph whose every leading
+    dimension is dynamic gets :data:`AUTO_MAX_BATCH_SIZE` (Triton's auto-complete).
+    """
+    max_batch = int(proto.max_batch_size) if proto is not None else 0
+    inputs = [_spec(t, "input", where) for t in proto.input] if proto is not None else []
+    outputs = [_spec(t, "output", where) for t in proto.output] if proto is not None else []
+    if inputs and outputs:
+        return inputs, outputs, max_batch, False
+    graph = _graph(directory, name, versions, model_file, where)
+    auto = not inputs and not outputs and max_batch == 0 and _batchable(graph)
+    max_batch = AUTO_MAX_BATCH_SIZE if auto else max_batch
+    cut = 1 if max_batch > 0 else 0
+    inputs = inputs or [s.model_copy(update={"shape": s.shape[cut:]}) for s in graph.inputs]
+    outputs = outputs or [s.model_copy(update={"shape": s.shape[cut:]}) for s in graph.outputs]
+    return inputs, outputs, max_batch, auto
 
 
 def _refuse_unsupported(proto: Any, where: str) -> None:
@@ -390,7 +413,7 @@ def _is_set_tensor(tensor: Any, key: str) -> bool:
 def _dynamic_batching(
     proto: Any, max_batch: int, where: str, notes: list[str]
 ) -> DynamicBatching | None:
-    if proto.WhichOneof("scheduling_choice") != "dynamic_batching":
+    if proto is None or proto.WhichOneof("scheduling_choice") != "dynamic_batching":
         return None
     batching = proto.dynamic_batching
     if max_batch == 0:
