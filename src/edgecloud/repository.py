@@ -289,9 +289,12 @@ class ModelRepository:
         (:mod:`edgecloud.triton_config`; MissingDependencyError without the
         ``triton`` extra).
         """
-        path = self._model_dir(name) / CONFIG_FILE
-        if self.is_triton(name):
+        from .triton_config import is_triton_model
+
+        directory = self._model_dir(name)
+        if is_triton_model(directory):
             return self._triton_model(name).config
+        path = directory / CONFIG_FILE
         replaced = self._pending().old_files.get(str(path.relative_to(self.root)), b"")
         if replaced is None or (not replaced and not path.is_file()):
             raise ModelLoadError(f"model {name!r} has no config: {path} is missing")
