@@ -65,6 +65,7 @@ __all__ = [
     "AUTO_MAX_BATCH_SIZE",
     "DEFAULT_MODEL_FILE",
     "TRITON_CONFIG",
+    "TRITON_TYPES",
     "TritonModel",
     "check_graph",
     "is_triton_model",
@@ -79,12 +80,15 @@ batchable ONNX graph's config is auto-completed."""
 
 _PLATFORM = "onnxruntime_onnx"
 _BACKEND = "onnxruntime"
-_TYPES = {
-    "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32", "TYPE_UINT64": "UINT64", "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64", "TYPE_STRING": "BYTES",
+TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
 }  # fmt: skip
+"""Open Inference Protocol datatype -> Triton's ``DataType`` name (model_config.proto);
+BF16 has no numpy dtype, so neither side has it."""
+_TYPES = {triton: datatype for datatype, triton in TRITON_TYPES.items()}
 # Fields that change what a model computes or how it is called: refused by name.
 _REFUSED_FIELDS = {
     "batch_input": "batch inputs",

@@ -25,6 +25,7 @@ from ..errors import (
 )
 from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
+from ..triton_config import TRITON_TYPES
 from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
@@ -53,13 +54,6 @@ JSON = [(b"content-type", b"application/json")]
 LIVE = b'{"live":true}'
 READY = b'{"ready":true}'
 NOT_READY = b'{"ready":false}'
-
-TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
-    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
-    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
-    "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
-}  # fmt: skip
 
 
 class _Reply(Exception):
