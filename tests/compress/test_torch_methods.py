@@ -1,4 +1,4 @@
-"""Structured pruning and distillation of torch modules given as factories (tests/compress/factories.py).
+"""Pruning and distillation of torch modules given as factories (tests/compress/factories.py).
 
 Models: a small CNN and an MLP built here (exported with edgecloud.export.from_torch),
 and the zoo's resnet18-like. Few epochs, tiny data: these check the mechanics
@@ -78,9 +78,10 @@ def test_pruning_a_cnn_removes_conv_channels_and_keeps_inputs_and_outputs(
     assert _signature(result.version.model_path) == _signature(parent)  # names, dtypes, batch axis
     params = result.parameters
     assert params["channels"] == {"features.0": [16, 8], "features.3": [32, 16]}
-    assert params["kept_whole"] == ["head"] and params["parameters_after"] < 0.4 * params[
-        "parameters_before"
-    ]
+    assert (
+        params["kept_whole"] == ["head"]
+        and params["parameters_after"] < 0.4 * params["parameters_before"]
+    )
     assert params["fine_tune"]["targets"] == "labels" and params["fine_tune"]["rows"] == 128
     e = result.evaluation
     assert e.data == str(val) and e.accuracy is not None and e.parent_accuracy is not None
@@ -130,7 +131,8 @@ def test_distilling_an_mlp_without_labels_learns_the_teachers_outputs(
     assert params["alpha_soft"] == 1.0 and params["training"]["targets"] == "the parent's outputs"
     e = result.evaluation
     assert e.accuracy is None and e.top1_agreement is not None and e.top1_agreement > 0.7
-    assert _signature(result.version.model_path) == _signature(repo.get("mlp", 1, served_only=False).model_path)
+    parent = repo.get("mlp", 1, served_only=False).model_path
+    assert _signature(result.version.model_path) == _signature(parent)
 
 
 def test_pruning_an_mlp_keeps_its_softmax_output(mlp: tuple[ModelRepository, Path]) -> None:

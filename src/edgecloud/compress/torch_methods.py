@@ -169,13 +169,16 @@ def _check_reproduces(module: Any, parent: ModelVersion, samples: Samples, spec:
     from ..export import disagreement
 
     rows = slice(0, min(CHECK_ROWS, samples.rows))
-    problem = disagreement(
-        module,
-        parent.model_path,
-        _inputs(parent, samples, rows),
-        [s.name for s in parent.config.inputs],
-        [s.name for s in parent.config.outputs],
-    )
+    try:
+        problem = disagreement(
+            module,
+            parent.model_path,
+            _inputs(parent, samples, rows),
+            [s.name for s in parent.config.inputs],
+            [s.name for s in parent.config.outputs],
+        )
+    except Exception as exc:  # the module's own error on inputs it does not take
+        problem = f"it does not run on the model's inputs ({describe(exc)[:200]})"
     if problem is not None:
         raise ConfigError(
             f"--module {spec} does not reproduce {parent.name!r} version {parent.version} on "
