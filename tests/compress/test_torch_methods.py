@@ -224,3 +224,27 @@ def test_cli_prunes_with_a_factory_file_and_refuses_flags_the_method_does_not_ta
         assert bad.returncode == 1 and expected in bad.stderr, (args, bad.stderr)
         assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert tree_sha256(repo.root) == before
+
+
+def test_pruning_the_zoos_digits_model_with_a_factory_that_reads_its_onnx(
+    zoo_repo: ModelRepository, tmp_path: Path
+) -> None:
+    """bench/_digits_modules.py:mlp_from_onnx takes the parent's ONNX path; labelled data
+    written here from the zoo's digits splits (the version carries no samples here)."""
+    from edgecloud.zoo import datasets
+
+    repo = ModelRepository(tmp_path / "repo")
+    shutil.copytree(zoo_repo.root / "digits-large", repo.root / "digits-large")
+    name = repo.config("digits-large").inputs[0].name
+    for split in ("train", "test"):
+        data = datasets.digits(split)
+        np.savez(tmp_path / f"{split}.npz", **{name: data.x, "labels": data.y})
+    factory = Path(__file__).parents[2] / "bench" / "_digits_modules.py"
+    options = {"module": f"{factory}:mlp_from_onnx", "data": tmp_path / "train.npz",
+               "amount": 0.5, "epochs": 8}  # fmt: skip
+    result = compress(repo, "digits-large", "prune", options=options,
+                      data=tmp_path / "test.npz", tolerance=2.0)  # fmt: skip
+    assert result.parameters["channels"] == {"0": [256, 128], "2": [256, 128]}
+    e = result.evaluation
+    assert e.accuracy_drop_points is not None and e.accuracy_drop_points <= 2.0
+    assert e.size_ratio < 0.5

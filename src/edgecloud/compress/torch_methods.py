@@ -1,10 +1,12 @@
 """Structured pruning and knowledge distillation of any torch model (the ``train`` extra).
 
 The model comes as a *module factory*, ``--module package.module:factory`` or
-``--module path/to/file.py:factory``: a function called with no arguments
-that returns a ``torch.nn.Module`` taking the model's inputs as positional
-tensors, in the order of the model's config, and returning its outputs (a
-tensor, or a tuple in the config's output order).
+``--module path/to/file.py:factory``: a function that returns a
+``torch.nn.Module`` taking the model's inputs as positional tensors, in the
+order of the model's config, and returning its outputs (a tensor, or a tuple
+in the config's output order). It is called with no arguments, or, if it
+takes one, with the parent version's ``model.onnx`` path (a factory may load
+its weights from there, or from its own checkpoint).
 
 - ``prune``: the factory returns the module the parent ONNX was exported
   from, weights loaded; it must reproduce the parent's outputs on the training
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -91,7 +94,7 @@ class DistillOptions(TrainOptions):
 # -- the module factory -------------------------------------------------------------------
 
 
-def load_factory(spec: str) -> Callable[[], Any]:
+def load_factory(spec: str) -> Callable[..., Any]:
     """The function named by ``package.module:function`` or ``path/to/file.py:function``.
 
     Raises ConfigError naming ``spec`` when the module cannot be imported
@@ -126,9 +129,17 @@ def _from_file(path: Path) -> Any:
     return module
 
 
-def _build_module(spec: str, torch: Any) -> Any:
+def _build_module(spec: str, torch: Any, onnx_path: Path) -> Any:
+    factory = load_factory(spec)
     try:
-        module = load_factory(spec)()
+        takes_path = any(
+            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in inspect.signature(factory).parameters.values()
+        )
+    except (TypeError, ValueError):  # a builtin without a signature: call it bare
+        takes_path = False
+    try:
+        module = factory(onnx_path) if takes_path else factory()
     except ConfigError:
         raise
     except Exception as exc:
@@ -387,7 +398,7 @@ def prune(
     """Remove ``options.amount`` of every prunable layer's channels, then fine-tune."""
     torch, samples = _start(parent, options)
     tp = require("torch_pruning", extra="train", feature="structured pruning")
-    module = _build_module(options.module, torch).eval()
+    module = _build_module(options.module, torch, parent.model_path).eval()
     _check_reproduces(module, parent, samples, options.module)
     example = [torch.from_numpy(a) for a in _inputs(parent, samples, slice(0, 2))]
     named = dict(module.named_modules())
@@ -448,7 +459,7 @@ def distill(
 ) -> dict[str, Any]:
     """Train the ``--module`` student on the parent's outputs (soft targets) and labels."""
     torch, samples = _start(parent, options)
-    student = _build_module(options.module, torch)
+    student = _build_module(options.module, torch, parent.model_path)
     inputs = _inputs(parent, samples)
     progress(0.02, "running the teacher")
     teacher = _parent_outputs(parent, inputs)
