@@ -191,6 +191,17 @@ def test_training_methods_say_which_option_is_wrong(mlp: tuple[ModelRepository, 
     with pytest.raises(ConfigError, match=r"labels must be class indices in \[0, 3\], got 0..9"):
         compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp",
                                                  "data": wrong}, data=data)  # fmt: skip
+    np.savez(wrong, x=np.zeros((4, 20), np.float32), labels=np.array([0, 1, 0.5, 1]))
+    with pytest.raises(ConfigError, match="labels must be class indices; these are not whole"):
+        compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp",
+                                                 "data": wrong}, data=data)  # fmt: skip
+    x = np.zeros((4, 20), np.float32)
+    from_torch(factories.mlp(), x, repo, "whole", input_names=["x"],
+               output_names=["probabilities"], max_batch_size=0)  # fmt: skip
+    np.savez(wrong, x=x)
+    with pytest.raises(ConfigError, match="'whole' has no batch dimension"):
+        compress(repo, "whole", "distill", options={"module": "tests.compress.factories:mlp",
+                                                    "data": wrong}, data=wrong)  # fmt: skip
 
 
 def test_cli_prunes_with_a_factory_file_and_refuses_flags_the_method_does_not_take(

@@ -219,6 +219,13 @@ def _labels(
                 f"{samples.source}: labels {unknown[:5]} are not classes of the model"
             )
         return np.array([index[str(v)] for v in labels], np.int64)
+    if classes is not None and labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+            raise ConfigError(
+                f"{samples.source}: the model outputs {classes} class scores, so labels must be "
+                "class indices; these are not whole numbers"
+            )
+        labels = labels.astype(np.int64)
     if classes is not None and labels.dtype.kind in "iub":
         if labels.min() < 0 or labels.max() >= classes:
             raise ConfigError(
@@ -341,6 +348,11 @@ def _sig(spec: Any) -> str:
 
 def _start(parent: ModelVersion, options: TrainOptions) -> tuple[Any, Samples]:
     torch = require("torch", extra="train", feature="pruning and distillation")
+    if not parent.config.batched:
+        raise ConfigError(
+            f"model {parent.name!r} has no batch dimension (max_batch_size 0): training needs "
+            "rows; re-import it with --max-batch-size N"
+        )
     torch.manual_seed(options.seed)
     samples = data_for(parent, options.data, flag="--data")
     return torch, samples
