@@ -93,10 +93,10 @@ def test_pruning_resnet18_like_prunes_its_residual_stages(
 ) -> None:
     repo = ModelRepository(tmp_path / "repo")
     shutil.copytree(zoo_repo.root / "resnet18-like", repo.root / "resnet18-like")
-    images = RNG.standard_normal((4, 3, 224, 224)).astype(np.float32)
+    images = RNG.standard_normal((2, 3, 224, 224)).astype(np.float32)
     np.savez(tmp_path / "images.npz", image=images)  # no labels: fine-tune on the parent
     options = {"module": f"{FACTORIES}:resnet18_like", "data": tmp_path / "images.npz",
-               "amount": 0.25, "epochs": 1, "batch_size": 4}  # fmt: skip
+               "amount": 0.25, "epochs": 1, "batch_size": 2}  # fmt: skip
     result = compress(repo, "resnet18-like", "prune", options=options, data=tmp_path / "images.npz")
     parent = repo.get("resnet18-like", 1, served_only=False).model_path
     before, after = _conv_channels(parent), _conv_channels(result.version.model_path)
