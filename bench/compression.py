@@ -40,7 +40,7 @@ METHODS = ["int8-dynamic", "int8-static", "fp16", "int4-weight", "prune", "disti
 FACTORIES = Path(__file__).resolve().parent / "_digits_modules.py"
 OPTIONS: dict[str, dict[str, Any]] = {
     "prune": {"module": f"{FACTORIES}:mlp_from_onnx", "amount": 0.75, "epochs": 30},
-    "distill": {"module": f"{FACTORIES}:student_8", "epochs": 30},
+    "distill": {"module": f"{FACTORIES}:student_8", "epochs": 30, "lr": 1e-2},
 }
 """Calibration, evaluation and training data: each zoo model's own samples.npz."""
 TARGETS = {"size_ratio": 0.26, "latency_ratio_batch1": 0.6, "accuracy_drop_points": 1.0,
