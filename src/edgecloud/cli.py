@@ -354,24 +354,33 @@ def compress(
         Path | None, typer.Option(help="int8-static: calibration .npz (default: the samples).")
     ] = None,
     per_channel: Annotated[
-        bool | None, typer.Option("--per-channel/--per-tensor", help="int8: weight scales.")
+        bool | None,
+        typer.Option("--per-channel/--per-tensor", help="int8: weight scales (per channel)."),
     ] = None,
-    outlier_ratio: Annotated[float | None, typer.Option(help="int8-static: see docs.")] = None,
-    block_size: Annotated[int | None, typer.Option(help="int4-weight: block size.")] = None,
+    outlier_ratio: Annotated[
+        float | None, typer.Option(help="int8-static: dynamic above max/p99.9 (3).")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="int4-weight: block size (32).")] = None,
     module: Annotated[
         str | None,
         typer.Option(help="prune/distill: torch module factory, pkg.module:fn or file.py:fn."),
     ] = None,
-    amount: Annotated[float | None, typer.Option(help="prune: share of channels removed.")] = None,
+    amount: Annotated[
+        float | None, typer.Option(help="prune: share of channels removed (0.5).")
+    ] = None,
     ignore: Annotated[
         str | None, typer.Option(help="prune: submodule names kept whole, comma-separated.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="prune/distill: training epochs.")] = None,
-    lr: Annotated[float | None, typer.Option(help="prune/distill: Adam learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="prune/distill: rows per step.")] = None,
-    seed: Annotated[int | None, typer.Option(help="prune/distill: torch seed.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="distill: temperature.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="distill: soft-target weight.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="prune/distill: training epochs (10).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="prune/distill: Adam learning rate (1e-3).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="prune/distill: rows per step (64).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="prune/distill: torch seed (0).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="distill: temperature (4).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="distill: soft-target weight (0.7).")] = None,
     time_limit: Annotated[
         float, typer.Option(min=0.001, help="Seconds building and evaluating may take.")
     ] = 1800.0,

@@ -217,9 +217,9 @@ def test_cli_prunes_with_a_factory_file_and_refuses_flags_the_method_does_not_ta
         )  # fmt: skip
 
     ok = cli("-m", "prune", "--module", f"{FACTORIES}:small_cnn", "--data", train, "--val", val,
-             "--amount", "0.25", "--epochs", "1")  # fmt: skip
+             "--amount", "0.25", "--epochs", "1", "--ignore", "features.0")  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    assert _conv_channels(repo.root / "cnn" / "2" / "model.onnx") == [12, 24]
+    assert _conv_channels(repo.root / "cnn" / "2" / "model.onnx") == [16, 24]  # first kept
     before = tree_sha256(repo.root)
     for args, expected in [
         (("-m", "int8-dynamic", "--amount", "0.5", "--data", val),
