@@ -32,7 +32,6 @@ from ..samples import Samples, data_for
 
 __all__ = [
     "METHODS",
-    "REFUSES_CONTROL_FLOW",
     "Fp16Options",
     "Int4WeightOptions",
     "Int8DynamicOptions",
@@ -115,23 +114,6 @@ METHODS: dict[str, Method] = {}
 """Method name -> its registration: the one list of methods (filled by :func:`method`)."""
 
 
-class _ControlFlowReasons(Mapping[str, str]):
-    """Method -> why it refuses control flow, read from :data:`METHODS`."""
-
-    def __getitem__(self, name: str) -> str:
-        why = METHODS[name].refuses_control_flow
-        if why is None:
-            raise KeyError(name)
-        return why
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, m in METHODS.items() if m.refuses_control_flow)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-REFUSES_CONTROL_FLOW: Mapping[str, str] = _ControlFlowReasons()
 _QUANTIZE = (("onnx", "compress"), ("onnxruntime.quantization", "compress"))
 
 
@@ -218,12 +200,12 @@ def refuse_unsupported(model_path: Path, name: str) -> None:
 
     Raises CompressionError naming the nodes and the reason.
     """
-    why = REFUSES_CONTROL_FLOW.get(name)
+    why = resolve(name).refuses_control_flow
     if why is None:
         return
     found = control_flow_nodes(model_path)
     if found:
-        others = [m for m in METHODS if m not in REFUSES_CONTROL_FLOW]
+        others = [m for m, s in METHODS.items() if not (s.refuses_control_flow or s.trains)]
         raise CompressionError(
             f"{name} cannot compress this model: the graph has control flow "
             f"({', '.join(found[:4])}{' …' if len(found) > 4 else ''}) and {why}; "

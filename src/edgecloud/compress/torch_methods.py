@@ -47,9 +47,8 @@ from ..repository import ModelVersion, config_from_onnx
 from ..samples import Samples, data_for
 from .methods import MethodOptions, Progress, method
 
-__all__ = ["TORCH_METHOD_NAMES", "DistillOptions", "PruneOptions", "TrainOptions", "load_factory"]
+__all__ = ["DistillOptions", "PruneOptions", "TrainOptions", "load_factory"]
 
-TORCH_METHOD_NAMES = frozenset({"prune", "distill"})
 CHECK_ROWS = 32
 """Training rows on which the factory's module must reproduce the parent's outputs."""
 
