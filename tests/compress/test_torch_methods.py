@@ -195,6 +195,12 @@ def test_training_methods_say_which_option_is_wrong(mlp: tuple[ModelRepository, 
     with pytest.raises(ConfigError, match="labels must be class indices; these are not whole"):
         compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp",
                                                  "data": wrong}, data=data)  # fmt: skip
+    nan = np.zeros((4, 20), np.float32)
+    nan[2, 3] = np.nan
+    np.savez(wrong, x=nan)
+    with pytest.raises(ConfigError, match="input 'x' holds NaN or Inf values"):
+        compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp",
+                                                 "data": wrong}, data=data)  # fmt: skip
     x = np.zeros((4, 20), np.float32)
     from_torch(factories.mlp(), x, repo, "whole", input_names=["x"],
                output_names=["probabilities"], max_batch_size=0)  # fmt: skip

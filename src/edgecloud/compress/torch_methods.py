@@ -354,6 +354,12 @@ def _start(parent: ModelVersion, options: TrainOptions) -> tuple[Any, Samples]:
         )
     torch.manual_seed(options.seed)
     samples = data_for(parent, options.data, flag="--data")
+    for name, array in samples.inputs.items():
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ConfigError(
+                f"training data {samples.source}: input {name!r} holds NaN or Inf values; "
+                "training needs finite inputs"
+            )
     return torch, samples
 
 
