@@ -37,7 +37,12 @@ from edgecloud.zoo import build_zoo
 
 MODELS = ["digits-large", "digits-small", "minilm"]
 METHODS = ["int8-dynamic", "int8-static", "fp16", "int4-weight", "prune", "distill"]
-SETTINGS = {"prune": {"amount": 0.75}, "distill": {"student_hidden": (8,)}}
+FACTORIES = Path(__file__).resolve().parent / "_digits_modules.py"
+OPTIONS: dict[str, dict[str, Any]] = {
+    "prune": {"module": f"{FACTORIES}:mlp_from_onnx", "amount": 0.75, "epochs": 30},
+    "distill": {"module": f"{FACTORIES}:student_8", "epochs": 30, "lr": 1e-2},
+}
+"""Calibration, evaluation and training data: each zoo model's own samples.npz."""
 TARGETS = {"size_ratio": 0.26, "latency_ratio_batch1": 0.6, "accuracy_drop_points": 1.0,
            "minilm_cosine": 0.98}  # fmt: skip
 
@@ -60,9 +65,8 @@ def main() -> None:
             [(m, k) for m in MODELS for k in METHODS], description="compress"
         ):
             try:
-                calibration = "zoo" if method == "int8-static" else None
-                results.append(compress(scratch, model, method, calibration=calibration,
-                                        settings=SETTINGS.get(method)))  # fmt: skip
+                options = OPTIONS.get(method, {}) if model.startswith("digits") else {}
+                results.append(compress(scratch, model, method, options=options))
             except EdgecloudError as exc:
                 failures.append({"model": model, "method": method, "error": exc.message[:300]})
     console.print(report.table(results))

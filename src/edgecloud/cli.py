@@ -388,24 +388,61 @@ def _print_settings(settings: Any) -> None:
 def compress(
     model: Annotated[str, typer.Argument(help="Model name in the repository.")],
     method: Annotated[
-        str, typer.Option("--method", "-m", help="int8-dynamic, int8-static, fp16, int4-weight.")
+        str,
+        typer.Option(
+            "--method", "-m", help="int8-dynamic, int8-static, fp16, int4-weight, prune, distill."
+        ),
     ],
     repo: RepoOption = DEFAULT_REPO,
     model_version: Annotated[
         str | None,
         typer.Option("--version", help="Version to start from (default: newest uncompressed)."),
     ] = None,
-    calibration: Annotated[
-        str | None, typer.Option(help="int8-static inputs: an .npz file, or 'zoo'.")
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluation .npz (inputs by name, optional 'labels'; default: the version's "
+            "samples; 'random': random inputs, no measure of accuracy). prune/distill: the "
+            "training .npz."
+        ),
+    ] = None,
+    val: Annotated[
+        str | None, typer.Option(help="prune/distill: evaluation .npz (default: the samples).")
     ] = None,
     tolerance: Annotated[
         float | None, typer.Option(help="Max accuracy loss in points (or 1 - cosine) allowed.")
     ] = None,
-    amount: Annotated[float, typer.Option(help="prune: share of hidden neurons removed.")] = 0.5,
-    epochs: Annotated[int, typer.Option(help="prune/distill: training epochs.")] = 30,
-    student: Annotated[
-        str, typer.Option(help="distill: student hidden sizes, e.g. 8 or 32,16.")
-    ] = "8",
+    calibration: Annotated[
+        Path | None, typer.Option(help="int8-static: calibration .npz (default: the samples).")
+    ] = None,
+    per_channel: Annotated[
+        bool | None,
+        typer.Option("--per-channel/--per-tensor", help="int8: weight scales (per channel)."),
+    ] = None,
+    outlier_ratio: Annotated[
+        float | None, typer.Option(help="int8-static: dynamic above max/p99.9 (3).")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="int4-weight: block size (32).")] = None,
+    module: Annotated[
+        str | None,
+        typer.Option(help="prune/distill: torch module factory, pkg.module:fn or file.py:fn."),
+    ] = None,
+    amount: Annotated[
+        float | None, typer.Option(help="prune: share of channels removed (0.5).")
+    ] = None,
+    ignore: Annotated[
+        str | None, typer.Option(help="prune: submodule names kept whole, comma-separated.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="prune/distill: training epochs (10).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="prune/distill: Adam learning rate (1e-3).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="prune/distill: rows per step (64).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="prune/distill: torch seed (0).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="distill: temperature (4).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="distill: soft-target weight (0.7).")] = None,
     time_limit: Annotated[
         float, typer.Option(min=0.001, help="Seconds building and evaluating may take.")
     ] = 1800.0,
@@ -413,12 +450,27 @@ def compress(
     """Compress a model into a new version, with an evaluation report beside it.
 
     Methods: int8-dynamic, int8-static, fp16, int4-weight (onnxruntime), and
-    prune, distill (torch; MLP classifiers with a known data set).
+    prune, distill (torch: --module package.module:factory --data train.npz
+    [--val val.npz]). A flag the method does not take is refused by name.
     """
     from .compress import compress as run_compress
     from .compress import report
+    from .compress.methods import resolve
 
     _repo(repo)
+    given = {
+        "calibration": calibration, "per_channel": per_channel, "outlier_ratio": outlier_ratio,
+        "block_size": block_size, "module": module, "amount": amount, "epochs": epochs,
+        "lr": lr, "batch_size": batch_size, "seed": seed, "temperature": temperature,
+        "alpha": alpha, "ignore": None if ignore is None else _names(ignore, "--ignore"),
+    }  # fmt: skip
+    options = {k: v for k, v in given.items() if v is not None}
+    evaluation = data
+    if resolve(method).trains:
+        options.update({} if data is None else {"data": Path(data)})
+        evaluation = val
+    elif val is not None:
+        raise ConfigError(f"{method} does not take --val (prune and distill do); use --data")
 
     with _task_progress() as progress:
         task = progress.add_task(f"{method} on {model}", total=1.0)
@@ -427,16 +479,27 @@ def compress(
             progress.update(task, completed=fraction, description=f"{method} on {model}: {text}")
 
         result = run_compress(
-            ModelRepository(repo), model, method, version=model_version,
-            calibration=calibration, tolerance=tolerance, time_limit_s=time_limit,
-            settings={"amount": amount, "epochs": epochs, "student_hidden": _sizes(student),
-                      "progress": report_progress},
+            ModelRepository(repo), model, method, version=model_version, options=options,
+            data=evaluation, tolerance=tolerance, time_limit_s=time_limit,
+            progress=report_progress, spell=_flag,
         )  # fmt: skip
     console.print(report.table([result]))
     (result.version.path / "report.md").write_text(report.markdown([result]))
     report.plot([result], result.version.path / "report.png")
     console.print(f"version {result.version.version} written to {result.version.path} "
                   "(report.md, report.png beside it)")  # fmt: skip
+
+
+def _flag(option: str) -> str:
+    """An option's command-line spelling (``per_channel`` -> ``--per-channel``)."""
+    return "--" + option.replace("_", "-")
+
+
+def _names(text: str, flag: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise ConfigError(f"{flag} takes names separated by commas, not {text!r}")
+    return names
 
 
 @app.command()
@@ -812,16 +875,6 @@ def print_response(response: InferResponse, labels: list[str] | None) -> None:
         else:
             console.print(np.array2string(array, threshold=20, precision=4))
     console.print(response.trace.describe(), highlight=False)
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--student takes sizes like 8 or 32,16, not {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ConfigError(f"--student takes positive sizes, not {text!r}")
-    return sizes
 
 
 def _task_progress() -> Progress:

@@ -138,9 +138,12 @@ def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:
     return next(iter(leading.values()), 1)
 
 
-def data_for(version: ModelVersion, data: str | os.PathLike[str] | None = None) -> Samples:
+def data_for(
+    version: ModelVersion, data: str | os.PathLike[str] | None = None, *, flag: str = "--data"
+) -> Samples:
     """The inputs a command runs on: ``data`` (``--data FILE``) if given, else
-    the version's ``samples.npz``; ConfigError saying what to pass when neither.
+    the version's ``samples.npz``; ConfigError saying what to pass when neither
+    (``flag``: the option that passes the file, e.g. ``--calibration``).
 
     The version's samples are checked against its config like any other file
     (their sha256 is checked when the version is loaded with ``verify``).
@@ -151,6 +154,6 @@ def data_for(version: ModelVersion, data: str | os.PathLike[str] | None = None) 
         return load_samples(version.path / SAMPLES_FILE, version.config)
     raise ConfigError(
         f"model {version.name!r} version {version.version} carries no samples: pass "
-        f"--data FILE.npz with inputs named {expected_inputs(version.config)} "
+        f"{flag} FILE.npz with inputs named {expected_inputs(version.config)} "
         f"(and optionally '{LABELS}', one per row)"
     )

@@ -31,9 +31,9 @@ from edgecloud import (
     EdgecloudError,
     ModelRepository,
 )
-from edgecloud.compress import Evaluation, compress
+from edgecloud.compress import RANDOM, Evaluation, compress
 from edgecloud.compress.evaluate import check_fidelity
-from edgecloud.compress.methods import METHODS
+from edgecloud.compress.methods import METHODS, Fp16Options, Method
 from edgecloud.errors import describe as reason
 
 from ..trees import tree_sha256
@@ -49,7 +49,6 @@ from ._compress_helpers import (
 )
 
 ONNX_METHODS = ["int8-dynamic", "int8-static", "fp16", "int4-weight"]
-ALL_METHODS = [*ONNX_METHODS, "prune", "distill"]
 
 
 @pytest.fixture
@@ -74,7 +73,7 @@ def _refused(repo: ModelRepository, model: str, method: str, **kwargs: Any) -> E
     """Compress, expecting a refusal that names a reason and leaves the repository as it was."""
     before = tree_sha256(repo.root)
     with pytest.raises(EdgecloudError) as info:
-        compress(repo, model, method, **kwargs)
+        compress(repo, model, method, data=RANDOM, **kwargs)
     assert tree_sha256(repo.root) == before
     message = info.value.message
     assert message.strip() and not message.rstrip().endswith(":"), message
@@ -89,9 +88,9 @@ def _refused(repo: ModelRepository, model: str, method: str, **kwargs: Any) -> E
 def test_nan_outputs_fail_whatever_the_tolerance(
     repo: ModelRepository, tmp_path: Path, method: str, model: str
 ) -> None:
-    calibration = _calibration(tmp_path, 32) if method == "int8-static" else None
+    options = {"calibration": _calibration(tmp_path, 32)} if method == "int8-static" else {}
     for tolerance in (None, 1.0, 1e9):  # 1e9: before, nan > tolerance was False and passed
-        error = _refused(repo, model, method, calibration=calibration, tolerance=tolerance)
+        error = _refused(repo, model, method, options=options, tolerance=tolerance)
         assert isinstance(error, CompressionError)
         assert "NaN/Inf output values" in error.message
 
@@ -103,12 +102,14 @@ def test_fp16_out_of_range_weights_are_refused(repo: ModelRepository) -> None:
 
 
 @pytest.mark.parametrize("method", ["prune", "distill"])
-def test_torch_methods_refuse_graphs_they_cannot_rebuild(
-    repo: ModelRepository, method: str
+def test_torch_methods_refuse_a_module_that_does_not_fit_the_graph(
+    repo: ModelRepository, method: str, tmp_path: Path
 ) -> None:
     pytest.importorskip("torch")
-    error = _refused(repo, "cancelling", method, tolerance=1.0)
-    assert "digits" in error.message or "MLP" in error.message
+    data = _calibration(tmp_path, 32)  # the 'cancelling' model's inputs
+    options = {"module": "tests.compress.factories:mlp", "data": data, "epochs": 1}
+    error = _refused(repo, "cancelling", method, options=options, tolerance=1.0)
+    assert "does not run on the model's inputs" in error.message
 
 
 def test_a_parent_with_nan_outputs_is_no_reference(repo: ModelRepository) -> None:
@@ -164,24 +165,24 @@ CONTROL_FLOW = {"branch": ("If 'branch'", 32), "loop": ("Loop 'loop'", 8)}
 
 
 @pytest.mark.parametrize("model", sorted(CONTROL_FLOW))
-@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize("method", ONNX_METHODS)  # prune/distill: the module is checked
 def test_control_flow_is_refused_up_front_or_converted_on_both_branches(
     repo: ModelRepository, tmp_path: Path, method: str, model: str
 ) -> None:
     node, width = CONTROL_FLOW[model]
-    calibration = _calibration(tmp_path, width) if method == "int8-static" else None
+    options = {"calibration": _calibration(tmp_path, width)} if method == "int8-static" else {}
     before = tree_sha256(repo.root)
     started = time.monotonic()
     try:
-        result = compress(repo, model, method, calibration=calibration, tolerance=0.05)
+        result = compress(repo, model, method, options=options, data=RANDOM, tolerance=0.05)
     except EdgecloudError as exc:
         assert tree_sha256(repo.root) == before
-        if method in ("fp16", "prune", "distill"):
+        if method == "fp16":
             assert f"control flow ({node})" in exc.message and "try int8-dynamic" in exc.message
             assert time.monotonic() - started < 5  # refused before any work
         assert exc.message.strip(), method
         return
-    assert method not in ("fp16", "prune", "distill")
+    assert method != "fp16"
     # the evaluation saw one branch (sum over the batch); check both here
     parent = repo.get(model, 1, served_only=False).model_path
     x = np.random.default_rng(3).standard_normal((16, width)).astype(np.float32)
@@ -193,20 +194,21 @@ def test_control_flow_is_refused_up_front_or_converted_on_both_branches(
         assert np.all(np.isfinite(have)) and cosine > 1 - 0.05, (method, sign, cosine)
 
 
-def _slow(source: Path, target: Path, options: Any) -> dict[str, Any]:
+def _slow(parent: Any, target: Path, options: Any, progress: Any) -> dict[str, Any]:
     """A method stuck in a loop (module level: the spawn worker imports it by name)."""
     time.sleep(120)
     return {}
 
 
-def _mute(source: Path, target: Path, options: Any) -> dict[str, Any]:
+def _mute(parent: Any, target: Path, options: Any, progress: Any) -> dict[str, Any]:
     """A method failing as onnxruntime's shape inference does on Silero VAD."""
     raise AssertionError()
 
 
 @pytest.fixture
 def test_methods() -> Iterator[None]:
-    METHODS.update({"test-slow": _slow, "test-mute": _mute})
+    for name, fn in (("test-slow", _slow), ("test-mute", _mute)):
+        METHODS[name] = Method(name, fn, Fp16Options, needs=())
     yield
     del METHODS["test-slow"], METHODS["test-mute"]
 
@@ -215,10 +217,10 @@ def test_methods() -> Iterator[None]:
 def test_time_limit_stops_a_stuck_step_and_shows_progress(repo: ModelRepository) -> None:
     seen: list[str] = []
     started = time.monotonic()
-    settings = {"progress": lambda fraction, text: seen.append(text)}
     before = tree_sha256(repo.root)
     with pytest.raises(DeadlineExceededError, match="time limit of 4 s") as info:
-        compress(repo, "cancelling", "test-slow", time_limit_s=4, settings=settings)
+        compress(repo, "cancelling", "test-slow", time_limit_s=4, data=RANDOM,
+                 progress=lambda fraction, text: seen.append(text))  # fmt: skip
     assert time.monotonic() - started < 15
     assert "repository is unchanged" in info.value.message
     assert tree_sha256(repo.root) == before
@@ -242,7 +244,8 @@ def test_cli_refuses_nan_and_control_flow_with_one_line(repo: ModelRepository) -
     ]:
         result = subprocess.run(
             [sys.executable, "-m", "edgecloud.cli", "compress", model, "-m", method,
-             "--repo", str(repo.root), "--tolerance", "1", "--time-limit", "120"],
+             "--repo", str(repo.root), "--tolerance", "1", "--time-limit", "120",
+             "--data", "random"],
             capture_output=True, text=True, timeout=180, env=cli_env(),
         )  # fmt: skip
         assert result.returncode == 1, result.stderr

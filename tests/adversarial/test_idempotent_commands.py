@@ -67,7 +67,8 @@ def test_zoo_build_after_split_and_compress_is_a_no_op(digits: ModelRepository) 
     _zoo_build(repo)
     assert tree_sha256(repo.root) == after_split
 
-    edgecloud("compress", "digits-small", "--repo", repo.root, "-m", "int8-dynamic")
+    edgecloud("compress", "digits-small", "--repo", repo.root, "-m", "int8-dynamic",
+              "--data", "random")  # fmt: skip
     assert repo.get("digits-small").metadata["method"] == "int8-dynamic"
     after_compress = tree_sha256(repo.root)
     _zoo_build(repo)  # used to add a copy of version 1 as version 3, served instead of 2

@@ -243,7 +243,8 @@ def test_every_compressed_version_splits_exactly_at_every_cut(method: str, tmp_p
     add_model(repo, "mlp", _mlp_onnx(tmp_path / "mlp.onnx"), batch=16)
     calibration = tmp_path / "calibration.npz"
     np.savez(calibration, x=RNG.standard_normal((64, 64)).astype(np.float32))
-    compress(repo, "mlp", method, calibration=calibration if method == "int8-static" else None)
+    options = {"calibration": calibration} if method == "int8-static" else {}
+    compress(repo, "mlp", method, options=options, data="random")
     parent = repo.get("mlp")
     assert parent.version == 2
     x = {"x": _x(64)}

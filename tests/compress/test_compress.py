@@ -16,13 +16,12 @@ from edgecloud import (
     CompressionError,
     ConfigError,
     InferRequest,
-    InvalidRequestError,
     LocalBackend,
     ModelConfig,
     ModelRepository,
     TensorSpec,
 )
-from edgecloud.compress import compress
+from edgecloud.compress import RANDOM, compress
 
 from ..models import two_input_config, two_input_onnx
 
@@ -80,10 +79,10 @@ def calibration_file(tmp_path: Path) -> Path:
 def test_every_method_keeps_parity_with_fp32(
     repo: ModelRepository, tmp_path: Path, method: str
 ) -> None:
-    calibration = calibration_file(tmp_path) if method == "int8-static" else None
+    options = {"calibration": calibration_file(tmp_path)} if method == "int8-static" else {}
     # static int8 also quantizes the softmax output: 8 bits of probability resolution
     floor = 0.95 if method == "int8-static" else 0.98
-    result = compress(repo, "mlp", method, calibration=calibration, tolerance=1 - floor)
+    result = compress(repo, "mlp", method, options=options, data=RANDOM, tolerance=1 - floor)
     assert result.version.version == 2 and result.parent_version == 1
     meta = result.version.metadata
     assert meta["method"] == method and meta["parent_version"] == 1 and meta["parameters"]
@@ -107,7 +106,8 @@ def test_static_int8_quantizes_layers_with_outlier_inputs_dynamically(
     x = RNG.standard_normal((256, 64)).astype(np.float32)
     x[RNG.random(x.shape) < 0.0005] = 60.0
     np.savez(tmp_path / "spiky.npz", x=x)
-    result = compress(repo, "mlp", "int8-static", calibration=tmp_path / "spiky.npz")
+    spiky = {"calibration": tmp_path / "spiky.npz"}
+    result = compress(repo, "mlp", "int8-static", options=spiky, data=RANDOM)
     dynamic = result.parameters["dynamic_layers"]
     assert len(dynamic) == 1 and next(iter(dynamic.values())) > 3.0  # the first MatMul only
     ops = {n.op_type for n in onnx.load(str(result.version.model_path)).graph.node}
@@ -126,8 +126,8 @@ def _fp32(repo: ModelRepository, x: np.ndarray) -> np.ndarray:
 
 
 def test_compressing_again_starts_from_the_uncompressed_version(repo: ModelRepository) -> None:
-    compress(repo, "mlp", "int8-dynamic")
-    second = compress(repo, "mlp", "fp16")
+    compress(repo, "mlp", "int8-dynamic", data=RANDOM)
+    second = compress(repo, "mlp", "fp16", data=RANDOM)
     assert second.parent_version == 1 and second.version.version == 3
 
 
@@ -135,25 +135,28 @@ def test_bad_inputs_leave_the_repository_unchanged(repo: ModelRepository, tmp_pa
     before = snapshot(repo)
     with pytest.raises(ConfigError, match="unknown compression method 'int3'"):
         compress(repo, "mlp", "int3")
-    with pytest.raises(InvalidRequestError, match="int8-static needs calibration inputs"):
-        compress(repo, "mlp", "int8-static")
+    with pytest.raises(ConfigError, match="carries no samples: pass --calibration FILE.npz"):
+        compress(repo, "mlp", "int8-static", data=RANDOM)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, pixels=np.zeros((4, 64), np.float32))
-    with pytest.raises(InvalidRequestError, match=r"holds \['pixels'\]; model 'mlp' needs \['x'\]"):
-        compress(repo, "mlp", "int8-static", calibration=wrong)
+    with pytest.raises(ConfigError, match=r"wrong.npz: .*'pixels'.*x \(FP32 \[rows, 64\]\)"):
+        compress(repo, "mlp", "int8-static", options={"calibration": wrong}, data=RANDOM)
     with pytest.raises(ConfigError, match="does not exist"):
-        compress(repo, "mlp", "int8-static", calibration=tmp_path / "absent.npz")
+        compress(repo, "mlp", "int8-static", options={"calibration": tmp_path / "absent.npz"},
+                 data=RANDOM)  # fmt: skip
     with pytest.raises(ConfigError, match="found no MatMul"):
-        compress(repo, "two-input", "int4-weight")  # nothing to quantize in that graph
+        compress(repo, "two-input", "int4-weight", data=RANDOM)  # nothing to quantize there
     with pytest.raises(CompressionError, match="more than the tolerance|drift"):
-        compress(repo, "mlp", "int4-weight", tolerance=0.0)
+        compress(repo, "mlp", "int4-weight", tolerance=0.0, data=RANDOM)
+    with pytest.raises(ConfigError, match="carries no samples: pass --data FILE.npz"):
+        compress(repo, "mlp", "int8-dynamic")
     assert snapshot(repo) == before
 
 
 def test_cli_writes_the_version_and_its_report(repo: ModelRepository) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgecloud.cli", "compress", "mlp", "-m", "int8-dynamic",
-         "--repo", str(repo.root), "--tolerance", "0.05"],
+         "--repo", str(repo.root), "--tolerance", "0.05", "--data", "random"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "COLUMNS": "160"},  # PYTHONPATH too: this checkout's code
     )  # fmt: skip
@@ -172,6 +175,58 @@ def test_cli_writes_the_version_and_its_report(repo: ModelRepository) -> None:
 
 def test_every_method_declares_what_it_imports() -> None:
     """The build runs in a worker process; a missing extra must be found here first."""
-    from edgecloud.compress.methods import METHODS, NEEDS, TORCH_METHOD_NAMES
+    from edgecloud.compress.methods import METHODS
 
-    assert set(NEEDS) == {*METHODS, *TORCH_METHOD_NAMES}
+    assert {"int8-dynamic", "int8-static", "fp16", "int4-weight", "prune", "distill"} <= set(
+        METHODS
+    )
+    for name, method in METHODS.items():
+        assert ("onnx", "compress") in method.needs, name
+
+
+def test_data_comes_from_the_file_else_the_version_samples(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    x = RNG.standard_normal((96, 64)).astype(np.float32)
+    labels = _fp32(repo, x).argmax(axis=1)
+    np.savez(tmp_path / "labelled.npz", x=x, labels=labels)
+    labelled = compress(repo, "mlp", "int8-dynamic", data=tmp_path / "labelled.npz")
+    e = labelled.evaluation
+    assert e.data == str(tmp_path / "labelled.npz") and e.parent_accuracy == 1.0
+    assert e.accuracy is not None and e.accuracy_drop_points is not None
+    # the version's own samples (no labels): agreement and cosine only, and int8-static
+    # calibrates on them too
+    np.savez(tmp_path / "samples.npz", x=x)
+    parent = repo.get("mlp", 1, served_only=False)
+    repo.add_version("mlp", parent.model_path, samples=tmp_path / "samples.npz")  # version 3
+    static = compress(repo, "mlp", "int8-static", version=3)
+    assert static.evaluation.data == "mlp samples" and static.evaluation.accuracy is None
+    assert static.evaluation.top1_agreement is not None and static.evaluation.cosine_min > 0.9
+    assert static.parameters["calibration_batches"] == 3  # 96 rows in batches of 32
+    assert static.parameters["calibration_data"] == "the version's samples"
+
+
+def test_options_are_typed_per_method_and_errors_name_the_option(repo: ModelRepository) -> None:
+    from edgecloud.compress.methods import Int4WeightOptions, Int8StaticOptions
+
+    before = snapshot(repo)
+    cases = [
+        ("int8-dynamic", {"amount": 0.5}, "int8-dynamic does not take 'amount' (it takes "
+         "'per_channel')"),
+        ("fp16", {"per_channel": True}, "fp16 does not take 'per_channel' (it takes no options)"),
+        ("int8-dynamic", {"per_channel": "maybe"}, "option 'per_channel': Input should be a "
+         "valid boolean"),
+        ("int4-weight", {"block_size": 0}, "option 'block_size': Value error, must be a power"),
+        ("int8-static", {"outlier_ratio": float("inf")}, "option 'outlier_ratio': Input should "
+         "be a finite number"),
+        ("int8-static", Int4WeightOptions(), "int8-static takes Int8StaticOptions, not "
+         "Int4WeightOptions"),
+    ]  # fmt: skip
+    for method, options, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            compress(repo, "mlp", method, options=options, data=RANDOM)
+        assert expected in info.value.message, info.value.message
+    assert snapshot(repo) == before
+    typed = Int8StaticOptions(per_channel=False, calibration=None)
+    with pytest.raises(ConfigError, match="pass --calibration"):
+        compress(repo, "mlp", "int8-static", options=typed, data=RANDOM)

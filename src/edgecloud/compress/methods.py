@@ -1,8 +1,15 @@
-"""Compression methods for ONNX models: onnxruntime.quantization and the float16 converter.
+"""Compression methods: one registry, one typed options model per method.
 
-A registry of small functions ``(source, target, options) -> parameters``; each
-writes ``target`` from ``source`` and returns the parameters it used (recorded
-in the new version's metadata). No graph is rewritten by hand here.
+A method is a function ``(parent, target, options, progress) -> parameters``
+registered with :func:`method` together with its pydantic options model, the
+modules it imports and (if so) why it cannot convert graphs with control
+flow. It writes ``target`` from the ``parent`` version and returns the
+parameters it used (recorded in the new version's metadata). The ONNX methods
+here use onnxruntime.quantization and the float16 converter (no graph is
+rewritten by hand); ``prune`` and ``distill`` live in :mod:`.torch_methods`.
+
+Options are validated by :func:`options_for`: an option the method does not
+take, or a value out of range, is a ConfigError naming the option.
 """
 
 from __future__ import annotations
@@ -10,102 +17,170 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .._optional import require
 from ..errors import CompressionError, ConfigError, InvalidRequestError
+from ..repository import ModelVersion
+from ..samples import Samples, data_for
 
 __all__ = [
     "METHODS",
-    "REFUSES_CONTROL_FLOW",
-    "TORCH_METHOD_NAMES",
-    "CompressOptions",
+    "Fp16Options",
+    "Int4WeightOptions",
+    "Int8DynamicOptions",
+    "Int8StaticOptions",
+    "Method",
+    "MethodOptions",
+    "check_needs",
     "control_flow_nodes",
     "method",
+    "options_for",
     "refuse_unsupported",
-    "resolve_any",
+    "resolve",
 ]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+Progress = Callable[[float, str], None]
+Build = Callable[[ModelVersion, Path, Any, Progress], dict[str, Any]]
+
+CALIBRATION_BATCH = 32
+"""Rows per calibration batch fed to onnxruntime's calibrator."""
 
 
-@dataclass
-class CompressOptions:
-    """What a method may use."""
+class MethodOptions(BaseModel):
+    """Options of a method; every method's model derives from this one (unknown names refused)."""
 
-    calibration: list[Arrays] = field(default_factory=list)
-    """Input batches for static quantization (from a data file or a zoo data set)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Int8DynamicOptions(MethodOptions):
     per_channel: bool = True
-    transformer: bool = False
-    """Skip symbolic shape inference in pre-processing (transformer graphs need this)."""
+    """One weight scale per output channel (else one per tensor)."""
+
+
+class Int8StaticOptions(MethodOptions):
+    per_channel: bool = True
+    """One weight scale per output channel (else one per tensor)."""
+    calibration: Path | None = None
+    """``.npz`` of inputs whose activation ranges set the scales (format:
+    :mod:`edgecloud.samples`); default: the version's ``samples.npz``."""
+    outlier_ratio: float = Field(default=3.0, gt=1.0, allow_inf_nan=False)
+    """A layer whose input's max exceeds this × its 99.9th percentile is quantized
+    dynamically instead (the 3.0 was measured on MiniLM's post-GELU MatMuls)."""
+
+
+class Fp16Options(MethodOptions):
+    """fp16 takes no options: weights and compute in float16, inputs and outputs float32."""
+
+
+class Int4WeightOptions(MethodOptions):
     block_size: int = 32
-    """Block size of 4-bit weight-only quantization."""
-    outlier_ratio: float = 3.0
-    """int8-static: a layer whose input's max exceeds this × its 99.9th percentile
-    is quantized dynamically instead."""
-    amount: float = 0.5
-    """Share of each hidden layer's neurons that pruning removes."""
-    epochs: int = 30
-    """Fine-tuning (pruning) or training (distillation) epochs."""
-    student_hidden: tuple[int, ...] = (8,)
-    """Hidden layer sizes of the distilled student."""
-    temperature: float = 4.0
-    """Distillation temperature for the teacher's soft targets."""
-    alpha: float = 0.7
-    """Weight of the soft-target loss against the hard-label loss."""
-    progress: Callable[[float, str], None] | None = None
+    """Weights per quantization block of MatMulNBits (a power of two, at least 16:
+    onnxruntime's kernel requirement)."""
 
-    def __post_init__(self) -> None:
-        if not 0 < self.amount < 1:
-            raise ConfigError(f"amount must be between 0 and 1, got {self.amount}")
-        if self.epochs < 1:
-            raise ConfigError("epochs must be at least 1")
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"must be a power of two, at least 16, got {value}")
+        return value
 
 
-Method = Callable[[Path, Path, CompressOptions], dict[str, Any]]
+@dataclass(frozen=True)
+class Method:
+    """A registered compression method."""
+
+    name: str
+    build: Build
+    options: type[MethodOptions]
+    needs: tuple[tuple[str, str], ...]
+    """``(module, extra)`` it imports, checked in this process before the build
+    starts in its worker (:func:`check_needs`), so a missing extra is one line
+    naming it rather than a failure inside the worker."""
+    refuses_control_flow: str | None = None
+    """Why it cannot convert graphs with control flow (If/Loop/Scan); None: it can."""
+    trains: bool = False
+    """It trains on ``options.data`` (``--data``) and is evaluated on ``--val``."""
+
+
 METHODS: dict[str, Method] = {}
-TORCH_METHOD_NAMES = ("prune", "distill")
-"""Methods of :mod:`.torch_methods` (the ``train`` extra); they take the parent version."""
-REFUSES_CONTROL_FLOW: dict[str, str] = {
-    "prune": "it rebuilds MLP classifiers (Gemm/Relu … Softmax) in torch",
-    "distill": "it trains an MLP student on an MLP teacher rebuilt in torch",
-}
-"""Method -> why it cannot convert graphs with control flow (If/Loop/Scan subgraphs)."""
+"""Method name -> its registration: the one list of methods (filled by :func:`method`)."""
+
+
 _QUANTIZE = (("onnx", "compress"), ("onnxruntime.quantization", "compress"))
-NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "int8-dynamic": _QUANTIZE,
-    "int8-static": _QUANTIZE,
-    "fp16": (("onnx", "compress"), ("onnxconverter_common.float16", "compress")),
-    "int4-weight": (*_QUANTIZE, ("onnx_ir", "compress")),
-    "prune": (("onnx", "compress"), ("torch", "train"), ("torch_pruning", "train")),
-    "distill": (("onnx", "compress"), ("torch", "train")),
-}
-"""Method -> ``(module, extra)`` it imports. Checked in this process before the
-build starts in its worker (:func:`check_needs`), so a missing extra is one line
-naming it rather than a failure inside the worker."""
+
+
+def method(
+    name: str,
+    *,
+    options: type[MethodOptions],
+    needs: tuple[tuple[str, str], ...] = (),
+    refuses_control_flow: str | None = None,
+    trains: bool = False,
+) -> Callable[[Build], Build]:
+    """Register ``fn`` as method ``name`` with its options model (see :class:`Method`)."""
+
+    def register(fn: Build) -> Build:
+        METHODS[name] = Method(name, fn, options, needs, refuses_control_flow, trains)
+        return fn
+
+    return register
+
+
+def resolve(name: str) -> Method:
+    """The method called ``name``; ConfigError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown compression method {name!r}; use one of {', '.join(METHODS)}"
+        ) from None
+
+
+def options_for(
+    name: str,
+    values: MethodOptions | Mapping[str, Any] | None = None,
+    *,
+    spell: Callable[[str], str] = repr,
+) -> MethodOptions:
+    """``values`` validated into method ``name``'s options model.
+
+    ``spell`` writes an option's name in messages (the CLI passes its flag
+    spelling). Raises ConfigError naming the options the method does not take
+    (and those it does), or the first invalid option and why.
+    """
+    model = resolve(name).options
+    if isinstance(values, MethodOptions):
+        if not isinstance(values, model):
+            raise ConfigError(f"{name} takes {model.__name__}, not {type(values).__name__}")
+        return values
+    given = dict(values or {})
+    unknown = sorted(set(given) - set(model.model_fields))
+    if unknown:
+        takes = ", ".join(spell(f) for f in model.model_fields) or "no options"
+        raise ConfigError(
+            f"{name} does not take {', '.join(spell(u) for u in unknown)} (it takes {takes})"
+        )
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        got = f" (got {error['input']!r})" if "input" in error else ""
+        raise ConfigError(f"{name}: option {spell(field)}: {error['msg']}{got}") from None
 
 
 def check_needs(name: str) -> None:
     """Raise MissingDependencyError naming the extra if ``name`` cannot run here."""
-    for module, extra in NEEDS.get(name, ()):
+    for module, extra in resolve(name).needs:
         require(module, extra=extra, feature=f"compression with {name}")
-
-
-def method(name: str, *, refuses_control_flow: str | None = None) -> Callable[[Method], Method]:
-    """Register a method; ``refuses_control_flow`` says why it cannot take If/Loop/Scan graphs."""
-
-    def register(fn: Method) -> Method:
-        METHODS[name] = fn
-        if refuses_control_flow:
-            REFUSES_CONTROL_FLOW[name] = refuses_control_flow
-        return fn
-
-    return register
 
 
 def control_flow_nodes(model_path: Path) -> list[str]:
@@ -125,12 +200,12 @@ def refuse_unsupported(model_path: Path, name: str) -> None:
 
     Raises CompressionError naming the nodes and the reason.
     """
-    why = REFUSES_CONTROL_FLOW.get(name)
+    why = resolve(name).refuses_control_flow
     if why is None:
         return
     found = control_flow_nodes(model_path)
     if found:
-        others = [m for m in METHODS if m not in REFUSES_CONTROL_FLOW]
+        others = [m for m, s in METHODS.items() if not (s.refuses_control_flow or s.trains)]
         raise CompressionError(
             f"{name} cannot compress this model: the graph has control flow "
             f"({', '.join(found[:4])}{' …' if len(found) > 4 else ''}) and {why}; "
@@ -145,23 +220,28 @@ def _quantization() -> Any:
     return quantization
 
 
-def _preprocess(source: Path, workdir: Path, options: CompressOptions) -> Path:
+def _preprocess(parent: ModelVersion, workdir: Path) -> Path:
     """Shape inference and graph optimisation, as onnxruntime's quantizer recommends."""
     q = _quantization()
+    source = parent.model_path
     target = workdir / "preprocessed.onnx"
     # onnxruntime's symbolic shape inference fails on If subgraphs (a bare AssertionError
-    # on Silero VAD), and transformer graphs: ONNX shape inference is enough for both.
-    skip = options.transformer or bool(control_flow_nodes(source))
+    # on Silero VAD), and on transformer graphs (a version that carries a tokenizer):
+    # ONNX shape inference is enough for both.
+    transformer = (parent.path / "tokenizer.json").is_file()
+    skip = transformer or bool(control_flow_nodes(source))
     q.quant_pre_process(str(source), str(target), skip_symbolic_shape=skip)
     return target
 
 
-@method("int8-dynamic")
-def int8_dynamic(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]:
+@method("int8-dynamic", options=Int8DynamicOptions, needs=_QUANTIZE)
+def int8_dynamic(
+    parent: ModelVersion, target: Path, options: Int8DynamicOptions, progress: Progress
+) -> dict[str, Any]:
     """INT8 weights, activations quantized at run time: no calibration data needed."""
     q = _quantization()
     with tempfile.TemporaryDirectory() as tmp:
-        pre = _preprocess(source, Path(tmp), options)
+        pre = _preprocess(parent, Path(tmp))
         q.quantize_dynamic(
             str(pre), str(target), weight_type=q.QuantType.QInt8, per_channel=options.per_channel
         )
@@ -181,8 +261,24 @@ class _Reader:
         pass
 
 
-@method("int8-static")
-def int8_static(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]:
+def calibration_batches(parent: ModelVersion, calibration: Path | None) -> list[Arrays]:
+    """Batches of :data:`CALIBRATION_BATCH` rows from ``calibration`` (``--calibration
+    FILE.npz``) or else the version's samples; ConfigError naming ``--calibration``
+    when there are neither, or naming the file when it does not fit the model."""
+    samples: Samples = data_for(parent, calibration, flag="--calibration")
+    if not parent.config.batched:
+        return [samples.inputs]
+    step = CALIBRATION_BATCH
+    return [
+        {k: v[i : i + step] for k, v in samples.inputs.items()}
+        for i in range(0, samples.rows, step)
+    ]
+
+
+@method("int8-static", options=Int8StaticOptions, needs=_QUANTIZE)
+def int8_static(
+    parent: ModelVersion, target: Path, options: Int8StaticOptions, progress: Progress
+) -> dict[str, Any]:
     """INT8 weights and activations in QDQ format, scales calibrated on sample inputs.
 
     Activations are asymmetric uint8 (onnxruntime's fast u8×s8 kernels; signed
@@ -192,19 +288,16 @@ def int8_static(source: Path, target: Path, options: CompressOptions) -> dict[st
     spend its 256 levels on a few values, so it is quantized dynamically
     (scales from each request's own range) instead of with fixed scales.
     """
-    if not options.calibration:
-        raise InvalidRequestError(
-            "int8-static needs calibration inputs: pass --calibration FILE.npz or a zoo data set"
-        )
+    batches = calibration_batches(parent, options.calibration)
     q = _quantization()
     with tempfile.TemporaryDirectory() as tmp:
-        pre = _name_nodes(_preprocess(source, Path(tmp), options))
-        outliers = _outlier_layers(pre, options.calibration, options.outlier_ratio)
+        pre = _name_nodes(_preprocess(parent, Path(tmp)))
+        outliers = _outlier_layers(pre, batches, options.outlier_ratio)
         static = Path(tmp) / "static.onnx" if outliers else target
         q.quantize_static(
             str(pre),
             str(static),
-            _Reader(options.calibration),
+            _Reader(batches),
             quant_format=q.QuantFormat.QDQ,
             per_channel=options.per_channel,
             activation_type=q.QuantType.QUInt8,
@@ -225,7 +318,8 @@ def int8_static(source: Path, target: Path, options: CompressOptions) -> dict[st
         "format": "QDQ",
         "per_channel": options.per_channel,
         "activations": "uint8, asymmetric",
-        "calibration_batches": len(options.calibration),
+        "calibration_batches": len(batches),
+        "calibration_data": str(options.calibration or "the version's samples"),
         "calibration_method": "MinMax",
         "outlier_ratio": options.outlier_ratio,
         "dynamic_layers": {name: round(ratio, 2) for name, ratio in outliers.items()},
@@ -305,16 +399,20 @@ def _outlier_layers(model_path: Path, batches: list[Arrays], threshold: float) -
 
 @method(
     "fp16",
+    options=Fp16Options,
+    needs=(("onnx", "compress"), ("onnxconverter_common.float16", "compress")),
     refuses_control_flow=(
         "onnxconverter-common's float16 converter does not convert subgraphs "
         "(with Cast kept in float32 it inserts casts forever: the ten-minute hang on Silero VAD)"
     ),
 )
-def fp16(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]:
+def fp16(
+    parent: ModelVersion, target: Path, options: Fp16Options, progress: Progress
+) -> dict[str, Any]:
     """Weights and compute in float16; inputs and outputs stay float32."""
     onnx = require("onnx", extra="compress", feature="fp16 conversion")
     float16 = require("onnxconverter_common.float16", extra="compress", feature="fp16 conversion")
-    model = onnx.load(str(source))
+    model = onnx.load(str(parent.model_path))
     _named(model)
     # Cast nodes stay in float32: the converter retypes their outputs but not their
     # `to` attribute, which onnxruntime then rejects (seen on MiniLM's mask cast).
@@ -328,8 +426,10 @@ def fp16(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]
     return {"keep_io_types": True, "kept_float32": ["Cast"], "constants_clipped": len(clipped)}
 
 
-@method("int4-weight")
-def int4_weight(source: Path, target: Path, options: CompressOptions) -> dict[str, Any]:
+@method("int4-weight", options=Int4WeightOptions, needs=(*_QUANTIZE, ("onnx_ir", "compress")))
+def int4_weight(
+    parent: ModelVersion, target: Path, options: Int4WeightOptions, progress: Progress
+) -> dict[str, Any]:
     """4-bit weight-only quantization of MatMul weights (MatMulNBits), block-wise."""
     onnx = require("onnx", extra="compress", feature="4-bit quantization")
     require("onnx_ir", extra="compress", feature="4-bit quantization")
@@ -339,7 +439,7 @@ def int4_weight(source: Path, target: Path, options: CompressOptions) -> dict[st
         feature="4-bit quantization",
     )
 
-    model = onnx.load(str(source))
+    model = onnx.load(str(parent.model_path))
     quantizer = nbits.MatMulNBitsQuantizer(model, block_size=options.block_size, is_symmetric=True)
     quantizer.process()
     quantized = quantizer.model.model
@@ -349,22 +449,3 @@ def int4_weight(source: Path, target: Path, options: CompressOptions) -> dict[st
         )
     onnx.save(quantized, str(target))
     return {"bits": 4, "block_size": options.block_size, "symmetric": True}
-
-
-def resolve_any(name: str) -> Callable[..., dict[str, Any]]:
-    """Any method by name: ONNX ones take model paths, torch ones the parent version."""
-    if name in TORCH_METHOD_NAMES:
-        from .torch_methods import TORCH_METHODS
-
-        return TORCH_METHODS[name]
-    return resolve(name)
-
-
-def resolve(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        known = [*METHODS, *TORCH_METHOD_NAMES]
-        raise ConfigError(
-            f"unknown compression method {name!r}; use one of {', '.join(known)}"
-        ) from None
