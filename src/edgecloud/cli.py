@@ -511,11 +511,14 @@ def calibrate(
         f"yes, 1 - δ = {1 - c.guarantee:g}" if c.guarantee is not None else "no (on average)",
     )
     console.print(table)
-    console.print(f"[brackets]: {c.level:.0%} intervals on {result.data}", highlight=False)
+    console.print(
+        f"in brackets: {c.level:.0%} Clopper–Pearson intervals from {c.rows} rows of {result.data}",
+        highlight=False,
+    )
     for line in c.warnings:
         errors.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if result.written:
-        console.print(f"wrote threshold {c.point.threshold:g} into {deployment} at {result.at}")
+        console.print(f"wrote threshold {c.point.threshold!r} into {deployment} at {result.at}")
 
 
 @app.command()
