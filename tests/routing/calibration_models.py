@@ -3,8 +3,8 @@
 ``make_classification`` with 20 features (the first 8 informative) and 3
 classes; ``small`` is a logistic regression that looks at 4 of the features
 (zero weights on the rest, so both models take the same ``features`` input;
-about 69 % right on val), ``large`` one on all 20 (about 91 %). Each ONNX graph: ``probabilities = softmax(features @ W + b)`` and
-``logits = features @ W + b``.
+about 69 % right on val), ``large`` one on all 20 (about 91 %). Each ONNX
+graph: ``probabilities = softmax(features @ W + b)`` and ``logits = features @ W + b``.
 """
 
 from __future__ import annotations

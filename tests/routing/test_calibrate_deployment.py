@@ -65,20 +65,20 @@ USER_YAML = """\
 # Our cascade; do not reorder.
 repository: {repo}   # built by the test
 remotes:
-  cloud: {{url: "http://127.0.0.1:9", timeout_s: 1.0}}
+  cloud: {url: "http://127.0.0.1:9", timeout_s: 1.0}
 root:
   fallback:
     primary:
       cascade:
         small: local        # on the device
-        large: {{prefer_remote: {{remote: cloud, local: local, breaker: &brk {{failure_threshold: 2}}}}}}
+        large: {prefer_remote: {remote: cloud, local: local, breaker: &brk {failure_threshold: 2}}}
         small_model: small
         large_model: large
         confidence: {measure}
         threshold: 0.5      # calibrated on val.npz
         audit_rate: 0.0
-    secondary: {{prefer_remote: {{remote: cloud, local: local, breaker: *brk}}}}
-    breaker: {{reset_after_s: 3.0}}
+    secondary: {prefer_remote: {remote: cloud, local: local, breaker: *brk}}
+    breaker: {reset_after_s: 3.0}
 # trailing comment
 """
 
@@ -86,7 +86,7 @@ root:
 def test_the_cli_calibrates_any_cascade_and_changes_only_the_threshold_line(made, tmp_path):  # type: ignore[no-untyped-def]
     repo, splits, root = made
     path = tmp_path / "deployment.yaml"
-    before = USER_YAML.format(repo=repo.root, measure="margin")
+    before = USER_YAML.replace("{repo}", str(repo.root)).replace("{measure}", "margin")
     path.write_text(before)
     path.chmod(0o640)
     result = edgecloud_cli("calibrate", "-d", path, "--data", root / "val.npz",
@@ -133,8 +133,8 @@ def test_each_confidence_measure_and_both_targets(made, tmp_path, measure: str) 
 
 def test_several_cascades_need_at(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
     repo, _, root = made
-    tree = {"fastest": {"paths": [{"cascade": cascade()},
-                                  {"guard": {"inner": {"cascade": cascade(threshold=0.25)}}}]}}  # fmt: skip
+    guarded = {"guard": {"inner": {"cascade": cascade(threshold=0.25)}}}
+    tree = {"fastest": {"paths": [{"cascade": cascade()}, guarded]}}
     path = write(tmp_path, repo, tree)
     paths = ["root.fastest.paths.0.cascade", "root.fastest.paths.1.guard.inner.cascade"]
     assert list(find_cascades(yaml.safe_load(path.read_text()))) == paths
@@ -166,7 +166,7 @@ def test_the_large_models_labelled_samples_serve_without_data(made, tmp_path) ->
 
 
 def test_no_data_and_no_labelled_samples_is_one_line_naming_data(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    repo, splits, root = made
+    repo, splits, _ = made
     path = write(tmp_path, repo, {"cascade": cascade()})
     one_line(edgecloud_cli("calibrate", "-d", path, "--target", "0.97"),
              "--data FILE.npz", "features (FP32 [rows, 20])")  # fmt: skip

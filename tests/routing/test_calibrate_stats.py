@@ -117,15 +117,15 @@ def test_plain_calibration_keeps_its_contract() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s, l, y: (s[:0], l[:0], y[:0]), "got 0"),
-        (lambda s, l, y: (np.where(np.arange(len(s))[:, None] == 3, np.nan, s), l, y),
+        (lambda s, b, y: (s[:0], b[:0], y[:0]), "got 0"),
+        (lambda s, b, y: (np.where(np.arange(len(s))[:, None] == 3, np.nan, s), b, y),
          "not finite .NaN or inf. in 1 of 200 rows, first row 3"),
-        (lambda s, l, y: (s, l * 7, y), "not probabilities"),
-        (lambda s, l, y: (s, l[:, :3], y), "differ in shape"),
-        (lambda s, l, y: (s, l, y.astype(float)), "integer class indices"),
-        (lambda s, l, y: (s, l, y + 10), r"in \[0, 4\)"),
-        (lambda s, l, y: (s, l, y[:-1]), "one label per row"),
-        (lambda s, l, y: (s[:, :1], l[:, :1], y * 0), "at least 2 classes"),
+        (lambda s, b, y: (s, b * 7, y), "not probabilities"),
+        (lambda s, b, y: (s, b[:, :3], y), "differ in shape"),
+        (lambda s, b, y: (s, b, y.astype(float)), "integer class indices"),
+        (lambda s, b, y: (s, b, y + 10), r"in \[0, 4\)"),
+        (lambda s, b, y: (s, b, y[:-1]), "one label per row"),
+        (lambda s, b, y: (s[:, :1], b[:, :1], y * 0), "at least 2 classes"),
     ],
 )  # fmt: skip
 def test_bad_probabilities_and_labels_are_refused(change, message: str) -> None:  # type: ignore[no-untyped-def]
