@@ -112,6 +112,11 @@ def test_plain_calibration_keeps_its_contract() -> None:
     assert capped.accuracy == max(p.accuracy for p in points if p.escalation_rate <= 0.2)
     with pytest.raises(ConfigError, match="exactly one"):
         calibrate(small, large, labels)
+    # a small model sure of wrong answers (confidence 1.0 never escalates) cannot keep 99 %
+    sure_and_wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4]
+    sure_and_wrong[: len(labels) // 2] = small[: len(labels) // 2]
+    with pytest.raises(ConfigError, match=r"no threshold reaches 0.9900 .* the best is 0\.[0-8]"):
+        calibrate(sure_and_wrong, large, labels, target_relative_accuracy=0.99)
 
 
 @pytest.mark.parametrize(

@@ -192,8 +192,13 @@ def sweep(
 def _pick(found: Outcomes, target: float | None, max_escalation: float | None) -> int:
     """The candidate plain (average) calibration picks; ConfigError when none reaches."""
     if target is not None:
+        if found.large_right == 0:
+            raise ConfigError(
+                f"the large model is right on none of the {found.rows} rows: there is no "
+                "accuracy to keep a share of (check the labels and the cascade's output)"
+            )
         meeting = np.flatnonzero(found.right >= target * found.large_right - 1e-9)
-        if found.large_right == 0 or meeting.size == 0:
+        if meeting.size == 0:
             best = int(np.argmax(found.right))
             point = found.point(best)
             raise ConfigError(
