@@ -123,7 +123,13 @@ def replace_scalar(path: Path, keys: Sequence[Key], value: Any, rendered: str) -
             f"{path}: {_dotted(keys)}: could not rewrite this value alone (an unusual YAML "
             f"form); set it by hand to {rendered}"
         )
-    write_atomically(target, new)
+    try:
+        write_atomically(target, new)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot write it ({exc.strerror or exc}); set {_dotted(keys)} to "
+            f"{rendered} by hand"
+        ) from exc
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -246,8 +246,9 @@ def calibrate_deployment(
     path = Path(path)
     deployment = open_deployment(path)
     where = str(path)
-    chosen = _choose(path, find_cascades(deployment.raw), at)
-    cascade = _validate(CascadeSpec, find_cascades(deployment.raw)[chosen], chosen, where)
+    cascades = find_cascades(deployment.raw)
+    chosen = _choose(path, cascades, at)
+    cascade = _validate(CascadeSpec, cascades[chosen], chosen, where)
     keys: list[str | int] = [int(k) if k.isdigit() else k for k in chosen.split(".")]
     keys.append("threshold")
     with path.resolve().open(encoding="utf-8", newline="") as f:

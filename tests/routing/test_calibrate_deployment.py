@@ -333,3 +333,25 @@ def test_aliased_or_merged_thresholds_are_refused(made, tmp_path) -> None:  # ty
     with pytest.raises(ConfigError, match=r"is a YAML alias \(\*t\)"):
         calibrate_deployment(path, data=root / "val.npz", target=0.97,
                              at="root.fallback.secondary.cascade")  # fmt: skip
+
+
+def test_a_symlinked_deployment_stays_a_link_and_a_read_only_place_says_what_to_write(
+    made, tmp_path
+):  # type: ignore[no-untyped-def]
+    repo, _, root = made
+    real = write(tmp_path, repo, {"cascade": cascade()})
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    done = calibrate_deployment(link, data=root / "val.npz", target=0.97)
+    assert link.is_symlink()
+    assert yaml.safe_load(real.read_text())["root"]["cascade"]["threshold"] == (
+        done.calibration.point.threshold
+    )
+    if os.geteuid() == 0:
+        return  # root writes anywhere
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="cannot write it .* by hand"):
+            calibrate_deployment(real, data=root / "val.npz", target=0.9)
+    finally:
+        tmp_path.chmod(0o755)

@@ -325,7 +325,7 @@ def calibrate_report(
     escalation = clopper_pearson(int(found.escalated[i]), found.rows, LEVEL)
     relative = relative_interval(found, i, LEVEL)
     warnings = []
-    if guarantee is None:
+    if guarantee is None and not (point.threshold == 0.0 and found.escalated[i] == 0):
         warnings = _warnings(found.rows, relative, escalation,
                              target_relative_accuracy, max_escalation_rate)  # fmt: skip
     return Calibration(
