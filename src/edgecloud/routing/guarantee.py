@@ -42,6 +42,13 @@ deployment will see. Then, with ``δ = delta``:
   escalates at most a share E of new traffic in expectation; the most
   accurate certified one (on the validation rows) is written.
 
+The candidates are the distinct thresholds of the validation rows
+(:func:`~edgecloud.routing.calibrate.outcomes`); both losses are monotone in
+``t`` and their counts only change at observed scores, so testing these is
+fixed-sequence testing over *every* threshold in [0, 1] ordered the same way
+(whose validity for a monotone loss is the argument of Bates et al. 2021,
+Thm. 1: only the one bad threshold nearest the boundary can fail first).
+
 What it does not say: the accuracy on any *finite* batch of new rows still
 fluctuates around the population value; the guarantee is about the
 population (expected) rate, for one validation draw.
