@@ -122,19 +122,24 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_calibrate_command_writes_the_threshold(zoo_repo: ModelRepository, tmp_path: Path) -> None:
     path = deployment(tmp_path, zoo_repo)
+    val = datasets.digits("val")  # the demo's data, passed as any user's file would be
+    np.savez(tmp_path / "val.npz", pixels=val.x, labels=val.y)
+    before = path.read_text()
     result = subprocess.run(
-        [sys.executable, "-m", "edgecloud.cli", "calibrate", "-d", str(path), "--target", "0.995"],
+        [sys.executable, "-m", "edgecloud.cli", "calibrate", "-d", str(path),
+         "--data", str(tmp_path / "val.npz"), "--target", "0.995"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     threshold = yaml.safe_load(path.read_text())["root"]["guard"]["inner"]["cascade"]["threshold"]
     assert 0 < threshold < 1 and threshold != 0.9
-    assert f"{threshold:.4f}" in result.stdout
-    capped = subprocess.run(
-        [sys.executable, "-m", "edgecloud.cli", "calibrate", "-d", str(path), "--split", "test",
-         "--target", "0.99"], capture_output=True, text=True, timeout=120,
+    assert f"wrote threshold {threshold!r}" in result.stdout
+    assert path.read_text() == before.replace("threshold: 0.9", f"threshold: {threshold!r}")
+    gone = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "calibrate", "-d", str(path), "--dataset",
+         "digits", "--target", "0.99"], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert capped.returncode == 1 and "validation split" in capped.stderr
+    assert gone.returncode == 2 and "--dataset" in gone.stderr  # the zoo is not product data
     assert np.isfinite(threshold)
 
 

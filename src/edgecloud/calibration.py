@@ -1,74 +1,277 @@
-"""``edgecloud calibrate``: choose a deployment's cascade threshold on labelled data."""
+"""``edgecloud calibrate``: choose a deployment's cascade threshold on labelled data.
+
+::
+
+    edgecloud calibrate -d deployment.yaml --data val.npz [--at root.guard.inner.cascade]
+        (--target-accuracy R | --max-escalation E) [--guarantee DELTA]
+
+The rows (``--data``: the inputs by name as a request carries them, plus
+``labels``; without it the large model's version samples, if they carry
+labels) go through the cascade's small and large models (:func:`run_model`);
+the threshold is chosen on the cascade's own confidence measure and output
+(:func:`edgecloud.routing.calibrate.calibrate_report`: on average with
+Clopper–Pearson intervals, or with ``guarantee`` by Learn-then-Test,
+:mod:`edgecloud.routing.guarantee`), and written into the file in place of
+the old value: only that line changes (:mod:`edgecloud._yaml_edit`).
+
+Errors are one ConfigError naming the file and what to pass or fix.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
+from . import _yaml_edit
 from .backends.local import LocalBackend
-from .deployment import DeploymentSpec, _read, _validate
-from .errors import ConfigError
+from .deployment import CascadeSpec, DeploymentSpec, _read, _validate
+from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from .repository import ModelRepository
-from .routing.calibrate import OperatingPoint, calibrate
+from .routing.calibrate import Calibration, calibrate_report
+from .samples import (
+    LABELS,
+    Samples,
+    class_indices,
+    data_for,
+    expected_inputs,
+    load_request_samples,
+)
 from .tensors import InferRequest
-from .zoo import datasets
 
-__all__ = ["calibrate_deployment"]
+__all__ = ["Calibrated", "DeploymentFile", "calibrate_deployment", "find_cascades", "run_model"]
+
+Array = np.ndarray[Any, Any]
 
 
-def _find_cascade(node: Any, at: str = "root") -> tuple[dict[str, Any], str] | None:
-    if isinstance(node, dict):
-        if "cascade" in node and isinstance(node["cascade"], dict):
-            return node["cascade"], f"{at}.cascade"
-        for key, value in node.items():
-            found = _find_cascade(value, f"{at}.{key}")
-            if found:
-                return found
-    return None
+@dataclass(frozen=True, slots=True)
+class DeploymentFile:
+    """A deployment file as calibration reads it (models are run, nothing is built)."""
+
+    path: Path
+    raw: dict[str, Any]
+    spec: DeploymentSpec
+    repository: ModelRepository
+
+
+@dataclass(frozen=True, slots=True)
+class Calibrated:
+    """What ``calibrate_deployment`` chose and wrote."""
+
+    path: Path
+    at: str
+    """YAML path of the cascade, e.g. ``root.fallback.primary.cascade``."""
+    small_model: str
+    large_model: str
+    measure: str
+    data: Path
+    """The rows used: the ``--data`` file or the large model's samples."""
+    calibration: Calibration
+    written: bool
+
+
+def find_cascades(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every cascade under ``root``: YAML path -> its parameters, in file order.
+
+    Walks the raw tree (a node is a one-key mapping ``{kind: params}``; lists
+    are indexed like ``root.fastest.paths.0``).
+    """
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(node: Any, at: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "cascade" and isinstance(value, dict):
+                    found[f"{at}.cascade"] = value
+                walk(value, f"{at}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{at}.{i}")
+
+    walk(raw.get("root"), "root")
+    return found
+
+
+def run_model(
+    deployment: DeploymentFile, model: str, inputs: Mapping[str, Array]
+) -> dict[str, Array]:
+    """``model``'s outputs on request ``inputs`` (all rows), run on this machine.
+
+    The one place calibration runs a model: a LocalBackend on the deployment's
+    repository (runs larger than the model's batch size are split).
+    Raises what the backend raises (InvalidRequestError for inputs the model
+    does not take, ModelNotFoundError).
+    """
+    with LocalBackend(deployment.repository) as local:
+        return local.infer(InferRequest(model, dict(inputs))).outputs
+
+
+def request_inputs(deployment: DeploymentFile, small_model: str) -> list[str]:
+    """The input names a request to the cascade carries: the small model's, sent as they are."""
+    return [spec.name for spec in deployment.repository.config(small_model).inputs]
+
+
+def _check_options(
+    target: float | None, max_escalation: float | None, guarantee: float | None
+) -> None:
+    if (target is None) == (max_escalation is None):
+        raise ConfigError("pass exactly one of --target-accuracy R or --max-escalation E")
+    checks: tuple[tuple[str, float | None, str, Callable[[float], bool]], ...] = (
+        ("--target-accuracy", target, "(0, 1]", lambda v: 0.0 < v <= 1.0),
+        ("--max-escalation", max_escalation, "[0, 1]", lambda v: 0.0 <= v <= 1.0),
+        ("--guarantee", guarantee, "(0, 1)", lambda v: 0.0 < v < 1.0),
+    )
+    for name, value, domain, inside in checks:
+        if value is not None and not (math.isfinite(value) and inside(value)):
+            raise ConfigError(f"{name} must be in {domain}, got {value}")
+
+
+def _choose(path: Path, cascades: dict[str, dict[str, Any]], at: str | None) -> str:
+    if not cascades:
+        raise ConfigError(f"{path}: no cascade node to calibrate")
+    if at is not None:
+        if at not in cascades:
+            raise ConfigError(
+                f"{path}: --at {at}: no cascade there; cascades: {', '.join(cascades)}"
+            )
+        return at
+    if len(cascades) > 1:
+        raise ConfigError(
+            f"{path}: {len(cascades)} cascades; pick one with --at: {', '.join(cascades)}"
+        )
+    return next(iter(cascades))
+
+
+def _rows(deployment: DeploymentFile, small: str, large: str, data: Path | None) -> Samples:
+    """The labelled rows: ``data``, else the large model's labelled version samples."""
+    if data is not None:
+        samples = load_request_samples(data, request_inputs(deployment, small))
+        if samples.labels is None:
+            raise ConfigError(
+                f"samples file {samples.source} has no '{LABELS}' array: calibration needs "
+                "the right class of every row"
+            )
+        return samples
+    version = deployment.repository.get(large)
+    samples = data_for(version)  # ConfigError naming --data when it has none
+    if samples.labels is None:
+        raise ConfigError(
+            f"model {large!r} version {version.version}'s samples carry no labels: pass "
+            f"--data FILE.npz with inputs named {expected_inputs(version.config)} and "
+            f"'{LABELS}', one per row"
+        )
+    return samples
+
+
+def _probabilities(
+    deployment: DeploymentFile, model: str, samples: Samples, output: str, where: str
+) -> Array:
+    try:
+        outputs = run_model(deployment, model, samples.inputs)
+    except InvalidRequestError as exc:
+        config = deployment.repository.config(model)
+        raise ConfigError(
+            f"samples file {samples.source}: model {model!r} cannot run these inputs: "
+            f"{exc.message}; it takes {expected_inputs(config)}"
+        ) from exc
+    if output not in outputs:
+        raise ConfigError(
+            f"{where}.output: model {model!r} has no output {output!r} "
+            f"(outputs: {', '.join(outputs)})"
+        )
+    return outputs[output]
+
+
+def _models(deployment: DeploymentFile, cascade: CascadeSpec, where: str) -> tuple[str, str]:
+    names = []
+    for key in ("small_model", "large_model"):
+        name = getattr(cascade, key)
+        if not name:
+            raise ConfigError(f"{where}: set small_model and large_model to calibrate")
+        try:
+            deployment.repository.config(name)
+        except ModelNotFoundError as exc:
+            raise ConfigError(
+                f"{where}.{key}: model {name!r} is not in {deployment.repository.root} "
+                f"({exc.message})"
+            ) from exc
+        names.append(name)
+    return names[0], names[1]
+
+
+def _labels(deployment: DeploymentFile, small: str, large: str, samples: Samples) -> Array:
+    assert samples.labels is not None
+    classes = [deployment.repository.config(m).labels for m in (small, large)]
+    if classes[0] and classes[1] and classes[0] != classes[1]:
+        raise ConfigError(
+            f"models {small!r} and {large!r} declare different class names; a cascade "
+            "needs both to answer the same classes"
+        )
+    return class_indices(samples.labels, classes[1] or classes[0], f"samples file {samples.source}")
+
+
+def open_deployment(path: Path) -> DeploymentFile:
+    raw = _read(path)
+    spec = _validate(DeploymentSpec, raw, "", str(path))
+    repo = Path(spec.repository)
+    return DeploymentFile(
+        path, raw, spec, ModelRepository(repo if repo.is_absolute() else path.parent / repo)
+    )
 
 
 def calibrate_deployment(
-    path: Path,
+    path: str | os.PathLike[str],
     *,
-    dataset: str = "digits",
-    split: str = "val",
+    data: str | os.PathLike[str] | None = None,
+    at: str | None = None,
     target: float | None = None,
     max_escalation: float | None = None,
-) -> OperatingPoint:
-    """Calibrate the deployment's (first) cascade and write the threshold back."""
-    if split == "test":
-        raise ConfigError("calibrate on the validation split; the test split is for measuring")
-    raw = _read(path)
-    _validate(DeploymentSpec, raw, "", str(path))
-    found = _find_cascade(raw.get("root"))
-    if found is None:
-        raise ConfigError(f"{path}: no cascade node to calibrate")
-    cascade, at = found
-    small, large = cascade.get("small_model"), cascade.get("large_model")
-    if not small or not large:
-        raise ConfigError(f"{path}: {at}: set small_model and large_model to calibrate")
-    data = datasets.load(dataset, split)  # type: ignore[arg-type]
-    output = cascade.get("output", "probabilities")
-    repository = ModelRepository(_repository(raw, path))
-    with LocalBackend(repository) as local:
-        probs = [
-            local.infer(InferRequest(m, {repository.config(m).inputs[0].name: data.x})).outputs[
-                output
-            ]
-            for m in (small, large)
-        ]
-    point = calibrate(
-        probs[0], probs[1], data.y,
-        measure=cascade.get("confidence", "max_prob"),
-        target_relative_accuracy=target, max_escalation_rate=max_escalation,
+    guarantee: float | None = None,
+    write: bool = True,
+) -> Calibrated:
+    """Calibrate one cascade of the deployment at ``path`` and write its threshold.
+
+    ``at``: the cascade's YAML path (needed when the file has several).
+    ``target`` (relative accuracy, in (0, 1]) or ``max_escalation`` (in [0, 1]);
+    ``guarantee`` δ in (0, 1): a threshold certified by Learn-then-Test.
+    ``write=False`` only reports. Raises ConfigError for every problem (the
+    file is then left exactly as it was).
+    """
+    _check_options(target, max_escalation, guarantee)
+    path = Path(path)
+    deployment = open_deployment(path)
+    where = str(path)
+    cascades = find_cascades(deployment.raw)
+    chosen = _choose(path, cascades, at)
+    cascade = _validate(CascadeSpec, cascades[chosen], chosen, where)
+    keys: list[str | int] = [int(k) if k.isdigit() else k for k in chosen.split(".")]
+    keys.append("threshold")
+    with path.resolve().open(encoding="utf-8", newline="") as f:
+        _yaml_edit.locate(f.read(), keys, where)  # refuse an alias or merge before any work
+    small, large = _models(deployment, cascade, f"{where}: {chosen}")
+    samples = _rows(deployment, small, large, Path(data) if data is not None else None)
+    labels = _labels(deployment, small, large, samples)
+    probs = [
+        _probabilities(deployment, m, samples, cascade.output, f"{where}: {chosen}")
+        for m in (small, large)
+    ]
+    try:
+        calibration = calibrate_report(
+            probs[0], probs[1], labels, measure=cascade.confidence,
+            target_relative_accuracy=target, max_escalation_rate=max_escalation,
+            guarantee=guarantee,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {chosen}: {exc.message} ({samples.source})") from exc
+    threshold = calibration.point.threshold
+    if write:
+        _yaml_edit.replace_scalar(path, keys, threshold, repr(threshold))
+    return Calibrated(
+        path=path, at=chosen, small_model=small, large_model=large,
+        measure=cascade.confidence, data=samples.source, calibration=calibration, written=write,
     )  # fmt: skip
-    cascade["threshold"] = round(point.threshold, 6)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return point
-
-
-def _repository(raw: dict[str, Any], path: Path) -> Path:
-    repo = Path(raw.get("repository", "model-repo"))
-    return repo if repo.is_absolute() else path.parent / repo

@@ -576,30 +576,74 @@ def outbox_status(
 @app.command()
 def calibrate(
     deployment: Annotated[Path, typer.Option("--deployment", "-d", help="Deployment YAML.")],
-    dataset: Annotated[str, typer.Option(help="Labelled data set to calibrate on.")] = "digits",
-    split: Annotated[str, typer.Option(help="Its split (never the test split).")] = "val",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled rows (.npz): the request's inputs by name plus 'labels'. "
+            "Default: the large model's samples, if they carry labels."
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="YAML path of the cascade (e.g. root.fallback.primary.cascade)."),
+    ] = None,
     target: Annotated[
-        float | None, typer.Option(help="Accuracy to reach, relative to the large model.")
+        float | None,
+        typer.Option(
+            "--target-accuracy", "--target", help="Accuracy to keep, relative to the large model."
+        ),
     ] = None,
     max_escalation: Annotated[
         float | None, typer.Option(help="Largest share of requests to escalate.")
     ] = None,
+    guarantee: Annotated[
+        float | None,
+        typer.Option(
+            help="δ: choose a threshold that meets the target with probability >= 1 - δ "
+            "(Learn then Test); refused when the rows cannot certify one."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Report only; leave the file as it is.")] = False,
 ) -> None:
-    """Pick the cascade's threshold on labelled data and write it into the deployment."""
+    """Pick a cascade's threshold on labelled rows and write it into the deployment.
+
+    Only the threshold's value changes in the file (comments, order and
+    layout stay). The table gives the escalation rate and the relative
+    accuracy on the rows with 95 % Clopper–Pearson intervals; a warning says
+    when the target lies inside the interval (the rows cannot back it).
+    """
     from .calibration import calibrate_deployment
 
     checked_path(deployment, "file", "deployment file")
-
-    point = calibrate_deployment(
-        deployment, dataset=dataset, split=split, target=target, max_escalation=max_escalation
-    )
-    table = Table("threshold", "escalated", "accuracy", "relative to large model")
-    table.add_row(
-        f"{point.threshold:.4f}", f"{point.escalation_rate:.1%}", f"{point.accuracy:.2%}",
-        f"{point.relative_accuracy:.4f}",
+    if data is not None:
+        checked_path(data, "file", "samples file")
+    result = calibrate_deployment(
+        deployment, data=data, at=at, target=target, max_escalation=max_escalation,
+        guarantee=guarantee, write=not dry_run,
     )  # fmt: skip
+    c = result.calibration
+    (esc_lo, esc_hi), (rel_lo, rel_hi) = c.escalation_interval, c.relative_accuracy_interval
+    table = Table(
+        "threshold", "escalated", "relative accuracy", "accuracy", "rows", "guaranteed",
+        title=f"{result.at} ({result.small_model} → {result.large_model}, {result.measure})",
+    )  # fmt: skip
+    table.add_row(
+        f"{c.point.threshold:g}",
+        f"{c.point.escalation_rate:.1%} [{esc_lo:.1%}, {esc_hi:.1%}]",
+        f"{c.point.relative_accuracy:.4f} [{rel_lo:.4f}, {rel_hi:.4f}]",
+        f"{c.point.accuracy:.2%} (large {c.large_accuracy:.2%})",
+        str(c.rows),
+        f"yes, 1 - δ = {1 - c.guarantee:g}" if c.guarantee is not None else "no (on average)",
+    )
     console.print(table)
-    console.print(f"wrote threshold {point.threshold:.4f} into {deployment}")
+    console.print(
+        f"in brackets: {c.level:.0%} Clopper–Pearson intervals from {c.rows} rows of {result.data}",
+        highlight=False,
+    )
+    for line in c.warnings:
+        errors.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if result.written:
+        console.print(f"wrote threshold {c.point.threshold!r} into {deployment} at {result.at}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,16 @@ from .errors import ConfigError, InvalidRequestError
 from .repository import SAMPLES_FILE, ModelConfig, ModelVersion
 from .tensors import InputValidator, TensorSpec
 
-__all__ = ["LABELS", "SAMPLES_FILE", "Samples", "data_for", "expected_inputs", "load_samples"]
+__all__ = [
+    "LABELS",
+    "SAMPLES_FILE",
+    "Samples",
+    "class_indices",
+    "data_for",
+    "expected_inputs",
+    "load_request_samples",
+    "load_samples",
+]
 
 LABELS = "labels"
 """The optional array of per-row labels in a samples file."""
@@ -156,4 +166,77 @@ def data_for(
         f"model {version.name!r} version {version.version} carries no samples: pass "
         f"{flag} FILE.npz with inputs named {expected_inputs(version.config)} "
         f"(and optionally '{LABELS}', one per row)"
+    )
+
+
+def load_request_samples(path: str | os.PathLike[str], names: Sequence[str]) -> Samples:
+    """Read a samples file of *request* inputs: exactly ``names``, plus optional ``labels``.
+
+    For commands that send the rows through a deployment (``calibrate``): the
+    file holds the inputs as a request carries them, whatever each model then
+    takes. Checked here: the archive (as :func:`load_samples`), exactly the
+    names (a missing or unknown one is named), every input's leading
+    dimension is the same number of rows (> 0), labels 1-D with one per row.
+    Datatypes and shapes are checked by the models that run them.
+    """
+    file = checked_path(Path(path), "file", "samples file")
+    fix = f"expected a .npz file (numpy.savez) with inputs {', '.join(names)} and '{LABELS}'"
+    arrays = _read_npz(file, fix)
+    labels = arrays.pop(LABELS, None)
+    missing = [n for n in names if n not in arrays]
+    unknown = sorted(set(arrays) - set(names))
+    if missing or unknown:
+        what = "; ".join(
+            part
+            for part in (
+                f"lacks {', '.join(missing)}" if missing else "",
+                f"holds {', '.join(unknown)}, which the request does not carry" if unknown else "",
+            )
+            if part
+        )
+        raise ConfigError(f"samples file {file} {what}; {fix}")
+    scalars = [n for n, a in arrays.items() if a.ndim == 0]
+    if scalars:
+        raise ConfigError(
+            f"samples file {file}: {', '.join(scalars)} has no rows (a scalar); {fix}"
+        )
+    rows = _rows(file, arrays)
+    if rows == 0:
+        raise ConfigError(f"samples file {file} holds no rows; {fix}")
+    if labels is not None and (labels.ndim != 1 or len(labels) != rows):
+        raise ConfigError(
+            f"samples file {file}: labels must be 1-D with one entry per row ({rows}), "
+            f"got shape {list(labels.shape)}"
+        )
+    return Samples(file, arrays, labels, rows)
+
+
+def class_indices(
+    labels: np.ndarray[Any, Any], classes: Sequence[str] | None, source: str
+) -> np.ndarray[Any, Any]:
+    """Labels as integer class indices: integers as they are, names through ``classes``.
+
+    ``classes`` is a model's ``labels`` (index-aligned class names). ConfigError
+    naming ``source`` for any other dtype (floats, booleans: never guessed),
+    or a name that is not a class.
+    """
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind in "US":
+        if not classes:
+            raise ConfigError(
+                f"{source}: labels are class names but the model declares no class names "
+                "(labels in its config); give integer class indices"
+            )
+        index = {name: i for i, name in enumerate(classes)}
+        names = labels.astype(str)
+        unknown = sorted(set(names.tolist()) - set(index))
+        if unknown:
+            raise ConfigError(
+                f"{source}: labels {', '.join(map(repr, unknown[:5]))} are not classes of the "
+                f"model ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
+            )
+        return np.array([index[n] for n in names.tolist()], np.int64)
+    raise ConfigError(
+        f"{source}: labels must be integer class indices or class names, got {labels.dtype}"
     )

@@ -3,7 +3,7 @@
 Two halves:
 
 * structural — every ``import`` of a package outside the core (numpy,
-  onnxruntime, pydantic, pyyaml, typer, rich) anywhere in ``src/edgecloud``
+  onnxruntime, pydantic, pyyaml, ruamel.yaml, typer, rich) anywhere in ``src/edgecloud``
   is guarded (``try/except ImportError`` with a fallback, or
   ``TYPE_CHECKING``); everything else goes through ``require(module,
   extra=...)``, and the extra it names really provides the module
@@ -36,7 +36,7 @@ from ..models import make_repo
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "edgecloud"
-CORE = {"numpy", "onnxruntime", "pydantic", "yaml", "typer", "rich", "typing_extensions"}
+CORE = {"numpy", "onnxruntime", "pydantic", "yaml", "ruamel", "typer", "rich", "typing_extensions"}
 #: Submodules of core packages that import optional ones (onnxruntime's
 #: quantization tools import onnx), and our generated stubs (grpc, protobuf).
 OPTIONAL_SUBMODULES = ("onnxruntime.quantization", "onnxruntime.transformers", "edgecloud.proto")
@@ -226,7 +226,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.save(root / "normal.npy", readings[0])
     np.save(root / "readings.npy", readings[1])
     cascade = {"small": "local", "large": "local", "small_model": "affine",
-               "large_model": "affine", "threshold": 0.5}  # fmt: skip
+               "large_model": "affine", "threshold": 0.5, "output": "z"}  # fmt: skip
+    x = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+    np.savez(root / "val.npz", x=x, labels=np.arange(40) % 3)
     (root / "cascade.yaml").write_text(
         yaml.safe_dump({"repository": str(root / "repo"), "root": {"cascade": cascade}})
     )
@@ -259,7 +261,6 @@ NEEDS = [
     (["compress", "affine", "--repo", "repo", "-m", "fp16"], "compress"),
     (["split", "affine", "--repo", "repo"], "compress"),
     (["advise", "-s", "camera-fleet", "--out", "advice"], "bench"),
-    (["calibrate", "-d", "cascade.yaml"], "train"),
     (["split", "affine", "--repo", "repo", "--remote", "http://127.0.0.1:9"], "remote"),
     ([*FILTER, "--plot", "events.png"], "bench"),
 ]
@@ -295,8 +296,9 @@ def test_a_command_without_its_extra_says_which_in_one_line(
         ["version"],
         ["advise", "-s", "camera-fleet", "--no-plot", "--out", "advice-core"],
         FILTER,
+        ["calibrate", "-d", "cascade.yaml", "--data", "val.npz", "--max-escalation", "1"],
     ],
-    ids=["models-list", "infer", "zoo-list", "version", "advise-no-plot", "filter"],
+    ids=["models-list", "infer", "zoo-list", "version", "advise-no-plot", "filter", "calibrate"],
 )
 def test_core_commands_run_with_every_extra_refused(argv: list[str], workdir: Path) -> None:
     result = _cli(argv, _blocked("all"), workdir)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -133,9 +134,13 @@ def test_calibrate_twice_writes_the_same_deployment(
             }
         )
     )
+    from edgecloud.zoo import datasets
+
+    val = datasets.digits("val")
+    np.savez(tmp_path / "val.npz", pixels=val.x, labels=val.y)
     repo_before = tree_sha256(digits.root)
-    edgecloud("calibrate", "-d", path, "--target", "0.995")
+    edgecloud("calibrate", "-d", path, "--data", tmp_path / "val.npz", "--target", "0.995")
     once = hashlib.sha256(path.read_bytes()).hexdigest()
-    edgecloud("calibrate", "-d", path, "--target", "0.995")
+    edgecloud("calibrate", "-d", path, "--data", tmp_path / "val.npz", "--target", "0.995")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == once
     assert tree_sha256(digits.root) == repo_before  # calibrating reads the models only

@@ -120,8 +120,10 @@ def test_calibration_meets_its_target_on_validation_data(zoo_repo: ModelReposito
     assert point.relative_accuracy >= 0.995 and point.escalation_rate < 0.5
     capped = calibrate(small, large, val.y, max_escalation_rate=0.05)
     assert capped.escalation_rate <= 0.05
-    with pytest.raises(ConfigError, match="no threshold reaches"):
+    with pytest.raises(ConfigError, match=r"must be in \(0, 1\], got 1.5"):
         calibrate(small, large, val.y, target_relative_accuracy=1.5)
+    with pytest.raises(ConfigError, match="the large model is right on none of the"):
+        calibrate(small, np.roll(large, 1, axis=1), val.y, target_relative_accuracy=0.9)
     with pytest.raises(ConfigError, match="exactly one"):
         calibrate(small, large, val.y)
 

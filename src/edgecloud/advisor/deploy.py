@@ -127,7 +127,10 @@ def deployment_yaml(decision: Decision, candidate: Candidate | None = None) -> s
     if server_settings_for(decision, c) is not None:
         header.append("# Run the server with server.env (idempotency window >= outbox ttl_s).")
     if c.strategy == "cascade":
-        header.append("# Calibrate the threshold: edgecloud calibrate -d deployment.yaml")
+        header.append(
+            "# Calibrate the threshold: edgecloud calibrate -d deployment.yaml "
+            "--data val.npz --target-accuracy 0.995"
+        )
     if c.strategy == "split":
         header.append(f"# First: edgecloud split {c.parameters['model']} (head/tail versions and "
                       "the profile this node plans with); serve the tails")  # fmt: skip
