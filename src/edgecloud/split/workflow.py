@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,15 +37,23 @@ class SplitResult:
     cuts_considered: int
 
 
-def sample_inputs(entry: ModelVersion, batch: int = 1) -> Arrays:
-    """Representative inputs of ``entry``: its evaluation data, first ``batch`` rows
-    (all of it for a model without a batch dimension, whose inputs may be scalars)."""
-    from ..compress import eval_data
+def sample_inputs(
+    entry: ModelVersion, batch: int = 1, data: str | os.PathLike[str] | None = None
+) -> Arrays:
+    """Representative inputs of ``entry``: the first ``batch`` rows of ``data``
+    (``--data FILE.npz``), else of the version's ``samples.npz`` (all of it for a
+    model without a batch dimension, whose inputs may be scalars).
 
-    inputs = eval_data(entry).inputs
-    if not entry.config.batched:
-        return inputs
-    return {name: np.ascontiguousarray(array[:batch]) for name, array in inputs.items()}
+    The cuts worth having, the head/tail timings and the fidelity of every split
+    (the cosine of ``tail(head(x))`` to the model) are all measured on these
+    inputs, so they must be real ones: random inputs miss a model's value
+    domains (token ids, masks) and lengths. ConfigError naming ``--data`` when
+    there are none (:func:`edgecloud.samples.data_for`).
+    """
+    from ..samples import data_for, row_batches
+
+    samples = data_for(entry, data, purpose="split")
+    return row_batches(samples, entry.config, batch, limit=1)[0]
 
 
 def choose_cuts(
@@ -93,6 +102,7 @@ def split_model(
     codecs: Sequence[str] = ("fp32",),
     cuts: Sequence[str] | None = None,
     inputs: Arrays | None = None,
+    data: str | os.PathLike[str] | None = None,
     tail_timer: TailTimer | None = None,
     device_threads: int = 1,
     repeats: int = 5,
@@ -102,11 +112,15 @@ def split_model(
 
     Without ``tail_timer`` the tail runs on this machine with all its threads,
     as if this machine were the server; pass a :class:`RemoteTailTimer` or a
-    :class:`ProfileTailTimer` for the real server's figures.
+    :class:`ProfileTailTimer` for the real server's figures. The model runs on
+    ``inputs`` when given, else on the first row of ``data`` (an ``.npz`` file)
+    or of the version's samples (:func:`sample_inputs`).
     """
     # The newest served version by default; any version on disk (sha256 checked) by number.
     parent = repo.get(model, version, served_only=version in (None, "", "latest"))
-    sample = inputs if inputs is not None else sample_inputs(parent)
+    if inputs is not None and data is not None:
+        raise ConfigError("give the inputs or a data file to split on, not both")
+    sample = inputs if inputs is not None else sample_inputs(parent, data=data)
     with all_or_nothing(repo, parent.name):  # a split that cannot be profiled is not kept
         pairs, considered = write_splits(repo, parent, codecs, sample, cuts)
         timer = tail_timer or LocalTailTimer(repo, repeats=repeats)
