@@ -107,7 +107,7 @@ def load_samples(path: str | os.PathLike[str], config: ModelConfig) -> Samples:
     except InvalidRequestError as exc:
         raise ConfigError(f"samples file {file}: {exc.message}; {fix}") from exc
     arrays = dict(checked)
-    rows = batch if config.batched else _rows(arrays)
+    rows = batch if config.batched else _request_rows(arrays)
     if rows == 0:
         raise ConfigError(f"samples file {file} holds no rows; {fix}")
     if labels is not None and (labels.ndim != 1 or len(labels) != rows):
@@ -143,9 +143,20 @@ def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
         raise ConfigError(f"samples file {file} is not a valid .npz archive; {fix}") from exc
 
 
-def _rows(arrays: dict[str, np.ndarray[Any, Any]]) -> int:
-    """Rows of an unbatched model's sample: its non-scalar inputs' common leading
-    dimension, or 1 (one request) when they disagree or every input is a scalar."""
+def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:
+    """Rows of a set of inputs that must agree on them: their common leading dimension."""
+    leading = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
+    if len(set(leading.values())) > 1:
+        raise ConfigError(
+            f"samples file {file}: inputs disagree on the number of rows "
+            f"(leading dimensions {leading}); give every input the same number of rows"
+        )
+    return next(iter(leading.values()), 1)
+
+
+def _request_rows(arrays: dict[str, np.ndarray[Any, Any]]) -> int:
+    """Rows of an unbatched model's sample (one request): its non-scalar inputs'
+    common leading dimension, or 1 when they disagree or every input is a scalar."""
     leading = {a.shape[0] for a in arrays.values() if a.ndim}
     return leading.pop() if len(leading) == 1 else 1
 
@@ -155,7 +166,7 @@ def data_for(
     data: str | os.PathLike[str] | None = None,
     *,
     purpose: str | None = None,
-    option: str = DATA_OPTION,
+    flag: str = DATA_OPTION,
 ) -> Samples:
     """The inputs a command runs on: ``data`` (``--data FILE``) if given, else
     the version's ``samples.npz``; ConfigError saying what to pass when neither.
@@ -163,8 +174,8 @@ def data_for(
     The version's samples are checked against its config like any other file
     (their sha256 is checked when the version is loaded with ``verify``).
     ``purpose`` (``"split"``, ``"advise --measure"``) starts the message with
-    what needs the data; ``option`` is the flag named in it (``--data`` unless
-    a command takes data for a second model, e.g. ``--small-data``). Every
+    what needs the data; ``flag`` is the option named in it (``--data`` unless
+    the command takes the file by another, e.g. ``--small-data``, ``--calibration``). Every
     command says it this way: one line, the option, the inputs expected.
     """
     if data is not None:
@@ -174,7 +185,7 @@ def data_for(
     raise ConfigError(
         f"{f'{purpose} needs data: ' if purpose else ''}"
         f"model {version.name!r} version {version.version} carries no samples: pass "
-        f"{option} FILE.npz with inputs named {expected_inputs(version.config)} "
+        f"{flag} FILE.npz with inputs named {expected_inputs(version.config)} "
         f"(and optionally '{LABELS}', one per row)"
     )
 

@@ -91,13 +91,13 @@ def measurement_inputs(
     model: str,
     data: str | os.PathLike[str] | None = None,
     *,
-    option: str = DATA_OPTION,
+    flag: str = DATA_OPTION,
     limit: int = 100,
 ) -> MeasurementInputs:
     """Batch-1 requests (at most ``limit``) for timing ``model``'s newest served version.
 
     ``data`` if given, else the version's samples, else seeded random inputs
-    when :func:`_random_ok`; otherwise ConfigError naming ``option``. An
+    when :func:`_random_ok`; otherwise ConfigError naming ``flag``. An
     unbatched model's file is one request.
     """
     version = repo.get(model)
@@ -108,7 +108,7 @@ def measurement_inputs(
             [InferRequest(model, random_inputs(version.config, batch=1))],
             "random inputs (seed 0; fixed shapes)",
         )
-    samples = data_for(version, data, purpose=PURPOSE, option=option)
+    samples = data_for(version, data, purpose=PURPOSE, flag=flag)
     batches = row_batches(samples, version.config, 1, limit=limit)
     rows = f"{len(batches)} of {samples.rows} rows" if version.config.batched else "one request"
     return MeasurementInputs(
@@ -150,7 +150,7 @@ def measure(
         names = [("measured_local_ms", model.name, model.gflops, inputs)]
         if model.small_name:
             small = measurement_inputs(
-                repository, model.small_name, small_data, option=SMALL_DATA_OPTION, limit=rounds
+                repository, model.small_name, small_data, flag=SMALL_DATA_OPTION, limit=rounds
             )
             names.append(("measured_small_local_ms", model.small_name, model.small_gflops, small))
         with LocalBackend(repository, intra_op_threads=threads) as local:
