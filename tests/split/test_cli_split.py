@@ -109,3 +109,16 @@ def test_split_runs_on_data_given_and_names_a_file_that_does_not_fit(tmp_path: P
     profile = SplitProfile.load(repo.root / "branched" / "split-profile.json")
     all_remote = next(c for c in profile.candidates if c.name == "all-remote")
     assert all_remote.bytes_up == rows[:1].nbytes  # the first row of the file, as a request
+
+
+def test_one_row_is_timed_and_up_to_32_rows_check_fidelity(
+    branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    from edgecloud.split.workflow import FIDELITY_ROWS, _split_inputs
+
+    parent = branched_repo.get("branched")
+    timed, checked = _split_inputs(parent, None)  # the version's 4 sample rows
+    assert timed["x"].shape == (1, 8) and checked["x"].shape == (4, 8)
+    np.savez(tmp_path / "many.npz", x=np.ones((40, 8), np.float32))
+    timed, checked = _split_inputs(parent, tmp_path / "many.npz")
+    assert timed["x"].shape == (1, 8) and checked["x"].shape == (FIDELITY_ROWS, 8)

@@ -37,6 +37,11 @@ class SplitResult:
     cuts_considered: int
 
 
+FIDELITY_ROWS = 32
+"""Rows a split's fidelity is checked on (when the data has them): the cosine of
+``tail(head(x))`` to the model over one row says little about the next."""
+
+
 def sample_inputs(
     entry: ModelVersion, batch: int = 1, data: str | os.PathLike[str] | None = None
 ) -> Arrays:
@@ -50,10 +55,20 @@ def sample_inputs(
     domains (token ids, masks) and lengths. ConfigError naming ``--data`` when
     there are none (:func:`edgecloud.samples.data_for`).
     """
+    return _split_inputs(entry, data, batch)[0]
+
+
+def _split_inputs(
+    entry: ModelVersion, data: str | os.PathLike[str] | None, batch: int = 1
+) -> tuple[Arrays, Arrays]:
+    """(first ``batch`` rows: what is timed, first :data:`FIDELITY_ROWS` rows: what
+    fidelity is checked on), from one read of the data."""
     from ..samples import data_for, row_batches
 
     samples = data_for(entry, data, purpose="split")
-    return row_batches(samples, entry.config, batch, limit=1)[0]
+    timed = row_batches(samples, entry.config, batch, limit=1)[0]
+    checked = row_batches(samples, entry.config, max(batch, FIDELITY_ROWS), limit=1)[0]
+    return timed, checked
 
 
 def choose_cuts(
@@ -75,8 +90,12 @@ def write_splits(
     codecs: Sequence[str],
     sample: Arrays,
     cuts: Sequence[str] | None = None,
+    checked: Arrays | None = None,
 ) -> tuple[list[SplitPair], int]:
     """Write (or reuse) head and tail versions for every codec; also how many cuts exist.
+
+    Cuts are chosen on ``sample`` (activation bytes per request); every split is
+    verified against the parent on ``checked`` (default: ``sample``).
 
     All or nothing: if any split is refused or fails to write, the splits this
     call added are removed again (see :func:`all_or_nothing`).
@@ -90,7 +109,8 @@ def write_splits(
     with all_or_nothing(repo, parent.name):
         for codec in codecs:
             chosen, considered = choose_cuts(parent, codec, sample, cuts)
-            pairs += [write_split(repo, parent, cut, codec, sample) for cut in chosen]
+            verify_on = sample if checked is None else checked
+            pairs += [write_split(repo, parent, cut, codec, verify_on) for cut in chosen]
     return pairs, considered
 
 
@@ -114,15 +134,16 @@ def split_model(
     as if this machine were the server; pass a :class:`RemoteTailTimer` or a
     :class:`ProfileTailTimer` for the real server's figures. The model runs on
     ``inputs`` when given, else on the first row of ``data`` (an ``.npz`` file)
-    or of the version's samples (:func:`sample_inputs`).
+    or of the version's samples (:func:`sample_inputs`), and every split's
+    fidelity is checked on their first :data:`FIDELITY_ROWS` rows.
     """
     # The newest served version by default; any version on disk (sha256 checked) by number.
     parent = repo.get(model, version, served_only=version in (None, "", "latest"))
     if inputs is not None and data is not None:
         raise ConfigError("give the inputs or a data file to split on, not both")
-    sample = inputs if inputs is not None else sample_inputs(parent, data=data)
+    sample, checked = (inputs, inputs) if inputs is not None else _split_inputs(parent, data)
     with all_or_nothing(repo, parent.name):  # a split that cannot be profiled is not kept
-        pairs, considered = write_splits(repo, parent, codecs, sample, cuts)
+        pairs, considered = write_splits(repo, parent, codecs, sample, cuts, checked)
         timer = tail_timer or LocalTailTimer(repo, repeats=repeats)
         profile = profile_split(
             parent,
@@ -133,5 +154,6 @@ def split_model(
             device_threads=device_threads,
             repeats=repeats,
             progress=progress,
+            fidelity_inputs=checked,
         )
     return SplitResult(parent, pairs, profile, considered)
