@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,7 @@ def test_minilm_samples_are_the_tokenized_sentences(zoo_repo: ModelRepository) -
 
 
 def test_vad_samples_are_one_request_of_speech_then_noise(zoo_repo: ModelRepository) -> None:
+    assert zoo_repo.get("vad").metadata["samples"].startswith("espeak-ng speech")
     samples = data_for(zoo_repo.get("vad"))
     assert samples.rows == 1  # input [8, 576] and state [2, 8, 128]: one request
     assert samples.inputs["input"].shape == (SAMPLE_CHUNKS, 576)
@@ -203,3 +205,20 @@ def test_resnet_samples_are_seeded_images(zoo_repo: ModelRepository) -> None:
     np.testing.assert_array_equal(image, sample_images())
     assert image.shape == (4, 3, 224, 224)
     assert abs(float(image.mean())) < 0.1 and 0.8 < float(image.std()) < 1.2
+
+
+def test_vad_builds_without_espeak_on_noise_samples(tmp_path: Path) -> None:
+    """zoo build needs no system package: without espeak-ng the vad samples are noise,
+    and its metadata says so."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # no espeak-ng on it
+    script = (
+        "from edgecloud import ModelRepository; from edgecloud.zoo import build_zoo; "
+        f"(r,) = build_zoo(ModelRepository({str(tmp_path / 'repo')!r}), ['vad']); "
+        "print(r.version.metadata['samples'])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "white noise only: espeak-ng was not installed"
+    samples = data_for(ModelRepository(tmp_path / "repo").get("vad"))
+    assert samples.inputs["input"].shape == (SAMPLE_CHUNKS, 576)

@@ -45,7 +45,8 @@ def sample_request(seed: int = 0) -> dict[str, np.ndarray[Any, Any]]:
     The chunks are evenly spaced inside the stream's utterance (speech at
     20 dB SNR; not at its edges) and in the noise before it: silero-vad gives
     the speech chunks 0.67-0.74 and the noise under 0.04. Raises MissingDependencyError
-    when espeak-ng is not installed (``apt-get install espeak-ng``).
+    when espeak-ng is not installed (``apt-get install espeak-ng``); see
+    :func:`noise_request`.
     """
     from ..filter.synth import make_stream
     from ..filter.triggers import SAMPLE_RATE
@@ -61,6 +62,27 @@ def sample_request(seed: int = 0) -> dict[str, np.ndarray[Any, Any]]:
         "state": np.zeros((2, SAMPLE_CHUNKS, 128), np.float32),
         "sr": np.array(SAMPLE_RATE, np.int64),
     }
+
+
+def noise_request(seed: int = 0) -> dict[str, np.ndarray[Any, Any]]:
+    """:func:`sample_request`'s layout holding seeded white noise (RMS 0.02) only: the
+    samples of a zoo built where espeak-ng is not installed (recorded in the
+    version's metadata), so ``zoo build`` needs no system package."""
+    noise = np.random.default_rng(seed).standard_normal((SAMPLE_CHUNKS, CHUNK)) * 0.02
+    return {
+        "input": noise.astype(np.float32),
+        "state": np.zeros((2, SAMPLE_CHUNKS, 128), np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+
+
+def _samples(workdir: Path, progress: Progress) -> tuple[Path, str]:
+    try:
+        request, made_of = sample_request(), "espeak-ng speech (chunks 0-3), noise (4-7)"
+    except MissingDependencyError:
+        request, made_of = noise_request(), "white noise only: espeak-ng was not installed"
+        progress(0.7, "samples: noise only (install espeak-ng for speech)")
+    return write_samples(workdir / "samples.npz", request), made_of
 
 
 def _build(workdir: Path, progress: Progress) -> Built:
@@ -85,8 +107,8 @@ def _build(workdir: Path, progress: Progress) -> Built:
             "usage": "feed 512 samples (16 kHz) with the previous stateN; sr = 16000",
         },
     )
-    samples = write_samples(workdir / "samples.npz", sample_request())
-    return Built(_shipped_model(), config, samples=samples)
+    samples, made_of = _samples(workdir, progress)
+    return Built(_shipped_model(), config, samples=samples, metadata={"samples": made_of})
 
 
 VAD = Recipe(
