@@ -673,6 +673,18 @@ def advise(
     token_env: Annotated[
         str | None, typer.Option(help="--measure: variable holding the server's token.")
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="--measure: the model's inputs (.npz, one row per request). Default: the "
+            "version's samples; random only for fixed-shape inputs without value domains.",
+        ),
+    ] = None,
+    small_data: Annotated[
+        Path | None,
+        typer.Option("--small-data", help="--measure: the small model's inputs, as --data."),
+    ] = None,
 ) -> None:
     """Recommend local, remote or a hybrid pattern for a workload, with the reasons,
     costs, latency, what would flip it, and a deployment.yaml that runs it."""
@@ -690,18 +702,24 @@ def advise(
     if out is not None:
         checked_path(out, "directory", "output directory", may_be_missing=True)
     workload = advisor.scenario(scenario) if scenario else advisor.load_workload(spec)  # type: ignore[arg-type]
+    if not measure and (data is not None or small_data is not None):
+        raise ConfigError("--data and --small-data are inputs for --measure; add --measure")
     if measure:
         if repo is not None:
             _repo(repo)
+        for path, option in ((data, "--data"), (small_data, "--small-data")):
+            if path is not None:
+                checked_path(path, "file", f"{option} file")
         from .advisor.measure import measure as run_measure
 
         before = advisor.advise(workload).strategy
         token = os.environ.get(token_env) if token_env else None
-        workload, rows = run_measure(workload, repo=repo, remote_url=remote, token=token)
-        table = Table("quantity", "estimate", "measured", title="Estimate vs measured")
+        workload, rows = run_measure(workload, repo=repo, remote_url=remote, token=token,
+                                     data=data, small_data=small_data)  # fmt: skip
+        table = Table("quantity", "estimate", "measured", "inputs", title="Estimate vs measured")
         for row in rows:
             table.add_row(row.quantity, f"{row.estimate:,.3f} {row.unit}",
-                          f"{row.measured:,.3f} {row.unit}")  # fmt: skip
+                          f"{row.measured:,.3f} {row.unit}", row.inputs)  # fmt: skip
         console.print(table)
         console.print(f"estimated recommendation: {before}")
     decision = advisor.advise(workload)
@@ -730,6 +748,14 @@ def split_command(
         str | None,
         typer.Option(help="Cuts to write, e.g. cut17,cut28 (default: those that can win)."),
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Inputs to split on (.npz, arrays named as the model's inputs): the first "
+            "row is timed, up to 32 check fidelity. Default: the version's samples.",
+        ),
+    ] = None,
     device_threads: Annotated[int, typer.Option(min=1, help="Threads the device runs with.")] = 1,
     remote: Annotated[
         str | None, typer.Option(help="Time the tails through this server (it must serve them).")
@@ -754,6 +780,7 @@ def split_command(
     The tail of cut N is served as the model <model>.tail.cutN (.int8/.fp16 for
     compressed activations), the head as <model>.head.cutN. Without --remote or
     --tail-profile the tails are timed on this machine, as if it were the server.
+    Cuts, timings and fidelity are measured on --data or the version's samples.
     """
     from .split import (
         ProfileTailTimer,
@@ -773,6 +800,8 @@ def split_command(
     mbps = _floats(bandwidths, "--bandwidths")
     if tail_profile is not None:
         checked_path(tail_profile, "file", "tail profile")
+    if data is not None:
+        checked_path(data, "file", "samples file")
     repository = ModelRepository(_repo(repo))
     timer: Any = None
     if remote is not None:
@@ -790,7 +819,7 @@ def split_command(
         result = split_model(
             repository, model, version=model_version, codecs=codecs,
             cuts=[c.strip() for c in cuts.split(",") if c.strip()] if cuts else None,
-            tail_timer=timer, device_threads=device_threads, progress=progress,
+            data=data, tail_timer=timer, device_threads=device_threads, progress=progress,
         )  # fmt: skip
         if target.resolve().is_relative_to(repository.root.resolve()):
             journal.protect(target)  # a crash restores the old profile with the old splits

@@ -9,9 +9,13 @@ A samples file is a numpy ``.npz`` archive::
 Rows: for a batched model (``max_batch_size > 0``) the leading dimension of
 every input is the batch, so a file holds any number of rows (runs larger
 than ``max_batch_size`` are split by :class:`~edgecloud.backends.local.LocalBackend`);
-for an unbatched model the file is one full request and its rows are the
-leading dimension of its inputs (1 for scalars). Every input must agree on the
-row count, and ``labels`` must have that many entries.
+every input must agree on it. For an unbatched model the file is one full
+request; its rows are the common leading dimension of its non-scalar inputs
+(scalars, such as a sample rate, are per request), or 1 when those disagree:
+a stateful model's state has its own leading axis (Silero VAD: ``input``
+``[N, 576]``, ``state`` ``[2, N, 128]``, ``sr`` a scalar), so no axis of the
+request is "the rows" and the request counts as one. ``labels`` must have one
+entry per row.
 
 A model version may carry its samples (``samples.npz`` in the version,
 hashed in ``version.json`` like every other artefact:
@@ -41,6 +45,7 @@ from .repository import SAMPLES_FILE, ModelConfig, ModelVersion
 from .tensors import InputValidator, TensorSpec
 
 __all__ = [
+    "DATA_OPTION",
     "LABELS",
     "SAMPLES_FILE",
     "Samples",
@@ -49,10 +54,14 @@ __all__ = [
     "expected_inputs",
     "load_request_samples",
     "load_samples",
+    "row_batches",
 ]
 
 LABELS = "labels"
 """The optional array of per-row labels in a samples file."""
+
+DATA_OPTION = "--data"
+"""The command-line option every command that needs data takes (``FILE.npz``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,7 @@ def load_samples(path: str | os.PathLike[str], config: ModelConfig) -> Samples:
     except InvalidRequestError as exc:
         raise ConfigError(f"samples file {file}: {exc.message}; {fix}") from exc
     arrays = dict(checked)
-    rows = batch if config.batched else _rows(file, arrays)
+    rows = batch if config.batched else _request_rows(arrays)
     if rows == 0:
         raise ConfigError(f"samples file {file} holds no rows; {fix}")
     if labels is not None and (labels.ndim != 1 or len(labels) != rows):
@@ -138,7 +147,7 @@ def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
 
 
 def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:
-    """Rows of an unbatched model's sample: the inputs' common leading dimension."""
+    """Rows of a set of inputs that must agree on them: their common leading dimension."""
     leading = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
     if len(set(leading.values())) > 1:
         raise ConfigError(
@@ -148,8 +157,19 @@ def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:
     return next(iter(leading.values()), 1)
 
 
+def _request_rows(arrays: dict[str, np.ndarray[Any, Any]]) -> int:
+    """Rows of an unbatched model's sample (one request): its non-scalar inputs'
+    common leading dimension, or 1 when they disagree or every input is a scalar."""
+    leading = {a.shape[0] for a in arrays.values() if a.ndim}
+    return leading.pop() if len(leading) == 1 else 1
+
+
 def data_for(
-    version: ModelVersion, data: str | os.PathLike[str] | None = None, *, flag: str = "--data"
+    version: ModelVersion,
+    data: str | os.PathLike[str] | None = None,
+    *,
+    purpose: str | None = None,
+    flag: str = DATA_OPTION,
 ) -> Samples:
     """The inputs a command runs on: ``data`` (``--data FILE``) if given, else
     the version's ``samples.npz``; ConfigError saying what to pass when neither
@@ -157,12 +177,17 @@ def data_for(
 
     The version's samples are checked against its config like any other file
     (their sha256 is checked when the version is loaded with ``verify``).
+    ``purpose`` (``"split"``, ``"advise --measure"``) starts the message with
+    what needs the data; ``flag`` is the option named in it (``--data`` unless
+    the command takes the file by another, e.g. ``--small-data``, ``--calibration``). Every
+    command says it this way: one line, the option, the inputs expected.
     """
     if data is not None:
         return load_samples(data, version.config)
     if SAMPLES_FILE in version.files:
         return load_samples(version.path / SAMPLES_FILE, version.config)
     raise ConfigError(
+        f"{f'{purpose} needs data: ' if purpose else ''}"
         f"model {version.name!r} version {version.version} carries no samples: pass "
         f"{flag} FILE.npz with inputs named {expected_inputs(version.config)} "
         f"(and optionally '{LABELS}', one per row)"
@@ -240,3 +265,23 @@ def class_indices(
     raise ConfigError(
         f"{source}: labels must be integer class indices or class names, got {labels.dtype}"
     )
+
+
+def row_batches(
+    samples: Samples, config: ModelConfig, size: int, *, limit: int | None = None
+) -> list[dict[str, np.ndarray[Any, Any]]]:
+    """The samples as requests of ``size`` rows each (the last may be shorter),
+    at most ``limit`` of them; an unbatched model's file is one request, whole.
+
+    Arrays are contiguous copies, safe to send as they are. ValueError when
+    ``size`` < 1 (a programming error, not a user's).
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    if not config.batched:
+        return [dict(samples.inputs)]
+    starts = range(0, samples.rows, size)[:limit]
+    return [
+        {n: np.ascontiguousarray(a[start : start + size]) for n, a in samples.inputs.items()}
+        for start in starts
+    ]

@@ -63,6 +63,7 @@ from edgecloud.tensors import RequestContext, Sensitivity
 
 from ..conftest import ROOT
 from ..models import event_sink_config, event_sink_onnx
+from ..sample_data import add_with_samples
 from ..server.conftest import Server, start_server
 from ..split.test_backend import COPIES, copied_onnx, gated_onnx
 from . import _privacy_helpers as recorder
@@ -156,7 +157,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         repo.add_version(name, path, config=config_from_onnx(path, name, max_batch_size=8))
     repo.add_version("events", event_sink_onnx(tmp / "events.onnx"), config=event_sink_config())
     gated = gated_onnx(tmp / "gated.onnx")
-    repo.add_version("gated", gated, config=config_from_onnx(gated, "gated", max_batch_size=8))
+    add_with_samples(repo, "gated", gated, max_batch_size=8)
     split = split_model(repo, "gated", codecs=("fp32",), cuts=["cut1"], repeats=1)
     times = {ALL_LOCAL: (0.2, 0.0), ALL_REMOTE: (0.0, 0.3), "cut1": (0.01, 0.01)}
     profile = dataclasses.replace(split.profile, candidates=[
@@ -166,13 +167,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     profile.save(default_profile_path(repo, "gated"))
     path = tmp / "copied.onnx"
     copied_onnx(path, COPIES["reshape"])
-    repo.add_version("copied", path, config=config_from_onnx(path, "copied", max_batch_size=8))
+    add_with_samples(repo, "copied", path, max_batch_size=8)
     copied = split_model(repo, "copied", codecs=("fp32",), repeats=1).profile
     path = classifier_onnx(tmp / "single.onnx", 7)
-    repo.add_version("single", path, config=config_from_onnx(path, "single", max_batch_size=8))
+    add_with_samples(repo, "single", path, max_batch_size=8)
     single = split_model(repo, "single", codecs=("fp32",), repeats=1).profile
     path = downmix_onnx(tmp / "downmix.onnx")
-    repo.add_version("downmix", path, config=config_from_onnx(path, "downmix", max_batch_size=8))
+    add_with_samples(repo, "downmix", path, max_batch_size=8)
     downmix = split_model(repo, "downmix", codecs=("fp32",), cuts=["cut0", "cut1"], repeats=1)
     server = start_server(repo, tmp)
     record, port = tmp / "arrivals.jsonl", free_port()

@@ -13,7 +13,6 @@ digits models; nothing is rebuilt.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +44,14 @@ def edgecloud(*argv: str | Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def digits(zoo_repo: ModelRepository, tmp_path: Path) -> ModelRepository:
-    """digits-small and digits-large as the zoo built them (recipe provenance included)."""
+    """digits-small and digits-large as the zoo built them (recipe provenance included),
+    as version 1 (the zoo cache may hold versions of older recipes before it)."""
     repo = ModelRepository(tmp_path / "repo")
     for name in ("digits-small", "digits-large"):
-        shutil.copytree(zoo_repo.root / name, repo.root / name)
+        entry = zoo_repo.get(name)
+        extra = {f: entry.path / f for f in entry.files if f != "model.onnx"}
+        repo.add_version(name, entry.model_path, config=entry.config, extra_files=extra,
+                         metadata=entry.metadata)  # fmt: skip
     return repo
 
 

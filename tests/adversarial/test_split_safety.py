@@ -22,6 +22,7 @@ import pytest
 from edgecloud import ConfigError, EdgecloudError, ModelRepository
 from edgecloud.split import SplitProfile, cut_points, split_model, verify_split, write_split
 
+from ..sample_data import random_samples
 from ..trees import tree_sha256
 from ._compress_helpers import (
     add_model,
@@ -161,9 +162,12 @@ def test_a_failure_in_a_later_pair_undoes_the_earlier_pairs(repo: ModelRepositor
     assert tree_sha256(repo.root) == before
 
 
-def _cli(repo: ModelRepository, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(repo: ModelRepository, model: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``edgecloud split MODEL ... --data`` seeded random rows of the model's inputs."""
+    data = random_samples(repo.root.parent / f"{model}.npz", repo.get(model).config)
     return subprocess.run(
-        [sys.executable, "-m", "edgecloud.cli", "split", *args, "--repo", str(repo.root)],
+        [sys.executable, "-m", "edgecloud.cli", "split", model, *args, "--repo", str(repo.root),
+         "--data", str(data)],
         capture_output=True, text=True, timeout=300, env=cli_env(),
     )  # fmt: skip
 
@@ -305,7 +309,7 @@ def _killed_split(root: Path, after_versions: int) -> subprocess.Popen[bytes]:
     env = {**cli_env(), "EDGECLOUD_TEST_KILL_AFTER_VERSIONS": str(after_versions)}
     process = subprocess.Popen(
         [sys.executable, "-m", "edgecloud.cli", "split", "mlp", "--repo", str(root),
-         "--codec", "fp32,int8", "--cuts", "cut0,cut1"],
+         "--codec", "fp32,int8", "--cuts", "cut0,cut1", "--data", str(root.parent / "mlp.npz")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 120

@@ -399,10 +399,9 @@ def test_fallback_and_fastest_answer_zero_rows(local: LocalBackend) -> None:
 def test_split_backend_answers_zero_rows_on_the_device(tmp_path: Path) -> None:
     """A fixed split with an unreachable server: an empty batch is never sent anywhere."""
     repo = ModelRepository(tmp_path / "repo")
-    from edgecloud.repository import config_from_onnx
+    from ..sample_data import add_with_samples
 
-    path = branched_onnx(tmp_path / "branched.onnx")
-    repo.add_version("branched", path, config=config_from_onnx(path, "branched", max_batch_size=16))
+    add_with_samples(repo, "branched", branched_onnx(tmp_path / "branched.onnx"), max_batch_size=16)
     profile = split_model(repo, "branched", cuts=["cut3"], repeats=1).profile
     with LocalBackend(repo, intra_op_threads=1) as device:
         split = SplitBackend(

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from edgecloud import ModelRepository
-from edgecloud.repository import config_from_onnx
 
+from ..sample_data import add_with_samples
 from .test_partition import branched_onnx
 
 
 @pytest.fixture
 def branched_repo(tmp_path: Path) -> ModelRepository:
-    """``branched`` v1 (x: FP32 [batch, 8] → y: FP32 [batch, 4]), batching up to 16."""
+    """``branched`` v1 (x: FP32 [batch, 8] → y: FP32 [batch, 4]), batching up to 16,
+    with 4 rows of seeded samples (what ``split`` runs it on)."""
     repo = ModelRepository(tmp_path / "repo")
-    path = branched_onnx(tmp_path / "branched.onnx")
-    repo.add_version("branched", path, config=config_from_onnx(path, "branched", max_batch_size=16))
+    add_with_samples(repo, "branched", branched_onnx(tmp_path / "branched.onnx"), max_batch_size=16)
     return repo

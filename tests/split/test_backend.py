@@ -24,7 +24,6 @@ from edgecloud import (
     RemoteBackend,
     UnavailableError,
 )
-from edgecloud.repository import config_from_onnx
 from edgecloud.routing import Fallback
 from edgecloud.routing.privacy import AuditLog, Guard
 from edgecloud.server.launch import free_port
@@ -40,6 +39,7 @@ from edgecloud.split import (
 )
 from edgecloud.tensors import RequestContext, Sensitivity
 
+from ..sample_data import add_with_samples
 from ..server.conftest import Server, start_server
 
 X = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
@@ -281,7 +281,7 @@ def gated(tmp_path: Path) -> Iterator[tuple[ModelRepository, SplitProfile, Serve
     """``gated`` split at cut1 (fp32, int8), times that make the cut the plan, and a server."""
     repo = ModelRepository(tmp_path / "repo")
     path = gated_onnx(tmp_path / "gated.onnx")
-    repo.add_version("gated", path, config=config_from_onnx(path, "gated", max_batch_size=8))
+    add_with_samples(repo, "gated", path, max_batch_size=8)
     result = split_model(repo, "gated", codecs=("fp32", "int8"), cuts=["cut1"], repeats=1)
     times = {ALL_LOCAL: (0.2, 0.0), ALL_REMOTE: (0.0, 0.3), "cut1": (0.01, 0.01)}
     profile = dataclasses.replace(result.profile, candidates=[
@@ -495,7 +495,7 @@ def copied(
     repo = ModelRepository(tmp / "repo")
     path = tmp / "copied.onnx"
     copied_onnx(path, COPIES["reshape"])
-    repo.add_version("copied", path, config=config_from_onnx(path, "copied", max_batch_size=8))
+    add_with_samples(repo, "copied", path, max_batch_size=8)
     result = split_model(repo, "copied", codecs=("fp32",), repeats=1)
     (tmp / "server").mkdir()
     server = start_server(repo, tmp / "server")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from edgecloud import ModelRepository
 from edgecloud.split import SplitProfile
 
@@ -81,3 +83,42 @@ def test_split_version_reaches_every_intact_version_on_disk(branched_repo: Model
     model.write_bytes(model.read_bytes() + b"\0")
     assert_one_line_error(_split("branched", "--repo", root, "--version", "1"),
                           "version 1", "is corrupt")  # fmt: skip
+
+
+def test_split_runs_on_data_given_and_names_a_file_that_does_not_fit(tmp_path: Path) -> None:
+    """A model imported without samples splits on --data; a file that does not fit the
+    model is one line naming it, and nothing is written."""
+    from edgecloud.repository import config_from_onnx
+
+    from .test_partition import branched_onnx
+
+    repo = ModelRepository(tmp_path / "repo")
+    path = branched_onnx(tmp_path / "branched.onnx")
+    repo.add_version("branched", path, config=config_from_onnx(path, "branched", max_batch_size=4))
+    np.savez(tmp_path / "wide.npz", x=np.ones((2, 9), np.float32))
+    assert_one_line_error(_split("branched", "--repo", repo.root, "--data", tmp_path / "wide.npz"),
+                          "wide.npz", "x (FP32 [rows, 8])")  # fmt: skip
+    assert_one_line_error(_split("branched", "--repo", repo.root, "--data", tmp_path / "no.npz"),
+                          "no.npz", "does not exist")  # fmt: skip
+    assert repo.model_names() == ["branched"]
+    rows = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", x=rows)
+    ok = _split("branched", "--repo", repo.root, "--data", tmp_path / "rows.npz",
+                "--cuts", "cut3", "--codec", "fp32")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    profile = SplitProfile.load(repo.root / "branched" / "split-profile.json")
+    all_remote = next(c for c in profile.candidates if c.name == "all-remote")
+    assert all_remote.bytes_up == rows[:1].nbytes  # the first row of the file, as a request
+
+
+def test_one_row_is_timed_and_up_to_32_rows_check_fidelity(
+    branched_repo: ModelRepository, tmp_path: Path
+) -> None:
+    from edgecloud.split.workflow import FIDELITY_ROWS, _split_inputs
+
+    parent = branched_repo.get("branched")
+    timed, checked = _split_inputs(parent, None)  # the version's 4 sample rows
+    assert timed["x"].shape == (1, 8) and checked["x"].shape == (4, 8)
+    np.savez(tmp_path / "many.npz", x=np.ones((40, 8), np.float32))
+    timed, checked = _split_inputs(parent, tmp_path / "many.npz")
+    assert timed["x"].shape == (1, 8) and checked["x"].shape == (FIDELITY_ROWS, 8)

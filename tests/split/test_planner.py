@@ -127,6 +127,7 @@ def test_a_split_of_another_parent_is_never_reused(
 
     from edgecloud.repository import config_from_onnx
 
+    from ..sample_data import random_samples
     from .test_partition import branched_onnx
 
     split_model(branched_repo, "branched", cuts=["cut3"])
@@ -138,6 +139,7 @@ def test_a_split_of_another_parent_is_never_reused(
     shutil.rmtree(branched_repo.root / "branched" / "1")  # retrained weights, same version
     path = branched_onnx(tmp_path / "retrained.onnx")
     config = config_from_onnx(path, "branched", max_batch_size=16)
-    branched_repo.add_version("branched", path, config=config, version=1)
+    samples = random_samples(tmp_path / "retrained.npz", config)
+    branched_repo.add_version("branched", path, config=config, version=1, samples=samples)
     with pytest.raises(ConfigError, match="was split from another branched version 1; remove it"):
         split_model(branched_repo, "branched", cuts=["cut3"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 
 from edgecloud import ConfigError, InferRequest, LocalBackend, ModelRepository
+from edgecloud.samples import data_for
 from edgecloud.zoo import RECIPES, build_zoo, datasets
-from edgecloud.zoo.minilm import tokenize, tokenizer_of
+from edgecloud.zoo.minilm import SENTENCES, tokenize, tokenizer_of
+from edgecloud.zoo.resnet import sample_images
+from edgecloud.zoo.vad import SAMPLE_CHUNKS
 
 
 def test_zoo_has_every_model(zoo_repo: ModelRepository) -> None:
@@ -49,8 +53,8 @@ def test_rebuild_is_bit_for_bit_identical(zoo_repo: ModelRepository, tmp_path: P
     fresh = ModelRepository(tmp_path / "repo")
     (result,) = build_zoo(fresh, ["digits-small"])
     assert not result.cached
-    cached = zoo_repo.get("digits-small").files["model.onnx"]
-    assert result.version.files["model.onnx"] == cached
+    for file in ("model.onnx", "samples.npz"):  # the samples too: no timestamp inside
+        assert result.version.files[file] == zoo_repo.get("digits-small").files[file]
 
 
 def test_second_build_is_cached_and_force_rebuilds(tmp_path: Path) -> None:
@@ -149,3 +153,72 @@ def test_demo_without_a_zoo_says_how_to_build_it(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 1 and "edgecloud zoo build" in result.stderr
+
+
+def test_every_zoo_version_carries_samples_its_model_runs(zoo_repo: ModelRepository) -> None:
+    """Sample data travels with the version: what split, compress, calibrate and
+    advise --measure run the model on, with no import of the zoo."""
+    with LocalBackend(zoo_repo, intra_op_threads=1) as local:
+        for name in RECIPES:
+            version = zoo_repo.get(name)
+            samples = data_for(version)
+            assert samples.source == version.path / "samples.npz"
+            outputs = local.infer(InferRequest(name, samples.inputs)).outputs
+            assert all(np.all(np.isfinite(o)) for o in outputs.values()), name
+
+
+def test_digits_samples_are_the_labelled_validation_split(zoo_repo: ModelRepository) -> None:
+    val = datasets.digits("val")
+    for name in ("digits-small", "digits-large"):
+        samples = data_for(zoo_repo.get(name))
+        np.testing.assert_array_equal(samples.inputs["pixels"], val.x)
+        assert samples.labels is not None and samples.labels.dtype == np.int64
+        np.testing.assert_array_equal(samples.labels, val.y)
+        with LocalBackend(zoo_repo) as local:
+            probs = local.infer(InferRequest(name, samples.inputs)).outputs["probabilities"]
+        accuracy = float(np.mean(probs.argmax(axis=1) == samples.labels))
+        assert accuracy == pytest.approx(zoo_repo.config(name).metrics["val_accuracy"], abs=1e-4)
+
+
+def test_minilm_samples_are_the_tokenized_sentences(zoo_repo: ModelRepository) -> None:
+    version = zoo_repo.get("minilm")
+    samples = data_for(version)
+    assert samples.rows == len(SENTENCES) and samples.labels is None
+    expected = tokenize(SENTENCES, tokenizer_of(version))
+    for name, array in expected.items():
+        np.testing.assert_array_equal(samples.inputs[name], array)
+
+
+def test_vad_samples_are_one_request_of_speech_then_noise(zoo_repo: ModelRepository) -> None:
+    assert zoo_repo.get("vad").metadata["samples"].startswith("espeak-ng speech")
+    samples = data_for(zoo_repo.get("vad"))
+    assert samples.rows == 1  # input [8, 576] and state [2, 8, 128]: one request
+    assert samples.inputs["input"].shape == (SAMPLE_CHUNKS, 576)
+    with LocalBackend(zoo_repo) as local:
+        speech = local.infer(InferRequest("vad", samples.inputs)).outputs["output"][:, 0]
+    half = SAMPLE_CHUNKS // 2
+    assert np.all(speech[:half] > 0.5) and np.all(speech[half:] < 0.1), speech
+
+
+def test_resnet_samples_are_seeded_images(zoo_repo: ModelRepository) -> None:
+    image = data_for(zoo_repo.get("resnet18-like")).inputs["image"]
+    np.testing.assert_array_equal(image, sample_images())
+    assert image.shape == (4, 3, 224, 224)
+    assert abs(float(image.mean())) < 0.1 and 0.8 < float(image.std()) < 1.2
+
+
+def test_vad_builds_without_espeak_on_noise_samples(tmp_path: Path) -> None:
+    """zoo build needs no system package: without espeak-ng the vad samples are noise,
+    and its metadata says so."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # no espeak-ng on it
+    script = (
+        "from edgecloud import ModelRepository; from edgecloud.zoo import build_zoo; "
+        f"(r,) = build_zoo(ModelRepository({str(tmp_path / 'repo')!r}), ['vad']); "
+        "print(r.version.metadata['samples'])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "white noise only: espeak-ng was not installed"
+    samples = data_for(ModelRepository(tmp_path / "repo").get("vad"))
+    assert samples.inputs["input"].shape == (SAMPLE_CHUNKS, 576)

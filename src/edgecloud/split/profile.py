@@ -240,8 +240,11 @@ def profile_split(
     device: Backend | None = None,
     repeats: int = 5,
     progress: Progress | None = None,
+    fidelity_inputs: Arrays | None = None,
 ) -> SplitProfile:
-    """Measure all-local, all-remote and every written split on ``inputs``.
+    """Measure all-local, all-remote and every written split on ``inputs``;
+    each split's fidelity on ``fidelity_inputs`` (default: ``inputs``; more rows
+    than one request make the cosine worth more).
 
     Head times come from ``device`` (default: a LocalBackend on ``repository``
     with ``device_threads``): pass the backend the SplitBackend will use.
@@ -274,7 +277,7 @@ def profile_split(
             feed = encode(pair.codec, {t: middle[t] for t in pair.cut.tensors})
             sent = sum(int(v.nbytes) for v in feed.values())
             tail_s = _tail(tail_timer, pair.tail.name, feed, pair.tail.version)
-            cosine = fidelity(parent, pair, inputs)
+            cosine = fidelity(parent, pair, inputs if fidelity_inputs is None else fidelity_inputs)
             candidates.append(
                 CutProfile(pair.cut.name, head_s, tail_s, sent, down, pair.codec, cosine)
             )

@@ -6,6 +6,12 @@ same recipe revision is left alone (the cache), whatever versions were
 added after it: re-running ``build_zoo`` leaves the repository byte for byte
 as it was. Building needs the ``train``
 extra (torch, scikit-learn, transformers, the packages carrying the weights).
+
+Every zoo version carries its ``samples.npz`` (:mod:`edgecloud.samples`), the
+data the product's commands run it on, so nothing outside the zoo and the
+demo imports this package: digits-small/large the validation split with its
+labels, minilm the tokenized demo sentences, vad a request of speech and
+noise chunks, resnet18-like a few seeded images.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ def _build_one(repo: ModelRepository, recipe: Recipe, report: Progress) -> Model
             config=built.config,
             extra_files=dict(built.extra_files),
             metadata={"recipe": recipe.fingerprint, **built.metadata},
+            samples=built.samples,
         )
     report(1.0, "built")
     return entry

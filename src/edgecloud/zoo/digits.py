@@ -1,8 +1,10 @@
 """digits-small and digits-large: MLP classifiers on scikit-learn's digits.
 
 Both output softmax probabilities (the cascade's confidence needs them) and
-record held-out accuracy in their config. Training is seeded and runs on one
-thread, so the exported weights are reproducible.
+record held-out accuracy in their config; their samples are the validation
+split with labels (what ``calibrate`` and compression evaluation use).
+Training is seeded and runs on one thread, so the exported weights are
+reproducible.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..repository import ModelConfig
 from ..tensors import TensorSpec
 from . import datasets
 from .export import export_onnx, export_torchscript
-from .recipe import Built, Progress, Recipe
+from .recipe import Built, Progress, Recipe, write_samples
 
 __all__ = ["DIGITS_LARGE", "DIGITS_SMALL", "build_classifier", "train_classifier"]
 
@@ -110,9 +112,12 @@ def _recipe(name: str, hidden: tuple[int, ...], epochs: int, summary: str) -> Re
             },
         )
         script = export_torchscript(model, (torch.zeros(1, 64),), workdir / "model.pt")
-        return Built(path, config, extra_files={"model.pt": script})
+        val = datasets.digits("val")  # calibration and evaluation data, never the test split
+        samples = write_samples(workdir / "samples.npz", {"pixels": val.x, "labels": val.y})
+        return Built(path, config, extra_files={"model.pt": script}, samples=samples)
 
-    return Recipe(name=name, revision=2, summary=summary, build=build)
+    # 3: samples.npz, the validation split (359 rows) with its labels
+    return Recipe(name=name, revision=3, summary=summary, build=build)
 
 
 DIGITS_SMALL = _recipe(

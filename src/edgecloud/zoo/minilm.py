@@ -2,7 +2,8 @@
 
 The exported graph takes token ids and an attention mask and returns the
 L2-normalised mean-pooled embedding, exactly what sentence-transformers
-computes. The tokenizer travels with the version as ``tokenizer.json``.
+computes. The tokenizer travels with the version as ``tokenizer.json``, the
+tokenized :data:`SENTENCES` as its ``samples.npz``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from ..errors import ModelLoadError
 from ..repository import ModelConfig, ModelVersion
 from ..tensors import TensorSpec
 from .export import export_onnx
-from .recipe import Built, Progress, Recipe
+from .recipe import Built, Progress, Recipe, write_samples
 
-__all__ = ["MAX_TOKENS", "MINILM", "VOCAB", "tokenize"]
+__all__ = ["MAX_TOKENS", "MINILM", "SENTENCES", "VOCAB", "tokenize"]
 
 MAX_TOKENS = 256
 #: Token ids are 0 .. VOCAB - 1: the rows of the embedding table
@@ -28,6 +29,18 @@ MAX_TOKENS = 256
 #: has 30522 entries).
 VOCAB = 30522
 SAMPLE = ["edge inference keeps data on the device", "the server answers the hard cases"]
+#: The version's samples (tokenized, padded to the longest): compression evaluates
+#: and int8-static calibrates on them, split and ``advise --measure`` run them.
+SENTENCES = [
+    "The device answers most requests on its own.",
+    "Hard cases are escalated to the cloud server.",
+    "Quantization makes the model four times smaller.",
+    "A cat sat on the warm windowsill in the sun.",
+    "The train to the airport leaves every ten minutes.",
+    "Latency matters more than throughput for this application.",
+    "She bought fresh bread and cheese at the market.",
+    "Privacy rules keep personal data on the phone.",
+]
 
 
 def _source_dir() -> Path:
@@ -121,7 +134,10 @@ def _build(workdir: Path, progress: Progress) -> Built:
             "tokenizer": "tokenizer.json in the version directory (WordPiece, max 256 tokens)",
         },
     )
-    return Built(path, config, extra_files={"tokenizer.json": source / "tokenizer.json"})
+    samples = write_samples(workdir / "samples.npz", tokenize(SENTENCES, source / "tokenizer.json"))
+    return Built(
+        path, config, extra_files={"tokenizer.json": source / "tokenizer.json"}, samples=samples
+    )
 
 
 def _parity(encoder: Any, path: Path, sample: dict[str, np.ndarray[Any, Any]]) -> float:
@@ -140,7 +156,7 @@ def _parity(encoder: Any, path: Path, sample: dict[str, np.ndarray[Any, Any]]) -
 
 MINILM = Recipe(
     name="minilm",
-    revision=2,  # 2: value domains of input_ids and attention_mask
+    revision=3,  # 2: value domains of input_ids and attention_mask; 3: samples.npz
     summary="all-MiniLM-L6-v2 sentence embeddings (384-d), exported from the bundled weights",
     build=_build,
 )

@@ -10,17 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._optional import require
 from ..repository import ModelConfig
 from ..tensors import TensorSpec
 from .export import export_onnx, export_torchscript
-from .recipe import Built, Progress, Recipe
+from .recipe import Built, Progress, Recipe, write_samples
 
-__all__ = ["RESNET18_LIKE", "resnet18"]
+__all__ = ["RESNET18_LIKE", "resnet18", "sample_images"]
 
 SEED = 0
 IMAGE = 224
 CLASSES = 1000
+SAMPLE_IMAGES = 4
+BLOCK = 16
+"""Side of the constant squares of a sample image, in pixels (224 = 14 x 16)."""
 
 
 def resnet18(num_classes: int = CLASSES) -> Any:
@@ -68,6 +73,18 @@ def resnet18(num_classes: int = CLASSES) -> Any:
     return model.eval()
 
 
+def sample_images(count: int = SAMPLE_IMAGES, seed: int = SEED) -> np.ndarray[Any, Any]:
+    """``count`` images FP32 [count, 3, 224, 224]: a seeded standard-normal 14 x 14
+    grid per channel, each value filling a 16 x 16 square.
+
+    Zero mean and unit variance like an ImageNet-normalised photo, with the
+    spatial correlation of one (neighbouring pixels agree), and small on disk.
+    """
+    rng = np.random.default_rng(seed)
+    grid = rng.standard_normal((count, 3, IMAGE // BLOCK, IMAGE // BLOCK)).astype(np.float32)
+    return np.ascontiguousarray(grid.repeat(BLOCK, axis=2).repeat(BLOCK, axis=3))
+
+
 def _build(workdir: Path, progress: Progress) -> Built:
     torch = require("torch", extra="train", feature="building resnet18-like")
     torch.manual_seed(SEED)
@@ -92,12 +109,13 @@ def _build(workdir: Path, progress: Progress) -> Built:
         metadata={"weights": f"untrained, torch.manual_seed({SEED}), He init", "input": "NCHW"},
     )
     script = export_torchscript(model, (torch.zeros(1, 3, IMAGE, IMAGE),), workdir / "model.pt")
-    return Built(path, config, extra_files={"model.pt": script})
+    samples = write_samples(workdir / "samples.npz", {"image": sample_images()})
+    return Built(path, config, extra_files={"model.pt": script}, samples=samples)
 
 
 RESNET18_LIKE = Recipe(
     name="resnet18-like",
-    revision=2,
+    revision=3,  # 3: samples.npz, seeded images
     summary="ResNet-18 backbone in plain torch, untrained seeded weights",
     build=_build,
 )
