@@ -145,6 +145,8 @@ def compress(
     check_needs(method)
     parent = _parent(repo, model, version)
     refuse_unsupported(parent.model_path, method)
+    if spec.trains:  # what a training method lacks first is its training data
+        data_for(parent, getattr(checked, "data", None), purpose=f"compress -m {method}")
     evaluation_on = evaluation_data(parent, data, flag="--val" if spec.trains else "--data")
     with tempfile.TemporaryDirectory(prefix="edgecloud-compress-") as tmp:
         target = Path(tmp) / "model.onnx"
