@@ -259,9 +259,21 @@ NEEDS = [
     (["zoo", "build", "--repo", "zoo", "--only", "digits-small"], "train"),
     (["compress", "affine", "--repo", "repo", "-m", "int8-dynamic"], "compress"),
     (["compress", "affine", "--repo", "repo", "-m", "fp16"], "compress"),
-    (["split", "affine", "--repo", "repo"], "compress"),
+    (["split", "affine", "--repo", "repo", "--data", "val.npz"], "compress"),
     (["advise", "-s", "camera-fleet", "--out", "advice"], "bench"),
-    (["split", "affine", "--repo", "repo", "--remote", "http://127.0.0.1:9"], "remote"),
+    (
+        [
+            "split",
+            "affine",
+            "--repo",
+            "repo",
+            "--data",
+            "val.npz",
+            "--remote",
+            "http://127.0.0.1:9",
+        ],
+        "remote",
+    ),
     ([*FILTER, "--plot", "events.png"], "bench"),
 ]
 

@@ -184,8 +184,11 @@ def test_training_methods_say_which_option_is_wrong(mlp: tuple[ModelRepository, 
     with pytest.raises(ConfigError, match=r"pass --data FILE.npz with inputs named x \(FP32"):
         compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp"},
                  data=data)  # fmt: skip
-    with pytest.raises(ConfigError, match="pass --val FILE.npz"):
+    with pytest.raises(ConfigError, match="pass --data FILE.npz"):  # training data first
         compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp"})
+    with pytest.raises(ConfigError, match="pass --val FILE.npz"):  # then evaluation data
+        compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp",
+                                                 "data": data})  # fmt: skip
     wrong = data.parent / "wrong.npz"
     np.savez(wrong, x=np.zeros((4, 20), np.float32), labels=np.array([0, 1, 2, 9]))
     with pytest.raises(ConfigError, match=r"labels must be class indices in \[0, 3\], got 0..9"):
