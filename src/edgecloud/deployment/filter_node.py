@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..backends.base import Backend
 from ..errors import EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, RequestContext, Span, Trace
+from . import kinds as _core_kinds  # noqa: F401  (registered first: the schema's order)
 from .nodes import AnyNode, BuildContext, Node, node_kind
 
 if TYPE_CHECKING:
@@ -51,12 +52,13 @@ __all__ = [
     "FilterNode",
     "FrameDiffTriggerSpec",
     "SegmentSpec",
+    "TriggerSpec",
     "VadTriggerSpec",
 ]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 class VadTriggerSpec(_Strict):

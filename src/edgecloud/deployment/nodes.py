@@ -35,13 +35,11 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PrivateAttr,
-    SerializerFunctionWrapHandler,
     Tag,
-    model_serializer,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError
+from pydantic_core import CoreSchema, PydanticCustomError, to_jsonable_python
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,7 +110,7 @@ class Node(BaseModel):
     mapping's value fills: ``{remote: cloud}`` is ``RemoteNode(name="cloud")``).
     """
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, use_attribute_docstrings=True)
 
     kind: ClassVar[str] = ""
     leaf: ClassVar[bool] = False
@@ -176,13 +174,18 @@ class Node(BaseModel):
     def _from_string(cls, value: str) -> dict[str, Any]:
         raise PydanticCustomError("node", "{kind} is not written as a string", {"kind": cls.kind})
 
-    @model_serializer(mode="wrap")
-    def _to_yaml(self, handler: SerializerFunctionWrapHandler) -> Any:
+    def dump(self) -> Any:
+        """This node as YAML data, in the form it was written (or its short form): the
+        fields that were set, children dumped the same way. ``parse_node`` reads it back."""
         short = self.short_form()
         if self.is_short() and short is not None:
             return short
-        params = handler(self)
-        if self.scalar is not None and isinstance(params, dict) and set(params) == {self.scalar}:
+        params = {
+            name: _dump(getattr(self, name))
+            for name in type(self).model_fields
+            if name in self.model_fields_set
+        }
+        if self.scalar is not None and set(params) == {self.scalar}:
             return {self.kind: params[self.scalar]}
         return {self.kind: params}
 
@@ -190,7 +193,11 @@ class Node(BaseModel):
     def __get_pydantic_json_schema__(
         cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        params = handler.resolve_ref_schema(handler(core_schema))
+        params = dict(handler.resolve_ref_schema(handler(core_schema)))
+        for key in ("title", "description"):  # said once, on the node
+            params.pop(key, None)
+        if not params.get("required"):  # every field has a default: `{kind: }` is the kind
+            params = {"anyOf": [params, {"type": "null"}]}
         if cls.scalar is not None:
             scalar = params["properties"][cls.scalar]
             params = {"anyOf": [scalar, params]}
@@ -210,6 +217,16 @@ class Node(BaseModel):
     @classmethod
     def _string_schema(cls) -> list[JsonSchemaValue]:
         return []
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Node):
+        return value.dump()
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    return to_jsonable_python(value)
 
 
 def _tag(raw: Any) -> str | None:

@@ -13,7 +13,7 @@ __all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class RemoteSpec(_Strict):
@@ -41,7 +41,12 @@ class OutboxSpec(_Strict):
 class DeploymentSpec(_Strict):
     """An edgecloud deployment file: a backend tree (``root``) and what it uses."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True, title="edgecloud deployment")
+    model_config = ConfigDict(
+        extra="forbid",
+        defer_build=True,
+        use_attribute_docstrings=True,
+        title="edgecloud deployment",
+    )
 
     repository: str = "model-repo"
     """Model repository for local leaves (relative to the deployment file)."""
@@ -63,9 +68,15 @@ class DeploymentSpec(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML mapping of this spec: what was set, in the file's form and order."""
-        out: dict[str, Any] = self.model_dump(mode="json", exclude_unset=True)
-        out["root"] = self.root.model_dump(mode="json", exclude_unset=True)
+        out: dict[str, Any] = self.model_dump(mode="json", exclude_unset=True, exclude={"root"})
+        out["root"] = self.root.dump()
         return out
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema (draft 2020-12) of the file, for editors (yaml-language-server)."""
+        schema = cls.model_json_schema()
+        return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
     def to_yaml(self) -> str:
         """The deployment file (``edgecloud.load`` reads it back to an equal spec)."""
