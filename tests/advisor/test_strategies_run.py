@@ -4,6 +4,7 @@ hosting tiny models built here (a classifier split at a real cut, an event sink)
 
 from __future__ import annotations
 
+import itertools
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ def classifier_onnx(path: Path, hidden: int | None, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     dims = [8, *([hidden] if hidden else []), 4]
     nodes, inits, last = [], [], "x"
-    for i, (a, b) in enumerate(zip(dims, dims[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         inits.append(
             numpy_helper.from_array(rng.standard_normal((a, b)).astype(np.float32), f"w{i}")
         )
