@@ -50,7 +50,9 @@ class DeploymentSpec(_Strict):
 
     repository: str = "model-repo"
     """Model repository for local leaves (relative to the deployment file)."""
-    remotes: dict[str, RemoteSpec] = Field(default_factory=dict)
+    remotes: dict[str, RemoteSpec] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"not": {"const": "local"}}}
+    )
     """v2 servers by name; a node names one (``cloud`` or ``{remote: cloud}``)."""
     audit_log: str | None = None
     """JSON-lines file recording every tensor sent to a remote."""
