@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .._config_files import read_mapping, validate
+from pydantic import BaseModel, ValidationError
+
+from .._config_files import read_mapping
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from ..backends.remote import RemoteBackend
@@ -224,4 +226,35 @@ def _read(path: Path) -> dict[str, Any]:
     return read_mapping(path, "deployment", "at least 'root'")
 
 
-_validate = validate
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], raw: Any, at: str, where: str) -> M:
+    """``model`` validated from ``raw``; the first error as ``where: yaml.path: message``.
+
+    The path is the YAML's: pydantic's location also names the union member a
+    value was tried as (``trigger.anomaly.alpha`` for ``trigger: {kind: anomaly,
+    alpha: 2}``, ``root.remote.name`` for ``root: ""``); those steps are not keys
+    of the file and are dropped.
+    """
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join((*([at] if at else []), *_yaml_loc(raw, first["loc"])))
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {loc or 'top level'}: {message}") from exc
+
+
+def _yaml_loc(raw: Any, loc: tuple[int | str, ...]) -> list[str]:
+    path: list[str] = []
+    for i, step in enumerate(loc):
+        if (isinstance(raw, dict) and step in raw) or (
+            isinstance(raw, list) and isinstance(step, int) and 0 <= step < len(raw)
+        ):
+            path.append(str(step))
+            raw = raw[step]
+        elif isinstance(raw, dict) and raw.get("kind") != step and i == len(loc) - 1:
+            path.append(str(step))  # a key that is missing
+        # else: the union member a value was tried as (a short form, a trigger's kind)
+    return path

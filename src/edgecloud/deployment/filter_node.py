@@ -96,7 +96,7 @@ class AnomalyTriggerSpec(_Strict):
     def _one_source(self) -> Self:
         stats = self.mean is not None or self.std is not None
         if (self.fit is None) == (not stats):
-            raise ValueError("give fit (a .npy of normal readings) or mean and std, not both")
+            raise ValueError("give either fit (a .npy of normal readings) or mean and std")
         if stats:
             if self.mean is None or self.std is None or len(self.mean) != len(self.std):
                 raise ValueError("mean and std need one value per channel each")
