@@ -246,15 +246,18 @@ def _validate(model: type[M], raw: Any, at: str, where: str) -> M:
         raise ConfigError(f"{where}: {loc or 'top level'}: {message}") from exc
 
 
+def _has(raw: Any, step: int | str) -> bool:
+    if isinstance(raw, list):
+        return isinstance(step, int) and 0 <= step < len(raw)
+    return isinstance(raw, dict) and step in raw
+
+
 def _yaml_loc(raw: Any, loc: tuple[int | str, ...]) -> list[str]:
     path: list[str] = []
     for i, step in enumerate(loc):
-        if (isinstance(raw, dict) and step in raw) or (
-            isinstance(raw, list) and isinstance(step, int) and 0 <= step < len(raw)
-        ):
-            path.append(str(step))
+        if _has(raw, step):
             raw = raw[step]
-        elif isinstance(raw, dict) and raw.get("kind") != step and i == len(loc) - 1:
-            path.append(str(step))  # a key that is missing
-        # else: the union member a value was tried as (a short form, a trigger's kind)
+        elif not (isinstance(raw, dict) and raw.get("kind") != step and i == len(loc) - 1):
+            continue  # the union member a value was tried as (a short form, a trigger's kind)
+        path.append(str(step))  # a key of the file (or the missing one the error names)
     return path
