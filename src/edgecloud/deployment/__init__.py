@@ -212,7 +212,7 @@ def load(
     )
     deployment.local_models = builder.local_models
     deployment.uses_local = builder.uses_local
-    deployment.nodes = builder.nodes
+    deployment.nodes = {p: builder.nodes[p] for p, _ in walk(spec) if p in builder.nodes}
     if ready:
         try:
             deployment.check_ready()
