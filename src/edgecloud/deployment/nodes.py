@@ -39,10 +39,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError, to_jsonable_python
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from pydantic_core import CoreSchema
 
     from ..backends.base import Backend
     from ..backends.local import LocalBackend
@@ -172,7 +173,7 @@ class Node(BaseModel):
 
     @classmethod
     def _from_string(cls, value: str) -> dict[str, Any]:
-        raise PydanticCustomError("node", "{kind} is not written as a string", {"kind": cls.kind})
+        raise ValueError(f"{cls.kind} is not written as a string")
 
     def dump(self) -> Any:
         """This node as YAML data, in the form it was written (or its short form): the
@@ -226,7 +227,9 @@ def _dump(value: Any) -> Any:
         return [_dump(v) for v in value]
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_unset=True)
-    return to_jsonable_python(value)
+    if isinstance(value, dict):
+        return {str(k): _dump(v) for k, v in value.items()}
+    return value  # str, number, bool, None: YAML as they are
 
 
 def _tag(raw: Any) -> str | None:
@@ -248,14 +251,8 @@ def _check_shape(raw: Any) -> Any:
     kinds = ", ".join(KINDS)
     if isinstance(raw, dict) and len(raw) == 1:
         (key,) = raw
-        raise PydanticCustomError(
-            "node_kind",
-            "unknown node {kind}; use one of {kinds}",
-            {"kind": repr(key), "kinds": kinds},
-        )
-    raise PydanticCustomError(
-        "node", "a node is 'local', a remote's name, or one of {{{kinds}: ...}}", {"kinds": kinds}
-    )
+        raise ValueError(f"unknown node {key!r}; use one of {kinds}")
+    raise ValueError(f"a node is 'local', a remote's name, or one of {{{kinds}: ...}}")
 
 
 def node_type() -> Any:
