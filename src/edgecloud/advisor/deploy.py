@@ -46,7 +46,7 @@ from ..deployment import (
     SplitNode,
 )
 from ..server.settings import ENV_PREFIX, IDEMPOTENCY_WINDOW_S
-from .decide import Candidate, Decision
+from .decide import Candidate, Decision, Strategy
 
 __all__ = ["ROOTS", "deployment_for", "deployment_yaml", "server_env", "server_settings_for"]
 
@@ -125,7 +125,7 @@ def _filter_then_forward(decision: Decision, c: Candidate) -> _Root:
 
 
 #: The tree of every strategy ``decide`` may recommend (one entry per ``Strategy``).
-ROOTS: dict[str, Callable[[Decision, Candidate], _Root]] = {
+ROOTS: dict[Strategy, Callable[[Decision, Candidate], _Root]] = {
     "local": _local,
     "remote": _remote,
     "prefer_remote": _prefer_remote,

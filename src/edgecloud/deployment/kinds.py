@@ -5,7 +5,7 @@ its own module (:mod:`.filter_node`), with :func:`~.nodes.node_kind`."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaValue
@@ -98,58 +98,49 @@ class BreakerSpec(_Strict):
         )
 
 
-def _fallback(
-    ctx: BuildContext, at: str, pair: tuple[tuple[str, Node], tuple[str, Node]],
-    breaker: BreakerSpec | None, name: str,
-) -> Backend:  # fmt: skip
-    from ..routing.fallback import Fallback
+class _Fallback(Node):
+    """Two children tried in ``order``: the first answers, the second when it cannot."""
 
-    (a, first), (b, second) = pair
-    return Fallback(
-        ctx.node(first, f"{at}.{a}"),
-        ctx.node(second, f"{at}.{b}"),
-        breaker=breaker.make() if breaker else None,
-        name=name,
-    )
+    order: ClassVar[tuple[str, str]]
+    """The two fields holding the children, in the order they are tried."""
+
+    def build(self, ctx: BuildContext, at: str) -> Backend:
+        from ..routing.fallback import Fallback
+
+        first, second = (ctx.node(getattr(self, name), f"{at}.{name}") for name in self.order)
+        spec: BreakerSpec | None = getattr(self, "breaker", None)
+        breaker = spec.make() if spec else None
+        return Fallback(first, second, breaker=breaker, name=self.kind)
 
 
 @node_kind("prefer_local")
-class PreferLocalNode(Node):
+class PreferLocalNode(_Fallback):
     """``local`` answers; ``remote`` when the device cannot (not loaded, failed)."""
 
+    order = ("local", "remote")
     local: AnyNode
     remote: AnyNode
     breaker: BreakerSpec | None = None
 
-    def build(self, ctx: BuildContext, at: str) -> Backend:
-        pair = (("local", self.local), ("remote", self.remote))
-        return _fallback(ctx, at, pair, self.breaker, "prefer_local")
-
 
 @node_kind("prefer_remote")
-class PreferRemoteNode(Node):
+class PreferRemoteNode(_Fallback):
     """``remote`` answers; ``local`` while the link is down (a circuit breaker skips it)."""
 
+    order = ("remote", "local")
     remote: AnyNode
     local: AnyNode
-    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
-
-    def build(self, ctx: BuildContext, at: str) -> Backend:
-        pair = (("remote", self.remote), ("local", self.local))
-        return _fallback(ctx, at, pair, self.breaker, "prefer_remote")
+    breaker: BreakerSpec | None = Field(default_factory=BreakerSpec)
 
 
 @node_kind("fallback")
-class FallbackNode(Node):
+class FallbackNode(_Fallback):
     """``primary`` answers; ``secondary`` when it fails with a retryable error."""
 
+    order = ("primary", "secondary")
     primary: AnyNode
     secondary: AnyNode
-    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
-
-    def build(self, ctx: BuildContext, at: str) -> Backend:
-        pair = (("primary", self.primary), ("secondary", self.secondary))
-        return _fallback(ctx, at, pair, self.breaker, "fallback")
+    breaker: BreakerSpec | None = Field(default_factory=BreakerSpec)
 
 
 @node_kind("cascade")
