@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import edgecloud
 from edgecloud import InferRequest, LocalBackend, ModelRepository, RemoteBackend
@@ -184,3 +186,60 @@ def test_a_remote_cannot_be_called_local(repo: ModelRepository) -> None:
     raw = spec(repo, "local") | {"remotes": {"local": {"url": "http://127.0.0.1:9"}}}
     with pytest.raises(edgecloud.ConfigError, match="remotes: 'local' names the device"):
         edgecloud.load(raw)
+
+
+NAMES = st.sampled_from(["cloud", "edge"])
+LEAVES = st.one_of(
+    st.just("local"),
+    NAMES,
+    st.integers(1, 4).map(lambda t: {"local": {"threads": t}}),
+    NAMES.map(lambda n: {"remote": n}),
+)
+
+
+def _combinators(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    pairs = st.tuples(children, children)
+    return st.one_of(
+        pairs.map(lambda p: {"prefer_remote": {"remote": p[0], "local": p[1]}}),
+        pairs.map(lambda p: {"prefer_local": {"local": p[0], "remote": p[1]}}),
+        pairs.map(lambda p: {"fallback": {"primary": p[0], "secondary": p[1]}}),
+        st.tuples(children, children, st.floats(0, 1)).map(
+            lambda p: {"cascade": {"small": p[0], "large": p[1], "threshold": p[2]}}
+        ),
+        st.lists(children, min_size=2, max_size=3).map(lambda ps: {"fastest": {"paths": ps}}),
+        children.map(lambda c: {"guard": {"inner": c, "rules": {"personal": "local"}}}),
+        children.map(lambda c: {"filter": {"trigger": {"kind": "frame-diff"}, "inner": c}}),
+    )
+
+
+TREES = st.recursive(LEAVES, _combinators, max_leaves=8)
+
+
+def _at(raw: Any, path: str) -> Any:
+    """The value at a walk path in the raw YAML data (KeyError/IndexError: not a real path)."""
+    for step in path.split(".")[1:]:
+        raw = raw[int(step)] if isinstance(raw, list) else raw[step]
+    return raw
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(tree=TREES)
+def test_any_tree_round_trips_walks_real_paths_and_builds(tree: Any, tmp_path: Path) -> None:
+    from .test_deployment_schema import errors
+
+    node = parse_node(tree)
+    assert node.dump() == tree  # exactly as written
+    remotes = {"cloud": {"url": "http://127.0.0.1:9"}, "edge": {"url": "grpc://127.0.0.1:9"}}
+    outbox = {"path": str(tmp_path / "outbox.db")}
+    raw = {"repository": str(tmp_path), "outbox": outbox, "remotes": remotes, "root": tree}
+    walked = list(walk(DeploymentSpec.model_validate(raw)))
+    for path, walked_node in walked:
+        found = _at(tree, path)  # a node's path ends in its kind unless written short
+        written = found if walked_node.is_short() else {walked_node.kind: found}
+        assert parse_node(written).dump() == walked_node.dump()
+    schema = DeploymentSpec.json_schema()
+    assert errors(schema, raw, schema) == []
+    with edgecloud.load(raw) as deployment:
+        assert list(deployment.nodes) == [path for path, _ in walked]
