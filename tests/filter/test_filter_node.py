@@ -14,6 +14,7 @@ import yaml
 import edgecloud
 from edgecloud import ConfigError, InferRequest, InvalidRequestError, ModelRepository
 from edgecloud.deployment import FilterNode
+from edgecloud.gateway import entry_models
 from edgecloud.server.launch import free_port
 from edgecloud.tensors import RequestContext, Sensitivity
 
@@ -58,6 +59,7 @@ def test_events_reach_the_inner_model(repo: ModelRepository, tmp_path: Path) -> 
     with edgecloud.load(deployment(tmp_path, root), ready=True) as tree:
         answers = feed(tree, STREAM)
         assert isinstance(tree.spec.root, FilterNode)
+        assert entry_models(tree.spec.root) == {"events"}  # what `edgecloud edge` serves
         assert set(tree.nodes) == {"root.filter", "root.filter.inner"}
     triggered = [bool(a.outputs["triggered"][0]) for a in answers]
     assert triggered == [False] * 5 + [True] * 3 + [False] * 6

@@ -181,6 +181,11 @@ class FilterNode(Node):
         return FilterBackend(stream, rules, input=self.input, model=self.model,
                              event_input=self.event_input)  # fmt: skip
 
+    def entry_models(self) -> frozenset[str] | None:
+        """Chunks are asked by the model their events go to (``edgecloud edge`` serves
+        that name); without ``model``, whatever its ``inner`` serves."""
+        return frozenset({self.model}) if self.model else self.inner.entry_models()
+
 
 class _Rules(Backend):
     """Sends an event with the strictest privacy context of the chunks it was cut from."""

@@ -24,6 +24,7 @@ node models build their validators lazily (``defer_build``) from the registry.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, TypeAlias, TypeVar, Union
 
@@ -36,6 +37,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     PrivateAttr,
     Tag,
+    TypeAdapter,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..backends.local import LocalBackend
     from ..backends.remote import RemoteBackend
+    from ..errors import ConfigError
     from ..repository import ModelRepository
     from ..routing.outbox import Outbox
 
@@ -86,7 +89,7 @@ class BuildContext(Protocol):
     def path(self, value: str) -> Path:
         """A path from the file, relative to the deployment file's folder."""
 
-    def error(self, at: str, message: str) -> Exception:
+    def error(self, at: str, message: str) -> ConfigError:
         """``ConfigError('<file>: <at>: <message>')``."""
 
 
@@ -275,11 +278,14 @@ else:
     AnyNode = _NodeRef
 
 
+@functools.cache
+def _adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(node_type())
+
+
 def parse_node(raw: Any) -> Node:
     """Validate one raw node (``"local"``, ``{"cascade": {...}}``); pydantic ValidationError."""
-    from pydantic import TypeAdapter
-
-    node: Node = TypeAdapter(node_type()).validate_python(raw)
+    node: Node = _adapter().validate_python(raw)
     return node
 
 
