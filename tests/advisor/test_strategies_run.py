@@ -144,3 +144,29 @@ def test_filter_then_forward_sends_the_events_to_the_server(
     assert sum(int(a.outputs["queued"][0]) for a in answers) == 0
     assert metric(server, "edgecloud_requests_total", "events") == before + 1
     assert any(s.kind == "network" for a in answers for s in a.trace.spans)
+
+
+@pytest.mark.network
+def test_filter_then_forward_behind_the_edge_gateway(
+    served: tuple[ModelRepository, Server], tmp_path: Path
+) -> None:
+    """A v2 client streams chunks to ``edgecloud edge``; the answers say what happened."""
+    import tritonclient.http as triton
+
+    from edgecloud.server.launch import free_port
+
+    from ..routing.test_gateway import start_gateway
+
+    port = free_port()
+    gateway = start_gateway(deployed("filter_then_forward", served, tmp_path), port)
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        answers = []
+        for frame in [np.zeros(32, np.float32)] * 3 + [np.ones(32, np.float32)]:
+            chunk = triton.InferInput("input", [32], "FP32")
+            chunk.set_data_from_numpy(frame)
+            answers.append(client.infer("events", [chunk]))
+    finally:
+        gateway.stop()
+    assert [bool(a.as_numpy("triggered")[0]) for a in answers] == [False] * 3 + [True]
+    assert answers[-1].as_numpy("events").dtype == np.int32

@@ -10,7 +10,8 @@
         model: anomaly-classifier             # the model events are sent to
 
 Each request to the node is ONE chunk of one stream (its only input, or the
-input named ``input``), in order: the trigger scores it, the segmenter
+input named ``input``), in order (behind ``edgecloud edge`` the request names
+``model``, the model its events go to): the trigger scores it, the segmenter
 (:class:`~edgecloud.filter.SegmentConfig`: pre/post roll, merge gap, minimum
 duration) turns triggered chunks into events, and a completed event is sent
 to ``inner`` as ``InferRequest(model, {event_input: event[None]})`` — or put in
