@@ -174,6 +174,12 @@ def test_every_kind_is_registered_once_and_named_in_errors(repo: ModelRepository
         ({"cascade": 3}, "root.cascade: Input should be a valid dictionary"),
         ({"local": "fast"}, "root.local: Input should be a valid dictionary"),
         ("moon", "root: unknown remote 'moon' (remotes: cloud)"),
+        # no silent coercion: YAML's own types or an error
+        ({"cascade": CASCADE | {"threshold": True}}, "root.cascade.threshold: Input should be a"),
+        ({"cascade": CASCADE | {"threshold": "0.5"}}, "root.cascade.threshold: Input should be a"),
+        ({"local": {"threads": 2.0}}, "root.local.threads: Input should be a valid integer"),
+        ({"fastest": {"paths": ["local", "cloud"], "hedge": "yes"}},
+         "root.fastest.hedge: Input should be a valid boolean"),
     ],
 )  # fmt: skip
 def test_errors_name_the_yaml_path(repo: ModelRepository, root: Any, message: str) -> None:

@@ -68,6 +68,9 @@ from .kinds import (
 from .nodes import KINDS, AnyNode, Node, node_kind, parse_node, walk
 from .spec import DeploymentSpec, OutboxSpec, RemoteSpec
 
+#: The name calibration used for the cascade's parameters before node kinds were typed.
+CascadeSpec = CascadeNode
+
 __all__ = [
     "KINDS",
     "AnyNode",

@@ -114,7 +114,9 @@ class Node(BaseModel):
     mapping's value fills: ``{remote: cloud}`` is ``RemoteNode(name="cloud")``).
     """
 
-    model_config = ConfigDict(extra="forbid", defer_build=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, defer_build=True, use_attribute_docstrings=True
+    )
 
     kind: ClassVar[str] = ""
     leaf: ClassVar[bool] = False

@@ -13,7 +13,7 @@ __all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
 class RemoteSpec(_Strict):
@@ -43,6 +43,7 @@ class DeploymentSpec(_Strict):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         defer_build=True,
         use_attribute_docstrings=True,
         title="edgecloud deployment",
