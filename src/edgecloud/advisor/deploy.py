@@ -96,7 +96,8 @@ def _cascade(decision: Decision, c: Candidate) -> _Root:
         threshold=0.9,
         defer_failed_escalations=True,
     )
-    hint = "Calibrate the threshold: edgecloud calibrate -d deployment.yaml"
+    hint = ("Calibrate the threshold: edgecloud calibrate -d deployment.yaml --data val.npz "
+            "--target-accuracy 0.995")  # fmt: skip
     return _Root(node, queues=True, comments=(hint,))
 
 
