@@ -8,7 +8,7 @@ from __future__ import annotations
 from .backends.base import Backend, FunctionBackend
 from .backends.local import LocalBackend
 from .backends.remote import RemoteBackend
-from .deployment import Deployment, load
+from .deployment import Deployment, DeploymentSpec, load
 from .errors import (
     AuthenticationError,
     CompressionError,
@@ -86,6 +86,7 @@ __all__ = [
     "DatatypeMismatchError",
     "DeadlineExceededError",
     "Deployment",
+    "DeploymentSpec",
     "DynamicBatching",
     "EdgecloudError",
     "Fallback",

@@ -929,6 +929,25 @@ def _load_npy(path: Path) -> np.ndarray:
         raise ConfigError(f"{path} is not a readable .npy file: {exc}") from exc
 
 
+@app.command("schema")
+def schema(
+    what: Annotated[str, typer.Argument(help="The file whose schema to print: deployment.")],
+) -> None:
+    """Print the JSON Schema of a file edgecloud reads (for editors: yaml-language-server).
+
+    ``edgecloud schema deployment > deployment.schema.json``, then put
+    ``# yaml-language-server: $schema=deployment.schema.json`` at the top of the file.
+    """
+    import json
+
+    from .deployment import DeploymentSpec
+
+    schemas = {"deployment": DeploymentSpec.json_schema}
+    if what not in schemas:
+        raise ConfigError(f"no schema for {what!r}; use one of {', '.join(schemas)}")
+    sys.stdout.write(json.dumps(schemas[what](), indent=2) + "\n")
+
+
 @app.command()
 def demo(repo: RepoOption = DEFAULT_REPO) -> None:
     """A tour on the demo zoo: digits on both models, sentence similarity, latency."""

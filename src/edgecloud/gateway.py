@@ -27,12 +27,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .backends.local import LocalBackend
-from .deployment import Deployment, load
+from .deployment import Deployment, Node, load, parse_node
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from .repository import ModelConfig
 from .server.host import ModelState, model_states, open_idempotency
@@ -143,33 +143,16 @@ def gateway_states(deployment: Deployment) -> dict[str, ModelState]:
         checker.close()
 
 
-def entry_models(node: Any) -> frozenset[str] | None:
-    """The model names a request to the deployment node ``node`` (raw YAML) may carry.
+def entry_models(node: Node | Any) -> frozenset[str] | None:
+    """The model names a request to the deployment node ``node`` (typed, or raw YAML) may carry.
 
     A cascade with ``small_model`` is asked by that name (its answers are that
     model's or its escalation's), a split by its ``model``; other combinators
     serve the union of what their children serve. None: the node passes the
     caller's name on (``local``, a remote), so the names are the leaves'.
+    Each node kind answers for itself (:meth:`~edgecloud.deployment.Node.entry_models`).
     """
-    if isinstance(node, list):
-        return _union(entry_models(n) for n in node)
-    if not isinstance(node, dict):
-        return None
-    if len(node) == 1:
-        ((kind, params),) = node.items()
-        if kind == "cascade" and isinstance(params, dict):
-            small = params.get("small_model")
-            return (
-                frozenset({small}) if isinstance(small, str) else entry_models(params.get("small"))
-            )
-        if kind == "split" and isinstance(params, dict) and isinstance(params.get("model"), str):
-            return frozenset({params["model"]})
-    return _union(entry_models(v) for v in node.values())
-
-
-def _union(parts: Iterable[frozenset[str] | None]) -> frozenset[str] | None:
-    named = [p for p in parts if p is not None]
-    return frozenset().union(*named) if named else None
+    return (node if isinstance(node, Node) else parse_node(node)).entry_models()
 
 
 def check_ready(deployment: Deployment, host: DeploymentHost) -> None:

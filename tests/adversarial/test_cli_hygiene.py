@@ -341,7 +341,9 @@ def test_entry_models_follow_the_tree() -> None:
     assert entry_models(cascade) == {"s"}
     assert entry_models({"guard": {"inner": cascade, "rules": {"personal": "local"}}}) == {"s"}
     assert entry_models({"split": {"model": "r", "remote": "cloud"}}) == {"r"}
-    both = {"fallback": [cascade, {"split": {"model": "r", "remote": "cloud"}}]}
+    both = {
+        "fallback": {"primary": cascade, "secondary": {"split": {"model": "r", "remote": "cloud"}}}
+    }
     assert entry_models(both) == {"s", "r"}
     assert entry_models({"prefer_remote": {"remote": "cloud", "local": "local"}}) is None
 

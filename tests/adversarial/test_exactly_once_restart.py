@@ -164,13 +164,13 @@ def test_advise_writes_a_server_window_at_least_the_outbox_ttl() -> None:
         decision = advise(scenario(name))
         if decision.recommended is None:
             continue
-        outbox = deployment_for(decision).get("outbox")
+        outbox = deployment_for(decision).outbox
         settings = server_settings_for(decision)
         if outbox is None:
             continue
         assert settings is not None, name
         server = ServerSettings(**settings)
-        assert server.idempotency_window_s >= outbox["ttl_s"], name
+        assert server.idempotency_window_s >= outbox.ttl_s, name
         env = server_env(decision)
         assert env is not None and "EDGECLOUD_SERVER_IDEMPOTENCY_WINDOW_S=" in env
         checked += 1

@@ -3,6 +3,7 @@ model and server; the CLI writes its report and fails clearly on bad specs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,9 @@ def test_cli_writes_report_plots_and_deployment(tmp_path: Path) -> None:
     assert "filter" in result.output and "What would flip" in result.output
     for name in ("report.md", "cost.png", "latency.png", "sensitivity.png", "deployment.yaml"):
         assert (tmp_path / name).stat().st_size > 100, name
+    first = (tmp_path / "deployment.yaml").read_text().splitlines()[0]
+    assert first == "# yaml-language-server: $schema=deployment.schema.json"  # editors read it
+    assert json.loads((tmp_path / "deployment.schema.json").read_text())["title"]
     report = (tmp_path / "report.md").read_text()
     assert "648,000" in report  # raw video GB a month
     assert "| `hybrid.trigger_memory_mb` | 20 | ≥ 256 → remote |" in report  # trigger must fit

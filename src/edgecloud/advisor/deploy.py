@@ -1,87 +1,182 @@
-"""The recommendation as a deployment file in the router's format (``edgecloud.load``),
+"""The recommendation as a typed deployment (``edgecloud.load`` runs it as written),
 and the settings of the server it sends to (``server.env``).
 
-The two are written together because they keep one promise together: an
-outbox item re-sent at any point of its life (``outbox.ttl_s``) must find the
-server's record of its key, so the server's ``idempotency_window_s`` is at
-least the outbox TTL.
+Every strategy :func:`~edgecloud.advisor.decide.decide` can recommend maps to
+one tree of typed nodes (:mod:`edgecloud.deployment`), so every
+recommendation — ``filter_then_forward`` included — is a runnable file:
+
+============================  ===================================================
+strategy                      root node
+============================  ===================================================
+``local``                     ``local`` (an outbox with periodic sync)
+``remote``                    ``cloud``
+``prefer_remote``             ``prefer_remote: {remote: cloud, local: local}``
+``cascade``                   ``cascade: {small: local, large: cloud, ...}``
+``split``                     ``fallback: {primary: guard(split), secondary: local}``
+``filter_then_forward``       ``filter: {trigger: ..., inner: cloud, model: ...}``
+============================  ===================================================
+
+The deployment and the server settings are written together because they keep
+one promise together: an outbox item re-sent at any point of its life
+(``outbox.ttl_s``) must find the server's record of its key, so the server's
+``idempotency_window_s`` is at least the outbox TTL.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from ..deployment import (
+    BreakerSpec,
+    CascadeNode,
+    DeploymentSpec,
+    FallbackNode,
+    FilterNode,
+    GuardNode,
+    LinkSpec,
+    LocalNode,
+    Node,
+    OutboxSpec,
+    PreferRemoteNode,
+    RemoteNode,
+    RemoteSpec,
+    SplitNode,
+)
 from ..server.settings import ENV_PREFIX, IDEMPOTENCY_WINDOW_S
-from .decide import Candidate, Decision
+from .decide import Candidate, Decision, Strategy
 
-__all__ = ["deployment_for", "deployment_yaml", "server_env", "server_settings_for"]
+__all__ = ["ROOTS", "deployment_for", "deployment_yaml", "server_env", "server_settings_for"]
 
 #: How long a queued item may wait for the link (the outbox's default TTL).
 OUTBOX_TTL_S = 7 * 24 * 3600.0
+#: The name the deployment gives the workload's server.
+REMOTE = "cloud"
+#: The JSON Schema written beside deployment.yaml (``edgecloud schema deployment``).
+SCHEMA_FILE = "deployment.schema.json"
 
 
-def _outbox(decision: Decision) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Root:
+    """A strategy's tree, and what it needs around it."""
+
+    node: Node
+    queues: bool
+    """Something waits in an outbox (deferred escalations, events, periodic sync)."""
+    remote: bool = True
+    comments: tuple[str, ...] = ()
+    """Steps the user takes before running it, for the file's header."""
+
+
+def _breaker() -> BreakerSpec:
+    return BreakerSpec(failure_threshold=3, reset_after_s=5.0)
+
+
+def _local(decision: Decision, c: Candidate) -> _Root:
+    return _Root(LocalNode(), queues=bool(c.parameters.get("periodic_sync")), remote=False)
+
+
+def _remote(decision: Decision, c: Candidate) -> _Root:
+    return _Root(RemoteNode(name=REMOTE), queues=False)
+
+
+def _prefer_remote(decision: Decision, c: Candidate) -> _Root:
+    node = PreferRemoteNode(remote=RemoteNode(name=REMOTE), local=LocalNode(), breaker=_breaker())
+    return _Root(node, queues=False)
+
+
+def _cascade(decision: Decision, c: Candidate) -> _Root:
+    node = CascadeNode(
+        small=LocalNode(),
+        large=RemoteNode(name=REMOTE),
+        small_model=c.parameters["small_model"],
+        large_model=c.parameters["large_model"],
+        threshold=0.9,
+        defer_failed_escalations=True,
+    )
+    hint = ("Calibrate the threshold: edgecloud calibrate -d deployment.yaml --data val.npz "
+            "--target-accuracy 0.995")  # fmt: skip
+    return _Root(node, queues=True, comments=(hint,))
+
+
+def _split(decision: Decision, c: Candidate) -> _Root:
+    net = decision.workload.network
+    model = c.parameters["model"]
+    split = SplitNode(
+        model=model,
+        remote=REMOTE,
+        link=LinkSpec(rtt_ms=net.rtt_ms, bandwidth_mbps=net.uplink_mbps),
+    )
+    node = FallbackNode(  # personal data: only the activation may leave the device
+        primary=GuardNode(rules={"personal": "features"}, inner=split),
+        secondary=LocalNode(),
+        breaker=_breaker(),
+    )
+    hint = (f"First: edgecloud split {model} (head/tail versions and the profile this node "
+            "plans with); serve the tails")  # fmt: skip
+    return _Root(node, queues=False, comments=(hint,))
+
+
+def _filter_then_forward(decision: Decision, c: Candidate) -> _Root:
+    w = decision.workload
+    node = FilterNode(trigger=w.hybrid.trigger, inner=RemoteNode(name=REMOTE), model=w.model.name)
+    hint = (f"Each request is one chunk of the stream; its events go to {w.model.name} on the "
+            "server (queued in the outbox while the link is down)")  # fmt: skip
+    return _Root(node, queues=True, comments=(hint,))
+
+
+#: The tree of every strategy ``decide`` may recommend (one entry per ``Strategy``).
+ROOTS: dict[Strategy, Callable[[Decision, Candidate], _Root]] = {
+    "local": _local,
+    "remote": _remote,
+    "prefer_remote": _prefer_remote,
+    "cascade": _cascade,
+    "split": _split,
+    "filter_then_forward": _filter_then_forward,
+}
+
+
+def _outbox(decision: Decision) -> OutboxSpec:
     """An outbox big enough for ten typical outages at the mean request rate."""
     w = decision.workload
     per_outage = w.application.requests_per_s * w.network.typical_outage_min * 60
-    return {
-        "path": "outbox.db",
-        "max_items": max(1000, math.ceil(per_outage * 10)),
-        "ttl_s": OUTBOX_TTL_S,
-        "full_policy": "reject",
-    }
+    return OutboxSpec(
+        path="outbox.db",
+        max_items=max(1000, math.ceil(per_outage * 10)),
+        ttl_s=OUTBOX_TTL_S,
+        full_policy="reject",
+    )
 
 
-def deployment_for(decision: Decision, candidate: Candidate | None = None) -> dict[str, Any]:
-    """A deployment mapping that runs ``candidate`` (default: the recommendation)."""
+def _chosen(decision: Decision, candidate: Candidate | None) -> Candidate:
     c = candidate or decision.recommended
     if c is None:
         raise ValueError("no feasible option: there is nothing to deploy")
-    w = decision.workload
-    remote_spec = {"url": w.remote_url, "timeout_s": _timeout_s(decision)}
-    out: dict[str, Any] = {"repository": "model-repo"}
-    if c.strategy == "local":
-        if c.parameters.get("periodic_sync"):
-            out["outbox"] = _outbox(decision)
-        out["root"] = "local"
-        return out
-    out["remotes"] = {"cloud": remote_spec}
-    out["audit_log"] = "audit.jsonl"
-    breaker = {"failure_threshold": 3, "reset_after_s": 5.0}
-    if c.strategy == "remote":
-        root: Any = "cloud"
-    elif c.strategy == "prefer_remote":
-        root = {"prefer_remote": {"remote": "cloud", "local": "local", "breaker": breaker}}
-    elif c.strategy == "cascade":
-        out["outbox"] = _outbox(decision)
-        root = {
-            "cascade": {
-                "small": "local",
-                "large": "cloud",
-                "small_model": c.parameters["small_model"],
-                "large_model": c.parameters["large_model"],
-                "threshold": 0.9,
-                "defer_failed_escalations": True,
-            }
-        }
-    elif c.strategy == "split":
-        link = {"rtt_ms": w.network.rtt_ms, "bandwidth_mbps": w.network.uplink_mbps}
-        split = {"split": {"model": c.parameters["model"], "remote": "cloud", "link": link}}
-        root = {
-            "fallback": {  # personal data: only the activation may leave the device
-                "primary": {"guard": {"rules": {"personal": "features"}, "inner": split}},
-                "secondary": "local",
-                "breaker": breaker,
-            }
-        }
-    else:  # filter_then_forward: edgecloud.filter.Filter(trigger, deployment, outbox=...)
-        out["outbox"] = _outbox(decision)  # events wait here while the link is down
-        root = "cloud"
-    out["root"] = root
-    return out
+    return c
+
+
+def _plan(decision: Decision, candidate: Candidate | None) -> tuple[DeploymentSpec, _Root]:
+    c = _chosen(decision, candidate)
+    root = ROOTS[c.strategy](decision, c)
+    fields: dict[str, Any] = {"repository": "model-repo"}
+    if root.remote:
+        url = decision.workload.remote_url
+        fields["remotes"] = {REMOTE: RemoteSpec(url=url, timeout_s=_timeout_s(decision))}
+        fields["audit_log"] = "audit.jsonl"
+    if root.queues:
+        fields["outbox"] = _outbox(decision)
+    return DeploymentSpec(**fields, root=root.node), root
+
+
+def deployment_for(decision: Decision, candidate: Candidate | None = None) -> DeploymentSpec:
+    """The typed deployment that runs ``candidate`` (default: the recommendation).
+
+    ``edgecloud.load(spec)`` builds it; ``spec.to_yaml()`` writes it. Raises
+    ValueError when nothing is feasible.
+    """
+    return _plan(decision, candidate)[0]
 
 
 def server_settings_for(
@@ -90,9 +185,9 @@ def server_settings_for(
     """``ServerSettings`` fields for the server the deployment sends to (None: it sends
     nothing): an idempotency window no shorter than the outbox's TTL."""
     deployment = deployment_for(decision, candidate)
-    if "remotes" not in deployment and "outbox" not in deployment:
+    if not deployment.remotes and deployment.outbox is None:
         return None
-    ttl_s = float(deployment.get("outbox", {}).get("ttl_s", 0.0))
+    ttl_s = deployment.outbox.ttl_s if deployment.outbox else 0.0
     return {"idempotency_window_s": max(IDEMPOTENCY_WINDOW_S, ttl_s)}
 
 
@@ -117,25 +212,18 @@ def _timeout_s(decision: Decision) -> float:
 
 
 def deployment_yaml(decision: Decision, candidate: Candidate | None = None) -> str:
-    c = candidate or decision.recommended
-    assert c is not None
+    """The deployment file: a header saying what it runs and what to do first, then the
+    typed spec as YAML (``edgecloud.load`` reads it back to the same spec)."""
+    c = _chosen(decision, candidate)
+    spec, root = _plan(decision, c)
     header = [
+        f"# yaml-language-server: $schema={SCHEMA_FILE}",
         f"# edgecloud deployment for workload {decision.workload.name!r}: {c.title}",
         f"# {c.summary}",
         "# Generated by `edgecloud advise`; load with edgecloud.load() or `edgecloud edge -d`.",
+        f"# Editors check it against {SCHEMA_FILE} (`edgecloud schema deployment`).",
     ]
     if server_settings_for(decision, c) is not None:
         header.append("# Run the server with server.env (idempotency window >= outbox ttl_s).")
-    if c.strategy == "cascade":
-        header.append(
-            "# Calibrate the threshold: edgecloud calibrate -d deployment.yaml "
-            "--data val.npz --target-accuracy 0.995"
-        )
-    if c.strategy == "split":
-        header.append(f"# First: edgecloud split {c.parameters['model']} (head/tail versions and "
-                      "the profile this node plans with); serve the tails")  # fmt: skip
-    if c.strategy == "filter_then_forward":
-        header.append("# Events come from the on-device trigger: edgecloud.filter.Filter(trigger, "
-                      "edgecloud.load(this), outbox=deployment.outbox)")  # fmt: skip
-    body = yaml.safe_dump(deployment_for(decision, c), sort_keys=False)
-    return "\n".join(header) + "\n" + body
+    header += [f"# {line}" for line in root.comments]
+    return "\n".join(header) + "\n" + spec.to_yaml()

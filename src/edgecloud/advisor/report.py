@@ -229,8 +229,12 @@ def plots(decision: Decision, flips: list[Flip] | None, out: Path) -> list[str]:
 def write_outputs(
     decision: Decision, flips: list[Flip] | None, out: Path, *, with_plots: bool = True
 ) -> list[Path]:
-    """report.md, the PNGs, deployment.yaml and server.env in ``out``; the paths written."""
-    from .deploy import deployment_yaml, server_env
+    """report.md, the PNGs, deployment.yaml (with deployment.schema.json, which its
+    first lines point editors at) and server.env in ``out``; the paths written."""
+    import json
+
+    from ..deployment import DeploymentSpec
+    from .deploy import SCHEMA_FILE, deployment_yaml, server_env
 
     out.mkdir(parents=True, exist_ok=True)
     images = plots(decision, flips, out) if with_plots else []
@@ -238,7 +242,8 @@ def write_outputs(
     paths = [out / "report.md", *(out / i for i in images)]
     if decision.recommended is not None:
         (out / "deployment.yaml").write_text(deployment_yaml(decision))
-        paths.append(out / "deployment.yaml")
+        (out / SCHEMA_FILE).write_text(json.dumps(DeploymentSpec.json_schema(), indent=2) + "\n")
+        paths += [out / "deployment.yaml", out / SCHEMA_FILE]
         env = server_env(decision)
         if env is not None:
             (out / "server.env").write_text(env)

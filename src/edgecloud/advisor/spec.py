@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .._config_files import read_mapping, validate
+from ..deployment.filter_node import FrameDiffTriggerSpec, TriggerSpec
 
 __all__ = [
     "Application",
@@ -195,6 +196,9 @@ class Hybrid(_Strict):
     trigger_gflops: float = Field(default=0.01, gt=0)
     """Compute of the on-device trigger per request."""
     trigger_memory_mb: float = Field(default=5.0, gt=0)
+    trigger: TriggerSpec = Field(default_factory=lambda: FrameDiffTriggerSpec(kind="frame-diff"))
+    """Filter-then-forward: the on-device trigger the deployment runs (a filter node's
+    ``trigger``: ``{kind: frame-diff}``, ``{kind: anomaly, fit: normal.npy}``, ``{kind: vad}``)."""
     event_recall: float = Field(default=0.99, gt=0, le=1)
     """Share of true events the trigger catches (scales the filter's accuracy)."""
     split_cuts: list[SplitCut] = Field(default_factory=list)

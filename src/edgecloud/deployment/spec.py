@@ -1,0 +1,86 @@
+"""The deployment file's top level: where models live, the remotes, the outbox, the tree."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .nodes import AnyNode
+
+__all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+
+class RemoteSpec(_Strict):
+    url: str
+    """``http(s)://host:port`` or ``grpc(s)://host:port`` of a v2 server."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds before a request to this server is given up (a fallback can still answer)."""
+    token_env: str | None = None
+    """Environment variable holding the bearer token."""
+    binary: bool = True
+    """Send tensors in the binary-data extension (HTTP) rather than JSON lists."""
+
+
+class OutboxSpec(_Strict):
+    path: str = "outbox.db"
+    """SQLite file of the queue (relative to the deployment file)."""
+    max_items: int = Field(default=10_000, ge=1)
+    ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    """Seconds an item may wait for the link before it expires."""
+    full_policy: Literal["reject", "drop_oldest"] = "reject"
+    max_attempts: int = Field(default=8, ge=1)
+    """Tries of an item the server keeps failing (5xx) before it is dead-lettered."""
+
+
+class DeploymentSpec(_Strict):
+    """An edgecloud deployment file: a backend tree (``root``) and what it uses."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        defer_build=True,
+        use_attribute_docstrings=True,
+        title="edgecloud deployment",
+    )
+
+    repository: str = "model-repo"
+    """Model repository for local leaves (relative to the deployment file)."""
+    remotes: dict[str, RemoteSpec] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"not": {"const": "local"}}}
+    )
+    """v2 servers by name; a node names one (``cloud`` or ``{remote: cloud}``)."""
+    audit_log: str | None = None
+    """JSON-lines file recording every tensor sent to a remote."""
+    outbox: OutboxSpec | None = None
+    """Durable queue for what could not be sent (deferred escalations, filter events)."""
+    root: AnyNode
+    """The tree: ``local``, a remote's name, or ``{kind: params}``."""
+
+    @field_validator("remotes")
+    @classmethod
+    def _no_remote_named_local(cls, remotes: dict[str, RemoteSpec]) -> dict[str, RemoteSpec]:
+        if "local" in remotes:
+            raise ValueError("'local' names the device: give this remote another name")
+        return remotes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML mapping of this spec: what was set, in the file's form and order."""
+        out: dict[str, Any] = self.model_dump(mode="json", exclude_unset=True, exclude={"root"})
+        out["root"] = self.root.dump()
+        return out
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema (draft 2020-12) of the file, for editors (yaml-language-server)."""
+        schema = cls.model_json_schema()
+        return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+    def to_yaml(self) -> str:
+        """The deployment file (``edgecloud.load`` reads it back to an equal spec)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
