@@ -46,6 +46,7 @@ from .routing.fastest import Fastest
 from .routing.outbox import DrainResult, Outbox
 from .routing.privacy import AuditLog, Guard
 from .routing.resilience import Backoff, CircuitBreaker
+from .routing.transforms import InputAdapter, ModelInputs, check_against
 from .tensors import InferRequest, InferResponse
 
 __all__ = ["Deployment", "DeploymentSpec", "load"]
@@ -141,6 +142,8 @@ class DeploymentSpec(_Strict):
     remotes: dict[str, RemoteSpec] = Field(default_factory=dict)
     audit_log: str | None = None
     outbox: OutboxSpec | None = None
+    models: dict[str, ModelInputs] = Field(default_factory=dict)
+    """Per-model input derivations (``edgecloud.routing.transforms``): applied at every leaf."""
     root: Any
 
 
@@ -169,6 +172,8 @@ class Deployment(Backend):
         """Models the file names for a local node: model -> (YAML path, the node)."""
         self.uses_local = False
         """Whether any node runs models on this device (then the repository must exist)."""
+        self.cascades: list[tuple[str | None, str | None]] = []
+        """(small_model, large_model) of every cascade: the sources of derived inputs."""
 
     @property
     def where(self) -> str:
@@ -199,6 +204,7 @@ class Deployment(Backend):
                 local.load(model)
             except EdgecloudError as exc:
                 raise ConfigError(f"{self.where}: {at}: {exc.message}") from exc
+        check_against(self.spec.models, self.repository, pairs=self.cascades, where=self.where)
 
     def infer(self, request: InferRequest) -> InferResponse:
         return self.root.infer(request)
@@ -215,7 +221,7 @@ class Deployment(Backend):
         if self.outbox is None or not self.remotes:
             return None
         remote = next(iter(self.remotes.values()))
-        return self.outbox.drain(remote.infer, backoff=backoff)
+        return self.outbox.drain(InputAdapter(remote, self.spec.models).infer, backoff=backoff)
 
     def close(self) -> None:
         self.root.close()
@@ -249,6 +255,7 @@ def load(source: str | os.PathLike[str] | dict[str, Any], *, ready: bool = False
     )
     deployment.local_models = builder.local_models
     deployment.uses_local = bool(builder._locals)
+    deployment.cascades = builder.cascades
     if ready:
         try:
             deployment.check_ready()
@@ -288,6 +295,7 @@ class _Builder:
         """The model the node being built will be asked for (a cascade names them)."""
         self.local_models: dict[str, tuple[str, LocalBackend]] = {}
         self.remotes: dict[str, RemoteBackend] = {}
+        self.cascades: list[tuple[str | None, str | None]] = []
         self.kinds: dict[str, Callable[[Any, str], Backend]] = {
             "local": self._local,
             "remote": self._remote_node,
@@ -307,8 +315,8 @@ class _Builder:
     def node(self, raw: Any, at: str) -> Backend:
         if isinstance(raw, str):
             if raw == "local":
-                return self._local({}, at)
-            return self._remote(raw, at)
+                return self._adapt(self._local({}, at))
+            return self._adapt(self._remote(raw, at))
         if not isinstance(raw, dict) or len(raw) != 1:
             raise ConfigError(
                 f"{self.where}: {at}: a node is 'local', a remote's name, or one of "
@@ -319,7 +327,12 @@ class _Builder:
             raise ConfigError(
                 f"{self.where}: {at}: unknown node {kind!r}; use one of {', '.join(self.kinds)}"
             )
-        return self.kinds[kind](params if params is not None else {}, f"{at}.{kind}")
+        built = self.kinds[kind](params if params is not None else {}, f"{at}.{kind}")
+        return self._adapt(built) if kind in ("local", "remote", "split") else built
+
+    def _adapt(self, backend: Backend) -> Backend:
+        """Every leaf: its requests' inputs derived per model (``models:``), when declared."""
+        return InputAdapter(backend, self.spec.models) if self.spec.models else backend
 
     def _local(self, params: Any, at: str) -> Backend:
         spec = _validate(LocalSpec, params, at, self.where)
@@ -396,6 +409,7 @@ class _Builder:
 
     def _cascade(self, params: Any, at: str) -> Backend:
         spec = _validate(CascadeSpec, params, at, self.where)
+        self.cascades.append((spec.small_model, spec.large_model))
         defer: Callable[[InferRequest, InferResponse, str], None] | None = None
         if spec.defer_failed_escalations:
             if self.outbox is None:
