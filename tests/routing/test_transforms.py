@@ -268,6 +268,36 @@ def test_casts_that_keep_every_value() -> None:
     assert cast(same.astype(">f4"), "FP32").dtype == np.dtype(">f4")  # same datatype: as is
 
 
+def test_every_cast_between_datatypes_keeps_values_or_refuses() -> None:
+    """Each pair of datatypes at the edges of the source's range (pytest turns a numpy
+    overflow warning into a failure): an accepted cast back is the same value."""
+    targets = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+               "FP16", "FP32", "FP64"]  # fmt: skip
+    accepted = 0
+    for source in [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                   np.uint32, np.uint64, np.float16, np.float32, np.float64]:  # fmt: skip
+        if source is np.bool_:
+            values: list[Any] = [False, True]
+        elif np.issubdtype(source, np.integer):
+            values = [np.iinfo(source).min, np.iinfo(source).max, 0, 1]
+        else:
+            top = float(np.finfo(source).max)
+            edges = [2.0**31, 2.0**63, 2.0**64, -(2.0**63), 2.0**63 - 2**40, 2049.0]
+            values = [-top, top, 0, 1, 0.5, np.nan, np.inf, *[x for x in edges if abs(x) <= top]]
+        for value in values:
+            array = np.array([value], dtype=source)
+            for datatype in targets:
+                try:
+                    got = cast(array, datatype)
+                except TensorValueError:
+                    continue
+                accepted += 1
+                if array.dtype.kind == "f" and datatype.startswith("FP"):
+                    continue  # float -> float rounds by design
+                assert got.astype(source).tolist() == array.tolist(), (source, value, datatype)
+    assert accepted > 300
+
+
 def test_bytes_cannot_be_cast() -> None:
     with pytest.raises(DatatypeMismatchError, match="BYTES tensor cannot be cast"):
         cast(np.array([b"1"], dtype=object), "INT64")

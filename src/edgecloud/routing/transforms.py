@@ -21,7 +21,9 @@ derived from the request's tensors — a small fixed set of steps, not code::
           x: {cast: FP16}                                 # from: defaults to the input's name
 
 A model named here gets exactly its declared inputs (request tensors it does
-not declare are not passed); a model not named gets the request unchanged. In
+not declare are not passed), always derived from the request's tensors: a
+request for it through the deployment carries the sources (``features``), not
+the derived inputs (``x``). A model not named gets the request unchanged. In
 a cascade the small model answers on its derived inputs and an escalation
 sends the original rows to the large model (which is derived only if it is
 named too). :class:`InputAdapter` applies the derivations around every leaf
@@ -343,27 +345,38 @@ def _check_castable(
         _refuse(array, bad, where, f"{datatype} takes 0 or 1")
     elif kind in "iu" and target.kind in "iu":
         low, high = _int_range(target)
-        if int(array.min()) < low or int(array.max()) > high:
-            _refuse(
-                array, (array < low) | (array > high), where, f"outside {datatype} [{low}, {high}]"
-            )
+        _refuse_outside(array, low, high, where, f"outside {datatype} [{low}, {high}]")
     elif kind in "iu" and target.kind == "f":
         limit = _EXACT_INT[datatype]
-        if int(array.min()) < -limit or int(array.max()) > limit:
-            bad = (array < -limit) | (array > limit)
-            _refuse(array, bad, where, f"not exactly representable in {datatype} (|v| <= {limit})")
+        why = f"not exactly representable in {datatype} (|v| <= {limit})"
+        _refuse_outside(array, -limit, limit, where, why)
     elif kind == "f" and target.kind in "iu":
         low, high = _int_range(target)
-        # Bounds as floats compare exactly: high + 1 is a power of two.
+        # The bounds as floats are exact (powers of two, or 0) in FP32 and FP64; FP16
+        # cannot hold 2^31, so it is compared in FP64.
+        wide = array.astype(np.float64) if array.dtype.itemsize < 4 else array
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(array) | (array != np.trunc(array))
-            bad |= (array < float(low)) | (array >= float(high) + 1.0)
+            bad = ~np.isfinite(wide) | (wide != np.trunc(wide))
+            bad |= (wide < float(low)) | (wide >= float(high) + 1.0)
         _refuse(array, bad, where, f"not an integer within {datatype} [{low}, {high}]")
     elif kind == "f" and target.kind == "f" and target.itemsize < array.dtype.itemsize:
         largest = float(np.finfo(target).max)
         with np.errstate(invalid="ignore"):
             bad = np.isfinite(array) & (np.abs(array) > largest)
         _refuse(array, bad, where, f"beyond {datatype}'s largest finite value {largest:g}")
+
+
+def _refuse_outside(array: Array, low: int, high: int, where: str, why: str) -> None:
+    """TensorValueError unless every integer of ``array`` is in ``[low, high]``.
+
+    Each bound is compared only when a value passes it, so it lies within the
+    array's own dtype then (no out-of-range Python integer meets numpy).
+    """
+    smallest, largest = int(array.min()), int(array.max())
+    if smallest < low:
+        _refuse(array, array < low, where, why)
+    if largest > high:
+        _refuse(array, array > high, where, why)
 
 
 def _refuse(array: Array, bad: Array, where: str, why: str) -> None:
