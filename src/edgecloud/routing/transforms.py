@@ -447,7 +447,7 @@ def _area(array: Array, h: int, w: int) -> Array:
     for i in range(fh):
         for j in range(fw):
             out += blocks[..., i, :, j]
-    return out / (fh * fw)
+    return np.asarray(out / (fh * fw))
 
 
 def _nearest(size_in: int, size_out: int) -> Array:
