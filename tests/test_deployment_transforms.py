@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 import edgecloud
 from edgecloud import ConfigError, InferRequest, ModelConfig, ModelRepository, TensorSpec
 from edgecloud.errors import MissingInputError
+from edgecloud.server.launch import serve_process
 
-from .server.conftest import start_server
+from .server.conftest import free_port, start_server
 
 CLASSES = 3
 Arrays = dict[str, np.ndarray]
@@ -285,3 +286,38 @@ def test_a_declaration_that_does_not_fit_the_model_fails_at_check_ready(
     edgecloud.load(path).close()  # building is lazy: only check_ready reads the configs
     with pytest.raises(ConfigError, match=f"deployment.yaml: models.{pair}-small.inputs.*{match}"):
         edgecloud.load(path, ready=True)
+
+
+def test_a_deferred_escalation_is_derived_when_the_outbox_drains(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """The large model is declared too (FP64 request -> FP32): what the outbox stored is
+    the original escalation, and the drain derives it like the live path would have."""
+    features = tabular_request(6)["features"].astype(np.float64)
+    port = free_port()
+    path = write(tmp_path, {
+        "repository": str(repo.root),
+        "remotes": {"cloud": {"url": f"http://127.0.0.1:{port}", "timeout_s": 10}},
+        "outbox": {"path": "outbox.db"},
+        "models": {
+            "tab-small": {"inputs": {"x": {"from": "features", "columns": "0:4", "cast": "FP32"}}},
+            "tab-large": {"inputs": {"features": {"cast": "FP32"}}},
+        },
+        "root": {"cascade": {
+            "small": "local", "large": "cloud", "small_model": "tab-small",
+            "large_model": "tab-large", "threshold": 1.0, "defer_failed_escalations": True,
+        }},
+    })  # fmt: skip
+    with edgecloud.load(path, ready=True) as tree:
+        answer = tree.infer(InferRequest("tab", {"features": features}))  # the cloud is down
+        assert tree.outbox is not None
+        (item,) = tree.outbox.items()
+        server = serve_process(repo.root, http_port=port, log=tmp_path / "server.log")
+        try:
+            result = tree.drain_outbox()
+        finally:
+            server.stop()
+    small = by_hand(repo, "tab-small", {"x": features[:, :4].astype(np.float32)})
+    np.testing.assert_allclose(answer.outputs["probabilities"], small, rtol=1e-5, atol=1e-6)
+    assert item.model == "tab-large"
+    assert result is not None and (result.delivered, result.dead_lettered) == (1, 0)
