@@ -49,6 +49,7 @@ from ..errors import ConfigError, EdgecloudError
 from ..repository import ModelRepository
 from ..routing.outbox import DrainResult, Outbox
 from ..routing.resilience import Backoff
+from ..routing.transforms import InputAdapter, check_against
 from ..tensors import InferRequest, InferResponse
 from .build import _Builder
 from .filter_node import FilterNode
@@ -155,6 +156,12 @@ class Deployment(Backend):
                 local.load(model)
             except EdgecloudError as exc:
                 raise ConfigError(f"{self.where}: {at}: {exc.message}") from exc
+        pairs = [
+            (node.small_model, node.large_model)
+            for _, node in walk(self.spec)
+            if isinstance(node, CascadeNode)
+        ]
+        check_against(self.spec.models, self.repository, pairs=pairs, where=self.where)
 
     def infer(self, request: InferRequest) -> InferResponse:
         return self.root.infer(request)
@@ -171,7 +178,8 @@ class Deployment(Backend):
         if self.outbox is None or not self.remotes:
             return None
         remote = next(iter(self.remotes.values()))
-        return self.outbox.drain(remote.infer, backoff=backoff)
+        # queued items are requests as the tree got them: derive each model's inputs on send
+        return self.outbox.drain(InputAdapter(remote, self.spec.models).infer, backoff=backoff)
 
     def close(self) -> None:
         self.root.close()

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..repository import ModelRepository
 from ..routing.outbox import Outbox
 from ..routing.privacy import AuditLog
+from ..routing.transforms import InputAdapter
 from .nodes import Node
 from .spec import DeploymentSpec
 
@@ -63,9 +64,9 @@ class _Builder:
         return backend
 
     def _adapt(self, backend: Backend) -> Backend:
-        """Applied to every leaf (local, remote, split): the seam for per-model input
-        transforms. Identity here."""
-        return backend
+        """Every leaf (local, remote, split): its requests' inputs derived per model
+        (the file's ``models:`` section), when one is declared."""
+        return InputAdapter(backend, self.spec.models) if self.spec.models else backend
 
     def node_for(self, model: str | None, node: Node, at: str) -> Backend:
         """Build ``node`` knowing the requests it gets ask for ``model`` (None: the caller's)."""

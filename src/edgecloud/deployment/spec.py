@@ -7,6 +7,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..routing.transforms import ModelInputs
 from .nodes import AnyNode
 
 __all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
@@ -59,6 +60,10 @@ class DeploymentSpec(_Strict):
     """JSON-lines file recording every tensor sent to a remote."""
     outbox: OutboxSpec | None = None
     """Durable queue for what could not be sent (deferred escalations, filter events)."""
+    models: dict[str, ModelInputs] = Field(default_factory=dict)
+    """Per model, how its inputs are derived from the request (``edgecloud.routing.transforms``):
+    applied at every leaf, so a cascade's small model may take fewer features, a smaller
+    image or a shorter token window than the request carries."""
     root: AnyNode
     """The tree: ``local``, a remote's name, or ``{kind: params}``."""
 
