@@ -30,10 +30,11 @@ import numpy as np
 
 from . import _yaml_edit
 from .backends.local import LocalBackend
-from .deployment import CascadeSpec, DeploymentSpec, _read, _validate
+from .deployment import CascadeNode, DeploymentSpec, _read, _validate, walk
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from .repository import ModelRepository
 from .routing.calibrate import Calibration, calibrate_report
+from .routing.transforms import derive
 from .samples import (
     LABELS,
     Samples,
@@ -75,26 +76,10 @@ class Calibrated:
     written: bool
 
 
-def find_cascades(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every cascade under ``root``: YAML path -> its parameters, in file order.
-
-    Walks the raw tree (a node is a one-key mapping ``{kind: params}``; lists
-    are indexed like ``root.fastest.paths.0``).
-    """
-    found: dict[str, dict[str, Any]] = {}
-
-    def walk(node: Any, at: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "cascade" and isinstance(value, dict):
-                    found[f"{at}.cascade"] = value
-                walk(value, f"{at}.{key}")
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{at}.{i}")
-
-    walk(raw.get("root"), "root")
-    return found
+def find_cascades(spec: DeploymentSpec) -> dict[str, CascadeNode]:
+    """Every cascade of the tree: YAML path (``root.fastest.paths.0.cascade``) -> its node,
+    parents first (:func:`edgecloud.deployment.walk`)."""
+    return {at: node for at, node in walk(spec) if isinstance(node, CascadeNode)}
 
 
 def run_model(
@@ -102,18 +87,37 @@ def run_model(
 ) -> dict[str, Array]:
     """``model``'s outputs on request ``inputs`` (all rows), run on this machine.
 
-    The one place calibration runs a model: a LocalBackend on the deployment's
-    repository (runs larger than the model's batch size are split).
-    Raises what the backend raises (InvalidRequestError for inputs the model
-    does not take, ModelNotFoundError).
+    The one place calibration runs a model: its inputs derived from the
+    request's as the deployment declares (``models:``, as every leaf of the
+    built tree does), then a LocalBackend on the deployment's repository (runs
+    larger than the model's batch size are split). Raises what the backend
+    raises (InvalidRequestError for inputs the model does not take,
+    ModelNotFoundError).
     """
+    derived = derive(deployment.spec.models, model, dict(inputs))
     with LocalBackend(deployment.repository) as local:
-        return local.infer(InferRequest(model, dict(inputs))).outputs
+        return local.infer(InferRequest(model, derived)).outputs
 
 
-def request_inputs(deployment: DeploymentFile, small_model: str) -> list[str]:
-    """The input names a request to the cascade carries: the small model's, sent as they are."""
-    return [spec.name for spec in deployment.repository.config(small_model).inputs]
+def request_inputs(deployment: DeploymentFile, small_model: str, large_model: str) -> list[str]:
+    """The input names a request to the cascade carries.
+
+    A model the file's ``models:`` section does not declare takes the request
+    as it is, so the request carries its inputs (the large model's first);
+    when both are declared, the request carries the sources their inputs are
+    derived from.
+    """
+    models = deployment.spec.models
+    for model in (large_model, small_model):
+        if model not in models:
+            return [spec.name for spec in deployment.repository.config(model).inputs]
+    return sorted(
+        {
+            derivation.source or name
+            for model in (small_model, large_model)
+            for name, derivation in models[model].inputs.items()
+        }
+    )
 
 
 def _check_options(
@@ -131,7 +135,7 @@ def _check_options(
             raise ConfigError(f"{name} must be in {domain}, got {value}")
 
 
-def _choose(path: Path, cascades: dict[str, dict[str, Any]], at: str | None) -> str:
+def _choose(path: Path, cascades: Mapping[str, CascadeNode], at: str | None) -> str:
     if not cascades:
         raise ConfigError(f"{path}: no cascade node to calibrate")
     if at is not None:
@@ -150,7 +154,7 @@ def _choose(path: Path, cascades: dict[str, dict[str, Any]], at: str | None) -> 
 def _rows(deployment: DeploymentFile, small: str, large: str, data: Path | None) -> Samples:
     """The labelled rows: ``data``, else the large model's labelled version samples."""
     if data is not None:
-        samples = load_request_samples(data, request_inputs(deployment, small))
+        samples = load_request_samples(data, request_inputs(deployment, small, large))
         if samples.labels is None:
             raise ConfigError(
                 f"samples file {samples.source} has no '{LABELS}' array: calibration needs "
@@ -187,7 +191,7 @@ def _probabilities(
     return outputs[output]
 
 
-def _models(deployment: DeploymentFile, cascade: CascadeSpec, where: str) -> tuple[str, str]:
+def _models(deployment: DeploymentFile, cascade: CascadeNode, where: str) -> tuple[str, str]:
     names = []
     for key in ("small_model", "large_model"):
         name = getattr(cascade, key)
@@ -246,9 +250,9 @@ def calibrate_deployment(
     path = Path(path)
     deployment = open_deployment(path)
     where = str(path)
-    cascades = find_cascades(deployment.raw)
+    cascades = find_cascades(deployment.spec)
     chosen = _choose(path, cascades, at)
-    cascade = _validate(CascadeSpec, cascades[chosen], chosen, where)
+    cascade = cascades[chosen]
     keys: list[str | int] = [int(k) if k.isdigit() else k for k in chosen.split(".")]
     keys.append("threshold")
     with path.resolve().open(encoding="utf-8", newline="") as f:

@@ -22,17 +22,17 @@ CLASSES = ("ant", "bee", "cat")
 SMALL_FEATURES = 4
 
 
-def linear_onnx(path: Path, weights: np.ndarray, bias: np.ndarray) -> Path:
-    """``features`` FP32 [batch, 20] -> ``logits``, ``probabilities`` FP32 [batch, 3]."""
+def linear_onnx(path: Path, weights: np.ndarray, bias: np.ndarray, name: str = "features") -> Path:
+    """``name`` FP32 [batch, rows of weights] -> ``logits``, ``probabilities`` FP32 [batch, 3]."""
     classes = weights.shape[1]
     graph = helper.make_graph(
         [
-            helper.make_node("MatMul", ["features", "W"], ["xw"]),
+            helper.make_node("MatMul", [name, "W"], ["xw"]),
             helper.make_node("Add", ["xw", "b"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
         ],
         "linear",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", weights.shape[0]])],
         [
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes]),
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes]),
@@ -49,11 +49,11 @@ def linear_onnx(path: Path, weights: np.ndarray, bias: np.ndarray) -> Path:
     return path
 
 
-def linear_config(name: str) -> ModelConfig:
+def linear_config(name: str, width: int = FEATURES, input_name: str = "features") -> ModelConfig:
     return ModelConfig(
         name=name,
         max_batch_size=64,
-        inputs=[TensorSpec(name="features", datatype="FP32", shape=(FEATURES,))],
+        inputs=[TensorSpec(name=input_name, datatype="FP32", shape=(width,))],
         outputs=[
             TensorSpec(name="logits", datatype="FP32", shape=(len(CLASSES),)),
             TensorSpec(name="probabilities", datatype="FP32", shape=(len(CLASSES),)),

@@ -10,18 +10,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
+from onnx import numpy_helper
 
 import edgecloud
-from edgecloud.calibration import calibrate_deployment, find_cascades
+from edgecloud.calibration import calibrate_deployment, find_cascades, open_deployment
 from edgecloud.errors import ConfigError
 from edgecloud.repository import ModelRepository
 from edgecloud.routing.confidence import CONFIDENCE
 from edgecloud.tensors import InferRequest
 
 from ..conftest import ROOT
-from .calibration_models import CLASSES, build, linear_config, linear_onnx
+from .calibration_models import CLASSES, SMALL_FEATURES, build, linear_config, linear_onnx
 
 
 def edgecloud_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,7 +139,7 @@ def test_several_cascades_need_at(made, tmp_path) -> None:  # type: ignore[no-un
     tree = {"fastest": {"paths": [{"cascade": cascade()}, guarded]}}
     path = write(tmp_path, repo, tree)
     paths = ["root.fastest.paths.0.cascade", "root.fastest.paths.1.guard.inner.cascade"]
-    assert list(find_cascades(yaml.safe_load(path.read_text()))) == paths
+    assert list(find_cascades(open_deployment(path).spec)) == paths
     with pytest.raises(ConfigError, match="2 cascades; pick one with --at: " + ", ".join(paths)):
         calibrate_deployment(path, data=root / "val.npz", target=0.97)
     with pytest.raises(ConfigError, match="--at root.nope.cascade: no cascade there; cascades: "):
@@ -302,7 +304,6 @@ def test_guaranteed_run_says_so_and_dry_run_writes_nothing(made, tmp_path) -> No
 YAML_FORMS = [
     ("anchored value", "threshold: &t 0.5", "threshold: &t {}"),
     ("tagged value", "threshold: !!float 0.5", "threshold: !!float {}"),
-    ("quoted value", 'threshold: "0.5"', "threshold: {}"),
 ]
 
 
@@ -316,6 +317,17 @@ def test_unusual_yaml_forms_keep_their_decoration(made, tmp_path, form, old, new
     done = calibrate_deployment(path, data=root / "val.npz", target=0.97)
     expected = text.replace(old, new.format(repr(done.calibration.point.threshold)))
     assert path.read_bytes() == expected.encode()  # CRLF kept too
+
+
+def test_a_quoted_threshold_is_refused_not_coerced(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo, _, root = made
+    path = tmp_path / "d.yaml"
+    text = (f"repository: {repo.root}\nroot:\n  cascade: {{small: local, large: local, "
+            'small_model: small, large_model: large, threshold: "0.5"}\n')  # fmt: skip
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="root.cascade.threshold: Input should be a valid number"):
+        calibrate_deployment(path, data=root / "val.npz", target=0.97)
+    assert path.read_text() == text
 
 
 def test_aliased_or_merged_thresholds_are_refused(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -355,3 +367,32 @@ def test_a_symlinked_deployment_stays_a_link_and_a_read_only_place_says_what_to_
             calibrate_deployment(real, data=root / "val.npz", target=0.9)
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_small_model_on_fewer_features_calibrates_through_the_models_section(  # type: ignore[no-untyped-def]
+    made, tmp_path
+) -> None:
+    """``small4`` takes x = features[:, 0:4] (declared under ``models:``) with the weights
+    ``small`` holds padded with zeros: the same probabilities, so the same threshold."""
+    repo, _, root = made
+    graph = onnx.load(repo.get("small").model_path).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    onnx_path = linear_onnx(
+        tmp_path / "small4.onnx", weights["W"][:SMALL_FEATURES], weights["b"], "x"
+    )
+    if "small4" not in repo.model_names():
+        repo.add_version("small4", onnx_path, config=linear_config("small4", SMALL_FEATURES, "x"))
+    plain = write(tmp_path, repo, {"cascade": cascade()})
+    padded = calibrate_deployment(plain, data=root / "val.npz", target=0.97, write=False)
+    path = tmp_path / "fewer.yaml"
+    path.write_text(yaml.safe_dump({
+        "repository": str(repo.root),
+        "models": {"small4": {"inputs": {"x": {"from": "features", "columns": "0:4"}}}},
+        "root": {"cascade": cascade(small_model="small4")},
+    }, sort_keys=False))  # fmt: skip
+    fewer = calibrate_deployment(path, data=root / "val.npz", target=0.97)
+    assert fewer.calibration.point.threshold == padded.calibration.point.threshold
+    assert fewer.calibration.point.escalation_rate == padded.calibration.point.escalation_rate
+    with edgecloud.load(path, ready=True) as deployment:  # the written file runs as calibrated
+        x = np.load(root / "val.npz")["features"][:5]
+        assert deployment.infer(InferRequest("small4", {"features": x})).outputs
