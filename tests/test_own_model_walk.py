@@ -11,6 +11,7 @@ ones instead of 8000/8001/8080).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,10 +62,8 @@ def run_walk(cwd: Path, block_zoo: Path) -> subprocess.CompletedProcess[str]:
     try:
         out, _ = process.communicate(timeout=600)
     finally:  # the server and the gateway run in the background of the block
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     return subprocess.CompletedProcess(process.args, process.returncode, out, "")
 
 
@@ -79,7 +78,7 @@ def walked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return cwd, result.stdout
 
 
-BLOCK_ZOO = '''
+BLOCK_ZOO = """
 import importlib.abc, sys
 
 class _BlockZoo(importlib.abc.MetaPathFinder):
@@ -89,7 +88,7 @@ class _BlockZoo(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, _BlockZoo())
-'''
+"""
 
 
 def test_the_walk_imports_both_models_with_their_samples(walked: tuple[Path, str]) -> None:
