@@ -538,6 +538,7 @@ def edge(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
 
     def announce(listening: Listening) -> None:  # the port bound: --port 0 resolved
         text = f"edgecloud edge gateway for {deployment} on {listening.url}"
