@@ -354,7 +354,9 @@ def test_unbatched_samples_rows_and_byte_order(files: Path) -> None:
 def test_readme_import_block_runs(files: Path) -> None:
     text = (ROOT / "README.md").read_text()
     (block,) = [
-        b for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S) if "edgecloud import" in b
+        b
+        for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        if "edgecloud import my.onnx" in b
     ]
     affine_onnx(files / "my.onnx")
     script = "set -euo pipefail\n" + block.replace("python -c", f"{sys.executable} -c")

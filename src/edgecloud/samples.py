@@ -111,6 +111,17 @@ def load_samples(path: str | os.PathLike[str], config: ModelConfig) -> Samples:
         raise ConfigError(f"samples file {file}: {exc.message}; {fix}") from exc
     arrays = dict(checked)
     rows = batch if config.batched else _request_rows(arrays)
+    return _samples(file, arrays, labels, rows, fix)
+
+
+def _samples(
+    file: Path,
+    arrays: dict[str, np.ndarray[Any, Any]],
+    labels: np.ndarray[Any, Any] | None,
+    rows: int,
+    fix: str,
+) -> Samples:
+    """The checked file: at least one row, labels 1-D with one entry per row."""
     if rows == 0:
         raise ConfigError(f"samples file {file} holds no rows; {fix}")
     if labels is not None and (labels.ndim != 1 or len(labels) != rows):
@@ -225,15 +236,7 @@ def load_request_samples(path: str | os.PathLike[str], names: Sequence[str]) -> 
         raise ConfigError(
             f"samples file {file}: {', '.join(scalars)} has no rows (a scalar); {fix}"
         )
-    rows = _rows(file, arrays)
-    if rows == 0:
-        raise ConfigError(f"samples file {file} holds no rows; {fix}")
-    if labels is not None and (labels.ndim != 1 or len(labels) != rows):
-        raise ConfigError(
-            f"samples file {file}: labels must be 1-D with one entry per row ({rows}), "
-            f"got shape {list(labels.shape)}"
-        )
-    return Samples(file, arrays, labels, rows)
+    return _samples(file, arrays, labels, _rows(file, arrays), fix)
 
 
 def class_indices(
