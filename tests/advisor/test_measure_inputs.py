@@ -59,6 +59,23 @@ def test_random_rows_only_for_fixed_shapes_without_a_domain(repo: ModelRepositor
         measurement_inputs(repo, "domain", flag="--small-data")
 
 
+def test_integer_inputs_need_real_rows(tmp_path: Path) -> None:
+    """Token ids index an embedding: random ones are out of its vocabulary (or cost
+    nothing like real ones), so an integer input without samples needs --data."""
+    from ..models import identity_onnx
+
+    repository = ModelRepository(tmp_path / "repo")
+    path = identity_onnx(tmp_path / "ids.onnx", "INT64")
+    config = ModelConfig(
+        name="ids", max_batch_size=0,
+        inputs=[TensorSpec(name="x", datatype="INT64", shape=(6,))],
+        outputs=[TensorSpec(name="y", datatype="INT64", shape=(6,))],
+    )  # fmt: skip
+    repository.add_version("ids", path, config=config)
+    with pytest.raises(ConfigError, match=r"pass --data FILE\.npz with inputs named x \(INT64"):
+        measurement_inputs(repository, "ids")
+
+
 def test_an_unbatched_models_file_is_one_request(tmp_path: Path) -> None:
     repository = ModelRepository(tmp_path / "repo")
     config = ModelConfig(

@@ -76,9 +76,12 @@ def _sending(
 
 
 def _random_ok(config: ModelConfig) -> bool:
-    """Fixed shapes and no value domain: random values cost what real ones do."""
+    """Fixed shapes, floating-point inputs and no value domain: random values cost what
+    real ones do. Integer inputs are ids or counts (token ids index an embedding: a random
+    one is out of its vocabulary), so they need real rows."""
     return all(
         -1 not in spec.shape
+        and spec.datatype in ("FP16", "FP32", "FP64")
         and spec.min_value is None
         and spec.max_value is None
         and spec.allowed_values is None
