@@ -230,3 +230,20 @@ def test_options_are_typed_per_method_and_errors_name_the_option(repo: ModelRepo
     typed = Int8StaticOptions(per_channel=False, calibration=None)
     with pytest.raises(ConfigError, match="pass --calibration"):
         compress(repo, "mlp", "int8-static", options=typed, data=RANDOM)
+
+
+def test_a_regression_output_is_compared_as_one_column_not_row_signs() -> None:
+    """One value per row: a near-zero prediction that flips sign is a tiny error, not
+    cosine -1 (the cosine of two single numbers is only whether their signs agree)."""
+    from edgecloud.compress.evaluate import _agreement
+
+    parent = {"y": np.array([[0.001], [2.0], [-3.0]], np.float32)}
+    child = {"y": np.array([[-0.001], [2.0], [-3.0]], np.float32)}
+    cosine, max_error, scale_error, nonfinite = _agreement(parent, child)
+    assert float(cosine.min()) > 0.9999
+    assert max_error == pytest.approx(0.002, abs=1e-6) and nonfinite == 0
+    assert scale_error < 1e-3
+    # rows with several values are still compared row by row
+    rows = {"z": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)}
+    turned = {"z": np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)}
+    assert float(_agreement(rows, turned)[0].min()) == pytest.approx(0.0, abs=1e-6)

@@ -244,6 +244,9 @@ def _agreement(
 ) -> tuple[np.ndarray[Any, Any], float, float, int]:
     """Per-row cosines over every float output, max |difference|, scale error, non-finite count.
 
+    An output with one value per row (a regression) is compared as one vector of
+    all its rows: the cosine of two single numbers is only whether their signs agree.
+
     Raises CompressionError when the outputs differ in name or size.
     """
     if set(outs_child) != set(outs_parent):
@@ -262,6 +265,8 @@ def _agreement(
             )
         b = have.reshape(a.shape)
         nonfinite += int(b.size - np.count_nonzero(np.isfinite(b)))
+        if a.shape[1] == 1:  # one value per row (a regression): the cosine of one number
+            a, b = a.T, b.T  # is its sign, so compare the column of all rows as one vector
         norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
         cosines.append(np.sum(a * b, axis=1) / (norm_a * norm_b + 1e-12))
         errors.append(np.max(np.abs(a - b)) if a.size else 0.0)
