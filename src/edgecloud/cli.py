@@ -453,6 +453,7 @@ def compress(
     prune, distill (torch: --module package.module:factory --data train.npz
     [--val val.npz]). A flag the method does not take is refused by name.
     """
+    from .compress import REPORT_FILES as report_files
     from .compress import compress as run_compress
     from .compress import report
     from .compress.methods import resolve
@@ -481,13 +482,12 @@ def compress(
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version, options=options,
             data=evaluation, tolerance=tolerance, time_limit_s=time_limit,
-            progress=report_progress, spell=_flag,
+            progress=report_progress, spell=_flag, report=True,
         )  # fmt: skip
     console.print(report.table([result]))
-    (result.version.path / "report.md").write_text(report.markdown([result]))
-    report.plot([result], result.version.path / "report.png")
+    beside = [name for name in report_files if name in result.version.files]
     console.print(f"version {result.version.version} written to {result.version.path} "
-                  "(report.md, report.png beside it)")  # fmt: skip
+                  f"({', '.join(beside)} beside it)")  # fmt: skip
 
 
 def _flag(option: str) -> str:

@@ -463,6 +463,10 @@ class ModelRepository:
             _hook_after_version()
         return self._entry(self.config(name), number, verify=True)
 
+    def next_version(self, name: str) -> int:
+        """The number :meth:`add_version` gives model ``name``'s next version (1 for a new model)."""
+        return max(self._versions_on_disk(self.root / name), default=0) + 1
+
     @staticmethod
     def _versions_on_disk(model_dir: Path) -> list[int]:
         if not model_dir.is_dir():
