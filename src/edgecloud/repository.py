@@ -464,7 +464,7 @@ class ModelRepository:
         return self._entry(self.config(name), number, verify=True)
 
     def next_version(self, name: str) -> int:
-        """The number :meth:`add_version` gives model ``name``'s next version (1 for a new model)."""
+        """The number :meth:`add_version` gives model ``name``'s next version (new: 1)."""
         return max(self._versions_on_disk(self.root / name), default=0) + 1
 
     @staticmethod
