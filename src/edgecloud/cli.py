@@ -686,6 +686,14 @@ def advise(
         Path | None,
         typer.Option("--small-data", help="--measure: the small model's inputs, as --data."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a deployment.yaml or server.env in --out that differs from what "
+            "advise writes (hand edits, a calibrated threshold).",
+        ),
+    ] = False,
 ) -> None:
     """Recommend local, remote or a hybrid pattern for a workload, with the reasons,
     costs, latency, what would flip it, and a deployment.yaml that runs it."""
@@ -727,7 +735,7 @@ def advise(
     flips = advisor.sensitivity(workload)
     render(decision, flips, console)
     target = out or Path("advice") / workload.name
-    paths = write_outputs(decision, flips, target, with_plots=plot)
+    paths = write_outputs(decision, flips, target, with_plots=plot, force=force)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
