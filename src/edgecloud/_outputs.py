@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["replace_atomically", "write_outputs"]
+__all__ = ["replace_atomically", "replaced", "write_outputs"]
 
 
 def write_outputs(
@@ -86,3 +86,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A scratch file beside ``path`` (same suffix, for writers that infer the
+    format from it, like matplotlib) that replaces ``path`` by rename when the
+    block succeeds; removed when it fails, leaving ``path`` as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

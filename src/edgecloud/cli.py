@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.table import Column, Table
 from . import __version__
 from ._config_files import checked_path
 from .backends.local import LocalBackend
-from .errors import ConfigError, EdgecloudError, ModelNotFoundError, describe
+from .errors import ConfigError, EdgecloudError, InvalidRequestError, ModelNotFoundError, describe
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -811,6 +812,8 @@ def split_command(
         checked_path(tail_profile, "file", "tail profile")
     if data is not None:
         checked_path(data, "file", "samples file")
+    if plot is not None:
+        _plot_path(plot)
     repository = ModelRepository(_repo(repo))
     timer: Any = None
     if remote is not None:
@@ -842,7 +845,10 @@ def split_command(
         f"profile: {target}"
     )
     if plot is not None:
-        split_report.plot(result.profile, plot, rtt_ms / 1e3)
+        from ._outputs import replaced
+
+        with replaced(plot) as scratch:
+            split_report.plot(result.profile, scratch, rtt_ms / 1e3)
         console.print(f"plot: {plot}")
 
 
@@ -874,6 +880,17 @@ def filter_stream(
     checked_path(input_file, "file", "input file")
     if fit is not None:
         checked_path(fit, "file", "--fit file")
+    if trigger not in _THRESHOLDS:
+        raise ConfigError(f"unknown trigger {trigger!r}; use vad, anomaly or frame-diff")
+    if threshold is not None:
+        low, high, closed = _THRESHOLDS[trigger]
+        if not (low < threshold <= high or (closed and threshold == low)):
+            raise ConfigError(
+                f"--threshold for {trigger} is a number in {'[' if closed else '('}{low:g}, "
+                f"{high:g}{']' if math.isfinite(high) else ')'}, got {threshold}"
+            )
+    if plot is not None:
+        _plot_path(plot)
     if trigger == "vad":
         _repo(repo)
     segment = SegmentConfig(pre_roll, post_roll, min_duration, merge_gap)
@@ -891,7 +908,10 @@ def filter_stream(
         if trigger == "anomaly":
             if fit is None:
                 raise ConfigError("--trigger anomaly needs --fit normal.npy to learn from")
-            made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit))
+            try:
+                made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit))
+            except InvalidRequestError as exc:
+                raise ConfigError(f"--fit {fit}: {exc.message}") from None
         else:
             made = FrameDiffTrigger(chunk_s=chunk_s)
     else:
@@ -899,7 +919,10 @@ def filter_stream(
     if threshold is not None:
         made.threshold = threshold
     stream = Filter(made, segment=segment)
-    events = stream.feed_all(parts)
+    try:
+        events = stream.feed_all(parts)
+    except InvalidRequestError as exc:
+        raise ConfigError(f"{input_file}: {exc.message}") from None
     table = Table("event", "start s", "end s", "duration s", "peak score", "bytes sent",
                   title=f"{input_file.name}: {len(events)} events")  # fmt: skip
     for e in events:
@@ -912,11 +935,36 @@ def filter_stream(
         f"[bold]{st.bytes_saved:.1%} of the uplink saved[/] "
         f"({st.triggered_chunks} of {st.chunks} chunks triggered)"
     )
+    if st.unreadable_chunks:
+        errors.print(
+            f"[yellow]warning:[/] {st.unreadable_chunks} of {st.chunks} chunks hold NaN or "
+            "infinite readings (a sensor dropout?): counted as triggered and sent",
+            highlight=False,
+            soft_wrap=True,
+        )
     if plot is not None:
+        from ._outputs import replaced
         from .filter.plot import plot_events
 
-        plot_events(signal, stream.scores, events, made.threshold, made.chunk_s, plot)
+        with replaced(plot) as scratch:
+            plot_events(signal, stream.scores, events, made.threshold, made.chunk_s, scratch)
         console.print(f"wrote {plot}")
+
+
+_THRESHOLDS = {"vad": (0.0, 1.0, True), "anomaly": (0.0, math.inf, False),
+               "frame-diff": (0.0, math.inf, True)}  # fmt: skip
+"""Each trigger's threshold range (low, high, low allowed), as the deployment's
+filter node checks it (edgecloud.deployment.filter_node); NaN is in none."""
+
+
+def _plot_path(path: Path) -> Path:
+    """A ``--plot`` target: a ``.png`` that is not a directory (the plot replaces
+    an older PNG, never a file of another kind, such as the data it plots)."""
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot writes a PNG: name it FILE.png, not {path}")
+    if path.is_dir():
+        raise ConfigError(f"--plot {path} is a directory; name a FILE.png")
+    return path
 
 
 def _repo(repo: Path) -> Path:
