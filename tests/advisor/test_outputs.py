@@ -193,3 +193,21 @@ def test_advise_never_overwrites_an_edited_deployment_or_env(tmp_path: Path) -> 
     (out / "deployment.yaml").mkdir()  # a directory where a file goes: one line, not a crash
     blocked = _advise(*args)
     assert blocked.returncode == 1 and "is a directory" in blocked.stderr
+
+
+def test_measure_refuses_samples_that_are_not_finite(tmp_path: Path) -> None:
+    """Timing a model on NaN rows measures nothing; one line names the file and the input."""
+    import numpy as np
+
+    from edgecloud.advisor.measure import measurement_inputs
+
+    from ..models import affine_config, affine_onnx
+
+    repository = ModelRepository(tmp_path / "repo")
+    repository.add_version("m", affine_onnx(tmp_path / "m.onnx"), config=affine_config("m"))
+    for bad in (np.nan, np.inf):
+        rows = np.zeros((3, 4), np.float32)
+        rows[2, 1] = bad
+        np.savez(tmp_path / "bad.npz", x=rows)
+        with pytest.raises(ConfigError, match=r"advise --measure: .*bad.npz: input 'x' holds 1"):
+            measurement_inputs(repository, "m", tmp_path / "bad.npz")
