@@ -823,6 +823,8 @@ def split_command(
     elif tail_profile is not None:
         timer = ProfileTailTimer(SplitProfile.load(tail_profile))
     target = profile_out or default_profile_path(repository, model)
+    if profile_out is not None:
+        _profile_target(profile_out, SplitProfile)
     with (
         _task_progress() as progress,
         all_or_nothing(repository, model),
@@ -965,6 +967,21 @@ def _plot_path(path: Path) -> Path:
     if path.is_dir():
         raise ConfigError(f"--plot {path} is a directory; name a FILE.png")
     return path
+
+
+def _profile_target(path: Path, profile: Any) -> None:
+    """``--profile-out``: a new file, or an older split profile (replaced); never a
+    file of another kind (a deployment, the data), which ConfigError keeps."""
+    if path.is_dir():
+        raise ConfigError(f"--profile-out {path} is a directory; name a FILE.json")
+    if path.exists():
+        try:
+            profile.load(path)
+        except (EdgecloudError, OSError):
+            raise ConfigError(
+                f"--profile-out {path} exists and is not a split profile; not replaced: "
+                "name another file"
+            ) from None
 
 
 def _repo(repo: Path) -> Path:

@@ -110,6 +110,11 @@ def test_split_runs_on_data_given_and_names_a_file_that_does_not_fit(tmp_path: P
         assert "Warning" not in refused.stderr
     assert_one_line_error(_split("branched", "--repo", repo.root, "--plot", tmp_path / "p.json"),
                           "--plot writes a PNG")  # fmt: skip
+    (tmp_path / "mine.yaml").write_text("root: local\n")  # never replaced by a profile
+    assert_one_line_error(_split("branched", "--repo", repo.root, "--data", tmp_path / "nan.npz",
+                                 "--profile-out", tmp_path / "mine.yaml"),
+                          "mine.yaml exists and is not a split profile")  # fmt: skip
+    assert (tmp_path / "mine.yaml").read_text() == "root: local\n"
     assert repo.model_names() == ["branched"]
     assert not (repo.root / "branched" / "split-profile.json").exists()
     rows = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
