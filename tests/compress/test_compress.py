@@ -156,6 +156,9 @@ def test_bad_inputs_leave_the_repository_unchanged(repo: ModelRepository, tmp_pa
         np.savez(tmp_path / "bad.npz", x=rows)
         with pytest.raises(ConfigError, match=r"bad.npz: input 'x' holds 1 NaN .*row 2"):
             compress(repo, "mlp", "int8-dynamic", data=tmp_path / "bad.npz")
+        with pytest.raises(ConfigError, match=r"calibration: samples file .*bad.npz: input 'x'"):
+            compress(repo, "mlp", "int8-static", options={"calibration": tmp_path / "bad.npz"},
+                     data=RANDOM)  # fmt: skip
     assert snapshot(repo) == before
 
 
