@@ -906,6 +906,11 @@ def filter_stream(
         made = VadTrigger(ModelRepository(repo))
     elif trigger in ("anomaly", "frame-diff"):
         signal = _load_npy(input_file)
+        if signal.ndim == 0 or len(signal) == 0:
+            raise ConfigError(
+                f"{input_file} holds no chunks (shape {list(signal.shape)}); expected an "
+                "array [chunks, ...] with one chunk per row"
+            )
         parts = list(signal)
         if trigger == "anomaly":
             if fit is None:

@@ -233,6 +233,9 @@ def test_bad_numbers_are_refused_not_measured() -> None:
         (["--fit", "normal.npy", "--threshold", "0"], "--threshold for anomaly .* got 0"),
         (["--fit", "normal.npy", "--plot", "normal.npy"], "--plot writes a PNG"),
         (["--fit", "normal.npy", "-i", "str.npy"], "str.npy: chunks are numbers"),
+        (["--fit", "normal.npy", "-i", "empty.npy"], r"empty.npy holds no chunks \(shape \[0, 4"),
+        (["--fit", "normal.npy", "-i", "scalar.npy"], r"scalar.npy holds no chunks \(shape \[\]"),
+        (["--fit", "normal.npy", "--chunk-s", "nan"], "chunk duration must be a finite number"),
     ],
 )
 def test_cli_refuses_bad_numbers_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -245,6 +248,8 @@ def test_cli_refuses_bad_numbers_in_one_line(tmp_path: Path, args: list[str], me
     np.save(tmp_path / "nan-fit.npy", np.full_like(normal, np.nan))
     np.save(tmp_path / "str.npy", np.array([["a", "b", "c"]] * 10))
     np.save(tmp_path / "stream.npy", np.full((20, 4, normal.shape[1]), 0.0))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4, normal.shape[1])))
+    np.save(tmp_path / "scalar.npy", np.float64(3.0))
     before = (tmp_path / "normal.npy").read_bytes()
     result = subprocess.run(
         [sys.executable, "-m", "edgecloud.cli", "filter", "-i", "stream.npy", "--trigger",
