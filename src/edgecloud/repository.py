@@ -542,7 +542,13 @@ class ModelRepository:
             "files": hashes,
             "metadata": dict(metadata),
         }
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        try:  # strict JSON: NaN and Infinity are not JSON, other readers refuse them
+            text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
+        except ValueError:
+            raise ConfigError(
+                f"version metadata holds NaN or infinity, which JSON cannot carry: {metadata}"
+            ) from None
+        (directory / MANIFEST_FILE).write_text(text)
 
     def _model_dir(self, name: str) -> Path:
         directory = self.root / name
