@@ -200,3 +200,15 @@ def test_versions_get_the_umask_permissions_not_0700(tmp_path: Path) -> None:
     for version in (repo.root / "affine").iterdir():
         if version.is_dir():
             assert version.stat().st_mode & 0o777 == 0o755, version
+
+
+def test_metadata_that_json_cannot_carry_is_refused_and_nothing_added(tmp_path: Path) -> None:
+    """version.json is strict JSON: a NaN in the metadata is one error, no version appears."""
+    repo = ModelRepository(tmp_path / "repo")
+    model = affine_onnx(tmp_path / "m.onnx")
+    repo.add_version("affine", model, config=affine_config("affine"))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="metadata holds NaN or infinity"):
+            repo.add_version("affine", model, metadata={"accuracy": bad})
+    assert repo.versions("affine") == [1]
+    assert sorted(p.name for p in (repo.root / "affine").iterdir()) == ["1", "config.yaml"]

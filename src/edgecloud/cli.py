@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.table import Column, Table
 from . import __version__
 from ._config_files import checked_path
 from .backends.local import LocalBackend
-from .errors import ConfigError, EdgecloudError, ModelNotFoundError, describe
+from .errors import ConfigError, EdgecloudError, InvalidRequestError, ModelNotFoundError, describe
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -453,6 +454,7 @@ def compress(
     prune, distill (torch: --module package.module:factory --data train.npz
     [--val val.npz]). A flag the method does not take is refused by name.
     """
+    from .compress import REPORT_FILES as report_files
     from .compress import compress as run_compress
     from .compress import report
     from .compress.methods import resolve
@@ -481,13 +483,12 @@ def compress(
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version, options=options,
             data=evaluation, tolerance=tolerance, time_limit_s=time_limit,
-            progress=report_progress, spell=_flag,
+            progress=report_progress, spell=_flag, report=True,
         )  # fmt: skip
     console.print(report.table([result]))
-    (result.version.path / "report.md").write_text(report.markdown([result]))
-    report.plot([result], result.version.path / "report.png")
+    beside = [name for name in report_files if name in result.version.files]
     console.print(f"version {result.version.version} written to {result.version.path} "
-                  "(report.md, report.png beside it)")  # fmt: skip
+                  f"({', '.join(beside)} beside it)")  # fmt: skip
 
 
 def _flag(option: str) -> str:
@@ -686,6 +687,14 @@ def advise(
         Path | None,
         typer.Option("--small-data", help="--measure: the small model's inputs, as --data."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a deployment.yaml or server.env in --out that differs from what "
+            "advise writes (hand edits, a calibrated threshold).",
+        ),
+    ] = False,
 ) -> None:
     """Recommend local, remote or a hybrid pattern for a workload, with the reasons,
     costs, latency, what would flip it, and a deployment.yaml that runs it."""
@@ -727,7 +736,7 @@ def advise(
     flips = advisor.sensitivity(workload)
     render(decision, flips, console)
     target = out or Path("advice") / workload.name
-    paths = write_outputs(decision, flips, target, with_plots=plot)
+    paths = write_outputs(decision, flips, target, with_plots=plot, force=force)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -803,6 +812,8 @@ def split_command(
         checked_path(tail_profile, "file", "tail profile")
     if data is not None:
         checked_path(data, "file", "samples file")
+    if plot is not None:
+        _plot_path(plot)
     repository = ModelRepository(_repo(repo))
     timer: Any = None
     if remote is not None:
@@ -812,6 +823,8 @@ def split_command(
     elif tail_profile is not None:
         timer = ProfileTailTimer(SplitProfile.load(tail_profile))
     target = profile_out or default_profile_path(repository, model)
+    if profile_out is not None:
+        _profile_target(profile_out, SplitProfile)
     with (
         _task_progress() as progress,
         all_or_nothing(repository, model),
@@ -834,7 +847,10 @@ def split_command(
         f"profile: {target}"
     )
     if plot is not None:
-        split_report.plot(result.profile, plot, rtt_ms / 1e3)
+        from ._outputs import replaced
+
+        with replaced(plot) as scratch:
+            split_report.plot(result.profile, scratch, rtt_ms / 1e3)
         console.print(f"plot: {plot}")
 
 
@@ -866,6 +882,17 @@ def filter_stream(
     checked_path(input_file, "file", "input file")
     if fit is not None:
         checked_path(fit, "file", "--fit file")
+    if trigger not in _THRESHOLDS:
+        raise ConfigError(f"unknown trigger {trigger!r}; use vad, anomaly or frame-diff")
+    if threshold is not None:
+        low, high, closed = _THRESHOLDS[trigger]
+        if not (low < threshold <= high or (closed and threshold == low)):
+            raise ConfigError(
+                f"--threshold for {trigger} is a number in {'[' if closed else '('}{low:g}, "
+                f"{high:g}{']' if math.isfinite(high) else ')'}, got {threshold}"
+            )
+    if plot is not None:
+        _plot_path(plot)
     if trigger == "vad":
         _repo(repo)
     segment = SegmentConfig(pre_roll, post_roll, min_duration, merge_gap)
@@ -879,11 +906,19 @@ def filter_stream(
         made = VadTrigger(ModelRepository(repo))
     elif trigger in ("anomaly", "frame-diff"):
         signal = _load_npy(input_file)
+        if signal.ndim == 0 or len(signal) == 0:
+            raise ConfigError(
+                f"{input_file} holds no chunks (shape {list(signal.shape)}); expected an "
+                "array [chunks, ...] with one chunk per row"
+            )
         parts = list(signal)
         if trigger == "anomaly":
             if fit is None:
                 raise ConfigError("--trigger anomaly needs --fit normal.npy to learn from")
-            made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit))
+            try:
+                made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit))
+            except InvalidRequestError as exc:
+                raise ConfigError(f"--fit {fit}: {exc.message}") from None
         else:
             made = FrameDiffTrigger(chunk_s=chunk_s)
     else:
@@ -891,7 +926,10 @@ def filter_stream(
     if threshold is not None:
         made.threshold = threshold
     stream = Filter(made, segment=segment)
-    events = stream.feed_all(parts)
+    try:
+        events = stream.feed_all(parts)
+    except InvalidRequestError as exc:
+        raise ConfigError(f"{input_file}: {exc.message}") from None
     table = Table("event", "start s", "end s", "duration s", "peak score", "bytes sent",
                   title=f"{input_file.name}: {len(events)} events")  # fmt: skip
     for e in events:
@@ -904,11 +942,51 @@ def filter_stream(
         f"[bold]{st.bytes_saved:.1%} of the uplink saved[/] "
         f"({st.triggered_chunks} of {st.chunks} chunks triggered)"
     )
+    if st.unreadable_chunks:
+        errors.print(
+            f"[yellow]warning:[/] {st.unreadable_chunks} of {st.chunks} chunks hold NaN or "
+            "infinite readings (a sensor dropout?): counted as triggered and sent",
+            highlight=False,
+            soft_wrap=True,
+        )
     if plot is not None:
+        from ._outputs import replaced
         from .filter.plot import plot_events
 
-        plot_events(signal, stream.scores, events, made.threshold, made.chunk_s, plot)
+        with replaced(plot) as scratch:
+            plot_events(signal, stream.scores, events, made.threshold, made.chunk_s, scratch)
         console.print(f"wrote {plot}")
+
+
+_THRESHOLDS = {"vad": (0.0, 1.0, True), "anomaly": (0.0, math.inf, False),
+               "frame-diff": (0.0, math.inf, True)}  # fmt: skip
+"""Each trigger's threshold range (low, high, low allowed), as the deployment's
+filter node checks it (edgecloud.deployment.filter_node); NaN is in none."""
+
+
+def _plot_path(path: Path) -> Path:
+    """A ``--plot`` target: a ``.png`` that is not a directory (the plot replaces
+    an older PNG, never a file of another kind, such as the data it plots)."""
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot writes a PNG: name it FILE.png, not {path}")
+    if path.is_dir():
+        raise ConfigError(f"--plot {path} is a directory; name a FILE.png")
+    return path
+
+
+def _profile_target(path: Path, profile: Any) -> None:
+    """``--profile-out``: a new file, or an older split profile (replaced); never a
+    file of another kind (a deployment, the data), which ConfigError keeps."""
+    if path.is_dir():
+        raise ConfigError(f"--profile-out {path} is a directory; name a FILE.json")
+    if path.exists():
+        try:
+            profile.load(path)
+        except (EdgecloudError, OSError):
+            raise ConfigError(
+                f"--profile-out {path} exists and is not a split profile; not replaced: "
+                "name another file"
+            ) from None
 
 
 def _repo(repo: Path) -> Path:

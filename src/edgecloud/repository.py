@@ -463,6 +463,10 @@ class ModelRepository:
             _hook_after_version()
         return self._entry(self.config(name), number, verify=True)
 
+    def next_version(self, name: str) -> int:
+        """The number :meth:`add_version` gives model ``name``'s next version (new: 1)."""
+        return max(self._versions_on_disk(self.root / name), default=0) + 1
+
     @staticmethod
     def _versions_on_disk(model_dir: Path) -> list[int]:
         if not model_dir.is_dir():
@@ -538,7 +542,13 @@ class ModelRepository:
             "files": hashes,
             "metadata": dict(metadata),
         }
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        try:  # strict JSON: NaN and Infinity are not JSON, other readers refuse them
+            text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
+        except ValueError:
+            raise ConfigError(
+                f"version metadata holds NaN or infinity, which JSON cannot carry: {metadata}"
+            ) from None
+        (directory / MANIFEST_FILE).write_text(text)
 
     def _model_dir(self, name: str) -> Path:
         directory = self.root / name

@@ -4,6 +4,9 @@ model and server; the CLI writes its report and fails clearly on bad specs."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +160,54 @@ def test_the_cli_reports_a_bad_spec_in_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, "w.yaml", "application.latency_p99_ms: Field required")
     assert not (tmp_path / "o").exists()
     assert_one_line_error(run_cli("advise", "-s", "nope"), "unknown scenario 'nope'")
+
+
+def _advise(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, with this checkout's code (PYTHONPATH passed on)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "advise", *map(str, args)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+def test_advise_never_overwrites_an_edited_deployment_or_env(tmp_path: Path) -> None:
+    out = tmp_path / "adv"
+    args = ("-s", "industrial-iot", "--out", out, "--no-plot")
+    assert _advise(*args).returncode == 0
+    assert _advise(*args).returncode == 0  # unchanged files: advise again is fine
+    for name in ("deployment.yaml", "server.env"):
+        target = out / name
+        original = target.read_bytes()
+        target.write_bytes(original + b"# my precious edit\n")
+        (out / "report.md").write_text("stale")
+        refused = _advise(*args)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        line = " ".join(refused.stderr.split())
+        assert f"{target} differs from what advise would write" in line and "--force" in line
+        assert target.read_bytes().endswith(b"# my precious edit\n")  # kept
+        assert (out / "report.md").read_text() == "stale"  # a refusal writes nothing
+        assert _advise(*args, "--force").returncode == 0
+        assert target.read_bytes() == original
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no leftovers
+    (out / "deployment.yaml").unlink()
+    (out / "deployment.yaml").mkdir()  # a directory where a file goes: one line, not a crash
+    blocked = _advise(*args)
+    assert blocked.returncode == 1 and "is a directory" in blocked.stderr
+
+
+def test_measure_refuses_samples_that_are_not_finite(tmp_path: Path) -> None:
+    """Timing a model on NaN rows measures nothing; one line names the file and the input."""
+    import numpy as np
+
+    from edgecloud.advisor.measure import measurement_inputs
+
+    from ..models import affine_config, affine_onnx
+
+    repository = ModelRepository(tmp_path / "repo")
+    repository.add_version("m", affine_onnx(tmp_path / "m.onnx"), config=affine_config("m"))
+    for bad in (np.nan, np.inf):
+        rows = np.zeros((3, 4), np.float32)
+        rows[2, 1] = bad
+        np.savez(tmp_path / "bad.npz", x=rows)
+        with pytest.raises(ConfigError, match=r"advise --measure: .*bad.npz: input 'x' holds 1"):
+            measurement_inputs(repository, "m", tmp_path / "bad.npz")

@@ -150,6 +150,15 @@ def test_bad_inputs_leave_the_repository_unchanged(repo: ModelRepository, tmp_pa
         compress(repo, "mlp", "int4-weight", tolerance=0.0, data=RANDOM)
     with pytest.raises(ConfigError, match="carries no samples: pass --data FILE.npz"):
         compress(repo, "mlp", "int8-dynamic")
+    for bad in (np.nan, np.inf):  # a NaN or inf row makes accuracy and cosine meaningless
+        rows = np.zeros((4, 64), np.float32)
+        rows[2, 5] = bad
+        np.savez(tmp_path / "bad.npz", x=rows)
+        with pytest.raises(ConfigError, match=r"bad.npz: input 'x' holds 1 NaN .*row 2"):
+            compress(repo, "mlp", "int8-dynamic", data=tmp_path / "bad.npz")
+        with pytest.raises(ConfigError, match=r"calibration: samples file .*bad.npz: input 'x'"):
+            compress(repo, "mlp", "int8-static", options={"calibration": tmp_path / "bad.npz"},
+                     data=RANDOM)  # fmt: skip
     assert snapshot(repo) == before
 
 
@@ -165,6 +174,10 @@ def test_cli_writes_the_version_and_its_report(repo: ModelRepository) -> None:
     version = repo.root / "mlp" / "2"
     assert (version / "report.md").read_text().startswith("| model | method |")
     assert (version / "report.png").stat().st_size > 1000
+    # published with the version, hashed like the model: the version never changes afterwards
+    published = repo.get("mlp", 2, served_only=False)
+    assert {"report.md", "report.png"} <= set(published.files)
+    published.verify()
     bad = subprocess.run(
         [sys.executable, "-m", "edgecloud.cli", "compress", "mlp", "-m", "zip", "--repo",
          str(repo.root)], capture_output=True, text=True, timeout=120,

@@ -186,3 +186,94 @@ def test_cli_prints_events_and_bandwidth_saved(zoo_repo: ModelRepository, tmp_pa
     write_wav(tmp_path / "8k.wav", s.audio[:8000], sample_rate=8000)
     bad = run_cli("filter", "-i", tmp_path / "8k.wav", "--repo", zoo_repo.root)
     assert_one_line_error(bad, "8000 Hz", "ffmpeg")
+
+
+def test_a_chunk_of_nan_is_sent_and_does_not_poison_the_trigger() -> None:
+    """A sensor dropout (NaN readings) is real data: it triggers and is sent; the
+    trigger's state (EWMA, previous frame) never sees it, so later chunks score as before."""
+    chunks_, normal, _ = sensor_stream()
+    clean = Filter(AnomalyTrigger(threshold=2.5, alpha=0.7).fit(normal))
+    clean.feed_all(list(chunks_))
+    dropped = np.array(chunks_, dtype=np.float64)
+    dropped[3] = np.nan
+    dropped[4, 0, 0] = np.inf
+    f = Filter(AnomalyTrigger(threshold=2.5, alpha=0.7).fit(normal))
+    events = f.feed_all(list(dropped))
+    assert f.stats.unreadable_chunks == 2 and f.scores[3:5] == [np.inf, np.inf]
+    assert any(e.start_chunk <= 3 and e.end_chunk >= 5 for e in events)
+    assert np.isfinite(f.scores[5:]).all()  # the EWMA never saw the NaN: not poisoned
+    assert f.scores[30:] == pytest.approx(clean.scores[30:], rel=1e-6)  # and it forgets
+    frames = Filter(FrameDiffTrigger(threshold=0.05), segment=SegmentConfig(0, 0, 0, 0.1))
+    frames.feed_all([np.zeros((4, 4)), np.full((4, 4), np.nan), np.zeros((4, 4))])
+    assert frames.scores == [0.0, np.inf, 0.0] and frames.stats.triggered_chunks == 1
+
+
+def test_bad_numbers_are_refused_not_measured() -> None:
+    _, normal, _ = sensor_stream()
+    for bad in (np.nan, np.inf):
+        broken = normal.copy()
+        broken[3, 1] = bad
+        with pytest.raises(InvalidRequestError, match="1 of .* are NaN or infinite"):
+            AnomalyTrigger().fit(broken)
+    with pytest.raises(InvalidRequestError, match="numbers.*<U1"):
+        AnomalyTrigger().fit(np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(InvalidRequestError, match="numbers.*object"):
+        Filter(FrameDiffTrigger()).feed(np.array([None, 1], dtype=object))
+    for threshold in (np.nan, np.inf):
+        with pytest.raises(ConfigError, match="threshold must be finite"):
+            Filter(FrameDiffTrigger(threshold=threshold))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fit", "nan-fit.npy"], "--fit .*nan-fit.npy: fit on finite readings"),
+        (["--fit", "str.npy"], "--fit .*str.npy: fit on numbers"),
+        (["--fit", "normal.npy", "--threshold", "nan"], "--threshold for anomaly .* got nan"),
+        (["--fit", "normal.npy", "--threshold", "0"], "--threshold for anomaly .* got 0"),
+        (["--fit", "normal.npy", "--plot", "normal.npy"], "--plot writes a PNG"),
+        (["--fit", "normal.npy", "-i", "str.npy"], "str.npy: chunks are numbers"),
+        (["--fit", "normal.npy", "-i", "empty.npy"], r"empty.npy holds no chunks \(shape \[0, 4"),
+        (["--fit", "normal.npy", "-i", "scalar.npy"], r"scalar.npy holds no chunks \(shape \[\]"),
+        (["--fit", "normal.npy", "--chunk-s", "nan"], "chunk duration must be a finite number"),
+    ],
+)
+def test_cli_refuses_bad_numbers_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    import re
+    import subprocess
+    import sys
+
+    _, normal, _ = sensor_stream()
+    np.save(tmp_path / "normal.npy", normal)
+    np.save(tmp_path / "nan-fit.npy", np.full_like(normal, np.nan))
+    np.save(tmp_path / "str.npy", np.array([["a", "b", "c"]] * 10))
+    np.save(tmp_path / "stream.npy", np.full((20, 4, normal.shape[1]), 0.0))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4, normal.shape[1])))
+    np.save(tmp_path / "scalar.npy", np.float64(3.0))
+    before = (tmp_path / "normal.npy").read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "filter", "-i", "stream.npy", "--trigger",
+         "anomaly", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(message, " ".join(result.stderr.split())), result.stderr
+    assert (tmp_path / "normal.npy").read_bytes() == before
+
+
+def test_cli_sends_a_stream_of_nan_rather_than_saving_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _, normal, _ = sensor_stream()
+    np.save(tmp_path / "normal.npy", normal)
+    np.save(tmp_path / "nan.npy", np.full((50, 4, normal.shape[1]), np.nan))
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "filter", "-i", "nan.npy", "--trigger",
+         "anomaly", "--fit", "normal.npy", "--plot", "p.png"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "0.0% of the uplink saved (50 of 50 chunks triggered)" in out
+    assert "50 of 50 chunks hold NaN or infinite readings" in " ".join(result.stderr.split())
+    assert (tmp_path / "p.png").stat().st_size > 1000

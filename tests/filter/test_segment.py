@@ -69,8 +69,9 @@ def test_seconds_round_up_to_whole_chunks() -> None:
 def test_bad_settings_are_errors() -> None:
     with pytest.raises(ConfigError, match="pre_roll_s must be"):
         SegmentConfig(pre_roll_s=-1)
-    with pytest.raises(ConfigError, match="chunk duration"):
-        Segmenter(SegmentConfig(), chunk_s=0)
+    for chunk_s in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="chunk duration must be a finite number"):
+            Segmenter(SegmentConfig(), chunk_s=chunk_s)
 
 
 def offline(

@@ -100,7 +100,23 @@ def test_split_runs_on_data_given_and_names_a_file_that_does_not_fit(tmp_path: P
                           "wide.npz", "x (FP32 [rows, 8])")  # fmt: skip
     assert_one_line_error(_split("branched", "--repo", repo.root, "--data", tmp_path / "no.npz"),
                           "no.npz", "does not exist")  # fmt: skip
+    for name, bad in (("nan", np.nan), ("inf", -np.inf)):  # a measurement on them is meaningless
+        rows = np.ones((5, 8), np.float32)
+        rows[1:] = bad
+        np.savez(tmp_path / f"{name}.npz", x=rows)
+        refused = _split("branched", "--repo", repo.root, "--data", tmp_path / f"{name}.npz")
+        assert_one_line_error(refused, f"{name}.npz", "input 'x' holds 32 NaN or infinite "
+                              "values (first at row 1)")  # fmt: skip
+        assert "Warning" not in refused.stderr
+    assert_one_line_error(_split("branched", "--repo", repo.root, "--plot", tmp_path / "p.json"),
+                          "--plot writes a PNG")  # fmt: skip
+    (tmp_path / "mine.yaml").write_text("root: local\n")  # never replaced by a profile
+    assert_one_line_error(_split("branched", "--repo", repo.root, "--data", tmp_path / "nan.npz",
+                                 "--profile-out", tmp_path / "mine.yaml"),
+                          "mine.yaml exists and is not a split profile")  # fmt: skip
+    assert (tmp_path / "mine.yaml").read_text() == "root: local\n"
     assert repo.model_names() == ["branched"]
+    assert not (repo.root / "branched" / "split-profile.json").exists()
     rows = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
     np.savez(tmp_path / "rows.npz", x=rows)
     ok = _split("branched", "--repo", repo.root, "--data", tmp_path / "rows.npz",
@@ -122,3 +138,26 @@ def test_one_row_is_timed_and_up_to_32_rows_check_fidelity(
     np.savez(tmp_path / "many.npz", x=np.ones((40, 8), np.float32))
     timed, checked = _split_inputs(parent, tmp_path / "many.npz")
     assert timed["x"].shape == (1, 8) and checked["x"].shape == (FIDELITY_ROWS, 8)
+
+
+def test_a_profile_is_strict_json_even_when_a_cosine_is_not_finite(tmp_path: Path) -> None:
+    """A split whose outputs held NaN has a NaN cosine: saved as null (``NaN`` is not
+    JSON, other readers refuse it) and read back as NaN."""
+    import json
+    import math
+
+    from edgecloud.split import CutProfile
+
+    candidates = [CutProfile("all-local", 0.1, 0.0, 0, 0),
+                  CutProfile("cut2", 0.05, 0.05, 10, 10, "fp32", math.nan)]  # fmt: skip
+    profile = SplitProfile("m", 1, 1, "test", candidates, {})
+    path = profile.save(tmp_path / "p.json")
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in a JSON file")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data["candidates"][1]["cosine"] is None
+    assert math.isnan(SplitProfile.load(path).candidates[1].cosine)
+    assert SplitProfile.load(path).candidates[0].cosine == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # written by rename, no leftovers

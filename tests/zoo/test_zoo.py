@@ -77,6 +77,23 @@ def test_unknown_zoo_model_is_a_config_error(tmp_path: Path) -> None:
         build_zoo(ModelRepository(tmp_path), ["gpt"])
 
 
+def test_zoo_build_never_adds_to_a_model_it_did_not_build(tmp_path: Path) -> None:
+    """A user's own model named like a recipe keeps its versions and its config."""
+    from ..models import affine_config, affine_onnx
+
+    repo = ModelRepository(tmp_path / "repo")
+    config = affine_config("vad")
+    repo.add_version("vad", affine_onnx(tmp_path / "mine.onnx"), config=config)
+    before = sorted((p.relative_to(repo.root), p.read_bytes()) for p in repo.root.rglob("*")
+                    if p.is_file())  # fmt: skip
+    for force in (False, True):
+        with pytest.raises(ConfigError, match=r"'vad' in .* is not built by the zoo"):
+            build_zoo(repo, ["vad"], force=force)
+    after = sorted((p.relative_to(repo.root), p.read_bytes()) for p in repo.root.rglob("*")
+                   if p.is_file())  # fmt: skip
+    assert after == before
+
+
 def test_minilm_embeds_similar_sentences_close(zoo_repo: ModelRepository) -> None:
     texts = [
         "A man is playing a guitar.",

@@ -28,7 +28,7 @@ from .._timing import time_calls
 from ..backends.local import LocalBackend
 from ..errors import ConfigError, UnavailableError
 from ..repository import ModelConfig, ModelRepository
-from ..samples import DATA_OPTION, SAMPLES_FILE, data_for, row_batches
+from ..samples import DATA_OPTION, SAMPLES_FILE, data_for, finite, row_batches
 from ..tensors import InferRequest
 from .estimate import remote_plan
 from .spec import Workload
@@ -111,7 +111,7 @@ def measurement_inputs(
             [InferRequest(model, random_inputs(version.config, batch=1))],
             "random inputs (seed 0; fixed shapes)",
         )
-    samples = data_for(version, data, purpose=PURPOSE, flag=flag)
+    samples = finite(data_for(version, data, purpose=PURPOSE, flag=flag), PURPOSE)
     batches = row_batches(samples, version.config, 1, limit=limit)
     rows = f"{len(batches)} of {samples.rows} rows" if version.config.batched else "one request"
     return MeasurementInputs(

@@ -227,25 +227,41 @@ def plots(decision: Decision, flips: list[Flip] | None, out: Path) -> list[str]:
 
 
 def write_outputs(
-    decision: Decision, flips: list[Flip] | None, out: Path, *, with_plots: bool = True
+    decision: Decision,
+    flips: list[Flip] | None,
+    out: Path,
+    *,
+    with_plots: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """report.md, the PNGs, deployment.yaml (with deployment.schema.json, which its
-    first lines point editors at) and server.env in ``out``; the paths written."""
-    import json
+    first lines point editors at) and server.env in ``out``; the paths written.
 
+    deployment.yaml and server.env are the user's to edit (``calibrate`` writes
+    its threshold into the deployment): one that holds something else than
+    what would be written is not replaced unless ``force`` (ConfigError naming
+    them, and nothing written; :func:`edgecloud._outputs.write_outputs`). The
+    report, plots and schema are generated and replaced. Every file is
+    replaced whole, by rename.
+    """
+    import json
+    import tempfile
+
+    from .._outputs import write_outputs as write_files
     from ..deployment import DeploymentSpec
     from .deploy import SCHEMA_FILE, deployment_yaml, server_env
 
-    out.mkdir(parents=True, exist_ok=True)
-    images = plots(decision, flips, out) if with_plots else []
-    (out / "report.md").write_text(markdown(decision, flips, images))
-    paths = [out / "report.md", *(out / i for i in images)]
+    files: dict[Path, bytes] = {}
     if decision.recommended is not None:
-        (out / "deployment.yaml").write_text(deployment_yaml(decision))
-        (out / SCHEMA_FILE).write_text(json.dumps(DeploymentSpec.json_schema(), indent=2) + "\n")
-        paths += [out / "deployment.yaml", out / SCHEMA_FILE]
+        files[out / "deployment.yaml"] = deployment_yaml(decision).encode()
+        schema = json.dumps(DeploymentSpec.json_schema(), indent=2, allow_nan=False) + "\n"
+        files[out / SCHEMA_FILE] = schema.encode()
         env = server_env(decision)
         if env is not None:
-            (out / "server.env").write_text(env)
-            paths.append(out / "server.env")
-    return paths
+            files[out / "server.env"] = env.encode()
+    protected = {out / "deployment.yaml", out / "server.env"}
+    with tempfile.TemporaryDirectory(prefix="edgecloud-advise-") as scratch:
+        images = plots(decision, flips, Path(scratch)) if with_plots else []
+        report = {out / "report.md": markdown(decision, flips, images).encode()}
+        report.update({out / i: (Path(scratch) / i).read_bytes() for i in images})
+        return write_files({**report, **files}, protected=protected, force=force, command="advise")

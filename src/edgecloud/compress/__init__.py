@@ -35,7 +35,7 @@ from typing import Any
 
 from ..errors import CompressionError, ConfigError, EdgecloudError, describe
 from ..repository import ModelRepository, ModelVersion, VersionPolicy
-from ..samples import data_for
+from ..samples import data_for, finite
 from . import torch_methods  # noqa: F401  (registers prune and distill)
 from .evaluate import EvalData, Evaluation, check_fidelity, evaluate, random_inputs
 from .methods import (
@@ -52,6 +52,7 @@ from .worker import Progress, run_limited
 __all__ = [
     "METHODS",
     "RANDOM",
+    "REPORT_FILES",
     "CompressionResult",
     "EvalData",
     "Evaluation",
@@ -93,7 +94,7 @@ def evaluation_data(
         return EvalData(
             random_inputs(parent.config), None, "random inputs (seed 0; no measure of accuracy)"
         )
-    samples = data_for(parent, data, flag=flag)
+    samples = finite(data_for(parent, data, flag=flag), "compress evaluation")
     source = str(samples.source) if data is not None else f"{parent.name} samples"
     return EvalData(samples.inputs, samples.labels, source)
 
@@ -120,6 +121,7 @@ def compress(
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
     progress: Progress | None = None,
     spell: Callable[[str], str] = repr,
+    report: bool = False,
 ) -> CompressionResult:
     """Compress a model version into a new version, evaluated and parity-checked.
 
@@ -132,7 +134,9 @@ def compress(
     Building and evaluating run in a worker process stopped after
     ``time_limit_s`` seconds (None: no limit); ``progress`` receives
     ``(fraction, text)``; ``spell`` writes an option's name in errors (the CLI:
-    its flag).
+    its flag). ``report``: publish ``report.md`` (and ``report.png`` where
+    matplotlib is installed) with the version, hashed in its ``version.json``
+    like the model: a published version never changes afterwards.
 
     Raises CompressionError (cannot compress, lost too much, not finite),
     DeadlineExceededError (time limit), ConfigError / InvalidRequestError (bad
@@ -158,11 +162,16 @@ def compress(
             progress=progress,
         )
         check_fidelity(evaluation, tolerance, model, method)
-        extra = {k: v for k, v in parent.files.items() if k not in ("model.onnx", "model.pt")}
+        inherited = {k for k in parent.files if k not in ("model.onnx", "model.pt", *REPORT_FILES)}
+        extra: dict[str, str | os.PathLike[str] | bytes] = {k: parent.path / k for k in inherited}
+        number = repo.next_version(model)
+        if report:
+            extra.update(_report_files(model, method, parent.version, number, evaluation, tmp))
         added = repo.add_version(
             model,
             target,
-            extra_files={k: parent.path / k for k in extra},
+            version=number,  # the number the report names; taken meanwhile: ConfigError
+            extra_files=extra,
             metadata={
                 "method": method,
                 "parameters": parameters,
@@ -171,6 +180,27 @@ def compress(
             },
         )
     return CompressionResult(model, method, parent.version, added, parameters, evaluation)
+
+
+REPORT_FILES = ("report.md", "report.png")
+"""What ``report=True`` publishes with a compressed version (never inherited)."""
+
+
+def _report_files(
+    model: str, method: str, parent: int, number: int, evaluation: Evaluation, tmp: str
+) -> dict[str, str | os.PathLike[str] | bytes]:
+    """report.md, and report.png when matplotlib is installed, rendered in ``tmp``."""
+    import importlib.util
+
+    from . import report
+
+    row = report.Row(model, method, parent, number, evaluation)
+    files: dict[str, str | os.PathLike[str] | bytes] = {
+        "report.md": report.markdown([row]).encode()
+    }
+    if importlib.util.find_spec("matplotlib") is not None:
+        files["report.png"] = report.plot([row], Path(tmp) / "report.png")
+    return files
 
 
 def _build_and_evaluate(

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .._optional import require
 from ..errors import CompressionError, ConfigError, InvalidRequestError
 from ..repository import ModelVersion
-from ..samples import Samples, data_for
+from ..samples import Samples, data_for, finite
 
 __all__ = [
     "METHODS",
@@ -265,7 +265,9 @@ def calibration_batches(parent: ModelVersion, calibration: Path | None) -> list[
     """Batches of :data:`CALIBRATION_BATCH` rows from ``calibration`` (``--calibration
     FILE.npz``) or else the version's samples; ConfigError naming ``--calibration``
     when there are neither, or naming the file when it does not fit the model."""
-    samples: Samples = data_for(parent, calibration, flag="--calibration")
+    samples: Samples = finite(
+        data_for(parent, calibration, flag="--calibration"), "int8-static calibration"
+    )  # NaN makes every activation range NaN
     if not parent.config.batched:
         return [samples.inputs]
     step = CALIBRATION_BATCH

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rich.table import Table
 
 if TYPE_CHECKING:
     from . import CompressionResult
+    from .evaluate import Evaluation
 
-__all__ = ["markdown", "plot", "table"]
+__all__ = ["Row", "markdown", "plot", "table"]
 
 
-def _fidelity(result: CompressionResult) -> str:
+class Row(NamedTuple):
+    """One compressed version in a report, before it is published (``version``: its number)."""
+
+    model: str
+    method: str
+    parent_version: int
+    version: int
+    evaluation: Evaluation
+
+
+def _row(r: CompressionResult | Row) -> Row:
+    if isinstance(r, Row):
+        return r
+    return Row(r.model, r.method, r.parent_version, r.version.version, r.evaluation)
+
+
+def _fidelity(result: CompressionResult | Row) -> str:
     e = result.evaluation
     if e.accuracy_drop_points is not None:
         drop = -e.accuracy_drop_points
@@ -38,23 +56,23 @@ def table(results: list[CompressionResult]) -> Table:
     return out
 
 
-def markdown(results: list[CompressionResult]) -> str:
+def markdown(results: Sequence[CompressionResult | Row]) -> str:
     lines = [
         "| model | method | version | size ratio | latency ratio b=1 | latency ratio b=32 "
         "| fidelity |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in map(_row, results):
         e = r.evaluation
         lines.append(
-            f"| {r.model} | {r.method} | {r.parent_version} → {r.version.version} | "
+            f"| {r.model} | {r.method} | {r.parent_version} → {r.version} | "
             f"{e.size_ratio:.3f} | {e.latency_ratio['1']:.2f} | {e.latency_ratio['32']:.2f} | "
             f"{_fidelity(r)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[CompressionResult], path: Path) -> Path:
+def plot(results: Sequence[CompressionResult | Row], path: Path) -> Path:
     """Size vs latency, one point per method, annotated with fidelity."""
     from .._optional import require
 

@@ -98,8 +98,8 @@ class Segmenter:
     """Feed ``(chunk, triggered, score)``; get finished events back."""
 
     def __init__(self, config: SegmentConfig, chunk_s: float) -> None:
-        if chunk_s <= 0:
-            raise ConfigError(f"chunk duration must be > 0 s, got {chunk_s}")
+        if not (math.isfinite(chunk_s) and chunk_s > 0):
+            raise ConfigError(f"chunk duration must be a finite number > 0 s, got {chunk_s}")
         self.config = config
         self.chunk_s = chunk_s
         self.pre, self.post, self.min_len, self.gap = config.in_chunks(chunk_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ class FilterStats:
     queued_events: int = 0
     bytes_total: int = 0
     bytes_sent: int = 0
+    unreadable_chunks: int = 0
+    """Chunks holding NaN or infinity (a sensor dropout): triggered, so sent."""
 
     @property
     def bytes_suppressed(self) -> int:
@@ -72,13 +75,29 @@ class Filter:
             options = ", ".join(level.value for level in Sensitivity)
             raise ConfigError(f"Filter sensitivity {self.sensitivity!r}: use one of {options}")
         self.sensitivity = Sensitivity(self.sensitivity)
+        if not math.isfinite(self.trigger.threshold):
+            raise ConfigError(
+                f"the trigger's threshold must be finite, got {self.trigger.threshold}"
+            )
         self._segmenter = Segmenter(self.segment, self.trigger.chunk_s)
         self._since_last = 0
         self._shape: tuple[int, ...] | None = None
 
     def feed(self, chunk: np.ndarray) -> list[Event]:
-        """One chunk of the stream; returns the events it completed (already forwarded)."""
+        """One chunk of the stream; returns the events it completed (already forwarded).
+
+        A chunk holding NaN or infinity (a sensor dropout, a broken reading)
+        scores ``inf`` without reaching the trigger, whose state (an EWMA, the
+        previous frame) a NaN would poison for the rest of the stream: it
+        counts as triggered and is sent, never silently dropped
+        (``stats.unreadable_chunks``). InvalidRequestError for an empty chunk,
+        one that is not numbers (strings, objects), or a change of shape.
+        """
         chunk = np.asarray(chunk)
+        if chunk.dtype.kind not in "biuf":
+            raise InvalidRequestError(
+                f"chunks are numbers (integer or float readings), got dtype {chunk.dtype}"
+            )
         if chunk.size == 0:
             raise InvalidRequestError("an empty chunk: feed whole chunks of the stream")
         if self._shape is not None and chunk.shape != self._shape:
@@ -86,7 +105,9 @@ class Filter:
                 f"every chunk must have shape {list(self._shape)}, got {list(chunk.shape)}"
             )
         self._shape = chunk.shape
-        score = self.trigger.score(chunk)
+        readable = chunk.dtype.kind != "f" or bool(np.isfinite(chunk).all())
+        score = self.trigger.score(chunk) if readable else math.inf
+        self.stats.unreadable_chunks += int(not readable)
         self.scores.append(score)
         triggered = score >= self.trigger.threshold
         self.stats.chunks += 1

@@ -113,7 +113,22 @@ class AnomalyTrigger:
         self._ewma = 0.0
 
     def fit(self, normal: np.ndarray) -> AnomalyTrigger:
-        normal = np.asarray(normal, dtype=np.float64)
+        """Learn each channel's mean and std from ``normal`` [N >= 2, channels] numbers.
+
+        InvalidRequestError for another shape, non-numbers (strings, objects) or
+        NaN/infinity (statistics of them are NaN: every later score would be NaN,
+        never triggered).
+        """
+        normal = np.asarray(normal)
+        if normal.dtype.kind not in "biuf":
+            raise InvalidRequestError(f"fit on numbers (normal readings), got dtype {normal.dtype}")
+        normal = normal.astype(np.float64)
+        if not np.isfinite(normal).all():
+            bad = int((~np.isfinite(normal)).sum())
+            raise InvalidRequestError(
+                f"fit on finite readings: {bad} of {normal.size} are NaN or infinite; "
+                "drop those rows"
+            )
         if normal.ndim != 2 or len(normal) < 2:
             raise InvalidRequestError(
                 f"fit on normal readings shaped [N >= 2, channels], got {list(normal.shape)}"

@@ -17,6 +17,7 @@ more does more work on the slower device *and* sends more).
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -154,11 +155,18 @@ class SplitProfile:
         return SplitPlanner(self.candidates, **options)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the profile as JSON (strict: a cosine that is not finite, from a
+        split whose outputs held NaN/Inf, is written as null and read back as NaN)."""
         data = {k: v for k, v in asdict(self).items() if k != "path"}
+        for candidate in data["candidates"]:
+            if not math.isfinite(candidate["cosine"]):
+                candidate["cosine"] = None
         target = Path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(data, indent=2) + "\n")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+            os.replace(tmp, target)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write the split profile to {target}: {describe(exc)}"
@@ -171,7 +179,7 @@ class SplitProfile:
         source = Path(path)
         try:
             data = json.loads(source.read_text())
-            candidates = [CutProfile(**c) for c in data.pop("candidates")]
+            candidates = [CutProfile(**_cosine_from_json(c)) for c in data.pop("candidates")]
             return cls(**data, candidates=candidates, path=source)
         except FileNotFoundError:
             raise ConfigError(
@@ -336,3 +344,10 @@ def _tail(timer: TailTimer, model: str, feed: Arrays, version: int | None = None
         return timer(model, feed, version)
     except EdgecloudError as exc:
         raise type(exc)(f"timing the tail {model!r} failed: {exc.message}") from exc
+
+
+def _cosine_from_json(candidate: dict[str, Any]) -> dict[str, Any]:
+    """A saved candidate with its null cosine (not finite when measured) as NaN."""
+    if "cosine" in candidate and candidate["cosine"] is None:
+        return {**candidate, "cosine": math.nan}
+    return candidate

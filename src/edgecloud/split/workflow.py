@@ -63,9 +63,9 @@ def _split_inputs(
 ) -> tuple[Arrays, Arrays]:
     """(first ``batch`` rows: what is timed, first :data:`FIDELITY_ROWS` rows: what
     fidelity is checked on), from one read of the data."""
-    from ..samples import data_for, row_batches
+    from ..samples import data_for, finite, row_batches
 
-    samples = data_for(entry, data, purpose="split")
+    samples = finite(data_for(entry, data, purpose="split"), "split")
     timed = row_batches(samples, entry.config, batch, limit=1)[0]
     checked = row_batches(samples, entry.config, max(batch, FIDELITY_ROWS), limit=1)[0]
     return timed, checked

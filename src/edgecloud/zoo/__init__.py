@@ -66,6 +66,18 @@ def up_to_date(repo: ModelRepository, recipe: Recipe) -> ModelVersion | None:
     return None
 
 
+def _not_the_zoos(repo: ModelRepository, name: str) -> bool:
+    """Whether ``repo`` holds a model ``name`` with no version a zoo recipe built."""
+    if name not in repo.model_names():
+        return False
+    try:
+        numbers = repo.versions(name)
+        entries = [repo.get(name, n, served_only=False, verify=False) for n in numbers]
+    except EdgecloudError:
+        return False  # a damaged model: up_to_date rebuilds it, as before
+    return bool(entries) and not any("recipe" in e.metadata for e in entries)
+
+
 def build_zoo(
     repo: ModelRepository,
     only: Sequence[str] | None = None,
@@ -81,6 +93,13 @@ def build_zoo(
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise ConfigError(f"unknown zoo model(s) {unknown}; known: {', '.join(RECIPES)}")
+    theirs = [n for n in names if _not_the_zoos(repo, n)]
+    if theirs:  # a zoo version would be added to it and its config rewritten
+        raise ConfigError(
+            f"{', '.join(map(repr, theirs))} in {repo.root} {'is' if len(theirs) == 1 else 'are'}"
+            " not built by the zoo (your own model?); nothing built: build the zoo into "
+            "another --repo, or leave out those names"
+        )
     results = []
     for name in names:
         recipe = RECIPES[name]
