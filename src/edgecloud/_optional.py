@@ -10,11 +10,21 @@ pyyaml, typer, rich) goes through :func:`require`, or sits in a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import MissingDependencyError
 
 __all__ = ["require"]
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` (top level, e.g. ``"matplotlib"``) can be imported here, without
+    importing it: for what is drawn or written only when an extra is installed."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def require(module: str, *, extra: str, feature: str) -> ModuleType:

@@ -662,7 +662,14 @@ def advise(
     out: Annotated[
         Path | None, typer.Option(help="Directory for report.md, PNGs, deployment.yaml.")
     ] = None,
-    plot: Annotated[bool, typer.Option(help="Draw cost, latency and sensitivity PNGs.")] = True,
+    plot: Annotated[
+        bool | None,
+        typer.Option(
+            "--plot/--no-plot",
+            help="Draw cost, latency and sensitivity PNGs (default: when matplotlib, the "
+            "'bench' extra, is installed; --plot insists).",
+        ),
+    ] = None,
     measure: Annotated[
         bool, typer.Option(help="Measure the model locally and the server, then re-decide.")
     ] = False,
@@ -736,6 +743,16 @@ def advise(
     flips = advisor.sensitivity(workload)
     render(decision, flips, console)
     target = out or Path("advice") / workload.name
+    if plot is None:
+        from ._optional import available
+
+        plot = available("matplotlib")
+        if not plot:
+            errors.print(
+                "note: no plots (matplotlib is not installed: pip install 'edgecloud[bench]')",
+                highlight=False,
+                markup=False,
+            )
     paths = write_outputs(decision, flips, target, with_plots=plot, force=force)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 

@@ -260,7 +260,7 @@ NEEDS = [
     (["compress", "affine", "--repo", "repo", "-m", "int8-dynamic"], "compress"),
     (["compress", "affine", "--repo", "repo", "-m", "fp16"], "compress"),
     (["split", "affine", "--repo", "repo", "--data", "val.npz"], "compress"),
-    (["advise", "-s", "camera-fleet", "--out", "advice"], "bench"),
+    (["advise", "-s", "camera-fleet", "--plot", "--out", "advice"], "bench"),
     (
         [
             "split",
@@ -297,6 +297,21 @@ def test_a_command_without_its_extra_says_which_in_one_line(
     assert missing.split(".")[0] in _extra_modules()[named], (
         f"{lines[0]}: edgecloud[{named}] does not install {missing}"
     )
+
+
+def test_advise_without_matplotlib_writes_everything_but_the_plots(workdir: Path) -> None:
+    """Plots are drawn when the 'bench' extra is installed; without it advise says so in
+    one note and still writes the report and the deployment (``--plot`` insists)."""
+    result = _cli(
+        ["advise", "-s", "camera-fleet", "--out", "advice-auto"], _blocked("all"), workdir
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "note: no plots (matplotlib is not installed: pip install 'edgecloud[bench]')"
+    ]
+    written = sorted(p.name for p in (workdir / "advice-auto").iterdir())
+    assert "deployment.yaml" in written and "report.md" in written
+    assert not [name for name in written if name.endswith(".png")]
 
 
 @pytest.mark.parametrize(

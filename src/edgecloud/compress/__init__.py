@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._optional import available
 from ..errors import CompressionError, ConfigError, EdgecloudError, describe
 from ..repository import ModelRepository, ModelVersion, VersionPolicy
 from ..samples import data_for, finite
@@ -190,15 +191,13 @@ def _report_files(
     model: str, method: str, parent: int, number: int, evaluation: Evaluation, tmp: str
 ) -> dict[str, str | os.PathLike[str] | bytes]:
     """report.md, and report.png when matplotlib is installed, rendered in ``tmp``."""
-    import importlib.util
-
     from . import report
 
     row = report.Row(model, method, parent, number, evaluation)
     files: dict[str, str | os.PathLike[str] | bytes] = {
         "report.md": report.markdown([row]).encode()
     }
-    if importlib.util.find_spec("matplotlib") is not None:
+    if available("matplotlib"):
         files["report.png"] = report.plot([row], Path(tmp) / "report.png")
     return files
 
