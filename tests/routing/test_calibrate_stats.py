@@ -255,7 +255,7 @@ def test_threshold_zero_warns_like_any_other_and_few_rows_warn() -> None:
     report = calibrate_report(small, large, labels, target_relative_accuracy=0.6)
     assert report.point.threshold == 0.0 and report.escalated == 0
     low, high = report.relative_accuracy_interval
-    assert low < 0.6 <= high and 0.0 <= low
+    assert low < 0.6 <= high and low >= 0.0
     assert report.escalation_interval == (0.0, 0.0)  # threshold 0 escalates nothing, ever
     assert any("lies inside the 95% interval" in w for w in report.warnings)
     assert any("only 30 rows" in w and "too wide" in w for w in report.warnings)
