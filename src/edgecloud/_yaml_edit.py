@@ -57,21 +57,27 @@ def _dotted(keys: Sequence[Key]) -> str:
     return ".".join(map(str, keys))
 
 
-def _references(root: Any) -> dict[int, int]:
-    """How many times each node of a composed graph is reached (> 1: shared by an alias)."""
+def _references(root: Any) -> dict[int, tuple[int, tuple[int, int]]]:
+    """Per node of a composed graph: how many places hold it (> 1: shared by an alias)
+    and the first, in document order, as (id of the parent, position): where it is
+    written (YAML defines an anchor before any alias of it)."""
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
-    seen: dict[int, int] = {}
-    todo = [root]
+    seen: dict[int, tuple[int, tuple[int, int]]] = {}
+    todo: list[tuple[Any, tuple[int, int]]] = [(root, (0, 0))]
     while todo:
-        node = todo.pop()
-        seen[id(node)] = seen.get(id(node), 0) + 1
-        if seen[id(node)] > 1:
+        node, edge = todo.pop()
+        count, first = seen.get(id(node), (0, edge))
+        seen[id(node)] = (count + 1, first)
+        if count:
             continue
         if isinstance(node, MappingNode):
-            todo.extend(n for pair in node.value for n in pair)
+            children = [v for pair in node.value for v in pair]
         elif isinstance(node, SequenceNode):
-            todo.extend(node.value)
+            children = list(node.value)
+        else:
+            continue
+        todo.extend((child, (id(node), i)) for i, child in reversed(list(enumerate(children))))
     return seen
 
 
@@ -95,7 +101,7 @@ def locate(text: str, keys: Sequence[Key], where: str) -> Scalar:
     except YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from exc
     references = _references(node)
-    key_node = None
+    key_node, parent, position = None, node, 0
     for depth, key in enumerate(keys):
         here = _dotted(keys[: depth + 1])
         if isinstance(node, MappingNode):
@@ -116,14 +122,17 @@ def locate(text: str, keys: Sequence[Key], where: str) -> Scalar:
                     f"{where}: {here}: the key is written {len(found)} times (lines {lines}); "
                     "keep one"
                 )
+            parent, position = node, 2 * node.value.index(found[0]) + 1
             key_node, node = found[0]
         elif isinstance(node, SequenceNode) and isinstance(key, int) and key < len(node.value):
+            parent, position = node, key
             key_node, node = None, node.value[key]
         else:
             raise ConfigError(f"{where}: {here}: not found")
-        if references.get(id(node), 0) > 1:
+        count, first = references[id(node)]
+        if count > 1:
             line = node.start_mark.line + 1
-            written_here = key_node is None or node.start_mark.index > key_node.end_mark.index
+            written_here = first == (id(parent), position)
             raise ConfigError(
                 f"{where}: {here}: "
                 + (

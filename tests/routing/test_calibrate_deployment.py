@@ -539,3 +539,21 @@ def test_a_link_elsewhere_resolves_the_repository_from_its_own_directory(made, t
     # through the target itself, the relative repository is not there: said so
     result = edgecloud_cli("calibrate", "-d", real, "--data", root / "val.npz", "--target", "0.97")
     one_line(result, f"repository: {real.parent / 'models'} does not exist")
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["a", 0, "t"], r"a\.0: is anchored \(&c\) and used elsewhere as \*c"),
+        (["a", 1, "t"], r"a\.1: is a YAML alias \(\*c\) of the node at line 2"),
+        (["b", 0, "t"], r"b\.0: is a YAML alias \(\*c\)"),
+        (["e", "f", "t"], r"e\.f: is a YAML alias \(\*g\) of the node at line 6"),
+    ],
+)
+def test_shared_nodes_are_found_in_lists_and_mappings(keys: list, message: str) -> None:  # type: ignore[type-arg]
+    from edgecloud import _yaml_edit
+
+    text = "a:\n  - &c {t: 1}\n  - *c\nb: [*c]\nd: {t: 2}\ng: &g {t: 3}\ne: {f: *g}\n"
+    with pytest.raises(ConfigError, match=message):
+        _yaml_edit.locate(text, keys, "f")
+    assert _yaml_edit.locate(text, ["d", "t"], "f").replaced("5") == text.replace("t: 2", "t: 5")
