@@ -12,7 +12,12 @@ the threshold is chosen on the cascade's own confidence measure and output
 (:func:`edgecloud.routing.calibrate.calibrate_report`: on average with
 Clopper–Pearson intervals, or with ``guarantee`` by Learn-then-Test,
 :mod:`edgecloud.routing.guarantee`), and written into the file in place of
-the old value: only that line changes (:mod:`edgecloud._yaml_edit`).
+the old value: only that line changes (:mod:`edgecloud._yaml_edit`: under
+a lock, so concurrent runs on one file each keep their edit; a read-only
+file, a duplicate key, or a path through a YAML alias is refused before any
+model runs). A symlinked file stays a link: the file it points to is
+rewritten, and ``repository:`` is resolved from the link's directory, as
+``edgecloud.load`` does.
 
 Errors are one ConfigError naming the file and what to pass or fix.
 """
@@ -37,6 +42,7 @@ from .routing.calibrate import Calibration, calibrate_report
 from .routing.transforms import derive
 from .samples import (
     LABELS,
+    SAMPLES_FILE,
     Samples,
     class_indices,
     data_for,
@@ -162,7 +168,13 @@ def _rows(deployment: DeploymentFile, small: str, large: str, data: Path | None)
             )
         return samples
     version = deployment.repository.get(large)
-    samples = data_for(version)  # ConfigError naming --data when it has none
+    if SAMPLES_FILE not in version.files:
+        raise ConfigError(
+            f"calibrate needs labelled rows: model {large!r} version {version.version} "
+            f"carries no samples: pass --data FILE.npz with inputs named "
+            f"{expected_inputs(version.config)} and '{LABELS}' (required), one per row"
+        )
+    samples = data_for(version)
     if samples.labels is None:
         raise ConfigError(
             f"model {large!r} version {version.version}'s samples carry no labels: pass "
@@ -220,12 +232,23 @@ def _labels(deployment: DeploymentFile, small: str, large: str, samples: Samples
 
 
 def open_deployment(path: Path) -> DeploymentFile:
+    """The deployment at ``path``; its ``repository:`` resolved as ``edgecloud.load`` does
+    (relative to the file as named: a symlink's own directory) and required to exist."""
     raw = _read(path)
     spec = _validate(DeploymentSpec, raw, "", str(path))
     repo = Path(spec.repository)
-    return DeploymentFile(
-        path, raw, spec, ModelRepository(repo if repo.is_absolute() else path.parent / repo)
-    )
+    root = repo if repo.is_absolute() else path.parent / repo
+    if not root.is_dir():
+        raise ConfigError(
+            f"{path}: repository: {root} "
+            + ("is not a directory" if root.exists() else "does not exist")
+            + (
+                f" (relative paths are resolved from {path.parent})"
+                if not repo.is_absolute()
+                else ""
+            )
+        )
+    return DeploymentFile(path, raw, spec, ModelRepository(root))
 
 
 def calibrate_deployment(
@@ -257,6 +280,8 @@ def calibrate_deployment(
     keys.append("threshold")
     with path.resolve().open(encoding="utf-8", newline="") as f:
         _yaml_edit.locate(f.read(), keys, where)  # refuse an alias or merge before any work
+    if write:
+        _yaml_edit.check_writable(path)  # and a file it may not write
     small, large = _models(deployment, cascade, f"{where}: {chosen}")
     samples = _rows(deployment, small, large, Path(data) if data is not None else None)
     labels = _labels(deployment, small, large, samples)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ._config_files import Loader
 from .errors import ConfigError, MissingDependencyError, ModelLoadError, ModelNotFoundError
 from .tensors import ONNX_TYPES, TensorSpec
 
@@ -299,7 +300,7 @@ class ModelRepository:
         if replaced is None or (not replaced and not path.is_file()):
             raise ModelLoadError(f"model {name!r} has no config: {path} is missing")
         try:
-            raw = yaml.safe_load(replaced.decode() if replaced else path.read_text())
+            raw = yaml.load(replaced.decode() if replaced else path.read_text(), Loader=Loader)
             config = ModelConfig.model_validate(raw)
         except OSError as exc:  # unreadable (permissions, I/O): this model only
             raise ModelLoadError(

@@ -170,8 +170,9 @@ def test_the_large_models_labelled_samples_serve_without_data(made, tmp_path) ->
 def test_no_data_and_no_labelled_samples_is_one_line_naming_data(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
     repo, splits, _ = made
     path = write(tmp_path, repo, {"cascade": cascade()})
-    one_line(edgecloud_cli("calibrate", "-d", path, "--target", "0.97"),
-             "--data FILE.npz", "features (FP32 [rows, 20])")  # fmt: skip
+    result = edgecloud_cli("calibrate", "-d", path, "--target", "0.97")
+    line = one_line(result, "--data FILE.npz", "features (FP32 [rows, 20])", "'labels' (required)")
+    assert "optionally" not in line
     unlabelled = ModelRepository(tmp_path / "unlabelled")
     np.savez(tmp_path / "inputs.npz", features=splits["val"][0])
     for name in ("small", "large"):
@@ -396,3 +397,163 @@ def test_a_small_model_on_fewer_features_calibrates_through_the_models_section( 
     with edgecloud.load(path, ready=True) as deployment:  # the written file runs as calibrated
         x = np.load(root / "val.npz")["features"][:5]
         assert deployment.infer(InferRequest("small4", {"features": x})).outputs
+
+
+ANCHORED = """\
+repository: {repo}
+root:
+  fallback:
+    primary:
+      cascade: &c
+        small: local
+        large: local
+        small_model: small
+        large_model: large
+        threshold: 0.5
+    secondary:
+      cascade: *c
+"""
+
+
+@pytest.mark.parametrize(
+    ("at", "message"),
+    [
+        ("root.fallback.secondary.cascade", r"secondary.cascade: is a YAML alias \(\*c\)"),
+        (
+            "root.fallback.primary.cascade",
+            r"primary.cascade: is anchored \(&c\) and used elsewhere",
+        ),
+    ],
+)
+def test_a_path_through_a_shared_mapping_is_refused_naming_it(made, tmp_path, at, message) -> None:  # type: ignore[no-untyped-def]
+    """Changing a threshold inside an anchored mapping would change every alias of it."""
+    repo, _, root = made
+    path = tmp_path / "d.yaml"
+    path.write_text(ANCHORED.format(repo=repo.root))
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=message):
+        calibrate_deployment(path, data=root / "val.npz", target=0.97, at=at)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("form", "text", "needle"),
+    [
+        ("threshold twice", "    threshold: 0.5\n    threshold: 0.6\n",
+         "line 9: the key 'threshold' is written a second time (first at line 8)"),
+        ("root twice", "    threshold: 0.5\nroot:\n  local: large\n",
+         "line 9: the key 'root' is written a second time (first at line 2)"),
+    ],
+)  # fmt: skip
+def test_duplicate_keys_are_refused_naming_key_and_lines(
+    made, tmp_path, form, text, needle
+) -> None:  # type: ignore[no-untyped-def]
+    repo, _, root = made
+    path = tmp_path / "d.yaml"
+    path.write_text(f"repository: {repo.root}\nroot:\n  cascade:\n    small: local\n    large: "
+                    f"local\n    small_model: small\n    large_model: large\n{text}")  # fmt: skip
+    before = path.read_bytes()
+    one_line(edgecloud_cli("calibrate", "-d", path, "--data", root / "val.npz", "--target", "0.97"),
+             needle, str(path))  # fmt: skip
+    assert path.read_bytes() == before
+    from edgecloud import _yaml_edit
+
+    with pytest.raises(ConfigError, match="written 2 times"):  # the editor's own reading too
+        _yaml_edit.locate(path.read_text(), ["root", "cascade", "threshold"], str(path))
+
+
+def test_a_yaml_12_float_threshold_loads_and_is_rewritten(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo, _, root = made
+    path = write(tmp_path, repo, {"cascade": cascade()})
+    path.write_text(path.read_text().replace("threshold: 0.5", "threshold: 5e-1"))
+    assert open_deployment(path).raw["root"]["cascade"]["threshold"] == 0.5
+    done = calibrate_deployment(path, data=root / "val.npz", target=0.97)
+    assert f"threshold: {done.calibration.point.threshold!r}" in path.read_text()
+
+
+def test_a_read_only_file_is_refused_before_any_work_and_kept(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo, _, root = made
+    path = write(tmp_path, repo, {"cascade": cascade()})
+    before = path.read_bytes()
+    path.chmod(0o444)  # no write bit for anyone: refused even for root
+    try:
+        result = edgecloud_cli("calibrate", "-d", path, "--data", root / "val.npz", "--target",
+                               "0.97")  # fmt: skip
+        one_line(result, str(path), "read-only (mode -r--r--r--)", "--dry-run")
+        assert path.read_bytes() == before and path.stat().st_mode & 0o777 == 0o444
+        dry = edgecloud_cli("calibrate", "-d", path, "--data", root / "val.npz", "--target",
+                            "0.97", "--dry-run")  # fmt: skip
+        assert dry.returncode == 0, dry.stderr
+    finally:
+        path.chmod(0o644)
+    path.chmod(0o640)  # mode and owner are kept when it is written
+    owner = (4321, 4321) if os.geteuid() == 0 else (os.getuid(), path.stat().st_gid)
+    if os.geteuid() == 0:  # root rewriting another user's file keeps it theirs
+        os.chown(path, *owner)
+    calibrate_deployment(path, data=root / "val.npz", target=0.97)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert (path.stat().st_uid, path.stat().st_gid) == owner
+
+
+RACER = """\
+import sys
+from pathlib import Path
+from edgecloud import _yaml_edit
+path, key, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for i in range(1, n + 1):
+    _yaml_edit.replace_scalar(path, [key, "t"], i, str(i))
+"""
+
+
+def test_concurrent_edits_of_one_file_each_keep_their_value(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two processes editing different keys of one file: both edits survive (flock)."""
+    path = tmp_path / "race.yaml"
+    path.write_text("# ours\na:\n  t: 0\nb:\n  t: 0\nc:\n  t: 0\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(path), key, "25"], env=env)
+        for key in ("a", "b", "c")
+    ]
+    assert [r.wait(timeout=120) for r in racers] == [0, 0, 0]
+    assert path.read_text() == "# ours\na:\n  t: 25\nb:\n  t: 25\nc:\n  t: 25\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["race.yaml"]  # no temporary left
+
+
+def test_a_link_elsewhere_resolves_the_repository_from_its_own_directory(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``repository:`` relative to the file as named (the link), as ``edgecloud.load``
+    does; the file written is the link's target, and the link stays a link."""
+    repo, _, root = made
+    (tmp_path / "real").mkdir()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "models").symlink_to(repo.root)
+    real = tmp_path / "real" / "d.yaml"
+    real.write_text(yaml.safe_dump({"repository": "models", "root": {"cascade": cascade()}}))
+    link = tmp_path / "site" / "d.yaml"
+    link.symlink_to(real)
+    assert edgecloud.load(link).repository.root == link.parent / "models"
+    done = calibrate_deployment(link, data=root / "val.npz", target=0.97)
+    assert link.is_symlink() and link.resolve() == real
+    assert yaml.safe_load(real.read_text())["root"]["cascade"]["threshold"] == (
+        done.calibration.point.threshold
+    )
+    # through the target itself, the relative repository is not there: said so
+    result = edgecloud_cli("calibrate", "-d", real, "--data", root / "val.npz", "--target", "0.97")
+    one_line(result, f"repository: {real.parent / 'models'} does not exist")
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["a", 0, "t"], r"a\.0: is anchored \(&c\) and used elsewhere as \*c"),
+        (["a", 1, "t"], r"a\.1: is a YAML alias \(\*c\) of the node at line 2"),
+        (["b", 0, "t"], r"b\.0: is a YAML alias \(\*c\)"),
+        (["e", "f", "t"], r"e\.f: is a YAML alias \(\*g\) of the node at line 6"),
+    ],
+)
+def test_shared_nodes_are_found_in_lists_and_mappings(keys: list, message: str) -> None:  # type: ignore[type-arg]
+    from edgecloud import _yaml_edit
+
+    text = "a:\n  - &c {t: 1}\n  - *c\nb: [*c]\nd: {t: 2}\ng: &g {t: 3}\ne: {f: *g}\n"
+    with pytest.raises(ConfigError, match=message):
+        _yaml_edit.locate(text, keys, "f")
+    assert _yaml_edit.locate(text, ["d", "t"], "f").replaced("5") == text.replace("t: 2", "t: 5")

@@ -229,3 +229,40 @@ def test_the_guarantee_holds_over_validation_draws_and_average_calibration_does_
     assert 0.3 * draws <= missed["average"] <= 0.7 * draws
     # the guarantee costs escalations, but not all of them
     assert escalation["average"] < escalation["guaranteed"] < 0.9
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 30, 100, 2000])
+def test_intervals_stay_within_what_the_ratio_can_be(rows: int) -> None:
+    """Relative accuracy is >= 0 and at most 1 / (the large model's lowest accuracy)."""
+    small, large, labels = _pair(rows, seed=rows)
+    found = outcomes(small, large, labels)
+    if found.large_right == 0:
+        assert relative_interval(found, 0) == (0.0, float("inf"))
+        return
+    each = 1 - 0.05 / 3
+    cap = 1 / clopper_pearson(found.large_right, rows, each)[0]
+    for i in range(len(found.thresholds)):
+        low, high = relative_interval(found, i)
+        assert 0.0 <= low <= found.point(i).relative_accuracy <= high <= cap + 1e-12
+
+
+def test_threshold_zero_warns_like_any_other_and_few_rows_warn() -> None:
+    """The target inside the interval warns whatever the threshold; 30 rows say little."""
+    small, large, labels = _pair(30, seed=3)
+    # a small model that is right on 2/3 of the rows and always sure: threshold 0
+    small = np.eye(4)[np.where(np.arange(30) % 3 == 0, (labels + 1) % 4, labels)] * 0.8 + 0.05
+    large = np.eye(4)[labels] * 0.9 + 0.025
+    report = calibrate_report(small, large, labels, target_relative_accuracy=0.6)
+    assert report.point.threshold == 0.0 and report.escalated == 0
+    low, high = report.relative_accuracy_interval
+    assert low < 0.6 <= high and low >= 0.0
+    assert report.escalation_interval == (0.0, 0.0)  # threshold 0 escalates nothing, ever
+    assert any("lies inside the 95% interval" in w for w in report.warnings)
+    assert any("only 30 rows" in w and "too wide" in w for w in report.warnings)
+    one = calibrate_report(small[:1], large[:1], labels[:1], target_relative_accuracy=0.7)
+    assert one.relative_accuracy_interval[0] == 0.0
+    assert any("only 1 rows" in w for w in one.warnings)
+    # the too-few warning also stands under a guarantee; the escalation budget of a
+    # threshold that escalates nothing is met exactly: no warning for it
+    budget = calibrate_report(*_pair(20_000), max_escalation_rate=0.0)
+    assert budget.escalation_interval == (0.0, 0.0) and budget.warnings == []

@@ -276,6 +276,12 @@ def relative_interval(found: Outcomes, i: int, level: float = LEVEL) -> tuple[fl
     bounds combine the extremes, so all three hold, hence the interval covers,
     with probability >= ``level``. It treats the threshold as fixed: a
     threshold chosen on the same rows makes it optimistic (use a guarantee).
+
+    The bounds are clipped to what the ratio can be: at least 0 (accuracies
+    are not negative) and at most ``1 / l_lo``, since the cascade's accuracy
+    is at most 1 and the large model's at least ``l_lo`` wherever the three
+    intervals hold. With no large-model right answer the interval is
+    ``(0, inf)``: the rows say nothing.
     """
     n, each = found.rows, 1.0 - (1.0 - level) / 3
     h_lo, h_hi = clopper_pearson(int(found.harm[i]), n, each)
@@ -285,8 +291,8 @@ def relative_interval(found: Outcomes, i: int, level: float = LEVEL) -> tuple[fl
         return 0.0, float("inf")
     low, high = g_lo - h_hi, g_hi - h_lo
     return (
-        1.0 + low / (l_lo if low < 0 else l_hi),
-        1.0 + high / (l_hi if high < 0 else l_lo),
+        max(0.0, 1.0 + low / (l_lo if low < 0 else l_hi)),
+        min(1.0 / l_lo, 1.0 + high / (l_hi if high < 0 else l_lo)),
     )
 
 
@@ -306,7 +312,10 @@ def calibrate_report(
     :func:`edgecloud.routing.guarantee.certify` (see there for exactly what
     is guaranteed); ConfigError when no threshold can be certified. Without
     it, :func:`calibrate`'s choice, plus a warning when the target lies
-    inside the interval the rows allow (the rows cannot tell whether it is met).
+    inside the interval the rows allow (the rows cannot tell whether it is met),
+    whatever the threshold. Either way, a warning when the rows are too few
+    for the relative-accuracy interval to say anything (wider than
+    :data:`WIDEST`).
     """
     from .guarantee import certify
 
@@ -324,10 +333,15 @@ def calibrate_report(
     point = found.point(i)
     escalation = clopper_pearson(int(found.escalated[i]), found.rows, LEVEL)
     relative = relative_interval(found, i, LEVEL)
+    if found.escalated[i] == 0 and point.threshold == 0.0:
+        # scores are >= 0 (probabilities, margins, 1 - normalised entropy): a threshold
+        # of 0 escalates no row of any data, so the rate is exactly 0, not estimated
+        escalation = (0.0, 0.0)
     warnings = []
-    if guarantee is None and not (point.threshold == 0.0 and found.escalated[i] == 0):
+    if guarantee is None:  # whatever the threshold, 0 included
         warnings = _warnings(found.rows, relative, escalation,
                              target_relative_accuracy, max_escalation_rate)  # fmt: skip
+    warnings += _too_few(found.rows, relative)
     return Calibration(
         point=point,
         rows=found.rows,
@@ -338,6 +352,23 @@ def calibrate_report(
         guarantee=guarantee,
         warnings=warnings,
     )
+
+
+WIDEST = 0.2
+"""Widest relative-accuracy interval reported without a warning: wider, and the
+rows cannot tell a cascade that keeps 90 % of the large model's accuracy from
+one that keeps 110 % (at usual accuracies it takes a few hundred rows)."""
+
+
+def _too_few(rows: int, relative: tuple[float, float]) -> list[str]:
+    """A warning when the rows are too few for the relative-accuracy interval to inform."""
+    if relative[1] - relative[0] <= WIDEST:
+        return []
+    return [
+        f"only {rows} rows: the {LEVEL:.0%} interval of the relative accuracy is "
+        f"[{relative[0]:.4f}, {relative[1]:.4f}], too wide to say what this threshold "
+        f"does on new data; calibrate on more labelled rows (hundreds at least)"
+    ]
 
 
 def _warnings(
