@@ -185,6 +185,7 @@ def import_model(
         typer.Option(
             "--max-batch-size",
             min=0,
+            max=2**31 - 1,  # int32, as Triton's model config (repository.INT32_MAX)
             help="0: no batching (shapes are full); N>0: the leading dimension is the "
             "batch and rows are independent. Default: 0, or the model's for a new version.",
         ),

@@ -966,22 +966,59 @@ def config_from_onnx(
     except Exception as exc:  # onnxruntime raises its own unexported types
         raise ModelLoadError(f"cannot read ONNX model {path}: {_one_line(exc)}") from exc
 
-    def specs(args: list[Any]) -> list[TensorSpec]:
+    def specs(kind: str, args: list[Any]) -> list[TensorSpec]:
         out = []
         for arg in args:
-            dims = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]
+            dims = [_onnx_dim(path, kind, arg.name, d) for d in arg.shape]
             if max_batch_size > 0:
                 dims = dims[1:]
-            out.append(TensorSpec(name=arg.name, datatype=ONNX_TYPES[arg.type], shape=tuple(dims)))
+            datatype = _onnx_datatype(path, kind, arg.name, arg.type)
+            out.append(TensorSpec(name=arg.name, datatype=datatype, shape=tuple(dims)))
         return out
 
-    return ModelConfig(
-        name=name,
-        max_batch_size=max_batch_size,
-        inputs=specs(session.get_inputs()),
-        outputs=specs(session.get_outputs()),
-        **fields,
-    )
+    inputs = specs("input", session.get_inputs())
+    outputs = specs("output", session.get_outputs())
+    try:
+        return ModelConfig(
+            name=name, max_batch_size=max_batch_size, inputs=inputs, outputs=outputs, **fields
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"ONNX model {path}: {_one_line(exc)}") from exc
+
+
+def _onnx_datatype(path: str | os.PathLike[str], kind: str, tensor: str, onnx_type: str) -> str:
+    """The Open Inference Protocol datatype of an ONNX tensor type (``tensor(float)``).
+
+    ConfigError naming the tensor for every type edgecloud does not serve: those
+    the protocol has no datatype for or numpy no dtype (bfloat16, the float8 and
+    float4 variants, int4/uint4, complex) and non-tensors (sequences, maps,
+    optionals, sparse tensors).
+    """
+    datatype = ONNX_TYPES.get(onnx_type)
+    if datatype is None:
+        raise ConfigError(
+            f"ONNX model {path}: {kind} {tensor!r} has type {onnx_type}, which edgecloud does "
+            f"not serve; use one of {', '.join(sorted(ONNX_TYPES))} (convert the graph, "
+            "e.g. Cast the tensor at its boundary)"
+        )
+    return datatype
+
+
+def _onnx_dim(path: str | os.PathLike[str], kind: str, tensor: str, dim: Any) -> int:
+    """One declared ONNX dimension: a size > 0, or -1 for a symbolic or unknown one.
+
+    A fixed size 0 (an empty tensor) is refused, ConfigError naming the tensor:
+    it holds no data to serve, and -1 would let any size through (Triton's dims
+    are likewise -1 or positive).
+    """
+    if not isinstance(dim, int):
+        return -1  # symbolic ("N") or unknown (None)
+    if dim <= 0:
+        raise ConfigError(
+            f"ONNX model {path}: {kind} {tensor!r} has a dimension of fixed size {dim}; "
+            "edgecloud serves tensors whose dimensions are positive or symbolic"
+        )
+    return dim
 
 
 def _dump_config(config: ModelConfig) -> str:
