@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -265,6 +267,52 @@ def _truncated(directory: Path) -> Path:
     return directory / "t.npz"
 
 
+def _write_zip(directory: Path, member: str, data: bytes) -> Path:
+    with zipfile.ZipFile(directory / "z.npz", "w") as archive:
+        archive.writestr(member, data)
+    return directory / "z.npz"
+
+
+def _object_header() -> bytes:
+    text = "{'descr': '|O', 'fortran_order': False, 'shape': (2,), }".ljust(117) + "\n"
+    return len(text).to_bytes(2, "little") + text.encode()
+
+
+def _npy_member(shape: tuple[int, ...], payload: bytes) -> bytes:
+    """An .npy member whose header declares FP32 ``shape``, followed by ``payload``."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + payload
+
+
+def _forged(directory: Path) -> Path:
+    """100 bytes whose header claims (10**13, 4) FP32 (before: MemoryError)."""
+    with zipfile.ZipFile(directory / "bomb.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_member((10**13, 4), b"\0" * 16))
+    return directory / "bomb.npz"
+
+
+def _ambiguous(directory: Path) -> Path:
+    """Members ``x.npy`` and ``x``: numpy would silently read one of them."""
+    with zipfile.ZipFile(directory / "dupe.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_member((3, 4), X.tobytes()))
+        archive.writestr("x", _npy_member((3, 4), (X + 1).tobytes()))
+    return directory / "dupe.npz"
+
+
+def _over_cap(directory: Path) -> Path:
+    """An array declaring 2 GiB + 16 bytes, its zip entry claiming 4 GB uncompressed
+    (consistent, as a real deflated bomb's would be; built without writing 2 GiB)."""
+    with zipfile.ZipFile(directory / "big.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_member((2**27 + 1, 4), b"\0" * 16))
+    data = bytearray((directory / "big.npz").read_bytes())
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (0xF0000000).to_bytes(4, "little")
+    (directory / "big.npz").write_bytes(bytes(data))
+    return directory / "big.npz"
+
+
 # (model file, samples maker, fragments of the one-line error); the model is imported
 # with --max-batch-size 8 into a repository that already holds "mine" version 1
 BAD_SAMPLES = {
@@ -280,6 +328,17 @@ BAD_SAMPLES = {
     "not npz": (_text("s.npz", "x,1,2,3\n"), ["is not a .npz archive", "x (FP32 [rows, 4])"]),
     "npy": (_npy, ["single .npy array"]),
     "truncated": (_truncated, ["is not a valid .npz archive"]),
+    "forged header": (_forged, ["array 'x' declares 160000000000000 bytes", "forged"]),
+    "ambiguous names": (_ambiguous, ["two arrays named 'x'", "'x.npy' and 'x'"]),
+    "over 2 GiB": (_over_cap, ["over 2147483648 bytes (2 GiB)"]),
+    "object dtype header": (
+        lambda d: _write_zip(d, "x.npy", b"\x93NUMPY\x01\x00" + _object_header()),
+        ["pickled Python objects"],
+    ),
+    "not an npy member": (
+        lambda d: _write_zip(d, "x.npy", b"just text"),
+        ["member 'x.npy' is not a .npy array"],
+    ),
 }
 
 
