@@ -311,10 +311,15 @@ class ModelRepository:
             self.recover()
         out = []
         for name in self.model_names():
-            versions = self.versions(name)
+            try:
+                versions = self.versions(name)
+            except (OSError, ModelNotFoundError) as exc:  # unreadable, or removed meanwhile
+                why = exc.message if isinstance(exc, ModelNotFoundError) else exc.strerror
+                out.append(ModelStatus(name, [], [], None, f"cannot list its versions: {why}"))
+                continue
             try:
                 config = self.config(name)
-            except (ModelLoadError, MissingDependencyError) as exc:
+            except (ModelLoadError, MissingDependencyError, ModelNotFoundError) as exc:
                 out.append(ModelStatus(name, versions, [], None, exc.message))
                 continue
             served = config.version_policy.select(versions)
