@@ -255,3 +255,23 @@ def test_only_canonical_decimal_directories_are_versions(odd: str, repo: ModelRe
         local.load("affine")
     version = repo.add_version("affine", directory / "1" / "model.onnx")
     assert version.version == 3 and repo.versions("affine") == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        ("max_batch_size: 99999999999", "99999999999"),
+        ("dynamic_batching { max_queue_delay_microseconds: 18446744073709551615 }",
+         "max_queue_delay_us"),
+    ],
+)  # fmt: skip
+def test_triton_config_integers_are_bounded(setting: str, refusal: str, tmp_path: Path) -> None:
+    """A Triton config.pbtxt goes through the same ModelConfig bounds: out of range,
+    the model is not ready with one line naming the setting (never a 500 on /config)."""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    model = tmp_path / "repo" / "t"
+    (model / "1").mkdir(parents=True)
+    affine_onnx(model / "1" / "model.onnx")
+    (model / "config.pbtxt").write_text(f'name: "t"\nplatform: "onnxruntime_onnx"\n{setting}\n')
+    [status] = ModelRepository(tmp_path / "repo").status()
+    assert status.error is not None and refusal in status.error, status.error
