@@ -251,6 +251,7 @@ def test_only_canonical_decimal_directories_are_versions(odd: str, repo: ModelRe
     shutil.copytree(directory / "1", directory / odd)
     assert repo.versions("affine") == [1, 2]
     assert {s.name: s.error for s in repo.status()} == {"affine": None, "two-input": None}
+    assert {s.name: s.ignored for s in repo.status()}["affine"] == ((odd,) if odd.isdigit() else ())
     with LocalBackend(repo) as local:
         local.load("affine")
     version = repo.add_version("affine", directory / "1" / "model.onnx")

@@ -128,6 +128,12 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
             f"[red]{escape(s.error)}[/]" if s.error else "[green]ready[/]",
         )
     console.print(table)
+    for s in statuses:
+        if s.ignored:
+            console.print(
+                f"{escape(s.name)}: ignored {', '.join(map(escape, s.ignored))}: version "
+                "directories are named 1, 2, ... (ASCII digits, no leading zero)"
+            )
     if any(repository.is_triton(s.name) for s in statuses):
         console.print(
             "triton: a Triton model directory (config.pbtxt), only read: its files have no "

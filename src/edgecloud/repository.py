@@ -265,6 +265,9 @@ class ModelStatus:
     served: list[int]
     config: ModelConfig | None
     error: str | None
+    ignored: tuple[str, ...] = ()
+    """Directories named like a version that are not one (``01``, ``²``: see
+    :func:`version_number`), which no reader serves."""
 
 
 def sha256_file(path: Path) -> str:
@@ -330,8 +333,20 @@ class ModelRepository:
                 except ModelLoadError as exc:
                     error = exc.message
                     break
-            out.append(ModelStatus(name, versions, served, config, error))
+            out.append(ModelStatus(name, versions, served, config, error, self._odd(name)))
         return out
+
+    def _odd(self, name: str) -> tuple[str, ...]:
+        """Directories of model ``name`` named with digits that are not a version."""
+        with contextlib.suppress(OSError):
+            return tuple(
+                sorted(
+                    p.name
+                    for p in (self.root / name).iterdir()
+                    if p.name.isdigit() and version_number(p.name) is None and p.is_dir()
+                )
+            )
+        return ()
 
     def config(self, name: str) -> ModelConfig:
         """The model's config; ModelNotFoundError or ModelLoadError naming the file.
