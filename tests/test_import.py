@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +18,8 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecloud import ModelRepository
-from edgecloud.errors import ConfigError
-from edgecloud.repository import sha256_file
+from edgecloud.errors import ConfigError, ModelLoadError
+from edgecloud.repository import config_from_onnx, sha256_file
 from edgecloud.samples import data_for, load_samples
 
 from .conftest import ROOT
@@ -77,6 +79,76 @@ def fixed_row_onnx(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def typed_onnx(path: Path, elem_type: int, shape: list[str | int] | None = None) -> Path:
+    """y = x; x, y: ``elem_type`` of ``shape`` (default ``[N, 4]``)."""
+    dims = shape or ["N", 4]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "typed",
+        [helper.make_tensor_value_info("x", elem_type, dims)],
+        [helper.make_tensor_value_info("y", elem_type, dims)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return path
+
+
+SERVED_ONNX_TYPES = {
+    "BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32",
+    "UINT64": "UINT64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32", "INT64": "INT64",
+    "FLOAT16": "FP16", "FLOAT": "FP32", "DOUBLE": "FP64", "STRING": "BYTES",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "onnx_type", [n for n, _ in TensorProto.DataType.items() if n != "UNDEFINED"]
+)
+def test_every_onnx_element_type_is_served_or_refused_by_name(
+    onnx_type: str, tmp_path: Path
+) -> None:
+    """Each ONNX element type maps to its datatype, or is refused with a typed error:
+    ConfigError naming the tensor and type when onnxruntime reads the graph (bfloat16,
+    float8), ModelLoadError when it cannot (complex, int4, float4...)."""
+    path = typed_onnx(tmp_path / "m.onnx", getattr(TensorProto, onnx_type))
+    if onnx_type in SERVED_ONNX_TYPES:
+        config = config_from_onnx(path, "m", max_batch_size=4)
+        assert config.inputs[0].datatype == SERVED_ONNX_TYPES[onnx_type]
+        assert config.inputs[0].shape == (4,)
+        return
+    with pytest.raises((ConfigError, ModelLoadError)) as caught:
+        config_from_onnx(path, "m", max_batch_size=4)
+    if isinstance(caught.value, ConfigError):
+        assert f"input 'x' has type tensor({onnx_type.lower()})" in caught.value.message
+
+
+def test_sequence_input_is_refused(tmp_path: Path) -> None:
+    seq = helper.make_tensor_sequence_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "seq",
+        [seq("x", TensorProto.FLOAT, None)],
+        [seq("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "seq.onnx")
+    with pytest.raises(ConfigError, match=r"input 'x' has type seq\(tensor\(float\)\)"):
+        config_from_onnx(tmp_path / "seq.onnx", "m")
+
+
+@pytest.mark.parametrize("value", ["2147483648", "99999999999999999999", "-1"])
+def test_max_batch_size_option_is_int32(value: str, files: Path, tmp_path: Path) -> None:
+    """Triton's max_batch_size is int32: larger (or negative) is a usage error, nothing
+    written (before, 10**20 was stored and the server's /config answered 500)."""
+    result = edgecloud(
+        "import", files / "affine.onnx", "--name", "huge", "--max-batch-size", value,
+        "--repo", tmp_path / "r",
+    )  # fmt: skip
+    assert result.returncode == 2 and "--max-batch-size" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
 
 
 @pytest.fixture
@@ -195,6 +267,52 @@ def _truncated(directory: Path) -> Path:
     return directory / "t.npz"
 
 
+def _write_zip(directory: Path, member: str, data: bytes) -> Path:
+    with zipfile.ZipFile(directory / "z.npz", "w") as archive:
+        archive.writestr(member, data)
+    return directory / "z.npz"
+
+
+def _object_header() -> bytes:
+    text = "{'descr': '|O', 'fortran_order': False, 'shape': (2,), }".ljust(117) + "\n"
+    return len(text).to_bytes(2, "little") + text.encode()
+
+
+def _npy_member(shape: tuple[int, ...], payload: bytes) -> bytes:
+    """An .npy member whose header declares FP32 ``shape``, followed by ``payload``."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + payload
+
+
+def _forged(directory: Path) -> Path:
+    """100 bytes whose header claims (10**13, 4) FP32 (before: MemoryError)."""
+    with zipfile.ZipFile(directory / "bomb.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_member((10**13, 4), b"\0" * 16))
+    return directory / "bomb.npz"
+
+
+def _ambiguous(directory: Path) -> Path:
+    """Members ``x.npy`` and ``x``: numpy would silently read one of them."""
+    with zipfile.ZipFile(directory / "dupe.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_member((3, 4), X.tobytes()))
+        archive.writestr("x", _npy_member((3, 4), (X + 1).tobytes()))
+    return directory / "dupe.npz"
+
+
+def _over_cap(directory: Path) -> Path:
+    """An array declaring 2 GiB + 16 bytes, its zip entry claiming 4 GB uncompressed
+    (consistent, as a real deflated bomb's would be; built without writing 2 GiB)."""
+    with zipfile.ZipFile(directory / "big.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_member((2**27 + 1, 4), b"\0" * 16))
+    data = bytearray((directory / "big.npz").read_bytes())
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (0xF0000000).to_bytes(4, "little")
+    (directory / "big.npz").write_bytes(bytes(data))
+    return directory / "big.npz"
+
+
 # (model file, samples maker, fragments of the one-line error); the model is imported
 # with --max-batch-size 8 into a repository that already holds "mine" version 1
 BAD_SAMPLES = {
@@ -210,6 +328,17 @@ BAD_SAMPLES = {
     "not npz": (_text("s.npz", "x,1,2,3\n"), ["is not a .npz archive", "x (FP32 [rows, 4])"]),
     "npy": (_npy, ["single .npy array"]),
     "truncated": (_truncated, ["is not a valid .npz archive"]),
+    "forged header": (_forged, ["array 'x' declares 160000000000000 bytes", "forged"]),
+    "ambiguous names": (_ambiguous, ["two arrays named 'x'", "'x.npy' and 'x'"]),
+    "over 2 GiB": (_over_cap, ["over 2147483648 bytes (2 GiB)"]),
+    "object dtype header": (
+        lambda d: _write_zip(d, "x.npy", b"\x93NUMPY\x01\x00" + _object_header()),
+        ["pickled Python objects"],
+    ),
+    "not an npy member": (
+        lambda d: _write_zip(d, "x.npy", b"just text"),
+        ["member 'x.npy' is not a .npy array"],
+    ),
 }
 
 
@@ -249,7 +378,17 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
     (files / "blank.txt").write_text("cat\n\nbird\n")
     (files / "two.txt").write_text("cat\ndog\n")
     fixed_row_onnx(files / "fixed.onnx")
+    typed_onnx(files / "bf16.onnx", TensorProto.BFLOAT16)
+    typed_onnx(files / "zero.onnx", TensorProto.FLOAT, ["N", 0])
     return {
+        "bfloat16": (
+            [files / "bf16.onnx", "--name", "fresh", "--max-batch-size", "4"],
+            ["input 'x' has type tensor(bfloat16), which edgecloud does not serve"],
+        ),
+        "zero dimension": (
+            [files / "zero.onnx", "--name", "fresh"],
+            ["input 'x' has a dimension of fixed size 0"],
+        ),
         "fixed batch": (
             [files / "fixed.onnx", "--name", "fresh", "--max-batch-size", "4"],
             ["input 'x' has fixed leading dimension 1", "--max-batch-size 0"],
@@ -294,7 +433,7 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
 
 
 REFUSALS = [
-    "fixed batch",
+    "fixed batch", "bfloat16", "zero dimension",
     "fails on samples", "NaN outputs", "not ONNX", "missing file", "directory",
     "missing samples", "samples dir", "labels count", "blank label", "missing labels",
     "other graph", "bad name",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from edgecloud import (
     ConfigError,
     InferRequest,
     LocalBackend,
+    ModelConfig,
     ModelLoadError,
     ModelNotFoundError,
     ModelRepository,
@@ -212,3 +214,77 @@ def test_metadata_that_json_cannot_carry_is_refused_and_nothing_added(tmp_path: 
             repo.add_version("affine", model, metadata={"accuracy": bad})
     assert repo.versions("affine") == [1]
     assert sorted(p.name for p in (repo.root / "affine").iterdir()) == ["1", "config.yaml"]
+
+
+CONFIG_OUT_OF_RANGE = {
+    "max_batch_size int32": {"max_batch_size": 2**31},
+    "max_batch_size 10**20": {"max_batch_size": 10**20},
+    "dimension": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**63]}]},
+    "value bound": {
+        "inputs": [{"name": "x", "datatype": "INT64", "shape": [4], "max_value": 2**64}]
+    },
+    "policy count": {"version_policy": {"kind": "latest", "count": 2**31}},
+    "policy versions": {"version_policy": {"kind": "specific", "versions": [2**63]}},
+    "queue delay": {"dynamic_batching": {"max_queue_delay_us": 2**63}},
+    "preferred size": {"dynamic_batching": {"preferred_batch_sizes": [2**31]}},
+    "preferred size 0": {"dynamic_batching": {"preferred_batch_sizes": [0]}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIG_OUT_OF_RANGE))
+def test_config_integers_are_bounded_for_every_writer(kind: str, repo: ModelRepository) -> None:
+    """Every integer of a config fits Triton's model_config.proto (int32 batch sizes,
+    int64 dims/versions/delays) and JSON: out of range, a hand-edited config.yaml makes
+    its model alone not ready (before: stored, and /v2/models/x/config answered 500)."""
+    path = repo.root / "affine" / "config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw.update(CONFIG_OUT_OF_RANGE[kind])
+    with pytest.raises(ValueError):
+        ModelConfig.model_validate(raw)
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ModelLoadError, match="invalid config"):
+        repo.config("affine")
+    statuses = {s.name: s for s in repo.status()}
+    assert statuses["affine"].error and "invalid config" in statuses["affine"].error
+    assert statuses["two-input"].error is None
+
+
+def test_largest_in_range_values_are_kept(repo: ModelRepository) -> None:
+    config = repo.config("affine").model_copy(update={"max_batch_size": 2**31 - 1})
+    assert ModelConfig.model_validate(config.model_dump()).max_batch_size == 2**31 - 1
+
+
+@pytest.mark.parametrize("odd", ["01", "0", "²", "١", "1.0", " 2", "+3", "99999999999999999999"])
+def test_only_canonical_decimal_directories_are_versions(odd: str, repo: ModelRepository) -> None:
+    """Versions are directories named as Triton names them (ASCII digits, no leading
+    zero, int64); any other directory is ignored by every reader (before: '²' raised
+    ValueError, '01' FileNotFoundError and stopped the server)."""
+    directory = repo.root / "affine"
+    shutil.copytree(directory / "1", directory / odd)
+    assert repo.versions("affine") == [1, 2]
+    assert {s.name: s.error for s in repo.status()} == {"affine": None, "two-input": None}
+    assert {s.name: s.ignored for s in repo.status()}["affine"] == ((odd,) if odd.isdigit() else ())
+    with LocalBackend(repo) as local:
+        local.load("affine")
+    version = repo.add_version("affine", directory / "1" / "model.onnx")
+    assert version.version == 3 and repo.versions("affine") == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        ("max_batch_size: 99999999999", "99999999999"),
+        ("dynamic_batching { max_queue_delay_microseconds: 18446744073709551615 }",
+         "max_queue_delay_us"),
+    ],
+)  # fmt: skip
+def test_triton_config_integers_are_bounded(setting: str, refusal: str, tmp_path: Path) -> None:
+    """A Triton config.pbtxt goes through the same ModelConfig bounds: out of range,
+    the model is not ready with one line naming the setting (never a 500 on /config)."""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    model = tmp_path / "repo" / "t"
+    (model / "1").mkdir(parents=True)
+    affine_onnx(model / "1" / "model.onnx")
+    (model / "config.pbtxt").write_text(f'name: "t"\nplatform: "onnxruntime_onnx"\n{setting}\n')
+    [status] = ModelRepository(tmp_path / "repo").status()
+    assert status.error is not None and refusal in status.error, status.error

@@ -11,8 +11,10 @@ def tree_sha256(root: Path, *, skip: frozenset[str] = frozenset()) -> str:
 
     A path with any component in ``skip`` (a file name such as
     ``split-profile.json``, a directory such as ``.pending``) is left out, with
-    everything below it.
+    everything below it; so is ``.locks``, the repository's empty writer-lock
+    files (edgecloud.repository: a write takes them, and they stay).
     """
+    skip = skip | {".locks"}
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)

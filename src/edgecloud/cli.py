@@ -129,6 +129,12 @@ def models_list(repo: RepoOption = DEFAULT_REPO) -> None:
             f"[red]{escape(s.error)}[/]" if s.error else "[green]ready[/]",
         )
     console.print(table)
+    for s in statuses:
+        if s.ignored:
+            console.print(
+                f"{escape(s.name)}: ignored {', '.join(map(escape, s.ignored))}: version "
+                "directories are named 1, 2, ... (ASCII digits, no leading zero)"
+            )
     if any(repository.is_triton(s.name) for s in statuses):
         console.print(
             "triton: a Triton model directory (config.pbtxt), only read: its files have no "
@@ -186,6 +192,7 @@ def import_model(
         typer.Option(
             "--max-batch-size",
             min=0,
+            max=2**31 - 1,  # int32, as Triton's model config (repository.INT32_MAX)
             help="0: no batching (shapes are full); N>0: the leading dimension is the "
             "batch and rows are independent. Default: 0, or the model's for a new version.",
         ),

@@ -89,9 +89,12 @@ def import_onnx(
         )
     checked_path(model, "file", "model file")
     names = read_labels(labels) if labels is not None else None
-    config = _config(repo, model, name, names, max_batch_size)
-    checked = load_samples(samples, config) if samples is not None else None
     with repo.transaction():
+        # The model's writer lock first: the config is read and the number chosen
+        # while no other process writes this model (concurrent imports queue).
+        repo.lock(name)
+        config = _config(repo, model, name, names, max_batch_size)
+        checked = load_samples(samples, config) if samples is not None else None
         version = repo.add_version(
             name,
             model,
@@ -154,6 +157,12 @@ def import_triton(
     config = _converted(entries[0].config, name)
     imported = []
     with repo.transaction():
+        repo.lock(name)
+        if (repo.root / name).exists():
+            raise ConfigError(
+                f"model {name!r} already exists in {repo.root}; import the Triton model under "
+                "another --name"
+            )
         for entry in entries:
             version = repo.add_version(
                 name,

@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,6 +71,7 @@ __all__ = [
     "ModelVersion",
     "VersionPolicy",
     "config_from_onnx",
+    "version_number",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -78,6 +79,31 @@ MANIFEST_FILE = "version.json"
 MODEL_FILE = "model.onnx"
 SAMPLES_FILE = "samples.npz"
 PENDING_DIR = ".pending"
+LOCK_DIR = ".locks"
+
+INT32_MAX = 2**31 - 1
+"""Largest ``max_batch_size`` and preferred batch size: Triton's model config
+declares them ``int32`` (model_config.proto)."""
+INT64_MAX = 2**63 - 1
+"""Largest dimension, version number and queue delay: ``int64`` in Triton's
+model_config.proto, and the largest integer every JSON encoder here writes."""
+LOCK_TIMEOUT_S = 600.0
+"""How long a writer waits for another process's write of the same model."""
+
+_VERSION_NAME = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def version_number(directory_name: str) -> int | None:
+    """The version a directory named ``directory_name`` holds, or None when it is not one.
+
+    Versions are directories named by a canonical decimal, as Triton reads them:
+    ASCII digits, no leading zero, at most :data:`INT64_MAX`. Anything else
+    (``01``, ``²``, ``0``, ``1.5``) is not a version and is ignored.
+    """
+    if not _VERSION_NAME.fullmatch(directory_name):
+        return None
+    number = int(directory_name)
+    return number if number <= INT64_MAX else None
 
 
 class VersionPolicy(BaseModel):
@@ -87,9 +113,9 @@ class VersionPolicy(BaseModel):
 
     kind: Literal["latest", "all", "specific"] = "latest"
     """``latest``: the newest ``count``; ``all``; ``specific``: those in ``versions``."""
-    count: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1, le=INT32_MAX)
     """How many of the newest versions ``latest`` serves."""
-    versions: list[int] = Field(default_factory=list)
+    versions: list[Annotated[int, Field(ge=1, le=INT64_MAX)]] = Field(default_factory=list)
     """Versions served when ``kind`` is ``specific``."""
 
     def select(self, on_disk: Iterable[int]) -> list[int]:
@@ -107,9 +133,11 @@ class DynamicBatching(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_queue_delay_us: int = Field(default=500, ge=0)
+    max_queue_delay_us: int = Field(default=500, ge=0, le=INT64_MAX)
     """Longest a request waits for companions before its batch runs."""
-    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(
+        default_factory=list
+    )
     """Batch sizes to run as soon as they are reached."""
 
 
@@ -122,7 +150,7 @@ class ModelConfig(BaseModel):
     """Model name; must equal its directory name."""
     platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
     """Runtime that serves the model."""
-    max_batch_size: int = Field(default=0, ge=0)
+    max_batch_size: int = Field(default=0, ge=0, le=INT32_MAX)
     """0: the model does not batch and shapes are full; >0: the largest batch
     one runtime call takes, and shapes exclude the leading batch dimension.
 
@@ -151,11 +179,26 @@ class ModelConfig(BaseModel):
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate {kind} names in {names}")
+            for spec in specs:
+                _check_bounds(kind, spec)
         return self
 
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
+
+
+def _check_bounds(kind: str, spec: TensorSpec) -> None:
+    """Every integer of a tensor's declaration within what Triton's config and JSON carry:
+    dimensions up to :data:`INT64_MAX`, integer value bounds within int64/uint64."""
+    if any(dim > INT64_MAX for dim in spec.shape):
+        raise ValueError(
+            f"{kind} {spec.name!r}: dimension in {list(spec.shape)} exceeds {INT64_MAX} (int64)"
+        )
+    values = [spec.min_value, spec.max_value, *(spec.allowed_values or ())]
+    for value in values:
+        if isinstance(value, int) and not -(2**63) <= value <= 2**64 - 1:
+            raise ValueError(f"{kind} {spec.name!r}: value bound {value} exceeds 64 bits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +266,9 @@ class ModelStatus:
     served: list[int]
     config: ModelConfig | None
     error: str | None
+    ignored: tuple[str, ...] = ()
+    """Directories named like a version that are not one (``01``, ``²``: see
+    :func:`version_number`), which no reader serves."""
 
 
 def sha256_file(path: Path) -> str:
@@ -239,6 +285,9 @@ class ModelRepository:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._journal: _Journal | None = None
+        self._locks = contextlib.ExitStack()
+        """Releases the model locks held by the current transaction (see :meth:`lock`)."""
+        self._held: set[str] = set()
         self._triton: dict[str, tuple[tuple[Any, ...], TritonModel]] = {}
 
     def __repr__(self) -> str:
@@ -248,12 +297,12 @@ class ModelRepository:
         """Names of all model directories, sorted; broken ones included."""
         if not self.root.is_dir():
             return []
+        found = [p.name for p in self.root.iterdir() if p.is_dir()]
+        # Pending records are read after the listing: a writer records a new model
+        # before it creates its directory and removes the record last, so a
+        # directory seen above is either still recorded now or complete.
         hidden = self._pending().new_models
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in hidden
-        )
+        return sorted(n for n in found if not n.startswith((".", "_")) and n not in hidden)
 
     def status(self, *, verify: bool = True) -> list[ModelStatus]:
         """Every model with its versions, or the error that keeps it from loading.
@@ -266,10 +315,15 @@ class ModelRepository:
             self.recover()
         out = []
         for name in self.model_names():
-            versions = self.versions(name)
+            try:
+                versions = self.versions(name)
+            except (OSError, ModelNotFoundError) as exc:  # unreadable, or removed meanwhile
+                why = exc.message if isinstance(exc, ModelNotFoundError) else exc.strerror
+                out.append(ModelStatus(name, [], [], None, f"cannot list its versions: {why}"))
+                continue
             try:
                 config = self.config(name)
-            except (ModelLoadError, MissingDependencyError) as exc:
+            except (ModelLoadError, MissingDependencyError, ModelNotFoundError) as exc:
                 out.append(ModelStatus(name, versions, [], None, exc.message))
                 continue
             served = config.version_policy.select(versions)
@@ -280,8 +334,20 @@ class ModelRepository:
                 except ModelLoadError as exc:
                     error = exc.message
                     break
-            out.append(ModelStatus(name, versions, served, config, error))
+            out.append(ModelStatus(name, versions, served, config, error, self._odd(name)))
         return out
+
+    def _odd(self, name: str) -> tuple[str, ...]:
+        """Directories of model ``name`` named with digits that are not a version."""
+        with contextlib.suppress(OSError):
+            return tuple(
+                sorted(
+                    p.name
+                    for p in (self.root / name).iterdir()
+                    if p.name.isdigit() and version_number(p.name) is None and p.is_dir()
+                )
+            )
+        return ()
 
     def config(self, name: str) -> ModelConfig:
         """The model's config; ModelNotFoundError or ModelLoadError naming the file.
@@ -344,13 +410,9 @@ class ModelRepository:
 
     def versions(self, name: str) -> list[int]:
         """Version numbers on disk, ascending."""
-        directory = self._model_dir(name)
-        pending = self._pending().versions
-        return sorted(
-            int(p.name)
-            for p in directory.iterdir()
-            if p.is_dir() and p.name.isdigit() and (name, int(p.name)) not in pending
-        )
+        found = self._versions_on_disk(self._model_dir(name))
+        pending = self._pending().versions  # after the listing, as in model_names
+        return sorted(v for v in found if (name, v) not in pending)
 
     def served_versions(self, name: str) -> list[int]:
         """Versions the model's version policy serves, ascending."""
@@ -443,16 +505,18 @@ class ModelRepository:
                     source = held.name
                 load_samples(source, config or self.config(name))
         with self.transaction() as journal:
+            self.lock(name)  # held until the transaction ends: one writer per model
             number = version
             if number is None:
-                number = max(self._versions_on_disk(model_dir), default=0) + 1
+                recorded = [v for m, v in self._recorded_versions() if m == name]
+                number = max([*self._versions_on_disk(model_dir), *recorded], default=0) + 1
             if (model_dir / str(number)).exists():
                 raise ConfigError(f"model {name!r} already has version {number}")
             journal.record(name, number, config_file=config is not None)
             model_dir.mkdir(parents=True, exist_ok=True)
             # mkdir (not mkdtemp, which makes 0700 directories): the version gets the
             # umask's permissions, so a service account can serve what a user built.
-            staging = model_dir / f".staging-{uuid.uuid4().hex}"
+            staging = model_dir / f".staging-{journal.path.stem}-{uuid.uuid4().hex}"
             staging.mkdir()
             try:
                 self._write_version(staging, files, number, metadata or {})
@@ -472,7 +536,11 @@ class ModelRepository:
     def _versions_on_disk(model_dir: Path) -> list[int]:
         if not model_dir.is_dir():
             return []
-        return [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        return [
+            number
+            for p in model_dir.iterdir()
+            if (number := version_number(p.name)) is not None and p.is_dir()
+        ]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Journal]:
@@ -490,23 +558,119 @@ class ModelRepository:
         journal = _Journal(self.root)
         self._journal = journal
         try:
-            yield journal
-        except BaseException:
-            journal.roll_back()
-            raise
+            try:
+                yield journal
+            except BaseException:
+                journal.roll_back()
+                raise
+            finally:
+                self._journal = None
+            journal.commit()
         finally:
-            self._journal = None
-        journal.commit()
+            self._locks.close()  # last: no other writer of these models ran meanwhile
+
+    def lock(self, name: str, *, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        """Hold model ``name``'s writer lock until the current transaction ends.
+
+        One process at a time writes a model: ``fcntl.flock`` on
+        ``<repo>/.locks/<name>.lock`` (released by the kernel when a writer
+        dies), taken before the version number is chosen and the config read,
+        released after the journal record is removed or rolled back. Readers
+        take no lock. Re-entrant within a transaction; records of dead writers
+        of ``name`` are rolled back once it is held. ConfigError when another
+        writer holds it for more than ``timeout_s`` (or the repository is read-only).
+        """
+        if self._journal is None:
+            raise RuntimeError("ModelRepository.lock is taken inside a transaction")
+        if name in self._held:
+            return
+        if not self._take_lock(name, timeout_s):
+            raise ConfigError(
+                f"model {name!r} in {self.root} is being written by another process for "
+                f"over {timeout_s:.0f} s ({self._lock_path(name)}); retry when it is done"
+            )
+        self.recover()
+
+    def _lock_path(self, name: str) -> Path:
+        return self.root / LOCK_DIR / f"{name}.lock"
+
+    def _take_lock(self, name: str, timeout_s: float) -> bool:
+        """Take ``name``'s lock within ``timeout_s`` (0: one try); whether it was taken."""
+        import fcntl
+
+        path = self._lock_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write model {name!r}: {path}: {exc.strerror or exc}"
+            ) from exc
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
+        self._held.add(name)
+        self._locks.callback(self._held.discard, name)
+        self._locks.callback(os.close, fd)  # closing the descriptor releases the lock
+        return True
 
     def recover(self) -> list[str]:
-        """Roll back the pending writes of processes that are gone; their record ids."""
+        """Roll back the pending writes of processes that are gone; their record ids.
+
+        A record is rolled back only while this process holds the lock of every
+        model it names (taken without waiting, or already held): a live writer
+        of one of them may be reusing its directories; it recovers them itself.
+        """
         rolled = []
         for path, record in _read_records(self.root):
             if _alive(record.get("owner", {})):
                 continue
-            _Journal(self.root, path, record).roll_back()
+            models = {str(m) for m, _ in record.get("versions", [])}
+            models.update(str(m) for m in record.get("new_models", []))
+            with contextlib.ExitStack() as taken:
+                if not self._try_locks(models, taken):
+                    continue
+                if not path.exists():
+                    continue  # rolled back meanwhile by another process
+                _Journal(self.root, path, record).roll_back()
             rolled.append(path.stem)
         return rolled
+
+    def _try_locks(self, models: Iterable[str], taken: contextlib.ExitStack) -> bool:
+        """Take, without waiting, the locks of ``models`` not held yet, released by
+        ``taken``; False (none kept) when another process holds one or cannot lock."""
+        import fcntl
+
+        for model in models:
+            if model in self._held:
+                continue
+            path = self._lock_path(model)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                return False
+            taken.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+        return True
+
+    def _recorded_versions(self) -> set[tuple[str, int]]:
+        """Every (model, version) a pending record names, this process's included."""
+        return {
+            (str(entry[0]), int(entry[1]))
+            for _, record in _read_records(self.root)
+            for entry in record.get("versions", [])
+        }
 
     def _pending(self) -> _Pending:
         """What the pending records of other processes (live or dead) hide from readers."""
@@ -721,7 +885,7 @@ class _Journal:
             if model in self.data["new_models"]:
                 shutil.rmtree(directory, ignore_errors=True)
             elif directory.is_dir():
-                for leftover in directory.glob(".staging-*"):
+                for leftover in directory.glob(f".staging-{self.path.stem}-*"):
                     shutil.rmtree(leftover, ignore_errors=True)
         if complete:
             with contextlib.suppress(OSError):
@@ -833,22 +997,59 @@ def config_from_onnx(
     except Exception as exc:  # onnxruntime raises its own unexported types
         raise ModelLoadError(f"cannot read ONNX model {path}: {_one_line(exc)}") from exc
 
-    def specs(args: list[Any]) -> list[TensorSpec]:
+    def specs(kind: str, args: list[Any]) -> list[TensorSpec]:
         out = []
         for arg in args:
-            dims = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]
+            dims = [_onnx_dim(path, kind, arg.name, d) for d in arg.shape]
             if max_batch_size > 0:
                 dims = dims[1:]
-            out.append(TensorSpec(name=arg.name, datatype=ONNX_TYPES[arg.type], shape=tuple(dims)))
+            datatype = _onnx_datatype(path, kind, arg.name, arg.type)
+            out.append(TensorSpec(name=arg.name, datatype=datatype, shape=tuple(dims)))
         return out
 
-    return ModelConfig(
-        name=name,
-        max_batch_size=max_batch_size,
-        inputs=specs(session.get_inputs()),
-        outputs=specs(session.get_outputs()),
-        **fields,
-    )
+    inputs = specs("input", session.get_inputs())
+    outputs = specs("output", session.get_outputs())
+    try:
+        return ModelConfig(
+            name=name, max_batch_size=max_batch_size, inputs=inputs, outputs=outputs, **fields
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"ONNX model {path}: {_one_line(exc)}") from exc
+
+
+def _onnx_datatype(path: str | os.PathLike[str], kind: str, tensor: str, onnx_type: str) -> str:
+    """The Open Inference Protocol datatype of an ONNX tensor type (``tensor(float)``).
+
+    ConfigError naming the tensor for every type edgecloud does not serve: those
+    the protocol has no datatype for or numpy no dtype (bfloat16, the float8 and
+    float4 variants, int4/uint4, complex) and non-tensors (sequences, maps,
+    optionals, sparse tensors).
+    """
+    datatype = ONNX_TYPES.get(onnx_type)
+    if datatype is None:
+        raise ConfigError(
+            f"ONNX model {path}: {kind} {tensor!r} has type {onnx_type}, which edgecloud does "
+            f"not serve; use one of {', '.join(sorted(ONNX_TYPES))} (convert the graph, "
+            "e.g. Cast the tensor at its boundary)"
+        )
+    return datatype
+
+
+def _onnx_dim(path: str | os.PathLike[str], kind: str, tensor: str, dim: Any) -> int:
+    """One declared ONNX dimension: a size > 0, or -1 for a symbolic or unknown one.
+
+    A fixed size 0 (an empty tensor) is refused, ConfigError naming the tensor:
+    it holds no data to serve, and -1 would let any size through (Triton's dims
+    are likewise -1 or positive).
+    """
+    if not isinstance(dim, int):
+        return -1  # symbolic ("N") or unknown (None)
+    if dim <= 0:
+        raise ConfigError(
+            f"ONNX model {path}: {kind} {tensor!r} has a dimension of fixed size {dim}; "
+            "edgecloud serves tensors whose dimensions are positive or symbolic"
+        )
+    return dim
 
 
 def _dump_config(config: ModelConfig) -> str:

@@ -22,7 +22,11 @@ hashed in ``version.json`` like every other artefact:
 ``ModelRepository.add_version(..., samples=PATH)``); every command that
 needs data takes ``--data FILE.npz`` and otherwise uses the version's samples
 (:func:`data_for`). Archives are read with ``allow_pickle=False``: a file
-that holds pickled objects is refused, never unpickled.
+that holds pickled objects is refused, never unpickled. Every member's
+``.npy`` header is read before its data: an archive whose arrays declare more
+than :data:`MAX_NPZ_BYTES` in all, or more bytes than the member holds (a
+forged header, a zip bomb), or two members for one name (``x`` and ``x.npy``)
+is refused before anything is allocated.
 
 Every problem is one :class:`~edgecloud.errors.ConfigError` naming the file
 and what to fix.
@@ -133,8 +137,19 @@ def _samples(
     return Samples(file, arrays, labels, rows)
 
 
+MAX_NPZ_BYTES = 2 * 1024**3
+"""Largest total of array bytes a samples archive may declare: 2 GiB, about 3,500
+224x224 RGB FP32 images or 500,000 rows of 1,000 FP32 features. A samples file is a
+check, calibration or evaluation set, read whole into memory; the cap keeps a
+forged or compressed archive (a zip bomb) from exhausting the host's memory."""
+
+
 def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
-    """Every array in the archive, read without unpickling anything."""
+    """Every array in the archive, read without unpickling anything.
+
+    Each member's header is checked first (:func:`_check_members`), so a forged
+    or oversized array is refused before numpy allocates it.
+    """
     try:
         with file.open("rb") as f:
             magic = f.read(6)
@@ -142,6 +157,8 @@ def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
             raise ConfigError(f"samples file {file} is a single .npy array, not an archive; {fix}")
         if not magic.startswith(b"PK\x03\x04"):
             raise ConfigError(f"samples file {file} is not a .npz archive; {fix}")
+        with zipfile.ZipFile(file) as archive:
+            _check_members(file, archive, fix)
         with np.load(file, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except OSError as exc:
@@ -156,6 +173,66 @@ def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
         raise ConfigError(f"samples file {file} {why}; {fix}") from exc
     except (zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise ConfigError(f"samples file {file} is not a valid .npz archive; {fix}") from exc
+
+
+def _check_members(file: Path, archive: zipfile.ZipFile, fix: str) -> None:
+    """Refuse, before any array is read: two members for one name (``x`` and
+    ``x.npy``: numpy would silently pick one), a member that is not ``.npy``, one
+    whose header declares more bytes than the member holds (forged or truncated),
+    or arrays declaring more than :data:`MAX_NPZ_BYTES` in all. ConfigError
+    naming the file and the member."""
+    names: dict[str, str] = {}
+    total = 0
+    for info in archive.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key in names:
+            raise ConfigError(
+                f"samples file {file} holds two arrays named {key!r} ({names[key]!r} and "
+                f"{info.filename!r}); keep one; {fix}"
+            )
+        names[key] = info.filename
+        with archive.open(info) as member:
+            declared, header = _declared_bytes(file, info.filename, member, fix)
+        if declared > info.file_size - header:
+            raise ConfigError(
+                f"samples file {file}: array {key!r} declares {declared} bytes but its "
+                f"member holds {max(info.file_size - header, 0)} (a forged or truncated "
+                f"header); {fix}"
+            )
+        total += declared
+        if total > MAX_NPZ_BYTES:
+            raise ConfigError(
+                f"samples file {file}: its arrays declare over {MAX_NPZ_BYTES} bytes (2 GiB), "
+                f"the most a samples file may hold; use fewer rows; {fix}"
+            )
+
+
+def _declared_bytes(file: Path, member_name: str, member: Any, fix: str) -> tuple[int, int]:
+    """The bytes an ``.npy`` member's header declares for its data, and the header's
+    length; ConfigError for a member that is not ``.npy`` or holds Python objects."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(member)
+        else:
+            raise ValueError(f".npy format version {version} is not read here")
+    except ValueError as exc:
+        raise ConfigError(
+            f"samples file {file}: member {member_name!r} is not a .npy array "
+            f"({' '.join(str(exc).split())}); {fix}"
+        ) from exc
+    if dtype.hasobject:
+        raise ConfigError(
+            f"samples file {file} holds pickled Python objects, which are never loaded; {fix}"
+        )
+    count = 1
+    for dim in shape:
+        count *= int(dim)  # Python ints: a forged shape cannot overflow
+    return count * dtype.itemsize, member.tell()
 
 
 def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:

@@ -58,6 +58,7 @@ from .repository import (
     ModelConfig,
     VersionPolicy,
     config_from_onnx,
+    version_number,
 )
 from .tensors import TensorSpec
 
@@ -140,7 +141,7 @@ def is_triton_model(directory: Path) -> bool:
         return False
     if (directory / TRITON_CONFIG).exists():
         return True
-    versions = [p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+    versions = [p for p in directory.iterdir() if version_number(p.name) and p.is_dir()]
     return any((p / DEFAULT_MODEL_FILE).is_file() for p in versions) and not any(
         (p / MANIFEST_FILE).exists() for p in versions
     )
@@ -237,19 +238,19 @@ def _convert(
     notes = _checked(proto, name, where) if proto is not None else []
     model_file = _model_file(proto, where)
     inputs, outputs, max_batch, auto = _tensors(proto, directory, name, versions, model_file, where)
-    batching = _dynamic_batching(proto, max_batch, where, notes)
-    if auto:
-        batching = batching or DynamicBatching(max_queue_delay_us=0)
-        notes.append(
-            f"max_batch_size auto-completed to {AUTO_MAX_BATCH_SIZE} with dynamic batching "
-            "(the graph's leading dimensions are dynamic), as Triton does"
-        )
     labels = _labels(proto, directory, outputs, where) if proto is not None else None
     config_path = directory / TRITON_CONFIG if proto is not None else directory
     metadata = {"source": "triton", "triton_config": str(config_path)}
-    if notes:
-        metadata["triton_ignored"] = "; ".join(notes)
     try:
+        batching = _dynamic_batching(proto, max_batch, where, notes)
+        if auto:
+            batching = batching or DynamicBatching(max_queue_delay_us=0)
+            notes.append(
+                f"max_batch_size auto-completed to {AUTO_MAX_BATCH_SIZE} with dynamic batching "
+                "(the graph's leading dimensions are dynamic), as Triton does"
+            )
+        if notes:
+            metadata["triton_ignored"] = "; ".join(notes)
         config = ModelConfig(
             name=name,
             max_batch_size=max_batch,
@@ -260,7 +261,7 @@ def _convert(
             dynamic_batching=batching,
             metadata=metadata,
         )
-    except ValueError as exc:  # pydantic: duplicate tensor names
+    except ValueError as exc:  # pydantic: duplicate tensor names, values out of range
         raise ModelLoadError(f"{where}: {' '.join(str(exc).split())}") from exc
     _check_versions(config, versions, directory, where)
     return TritonModel(config, model_file, tuple(notes))
