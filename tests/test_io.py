@@ -82,8 +82,27 @@ def test_missing_corrupt_and_unknown_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="cannot read"):
         load_inputs(tmp_path / "bad.npy", affine_config())
     (tmp_path / "bad.npz").write_bytes(b"PK garbage")
-    with pytest.raises(InvalidRequestError, match="cannot read"):
+    with pytest.raises(InvalidRequestError, match="input file .*bad.npz is not a .npz archive"):
         load_inputs(tmp_path / "bad.npz", affine_config())
     (tmp_path / "in.csv").write_text("1,2")
     with pytest.raises(InvalidRequestError, match=r"must end in .npy, .npz or .json"):
         load_inputs(tmp_path / "in.csv", affine_config())
+
+
+def test_an_npz_input_is_read_like_a_samples_file(tmp_path: Path) -> None:
+    """A samples file is a valid input file (its labels are not an input), and a member
+    whose header declares more than it holds is refused before numpy allocates it."""
+    import zipfile
+
+    np.savez(tmp_path / "s.npz", x=np.ones((2, 4), np.float32), labels=np.array([0, 1]))
+    assert list(load_inputs(tmp_path / "s.npz", affine_config())) == ["x"]
+    header = (
+        b"\x93NUMPY\x01\x00"
+        + b"v\x00"
+        + (b"{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000000, 4), }").ljust(118)
+        + b"\n"
+    )
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as archive:
+        archive.writestr("x.npy", header + b"\x00" * 16)
+    with pytest.raises(InvalidRequestError, match="bomb.npz"):
+        load_inputs(tmp_path / "bomb.npz", affine_config())

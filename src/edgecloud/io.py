@@ -40,8 +40,7 @@ def load_inputs(path: str | Path, config: ModelConfig) -> Arrays:
         if suffix == ".npy":
             arrays = _single(config, np.load(file, allow_pickle=False), file)
         elif suffix == ".npz":
-            with np.load(file, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
+            arrays = _npz(file, config)
         elif suffix == ".json":
             return _from_json(file.read_bytes(), config)
         else:
@@ -49,6 +48,21 @@ def load_inputs(path: str | Path, config: ModelConfig) -> Arrays:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"cannot read {file}: {' '.join(str(exc).split())}") from exc
     return _checked_arrays(arrays, config, file)
+
+
+def _npz(file: Path, config: ModelConfig) -> Arrays:
+    """The archive's arrays, read as samples files are (headers checked before numpy
+    allocates, nothing unpickled); a samples file's ``labels`` is not an input."""
+    from .errors import ConfigError
+    from .samples import LABELS, _read_npz
+
+    try:
+        arrays = _read_npz(file, "arrays named after the model's inputs (numpy.savez)")
+    except ConfigError as exc:
+        raise InvalidRequestError(exc.message.replace("samples file", "input file", 1)) from exc
+    if LABELS not in {spec.name for spec in config.inputs}:
+        arrays.pop(LABELS, None)
+    return arrays
 
 
 def _single(config: ModelConfig, array: np.ndarray[Any, Any], file: Path) -> Arrays:
