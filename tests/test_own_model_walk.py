@@ -157,8 +157,10 @@ def test_advise_measured_the_users_models_and_wrote_a_deployment_that_loads(
 ) -> None:
     cwd, out = walked
     assert "val.npz" in out and "val-small.npz" in out  # what each figure ran on
-    with edgecloud.load(cwd / "advice" / "deployment.yaml") as deployment:
+    with edgecloud.load(cwd / "advice" / "deployment.yaml", ready=True) as deployment:
         assert deployment.nodes
+        # named from where the file is: the walk's own repository, not advice/model-repo
+        assert deployment.repository.root.resolve() == (cwd / "model-repo").resolve()
 
 
 def test_the_walk_leaves_the_repository_verifiable(walked: tuple[Path, str]) -> None:

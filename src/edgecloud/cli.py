@@ -760,7 +760,11 @@ def advise(
                 highlight=False,
                 markup=False,
             )
-    paths = write_outputs(decision, flips, target, with_plots=plot, force=force)
+    # the deployment names the repository as seen from where it is written
+    where = Path(os.path.relpath((repo or Path("model-repo")).resolve(), target.resolve()))
+    paths = write_outputs(
+        decision, flips, target, with_plots=plot, force=force, repository=where.as_posix()
+    )
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
 

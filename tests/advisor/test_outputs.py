@@ -211,3 +211,16 @@ def test_measure_refuses_samples_that_are_not_finite(tmp_path: Path) -> None:
         np.savez(tmp_path / "bad.npz", x=rows)
         with pytest.raises(ConfigError, match=r"advise --measure: .*bad.npz: input 'x' holds 1"):
             measurement_inputs(repository, "m", tmp_path / "bad.npz")
+
+
+def test_the_written_deployment_names_the_repository_from_where_it_is(tmp_path: Path) -> None:
+    """Relative paths in a deployment are relative to the file: advise --out DIR writes the
+    repository (--repo, else ./model-repo) as seen from DIR, so `edge -d DIR/...` finds it."""
+    repo = tmp_path / "repos" / "mine"
+    out = tmp_path / "deep" / "adv"
+    result = _advise("-s", "industrial-iot", "--out", out, "--no-plot", "--repo", repo)
+    assert result.returncode == 0, result.stderr
+    spec = yaml.safe_load((out / "deployment.yaml").read_text())
+    assert spec["repository"] == "../../repos/mine"
+    with edgecloud.load(out / "deployment.yaml") as deployment:
+        assert deployment.repository.root.resolve() == repo.resolve()

@@ -70,6 +70,10 @@ class _Root:
     """Steps the user takes before running it, for the file's header."""
 
 
+REPOSITORY = "model-repo"
+"""The repository a written deployment names unless told (relative: beside the file)."""
+
+
 def _breaker() -> BreakerSpec:
     return BreakerSpec(failure_threshold=3, reset_after_s=5.0)
 
@@ -157,10 +161,12 @@ def _chosen(decision: Decision, candidate: Candidate | None) -> Candidate:
     return c
 
 
-def _plan(decision: Decision, candidate: Candidate | None) -> tuple[DeploymentSpec, _Root]:
+def _plan(
+    decision: Decision, candidate: Candidate | None, repository: str = REPOSITORY
+) -> tuple[DeploymentSpec, _Root]:
     c = _chosen(decision, candidate)
     root = ROOTS[c.strategy](decision, c)
-    fields: dict[str, Any] = {"repository": "model-repo"}
+    fields: dict[str, Any] = {"repository": repository}
     if root.remote:
         url = decision.workload.remote_url
         fields["remotes"] = {REMOTE: RemoteSpec(url=url, timeout_s=_timeout_s(decision))}
@@ -170,13 +176,17 @@ def _plan(decision: Decision, candidate: Candidate | None) -> tuple[DeploymentSp
     return DeploymentSpec(**fields, root=root.node), root
 
 
-def deployment_for(decision: Decision, candidate: Candidate | None = None) -> DeploymentSpec:
+def deployment_for(
+    decision: Decision, candidate: Candidate | None = None, *, repository: str = REPOSITORY
+) -> DeploymentSpec:
     """The typed deployment that runs ``candidate`` (default: the recommendation).
 
-    ``edgecloud.load(spec)`` builds it; ``spec.to_yaml()`` writes it. Raises
-    ValueError when nothing is feasible.
+    ``repository``: the model repository as the file will name it (relative
+    paths are relative to the file's directory). ``edgecloud.load(spec)``
+    builds it; ``spec.to_yaml()`` writes it. Raises ValueError when nothing is
+    feasible.
     """
-    return _plan(decision, candidate)[0]
+    return _plan(decision, candidate, repository)[0]
 
 
 def server_settings_for(
@@ -211,11 +221,14 @@ def _timeout_s(decision: Decision) -> float:
     return round(max(0.05, decision.workload.application.latency_p99_ms / 1000), 3)
 
 
-def deployment_yaml(decision: Decision, candidate: Candidate | None = None) -> str:
+def deployment_yaml(
+    decision: Decision, candidate: Candidate | None = None, *, repository: str = REPOSITORY
+) -> str:
     """The deployment file: a header saying what it runs and what to do first, then the
-    typed spec as YAML (``edgecloud.load`` reads it back to the same spec)."""
+    typed spec as YAML (``edgecloud.load`` reads it back to the same spec).
+    ``repository`` as in :func:`deployment_for`."""
     c = _chosen(decision, candidate)
-    spec, root = _plan(decision, c)
+    spec, root = _plan(decision, c, repository)
     header = [
         f"# yaml-language-server: $schema={SCHEMA_FILE}",
         f"# edgecloud deployment for workload {decision.workload.name!r}: {c.title}",

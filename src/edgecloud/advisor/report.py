@@ -233,9 +233,12 @@ def write_outputs(
     *,
     with_plots: bool = True,
     force: bool = False,
+    repository: str = "model-repo",
 ) -> list[Path]:
     """report.md, the PNGs, deployment.yaml (with deployment.schema.json, which its
     first lines point editors at) and server.env in ``out``; the paths written.
+    ``repository``: the model repository as deployment.yaml names it (relative
+    to ``out``, where the file is).
 
     deployment.yaml and server.env are the user's to edit (``calibrate`` writes
     its threshold into the deployment): one that holds something else than
@@ -253,7 +256,7 @@ def write_outputs(
 
     files: dict[Path, bytes] = {}
     if decision.recommended is not None:
-        files[out / "deployment.yaml"] = deployment_yaml(decision).encode()
+        files[out / "deployment.yaml"] = deployment_yaml(decision, repository=repository).encode()
         schema = json.dumps(DeploymentSpec.json_schema(), indent=2, allow_nan=False) + "\n"
         files[out / SCHEMA_FILE] = schema.encode()
         env = server_env(decision)
