@@ -418,7 +418,11 @@ def compress(
         str | None, typer.Option(help="prune/distill: evaluation .npz (default: the samples).")
     ] = None,
     tolerance: Annotated[
-        float | None, typer.Option(help="Max accuracy loss in points (or 1 - cosine) allowed.")
+        float | None,
+        typer.Option(
+            help="Max accuracy loss in points (or 1 - min cosine without labels) allowed "
+            "(default: 1 point, or cosine >= 0.98): a version that loses more is not added."
+        ),
     ] = None,
     calibration: Annotated[
         Path | None, typer.Option(help="int8-static: calibration .npz (default: the samples).")
@@ -489,7 +493,8 @@ def compress(
 
         result = run_compress(
             ModelRepository(repo), model, method, version=model_version, options=options,
-            data=evaluation, tolerance=tolerance, time_limit_s=time_limit,
+            data=evaluation, tolerance="default" if tolerance is None else tolerance,
+            time_limit_s=time_limit,
             progress=report_progress, spell=_flag, report=True,
         )  # fmt: skip
     console.print(report.table([result]))

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .._optional import available
 from ..errors import CompressionError, ConfigError, EdgecloudError, describe
@@ -117,7 +117,7 @@ def compress(
     options: MethodOptions | Mapping[str, Any] | None = None,
     data: str | os.PathLike[str] | None = None,
     version: int | str | None = None,
-    tolerance: float | None = None,
+    tolerance: float | Literal["default"] | None = None,
     threads: int = 1,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
     progress: Progress | None = None,
@@ -130,8 +130,11 @@ def compress(
     (:func:`~.methods.options_for`). ``data``: evaluation data (see
     :func:`evaluation_data`). ``tolerance``: the most accuracy (points) the
     model may lose where labels exist; otherwise the most ``1 - min cosine``
-    between outputs. Whatever the tolerance, a compressed model whose outputs
-    hold NaN or Inf, or any fidelity figure that is not finite, is refused.
+    between outputs; ``"default"`` (what the CLI uses unless ``--tolerance`` is
+    given): :data:`~.evaluate.DEFAULT_TOLERANCE_POINTS` with labels, else
+    :data:`~.evaluate.DEFAULT_TOLERANCE_COSINE`. Whatever the tolerance, a
+    compressed model whose outputs hold NaN or Inf, or any fidelity figure that
+    is not finite, is refused.
     Building and evaluating run in a worker process stopped after
     ``time_limit_s`` seconds (None: no limit); ``progress`` receives
     ``(fraction, text)``; ``spell`` writes an option's name in errors (the CLI:
@@ -143,7 +146,9 @@ def compress(
     DeadlineExceededError (time limit), ConfigError / InvalidRequestError (bad
     method, options or data); the repository is then unchanged.
     """
-    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+    if isinstance(tolerance, str) and tolerance != "default":
+        raise ConfigError(f"tolerance must be a number >= 0 or 'default', got {tolerance!r}")
+    if isinstance(tolerance, float | int) and not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"tolerance must be a number >= 0 and finite, got {tolerance}")
     spec = resolve(method)
     checked = options_for(method, options, spell=spell)

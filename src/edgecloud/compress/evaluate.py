@@ -86,13 +86,22 @@ class Evaluation:
         }
 
 
+DEFAULT_TOLERANCE_POINTS = 1.0
+"""Accuracy points a compressed version may lose unless told otherwise (the CLI's
+default; Intel Neural Compressor's default accuracy criterion is a 1 % relative loss)."""
+DEFAULT_TOLERANCE_COSINE = 0.02
+"""``1 - min cosine`` allowed without labels unless told otherwise (cosine ≥ 0.98)."""
+
+
 def check_fidelity(
-    evaluation: Evaluation, tolerance: float | None, model: str, method: str
+    evaluation: Evaluation, tolerance: float | str | None, model: str, method: str
 ) -> None:
     """Refuse a compressed model whose figures are not finite or exceed ``tolerance``.
 
     ``tolerance``: accuracy points where labels exist, else ``1 - min cosine``;
-    None checks finiteness only. Raises CompressionError naming the figure.
+    ``"default"``: :data:`DEFAULT_TOLERANCE_POINTS` / :data:`DEFAULT_TOLERANCE_COSINE`
+    (the refusal then says how to accept more); None checks finiteness only.
+    Raises CompressionError naming the figure.
     """
     unchanged = "; the repository is unchanged"
     if evaluation.nonfinite_outputs:
@@ -108,20 +117,25 @@ def check_fidelity(
         )
     if tolerance is None:
         return
-    if not (math.isfinite(tolerance) and tolerance >= 0):
+    hint = ""
+    if tolerance == "default":
+        labelled = evaluation.accuracy_drop_points is not None
+        tolerance = DEFAULT_TOLERANCE_POINTS if labelled else DEFAULT_TOLERANCE_COSINE
+        hint = " (the default; pass --tolerance to accept more)"
+    if not isinstance(tolerance, float | int) or not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"tolerance must be a number >= 0 and finite, got {tolerance}")
     if evaluation.accuracy_drop_points is not None:
         if not evaluation.accuracy_drop_points <= tolerance:
             raise CompressionError(
                 f"{method} on {model!r} loses {evaluation.accuracy_drop_points:.2f} accuracy "
                 f"points ({evaluation.parent_accuracy:.2%} → {evaluation.accuracy:.2%}), more "
-                f"than the tolerance of {tolerance:g}{unchanged}"
+                f"than the tolerance of {tolerance:g}{hint}{unchanged}"
             )
         return
     if not 1 - evaluation.cosine_min <= tolerance:
         raise CompressionError(
             f"{method} on {model!r}: outputs drift to cosine {evaluation.cosine_min:.4f} "
-            f"(tolerance {tolerance:g} → at least {1 - tolerance:.4f}){unchanged}"
+            f"(tolerance {tolerance:g} → at least {1 - tolerance:.4f}){hint}{unchanged}"
         )
     # 1 - cos ≈ r²/2 for a perpendicular error of relative size r: the same r along the
     # output (a change of scale) is what the tolerance admits
@@ -129,7 +143,7 @@ def check_fidelity(
         raise CompressionError(
             f"{method} on {model!r}: output magnitudes change by up to "
             f"{evaluation.scale_error:.2%} (tolerance {tolerance:g} → at most "
-            f"{math.sqrt(2 * tolerance):.2%}){unchanged}"
+            f"{math.sqrt(2 * tolerance):.2%}){hint}{unchanged}"
         )
 
 
