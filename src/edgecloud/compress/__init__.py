@@ -35,9 +35,9 @@ from typing import Any
 
 from ..errors import CompressionError, ConfigError, EdgecloudError, describe
 from ..repository import ModelRepository, ModelVersion, VersionPolicy
-from ..samples import data_for
+from ..samples import SAMPLES_FILE, data_for
 from . import torch_methods  # noqa: F401  (registers prune and distill)
-from .evaluate import EvalData, Evaluation, check_fidelity, evaluate, random_inputs
+from .evaluate import EvalData, Evaluation, check_fidelity, evaluate, labelled, random_inputs
 from .methods import (
     METHODS,
     Method,
@@ -95,16 +95,15 @@ def evaluation_data(
         )
     samples = data_for(parent, data, flag=flag)
     source = str(samples.source) if data is not None else f"{parent.name} samples"
-    return EvalData(samples.inputs, samples.labels, source)
+    return labelled(parent.config, EvalData(samples.inputs, samples.labels, source))
 
 
 def eval_data(entry: ModelVersion) -> EvalData:
     """The version's samples, else seeded random inputs: :mod:`edgecloud.split`'s
     inputs until split takes ``--data`` itself."""
-    try:
-        return evaluation_data(entry, None)
-    except ConfigError:
+    if SAMPLES_FILE not in entry.files:  # samples that do not fit are an error, not random
         return evaluation_data(entry, RANDOM)
+    return evaluation_data(entry, None)
 
 
 def compress(
