@@ -200,7 +200,7 @@ def test_compress_evaluation_refuses_bad_labels(
     bad = _bad_file(tmp_path, case)
     with pytest.raises(ConfigError) as info:
         evaluation_data(repo.get("m"), bad)
-    assert info.value.message.startswith(f"{bad}: ")
+    assert info.value.message.startswith(f"samples file {bad}: ")
     assert BAD[case][1] in info.value.message
     before = repo.versions("m")
     with pytest.raises(ConfigError, match=re.escape(BAD[case][1])):
@@ -328,3 +328,34 @@ def test_labels_file_with_a_byte_order_mark(tmp_path: Path) -> None:
     np.savez(samples, x=inputs(), labels=np.array(["ant"] * ROWS))
     import_onnx(repo, always_first(tmp_path), "b", labels=bom, samples=samples)
     assert repo.config("b").labels == NAMES
+
+
+# -- regression: labels are targets ---------------------------------------------------------
+
+
+def test_regression_labels_are_targets(tmp_path: Path) -> None:
+    """A first output that is not class scores ([N, 1]) takes finite numeric targets in
+    every consumer; names, booleans and NaN are refused; evaluation does not score them."""
+    repo = ModelRepository(tmp_path / "repo")
+    model = scores_onnx(tmp_path / "reg.onnx", np.ones((4, 1)))
+    good = tmp_path / "targets.npz"
+    np.savez(good, x=inputs(), labels=np.linspace(0, 1, ROWS))
+    import_onnx(repo, model, "r", samples=good, max_batch_size=8)
+    parent = repo.get("r")
+    assert training_labels(parent, data_for(parent), None).dtype == np.float32
+    for labels, message in [
+        (np.array([np.nan] + [0.0] * (ROWS - 1)), "1 of 6 labels (regression targets) are NaN"),
+        (np.array(["ant"] * ROWS), "labels are regression targets and must be numbers, got <U3"),
+        (np.ones(ROWS, bool), "labels are regression targets and must be numbers, got bool"),
+    ]:
+        bad = tmp_path / "bad.npz"
+        np.savez(bad, x=inputs(), labels=labels)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            import_onnx(repo, model, "r", samples=bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            evaluation_data(parent, bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            training_labels(parent, data_for(parent, bad), None)
+    assert repo.versions("r") == [1]
+    result = compress(repo, "r", "fp16", tolerance=0.01)
+    assert result.evaluation.accuracy is None and result.evaluation.cosine_min > 0.999

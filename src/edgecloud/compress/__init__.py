@@ -95,7 +95,8 @@ def evaluation_data(
         )
     samples = data_for(parent, data, flag=flag)
     source = str(samples.source) if data is not None else f"{parent.name} samples"
-    return labelled(parent.config, EvalData(samples.inputs, samples.labels, source))
+    found = EvalData(samples.inputs, samples.labels, source)
+    return labelled(parent.config, found, f"samples file {samples.source}")
 
 
 def eval_data(entry: ModelVersion) -> EvalData:
@@ -125,7 +126,9 @@ def compress(
     ``options``: the method's options model or a dict of its fields
     (:func:`~.methods.options_for`). ``data``: evaluation data (see
     :func:`evaluation_data`). ``tolerance``: the most accuracy (points) the
-    model may lose where labels exist; otherwise the most ``1 - min cosine``
+    model may lose where labels exist and the first output holds class scores
+    (labels checked by :func:`~edgecloud.samples.class_indices`; a regression's
+    targets are checked but not scored); otherwise the most ``1 - min cosine``
     between outputs. Whatever the tolerance, a compressed model whose outputs
     hold NaN or Inf, or any fidelity figure that is not finite, is refused.
     Building and evaluating run in a worker process stopped after

@@ -311,14 +311,15 @@ def _classes(
     return top1, float(np.mean(b == labels)), float(np.mean(a == labels))
 
 
-def labelled(config: ModelConfig, data: EvalData) -> EvalData:
+def labelled(config: ModelConfig, data: EvalData, source: str | None = None) -> EvalData:
     """``data`` with its labels checked and normalised for ``config``'s model before
     anything is compressed (:func:`~edgecloud.samples.checked_labels`: class names
     mapped to indices, out-of-range / float / NaN / bool labels refused);
-    ConfigError naming the data."""
+    ConfigError naming ``source`` (default: the data's name)."""
     if data.labels is None:
         return data
-    return EvalData(data.inputs, checked_labels(data.labels, config, data.name), data.name)
+    labels = checked_labels(data.labels, config, source or data.name)
+    return EvalData(data.inputs, labels, data.name)
 
 
 def _summarise(
