@@ -24,6 +24,7 @@ from edgecloud.compress import compress, evaluation_data
 from edgecloud.compress.torch_methods import _labels as training_labels
 from edgecloud.errors import ConfigError
 from edgecloud.importing import import_onnx, read_labels
+from edgecloud.routing.calibrate import calibrate_report
 from edgecloud.samples import class_indices, data_for
 
 from .conftest import ROOT
@@ -245,6 +246,16 @@ def test_calibrate_refuses_bad_labels(
     assert f"samples file {bad}: " in info.value.message
     assert BAD[case][1] in info.value.message
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", [c for c in BAD if c != "unknown name"])
+def test_calibration_arrays_refuse_bad_labels(case: str) -> None:
+    """The array API under ``calibrate`` (``calibrate_report``) uses the same check."""
+    probs = np.full((ROWS, 3), 1 / 3, np.float32)
+    with pytest.raises(ConfigError) as info:
+        calibrate_report(probs, probs, BAD[case][0](ROWS), target_relative_accuracy=0.9)
+    assert info.value.message.startswith("calibration data: labels ")
+    assert BAD[case][1] in info.value.message
 
 
 # -- finding: accuracy scored on the labels as given ----------------------------------------
