@@ -220,7 +220,11 @@ def _models(deployment: DeploymentFile, cascade: CascadeNode, where: str) -> tup
     return names[0], names[1]
 
 
-def _labels(deployment: DeploymentFile, small: str, large: str, samples: Samples) -> Array:
+def _labels(
+    deployment: DeploymentFile, small: str, large: str, samples: Samples, scores: Array
+) -> Array:
+    """The rows' class indices (:func:`class_indices`: the check every consumer shares),
+    in ``[0, classes)`` for the large model's ``scores`` [rows, classes]."""
     assert samples.labels is not None
     classes = [deployment.repository.config(m).labels for m in (small, large)]
     if classes[0] and classes[1] and classes[0] != classes[1]:
@@ -228,7 +232,9 @@ def _labels(deployment: DeploymentFile, small: str, large: str, samples: Samples
             f"models {small!r} and {large!r} declare different class names; a cascade "
             "needs both to answer the same classes"
         )
-    return class_indices(samples.labels, classes[1] or classes[0], f"samples file {samples.source}")
+    n = int(scores.shape[1]) if scores.ndim == 2 else None
+    names = classes[1] or classes[0]
+    return class_indices(samples.labels, names, f"samples file {samples.source}", n)
 
 
 def open_deployment(path: Path) -> DeploymentFile:
@@ -284,11 +290,11 @@ def calibrate_deployment(
         _yaml_edit.check_writable(path)  # and a file it may not write
     small, large = _models(deployment, cascade, f"{where}: {chosen}")
     samples = _rows(deployment, small, large, Path(data) if data is not None else None)
-    labels = _labels(deployment, small, large, samples)
     probs = [
         _probabilities(deployment, m, samples, cascade.output, f"{where}: {chosen}")
         for m in (small, large)
     ]
+    labels = _labels(deployment, small, large, samples, probs[1])
     try:
         calibration = calibrate_report(
             probs[0], probs[1], labels, measure=cascade.confidence,

@@ -22,7 +22,7 @@ from ._config_files import checked_path, path_error
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, ModelLoadError, ModelNotFoundError
 from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_onnx
-from .samples import Samples, load_samples
+from .samples import Samples, checked_labels, load_samples
 from .tensors import InferRequest
 
 __all__ = ["Imported", "import_onnx", "import_triton", "read_labels"]
@@ -40,10 +40,14 @@ class Imported:
 
 
 def read_labels(path: Path) -> list[str]:
-    """Class names from a text file, one per line (a final newline is optional).
+    """Class names from a text file, one per line (a final newline is optional;
+    ``\r\n`` line ends and a leading UTF-8 byte-order mark, as Windows editors
+    write them, are not part of any name).
 
     ConfigError naming the file when it is missing, not UTF-8, empty, or has a
-    blank line (a stray one would shift every name after it).
+    blank line (a stray one would shift every name after it). A name given
+    twice is kept (ImageNet's 1000 classes name "crane" twice); such a name
+    cannot be used as a label (:func:`~edgecloud.samples.class_indices`).
     """
     checked_path(path, "file", "labels file")
     try:
@@ -52,6 +56,7 @@ def read_labels(path: Path) -> list[str]:
         raise path_error(path, "file", "labels file", exc) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"labels file {path} is not UTF-8 text; one label per line") from exc
+    text = text.removeprefix("\ufeff")
     labels = text.removesuffix("\n").split("\n") if text else []
     labels = [label.removesuffix("\r") for label in labels]
     if not labels:
@@ -95,6 +100,8 @@ def import_onnx(
         repo.lock(name)
         config = _config(repo, model, name, names, max_batch_size)
         checked = load_samples(samples, config) if samples is not None else None
+        if checked is not None and checked.labels is not None:  # declared shape; again as run
+            checked_labels(checked.labels, config, f"samples file {checked.source}")
         version = repo.add_version(
             name,
             model,
@@ -216,8 +223,26 @@ def _config(
         inferred = existing
     if labels is not None:
         _check_labels(inferred, labels)
+        if existing is not None and existing.labels != labels:
+            raise ConfigError(_relabel(name, repo, existing.labels, labels))
         inferred = inferred.model_copy(update={"labels": labels})
     return inferred
+
+
+def _relabel(name: str, repo: ModelRepository, old: list[str] | None, new: list[str]) -> str:
+    """Why a new version cannot bring other labels: they are the model's (config.yaml),
+    so they would rename the classes of every version already served."""
+
+    def show(names: list[str] | None) -> str:
+        if not names:
+            return "no labels"
+        return f"labels {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+
+    return (
+        f"model {name!r} in {repo.root} has {show(old)}, shared by all its versions; "
+        f"this import gives {show(new)}, which would relabel the versions already there: "
+        "import it under another --name, or without --labels to keep the model's"
+    )
 
 
 def _batched(full: ModelConfig, max_batch_size: int, model: Path) -> ModelConfig:
@@ -288,6 +313,11 @@ def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples |
                     f"{label} fails on its samples {samples.source}: {exc.message}"
                 ) from exc
             _check_outputs(version, outputs, f"{label} on its samples {samples.source}")
+            if samples.labels is not None and start == 0:
+                first = outputs[version.config.outputs[0].name]
+                checked_labels(
+                    samples.labels, version.config, f"samples file {samples.source}", first.shape
+                )
 
 
 def _check_outputs(version: ModelVersion, outputs: Mapping[str, Any], where: str) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "LABELS",
     "SAMPLES_FILE",
     "Samples",
+    "checked_labels",
     "class_indices",
     "data_for",
     "expected_inputs",
@@ -60,6 +61,8 @@ __all__ = [
     "load_request_samples",
     "load_samples",
     "row_batches",
+    "score_classes",
+    "target_values",
 ]
 
 LABELS = "labels"
@@ -334,35 +337,154 @@ def load_request_samples(path: str | os.PathLike[str], names: Sequence[str]) -> 
     return _samples(file, arrays, labels, _rows(file, arrays), fix)
 
 
+LABEL_KINDS = "integer class indices or class names the model declares"
+"""What a classifier's labels may be: the phrase every label error uses."""
+
+
 def class_indices(
+    labels: np.ndarray[Any, Any],
+    classes: Sequence[str] | None,
+    source: str,
+    n_classes: int | None = None,
+) -> np.ndarray[Any, Any]:
+    """Labels as int64 class indices in ``[0, n_classes)``: the one label check.
+
+    ``labels``: 1-D, one per row. Integers (any width, signed or not) are class
+    indices; strings are names, mapped through ``classes`` (a model's
+    ``labels``, index-aligned with its class scores). ``n_classes``: how many
+    classes the model scores (default ``len(classes)``; None and no classes: no
+    upper bound). Every consumer of a classifier's labels (``compress``
+    evaluation, prune/distill training, ``calibrate``, ``import --samples``)
+    calls this, so the rules and the messages are the same everywhere.
+
+    ConfigError naming ``source`` for: labels not 1-D; floats (NaN included:
+    a float is never rounded into a class), booleans or any other dtype;
+    names when the model declares none, names it does not declare, or a name
+    it declares twice; an index outside ``[0, n_classes)`` (the range and the
+    offending values are named, exact even for uint64 near 2**64).
+    """
+    if labels.ndim != 1:
+        raise ConfigError(
+            f"{source}: labels must be 1-D, one per row, got shape {list(labels.shape)}; "
+            f"give {LABEL_KINDS}"
+        )
+    n = n_classes if n_classes is not None else (len(classes) if classes else None)
+    if labels.dtype.kind in "US":
+        return _named(labels, classes, source)
+    if labels.dtype.kind not in "iu":
+        what = {"f": "floats", "b": "booleans", "c": "complex numbers"}.get(
+            labels.dtype.kind, f"dtype {labels.dtype}"
+        )
+        nan = ", some NaN" if labels.dtype.kind in "fc" and np.isnan(labels).any() else ""
+        raise ConfigError(
+            f"{source}: labels are {what} ({labels.dtype}{nan}); give {LABEL_KINDS}"
+            f"{f' (indices in [0, {n}))' if n is not None else ''}"
+        )
+    if labels.size:
+        # compare in the labels' own dtype: astype(int64) would wrap uint64 >= 2**63
+        low, high = labels.min(), labels.max()
+        if low < 0 or (n is not None and high >= n):
+            bad = labels[(labels < 0) | (labels >= n if n is not None else False)]
+            shown = ", ".join(str(int(v)) for v in np.unique(bad)[:5])
+            raise ConfigError(
+                f"{source}: labels must be class indices in [0, {n if n is not None else 'n'})"
+                f"{f' ({n} classes)' if n is not None else ''}, got {shown}"
+                f"{' ...' if len(np.unique(bad)) > 5 else ''} "
+                f"(labels range {int(low)}..{int(high)})"
+            )
+    return labels.astype(np.int64)
+
+
+def _named(
     labels: np.ndarray[Any, Any], classes: Sequence[str] | None, source: str
 ) -> np.ndarray[Any, Any]:
-    """Labels as integer class indices: integers as they are, names through ``classes``.
+    """Class names -> indices through the model's ``classes``."""
+    if not classes:
+        raise ConfigError(
+            f"{source}: labels are class names but the model declares no class names "
+            "(labels in its config); give integer class indices"
+        )
+    index: dict[str, int] = {}
+    twice: set[str] = set()
+    for i, name in enumerate(classes):
+        if name in index:
+            twice.add(name)
+        index.setdefault(name, i)
+    names = labels.astype(str).tolist()
+    used = set(names)
+    unknown = sorted(used - set(index))
+    if unknown:
+        raise ConfigError(
+            f"{source}: labels {', '.join(map(repr, unknown[:5]))}"
+            f"{' ...' if len(unknown) > 5 else ''} are not classes of the model "
+            f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); "
+            f"give {LABEL_KINDS}"
+        )
+    ambiguous = sorted(used & twice)
+    if ambiguous:
+        raise ConfigError(
+            f"{source}: labels {', '.join(map(repr, ambiguous[:5]))} name a class the model "
+            "declares more than once; give integer class indices"
+        )
+    return np.array([index[n] for n in names], np.int64)
 
-    ``classes`` is a model's ``labels`` (index-aligned class names). ConfigError
-    naming ``source`` for any other dtype (floats, booleans: never guessed),
-    or a name that is not a class.
+
+def target_values(labels: np.ndarray[Any, Any], source: str) -> np.ndarray[Any, Any]:
+    """A regression's labels (targets, one per row) as float32; ConfigError naming
+    ``source`` unless they are 1-D finite numbers (integers or floats; not
+    booleans, not names, not NaN/Inf)."""
+    if labels.ndim != 1:
+        raise ConfigError(
+            f"{source}: labels must be 1-D, one target per row, got shape {list(labels.shape)}"
+        )
+    if labels.dtype.kind not in "iuf":
+        raise ConfigError(
+            f"{source}: the model's first output is not class scores, so labels are "
+            f"regression targets and must be numbers, got {labels.dtype}"
+        )
+    values = labels.astype(np.float64)
+    if not np.isfinite(values).all():
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        raise ConfigError(
+            f"{source}: {bad} of {values.size} labels (regression targets) are NaN or Inf"
+        )
+    return labels.astype(np.float32)
+
+
+def score_classes(shape: Sequence[int]) -> int | None:
+    """Classes scored by a first output of (full, rows-first) ``shape``: C for
+    ``[rows, C]`` with C > 1, -1 for ``[rows, ?]`` (not known until run), None
+    when it is not class scores (a regression: its labels are targets)."""
+    if len(shape) != 2 or shape[1] in (0, 1) or shape[1] < -1:
+        return None
+    return int(shape[1])
+
+
+def checked_labels(
+    labels: np.ndarray[Any, Any],
+    config: ModelConfig,
+    source: str,
+    scores: Sequence[int] | None = None,
+) -> np.ndarray[Any, Any]:
+    """A model's labels normalised by what its first output is: class indices
+    (:func:`class_indices`) where it holds class scores ``[rows, C]``, float32
+    targets (:func:`target_values`) otherwise. ``scores``: the first output's
+    shape as run (rows first); default the declared one. Where the number of
+    classes is not declared (``[rows, ?]``) and not given, names are mapped and
+    integers checked against the model's class names, and floats are left for
+    the check at run time. ConfigError naming ``source``.
     """
-    if labels.dtype.kind in "iu":
-        return labels.astype(np.int64)
-    if labels.dtype.kind in "US":
-        if not classes:
-            raise ConfigError(
-                f"{source}: labels are class names but the model declares no class names "
-                "(labels in its config); give integer class indices"
-            )
-        index = {name: i for i, name in enumerate(classes)}
-        names = labels.astype(str)
-        unknown = sorted(set(names.tolist()) - set(index))
-        if unknown:
-            raise ConfigError(
-                f"{source}: labels {', '.join(map(repr, unknown[:5]))} are not classes of the "
-                f"model ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
-            )
-        return np.array([index[n] for n in names.tolist()], np.int64)
-    raise ConfigError(
-        f"{source}: labels must be integer class indices or class names, got {labels.dtype}"
-    )
+    if scores is None:
+        first = config.outputs[0]
+        scores = first.full_shape(config.batched)
+    n = score_classes(scores)
+    if n is None:
+        return target_values(labels, source)
+    if n == -1:
+        if labels.ndim == 1 and labels.dtype.kind == "f":
+            return labels
+        return class_indices(labels, config.labels, source)
+    return class_indices(labels, config.labels, source, n)
 
 
 def row_batches(

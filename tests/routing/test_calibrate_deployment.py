@@ -214,7 +214,7 @@ MISTAKES = [
     ("misnamed", {}, "lacks features; holds pixels, which the request does not carry"),
     ("extra", {}, "holds other, which the request does not carry"),
     ("empty", {}, "holds no rows"),
-    ("float-labels", {}, "labels must be integer class indices or class names, got float64"),
+    ("float-labels", {}, "labels are floats (float64); give integer class indices or class names"),
     ("unknown-names", {}, "labels 'eel' are not classes of the model (ant, bee, cat)"),
     ("fp64", {}, "model 'small' cannot run these inputs"),
     ("short-labels", {}, "labels must be 1-D with one entry per row (1000)"),

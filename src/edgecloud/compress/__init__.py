@@ -36,9 +36,9 @@ from typing import Any, Literal
 from .._optional import available
 from ..errors import CompressionError, ConfigError, EdgecloudError, describe
 from ..repository import ModelRepository, ModelVersion, VersionPolicy
-from ..samples import data_for, finite
+from ..samples import SAMPLES_FILE, data_for, finite
 from . import torch_methods  # noqa: F401  (registers prune and distill)
-from .evaluate import EvalData, Evaluation, check_fidelity, evaluate, random_inputs
+from .evaluate import EvalData, Evaluation, check_fidelity, evaluate, labelled, random_inputs
 from .methods import (
     METHODS,
     Method,
@@ -97,16 +97,16 @@ def evaluation_data(
         )
     samples = finite(data_for(parent, data, flag=flag), "compress evaluation")
     source = str(samples.source) if data is not None else f"{parent.name} samples"
-    return EvalData(samples.inputs, samples.labels, source)
+    found = EvalData(samples.inputs, samples.labels, source)
+    return labelled(parent.config, found, f"samples file {samples.source}")
 
 
 def eval_data(entry: ModelVersion) -> EvalData:
     """The version's samples, else seeded random inputs: :mod:`edgecloud.split`'s
     inputs until split takes ``--data`` itself."""
-    try:
-        return evaluation_data(entry, None)
-    except ConfigError:
+    if SAMPLES_FILE not in entry.files:  # samples that do not fit are an error, not random
         return evaluation_data(entry, RANDOM)
+    return evaluation_data(entry, None)
 
 
 def compress(
@@ -129,7 +129,9 @@ def compress(
     ``options``: the method's options model or a dict of its fields
     (:func:`~.methods.options_for`). ``data``: evaluation data (see
     :func:`evaluation_data`). ``tolerance``: the most accuracy (points) the
-    model may lose where labels exist; otherwise the most ``1 - min cosine``
+    model may lose where labels exist and the first output holds class scores
+    (labels checked by :func:`~edgecloud.samples.class_indices`; a regression's
+    targets are checked but not scored); otherwise the most ``1 - min cosine``
     between outputs; ``"default"`` (what the CLI uses unless ``--tolerance`` is
     given): :data:`~.evaluate.DEFAULT_TOLERANCE_POINTS` with labels, else
     :data:`~.evaluate.DEFAULT_TOLERANCE_COSINE`. Whatever the tolerance, a

@@ -25,9 +25,17 @@ import numpy as np
 from ..backends.local import LocalBackend
 from ..errors import CompressionError, ConfigError, EdgecloudError
 from ..repository import ModelConfig, ModelRepository
+from ..samples import checked_labels, class_indices, score_classes, target_values
 from ..tensors import InferRequest, numpy_dtype
 
-__all__ = ["EvalData", "Evaluation", "check_fidelity", "evaluate", "random_inputs"]
+__all__ = [
+    "EvalData",
+    "Evaluation",
+    "check_fidelity",
+    "evaluate",
+    "labelled",
+    "random_inputs",
+]
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 T = TypeVar("T")
@@ -293,10 +301,17 @@ def _classes(
     out_parent: np.ndarray[Any, Any], out_child: np.ndarray[Any, Any], data: EvalData
 ) -> tuple[float | None, float | None, float | None]:
     """Top-1 agreement, accuracy and parent accuracy when the first output holds class scores
-    (labelled data, or rows that are probability distributions)."""
+    (labelled data, or rows that are probability distributions).
+
+    Labels are checked by :func:`~edgecloud.samples.class_indices` against the
+    classes the output scores (names were mapped by :func:`labelled`): an index
+    outside ``[0, classes)``, a float, NaN or a bool is a ConfigError, never a
+    silent 0 % accuracy. Where the first output is not class scores the labels
+    are regression targets, checked finite but not scored (no accuracy: the
+    tolerance is then on cosine to the parent).
+    """
     classifier = (
-        out_parent.ndim == 2
-        and out_parent.shape[1] > 1
+        score_classes(out_parent.shape) not in (None, -1)
         and out_child.shape == out_parent.shape
         and (
             data.labels is not None
@@ -304,12 +319,26 @@ def _classes(
         )
     )
     if not classifier:
+        if data.labels is not None:
+            target_values(data.labels, data.name)
         return None, None, None
     a, b = out_parent.argmax(axis=1), out_child.argmax(axis=1)
     top1 = float(np.mean(a == b))
     if data.labels is None:
         return top1, None, None
-    return top1, float(np.mean(b == data.labels)), float(np.mean(a == data.labels))
+    labels = class_indices(data.labels, None, data.name, out_parent.shape[1])
+    return top1, float(np.mean(b == labels)), float(np.mean(a == labels))
+
+
+def labelled(config: ModelConfig, data: EvalData, source: str | None = None) -> EvalData:
+    """``data`` with its labels checked and normalised for ``config``'s model before
+    anything is compressed (:func:`~edgecloud.samples.checked_labels`: class names
+    mapped to indices, out-of-range / float / NaN / bool labels refused);
+    ConfigError naming ``source`` (default: the data's name)."""
+    if data.labels is None:
+        return data
+    labels = checked_labels(data.labels, config, source or data.name)
+    return EvalData(data.inputs, labels, data.name)
 
 
 def _summarise(

@@ -44,7 +44,7 @@ from pydantic import Field, field_validator
 from .._optional import require
 from ..errors import CompressionError, ConfigError, describe
 from ..repository import ModelVersion, config_from_onnx
-from ..samples import Samples, data_for
+from ..samples import Samples, class_indices, data_for, target_values
 from .methods import MethodOptions, Progress, method
 
 __all__ = ["DistillOptions", "PruneOptions", "TrainOptions", "load_factory"]
@@ -200,39 +200,15 @@ def _check_reproduces(module: Any, parent: ModelVersion, samples: Samples, spec:
 def _labels(
     parent: ModelVersion, samples: Samples, classes: int | None
 ) -> np.ndarray[Any, Any] | None:
-    """Labels as class indices (int64) for a classifier, float32 values otherwise."""
-    labels = samples.labels
-    if labels is None:
+    """Labels as class indices (int64) for a classifier of ``classes`` classes, float32
+    targets otherwise: :func:`~edgecloud.samples.class_indices` /
+    :func:`~edgecloud.samples.target_values`, the checks every consumer shares."""
+    if samples.labels is None:
         return None
-    if labels.dtype.kind in "US":
-        names = parent.config.labels
-        if not names:
-            raise ConfigError(
-                f"{samples.source}: labels are names but model {parent.name!r} has no label list; "
-                "give class indices"
-            )
-        index = {n: i for i, n in enumerate(names)}
-        unknown = sorted({str(v) for v in labels} - set(index))
-        if unknown:
-            raise ConfigError(
-                f"{samples.source}: labels {unknown[:5]} are not classes of the model"
-            )
-        return np.array([index[str(v)] for v in labels], np.int64)
-    if classes is not None and labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels) & (labels == np.round(labels))):
-            raise ConfigError(
-                f"{samples.source}: the model outputs {classes} class scores, so labels must be "
-                "class indices; these are not whole numbers"
-            )
-        labels = labels.astype(np.int64)
-    if classes is not None and labels.dtype.kind in "iub":
-        if labels.min() < 0 or labels.max() >= classes:
-            raise ConfigError(
-                f"{samples.source}: labels must be class indices in [0, {classes - 1}], got "
-                f"{int(labels.min())}..{int(labels.max())}"
-            )
-        return labels.astype(np.int64)
-    return labels.astype(np.float32)
+    source = f"samples file {samples.source}"
+    if classes is None:
+        return target_values(samples.labels, source)
+    return class_indices(samples.labels, parent.config.labels, source, classes)
 
 
 def _probabilities(output: np.ndarray[Any, Any]) -> bool:

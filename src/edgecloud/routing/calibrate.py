@@ -114,12 +114,9 @@ def _checked(small_probs: Array, large_probs: Array, labels: Array) -> tuple[Arr
             )
     if labels.ndim != 1 or len(labels) != rows:
         raise ConfigError(f"need one label per row ({rows}), got shape {list(labels.shape)}")
-    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= classes:
-        raise ConfigError(
-            f"labels must be integer class indices in [0, {classes}), got {labels.dtype} "
-            f"from {labels.min()} to {labels.max()}"
-        )
-    return small, large, labels
+    from ..samples import class_indices  # the one label check (lazy: samples reads configs)
+
+    return small, large, class_indices(labels, None, "calibration data", classes)
 
 
 def _decimal_in(lo: Array, hi: Array, dtype: Any) -> Array:
