@@ -170,7 +170,7 @@ def from_torch(
                         output_names=output_names, dynamic_axes=axes)  # fmt: skip
         except Exception as exc:  # torch.onnx's own errors: unsupported operators, outputs
             raise ConfigError(
-                f"torch cannot export the module to ONNX (opset {OPSET}): {describe(exc)[:500]}"
+                f"torch cannot export the module to ONNX (opset {OPSET}): {_first_line(exc)}"
             ) from exc
         check_parity(module, path, arrays, input_names, output_names)
         other = [a[:1] if len(a) > 1 else np.concatenate([a, a]) for a in arrays]
@@ -197,7 +197,7 @@ def _run_examples(
             "(e.g. integer ids within an Embedding's size)"
         )
         raise ConfigError(
-            f"the module fails on the example inputs: {describe(exc)[:300]}{hint}"
+            f"the module fails on the example inputs: {_first_line(exc)}{hint}"
         ) from exc
 
 
@@ -240,8 +240,7 @@ def disagreement(
     try:
         got = quiet_session(path).run(list(output_names), feed)
     except Exception as exc:  # onnxruntime's Fail / InvalidArgument: no typed tree of its own
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"the ONNX model fails on them ({first[:300]})"
+        return f"the ONNX model fails on them ({_first_line(exc)})"
     want = torch_outputs(module, inputs)
     if len(want) != len(got):
         return f"torch returns {len(want)} output(s), ONNX {len(got)} ({list(output_names)})"
@@ -256,6 +255,13 @@ def disagreement(
                 f"|torch|)"
             )
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """``describe(exc)``'s first non-blank line, at most 300 characters: torch and
+    onnxruntime put graphs and source paths on the lines after it."""
+    lines = [line for line in describe(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def quiet_session(path: Path) -> Any:
