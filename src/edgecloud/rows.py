@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .backends.local import LocalBackend
     from .repository import ModelVersion
 
-__all__ = ["ATOL", "RTOL", "ROWS", "check_row_independence", "check_version", "row_difference"]
+__all__ = ["ATOL", "ROWS", "RTOL", "check_row_independence", "check_version", "row_difference"]
 
 Arrays = Mapping[str, np.ndarray[Any, Any]]
 Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, Any]]
@@ -129,9 +129,7 @@ def _worst(
     return worst
 
 
-def check_version(
-    local: LocalBackend, version: ModelVersion, inputs: Arrays | None = None
-) -> None:
+def check_version(local: LocalBackend, version: ModelVersion, inputs: Arrays | None = None) -> None:
     """Check a loaded batched ``version`` through ``local`` (as the server would call it).
 
     ``inputs``: its sample rows; with fewer than 2, seeded random rows of the
