@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from .backends.local import LocalBackend
     from .repository import ModelVersion
 
-__all__ = ["ATOL", "ROWS", "RTOL", "check_row_independence", "check_version", "row_difference"]
+__all__ = [
+    "ATOL",
+    "ROWS",
+    "RTOL",
+    "UNBATCHED",
+    "check_row_independence",
+    "check_version",
+    "row_difference",
+]
 
 Arrays = Mapping[str, np.ndarray[Any, Any]]
 Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, Any]]
@@ -76,10 +84,17 @@ def row_difference(run: Run, inputs: Arrays, rows: int = ROWS) -> tuple[float, s
     return worst
 
 
-def check_row_independence(run: Run, inputs: Arrays, what: str, rows: int = ROWS) -> None:
+UNBATCHED = "or publish it unbatched with --max-batch-size 0"
+"""The other fix where the caller can publish the model unbatched (import, from_torch)."""
+
+
+def check_row_independence(
+    run: Run, inputs: Arrays, what: str, rows: int = ROWS, *, other_fix: str = UNBATCHED
+) -> None:
     """ConfigError when ``run`` answers a row differently in a batch than alone.
 
-    ``what`` names the model in the message ("model 'm' version 2").
+    ``what`` names the model in the message ("model 'm' version 2"); ``other_fix``
+    ends it (a method that needs the batch passes its own).
     """
     found = row_difference(run, inputs, rows)
     if found is None:
@@ -90,7 +105,7 @@ def check_row_independence(run: Run, inputs: Arrays, what: str, rows: int = ROWS
         f"allowed {ATOL:g} + {RTOL:g} × |value|), so batching one client's rows with "
         "another's would change (and leak) their answers; make every row's output depend on "
         "that row only (no mean, sort or normalisation over the batch axis; BatchNorm and "
-        "dropout in eval() mode) or publish it unbatched with --max-batch-size 0"
+        f"dropout in eval() mode) {other_fix}"
     )
 
 

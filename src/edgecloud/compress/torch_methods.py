@@ -348,6 +348,7 @@ def _export(module: Any, parent: ModelVersion, samples: Samples, target: Path) -
         rows,
         f"the exported {parent.name!r} module",
         min(ROWS, parent.config.max_batch_size),
+        other_fix=f"(the parent is batched, max_batch_size {parent.config.max_batch_size})",
     )
 
 
