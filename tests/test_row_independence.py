@@ -108,7 +108,9 @@ def test_import_refuses_a_random_graph_as_not_deterministic(tmp_path: Path) -> N
         import_onnx(ModelRepository(tmp_path / "repo"), path, "r", max_batch_size=4)
 
 
-def test_import_refuses_a_graph_that_fixes_its_batch_size(tmp_path: Path) -> None:
+def test_import_refuses_a_graph_that_fixes_its_batch_size(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [4, -1])
     path = _graph(tmp_path / "f.onnx", [
         helper.make_node("Constant", [], ["s"], value=shape),
@@ -116,6 +118,7 @@ def test_import_refuses_a_graph_that_fixes_its_batch_size(tmp_path: Path) -> Non
     ], out_shape=[4, 3])  # fmt: skip
     with pytest.raises(ConfigError, match="fails on a batch of .* --max-batch-size 0"):
         import_onnx(ModelRepository(tmp_path / "repo"), path, "f", max_batch_size=8)
+    assert capfd.readouterr().err == ""  # onnxruntime's own log stays off stderr
 
 
 def test_a_row_wise_model_passes_and_nan_or_inf_rows_compare_equal() -> None:

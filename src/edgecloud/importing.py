@@ -262,7 +262,7 @@ def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples |
     with LocalBackend(repo, intra_op_threads=1, verify=True) as local:
         local.load(version.name, version.version)  # loads, checks the config, warms up
         if version.config.batched:  # rows of different clients will share a call
-            check_version(local, version, samples.inputs if samples else None)
+            check_version(version, samples.inputs if samples else None)
         if samples is None:
             return
         # A batched model runs max_batch_size rows at a time, as the server would
