@@ -139,3 +139,11 @@ def test_a_mixing_model_is_named_with_its_largest_difference() -> None:
 
     found = row_difference(mixing, {"x": X})
     assert found is not None and found[0] > 0.1 and "alone" in found[1]
+
+
+def test_identical_sample_rows_do_not_hide_a_batch_mean(tmp_path: Path) -> None:
+    np.savez(tmp_path / "same.npz", x=np.ones((8, 3), np.float32))
+    repo = ModelRepository(tmp_path / "repo")
+    with pytest.raises(ConfigError, match="is not row-independent"):
+        from_torch(Lambda(MIXING["mean over the batch"]), X, repo, "m", input_names=["x"],
+                   output_names=["y"], samples=tmp_path / "same.npz")  # fmt: skip

@@ -75,7 +75,7 @@ def row_difference(run: Run, inputs: Arrays, rows: int = ROWS) -> tuple[float, s
         diff = _worst({k: v[i : i + 1] for k, v in first.items()}, alone)
         if diff is not None and (worst is None or diff > worst[0]):
             worst = (diff, f"row {i} alone vs in a batch of {n}")
-    order = np.random.default_rng(0).permutation(n)[::-1].copy()
+    order = np.arange(n)[::-1].copy()  # reversed: never the identity for n >= 2
     shuffled = _per_row(run({k: v[order] for k, v in batch.items()}), n)
     diff = _worst({k: v[order] for k, v in first.items()}, shuffled)
     if diff is not None and (worst is None or diff > worst[0]):
@@ -106,6 +106,15 @@ def check_row_independence(
         "that row only (no mean, sort or normalisation over the batch axis; BatchNorm and "
         f"dropout in eval() mode) {other_fix}"
     )
+
+
+def _distinct_rows(inputs: Arrays, rows: int) -> bool:
+    """At least 2 rows, not all alike (identical rows would hide a mean over the batch)."""
+    arrays = [np.asarray(v)[:rows] for v in inputs.values()]
+    if not arrays or min(len(a) for a in arrays) < 2:
+        return False
+    return any(not np.array_equal(a[0], a[i], equal_nan=a.dtype.kind in "fc")
+               for a in arrays for i in range(1, len(a)))  # fmt: skip
 
 
 def _per_row(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray[Any, Any]]:
@@ -146,8 +155,8 @@ def _worst(
 def check_version(version: ModelVersion, inputs: Arrays | None = None) -> None:
     """Check a batched ``version``'s ONNX graph with onnxruntime (its log kept off stderr).
 
-    ``inputs``: its sample rows; with fewer than 2, seeded random rows of the
-    declared shapes. ConfigError when rows interact, or when the model fails on a
+    ``inputs``: its sample rows; with fewer than 2 distinct ones, seeded random
+    rows of the declared shapes. ConfigError when rows interact, or when the model fails on a
     batch smaller or larger than its examples (a batch size fixed in the graph).
     """
     from .compress.evaluate import random_inputs
@@ -156,7 +165,7 @@ def check_version(version: ModelVersion, inputs: Arrays | None = None) -> None:
     rows = min(ROWS, version.config.max_batch_size)
     if rows < 2:
         return
-    if inputs is None or min((len(v) for v in inputs.values()), default=0) < 2:
+    if inputs is None or not _distinct_rows(inputs, rows):
         inputs = random_inputs(version.config, batch=rows)
     what = f"model {version.name!r} version {version.version}"
     session = quiet_session(version.model_path)
