@@ -107,3 +107,62 @@ def test_samples_that_do_not_fit_leave_nothing(tmp_path: Path) -> None:
         from_torch(module, np.zeros((2, 3), np.float32), repo, "lin", input_names=["x"],
                    output_names=["y"], samples=tmp_path / "bad.npz")  # fmt: skip
     assert repo.model_names() == []
+
+
+class DictOut(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, x: Any) -> Any:
+        return {"y": x * 2}
+
+
+class Embed(torch.nn.Module):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 3)
+
+    def forward(self, ids: Any) -> Any:
+        return self.embed(ids).sum(1)
+
+
+class FixedBatch(torch.nn.Module):  # type: ignore[misc]
+    """Hard-codes the examples' 4 rows: exported, onnxruntime fails on 1 row."""
+
+    def forward(self, x: Any) -> Any:
+        return x.reshape(4, -1) * 2
+
+
+class Nan(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, x: Any) -> Any:
+        return x * float("nan")
+
+
+X4 = np.ones((4, 3), np.float32)
+IDS = np.array([[1, 2], [3, 4]], np.int64)
+
+
+@pytest.mark.parametrize(
+    ("module", "example", "names", "kwargs", "expected"),
+    [
+        (lambda x: x, X4, ("x", "y"), {}, "exports a torch.nn.Module, got function"),
+        (DictOut(), X4, ("x", "y"), {}, "returns dict"),
+        (Embed(), IDS + 10, ("ids", "y"), {}, "fails on the example inputs: IndexError"),
+        (torch.nn.Linear(3, 2), X4.astype(np.float64), ("x", "y"), {},
+         "are float64, the module's weights most likely float32"),
+        (torch.nn.Linear(3, 2), X4, ("x", "x"), {}, "named both an input and an output"),
+        (FixedBatch(), X4, ("x", "y"), {}, "the ONNX model fails on them"),
+        (Nan(), X4, ("x", "y"), {}, "holds NaN or Inf on the example inputs"),
+        (torch.nn.Linear(3, 2), X4, ("x", "y"), {"max_batch_size": -1},
+         "max_batch_size must be a whole number >= 0"),
+    ],
+)  # fmt: skip
+def test_every_failure_is_a_config_error_with_nothing_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], module: Any, example: Any,
+    names: tuple[str, str], kwargs: dict[str, Any], expected: str,
+) -> None:  # fmt: skip
+    repo = ModelRepository(tmp_path / "repo")
+    with pytest.raises(ConfigError) as info:
+        from_torch(module, example, repo, "m", input_names=[names[0]],
+                   output_names=[names[1]], **kwargs)  # fmt: skip
+    assert expected in info.value.message
+    assert "\n" not in info.value.message
+    assert capfd.readouterr().err == ""  # onnxruntime's own log lines stay quiet
+    assert repo.model_names() == []

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._optional import require
-from .errors import ConfigError
+from .errors import ConfigError, describe
 from .importing import Imported, import_onnx
 from .repository import ModelRepository
 
@@ -33,6 +33,7 @@ __all__ = [
     "disagreement",
     "export_onnx",
     "from_torch",
+    "quiet_session",
     "torch_outputs",
 ]
 
@@ -95,6 +96,12 @@ def torch_outputs(
     with torch.no_grad():
         out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        got = sorted({type(o).__name__ for o in outs})
+        raise ConfigError(
+            f"the module returns {type(out).__name__} ({', '.join(got)}); export needs a tensor "
+            "or a tuple of tensors (return out['y'], or a tuple in output-name order)"
+        )
     return [o.detach().cpu().numpy() for o in outs]
 
 
@@ -127,25 +134,71 @@ def from_torch(
     """
     arrays = [example_inputs] if isinstance(example_inputs, np.ndarray) else list(example_inputs)
     _check_names(arrays, input_names, output_names)
+    if (
+        isinstance(max_batch_size, bool)
+        or not isinstance(max_batch_size, int)
+        or max_batch_size < 0
+    ):
+        raise ConfigError(
+            f"max_batch_size must be a whole number >= 0 (0: unbatched), got {max_batch_size!r}"
+        )
     torch = require("torch", extra="train", feature="exporting a torch model to ONNX")
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(
+            f"from_torch exports a torch.nn.Module, got {type(module).__name__}; wrap a function "
+            "in a Module whose forward calls it"
+        )
     module.eval()
-    expected = torch_outputs(module, arrays)
+    expected = _run_examples(module, arrays, input_names)
     if len(expected) != len(output_names):
         raise ConfigError(
             f"the module returns {len(expected)} output(s), but {len(output_names)} output "
             f"name(s) were given: {list(output_names)}"
         )
+    for output, array in zip(output_names, expected, strict=True):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise ConfigError(
+                f"the module's output {output!r} holds NaN or Inf on the example inputs: it "
+                "cannot be checked against its export; fix the module or the examples"
+            )
     with tempfile.TemporaryDirectory(prefix="edgecloud-export-") as tmp:
         path = Path(tmp) / f"{name}.onnx"
         examples = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
         axes = batch_axes(input_names, output_names)
-        export_onnx(module, examples, path, input_names=input_names,
-                    output_names=output_names, dynamic_axes=axes)  # fmt: skip
+        try:
+            export_onnx(module, examples, path, input_names=input_names,
+                        output_names=output_names, dynamic_axes=axes)  # fmt: skip
+        except Exception as exc:  # torch.onnx's own errors: unsupported operators, outputs
+            raise ConfigError(
+                f"torch cannot export the module to ONNX (opset {OPSET}): {_first_line(exc)}"
+            ) from exc
         check_parity(module, path, arrays, input_names, output_names)
         other = [a[:1] if len(a) > 1 else np.concatenate([a, a]) for a in arrays]
         check_parity(module, path, other, input_names, output_names)
         return import_onnx(repo, path, name, labels=labels, samples=samples,
                            max_batch_size=max_batch_size)  # fmt: skip
+
+
+def _run_examples(
+    module: Any, arrays: list[np.ndarray[Any, Any]], input_names: Sequence[str]
+) -> list[np.ndarray[Any, Any]]:
+    """The module's outputs on the examples; ConfigError saying what to fix when it fails."""
+    try:
+        return torch_outputs(module, arrays)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the module's own error on these inputs
+        wide = [n for n, a in zip(input_names, arrays, strict=True) if a.dtype == np.float64]
+        hint = (
+            f"; example input(s) {wide} are float64, the module's weights most likely float32: "
+            "pass array.astype(np.float32)"
+            if wide
+            else "; give example inputs of the shapes, dtypes and value ranges the module takes "
+            "(e.g. integer ids within an Embedding's size)"
+        )
+        raise ConfigError(
+            f"the module fails on the example inputs: {_first_line(exc)}{hint}"
+        ) from exc
 
 
 def _check_names(
@@ -159,6 +212,12 @@ def _check_names(
     for names, what in ((input_names, "input"), (output_names, "output")):
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"{what} names must be given, each once; got {list(names)}")
+    both = sorted(set(input_names) & set(output_names))
+    if both:
+        raise ConfigError(
+            f"{both} named both an input and an output: every tensor of the graph needs its "
+            "own name"
+        )
     for array, name in zip(arrays, input_names, strict=True):
         if not isinstance(array, np.ndarray) or array.ndim == 0 or len(array) == 0:
             raise ConfigError(
@@ -177,11 +236,11 @@ def disagreement(
     """Run ``path`` with onnxruntime and ``module`` with torch on ``inputs``: None when
     every output agrees within ``ATOL + RTOL * |torch|``, else what differs (the
     output, its shapes or the largest difference) as a message fragment."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {n: np.ascontiguousarray(a) for n, a in zip(input_names, inputs, strict=True)}
-    got = session.run(list(output_names), feed)
+    try:
+        got = quiet_session(path).run(list(output_names), feed)
+    except Exception as exc:  # onnxruntime's Fail / InvalidArgument: no typed tree of its own
+        return f"the ONNX model fails on them ({_first_line(exc)})"
     want = torch_outputs(module, inputs)
     if len(want) != len(got):
         return f"torch returns {len(want)} output(s), ONNX {len(got)} ({list(output_names)})"
@@ -198,6 +257,23 @@ def disagreement(
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    """``describe(exc)``'s first non-blank line, at most 300 characters: torch and
+    onnxruntime put graphs and source paths on the lines after it."""
+    lines = [line for line in describe(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def quiet_session(path: Path) -> Any:
+    """An onnxruntime CPU session that logs nothing to stderr (its errors still raise):
+    its own multi-line log of a failing kernel would spill around our one-line error."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # FATAL only: a failing kernel logs at ERROR (3)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def check_parity(
     module: Any,
     path: Path,
@@ -210,5 +286,7 @@ def check_parity(
     if problem is not None:
         raise ConfigError(
             f"the ONNX export disagrees with torch on {len(inputs[0])} row(s): {problem}; "
-            "a module that branches on its input's values or shape is frozen by tracing"
+            "tracing freezes a module that branches on its input's values or shape or fixes "
+            "the batch size (reshape(4, -1): write reshape(x.shape[0], -1) or flatten(1)), and "
+            "a random one (rand ops, dropout in training mode) cannot match"
         )

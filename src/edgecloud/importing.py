@@ -22,6 +22,7 @@ from ._config_files import checked_path, path_error
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, ModelLoadError, ModelNotFoundError
 from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_onnx
+from .rows import check_version
 from .samples import Samples, checked_labels, load_samples
 from .tensors import InferRequest
 
@@ -294,6 +295,8 @@ def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples |
     label = f"model {version.name!r} version {version.version}"
     with LocalBackend(repo, intra_op_threads=1, verify=True) as local:
         local.load(version.name, version.version)  # loads, checks the config, warms up
+        if version.config.batched:  # rows of different clients will share a call
+            check_version(version, samples.inputs if samples else None)
         if samples is None:
             return
         # A batched model runs max_batch_size rows at a time, as the server would

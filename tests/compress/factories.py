@@ -63,3 +63,16 @@ def resnet18_like() -> nn.Module:
 
 def not_a_module() -> str:
     return "a string"
+
+
+class _CentredOverBatch(nn.Module):  # type: ignore[misc]
+    """Subtracts the batch mean of the scores: each row's answer depends on the others."""
+
+    def forward(self, scores: Any) -> Any:
+        return scores - scores.mean(0, keepdim=True)
+
+
+def batch_mixing_student() -> nn.Module:
+    """The right shapes, but rows interact (mean over the batch axis)."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(20, 4), _CentredOverBatch(), nn.Softmax(dim=1))

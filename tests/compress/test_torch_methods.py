@@ -154,6 +154,7 @@ def test_pruning_an_mlp_keeps_its_softmax_output(mlp: tuple[ModelRepository, Pat
         ("prune", "/absent/file.py:f", "/absent/file.py is not a file"),
         ("distill", "tests.compress.factories:wrong_student", "outputs have shapes [[5]] per row"),
         ("distill", "tests.compress.factories:small_cnn", "the student does not run"),
+        ("distill", "tests.compress.factories:batch_mixing_student", "is not row-independent"),
     ],
 )
 def test_a_module_that_does_not_fit_is_refused_and_nothing_changes(

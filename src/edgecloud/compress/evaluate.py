@@ -60,7 +60,8 @@ class Evaluation:
     latency_ms: dict[str, float]
     parent_latency_ms: dict[str, float]
     latency_ratio: dict[str, float]
-    """Per batch size ("1", "32"): compressed time / parent time, median of interleaved rounds."""
+    """Per batch size ("1", "32"): compressed time / parent time, median of interleaved rounds.
+    An unbatched model (max_batch_size 0) is timed on its whole request, under both keys."""
     accuracy: float | None
     parent_accuracy: float | None
     accuracy_drop_points: float | None
@@ -156,7 +157,9 @@ def check_fidelity(
 
 
 def random_inputs(config: ModelConfig, batch: int = 32, seed: int = 0) -> Arrays:
-    """Deterministic inputs of the declared shapes (variable dimensions: 16)."""
+    """Deterministic inputs of the declared shapes (variable dimensions: 16): ``batch``
+    rows for a batched model, one request of the full shapes (rank 0 included) otherwise;
+    floats standard normal, integers and booleans 0 or 1."""
     rng = np.random.default_rng(seed)
     out: Arrays = {}
     for spec in config.inputs:
@@ -164,10 +167,11 @@ def random_inputs(config: ModelConfig, batch: int = 32, seed: int = 0) -> Arrays
         if config.batched:
             shape[0] = batch
         dtype = numpy_dtype(spec.datatype)
+        # np.asarray: a rank-0 input (shape []) stays an array, not a numpy scalar
         if dtype.kind == "f":
-            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+            out[spec.name] = np.asarray(rng.standard_normal(shape), dtype=dtype)
         else:
-            out[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+            out[spec.name] = np.asarray(rng.integers(0, 2, shape), dtype=dtype)
     return out
 
 
@@ -208,8 +212,11 @@ def evaluate(
     _require_finite_reference(out_parent, model, parent, data)
     out_child = _run_or_refuse(lambda: _float_outputs(local, model, child, full), child_name, data)
     latency: dict[str, dict[str, float]] = {"parent": {}, "child": {}}
-    for batch in (1, 32):
-        rows = _rows(full, batch)
+    batched = parent_entry.config.batched
+    for batch in (1, 32) if batched else (1,):
+        # an unbatched model's axis 0 is not rows (it may have no axis at all): its
+        # request is the unit, timed whole
+        rows = _rows(full, batch) if batched else full
         per_call = max(3, int(0.05 / max(_probe(local, model, parent, rows), 1e-6)))
         samples: dict[str, list[float]] = {"parent": [], "child": []}
         for r in range(rounds):  # interleaved, order alternating
@@ -218,6 +225,8 @@ def evaluate(
                 samples[name] += _time(local, model, version, rows, per_call)
         for name in samples:
             latency[name][str(batch)] = statistics.median(samples[name]) * 1e3
+    for times in latency.values():
+        times.setdefault("32", times["1"])  # unbatched: one request, reported under both
     local.close()
     return _summarise(parent_entry.model_path, child_entry.model_path, latency, out_parent,
                       out_child, data)  # fmt: skip

@@ -23,8 +23,9 @@ its weights from there, or from its own checkpoint).
   Knowledge in a Neural Network"), mean squared error for other outputs.
 
 Both export the module with the parent's input and output names, dtypes and
-shapes and a dynamic batch axis, checked against the parent's config and
-numerically against torch.
+shapes and a dynamic batch axis, checked against the parent's config,
+numerically against torch, and for row independence (:mod:`edgecloud.rows`:
+the parent is batched, so each row must get the answer it gets alone).
 """
 
 from __future__ import annotations
@@ -161,9 +162,9 @@ def _inputs(parent: ModelVersion, samples: Samples, rows: slice | None = None) -
 
 def _parent_outputs(parent: ModelVersion, inputs: Sequence[Any]) -> list[np.ndarray[Any, Any]]:
     """The parent ONNX model's outputs (config order) on ``inputs``, run in batches."""
-    import onnxruntime as ort
+    from ..export import quiet_session
 
-    session = ort.InferenceSession(str(parent.model_path), providers=["CPUExecutionProvider"])
+    session = quiet_session(parent.model_path)
     names = [spec.name for spec in parent.config.inputs]
     outputs = [spec.name for spec in parent.config.outputs]
     step = parent.config.max_batch_size or len(inputs[0])
@@ -298,7 +299,8 @@ def _export(module: Any, parent: ModelVersion, samples: Samples, target: Path) -
     """Export with the parent's input/output names and a dynamic batch axis; refuse an
     export whose inputs or outputs differ from the parent's config, or from torch."""
     torch = require("torch", extra="train", feature="exporting")
-    from ..export import batch_axes, check_parity, export_onnx
+    from ..export import batch_axes, check_parity, export_onnx, quiet_session
+    from ..rows import ROWS, check_row_independence
 
     inputs = [s.name for s in parent.config.inputs]
     outputs = [s.name for s in parent.config.outputs]
@@ -315,6 +317,15 @@ def _export(module: Any, parent: ModelVersion, samples: Samples, target: Path) -
                 f"{[_sig(s) for s in want]}: the module must keep the model's {kind}"
             )
     check_parity(module, target, _inputs(parent, samples, slice(0, 3)), inputs, outputs)
+    session = quiet_session(target)
+    rows = dict(zip(inputs, _inputs(parent, samples, slice(0, ROWS)), strict=True))
+    check_row_independence(
+        lambda feed: dict(zip(outputs, session.run(outputs, feed), strict=True)),
+        rows,
+        f"the exported {parent.name!r} module",
+        min(ROWS, parent.config.max_batch_size),
+        other_fix=f"(the parent is batched, max_batch_size {parent.config.max_batch_size})",
+    )
 
 
 def _sig(spec: Any) -> str:
