@@ -39,6 +39,7 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from .._config_files import read_mapping
@@ -46,10 +47,12 @@ from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from ..backends.remote import RemoteBackend
 from ..errors import ConfigError, EdgecloudError
-from ..repository import ModelRepository
+from ..repository import SAMPLES_FILE, ModelRepository
+from ..routing.confidence import not_probabilities
 from ..routing.outbox import DrainResult, Outbox
 from ..routing.resilience import Backoff
 from ..routing.transforms import InputAdapter, check_against
+from ..samples import data_for
 from ..tensors import InferRequest, InferResponse
 from .build import _Builder
 from .filter_node import FilterNode
@@ -68,6 +71,9 @@ from .kinds import (
 )
 from .nodes import KINDS, AnyNode, Node, node_kind, parse_node, walk
 from .spec import DeploymentSpec, OutboxSpec, RemoteSpec
+
+#: Sample rows ``check_ready`` runs through a local cascade model to check its output.
+PROBE_ROWS = 8
 
 #: The name calibration used for the cascade's parameters before node kinds were typed.
 CascadeSpec = CascadeNode
@@ -162,6 +168,58 @@ class Deployment(Backend):
             if isinstance(node, CascadeNode)
         ]
         check_against(self.spec.models, self.repository, pairs=pairs, where=self.where)
+        for at, node in walk(self.spec):
+            if isinstance(node, CascadeNode):
+                self._check_cascade_output(at, node)
+
+    def _check_cascade_output(self, at: str, node: CascadeNode) -> None:
+        """A local cascade's ``output`` is class probabilities, before the first request.
+
+        For each of ``small_model``/``large_model`` run on this device: its
+        config must declare ``output`` as a float tensor, and when its version
+        carries samples (``samples.npz``), its answer on the first
+        :data:`PROBE_ROWS` rows must be one distribution per row (what the
+        cascade checks on every request, :func:`~..routing.confidence.not_probabilities`).
+        A logits output passes the config check and is caught only by the
+        samples; without them the cascade refuses it on the first request.
+        """
+        for key in ("small_model", "large_model"):
+            model = getattr(node, key)
+            if model is None or model not in self.local_models:
+                continue
+            _, local = self.local_models[model]
+            version = self.repository.get(model)
+            outputs = {spec.name: spec for spec in version.config.outputs}
+            spec = outputs.get(node.output)
+            fix = "set output: to the model's softmax output"
+            if spec is None:
+                raise ConfigError(
+                    f"{self.where}: {at}.output: model {model!r} has no output {node.output!r} "
+                    f"(outputs: {', '.join(outputs)}); {fix}"
+                )
+            if spec.datatype not in ("FP16", "FP32", "FP64"):
+                raise ConfigError(
+                    f"{self.where}: {at}.output: model {model!r}'s output {node.output!r} is "
+                    f"{spec.datatype}, not float probabilities; {fix}"
+                )
+            if SAMPLES_FILE not in version.files:
+                continue
+            try:
+                samples = data_for(version)
+                rows = {k: v[:PROBE_ROWS] for k, v in samples.inputs.items()}
+                probs = local.infer(InferRequest(model, rows)).outputs[node.output]
+            except EdgecloudError as exc:
+                raise ConfigError(
+                    f"{self.where}: {at}.{key}: model {model!r} cannot run its own samples: "
+                    f"{exc.message}"
+                ) from exc
+            problem = not_probabilities(np.asarray(probs)) if probs.ndim == 2 else ""
+            if problem:
+                raise ConfigError(
+                    f"{self.where}: {at}.output: model {model!r}'s output {node.output!r} is "
+                    f"not class probabilities on its samples ({problem}); the cascade's "
+                    f"{node.confidence} would route on noise: {fix}, or add a Softmax to it"
+                )
 
     def infer(self, request: InferRequest) -> InferResponse:
         return self.root.infer(request)
