@@ -88,3 +88,54 @@ def test_a_cascade_output_the_model_lacks_is_refused_at_check_ready(
     path = write(tmp_path, repo, cascade(output, prefix="bare-"))
     with pytest.raises(ConfigError, match=r"root\.cascade\.output: model 'bare-small' " + message):
         edgecloud.load(path, ready=True)
+
+
+# ---------------------------------------------------------------- models: entries
+
+ENTRY = {"inputs": {"x": {"columns": "0:4"}}}
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        cascade("z"),
+        {"fallback": {"primary": cascade("z"), "secondary": cascade("z", prefix="bare-")}},
+        {"guard": {"inner": {"cascade": {**cascade("z")["cascade"], "large": "cloud"}}}},
+    ],
+)
+def test_an_entry_for_a_model_a_named_tree_never_runs_is_refused_at_load(
+    repo: ModelRepository, tmp_path: Path, root: Any
+) -> None:
+    remotes = {"cloud": {"url": "http://127.0.0.1:9"}}
+    path = write(tmp_path, repo, root, remotes=remotes, models={"small": ENTRY, "nosuch": ENTRY})
+    with pytest.raises(ConfigError, match=r"models\.nosuch: no node of the tree runs model "
+                       r"'nosuch' \(it runs: .*small.*\); fix the name"):  # fmt: skip
+        edgecloud.load(path)
+    assert not (tmp_path / "outbox.db").exists()
+
+
+def test_an_entry_a_pass_through_tree_cannot_run_is_refused_at_check_ready(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    path = write(tmp_path, repo, "local", models={"small": ENTRY, "nosuch": ENTRY})
+    edgecloud.load(path).close()  # any model may be requested: the repository decides
+    with pytest.raises(ConfigError, match=r"models\.nosuch: model 'nosuch' is not in .*repo "
+                       r"\(models: bare-large, bare-small, large, small\)"):  # fmt: skip
+        edgecloud.load(path, ready=True)
+
+
+def test_entries_the_tree_or_the_repository_runs_pass(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    mixed = {"fallback": {"primary": cascade("z"), "secondary": "local"}}
+    path = write(tmp_path, repo, mixed, models={"small": ENTRY, "bare-small": ENTRY})
+    edgecloud.load(path, ready=True).close()
+
+
+def test_entries_of_a_pass_through_remote_are_the_servers_to_check(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """A remote serves models this device does not hold: an entry for one is not a typo."""
+    remotes = {"cloud": {"url": "http://127.0.0.1:9"}}
+    path = write(tmp_path, repo, "cloud", remotes=remotes, models={"on-server": ENTRY})
+    edgecloud.load(path, ready=True).close()

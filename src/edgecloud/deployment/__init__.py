@@ -132,6 +132,10 @@ class Deployment(Backend):
         """Whether any node runs models on this device (then the repository must exist)."""
         self.nodes: dict[str, Backend] = {}
         """YAML path (``root.guard.inner.cascade``) -> the built backend of that node."""
+        self.served: set[str] = set()
+        """Models the tree names for its leaves (cascade small/large, split model)."""
+        self.pass_through: list[tuple[str, bool]] = []
+        """Leaves running the request's model: (YAML path, whether it is a remote)."""
 
     @property
     def where(self) -> str:
@@ -152,6 +156,7 @@ class Deployment(Backend):
         if self.uses_local and not root.is_dir():
             raise ConfigError(f"{self.where}: repository: {root} does not exist")
         names = self.repository.model_names()
+        self._check_models_section(names)
         for model, (at, local) in self.local_models.items():
             if model not in names:
                 raise ConfigError(
@@ -171,6 +176,24 @@ class Deployment(Backend):
         for at, node in walk(self.spec):
             if isinstance(node, CascadeNode):
                 self._check_cascade_output(at, node)
+
+    def _check_models_section(self, names: list[str]) -> None:
+        """A ``models:`` entry of a tree with pass-through local leaves names a model of the
+        repository or of the tree (``load`` checked trees that name all their models).
+
+        With a pass-through remote leaf, a model the server holds may be requested:
+        its entries cannot be checked here (the server knows its models).
+        """
+        if not self.pass_through or any(remote for _, remote in self.pass_through):
+            return
+        known = set(names) | self.served
+        for name in self.spec.models:
+            if name not in known:
+                raise ConfigError(
+                    f"{self.where}: models.{name}: model {name!r} is not in "
+                    f"{self.repository.root} (models: {', '.join(sorted(known)) or 'none'}); "
+                    "fix the name or remove the entry"
+                )
 
     def _check_cascade_output(self, at: str, node: CascadeNode) -> None:
         """A local cascade's ``output`` is class probabilities, before the first request.
@@ -267,6 +290,7 @@ def load(
     builder = _Builder(spec, base, where)
     try:
         root = builder.node(spec.root, "root")
+        builder.check_models_section()
     except BaseException:
         if builder.outbox is not None:
             builder.outbox.close()
@@ -281,6 +305,8 @@ def load(
     )
     deployment.local_models = builder.local_models
     deployment.uses_local = builder.uses_local
+    deployment.served = builder.served
+    deployment.pass_through = builder.pass_through
     deployment.nodes = {p: builder.nodes[p] for p, _ in walk(spec) if p in builder.nodes}
     if ready:
         try:

@@ -46,6 +46,10 @@ class _Builder:
         self.remotes: dict[str, RemoteBackend] = {}
         self.nodes: dict[str, Backend] = {}
         """YAML path -> the built backend of the node there (leaves after ``_adapt``)."""
+        self.served: set[str] = set()
+        """Models the tree names for its leaves (a cascade's small/large, a split's model)."""
+        self.pass_through: list[tuple[str, bool]] = []
+        """Leaves that run whatever model a request names: (YAML path, is it a remote)."""
 
     def path(self, value: str) -> Path:
         path = Path(value)
@@ -59,9 +63,41 @@ class _Builder:
         path = node.path(at)
         backend = node.build(self, path)
         if node.leaf:
+            self._record_leaf(node, path)
             backend = self._adapt(backend)
         self.nodes[path] = backend
         return backend
+
+    def _record_leaf(self, node: Node, path: str) -> None:
+        model = self._serving[-1]
+        named = {model} if model is not None else node.entry_models()
+        if named:
+            self.served |= named
+        else:
+            self.pass_through.append((path, node.kind != "local"))
+
+    def check_models_section(self) -> None:
+        """Every ``models:`` entry names a model some leaf runs, when the tree names them all.
+
+        A tree whose every leaf has its model named (a cascade's ``small_model``/
+        ``large_model``, a split's ``model``) runs only those: an entry for any
+        other is a typo that would be ignored silently. A tree with a leaf that
+        runs the request's model is checked against the repository by
+        ``Deployment.check_ready`` instead.
+
+        Raises:
+            ConfigError: ``<file>: models.<name>: ...`` naming the models the tree runs.
+        """
+        if self.pass_through:
+            return
+        for name in self.spec.models:
+            if name not in self.served:
+                runs = ", ".join(sorted(self.served)) or "none"
+                raise self.error(
+                    f"models.{name}",
+                    f"no node of the tree runs model {name!r} (it runs: {runs}); "
+                    "fix the name or remove the entry",
+                )
 
     def _adapt(self, backend: Backend) -> Backend:
         """Every leaf (local, remote, split): its requests' inputs derived per model
