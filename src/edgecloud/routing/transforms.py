@@ -55,7 +55,9 @@ tensor's, batch axis first, as the request carries them):
    ``floor((i + 0.5) * H0 / H)`` (PyTorch ``nearest-exact``). Values are
    computed in float64 and returned in the tensor's datatype; an integer
    tensor's area or bilinear values are rounded to nearest (ties to even), as
-   image libraries do; BOOL takes ``nearest`` only; BYTES is refused. A result
+   image libraries do (exact: every value of an INT64/UINT64 tensor must be within
+   ±2^53, the integers float64 holds, else TensorValueError, as :func:`cast`
+   to FP64 refuses them); BOOL takes ``nearest`` only; BYTES is refused. A result
    above :data:`MAX_DERIVED_ELEMENTS` is a PayloadTooLargeError.
 
 Zero rows stay zero rows. A declaration that cannot be right (a negative
@@ -416,6 +418,12 @@ def _resize(array: Array, size: tuple[int, int], mode: ResizeMode, where: str) -
         return array
     if mode == "nearest":
         return array[..., _nearest(h0, h)[:, None], _nearest(w0, w)[None, :]]
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8 and array.size:
+        # float64 holds integers exactly up to 2^53 (as cast() to FP64 requires): beyond,
+        # the mean would come back rounded, or wrapped past INT64's largest to -2^63.
+        limit = _EXACT_INT["FP64"]
+        why = f"beyond ±2^53, so a {mode} resize cannot compute it exactly; use mode: nearest"
+        _refuse_outside(array, -limit, limit, where, why)
     if mode == "area":
         if h0 % h or w0 % w:
             raise ShapeMismatchError(
