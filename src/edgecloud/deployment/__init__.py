@@ -21,7 +21,11 @@
 A node is ``local``, the name of a remote, or a one-key mapping ``{kind:
 params}`` naming one of the registered kinds (:data:`KINDS`: one pydantic model
 per kind with its ``build()``, see :mod:`.nodes` and :mod:`.kinds`;
-``edgecloud schema deployment`` prints them all as JSON Schema). Mistakes are a
+``edgecloud schema deployment`` prints them all as JSON Schema; it refuses what
+validation refuses — column indices, slices, resize sides, ``mode`` without
+``resize``, remote URL schemes — except what a schema cannot state: a slice
+whose stop is not above its start, a slice index above 2^31 - 1, and a node
+naming a remote the file does not declare; ``load`` refuses those). Mistakes are a
 ConfigError naming the file and the YAML path
 (``root.guard.inner.cascade.threshold: ...``). Relative paths are relative to
 the deployment file.
