@@ -139,3 +139,33 @@ def test_entries_of_a_pass_through_remote_are_the_servers_to_check(
     remotes = {"cloud": {"url": "http://127.0.0.1:9"}}
     path = write(tmp_path, repo, "cloud", remotes=remotes, models={"on-server": ENTRY})
     edgecloud.load(path, ready=True).close()
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+def test_loading_a_file_creates_no_queue_and_serving_opens_it(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """Before: ``edgecloud.load`` (to inspect a file) created outbox.db and its lock and
+    reserve files. Now the first use opens it (with every check an Outbox makes at
+    open); ``ready=True`` (``edgecloud edge``) opens it before the first request."""
+    path = write(tmp_path, repo, "local", outbox={"path": "queue/outbox.db"})
+    with edgecloud.load(path) as tree:
+        assert tree.outbox is not None and tree.outbox.items() == []  # opened by use
+    assert (tmp_path / "queue" / "outbox.db").exists()
+    other = write(tmp_path / "queue", repo, "local", outbox={"path": "other.db"})
+    edgecloud.load(other).close()
+    assert not list((tmp_path / "queue").glob("other.db*"))
+    edgecloud.load(other, ready=True).close()
+    assert (tmp_path / "queue" / "other.db").exists()
+
+
+def test_an_outbox_that_cannot_open_fails_ready_not_the_first_request(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = write(tmp_path, repo, "local", outbox={"path": "file/outbox.db"})
+    edgecloud.load(path).close()  # reading the file is fine
+    with pytest.raises(edgecloud.EdgecloudError, match="outbox .*file/outbox.db"):
+        edgecloud.load(path, ready=True)

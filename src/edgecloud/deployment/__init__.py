@@ -58,7 +58,7 @@ from ..routing.resilience import Backoff
 from ..routing.transforms import InputAdapter, check_against
 from ..samples import data_for
 from ..tensors import InferRequest, InferResponse
-from .build import _Builder
+from .build import LazyOutbox, _Builder
 from .filter_node import FilterNode
 from .kinds import (
     BreakerSpec,
@@ -315,7 +315,9 @@ def load(
     if ready:
         try:
             deployment.check_ready()
-        except ConfigError:
+            if isinstance(builder.outbox, LazyOutbox):
+                builder.outbox.open()  # serving: the queue's file is checked before requests
+        except EdgecloudError:
             deployment.close()
             raise
     return deployment
