@@ -100,6 +100,24 @@ CHECKS: dict[str, Any] = {
     "propertyNames": lambda arg, v, root, at, _: [
         e for k in _object(v) for e in errors(arg, k, root, at)
     ],
+    "minProperties": lambda arg, v, *_: [] if len(_object(v)) >= arg else ["few properties"],
+    "maxItems": lambda arg, v, *_: [] if not isinstance(v, list) or len(v) <= arg else ["long"],
+    "uniqueItems": lambda arg, v, *_: (
+        ["repeats"]
+        if arg and isinstance(v, list) and len({json.dumps(x) for x in v}) < len(v)
+        else []
+    ),
+    "prefixItems": lambda arg, v, root, at, _: [
+        e
+        for s, x in zip(arg, v if isinstance(v, list) else [], strict=False)
+        for e in errors(s, x, root, at)
+    ],
+    "pattern": lambda arg, v, *_: (
+        [] if not isinstance(v, str) or re.search(arg, v) else [f"{v!r} !~ {arg}"]
+    ),
+    "dependentSchemas": lambda arg, v, root, at, _: [
+        e for k, s in arg.items() if k in _object(v) for e in errors(s, v, root, at)
+    ],
     "minimum": _bound(lambda v, a: v >= a, "minimum"),
     "maximum": _bound(lambda v, a: v <= a, "maximum"),
     "exclusiveMinimum": _bound(lambda v, a: v > a, "exclusiveMinimum"),
@@ -213,3 +231,96 @@ def test_an_unknown_schema_is_one_line() -> None:
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no schema for 'workload-of-dreams'; use one of deployment" in result.stderr
+
+
+# ---------------------------------------------------------------- schema == load, case by case
+
+CASCADE_LOCAL = {"cascade": {"small": "local", "large": "local", "small_model": "small",
+                             "large_model": "large", "threshold": 0.5}}  # fmt: skip
+
+
+def with_input(step: Any) -> dict[str, Any]:
+    return {"models": {"small": {"inputs": {"x": step}}}, "root": CASCADE_LOCAL}
+
+
+def with_remote(remote: Any) -> dict[str, Any]:
+    return {"remotes": {"cloud": remote}, "root": {"remote": "cloud"}}
+
+
+#: (file, accepted): every case is run through the schema and through ``edgecloud.load``.
+AGREE: list[tuple[dict[str, Any], bool]] = [
+    (with_input({"columns": [0, 3]}), True),
+    (with_input({"columns": "0:4"}), True),
+    (with_input({"columns": "2:"}), True),
+    (with_input({"columns": " 0 : 8 : 2 "}), True),
+    (with_input({"columns": "0:8:"}), True),
+    (with_input({"columns": [-1]}), False),
+    (with_input({"columns": [2**31]}), False),
+    (with_input({"columns": [1, 1]}), False),
+    (with_input({"columns": []}), False),
+    (with_input({"columns": [0.0]}), False),
+    (with_input({"columns": [True]}), False),
+    (with_input({"columns": "-3:"}), False),
+    (with_input({"columns": "0:4:0"}), False),
+    (with_input({"columns": "0"}), False),
+    (with_input({"columns": "a:b"}), False),
+    (with_input({"columns": "0:1:2:3"}), False),
+    (with_input({"columns": "0\t:4"}), False),
+    (with_input({"resize": [2, 4]}), True),
+    (with_input({"resize": [2, 4], "mode": "nearest"}), True),
+    (with_input({"resize": [0, 4]}), False),
+    (with_input({"resize": [4, 16385]}), False),
+    (with_input({"resize": [1, 2, 3]}), False),
+    (with_input({"resize": [4]}), False),
+    (with_input({"mode": "area"}), False),
+    (with_input({"mode": None}), False),
+    (with_input({"resize": None, "mode": "area"}), False),
+    (with_input({"window": 0}), False),
+    (with_input({"cast": "BYTES"}), False),
+    (with_remote({"url": "http://127.0.0.1:8000"}), True),
+    (with_remote({"url": "https://x"}), True),
+    (with_remote({"url": "grpc://127.0.0.1:8001"}), True),
+    (with_remote({"url": "grpcs://x:443"}), True),
+    (with_remote({"url": "ftp://x"}), False),
+    (with_remote({"url": "127.0.0.1:8000"}), False),
+    (with_remote({"url": "HTTP://x"}), False),
+    (with_remote({"url": "http://x", "timeout_s": 0}), False),
+]
+
+#: What load refuses and the schema cannot state: a slice whose stop is not above its
+#: start (regular expressions cannot compare numbers), a slice index above 2^31 - 1,
+#: and a node naming a remote the file does not declare (the schema cannot relate a
+#: string to another mapping's keys). ``edgecloud.load`` refuses each with its YAML path.
+LOAD_ONLY: list[dict[str, Any]] = [
+    with_input({"columns": "4:2"}),
+    with_input({"columns": "0:2147483648"}),
+    {"root": "cloud"},
+    {"remotes": {"cloud": {"url": "http://x"}}, "root": {"remote": "elsewhere"}},
+]
+
+
+def loads(tmp_path: Path, spec: dict[str, Any]) -> bool:
+    import edgecloud
+    from edgecloud.errors import ConfigError
+
+    path = tmp_path / "deployment.yaml"
+    path.write_text(yaml.safe_dump({"repository": str(tmp_path / "repo"), **spec}))
+    try:
+        edgecloud.load(path).close()
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("spec", "accepted"), AGREE)
+def test_the_schema_and_load_agree(
+    schema: dict[str, Any], tmp_path: Path, spec: dict[str, Any], accepted: bool
+) -> None:
+    assert (errors(schema, spec, schema) == []) is accepted, errors(schema, spec, schema)
+    assert loads(tmp_path, spec) is accepted
+
+
+@pytest.mark.parametrize("spec", LOAD_ONLY)
+def test_what_only_load_can_refuse(schema: dict[str, Any], tmp_path: Path, spec: Any) -> None:
+    assert errors(schema, spec, schema) == []
+    assert not loads(tmp_path, spec)

@@ -14,7 +14,12 @@ from edgecloud import (
 from edgecloud.backends.base import FunctionBackend, check_rows
 from edgecloud.errors import InferenceError
 from edgecloud.routing import Cascade, calibrate
-from edgecloud.routing.confidence import margin, max_probability, normalised_entropy
+from edgecloud.routing.confidence import (
+    margin,
+    max_probability,
+    normalised_entropy,
+    not_probabilities,
+)
 from edgecloud.zoo import datasets
 
 from ..server.conftest import Server, free_port
@@ -206,3 +211,40 @@ def test_check_rows_names_the_source_and_shapes() -> None:
     with pytest.raises(InferenceError, match=r"remote:x: output 'y' has shape \[1, 3\] for 3"):
         check_rows(np.zeros((1, 3)), 3, output="y", source="remote:x")
     check_rows(np.zeros((3, 3)), 3, output="y", source="remote:x", like=np.zeros((5, 3)))
+
+
+ROWS = np.array([[0.9, 0.1], [0.5, 0.5]])
+
+
+@pytest.mark.parametrize(
+    ("probs", "problem"),
+    [
+        (np.array([[2.0, -1.0], [0.3, 0.1]]), r"outside \[0, 1\]"),  # logits
+        (np.log(ROWS), r"outside \[0, 1\]"),  # log-probabilities
+        (np.array([[0.9, 0.8], [0.1, 0.2]]), "row 0 sums to 1.7"),  # independent sigmoids
+        (np.array([[0.2, 0.2], [0.5, 0.5]]), "row 0 sums to 0.4"),
+        (np.array([[np.nan, 0.5], [0.5, 0.5]]), "not finite"),
+        (np.array([[np.inf, 0.0], [0.5, 0.5]]), "not finite"),
+        (np.array([[1, 0], [0, 1]], dtype=np.int64), "int64 values"),
+    ],
+)
+@pytest.mark.parametrize("measure", ["max_prob", "margin", "entropy"])
+def test_a_cascade_refuses_to_score_what_is_not_probabilities(
+    probs: np.ndarray, problem: str, measure: str
+) -> None:
+    """Before: logits routed (entropy/max_prob of anything is a number): rows escalated or
+    kept by noise. Now the request fails naming the output and what to set."""
+    small = FunctionBackend(lambda inputs: {"logits": probs}, name="small")
+    large = FunctionBackend(lambda inputs: {"logits": ROWS}, name="large")
+    c = Cascade(small, large, threshold=0.5, output="logits", confidence_measure=measure)
+    with pytest.raises(ConfigError, match=rf"output 'logits' of 'm' is not class prob.*{problem}"):
+        c.infer(InferRequest("m", {"x": np.zeros((2, 2), np.float32)}))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_rounded_probabilities_of_every_float_type_pass(dtype: type) -> None:
+    logits = np.random.default_rng(1).normal(size=(64, 1000)) * 4
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = (e / e.sum(axis=1, keepdims=True)).astype(dtype)
+    assert not_probabilities(probs) == ""
+    assert not_probabilities(np.zeros((0, 3), dtype)) == ""

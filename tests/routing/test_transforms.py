@@ -508,3 +508,25 @@ def test_without_a_known_source_what_the_steps_fix_is_checked(tmp_path: Path) ->
     # Models the repository does not hold (served remotely) and a missing repository pass.
     check_against(models(remote_only={"x": {"columns": [0]}}), repo)
     check_against(models(small={"x": {"columns": [0]}}), ModelRepository(tmp_path / "none"))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("mode", ["area", "bilinear"])
+def test_a_64_bit_integer_resize_is_exact_or_refused(dtype: type, mode: str) -> None:
+    """Before: INT64 values near 2^63-1 came back as -2^63 (the float64 mean rounded up
+    past the largest INT64 and wrapped). Now values float64 holds exactly (|v| <= 2^53)
+    resize exactly, and a larger one is refused as cast() to FP64 refuses it."""
+    info = np.iinfo(dtype)
+    image = np.full((1, 1, 4, 4), info.max, dtype=dtype)
+    with pytest.raises(TensorValueError, match=r"element 0 .* beyond ±2\^53.*use mode: nearest"):
+        one({"resize": [2, 2], "mode": mode}, image)
+    nearest = one({"resize": [2, 2], "mode": "nearest"}, image)
+    assert (nearest == info.max).all()  # no arithmetic: every value passes whole
+    exact = np.full((1, 1, 4, 4), 2**53, dtype=dtype)
+    if dtype is np.int64:
+        exact[..., ::2] = -(2**53)
+    got = one({"resize": [2, 2], "mode": mode}, exact)
+    expected = np.rint(exact.astype(np.float64).reshape(1, 1, 2, 2, 2, 2).mean(axis=(3, 5)))
+    if mode == "area":
+        assert got.dtype == dtype and (got == expected.astype(dtype)).all()
+    assert got.min() >= -(2**53) and got.max() <= 2**53

@@ -21,7 +21,11 @@
 A node is ``local``, the name of a remote, or a one-key mapping ``{kind:
 params}`` naming one of the registered kinds (:data:`KINDS`: one pydantic model
 per kind with its ``build()``, see :mod:`.nodes` and :mod:`.kinds`;
-``edgecloud schema deployment`` prints them all as JSON Schema). Mistakes are a
+``edgecloud schema deployment`` prints them all as JSON Schema; it refuses what
+validation refuses — column indices, slices, resize sides, ``mode`` without
+``resize``, remote URL schemes — except what a schema cannot state: a slice
+whose stop is not above its start, a slice index above 2^31 - 1, and a node
+naming a remote the file does not declare; ``load`` refuses those). Mistakes are a
 ConfigError naming the file and the YAML path
 (``root.guard.inner.cascade.threshold: ...``). Relative paths are relative to
 the deployment file.
@@ -39,6 +43,7 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from .._config_files import read_mapping
@@ -46,12 +51,14 @@ from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from ..backends.remote import RemoteBackend
 from ..errors import ConfigError, EdgecloudError
-from ..repository import ModelRepository
+from ..repository import SAMPLES_FILE, ModelRepository
+from ..routing.confidence import not_probabilities
 from ..routing.outbox import DrainResult, Outbox
 from ..routing.resilience import Backoff
 from ..routing.transforms import InputAdapter, check_against
+from ..samples import data_for
 from ..tensors import InferRequest, InferResponse
-from .build import _Builder
+from .build import LazyOutbox, _Builder
 from .filter_node import FilterNode
 from .kinds import (
     BreakerSpec,
@@ -68,6 +75,9 @@ from .kinds import (
 )
 from .nodes import KINDS, AnyNode, Node, node_kind, parse_node, walk
 from .spec import DeploymentSpec, OutboxSpec, RemoteSpec
+
+#: Sample rows ``check_ready`` runs through a local cascade model to check its output.
+PROBE_ROWS = 8
 
 #: The name calibration used for the cascade's parameters before node kinds were typed.
 CascadeSpec = CascadeNode
@@ -126,6 +136,10 @@ class Deployment(Backend):
         """Whether any node runs models on this device (then the repository must exist)."""
         self.nodes: dict[str, Backend] = {}
         """YAML path (``root.guard.inner.cascade``) -> the built backend of that node."""
+        self.served: set[str] = set()
+        """Models the tree names for its leaves (cascade small/large, split model)."""
+        self.pass_through: list[tuple[str, bool]] = []
+        """Leaves running the request's model: (YAML path, whether it is a remote)."""
 
     @property
     def where(self) -> str:
@@ -146,6 +160,7 @@ class Deployment(Backend):
         if self.uses_local and not root.is_dir():
             raise ConfigError(f"{self.where}: repository: {root} does not exist")
         names = self.repository.model_names()
+        self._check_models_section(names)
         for model, (at, local) in self.local_models.items():
             if model not in names:
                 raise ConfigError(
@@ -162,6 +177,76 @@ class Deployment(Backend):
             if isinstance(node, CascadeNode)
         ]
         check_against(self.spec.models, self.repository, pairs=pairs, where=self.where)
+        for at, node in walk(self.spec):
+            if isinstance(node, CascadeNode):
+                self._check_cascade_output(at, node)
+
+    def _check_models_section(self, names: list[str]) -> None:
+        """A ``models:`` entry of a tree with pass-through local leaves names a model of the
+        repository or of the tree (``load`` checked trees that name all their models).
+
+        With a pass-through remote leaf, a model the server holds may be requested:
+        its entries cannot be checked here (the server knows its models).
+        """
+        if not self.pass_through or any(remote for _, remote in self.pass_through):
+            return
+        known = set(names) | self.served
+        for name in self.spec.models:
+            if name not in known:
+                raise ConfigError(
+                    f"{self.where}: models.{name}: model {name!r} is not in "
+                    f"{self.repository.root} (models: {', '.join(sorted(known)) or 'none'}); "
+                    "fix the name or remove the entry"
+                )
+
+    def _check_cascade_output(self, at: str, node: CascadeNode) -> None:
+        """A local cascade's ``output`` is class probabilities, before the first request.
+
+        For each of ``small_model``/``large_model`` run on this device: its
+        config must declare ``output`` as a float tensor, and when its version
+        carries samples (``samples.npz``), its answer on the first
+        :data:`PROBE_ROWS` rows must be one distribution per row (what the
+        cascade checks on every request, :func:`~..routing.confidence.not_probabilities`).
+        A logits output passes the config check and is caught only by the
+        samples; without them the cascade refuses it on the first request.
+        """
+        for key in ("small_model", "large_model"):
+            model = getattr(node, key)
+            if model is None or model not in self.local_models:
+                continue
+            _, local = self.local_models[model]
+            version = self.repository.get(model)
+            outputs = {spec.name: spec for spec in version.config.outputs}
+            spec = outputs.get(node.output)
+            fix = "set output: to the model's softmax output"
+            if spec is None:
+                raise ConfigError(
+                    f"{self.where}: {at}.output: model {model!r} has no output {node.output!r} "
+                    f"(outputs: {', '.join(outputs)}); {fix}"
+                )
+            if spec.datatype not in ("FP16", "FP32", "FP64"):
+                raise ConfigError(
+                    f"{self.where}: {at}.output: model {model!r}'s output {node.output!r} is "
+                    f"{spec.datatype}, not float probabilities; {fix}"
+                )
+            if SAMPLES_FILE not in version.files:
+                continue
+            try:
+                samples = data_for(version)
+                rows = {k: v[:PROBE_ROWS] for k, v in samples.inputs.items()}
+                probs = local.infer(InferRequest(model, rows)).outputs[node.output]
+            except EdgecloudError as exc:
+                raise ConfigError(
+                    f"{self.where}: {at}.{key}: model {model!r} cannot run its own samples: "
+                    f"{exc.message}"
+                ) from exc
+            problem = not_probabilities(np.asarray(probs)) if probs.ndim == 2 else ""
+            if problem:
+                raise ConfigError(
+                    f"{self.where}: {at}.output: model {model!r}'s output {node.output!r} is "
+                    f"not class probabilities on its samples ({problem}); the cascade's "
+                    f"{node.confidence} would route on noise: {fix}, or add a Softmax to it"
+                )
 
     def infer(self, request: InferRequest) -> InferResponse:
         return self.root.infer(request)
@@ -209,6 +294,7 @@ def load(
     builder = _Builder(spec, base, where)
     try:
         root = builder.node(spec.root, "root")
+        builder.check_models_section()
     except BaseException:
         if builder.outbox is not None:
             builder.outbox.close()
@@ -223,11 +309,15 @@ def load(
     )
     deployment.local_models = builder.local_models
     deployment.uses_local = builder.uses_local
+    deployment.served = builder.served
+    deployment.pass_through = builder.pass_through
     deployment.nodes = {p: builder.nodes[p] for p, _ in walk(spec) if p in builder.nodes}
     if ready:
         try:
             deployment.check_ready()
-        except ConfigError:
+            if isinstance(builder.outbox, LazyOutbox):
+                builder.outbox.open()  # serving: the queue's file is checked before requests
+        except EdgecloudError:
             deployment.close()
             raise
     return deployment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import yaml
@@ -17,8 +18,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
+#: The URL schemes a remote speaks (RemoteBackend: REST over http(s), gRPC over grpc(s)).
+URL_PATTERN = r"^(https?|grpcs?)://"
+
+
 class RemoteSpec(_Strict):
-    url: str
+    url: str = Field(json_schema_extra={"pattern": URL_PATTERN})
     """``http(s)://host:port`` or ``grpc(s)://host:port`` of a v2 server."""
     timeout_s: float = Field(default=5.0, gt=0)
     """Seconds before a request to this server is given up (a fallback can still answer)."""
@@ -26,6 +31,13 @@ class RemoteSpec(_Strict):
     """Environment variable holding the bearer token."""
     binary: bool = True
     """Send tensors in the binary-data extension (HTTP) rather than JSON lists."""
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not re.match(URL_PATTERN, url):
+            raise ValueError(f"remote URL {url!r} must start with http(s):// or grpc(s)://")
+        return url
 
 
 class OutboxSpec(_Strict):

@@ -15,7 +15,7 @@ import numpy as np
 from ..backends.base import Backend, check_rows
 from ..errors import ConfigError, EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, Span, Trace
-from .confidence import confidence
+from .confidence import confidence, not_probabilities
 from .fallback import fallback_reason
 from .keys import derived_key, new_key
 from .privacy import deferrable
@@ -32,7 +32,10 @@ OnEscalationFailure = Callable[[InferRequest, InferResponse, str], None]
 class Cascade(Backend):
     """Answer with ``small``; escalate low-confidence rows to ``large``.
 
-    ``output`` names the probability output both models produce. Rows whose
+    ``output`` names the probability output both models produce: one
+    distribution per row (finite, in [0, 1], rows summing to 1; see
+    :func:`~.confidence.not_probabilities`), else the request fails with a
+    ConfigError naming ``output`` (never routed on logits). Rows whose
     confidence (``max_prob``, ``margin`` or ``entropy``) is below ``threshold``
     go to ``large`` as one sub-batch; their answers replace the small model's.
     ``audit_rate`` also escalates that share of confident rows (to measure the
@@ -89,6 +92,13 @@ class Cascade(Backend):
             )
         if probs.shape[0] == 0:  # an empty batch: the small model's empty answer is the answer
             return _decided(first, self.name, "cascade:empty batch (0 rows), nothing to escalate")
+        problem = not_probabilities(probs)
+        if problem:
+            raise ConfigError(
+                f"{self.name}: output {self.output!r} of {model!r} is not class probabilities "
+                f"({problem}): its {self.measure} confidence would route on noise; set the "
+                f"cascade's output: to a softmax output of the model, or add a Softmax to it"
+            )
         scores = self._confidence(probs)
         unsure = scores < self.threshold
         audited = self._audit(~unsure)

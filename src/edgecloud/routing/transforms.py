@@ -55,7 +55,9 @@ tensor's, batch axis first, as the request carries them):
    ``floor((i + 0.5) * H0 / H)`` (PyTorch ``nearest-exact``). Values are
    computed in float64 and returned in the tensor's datatype; an integer
    tensor's area or bilinear values are rounded to nearest (ties to even), as
-   image libraries do; BOOL takes ``nearest`` only; BYTES is refused. A result
+   image libraries do (exact: every value of an INT64/UINT64 tensor must be within
+   ±2^53, the integers float64 holds, else TensorValueError, as :func:`cast`
+   to FP64 refuses them); BOOL takes ``nearest`` only; BYTES is refused. A result
    above :data:`MAX_DERIVED_ELEMENTS` is a PayloadTooLargeError.
 
 Zero rows stay zero rows. A declaration that cannot be right (a negative
@@ -70,13 +72,22 @@ numpy only: this runs on the edge inference path.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from ..backends.base import Backend
 from ..errors import (
@@ -114,6 +125,36 @@ MAX_SIDE = 16_384
 #: working copy twice that. A larger result is a PayloadTooLargeError.
 MAX_DERIVED_ELEMENTS = 2**28
 
+#: A ``columns`` slice as the JSON Schema states it: ``start:stop[:step]``, each part
+#: optional, non-negative, step not 0. What a pattern cannot state (stop above start,
+#: indices up to MAX_INDEX) is checked by :func:`_parse_slice` at load.
+SLICE_PATTERN = r"^ *[0-9]* *: *[0-9]* *(: *([0-9]*[1-9][0-9]*)? *)?$"
+_COLUMNS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": MAX_INDEX},
+            "minItems": 1,
+            "uniqueItems": True,
+        },
+        {"type": "string", "pattern": SLICE_PATTERN},
+        {"type": "null"},
+    ],
+    "default": None,
+}
+_RESIZE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "array",
+            "prefixItems": [{"type": "integer", "minimum": 1, "maximum": MAX_SIDE}] * 2,
+            "minItems": 2,
+            "maxItems": 2,
+        },
+        {"type": "null"},
+    ],
+    "default": None,
+}
+
 CastType = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64",
@@ -124,17 +165,27 @@ ResizeMode = Literal["area", "bilinear", "nearest"]
 class InputDerivation(BaseModel):
     """How one input of a model is derived from the request (steps in the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        # mode set (even to null) needs a resize: what _mode_needs_resize checks
+        json_schema_extra={
+            "dependentSchemas": {
+                "mode": {"required": ["resize"], "properties": {"resize": {"type": "array"}}}
+            }
+        },
+    )
 
     source: str | None = Field(default=None, alias="from", min_length=1)
     """The request tensor to start from; default: the input's own name."""
-    columns: list[StrictInt] | str | None = None
+    columns: Annotated[list[StrictInt] | str | None, WithJsonSchema(_COLUMNS_SCHEMA)] = None
     """Last-axis selection: distinct indices ``[0, 3]`` or a slice ``"a:b[:step]"``."""
     window: StrictInt | None = Field(default=None, ge=1, le=MAX_INDEX)
     """Keep the first ``window`` positions of axis 1 (all of them when fewer)."""
     cast: CastType | None = None
     """Convert to this datatype where every value survives; else TensorValueError."""
-    resize: tuple[StrictInt, StrictInt] | None = None
+    resize: Annotated[tuple[StrictInt, StrictInt] | None, WithJsonSchema(_RESIZE_SCHEMA)] = None
     """``[H, W]``: the size of the last two axes after resizing."""
     mode: ResizeMode | None = None
     """How ``resize`` computes pixels: ``area`` (default), ``bilinear``, ``nearest``."""
@@ -164,7 +215,7 @@ class InputDerivation(BaseModel):
 
     @model_validator(mode="after")
     def _mode_needs_resize(self) -> InputDerivation:
-        if self.mode is not None and self.resize is None:
+        if "mode" in self.model_fields_set and self.resize is None:
             raise ValueError("mode applies to resize; give resize: [H, W] or drop mode")
         return self
 
@@ -193,11 +244,11 @@ ModelsMap = Mapping[str, ModelInputs]
 
 def _parse_slice(text: str) -> tuple[int, int | None, int]:
     """``"a:b"``, ``"a:b:s"``, ``"a:"`` -> (start, stop or None, step); ValueError otherwise."""
-    parts = [p.strip() for p in text.split(":")]
-    if len(parts) not in (2, 3) or not all(p == "" or p.isdigit() for p in parts):
+    parts = [p.strip(" ") for p in text.split(":")]
+    if not re.fullmatch(SLICE_PATTERN, text):
         raise ValueError(
             f"columns {text!r} is not a slice; write 'start:stop' or 'start:stop:step' "
-            "with non-negative integers (or a list of indices)"
+            "with non-negative integers, step must be >= 1 (or a list of indices)"
         )
     start = int(parts[0] or 0)
     stop = int(parts[1]) if parts[1] else None
@@ -416,6 +467,12 @@ def _resize(array: Array, size: tuple[int, int], mode: ResizeMode, where: str) -
         return array
     if mode == "nearest":
         return array[..., _nearest(h0, h)[:, None], _nearest(w0, w)[None, :]]
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8 and array.size:
+        # float64 holds integers exactly up to 2^53 (as cast() to FP64 requires): beyond,
+        # the mean would come back rounded, or wrapped past INT64's largest to -2^63.
+        limit = _EXACT_INT["FP64"]
+        why = f"beyond ±2^53, so a {mode} resize cannot compute it exactly; use mode: nearest"
+        _refuse_outside(array, -limit, limit, where, why)
     if mode == "area":
         if h0 % h or w0 % w:
             raise ShapeMismatchError(

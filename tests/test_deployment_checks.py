@@ -1,0 +1,171 @@
+"""What a deployment file declares that cannot work is refused before the first request:
+a cascade scoring an output that is not probabilities (logits), a ``models:`` entry for
+a model the tree never runs (a typo), and a ``load`` that only reads the file leaves no
+outbox behind. Models are the tiny ``affine`` ONNX of tests/models.py: ``y`` logits,
+``z`` their softmax."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import edgecloud
+from edgecloud import ConfigError, InferRequest, ModelRepository
+
+from .models import affine_config, affine_onnx
+
+X = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32) * 3
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    root = tmp_path_factory.mktemp("checks")
+    onnx_file = affine_onnx(root / "affine.onnx")
+    np.savez(root / "samples.npz", x=X)
+    repo = ModelRepository(root / "repo")
+    for name in ("small", "large"):  # with samples: check_ready runs them
+        repo.add_version(name, onnx_file, config=affine_config(name), samples=root / "samples.npz")
+    for name in ("bare-small", "bare-large"):  # without: only the request can tell
+        repo.add_version(name, onnx_file, config=affine_config(name))
+    return repo
+
+
+def write(tmp_path: Path, repo: ModelRepository, root: Any, **top: Any) -> Path:
+    path = tmp_path / "deployment.yaml"
+    path.write_text(yaml.safe_dump({"repository": str(repo.root), **top, "root": root}))
+    return path
+
+
+def cascade(output: str, confidence: str = "max_prob", prefix: str = "") -> dict[str, Any]:
+    return {"cascade": {"small": "local", "large": "local", "small_model": f"{prefix}small",
+                        "large_model": f"{prefix}large", "threshold": 0.5, "output": output,
+                        "confidence": confidence}}  # fmt: skip
+
+
+# ---------------------------------------------------------------- cascade output
+
+
+@pytest.mark.parametrize("confidence", ["max_prob", "margin", "entropy"])
+def test_a_cascade_on_probabilities_is_ready_and_routes(
+    repo: ModelRepository, tmp_path: Path, confidence: str
+) -> None:
+    with edgecloud.load(write(tmp_path, repo, cascade("z", confidence)), ready=True) as tree:
+        answer = tree.infer(InferRequest("small", {"x": X}))
+    assert answer.outputs["z"].shape == (6, 3)
+
+
+@pytest.mark.parametrize("confidence", ["max_prob", "margin", "entropy"])
+def test_a_cascade_on_logits_is_refused_at_check_ready_from_the_samples(
+    repo: ModelRepository, tmp_path: Path, confidence: str
+) -> None:
+    path = write(tmp_path, repo, cascade("y", confidence))
+    refused = r"root\.cascade\.output: model 'small'.*'y' is not class probabilities on its "
+    with pytest.raises(ConfigError, match=refused + r"samples.*outside \[0, 1\].*set output:"):
+        edgecloud.load(path, ready=True)
+
+
+def test_a_cascade_on_logits_without_samples_fails_the_request_not_silently(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    path = write(tmp_path, repo, cascade("y", "entropy", prefix="bare-"))
+    refused = r"output 'y' of 'bare-small' is not class probabilities.*entropy confidence "
+    # nothing to run at check_ready (the config is fine): the first request is refused
+    with edgecloud.load(path, ready=True) as tree, pytest.raises(ConfigError, match=refused):
+        tree.infer(InferRequest("bare-small", {"x": X}))
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [("probs", r"has no output 'probs' \(outputs: y, z\)"), ("", r"has no output ''")],
+)
+def test_a_cascade_output_the_model_lacks_is_refused_at_check_ready(
+    repo: ModelRepository, tmp_path: Path, output: str, message: str
+) -> None:
+    path = write(tmp_path, repo, cascade(output, prefix="bare-"))
+    with pytest.raises(ConfigError, match=r"root\.cascade\.output: model 'bare-small' " + message):
+        edgecloud.load(path, ready=True)
+
+
+# ---------------------------------------------------------------- models: entries
+
+ENTRY = {"inputs": {"x": {"columns": "0:4"}}}
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        cascade("z"),
+        {"fallback": {"primary": cascade("z"), "secondary": cascade("z", prefix="bare-")}},
+        {"guard": {"inner": {"cascade": {**cascade("z")["cascade"], "large": "cloud"}}}},
+    ],
+)
+def test_an_entry_for_a_model_a_named_tree_never_runs_is_refused_at_load(
+    repo: ModelRepository, tmp_path: Path, root: Any
+) -> None:
+    remotes = {"cloud": {"url": "http://127.0.0.1:9"}}
+    path = write(tmp_path, repo, root, remotes=remotes, models={"small": ENTRY, "nosuch": ENTRY})
+    with pytest.raises(ConfigError, match=r"models\.nosuch: no node of the tree runs model "
+                       r"'nosuch' \(it runs: .*small.*\); fix the name"):  # fmt: skip
+        edgecloud.load(path)
+    assert not (tmp_path / "outbox.db").exists()
+
+
+def test_an_entry_a_pass_through_tree_cannot_run_is_refused_at_check_ready(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    path = write(tmp_path, repo, "local", models={"small": ENTRY, "nosuch": ENTRY})
+    edgecloud.load(path).close()  # any model may be requested: the repository decides
+    with pytest.raises(ConfigError, match=r"models\.nosuch: model 'nosuch' is not in .*repo "
+                       r"\(models: bare-large, bare-small, large, small\)"):  # fmt: skip
+        edgecloud.load(path, ready=True)
+
+
+def test_entries_the_tree_or_the_repository_runs_pass(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    mixed = {"fallback": {"primary": cascade("z"), "secondary": "local"}}
+    path = write(tmp_path, repo, mixed, models={"small": ENTRY, "bare-small": ENTRY})
+    edgecloud.load(path, ready=True).close()
+
+
+def test_entries_of_a_pass_through_remote_are_the_servers_to_check(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """A remote serves models this device does not hold: an entry for one is not a typo."""
+    remotes = {"cloud": {"url": "http://127.0.0.1:9"}}
+    path = write(tmp_path, repo, "cloud", remotes=remotes, models={"on-server": ENTRY})
+    edgecloud.load(path, ready=True).close()
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+def test_loading_a_file_creates_no_queue_and_serving_opens_it(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """Before: ``edgecloud.load`` (to inspect a file) created outbox.db and its lock and
+    reserve files. Now the first use opens it (with every check an Outbox makes at
+    open); ``ready=True`` (``edgecloud edge``) opens it before the first request."""
+    path = write(tmp_path, repo, "local", outbox={"path": "queue/outbox.db"})
+    with edgecloud.load(path) as tree:
+        assert tree.outbox is not None and tree.outbox.items() == []  # opened by use
+    assert (tmp_path / "queue" / "outbox.db").exists()
+    other = write(tmp_path / "queue", repo, "local", outbox={"path": "other.db"})
+    edgecloud.load(other).close()
+    assert not list((tmp_path / "queue").glob("other.db*"))
+    edgecloud.load(other, ready=True).close()
+    assert (tmp_path / "queue" / "other.db").exists()
+
+
+def test_an_outbox_that_cannot_open_fails_ready_not_the_first_request(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = write(tmp_path, repo, "local", outbox={"path": "file/outbox.db"})
+    edgecloud.load(path).close()  # reading the file is fine
+    with pytest.raises(edgecloud.EdgecloudError, match="outbox .*file/outbox.db"):
+        edgecloud.load(path, ready=True)
