@@ -71,7 +71,6 @@ __all__ = [
     "ModelVersion",
     "VersionPolicy",
     "config_from_onnx",
-    "version_number",
 ]
 
 CONFIG_FILE = "config.yaml"

@@ -330,4 +330,5 @@ def test_advise_without_matplotlib_writes_everything_but_the_plots(workdir: Path
 def test_core_commands_run_with_every_extra_refused(argv: list[str], workdir: Path) -> None:
     result = _cli(argv, _blocked("all"), workdir)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    # nothing but the command's own warnings (calibrate on 40 rows says they are few)
+    assert all(line.startswith("warning: ") for line in result.stderr.splitlines()), result.stderr
