@@ -266,3 +266,16 @@ def test_threshold_zero_warns_like_any_other_and_few_rows_warn() -> None:
     # threshold that escalates nothing is met exactly: no warning for it
     budget = calibrate_report(*_pair(20_000), max_escalation_rate=0.0)
     assert budget.escalation_interval == (0.0, 0.0) and budget.warnings == []
+
+
+def test_calibration_refuses_what_the_cascade_refuses() -> None:
+    """Scores that are not one distribution per row (independent sigmoids, logits) are
+    refused by calibration exactly as the Cascade refuses them at run time."""
+    from edgecloud.routing.calibrate import calibrate_report
+    from edgecloud.routing.confidence import not_probabilities
+
+    good = np.array([[0.7, 0.3], [0.2, 0.8]], np.float32)
+    sigmoids = np.array([[0.9, 0.8], [0.1, 0.3]], np.float32)  # in [0, 1], rows not summing to 1
+    assert not_probabilities(sigmoids)
+    with pytest.raises(ConfigError, match="small model's output is not probabilities .*sum"):
+        calibrate_report(sigmoids, good, np.array([0, 1]), target_relative_accuracy=0.9)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .binomial import clopper_pearson
-from .confidence import confidence
+from .confidence import confidence, not_probabilities
 
 __all__ = [
     "Calibration",
@@ -106,11 +106,11 @@ def _checked(small_probs: Array, large_probs: Array, labels: Array) -> tuple[Arr
                 f"the {name} model's probabilities are not finite (NaN or inf) in "
                 f"{int(bad.sum())} of {rows} rows, first row {int(np.flatnonzero(bad)[0])}"
             )
-        if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
+        why = not_probabilities(probs)  # the Cascade's own check: both refuse the same
+        if why:
             raise ConfigError(
-                f"the {name} model's output is not probabilities (values from {probs.min():.4g} "
-                f"to {probs.max():.4g}, outside [0, 1]); point the cascade's output at a "
-                "softmax output"
+                f"the {name} model's output is not probabilities ({why}); point the "
+                "cascade's output at a softmax output"
             )
     if labels.ndim != 1 or len(labels) != rows:
         raise ConfigError(f"need one label per row ({rows}), got shape {list(labels.shape)}")
