@@ -260,3 +260,20 @@ def test_a_regression_output_is_compared_as_one_column_not_row_signs() -> None:
     rows = {"z": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)}
     turned = {"z": np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)}
     assert float(_agreement(rows, turned)[0].min()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_tolerance_in_points_on_unlabelled_data_is_refused_not_reread() -> None:
+    """Without labels the tolerance is 1 - min cosine: `--tolerance 1` (meant as one
+    accuracy point) would accept any output, so it is refused, naming the unit."""
+    from edgecloud.compress.evaluate import Evaluation, check_fidelity
+
+    evaluation = Evaluation(
+        size_bytes=100, parent_size_bytes=100, size_ratio=1.0, latency_ms={"1": 1.0},
+        parent_latency_ms={"1": 1.0}, latency_ratio={"1": 1.0}, accuracy=None,
+        parent_accuracy=None, accuracy_drop_points=None, cosine_min=0.1, top1_agreement=None,
+        data="random inputs",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="random inputs has no labels, so the tolerance is 1 - "):
+        check_fidelity(evaluation, 1.0, "m", "fp16")
+    with pytest.raises(CompressionError, match="drift to cosine 0.1000"):
+        check_fidelity(evaluation, 0.5, "m", "fp16")

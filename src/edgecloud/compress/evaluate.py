@@ -141,6 +141,12 @@ def check_fidelity(
                 f"than the tolerance of {tolerance:g}{hint}{unchanged}"
             )
         return
+    if tolerance >= 1:  # the unit switched: points with labels, 1 - cosine without
+        raise ConfigError(
+            f"tolerance {tolerance:g}: {evaluation.data} has no labels, so the tolerance is "
+            "1 - min cosine between outputs (e.g. 0.02 for cosine >= 0.98), and 1 or more "
+            "would accept any output; pass labelled data to bound accuracy points"
+        )
     if not 1 - evaluation.cosine_min <= tolerance:
         raise CompressionError(
             f"{method} on {model!r}: outputs drift to cosine {evaluation.cosine_min:.4f} "
