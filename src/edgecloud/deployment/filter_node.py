@@ -114,10 +114,11 @@ class AnomalyTriggerSpec(_Strict):
         if self.fit is None:
             trigger.mean, trigger.std = np.array(self.mean), np.array(self.std)
             return trigger
+        from ..samples import read_npy
+
         path = ctx.path(self.fit)
         try:
-            normal = np.load(path, allow_pickle=False)
-            return trigger.fit(normal)
+            return trigger.fit(read_npy(path, "fit file"))
         except (OSError, ValueError) as exc:
             raise ctx.error(f"{at}.fit", f"cannot read {path} as .npy ({exc})") from exc
         except EdgecloudError as exc:
