@@ -294,7 +294,7 @@ def test_a_forged_fit_file_in_a_deployment_is_a_config_error(tmp_path: Path) -> 
         "outbox: {path: ob.db}\n"
         "root: {filter: {trigger: {kind: anomaly, fit: forged.npy}, inner: local}}\n"
     )
-    with pytest.raises(ConfigError, match=r"fit: .*forged.npy: its header declares"):
+    with pytest.raises(ConfigError, match=r"trigger.fit: fit file .*forged.npy: its header"):
         edgecloud.load(tmp_path / "d.yaml")
 
 

@@ -118,7 +118,11 @@ class AnomalyTriggerSpec(_Strict):
 
         path = ctx.path(self.fit)
         try:
-            return trigger.fit(read_npy(path, "fit file"))
+            normal = read_npy(path, "fit file")  # header checked before numpy allocates
+        except EdgecloudError as exc:
+            raise ctx.error(f"{at}.fit", exc.message) from exc
+        try:
+            return trigger.fit(normal)
         except (OSError, ValueError) as exc:
             raise ctx.error(f"{at}.fit", f"cannot read {path} as .npy ({exc})") from exc
         except EdgecloudError as exc:
