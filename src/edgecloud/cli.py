@@ -999,7 +999,8 @@ filter node checks it (edgecloud.deployment.filter_node); NaN is in none."""
 
 def _plot_path(path: Path) -> Path:
     """A ``--plot`` target: a ``.png`` that is not a directory (the plot replaces
-    an older PNG, never a file of another kind, such as the data it plots)."""
+    an older PNG, told by its signature, never a file of another kind, such as
+    the data it plots; through a symlink, its target is replaced)."""
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--plot writes a PNG: name it FILE.png, not {path}")
     if path.is_dir():
