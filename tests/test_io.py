@@ -106,3 +106,32 @@ def test_an_npz_input_is_read_like_a_samples_file(tmp_path: Path) -> None:
         archive.writestr("x.npy", header + b"\x00" * 16)
     with pytest.raises(InvalidRequestError, match="bomb.npz"):
         load_inputs(tmp_path / "bomb.npz", affine_config())
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "message"),
+    [
+        ((10**11, 4), None, "declares 1600000000000 data bytes but the file holds 64"),
+        ((10**8, 4), None, "declares 1600000000 data bytes but the file holds 64"),
+        # as many bytes as declared (a sparse file) but over the cap: refused unread
+        ((700_000_000, 1), 2_800_000_200, "declares 2800000000 bytes, over 2147483648"),
+    ],
+)
+def test_npy_headers_are_checked_before_allocation(
+    tmp_path: Path, shape: tuple[int, ...], size: int | None, message: str
+) -> None:
+    from .filter.test_filter import forged_npy
+
+    forged_npy(tmp_path / "x.npy", shape, size)
+    with pytest.raises(InvalidRequestError, match=message):
+        load_inputs(tmp_path / "x.npy", affine_config())
+
+
+def test_npy_of_objects_or_cut_short_is_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidRequestError, match="pickled Python objects"):
+        load_inputs(tmp_path / "o.npy", affine_config())
+    np.save(tmp_path / "c.npy", np.zeros((4, 3), np.float32))
+    (tmp_path / "c.npy").write_bytes((tmp_path / "c.npy").read_bytes()[:-4])
+    with pytest.raises(InvalidRequestError, match="truncated or forged"):
+        load_inputs(tmp_path / "c.npy", affine_config())

@@ -1,10 +1,13 @@
-"""Writing a command's output files without losing a user's: refuse to replace
-a file the user may have edited, and replace each file whole (by rename).
+"""Writing a command's output files without losing a user's: replace a file
+only when it is one the command itself writes, and replace each file whole
+(by rename, through a symlink: the link stays, its target is replaced).
 
-A command writes two kinds of files: *generated* ones (reports, plots), which
-it replaces on every run, and *user-editable* ones (a ``deployment.yaml`` the
-user tunes or ``calibrate`` writes a threshold into), which it replaces only
-when they already hold exactly what it would write, or when told to (``--force``).
+A command replaces an existing file when it holds exactly what it would
+write, or when it is recognisably that command's own generated output (a
+report starting with the command's header, a PNG by its signature); a file
+the user may have edited (a ``deployment.yaml`` the user tunes or
+``calibrate`` writes a threshold into) is only ever replaced when identical.
+Anything else is refused unless told to (``--force``).
 """
 
 from __future__ import annotations
@@ -12,43 +15,61 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["replace_atomically", "replaced", "write_outputs"]
+__all__ = ["PNG_SIGNATURE", "is_png", "replace_atomically", "replaced", "write_outputs"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+"""The first eight bytes of every PNG file (RFC 2083, section 3.1)."""
+
+
+def is_png(data: bytes) -> bool:
+    """Whether ``data`` starts with the PNG signature (:data:`PNG_SIGNATURE`)."""
+    return data.startswith(PNG_SIGNATURE)
 
 
 def write_outputs(
     files: Mapping[Path, bytes],
     *,
-    protected: Collection[Path] = (),
+    ours: Mapping[Path, Callable[[bytes], bool]] | None = None,
     force: bool = False,
     command: str,
 ) -> list[Path]:
     """Write ``files`` (path -> content), each replaced whole; the paths written.
 
-    Before anything is written: ConfigError when a path is a directory, or
-    when a ``protected`` path exists and holds something else than what would
-    be written (unless ``force``), naming those files and ``--force``
-    (``command``: the command that writes them, for the message). So a
-    refusal writes nothing.
+    ``ours``: for the generated files, a test telling the command's own output
+    (the existing content -> True to replace it). Before anything is written:
+    ConfigError when a path is a directory, or (unless ``force``) when an
+    existing path holds something else than what would be written and is not
+    recognised by ``ours``, naming those files and ``--force`` (``command``:
+    the command that writes them, for the message). So a refusal writes
+    nothing.
     """
+    tests = ours or {}
     for path in files:
         if path.is_dir():
             raise ConfigError(f"{path} is a directory; {command} writes a file there")
-    differ = [
-        path
-        for path in files
-        if path in protected and path.exists() and _content(path) != files[path]
-    ]
-    if differ and not force:
-        names = ", ".join(str(p) for p in differ)
+    foreign = []
+    for path, data in files.items():
+        if not path.exists() and not path.is_symlink():
+            continue
+        existing = _content(path)
+        if existing == data:
+            continue
+        if existing is not None and path in tests and tests[path](existing):
+            continue
+        foreign.append(path)
+    if foreign and not force:
+        names = ", ".join(str(p) for p in foreign)
+        one = len(foreign) == 1
         raise ConfigError(
-            f"{names} {'differs' if len(differ) == 1 else 'differ'} from what {command} would "
-            "write (edited since?); nothing written: move them away, use another output "
-            "directory, or pass --force to replace them"
+            f"{names} {'exists' if one else 'exist'} and {'is' if one else 'are'} not what "
+            f"{command} would write (your own file, or edited since?); nothing written: move "
+            f"{'it' if one else 'them'} away, use another output directory, or pass --force "
+            f"to replace {'it' if one else 'them'}"
         )
     for path, data in files.items():
         replace_atomically(path, data)
@@ -65,7 +86,8 @@ def _content(path: Path) -> bytes | None:
 def replace_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` by rename: a reader sees the old file or the
     new one, never a part; a failure leaves the old one. ConfigError when the
-    directory cannot be written."""
+    directory cannot be written. A symlink stays: its target is replaced."""
+    path = path.resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -92,7 +114,9 @@ def _umask() -> int:
 def replaced(path: Path) -> Iterator[Path]:
     """A scratch file beside ``path`` (same suffix, for writers that infer the
     format from it, like matplotlib) that replaces ``path`` by rename when the
-    block succeeds; removed when it fails, leaving ``path`` as it was."""
+    block succeeds; removed when it fails, leaving ``path`` as it was. A
+    symlink stays: its target is replaced."""
+    path = path.resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)

@@ -710,8 +710,8 @@ def advise(
         bool,
         typer.Option(
             "--force",
-            help="Replace a deployment.yaml or server.env in --out that differs from what "
-            "advise writes (hand edits, a calibrated threshold).",
+            help="Replace files in --out that differ from what advise writes and are not "
+            "its own older outputs (hand edits, a calibrated threshold, your own files).",
         ),
     ] = False,
 ) -> None:
@@ -938,7 +938,7 @@ def filter_stream(
 
         made = VadTrigger(ModelRepository(repo))
     elif trigger in ("anomaly", "frame-diff"):
-        signal = _load_npy(input_file)
+        signal = _load_npy(input_file, "--input file")
         if signal.ndim == 0 or len(signal) == 0:
             raise ConfigError(
                 f"{input_file} holds no chunks (shape {list(signal.shape)}); expected an "
@@ -949,7 +949,7 @@ def filter_stream(
             if fit is None:
                 raise ConfigError("--trigger anomaly needs --fit normal.npy to learn from")
             try:
-                made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit))
+                made = AnomalyTrigger(chunk_s=chunk_s).fit(_load_npy(fit, "--fit file"))
             except InvalidRequestError as exc:
                 raise ConfigError(f"--fit {fit}: {exc.message}") from None
         else:
@@ -999,11 +999,25 @@ filter node checks it (edgecloud.deployment.filter_node); NaN is in none."""
 
 def _plot_path(path: Path) -> Path:
     """A ``--plot`` target: a ``.png`` that is not a directory (the plot replaces
-    an older PNG, never a file of another kind, such as the data it plots)."""
+    an older PNG, told by its signature, never a file of another kind, such as
+    the data it plots; through a symlink, its target is replaced)."""
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--plot writes a PNG: name it FILE.png, not {path}")
     if path.is_dir():
         raise ConfigError(f"--plot {path} is a directory; name a FILE.png")
+    from ._outputs import PNG_SIGNATURE, is_png
+
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(PNG_SIGNATURE))
+        except OSError as exc:
+            raise ConfigError(f"--plot {path}: cannot read it ({exc.strerror or exc})") from exc
+        if not is_png(head):
+            raise ConfigError(
+                f"--plot {path} exists and is not a PNG; not replaced: move it away or "
+                "name another FILE.png"
+            )
     return path
 
 
@@ -1032,13 +1046,11 @@ def _config(config: Path | None) -> None:
         checked_path(config, "file", "settings file")
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.asarray(np.load(path, allow_pickle=False))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a readable .npy file: {exc}") from exc
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """``path``'s array, its header checked before numpy allocates (ConfigError)."""
+    from .samples import read_npy
+
+    return read_npy(path, what)
 
 
 @app.command("schema")

@@ -38,7 +38,7 @@ def load_inputs(path: str | Path, config: ModelConfig) -> Arrays:
     suffix = file.suffix.lower()
     try:
         if suffix == ".npy":
-            arrays = _single(config, np.load(file, allow_pickle=False), file)
+            arrays = _single(config, _npy(file), file)
         elif suffix == ".npz":
             arrays = _npz(file, config)
         elif suffix == ".json":
@@ -48,6 +48,17 @@ def load_inputs(path: str | Path, config: ModelConfig) -> Arrays:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"cannot read {file}: {' '.join(str(exc).split())}") from exc
     return _checked_arrays(arrays, config, file)
+
+
+def _npy(file: Path) -> np.ndarray[Any, Any]:
+    """The file's array, its header checked before numpy allocates (:func:`read_npy`)."""
+    from .errors import ConfigError
+    from .samples import read_npy
+
+    try:
+        return read_npy(file, "input file")
+    except ConfigError as exc:
+        raise InvalidRequestError(exc.message) from exc
 
 
 def _npz(file: Path, config: ModelConfig) -> Arrays:

@@ -60,6 +60,7 @@ __all__ = [
     "finite",
     "load_request_samples",
     "load_samples",
+    "read_npy",
     "row_batches",
     "score_classes",
     "target_values",
@@ -213,16 +214,8 @@ def _check_members(file: Path, archive: zipfile.ZipFile, fix: str) -> None:
 def _declared_bytes(file: Path, member_name: str, member: Any, fix: str) -> tuple[int, int]:
     """The bytes an ``.npy`` member's header declares for its data, and the header's
     length; ConfigError for a member that is not ``.npy`` or holds Python objects."""
-    from numpy.lib import format as npy
-
     try:
-        version = npy.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = npy.read_array_header_1_0(member)
-        elif version == (2, 0):
-            shape, _, dtype = npy.read_array_header_2_0(member)
-        else:
-            raise ValueError(f".npy format version {version} is not read here")
+        declared, dtype = _npy_header(member)
     except ValueError as exc:
         raise ConfigError(
             f"samples file {file}: member {member_name!r} is not a .npy array "
@@ -232,10 +225,65 @@ def _declared_bytes(file: Path, member_name: str, member: Any, fix: str) -> tupl
         raise ConfigError(
             f"samples file {file} holds pickled Python objects, which are never loaded; {fix}"
         )
+    return declared, member.tell()
+
+
+def _npy_header(stream: Any) -> tuple[int, np.dtype[Any]]:
+    """The data bytes a ``.npy`` header declares (its shape times the item size,
+    in Python ints: a forged shape cannot overflow) and the dtype, the stream
+    left at the data; ValueError for something that is not a ``.npy`` header."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f".npy format version {version} is not read here")
     count = 1
     for dim in shape:
-        count *= int(dim)  # Python ints: a forged shape cannot overflow
-    return count * dtype.itemsize, member.tell()
+        count *= int(dim)
+    return count * dtype.itemsize, dtype
+
+
+def read_npy(path: str | os.PathLike[str], what: str) -> np.ndarray[Any, Any]:
+    """The array in a ``.npy`` file, its header checked before numpy allocates.
+
+    ``what`` names the file in messages (``"--input file"``, ``"fit file"``).
+    ConfigError (naming the file) for a path that is missing or not a file,
+    a file that is not ``.npy``, an array of Python objects (never unpickled),
+    a header declaring more data bytes than the file holds after it (forged
+    or truncated), or more than :data:`MAX_NPZ_BYTES` (the samples cap).
+    """
+    from numpy.lib import format as npy
+
+    file = checked_path(Path(path), "file", what)
+    fix = "save one array with numpy.save"
+    try:
+        with file.open("rb") as f:
+            declared, dtype = _npy_header(f)
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if dtype.hasobject:
+                raise ConfigError(
+                    f"{what} {file} holds pickled Python objects, which are never loaded; {fix}"
+                )
+            if declared > left:
+                raise ConfigError(
+                    f"{what} {file}: its header declares {declared} data bytes but the file "
+                    f"holds {left} after it (truncated or forged); {fix}"
+                )
+            if declared > MAX_NPZ_BYTES:
+                raise ConfigError(
+                    f"{what} {file}: its array declares {declared} bytes, over "
+                    f"{MAX_NPZ_BYTES} (2 GiB); pass a smaller array"
+                )
+            f.seek(0)
+            return np.asarray(npy.read_array(f, allow_pickle=False))
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(
+            f"cannot read {what} {file} as .npy ({' '.join(str(exc).split())}); {fix}"
+        ) from exc
 
 
 def _rows(file: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> int:

@@ -179,13 +179,14 @@ def test_advise_never_overwrites_an_edited_deployment_or_env(tmp_path: Path) -> 
         target = out / name
         original = target.read_bytes()
         target.write_bytes(original + b"# my precious edit\n")
-        (out / "report.md").write_text("stale")
+        (out / "report.md").write_text("# edgecloud advise: stale")  # its own: replaced
         refused = _advise(*args)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr
         line = " ".join(refused.stderr.split())
-        assert f"{target} differs from what advise would write" in line and "--force" in line
+        assert f"{target} exists and is not what advise would write" in line
+        assert "--force" in line and "report.md" not in line
         assert target.read_bytes().endswith(b"# my precious edit\n")  # kept
-        assert (out / "report.md").read_text() == "stale"  # a refusal writes nothing
+        assert (out / "report.md").read_text() == "# edgecloud advise: stale"  # nothing written
         assert _advise(*args, "--force").returncode == 0
         assert target.read_bytes() == original
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no leftovers
@@ -193,6 +194,43 @@ def test_advise_never_overwrites_an_edited_deployment_or_env(tmp_path: Path) -> 
     (out / "deployment.yaml").mkdir()  # a directory where a file goes: one line, not a crash
     blocked = _advise(*args)
     assert blocked.returncode == 1 and "is a directory" in blocked.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("report.md", b"# my notes\n"),
+        ("deployment.schema.json", b'{"title": "my schema"}\n'),
+        ("deployment.schema.json", b"not json"),
+        ("cost.png", b"# my notes, not a PNG\n"),
+    ],
+)
+def test_advise_replaces_only_its_own_outputs(name: str, content: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / name).write_bytes(content)
+    plots = () if name.endswith(".png") else ("--no-plot",)
+    args = ("-s", "industrial-iot", "--out", out, *plots)
+    refused = _advise(*args)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    line = " ".join(refused.stderr.split())
+    assert f"{out / name} exists and is not what advise would write" in line and "--force" in line
+    assert [p.name for p in out.iterdir()] == [name]  # nothing written
+    assert (out / name).read_bytes() == content
+    assert _advise(*args, "--force").returncode == 0
+    assert (out / name).read_bytes() != content
+    assert _advise(*args).returncode == 0  # its own outputs (report, PNGs, schema): replaced
+
+
+def test_advise_writes_through_a_symlinked_report(tmp_path: Path) -> None:
+    out = tmp_path / "proj"
+    out.mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "report.md").write_text("# edgecloud advise: older\n")
+    (out / "report.md").symlink_to(tmp_path / "notes" / "report.md")
+    assert _advise("-s", "industrial-iot", "--out", out, "--no-plot").returncode == 0
+    assert (out / "report.md").is_symlink()
+    assert "## Why" in (tmp_path / "notes" / "report.md").read_text()
 
 
 def test_measure_refuses_samples_that_are_not_finite(tmp_path: Path) -> None:

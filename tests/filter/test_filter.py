@@ -236,6 +236,14 @@ def test_bad_numbers_are_refused_not_measured() -> None:
         (["--fit", "normal.npy", "-i", "empty.npy"], r"empty.npy holds no chunks \(shape \[0, 4"),
         (["--fit", "normal.npy", "-i", "scalar.npy"], r"scalar.npy holds no chunks \(shape \[\]"),
         (["--fit", "normal.npy", "--chunk-s", "nan"], "chunk duration must be a finite number"),
+        # .npy headers are read before numpy allocates: forged, truncated, objects, not .npy
+        (["--fit", "normal.npy", "-i", "forged.npy"], "forged.npy: its header declares 16000000"),
+        (["--fit", "forged.npy"], "--fit file .*forged.npy: its header declares 1600000000000"),
+        (["--fit", "cut.npy"], r"cut.npy: its header declares \d+ data bytes but .* \(truncated"),
+        (["--fit", "normal.npy", "-i", "objects.npy"], "objects.npy holds pickled Python objects"),
+        (["--fit", "normal.npy", "-i", "text.npy"], "cannot read --input file .*text.npy as .npy"),
+        (["--fit", "missing.npy"], "missing.npy does not exist"),
+        (["--fit", "normal.npy", "--plot", "text.png"], "text.png exists and is not a PNG"),
     ],
 )
 def test_cli_refuses_bad_numbers_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -250,6 +258,11 @@ def test_cli_refuses_bad_numbers_in_one_line(tmp_path: Path, args: list[str], me
     np.save(tmp_path / "stream.npy", np.full((20, 4, normal.shape[1]), 0.0))
     np.save(tmp_path / "empty.npy", np.zeros((0, 4, normal.shape[1])))
     np.save(tmp_path / "scalar.npy", np.float64(3.0))
+    forged_npy(tmp_path / "forged.npy", (10**11, 4))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "normal.npy").read_bytes()[:-8])
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("# my notes\n")
+    (tmp_path / "text.png").write_text("# my notes\n")
     before = (tmp_path / "normal.npy").read_bytes()
     result = subprocess.run(
         [sys.executable, "-m", "edgecloud.cli", "filter", "-i", "stream.npy", "--trigger",
@@ -258,6 +271,51 @@ def test_cli_refuses_bad_numbers_in_one_line(tmp_path: Path, args: list[str], me
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert re.search(message, " ".join(result.stderr.split())), result.stderr
     assert (tmp_path / "normal.npy").read_bytes() == before
+    assert (tmp_path / "text.png").read_text() == "# my notes\n"
+
+
+def forged_npy(path: Path, shape: tuple[int, ...], size: int | None = None) -> None:
+    """A .npy whose header declares ``shape`` (float32) over 64 bytes of data, or
+    ``size`` bytes in all (a sparse file)."""
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": shape}
+        )
+        f.write(bytes(64))
+        if size is not None:
+            f.truncate(size)
+
+
+def test_a_forged_fit_file_in_a_deployment_is_a_config_error(tmp_path: Path) -> None:
+    import edgecloud
+
+    forged_npy(tmp_path / "forged.npy", (10**11, 4))
+    (tmp_path / "d.yaml").write_text(
+        "outbox: {path: ob.db}\n"
+        "root: {filter: {trigger: {kind: anomaly, fit: forged.npy}, inner: local}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"trigger.fit: fit file .*forged.npy: its header"):
+        edgecloud.load(tmp_path / "d.yaml")
+
+
+def test_plot_writes_through_a_symlink_and_replaces_an_older_png(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _, normal, _ = sensor_stream()
+    np.save(tmp_path / "normal.npy", normal)
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "real.png").write_bytes(b"\x89PNG\r\n\x1a\nolder")
+    (tmp_path / "link.png").symlink_to("plots/real.png")
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "edgecloud.cli", "filter", "-i", "normal.npy", "--trigger",
+             "anomaly", "--fit", "normal.npy", "--plot", "link.png"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "link.png").is_symlink()
+        assert (tmp_path / "plots" / "real.png").stat().st_size > 1000
 
 
 def test_cli_sends_a_stream_of_nan_rather_than_saving_it(tmp_path: Path) -> None:

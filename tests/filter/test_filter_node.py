@@ -117,7 +117,7 @@ def test_events_keep_the_strictest_privacy_of_their_chunks(
         ({"filter": {"trigger": TRIGGER, "inner": "cloud"}}, {"outbox": None},
          "root.filter: declare an outbox"),
         ({"filter": {"trigger": {"kind": "anomaly", "fit": "normal.npy"}, "inner": "cloud"}}, {},
-         "root.filter.trigger.fit: cannot read"),
+         "root.filter.trigger.fit: fit file"),
         ({"filter": {"trigger": {"kind": "anomaly"}, "inner": "cloud"}}, {},
          "root.filter.trigger: give either fit"),
         ({"filter": {"trigger": TRIGGER | {"std": [1.0, 0.0, 1.0, 1.0]}, "inner": "cloud"}}, {},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,12 +241,14 @@ def write_outputs(
     ``repository``: the model repository as deployment.yaml names it (relative
     to ``out``, where the file is).
 
-    deployment.yaml and server.env are the user's to edit (``calibrate`` writes
-    its threshold into the deployment): one that holds something else than
-    what would be written is not replaced unless ``force`` (ConfigError naming
-    them, and nothing written; :func:`edgecloud._outputs.write_outputs`). The
-    report, plots and schema are generated and replaced. Every file is
-    replaced whole, by rename.
+    An existing file is replaced only when it holds what would be written or
+    is advise's own generated output (:func:`_ours`: the report by its first
+    line, a PNG by its signature, the schema by its title); deployment.yaml
+    and server.env are the user's to edit (``calibrate`` writes its threshold
+    into the deployment), so only identical ones. Anything else is not
+    replaced unless ``force`` (ConfigError naming them, and nothing written;
+    :func:`edgecloud._outputs.write_outputs`). Every file is replaced whole,
+    by rename.
     """
     import json
     import tempfile
@@ -262,9 +265,48 @@ def write_outputs(
         env = server_env(decision)
         if env is not None:
             files[out / "server.env"] = env.encode()
-    protected = {out / "deployment.yaml", out / "server.env"}
     with tempfile.TemporaryDirectory(prefix="edgecloud-advise-") as scratch:
         images = plots(decision, flips, Path(scratch)) if with_plots else []
         report = {out / "report.md": markdown(decision, flips, images).encode()}
         report.update({out / i: (Path(scratch) / i).read_bytes() for i in images})
-        return write_files({**report, **files}, protected=protected, force=force, command="advise")
+        everything = {**report, **files}
+        ours = {path: _ours(path.name) for path in everything}
+        return write_files(
+            everything,
+            ours={p: test for p, test in ours.items() if test is not None},
+            force=force,
+            command="advise",
+        )
+
+
+REPORT_HEADER = b"# edgecloud advise: "
+"""How every report.md advise writes begins (:func:`markdown`)."""
+
+
+def _ours(name: str) -> Callable[[bytes], bool] | None:
+    """For a file advise generates, a test telling an older one it wrote (to
+    replace) from a user's file of that name; None for the user-editable ones."""
+    from .._outputs import is_png
+    from .deploy import SCHEMA_FILE
+
+    if name == "report.md":
+        return lambda data: data.startswith(REPORT_HEADER)
+    if name.endswith(".png"):
+        return is_png
+    if name == SCHEMA_FILE:
+        return _is_schema
+    return None
+
+
+def _is_schema(data: bytes) -> bool:
+    """Whether ``data`` is a deployment JSON Schema (its ``title``, whatever version)."""
+    import json
+
+    from ..deployment import DeploymentSpec
+
+    try:
+        schema = json.loads(data)
+    except ValueError:
+        return False
+    title = DeploymentSpec.model_config.get("title")
+    return isinstance(schema, dict) and title is not None and schema.get("title") == title

@@ -114,9 +114,14 @@ class AnomalyTriggerSpec(_Strict):
         if self.fit is None:
             trigger.mean, trigger.std = np.array(self.mean), np.array(self.std)
             return trigger
+        from ..samples import read_npy
+
         path = ctx.path(self.fit)
         try:
-            normal = np.load(path, allow_pickle=False)
+            normal = read_npy(path, "fit file")  # header checked before numpy allocates
+        except EdgecloudError as exc:
+            raise ctx.error(f"{at}.fit", exc.message) from exc
+        try:
             return trigger.fit(normal)
         except (OSError, ValueError) as exc:
             raise ctx.error(f"{at}.fit", f"cannot read {path} as .npy ({exc})") from exc
