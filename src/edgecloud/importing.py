@@ -23,7 +23,7 @@ from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, ModelLoadError, ModelNotFoundError
 from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_onnx
 from .rows import check_version
-from .samples import Samples, checked_labels, load_samples
+from .samples import Samples, checked_labels, finite, load_samples
 from .tensors import InferRequest
 
 __all__ = ["Imported", "import_onnx", "import_triton", "read_labels"]
@@ -100,7 +100,9 @@ def import_onnx(
         # while no other process writes this model (concurrent imports queue).
         repo.lock(name)
         config = _config(repo, model, name, names, max_batch_size)
-        checked = load_samples(samples, config) if samples is not None else None
+        # non-finite sample inputs are refused, as compress, split and calibrate refuse
+        # them: the version's samples feed those commands, and a check on NaN means nothing
+        checked = finite(load_samples(samples, config), "import") if samples is not None else None
         if checked is not None and checked.labels is not None:  # declared shape; again as run
             checked_labels(checked.labels, config, f"samples file {checked.source}")
         version = repo.add_version(

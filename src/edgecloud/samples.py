@@ -410,7 +410,7 @@ def _named(
         if name in index:
             twice.add(name)
         index.setdefault(name, i)
-    names = labels.astype(str).tolist()
+    names = _label_names(labels, source)
     used = set(names)
     unknown = sorted(used - set(index))
     if unknown:
@@ -429,10 +429,29 @@ def _named(
     return np.array([index[n] for n in names], np.int64)
 
 
+def _label_names(labels: np.ndarray[Any, Any], source: str) -> list[str]:
+    """String labels as Python strings; byte strings (``S`` dtype, what ``np.savez`` of
+    ``b'...'`` gives) are decoded as UTF-8. ConfigError naming ``source`` for bytes that
+    are not UTF-8."""
+    if labels.dtype.kind != "S":
+        return [str(n) for n in labels.tolist()]
+    names = []
+    for i, raw in enumerate(labels.tolist()):
+        try:
+            names.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{source}: label {i} ({raw!r}) is a byte string that is not UTF-8 "
+                f"({exc.reason}); save class names as str (numpy 'U' dtype) or UTF-8 bytes"
+            ) from exc
+    return names
+
+
 def target_values(labels: np.ndarray[Any, Any], source: str) -> np.ndarray[Any, Any]:
     """A regression's labels (targets, one per row) as float32; ConfigError naming
     ``source`` unless they are 1-D finite numbers (integers or floats; not
-    booleans, not names, not NaN/Inf)."""
+    booleans, not names, not NaN/Inf, none beyond float32's range: checked after the
+    cast, so 1e39 is refused rather than stored as inf)."""
     if labels.ndim != 1:
         raise ConfigError(
             f"{source}: labels must be 1-D, one target per row, got shape {list(labels.shape)}"
@@ -442,13 +461,15 @@ def target_values(labels: np.ndarray[Any, Any], source: str) -> np.ndarray[Any, 
             f"{source}: the model's first output is not class scores, so labels are "
             f"regression targets and must be numbers, got {labels.dtype}"
         )
-    values = labels.astype(np.float64)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused below
+        values = labels.astype(np.float32)
     if not np.isfinite(values).all():
         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
         raise ConfigError(
-            f"{source}: {bad} of {values.size} labels (regression targets) are NaN or Inf"
+            f"{source}: {bad} of {values.size} labels (regression targets) are NaN, Inf or "
+            f"beyond float32's range (|value| > {float(np.finfo(np.float32).max):.4g})"
         )
-    return labels.astype(np.float32)
+    return values
 
 
 def score_classes(shape: Sequence[int]) -> int | None:
