@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ._config_files import checked_path, path_error
-from .backends.local import LocalBackend
+from .backends.local import LocalBackend, warm_up_shapes
 from .errors import ConfigError, EdgecloudError, ModelLoadError, ModelNotFoundError
 from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_onnx
 from .rows import check_version
-from .samples import Samples, checked_labels, finite, load_samples
+from .samples import Samples, built_size_error, checked_labels, finite, load_samples
 from .tensors import InferRequest
 
 __all__ = ["Imported", "import_onnx", "import_triton", "read_labels"]
@@ -295,6 +295,11 @@ def _check_labels(config: ModelConfig, labels: list[str]) -> None:
 def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples | None) -> None:
     """Load the new version and run its samples; ModelLoadError on any failure or NaN/Inf."""
     label = f"model {version.name!r} version {version.version}"
+    # the check runs the model on zeros (and random rows): a huge fixed dimension is
+    # refused by name here, before anything is allocated
+    error = built_size_error(version.config, warm_up_shapes(version.config), "import's check")
+    if error is not None:
+        raise error
     with LocalBackend(repo, intra_op_threads=1, verify=True) as local:
         local.load(version.name, version.version)  # loads, checks the config, warms up
         if version.config.batched:  # rows of different clients will share a call

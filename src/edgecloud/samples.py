@@ -46,13 +46,15 @@ import numpy as np
 from ._config_files import checked_path, path_error
 from .errors import ConfigError, InvalidRequestError
 from .repository import SAMPLES_FILE, ModelConfig, ModelVersion
-from .tensors import InputValidator, TensorSpec
+from .tensors import InputValidator, TensorSpec, numpy_dtype
 
 __all__ = [
+    "BUILT_BYTES",
     "DATA_OPTION",
     "LABELS",
     "SAMPLES_FILE",
     "Samples",
+    "built_size_error",
     "checked_labels",
     "class_indices",
     "data_for",
@@ -145,6 +147,38 @@ MAX_NPZ_BYTES = 2 * 1024**3
 224x224 RGB FP32 images or 500,000 rows of 1,000 FP32 features. A samples file is a
 check, calibration or evaluation set, read whole into memory; the cap keeps a
 forged or compressed archive (a zip bomb) from exhausting the host's memory."""
+
+
+BUILT_BYTES = 1024**3
+"""Largest request edgecloud builds itself from a config (warm-up zeros, the random rows
+of the row-independence check and of timings): 1 GiB, half :data:`MAX_NPZ_BYTES`. A
+graph that fixes a dimension so large (``[2**62, 4]``, ``[10**9, 4]``) would make every
+one of those allocations fail or exhaust the host's memory."""
+
+
+def built_size_error(
+    config: ModelConfig, shapes: dict[str, list[int]], purpose: str
+) -> ConfigError | None:
+    """A ConfigError naming the largest input when building ``shapes`` (input name ->
+    full shape, rows included) for ``config`` would take over :data:`BUILT_BYTES`;
+    None when it fits. Counted in Python integers: a huge shape cannot overflow.
+    ``purpose``: what builds them ("warm-up"), said in the message."""
+    sizes = {}
+    for spec in config.inputs:
+        count = 1
+        for dim in shapes[spec.name]:
+            count *= max(int(dim), 0)
+        dtype = numpy_dtype(spec.datatype)
+        sizes[spec.name] = count * (dtype.itemsize if dtype.kind != "O" else 8)
+    if sum(sizes.values()) <= BUILT_BYTES:
+        return None
+    name = max(sizes, key=lambda n: sizes[n])
+    return ConfigError(
+        f"model {config.name!r}: input {name!r} of shape {shapes[name]} takes {sizes[name]} "
+        f"bytes, over the {BUILT_BYTES} (1 GiB) {purpose} may build for one request; a model "
+        "whose every request is that large cannot be served: export it with that dimension "
+        "dynamic (or smaller)"
+    )
 
 
 def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
