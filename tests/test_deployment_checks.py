@@ -169,3 +169,37 @@ def test_an_outbox_that_cannot_open_fails_ready_not_the_first_request(
     edgecloud.load(path).close()  # reading the file is fine
     with pytest.raises(edgecloud.EdgecloudError, match="outbox .*file/outbox.db"):
         edgecloud.load(path, ready=True)
+
+
+def test_the_cascade_probe_runs_an_unbatched_models_samples_as_one_request(
+    tmp_path: Path,
+) -> None:
+    # an unbatched model with a scalar input (a temperature, a sample rate) or a state with
+    # its own leading axis has no rows to slice: its sample request is run whole
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecloud.importing import import_onnx
+
+    weight = numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Mul", ["z", "t"], ["s"]),
+         helper.make_node("Softmax", ["s"], ["p"], axis=-1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])],
+        initializer=[weight],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "scal.onnx")
+    np.savez(tmp_path / "scal.npz", x=X, t=np.array(1.0, np.float32))
+    repo = ModelRepository(tmp_path / "repo")
+    import_onnx(repo, tmp_path / "scal.onnx", "scal", samples=tmp_path / "scal.npz",
+                max_batch_size=0)  # fmt: skip
+    tree = {"cascade": {"small": "local", "large": "local", "small_model": "scal",
+                        "large_model": "scal", "threshold": 0.5, "output": "p"}}  # fmt: skip
+    request = {"x": X, "t": np.array(1.0, np.float32)}
+    with edgecloud.load(write(tmp_path, repo, tree), ready=True) as loaded:
+        assert loaded.infer(InferRequest("scal", request)).outputs["p"].shape == (6, 3)

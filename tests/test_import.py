@@ -324,6 +324,15 @@ BAD_SAMPLES = {
     "labels per row": (_write("s.npz", x=X, labels=np.arange(4)), ["one entry per row (3)"]),
     "labels 2-D": (_write("s.npz", x=X, labels=np.zeros((3, 1))), ["labels must be 1-D"]),
     "pickled": (_pickled, ["pickled Python objects"]),
+    # a check or a measurement on NaN means nothing: refused as compress/split/calibrate do
+    "NaN input": (
+        _write("s.npz", x=np.where(np.arange(12).reshape(3, 4) == 5, np.nan, X).astype(np.float32)),
+        ["input 'x' holds 1 NaN or infinite values (first at row 1)", "drop or fill"],
+    ),
+    "Inf input": (
+        _write("s.npz", x=np.full((3, 4), np.inf, np.float32)),
+        ["input 'x' holds 12 NaN or infinite values (first at row 0)"],
+    ),
     "pickled labels": (_pickled_labels, ["pickled Python objects"]),
     "not npz": (_text("s.npz", "x,1,2,3\n"), ["is not a .npz archive", "x (FP32 [rows, 4])"]),
     "npy": (_npy, ["single .npy array"]),
@@ -380,6 +389,9 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
     fixed_row_onnx(files / "fixed.onnx")
     typed_onnx(files / "bf16.onnx", TensorProto.BFLOAT16)
     typed_onnx(files / "zero.onnx", TensorProto.FLOAT, ["N", 0])
+    typed_onnx(files / "huge.onnx", TensorProto.FLOAT, [2**62, 4])
+    typed_onnx(files / "billion.onnx", TensorProto.FLOAT, [10**9, 4])
+    typed_onnx(files / "wide.onnx", TensorProto.FLOAT, ["N", 10**9])
     return {
         "bfloat16": (
             [files / "bf16.onnx", "--name", "fresh", "--max-batch-size", "4"],
@@ -388,6 +400,19 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
         "zero dimension": (
             [files / "zero.onnx", "--name", "fresh"],
             ["input 'x' has a dimension of fixed size 0"],
+        ),
+        # a huge fixed dimension: refused by name before the check allocates anything
+        "huge dimension": (
+            [files / "huge.onnx", "--name", "fresh", "--max-batch-size", "0"],
+            [f"input 'x' of shape [{2**62}, 4] takes", "over the 1073741824 (1 GiB)"],
+        ),
+        "billion rows": (
+            [files / "billion.onnx", "--name", "fresh", "--max-batch-size", "0"],
+            ["input 'x' of shape [1000000000, 4] takes 16000000000 bytes", "dynamic"],
+        ),
+        "wide row": (
+            [files / "wide.onnx", "--name", "fresh", "--max-batch-size", "4"],
+            ["input 'x' of shape [1, 1000000000] takes 4000000000 bytes"],
         ),
         "fixed batch": (
             [files / "fixed.onnx", "--name", "fresh", "--max-batch-size", "4"],
@@ -433,7 +458,7 @@ def _model_and_samples_refusals(files: Path) -> dict[str, tuple[list[str | Path]
 
 
 REFUSALS = [
-    "fixed batch", "bfloat16", "zero dimension",
+    "fixed batch", "bfloat16", "zero dimension", "huge dimension", "billion rows", "wide row",
     "fails on samples", "NaN outputs", "not ONNX", "missing file", "directory",
     "missing samples", "samples dir", "labels count", "blank label", "missing labels",
     "other graph", "bad name",
@@ -552,3 +577,25 @@ def test_killed_during_the_check_leaves_nothing_visible(files: Path, repo_with_o
         assert repository.model_names() == ["mine"] and repository.versions("mine") == [1]
         assert [s.name for s in repository.status()] == ["mine"]  # rolls the record back
         assert tree_sha256(repo_with_one) == before
+
+
+def test_inputs_built_from_a_config_are_bounded(tmp_path: Path) -> None:
+    """Warm-up zeros and random check/timing rows are built from the config: a huge fixed
+    dimension is refused by name (random rows) or skipped (best-effort warm-up), never
+    allocated."""
+    from edgecloud.backends.local import LocalBackend
+    from edgecloud.compress.evaluate import random_inputs
+
+    path = typed_onnx(tmp_path / "huge.onnx", TensorProto.FLOAT, [10**9, 4])
+    config = config_from_onnx(path, "huge", max_batch_size=0)
+    with pytest.raises(ConfigError, match=r"input 'x' of shape \[1000000000, 4\] takes 16"):
+        random_inputs(config)
+    repo = ModelRepository(tmp_path / "repo")
+    repo.add_version("huge", path, config=config)
+    with LocalBackend(repo) as local:
+        local.load("huge")  # loads cold: the 16 GB warm-up request is not built
+    wide = config_from_onnx(typed_onnx(tmp_path / "wide.onnx", TensorProto.FLOAT, ["N", 10**6]),
+                            "wide", max_batch_size=1024)  # fmt: skip
+    assert random_inputs(wide, batch=8)["x"].shape == (8, 10**6)  # 32 MB: fine
+    with pytest.raises(ConfigError, match=r"shape \[512, 1000000\] takes 2048000000 bytes"):
+        random_inputs(wide, batch=512)

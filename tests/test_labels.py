@@ -59,6 +59,10 @@ BAD: dict[str, tuple[Callable[[int], np.ndarray], str]] = {
         lambda n: np.zeros(n, np.float32),
         "labels are floats (float32); give integer class indices or class names",
     ),
+    "bytes not UTF-8": (
+        lambda n: np.array([b"ant", b"\xff"] * (n // 2)),
+        "label 1 (b'\\xff') is a byte string that is not UTF-8",
+    ),
     "bool": (lambda n: np.ones(n, bool), "labels are booleans (bool); give integer class"),
     "uint64 huge": (
         lambda n: np.full(n, HUGE, np.uint64),
@@ -67,6 +71,7 @@ BAD: dict[str, tuple[Callable[[int], np.ndarray], str]] = {
 }
 GOOD: dict[str, tuple[Callable[[int], np.ndarray], list[int]]] = {
     "names": (lambda n: np.array(["cat", "ant"] * (n // 2)), [2, 0] * (ROWS // 2)),
+    "UTF-8 bytes": (lambda n: np.array([b"cat", b"ant"] * (n // 2)), [2, 0] * (ROWS // 2)),
     "int64": (lambda n: np.arange(n) % 3, [0, 1, 2] * (ROWS // 3)),
     "uint8": (lambda n: (np.arange(n) % 3).astype(np.uint8), [0, 1, 2] * (ROWS // 3)),
     "uint64": (lambda n: (np.arange(n) % 3).astype(np.uint64), [0, 1, 2] * (ROWS // 3)),
@@ -133,6 +138,29 @@ def test_class_indices_maps_good_labels(case: str) -> None:
     make, expected = GOOD[case]
     got = class_indices(make(ROWS), NAMES, "file.npz")
     assert got.dtype == np.int64 and got.tolist() == expected
+
+
+def test_byte_string_labels_are_utf8_names() -> None:
+    """np.savez of b'...' labels gives an 'S' array: decoded as UTF-8, never crashing."""
+    classes = ["ant", "bee", "café"]
+    labels = np.array([b"ant", "café".encode(), b"bee"])
+    assert class_indices(labels, classes, "f").tolist() == [0, 2, 1]
+    for bad in (np.array([b"a", b"b", b"\xff"]), np.array([b"caf\xe9"])):  # not UTF-8
+        with pytest.raises(ConfigError, match=r"f: label \d+ \(b'.*'\) is a byte string that"):
+            class_indices(bad, classes, "f")
+    with pytest.raises(ConfigError, match="labels 'zzz' are not classes"):
+        class_indices(np.array([b"zzz"]), classes, "f")
+
+
+def test_regression_targets_beyond_float32_are_refused() -> None:
+    from edgecloud.samples import target_values
+
+    for value in (1e39, -1e39, 3.5e38, np.finfo(np.float64).max):
+        with pytest.raises(ConfigError, match=r"1 of 2 labels .* beyond float32's range"):
+            target_values(np.array([0.0, value]), "f")
+    largest = float(np.finfo(np.float32).max)
+    assert target_values(np.array([largest, -largest]), "f").tolist() == [largest, -largest]
+    assert target_values(np.array([2**64 - 1], np.uint64), "f").dtype == np.float32
 
 
 def test_class_indices_other_shapes_and_names() -> None:
@@ -248,7 +276,7 @@ def test_calibrate_refuses_bad_labels(
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("case", [c for c in BAD if c != "unknown name"])
+@pytest.mark.parametrize("case", [c for c in BAD if c not in ("unknown name", "bytes not UTF-8")])
 def test_calibration_arrays_refuse_bad_labels(case: str) -> None:
     """The array API under ``calibrate`` (``calibrate_report``) uses the same check."""
     probs = np.full((ROWS, 3), 1 / 3, np.float32)

@@ -147,3 +147,57 @@ def test_identical_sample_rows_do_not_hide_a_batch_mean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not row-independent"):
         from_torch(Lambda(MIXING["mean over the batch"]), X, repo, "m", input_names=["x"],
                    output_names=["y"], samples=tmp_path / "same.npz")  # fmt: skip
+
+
+class MixAbove(torch.nn.Module):  # type: ignore[misc]
+    """Row-wise on batches of up to ``size`` rows; above, rows mix (a branch on the batch)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 3)
+        self.size = size
+
+    def forward(self, x: Any) -> Any:
+        z = self.linear(x)
+        big = (torch.ones_like(x[:, :1]).sum() > self.size).float()  # traced: stays dynamic
+        return torch.softmax(z - big * 5 * z.mean(0, keepdim=True), -1)
+
+
+@pytest.mark.parametrize("mixes_above", [2, 8, 12])
+def test_a_model_that_mixes_rows_only_in_large_batches_is_refused(
+    tmp_path: Path, mixes_above: int
+) -> None:
+    # the batch sizes the server may form are checked, not only 8 rows
+    repo = ModelRepository(tmp_path / "repo")
+    with pytest.raises(ConfigError, match=r"not row-independent: .* in a batch of (\d+)") as info:
+        from_torch(MixAbove(mixes_above), X, repo, "m", input_names=["x"], output_names=["y"],
+                   max_batch_size=16)  # fmt: skip
+    assert int(info.value.message.split("in a batch of ")[1].split(";")[0]) > mixes_above
+    assert not (repo.root / "m").exists()
+    # a server that never forms a batch above that size cannot mix its clients' rows
+    if mixes_above >= 2:
+        from_torch(MixAbove(mixes_above), X, repo, "ok", input_names=["x"], output_names=["y"],
+                   max_batch_size=mixes_above)  # fmt: skip
+
+
+def test_the_check_runs_distinct_rows_up_to_its_bound() -> None:
+    from edgecloud.repository import ModelConfig
+    from edgecloud.rows import ROWS, batch_sizes, check_rows
+    from edgecloud.tensors import TensorSpec
+
+    assert batch_sizes(64) == [2, 8, 64] and batch_sizes(5) == [2, 5] and batch_sizes(1) == []
+    config = ModelConfig(
+        name="m", max_batch_size=1000,
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=[3])],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=[3])],
+    )  # fmt: skip
+    same = {"x": np.ones((100, 3), np.float32)}
+    few = {"x": np.concatenate([X, X])}  # 4 distinct rows, then repeated
+    for inputs in (None, same, few, {"x": X[:1]}):
+        rows = check_rows(config, inputs, ROWS)["x"]
+        assert rows.shape == (ROWS, 3) and rows.dtype == np.float32
+        assert len(np.unique(rows, axis=0)) == ROWS  # distinct: a mean cannot hide
+    np.testing.assert_array_equal(check_rows(config, few, ROWS)["x"][:4], X)  # samples first
+    many = {"x": np.random.default_rng(1).standard_normal((100, 3)).astype(np.float32)}
+    np.testing.assert_array_equal(check_rows(config, many, ROWS)["x"], many["x"][:ROWS])

@@ -47,6 +47,7 @@ from .samples import (
     class_indices,
     data_for,
     expected_inputs,
+    finite,
     load_request_samples,
 )
 from .tensors import InferRequest
@@ -289,7 +290,10 @@ def calibrate_deployment(
     if write:
         _yaml_edit.check_writable(path)  # and a file it may not write
     small, large = _models(deployment, cascade, f"{where}: {chosen}")
-    samples = _rows(deployment, small, large, Path(data) if data is not None else None)
+    # NaN rows would calibrate on answers that mean nothing (a model may map NaN to finite
+    # scores): refused, as compress and split refuse them
+    samples = finite(_rows(deployment, small, large, Path(data) if data is not None else None),
+                     "calibrate")  # fmt: skip
     probs = [
         _probabilities(deployment, m, samples, cascade.output, f"{where}: {chosen}")
         for m in (small, large)

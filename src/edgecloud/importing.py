@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ._config_files import checked_path, path_error
-from .backends.local import LocalBackend
+from .backends.local import LocalBackend, warm_up_shapes
 from .errors import ConfigError, EdgecloudError, ModelLoadError, ModelNotFoundError
 from .repository import ModelConfig, ModelRepository, ModelVersion, config_from_onnx
 from .rows import check_version
-from .samples import Samples, checked_labels, load_samples
+from .samples import Samples, built_size_error, checked_labels, finite, load_samples
 from .tensors import InferRequest
 
 __all__ = ["Imported", "import_onnx", "import_triton", "read_labels"]
@@ -100,7 +100,9 @@ def import_onnx(
         # while no other process writes this model (concurrent imports queue).
         repo.lock(name)
         config = _config(repo, model, name, names, max_batch_size)
-        checked = load_samples(samples, config) if samples is not None else None
+        # non-finite sample inputs are refused, as compress, split and calibrate refuse
+        # them: the version's samples feed those commands, and a check on NaN means nothing
+        checked = finite(load_samples(samples, config), "import") if samples is not None else None
         if checked is not None and checked.labels is not None:  # declared shape; again as run
             checked_labels(checked.labels, config, f"samples file {checked.source}")
         version = repo.add_version(
@@ -293,6 +295,11 @@ def _check_labels(config: ModelConfig, labels: list[str]) -> None:
 def _check_runs(repo: ModelRepository, version: ModelVersion, samples: Samples | None) -> None:
     """Load the new version and run its samples; ModelLoadError on any failure or NaN/Inf."""
     label = f"model {version.name!r} version {version.version}"
+    # the check runs the model on zeros (and random rows): a huge fixed dimension is
+    # refused by name here, before anything is allocated
+    error = built_size_error(version.config, warm_up_shapes(version.config), "import's check")
+    if error is not None:
+        raise error
     with LocalBackend(repo, intra_op_threads=1, verify=True) as local:
         local.load(version.name, version.version)  # loads, checks the config, warms up
         if version.config.batched:  # rows of different clients will share a call

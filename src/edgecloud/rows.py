@@ -6,9 +6,10 @@ answer depends on the other rows of its batch (a mean or a sort over axis 0,
 BatchNorm or dropout in training mode, random ops) one client's answer then
 depends on, and leaks, another client's inputs. Parity checks (ONNX against
 torch on the same batch) cannot see this; :func:`check_row_independence` runs
-the model on ``k`` rows batched, on each row alone and on the rows shuffled,
-and refuses it when the answers differ beyond rounding. Every path that
-publishes a batched model calls it: ``edgecloud import --max-batch-size N``
+the model on batches of 2, 8 and ``max_batch_size`` (at most :data:`ROWS`) rows,
+on each row alone and on the rows shuffled, and refuses it when the answers
+differ beyond rounding. Every path that publishes a batched model calls it:
+``edgecloud import --max-batch-size N``
 (hence :func:`edgecloud.export.from_torch`) and ``compress -m prune/distill``.
 """
 
@@ -22,14 +23,16 @@ import numpy as np
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .repository import ModelVersion
+    from .repository import ModelConfig, ModelVersion
 
 __all__ = [
     "ATOL",
     "ROWS",
     "RTOL",
     "UNBATCHED",
+    "batch_sizes",
     "check_row_independence",
+    "check_rows",
     "check_version",
     "row_difference",
 ]
@@ -37,8 +40,17 @@ __all__ = [
 Arrays = Mapping[str, np.ndarray[Any, Any]]
 Run = Callable[[dict[str, np.ndarray[Any, Any]]], Mapping[str, Any]]
 
-ROWS = 8
-"""Rows run batched, then one at a time (8 extra calls: milliseconds for a small model)."""
+ROWS = 64
+"""The most rows checked: batches of 2, 8 and ``min(max_batch_size, ROWS)`` rows are
+compared with each row alone (about ROWS + 5 calls: milliseconds for a small model). A
+model may mix rows only above some batch size (a branch on the batch size), so the check
+reaches the batch sizes the server forms, up to this bound."""
+
+ROWS_SEED = 1729
+"""Seed of the random rows :func:`check_rows` adds."""
+
+BATCHES = (2, 8)
+"""Batch sizes always compared (when there are that many rows), besides the largest."""
 
 RTOL = 1e-3
 ATOL = 1e-4
@@ -47,10 +59,17 @@ single-row float32 kernels of onnxruntime differ by rounding (~1e-6 relative); m
 rows changes answers by the size of the data."""
 
 
+def batch_sizes(n: int) -> list[int]:
+    """The batch sizes compared for ``n`` rows: :data:`BATCHES` below ``n``, and ``n``."""
+    return sorted({b for b in BATCHES if b < n} | ({n} if n >= 2 else set()))
+
+
 def row_difference(run: Run, inputs: Arrays, rows: int = ROWS) -> tuple[float, str] | None:
     """The largest difference between a batch's answers and the same rows run alone or
     shuffled, with where it was seen; None when every row agrees (or there are < 2 rows).
 
+    Batches of every size in :func:`batch_sizes` (the first rows of ``inputs``, up to
+    ``rows``) are compared with the rows alone; the largest is also run twice and reversed.
     ``run`` maps ``{input: [rows, ...]}`` to ``{output: [rows, ...]}``; outputs whose
     leading dimension is not the batch (a whole-run output) are not compared. NaN
     equals NaN. Raises ConfigError when two runs of the same batch differ
@@ -69,18 +88,45 @@ def row_difference(run: Run, inputs: Arrays, rows: int = ROWS) -> tuple[float, s
             "export it in eval() mode), so it cannot be served batched; import it with "
             "--max-batch-size 0 or remove the randomness"
         )
+    alone = [_per_row(run({k: v[i : i + 1] for k, v in batch.items()}), 1) for i in range(n)]
     worst: tuple[float, str] | None = None
-    for i in range(n):
-        alone = _per_row(run({k: v[i : i + 1] for k, v in batch.items()}), 1)
-        diff = _worst({k: v[i : i + 1] for k, v in first.items()}, alone)
-        if diff is not None and (worst is None or diff > worst[0]):
-            worst = (diff, f"row {i} alone vs in a batch of {n}")
+    for size in batch_sizes(n):
+        batched = first
+        if size < n:  # the outputs that are per row in the largest batch (a whole-run
+            # output may happen to have `size` entries)
+            smaller = _per_row(run({k: v[:size] for k, v in batch.items()}), size)
+            batched = {k: smaller.get(k, np.empty((0,))) for k in first}
+        for i in range(size):
+            diff = _worst({k: v[i : i + 1] for k, v in batched.items()}, alone[i])
+            if diff is not None and (worst is None or diff > worst[0]):
+                worst = (diff, f"row {i} alone vs in a batch of {size}")
     order = np.arange(n)[::-1].copy()  # reversed: never the identity for n >= 2
     shuffled = _per_row(run({k: v[order] for k, v in batch.items()}), n)
     diff = _worst({k: v[order] for k, v in first.items()}, shuffled)
     if diff is not None and (worst is None or diff > worst[0]):
         worst = (diff, f"the same {n} rows shuffled")
     return worst
+
+
+def check_rows(config: ModelConfig, inputs: Arrays | None, rows: int) -> Arrays:
+    """``rows`` rows to check ``config``'s model on: the distinct rows of ``inputs`` (its
+    samples) first, then seeded random rows of the declared shapes (identical rows would
+    hide a mean over the batch; too few would hide a mix above some batch size)."""
+    from .compress.evaluate import random_inputs
+
+    have = _distinct_count(inputs, rows) if inputs else 0
+    if have >= rows:
+        assert inputs is not None
+        return {k: np.ascontiguousarray(v[:rows]) for k, v in inputs.items()}
+    # a seed of its own: not seed 0, which users' own random samples often share
+    extra = random_inputs(config, batch=rows - have, seed=ROWS_SEED)
+    if not have:
+        return extra
+    assert inputs is not None
+    return {
+        k: np.concatenate([np.asarray(inputs[k])[:have], extra[k].astype(inputs[k].dtype)])
+        for k in extra
+    }
 
 
 UNBATCHED = "or publish it unbatched with --max-batch-size 0"
@@ -108,13 +154,20 @@ def check_row_independence(
     )
 
 
-def _distinct_rows(inputs: Arrays, rows: int) -> bool:
-    """At least 2 rows, not all alike (identical rows would hide a mean over the batch)."""
+def _distinct_count(inputs: Arrays, rows: int) -> int:
+    """How many leading rows (at most ``rows``) are pairwise distinct (over all inputs
+    together); 0 when fewer than 2 are."""
     arrays = [np.asarray(v)[:rows] for v in inputs.values()]
-    if not arrays or min(len(a) for a in arrays) < 2:
-        return False
-    return any(not np.array_equal(a[0], a[i], equal_nan=a.dtype.kind in "fc")
-               for a in arrays for i in range(1, len(a)))  # fmt: skip
+    if not arrays or any(a.ndim == 0 for a in arrays):
+        return 0
+    n = min(len(a) for a in arrays)
+    seen: set[bytes] = set()
+    for i in range(n):
+        key = b"".join(np.ascontiguousarray(a[i]).tobytes() for a in arrays)
+        if key in seen:
+            break
+        seen.add(key)
+    return len(seen) if len(seen) >= 2 else 0
 
 
 def _per_row(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray[Any, Any]]:
@@ -155,18 +208,17 @@ def _worst(
 def check_version(version: ModelVersion, inputs: Arrays | None = None) -> None:
     """Check a batched ``version``'s ONNX graph with onnxruntime (its log kept off stderr).
 
-    ``inputs``: its sample rows; with fewer than 2 distinct ones, seeded random
-    rows of the declared shapes. ConfigError when rows interact, or when the model fails on a
-    batch smaller or larger than its examples (a batch size fixed in the graph).
+    ``inputs``: its sample rows, completed by :func:`check_rows` to
+    ``min(max_batch_size, ROWS)`` distinct rows. ConfigError when rows interact, or when
+    the model fails on a batch smaller or larger than its examples (a batch size fixed in
+    the graph).
     """
-    from .compress.evaluate import random_inputs
     from .export import quiet_session
 
     rows = min(ROWS, version.config.max_batch_size)
     if rows < 2:
         return
-    if inputs is None or not _distinct_rows(inputs, rows):
-        inputs = random_inputs(version.config, batch=rows)
+    inputs = check_rows(version.config, inputs, rows)
     what = f"model {version.name!r} version {version.version}"
     session = quiet_session(version.model_path)
     outputs = [spec.name for spec in version.config.outputs]

@@ -46,13 +46,15 @@ import numpy as np
 from ._config_files import checked_path, path_error
 from .errors import ConfigError, InvalidRequestError
 from .repository import SAMPLES_FILE, ModelConfig, ModelVersion
-from .tensors import InputValidator, TensorSpec
+from .tensors import InputValidator, TensorSpec, numpy_dtype
 
 __all__ = [
+    "BUILT_BYTES",
     "DATA_OPTION",
     "LABELS",
     "SAMPLES_FILE",
     "Samples",
+    "built_size_error",
     "checked_labels",
     "class_indices",
     "data_for",
@@ -146,6 +148,38 @@ MAX_NPZ_BYTES = 2 * 1024**3
 224x224 RGB FP32 images or 500,000 rows of 1,000 FP32 features. A samples file is a
 check, calibration or evaluation set, read whole into memory; the cap keeps a
 forged or compressed archive (a zip bomb) from exhausting the host's memory."""
+
+
+BUILT_BYTES = 1024**3
+"""Largest request edgecloud builds itself from a config (warm-up zeros, the random rows
+of the row-independence check and of timings): 1 GiB, half :data:`MAX_NPZ_BYTES`. A
+graph that fixes a dimension so large (``[2**62, 4]``, ``[10**9, 4]``) would make every
+one of those allocations fail or exhaust the host's memory."""
+
+
+def built_size_error(
+    config: ModelConfig, shapes: dict[str, list[int]], purpose: str
+) -> ConfigError | None:
+    """A ConfigError naming the largest input when building ``shapes`` (input name ->
+    full shape, rows included) for ``config`` would take over :data:`BUILT_BYTES`;
+    None when it fits. Counted in Python integers: a huge shape cannot overflow.
+    ``purpose``: what builds them ("warm-up"), said in the message."""
+    sizes = {}
+    for spec in config.inputs:
+        count = 1
+        for dim in shapes[spec.name]:
+            count *= max(int(dim), 0)
+        dtype = numpy_dtype(spec.datatype)
+        sizes[spec.name] = count * (dtype.itemsize if dtype.kind != "O" else 8)
+    if sum(sizes.values()) <= BUILT_BYTES:
+        return None
+    name = max(sizes, key=lambda n: sizes[n])
+    return ConfigError(
+        f"model {config.name!r}: input {name!r} of shape {shapes[name]} takes {sizes[name]} "
+        f"bytes, over the {BUILT_BYTES} (1 GiB) {purpose} may build for one request; a model "
+        "whose every request is that large cannot be served: export it with that dimension "
+        "dynamic (or smaller)"
+    )
 
 
 def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
@@ -458,7 +492,7 @@ def _named(
         if name in index:
             twice.add(name)
         index.setdefault(name, i)
-    names = labels.astype(str).tolist()
+    names = _label_names(labels, source)
     used = set(names)
     unknown = sorted(used - set(index))
     if unknown:
@@ -477,10 +511,29 @@ def _named(
     return np.array([index[n] for n in names], np.int64)
 
 
+def _label_names(labels: np.ndarray[Any, Any], source: str) -> list[str]:
+    """String labels as Python strings; byte strings (``S`` dtype, what ``np.savez`` of
+    ``b'...'`` gives) are decoded as UTF-8. ConfigError naming ``source`` for bytes that
+    are not UTF-8."""
+    if labels.dtype.kind != "S":
+        return [str(n) for n in labels.tolist()]
+    names = []
+    for i, raw in enumerate(labels.tolist()):
+        try:
+            names.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{source}: label {i} ({raw!r}) is a byte string that is not UTF-8 "
+                f"({exc.reason}); save class names as str (numpy 'U' dtype) or UTF-8 bytes"
+            ) from exc
+    return names
+
+
 def target_values(labels: np.ndarray[Any, Any], source: str) -> np.ndarray[Any, Any]:
     """A regression's labels (targets, one per row) as float32; ConfigError naming
     ``source`` unless they are 1-D finite numbers (integers or floats; not
-    booleans, not names, not NaN/Inf)."""
+    booleans, not names, not NaN/Inf, none beyond float32's range: checked after the
+    cast, so 1e39 is refused rather than stored as inf)."""
     if labels.ndim != 1:
         raise ConfigError(
             f"{source}: labels must be 1-D, one target per row, got shape {list(labels.shape)}"
@@ -490,13 +543,15 @@ def target_values(labels: np.ndarray[Any, Any], source: str) -> np.ndarray[Any, 
             f"{source}: the model's first output is not class scores, so labels are "
             f"regression targets and must be numbers, got {labels.dtype}"
         )
-    values = labels.astype(np.float64)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused below
+        values = labels.astype(np.float32)
     if not np.isfinite(values).all():
         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
         raise ConfigError(
-            f"{source}: {bad} of {values.size} labels (regression targets) are NaN or Inf"
+            f"{source}: {bad} of {values.size} labels (regression targets) are NaN, Inf or "
+            f"beyond float32's range (|value| > {float(np.finfo(np.float32).max):.4g})"
         )
-    return labels.astype(np.float32)
+    return values
 
 
 def score_classes(shape: Sequence[int]) -> int | None:

@@ -203,6 +203,12 @@ def bad_files(root: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Path]:
         "unknown-names": dict(features=x, labels=np.array(["ant", "eel"] * (len(y) // 2))),
         "fp64": dict(features=x.astype(np.float64), labels=y),
         "short-labels": dict(features=x, labels=y[:-1]),
+        "nan-rows": dict(
+            features=np.where(np.arange(len(x))[:, None] == 7, np.nan, x).astype(x.dtype), labels=y
+        ),
+        "inf-rows": dict(
+            features=np.where(np.arange(len(x))[:, None] == 0, -np.inf, x).astype(x.dtype), labels=y
+        ),
     }
     for name, arrays in files.items():
         np.savez(root / f"{name}.npz", **arrays)
@@ -218,6 +224,9 @@ MISTAKES = [
     ("unknown-names", {}, "labels 'eel' are not classes of the model (ant, bee, cat)"),
     ("fp64", {}, "model 'small' cannot run these inputs"),
     ("short-labels", {}, "labels must be 1-D with one entry per row (1000)"),
+    # both models may map NaN to finite answers: calibrating on them means nothing
+    ("nan-rows", {}, "input 'features' holds 20 NaN or infinite values (first at row 7)"),
+    ("inf-rows", {}, "input 'features' holds 20 NaN or infinite values (first at row 0)"),
     ("val", {"output": "logits"}, "not probabilities"),
     ("val", {"output": "scores"}, "has no output 'scores' (outputs: logits, probabilities)"),
     ("val", {"small_model": "absent"}, "small_model: model 'absent' is not in"),

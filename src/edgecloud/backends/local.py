@@ -24,7 +24,8 @@ from ..errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from ..repository import ModelRepository, ModelVersion
+from ..repository import ModelConfig, ModelRepository, ModelVersion
+from ..samples import built_size_error
 from ..tensors import (
     InferRequest,
     InferResponse,
@@ -475,15 +476,28 @@ def _as_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return out
 
 
+def warm_up_shapes(config: ModelConfig) -> dict[str, list[int]]:
+    """The full shapes of the warm-up request (one row; variable dimensions 1)."""
+    return {
+        spec.name: [1 if d == -1 else d for d in spec.full_shape(config.batched)]
+        for spec in config.inputs
+    }
+
+
 def _warm_up(loaded: LoadedModel) -> None:
-    """One inference on zeros so the first real request is not the slow one."""
+    """One inference on zeros so the first real request is not the slow one; skipped
+    for a request over :data:`~edgecloud.samples.BUILT_BYTES` (a huge fixed dimension)."""
     config = loaded.entry.config
-    inputs: Arrays = {}
-    for spec in config.inputs:
-        if spec.datatype == "BYTES":
-            return
-        shape = [1 if d == -1 else d for d in spec.full_shape(config.batched)]
-        inputs[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+    if any(spec.datatype == "BYTES" for spec in config.inputs):
+        return
+    error = built_size_error(config, warm_up_shapes(config), "warm-up")
+    if error is not None:  # best effort: a model too large to warm up is loaded cold
+        log.debug("warm-up of %s skipped: %s", loaded.label, error.message)
+        return
+    inputs: Arrays = {
+        name: np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+        for spec, (name, shape) in zip(config.inputs, warm_up_shapes(config).items(), strict=True)
+    }
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a graph that rejects zeros must not log an error
     try:

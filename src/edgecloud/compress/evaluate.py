@@ -25,7 +25,7 @@ import numpy as np
 from ..backends.local import LocalBackend
 from ..errors import CompressionError, ConfigError, EdgecloudError
 from ..repository import ModelConfig, ModelRepository
-from ..samples import checked_labels, class_indices, score_classes, target_values
+from ..samples import built_size_error, checked_labels, class_indices, score_classes, target_values
 from ..tensors import InferRequest, numpy_dtype
 
 __all__ = [
@@ -166,12 +166,19 @@ def random_inputs(config: ModelConfig, batch: int = 32, seed: int = 0) -> Arrays
     """Deterministic inputs of the declared shapes (variable dimensions: 16): ``batch``
     rows for a batched model, one request of the full shapes (rank 0 included) otherwise;
     floats standard normal, integers and booleans 0 or 1."""
-    rng = np.random.default_rng(seed)
-    out: Arrays = {}
+    shapes = {}
     for spec in config.inputs:
         shape = [16 if d == -1 else d for d in spec.full_shape(config.batched)]
         if config.batched:
             shape[0] = batch
+        shapes[spec.name] = shape
+    error = built_size_error(config, shapes, "random inputs")
+    if error is not None:
+        raise error
+    rng = np.random.default_rng(seed)
+    out: Arrays = {}
+    for spec in config.inputs:
+        shape = shapes[spec.name]
         dtype = numpy_dtype(spec.datatype)
         # np.asarray: a rank-0 input (shape []) stays an array, not a numpy scalar
         if dtype.kind == "f":

@@ -300,7 +300,7 @@ def _export(module: Any, parent: ModelVersion, samples: Samples, target: Path) -
     export whose inputs or outputs differ from the parent's config, or from torch."""
     torch = require("torch", extra="train", feature="exporting")
     from ..export import batch_axes, check_parity, export_onnx, quiet_session
-    from ..rows import ROWS, check_row_independence
+    from ..rows import ROWS, check_row_independence, check_rows
 
     inputs = [s.name for s in parent.config.inputs]
     outputs = [s.name for s in parent.config.outputs]
@@ -318,12 +318,13 @@ def _export(module: Any, parent: ModelVersion, samples: Samples, target: Path) -
             )
     check_parity(module, target, _inputs(parent, samples, slice(0, 3)), inputs, outputs)
     session = quiet_session(target)
-    rows = dict(zip(inputs, _inputs(parent, samples, slice(0, ROWS)), strict=True))
+    size = min(ROWS, parent.config.max_batch_size)
+    rows = check_rows(parent.config, samples.inputs, size)  # distinct rows, as import checks
     check_row_independence(
         lambda feed: dict(zip(outputs, session.run(outputs, feed), strict=True)),
         rows,
         f"the exported {parent.name!r} module",
-        min(ROWS, parent.config.max_batch_size),
+        size,
         other_fix=f"(the parent is batched, max_batch_size {parent.config.max_batch_size})",
     )
 

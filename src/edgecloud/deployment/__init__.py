@@ -56,7 +56,7 @@ from ..routing.confidence import not_probabilities
 from ..routing.outbox import DrainResult, Outbox
 from ..routing.resilience import Backoff
 from ..routing.transforms import InputAdapter, check_against
-from ..samples import data_for
+from ..samples import data_for, row_batches
 from ..tensors import InferRequest, InferResponse
 from .build import LazyOutbox, _Builder
 from .filter_node import FilterNode
@@ -205,7 +205,8 @@ class Deployment(Backend):
         For each of ``small_model``/``large_model`` run on this device: its
         config must declare ``output`` as a float tensor, and when its version
         carries samples (``samples.npz``), its answer on the first
-        :data:`PROBE_ROWS` rows must be one distribution per row (what the
+        :data:`PROBE_ROWS` rows (an unbatched model's: its whole sample request,
+        :func:`~..samples.row_batches`) must be one distribution per row (what the
         cascade checks on every request, :func:`~..routing.confidence.not_probabilities`).
         A logits output passes the config check and is caught only by the
         samples; without them the cascade refuses it on the first request.
@@ -233,7 +234,9 @@ class Deployment(Backend):
                 continue
             try:
                 samples = data_for(version)
-                rows = {k: v[:PROBE_ROWS] for k, v in samples.inputs.items()}
+                # an unbatched model's samples are one request, whole (a state or a
+                # scalar input has no rows to slice)
+                rows = row_batches(samples, version.config, PROBE_ROWS, limit=1)[0]
                 probs = local.infer(InferRequest(model, rows)).outputs[node.output]
             except EdgecloudError as exc:
                 raise ConfigError(
