@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..backends.remote_url import MAX_TIMEOUT_S, URL_PATTERN, check_url
+from ..errors import ConfigError
 from ..routing.transforms import ModelInputs
 from .nodes import AnyNode
 
@@ -18,15 +19,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
 
-#: The URL schemes a remote speaks (RemoteBackend: REST over http(s), gRPC over grpc(s)).
-URL_PATTERN = r"^(https?|grpcs?)://"
-
-
 class RemoteSpec(_Strict):
     url: str = Field(json_schema_extra={"pattern": URL_PATTERN})
-    """``http(s)://host:port`` or ``grpc(s)://host:port`` of a v2 server."""
-    timeout_s: float = Field(default=5.0, gt=0)
-    """Seconds before a request to this server is given up (a fallback can still answer)."""
+    """``http(s)://host[:port]`` or ``grpc(s)://host[:port]`` of a v2 server: port 1-65535,
+    no path, query, fragment or credentials (``edgecloud.backends.remote_url``)."""
+    timeout_s: float = Field(default=5.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    """Seconds before a request to this server is given up (a fallback can still answer);
+    at most 3600."""
     token_env: str | None = None
     """Environment variable holding the bearer token."""
     binary: bool = True
@@ -34,9 +33,11 @@ class RemoteSpec(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _scheme(cls, url: str) -> str:
-        if not re.match(URL_PATTERN, url):
-            raise ValueError(f"remote URL {url!r} must start with http(s):// or grpc(s)://")
+    def _url(cls, url: str) -> str:
+        try:
+            check_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return url
 
 
