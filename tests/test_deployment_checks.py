@@ -80,7 +80,7 @@ def test_a_cascade_on_logits_without_samples_fails_the_request_not_silently(
 
 @pytest.mark.parametrize(
     ("output", "message"),
-    [("probs", r"has no output 'probs' \(outputs: y, z\)"), ("", r"has no output ''")],
+    [("probs", r"has no output 'probs' \(outputs: y, z\)")],
 )
 def test_a_cascade_output_the_model_lacks_is_refused_at_check_ready(
     repo: ModelRepository, tmp_path: Path, output: str, message: str
@@ -88,6 +88,17 @@ def test_a_cascade_output_the_model_lacks_is_refused_at_check_ready(
     path = write(tmp_path, repo, cascade(output, prefix="bare-"))
     with pytest.raises(ConfigError, match=r"root\.cascade\.output: model 'bare-small' " + message):
         edgecloud.load(path, ready=True)
+
+
+@pytest.mark.parametrize("field", ["output", "small_model", "large_model"])
+def test_an_empty_name_is_refused_at_load_not_read_as_the_default(
+    repo: ModelRepository, tmp_path: Path, field: str
+) -> None:
+    spec = cascade("z", prefix="bare-")
+    spec["cascade"][field] = ""
+    path = write(tmp_path, repo, spec)
+    with pytest.raises(ConfigError, match=rf"root\.cascade\.{field}"):
+        edgecloud.load(path)
 
 
 # ---------------------------------------------------------------- models: entries

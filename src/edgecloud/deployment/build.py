@@ -109,10 +109,10 @@ class _Builder:
         self.base = base
         self.where = where
         self.repository = ModelRepository(self.path(spec.repository))
-        self.audit = AuditLog(self.path(spec.audit_log)) if spec.audit_log else None
+        self.audit = AuditLog(self.file("audit_log", spec.audit_log)) if spec.audit_log else None
         self.outbox: Outbox | None = (
             LazyOutbox(
-                self.path(spec.outbox.path),
+                self.file("outbox.path", spec.outbox.path),
                 max_items=spec.outbox.max_items,
                 ttl_s=spec.outbox.ttl_s,
                 full_policy=spec.outbox.full_policy,
@@ -136,6 +136,13 @@ class _Builder:
     def path(self, value: str) -> Path:
         path = Path(value)
         return path if path.is_absolute() else self.base / path
+
+    def file(self, at: str, value: str) -> Path:
+        """:meth:`path` of a file the deployment writes; a directory there is refused."""
+        path = self.path(value)
+        if path.is_dir():
+            raise self.error(at, f"{value!r} is a directory ({path}): name a file in it")
+        return path
 
     def error(self, at: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where}: {at}: {message}")

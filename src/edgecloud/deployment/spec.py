@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..backends.remote_url import MAX_TIMEOUT_S, URL_PATTERN, check_url
 from ..errors import ConfigError
 from ..routing.transforms import ModelInputs
+from .fields import FilePath, Name
 from .nodes import AnyNode
 
 __all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
@@ -26,7 +27,7 @@ class RemoteSpec(_Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     """Seconds before a request to this server is given up (a fallback can still answer);
     at most 3600."""
-    token_env: str | None = None
+    token_env: Name | None = None
     """Environment variable holding the bearer token."""
     binary: bool = True
     """Send tensors in the binary-data extension (HTTP) rather than JSON lists."""
@@ -42,7 +43,7 @@ class RemoteSpec(_Strict):
 
 
 class OutboxSpec(_Strict):
-    path: str = "outbox.db"
+    path: FilePath = "outbox.db"
     """SQLite file of the queue (relative to the deployment file)."""
     max_items: int = Field(default=10_000, ge=1)
     ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
@@ -63,13 +64,13 @@ class DeploymentSpec(_Strict):
         title="edgecloud deployment",
     )
 
-    repository: str = "model-repo"
+    repository: Name = "model-repo"
     """Model repository for local leaves (relative to the deployment file)."""
     remotes: dict[str, RemoteSpec] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"not": {"const": "local"}}}
     )
     """v2 servers by name; a node names one (``cloud`` or ``{remote: cloud}``)."""
-    audit_log: str | None = None
+    audit_log: FilePath | None = None
     """JSON-lines file recording every tensor sent to a remote."""
     outbox: OutboxSpec | None = None
     """Durable queue for what could not be sent (deferred escalations, filter events)."""
