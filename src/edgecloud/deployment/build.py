@@ -110,7 +110,9 @@ class _Builder:
         self.where = where
         self.repository = ModelRepository(self.path(spec.repository))
         self.audit = AuditLog(self.file("audit_log", spec.audit_log)) if spec.audit_log else None
-        self.outbox: Outbox | None = (
+        self.outbox_used = False
+        """Some node queues into the outbox (read :attr:`outbox` while building)."""
+        self.queue: LazyOutbox | None = (
             LazyOutbox(
                 self.file("outbox.path", spec.outbox.path),
                 max_items=spec.outbox.max_items,
@@ -132,6 +134,24 @@ class _Builder:
         """Models the tree names for its leaves (a cascade's small/large, a split's model)."""
         self.pass_through: list[tuple[str, bool]] = []
         """Leaves that run whatever model a request names: (YAML path, is it a remote)."""
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The outbox, for a node that queues into it (a deferring cascade, a filter):
+        reading it marks it used, so ``load(ready=True)`` opens its file before the
+        first request; an outbox no node uses and no file holds is never created."""
+        self.outbox_used = True
+        return self.queue
+
+    @outbox.setter
+    def outbox(self, queue: Outbox | None) -> None:  # BuildContext declares it settable
+        raise AttributeError("a deployment's outbox is fixed by its file")
+
+    def open_queue_if_needed(self) -> None:
+        """Open the outbox's file now if a node queues into it or it holds items to
+        drain (it exists), so a damaged or unwritable file fails ``ready``."""
+        if self.queue is not None and (self.outbox_used or self.queue.path.exists()):
+            self.queue.open()
 
     def path(self, value: str) -> Path:
         path = Path(value)
