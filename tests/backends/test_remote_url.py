@@ -96,3 +96,11 @@ def test_a_wrapped_port_reaches_nothing(tmp_path: Path) -> None:
             RemoteBackend("grpc://127.0.0.1:99999")
         with pytest.raises(TimeoutError):
             listener.accept()
+
+
+@pytest.mark.parametrize("ttl_s", [".inf", ".nan"])
+def test_load_refuses_an_outbox_ttl_that_is_not_a_number(tmp_path: Path, ttl_s: str) -> None:
+    path = tmp_path / "deployment.yaml"
+    path.write_text(f"outbox: {{path: q.db, ttl_s: {ttl_s}}}\nroot: local\n")
+    with pytest.raises(ConfigError, match="ttl_s"):
+        edgecloud.load(path)

@@ -17,7 +17,9 @@ __all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class RemoteSpec(_Strict):
