@@ -190,6 +190,7 @@ def test_serving_a_tree_that_never_queues_creates_no_outbox_files(
     with edgecloud.load(path, ready=True) as tree:
         assert not list(tmp_path.glob("obx.db*"))
         tree.infer(InferRequest("small", {"x": X[:2]}))
+        assert tree.outbox is not None and len(tree.outbox) == 0  # the gateway's drain loop
     assert not list(tmp_path.glob("obx.db*"))
 
 

@@ -76,6 +76,12 @@ class LazyOutbox(Outbox):
     # Each public method opens the file before it takes the Outbox's own lock (opening
     # writes under that lock: opening from inside it would wait on itself).
 
+    def __len__(self) -> int:
+        if not self.opened and not self.path.exists():
+            return 0  # nothing queued yet: counting creates no file (the gateway's drain loop)
+        self.open()
+        return super().__len__()
+
     def put(self, request: InferRequest, *, kind: str = "request", why: str | None = None) -> str:
         self.open()
         return super().put(request, kind=kind, why=why)
