@@ -58,9 +58,14 @@ def test_a_deployment_builds_and_routes(zoo_repo: ModelRepository, tmp_path: Pat
     personal_reasons = [s.reason for s in personal.trace.spans if s.kind == "decision"]
     assert personal_reasons[0] == "guard:personal → stays on the device"
     assert any(r.startswith("fallback:privacy") for r in personal_reasons)
-    # nothing was deferred: loading and routing created no queue; serving (ready) opens it
+    # nothing was deferred: loading and routing created no queue; nor does serving a
+    # tree that never defers; serving one that does opens it before the first request
     assert not list(tmp_path.glob("outbox.db*"))
     edgecloud.load(deployment(tmp_path, zoo_repo), ready=True).close()
+    assert not list(tmp_path.glob("outbox.db*"))
+    root = yaml.safe_load(deployment(tmp_path, zoo_repo).read_text())["root"]
+    root["guard"]["inner"]["cascade"]["defer_failed_escalations"] = True
+    edgecloud.load(deployment(tmp_path, zoo_repo, root=root), ready=True).close()
     assert (tmp_path / "outbox.db").exists()
 
 

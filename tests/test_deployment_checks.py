@@ -80,7 +80,7 @@ def test_a_cascade_on_logits_without_samples_fails_the_request_not_silently(
 
 @pytest.mark.parametrize(
     ("output", "message"),
-    [("probs", r"has no output 'probs' \(outputs: y, z\)"), ("", r"has no output ''")],
+    [("probs", r"has no output 'probs' \(outputs: y, z\)")],
 )
 def test_a_cascade_output_the_model_lacks_is_refused_at_check_ready(
     repo: ModelRepository, tmp_path: Path, output: str, message: str
@@ -88,6 +88,17 @@ def test_a_cascade_output_the_model_lacks_is_refused_at_check_ready(
     path = write(tmp_path, repo, cascade(output, prefix="bare-"))
     with pytest.raises(ConfigError, match=r"root\.cascade\.output: model 'bare-small' " + message):
         edgecloud.load(path, ready=True)
+
+
+@pytest.mark.parametrize("field", ["output", "small_model", "large_model"])
+def test_an_empty_name_is_refused_at_load_not_read_as_the_default(
+    repo: ModelRepository, tmp_path: Path, field: str
+) -> None:
+    spec = cascade("z", prefix="bare-")
+    spec["cascade"][field] = ""
+    path = write(tmp_path, repo, spec)
+    with pytest.raises(ConfigError, match=rf"root\.cascade\.{field}"):
+        edgecloud.load(path)
 
 
 # ---------------------------------------------------------------- models: entries
@@ -154,18 +165,53 @@ def test_loading_a_file_creates_no_queue_and_serving_opens_it(
     with edgecloud.load(path) as tree:
         assert tree.outbox is not None and tree.outbox.items() == []  # opened by use
     assert (tmp_path / "queue" / "outbox.db").exists()
-    other = write(tmp_path / "queue", repo, "local", outbox={"path": "other.db"})
+    deferring = {"cascade": {**cascade("z")["cascade"], "defer_failed_escalations": True}}
+    other = write(tmp_path / "queue", repo, deferring, outbox={"path": "other.db"})
     edgecloud.load(other).close()
     assert not list((tmp_path / "queue").glob("other.db*"))
     edgecloud.load(other, ready=True).close()
     assert (tmp_path / "queue" / "other.db").exists()
 
 
+@pytest.mark.parametrize(
+    "root",
+    [
+        "local",
+        cascade("z"),  # a cascade that does not defer its failed escalations
+        {"fallback": {"primary": "local", "secondary": cascade("z")}},
+    ],
+)
+def test_serving_a_tree_that_never_queues_creates_no_outbox_files(
+    repo: ModelRepository, tmp_path: Path, root: Any
+) -> None:
+    """Before: ``load(ready=True)`` created obx.db, -lock, a 640 KB -reserve, -wal and
+    -shm though no node could ever put an item there."""
+    path = write(tmp_path, repo, root, outbox={"path": "obx.db"})
+    with edgecloud.load(path, ready=True) as tree:
+        assert not list(tmp_path.glob("obx.db*"))
+        tree.infer(InferRequest("small", {"x": X[:2]}))
+        assert tree.outbox is not None and len(tree.outbox) == 0  # the gateway's drain loop
+    assert not list(tmp_path.glob("obx.db*"))
+
+
+def test_serving_opens_an_outbox_left_with_items_to_drain(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """A file an earlier deployment left is opened (and checked) at ready, to drain."""
+    path = write(tmp_path, repo, "local", outbox={"path": "obx.db"})
+    with edgecloud.load(path) as tree:
+        assert tree.outbox is not None and tree.outbox.stats()  # opened by use: created
+    (tmp_path / "obx.db").write_bytes(b"not a database" * 100)
+    edgecloud.load(path, ready=True).close()  # opened at ready: the damage is quarantined
+    assert len(list(tmp_path.glob("obx.db.corrupt-*"))) == 1
+
+
 def test_an_outbox_that_cannot_open_fails_ready_not_the_first_request(
     repo: ModelRepository, tmp_path: Path
 ) -> None:
     (tmp_path / "file").write_text("not a directory")
-    path = write(tmp_path, repo, "local", outbox={"path": "file/outbox.db"})
+    deferring = {"cascade": {**cascade("z")["cascade"], "defer_failed_escalations": True}}
+    path = write(tmp_path, repo, deferring, outbox={"path": "file/outbox.db"})
     edgecloud.load(path).close()  # reading the file is fine
     with pytest.raises(edgecloud.EdgecloudError, match="outbox .*file/outbox.db"):
         edgecloud.load(path, ready=True)

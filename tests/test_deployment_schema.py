@@ -243,6 +243,10 @@ def with_input(step: Any) -> dict[str, Any]:
     return {"models": {"small": {"inputs": {"x": step}}}, "root": CASCADE_LOCAL}
 
 
+def with_cascade(fields: dict[str, Any]) -> dict[str, Any]:
+    return {"root": {"cascade": {**CASCADE_LOCAL["cascade"], **fields}}}
+
+
 def with_remote(remote: Any) -> dict[str, Any]:
     return {"remotes": {"cloud": remote}, "root": {"remote": "cloud"}}
 
@@ -285,14 +289,56 @@ AGREE: list[tuple[dict[str, Any], bool]] = [
     (with_remote({"url": "127.0.0.1:8000"}), False),
     (with_remote({"url": "HTTP://x"}), False),
     (with_remote({"url": "http://x", "timeout_s": 0}), False),
+    (with_remote({"url": "https://x:443/"}), True),
+    (with_remote({"url": "http://[::1]:8000"}), True),
+    (with_remote({"url": "http://my_svc.local:1"}), True),
+    (with_remote({"url": "http://x:65535"}), True),
+    (with_remote({"url": "http://127.0.0.1:99999"}), False),
+    (with_remote({"url": "grpc://127.0.0.1:65536"}), False),
+    (with_remote({"url": "http://x:0"}), False),
+    (with_remote({"url": "http://x:08000"}), False),
+    (with_remote({"url": "http://x:"}), False),
+    (with_remote({"url": "http://x:port"}), False),
+    (with_remote({"url": "http://:8000"}), False),
+    (with_remote({"url": "http://"}), False),
+    (with_remote({"url": "http://x:8000/v2"}), False),
+    (with_remote({"url": "http://x:8000?a=1"}), False),
+    (with_remote({"url": "http://x:8000#f"}), False),
+    (with_remote({"url": "http://user:pw@x:8000"}), False),
+    (with_remote({"url": "http://x y"}), False),
+    (with_remote({"url": "http://x", "timeout_s": 3600}), True),
+    (with_remote({"url": "http://x", "timeout_s": 3600.5}), False),
+    (with_remote({"url": "http://x", "timeout_s": 1e300}), False),
+    (with_remote({"url": "http://x", "timeout_s": -1}), False),
+    (with_remote({"url": "http://x", "token_env": ""}), False),
+    (with_cascade({"small_model": ""}), False),
+    (with_cascade({"large_model": ""}), False),
+    (with_cascade({"output": ""}), False),
+    (with_cascade({"output": "p"}), True),
+    ({"repository": "", "root": "local"}, False),
+    ({"outbox": {"path": ""}, "root": "local"}, False),
+    ({"outbox": {"path": "."}, "root": "local"}, False),
+    ({"outbox": {"path": ".."}, "root": "local"}, False),
+    ({"outbox": {"path": "q/"}, "root": "local"}, False),
+    ({"outbox": {"path": "q/.."}, "root": "local"}, False),
+    ({"outbox": {"path": "q/outbox.db"}, "root": "local"}, True),
+    ({"outbox": {"path": ".outbox"}, "root": "local"}, True),
+    ({"audit_log": "", "root": "local"}, False),
+    ({"audit_log": "logs/", "root": "local"}, False),
+    ({"audit_log": "audit.jsonl", "root": "local"}, True),
 ]
 
 #: What load refuses and the schema cannot state: a slice whose stop is not above its
 #: start (regular expressions cannot compare numbers), a slice index above 2^31 - 1,
-#: and a node naming a remote the file does not declare (the schema cannot relate a
-#: string to another mapping's keys). ``edgecloud.load`` refuses each with its YAML path.
+#: a node naming a remote the file does not declare (the schema cannot relate a
+#: string to another mapping's keys), and a file path naming an existing directory
+#: (the schema cannot see the disk). ``edgecloud.load`` refuses each with its YAML path.
 LOAD_ONLY: list[dict[str, Any]] = [
     with_input({"columns": "4:2"}),
+    with_input({"columns": "4:0"}),
+    with_input({"columns": "4:4"}),
+    {"outbox": {"path": "a-directory"}, "root": "local"},
+    {"audit_log": "a-directory", "root": "local"},
     with_input({"columns": "0:2147483648"}),
     {"root": "cloud"},
     {"remotes": {"cloud": {"url": "http://x"}}, "root": {"remote": "elsewhere"}},
@@ -323,4 +369,5 @@ def test_the_schema_and_load_agree(
 @pytest.mark.parametrize("spec", LOAD_ONLY)
 def test_what_only_load_can_refuse(schema: dict[str, Any], tmp_path: Path, spec: Any) -> None:
     assert errors(schema, spec, schema) == []
+    (tmp_path / "a-directory").mkdir()
     assert not loads(tmp_path, spec)

@@ -94,6 +94,42 @@ def test_zoo_build_never_adds_to_a_model_it_did_not_build(tmp_path: Path) -> Non
     assert after == before
 
 
+@pytest.mark.parametrize("damage", ["empty", "no_version_json", "garbage_version_json"])
+def test_zoo_build_never_takes_over_a_model_with_a_broken_version(
+    tmp_path: Path, damage: str
+) -> None:
+    """One broken version directory does not make a user's model the zoo's."""
+    from ..models import affine_config, affine_onnx
+
+    repo = ModelRepository(tmp_path / "repo")
+    repo.add_version("vad", affine_onnx(tmp_path / "mine.onnx"), config=affine_config("vad"))
+    broken = repo.root / "vad" / "2"
+    broken.mkdir()
+    if damage == "no_version_json":
+        (broken / "model.onnx").write_bytes(b"not onnx")
+    elif damage == "garbage_version_json":
+        (broken / "version.json").write_text("{not json")
+    before = sorted((p.relative_to(repo.root), p.read_bytes()) for p in repo.root.rglob("*")
+                    if p.is_file())  # fmt: skip
+    for force in (False, True):
+        with pytest.raises(ConfigError, match=r"'vad' in .* is not built by the zoo"):
+            build_zoo(repo, ["vad"], force=force)
+    after = sorted((p.relative_to(repo.root), p.read_bytes()) for p in repo.root.rglob("*")
+                   if p.is_file())  # fmt: skip
+    assert after == before
+    assert sorted(p.name for p in (repo.root / "vad").iterdir()) == ["1", "2", "config.yaml"]
+
+
+def test_zoo_build_takes_a_model_with_no_readable_version_only_with_force(
+    tmp_path: Path,
+) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    (repo.root / "vad" / "1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"'vad' .* has no readable version.*--force"):
+        build_zoo(repo, ["vad"])
+    assert sorted(p.name for p in (repo.root / "vad").iterdir()) == ["1"]
+
+
 def test_minilm_embeds_similar_sentences_close(zoo_repo: ModelRepository) -> None:
     texts = [
         "A man is playing a guitar.",

@@ -32,7 +32,6 @@ from typing import Any
 
 from .._optional import require
 from ..errors import (
-    ConfigError,
     DeadlineExceededError,
     EdgecloudError,
     UnavailableError,
@@ -44,6 +43,7 @@ from ..tensors import InferRequest, InferResponse, Span
 from ..wire.rest import HEADER_LENGTH, decode_response, encode_request, loads
 from .base import Backend
 from .remote_grpc import GrpcTransport
+from .remote_url import check_timeout, check_url
 
 __all__ = ["RemoteBackend"]
 
@@ -67,19 +67,20 @@ class RemoteBackend(Backend):
         root_certificates: bytes | None = None,
         audit: AuditLog | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        parts = check_url(url)
+        self.url = parts.base
         self.name = f"remote:{self.url}"
-        self.timeout = timeout
+        self.timeout = timeout = check_timeout(timeout, f"timeout of {self.url}")
         self.audit = audit
         self._grpc: GrpcTransport | None = None
-        scheme, _, target = self.url.partition("://")
-        if scheme in ("grpc", "grpcs"):
+        if parts.scheme in ("grpc", "grpcs"):
             self._grpc = GrpcTransport(
-                target, token=token, tls=scheme == "grpcs", root_certificates=root_certificates
+                parts.target,
+                token=token,
+                tls=parts.scheme == "grpcs",
+                root_certificates=root_certificates,
             )
             binary = True
-        elif scheme not in ("http", "https"):
-            raise ConfigError(f"remote URL {url!r} must start with http(s):// or grpc(s)://")
         httpx = require("httpx", extra="remote", feature="RemoteBackend")
         self.binary = binary
         self._checked_extensions = not binary

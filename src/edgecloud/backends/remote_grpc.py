@@ -20,6 +20,7 @@ from ..tensors import InferRequest, InferResponse, Span, Trace, datatype_of
 from ..wire.context import context_parameters
 from ..wire.grpc import parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
+from .remote_url import check_url
 
 __all__ = ["GrpcTransport"]
 
@@ -30,6 +31,7 @@ class GrpcTransport:
     def __init__(
         self, target: str, *, token: str | None, tls: bool, root_certificates: bytes | None
     ) -> None:
+        target = check_url(f"{'grpcs' if tls else 'grpc'}://{target}").target
         self._grpc = require("grpc", extra="remote", feature="RemoteBackend over gRPC")
         feature = "RemoteBackend over gRPC"
         inference_pb2 = require("edgecloud.proto.inference_pb2", extra="remote", feature=feature)

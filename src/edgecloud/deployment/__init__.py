@@ -58,7 +58,7 @@ from ..routing.resilience import Backoff
 from ..routing.transforms import InputAdapter, check_against
 from ..samples import data_for, row_batches
 from ..tensors import InferRequest, InferResponse
-from .build import LazyOutbox, _Builder
+from .build import _Builder
 from .filter_node import FilterNode
 from .kinds import (
     BreakerSpec,
@@ -299,15 +299,15 @@ def load(
         root = builder.node(spec.root, "root")
         builder.check_models_section()
     except BaseException:
-        if builder.outbox is not None:
-            builder.outbox.close()
+        if builder.queue is not None:
+            builder.queue.close()
         raise
     deployment = Deployment(
         root,
         spec,
         repository=builder.repository,
         remotes=builder.remotes,
-        outbox=builder.outbox,
+        outbox=builder.queue,
         source=path,
     )
     deployment.local_models = builder.local_models
@@ -318,8 +318,7 @@ def load(
     if ready:
         try:
             deployment.check_ready()
-            if isinstance(builder.outbox, LazyOutbox):
-                builder.outbox.open()  # serving: the queue's file is checked before requests
+            builder.open_queue_if_needed()  # serving: the queue's file is checked before use
         except EdgecloudError:
             deployment.close()
             raise

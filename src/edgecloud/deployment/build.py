@@ -76,6 +76,12 @@ class LazyOutbox(Outbox):
     # Each public method opens the file before it takes the Outbox's own lock (opening
     # writes under that lock: opening from inside it would wait on itself).
 
+    def __len__(self) -> int:
+        if not self.opened and not self.path.exists():
+            return 0  # nothing queued yet: counting creates no file (the gateway's drain loop)
+        self.open()
+        return super().__len__()
+
     def put(self, request: InferRequest, *, kind: str = "request", why: str | None = None) -> str:
         self.open()
         return super().put(request, kind=kind, why=why)
@@ -109,10 +115,12 @@ class _Builder:
         self.base = base
         self.where = where
         self.repository = ModelRepository(self.path(spec.repository))
-        self.audit = AuditLog(self.path(spec.audit_log)) if spec.audit_log else None
-        self.outbox: Outbox | None = (
+        self.audit = AuditLog(self.file("audit_log", spec.audit_log)) if spec.audit_log else None
+        self.outbox_used = False
+        """Some node queues into the outbox (read :attr:`outbox` while building)."""
+        self.queue: LazyOutbox | None = (
             LazyOutbox(
-                self.path(spec.outbox.path),
+                self.file("outbox.path", spec.outbox.path),
                 max_items=spec.outbox.max_items,
                 ttl_s=spec.outbox.ttl_s,
                 full_policy=spec.outbox.full_policy,
@@ -133,9 +141,34 @@ class _Builder:
         self.pass_through: list[tuple[str, bool]] = []
         """Leaves that run whatever model a request names: (YAML path, is it a remote)."""
 
+    @property
+    def outbox(self) -> Outbox | None:
+        """The outbox, for a node that queues into it (a deferring cascade, a filter):
+        reading it marks it used, so ``load(ready=True)`` opens its file before the
+        first request; an outbox no node uses and no file holds is never created."""
+        self.outbox_used = True
+        return self.queue
+
+    @outbox.setter
+    def outbox(self, queue: Outbox | None) -> None:  # BuildContext declares it settable
+        raise AttributeError("a deployment's outbox is fixed by its file")
+
+    def open_queue_if_needed(self) -> None:
+        """Open the outbox's file now if a node queues into it or it holds items to
+        drain (it exists), so a damaged or unwritable file fails ``ready``."""
+        if self.queue is not None and (self.outbox_used or self.queue.path.exists()):
+            self.queue.open()
+
     def path(self, value: str) -> Path:
         path = Path(value)
         return path if path.is_absolute() else self.base / path
+
+    def file(self, at: str, value: str) -> Path:
+        """:meth:`path` of a file the deployment writes; a directory there is refused."""
+        path = self.path(value)
+        if path.is_dir():
+            raise self.error(at, f"{value!r} is a directory ({path}): name a file in it")
+        return path
 
     def error(self, at: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where}: {at}: {message}")

@@ -42,6 +42,7 @@ from ..backends.base import Backend
 from ..errors import EdgecloudError, InvalidRequestError
 from ..tensors import InferRequest, InferResponse, RequestContext, Span, Trace
 from . import kinds as _core_kinds  # noqa: F401  (registered first: the schema's order)
+from .fields import FilePath, Name
 from .nodes import AnyNode, BuildContext, Node, node_kind
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class VadTriggerSpec(_Strict):
     """Speech probability per 32 ms chunk (512 float32 samples at 16 kHz) from Silero VAD."""
 
     kind: Literal["vad"]
-    model: str = "vad"
+    model: Name = "vad"
     """The VAD model in the deployment's repository."""
     threshold: float = Field(default=0.5, ge=0, le=1)
 
@@ -88,7 +89,7 @@ class AnomalyTriggerSpec(_Strict):
     """EWMA weight of the newest chunk."""
     chunk_s: float = Field(default=1.0, gt=0)
     """Seconds per chunk (the segmenter's time unit)."""
-    fit: str | None = None
+    fit: FilePath | None = None
     """``.npy`` of normal readings [N >= 2, channels] to learn each channel's statistics."""
     mean: list[float] | None = Field(default=None, min_length=1)
     """Per-channel mean of normal readings (instead of ``fit``)."""
@@ -165,11 +166,11 @@ class FilterNode(Node):
     trigger: TriggerSpec
     inner: AnyNode
     """Where events go."""
-    model: str | None = None
+    model: Name | None = None
     """The model events are sent to (default: the chunks' request model)."""
-    input: str | None = None
+    input: Name | None = None
     """The chunk's input name (default: the request's only input)."""
-    event_input: str | None = None
+    event_input: Name | None = None
     """The input name of a forwarded event (default: the chunk's)."""
     segment: SegmentSpec = Field(default_factory=SegmentSpec)
 

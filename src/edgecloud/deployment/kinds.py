@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaValue
 
+from .fields import FilePath, Name
 from .nodes import AnyNode, BuildContext, Node, node_kind
 
 if TYPE_CHECKING:
@@ -152,10 +153,10 @@ class CascadeNode(Node):
     threshold: float = Field(ge=0, le=1)
     """Confidence at or above which the small model's answer stands (``edgecloud calibrate``)."""
     confidence: Literal["max_prob", "margin", "entropy"] = "max_prob"
-    output: str = "probabilities"
+    output: Name = "probabilities"
     """The output holding class probabilities [batch, classes]."""
-    small_model: str | None = None
-    large_model: str | None = None
+    small_model: Name | None = None
+    large_model: Name | None = None
     audit_rate: float = Field(default=0.0, ge=0, le=1)
     min_interval_s: float = Field(default=0.0, ge=0)
     defer_failed_escalations: bool = False
@@ -232,11 +233,11 @@ class SplitNode(Node):
     """The head of a partitioned model here, its activation to the tail on a remote."""
 
     leaf = True
-    model: str
+    model: Name
     """The model to split; its profile comes from ``edgecloud split``."""
-    remote: str
+    remote: Name
     """The remote that serves the tails (``<model>.tail.<cut>``)."""
-    profile: str | None = None
+    profile: FilePath | None = None
     """Profile file (default: ``<repository>/<model>/split-profile.json``)."""
     threads: int | None = Field(default=None, ge=1)
     """Device threads for the head (default: the profile's)."""
@@ -244,7 +245,7 @@ class SplitNode(Node):
     min_cosine: float = Field(default=0.99, ge=0, le=1)
     hysteresis: float = Field(default=0.2, ge=0, lt=1)
     explore: float = Field(default=0.02, ge=0, le=1)
-    fixed: str | None = None
+    fixed: Name | None = None
     """Always use this split (``cut17`` or ``cut17/int8``) instead of planning."""
     link: LinkSpec | None = None
     """Initial link estimate; without it the server is pinged at start."""

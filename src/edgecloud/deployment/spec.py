@@ -2,46 +2,50 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..backends.remote_url import MAX_TIMEOUT_S, URL_PATTERN, check_url
+from ..errors import ConfigError
 from ..routing.transforms import ModelInputs
+from .fields import FilePath, Name
 from .nodes import AnyNode
 
 __all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
-
-
-#: The URL schemes a remote speaks (RemoteBackend: REST over http(s), gRPC over grpc(s)).
-URL_PATTERN = r"^(https?|grpcs?)://"
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class RemoteSpec(_Strict):
     url: str = Field(json_schema_extra={"pattern": URL_PATTERN})
-    """``http(s)://host:port`` or ``grpc(s)://host:port`` of a v2 server."""
-    timeout_s: float = Field(default=5.0, gt=0)
-    """Seconds before a request to this server is given up (a fallback can still answer)."""
-    token_env: str | None = None
+    """``http(s)://host[:port]`` or ``grpc(s)://host[:port]`` of a v2 server: port 1-65535,
+    no path, query, fragment or credentials (``edgecloud.backends.remote_url``)."""
+    timeout_s: float = Field(default=5.0, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    """Seconds before a request to this server is given up (a fallback can still answer);
+    at most 3600."""
+    token_env: Name | None = None
     """Environment variable holding the bearer token."""
     binary: bool = True
     """Send tensors in the binary-data extension (HTTP) rather than JSON lists."""
 
     @field_validator("url")
     @classmethod
-    def _scheme(cls, url: str) -> str:
-        if not re.match(URL_PATTERN, url):
-            raise ValueError(f"remote URL {url!r} must start with http(s):// or grpc(s)://")
+    def _url(cls, url: str) -> str:
+        try:
+            check_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return url
 
 
 class OutboxSpec(_Strict):
-    path: str = "outbox.db"
+    path: FilePath = "outbox.db"
     """SQLite file of the queue (relative to the deployment file)."""
     max_items: int = Field(default=10_000, ge=1)
     ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
@@ -62,13 +66,13 @@ class DeploymentSpec(_Strict):
         title="edgecloud deployment",
     )
 
-    repository: str = "model-repo"
+    repository: Name = "model-repo"
     """Model repository for local leaves (relative to the deployment file)."""
     remotes: dict[str, RemoteSpec] = Field(
         default_factory=dict, json_schema_extra={"propertyNames": {"not": {"const": "local"}}}
     )
     """v2 servers by name; a node names one (``cloud`` or ``{remote: cloud}``)."""
-    audit_log: str | None = None
+    audit_log: FilePath | None = None
     """JSON-lines file recording every tensor sent to a remote."""
     outbox: OutboxSpec | None = None
     """Durable queue for what could not be sent (deferred escalations, filter events)."""

@@ -66,16 +66,34 @@ def up_to_date(repo: ModelRepository, recipe: Recipe) -> ModelVersion | None:
     return None
 
 
-def _not_the_zoos(repo: ModelRepository, name: str) -> bool:
-    """Whether ``repo`` holds a model ``name`` with no version a zoo recipe built."""
+def _not_the_zoos(repo: ModelRepository, name: str, *, force: bool) -> str | None:
+    """Why model ``name`` in ``repo`` is not the zoo's to rebuild, or ``None`` if it is.
+
+    The zoo's when some readable version carries the zoo's ``recipe`` metadata (or the
+    repository has no such model). Versions that cannot be read prove nothing: a
+    model whose readable versions are all someone else's is theirs, however many of
+    its version directories are broken; one with no readable version at all is taken
+    over only with ``force``.
+    """
     if name not in repo.model_names():
-        return False
+        return None
     try:
         numbers = repo.versions(name)
-        entries = [repo.get(name, n, served_only=False, verify=False) for n in numbers]
     except EdgecloudError:
-        return False  # a damaged model: up_to_date rebuilds it, as before
-    return bool(entries) and not any("recipe" in e.metadata for e in entries)
+        numbers = []
+    readable = []
+    for number in numbers:
+        try:
+            readable.append(repo.get(name, number, served_only=False, verify=False))
+        except EdgecloudError:
+            continue  # a damaged version: its neighbours decide whose model it is
+    if any("recipe" in entry.metadata for entry in readable):
+        return None
+    if readable:
+        return "is not built by the zoo (your own model?)"
+    if force:
+        return None
+    return "has no readable version (damaged? pass --force to rebuild it from the zoo)"
 
 
 def build_zoo(
@@ -93,12 +111,11 @@ def build_zoo(
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise ConfigError(f"unknown zoo model(s) {unknown}; known: {', '.join(RECIPES)}")
-    theirs = [n for n in names if _not_the_zoos(repo, n)]
+    theirs = {n: why for n in names if (why := _not_the_zoos(repo, n, force=force))}
     if theirs:  # a zoo version would be added to it and its config rewritten
+        said = "; ".join(f"{name!r} in {repo.root} {why}" for name, why in theirs.items())
         raise ConfigError(
-            f"{', '.join(map(repr, theirs))} in {repo.root} {'is' if len(theirs) == 1 else 'are'}"
-            " not built by the zoo (your own model?); nothing built: build the zoo into "
-            "another --repo, or leave out those names"
+            f"{said}; nothing built: build the zoo into another --repo, or leave out those names"
         )
     results = []
     for name in names:
