@@ -36,7 +36,7 @@ from typing import Any, Literal
 from .._optional import available
 from ..errors import CompressionError, ConfigError, EdgecloudError, describe
 from ..repository import ModelRepository, ModelVersion, VersionPolicy
-from ..samples import SAMPLES_FILE, data_for, finite
+from ..samples import data_for, finite
 from . import torch_methods  # noqa: F401  (registers prune and distill)
 from .evaluate import EvalData, Evaluation, check_fidelity, evaluate, labelled, random_inputs
 from .methods import (
@@ -99,14 +99,6 @@ def evaluation_data(
     source = str(samples.source) if data is not None else f"{parent.name} samples"
     found = EvalData(samples.inputs, samples.labels, source)
     return labelled(parent.config, found, f"samples file {samples.source}")
-
-
-def eval_data(entry: ModelVersion) -> EvalData:
-    """The version's samples, else seeded random inputs: :mod:`edgecloud.split`'s
-    inputs until split takes ``--data`` itself."""
-    if SAMPLES_FILE not in entry.files:  # samples that do not fit are an error, not random
-        return evaluation_data(entry, RANDOM)
-    return evaluation_data(entry, None)
 
 
 def compress(
