@@ -371,16 +371,17 @@ def data_for(
 def finite(samples: Samples, purpose: str) -> Samples:
     """``samples`` when every float input is finite; else ConfigError naming the
     file, the input and the first offending row (a measurement on NaN or inf,
-    such as a timing, cosine or accuracy, means nothing). ``purpose``: what
-    measures them (``"split"``), said in the message. Integer inputs pass."""
+    such as a timing, cosine or accuracy, means nothing, and training on them
+    diverges). ``purpose``: what uses them (``"split"``), said in the message.
+    Integer inputs pass."""
     for name, array in samples.inputs.items():
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             bad = ~np.isfinite(array)
             where = f" (first at row {int(np.argwhere(bad)[0][0])})" if array.ndim else ""
             raise ConfigError(
                 f"{purpose}: samples file {samples.source}: input {name!r} holds "
-                f"{int(bad.sum())} NaN or infinite values{where}; {purpose} cannot measure on "
-                "them: drop or fill those rows"
+                f"{int(bad.sum())} NaN or infinite values{where}; {purpose} needs finite "
+                "inputs: drop or fill those rows"
             )
     return samples
 

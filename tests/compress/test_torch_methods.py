@@ -202,7 +202,11 @@ def test_training_methods_say_which_option_is_wrong(mlp: tuple[ModelRepository, 
     nan = np.zeros((4, 20), np.float32)
     nan[2, 3] = np.nan
     np.savez(wrong, x=nan)
-    with pytest.raises(ConfigError, match="input 'x' holds NaN or Inf values"):
+    with pytest.raises(
+        ConfigError,
+        match=r"input 'x' holds 1 NaN or infinite values \(first at row 2\); "
+        r"training needs finite inputs",
+    ):
         compress(repo, "mlp", "prune", options={"module": "tests.compress.factories:mlp",
                                                  "data": wrong}, data=data)  # fmt: skip
     x = np.zeros((4, 20), np.float32)

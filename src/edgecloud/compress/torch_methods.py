@@ -45,7 +45,7 @@ from pydantic import Field, field_validator
 from .._optional import require
 from ..errors import CompressionError, ConfigError, describe
 from ..repository import ModelVersion, config_from_onnx
-from ..samples import Samples, class_indices, data_for, target_values
+from ..samples import Samples, class_indices, data_for, finite, target_values
 from .methods import MethodOptions, Progress, method
 
 __all__ = ["DistillOptions", "PruneOptions", "TrainOptions", "load_factory"]
@@ -341,14 +341,7 @@ def _start(parent: ModelVersion, options: TrainOptions) -> tuple[Any, Samples]:
             "rows; re-import it with --max-batch-size N"
         )
     torch.manual_seed(options.seed)
-    samples = data_for(parent, options.data, flag="--data")
-    for name, array in samples.inputs.items():
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise ConfigError(
-                f"training data {samples.source}: input {name!r} holds NaN or Inf values; "
-                "training needs finite inputs"
-            )
-    return torch, samples
+    return torch, finite(data_for(parent, options.data, flag="--data"), "training")
 
 
 def _size(module: Any) -> int:
