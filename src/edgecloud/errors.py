@@ -34,6 +34,9 @@ httpx, grpc, sqlite3) are translated at the boundary with
     │   └── RateLimitedError (429)           the server refused for load: retry after a while
     ├── DeadlineExceededError (504)          no answer within the request's time
     ├── CompressionError (422)               a model cannot be compressed, or lost too much
+    ├── UpdateError (422)                    a model update cannot be built or applied
+    │   ├── StructureChanged                 graphs differ beyond weights: send the full model
+    │   └── DeltaError                       a malformed delta, or one made for another base
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
@@ -55,6 +58,7 @@ __all__ = [
     "ConflictError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
+    "DeltaError",
     "EdgecloudError",
     "IdempotencyKeyReuseError",
     "InferenceError",
@@ -68,10 +72,12 @@ __all__ = [
     "PrivacyError",
     "RateLimitedError",
     "ShapeMismatchError",
+    "StructureChanged",
     "TensorValueError",
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
+    "UpdateError",
 ]
 
 #: Most characters of a caller-supplied string an error message quotes.
@@ -247,6 +253,39 @@ class CompressionError(EdgecloudError):
 
     status_code = 422
     grpc_code = "FAILED_PRECONDITION"
+
+
+class UpdateError(EdgecloudError):
+    """A model update (delta, download, install) cannot be built or applied."""
+
+    status_code = 422
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class StructureChanged(UpdateError):
+    """Two model versions differ beyond their weights (renamed initializers, new
+    nodes, other shapes, external or typed-field data): no tensor delta can
+    carry the change, send the full model (Mender's fallback to the full image)."""
+
+
+class DeltaError(UpdateError):
+    """A delta that is malformed, truncated, or made for another base model.
+
+    ``expected_sha256`` is the base the delta was made from and
+    ``actual_sha256`` the model it was applied to, when the mismatch is the
+    reason (both None otherwise).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_sha256: str | None = None,
+        actual_sha256: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
 
 
 class InferenceError(EdgecloudError):
