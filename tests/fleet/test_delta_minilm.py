@@ -1,0 +1,67 @@
+"""Deltas on the zoo's minilm (90 MB): size, closeness of lossy codecs, apply time and memory."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from edgecloud import ModelRepository
+from edgecloud.fleet import onnx_wire
+from edgecloud.fleet.delta import apply_delta, delta_info, make_delta
+
+from .delta_models import min_cosine
+
+#: Per-element step of the simulated fine-tune. A real one (AdamW, lr 2e-5, 60
+#: steps on the zoo's sentences, /work/scratch/delta/measure.py) moved the
+#: weights by a median |d| of ~3e-4; this moves *every* element, embeddings
+#: included, which is harder for every codec than the real run.
+STEP = 5e-4
+
+
+def fine_tune(model: bytes) -> bytes:
+    """Every FP32 initializer moved by N(0, STEP^2): a full fine-tune at the byte level."""
+    rng = np.random.default_rng(0)
+    out = bytearray(model)
+    for tensor in onnx_wire.initializers(model):
+        if tensor.raw is None or tensor.data_type != 1:
+            continue
+        start, end = tensor.raw
+        weights = np.frombuffer(model, "<f4", count=tensor.numel, offset=start)
+        step = rng.standard_normal(tensor.numel, dtype=np.float32) * np.float32(STEP)
+        out[start:end] = (weights + step).tobytes()
+    return bytes(out)
+
+
+def test_minilm_full_fine_tune(zoo_repo: ModelRepository) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    entry = zoo_repo.get("minilm")
+    old = (entry.path / "model.onnx").read_bytes()
+    new = fine_tune(old)
+    with np.load(entry.path / "samples.npz") as data:
+        feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
+
+    def embed(model: bytes) -> np.ndarray:
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, feeds)[0])
+
+    reference = embed(new)
+    lossless = make_delta(old, new)
+    tracemalloc.start()
+    started = time.perf_counter()
+    assert apply_delta(old, lossless) == new
+    elapsed = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < 10, f"apply took {elapsed:.1f} s"  # ~1 s alone; shared CI cores
+    assert peak < 3.5 * len(old), f"apply peaked at {peak / len(old):.1f}x the model"
+    for codec in ("int8", "topk"):
+        delta = make_delta(old, new, codec=codec)
+        result = apply_delta(old, delta)
+        assert hashlib.sha256(result).hexdigest() == delta_info(delta).result_sha256
+        assert min_cosine(embed(result), reference) >= 0.999, codec
+        if codec == "int8":  # the issue's target; topk has none (Gaussian steps: ~34 %)
+            assert len(delta) <= 0.30 * len(new), f"{codec}: {len(delta) / len(new):.1%}"
