@@ -295,6 +295,7 @@ HOSTILE_HEADERS = {
     "bool offset": lambda h: _entry(h, offset=True),
     "unknown tensor": lambda h: _entry(h, name="not-in-the-model"),
     "unknown tensor codec": lambda h: _entry(h, codec="lz4"),
+    "list as codec": lambda h: _entry(h, codec=["int8"]),
     "params on xor": lambda h: _entry(h, codec="xor-zstd"),
     "int8 on an int64 tensor": lambda h: {
         **h,
@@ -315,6 +316,31 @@ def test_hostile_headers_are_delta_errors(name: str, pair: tuple[bytes, bytes, b
     old, _, delta = pair
     with pytest.raises(DeltaError):
         apply_delta(old, rebuild(delta, HOSTILE_HEADERS[name]))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"count": 1, "peak": 1e308},
+        {"count": -1, "peak": 1.0},
+        {"count": 10**9, "peak": 1.0},
+        {"count": 5, "peak": float("nan")},
+        {"count": 5},
+        {"count": "5", "peak": 1.0},
+    ],
+)
+def test_hostile_topk_params_are_delta_errors(params: dict[str, object]) -> None:
+    base = weights(20)
+    old = mlp_bytes(base)
+    delta = make_delta(old, mlp_bytes(changed(base, "all", 21, 1e-2)), codec="topk")
+
+    def edit(header: dict) -> dict:
+        entry = next(t for t in header["tensors"] if t["codec"] == "topk")
+        entry["params"] = {**entry["params"], **params} if "peak" in params else params
+        return header
+
+    with pytest.raises(DeltaError):
+        apply_delta(old, rebuild(delta, edit))
 
 
 @pytest.mark.parametrize(
@@ -369,3 +395,34 @@ def test_sizes_reports_each_codec_and_the_full_model() -> None:
         "full": len(mlp_bytes(w, extra_node=True)),
         "xor-zstd": None,
     }
+
+
+DEVICE_SCRIPT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"onnx", "torch", "google", "tuf", "httpx"}:
+            raise ImportError(f"{name} is blocked on the device")
+sys.meta_path.insert(0, Block())
+import edgecloud.fleet.delta as delta
+assert "zstandard" not in sys.modules, "zstandard imported before it is needed"
+old, patch = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+sys.stdout.buffer.write(delta.apply_delta(old, patch))
+"""
+
+
+def test_a_device_applies_deltas_with_numpy_and_zstandard_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    w = weights(18)
+    old, new = mlp_bytes(w), mlp_bytes(changed(w, "all", 19, 1e-2))
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "delta").write_bytes(make_delta(old, new))
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT, str(tmp_path / "old"), str(tmp_path / "delta")],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == new

@@ -290,6 +290,7 @@ def _validate(header: object) -> None:
             not isinstance(entry, dict)
             or set(entry) != {"name", "codec", "params", "offset", "length"}
             or not isinstance(entry["name"], str)
+            or not isinstance(entry["codec"], str)
             or entry["codec"] not in _codecs.CODECS
             or not isinstance(entry["params"], dict)
             or not (_is_int(entry["offset"]) and _is_int(entry["length"]))
