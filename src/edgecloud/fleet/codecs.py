@@ -175,8 +175,7 @@ class XorZstd:
             raise CodecError(f"xor-zstd takes no params, got {sorted(params)}")
         size = self._itemsize(tensor, len(old))
         planes = _u8(_decompress(payload, len(old))).reshape(size, -1)
-        xor = planes.T.reshape(-1)
-        return np.bitwise_xor(_u8(old), xor)
+        return np.bitwise_xor(_u8(old).reshape(-1, size), planes.T).reshape(-1)
 
 
 def _lossy_view(
