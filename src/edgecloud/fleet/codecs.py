@@ -67,8 +67,10 @@ Array = np.ndarray[Any, Any]
 MIN_LOSSY_ELEMENTS = 4096
 #: Largest ``||dropped differences|| / ||new tensor||`` (Frobenius norms) ``topk``
 #: leaves per tensor. TIES-merging keeps a fixed 20 % of a task vector; a bound
-#: on the error instead keeps the outputs close whatever the change (measured:
-#: minilm full fine-tune, see the README's fleet section).
+#: on the error instead keeps the outputs close whatever the change. Measured on
+#: minilm after 10 AdamW steps (lr 5e-5) of every weight: 15.5 % of the full
+#: file, min cosine 0.9993 to the fine-tuned model's embeddings (int8: 11.8 %,
+#: cosine 1.0000; xor-zstd: 31.6 %, exact).
 TOPK_RELATIVE_ERROR = 1e-3
 #: zstd level: 3 is zstd's default; on minilm's XOR planes level 9 saved < 1 %
 #: for 4x the time (measured on this machine).
