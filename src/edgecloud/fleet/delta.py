@@ -326,7 +326,7 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
     Time and memory are O(len(old)): the old file is copied once and each
     changed initializer's span is rewritten in place (minilm, 90 MB, every
     tensor changed: 0.9 s on an idle core, peak traced memory under 3.5x the
-    file, checked in tests/fleet/test_delta_minilm.py).
+    file, checked in tests/fleet/test_delta_zoo.py).
 
     Raises:
         DeltaError: the delta is malformed or truncated; ``old`` is not the
