@@ -35,6 +35,9 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── DeadlineExceededError (504)          no answer within the request's time
     ├── CompressionError (422)               a model cannot be compressed, or lost too much
     ├── InferenceError (500)                 the runtime failed on a valid request
+    ├── UpdateError (500)                    a fleet update cannot be published or applied
+    │   ├── UpdateRepositoryError            update repository or signing keys missing, corrupt
+    │   └── PublishConflictError (409)       a version already published with other bytes
     └── MissingDependencyError (500)         an optional extra is not installed
 """
 
@@ -66,12 +69,15 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PrivacyError",
+    "PublishConflictError",
     "RateLimitedError",
     "ShapeMismatchError",
     "TensorValueError",
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
+    "UpdateError",
+    "UpdateRepositoryError",
 ]
 
 #: Most characters of a caller-supplied string an error message quotes.
@@ -255,6 +261,28 @@ class InferenceError(EdgecloudError):
     status_code = 500
     grpc_code = "INTERNAL"
     fallback = "server-error"
+
+
+class UpdateError(EdgecloudError):
+    """A fleet update (TUF update repository, delta, device agent) cannot be
+    published, verified or applied; the message names the file or version."""
+
+    status_code = 500
+    grpc_code = "INTERNAL"
+
+
+class UpdateRepositoryError(UpdateError):
+    """The update repository or its signing keys are missing, unreadable,
+    corrupt, or do not match each other (a key that is not the role's)."""
+
+
+class PublishConflictError(UpdateError):
+    """A model version is already published with other bytes: published
+    versions are immutable (devices may have installed them); publish a new
+    version number."""
+
+    status_code = 409
+    grpc_code = "ALREADY_EXISTS"
 
 
 class MissingDependencyError(EdgecloudError):

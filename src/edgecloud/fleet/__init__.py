@@ -1,0 +1,1 @@
+"""Fleet updates: a TUF update repository, tensor-level deltas, the device agent, rollout."""
