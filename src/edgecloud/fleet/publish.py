@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -42,6 +43,8 @@ __all__ = ["DEFAULT_CODECS", "DeltaMaker", "PublishResult", "parse_version", "pu
 
 #: Codecs a delta is built with when none are named (lossless).
 DEFAULT_CODECS = ("xor-zstd",)
+
+_CODEC = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 #: File suffixes never published: torch checkpoints (devices run model.onnx).
 SKIPPED_SUFFIXES = (".pt", ".pth")
@@ -129,9 +132,13 @@ def publish(
         ConfigError: a bad codec name, a Triton model (nothing hashed).
         UpdateRepositoryError: a key is missing or not the role's.
     """
-    for codec in codecs:
-        check_target_path(f"{model}/deltas/1-2.{codec}.delta")
     entry = models.get(model, version, served_only=False, verify=True)
+    for codec in codecs:
+        if not isinstance(codec, str) or not _CODEC.fullmatch(codec):
+            raise ConfigError(
+                f"codec name {codec!r} is not valid: lowercase letters, digits and '-' "
+                "(xor-zstd, int8, topk)"
+            )
     if entry.triton:
         raise ConfigError(
             f"model {model!r} is a Triton model directory (its files are not hashed); "
