@@ -77,12 +77,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
             return "unsatisfiable"
         return max(0, size - length), size - 1
     first = int(match[1])
-    last = int(match[2]) if match[2] else size - 1
-    if last < first:
+    if match[2] and int(match[2]) < first:
         return None  # invalid syntax (RFC 9110 14.1.1): ignored
     if first >= size:
         return "unsatisfiable"
-    return first, min(last, size - 1)
+    return first, min(int(match[2]) if match[2] else size - 1, size - 1)
 
 
 class FleetFiles:
