@@ -40,7 +40,7 @@ CORE = {"numpy", "onnxruntime", "pydantic", "yaml", "ruamel", "typer", "rich", "
 #: Submodules of core packages that import optional ones (onnxruntime's
 #: quantization tools import onnx), and our generated stubs (grpc, protobuf).
 OPTIONAL_SUBMODULES = ("onnxruntime.quantization", "onnxruntime.transformers", "edgecloud.proto")
-EXTRAS = ("train", "compress", "remote", "server", "bench", "triton")
+EXTRAS = ("train", "compress", "remote", "server", "bench", "triton", "fleet")
 
 
 # --- structural ------------------------------------------------------------
@@ -257,6 +257,7 @@ NEEDS = [
     (["demo", "--repo", "repo"], "train"),
     (["demo", "--repo", "repo"], "all"),
     (["zoo", "build", "--repo", "zoo", "--only", "digits-small"], "train"),
+    (["fleet", "keys", "--keys", "fleet-keys", "--fleet", "fleet-repo"], "fleet"),
     (["compress", "affine", "--repo", "repo", "-m", "int8-dynamic"], "compress"),
     (["compress", "affine", "--repo", "repo", "-m", "fp16"], "compress"),
     (["split", "affine", "--repo", "repo", "--data", "val.npz"], "compress"),

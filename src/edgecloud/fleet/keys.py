@@ -31,10 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._optional import require
-from ..errors import ConfigError, UpdateRepositoryError
+from ..errors import ConfigError, MissingDependencyError, UpdateRepositoryError
 
 if TYPE_CHECKING:
     from securesystemslib.signer._signer import Signer
@@ -82,11 +82,28 @@ def key_file(keys_dir: Path, role: str) -> Path:
     return keys_dir / f"{role}.pem"
 
 
+FEATURE = "signed fleet updates"
+
+
+def signer_api() -> Any:
+    """``securesystemslib.signer`` (installed with tuf), with cryptography present.
+
+    Raises:
+        MissingDependencyError: the ``fleet`` extra is not installed.
+    """
+    require("cryptography", extra="fleet", feature=FEATURE)
+    require("tuf.api.metadata", extra="fleet", feature=FEATURE)
+    try:
+        import securesystemslib.signer as api
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "securesystemslib", "fleet", FEATURE) from exc
+    return api
+
+
 def new_signers() -> dict[str, Signer]:
     """A fresh ed25519 key per role (MissingDependencyError without the fleet extra)."""
-    signer = require("securesystemslib.signer", extra="fleet", feature="signed fleet updates")
-    require("cryptography", extra="fleet", feature="signed fleet updates")
-    return {role: signer.CryptoSigner.generate_ed25519() for role in ROLES}
+    api = signer_api()
+    return {role: api.CryptoSigner.generate_ed25519() for role in ROLES}
 
 
 def check_apart(keys_dir: Path, fleet_dir: Path) -> None:
@@ -134,13 +151,11 @@ def load_signers(keys_dir: Path, roles: tuple[str, ...] = ROLES) -> dict[str, Si
             readable by group or others (``chmod 600`` it), or is not an
             ed25519 PEM private key.
     """
-    require("cryptography", extra="fleet", feature="signed fleet updates")
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    crypto_signer = require(
-        "securesystemslib.signer", extra="fleet", feature="signed fleet updates"
-    ).CryptoSigner
+    crypto_signer = signer_api().CryptoSigner
+    ed25519 = require("cryptography.hazmat.primitives.asymmetric.ed25519", extra="fleet",
+                      feature=FEATURE)  # fmt: skip
+    serialization = require("cryptography.hazmat.primitives.serialization", extra="fleet",
+                            feature=FEATURE)  # fmt: skip
 
     if not keys_dir.is_dir():
         raise UpdateRepositoryError(
@@ -162,12 +177,12 @@ def load_signers(keys_dir: Path, roles: tuple[str, ...] = ROLES) -> dict[str, Si
                 f"run: chmod 600 {path}"
             )
         try:
-            key = load_pem_private_key(path.read_bytes(), None)
+            key = serialization.load_pem_private_key(path.read_bytes(), None)
         except (OSError, ValueError, TypeError) as exc:
             raise UpdateRepositoryError(
                 f"key {path} is not a PEM private key: {str(exc).splitlines()[0]}"
             ) from None
-        if not isinstance(key, Ed25519PrivateKey):
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise UpdateRepositoryError(f"key {path} is not an ed25519 key")
         signers[role] = crypto_signer(key)
     return signers

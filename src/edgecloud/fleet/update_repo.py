@@ -193,7 +193,7 @@ class UpdateRepository:
     def _read(self, name: str, role: str, root: Root | None = None) -> Metadata[Any]:
         """Metadata file ``name``, its signature checked against ``root`` (if given)."""
         tuf = _tuf()
-        from tuf.api.exceptions import RepositoryError
+        exceptions = require("tuf.api.exceptions", extra="fleet", feature="signed fleet updates")
 
         path = self.metadata_dir / name
         try:
@@ -207,7 +207,7 @@ class UpdateRepository:
         if root is not None:
             try:
                 root.verify_delegate(role, md.signed_bytes, md.signatures)
-            except RepositoryError as exc:
+            except exceptions.RepositoryError as exc:
                 raise UpdateRepositoryError(
                     f"{path} is not signed by the {role} key root names: {exc}"
                 ) from None
