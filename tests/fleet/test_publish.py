@@ -247,3 +247,30 @@ def test_sigkill_mid_publish_leaves_a_repository_devices_accept(
             target = device.get_targetinfo(newest)
             assert target is not None
             assert Path(device.download_target(target)).stat().st_size == 50_000
+
+
+@pytest.mark.skipif(load_delta_maker() is None, reason="edgecloud.fleet.delta not merged yet")
+def test_real_delta_targets_rebuild_the_new_model(fleet: Fleet) -> None:
+    from edgecloud.fleet import delta  # type: ignore[attr-defined]
+
+    publish(fleet.models, "affine", 1, fleet.repo())
+    result = publish(fleet.models, "affine", 2, fleet.repo())
+    repo = UpdateRepository(fleet.path)
+    old = repo.read_target("affine/1/model.onnx")
+    new = repo.read_target("affine/2/model.onnx")
+    for path in result.deltas:
+        info = repo.targets()[path].custom["edgecloud"]
+        assert info["from_sha256"] == hashlib.sha256(old).hexdigest()
+        assert delta.apply_delta(old, repo.read_target(path)) == new
+    assert result.deltas or result.skipped
+
+
+def test_a_damaged_target_file_is_rewritten_on_the_next_sign(fleet: Fleet) -> None:
+    publish(fleet.models, "affine", 1, fleet.repo(), deltas=None)
+    [file] = (fleet.path / "targets" / "affine" / "1").glob("*.model.onnx")
+    good = file.read_bytes()
+    file.write_bytes(bytes(len(good)))  # same size, wrong bytes
+    repo = fleet.repo()
+    repo.put_target("affine/1/model.onnx", good, {"edgecloud": {"kind": "file"}})
+    repo.sign()
+    assert file.read_bytes() == good

@@ -288,7 +288,7 @@ class UpdateRepository:
                 target = tuf.TargetFile.from_data(path, data, ["sha256"])
                 target.unrecognized_fields["custom"] = custom
                 file = self.target_file(target)
-                if not file.is_file() or file.stat().st_size != len(data):
+                if not _holds(file, target.hashes["sha256"]):  # absent, or damaged: rewrite
                     file.parent.mkdir(parents=True, exist_ok=True)
                     _write_atomic(file, data, durable=True)
                 targets.targets[path] = target
@@ -384,6 +384,15 @@ class UpdateRepository:
             if self._lock_depth == 0 and self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
+
+
+def _holds(file: Path, sha256: str) -> bool:
+    """Whether ``file`` exists with content of this sha256 (a content-addressed target)."""
+    try:
+        with file.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def _stamp(moment: datetime) -> datetime:
