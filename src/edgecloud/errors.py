@@ -34,10 +34,12 @@ httpx, grpc, sqlite3) are translated at the boundary with
     │   └── RateLimitedError (429)           the server refused for load: retry after a while
     ├── DeadlineExceededError (504)          no answer within the request's time
     ├── CompressionError (422)               a model cannot be compressed, or lost too much
-    ├── InferenceError (500)                 the runtime failed on a valid request
-    ├── UpdateError (500)                    a fleet update cannot be published or applied
-    │   ├── UpdateRepositoryError            update repository or signing keys missing, corrupt
+    ├── UpdateError (422)                    a model update cannot be built or applied
+    │   ├── StructureChanged                 graphs differ beyond weights: send the full model
+    │   ├── DeltaError                       a malformed delta, or one made for another base
+    │   ├── UpdateRepositoryError (500)      update repository or signing keys missing, corrupt
     │   └── PublishConflictError (409)       a version already published with other bytes
+    ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
 
@@ -58,6 +60,7 @@ __all__ = [
     "ConflictError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
+    "DeltaError",
     "EdgecloudError",
     "IdempotencyKeyReuseError",
     "InferenceError",
@@ -72,6 +75,7 @@ __all__ = [
     "PublishConflictError",
     "RateLimitedError",
     "ShapeMismatchError",
+    "StructureChanged",
     "TensorValueError",
     "UnavailableError",
     "UnknownInputError",
@@ -255,25 +259,45 @@ class CompressionError(EdgecloudError):
     grpc_code = "FAILED_PRECONDITION"
 
 
-class InferenceError(EdgecloudError):
-    """The runtime failed while running a request that passed validation."""
-
-    status_code = 500
-    grpc_code = "INTERNAL"
-    fallback = "server-error"
-
-
 class UpdateError(EdgecloudError):
-    """A fleet update (TUF update repository, delta, device agent) cannot be
-    published, verified or applied; the message names the file or version."""
+    """A model update (delta, download, install) cannot be built or applied."""
 
-    status_code = 500
-    grpc_code = "INTERNAL"
+    status_code = 422
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class StructureChanged(UpdateError):
+    """Two model versions differ beyond their weights (renamed initializers, new
+    nodes, other shapes, external or typed-field data): no tensor delta can
+    carry the change, send the full model (Mender's fallback to the full image)."""
+
+
+class DeltaError(UpdateError):
+    """A delta that is malformed, truncated, or made for another base model.
+
+    ``expected_sha256`` is the base the delta was made from and
+    ``actual_sha256`` the model it was applied to, when the mismatch is the
+    reason (both None otherwise).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_sha256: str | None = None,
+        actual_sha256: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
 
 
 class UpdateRepositoryError(UpdateError):
     """The update repository or its signing keys are missing, unreadable,
     corrupt, or do not match each other (a key that is not the role's)."""
+
+    status_code = 500
+    grpc_code = "INTERNAL"
 
 
 class PublishConflictError(UpdateError):
@@ -283,6 +307,14 @@ class PublishConflictError(UpdateError):
 
     status_code = 409
     grpc_code = "ALREADY_EXISTS"
+
+
+class InferenceError(EdgecloudError):
+    """The runtime failed while running a request that passed validation."""
+
+    status_code = 500
+    grpc_code = "INTERNAL"
+    fallback = "server-error"
 
 
 class MissingDependencyError(EdgecloudError):
