@@ -114,8 +114,6 @@ class FleetFiles:
         if not path.startswith(("/fleet/metadata/", "/fleet/targets/")):
             await self.inner(scope, receive, send)
             return
-        if scope["type"] == "lifespan":  # pragma: no cover - routed above
-            return
         status, headers, file, span = self._answer(scope)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if file is None:  # an error: span is its body
