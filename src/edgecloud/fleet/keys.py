@@ -14,12 +14,13 @@ Existing keys are never overwritten: a new root key would orphan every device
 provisioned with the old root.
 
 Expiry defaults (:class:`Expiry`) follow the periods python-tuf's reference
-repository tool used for years (legacy ``tuf/repository_lib.py``:
+repository tool used for years (legacy python-tuf 0.x ``tuf/repository_tool.py``:
 ``ROOT_EXPIRATION`` 1 year, ``TARGETS_EXPIRATION`` 3 months,
 ``SNAPSHOT_EXPIRATION`` 1 week, ``TIMESTAMP_EXPIRATION`` 1 day): the more
 often a role is re-signed and the more exposed its key (timestamp: online),
 the shorter its metadata lives, which bounds how long a freeze attack can
-hide an update (TUF specification, section 5.4 and "freeze attack").
+hide an update (TUF specification, "Goals to protect against specific
+attacks": indefinite freeze attacks).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Expiry:
     """How long each role's metadata stays valid after it is signed, in days.
 
     Defaults: root 365, targets 90, snapshot 7, timestamp 1 (python-tuf's
-    reference repository tool, legacy ``tuf/repository_lib.py``; see the
+    reference repository tool, legacy ``tuf/repository_tool.py``; see the
     module docstring). A device refuses metadata past its expiry.
     """
 
