@@ -275,3 +275,33 @@ def test_a_damaged_target_file_is_rewritten_on_the_next_sign(fleet: Fleet) -> No
     repo.put_target("affine/1/model.onnx", good, {"edgecloud": {"kind": "file"}})
     repo.sign()
     assert file.read_bytes() == good
+
+
+def test_bad_put_target_arguments_are_refused(fleet: Fleet) -> None:
+    repo = fleet.repo()
+    for data, custom in ((b"x", {"v": float("nan")}), (b"x", {"v": object()}), (b"x", [1]),
+                         ("text", {}), (None, {})):  # fmt: skip
+        with pytest.raises(ConfigError, match="target 'm/x'"):
+            repo.put_target("m/x", data, custom)  # type: ignore[arg-type]
+    assert repo.sign() == 2 and UpdateRepository(fleet.path).targets() == {}
+
+
+def test_concurrent_writers_lose_nothing(fleet: Fleet) -> None:
+    """Two writers (two open repositories, as two processes would hold) serialize on the
+    repository lock: every target each one signed is in the final metadata."""
+    import threading
+
+    def write(name: str) -> None:
+        repo = fleet.repo()
+        for i in range(5):
+            repo.put_target(f"{name}/{i}", name.encode(), {})
+            repo.sign()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    repo = UpdateRepository(fleet.path)
+    assert sorted(repo.targets()) == [f"{n}/{i}" for n in "ab" for i in range(5)]
+    assert repo.version() == 11

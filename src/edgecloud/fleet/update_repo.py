@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -260,9 +261,16 @@ class UpdateRepository:
 
     def put_target(self, path: str, data: bytes, custom: dict[str, Any]) -> None:
         """Stage target ``path`` with ``data`` and ``custom`` (JSON) for :meth:`sign`."""
+        check_target_path(path)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ConfigError(f"target {path!r}: data must be bytes, got {type(data).__name__}")
-        self._pending[check_target_path(path)] = (bytes(data), dict(custom))
+        try:
+            if not isinstance(custom, dict):
+                raise TypeError(f"a dict, got {type(custom).__name__}")
+            custom = json.loads(json.dumps(custom, allow_nan=False))  # a JSON copy
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"target {path!r}: custom must be JSON ({exc})") from None
+        self._pending[path] = (bytes(data), custom)
 
     def remove_target(self, path: str) -> None:
         """Stage the removal of target ``path`` (its file stays for devices mid-download)."""
