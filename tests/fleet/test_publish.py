@@ -305,3 +305,11 @@ def test_concurrent_writers_lose_nothing(fleet: Fleet) -> None:
     repo = UpdateRepository(fleet.path)
     assert sorted(repo.targets()) == [f"{n}/{i}" for n in "ab" for i in range(5)]
     assert repo.version() == 11
+
+
+def test_publishing_needs_no_root_key(fleet: Fleet) -> None:
+    (fleet.keys / "root.pem").unlink()  # kept offline
+    assert publish(fleet.models, "affine", 1, fleet.repo(), deltas=None).targets_version == 2
+    (fleet.keys / "snapshot.pem").unlink()
+    with pytest.raises(UpdateRepositoryError, match="needs the snapshot key"):
+        publish(fleet.models, "affine", 2, fleet.repo(), deltas=None)
