@@ -28,6 +28,7 @@ from .errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     PrivacyError,
+    PublishConflictError,
     RateLimitedError,
     ShapeMismatchError,
     StructureChanged,
@@ -36,6 +37,7 @@ from .errors import (
     UnknownInputError,
     UnsupportedDatatypeError,
     UpdateError,
+    UpdateRepositoryError,
 )
 from .repository import (
     DynamicBatching,
@@ -117,6 +119,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PrivacyError",
+    "PublishConflictError",
     "RateLimitedError",
     "RemoteBackend",
     "RequestContext",
@@ -132,6 +135,7 @@ __all__ = [
     "UnknownInputError",
     "UnsupportedDatatypeError",
     "UpdateError",
+    "UpdateRepositoryError",
     "VersionPolicy",
     "__version__",
     "calibrate",

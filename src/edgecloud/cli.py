@@ -19,6 +19,8 @@ from . import __version__
 from ._config_files import checked_path
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, InvalidRequestError, ModelNotFoundError, describe
+from .fleet import cli_tuf as _fleet_tuf  # noqa: F401  (registers fleet keys/publish)
+from .fleet.cli import fleet_app
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -33,6 +35,7 @@ zoo_app = typer.Typer(help="The demo model zoo, built offline.", no_args_is_help
 models_app = typer.Typer(help="Inspect a model repository.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(models_app, name="models")
+app.add_typer(fleet_app, name="fleet")
 
 console = Console()
 errors = Console(stderr=True)
@@ -332,6 +335,13 @@ def serve(
         int | None,
         typer.Option(help="onnxruntime threads per call (default 1); 0 lets onnxruntime decide."),
     ] = None,
+    fleet: Annotated[
+        Path | None, typer.Option(help="Update repository to serve at /fleet/ (with HTTP Range).")
+    ] = None,
+    fleet_keys: Annotated[
+        Path | None,
+        typer.Option(help="Keys directory holding the timestamp key: re-sign it before expiry."),
+    ] = None,
     print_config: PrintConfigOption = False,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
@@ -362,6 +372,8 @@ def serve(
             "access_log": access_log,
             "device": device,
             "intra_op_threads": threads,
+            "fleet": fleet,
+            "fleet_keys": fleet_keys,
         },
     )
     if print_config:

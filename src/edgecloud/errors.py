@@ -36,7 +36,9 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── CompressionError (422)               a model cannot be compressed, or lost too much
     ├── UpdateError (422)                    a model update cannot be built or applied
     │   ├── StructureChanged                 graphs differ beyond weights: send the full model
-    │   └── DeltaError                       a malformed delta, or one made for another base
+    │   ├── DeltaError                       a malformed delta, or one made for another base
+    │   ├── UpdateRepositoryError (500)      update repository or signing keys missing, corrupt
+    │   └── PublishConflictError (409)       a version already published with other bytes
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
@@ -70,6 +72,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PrivacyError",
+    "PublishConflictError",
     "RateLimitedError",
     "ShapeMismatchError",
     "StructureChanged",
@@ -78,6 +81,7 @@ __all__ = [
     "UnknownInputError",
     "UnsupportedDatatypeError",
     "UpdateError",
+    "UpdateRepositoryError",
 ]
 
 #: Most characters of a caller-supplied string an error message quotes.
@@ -286,6 +290,23 @@ class DeltaError(UpdateError):
         super().__init__(message)
         self.expected_sha256 = expected_sha256
         self.actual_sha256 = actual_sha256
+
+
+class UpdateRepositoryError(UpdateError):
+    """The update repository or its signing keys are missing, unreadable,
+    corrupt, or do not match each other (a key that is not the role's)."""
+
+    status_code = 500
+    grpc_code = "INTERNAL"
+
+
+class PublishConflictError(UpdateError):
+    """A model version is already published with other bytes: published
+    versions are immutable (devices may have installed them); publish a new
+    version number."""
+
+    status_code = 409
+    grpc_code = "ALREADY_EXISTS"
 
 
 class InferenceError(EdgecloudError):

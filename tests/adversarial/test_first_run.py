@@ -257,6 +257,7 @@ NEEDS = [
     (["demo", "--repo", "repo"], "train"),
     (["demo", "--repo", "repo"], "all"),
     (["zoo", "build", "--repo", "zoo", "--only", "digits-small"], "train"),
+    (["fleet", "keys", "--keys", "fleet-keys", "--fleet", "fleet-repo"], "fleet"),
     (["compress", "affine", "--repo", "repo", "-m", "int8-dynamic"], "compress"),
     (["compress", "affine", "--repo", "repo", "-m", "fp16"], "compress"),
     (["split", "affine", "--repo", "repo", "--data", "val.npz"], "compress"),

@@ -54,10 +54,16 @@ FLAGS: dict[str, Callable[[Any], list[str]]] = {
     "access_log": lambda v: ["--access-log" if v else "--no-access-log"],
     "device": lambda v: ["--device", v],
     "intra_op_threads": lambda v: ["--threads", str(v)],
+    "fleet": lambda v: ["--fleet", v],
+    "fleet_keys": lambda v: ["--fleet-keys", v],
 }
 #: Fields whose validation needs a partner, given from the same source (a pair
 #: resolves by the source that gives it: see test_groups_resolve_by_source).
-PARTNERS = {"tls_cert": {"tls_key": "/partner/key.pem"}, "tls_key": {"tls_cert": "/partner/c.pem"}}
+PARTNERS = {
+    "tls_cert": {"tls_key": "/partner/key.pem"},
+    "tls_key": {"tls_cert": "/partner/c.pem"},
+    "fleet_keys": {"fleet": "/partner/fleet"},
+}
 
 
 def partner_env(name: str, level: int) -> dict[str, str]:

@@ -80,8 +80,10 @@ def serve(
         http_socket.close()
         raise
     app = HttpApp(host, token=token)
+    from .fleet_files import mount
+
     config = uvicorn.Config(
-        app,
+        mount(app, settings, token),
         host=settings.host,
         port=settings.http_port,
         loop=_loop(),

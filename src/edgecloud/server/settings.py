@@ -136,6 +136,12 @@ class ServerSettings(BaseModel):
     """One JSON line per request on the ``edgecloud.access`` logger."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+    fleet: Path | None = None
+    """Update repository (``edgecloud fleet keys``) served read-only at
+    ``/fleet/metadata/`` and ``/fleet/targets/`` with HTTP Range; None: not served."""
+    fleet_keys: Path | None = None
+    """Keys directory whose ``timestamp.pem`` (the online key) re-signs the served
+    repository's timestamp when half its validity has passed; needs ``fleet``."""
 
     @field_validator("grpc_port", mode="before")
     @classmethod
@@ -153,6 +159,8 @@ class ServerSettings(BaseModel):
             raise ValueError("token and token_file are two ways of giving the token: give one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.fleet_keys is not None and self.fleet is None:
+            raise ValueError("fleet_keys re-signs the timestamp of fleet: give fleet too")
         if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
             raise ValueError(f"http_port and grpc_port are both {self.http_port}; give two ports")
         return self
