@@ -332,6 +332,20 @@ def serve(
         int | None,
         typer.Option(help="onnxruntime threads per call (default 1); 0 lets onnxruntime decide."),
     ] = None,
+    model_control: Annotated[
+        str | None,
+        typer.Option(
+            help="none (default: load all at start), poll (follow the repository) or "
+            "explicit (load/unload on request), as Triton's --model-control-mode."
+        ),
+    ] = None,
+    poll_interval_s: Annotated[
+        float | None, typer.Option(help="Seconds between repository scans in poll mode.")
+    ] = None,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to load at start in explicit mode (repeat; * for all)."),
+    ] = None,
     print_config: PrintConfigOption = False,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
@@ -362,6 +376,9 @@ def serve(
             "access_log": access_log,
             "device": device,
             "intra_op_threads": threads,
+            "model_control": model_control,
+            "poll_interval_s": poll_interval_s,
+            "load_models": load_model or None,
         },
     )
     if print_config:

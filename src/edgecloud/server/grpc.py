@@ -145,6 +145,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.latency.labels(label, "grpc").observe(time.perf_counter() - started)
         return to_grpc_response(response)
 
+    # -- Triton's model repository extension -----------------------------------------
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        await self._guard(context)
+        response = pb.RepositoryIndexResponse()
+        for entry in self.host.control.index(request.ready):
+            response.models.add(**entry)
+        return response
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._guard(context)
+        try:
+            await self.host.control.load(request.model_name, _repository_parameters(request))
+        except EdgecloudError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._guard(context)
+        try:
+            await self.host.control.unload(request.model_name, _repository_parameters(request))
+        except EdgecloudError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _repository_parameters(request: Any) -> dict[str, Any]:
+    """A load/unload request's ``ModelRepositoryParameter`` map as plain values."""
+    out: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, choice) if choice else None
+    return out
+
 
 async def _abort(context: Any, exc: EdgecloudError) -> None:
     await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)

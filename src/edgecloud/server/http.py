@@ -30,6 +30,7 @@ from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
 from .metrics import ServerMetrics, model_label
+from .model_control import ModelControl
 from .openapi import openapi_document
 from .settings import ServerSettings
 
@@ -49,7 +50,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 JSON = [(b"content-type", b"application/json")]
 LIVE = b'{"live":true}'
 READY = b'{"ready":true}'
@@ -181,6 +182,9 @@ class HttpApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                control = getattr(self.host, "control", None)
+                if control is not None:
+                    control.begin()
                 self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -205,6 +209,8 @@ class HttpApp:
             return 200, self._server_metadata, JSON
         if parts[:2] == ["v2", "models"] and len(parts) >= 3:
             return await self._model_route(method, parts[2:], scope, receive)
+        if parts[:2] == ["v2", "repository"]:
+            return await self._repository_route(method, parts[2:], scope, receive)
         if parts == ["metrics"]:
             _allow(method, "GET", scope)
             return 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
@@ -258,6 +264,34 @@ class HttpApp:
             ready = self.host.ready(model, version)
             return (200 if ready else 503), dumps({"name": model, "ready": ready}), JSON
         return 200, dumps(triton_config(self.host.config(model))), JSON
+
+    async def _repository_route(
+        self, method: str, rest: list[str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[Any]]:
+        """Triton's model repository extension (``extension_model_repository.md``):
+        ``POST /v2/repository/index`` -> a JSON array of ``{name, version, state,
+        reason}``; ``POST /v2/repository/models/{m}/load`` and ``.../unload`` -> 200
+        with an empty body, or ``{"error": ...}`` with the error's status."""
+        control: ModelControl | None = getattr(self.host, "control", None)
+        index = rest == ["index"]
+        action = rest[2] if len(rest) == 3 and rest[0] == "models" else ""
+        if control is None or not (index or action in ("load", "unload")):
+            raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+        _allow(method, "POST", scope)
+        body = _json_object(await self._read_body(scope, None, receive), scope["path"])
+        if index:
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidRequestError(f"'ready' must be true or false, not {ready!r}")
+            return 200, dumps(control.index(ready)), JSON
+        parameters = body.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidRequestError("'parameters' must be a JSON object")
+        if action == "load":
+            await control.load(rest[1], dict(parameters))
+        else:
+            await control.unload(rest[1], dict(parameters))
+        return 200, b"", JSON
 
     def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
         """Model metadata; ModelNotFoundError (404) for an unknown model or a
@@ -373,6 +407,20 @@ class HttpApp:
 
 def _error(message: str) -> bytes:
     return dumps({"error": message})
+
+
+def _json_object(body: bytes, path: str) -> dict[str, Any]:
+    """A control request's body: empty (tritonclient sends none for the index) or a
+    JSON object; anything else is 400."""
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the body of {path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"the body of {path} must be a JSON object")
+    return value
 
 
 def _allow(method: str, allowed: str, scope: Scope) -> None:

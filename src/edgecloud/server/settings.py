@@ -136,6 +136,19 @@ class ServerSettings(BaseModel):
     """One JSON line per request on the ``edgecloud.access`` logger."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    """Triton's model control modes (``--model-control-mode``): ``none`` loads every
+    model at start and never changes them; ``poll`` rescans the repository every
+    ``poll_interval_s`` and loads new, changed (sha256) and removed versions;
+    ``explicit`` loads only ``load_models`` at start and others when a client asks
+    (``POST /v2/repository/models/{m}/load``). See :mod:`.model_control`."""
+    poll_interval_s: float = Field(default=5.0, gt=0, le=86400)
+    """Seconds between repository scans in ``poll`` mode (Triton's
+    ``--repository-poll-secs``); in ``explicit`` mode, how often a worker applies
+    loads and unloads another worker received."""
+    load_models: list[str] = Field(default_factory=list)
+    """Models to load at start in ``explicit`` mode (Triton's ``--load-model``;
+    ``*`` loads all)."""
 
     @field_validator("grpc_port", mode="before")
     @classmethod
@@ -153,6 +166,11 @@ class ServerSettings(BaseModel):
             raise ValueError("token and token_file are two ways of giving the token: give one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.load_models and self.model_control != "explicit":
+            raise ValueError(
+                "load_models (--load-model) is for model_control explicit; in "
+                f"{self.model_control!r} mode every model is loaded"
+            )
         if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
             raise ValueError(f"http_port and grpc_port are both {self.http_port}; give two ports")
         return self
