@@ -195,11 +195,19 @@ def test_a_failing_explicit_reload_keeps_the_working_version(
     np.testing.assert_allclose(y, expected_y(3), rtol=1e-5, atol=1e-5)
 
 
-def test_load_model_needs_explicit_mode() -> None:
-    with pytest.raises(ConfigError, match="load_models .* is for model_control explicit"):
-        ServerSettings.resolve(cli={"load_models": ["affine"]}, environ={})
-    settings = ServerSettings.resolve(cli={"model_control": "poll"}, environ={})
+def test_load_model_needs_explicit_mode(repo: ModelRepository, tmp_path: Path) -> None:
+    from edgecloud.server.host import ModelHost
+
+    settings = ServerSettings.resolve(
+        cli={"load_models": ["affine"], "idempotency_db": ":memory:"}, environ={}
+    )
+    with pytest.raises(ConfigError, match="--load-model .* is for --model-control explicit"):
+        ModelHost(repo, settings)
+    settings = ServerSettings.resolve(
+        cli={"model_control": "poll"}, environ={"EDGECLOUD_SERVER_LOAD_MODELS": "a, b"}
+    )
     assert (settings.model_control, settings.poll_interval_s) == ("poll", 5.0)
+    assert settings.load_models == ["a", "b"]
     with pytest.raises(ConfigError, match="model_control"):
         ServerSettings.resolve(cli={"model_control": "sometimes"}, environ={})
 
@@ -281,3 +289,66 @@ def test_poll_never_loads_half_a_copy(
     wait_until(lambda: infer(server)[0] == "4")
     np.testing.assert_allclose(infer(server)[1], expected_y(5), rtol=1e-5, atol=1e-5)
     assert index(server)["affine/4"] == {"name": "affine", "version": "4", "state": "READY"}
+
+
+def test_explicit_loads_reach_every_worker(
+    repo: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers share the wanted set through a file beside the idempotency store: a
+    load or unload one worker receives is applied by the others on their next tick,
+    and a worker restarted under the same EDGECLOUD_SERVE_ID rejoins the set."""
+    import asyncio
+
+    from edgecloud.server.host import ModelHost
+
+    monkeypatch.setenv("EDGECLOUD_SERVE_ID", "supervisor-1")
+    settings = ServerSettings.resolve(
+        cli={
+            "model_control": "explicit",
+            "load_models": ["affine"],
+            "idempotency_db": str(tmp_path / "idempotency.db"),
+        },
+        environ={},
+    )
+
+    async def scenario() -> None:
+        a, b = ModelHost(repo, settings), ModelHost(repo, settings)
+        a.load_all()
+        b.load_all()
+        try:
+            await a.control.load("slow", {})
+            assert a.ready("slow") and not b.ready("slow")
+            await b.control.tick()
+            assert b.ready("slow")
+            await b.control.unload("affine", {})
+            await a.control.tick()
+            assert not a.ready("affine") and not b.ready("affine")
+            restarted = ModelHost(repo, settings)
+            restarted.load_all()
+            assert restarted.ready("slow") and not restarted.ready("affine")
+            await restarted.close()
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_none_mode_indexes_and_refuses_control(repo: ModelRepository, tmp_path: Path) -> None:
+    server = start_server(repo, tmp_path)
+    latest = str(repo.served_versions("affine")[-1])
+    try:
+        http = httpclient.InferenceServerClient(server.http_address)
+        assert http.get_model_repository_index() == [
+            {"name": "affine", "version": latest, "state": "READY"},
+            {"name": "slow", "version": "1", "state": "READY"},
+        ]
+        grpc = grpcclient.InferenceServerClient(server.grpc_address)
+        with pytest.raises(InferenceServerException, match="mode 'none'") as caught:
+            grpc.unload_model("affine")
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException, match="--model-control explicit"):
+            http.load_model("affine")
+        assert infer(server)[0] == latest
+    finally:
+        server.stop()

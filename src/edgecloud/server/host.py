@@ -120,6 +120,9 @@ class ModelHost:
         self.local = LocalBackend(
             repository, intra_op_threads=settings.intra_op_threads or None, device=settings.device
         )
+        store = settings.idempotency_db or default_store_path(repository.root)
+        self.control = ModelControl(self, desired_set_path(store))
+        """Model control (``settings.model_control``) and the repository extension."""
         self.executor = ThreadPoolExecutor(
             max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"
         )
@@ -131,9 +134,6 @@ class ModelHost:
         self._retiring: set[asyncio.Task[None]] = set()
         self._computing: set[asyncio.Future[InferResponse]] = set()
         self.states: dict[str, ModelState] = {}
-        store = settings.idempotency_db or default_store_path(repository.root)
-        self.control = ModelControl(self, desired_set_path(store))
-        """Model control (``settings.model_control``) and the repository extension."""
 
     # -- lifecycle -------------------------------------------------------------
 

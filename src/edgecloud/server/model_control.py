@@ -111,8 +111,14 @@ class ModelControl:
     """
 
     def __init__(self, host: ModelHost, desired_file: Path | None = None) -> None:
+        """ConfigError for ``load_models`` outside ``explicit`` mode (every model loads)."""
         self.host = host
         self.mode = host.settings.model_control
+        if host.settings.load_models and self.mode != "explicit":
+            raise ConfigError(
+                "--load-model (load_models) is for --model-control explicit; in "
+                f"{self.mode!r} mode every model is loaded"
+            )
         self.records: dict[str, dict[int, VersionRecord]] = {}
         self.model_errors: dict[str, str] = {}
         self._seen: dict[tuple[str, int], Fingerprint] = {}
@@ -166,9 +172,13 @@ class ModelControl:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._locked(self._tick)
+                await self.tick()
             except Exception:  # a scan that fails is logged; the next one retries
                 log.exception("model control tick failed")
+
+    async def tick(self) -> None:
+        """One background step now: a poll scan, or applying the wanted-set file."""
+        await self._locked(self._tick)
 
     def _tick(self) -> None:
         if self.mode == "poll":

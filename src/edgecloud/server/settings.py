@@ -160,17 +160,20 @@ class ServerSettings(BaseModel):
         except (TypeError, ValueError):
             return value  # pydantic reports it
 
+    @field_validator("load_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``EDGECLOUD_SERVER_LOAD_MODELS=a,b`` (the environment gives one string)."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
         if self.token is not None and self.token_file is not None:
             raise ValueError("token and token_file are two ways of giving the token: give one")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
-        if self.load_models and self.model_control != "explicit":
-            raise ValueError(
-                "load_models (--load-model) is for model_control explicit; in "
-                f"{self.model_control!r} mode every model is loaded"
-            )
         if self.grpc_port is not None and self.grpc_port == self.http_port != 0:
             raise ValueError(f"http_port and grpc_port are both {self.http_port}; give two ports")
         return self
