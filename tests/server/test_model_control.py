@@ -352,3 +352,46 @@ def test_none_mode_indexes_and_refuses_control(repo: ModelRepository, tmp_path: 
         assert infer(server)[0] == latest
     finally:
         server.stop()
+
+
+def test_reloads_under_load_fail_no_request(tmp_path: Path) -> None:
+    """20 explicit reloads, each a new sha256 under the same version number, while four
+    clients send requests through the dynamic batcher: every request answers, with the
+    outputs of one whole copy."""
+    repo = ModelRepository(tmp_path / "repo")
+    repo.add_version("affine", shifted_onnx(tmp_path / "a.onnx", 10.0), config=affine_config())
+    copies = {
+        shift: shifted_onnx(tmp_path / f"{shift}.onnx", shift).read_bytes()
+        for shift in (10.0, 20.0)
+    }
+    server = start_server(repo, tmp_path, "--model-control", "explicit", "--load-model", "*")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    answered = [0]
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                _, y = infer(server)
+                if not any(np.allclose(y, expected_y(0) + s, atol=1e-4) for s in (10.0, 20.0)):
+                    raise AssertionError(f"outputs of no copy: {y}")
+                answered[0] += 1
+            except BaseException as exc:  # every failure counts
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        http = httpclient.InferenceServerClient(server.http_address)
+        for i in range(20):
+            rewrite_version(repo, 1, copies[20.0 if i % 2 == 0 else 10.0])
+            http.load_model("affine")
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == [] and answered[0] > 20
+        np.testing.assert_allclose(infer(server)[1], expected_y(0) + 10.0, atol=1e-4)
+    finally:
+        stop.set()
+        server.stop()
