@@ -99,6 +99,9 @@ def test_explicit_starts_with_the_named_models_only(explicit: Server) -> None:
         "slow/": {"name": "slow"},
     }
     assert client.is_model_ready("affine") and not client.is_model_ready("slow")
+    assert "model_repository" in client.get_server_metadata()["extensions"]
+    grpc = grpcclient.InferenceServerClient(explicit.grpc_address)
+    assert "model_repository" in grpc.get_server_metadata(as_json=True)["extensions"]
     with pytest.raises(InferenceServerException, match="no model 'slow' on this server"):
         client.get_model_metadata("slow")
     ready = client.get_model_repository_index(query_params=None)

@@ -21,7 +21,7 @@ from ..wire.context import carried_key, decode_context
 from ..wire.grpc import output_names, parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
-from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
+from .http import EXTENSIONS, OFFLOAD_BYTES, REPOSITORY_EXTENSION, model_metadata
 from .launch import address
 from .metrics import model_label
 from .settings import ServerSettings
@@ -101,7 +101,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)
         return pb.ServerMetadataResponse(
-            name="edgecloud", version=__version__, extensions=EXTENSIONS
+            name="edgecloud", version=__version__, extensions=[*EXTENSIONS, REPOSITORY_EXTENSION]
         )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:

@@ -34,7 +34,14 @@ from .model_control import ModelControl
 from .openapi import openapi_document
 from .settings import ServerSettings
 
-__all__ = ["EXTENSIONS", "OFFLOAD_BYTES", "HttpApp", "model_metadata", "triton_config"]
+__all__ = [
+    "EXTENSIONS",
+    "OFFLOAD_BYTES",
+    "REPOSITORY_EXTENSION",
+    "HttpApp",
+    "model_metadata",
+    "triton_config",
+]
 
 #: Bodies larger than this are decoded in a worker thread: a 64 MiB JSON body
 #: takes about 0.5 s to parse (2 s with NaN literals, which need the stdlib
@@ -50,7 +57,9 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+#: Triton's repository extension: advertised by hosts with model control (the server).
+REPOSITORY_EXTENSION = "model_repository"
 JSON = [(b"content-type", b"application/json")]
 LIVE = b'{"live":true}'
 READY = b'{"ready":true}'
@@ -146,8 +155,10 @@ class HttpApp:
         self.metrics = host.metrics
         self._token = token.encode() if token else None
         self._openapi = dumps(openapi_document(__version__))
+        control = getattr(host, "control", None) is not None
+        extensions = [*EXTENSIONS, REPOSITORY_EXTENSION] if control else EXTENSIONS
         self._server_metadata = dumps(
-            {"name": "edgecloud", "version": __version__, "extensions": EXTENSIONS}
+            {"name": "edgecloud", "version": __version__, "extensions": extensions}
         )
         self.ready = False
 
