@@ -34,6 +34,17 @@ Promises, in every mode:
 * **Changed means a new sha256.** A version is reloaded only when the sha256
   of its model file differs from the one serving (a ``touch`` changes nothing).
 
+What Triton users reported, and what is done here instead: poll mode unloaded
+the old version before loading the new one, so a model was down during every
+update (triton-inference-server/server#2076: here the new one loads first);
+after one failed load, poll mode stopped noticing changes (#6534, #6710: here
+a failed version is retried when its files change); an explicit load of a
+broken model failed the first time and answered 200 the second (#3802: here
+every load of it fails, naming why); an explicit load did not pick up a new
+version directory without an unload first (#2853: here a load re-reads the
+repository). Load and unload while polling are refused with 400, as Triton
+answers (``explicit model load / unload is not allowed if polling is enabled``).
+
 Several worker processes (``--workers``) each have a ModelControl. In
 ``explicit`` mode the wanted set is kept in a small JSON file beside the
 idempotency store, ``<store>.models.json`` = ``{"generation": n, "models":
