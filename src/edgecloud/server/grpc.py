@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._optional import require
-from ..errors import AuthenticationError, ConfigError, EdgecloudError
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    EdgecloudError,
+    ModelNotFoundError,
+    clip,
+)
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import carried_key, decode_context
 from ..wire.grpc import output_names, parameters, read_tensors, set_parameter
@@ -108,7 +114,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._guard(context)
         try:  # the REST answer's computation and error class (404 / NOT_FOUND)
             config = self.host.config(request.name)
-            versions = self.host.states[request.name].metadata_versions(request.version or None)
+            state = self.host.states.get(request.name)
+            if state is None:  # unloaded since config() found it
+                raise ModelNotFoundError(f"no model {clip(request.name)} on this server")
+            versions = state.metadata_versions(request.version or None)
         except EdgecloudError as exc:
             await _abort(context, exc)
         meta = model_metadata(config, versions)

@@ -21,7 +21,9 @@ from ..errors import (
     AuthenticationError,
     EdgecloudError,
     InvalidRequestError,
+    ModelNotFoundError,
     PayloadTooLargeError,
+    clip,
 )
 from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
@@ -308,7 +310,11 @@ class HttpApp:
         """Model metadata; ModelNotFoundError (404) for an unknown model or a
         version not served (:meth:`ModelState.metadata_versions`, also gRPC's)."""
         config = self.host.config(model)
-        return model_metadata(config, self.host.states[model].metadata_versions(version))
+        state = self.host.states.get(model)
+        if state is None:  # unloaded since config() found it
+            self.host.config(model)
+            raise ModelNotFoundError(f"no model {clip(model)} on this server")
+        return model_metadata(config, state.metadata_versions(version))
 
     async def _infer(
         self, model: str, version: str | None, scope: Scope, receive: Receive

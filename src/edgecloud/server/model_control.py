@@ -67,7 +67,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..backends.local import LoadedModel
 from ..errors import (
@@ -92,6 +92,7 @@ UNAVAILABLE = "UNAVAILABLE"
 SERVE_ID_ENV = "EDGECLOUD_SERVE_ID"
 
 Fingerprint = tuple[tuple[str, int, int], ...]
+_V = TypeVar("_V")
 
 
 @dataclass(slots=True)
@@ -131,6 +132,9 @@ class ModelControl:
                 f"{self.mode!r} mode every model is loaded"
             )
         self.records: dict[str, dict[int, VersionRecord]] = {}
+        """Per model, per version: what the index shows. This table, ``model_errors`` and
+        ``host.states`` are written by the control thread and read on the event loop:
+        each is replaced whole on a change (copy on write), never changed in place."""
         self.model_errors: dict[str, str] = {}
         self._seen: dict[tuple[str, int], Fingerprint] = {}
         self._desired_file = desired_file if self.mode == "explicit" else None
@@ -341,8 +345,8 @@ class ModelControl:
                 log.warning("model %s: %s", name, exc.message)
         for name in {*self.host.states, *self.records, *self.model_errors} - set(names):
             self._drop(name, "removed from the repository")
-            self.records.pop(name, None)
-            self.model_errors.pop(name, None)
+            self.records = _without(self.records, name)
+            self.model_errors = _without(self.model_errors, name)
 
     # -- one model ---------------------------------------------------------------------
 
@@ -369,12 +373,12 @@ class ModelControl:
             self._drop(name, "removed from the repository")
             raise
         except EdgecloudError as exc:  # a broken config: what served goes on serving
-            self.model_errors[name] = exc.message
+            self.model_errors = {**self.model_errors, name: exc.message}
             if not current:
                 self._set_state(name, [], exc.message)
                 raise ModelLoadError(f"model {name!r} cannot load: {exc.message}") from exc
             return [exc.message]
-        self.model_errors.pop(name, None)
+        self.model_errors = _without(self.model_errors, name)
         old_records = self.records.get(name, {})
         table: dict[int, LoadedModel] = {}
         records: dict[int, VersionRecord] = {}
@@ -391,7 +395,7 @@ class ModelControl:
                 if version not in table and version in on_disk:
                     table[version] = loaded
                     records[version] = old_records.get(version) or VersionRecord(READY)
-        self.records[name] = records
+        self.records = {**self.records, name: records}
         if not _same(table, current) or local.published(name) is None:
             local.publish(name, table)
         self._set_state(name, sorted(table), "; ".join(failed) or "no version is loaded")
@@ -459,9 +463,10 @@ class ModelControl:
         """Stop serving ``name``: new requests get 404, running ones finish."""
         if self.host.local.published(name) is not None or name in self.host.states:
             self.host.local.publish(name, {})
-        self.host.states.pop(name, None)
+        self.host.states = _without(self.host.states, name)
         records = self.records.get(name, {})
-        self.records[name] = {v: VersionRecord(UNAVAILABLE, why) for v in records}
+        unloaded = {v: VersionRecord(UNAVAILABLE, why) for v in records}
+        self.records = {**self.records, name: unloaded}
         for key in [k for k in self._seen if k[0] == name]:
             del self._seen[key]
 
@@ -469,7 +474,14 @@ class ModelControl:
         from .host import ModelState
 
         ready = bool(versions)
-        self.host.states[name] = ModelState(name, versions, ready, None if ready else error)
+        state = ModelState(name, versions, ready, None if ready else error)
+        self.host.states = {**self.host.states, name: state}
+
+
+def _without(table: dict[str, _V], name: str) -> dict[str, _V]:
+    """A copy of ``table`` without ``name``: the tables readers on the event loop see are
+    replaced whole, never changed in place, so a reader never sees one mid-change."""
+    return {k: v for k, v in table.items() if k != name}
 
 
 def _same(a: dict[int, LoadedModel], b: dict[int, LoadedModel]) -> bool:
