@@ -267,6 +267,11 @@ def test_poll_follows_new_changed_removed_and_broken_versions(
     shutil.rmtree(repo.root / "affine" / "3")
     wait_until(lambda: infer(server)[0] == "2")
     assert set(index(server)) == {"affine/2"}
+    # the whole model removed: gone from the index, its requests 404
+    shutil.rmtree(repo.root / "affine")
+    wait_until(lambda: index(server) == {})
+    with pytest.raises(InferenceServerException, match="no model 'affine' on this server"):
+        infer(server)
 
 
 def test_poll_never_loads_half_a_copy(

@@ -355,7 +355,8 @@ class ModelControl:
         changed one before dropping anything, keeping what served when a load fails.
 
         ``settle``: a version whose files changed since the last scan waits one more.
-        ``force``: retry versions that failed even if their files did not change.
+        ``force``: retry versions that failed even if their files did not change (an
+        unchanged version that loaded is not reopened: a reload of it is a no-op).
         Returns why each version that failed did (empty: all loaded).
 
         Raises:
@@ -418,7 +419,8 @@ class ModelControl:
         fingerprint = self._fingerprint(name, version)
         seen = self._seen.get((name, version))
         self._seen[(name, version)] = fingerprint
-        if record is not None and record.fingerprint == fingerprint and not force:
+        healthy = record is not None and record.state == READY and not record.reason
+        if record is not None and record.fingerprint == fingerprint and (healthy or not force):
             return record, old  # unchanged: what serves (or the recorded failure) stays
         if settle and seen != fingerprint:  # still changing: wait for the next scan
             waiting = "its files changed since the last scan; it loads when they stop changing"
