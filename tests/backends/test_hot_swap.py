@@ -169,3 +169,16 @@ def test_fifty_swaps_under_eight_threads_fail_no_request(swap_repo: ModelReposit
             t.join()
     assert failures == []
     assert seen == {"1", "2", "3"} and min(counts) > 0
+
+
+def test_readiness_follows_the_published_set(swap_repo: ModelRepository) -> None:
+    from edgecloud.server.host import model_states
+
+    with LocalBackend(swap_repo) as local:
+        assert model_states(swap_repo, local)["affine"].versions == [3]  # the policy
+        local.publish("affine", {1: local.open("affine", 1), 2: local.open("affine", 2)})
+        state = model_states(swap_repo, local)["affine"]
+        assert (state.versions, state.ready) == ([1, 2], True)
+        local.publish("affine", {})
+        state = model_states(swap_repo, local)["affine"]
+        assert (state.ready, state.error) == (False, "no version is published")

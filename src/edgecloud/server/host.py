@@ -88,10 +88,18 @@ def model_states(repository: ModelRepository, local: LocalBackend) -> dict[str, 
     A model is ready when its config reads, its files match their sha256
     (``repository.status()``) and ``local`` loads every served version and the
     newest — onnxruntime opens the graph and it matches the declared inputs
-    and outputs. A model that fails is recorded with why, not raised.
+    and outputs. A model that fails is recorded with why, not raised. A model
+    whose sessions were set by :meth:`LocalBackend.publish` (an update agent's
+    swap) serves exactly its published versions, ready if there is one.
     """
     states = {}
     for status in repository.status():
+        published = local.published(status.name)
+        if published is not None:  # swapped in by LocalBackend.publish, not the policy
+            versions = sorted(published)
+            error = None if published else "no version is published"
+            states[status.name] = ModelState(status.name, versions, bool(published), error)
+            continue
         state = ModelState(status.name, status.served, ready=False, error=status.error)
         if status.error is None:
             try:
