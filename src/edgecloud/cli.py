@@ -342,6 +342,20 @@ def serve(
         Path | None,
         typer.Option(help="Keys directory holding the timestamp key: re-sign it before expiry."),
     ] = None,
+    model_control: Annotated[
+        str | None,
+        typer.Option(
+            help="none (default: load all at start), poll (follow the repository) or "
+            "explicit (load/unload on request), as Triton's --model-control-mode."
+        ),
+    ] = None,
+    poll_interval_s: Annotated[
+        float | None, typer.Option(help="Seconds between repository scans in poll mode.")
+    ] = None,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to load at start in explicit mode (repeat; * for all)."),
+    ] = None,
     print_config: PrintConfigOption = False,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
@@ -374,6 +388,9 @@ def serve(
             "intra_op_threads": threads,
             "fleet": fleet,
             "fleet_keys": fleet_keys,
+            "model_control": model_control,
+            "poll_interval_s": poll_interval_s,
+            "load_models": load_model or None,
         },
     )
     if print_config:

@@ -56,6 +56,9 @@ FLAGS: dict[str, Callable[[Any], list[str]]] = {
     "intra_op_threads": lambda v: ["--threads", str(v)],
     "fleet": lambda v: ["--fleet", v],
     "fleet_keys": lambda v: ["--fleet-keys", v],
+    "model_control": lambda v: ["--model-control", v],
+    "poll_interval_s": lambda v: ["--poll-interval-s", str(v)],
+    "load_models": lambda v: [a for m in v for a in ("--load-model", m)],
 }
 #: Fields whose validation needs a partner, given from the same source (a pair
 #: resolves by the source that gives it: see test_groups_resolve_by_source).
@@ -85,6 +88,8 @@ def sample(name: str, level: int) -> Any:
     if typing.get_origin(kind) is typing.Literal:
         others = [c for c in typing.get_args(kind) if c != default]
         return [*others, default][(level - 1) % (len(others) + 1)]
+    if typing.get_origin(kind) is list:
+        return [f"{name}-{level}", "second"]
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     base = args[0] if args else kind
     if base is bool:
@@ -113,6 +118,8 @@ def shown(name: str, value: Any) -> Any:
 
 
 def env_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

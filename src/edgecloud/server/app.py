@@ -75,7 +75,9 @@ def serve(
         listen(settings.host, settings.grpc_port, "gRPC", "--grpc-port").close()
     try:
         host = ModelHost(repository, settings)
-        check_ready(repository, host.load_all())
+        states = host.load_all()
+        if settings.model_control != "explicit":  # explicit may start with nothing loaded
+            check_ready(repository, states)
     except BaseException:
         http_socket.close()
         raise

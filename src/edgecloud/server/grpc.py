@@ -15,13 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .._optional import require
-from ..errors import AuthenticationError, ConfigError, EdgecloudError
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    EdgecloudError,
+    ModelNotFoundError,
+    clip,
+)
 from ..tensors import InferRequest, InferResponse, datatype_of
 from ..wire.context import carried_key, decode_context
 from ..wire.grpc import output_names, parameters, read_tensors, set_parameter
 from ..wire.rest import tensor_bytes
 from .host import ModelHost
-from .http import EXTENSIONS, OFFLOAD_BYTES, model_metadata
+from .http import EXTENSIONS, OFFLOAD_BYTES, REPOSITORY_EXTENSION, model_metadata
 from .launch import address
 from .metrics import model_label
 from .settings import ServerSettings
@@ -101,14 +107,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)
         return pb.ServerMetadataResponse(
-            name="edgecloud", version=__version__, extensions=EXTENSIONS
+            name="edgecloud", version=__version__, extensions=[*EXTENSIONS, REPOSITORY_EXTENSION]
         )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         await self._guard(context)
         try:  # the REST answer's computation and error class (404 / NOT_FOUND)
             config = self.host.config(request.name)
-            versions = self.host.states[request.name].metadata_versions(request.version or None)
+            state = self.host.states.get(request.name)
+            if state is None:  # unloaded since config() found it
+                raise ModelNotFoundError(f"no model {clip(request.name)} on this server")
+            versions = state.metadata_versions(request.version or None)
         except EdgecloudError as exc:
             await _abort(context, exc)
         meta = model_metadata(config, versions)
@@ -144,6 +153,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             metrics.requests.labels(label, "grpc", str(code)).inc()
             metrics.latency.labels(label, "grpc").observe(time.perf_counter() - started)
         return to_grpc_response(response)
+
+    # -- Triton's model repository extension -----------------------------------------
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        await self._guard(context)
+        response = pb.RepositoryIndexResponse()
+        for entry in self.host.control.index(request.ready):
+            response.models.add(**entry)
+        return response
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._guard(context)
+        try:
+            await self.host.control.load(request.model_name, _repository_parameters(request))
+        except EdgecloudError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._guard(context)
+        try:
+            await self.host.control.unload(request.model_name, _repository_parameters(request))
+        except EdgecloudError as exc:
+            await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _repository_parameters(request: Any) -> dict[str, Any]:
+    """A load/unload request's ``ModelRepositoryParameter`` map as plain values."""
+    out: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, choice) if choice else None
+    return out
 
 
 async def _abort(context: Any, exc: EdgecloudError) -> None:

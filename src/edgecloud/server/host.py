@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends.local import LoadedModel, LocalBackend, version_number
-from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
+from ..errors import (
+    DeadlineExceededError,
+    EdgecloudError,
+    ModelLoadError,
+    ModelNotFoundError,
+    clip,
+)
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .batching import Arrays, DynamicBatcher
@@ -26,6 +32,7 @@ from .idempotency import (
     default_store_path,
 )
 from .metrics import ServerMetrics
+from .model_control import ModelControl, desired_set_path
 from .settings import ServerSettings
 
 __all__ = ["ModelHost", "ModelState", "model_states", "open_idempotency"]
@@ -81,10 +88,18 @@ def model_states(repository: ModelRepository, local: LocalBackend) -> dict[str, 
     A model is ready when its config reads, its files match their sha256
     (``repository.status()``) and ``local`` loads every served version and the
     newest — onnxruntime opens the graph and it matches the declared inputs
-    and outputs. A model that fails is recorded with why, not raised.
+    and outputs. A model that fails is recorded with why, not raised. A model
+    whose sessions were set by :meth:`LocalBackend.publish` (an update agent's
+    swap) serves exactly its published versions, ready if there is one.
     """
     states = {}
     for status in repository.status():
+        published = local.published(status.name)
+        if published is not None:  # swapped in by LocalBackend.publish, not the policy
+            versions = sorted(published)
+            error = None if published else "no version is published"
+            states[status.name] = ModelState(status.name, versions, bool(published), error)
+            continue
         state = ModelState(status.name, status.served, ready=False, error=status.error)
         if status.error is None:
             try:
@@ -113,11 +128,17 @@ class ModelHost:
         self.local = LocalBackend(
             repository, intra_op_threads=settings.intra_op_threads or None, device=settings.device
         )
+        store = settings.idempotency_db or default_store_path(repository.root)
+        self.control = ModelControl(self, desired_set_path(store))
+        """Model control (``settings.model_control``) and the repository extension."""
         self.executor = ThreadPoolExecutor(
             max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"
         )
         self.idempotency = open_idempotency(settings, repository.root, self.metrics)
-        self._batchers: dict[str, DynamicBatcher] = {}
+        self._batchers: dict[int, DynamicBatcher] = {}
+        """Per session (``id`` of its LoadedModel, which the batcher holds, so the id
+        is not reused while it is here): a reloaded version with the same number
+        and label gets a batcher of its own."""
         self._retiring: set[asyncio.Task[None]] = set()
         self._computing: set[asyncio.Future[InferResponse]] = set()
         self.states: dict[str, ModelState] = {}
@@ -125,12 +146,16 @@ class ModelHost:
     # -- lifecycle -------------------------------------------------------------
 
     def load_all(self) -> list[ModelState]:
-        """Load every served version; a model that fails is recorded, not fatal
-        (:func:`model_states`)."""
-        self.states = model_states(self.repository, self.local)
-        return list(self.states.values())
+        """Load what the model control mode loads at start: every served version
+        (``none``, :func:`model_states`; ``poll``) or ``load_models`` (``explicit``);
+        a model that fails is recorded, not fatal."""
+        if self.settings.model_control == "none":
+            self.states = model_states(self.repository, self.local)
+            return list(self.states.values())
+        return self.control.start()
 
     async def close(self) -> None:
+        await self.control.close()
         await self.idempotency.close()
         if self._computing:  # computations that outlived their callers' timeouts
             await asyncio.gather(*list(self._computing), return_exceptions=True)
@@ -210,8 +235,11 @@ class ModelHost:
             task.exception()  # retrieved: a caller still waiting re-raises it
 
     async def _infer(self, request: InferRequest) -> InferResponse:
-        if request.model not in self.states:
+        state = self.states.get(request.model)
+        if state is None:
             self.config(request.model)  # raises ModelNotFoundError naming the models
+        elif not state.ready and self.settings.model_control != "none":
+            raise ModelLoadError(f"model {clip(request.model)} is not ready: {state.error}")
         loaded = self.local.load(request.model, request.version)
         size = loaded.validator.validate(request.inputs)
         started = time.perf_counter()
@@ -261,11 +289,11 @@ class ModelHost:
         """
         if not self.settings.dynamic_batching or loaded.limit <= 0:
             return None
-        batcher = self._batchers.get(loaded.label)
+        batcher = self._batchers.get(id(loaded))
         if batcher is None:
             self._retire_batchers()
             config = loaded.entry.config.dynamic_batching
-            batcher = self._batchers[loaded.label] = DynamicBatcher(
+            batcher = self._batchers[id(loaded)] = DynamicBatcher(
                 loaded,
                 self.executor,
                 max_batch_size=loaded.limit,
@@ -275,10 +303,14 @@ class ModelHost:
             )
         return batcher
 
+    def retire_batchers(self) -> None:
+        """Close, once drained, the batchers of versions no longer served (after a swap)."""
+        self._retire_batchers()
+
     def _retire_batchers(self) -> None:
-        held = {m.label for m in self.local.loaded()}
-        for label in [label for label in self._batchers if label not in held]:
-            task = asyncio.create_task(self._batchers.pop(label).close())
+        held = {id(m) for m in self.local.loaded()}
+        for key in [key for key in self._batchers if key not in held]:
+            task = asyncio.create_task(self._batchers.pop(key).close())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 

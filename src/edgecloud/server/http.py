@@ -21,7 +21,9 @@ from ..errors import (
     AuthenticationError,
     EdgecloudError,
     InvalidRequestError,
+    ModelNotFoundError,
     PayloadTooLargeError,
+    clip,
 )
 from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
@@ -30,10 +32,18 @@ from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .host import ModelState
 from .metrics import ServerMetrics, model_label
+from .model_control import ModelControl
 from .openapi import openapi_document
 from .settings import ServerSettings
 
-__all__ = ["EXTENSIONS", "OFFLOAD_BYTES", "HttpApp", "model_metadata", "triton_config"]
+__all__ = [
+    "EXTENSIONS",
+    "OFFLOAD_BYTES",
+    "REPOSITORY_EXTENSION",
+    "HttpApp",
+    "model_metadata",
+    "triton_config",
+]
 
 #: Bodies larger than this are decoded in a worker thread: a 64 MiB JSON body
 #: takes about 0.5 s to parse (2 s with NaN literals, which need the stdlib
@@ -50,6 +60,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+#: Triton's repository extension: advertised by hosts with model control (the server).
+REPOSITORY_EXTENSION = "model_repository"
 JSON = [(b"content-type", b"application/json")]
 LIVE = b'{"live":true}'
 READY = b'{"ready":true}'
@@ -145,8 +157,10 @@ class HttpApp:
         self.metrics = host.metrics
         self._token = token.encode() if token else None
         self._openapi = dumps(openapi_document(__version__))
+        control = getattr(host, "control", None) is not None
+        extensions = [*EXTENSIONS, REPOSITORY_EXTENSION] if control else EXTENSIONS
         self._server_metadata = dumps(
-            {"name": "edgecloud", "version": __version__, "extensions": EXTENSIONS}
+            {"name": "edgecloud", "version": __version__, "extensions": extensions}
         )
         self.ready = False
 
@@ -181,6 +195,9 @@ class HttpApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                control = getattr(self.host, "control", None)
+                if control is not None:
+                    control.begin()
                 self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -205,6 +222,8 @@ class HttpApp:
             return 200, self._server_metadata, JSON
         if parts[:2] == ["v2", "models"] and len(parts) >= 3:
             return await self._model_route(method, parts[2:], scope, receive)
+        if parts[:2] == ["v2", "repository"]:
+            return await self._repository_route(method, parts[2:], scope, receive)
         if parts == ["metrics"]:
             _allow(method, "GET", scope)
             return 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
@@ -259,11 +278,43 @@ class HttpApp:
             return (200 if ready else 503), dumps({"name": model, "ready": ready}), JSON
         return 200, dumps(triton_config(self.host.config(model))), JSON
 
+    async def _repository_route(
+        self, method: str, rest: list[str], scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[Any]]:
+        """Triton's model repository extension (``extension_model_repository.md``):
+        ``POST /v2/repository/index`` -> a JSON array of ``{name, version, state,
+        reason}``; ``POST /v2/repository/models/{m}/load`` and ``.../unload`` -> 200
+        with an empty body, or ``{"error": ...}`` with the error's status."""
+        control: ModelControl | None = getattr(self.host, "control", None)
+        index = rest == ["index"]
+        action = rest[2] if len(rest) == 3 and rest[0] == "models" else ""
+        if control is None or not (index or action in ("load", "unload")):
+            raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+        _allow(method, "POST", scope)
+        body = _json_object(await self._read_body(scope, None, receive), scope["path"])
+        if index:
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidRequestError(f"'ready' must be true or false, not {ready!r}")
+            return 200, dumps(control.index(ready)), JSON
+        parameters = body.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidRequestError("'parameters' must be a JSON object")
+        if action == "load":
+            await control.load(rest[1], dict(parameters))
+        else:
+            await control.unload(rest[1], dict(parameters))
+        return 200, b"", JSON
+
     def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
         """Model metadata; ModelNotFoundError (404) for an unknown model or a
         version not served (:meth:`ModelState.metadata_versions`, also gRPC's)."""
         config = self.host.config(model)
-        return model_metadata(config, self.host.states[model].metadata_versions(version))
+        state = self.host.states.get(model)
+        if state is None:  # unloaded since config() found it
+            self.host.config(model)
+            raise ModelNotFoundError(f"no model {clip(model)} on this server")
+        return model_metadata(config, state.metadata_versions(version))
 
     async def _infer(
         self, model: str, version: str | None, scope: Scope, receive: Receive
@@ -373,6 +424,20 @@ class HttpApp:
 
 def _error(message: str) -> bytes:
     return dumps({"error": message})
+
+
+def _json_object(body: bytes, path: str) -> dict[str, Any]:
+    """A control request's body: empty (tritonclient sends none for the index) or a
+    JSON object; anything else is 400."""
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the body of {path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"the body of {path} must be a JSON object")
+    return value
 
 
 def _allow(method: str, allowed: str, scope: Scope) -> None:

@@ -183,6 +183,46 @@ def _model_paths(prefix: str) -> dict[str, Any]:
     }
 
 
+def _repository_paths() -> dict[str, Any]:
+    """Triton's model repository extension (``serve --model-control``)."""
+    model = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+    body = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    index = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {k: {"type": "string"} for k in ("name", "version", "state", "reason")},
+        },
+    }
+    control = {"200": {"description": "done (empty body)"}, **_ERRORS}
+    return {
+        "/v2/repository/index": {
+            "post": {
+                "summary": "Repository index: each model version's state (READY, "
+                'UNAVAILABLE) and why; body {"ready": true} lists only ready ones',
+                "requestBody": body,
+                "responses": {"200": _json(index, "index")},
+            }
+        },
+        "/v2/repository/models/{model}/load": {
+            "post": {
+                "summary": "Load or reload a model (--model-control explicit)",
+                "parameters": model,
+                "requestBody": body,
+                "responses": control,
+            }
+        },
+        "/v2/repository/models/{model}/unload": {
+            "post": {
+                "summary": "Unload a model (--model-control explicit); running requests finish",
+                "parameters": model,
+                "requestBody": body,
+                "responses": control,
+            }
+        },
+    }
+
+
 def openapi_document(version: str) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
@@ -228,6 +268,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {"200": {"description": "configuration"}, **_ERRORS},
                 }
             },
+            **_repository_paths(),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

@@ -142,6 +142,19 @@ class ServerSettings(BaseModel):
     fleet_keys: Path | None = None
     """Keys directory whose ``timestamp.pem`` (the online key) re-signs the served
     repository's timestamp when half its validity has passed; needs ``fleet``."""
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    """Triton's model control modes (``--model-control-mode``): ``none`` loads every
+    model at start and never changes them; ``poll`` rescans the repository every
+    ``poll_interval_s`` and loads new, changed (sha256) and removed versions;
+    ``explicit`` loads only ``load_models`` at start and others when a client asks
+    (``POST /v2/repository/models/{m}/load``). See :mod:`.model_control`."""
+    poll_interval_s: float = Field(default=5.0, gt=0, le=86400)
+    """Seconds between repository scans in ``poll`` mode (Triton's
+    ``--repository-poll-secs``); in ``explicit`` mode, how often a worker applies
+    loads and unloads another worker received."""
+    load_models: list[str] = Field(default_factory=list)
+    """Models to load at start in ``explicit`` mode (Triton's ``--load-model``;
+    ``*`` loads all)."""
 
     @field_validator("grpc_port", mode="before")
     @classmethod
@@ -152,6 +165,14 @@ class ServerSettings(BaseModel):
             return None if int(value) < 0 else value
         except (TypeError, ValueError):
             return value  # pydantic reports it
+
+    @field_validator("load_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``EDGECLOUD_SERVER_LOAD_MODELS=a,b`` (the environment gives one string)."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
