@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -38,6 +36,9 @@ from ..tensors import (
 from ..wire.values import utf8_error
 from .base import Backend, check_rows
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "LoadedModel",
@@ -395,6 +396,9 @@ class LocalBackend(Backend):
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """Run in this backend's thread pool (onnxruntime releases the GIL)."""
+        import asyncio  # here, not at import: asyncio loads ssl (+7 MB RSS on the edge)
+        from concurrent.futures import ThreadPoolExecutor
+
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="edgecloud-local"
