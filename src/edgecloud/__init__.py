@@ -65,10 +65,10 @@ if TYPE_CHECKING:
         OutboxFullError,
         OutboxStorageError,
         ShapedLink,
-        calibrate,
         prefer_local,
         prefer_remote,
     )
+    from .routing.calibrate import calibrate
     from .tensors import (
         InferRequest,
         InferResponse,

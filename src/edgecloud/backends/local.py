@@ -22,14 +22,12 @@ from ..errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from ..repository import ModelConfig, ModelRepository, ModelVersion
-from ..samples import built_size_error
+from ..repository import ModelRepository, ModelVersion
 from ..tensors import (
     InferRequest,
     InferResponse,
     InputValidator,
     Span,
-    TensorSpec,
     Trace,
     numpy_dtype,
 )
@@ -39,6 +37,10 @@ from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    from .._config_models import ModelConfig
+    from .._edge_config import EdgeModelConfig
+    from ..tensors import Spec
 
 __all__ = [
     "LoadedModel",
@@ -67,7 +69,8 @@ def default_providers() -> list[str]:
 class LoadedModel:
     """A ready onnxruntime session for one model version, with its checks."""
 
-    entry: ModelVersion
+    entry: ModelVersion[EdgeModelConfig]
+    """The version, its config read on the edge path (no pydantic: see _edge_config)."""
     session: ort.InferenceSession
     validator: InputValidator
     output_names: list[str]
@@ -264,7 +267,7 @@ class LocalBackend(Backend):
         cached = self._latest.get(model) if number is None else self._models.get((model, number))
         if cached is not None:
             return cached
-        entry = self.repository.get(model, number, verify=False)
+        entry = self.repository.get(model, number, verify=False, lean=True)
         key = (entry.name, entry.version)
         with self._lock:
             loaded = self._models.get(key)
@@ -282,7 +285,9 @@ class LocalBackend(Backend):
         loaded while versions are hot-swapped in would stay in memory.
         """
         served = set(
-            self.repository.config(model).version_policy.select(self.repository.versions(model))
+            self.repository.config(model, lean=True).version_policy.select(
+                self.repository.versions(model)
+            )
         )
         for key in [k for k in self._models if k[0] == model and k[1] not in served]:
             del self._models[key]
@@ -301,7 +306,7 @@ class LocalBackend(Backend):
         """Sessions currently held."""
         return list(self._models.values())
 
-    def _open(self, entry: ModelVersion) -> LoadedModel:
+    def _open(self, entry: ModelVersion[EdgeModelConfig]) -> LoadedModel:
         if self.verify:
             entry.verify()
         options = ort.SessionOptions()
@@ -345,7 +350,7 @@ class LocalBackend(Backend):
             _warm_up(loaded)
         return loaded
 
-    def _wants_torch(self, entry: ModelVersion) -> bool:
+    def _wants_torch(self, entry: ModelVersion[EdgeModelConfig]) -> bool:
         """Whether this version runs through torch on CUDA (see torch_runner)."""
         if self.device == "cpu":
             return False
@@ -364,7 +369,9 @@ class LocalBackend(Backend):
         return self._cuda and has_script
 
     @staticmethod
-    def _check_declared(entry: ModelVersion, session: ort.InferenceSession) -> None:
+    def _check_declared(
+        entry: ModelVersion[EdgeModelConfig], session: ort.InferenceSession
+    ) -> None:
         actual = {i.name for i in session.get_inputs()}
         declared = {i.name for i in entry.config.inputs}
         outputs = {o.name for o in session.get_outputs()}
@@ -480,7 +487,7 @@ def _as_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return out
 
 
-def warm_up_shapes(config: ModelConfig) -> dict[str, list[int]]:
+def warm_up_shapes(config: ModelConfig | EdgeModelConfig) -> dict[str, list[int]]:
     """The full shapes of the warm-up request (one row; variable dimensions 1)."""
     return {
         spec.name: [1 if d == -1 else d for d in spec.full_shape(config.batched)]
@@ -494,6 +501,8 @@ def _warm_up(loaded: LoadedModel) -> None:
     config = loaded.entry.config
     if any(spec.datatype == "BYTES" for spec in config.inputs):
         return
+    from ..samples import built_size_error
+
     error = built_size_error(config, warm_up_shapes(config), "warm-up")
     if error is not None:  # best effort: a model too large to warm up is loaded cold
         log.debug("warm-up of %s skipped: %s", loaded.label, error.message)
@@ -537,7 +546,7 @@ def version_number(version: int | str | None, model: str = "") -> int | None:
 
 
 def empty_answers(
-    specs: Sequence[TensorSpec], batched: frozenset[str], model_batches: bool
+    specs: Sequence[Spec], batched: frozenset[str], model_batches: bool
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Each output's answer to an empty batch, where it is known without a run.
 
