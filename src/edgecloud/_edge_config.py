@@ -149,13 +149,13 @@ _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
 #: YAML 1.1 words PyYAML's SafeLoader resolves to booleans besides true/false.
 _BOOL_WORDS = frozenset(
-    w for base in ("yes", "no", "on", "off", "y", "n") for w in (base, base.title(), base.upper())
+    w for base in ("yes", "no", "on", "off") for w in (base, base.title(), base.upper())
 )
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+(?:e[-+][0-9]+)?")
 #: A plain string no resolver of YAML 1.1 or the Loader's 1.2 floats can claim:
-#: it starts with a letter and holds no indicator that changes its meaning.
-_STRING = re.compile(r"[A-Za-z][^\t#:'\"]*")
+#: it starts with a letter (any script) and holds no indicator that changes its meaning.
+_STRING = re.compile(r"[^\W\d_][^\t#:\"]*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Characters PyYAML's reader refuses (``yaml.reader.Reader.NON_PRINTABLE``) or reads
 #: as line breaks (NEL, LS, PS), and the byte-order mark: all left to PyYAML.
@@ -195,44 +195,64 @@ def parse_plain_yaml(text: str) -> Any:
     """The document ``yaml.load(text, Loader)`` gives, for the plain block subset; else UNSURE."""
     if _ODD.search(text):
         return UNSURE
-    lines: list[tuple[int, str]] = []
+    lines: list[tuple[int, str, bool]] = []
+    gap = False  # a blank or comment line came before this one (it would end a folded scalar)
     for raw in text.split("\n"):
         line = raw.rstrip(" ")
         stripped = line.lstrip(" ")
         if not stripped or stripped.startswith("#"):
+            gap = True
             continue
         if "\t" in line or "\r" in line or " #" in line:
             return UNSURE
-        lines.append((len(line) - len(stripped), stripped))
+        lines.append((len(line) - len(stripped), stripped, gap))
+        gap = False
     if not lines or lines[0][0] != 0:
         return UNSURE
     value, end = _block(lines, 0, 0)
     return value if end == len(lines) else UNSURE
 
 
-def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]:
+def _block(lines: list[tuple[int, str, bool]], i: int, indent: int) -> tuple[Any, int]:
     """The node starting at line ``i`` (indented ``indent``) and the line after it."""
     if lines[i][1].startswith("- ") or lines[i][1] == "-":
         return _sequence(lines, i, indent)
     return _mapping(lines, i, indent)
 
 
-def _sequence(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]:
+def _sequence(lines: list[tuple[int, str, bool]], i: int, indent: int) -> tuple[Any, int]:
     items: list[Any] = []
     while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("- "):
         rest = lines[i][1][2:]
-        if ":" in rest:  # "- key: value" opens a mapping two columns in
-            lines[i] = (indent + 2, rest)
+        if ":" in rest and rest[0] != "'":  # "- key: value" opens a mapping two columns in
+            lines[i] = (indent + 2, rest, lines[i][2])
             value, i = _mapping(lines, i, indent + 2)
         else:
-            value, i = _scalar(rest), i + 1
+            value, i = _folded(lines, i + 1, indent, rest)
         if value is UNSURE:
             return UNSURE, i
         items.append(value)
     return items, i
 
 
-def _mapping(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]:
+def _folded(lines: list[tuple[int, str, bool]], i: int, indent: int, first: str) -> tuple[Any, int]:
+    """The scalar ``first`` with the plain continuation lines from line ``i`` (indented
+    more than ``indent``) folded in, one space each, as ``yaml.safe_dump`` wraps long
+    strings; and the line after it. UNSURE unless every part is a plain string."""
+    parts = [first]
+    while i < len(lines) and lines[i][0] > indent:
+        if lines[i][2] or not _STRING.fullmatch(lines[i][1]):
+            return UNSURE, i
+        parts.append(lines[i][1])
+        i += 1
+    text = " ".join(parts)
+    value = _scalar(text)
+    if len(parts) > 1 and (not isinstance(value, str) or value != text or first[0] == "'"):
+        return UNSURE, i
+    return value, i
+
+
+def _mapping(lines: list[tuple[int, str, bool]], i: int, indent: int) -> tuple[Any, int]:
     out: dict[str, Any] = {}
     while i < len(lines) and lines[i][0] == indent:
         key, sep, rest = lines[i][1].partition(":")
@@ -243,7 +263,7 @@ def _mapping(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, in
         rest = rest.strip(" ")
         i += 1
         if rest:
-            value = _scalar(rest)
+            value, i = _folded(lines, i, indent, rest)
         elif i < len(lines) and (
             lines[i][0] > indent or (lines[i][0] == indent and lines[i][1].startswith("- "))
         ):
