@@ -159,7 +159,7 @@ _STRING = re.compile(r"[^\W\d_][^\t#:\"]*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Characters PyYAML's reader refuses (``yaml.reader.Reader.NON_PRINTABLE``) or reads
 #: as line breaks (NEL, LS, PS), and the byte-order mark: all left to PyYAML.
-_ODD = re.compile(
+_ODD = (
     "[^\\x0a\\x20-\\x7e\\xa0-\\ud7ff\\ue000-\\ufefe\\uff00-\\ufffd\\U00010000-\\U0010ffff]"
     "|[\\u2028\\u2029]"
 )
@@ -193,8 +193,8 @@ def _scalar(text: str) -> Any:
 
 def parse_plain_yaml(text: str) -> Any:
     """The document ``yaml.load(text, Loader)`` gives, for the plain block subset; else UNSURE."""
-    if _ODD.search(text):
-        return UNSURE
+    if not (text.isascii() and text.replace("\n", "").isprintable()) and re.search(_ODD, text):
+        return UNSURE  # (ASCII text skips compiling the pattern: the edge's cold start)
     lines: list[tuple[int, str, bool]] = []
     gap = False  # a blank or comment line came before this one (it would end a folded scalar)
     for raw in text.split("\n"):

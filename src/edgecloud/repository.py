@@ -44,7 +44,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -427,6 +426,8 @@ class ModelRepository:
         (:func:`edgecloud.samples.load_samples`, ConfigError naming the file)
         before the version appears. Returns the verified new version.
         """
+        import shutil  # here, with the other writers' needs: off the edge's import path
+
         model_dir = self.root / name
         from .triton_config import is_triton_model
 
@@ -649,6 +650,8 @@ class ModelRepository:
         number: int,
         metadata: Mapping[str, Any],
     ) -> None:
+        import shutil
+
         hashes = {}
         for rel, source in files.items():
             target = directory / rel
@@ -823,6 +826,8 @@ class _Journal:
         fails (OSError) leaves the record in place for that retry, and never
         hides the error that caused the roll-back.
         """
+        import shutil
+
         complete = True
         touched = {str(model) for model, _ in self.data["versions"]}
         for model, version in self.data["versions"]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -36,6 +35,7 @@ from .base import Backend, check_rows
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
 
 if TYPE_CHECKING:
+    import logging
     from concurrent.futures import ThreadPoolExecutor
 
     from .._config_models import ModelConfig
@@ -52,7 +52,15 @@ __all__ = [
     "version_number",
 ]
 
-log = logging.getLogger(__name__)
+
+def _log() -> logging.Logger:
+    """This module's logger; logging is imported on first use (a warm-up skipped), not on
+    the edge's import path (logging + traceback + string: ~10 ms of its cold start)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
+
 _clock = time.perf_counter
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -505,7 +513,7 @@ def _warm_up(loaded: LoadedModel) -> None:
 
     error = built_size_error(config, warm_up_shapes(config), "warm-up")
     if error is not None:  # best effort: a model too large to warm up is loaded cold
-        log.debug("warm-up of %s skipped: %s", loaded.label, error.message)
+        _log().debug("warm-up of %s skipped: %s", loaded.label, error.message)
         return
     inputs: Arrays = {
         name: np.zeros(shape, dtype=numpy_dtype(spec.datatype))
@@ -516,7 +524,7 @@ def _warm_up(loaded: LoadedModel) -> None:
     try:
         loaded._run(loaded.output_names, inputs, quiet)
     except Exception as exc:  # some graphs reject zeros; warm-up is best effort
-        log.debug("warm-up of %s skipped: %s", loaded.label, exc)
+        _log().debug("warm-up of %s skipped: %s", loaded.label, exc)
 
 
 def version_number(version: int | str | None, model: str = "") -> int | None:
