@@ -122,6 +122,8 @@ BAD_CONFIGS: dict[str, Any] = {
     "no inputs": {"inputs": None},
     "name mismatch": {"name": "other"},
     "name int": {"name": 5},
+    "metric over float range": {"metrics": {"acc": 10**400}},
+    "metric big int": {"metrics": {"acc": 2**60}},
 }
 
 
@@ -132,6 +134,7 @@ COERCED = {
     "float dim",
     "bool dim",
     "metrics bool",
+    "metric big int",
     "batch as bool",
     "batch as string",
 }
@@ -144,6 +147,14 @@ def test_bad_configs_fail_alike(case: str) -> None:
     assert lean == full
     if case not in COERCED:
         assert isinstance(lean, tuple), lean
+
+
+def test_a_5000_digit_number_is_a_clear_error() -> None:
+    """Python refuses to convert it (4300+ digits): a ModelLoadError, not a traceback."""
+    text = yaml.safe_dump(BASE, sort_keys=False).replace("  - 4\n", f"  - {'9' * 5000}\n", 1)
+    lean, full = both(text)
+    assert lean == full
+    assert isinstance(lean, tuple) and "4300 digits" in lean[1], lean
 
 
 GOOD_CONFIGS: dict[str, Any] = {

@@ -178,7 +178,7 @@ def _scalar(text: str) -> Any:
     if text == "{}":
         return {}
     if _INT.fullmatch(text):
-        return int(text)
+        return int(text) if len(text) <= 100 else UNSURE  # Python refuses 4300+ digits
     if _FLOAT.fullmatch(text):
         return float(text)
     if len(text) >= 2 and text[0] == text[-1] == "'":
@@ -377,7 +377,8 @@ def lean_config(data: Any) -> EdgeModelConfig | None:
     if policy is None or batching is UNSURE or type(description) is not str:
         return None
     if type(metrics) is not dict or not all(
-        type(k) is str and type(v) in (int, float) for k, v in metrics.items()
+        type(k) is str and (type(v) is float or _is_int(v, -(2**53), 2**53))
+        for k, v in metrics.items()
     ):
         return None
     if type(metadata) is not dict or not all(
@@ -464,7 +465,7 @@ def _read_pydantic(text: str, name: str, path: Path) -> ModelConfig:
 
     try:
         config = ModelConfig.model_validate(yaml.load(text, Loader=Loader))
-    except (yaml.YAMLError, ValidationError) as exc:
+    except (yaml.YAMLError, ValidationError, ValueError) as exc:  # ValueError: 4300+ digits
         raise ModelLoadError(f"model {name!r}: invalid config {path}: {_one_line(exc)}") from exc
     _check_name(config.name, name, path)
     return config
