@@ -123,3 +123,15 @@ def test_edge_request_on_a_config_the_lean_reader_leaves_to_pydantic(
     out = _loaded_by_edge_path(str(repo.root), {"affine": {"x": ([2, 4], "float32")}})
     assert "IMPORT: []" in out, out
     assert "pydantic" in out.split("LOADED:")[1], out
+
+
+def test_lazy_package_names() -> None:
+    """Every public name resolves (tests/test_public_api.py) and lists; others do not."""
+    import pytest
+
+    import edgecloud
+
+    assert set(edgecloud.__all__) <= set(dir(edgecloud))
+    assert edgecloud.ModelLoadError is __import__("edgecloud.errors").errors.ModelLoadError
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = edgecloud.no_such_name  # type: ignore[attr-defined]
