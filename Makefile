@@ -44,6 +44,7 @@ zoo: $(VENV)/.demo-deps
 
 bench: $(VENV)/.dev-deps system-deps zoo
 	$(PY) bench/local_overhead.py --repo $(REPO)
+	$(PY) bench/edge_footprint.py --repo $(REPO)
 	$(PY) bench/router_overhead.py --repo $(REPO)
 	$(PY) bench/cascade.py --repo $(REPO)
 	$(PY) bench/hybrid_network.py --repo $(REPO)

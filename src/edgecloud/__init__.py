@@ -1,82 +1,135 @@
 """edgecloud: run ML inference on the device, on a server, or split between them.
 
 The public surface lives here; modules beginning with ``_`` are private.
+
+Importing the package is cheap: each public name is imported from its module
+on first use (PEP 562 ``__getattr__``), so ``import edgecloud`` followed by a
+:class:`LocalBackend` request loads numpy, onnxruntime and the modules that
+request needs — not pydantic, PyYAML, the routing, deployment and remote
+backends (see ``tests/test_edge_imports.py``, ``bench/edge_footprint.py``).
 """
 
 from __future__ import annotations
 
-from .backends.base import Backend, FunctionBackend
-from .backends.local import LocalBackend
-from .backends.remote import RemoteBackend
-from .deployment import Deployment, DeploymentSpec, load
-from .errors import (
-    AuthenticationError,
-    CompressionError,
-    ConfigError,
-    ConflictError,
-    DatatypeMismatchError,
-    DeadlineExceededError,
-    DeltaError,
-    EdgecloudError,
-    IdempotencyKeyReuseError,
-    InferenceError,
-    InvalidRequestError,
-    MissingDependencyError,
-    MissingInputError,
-    ModelLoadError,
-    ModelNotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    PrivacyError,
-    PublishConflictError,
-    RateLimitedError,
-    ShapeMismatchError,
-    StructureChanged,
-    TensorValueError,
-    UnavailableError,
-    UnknownInputError,
-    UnsupportedDatatypeError,
-    UpdateError,
-    UpdateRepositoryError,
-)
-from .repository import (
-    DynamicBatching,
-    ModelConfig,
-    ModelRepository,
-    ModelStatus,
-    ModelVersion,
-    VersionPolicy,
-    config_from_onnx,
-)
-from .routing import (
-    AuditLog,
-    Backoff,
-    Cascade,
-    CircuitBreaker,
-    Fallback,
-    Fastest,
-    Guard,
-    Outbox,
-    OutboxFullError,
-    OutboxStorageError,
-    ShapedLink,
-    calibrate,
-    prefer_local,
-    prefer_remote,
-)
-from .tensors import (
-    InferRequest,
-    InferResponse,
-    RequestContext,
-    Sensitivity,
-    Span,
-    TensorSpec,
-    Trace,
-    datatype_of,
-    numpy_dtype,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends.base import Backend, FunctionBackend
+    from .backends.local import LocalBackend
+    from .backends.remote import RemoteBackend
+    from .deployment import Deployment, DeploymentSpec, load
+    from .errors import (
+        AuthenticationError,
+        CompressionError,
+        ConfigError,
+        ConflictError,
+        DatatypeMismatchError,
+        DeadlineExceededError,
+        EdgecloudError,
+        IdempotencyKeyReuseError,
+        InferenceError,
+        InvalidRequestError,
+        MissingDependencyError,
+        MissingInputError,
+        ModelLoadError,
+        ModelNotFoundError,
+        PayloadTooLargeError,
+        PermissionDeniedError,
+        PrivacyError,
+        RateLimitedError,
+        ShapeMismatchError,
+        TensorValueError,
+        UnavailableError,
+        UnknownInputError,
+        UnsupportedDatatypeError,
+        UpdateError,
+        StructureChanged,
+        DeltaError,
+        PublishConflictError,
+        UpdateRepositoryError,
+    )
+    from .repository import (
+        DynamicBatching,
+        ModelConfig,
+        ModelRepository,
+        ModelStatus,
+        ModelVersion,
+        VersionPolicy,
+        config_from_onnx,
+    )
+    from .routing import (
+        AuditLog,
+        Backoff,
+        Cascade,
+        CircuitBreaker,
+        Fallback,
+        Fastest,
+        Guard,
+        Outbox,
+        OutboxFullError,
+        OutboxStorageError,
+        ShapedLink,
+        prefer_local,
+        prefer_remote,
+    )
+    from .routing.calibrate import calibrate
+    from .tensors import (
+        InferRequest,
+        InferResponse,
+        RequestContext,
+        Sensitivity,
+        Span,
+        TensorSpec,
+        Trace,
+        datatype_of,
+        numpy_dtype,
+    )
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "AuditLog": ".routing",
+    "Backend": ".backends.base",
+    "Backoff": ".routing",
+    "Cascade": ".routing",
+    "CircuitBreaker": ".routing",
+    "Deployment": ".deployment",
+    "DeploymentSpec": ".deployment",
+    "DynamicBatching": ".repository",
+    "Fallback": ".routing",
+    "Fastest": ".routing",
+    "FunctionBackend": ".backends.base",
+    "Guard": ".routing",
+    "InferRequest": ".tensors",
+    "InferResponse": ".tensors",
+    "LocalBackend": ".backends.local",
+    "ModelConfig": ".repository",
+    "ModelRepository": ".repository",
+    "ModelStatus": ".repository",
+    "ModelVersion": ".repository",
+    "Outbox": ".routing",
+    "OutboxFullError": ".routing",
+    "OutboxStorageError": ".routing",
+    "RemoteBackend": ".backends.remote",
+    "RequestContext": ".tensors",
+    "Sensitivity": ".tensors",
+    "ShapedLink": ".routing",
+    "Span": ".tensors",
+    "TensorSpec": ".tensors",
+    "Trace": ".tensors",
+    "VersionPolicy": ".repository",
+    "calibrate": ".routing",
+    "config_from_onnx": ".repository",
+    "datatype_of": ".tensors",
+    "load": ".deployment",
+    "numpy_dtype": ".tensors",
+    "prefer_local": ".routing",
+    "prefer_remote": ".routing",
+}
+"""Public name -> the module (relative to this package) that defines it; every other
+name of ``__all__`` is an error class of :mod:`edgecloud.errors` (one tree, many names:
+a new error is added to ``errors.py``, the TYPE_CHECKING import above and ``__all__``)."""
 
 __all__ = [
     "AuditLog",
@@ -90,7 +143,6 @@ __all__ = [
     "ConflictError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
-    "DeltaError",
     "Deployment",
     "DeploymentSpec",
     "DynamicBatching",
@@ -119,7 +171,6 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PrivacyError",
-    "PublishConflictError",
     "RateLimitedError",
     "RemoteBackend",
     "RequestContext",
@@ -127,7 +178,6 @@ __all__ = [
     "ShapeMismatchError",
     "ShapedLink",
     "Span",
-    "StructureChanged",
     "TensorSpec",
     "TensorValueError",
     "Trace",
@@ -135,6 +185,9 @@ __all__ = [
     "UnknownInputError",
     "UnsupportedDatatypeError",
     "UpdateError",
+    "StructureChanged",
+    "DeltaError",
+    "PublishConflictError",
     "UpdateRepositoryError",
     "VersionPolicy",
     "__version__",
@@ -146,3 +199,17 @@ __all__ = [
     "prefer_local",
     "prefer_remote",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and cache the name here (PEP 562)."""
+    module = _EXPORTS.get(name) or (".errors" if name in __all__ else None)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -158,7 +159,7 @@ def infer(
     _repo(repo)
     with LocalBackend(repo, intra_op_threads=threads) as local:
         loaded = local.load(model, model_version)
-        inputs = load_inputs(input, loaded.entry.config)
+        inputs = load_inputs(input, local.repository.config(model))
         response = local.infer(InferRequest(model, inputs, version=model_version))
         print_response(response, loaded.entry.config.labels)
 
@@ -1109,7 +1110,7 @@ def demo(repo: RepoOption = DEFAULT_REPO) -> None:
     run_demo(ModelRepository(repo), console)
 
 
-def print_response(response: InferResponse, labels: list[str] | None) -> None:
+def print_response(response: InferResponse, labels: Sequence[str] | None) -> None:
     console.print(f"[bold]{response.model}[/] version {response.version}")
     for name, array in response.outputs.items():
         console.print(f"[cyan]{name}[/] {list(array.shape)} {array.dtype}")

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import time
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -416,6 +415,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     text = value.strip()
     if text.isascii() and text.isdigit():
         return min(float(int(text.lstrip("0")[:12] or 0)), MAX_RETRY_AFTER_S)
+    from email.utils import parsedate_to_datetime  # here: email costs the edge 1.7 MB RSS
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -44,24 +44,27 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from ._config_files import Loader
 from .errors import ConfigError, MissingDependencyError, ModelLoadError, ModelNotFoundError
-from .tensors import ONNX_TYPES, TensorSpec
+from .tensors import ONNX_TYPES
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultTypeVar
+
+    from ._config_models import DynamicBatching, ModelConfig, VersionPolicy
+    from ._edge_config import EdgeModelConfig
+    from .tensors import TensorSpec
     from .triton_config import TritonModel
+
+    C = DefaultTypeVar("C", bound="ModelConfig | EdgeModelConfig", default="ModelConfig")
+else:
+    C = TypeVar("C")
 
 __all__ = [
     "DynamicBatching",
@@ -91,6 +94,18 @@ LOCK_TIMEOUT_S = 600.0
 
 _VERSION_NAME = re.compile(r"[1-9][0-9]{0,18}")
 
+_PYDANTIC_MODELS = ("DynamicBatching", "ModelConfig", "VersionPolicy")
+
+
+def __getattr__(name: str) -> Any:
+    """The pydantic config models, imported on first use (PEP 562): see
+    :mod:`edgecloud._config_models`, which keeps pydantic off the edge path."""
+    if name in _PYDANTIC_MODELS:
+        from . import _config_models
+
+        return getattr(_config_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def version_number(directory_name: str) -> int | None:
     """The version a directory named ``directory_name`` holds, or None when it is not one.
@@ -105,109 +120,16 @@ def version_number(directory_name: str) -> int | None:
     return number if number <= INT64_MAX else None
 
 
-class VersionPolicy(BaseModel):
-    """Which versions on disk are served (Triton's ``version_policy``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["latest", "all", "specific"] = "latest"
-    """``latest``: the newest ``count``; ``all``; ``specific``: those in ``versions``."""
-    count: int = Field(default=1, ge=1, le=INT32_MAX)
-    """How many of the newest versions ``latest`` serves."""
-    versions: list[Annotated[int, Field(ge=1, le=INT64_MAX)]] = Field(default_factory=list)
-    """Versions served when ``kind`` is ``specific``."""
-
-    def select(self, on_disk: Iterable[int]) -> list[int]:
-        """The served versions among those on disk, ascending."""
-        ordered = sorted(on_disk)
-        if self.kind == "all":
-            return ordered
-        if self.kind == "specific":
-            return [v for v in ordered if v in self.versions]
-        return ordered[-self.count :]
-
-
-class DynamicBatching(BaseModel):
-    """Server-side merging of concurrent requests into one runtime call."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_queue_delay_us: int = Field(default=500, ge=0, le=INT64_MAX)
-    """Longest a request waits for companions before its batch runs."""
-    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(
-        default_factory=list
-    )
-    """Batch sizes to run as soon as they are reached."""
-
-
-class ModelConfig(BaseModel):
-    """Per-model configuration, stored as ``<repo>/<model>/config.yaml``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    """Model name; must equal its directory name."""
-    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
-    """Runtime that serves the model."""
-    max_batch_size: int = Field(default=0, ge=0, le=INT32_MAX)
-    """0: the model does not batch and shapes are full; >0: the largest batch
-    one runtime call takes, and shapes exclude the leading batch dimension.
-
-    >0 also promises that rows are independent: the server's dynamic batcher
-    merges concurrent requests into one call and splits the outputs back by
-    rows, so each row's output may depend only on that row (as in Triton). A
-    model that normalises over the batch, pools across it or otherwise mixes
-    rows (``y = x - mean(x, axis=0)``) answers differently when requests are
-    merged: give it ``max_batch_size: 0``, or serve with ``dynamic_batching`` off."""
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    labels: list[str] | None = None
-    """Class names for classifier outputs, index-aligned."""
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    dynamic_batching: DynamicBatching | None = None
-    """Server-side dynamic batching; None disables it."""
-    description: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
-    """Measured quality of the model, e.g. ``test_accuracy``."""
-    metadata: dict[str, str] = Field(default_factory=dict)
-    """Provenance: data set, seed, recipe, notes."""
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> ModelConfig:
-        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
-            names = [s.name for s in specs]
-            if len(set(names)) != len(names):
-                raise ValueError(f"duplicate {kind} names in {names}")
-            for spec in specs:
-                _check_bounds(kind, spec)
-        return self
-
-    @property
-    def batched(self) -> bool:
-        return self.max_batch_size > 0
-
-
-def _check_bounds(kind: str, spec: TensorSpec) -> None:
-    """Every integer of a tensor's declaration within what Triton's config and JSON carry:
-    dimensions up to :data:`INT64_MAX`, integer value bounds within int64/uint64."""
-    if any(dim > INT64_MAX for dim in spec.shape):
-        raise ValueError(
-            f"{kind} {spec.name!r}: dimension in {list(spec.shape)} exceeds {INT64_MAX} (int64)"
-        )
-    values = [spec.min_value, spec.max_value, *(spec.allowed_values or ())]
-    for value in values:
-        if isinstance(value, int) and not -(2**63) <= value <= 2**64 - 1:
-            raise ValueError(f"{kind} {spec.name!r}: value bound {value} exceeds 64 bits")
-
-
 @dataclass(frozen=True, slots=True)
-class ModelVersion:
+class ModelVersion(Generic[C]):
     """One version of a model on disk, with its config and manifest."""
 
     name: str
     version: int
     path: Path
-    config: ModelConfig
+    config: C
+    """The pydantic config (``ModelVersion[ModelConfig]``, the default), or its dataclass
+    twin on the edge path (``get(..., lean=True)``: ``ModelVersion[EdgeModelConfig]``)."""
     files: Mapping[str, str]
     """File name (relative to ``path``) -> sha256."""
     metadata: Mapping[str, Any]
@@ -348,38 +270,49 @@ class ModelRepository:
             )
         return ()
 
-    def config(self, name: str) -> ModelConfig:
+    @overload
+    def config(self, name: str, *, lean: Literal[False] = False) -> ModelConfig: ...
+    @overload
+    def config(self, name: str, *, lean: Literal[True]) -> EdgeModelConfig: ...
+    @overload
+    def config(self, name: str, *, lean: bool) -> ModelConfig | EdgeModelConfig: ...
+    def config(self, name: str, *, lean: bool = False) -> ModelConfig | EdgeModelConfig:
         """The model's config; ModelNotFoundError or ModelLoadError naming the file.
 
         A Triton model directory's ``config.pbtxt`` is read as it is
         (:mod:`edgecloud.triton_config`; MissingDependencyError without the
         ``triton`` extra).
-        """
-        from .triton_config import is_triton_model
 
+        ``lean``: the config as the edge path's frozen dataclass
+        (:class:`edgecloud._edge_config.EdgeModelConfig`), read without pydantic
+        or PyYAML when the file is in the plain form edgecloud writes; same
+        checks, same errors (:func:`edgecloud._edge_config.read_config`).
+        """
         directory = self._model_dir(name)
-        if is_triton_model(directory):
-            return self._triton_model(name).config
         path = directory / CONFIG_FILE
+        if not path.exists() and self.is_triton(name):  # triton_config: only without config.yaml
+            config = self._triton_model(name).config
+            if lean:
+                from ._edge_config import EdgeModelConfig
+
+                return EdgeModelConfig.from_model(config)
+            return config
         replaced = self._pending().old_files.get(str(path.relative_to(self.root)), b"")
         if replaced is None or (not replaced and not path.is_file()):
             raise ModelLoadError(f"model {name!r} has no config: {path} is missing")
         try:
-            raw = yaml.load(replaced.decode() if replaced else path.read_text(), Loader=Loader)
-            config = ModelConfig.model_validate(raw)
+            text = replaced.decode() if replaced else path.read_text()
         except OSError as exc:  # unreadable (permissions, I/O): this model only
             raise ModelLoadError(
                 f"model {name!r}: cannot read {path}: {exc.strerror or exc}"
             ) from exc
-        except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise ModelLoadError(
                 f"model {name!r}: invalid config {path}: {_one_line(exc)}"
             ) from exc
-        if config.name != name:
-            raise ModelLoadError(
-                f"model {name!r}: {path} names the model {config.name!r}; names must match"
-            )
-        return config
+        from ._edge_config import read_config
+
+        return read_config(text, name, path, lean=lean)
 
     def is_triton(self, name: str) -> bool:
         """Whether model ``name`` is a Triton model directory (read-only to edgecloud)."""
@@ -417,6 +350,7 @@ class ModelRepository:
         """Versions the model's version policy serves, ascending."""
         return self.config(name).version_policy.select(self.versions(name))
 
+    @overload
     def get(
         self,
         name: str,
@@ -424,19 +358,40 @@ class ModelRepository:
         *,
         verify: bool = True,
         served_only: bool = True,
-    ) -> ModelVersion:
+        lean: Literal[False] = False,
+    ) -> ModelVersion[ModelConfig]: ...
+    @overload
+    def get(
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        verify: bool = True,
+        served_only: bool = True,
+        lean: Literal[True],
+    ) -> ModelVersion[EdgeModelConfig]: ...
+    def get(
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        verify: bool = True,
+        served_only: bool = True,
+        lean: bool = False,
+    ) -> ModelVersion[Any]:
         """One version of a model; ``None`` or ``"latest"`` is the newest served one.
 
         ``served_only=False`` reaches every version on disk (tools such as
-        ``compress`` work on versions the policy does not serve).
+        ``compress`` work on versions the policy does not serve). ``lean``: its
+        config is the edge path's dataclass (see :meth:`config`).
         """
-        config = self.config(name)
+        config = self.config(name, lean=lean)
         on_disk = self.versions(name)
         served = config.version_policy.select(on_disk) if served_only else on_disk
         number = self._resolve_version(name, version, served, "served" if served_only else "")
         return self._entry(config, number, verify)
 
-    def _entry(self, config: ModelConfig, number: int, verify: bool) -> ModelVersion:
+    def _entry(self, config: C, number: int, verify: bool) -> ModelVersion[C]:
         path = self._model_dir(config.name) / str(number)
         if config.metadata.get("source") == "triton" and self.is_triton(config.name):
             model_file = self._triton_model(config.name).model_file
@@ -471,6 +426,8 @@ class ModelRepository:
         (:func:`edgecloud.samples.load_samples`, ConfigError naming the file)
         before the version appears. Returns the verified new version.
         """
+        import shutil  # here, with the other writers' needs: off the edge's import path
+
         model_dir = self.root / name
         from .triton_config import is_triton_model
 
@@ -498,6 +455,8 @@ class ModelRepository:
 
             with contextlib.ExitStack() as stack:
                 if isinstance(source, bytes):
+                    import tempfile
+
                     held = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".npz"))
                     held.write(source)
                     held.flush()
@@ -691,6 +650,8 @@ class ModelRepository:
         number: int,
         metadata: Mapping[str, Any],
     ) -> None:
+        import shutil
+
         hashes = {}
         for rel, source in files.items():
             target = directory / rel
@@ -865,6 +826,8 @@ class _Journal:
         fails (OSError) leaves the record in place for that retry, and never
         hides the error that caused the roll-back.
         """
+        import shutil
+
         complete = True
         touched = {str(model) for model, _ in self.data["versions"]}
         for model, version in self.data["versions"]:
@@ -990,6 +953,10 @@ def config_from_onnx(
     batch gets merged requests' rows into its answers; keep 0 for it.
     """
     import onnxruntime as ort
+    from pydantic import ValidationError
+
+    from ._config_models import ModelConfig
+    from .tensors import TensorSpec
 
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -1052,6 +1019,8 @@ def _onnx_dim(path: str | os.PathLike[str], kind: str, tensor: str, dim: Any) ->
 
 
 def _dump_config(config: ModelConfig) -> str:
+    import yaml
+
     data = config.model_dump(mode="json", exclude_defaults=False)
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -35,18 +35,23 @@ and what to fix.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._config_files import checked_path, path_error
 from .errors import ConfigError, InvalidRequestError
-from .repository import SAMPLES_FILE, ModelConfig, ModelVersion
-from .tensors import InputValidator, TensorSpec, numpy_dtype
+from .repository import SAMPLES_FILE, ModelVersion
+from .tensors import InputValidator, numpy_dtype
+
+if TYPE_CHECKING:
+    import zipfile
+
+    from ._config_models import ModelConfig
+    from ._edge_config import EdgeModelConfig
+    from .tensors import TensorSpec
 
 __all__ = [
     "BUILT_BYTES",
@@ -110,6 +115,8 @@ def load_samples(path: str | os.PathLike[str], config: ModelConfig) -> Samples:
     model does not take, has an array of the wrong datatype or shape, rows
     that disagree, no rows, or ``labels`` that are not 1-D with one per row.
     """
+    from ._config_files import checked_path  # PyYAML + pydantic: off the edge path
+
     file = checked_path(Path(path), "file", "samples file")
     fix = f"expected a .npz file (numpy.savez) with {expected_inputs(config)}"
     arrays = _read_npz(file, fix)
@@ -158,7 +165,7 @@ one of those allocations fail or exhaust the host's memory."""
 
 
 def built_size_error(
-    config: ModelConfig, shapes: dict[str, list[int]], purpose: str
+    config: ModelConfig | EdgeModelConfig, shapes: dict[str, list[int]], purpose: str
 ) -> ConfigError | None:
     """A ConfigError naming the largest input when building ``shapes`` (input name ->
     full shape, rows included) for ``config`` would take over :data:`BUILT_BYTES`;
@@ -188,6 +195,8 @@ def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
     Each member's header is checked first (:func:`_check_members`), so a forged
     or oversized array is refused before numpy allocates it.
     """
+    import zipfile  # here: zipfile (bz2, lzma) costs the edge 1.6 MB RSS
+
     try:
         with file.open("rb") as f:
             magic = f.read(6)
@@ -200,6 +209,8 @@ def _read_npz(file: Path, fix: str) -> dict[str, np.ndarray[Any, Any]]:
         with np.load(file, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except OSError as exc:
+        from ._config_files import path_error  # PyYAML + pydantic: off the edge path
+
         raise path_error(file, "file", "samples file", exc) from exc
     except ValueError as exc:
         # allow_pickle=False: a pickled object (array) or a file numpy cannot read at all
@@ -291,6 +302,8 @@ def read_npy(path: str | os.PathLike[str], what: str) -> np.ndarray[Any, Any]:
     or truncated), or more than :data:`MAX_NPZ_BYTES` (the samples cap).
     """
     from numpy.lib import format as npy
+
+    from ._config_files import checked_path  # PyYAML + pydantic: off the edge path
 
     file = checked_path(Path(path), "file", what)
     fix = "save one array with numpy.save"
@@ -396,6 +409,8 @@ def load_request_samples(path: str | os.PathLike[str], names: Sequence[str]) -> 
     dimension is the same number of rows (> 0), labels 1-D with one per row.
     Datatypes and shapes are checked by the models that run them.
     """
+    from ._config_files import checked_path  # PyYAML + pydantic: off the edge path
+
     file = checked_path(Path(path), "file", "samples file")
     fix = f"expected a .npz file (numpy.savez) with inputs {', '.join(names)} and '{LABELS}'"
     arrays = _read_npz(file, fix)

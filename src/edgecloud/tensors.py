@@ -13,17 +13,9 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    SerializerFunctionWrapHandler,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
 
 from .errors import (
     DatatypeMismatchError,
@@ -34,6 +26,15 @@ from .errors import (
     UnknownInputError,
     UnsupportedDatatypeError,
 )
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from ._config_models import TensorSpec
+    from ._edge_config import EdgeTensorSpec
+
+    Spec: TypeAlias = TensorSpec | EdgeTensorSpec
+    """A declared tensor as the CLI/server (pydantic) or the edge path (dataclass) read it."""
 
 __all__ = [
     "DATATYPES",
@@ -48,6 +49,17 @@ __all__ = [
     "datatype_of",
     "numpy_dtype",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`TensorSpec` (pydantic), imported on first use (PEP 562): see
+    :mod:`edgecloud._config_models`, which keeps pydantic off the edge path."""
+    if name == "TensorSpec":
+        from ._config_models import TensorSpec
+
+        return TensorSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Parameter = str | int | float | bool
 
@@ -121,77 +133,18 @@ def datatype_of(array: np.ndarray[Any, Any]) -> str:
         ) from None
 
 
-class TensorSpec(BaseModel):
-    """A declared model input or output.
+class TensorDomain:
+    """What a declared tensor answers from its fields, shared by the pydantic
+    :class:`TensorSpec` and the edge path's :class:`edgecloud._edge_config.EdgeTensorSpec`."""
 
-    When the model batches (``max_batch_size > 0``), ``shape`` excludes the
-    batch dimension, as in Triton's model configuration.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __slots__ = ()
 
     name: str
-    """Tensor name, exactly as in the ONNX graph."""
     datatype: str
-    """Open Inference Protocol datatype, e.g. ``FP32``."""
     shape: tuple[int, ...]
-    """Dimensions; ``-1`` marks a variable dimension."""
-
-    min_value: int | float | None = None
-    """Smallest value an element may take (inclusive), in the tensor's own units
-    (a token id, a sample rate in Hz); None: no lower bound. For values the
-    runtime cannot check itself: ONNX ``Gather`` wraps a negative index, so
-    token id -5 would silently embed token ``vocab_size - 5``. Numeric
-    datatypes only; NaN is outside every declared range."""
-    max_value: int | float | None = None
-    """Largest value an element may take (inclusive); None: no upper bound."""
-    allowed_values: tuple[int | float, ...] | None = None
-    """The only values an element may take (a set a range cannot say: silero-vad's
-    ``sr`` is 8000 or 16000); None: any value within the range."""
-
-    @field_validator("datatype")
-    @classmethod
-    def _known_datatype(cls, value: str) -> str:
-        if value not in DATATYPES:
-            raise ValueError(f"unknown datatype {value!r}; use one of {', '.join(DATATYPES)}")
-        return value
-
-    @field_validator("shape")
-    @classmethod
-    def _valid_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(dim < -1 or dim == 0 for dim in value):
-            raise ValueError(f"dimensions must be positive or -1, got {list(value)}")
-        return value
-
-    @model_validator(mode="after")
-    def _valid_domain(self) -> TensorSpec:
-        if not self.has_domain:
-            return self
-        if self.datatype in ("BYTES", "BOOL"):
-            raise ValueError(
-                f"tensor {self.name!r}: min_value/max_value/allowed_values apply to numeric "
-                f"datatypes, not {self.datatype}"
-            )
-        bounds = [b for b in (self.min_value, self.max_value) if b is not None]
-        values = [*bounds, *(self.allowed_values or ())]
-        if any(isinstance(v, float) and not np.isfinite(v) for v in values):
-            raise ValueError(f"tensor {self.name!r}: value bounds must be finite numbers")
-        if len(bounds) == 2 and bounds[0] > bounds[1]:
-            raise ValueError(
-                f"tensor {self.name!r}: min_value {bounds[0]} is above max_value {bounds[1]}"
-            )
-        if self.allowed_values is not None and not self.allowed_values:
-            raise ValueError(f"tensor {self.name!r}: allowed_values is empty")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_domain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Unset value bounds are left out, so configs without them read as before."""
-        data: dict[str, Any] = handler(self)
-        for key in ("min_value", "max_value", "allowed_values"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    min_value: int | float | None
+    max_value: int | float | None
+    allowed_values: tuple[int | float, ...] | None
 
     @property
     def has_domain(self) -> bool:
@@ -454,7 +407,7 @@ class InputValidator:
     Errors name the input, what was expected and what was received.
     """
 
-    def __init__(self, model: str, specs: Sequence[TensorSpec], max_batch_size: int) -> None:
+    def __init__(self, model: str, specs: Sequence[Spec], max_batch_size: int) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self._specs = {s.name: s for s in specs}
@@ -655,7 +608,7 @@ def _check_bool_bytes(name: str, array: np.ndarray[Any, Any]) -> None:
     )
 
 
-def _check_domain(model: str, spec: TensorSpec, array: np.ndarray[Any, Any]) -> None:
+def _check_domain(model: str, spec: Spec, array: np.ndarray[Any, Any]) -> None:
     """TensorValueError unless every element is within ``spec``'s declared values.
 
     The common case is two vectorised reductions (``min``, ``max``) and, with

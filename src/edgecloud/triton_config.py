@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._optional import require
 from .errors import ConfigError, MissingDependencyError, ModelLoadError
@@ -61,6 +61,12 @@ from .repository import (
     version_number,
 )
 from .tensors import TensorSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._edge_config import EdgeModelConfig
+    from .tensors import Spec
 
 __all__ = [
     "AUTO_MAX_BATCH_SIZE",
@@ -165,7 +171,7 @@ def read_triton_model(directory: Path, name: str, versions: list[int]) -> Triton
     return _convert(proto, directory, name, versions, where)
 
 
-def check_graph(config: ModelConfig, model: Path, where: str) -> None:
+def check_graph(config: ModelConfig | EdgeModelConfig, model: Path, where: str) -> None:
     """The graph in ``model`` matches the config: inputs by name (all of them),
     outputs by name (a subset), datatypes, rank (plus one batch dimension when
     ``max_batch_size > 0``, dynamic in the graph) and every fixed dim.
@@ -538,7 +544,7 @@ def _batchable(graph: ModelConfig) -> bool:
 
 def _check_tensors(
     kind: str,
-    declared: list[TensorSpec],
+    declared: Sequence[Spec],
     graph: list[TensorSpec],
     max_batch: int,
     where: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -62,6 +61,8 @@ class Backend(abc.ABC):
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """Answer without blocking the event loop (default: a worker thread)."""
+        import asyncio  # here, not at import: asyncio loads ssl (+7 MB RSS on the edge)
+
         return await asyncio.to_thread(self.infer, request)
 
     def close(self) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -24,20 +21,26 @@ from ..errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from ..repository import ModelConfig, ModelRepository, ModelVersion
-from ..samples import built_size_error
+from ..repository import ModelRepository, ModelVersion
 from ..tensors import (
     InferRequest,
     InferResponse,
     InputValidator,
     Span,
-    TensorSpec,
     Trace,
     numpy_dtype,
 )
 from ..wire.values import utf8_error
 from .base import Backend, check_rows
 from .torch_runner import TORCHSCRIPT_FILE, TorchRunner, cuda_available
+
+if TYPE_CHECKING:
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .._config_models import ModelConfig
+    from .._edge_config import EdgeModelConfig
+    from ..tensors import Spec
 
 __all__ = [
     "LoadedModel",
@@ -49,7 +52,15 @@ __all__ = [
     "version_number",
 ]
 
-log = logging.getLogger(__name__)
+
+def _log() -> logging.Logger:
+    """This module's logger; logging is imported on first use (a warm-up skipped), not on
+    the edge's import path (logging + traceback + string: ~10 ms of its cold start)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
+
 _clock = time.perf_counter
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -66,7 +77,8 @@ def default_providers() -> list[str]:
 class LoadedModel:
     """A ready onnxruntime session for one model version, with its checks."""
 
-    entry: ModelVersion
+    entry: ModelVersion[EdgeModelConfig]
+    """The version, its config read on the edge path (no pydantic: see _edge_config)."""
     session: ort.InferenceSession
     validator: InputValidator
     output_names: list[str]
@@ -275,7 +287,7 @@ class LocalBackend(Backend):
                 published = self._published_session(model, number)
             if published is not None:
                 return published
-        entry = self.repository.get(model, number, verify=False)
+        entry = self.repository.get(model, number, verify=False, lean=True)
         key = (entry.name, entry.version)
         with self._lock:
             published = self._published_session(model, number)
@@ -303,7 +315,7 @@ class LocalBackend(Backend):
                 onnxruntime cannot load it.
         """
         number = version_number(version, model)
-        entry = self.repository.get(model, number, verify=False, served_only=False)
+        entry = self.repository.get(model, number, verify=False, served_only=False, lean=True)
         return self._open(entry)
 
     def publish(
@@ -385,7 +397,9 @@ class LocalBackend(Backend):
         loaded while versions are hot-swapped in would stay in memory.
         """
         served = set(
-            self.repository.config(model).version_policy.select(self.repository.versions(model))
+            self.repository.config(model, lean=True).version_policy.select(
+                self.repository.versions(model)
+            )
         )
         for key in [k for k in self._models if k[0] == model and k[1] not in served]:
             del self._models[key]
@@ -406,7 +420,7 @@ class LocalBackend(Backend):
         """Sessions currently held."""
         return list(self._models.values())
 
-    def _open(self, entry: ModelVersion) -> LoadedModel:
+    def _open(self, entry: ModelVersion[EdgeModelConfig]) -> LoadedModel:
         if self.verify:
             entry.verify()
         options = ort.SessionOptions()
@@ -450,7 +464,7 @@ class LocalBackend(Backend):
             _warm_up(loaded)
         return loaded
 
-    def _wants_torch(self, entry: ModelVersion) -> bool:
+    def _wants_torch(self, entry: ModelVersion[EdgeModelConfig]) -> bool:
         """Whether this version runs through torch on CUDA (see torch_runner)."""
         if self.device == "cpu":
             return False
@@ -469,7 +483,9 @@ class LocalBackend(Backend):
         return self._cuda and has_script
 
     @staticmethod
-    def _check_declared(entry: ModelVersion, session: ort.InferenceSession) -> None:
+    def _check_declared(
+        entry: ModelVersion[EdgeModelConfig], session: ort.InferenceSession
+    ) -> None:
         actual = {i.name for i in session.get_inputs()}
         declared = {i.name for i in entry.config.inputs}
         outputs = {o.name for o in session.get_outputs()}
@@ -501,6 +517,9 @@ class LocalBackend(Backend):
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """Run in this backend's thread pool (onnxruntime releases the GIL)."""
+        import asyncio  # here, not at import: asyncio loads ssl (+7 MB RSS on the edge)
+        from concurrent.futures import ThreadPoolExecutor
+
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="edgecloud-local"
@@ -583,7 +602,7 @@ def _as_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return out
 
 
-def warm_up_shapes(config: ModelConfig) -> dict[str, list[int]]:
+def warm_up_shapes(config: ModelConfig | EdgeModelConfig) -> dict[str, list[int]]:
     """The full shapes of the warm-up request (one row; variable dimensions 1)."""
     return {
         spec.name: [1 if d == -1 else d for d in spec.full_shape(config.batched)]
@@ -597,9 +616,11 @@ def _warm_up(loaded: LoadedModel) -> None:
     config = loaded.entry.config
     if any(spec.datatype == "BYTES" for spec in config.inputs):
         return
+    from ..samples import built_size_error
+
     error = built_size_error(config, warm_up_shapes(config), "warm-up")
     if error is not None:  # best effort: a model too large to warm up is loaded cold
-        log.debug("warm-up of %s skipped: %s", loaded.label, error.message)
+        _log().debug("warm-up of %s skipped: %s", loaded.label, error.message)
         return
     inputs: Arrays = {
         name: np.zeros(shape, dtype=numpy_dtype(spec.datatype))
@@ -610,7 +631,7 @@ def _warm_up(loaded: LoadedModel) -> None:
     try:
         loaded._run(loaded.output_names, inputs, quiet)
     except Exception as exc:  # some graphs reject zeros; warm-up is best effort
-        log.debug("warm-up of %s skipped: %s", loaded.label, exc)
+        _log().debug("warm-up of %s skipped: %s", loaded.label, exc)
 
 
 def version_number(version: int | str | None, model: str = "") -> int | None:
@@ -640,7 +661,7 @@ def version_number(version: int | str | None, model: str = "") -> int | None:
 
 
 def empty_answers(
-    specs: Sequence[TensorSpec], batched: frozenset[str], model_batches: bool
+    specs: Sequence[Spec], batched: frozenset[str], model_batches: bool
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Each output's answer to an empty batch, where it is known without a run.
 
