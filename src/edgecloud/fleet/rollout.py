@@ -50,6 +50,7 @@ __all__ = [
     "promote",
     "published_versions",
     "resume",
+    "run_auto",
     "stage_devices",
     "start",
 ]
@@ -244,6 +245,66 @@ def auto_step(
     target = following[0] if following else 100.0
     why = f"{len(held)} device(s) healthy on {r.candidate} at {r.percent:g}%: to {target:g}%"
     return AutoDecision("promote", promote(r, target, now=now, reason=why), why)
+
+
+def run_auto(
+    control: RolloutControl,
+    model: str,
+    fetch: Callable[[], Sequence[DeviceStatus]],
+    *,
+    interval_s: float = 2.0,
+    timeout_s: float = 3600.0,
+    on_step: Callable[[AutoDecision], None] = lambda d: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Rollout:
+    """Drive an automatic rollout until it completes or aborts (or ``timeout_s``).
+
+    ``fetch`` returns every device's state for ``model`` (``GET /fleet/status``).
+    A rollback counts when a device's rollback count grows past what it was
+    when this loop began and its latest rollback left the candidate — no
+    clocks compared across machines. Each decision is applied with
+    :meth:`RolloutControl.change`, which re-reads the state under the lock:
+    an operator's ``pause`` or ``abort`` in between wins.
+
+    Raises:
+        DeadlineExceededError: not finished within ``timeout_s`` (the rollout
+            stays where it is; re-run to continue, or abort it).
+    """
+    from ..errors import DeadlineExceededError
+
+    baseline = {d.device: d.rollbacks for d in fetch()}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        decide = _decider(model, list(fetch()), baseline, on_step)
+        r = control.change(model, decide)
+        if r.state in ("complete", "aborted"):
+            return r
+        if time.monotonic() > deadline:
+            raise DeadlineExceededError(
+                f"rollout of {model!r} not finished in {timeout_s:g} s ({r.state}, "
+                f"{r.percent:g}%); run it again to continue, or abort it"
+            )
+        sleep(interval_s)
+
+
+def _decider(
+    model: str,
+    devices: list[DeviceStatus],
+    baseline: dict[str, int],
+    on_step: Callable[[AutoDecision], None],
+) -> Callable[[Rollout | None, set[int]], Rollout]:
+    def decide(prev: Rollout | None, published: set[int]) -> Rollout:
+        r = _expect(prev, model, ("active", "paused", "complete", "aborted"), "drive")
+        bad = [
+            d.device
+            for d in devices
+            if d.rollbacks > baseline.get(d.device, 0) and d.last_rollback_from == r.candidate
+        ]
+        decision = auto_step(r, devices, bad)
+        on_step(decision)
+        return decision.rollout
+
+    return decide
 
 
 def _healthy_on(d: DeviceStatus, version: int) -> bool:
