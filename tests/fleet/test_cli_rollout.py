@@ -77,7 +77,7 @@ def test_auto_promotes_a_healthy_version_stage_by_stage(
 ) -> None:
     store = FleetStore(tmp_path / "t.db")
     for i, d in enumerate(DEVICES):
-        report(store, d, i, "check", 1)
+        report(store, d, i, "check", 1, from_version=1)
     control = RolloutControl(*fleet)
     control.change("m", lambda p, pub: start(p, model="m", version=1, percent=100, published=pub))
     control.change(
@@ -108,7 +108,7 @@ def test_auto_promotes_a_healthy_version_stage_by_stage(
 def test_auto_aborts_on_a_canary_rollback(fleet: tuple[Path, Path], tmp_path: Path) -> None:
     store = FleetStore(tmp_path / "t.db")
     for i, d in enumerate(DEVICES):
-        report(store, d, i, "check", 1)
+        report(store, d, i, "check", 1, from_version=1)
     control = RolloutControl(*fleet)
     control.change("m", lambda p, pub: start(p, model="m", version=1, percent=100, published=pub))
     control.change(

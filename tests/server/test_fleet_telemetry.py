@@ -47,7 +47,7 @@ def test_device_state_folds_events_in_device_time_order(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / "fleet.db")
     late_first = [
         event("d1", 4, "rollback", version=1, from_version=2),
-        event("d1", 1, "check", version=1),
+        event("d1", 1, "check", version=2, from_version=1),
         event("d1", 2, "swap", version=2, from_version=1),
         event("d1", 3, "health", version=2, ok=False, detail="accuracy 0.1 < 0.9"),
         event("d2", 1, "error", ok=False, detail="link down", group=None),

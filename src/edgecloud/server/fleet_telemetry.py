@@ -17,9 +17,9 @@ Event schema (the agent's :mod:`edgecloud.fleet.telemetry` sends it)::
      "version": int|null, "from_version": int|null, "ok": bool,
      "detail": str, "bytes": int, "at": unix seconds (device clock)}
 
-``version`` is the version the event is about — for ``check``/``swap``/
-``rollback`` the version the device runs after it (a rollback's
-``from_version`` is the version it left).
+``version`` is the version the event is about: for ``swap``/``rollback`` the
+version served after it (a rollback's ``from_version`` is the version it
+left); for ``check`` the version wanted, ``from_version`` the one running.
 
 Delivery promise: the agent's outbox is at-least-once, so this store is
 idempotent by event ``id`` (SQLite ``INSERT OR IGNORE`` on the primary key,
@@ -28,8 +28,8 @@ once however many server workers receive it at the same time. A re-sent id
 with a different body keeps the first (reported as a duplicate).
 
 A device's state is derived from its events at read time (events may arrive
-late and out of order after an outage): its version is the ``version`` of its
-latest successful ``check``/``swap``/``rollback`` by device time, its last
+late and out of order after an outage): its version is the one its latest
+``check``/``swap``/``rollback`` says it runs (:func:`_running`), by device time, its last
 contact the latest time the server received anything from it.
 """
 
@@ -289,6 +289,23 @@ def _event(row: tuple[Any, ...]) -> TelemetryEvent:
     return TelemetryEvent(**values, detail=row[8], bytes=row[9], at=row[10])
 
 
+def _running(e: TelemetryEvent) -> int | None:
+    """The version an event says the device runs, or None when it says nothing.
+
+    ``swap`` / ``rollback`` (ok): ``version``, the one now served. ``check``:
+    ``from_version``, the one it runs while it checks (``version`` is the one
+    it wants); a failed check without ``from_version`` carries the running
+    one in ``version``.
+    """
+    if e.event in ("swap", "rollback"):
+        return e.version if e.ok else None
+    if e.event == "check":
+        if e.from_version is not None:
+            return e.from_version
+        return None if e.ok else e.version
+    return None
+
+
 def _fold(
     states: dict[tuple[str, str], dict[str, Any]], e: TelemetryEvent, received: float
 ) -> None:
@@ -312,8 +329,9 @@ def _fold(
     )
     s["last_contact"] = max(s["last_contact"], received)
     s["group"] = e.group if e.group is not None else s["group"]
-    if e.ok and e.event in ("check", "swap", "rollback") and e.version is not None:
-        s["version"] = e.version
+    running = _running(e)
+    if running is not None:
+        s["version"] = running
     if e.event == "health":
         s.update(
             last_health_at=e.at,
