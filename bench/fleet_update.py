@@ -392,10 +392,18 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
         reply.raise_for_status()
         return [DeviceStatus(**d) for d in reply.json()["devices"]]
 
+    t0 = [0.0]  # start of the good rollout, once it starts
+    timeline: list[tuple[float, int]] = []
+
+    def record(ds: list[DeviceStatus]) -> list[DeviceStatus]:
+        if t0[0]:
+            timeline.append((time.monotonic() - t0[0], sum(d.version == 2 for d in ds)))
+        return ds
+
     def wait(what: str, until: Callable[[list[DeviceStatus]], bool]) -> float:
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
-            if until(devices()):
+            if until(record(devices())):
                 return time.monotonic() - started
             time.sleep(0.25)
         raise Skip(f"timed out after {timeout_s:g} s waiting for {what}")
@@ -403,7 +411,6 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
     control = p["RolloutControl"](work / "fleet", signers)
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    timeline: list[tuple[float, int]] = []
     try:
         control.change(
             MODEL, lambda r, pub: p["start"](r, model=MODEL, version=1, percent=100, published=pub)
@@ -430,8 +437,9 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
             f"{agents} agents on version 1", lambda ds: sum(d.version == 1 for d in ds) == agents
         )
         # a good version: canary 5 %, then everyone
-        p["publish"].publish(source, MODEL, 2, fleet_repo)
-        t0 = time.monotonic()
+        t0[0] = time.monotonic()
+        p["publish"].publish(source, MODEL, 2, fleet_repo)  # deltas built and signed
+        publish_s = time.monotonic() - t0[0]
         control.change(
             MODEL,
             lambda r, pub: p["start"](
@@ -439,17 +447,14 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
             ),
         )
 
-        def watch(_: float) -> None:
-            timeline.append((time.monotonic() - t0, sum(d.version == 2 for d in devices())))
-            time.sleep(0.5)
-
         good = p["run_auto"](
-            control, MODEL, devices, interval_s=0.5, timeout_s=timeout_s, sleep=watch
+            control, MODEL, lambda: record(devices()), interval_s=0.5, timeout_s=timeout_s
         )
         all_s = wait(
             f"{agents} agents on version 2", lambda ds: sum(d.version == 2 for d in ds) == agents
         )
-        publish_to_all_s = time.monotonic() - t0
+        publish_to_all_s = time.monotonic() - t0[0]
+        t0[0] = 0.0
         del all_s
         # a bad version: outputs permuted
         p["publish"].publish(source, MODEL, 3, fleet_repo)
@@ -468,6 +473,7 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
             "agents": agents,
             "boot_to_v1_s": boot_s,
             "publish_to_all_s": publish_to_all_s,
+            "publish_s": publish_s,
             "good_rollout": good.state,
             "good_reason": good.reason,
             "bad_rollout": bad.state,
@@ -513,7 +519,7 @@ def table(results: dict[str, Any]) -> Table:
         }.get(r["case"], "")
         t.add_row(
             "deltas",
-            f"({r['case']}) {r['what']} [{r['codec']}]",
+            f"({r['case']}) {r['what']}, {r['codec']}",
             f"{r['delta_bytes']:,} / {r['full_bytes']:,} B = {r['ratio']:.1%}{cos}",
             target,
         )
