@@ -384,7 +384,7 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
     server = serve_process(
         source.root, extra=["--fleet", str(work / "fleet")], log=work / "server.log"
     )
-    url = server.url if hasattr(server, "url") else f"http://127.0.0.1:{server.port}"
+    url = server.url
     import httpx
 
     def devices() -> list[DeviceStatus]:
@@ -411,6 +411,7 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
     control = p["RolloutControl"](work / "fleet", signers)
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    finished = False
     try:
         control.change(
             MODEL, lambda r, pub: p["start"](r, model=MODEL, version=1, percent=100, published=pub)
@@ -484,7 +485,7 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
             "final_versions": {d.device: d.version for d in final},
             "timeline": timeline,
         }
-        shutil.rmtree(work, ignore_errors=True)  # kept on failure: agent and server logs
+        finished = True
         return result
     finally:
         for proc in procs:
@@ -494,7 +495,9 @@ def section_fleet(zoo: ModelRepository, agents: int, timeout_s: float) -> dict[s
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        server.stop() if hasattr(server, "stop") else server.process.terminate()
+        server.stop()
+        if finished:  # kept on failure: the agents' and the server's logs
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # -- report ------------------------------------------------------------------------------
