@@ -128,3 +128,24 @@ def test_server_answers_4xx_for_the_callers_mistakes(fleet_server: Server) -> No
     assert httpx.get(f"{url}/fleet/status").status_code == 401
     nothing = httpx.get(f"{url}/fleet/status", params={"model": "x"}, headers=headers)
     assert nothing.json() == {"devices": []}
+
+
+def test_fleet_status_reads_the_server(fleet_server: Server, tmp_path: Path) -> None:
+    from edgecloud.errors import AuthenticationError, ConfigError
+    from edgecloud.fleet.cli_rollout import telemetry_source
+
+    headers = fleet_server.headers()
+    one = event("reader", 1, "swap", version=4, from_version=3, model="reader-model")
+    httpx.post(f"{fleet_server.url}/fleet/telemetry", json=one, headers=headers).raise_for_status()
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    fetch = telemetry_source("reader-model", fleet_server.url, None, tmp_path / "token")
+    assert fetch is not None
+    assert [(d.device, d.version) for d in fetch()] == [("reader", 4)]
+    anonymous = telemetry_source("reader-model", fleet_server.url, None, None)
+    assert anonymous is not None
+    with pytest.raises(AuthenticationError):
+        anonymous()
+    with pytest.raises(ConfigError, match="not both"):
+        telemetry_source("m", fleet_server.url, tmp_path / "x.db", None)
+    with pytest.raises(ConfigError, match="no such"):
+        telemetry_source("m", None, tmp_path / "x.db", None)
