@@ -195,3 +195,11 @@ def test_concurrent_changes_lose_nothing(control: Any) -> None:
         list(pool.map(widen, range(6)))
     final = control().current("m")
     assert (final.percent, final.generation) == (7, 7)
+
+
+def test_auto_limited_to_groups_ends_at_100_without_rewriting() -> None:
+    r = start(None, model="m", version=1, percent=100, published={1})
+    r = start(r, model="m", version=2, percent=100, published={1, 2}, groups=["lab"], stages=(100,))
+    fleet = [device(d, 2, health=True, group="lab") for d in DEVICES[:3]]
+    step = auto_step(r, [*fleet, device("field-1", 1, group="field")], [])
+    assert step.action == "done" and step.rollout is r

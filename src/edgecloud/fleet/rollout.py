@@ -243,6 +243,9 @@ def auto_step(
         return AutoDecision("wait", r, f"waiting for {len(waiting) or 'any'} device(s)")
     following = [s for s in r.stages if s > r.percent]
     target = following[0] if following else 100.0
+    if r.percent >= 100:  # only a group-limited rollout stays active at 100 %
+        why = f"every device of groups {', '.join(r.groups or ())} runs {r.candidate}"
+        return AutoDecision("done", r, why)
     why = f"{len(held)} device(s) healthy on {r.candidate} at {r.percent:g}%: to {target:g}%"
     return AutoDecision("promote", promote(r, target, now=now, reason=why), why)
 
@@ -257,7 +260,8 @@ def run_auto(
     on_step: Callable[[AutoDecision], None] = lambda d: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Rollout:
-    """Drive an automatic rollout until it completes or aborts (or ``timeout_s``).
+    """Drive an automatic rollout until it completes or aborts (or ``timeout_s``);
+    a rollout limited to groups ends active at 100 % of them.
 
     ``fetch`` returns every device's state for ``model`` (``GET /fleet/status``).
     A rollback counts when a device's rollback count grows past what it was
@@ -274,10 +278,16 @@ def run_auto(
 
     baseline = {d.device: d.rollbacks for d in fetch()}
     deadline = time.monotonic() + timeout_s
+    actions: list[str] = []
+
+    def step(decision: AutoDecision) -> None:
+        actions.append(decision.action)
+        on_step(decision)
+
     while True:
-        decide = _decider(model, list(fetch()), baseline, on_step)
+        decide = _decider(model, list(fetch()), baseline, step)
         r = control.change(model, decide)
-        if r.state in ("complete", "aborted"):
+        if r.state in ("complete", "aborted") or actions[-1:] == ["done"]:
             return r
         if time.monotonic() > deadline:
             raise DeadlineExceededError(
