@@ -67,6 +67,8 @@ def test_device_state_folds_events_in_device_time_order(tmp_path: Path) -> None:
         ({"ok": "yes"}, "ok"),
         ({"version": 1.5}, "version"),
         ({"version": "2"}, "version"),
+        ({"version": 2**64}, "version"),
+        ({"detail": "x" * 70_000}, "detail"),
         ({"bytes": -1}, "bytes"),
         ({"at": float("nan")}, "at"),
         ({"event": "explode"}, "event"),

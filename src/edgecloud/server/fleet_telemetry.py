@@ -77,10 +77,11 @@ class TelemetryEvent(BaseModel):
     group: str | None = Field(default=None, max_length=256)
     model: str = Field(min_length=1, max_length=256)
     event: EventKind
-    version: StrictInt | None = Field(default=None, ge=0)
-    from_version: StrictInt | None = Field(default=None, ge=0)
+    version: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    from_version: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     ok: StrictBool
-    detail: str = Field(default="", max_length=4096)
+    detail: str = Field(default="", max_length=65536)
+    """Free text (an error message); a longer one is a 400, not truncated."""
     bytes: StrictInt = Field(default=0, ge=0, le=2**62)
     at: float = Field(ge=0, allow_inf_nan=False)
     """Unix seconds on the device's clock."""
