@@ -151,3 +151,14 @@ def test_fleet_status_reads_the_server(fleet_server: Server, tmp_path: Path) -> 
         telemetry_source("m", fleet_server.url, tmp_path / "x.db", None)
     with pytest.raises(ConfigError, match="no such"):
         telemetry_source("m", None, tmp_path / "x.db", None)
+
+
+def test_device_order_follows_sequence_numbers_not_a_jumping_clock(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / "fleet.db")
+    jumped = [
+        event("d", 1, "swap", version=2, from_version=1, at=5000.0),
+        event("d", 2, "rollback", version=1, from_version=2, at=10.0),  # clock set back
+    ]
+    store.record(parse_events(json.dumps(jumped).encode()))
+    (d,) = store.devices("digits")
+    assert (d.version, d.rollbacks) == (1, 1)

@@ -29,7 +29,8 @@ with a different body keeps the first (reported as a duplicate).
 
 A device's state is derived from its events at read time (events may arrive
 late and out of order after an outage): its version is the one its latest
-``check``/``swap``/``rollback`` says it runs (:func:`_running`), by device time, its last
+``check``/``swap``/``rollback`` says it runs (:func:`_running`), in the order
+of the sequence number in its event ids (its clock may jump), its last
 contact the latest time the server received anything from it.
 """
 
@@ -242,12 +243,13 @@ class FleetStore:
         where, args = ("WHERE model = ?", (model,)) if model else ("", ())
         rows = self._connect().execute(
             "SELECT id, device, grp, model, event, version, from_version, ok, detail, bytes, at,"
-            f" received_at FROM events {where} ORDER BY at, rowid",
+            f" received_at FROM events {where} ORDER BY rowid",
             args,
         )
+        events = sorted(((_event(row[:11]), float(row[11])) for row in rows), key=_order)
         states: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in rows:
-            _fold(states, _event(row[:11]), float(row[11]))
+        for event, received in events:
+            _fold(states, event, received)
         return [DeviceStatus(**states[key]) for key in sorted(states)]
 
     def close(self) -> None:
@@ -288,6 +290,15 @@ def _event(row: tuple[Any, ...]) -> TelemetryEvent:
     values = dict(zip(keys, row[:8], strict=True))
     values["ok"] = bool(values["ok"])
     return TelemetryEvent(**values, detail=row[8], bytes=row[9], at=row[10])
+
+
+def _order(item: tuple[TelemetryEvent, float]) -> tuple[str, int, float]:
+    """A device's events in the order it made them: by the sequence number of
+    its ``<device>:<seq>`` id (durable on the device, immune to clock jumps),
+    else by its clock."""
+    e = item[0]
+    _, _, seq = e.id.rpartition(":")
+    return (e.device, int(seq) if seq.isdigit() and len(seq) < 19 else -1, e.at)
 
 
 def _running(e: TelemetryEvent) -> int | None:
