@@ -30,6 +30,7 @@ from ..tensors import InferRequest, InferResponse
 from ..triton_config import TRITON_TYPES
 from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
+from .fleet_telemetry import FleetRoutes, default_fleet_db
 from .host import ModelState
 from .metrics import ServerMetrics, model_label
 from .model_control import ModelControl
@@ -163,6 +164,7 @@ class HttpApp:
             {"name": "edgecloud", "version": __version__, "extensions": extensions}
         )
         self.ready = False
+        self._fleet_routes: FleetRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -224,6 +226,8 @@ class HttpApp:
             return await self._model_route(method, parts[2:], scope, receive)
         if parts[:2] == ["v2", "repository"]:
             return await self._repository_route(method, parts[2:], scope, receive)
+        if parts in (["fleet", "telemetry"], ["fleet", "status"]):
+            return await self._fleet(parts[1], method, scope, receive)
         if parts == ["metrics"]:
             _allow(method, "GET", scope)
             return 200, self.metrics.exposition(), [(b"content-type", b"text/plain; version=0.0.4")]
@@ -231,6 +235,22 @@ class HttpApp:
             _allow(method, "GET", scope)
             return 200, self._openapi, JSON
         raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
+
+    async def _fleet(
+        self, what: str, method: str, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[Any]]:
+        """Device telemetry and fleet status (:mod:`.fleet_telemetry`)."""
+        root = getattr(getattr(self.host, "repository", None), "root", None)
+        if root is None:
+            raise _Reply(404, _error("this server keeps no fleet telemetry"))
+        if self._fleet_routes is None:
+            self._fleet_routes = FleetRoutes(default_fleet_db(root))
+        if what == "telemetry":
+            _allow(method, "POST", scope)
+            body = await self._read_body(scope, None, receive)
+            return 200, await self._fleet_routes.post(body), JSON
+        _allow(method, "GET", scope)
+        return 200, await self._fleet_routes.status(scope.get("query_string", b"")), JSON
 
     def _health(self, which: str) -> tuple[int, bytes, list[Any]]:
         """The OIP REST health bodies; the status code is the answer too.

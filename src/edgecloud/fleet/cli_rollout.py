@@ -1,0 +1,284 @@
+"""``edgecloud fleet rollout|status|pause|resume|abort``: staged rollout of a model version."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .cli import fleet_app
+
+if TYPE_CHECKING:
+    from ..server.fleet_telemetry import DeviceStatus
+    from .rollout import AutoDecision, RolloutControl
+    from .rollout_state import Rollout
+
+__all__ = ["abort_cmd", "pause_cmd", "resume_cmd", "rollout_cmd", "status_cmd"]
+
+FleetOption = Annotated[
+    Path, typer.Option("--fleet", envvar="EDGECLOUD_FLEET", help="Update repository directory.")
+]
+KeysOption = Annotated[
+    Path,
+    typer.Option(
+        "--keys", envvar="EDGECLOUD_FLEET_KEYS", help="Directory of the private signing keys."
+    ),
+]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="EDGECLOUD_FLEET_SERVER",
+        help="URL of the server devices report to (telemetry for status and --auto).",
+    ),
+]
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="Read the telemetry store file directly instead of --server."),
+]
+TokenFileOption = Annotated[
+    Path | None, typer.Option("--token-file", help="Bearer token of --server, in a file.")
+]
+
+
+def _control(fleet: Path, keys: Path | None) -> RolloutControl:
+    from .rollout import RolloutControl
+
+    return RolloutControl(fleet, keys)
+
+
+def _describe(r: Rollout) -> str:
+    groups = f" of groups {','.join(r.groups)}" if r.groups else ""
+    if r.state == "complete":
+        what = f"complete: every device runs {r.stable}"
+    else:
+        what = f"{r.state}: {r.candidate} to {r.percent:g}%{groups}, others on {r.stable}"
+    return f"rollout of {r.model} (generation {r.generation}) {what}" + (
+        f" — {r.reason}" if r.reason else ""
+    )
+
+
+def telemetry_source(
+    model: str, server: str | None, db: Path | None, token_file: Path | None
+) -> Callable[[], Sequence[DeviceStatus]] | None:
+    """A function returning every device's state for ``model``, or None without a source.
+
+    Raises:
+        ConfigError: both ``server`` and ``db`` given, or an unreadable token file.
+    """
+    from ..errors import ConfigError
+
+    if server and db:
+        raise ConfigError("give --server or --db, not both")
+    if db is not None:
+        from ..server.fleet_telemetry import FleetStore
+
+        if not db.is_file():
+            raise ConfigError(f"--db {db}: no such telemetry store")
+        store = FleetStore(db)
+        return lambda: store.devices(model)
+    if server:
+        headers = {}
+        if token_file is not None:
+            try:
+                headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+            except OSError as exc:
+                raise ConfigError(f"--token-file {token_file}: {exc.strerror}") from None
+        return lambda: _fetch(server, model, headers)
+    return None
+
+
+def _fetch(server: str, model: str, headers: dict[str, str]) -> list[DeviceStatus]:
+    from .._optional import require
+    from ..errors import UnavailableError, error_for_http_status
+    from ..server.fleet_telemetry import DeviceStatus
+
+    httpx = require("httpx", extra="fleet", feature="fleet status from a server")
+    url = f"{server.rstrip('/')}/fleet/status"
+    try:
+        reply = httpx.get(url, params={"model": model}, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise UnavailableError(f"cannot reach {url}: {exc}") from exc
+    if reply.status_code != 200:
+        raise error_for_http_status(reply.status_code, f"{url}: {reply.text[:200]}")
+    return [DeviceStatus(**d) for d in reply.json()["devices"]]
+
+
+@fleet_app.command("rollout")
+def rollout_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Published version to roll out.", min=1)],
+    canary: Annotated[
+        str, typer.Option("--canary", help="Share of devices, by a stable hash of their id.")
+    ] = "5%",
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="Only devices of this group (repeat).")
+    ] = None,
+    auto: Annotated[
+        bool,
+        typer.Option(
+            "--auto", help="Promote stage by stage on passing health checks; abort on a rollback."
+        ),
+    ] = False,
+    stages: Annotated[
+        str, typer.Option("--stages", help="With --auto: percentages after the canary.")
+    ] = "25,100",
+    interval_s: Annotated[float, typer.Option("--interval-s", min=0.05)] = 2.0,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", min=1)] = 3600.0,
+    fleet: FleetOption = Path("fleet-repo"),
+    keys: KeysOption = Path("fleet-keys"),
+    server: ServerOption = None,
+    db: DbOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """Roll VERSION of MODEL out to a canary share of the devices (same devices every time).
+
+    Without --auto, re-run with a larger --canary to promote; with --auto the
+    command stays, reads device telemetry from --server (or --db) and promotes
+    through --stages when every device of a stage runs VERSION with a passing
+    health check, or aborts at the first rollback.
+    """
+    from ..errors import ConfigError
+    from .rollout import parse_percent, parse_stages, run_auto, start
+
+    percent = parse_percent(canary)
+    plan = parse_stages(stages, percent) if auto else ()
+    fetch = telemetry_source(model, server, db, token_file) if auto else None
+    if auto and fetch is None:
+        raise ConfigError("--auto reads device telemetry: give --server URL (or --db FILE)")
+    control = _control(fleet, keys)
+    r = control.change(
+        model,
+        lambda prev, published: start(
+            prev,
+            model=model,
+            version=version,
+            percent=percent,
+            published=published,
+            groups=group,
+            stages=plan,
+        ),
+    )
+    typer.echo(_describe(r))
+    if fetch is not None:
+
+        def report(decision: AutoDecision) -> None:
+            if decision.action != "wait":
+                typer.echo(f"{decision.action}: {decision.detail}")
+
+        final = run_auto(
+            control, model, fetch, interval_s=interval_s, timeout_s=timeout_s, on_step=report
+        )
+        typer.echo(_describe(final))
+        if final.state == "aborted":
+            raise typer.Exit(3)
+
+
+def _simple(verb: str, model: str, fleet: Path, keys: Path, reason: str = "") -> None:
+    from . import rollout
+
+    control = _control(fleet, keys)
+    if verb == "abort":
+        r = control.change(
+            model, lambda prev, _: rollout.abort(prev, model, reason or "aborted by operator")
+        )
+    else:
+        change = rollout.pause if verb == "pause" else rollout.resume
+        r = control.change(model, lambda prev, _: change(prev, model))
+    typer.echo(_describe(r))
+
+
+@fleet_app.command("pause")
+def pause_cmd(
+    model: str, fleet: FleetOption = Path("fleet-repo"), keys: KeysOption = Path("fleet-keys")
+) -> None:
+    """Pause MODEL's rollout: no new device starts the candidate; those on it stay."""
+    _simple("pause", model, fleet, keys)
+
+
+@fleet_app.command("resume")
+def resume_cmd(
+    model: str, fleet: FleetOption = Path("fleet-repo"), keys: KeysOption = Path("fleet-keys")
+) -> None:
+    """Resume MODEL's paused rollout."""
+    _simple("resume", model, fleet, keys)
+
+
+@fleet_app.command("abort")
+def abort_cmd(
+    model: str,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded in rollout.json.")] = "",
+    fleet: FleetOption = Path("fleet-repo"),
+    keys: KeysOption = Path("fleet-keys"),
+) -> None:
+    """Abort MODEL's rollout: every device on the candidate rolls back to the stable version."""
+    _simple("abort", model, fleet, keys, reason)
+
+
+@fleet_app.command("status")
+def status_cmd(
+    model: str,
+    fleet: FleetOption = Path("fleet-repo"),
+    server: ServerOption = None,
+    db: DbOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """MODEL's rollout state, and each device's version, last contact, last
+    health check and rollbacks (from --server or --db)."""
+    from .rollout import RolloutControl
+
+    r = RolloutControl(fleet, None).current(model)
+    typer.echo(_describe(r) if r else f"{model} has no rollout")
+    fetch = telemetry_source(model, server, db, token_file)
+    if fetch is not None:
+        print_devices(r, fetch())
+
+
+def print_devices(
+    r: Rollout | None, devices: Sequence[DeviceStatus], *, now: float | None = None
+) -> None:
+    """The device table of ``fleet status`` (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .rollout_state import desired_version
+
+    now = time.time() if now is None else now
+    table = Table(
+        "device", "group", "version", "wants", "last contact", "last health check", "rollbacks"
+    )
+    for d in devices:
+        wants = desired_version(r, d.device, d.group, d.version) if r else None
+        table.add_row(
+            d.device, d.group or "-", _v(d.version), _v(wants), _ago(now - d.last_contact),
+            _health(d, now), _rollbacks(d),
+        )  # fmt: skip
+    Console().print(table)
+
+
+def _v(version: int | None) -> str:
+    return "-" if version is None else str(version)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0.0, seconds):.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _health(d: DeviceStatus, now: float) -> str:
+    if d.last_health_ok is None or d.last_health_at is None:
+        return "-"
+    verdict = "pass" if d.last_health_ok else f"FAIL {d.last_health_detail[:40]}"
+    return f"{verdict} on {_v(d.last_health_version)}, {_ago(now - d.last_health_at)}"
+
+
+def _rollbacks(d: DeviceStatus) -> str:
+    if not d.rollbacks:
+        return "0"
+    return f"{d.rollbacks} (last from {_v(d.last_rollback_from)})"

@@ -1,0 +1,133 @@
+"""``edgecloud fleet rollout|status|pause|resume|abort`` and the automatic mode, end to end
+against a real signed update repository (the tuf part) and a real telemetry store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from edgecloud.errors import ConflictError, ModelNotFoundError
+from edgecloud.fleet.rollout_state import bucket, in_canary
+from edgecloud.server.fleet_telemetry import FleetStore, parse_events
+
+update_repo = pytest.importorskip("edgecloud.fleet.update_repo")
+keys_mod = pytest.importorskip("edgecloud.fleet.keys")
+
+from edgecloud.fleet import cli_rollout  # noqa: E402  (registers the commands)
+from edgecloud.fleet.cli import fleet_app  # noqa: E402
+from edgecloud.fleet.rollout import RolloutControl, run_auto, start  # noqa: E402
+
+DEVICES = [f"dev-{i:02d}" for i in range(20)]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> tuple[Path, Path]:
+    signers = keys_mod.new_signers()
+    keys_mod.write_signers(tmp_path / "keys", signers)
+    repo = update_repo.UpdateRepository.create(tmp_path / "fleet", signers)
+    for v in (1, 2, 3):
+        custom = {"edgecloud": {"kind": "model", "model": "m", "version": v, "files": []}}
+        repo.put_target(f"m/{v}/model.onnx", f"model {v}".encode(), custom)
+    repo.sign()
+    return tmp_path / "fleet", tmp_path / "keys"
+
+
+def cli(fleet: tuple[Path, Path], *args: str) -> Any:
+    where = ["--fleet", str(fleet[0])]
+    if args[0] != "status":
+        where += ["--keys", str(fleet[1])]
+    return CliRunner().invoke(fleet_app, [*args, *where], env={"COLUMNS": "250"})
+
+
+def report(store: FleetStore, device: str, seq: int, kind: str, version: int, **over: Any) -> None:
+    event = {
+        "id": f"{device}:{seq}", "device": device, "group": None, "model": "m", "event": kind,
+        "version": version, "from_version": None, "ok": True, "detail": "", "bytes": 0,
+        "at": float(seq),
+    } | over  # fmt: skip
+    store.record(parse_events(json.dumps(event).encode()))
+
+
+def test_commands(fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    assert cli(fleet, "rollout", "m", "1", "--canary", "100%").exit_code == 0
+    done = cli(fleet, "rollout", "m", "2", "--canary", "5%")
+    assert done.exit_code == 0 and "active: 2 to 5%, others on 1" in done.output
+    assert "paused" in cli(fleet, "pause", "m").output
+    assert "active" in cli(fleet, "resume", "m").output
+    refused = cli(fleet, "rollout", "m", "7")
+    assert isinstance(refused.exception, ModelNotFoundError)
+    busy = cli(fleet, "rollout", "m", "3")
+    assert isinstance(busy.exception, ConflictError)
+    assert "aborted" in cli(fleet, "abort", "m", "--reason", "bad labels").output
+    store = FleetStore(tmp_path / "t.db")
+    report(store, "dev-01", 1, "rollback", 1, from_version=2)
+    report(store, "dev-01", 2, "health", 2, ok=False, detail="accuracy 0.08")
+    status = cli(fleet, "status", "m", "--db", str(tmp_path / "t.db"))
+    assert status.exit_code == 0, status.output
+    assert "bad labels" in status.output and "dev-01" in status.output
+    assert "1 (last from 2)" in status.output and "FAIL" in status.output
+
+
+def test_auto_promotes_a_healthy_version_stage_by_stage(
+    fleet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    store = FleetStore(tmp_path / "t.db")
+    for i, d in enumerate(DEVICES):
+        report(store, d, i, "check", 1, from_version=1)
+    control = RolloutControl(*fleet)
+    control.change("m", lambda p, pub: start(p, model="m", version=1, percent=100, published=pub))
+    control.change(
+        "m",
+        lambda p, pub: start(
+            p, model="m", version=2, percent=5, published=pub, stages=(5, 50, 100)
+        ),
+    )
+    seq = iter(range(100, 10_000))
+    percents = []
+
+    def devices_follow(_: float) -> None:  # what 20 healthy agents would report
+        r = control.current("m")
+        assert r is not None
+        percents.append(r.percent)
+        for d in DEVICES:
+            if r.candidate and in_canary(r, d, None):
+                report(store, d, next(seq), "health", 2)
+                report(store, d, next(seq), "swap", 2, from_version=1)
+
+    final = run_auto(control, "m", lambda: store.devices("m"), interval_s=0, sleep=devices_follow)
+    assert (final.state, final.stable, final.candidate) == ("complete", 2, None)
+    first = min(DEVICES, key=lambda d: bucket(d, "m"))
+    assert percents[0] > bucket(first, "m")  # the canary held at least one device
+    assert 50 in percents
+
+
+def test_auto_aborts_on_a_canary_rollback(fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / "t.db")
+    for i, d in enumerate(DEVICES):
+        report(store, d, i, "check", 1, from_version=1)
+    control = RolloutControl(*fleet)
+    control.change("m", lambda p, pub: start(p, model="m", version=1, percent=100, published=pub))
+    control.change(
+        "m",
+        lambda p, pub: start(p, model="m", version=2, percent=5, published=pub, stages=(5, 100)),
+    )
+    seq = iter(range(100, 10_000))
+    reached: set[str] = set()
+
+    def devices_reject(_: float) -> None:  # the candidate fails every health check
+        r = control.current("m")
+        assert r is not None
+        for d in DEVICES:
+            if r.state == "active" and in_canary(r, d, None) and d not in reached:
+                reached.add(d)
+                report(store, d, next(seq), "health", 2, ok=False, detail="accuracy 0.1")
+                report(store, d, next(seq), "rollback", 1, from_version=2)
+
+    final = run_auto(control, "m", lambda: store.devices("m"), interval_s=0, sleep=devices_reject)
+    assert final.state == "aborted" and "rolled back 2" in final.reason
+    assert 0 < len(reached) < len(DEVICES) / 4  # the rest never got it
+    assert cli_rollout is not None
