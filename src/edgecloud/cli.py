@@ -20,8 +20,8 @@ from . import __version__
 from ._config_files import checked_path
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, InvalidRequestError, ModelNotFoundError, describe
-from .fleet import cli_tuf as _fleet_tuf  # noqa: F401  (registers fleet keys/publish)
 from .fleet import cli_rollout as _fleet_rollout  # noqa: F401  (registers fleet rollout/status/...)
+from .fleet import cli_tuf as _fleet_tuf  # noqa: F401  (registers fleet keys/publish)
 from .fleet.cli import fleet_app
 from .io import load_inputs
 from .repository import ModelRepository
