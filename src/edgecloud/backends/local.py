@@ -215,6 +215,11 @@ class LocalBackend(Backend):
     per model version. A model that fails to load raises ``ModelLoadError`` for
     its own requests only.
 
+    Hot swap: :meth:`open` builds a fresh session for any version on disk and
+    :meth:`publish` replaces, in one step, the set of sessions served for a
+    model (Triton's model control: the new version is loaded before the old
+    one is dropped, and a load that fails leaves the served set as it was).
+
     >>> with LocalBackend("model-repo", intra_op_threads=1) as local:  # doctest: +SKIP
     ...     response = local.infer(InferRequest("digits-small", {"pixels": x}))
     """
@@ -245,6 +250,8 @@ class LocalBackend(Backend):
         self._cuda: bool | None = None
         self._models: dict[tuple[str, int], LoadedModel] = {}
         self._latest: dict[str, LoadedModel] = {}
+        self._published: dict[str, dict[int, LoadedModel]] = {}
+        """Models whose served sessions were set by :meth:`publish` (not the version policy)."""
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         for model in preload:
@@ -263,15 +270,112 @@ class LocalBackend(Backend):
         cached = self._latest.get(model) if number is None else self._models.get((model, number))
         if cached is not None:
             return cached
+        if model in self._published:
+            with self._lock:
+                published = self._published_session(model, number)
+            if published is not None:
+                return published
         entry = self.repository.get(model, number, verify=False)
         key = (entry.name, entry.version)
         with self._lock:
+            published = self._published_session(model, number)
+            if published is not None:  # published while this one was looked up
+                return published
             loaded = self._models.get(key)
             if loaded is None:
                 loaded = self._models[key] = self._open(entry)
                 self._forget_unserved(entry.name)
             if number is None:
                 self._latest[model] = loaded
+        return loaded
+
+    def open(self, model: str, version: int | str) -> LoadedModel:
+        """A fresh, warmed-up session for one version on disk, not cached nor served.
+
+        Any version on disk can be opened, whatever the version policy says
+        (an update agent keeps the previous version to roll back to). Serve it
+        with :meth:`publish`; until then requests never reach it.
+
+        Raises:
+            ModelNotFoundError: no such model, or no such version on disk.
+            ModelLoadError: the version's files fail their sha256 check (when
+                ``verify``), its config does not match the graph, or
+                onnxruntime cannot load it.
+        """
+        number = version_number(version, model)
+        entry = self.repository.get(model, number, verify=False, served_only=False)
+        return self._open(entry)
+
+    def publish(
+        self, model: str, versions: Mapping[int, LoadedModel], latest: int | None = None
+    ) -> None:
+        """Serve exactly ``versions`` for ``model`` from now on, replacing what was served.
+
+        ``versions`` maps a version number to a session from :meth:`open` (or
+        :meth:`load`). Requests without a version get ``latest`` (default: the
+        highest key); an empty mapping serves nothing (every request is a
+        ModelNotFoundError) until the next publish. The switch is atomic: a
+        request sees the old set or the new one, never a mix or a miss, and a
+        request already running finishes on the session it started with (the
+        old session is freed when its last request drops it). From then on the
+        model no longer follows the repository's version policy: a version not
+        published is not served, even if it is on disk (:meth:`unload` returns
+        the model to the policy).
+
+        Raises:
+            ConfigError: a session of another model or version than its key, or
+                ``latest`` not among the keys (nothing is changed).
+        """
+        table = dict(versions)
+        for number, loaded in table.items():
+            if (loaded.entry.name, loaded.entry.version) != (model, number):
+                raise ConfigError(
+                    f"publish {model!r}: version {number} is given a session of model "
+                    f"{loaded.entry.name!r} version {loaded.entry.version}"
+                )
+        if latest is None and table:
+            latest = max(table)
+        if latest is not None and latest not in table:
+            raise ConfigError(
+                f"publish {model!r}: latest version {latest} is not among the published "
+                f"versions {sorted(table)}"
+            )
+        with self._lock:
+            # New entries go in before stale ones go out: a lookup without the
+            # lock finds the old session or the new one; a miss takes the lock.
+            self._published[model] = table
+            if latest is not None:
+                self._latest[model] = table[latest]
+            else:
+                self._latest.pop(model, None)
+            for number, loaded in table.items():
+                self._models[(model, number)] = loaded
+            for key in [k for k in self._models if k[0] == model and k[1] not in table]:
+                del self._models[key]
+
+    def published(self, model: str) -> dict[int, LoadedModel] | None:
+        """The sessions :meth:`publish` set for ``model`` (a copy), or None if it follows
+        the version policy."""
+        with self._lock:
+            table = self._published.get(model)
+            return None if table is None else dict(table)
+
+    def _published_session(self, model: str, number: int | None) -> LoadedModel | None:
+        """A published model's session for ``number`` (None: its latest), or None when
+        ``model`` is not published (call under the lock).
+
+        Raises:
+            ModelNotFoundError: ``model`` is published but not version ``number``.
+        """
+        table = self._published.get(model)
+        if table is None:
+            return None
+        loaded = self._latest.get(model) if number is None else table.get(number)
+        if loaded is None:
+            which = "any version" if number is None else f"version {number}"
+            raise ModelNotFoundError(
+                f"model {model!r} does not serve {which} (published: {sorted(table)})"
+            )
         return loaded
 
     def _forget_unserved(self, model: str) -> None:
@@ -290,8 +394,10 @@ class LocalBackend(Backend):
             del self._latest[model]
 
     def unload(self, model: str) -> None:
-        """Drop every cached session of a model (the next request reloads)."""
+        """Drop every cached session of a model (the next request reloads); a published
+        model returns to the repository's version policy."""
         with self._lock:
+            self._published.pop(model, None)
             self._latest.pop(model, None)
             for key in [k for k in self._models if k[0] == model]:
                 del self._models[key]
@@ -406,6 +512,7 @@ class LocalBackend(Backend):
         with self._lock:
             self._models.clear()
             self._latest.clear()
+            self._published.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
