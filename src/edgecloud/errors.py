@@ -35,7 +35,11 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── DeadlineExceededError (504)          no answer within the request's time
     ├── CompressionError (422)               a model cannot be compressed, or lost too much
     ├── InferenceError (500)                 the runtime failed on a valid request
-    └── MissingDependencyError (500)         an optional extra is not installed
+    ├── MissingDependencyError (500)         an optional extra is not installed
+    └── UpdateError (502)                    a fleet update could not be fetched or installed
+        ├── DownloadError                    a target's bytes are not what was signed
+        ├── LinkNotAllowedError              the current link may not carry updates
+        └── HealthCheckError                 a new version failed its health check
 """
 
 from __future__ import annotations
@@ -55,10 +59,13 @@ __all__ = [
     "ConflictError",
     "DatatypeMismatchError",
     "DeadlineExceededError",
+    "DownloadError",
     "EdgecloudError",
+    "HealthCheckError",
     "IdempotencyKeyReuseError",
     "InferenceError",
     "InvalidRequestError",
+    "LinkNotAllowedError",
     "MissingDependencyError",
     "MissingInputError",
     "ModelLoadError",
@@ -72,6 +79,7 @@ __all__ = [
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
+    "UpdateError",
 ]
 
 #: Most characters of a caller-supplied string an error message quotes.
@@ -269,6 +277,28 @@ class MissingDependencyError(EdgecloudError):
         )
         self.module = module
         self.extra = extra
+
+
+class UpdateError(EdgecloudError):
+    """A fleet update could not be fetched, verified or installed; the device keeps
+    the version it runs."""
+
+    status_code = 502
+    grpc_code = "UNAVAILABLE"
+
+
+class DownloadError(UpdateError):
+    """A target's bytes are not what the signed metadata says (length, sha256), or
+    the update server did not answer a download."""
+
+
+class LinkNotAllowedError(UpdateError):
+    """The link the device is on may not carry updates (a metered link with
+    ``metered_ok: false``); the download waits, its staging file kept."""
+
+
+class HealthCheckError(UpdateError):
+    """A new version failed its health check (accuracy, cosine, NaN); it is not served."""
 
 
 #: HTTP statuses a client maps to a class, where the status alone decides.

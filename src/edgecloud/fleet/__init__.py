@@ -1,0 +1,1 @@
+"""Signed model updates for a fleet of devices: update repository, deltas, agent, rollout."""
