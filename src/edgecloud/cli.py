@@ -19,6 +19,8 @@ from . import __version__
 from ._config_files import checked_path
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, InvalidRequestError, ModelNotFoundError, describe
+from .fleet import cli_agent as _cli_agent  # noqa: F401  (registers fleet agent/check)
+from .fleet.cli import fleet_app
 from .io import load_inputs
 from .repository import ModelRepository
 from .tensors import InferRequest, InferResponse
@@ -33,6 +35,7 @@ zoo_app = typer.Typer(help="The demo model zoo, built offline.", no_args_is_help
 models_app = typer.Typer(help="Inspect a model repository.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(models_app, name="models")
+app.add_typer(fleet_app, name="fleet")
 
 console = Console()
 errors = Console(stderr=True)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
@@ -100,7 +99,9 @@ class TinyFleet:
         (root / "metadata").mkdir(parents=True)
         (root / "targets").mkdir()
         self.expires_in = expires_in
-        self.signers = {r: CryptoSigner.generate_ed25519() for r in ("root", "targets", "snapshot", "timestamp")}
+        self.signers = {
+            r: CryptoSigner.generate_ed25519() for r in ("root", "targets", "snapshot", "timestamp")
+        }
         meta = Root(expires=self._expiry(), consistent_snapshot=True)
         for role, signer in self.signers.items():
             meta.add_key(signer.public_key, role)
@@ -162,8 +163,15 @@ class TinyFleet:
         ts.sign(self.signers["timestamp"])
         self._write("timestamp.json", ts)
 
-    def publish(self, model: str, version: int, onnx_bytes: bytes, *, samples: bytes | None = None,
-                config: ModelConfig | None = None) -> str:  # fmt: skip
+    def publish(
+        self,
+        model: str,
+        version: int,
+        onnx_bytes: bytes,
+        *,
+        samples: bytes | None = None,
+        config: ModelConfig | None = None,
+    ) -> str:
         """One version as the tuf part lays it out; returns the model's sha256."""
         prefix = f"{model}/{version}"
         file_custom = {"edgecloud": {"kind": "file", "model": model, "version": version}}
@@ -174,7 +182,9 @@ class TinyFleet:
         if samples is not None:
             self.put(f"{prefix}/samples.npz", samples, file_custom)
             others.append(f"{prefix}/samples.npz")
-        custom = {"edgecloud": {"kind": "model", "model": model, "version": version, "files": others}}
+        custom = {
+            "edgecloud": {"kind": "model", "model": model, "version": version, "files": others}
+        }
         sha = self.put(f"{prefix}/model.onnx", onnx_bytes, custom)
         self.sign()
         return sha
@@ -200,7 +210,11 @@ class RangeServer:
             def do_GET(self) -> None:
                 rel = self.path.removeprefix("/fleet/")
                 file = (server.root / rel).resolve()
-                if not self.path.startswith("/fleet/") or server.root.resolve() not in file.parents or not file.is_file():
+                if (
+                    not self.path.startswith("/fleet/")
+                    or server.root.resolve() not in file.parents
+                    or not file.is_file()
+                ):
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

@@ -28,15 +28,19 @@ def fleet(tmp_path: Path) -> Iterator[tuple[TinyFleet, RangeServer]]:
         yield repo, server
 
 
-def make_agent(tmp_path: Path, fleet: TinyFleet, server: RangeServer, **settings: object) -> UpdateAgent:
+def make_agent(
+    tmp_path: Path, fleet: TinyFleet, server: RangeServer, **settings: object
+) -> UpdateAgent:
     repository = ModelRepository(tmp_path / "device-repo")
     backend = LocalBackend(repository, intra_op_threads=1)
     options: dict[str, object] = {"watch_requests": 0, **settings}
     agent = UpdateAgent(
-        repository, backend,
+        repository,
+        backend,
         AgentSettings(server=server.url, models=("clf",), device_id="dev-1", **options),  # type: ignore[arg-type]
-        state_dir=tmp_path / "state", trust_root=fleet.root_bytes,
-    )  # fmt: skip
+        state_dir=tmp_path / "state",
+        trust_root=fleet.root_bytes,
+    )
     agent.start()
     return agent
 
@@ -110,7 +114,9 @@ def test_nan_output_and_unloadable_model_roll_back(
     assert agent.backend.infer(InferRequest("clf", {"x": X})).version == "1"
 
 
-def test_error_rate_after_the_swap_rolls_back(tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]) -> None:
+def test_error_rate_after_the_swap_rolls_back(
+    tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]
+) -> None:
     repo, server = fleet
     agent = make_agent(tmp_path, repo, server, watch_requests=10, max_error_rate=0.2)
     repo.publish("clf", 1, classifier_onnx(1), samples=samples_npz())
@@ -134,7 +140,9 @@ def test_error_rate_after_the_swap_rolls_back(tmp_path: Path, fleet: tuple[TinyF
     assert rollbacks[-1]["from_version"] == 2 and "error rate" in str(rollbacks[-1]["detail"])
 
 
-def test_interrupted_download_resumes_and_reports_bytes(tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]) -> None:
+def test_interrupted_download_resumes_and_reports_bytes(
+    tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]
+) -> None:
     repo, server = fleet
     agent = make_agent(tmp_path, repo, server)
     model = classifier_onnx(1)
@@ -149,13 +157,17 @@ def test_interrupted_download_resumes_and_reports_bytes(tmp_path: Path, fleet: t
     [done] = agent.check()
     assert done.action == "updated"
     assert done.resumed == 40_000 and done.redownloaded == 0
-    others = sum(t.length for p, t in repo.targets_md.signed.targets.items() if not p.endswith(".onnx"))
+    others = sum(
+        t.length for p, t in repo.targets_md.signed.targets.items() if not p.endswith(".onnx")
+    )
     assert done.downloaded == len(model) - 40_000 + others  # the model's rest, config, samples
     assert server.sent - sent > done.downloaded  # plus the metadata
     assert not list(agent.staging.glob("*.part"))
 
 
-def test_a_corrupt_or_overlong_staging_file_is_not_trusted(tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]) -> None:
+def test_a_corrupt_or_overlong_staging_file_is_not_trusted(
+    tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]
+) -> None:
     repo, server = fleet
     agent = make_agent(tmp_path, repo, server)
     model = classifier_onnx(1)
@@ -166,7 +178,9 @@ def test_a_corrupt_or_overlong_staging_file_is_not_trusted(tmp_path: Path, fleet
     assert agent.repository.get("clf", 1).files["model.onnx"] == sha
     repo.publish("clf", 2, classifier_onnx(2), samples=samples_npz())
     sha2 = repo.targets_md.signed.targets["clf/2/model.onnx"].hashes["sha256"]
-    (agent.staging / f"{sha2}.part").write_bytes(b"\0" * (len(model) + 10))  # longer than the target
+    (agent.staging / f"{sha2}.part").write_bytes(
+        b"\0" * (len(model) + 10)
+    )  # longer than the target
     [again] = agent.check()
     assert again.action == "updated" and again.redownloaded == len(model) + 10
 
@@ -178,8 +192,13 @@ def test_metered_link_waits_and_bandwidth_is_capped(
 
     repo, server = fleet
     link = ["cellular"]
-    agent = make_agent(tmp_path, repo, server, links=LinkPolicy(metered_ok=False, link=lambda: link[0]),
-                       bandwidth_bytes_s=400_000.0)  # fmt: skip
+    agent = make_agent(
+        tmp_path,
+        repo,
+        server,
+        links=LinkPolicy(metered_ok=False, link=lambda: link[0]),
+        bandwidth_bytes_s=400_000.0,
+    )
     model = classifier_onnx(1)
     repo.publish("clf", 1, model, samples=samples_npz())
     [wait] = agent.check()

@@ -44,8 +44,10 @@ start), and nothing needs a restart.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    ConfigError,
     DownloadError,
     EdgecloudError,
     LinkNotAllowedError,
@@ -93,7 +96,8 @@ class AgentSettings:
     """How one device updates (the deployment file's ``updates:`` section)."""
 
     server: str
-    """Base URL of the fleet server; metadata under ``/fleet/metadata/``, targets ``/fleet/targets/``."""
+    """Base URL of the fleet server: metadata under ``/fleet/metadata/``, targets under
+    ``/fleet/targets/``, telemetry to ``/fleet/telemetry``."""
     models: tuple[str, ...]
     device_id: str
     group: str | None = None
@@ -115,7 +119,8 @@ class Outcome:
 
     model: str
     action: str
-    """``current`` (nothing to do), ``updated``, ``rolled-back``, ``skipped`` (bad/none), ``failed``."""
+    """``current`` (nothing to do), ``updated``, ``rolled-back``, ``skipped`` (a bad
+    version, a link not allowed) or ``failed`` (the device keeps what it runs)."""
     version: int | None
     from_version: int | None = None
     detail: str = ""
@@ -152,18 +157,24 @@ class UpdateAgent:
         self.state_dir = Path(state_dir)
         self.trust_root = trust_root
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = _lock_state(self.state_dir)
         (self.state_dir / "tuf").mkdir(exist_ok=True)
         self.staging = self.state_dir / "staging"
         self.staging.mkdir(exist_ok=True)
         self.telemetry = Telemetry(
-            self.state_dir / "telemetry.db", device=settings.device_id, group=settings.group,
+            self.state_dir / "telemetry.db",
+            device=settings.device_id,
+            group=settings.group,
             clock=clock,
-        )  # fmt: skip
-        self.bucket = TokenBucket(settings.bandwidth_bytes_s) if settings.bandwidth_bytes_s else None
+        )
+        self.bucket = (
+            TokenBucket(settings.bandwidth_bytes_s) if settings.bandwidth_bytes_s else None
+        )
         self._lock = threading.RLock()
         self._state = _read_state(self.state_dir / STATE_FILE)
         self._watch: dict[str, list[bool]] = {}
         self._warned_bad: set[tuple[str, int]] = set()
+        self._wake = threading.Event()
 
     # -- state ---------------------------------------------------------------
 
@@ -214,8 +225,9 @@ class UpdateAgent:
             try:
                 loaded = self.backend.open(model, version)  # verifies every sha256
             except EdgecloudError as exc:
-                self.telemetry.record(model, "error", ok=False, version=version,
-                                      detail=f"at start: {exc.message}")  # fmt: skip
+                self.telemetry.record(
+                    model, "error", ok=False, version=version, detail=f"at start: {exc.message}"
+                )
                 self._discard(model, version)
                 continue
             previous = st["previous"] if version == st["active"] else None
@@ -224,7 +236,7 @@ class UpdateAgent:
                 self._save(model, active=version, previous=previous, watching=None)
             if st["watching"] == version:
                 self._watch[model] = []
-            return version
+            return int(version)
         return None
 
     # -- checking ----------------------------------------------------------------
@@ -242,7 +254,9 @@ class UpdateAgent:
             except UpdateError as exc:
                 for model in models or self.settings.models:
                     self.telemetry.record(model, "check", ok=False, detail=exc.message)
-                    outcomes.append(Outcome(model, "failed", self.active(model), detail=exc.message))
+                    outcomes.append(
+                        Outcome(model, "failed", self.active(model), detail=exc.message)
+                    )
                 return outcomes
             for model in models or self.settings.models:
                 outcomes.append(self._check_model(model, targets, consistent))
@@ -260,11 +274,18 @@ class UpdateAgent:
         if wanted in self.state(model)["bad"]:
             if (model, wanted) not in self._warned_bad:
                 self._warned_bad.add((model, wanted))
-                self.telemetry.record(model, "check", ok=False, version=wanted, from_version=current,
-                                      detail="marked bad on this device: not installed again")  # fmt: skip
+                self.telemetry.record(
+                    model,
+                    "check",
+                    ok=False,
+                    version=wanted,
+                    from_version=current,
+                    detail="marked bad on this device: not installed again",
+                )
             return Outcome(model, "skipped", current, detail=f"version {wanted} is marked bad")
-        self.telemetry.record(model, "check", ok=True, version=wanted, from_version=current,
-                              detail="update available")  # fmt: skip
+        self.telemetry.record(
+            model, "check", ok=True, version=wanted, from_version=current, detail="update available"
+        )
         return self._update(model, wanted, current, targets, consistent)
 
     def _wanted(
@@ -278,33 +299,53 @@ class UpdateAgent:
         rollout = targets.get(f"{model}/rollout.json")
         if rollout is None:
             return published[-1] if published else None
-        from .rollout_state import desired_version
-
+        # The rollout part's contract: desired_version(rollout, device_id, group, current).
+        desired_version = importlib.import_module("edgecloud.fleet.rollout_state").desired_version
         raw = self._fetch(rollout, f"{model}/rollout.json", consistent).path.read_bytes()
         try:
-            wanted = desired_version(json.loads(raw), self.settings.device_id,
-                                     self.settings.group, current)  # fmt: skip
+            wanted = desired_version(
+                json.loads(raw), self.settings.device_id, self.settings.group, current
+            )
         except (ValueError, EdgecloudError) as exc:
             raise UpdateError(f"{model}/rollout.json: {exc}") from exc
         if wanted is not None and wanted not in published:
             raise UpdateError(f"{model}/rollout.json asks for version {wanted}, never published")
-        return wanted
+        return None if wanted is None else int(wanted)
 
     # -- updating ----------------------------------------------------------------
 
     def _update(
-        self, model: str, wanted: int, current: int | None, targets: Mapping[str, Any], consistent: bool
+        self,
+        model: str,
+        wanted: int,
+        current: int | None,
+        targets: Mapping[str, Any],
+        consistent: bool,
     ) -> Outcome:
         stats = _Moved()
         try:
             self._install(model, wanted, current, targets, consistent, stats)
         except LinkNotAllowedError as exc:
-            self.telemetry.record(model, "download", ok=False, version=wanted, from_version=current,
-                                  detail=exc.message, nbytes=stats.downloaded)  # fmt: skip
+            self.telemetry.record(
+                model,
+                "download",
+                ok=False,
+                version=wanted,
+                from_version=current,
+                detail=exc.message,
+                nbytes=stats.downloaded,
+            )
             return stats.outcome(model, "skipped", current, current, exc.message)
         except UpdateError as exc:
-            self.telemetry.record(model, "install", ok=False, version=wanted, from_version=current,
-                                  detail=exc.message, nbytes=stats.downloaded)  # fmt: skip
+            self.telemetry.record(
+                model,
+                "install",
+                ok=False,
+                version=wanted,
+                from_version=current,
+                detail=exc.message,
+                nbytes=stats.downloaded,
+            )
             return stats.outcome(model, "failed", current, current, exc.message)
         return self._try_swap(model, wanted, current, stats)
 
@@ -326,9 +367,15 @@ class UpdateAgent:
             return
         self._discard(model, wanted)  # a leftover that does not match what was signed
         onnx, how = self._model_bytes(model, wanted, current, targets, consistent, stats)
-        self.telemetry.record(model, "download", ok=True, version=wanted, from_version=current,
-                              detail=f"{how}: resumed {stats.resumed} B, re-downloaded "
-                              f"{stats.redownloaded} B", nbytes=stats.downloaded)  # fmt: skip
+        self.telemetry.record(
+            model,
+            "download",
+            ok=True,
+            version=wanted,
+            from_version=current,
+            detail=f"{how}: resumed {stats.resumed} B, re-downloaded {stats.redownloaded} B",
+            nbytes=stats.downloaded,
+        )
         files: dict[str, str | bytes] = {}
         config: ModelConfig | None = None
         for other in info.custom["edgecloud"].get("files", []):
@@ -343,19 +390,32 @@ class UpdateAgent:
                 files[name] = data
         try:
             self.repository.add_version(
-                model, onnx, config=config, extra_files=files, version=wanted,
+                model,
+                onnx,
+                config=config,
+                extra_files=files,
+                version=wanted,
                 metadata={"fleet": {"target": path, "via": how}},
-            )  # fmt: skip
+            )
         except EdgecloudError as exc:
             raise UpdateError(f"version {wanted} cannot be installed: {exc.message}") from exc
-        self.telemetry.record(model, "install", ok=True, version=wanted, from_version=current,
-                              detail=how, nbytes=len(onnx))  # fmt: skip
+        self.telemetry.record(
+            model,
+            "install",
+            ok=True,
+            version=wanted,
+            from_version=current,
+            detail=how,
+            nbytes=len(onnx),
+        )
         for file in self.staging.glob("*.part"):
             file.unlink(missing_ok=True)  # installed: the staged pieces are not needed again
 
     def _installed_matches(self, model: str, version: int, info: Any) -> bool:
         """Whether ``version`` is on disk, every file intact, its model the signed one."""
-        if version not in (self.repository.versions(model) if (self.repository.root / model).is_dir() else []):
+        if version not in (
+            self.repository.versions(model) if (self.repository.root / model).is_dir() else []
+        ):
             return False
         try:
             entry = self.repository.get(model, version, served_only=False, verify=True)
@@ -383,8 +443,14 @@ class UpdateAgent:
             except LinkNotAllowedError:
                 raise
             except UpdateError as exc:  # Mender's rule: a delta that fails falls back to full
-                self.telemetry.record(model, "download", ok=False, version=wanted, from_version=current,
-                                      detail=f"{delta_path}: {exc.message}; full model instead")  # fmt: skip
+                self.telemetry.record(
+                    model,
+                    "download",
+                    ok=False,
+                    version=wanted,
+                    from_version=current,
+                    detail=f"{delta_path}: {exc.message}; full model instead",
+                )
                 continue
             signed = info.hashes.get("sha256")
             custom = delta_info.custom["edgecloud"]
@@ -412,8 +478,8 @@ class UpdateAgent:
     def _apply(
         self, model: str, current: int | None, path: str, info: Any, consistent: bool, stats: _Moved
     ) -> bytes:
-        try:
-            from .delta import apply_delta
+        try:  # the delta part's contract: apply_delta(old, delta) -> bytes, DeltaError
+            apply_delta = importlib.import_module("edgecloud.fleet.delta").apply_delta
         except ImportError as exc:
             raise UpdateError(f"deltas cannot be applied here ({exc})") from exc
         old = self.repository.get(model, current, served_only=False, verify=True)
@@ -426,7 +492,9 @@ class UpdateAgent:
             raise UpdateError(exc.message) from exc
         return result
 
-    def _fetch(self, info: Any, path: str, consistent: bool, stats: _Moved | None = None) -> FetchResult:
+    def _fetch(
+        self, info: Any, path: str, consistent: bool, stats: _Moved | None = None
+    ) -> FetchResult:
         """Download one signed target (resuming), verified against ``info`` (a ``TargetFile``)."""
         sha = info.hashes.get("sha256")
         if not sha:
@@ -434,9 +502,14 @@ class UpdateAgent:
         url = self._target_url(path, sha, consistent)
         with self._client() as client:
             result = fetch_target(
-                client, url, self.staging / f"{sha}.part", length=int(info.length), sha256=sha,
-                bucket=self.bucket, links=self.settings.links,
-            )  # fmt: skip
+                client,
+                url,
+                self.staging / f"{sha}.part",
+                length=int(info.length),
+                sha256=sha,
+                bucket=self.bucket,
+                links=self.settings.links,
+            )
         if stats is not None:
             stats.add(result)
         return result
@@ -463,16 +536,31 @@ class UpdateAgent:
         except EdgecloudError as exc:
             return self._reject(model, wanted, current, f"load failed: {exc.message}", stats)
         health = check_health(loaded, previous=previous, policy=self.settings.health)
-        self.telemetry.record(model, "health", ok=health.ok, version=wanted, from_version=current,
-                              detail=health.detail)  # fmt: skip
+        self.telemetry.record(
+            model,
+            "health",
+            ok=health.ok,
+            version=wanted,
+            from_version=current,
+            detail=health.detail,
+        )
         if not health.ok:
             return self._reject(model, wanted, current, f"health check: {health.detail}", stats)
         self._save(model, active=wanted, previous=current, watching=wanted)
-        table = {wanted: loaded} if previous is None else {wanted: loaded, current: previous}
-        self.backend.publish(model, table, latest=wanted)  # type: ignore[dict-item]
+        table = {wanted: loaded}
+        if previous is not None and current is not None:
+            table[current] = previous  # still served to requests that name it
+        self.backend.publish(model, table, latest=wanted)
         self._watch[model] = []
-        self.telemetry.record(model, "swap", ok=True, version=wanted, from_version=current,
-                              detail=f"serving {wanted}", nbytes=stats.downloaded)  # fmt: skip
+        self.telemetry.record(
+            model,
+            "swap",
+            ok=True,
+            version=wanted,
+            from_version=current,
+            detail=f"serving {wanted}",
+            nbytes=stats.downloaded,
+        )
         if self.settings.watch_requests == 0:
             self._commit(model)
         return stats.outcome(model, "updated", wanted, current, health.detail)
@@ -488,12 +576,15 @@ class UpdateAgent:
         except EdgecloudError:
             return None
 
-    def _reject(self, model: str, wanted: int, current: int | None, why: str, stats: _Moved) -> Outcome:
+    def _reject(
+        self, model: str, wanted: int, current: int | None, why: str, stats: _Moved
+    ) -> Outcome:
         """``wanted`` never served: mark it bad, remove it, keep ``current``."""
         self._save(model, bad=sorted({*self.state(model)["bad"], wanted}))
         self._discard(model, wanted)
-        self.telemetry.record(model, "rollback", ok=True, version=current, from_version=wanted,
-                              detail=why)  # fmt: skip
+        self.telemetry.record(
+            model, "rollback", ok=True, version=current, from_version=wanted, detail=why
+        )
         return stats.outcome(model, "rolled-back", current, wanted, why)
 
     def observe(self, model: str, ok: bool) -> None:
@@ -538,15 +629,22 @@ class UpdateAgent:
         self._watch.pop(model, None)
         loaded = self._served(model, back)
         if loaded is None:
-            self.telemetry.record(model, "rollback", ok=False, version=back, from_version=bad,
-                                  detail=f"{why}; no previous version to go back to")  # fmt: skip
+            self.telemetry.record(
+                model,
+                "rollback",
+                ok=False,
+                version=back,
+                from_version=bad,
+                detail=f"{why}; no previous version to go back to",
+            )
             self._save(model, watching=None)
             return
-        self._save(model, active=back, previous=None, watching=None,
-                   bad=sorted({*st["bad"], bad}))  # fmt: skip
+        self._save(model, active=back, previous=None, watching=None, bad=sorted({*st["bad"], bad}))
         self.backend.publish(model, {back: loaded})
         self._discard(model, bad)
-        self.telemetry.record(model, "rollback", ok=True, version=back, from_version=bad, detail=why)
+        self.telemetry.record(
+            model, "rollback", ok=True, version=back, from_version=bad, detail=why
+        )
 
     # -- metadata ---------------------------------------------------------------------
 
@@ -558,19 +656,25 @@ class UpdateAgent:
         from tuf.api.exceptions import DownloadError as TufDownloadError
         from tuf.api.exceptions import RepositoryError
         from tuf.api.metadata import Metadata
-        from tuf.ngclient import Updater
+        from tuf.api._payload import Root, Targets
+        from tuf.ngclient.updater import Updater
 
         base = self.settings.server.rstrip("/") + "/fleet"
         tuf_dir = self.state_dir / "tuf"
         try:
-            updater = Updater(str(tuf_dir), f"{base}/metadata/", target_base_url=f"{base}/targets/",
-                              bootstrap=self.trust_root)  # fmt: skip
+            updater = Updater(
+                str(tuf_dir),
+                f"{base}/metadata/",
+                target_base_url=f"{base}/targets/",
+                bootstrap=self.trust_root,
+            )
             updater.refresh()
-            targets = Metadata.from_file(str(tuf_dir / "targets.json")).signed
-            root = Metadata.from_file(str(tuf_dir / "root.json")).signed
+            # The files the Updater just verified and persisted (top-level targets only).
+            targets: Metadata[Targets] = Metadata.from_file(str(tuf_dir / "targets.json"))
+            root: Metadata[Root] = Metadata.from_file(str(tuf_dir / "root.json"))
         except (RepositoryError, TufDownloadError, OSError, ValueError) as exc:
             raise UpdateError(f"update metadata refused: {type(exc).__name__}: {exc}") from exc
-        return dict(targets.targets), bool(root.consistent_snapshot)
+        return dict(targets.signed.targets), bool(root.signed.consistent_snapshot)
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -595,19 +699,30 @@ class UpdateAgent:
 
         return self.telemetry.drain(http_sender(self.settings.server))
 
+    def wake(self) -> None:
+        """Check now instead of at the end of the interval (``edgecloud fleet check``, SIGUSR1)."""
+        self._wake.set()
+
     def run(self, stop: threading.Event) -> None:
-        """Check every ``interval_s`` (first at once) and drain telemetry, until ``stop`` is set."""
+        """Check every ``interval_s`` (first at once, and at each :meth:`wake`) and drain
+        telemetry, until ``stop`` is set."""
         while not stop.is_set():
+            self._wake.clear()
             try:
                 self.check()
             except Exception:  # one bad round never stops the device's updates
                 log.exception("fleet: update round failed")
             with contextlib.suppress(EdgecloudError):
                 self.drain_telemetry()
-            stop.wait(self.settings.interval_s)
+            deadline = time.monotonic() + self.settings.interval_s
+            while not stop.is_set() and not self._wake.is_set() and time.monotonic() < deadline:
+                self._wake.wait(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
         self.telemetry.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 @dataclass
@@ -621,10 +736,12 @@ class _Moved:
         self.redownloaded += result.redownloaded
         self.resumed += result.resumed_from
 
-    def outcome(self, model: str, action: str, version: int | None, other: int | None,
-                detail: str) -> Outcome:  # fmt: skip
-        return Outcome(model, action, version, other, detail, self.downloaded, self.redownloaded,
-                       self.resumed)  # fmt: skip
+    def outcome(
+        self, model: str, action: str, version: int | None, other: int | None, detail: str
+    ) -> Outcome:
+        return Outcome(
+            model, action, version, other, detail, self.downloaded, self.redownloaded, self.resumed
+        )
 
 
 def _kind(info: Any) -> str | None:
@@ -645,7 +762,29 @@ def _parse_config(data: bytes, where: str) -> ModelConfig:
     try:
         return ModelConfig.model_validate(yaml.safe_load(data))
     except Exception as exc:  # yaml and pydantic errors: the signed config is unusable
-        raise UpdateError(f"{where}: not a model config: {' '.join(str(exc).split())[:300]}") from exc
+        raise UpdateError(
+            f"{where}: not a model config: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+
+
+def _lock_state(state_dir: Path) -> int:
+    """An exclusive ``flock`` on ``state_dir/agent.lock`` for this agent's life (released by
+    the kernel when the process dies, SIGKILL included). ConfigError when another holds it."""
+    import fcntl
+
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"another update agent (pid {holder}) uses {state_dir}; ask it to check now "
+            f"with: kill -USR1 {holder}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -654,6 +793,8 @@ def _read_state(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (ValueError, OSError) as exc:
-        raise ModelLoadError(f"{path}: the update agent's state is unreadable ({exc}); "
-                             "move it aside to start over from the versions on disk") from exc  # fmt: skip
+        raise ModelLoadError(
+            f"{path}: the update agent's state is unreadable ({exc}); "
+            "move it aside to start over from the versions on disk"
+        ) from exc
     return data if isinstance(data, dict) else {}

@@ -196,7 +196,9 @@ def _stream(
                 out.seek(start)
                 for chunk in response.iter_bytes():  # as received: a cut keeps its prefix
                     if start + received + len(chunk) > length:
-                        raise DownloadError(f"{url}: the server sent more than the signed {length} bytes")
+                        raise DownloadError(
+                            f"{url}: the server sent more than the signed {length} bytes"
+                        )
                     links.check()
                     if bucket is not None:
                         bucket.take(len(chunk))

@@ -102,7 +102,9 @@ def _judge_accuracy(
     before = None
     if theirs is not None and theirs.shape == first.shape:
         before = float((theirs.argmax(axis=1) == labels).mean())
-    detail = f"accuracy {accuracy:.4f}" + (f" (previous {before:.4f})" if before is not None else "")
+    detail = f"accuracy {accuracy:.4f}" + (
+        f" (previous {before:.4f})" if before is not None else ""
+    )
     ok = accuracy >= policy.min_accuracy and (
         before is None or accuracy >= before - policy.max_accuracy_drop
     )

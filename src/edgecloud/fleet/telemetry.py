@@ -80,19 +80,29 @@ class Telemetry:
             self._seq += 1
             _write_atomic(self._seq_file, str(self._seq).encode(), durable=True)
             seq = self._seq
-        body = {
-            "id": f"{self.device}:{seq}", "device": self.device, "group": self.group,
-            "model": model, "event": event, "version": version, "from_version": from_version,
-            "ok": ok, "detail": detail, "bytes": int(nbytes), "at": self._clock(),
-        }  # fmt: skip
+        event_id = f"{self.device}:{seq}"
+        body: dict[str, Any] = {
+            "id": event_id,
+            "device": self.device,
+            "group": self.group,
+            "model": model,
+            "event": event,
+            "version": version,
+            "from_version": from_version,
+            "ok": ok,
+            "detail": detail,
+            "bytes": int(nbytes),
+            "at": self._clock(),
+        }
         level = logging.INFO if ok else logging.WARNING
-        log.log(level, "fleet %s %s v%s<-v%s ok=%s %s", event, model, version, from_version, ok,
-                detail)  # fmt: skip
+        log.log(
+            level, "fleet %s %s v%s<-v%s ok=%s %s", event, model, version, from_version, ok, detail
+        )
         payload = np.array([json.dumps(body).encode()], dtype=np.object_)
         request = InferRequest(
             TELEMETRY_MODEL,
             {"event": payload},
-            context=RequestContext(idempotency_key=body["id"]),
+            context=RequestContext(idempotency_key=event_id),
         )
         self.outbox.put(request, kind="telemetry")
         return body
