@@ -49,7 +49,7 @@ def classifier_onnx(seed: int, *, permute: bool = False, nan: bool = False) -> b
     base = np.random.default_rng(0)
     w1 = base.standard_normal((4, HIDDEN)).astype(np.float32)
     w2 = base.standard_normal((HIDDEN, 3)).astype(np.float32) / 10
-    w2 += np.random.default_rng(seed).standard_normal(w2.shape).astype(np.float32) * 1e-4
+    w2 += np.random.default_rng(seed).standard_normal(w2.shape).astype(np.float32) * 1e-6
     if permute:
         w2 = w2[:, [1, 2, 0]]
     if nan:
@@ -81,11 +81,15 @@ def classifier_config(name: str = "clf") -> ModelConfig:
 
 def samples_npz() -> bytes:
     """32 rows and their labels: the base model's own argmax (accuracy 1.0 for a fine-tune)."""
-    x = np.random.default_rng(1).standard_normal((32, 4)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((128, 4)).astype(np.float32)
     base = np.random.default_rng(0)
     w1 = base.standard_normal((4, HIDDEN)).astype(np.float32)
     w2 = base.standard_normal((HIDDEN, 3)).astype(np.float32) / 10
-    labels = (np.maximum(x @ w1, 0) @ w2).argmax(axis=1).astype(np.int64)
+    scores = np.maximum(x @ w1, 0) @ w2
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.1 * np.abs(top2[:, 1])  # no near-ties a fine-tune flips
+    x = x[clear][:32]
+    labels = scores[clear][:32].argmax(axis=1).astype(np.int64)
     out = io.BytesIO()
     np.savez(out, x=x, labels=labels)
     return out.getvalue()
@@ -196,6 +200,8 @@ class RangeServer:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.sent = 0
+        self.events: dict[str, dict[str, Any]] = {}
+        """Telemetry received at ``POST /fleet/telemetry``, by event id (stored once)."""
         self.fail_after: int | None = None
         """Cut each target body after this many bytes (an interrupted download)."""
         self.lock = threading.Lock()
@@ -206,6 +212,17 @@ class RangeServer:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ok = self.path == "/fleet/telemetry"
+                if ok:
+                    event = json.loads(body)
+                    with server.lock:
+                        server.events.setdefault(event["id"], event)
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def do_GET(self) -> None:
                 rel = self.path.removeprefix("/fleet/")
@@ -249,7 +266,11 @@ class RangeServer:
                 with server.lock:
                     server.sent += len(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client killed mid-transfer (the crash test) is expected
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -179,9 +179,15 @@ class UpdateAgent:
     # -- state ---------------------------------------------------------------
 
     def state(self, model: str) -> dict[str, Any]:
-        """A copy of ``model``'s state: ``active``, ``previous``, ``bad`` (list), ``watching``."""
+        """A copy of ``model``'s state: ``active`` (served), ``previous`` (kept to roll back
+        to), ``bad`` (versions never to install again), ``watching`` (the version whose first
+        requests are watched), ``installing`` (written before a version is put on disk: not
+        served after a crash until its health check passes)."""
         entry = self._state.setdefault(model, {})
-        return {"active": None, "previous": None, "bad": [], "watching": None, **entry}
+        return {
+            "active": None, "previous": None, "bad": [], "watching": None, "installing": None,
+            **entry,
+        }  # fmt: skip
 
     def active(self, model: str) -> int | None:
         active: int | None = self.state(model)["active"]
@@ -219,8 +225,10 @@ class UpdateAgent:
         for version in order:
             if version is None or version in tried or version not in on_disk:
                 continue
-            if version in st["bad"] and version not in (st["active"], st["previous"]):
-                continue
+            if version not in (st["active"], st["previous"]) and (
+                version in st["bad"] or version == st["installing"]
+            ):
+                continue  # never served as a fallback: bad, or installed but never checked
             tried.add(version)
             try:
                 loaded = self.backend.open(model, version)  # verifies every sha256
@@ -388,6 +396,7 @@ class UpdateAgent:
                 config = _parse_config(data, other)
             else:
                 files[name] = data
+        self._save(model, installing=wanted)
         try:
             self.repository.add_version(
                 model,
@@ -546,7 +555,7 @@ class UpdateAgent:
         )
         if not health.ok:
             return self._reject(model, wanted, current, f"health check: {health.detail}", stats)
-        self._save(model, active=wanted, previous=current, watching=wanted)
+        self._save(model, active=wanted, previous=current, watching=wanted, installing=None)
         table = {wanted: loaded}
         if previous is not None and current is not None:
             table[current] = previous  # still served to requests that name it
@@ -580,7 +589,7 @@ class UpdateAgent:
         self, model: str, wanted: int, current: int | None, why: str, stats: _Moved
     ) -> Outcome:
         """``wanted`` never served: mark it bad, remove it, keep ``current``."""
-        self._save(model, bad=sorted({*self.state(model)["bad"], wanted}))
+        self._save(model, bad=sorted({*self.state(model)["bad"], wanted}), installing=None)
         self._discard(model, wanted)
         self.telemetry.record(
             model, "rollback", ok=True, version=current, from_version=wanted, detail=why

@@ -53,6 +53,7 @@ def agent_command(
     from ..errors import EdgecloudError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     agent = _agent(deployment)
     try:
         for model, version in agent.start().items():

@@ -38,8 +38,8 @@ __all__ = [
 #: Link types (``EDGECLOUD_LINK``) that cost money per byte: refused when ``metered_ok`` is false.
 METERED_LINKS = frozenset({"cellular", "metered", "satellite"})
 
-CHUNK_BYTES = 64 * 1024
-"""The token bucket's default burst, bytes."""
+MIN_BURST_BYTES = 16 * 1024
+"""Smallest default burst of the token bucket, bytes (else a tenth of a second of the rate)."""
 
 
 def env_link() -> str:
@@ -73,7 +73,8 @@ class TokenBucket:
 
     ``take(n)`` blocks (``sleep``) until ``n`` tokens are there. The classic
     shaper (RFC 2697's single-rate bucket without the colours). ``rate_bytes_s``
-    None means unlimited.
+    None means unlimited; ``burst_bytes`` defaults to a tenth of a second of the
+    rate, at least :data:`MIN_BURST_BYTES`.
     """
 
     def __init__(
@@ -87,7 +88,8 @@ class TokenBucket:
         if rate_bytes_s is not None and not (0 < rate_bytes_s < float("inf")):
             raise ConfigError(f"bandwidth must be a positive number of bytes/s, not {rate_bytes_s}")
         self.rate = rate_bytes_s
-        self.burst = burst_bytes if burst_bytes is not None else CHUNK_BYTES
+        default = max(MIN_BURST_BYTES, int((rate_bytes_s or 0) / 10))
+        self.burst = burst_bytes if burst_bytes is not None else default
         if self.burst <= 0:
             raise ConfigError(f"burst_bytes must be positive, not {self.burst}")
         self._clock = clock
