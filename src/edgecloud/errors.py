@@ -38,8 +38,7 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── MissingDependencyError (500)         an optional extra is not installed
     └── UpdateError (502)                    a fleet update could not be fetched or installed
         ├── DownloadError                    a target's bytes are not what was signed
-        ├── LinkNotAllowedError              the current link may not carry updates
-        └── HealthCheckError                 a new version failed its health check
+        └── LinkNotAllowedError              the current link may not carry updates
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ __all__ = [
     "DeadlineExceededError",
     "DownloadError",
     "EdgecloudError",
-    "HealthCheckError",
     "IdempotencyKeyReuseError",
     "InferenceError",
     "InvalidRequestError",
@@ -295,10 +293,6 @@ class DownloadError(UpdateError):
 class LinkNotAllowedError(UpdateError):
     """The link the device is on may not carry updates (a metered link with
     ``metered_ok: false``); the download waits, its staging file kept."""
-
-
-class HealthCheckError(UpdateError):
-    """A new version failed its health check (accuracy, cosine, NaN); it is not served."""
 
 
 #: HTTP statuses a client maps to a class, where the status alone decides.

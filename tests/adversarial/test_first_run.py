@@ -40,7 +40,7 @@ CORE = {"numpy", "onnxruntime", "pydantic", "yaml", "ruamel", "typer", "rich", "
 #: Submodules of core packages that import optional ones (onnxruntime's
 #: quantization tools import onnx), and our generated stubs (grpc, protobuf).
 OPTIONAL_SUBMODULES = ("onnxruntime.quantization", "onnxruntime.transformers", "edgecloud.proto")
-EXTRAS = ("train", "compress", "remote", "server", "bench", "triton")
+EXTRAS = ("train", "compress", "remote", "server", "bench", "triton", "fleet")
 
 
 # --- structural ------------------------------------------------------------

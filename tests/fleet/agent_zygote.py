@@ -18,11 +18,11 @@ import tuf.ngclient.updater  # noqa: F401
 import yaml  # noqa: F401
 
 import edgecloud.cli
-import edgecloud.deployment  # noqa: F401
-import edgecloud.fleet.agent  # noqa: F401
-import edgecloud.fleet.device  # noqa: F401
-import edgecloud.routing.outbox  # noqa: F401
-import edgecloud.samples  # noqa: F401
+import edgecloud.deployment
+import edgecloud.fleet.agent
+import edgecloud.fleet.device
+import edgecloud.routing.outbox
+import edgecloud.samples
 
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
 print("ready", flush=True)

@@ -661,17 +661,15 @@ class UpdateAgent:
         """Refresh TUF metadata; the verified top-level targets and whether names carry hashes."""
         from .._optional import require
 
-        require("tuf.ngclient", extra="fleet", feature="fleet updates")
-        from tuf.api.exceptions import DownloadError as TufDownloadError
-        from tuf.api.exceptions import RepositoryError
-        from tuf.api.metadata import Metadata
-        from tuf.api._payload import Root, Targets
-        from tuf.ngclient.updater import Updater
-
+        feature = "fleet updates"
+        errors = require("tuf.api.exceptions", extra="fleet", feature=feature)
+        metadata = require("tuf.api.metadata", extra="fleet", feature=feature)
+        ngclient = require("tuf.ngclient.updater", extra="fleet", feature=feature)
+        require("cryptography", extra="fleet", feature=feature)  # signature checks need it
         base = self.settings.server.rstrip("/") + "/fleet"
         tuf_dir = self.state_dir / "tuf"
         try:
-            updater = Updater(
+            updater = ngclient.Updater(
                 str(tuf_dir),
                 f"{base}/metadata/",
                 target_base_url=f"{base}/targets/",
@@ -679,11 +677,12 @@ class UpdateAgent:
             )
             updater.refresh()
             # The files the Updater just verified and persisted (top-level targets only).
-            targets: Metadata[Targets] = Metadata.from_file(str(tuf_dir / "targets.json"))
-            root: Metadata[Root] = Metadata.from_file(str(tuf_dir / "root.json"))
-        except (RepositoryError, TufDownloadError, OSError, ValueError) as exc:
+            targets = metadata.Metadata.from_file(str(tuf_dir / "targets.json"))
+            root = metadata.Metadata.from_file(str(tuf_dir / "root.json"))
+        except (errors.RepositoryError, errors.DownloadError, OSError, ValueError) as exc:
             raise UpdateError(f"update metadata refused: {type(exc).__name__}: {exc}") from exc
-        return dict(targets.signed.targets), bool(root.signed.consistent_snapshot)
+        found: dict[str, Any] = dict(targets.signed.targets)
+        return found, bool(root.signed.consistent_snapshot)
 
     # -- housekeeping ------------------------------------------------------------------
 
