@@ -52,7 +52,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,10 +149,14 @@ class UpdateAgent:
         *,
         state_dir: Path,
         trust_root: bytes,
+        also: Sequence[LocalBackend] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repository = repository
         self.backend = backend
+        self.also: list[LocalBackend] = [b for b in also if b is not backend]
+        """Other session caches serving the same repository (a deployment's local nodes
+        with other thread settings): each gets its own sessions at every swap."""
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.trust_root = trust_root
@@ -239,7 +243,7 @@ class UpdateAgent:
                 self._discard(model, version)
                 continue
             previous = st["previous"] if version == st["active"] else None
-            self.backend.publish(model, {version: loaded})
+            self._publish(model, {version: loaded})
             if version != st["active"]:
                 self._save(model, active=version, previous=previous, watching=None)
             if st["watching"] == version:
@@ -559,7 +563,7 @@ class UpdateAgent:
         table = {wanted: loaded}
         if previous is not None and current is not None:
             table[current] = previous  # still served to requests that name it
-        self.backend.publish(model, table, latest=wanted)
+        self._publish(model, table, latest=wanted)
         self._watch[model] = []
         self.telemetry.record(
             model,
@@ -573,6 +577,16 @@ class UpdateAgent:
         if self.settings.watch_requests == 0:
             self._commit(model)
         return stats.outcome(model, "updated", wanted, current, health.detail)
+
+    def _publish(
+        self, model: str, sessions: dict[int, LoadedModel], latest: int | None = None
+    ) -> None:
+        """Swap ``sessions`` in on the backend, and the same versions on every other cache
+        (opened first, so a failure there changes nothing anywhere)."""
+        others = [(other, {v: other.open(model, v) for v in sessions}) for other in self.also]
+        self.backend.publish(model, sessions, latest=latest)
+        for other, opened in others:
+            other.publish(model, opened, latest=latest)
 
     def _served(self, model: str, version: int | None) -> LoadedModel | None:
         if version is None:
@@ -649,7 +663,7 @@ class UpdateAgent:
             self._save(model, watching=None)
             return
         self._save(model, active=back, previous=None, watching=None, bad=sorted({*st["bad"], bad}))
-        self.backend.publish(model, {back: loaded})
+        self._publish(model, {back: loaded})
         self._discard(model, bad)
         self.telemetry.record(
             model, "rollback", ok=True, version=back, from_version=bad, detail=why

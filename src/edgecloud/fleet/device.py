@@ -62,12 +62,15 @@ def agent_for(deployment: Deployment) -> UpdateAgent | None:
             f"updates.root: cannot read the fleet's root.json {root}: {exc.strerror or exc}; "
             "copy it from the directory of edgecloud fleet keys"
         ) from exc
-    backends = {model: local for model, (_, local) in deployment.local_models.items()}
-    backend = next(iter(backends.values()), None) or LocalBackend(deployment.repository)
+    caches = [local for _, local in deployment.local_models.values()]
+    caches += [n for n in deployment.nodes.values() if isinstance(n, LocalBackend)]
+    unique = list({id(c): c for c in caches}.values())
+    backend = unique[0] if unique else LocalBackend(deployment.repository)
     return UpdateAgent(
         deployment.repository,
         backend,
         settings_of(spec),
         state_dir=base / spec.state_dir,
         trust_root=trust,
+        also=unique[1:],
     )
