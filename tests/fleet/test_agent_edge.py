@@ -69,7 +69,10 @@ def test_edge_gateway_swaps_on_demand_with_zero_failed_requests(tmp_path: Path) 
             deadline = time.monotonic() + 60
             while seen[-1] != "2" and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(0.3)
+            while time.monotonic() < deadline and not any(  # telemetry drained after the round
+                e["event"] == "swap" and e["version"] == 2 for e in list(server.events.values())
+            ):
+                time.sleep(0.05)
         finally:
             stop.set()
             sender.join(timeout=10)

@@ -47,7 +47,6 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -58,11 +57,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
-    ConfigError,
     DownloadError,
     EdgecloudError,
     LinkNotAllowedError,
-    ModelLoadError,
     UpdateError,
 )
 from ..repository import (
@@ -71,9 +68,9 @@ from ..repository import (
     MODEL_FILE,
     ModelConfig,
     ModelRepository,
-    _write_atomic,
     sha256_file,
 )
+from .agent_state import AgentState
 from .download import FetchResult, LinkPolicy, TokenBucket, fetch_target
 from .health import HealthPolicy, check_health
 from .telemetry import Telemetry
@@ -88,7 +85,6 @@ log = logging.getLogger("edgecloud.fleet")
 
 #: Delta codecs in order of preference: lossless first (its result is the signed model itself).
 LOSSLESS_CODECS = ("xor-zstd",)
-STATE_FILE = "agent.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +157,7 @@ class UpdateAgent:
         self.state_dir = Path(state_dir)
         self.trust_root = trust_root
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = _lock_state(self.state_dir)
+        self._store = AgentState(self.state_dir)
         (self.state_dir / "tuf").mkdir(exist_ok=True)
         self.staging = self.state_dir / "staging"
         self.staging.mkdir(exist_ok=True)
@@ -175,7 +171,6 @@ class UpdateAgent:
             TokenBucket(settings.bandwidth_bytes_s) if settings.bandwidth_bytes_s else None
         )
         self._lock = threading.RLock()
-        self._state = _read_state(self.state_dir / STATE_FILE)
         self._watch: dict[str, list[bool]] = {}
         self._warned_bad: set[tuple[str, int]] = set()
         self._wake = threading.Event()
@@ -183,25 +178,32 @@ class UpdateAgent:
     # -- state ---------------------------------------------------------------
 
     def state(self, model: str) -> dict[str, Any]:
-        """A copy of ``model``'s state: ``active`` (served), ``previous`` (kept to roll back
-        to), ``bad`` (versions never to install again), ``watching`` (the version whose first
-        requests are watched), ``installing`` (written before a version is put on disk: not
-        served after a crash until its health check passes)."""
-        entry = self._state.setdefault(model, {})
-        return {
-            "active": None, "previous": None, "bad": [], "watching": None, "installing": None,
-            **entry,
-        }  # fmt: skip
+        """A copy of ``model``'s state (:mod:`.agent_state`): ``active``, ``previous``,
+        ``bad``, ``watching``, ``installing``."""
+        return self._store.get(model)
 
     def active(self, model: str) -> int | None:
         active: int | None = self.state(model)["active"]
         return active
 
     def _save(self, model: str, **changes: Any) -> None:
-        self._state[model] = {**self.state(model), **changes}
-        _write_atomic(
-            self.state_dir / STATE_FILE, json.dumps(self._state, indent=1).encode(), durable=True
-        )
+        self._store.save(model, **changes)
+
+    def _event(
+        self,
+        model: str,
+        event: str,
+        ok: bool,
+        version: int | None,
+        from_version: int | None,
+        detail: str = "",
+        nbytes: int = 0,
+    ) -> None:
+        """One telemetry event (:meth:`.telemetry.Telemetry.record`): queued and logged."""
+        self.telemetry.record(
+            model, event, ok=ok, version=version, from_version=from_version, detail=detail,
+            nbytes=nbytes,
+        )  # fmt: skip
 
     # -- start -----------------------------------------------------------------
 
@@ -237,9 +239,7 @@ class UpdateAgent:
             try:
                 loaded = self.backend.open(model, version)  # verifies every sha256
             except EdgecloudError as exc:
-                self.telemetry.record(
-                    model, "error", ok=False, version=version, detail=f"at start: {exc.message}"
-                )
+                self._event(model, "error", False, version, None, f"at start: {exc.message}")
                 self._discard(model, version)
                 continue
             previous = st["previous"] if version == st["active"] else None
@@ -265,7 +265,7 @@ class UpdateAgent:
                 targets, consistent = self._refresh()
             except UpdateError as exc:
                 for model in models or self.settings.models:
-                    self.telemetry.record(model, "check", ok=False, detail=exc.message)
+                    self._event(model, "check", False, None, None, exc.message)
                     outcomes.append(
                         Outcome(model, "failed", self.active(model), detail=exc.message)
                     )
@@ -279,25 +279,23 @@ class UpdateAgent:
         try:
             wanted = self._wanted(model, targets, consistent, current)
         except UpdateError as exc:
-            self.telemetry.record(model, "check", ok=False, version=current, detail=exc.message)
+            self._event(model, "check", False, current, None, exc.message)
             return Outcome(model, "failed", current, detail=exc.message)
         if wanted is None or wanted == current:
             return Outcome(model, "current", current)
         if wanted in self.state(model)["bad"]:
             if (model, wanted) not in self._warned_bad:
                 self._warned_bad.add((model, wanted))
-                self.telemetry.record(
+                self._event(
                     model,
                     "check",
-                    ok=False,
-                    version=wanted,
-                    from_version=current,
-                    detail="marked bad on this device: not installed again",
+                    False,
+                    wanted,
+                    current,
+                    "marked bad on this device: not installed again",
                 )
             return Outcome(model, "skipped", current, detail=f"version {wanted} is marked bad")
-        self.telemetry.record(
-            model, "check", ok=True, version=wanted, from_version=current, detail="update available"
-        )
+        self._event(model, "check", True, wanted, current, "update available")
         return self._update(model, wanted, current, targets, consistent)
 
     def _wanted(
@@ -338,26 +336,10 @@ class UpdateAgent:
         try:
             self._install(model, wanted, current, targets, consistent, stats)
         except LinkNotAllowedError as exc:
-            self.telemetry.record(
-                model,
-                "download",
-                ok=False,
-                version=wanted,
-                from_version=current,
-                detail=exc.message,
-                nbytes=stats.downloaded,
-            )
+            self._event(model, "download", False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "skipped", current, current, exc.message)
         except UpdateError as exc:
-            self.telemetry.record(
-                model,
-                "install",
-                ok=False,
-                version=wanted,
-                from_version=current,
-                detail=exc.message,
-                nbytes=stats.downloaded,
-            )
+            self._event(model, "install", False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "failed", current, current, exc.message)
         return self._try_swap(model, wanted, current, stats)
 
@@ -379,14 +361,14 @@ class UpdateAgent:
             return
         self._discard(model, wanted)  # a leftover that does not match what was signed
         onnx, how = self._model_bytes(model, wanted, current, targets, consistent, stats)
-        self.telemetry.record(
+        self._event(
             model,
             "download",
-            ok=True,
-            version=wanted,
-            from_version=current,
-            detail=f"{how}: resumed {stats.resumed} B, re-downloaded {stats.redownloaded} B",
-            nbytes=stats.downloaded,
+            True,
+            wanted,
+            current,
+            f"{how}: resumed {stats.resumed} B, re-downloaded {stats.redownloaded} B",
+            stats.downloaded,
         )
         files: dict[str, str | bytes] = {}
         config: ModelConfig | None = None
@@ -412,15 +394,7 @@ class UpdateAgent:
             )
         except EdgecloudError as exc:
             raise UpdateError(f"version {wanted} cannot be installed: {exc.message}") from exc
-        self.telemetry.record(
-            model,
-            "install",
-            ok=True,
-            version=wanted,
-            from_version=current,
-            detail=how,
-            nbytes=len(onnx),
-        )
+        self._event(model, "install", True, wanted, current, how, len(onnx))
         for file in self.staging.glob("*.part"):
             file.unlink(missing_ok=True)  # installed: the staged pieces are not needed again
 
@@ -456,13 +430,13 @@ class UpdateAgent:
             except LinkNotAllowedError:
                 raise
             except UpdateError as exc:  # Mender's rule: a delta that fails falls back to full
-                self.telemetry.record(
+                self._event(
                     model,
                     "download",
-                    ok=False,
-                    version=wanted,
-                    from_version=current,
-                    detail=f"{delta_path}: {exc.message}; full model instead",
+                    False,
+                    wanted,
+                    current,
+                    f"{delta_path}: {exc.message}; full model instead",
                 )
                 continue
             signed = info.hashes.get("sha256")
@@ -549,14 +523,7 @@ class UpdateAgent:
         except EdgecloudError as exc:
             return self._reject(model, wanted, current, f"load failed: {exc.message}", stats)
         health = check_health(loaded, previous=previous, policy=self.settings.health)
-        self.telemetry.record(
-            model,
-            "health",
-            ok=health.ok,
-            version=wanted,
-            from_version=current,
-            detail=health.detail,
-        )
+        self._event(model, "health", health.ok, wanted, current, health.detail)
         if not health.ok:
             return self._reject(model, wanted, current, f"health check: {health.detail}", stats)
         self._save(model, active=wanted, previous=current, watching=wanted, installing=None)
@@ -565,15 +532,7 @@ class UpdateAgent:
             table[current] = previous  # still served to requests that name it
         self._publish(model, table, latest=wanted)
         self._watch[model] = []
-        self.telemetry.record(
-            model,
-            "swap",
-            ok=True,
-            version=wanted,
-            from_version=current,
-            detail=f"serving {wanted}",
-            nbytes=stats.downloaded,
-        )
+        self._event(model, "swap", True, wanted, current, f"serving {wanted}", stats.downloaded)
         if self.settings.watch_requests == 0:
             self._commit(model)
         return stats.outcome(model, "updated", wanted, current, health.detail)
@@ -605,9 +564,7 @@ class UpdateAgent:
         """``wanted`` never served: mark it bad, remove it, keep ``current``."""
         self._save(model, bad=sorted({*self.state(model)["bad"], wanted}), installing=None)
         self._discard(model, wanted)
-        self.telemetry.record(
-            model, "rollback", ok=True, version=current, from_version=wanted, detail=why
-        )
+        self._event(model, "rollback", True, current, wanted, why)
         return stats.outcome(model, "rolled-back", current, wanted, why)
 
     def observe(self, model: str, ok: bool) -> None:
@@ -652,22 +609,15 @@ class UpdateAgent:
         self._watch.pop(model, None)
         loaded = self._served(model, back)
         if loaded is None:
-            self.telemetry.record(
-                model,
-                "rollback",
-                ok=False,
-                version=back,
-                from_version=bad,
-                detail=f"{why}; no previous version to go back to",
+            self._event(
+                model, "rollback", False, back, bad, f"{why}; no previous version to go back to"
             )
             self._save(model, watching=None)
             return
         self._save(model, active=back, previous=None, watching=None, bad=sorted({*st["bad"], bad}))
         self._publish(model, {back: loaded})
         self._discard(model, bad)
-        self.telemetry.record(
-            model, "rollback", ok=True, version=back, from_version=bad, detail=why
-        )
+        self._event(model, "rollback", True, back, bad, why)
 
     # -- metadata ---------------------------------------------------------------------
 
@@ -742,9 +692,7 @@ class UpdateAgent:
 
     def close(self) -> None:
         self.telemetry.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._store.close()
 
 
 @dataclass
@@ -787,36 +735,3 @@ def _parse_config(data: bytes, where: str) -> ModelConfig:
         raise UpdateError(
             f"{where}: not a model config: {' '.join(str(exc).split())[:300]}"
         ) from exc
-
-
-def _lock_state(state_dir: Path) -> int:
-    """An exclusive ``flock`` on ``state_dir/agent.lock`` for this agent's life (released by
-    the kernel when the process dies, SIGKILL included). ConfigError when another holds it."""
-    import fcntl
-
-    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ConfigError(
-            f"another update agent (pid {holder}) uses {state_dir}; ask it to check now "
-            f"with: kill -USR1 {holder}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (ValueError, OSError) as exc:
-        raise ModelLoadError(
-            f"{path}: the update agent's state is unreadable ({exc}); "
-            "move it aside to start over from the versions on disk"
-        ) from exc
-    return data if isinstance(data, dict) else {}
