@@ -174,6 +174,8 @@ class UpdateAgent:
         self._watch: dict[str, list[bool]] = {}
         self._warned_bad: set[tuple[str, int]] = set()
         self._wake = threading.Event()
+        self._offline: dict[str, str] = {}
+        """Per model, the metadata error last reported: an outage is one event, not one a tick."""
 
     # -- state ---------------------------------------------------------------
 
@@ -265,11 +267,14 @@ class UpdateAgent:
                 targets, consistent = self._refresh()
             except UpdateError as exc:
                 for model in models or self.settings.models:
-                    self._event(model, "check", False, None, None, exc.message)
+                    if self._offline.get(model) != exc.message:  # once per outage, not per tick
+                        self._offline[model] = exc.message
+                        self._event(model, "check", False, None, self.active(model), exc.message)
                     outcomes.append(
                         Outcome(model, "failed", self.active(model), detail=exc.message)
                     )
                 return outcomes
+            self._offline.clear()
             for model in models or self.settings.models:
                 outcomes.append(self._check_model(model, targets, consistent))
         return outcomes
@@ -279,7 +284,7 @@ class UpdateAgent:
         try:
             wanted = self._wanted(model, targets, consistent, current)
         except UpdateError as exc:
-            self._event(model, "check", False, current, None, exc.message)
+            self._event(model, "check", False, None, current, exc.message)
             return Outcome(model, "failed", current, detail=exc.message)
         if wanted is None or wanted == current:
             return Outcome(model, "current", current)
@@ -375,7 +380,16 @@ class UpdateAgent:
         for other in info.custom["edgecloud"].get("files", []):
             name = other.removeprefix(f"{model}/{wanted}/")
             other_info = targets.get(other)
-            if other_info is None or "/" in name or name in (MODEL_FILE, MANIFEST_FILE):
+            if (
+                other_info is None
+                or "/" in name
+                or name.startswith(".")
+                or name
+                in (
+                    MODEL_FILE,
+                    MANIFEST_FILE,
+                )
+            ):
                 continue
             data = self._fetch(other_info, other, consistent, stats).path.read_bytes()
             if name in ("config.json", CONFIG_FILE):
