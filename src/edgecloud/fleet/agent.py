@@ -227,7 +227,7 @@ class UpdateAgent:
 
     def _serve_recovered(self, model: str) -> int | None:
         st = self.state(model)
-        on_disk = self.repository.versions(model) if (self.repository.root / model).is_dir() else []
+        on_disk = self._on_disk(model)
         order = [st["active"], st["previous"], *sorted(on_disk, reverse=True)]
         tried: set[int] = set()
         for version in order:
@@ -380,16 +380,8 @@ class UpdateAgent:
         for other in info.custom["edgecloud"].get("files", []):
             name = other.removeprefix(f"{model}/{wanted}/")
             other_info = targets.get(other)
-            if (
-                other_info is None
-                or "/" in name
-                or name.startswith(".")
-                or name
-                in (
-                    MODEL_FILE,
-                    MANIFEST_FILE,
-                )
-            ):
+            written_here = name in (MODEL_FILE, MANIFEST_FILE)  # add_version writes these
+            if other_info is None or written_here or "/" in name or name.startswith("."):
                 continue
             data = self._fetch(other_info, other, consistent, stats).path.read_bytes()
             if name in ("config.json", CONFIG_FILE):
@@ -414,9 +406,7 @@ class UpdateAgent:
 
     def _installed_matches(self, model: str, version: int, info: Any) -> bool:
         """Whether ``version`` is on disk, every file intact, its model the signed one."""
-        if version not in (
-            self.repository.versions(model) if (self.repository.root / model).is_dir() else []
-        ):
+        if version not in self._on_disk(model):
             return False
         try:
             entry = self.repository.get(model, version, served_only=False, verify=True)
@@ -672,6 +662,10 @@ class UpdateAgent:
         trash = directory.with_name(f".trash-{version}-{uuid.uuid4().hex}")
         directory.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def _on_disk(self, model: str) -> list[int]:
+        """Versions of ``model`` in the device's repository (none before its first install)."""
+        return self.repository.versions(model) if (self.repository.root / model).is_dir() else []
 
     def _empty_trash(self, model: str) -> None:
         directory = self.repository.root / model
