@@ -204,6 +204,8 @@ class RangeServer:
         """Telemetry received at ``POST /fleet/telemetry``, by event id (stored once)."""
         self.fail_after: int | None = None
         """Cut each target body after this many bytes (an interrupted download)."""
+        self.refuse: int | None = None
+        """Answer every target request with this status (a server in trouble)."""
         self.lock = threading.Lock()
         server = self
 
@@ -233,6 +235,11 @@ class RangeServer:
                     or not file.is_file()
                 ):
                     self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if server.refuse is not None and rel.startswith("targets/"):
+                    self.send_response(server.refuse)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return

@@ -153,6 +153,10 @@ def test_interrupted_download_resumes_and_reports_bytes(
     parts = list(agent.staging.glob("*.part"))
     assert [p.stat().st_size for p in parts] == [40_000]
     server.fail_after = None
+    server.refuse = 503  # a server in trouble: the staged prefix is kept for later
+    assert agent.check()[0].action == "failed"
+    assert [p.stat().st_size for p in agent.staging.glob("*.part")] == [40_000]
+    server.refuse = None
     sent = server.sent
     [done] = agent.check()
     assert done.action == "updated"

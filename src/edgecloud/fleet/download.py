@@ -198,7 +198,7 @@ def _stream(
                 out.seek(start)
                 for chunk in response.iter_bytes():  # as received: a cut keeps its prefix
                     if start + received + len(chunk) > length:
-                        raise DownloadError(
+                        raise _Discard(
                             f"{url}: the server sent more than the signed {length} bytes"
                         )
                     links.check()
@@ -210,7 +210,7 @@ def _stream(
                 os.fsync(out.fileno())
     except httpx.HTTPError as exc:
         raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
-    except DownloadError:
+    except _Discard:  # the bytes are wrong, not late: the staging file cannot be resumed
         staging.unlink(missing_ok=True)
         raise
     return received
@@ -223,9 +223,15 @@ def _resume_point(response: Any, url: str, start: int) -> int:
     if response.status_code == 206 and start:
         first = response.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
         if first.strip() != str(start):
-            raise DownloadError(f"{url}: asked for bytes {start}- and got Content-Range {first!r}")
+            raise _Discard(f"{url}: asked for bytes {start}- and got Content-Range {first!r}")
         return start
-    raise DownloadError(f"{url}: HTTP {response.status_code}")
+    if response.status_code == 416:  # the server's file is shorter than what is staged
+        raise _Discard(f"{url}: HTTP 416 for bytes {start}-")
+    raise DownloadError(f"{url}: HTTP {response.status_code}")  # 5xx, 404: kept for a retry
+
+
+class _Discard(DownloadError):
+    """A download whose bytes are wrong (too long, another range): its staging file goes."""
 
 
 def _httpx() -> Any:
