@@ -20,6 +20,7 @@ from . import __version__
 from ._config_files import checked_path
 from .backends.local import LocalBackend
 from .errors import ConfigError, EdgecloudError, InvalidRequestError, ModelNotFoundError, describe
+from .fleet import cli_agent as _cli_agent  # noqa: F401  (registers fleet agent/check)
 from .fleet import cli_rollout as _fleet_rollout  # noqa: F401  (registers fleet rollout/status/...)
 from .fleet import cli_tuf as _fleet_tuf  # noqa: F401  (registers fleet keys/publish)
 from .fleet.cli import fleet_app

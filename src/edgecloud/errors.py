@@ -38,7 +38,9 @@ httpx, grpc, sqlite3) are translated at the boundary with
     │   ├── StructureChanged                 graphs differ beyond weights: send the full model
     │   ├── DeltaError                       a malformed delta, or one made for another base
     │   ├── UpdateRepositoryError (500)      update repository or signing keys missing, corrupt
-    │   └── PublishConflictError (409)       a version already published with other bytes
+    │   ├── PublishConflictError (409)       a version already published with other bytes
+    │   ├── DownloadError (502)              a target's bytes are not what was signed, or no answer
+    │   └── LinkNotAllowedError (503)        the current link may not carry updates
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
@@ -60,10 +62,12 @@ __all__ = [
     "DatatypeMismatchError",
     "DeadlineExceededError",
     "DeltaError",
+    "DownloadError",
     "EdgecloudError",
     "IdempotencyKeyReuseError",
     "InferenceError",
     "InvalidRequestError",
+    "LinkNotAllowedError",
     "MissingDependencyError",
     "MissingInputError",
     "ModelLoadError",
@@ -306,6 +310,22 @@ class PublishConflictError(UpdateError):
 
     status_code = 409
     grpc_code = "ALREADY_EXISTS"
+
+
+class DownloadError(UpdateError):
+    """A target's bytes are not what the signed metadata says (length, sha256), or
+    the update server did not answer a download; the device keeps the version it runs."""
+
+    status_code = 502
+    grpc_code = "UNAVAILABLE"
+
+
+class LinkNotAllowedError(UpdateError):
+    """The link the device is on may not carry updates (a metered link with
+    ``metered_ok: false``); the download waits, its staging file kept."""
+
+    status_code = 503
+    grpc_code = "UNAVAILABLE"
 
 
 class InferenceError(EdgecloudError):

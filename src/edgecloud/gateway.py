@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from .repository import ModelConfig
 from .server.host import ModelState, model_states, open_idempotency
 
 if TYPE_CHECKING:
+    from .fleet.agent import UpdateAgent
     from .server.app import Listening
 from .server.metrics import ServerMetrics
 from .server.settings import ServerSettings
@@ -57,6 +60,8 @@ class DeploymentHost:
         self.metrics = ServerMetrics()
         serving = deployment.source or deployment.repository.root
         self.idempotency = open_idempotency(settings, serving, self.metrics)
+        self.agent: UpdateAgent | None = None
+        """The fleet update agent (``updates:`` in the deployment file), or None."""
         entry = entry_models(deployment.spec.root)
         self.names: frozenset[str] | None = entry
         """Model names requests may carry; None: any (a remote-only pass-through tree)."""
@@ -103,9 +108,22 @@ class DeploymentHost:
     async def _infer(self, request: InferRequest) -> InferResponse:
         timeout = self.settings.request_timeout_s
         try:
-            return await asyncio.wait_for(self.deployment.infer_async(request), timeout)
+            response = await asyncio.wait_for(self.deployment.infer_async(request), timeout)
         except TimeoutError:
+            self._observe(request.model, False)
             raise DeadlineExceededError(f"no answer within the gateway's {timeout:g} s") from None
+        except EdgecloudError as exc:
+            self._observe(
+                request.model, exc.status_code < 500
+            )  # the caller's mistakes do not count
+            raise
+        self._observe(request.model, True)
+        return response
+
+    def _observe(self, model: str, ok: bool) -> None:
+        """Count a request for the update agent's post-swap watch (a no-op without one)."""
+        if self.agent is not None:
+            self.agent.observe(model, ok)
 
     async def drain_outbox_forever(self, every_s: float = 5.0) -> None:
         """Send what the outbox holds whenever the link allows (the re-sync loop)."""
@@ -121,8 +139,10 @@ class DeploymentHost:
                     if result is not None and (result.delivered or result.dead_lettered):
                         log.info(
                             "outbox: delivered %d, dead-lettered %d, %d left",
-                            result.delivered, result.dead_lettered, result.remaining,
-                        )  # fmt: skip
+                            result.delivered,
+                            result.dead_lettered,
+                            result.remaining,
+                        )
             except EdgecloudError as exc:  # e.g. the disk is full: keep the loop, try later
                 log.error("outbox: %s", exc.message)
             await asyncio.sleep(every_s)
@@ -200,6 +220,19 @@ def run_gateway(
         sock.close()
 
 
+def _start_agent(deployment: Deployment) -> UpdateAgent | None:
+    """The deployment's update agent, its active versions served (None without ``updates:``)."""
+    if deployment.spec.updates is None:
+        return None
+    from .fleet.device import agent_for
+
+    agent = agent_for(deployment)
+    if agent is not None:
+        for model, version in agent.start().items():
+            log.info("fleet: %s serves version %s", model, version)
+    return agent
+
+
 def _serve_gateway(
     path: Path,
     settings: ServerSettings,
@@ -218,22 +251,38 @@ def _serve_gateway(
     except ConfigError:
         deployment.close()
         raise
+    host.agent = _start_agent(deployment)
     if on_ready is not None:
         tls = settings.tls_cert is not None
         on_ready(Listening(settings.host, bound_port(sock), None, tls))
     app = HttpApp(host, token=settings.bearer_token(), expose_trace=True)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, lifespan="on", access_log=False,
-        log_level="warning", timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-    )  # fmt: skip
+    )
 
     async def main() -> None:
         drainer = asyncio.create_task(host.drain_outbox_forever())
+        stop = threading.Event()
+        if host.agent is not None:
+            updating = threading.Thread(
+                target=host.agent.run, args=(stop,), name="fleet-agent", daemon=True
+            )
+            updating.start()
+            signal.signal(signal.SIGUSR1, lambda *_: host.agent.wake() if host.agent else None)
         try:
             await uvicorn.Server(config).serve(sockets=[sock])
         finally:
+            stop.set()
+            if host.agent is not None:
+                host.agent.close()
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await drainer

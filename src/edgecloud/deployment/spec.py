@@ -13,7 +13,7 @@ from ..routing.transforms import ModelInputs
 from .fields import FilePath, Name
 from .nodes import AnyNode
 
-__all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec"]
+__all__ = ["DeploymentSpec", "OutboxSpec", "RemoteSpec", "UpdatesSpec"]
 
 
 class _Strict(BaseModel):
@@ -55,6 +55,55 @@ class OutboxSpec(_Strict):
     """Tries of an item the server keeps failing (5xx) before it is dead-lettered."""
 
 
+class UpdatesSpec(_Strict):
+    """Fleet updates of this device's models (``edgecloud.fleet.agent.UpdateAgent``)."""
+
+    server: str = Field(json_schema_extra={"pattern": URL_PATTERN})
+    """``http(s)://host[:port]`` of the fleet server (``edgecloud serve --fleet``): TUF
+    metadata under ``/fleet/metadata/``, targets under ``/fleet/targets/``, telemetry to
+    ``/fleet/telemetry``."""
+    root: FilePath
+    """The fleet's trusted ``root.json`` (from ``edgecloud fleet keys``), relative to the
+    deployment file: the device installs only what keys it names signed."""
+    models: list[Name] = Field(min_length=1)
+    """Models of the repository the agent keeps current."""
+    device_id: Name | None = None
+    """This device's id in telemetry and canary selection; default ``EDGECLOUD_DEVICE_ID``,
+    else the host name."""
+    group: Name | None = None
+    """Rollout group (``edgecloud fleet rollout --group``)."""
+    state_dir: FilePath = "fleet-state"
+    """The agent's state, TUF metadata, staging files and telemetry outbox."""
+    interval_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    """Seconds between checks (``edgecloud fleet check`` checks at once)."""
+    bandwidth_bytes_s: float | None = Field(default=None, gt=0)
+    """Average download rate cap, bytes/s (token bucket); unset: unlimited."""
+    metered_ok: bool = True
+    """Download on a metered link; the link type is read from ``EDGECLOUD_LINK``
+    (``cellular``, ``metered``, ``satellite`` are metered)."""
+    watch_requests: int = Field(default=20, ge=0, le=1_000_000)
+    """Requests after a swap whose error rate decides a rollback (0: none)."""
+    max_error_rate: float = Field(default=0.1, ge=0, le=1)
+    """Failed fraction of the watched requests above which the previous version returns."""
+    min_accuracy: float = Field(default=0.0, ge=0, le=1)
+    """Lowest accuracy on a version's labelled samples."""
+    max_accuracy_drop: float = Field(default=0.02, ge=0, le=1)
+    """Largest accuracy loss against the previous version on the same samples."""
+    min_cosine: float = Field(default=0.99, ge=-1, le=1)
+    """Lowest per-row cosine to the previous version's outputs (unlabelled samples)."""
+
+    @field_validator("server")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        try:
+            check_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("the fleet server is reached over http(s)")
+        return url
+
+
 class DeploymentSpec(_Strict):
     """An edgecloud deployment file: a backend tree (``root``) and what it uses."""
 
@@ -80,6 +129,8 @@ class DeploymentSpec(_Strict):
     """Per model, how its inputs are derived from the request (``edgecloud.routing.transforms``):
     applied at every leaf, so a cascade's small model may take fewer features, a smaller
     image or a shorter token window than the request carries."""
+    updates: UpdatesSpec | None = None
+    """Keep models current from a fleet server: signed updates, health check, rollback."""
     root: AnyNode
     """The tree: ``local``, a remote's name, or ``{kind: params}``."""
 

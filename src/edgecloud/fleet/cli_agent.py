@@ -1,0 +1,79 @@
+"""``edgecloud fleet agent`` and ``edgecloud fleet check``: the device side of fleet updates."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .cli import fleet_app
+
+if TYPE_CHECKING:
+    from .agent import Outcome, UpdateAgent
+
+DeploymentOption = Annotated[
+    Path, typer.Option("--deployment", "-d", help="Deployment YAML with an updates: section.")
+]
+
+
+def _agent(deployment: Path) -> UpdateAgent:
+    from ..deployment import load
+    from ..errors import ConfigError
+    from .device import agent_for
+
+    loaded = load(deployment)
+    agent = agent_for(loaded)
+    if agent is None:
+        raise ConfigError(f"{deployment}: no updates: section, so there is nothing to update")
+    return agent
+
+
+def _say(outcome: Outcome) -> None:
+    moved = f", {outcome.downloaded} B downloaded" if outcome.downloaded else ""
+    resumed = f", resumed {outcome.resumed} B" if outcome.resumed else ""
+    again = f", re-downloaded {outcome.redownloaded} B" if outcome.redownloaded else ""
+    detail = f": {outcome.detail}" if outcome.detail else ""
+    head = f"{outcome.model}: {outcome.action} (version {outcome.version})"
+    typer.echo(f"{head}{moved}{resumed}{again}{detail}")
+
+
+@fleet_app.command("agent")
+def agent_command(
+    deployment: DeploymentOption,
+    once: Annotated[bool, typer.Option(help="One round, then exit.")] = False,
+) -> None:
+    """Keep this device's models current without serving them (the gateway, edgecloud edge,
+    runs the same agent beside its requests). SIGUSR1 makes it check at once."""
+    import contextlib
+    import logging
+
+    from ..errors import EdgecloudError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    agent = _agent(deployment)
+    try:
+        for model, version in agent.start().items():
+            typer.echo(f"{model}: serving version {version}")
+        if once:
+            for outcome in agent.check():
+                _say(outcome)
+            with contextlib.suppress(EdgecloudError):  # offline: the outbox keeps the events
+                agent.drain_telemetry()
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGUSR1, lambda *_: agent.wake())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        agent.run(stop)
+    finally:
+        agent.close()
+
+
+@fleet_app.command("check")
+def check_command(deployment: DeploymentOption) -> None:
+    """Check for updates now: one round of the agent (when an agent already runs on this
+    state directory, the error says how to wake it instead)."""
+    agent_command(deployment, once=True)

@@ -1,0 +1,135 @@
+"""The health check a new version passes before it serves: its own samples through its own session.
+
+Mender commits an update only after the new image booted and its check
+passed; here the "boot" is a warmed-up onnxruntime session
+(``LocalBackend.open``) and the check runs the version's ``samples.npz``:
+
+- every output finite (a NaN or inf fails at once);
+- with labels and class scores (first output ``[rows, C]``): accuracy at least
+  ``min_accuracy`` and no more than ``max_accuracy_drop`` below the previous
+  version's accuracy *on the same samples* (a model with permuted labels
+  drops to chance and fails);
+- without labels, with a previous version: the cosine similarity of each
+  row's first output to the previous version's at least ``min_cosine`` (a
+  lossy delta, a re-export).
+
+A version without samples passes on its load and warm-up alone (the detail
+says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import EdgecloudError
+from ..repository import SAMPLES_FILE
+
+if TYPE_CHECKING:
+    from ..backends.local import LoadedModel
+
+__all__ = ["HealthPolicy", "HealthResult", "check_health"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Thresholds of :func:`check_health`."""
+
+    min_accuracy: float = 0.0
+    """Lowest accuracy (fraction of rows, 0..1) on the version's labelled samples."""
+    max_accuracy_drop: float = 0.02
+    """Largest accuracy loss (fraction) against the previous version on the same samples."""
+    min_cosine: float = 0.99
+    """Lowest per-row cosine to the previous version's first output (unlabelled samples)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    ok: bool
+    detail: str
+    accuracy: float | None = None
+    previous_accuracy: float | None = None
+    cosine: float | None = None
+
+
+def check_health(
+    candidate: LoadedModel,
+    *,
+    previous: LoadedModel | None = None,
+    policy: HealthPolicy | None = None,
+) -> HealthResult:
+    """Run ``candidate``'s samples (``samples.npz`` of its version) and judge them by ``policy``."""
+    from ..samples import checked_labels, load_samples, score_classes
+
+    policy = policy or HealthPolicy()
+    path = Path(candidate.entry.path) / SAMPLES_FILE
+    if not path.is_file():
+        return HealthResult(True, "no samples in this version: loaded and warmed up")
+    config = candidate.entry.config
+    try:
+        samples = load_samples(path, config)
+        outputs = candidate.run(samples.inputs, None, samples.rows)
+    except EdgecloudError as exc:
+        return HealthResult(False, f"samples do not run: {exc.message}")
+    for name, value in outputs.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return HealthResult(False, f"output {name!r} has NaN or inf on the samples")
+    first = np.asarray(outputs[config.outputs[0].name])
+    theirs = _run_previous(previous, samples.inputs, samples.rows, config.outputs[0].name)
+    if samples.labels is not None and score_classes(first.shape) is not None:
+        try:
+            labels = checked_labels(samples.labels, config, str(path), first.shape)
+        except EdgecloudError as exc:
+            return HealthResult(False, exc.message)
+        return _judge_accuracy(first, theirs, labels, policy)
+    if theirs is not None and theirs.shape == first.shape:
+        cosine = _min_cosine(first, theirs)
+        ok = cosine >= policy.min_cosine
+        return HealthResult(ok, f"min cosine to the previous version {cosine:.6f}", cosine=cosine)
+    return HealthResult(True, "outputs finite (no labels, no previous version to compare)")
+
+
+def _judge_accuracy(
+    first: np.ndarray[Any, Any],
+    theirs: np.ndarray[Any, Any] | None,
+    labels: np.ndarray[Any, Any],
+    policy: HealthPolicy,
+) -> HealthResult:
+    accuracy = float((first.argmax(axis=1) == labels).mean())
+    before = None
+    if theirs is not None and theirs.shape == first.shape:
+        before = float((theirs.argmax(axis=1) == labels).mean())
+    detail = f"accuracy {accuracy:.4f}" + (
+        f" (previous {before:.4f})" if before is not None else ""
+    )
+    ok = accuracy >= policy.min_accuracy and (
+        before is None or accuracy >= before - policy.max_accuracy_drop
+    )
+    return HealthResult(ok, detail, accuracy=accuracy, previous_accuracy=before)
+
+
+def _run_previous(
+    previous: LoadedModel | None, inputs: dict[str, Any], rows: int, output: str
+) -> np.ndarray[Any, Any] | None:
+    """The previous version's ``output`` on the same inputs, or None when it cannot say."""
+    if previous is None:
+        return None
+    try:
+        result = previous.run(inputs, None, rows)
+    except EdgecloudError:  # another interface: nothing to compare with
+        return None
+    value = result.get(output)
+    return None if value is None else np.asarray(value)
+
+
+def _min_cosine(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    x = a.reshape(a.shape[0], -1).astype(np.float64) if a.ndim else a.reshape(1, -1)
+    y = b.reshape(b.shape[0], -1).astype(np.float64) if b.ndim else b.reshape(1, -1)
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    dots = (x * y).sum(axis=1)
+    same = (norms == 0) & (np.abs(x - y).sum(axis=1) == 0)
+    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
+    return float(cos.min()) if cos.size else 1.0

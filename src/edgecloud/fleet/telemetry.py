@@ -1,0 +1,155 @@
+"""Update telemetry: every step of the agent as an event, queued in the outbox, sent when online.
+
+An event is the JSON object the fleet server stores (``POST /fleet/telemetry``,
+one event per request)::
+
+    {"id": "<device>:<seq>", "device": str, "group": str | None, "model": str,
+     "event": "check|download|install|health|swap|rollback|error",
+     "version": int | None, "from_version": int | None, "ok": bool,
+     "detail": str, "bytes": int, "at": unix seconds}
+
+Events go through :class:`~edgecloud.routing.outbox.Outbox` (durable, ordered,
+at least once; the event id is the item's idempotency key, so the server
+stores each once), wrapped as a one-tensor request of the pseudo-model
+``fleet-telemetry``. A device that is offline reports on reconnect. ``seq``
+is persisted beside the outbox, so ids are never reused across restarts.
+Each event is also logged (logger ``edgecloud.fleet``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnavailableError, error_for_http_status
+from ..repository import _write_atomic
+from ..tensors import InferRequest, RequestContext
+
+__all__ = ["EVENTS", "TELEMETRY_MODEL", "Telemetry", "http_sender"]
+
+log = logging.getLogger("edgecloud.fleet")
+
+EVENTS = ("check", "download", "install", "health", "swap", "rollback", "error")
+#: The pseudo-model name telemetry items carry in the outbox.
+TELEMETRY_MODEL = "fleet-telemetry"
+
+
+class Telemetry:
+    """Records agent events into an outbox at ``outbox_path`` and drains them to a server."""
+
+    def __init__(
+        self,
+        outbox_path: Path,
+        *,
+        device: str,
+        group: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from ..routing.outbox import Outbox
+
+        self.device = device
+        self.group = group
+        self._clock = clock
+        self.outbox = Outbox(outbox_path)
+        self._seq_file = outbox_path.with_name(outbox_path.name + ".seq")
+        self._lock = threading.Lock()
+        self._seq = _read_seq(self._seq_file)
+
+    def record(
+        self,
+        model: str,
+        event: str,
+        *,
+        ok: bool,
+        version: int | None = None,
+        from_version: int | None = None,
+        detail: str = "",
+        nbytes: int = 0,
+    ) -> dict[str, Any]:
+        """Log and queue one event; returns it. ``event`` is one of :data:`EVENTS`."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown telemetry event {event!r}; one of {', '.join(EVENTS)}")
+        with self._lock:
+            self._seq += 1
+            _write_atomic(self._seq_file, str(self._seq).encode(), durable=True)
+            seq = self._seq
+        event_id = f"{self.device}:{seq}"
+        body: dict[str, Any] = {
+            "id": event_id,
+            "device": self.device,
+            "group": self.group,
+            "model": model,
+            "event": event,
+            "version": version,
+            "from_version": from_version,
+            "ok": ok,
+            "detail": detail,
+            "bytes": int(nbytes),
+            "at": self._clock(),
+        }
+        level = logging.INFO if ok else logging.WARNING
+        log.log(
+            level, "fleet %s %s v%s<-v%s ok=%s %s", event, model, version, from_version, ok, detail
+        )
+        payload = np.array([json.dumps(body).encode()], dtype=np.object_)
+        request = InferRequest(
+            TELEMETRY_MODEL,
+            {"event": payload},
+            context=RequestContext(idempotency_key=event_id),
+        )
+        self.outbox.put(request, kind="telemetry")
+        return body
+
+    def drain(self, send: Callable[[InferRequest], Any]) -> int:
+        """Send queued events oldest first; returns how many were delivered."""
+        return self.outbox.drain(send).delivered
+
+    def close(self) -> None:
+        self.outbox.close()
+
+
+def event_of(request: InferRequest) -> dict[str, Any]:
+    """The event a telemetry item carries."""
+    raw = request.inputs["event"].reshape(-1)[0]
+    data: dict[str, Any] = json.loads(raw if isinstance(raw, bytes | str) else bytes(raw))
+    return data
+
+
+def http_sender(server: str, *, timeout_s: float = 5.0) -> Callable[[InferRequest], None]:
+    """A ``send`` for :meth:`Telemetry.drain`: POSTs each event to ``<server>/fleet/telemetry``.
+
+    Errors are the ones the outbox classifies: a refused connection or a 5xx
+    leaves the item queued, a 4xx dead-letters it (the server will never take it).
+    """
+    from .._optional import require
+
+    httpx = require("httpx", extra="fleet", feature="fleet telemetry")
+    url = server.rstrip("/") + "/fleet/telemetry"
+
+    def send(request: InferRequest) -> None:
+        try:
+            response = httpx.post(url, json=event_of(request), timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise UnavailableError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 300:
+            raise error_for_http_status(
+                response.status_code, response.text[:200], response.headers.get("retry-after")
+            )
+
+    return send
+
+
+def _read_seq(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:  # a torn or foreign file: never reuse an id, restart past the clock
+        return int(time.time() * 1000)
