@@ -332,6 +332,13 @@ def serve(
         int | None,
         typer.Option(help="onnxruntime threads per call (default 1); 0 lets onnxruntime decide."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Server processes sharing the ports (default: one per core); 1: a single "
+            "process, no supervisor."
+        ),
+    ] = None,
     print_config: PrintConfigOption = False,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
@@ -345,6 +352,7 @@ def serve(
     from .server.app import Listening
     from .server.app import serve as run_server
     from .server.settings import ServerSettings
+    from .server.workers import serve_workers, worker_count
 
     _config(config)
 
@@ -362,6 +370,7 @@ def serve(
             "access_log": access_log,
             "device": device,
             "intra_op_threads": threads,
+            "workers": workers,
         },
     )
     if print_config:
@@ -379,7 +388,11 @@ def serve(
         text = f"edgecloud {__version__} serving {repo} on {listening.url}{grpc}"
         errors.print(text, highlight=False, soft_wrap=True)
 
-    run_server(repository, settings, on_ready=announce)
+    count = worker_count(settings)
+    if count == 1:
+        run_server(repository, settings, on_ready=announce)
+    else:
+        serve_workers(repository, settings, count, on_ready=announce)
 
 
 def _mib(megabytes: float | None) -> int | None:

@@ -154,13 +154,26 @@ def serve_process(
     wrap: Callable[[list[str]], list[str]] | None = None,
     scheme: str = "http",
     cafile: str | None = None,
+    workers: int = 1,
 ) -> ServerProcess:
-    """``edgecloud serve`` on ``repo`` (gRPC off unless a port is given), once ready."""
+    """``edgecloud serve`` on ``repo`` (gRPC off unless a port is given), once ready.
+
+    ``workers``: server processes (``--workers``); 1 (a single process, as the
+    benchmarks and tests want unless they measure workers) unless ``extra``
+    gives ``--workers`` itself. With more than one, the server leads its own
+    process group, so a forced stop takes its workers too.
+    """
     port = http_port or free_port()
+    extra = list(extra)
+    if "--workers" in extra[:-1]:
+        count = extra[extra.index("--workers") + 1]
+    else:
+        count = str(workers)
+        extra += ["--workers", count]
     argv = [
         sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo), "--host", host,
         "--http-port", str(port), "--grpc-port", str(grpc_port if grpc_port is not None else -1),
         *extra,
     ]  # fmt: skip
     url = f"{scheme}://{address(host, port)}"
-    return launch(argv, url, log=log, wrap=wrap, cafile=cafile)
+    return launch(argv, url, log=log, wrap=wrap, cafile=cafile, group=count != "1")

@@ -9,6 +9,7 @@ closed sets (protocol, HTTP status code).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Container
 
 from .._optional import require
@@ -18,8 +19,15 @@ CollectorRegistry = _prometheus.CollectorRegistry
 Counter = _prometheus.Counter
 Histogram = _prometheus.Histogram
 generate_latest = _prometheus.generate_latest
+_multiprocess = require(
+    "prometheus_client.multiprocess", extra="server", feature="the server's /metrics"
+)
 
-__all__ = ["UNKNOWN_MODEL", "ServerMetrics", "model_label"]
+#: Set (by :mod:`.workers`) before prometheus-client is imported, it puts every
+#: metric of the process in files of that directory, one per process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+__all__ = ["MULTIPROC_ENV", "UNKNOWN_MODEL", "ServerMetrics", "model_label"]
 
 #: The ``model`` label of requests for a model that does not exist here.
 UNKNOWN_MODEL = ""
@@ -116,4 +124,14 @@ class ServerMetrics:
         )
 
     def exposition(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+        """The text exposition: this process's registry, or, in a multi-process
+        server (``PROMETHEUS_MULTIPROC_DIR`` set by its supervisor), every
+        worker's series merged from that directory — counters and histograms
+        summed over the workers, those of a worker that died and was replaced
+        included (prometheus-client's multiprocess mode)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return bytes(generate_latest(self.registry))
+        merged = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(merged, path=directory)
+        return bytes(generate_latest(merged))
