@@ -21,10 +21,13 @@ a fork) leaks into a worker:
   flight on it are lost as connection errors (never a wrong answer), every other
   worker keeps serving. Its idempotency claims are taken over once it is reaped
   (the store checks the claimant's pid), so a retry computes at most once more.
-  Restarts back off (0.1 s doubling to 5 s) while workers die young; a worker that
-  fails before it is ready :data:`CRASH_LOOP` times in a row (a broken model
-  repository, a port taken) stops the server with that worker's first error. At
-  start-up the first failure does: N copies of one error help no one.
+  Restarts back off (0.1 s doubling to 5 s) while workers die young. A worker
+  that fails to boot with an error (a model repository that no longer loads, a
+  port taken) stops the server with that error at once, as gunicorn halts on
+  its ``WORKER_BOOT_ERROR``: a restart would fail alike, and N copies of one
+  error help no one. Workers dying before ready without a word (killed, a
+  crash in native code) are retried, until :data:`CRASH_LOOP` in a row stop
+  the server; at start-up, the first does.
 - **SIGTERM/SIGINT** go to every worker, which finishes its in-flight requests
   within ``shutdown_grace_s`` (uvicorn's and gRPC's graceful stop); one still
   running ``shutdown_grace_s`` + :data:`STOP_MARGIN_S` later is killed. A worker
@@ -82,7 +85,7 @@ __all__ = ["CRASH_LOOP", "STOP_MARGIN_S", "Supervisor", "WorkerApp", "available_
 
 log = logging.getLogger("edgecloud.server")
 
-#: Workers failing before ready, in a row, that stop the server (a crash loop).
+#: Workers dying before ready (without an error), in a row, that stop the server.
 CRASH_LOOP = 5
 #: Seconds past ``shutdown_grace_s`` a stopping worker gets before SIGKILL.
 STOP_MARGIN_S = 5.0
@@ -351,17 +354,17 @@ class Supervisor:
         worker.close()
         del self._running[worker.index]
         lived = time.monotonic() - worker.started
-        if not self._announced:  # start-up: the first failure is the answer
-            raise ConfigError(
-                worker.error or f"server worker {worker.index} {worker.how()} while starting"
-            )
+        if not worker.ready and worker.error is not None:  # it said why: no retry helps
+            raise ConfigError(worker.error)
+        if not self._announced:
+            raise UnavailableError(f"server worker {worker.index} {worker.how()} while starting")
         if not worker.ready:
             self._failed_starts += 1
-            self._first_error = self._first_error or worker.error or worker.how()
+            self._first_error = self._first_error or worker.how()
             if self._failed_starts >= CRASH_LOOP:
                 raise UnavailableError(
-                    f"server workers keep failing before ready ({self._failed_starts} in a "
-                    f"row); first: {self._first_error}"
+                    f"server workers keep dying before ready ({self._failed_starts} in a row); "
+                    f"first: {self._first_error}"
                 )
         self._young_deaths = self._young_deaths + 1 if lived < YOUNG_S else 0
         delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** max(0, self._young_deaths - 1))
