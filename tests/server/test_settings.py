@@ -54,6 +54,7 @@ FLAGS: dict[str, Callable[[Any], list[str]]] = {
     "access_log": lambda v: ["--access-log" if v else "--no-access-log"],
     "device": lambda v: ["--device", v],
     "intra_op_threads": lambda v: ["--threads", str(v)],
+    "workers": lambda v: ["--workers", str(v)],
 }
 #: Fields whose validation needs a partner, given from the same source (a pair
 #: resolves by the source that gives it: see test_groups_resolve_by_source).

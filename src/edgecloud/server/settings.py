@@ -136,7 +136,7 @@ class ServerSettings(BaseModel):
     """One JSON line per request on the ``edgecloud.access`` logger."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
-    workers: int | None = Field(default=None, ge=1, le=512)
+    workers: int | None = Field(default=None, ge=1)
     """Server processes sharing the listening ports (``edgecloud serve`` only; the
     edge gateway is one process). None: one per core this process may run on
     (``os.sched_getaffinity``). 1 is a single process with no supervisor; more

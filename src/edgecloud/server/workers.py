@@ -1,22 +1,25 @@
 """``edgecloud serve --workers N``: N server processes sharing the listening ports.
 
 The pre-fork model of gunicorn and ``uvicorn --workers`` (``uvicorn.supervisors.
-Multiprocess``), with fresh interpreters instead of forks so nothing the
-supervisor imported (gRPC's threads above all: grpc must not be started before
-a fork) leaks into a worker:
+Multiprocess``):
 
 - The **supervisor** binds the HTTP socket once (:func:`~.app.listen`: the clear
-  error for a port in use) and hands its file descriptor to every worker, which
-  accepts on it (one kernel accept queue, so an idle worker picks up what a busy
-  one leaves). gRPC cannot adopt a socket, so each worker binds the gRPC port
-  with ``SO_REUSEPORT``; the supervisor first probes the port exclusively (a port
+  error for a port in use) and forks the workers, which inherit it and accept on
+  it (one kernel accept queue, so an idle worker picks up what a busy one
+  leaves). gRPC cannot adopt a socket, so each worker binds the gRPC port with
+  ``SO_REUSEPORT``; the supervisor first probes the port exclusively (a port
   another process holds is refused as in a single process) and then keeps it
   reserved by a bound, non-listening ``SO_REUSEPORT`` socket (and resolves
   ``--grpc-port 0`` to one port for all workers).
-- Each **worker** (``python -m edgecloud.server.workers``) is a whole single-process
-  server (:func:`~.app.serve`): its own ModelHost, onnxruntime sessions and
-  batchers. onnxruntime threads are split: ``intra_op_threads`` 0 ("all cores")
-  becomes ``cores // N`` per worker, so workers x threads <= cores.
+- Fork, not spawn: a worker starts in the time its models take to load, not an
+  interpreter's import time again (about 1 s of CPU, as much again on a loaded
+  machine). It is safe because the supervisor has started no thread, event
+  loop, onnxruntime session nor gRPC (grpc is imported only in the workers,
+  after the fork: gRPC's threads do not survive one).
+- Each **worker** is a whole single-process server (:func:`~.app.serve`): its own
+  ModelHost, onnxruntime sessions and batchers. onnxruntime threads are split:
+  ``intra_op_threads`` 0 ("all cores") becomes ``cores // N`` per worker, so
+  workers x threads <= cores.
 - A worker that **dies** (crash, OOM kill, SIGKILL) is replaced: the requests in
   flight on it are lost as connection errors (never a wrong answer), every other
   worker keeps serving. Its idempotency claims are taken over once it is reaped
@@ -54,15 +57,12 @@ process answered: for operators and for the tests).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,7 +77,7 @@ from .app import Listening, SharedListeners, bound_port, listen, serve
 from .host import ModelHost
 from .http import HttpApp, Receive, Scope, Send
 from .launch import address
-from .metrics import MULTIPROC_ENV
+from .metrics import use_multiprocess
 from .settings import ServerSettings
 
 __all__ = ["CRASH_LOOP", "STOP_MARGIN_S", "Supervisor", "WorkerApp", "available_cores",
@@ -164,13 +164,37 @@ class WorkerApp(HttpApp):
 @dataclass
 class _Worker:
     index: int
-    process: subprocess.Popen[bytes]
+    pid: int
     status: int
     """Read end of the worker's status pipe: ``ready`` or ``error <message>`` lines."""
     started: float
     ready: bool = False
     error: str | None = None
     buffer: bytes = b""
+    returncode: int | None = None
+    """As :attr:`subprocess.Popen.returncode`: the exit status, or minus the signal."""
+
+    def poll(self) -> int | None:
+        """The return code once the worker has exited (and is reaped), else None."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it exited within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
     def read_status(self) -> None:
         try:
@@ -194,7 +218,7 @@ class _Worker:
             os.close(self.status)
 
     def how(self) -> str:
-        code = self.process.returncode
+        code = self.returncode
         if code is not None and code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exited with {code}"
@@ -235,9 +259,9 @@ class Supervisor:
         previous = {s: signal.signal(s, self._signalled) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             reserved = self._reserve_grpc()
-            self._http_fd = http_socket.fileno()
-            self._env = {**os.environ, MULTIPROC_ENV: str(state / "metrics")}
-            self._payload = self._worker_payload(bound_port(http_socket), reserved)
+            self._http_socket = http_socket
+            use_multiprocess(state / "metrics")  # before any worker makes a metric
+            self._worker_settings = self._split(bound_port(http_socket), reserved)
             grpc_port = None if reserved is None else bound_port(reserved)
             tls = self.settings.tls_cert is not None
             self._listening = Listening(self.settings.host, bound_port(http_socket), grpc_port, tls)
@@ -279,7 +303,8 @@ class Supervisor:
             ) from None
         return sock
 
-    def _worker_payload(self, http_port: int, grpc: socket.socket | None) -> bytes:
+    def _split(self, http_port: int, grpc: socket.socket | None) -> ServerSettings:
+        """A worker's settings: the ports bound, onnxruntime threads split."""
         threads = self.settings.intra_op_threads
         cores = available_cores()
         if threads == 0:
@@ -289,7 +314,7 @@ class Supervisor:
                 "%d workers x %d onnxruntime threads exceed the %d cores: they will contend; "
                 "lower --threads or --workers", self.workers, threads, cores,
             )  # fmt: skip
-        settings = self.settings.model_copy(
+        return self.settings.model_copy(
             update={
                 "http_port": http_port,
                 "grpc_port": None if grpc is None else bound_port(grpc),
@@ -297,32 +322,23 @@ class Supervisor:
                 "workers": 1,
             }
         )
-        payload = {
-            "repo": str(self.root),
-            "settings": settings.model_dump(mode="json"),
-            "ready_file": str(self._ready_file),
-        }
-        return json.dumps(payload).encode()
 
     def _spawn(self, index: int) -> None:
         read, write = os.pipe()
         os.set_blocking(read, False)
-        argv = [sys.executable, "-m", "edgecloud.server.workers",
-                str(self._http_fd), str(write), str(os.getpid()), str(index)]  # fmt: skip
-        try:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, pass_fds=(self._http_fd, write), env=self._env
-            )
-        except OSError:
-            os.close(read)
-            raise
-        finally:
-            os.close(write)
-        assert process.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: seen as an exit
-            process.stdin.write(self._payload)  # settings (the token too): never on argv
-            process.stdin.close()
-        self._running[index] = _Worker(index, process, read, time.monotonic())
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the supervisor's code
+            code = 1
+            try:
+                os.close(read)
+                for other in self._running.values():
+                    os.close(other.status)
+                code = _work(self, write, supervisor)
+            finally:
+                os._exit(code)
+        os.close(write)
+        self._running[index] = _Worker(index, pid, read, time.monotonic())
 
     # -- supervise -------------------------------------------------------------
 
@@ -341,7 +357,7 @@ class Supervisor:
                     worker.read_status()
                     if worker.ready and not was_ready:
                         self._failed_starts = 0
-                if worker.process.poll() is not None:
+                if worker.poll() is not None:
                     self._exited(worker)
             now = time.monotonic()
             for index, due in list(self._due.items()):
@@ -369,7 +385,7 @@ class Supervisor:
         self._young_deaths = self._young_deaths + 1 if lived < YOUNG_S else 0
         delay = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** max(0, self._young_deaths - 1))
         log.warning("server worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
-                    worker.index, worker.process.pid, worker.how(), lived, delay)  # fmt: skip
+                    worker.index, worker.pid, worker.how(), lived, delay)  # fmt: skip
         self._due[worker.index] = time.monotonic() + delay
 
     def _publish_ready(self) -> None:
@@ -390,16 +406,13 @@ class Supervisor:
         """SIGTERM every worker, wait ``shutdown_grace_s`` + margin, SIGKILL the rest."""
         self._ready_file.unlink(missing_ok=True)
         for worker in self._running.values():
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
+            worker.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.shutdown_grace_s + STOP_MARGIN_S
         for worker in self._running.values():
-            try:
-                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not worker.wait(max(0.0, deadline - time.monotonic())):
                 log.warning("server worker %d did not stop in time; killing it", worker.index)
-                worker.process.kill()
-                worker.process.wait()
+                worker.signal(signal.SIGKILL)
+                worker.wait(60.0)
             worker.close()
         self._running.clear()
 
@@ -415,41 +428,40 @@ def _die_with_parent(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before the line above
-        sys.exit(1)
+        os._exit(1)
 
 
-def worker_main(argv: list[str]) -> int:
-    """Entry point of one worker: ``HTTP_FD STATUS_FD SUPERVISOR_PID INDEX``, the
-    settings JSON on stdin. Writes ``ready`` or ``error <message>`` to STATUS_FD."""
-    http_fd, status_fd, parent, _index = (int(arg) for arg in argv)
+def _work(supervisor: Supervisor, status_fd: int, parent: int) -> int:
+    """One worker, in the forked child: serve until stopped; its exit status.
+
+    Writes ``ready`` (all listeners up) or ``error <message>`` (it could not
+    start) to ``status_fd``.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the supervisor's are not ours
+        signal.signal(signum, signal.SIG_DFL)
     _die_with_parent(parent)
-    payload = json.loads(sys.stdin.buffer.read())
     status = os.fdopen(status_fd, "w", buffering=1)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def report(line: str) -> None:
         with contextlib.suppress(OSError):
             status.write(line + "\n")
 
-    ready_file = Path(payload["ready_file"])
+    ready_file = supervisor._ready_file
 
     def make_app(host: ModelHost, token: str | None) -> HttpApp:
         return WorkerApp(host, token=token, ready_file=ready_file)
 
     try:
-        settings = ServerSettings.model_validate(payload["settings"])
-        repository = ModelRepository(Path(payload["repo"]))
-        shared = SharedListeners(socket.socket(fileno=http_fd), make_app)
-        serve(repository, settings, lambda _: report("ready"), shared=shared)
+        shared = SharedListeners(supervisor._http_socket, make_app)
+        repository = ModelRepository(supervisor.root)
+        serve(repository, supervisor._worker_settings, lambda _: report("ready"), shared=shared)
     except EdgecloudError as exc:
         report(f"error {describe(exc)}")
         return 1
-    except Exception as exc:
+    except BaseException as exc:
         log.exception("server worker failed")
         report(f"error {describe(exc)}")
         return 1
+    finally:
+        logging.shutdown()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
