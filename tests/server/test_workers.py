@@ -132,7 +132,7 @@ def test_a_killed_worker_is_replaced_and_no_answer_is_wrong(state: Path) -> None
         now = workers_of(server)
         assert victim not in now and len(now) == 2 and len(now - first) == 1
         assert wrong[0] == 0 and statuses == {200}
-        assert refused[0] <= 6  # at most the requests in flight on the dead worker
+        assert refused[0] <= 12  # the requests in flight on (or queued to) the dead worker
         # The dead worker's counts stay in the merged metrics.
         total = count(server, "edgecloud_requests_total")
         assert ok[0] <= total <= ok[0] + refused[0]

@@ -47,7 +47,7 @@ class SharedListeners:
     """What a worker process of a multi-process server gets from its supervisor."""
 
     http_socket: socket.socket
-    """The listening HTTP socket the supervisor bound (inherited file descriptor)."""
+    """The worker's listening HTTP socket (``SO_REUSEPORT``, beside the other workers')."""
     make_app: Callable[[ModelHost, str | None], HttpApp]
     """Builds the HTTP front end from the host and the bearer token."""
 
@@ -88,7 +88,7 @@ def serve(
     bound, with the ports they hold (port 0 resolved to the one bound).
 
     ``shared``: this process is one worker of several (:mod:`.workers`): it
-    serves HTTP on the supervisor's listening socket, binds gRPC with
+    serves HTTP on the socket given (bound with ``SO_REUSEPORT``), binds gRPC with
     ``SO_REUSEPORT`` beside the other workers, and its HTTP front end is the
     one ``shared.make_app`` builds.
     """
