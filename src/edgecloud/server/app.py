@@ -3,7 +3,9 @@
 Every listener binds exclusively: no ``SO_REUSEPORT`` (gRPC sets it by
 default, which lets a second server share the port and answer part of the
 calls, a token-less one included), and a port another process holds is one
-ConfigError naming the port and the flag that moves it.
+ConfigError naming the port and the flag that moves it. With ``--workers N``
+the workers of one server share the ports with ``SO_REUSEPORT`` among
+themselves, after the supervisor's exclusive probe (:mod:`.workers`).
 """
 
 from __future__ import annotations
