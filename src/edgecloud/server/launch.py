@@ -160,20 +160,19 @@ def serve_process(
 
     ``workers``: server processes (``--workers``); 1 (a single process, as the
     benchmarks and tests want unless they measure workers) unless ``extra``
-    gives ``--workers`` itself. With more than one, the server leads its own
-    process group, so a forced stop takes its workers too.
+    gives ``--workers`` itself. Workers die with their supervisor
+    (``PR_SET_PDEATHSIG``), so the server stays in this session: with Linux's
+    autogroup scheduling a new session would get a CPU share of its own, and
+    1 and N workers would not be compared on equal terms.
     """
     port = http_port or free_port()
     extra = list(extra)
-    if "--workers" in extra[:-1]:
-        count = extra[extra.index("--workers") + 1]
-    else:
-        count = str(workers)
-        extra += ["--workers", count]
+    if "--workers" not in extra[:-1]:
+        extra += ["--workers", str(workers)]
     argv = [
         sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo), "--host", host,
         "--http-port", str(port), "--grpc-port", str(grpc_port if grpc_port is not None else -1),
         *extra,
     ]  # fmt: skip
     url = f"{scheme}://{address(host, port)}"
-    return launch(argv, url, log=log, wrap=wrap, cafile=cafile, group=count != "1")
+    return launch(argv, url, log=log, wrap=wrap, cafile=cafile)
