@@ -359,6 +359,13 @@ def serve(
         list[str] | None,
         typer.Option(help="Model to load at start in explicit mode (repeat; * for all)."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Server processes sharing the ports (default: one per core); 1: a single "
+            "process, no supervisor."
+        ),
+    ] = None,
     print_config: PrintConfigOption = False,
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (HTTP + gRPC).
@@ -372,6 +379,7 @@ def serve(
     from .server.app import Listening
     from .server.app import serve as run_server
     from .server.settings import ServerSettings
+    from .server.workers import serve_workers, worker_count
 
     _config(config)
 
@@ -394,6 +402,7 @@ def serve(
             "model_control": model_control,
             "poll_interval_s": poll_interval_s,
             "load_models": load_model or None,
+            "workers": workers,
         },
     )
     if print_config:
@@ -411,7 +420,11 @@ def serve(
         text = f"edgecloud {__version__} serving {repo} on {listening.url}{grpc}"
         errors.print(text, highlight=False, soft_wrap=True)
 
-    run_server(repository, settings, on_ready=announce)
+    count = worker_count(settings)
+    if count == 1:
+        run_server(repository, settings, on_ready=announce)
+    else:
+        serve_workers(repository, settings, count, on_ready=announce)
 
 
 def _mib(megabytes: float | None) -> int | None:

@@ -94,7 +94,7 @@ LOCK_TIMEOUT_S = 600.0
 
 _VERSION_NAME = re.compile(r"[1-9][0-9]{0,18}")
 
-_PYDANTIC_MODELS = ("DynamicBatching", "ModelConfig", "VersionPolicy")
+_PYDANTIC_MODELS = ("DynamicBatching", "ModelConfig", "TensorSpec", "VersionPolicy")
 
 
 def __getattr__(name: str) -> Any:

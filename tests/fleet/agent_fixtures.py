@@ -34,7 +34,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from edgecloud.repository import ModelConfig, TensorSpec
+from edgecloud.repository import ModelConfig
+from edgecloud.tensors import TensorSpec
 
 HIDDEN = 2048
 """Hidden width of the test classifier: ~100 KB of weights, so a download takes a while."""

@@ -59,6 +59,7 @@ FLAGS: dict[str, Callable[[Any], list[str]]] = {
     "model_control": lambda v: ["--model-control", v],
     "poll_interval_s": lambda v: ["--poll-interval-s", str(v)],
     "load_models": lambda v: [a for m in v for a in ("--load-model", m)],
+    "workers": lambda v: ["--workers", str(v)],
 }
 #: Fields whose validation needs a partner, given from the same source (a pair
 #: resolves by the source that gives it: see test_groups_resolve_by_source).

@@ -3,7 +3,9 @@
 Every listener binds exclusively: no ``SO_REUSEPORT`` (gRPC sets it by
 default, which lets a second server share the port and answer part of the
 calls, a token-less one included), and a port another process holds is one
-ConfigError naming the port and the flag that moves it.
+ConfigError naming the port and the flag that moves it. With ``--workers N``
+the workers of one server share the ports with ``SO_REUSEPORT`` among
+themselves, after the supervisor's exclusive probe (:mod:`.workers`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from .http import HttpApp
 from .launch import address
 from .settings import ServerSettings
 
-__all__ = ["Listening", "address", "bound_port", "check_ready", "listen", "serve"]
+__all__ = [
+    "Listening",
+    "SharedListeners",
+    "address",
+    "bound_port",
+    "check_ready",
+    "listen",
+    "serve",
+]
 
 log = logging.getLogger("edgecloud.server")
 
@@ -32,6 +42,16 @@ log = logging.getLogger("edgecloud.server")
 def bound_port(sock: socket.socket) -> int:
     """The port a bound socket holds (what port 0 turned into)."""
     return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class SharedListeners:
+    """What a worker process of a multi-process server gets from its supervisor."""
+
+    http_socket: socket.socket
+    """The worker's listening HTTP socket (``SO_REUSEPORT``, beside the other workers')."""
+    make_app: Callable[[ModelHost, str | None], HttpApp]
+    """Builds the HTTP front end from the host and the bearer token."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,8 @@ def serve(
     repository: ModelRepository,
     settings: ServerSettings,
     on_ready: Callable[[Listening], None] | None = None,
+    *,
+    shared: SharedListeners | None = None,
 ) -> None:
     """Serve every model in ``repository`` until SIGINT/SIGTERM.
 
@@ -66,13 +88,21 @@ def serve(
     fails with ConfigError if nothing can be served (:func:`check_ready`),
     and ``on_ready`` is called once something can and both listeners are
     bound, with the ports they hold (port 0 resolved to the one bound).
+
+    ``shared``: this process is one worker of several (:mod:`.workers`): it
+    serves HTTP on the socket given (bound with ``SO_REUSEPORT``), binds gRPC with
+    ``SO_REUSEPORT`` beside the other workers, and its HTTP front end is the
+    one ``shared.make_app`` builds.
     """
     uvicorn = require("uvicorn", extra="server", feature="edgecloud serve")
     token = settings.bearer_token()
     settings.check_tls()
-    http_socket = listen(settings.host, settings.http_port, "HTTP", "--http-port")
-    if settings.grpc_port:  # probe: the clear error before grpc's own bind
-        listen(settings.host, settings.grpc_port, "gRPC", "--grpc-port").close()
+    if shared is not None:
+        http_socket = shared.http_socket
+    else:
+        http_socket = listen(settings.host, settings.http_port, "HTTP", "--http-port")
+        if settings.grpc_port:  # probe: the clear error before grpc's own bind
+            listen(settings.host, settings.grpc_port, "gRPC", "--grpc-port").close()
     try:
         host = ModelHost(repository, settings)
         states = host.load_all()
@@ -81,9 +111,9 @@ def serve(
     except BaseException:
         http_socket.close()
         raise
-    app = HttpApp(host, token=token)
     from .fleet_files import mount
 
+    app = shared.make_app(host, token) if shared is not None else HttpApp(host, token=token)
     config = uvicorn.Config(
         mount(app, settings, token),
         host=settings.host,
@@ -101,7 +131,7 @@ def serve(
     )
     server = uvicorn.Server(config)
     try:
-        asyncio.run(_run(server, http_socket, host, app, settings, token, on_ready))
+        asyncio.run(_run(server, http_socket, host, app, settings, token, on_ready, shared))
     finally:
         http_socket.close()
 
@@ -175,6 +205,7 @@ def _bind_failure(what: str, host: str, port: int, flag: str, exc: OSError) -> s
 async def _run(
     server: Any, http_socket: socket.socket, host: ModelHost, app: HttpApp,
     settings: ServerSettings, token: str | None, on_ready: Callable[[Listening], None] | None,
+    shared: SharedListeners | None,
 ) -> None:  # fmt: skip
     grpc_server, grpc_port = None, None
     try:
@@ -182,7 +213,7 @@ async def _run(
             from .grpc import start_grpc
 
             grpc_server, grpc_port = await start_grpc(
-                host, settings, token, ready=lambda: app.ready
+                host, settings, token, ready=lambda: app.ready, reuse_port=shared is not None
             )
         if on_ready is not None:
             tls = settings.tls_cert is not None

@@ -198,6 +198,7 @@ async def start_grpc(
     settings: ServerSettings,
     token: str | None,
     ready: Callable[[], bool] = lambda: True,
+    reuse_port: bool = False,
 ) -> tuple[Any, int]:
     """Start the gRPC server on the running loop; returns it (``await server.stop()``)
     and the port it bound (``grpc_port`` 0 picks a free one).
@@ -206,11 +207,13 @@ async def start_grpc(
 
     The port is bound exclusively (``grpc.so_reuseport`` 0: grpc's default lets
     a second server share it); ConfigError naming the port when it cannot be had.
+    ``reuse_port``: one worker of several (:mod:`.workers`) shares the port
+    with the others and with the supervisor's reservation of it.
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     servicer = InferenceServicer(host, token, ready)

@@ -154,9 +154,21 @@ def serve_process(
     wrap: Callable[[list[str]], list[str]] | None = None,
     scheme: str = "http",
     cafile: str | None = None,
+    workers: int = 1,
 ) -> ServerProcess:
-    """``edgecloud serve`` on ``repo`` (gRPC off unless a port is given), once ready."""
+    """``edgecloud serve`` on ``repo`` (gRPC off unless a port is given), once ready.
+
+    ``workers``: server processes (``--workers``); 1 (a single process, as the
+    benchmarks and tests want unless they measure workers) unless ``extra``
+    gives ``--workers`` itself. Workers die with their supervisor
+    (``PR_SET_PDEATHSIG``), so the server stays in this session: with Linux's
+    autogroup scheduling a new session would get a CPU share of its own, and
+    1 and N workers would not be compared on equal terms.
+    """
     port = http_port or free_port()
+    extra = list(extra)
+    if "--workers" not in extra[:-1]:
+        extra += ["--workers", str(workers)]
     argv = [
         sys.executable, "-m", "edgecloud.cli", "serve", "--repo", str(repo), "--host", host,
         "--http-port", str(port), "--grpc-port", str(grpc_port if grpc_port is not None else -1),

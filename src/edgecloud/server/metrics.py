@@ -9,7 +9,9 @@ closed sets (protocol, HTTP status code).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Container
+from pathlib import Path
 
 from .._optional import require
 
@@ -18,11 +20,37 @@ CollectorRegistry = _prometheus.CollectorRegistry
 Counter = _prometheus.Counter
 Histogram = _prometheus.Histogram
 generate_latest = _prometheus.generate_latest
+_values = require("prometheus_client.values", extra="server", feature="the server's /metrics")
+_multiprocess = require(
+    "prometheus_client.multiprocess", extra="server", feature="the server's /metrics"
+)
 
-__all__ = ["UNKNOWN_MODEL", "ServerMetrics", "model_label"]
+#: Set (by :mod:`.workers`) before prometheus-client is imported, it puts every
+#: metric of the process in files of that directory, one per process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+__all__ = [
+    "MULTIPROC_ENV",
+    "UNKNOWN_MODEL",
+    "ServerMetrics",
+    "model_label",
+    "use_multiprocess",
+]
 
 #: The ``model`` label of requests for a model that does not exist here.
 UNKNOWN_MODEL = ""
+
+
+def use_multiprocess(directory: Path) -> None:
+    """Put every metric this process (and each process it forks) makes from now on
+    in files of ``directory``, for :meth:`ServerMetrics.exposition` to merge.
+
+    prometheus-client reads ``PROMETHEUS_MULTIPROC_DIR`` once, at import; a
+    supervisor that imported it already sets the variable and chooses the
+    value class again (what the variable would have chosen at import).
+    """
+    os.environ[MULTIPROC_ENV] = str(directory)
+    vars(_values)["ValueClass"] = _values.get_value_class()
 
 
 def model_label(model: str, known: Container[str]) -> str:
@@ -116,4 +144,14 @@ class ServerMetrics:
         )
 
     def exposition(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+        """The text exposition: this process's registry, or, in a multi-process
+        server (``PROMETHEUS_MULTIPROC_DIR`` set by its supervisor), every
+        worker's series merged from that directory — counters and histograms
+        summed over the workers, those of a worker that died and was replaced
+        included (prometheus-client's multiprocess mode)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return bytes(generate_latest(self.registry))
+        merged = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(merged, path=directory)
+        return bytes(generate_latest(merged))

@@ -155,6 +155,11 @@ class ServerSettings(BaseModel):
     load_models: list[str] = Field(default_factory=list)
     """Models to load at start in ``explicit`` mode (Triton's ``--load-model``;
     ``*`` loads all)."""
+    workers: int | None = Field(default=None, ge=1)
+    """Server processes sharing the listening ports (``edgecloud serve`` only; the
+    edge gateway is one process). None: one per core this process may run on
+    (``os.sched_getaffinity``). 1 is a single process with no supervisor; more
+    start a supervisor that restarts a worker that dies (:mod:`.workers`)."""
 
     @field_validator("grpc_port", mode="before")
     @classmethod
