@@ -83,6 +83,7 @@ from .host import ModelHost
 from .http import HttpApp, Receive, Scope, Send
 from .launch import address
 from .metrics import use_multiprocess
+from .model_control import SERVE_ID_ENV
 from .settings import ServerSettings
 
 __all__ = ["CRASH_LOOP", "STOP_MARGIN_S", "Supervisor", "WorkerApp", "available_cores",
@@ -269,6 +270,9 @@ class Supervisor:
                 grpc = self._reserve(self.settings.grpc_port, "gRPC", "--grpc-port")
                 held.append(grpc)
             use_multiprocess(state / "metrics")  # before any worker makes a metric
+            # One id for this server's workers, so a restarted worker rejoins the
+            # explicit model-control set the others hold (server/model_control.py).
+            os.environ[SERVE_ID_ENV] = f"{os.getpid()}-{time.time_ns()}"
             self._worker_settings = self._split(bound_port(http), grpc)
             grpc_port = None if grpc is None else bound_port(grpc)
             tls = self.settings.tls_cert is not None
