@@ -156,7 +156,8 @@ def test_no_path_leaves_the_repository(served: FleetServer) -> None:
 
 def test_other_paths_reach_the_inference_app(served: FleetServer) -> None:
     assert served.get("/v2/health/live").status == 200
-    assert served.get("/fleet/telemetry").status == 404  # another module's, not ours
+    # /fleet/telemetry is the telemetry store's (POST only), not a file: 405, not 404
+    assert served.get("/fleet/telemetry").status == 405
 
 
 def test_parse_range_edges() -> None:
