@@ -9,10 +9,13 @@ and back.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..backends.local import LoadedModel, LocalBackend, version_number
 from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
@@ -28,7 +31,66 @@ from .idempotency import (
 from .metrics import ServerMetrics
 from .settings import ServerSettings
 
-__all__ = ["ModelHost", "ModelState", "model_states", "open_idempotency"]
+__all__ = [
+    "INLINE_BELOW_S",
+    "ModelHost",
+    "ModelState",
+    "RunCost",
+    "model_states",
+    "open_idempotency",
+]
+
+#: A model version whose measured run is shorter than this runs on the event
+#: loop itself rather than in the thread pool. The hand-off to a thread
+#: (``run_in_executor``: a future, a thread wake-up, a loop wake-up) cost about
+#: 40 us of event-loop time per request on this project's 2-core machine
+#: (py-spy under wrk, the per-stage table in the README), so below this the
+#: thread costs more than the run it hands off, and a loop stall of at most
+#: this long is shorter than one hand-off. ``digits-small`` (~5 us) runs
+#: inline; ``minilm`` (milliseconds) never does.
+INLINE_BELOW_S = 30e-6
+
+#: Runs measured (in the thread pool) before a version may run inline, and
+#: the window of recent runs whose fastest decides.
+INLINE_WINDOW = 16
+
+
+@dataclass(slots=True)
+class RunCost:
+    """Measured seconds per row of one model version's recent runs, decided per version.
+
+    The fastest ``seconds / rows`` among the last :data:`INLINE_WINDOW` runs —
+    in the pool, in a batch, or inline — predicts a request: ``best * rows``.
+    The minimum, not the mean: on a shared machine a run's wall time also
+    counts the preemptions and GIL waits around it (a 5 us digits-small run
+    measured 100-600 us in a pool thread with 9 sessions on 2 cores), while
+    the fastest recent run is what the model costs. It follows the load all
+    the same: a version whose every recent run is slow (a contended machine,
+    a swapped-in larger model) goes back to the pool by itself, and a large
+    request of a fast model is still handed off.
+    """
+
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=INLINE_WINDOW))
+    per_row_s: float = math.inf
+    """The fastest recent seconds per row (inf until the window is full)."""
+    _best: float = math.inf
+
+    def add(self, seconds: float, rows: int) -> None:
+        """Record one run of ``rows`` rows (0 for an empty batch: counted as 1)."""
+        sample = seconds / max(rows, 1)
+        recent = self.recent
+        evicted = recent[0] if len(recent) == INLINE_WINDOW else math.inf
+        recent.append(sample)
+        if sample <= self._best:
+            self._best = sample
+        elif evicted == self._best:  # the fastest left the window: O(window), rarely
+            self._best = min(recent)
+        if len(recent) == INLINE_WINDOW:
+            self.per_row_s = self._best
+
+    def inline(self, rows: int) -> bool:
+        """Whether a request of ``rows`` rows should run on the event loop."""
+        return self.per_row_s * max(rows, 1) < INLINE_BELOW_S
 
 
 @dataclass(slots=True)
@@ -120,6 +182,8 @@ class ModelHost:
         self._batchers: dict[str, DynamicBatcher] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._computing: set[asyncio.Future[InferResponse]] = set()
+        self._costs: dict[str, RunCost] = {}
+        self._model_metrics: dict[str, tuple[Any, ...]] = {}
         self.states: dict[str, ModelState] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -180,7 +244,11 @@ class ModelHost:
         if keyed:
             waiting = self.idempotency.run(request, lambda: self._computed(request))
         else:
-            waiting = self._computed(request)
+            loaded, size = self._prepare(request)
+            if self.cost(loaded).inline(size):
+                # Nothing to wait for or time out: the run is shorter than a hand-off.
+                return self._answer(loaded, request, *self._run_inline(loaded, request, size))
+            waiting = self._computed(request, (loaded, size))
         timeout = self.settings.request_timeout_s
         try:
             return await asyncio.wait_for(waiting, timeout)
@@ -196,10 +264,12 @@ class ModelHost:
                 )
             ) from None
 
-    async def _computed(self, request: InferRequest) -> InferResponse:
+    async def _computed(
+        self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
+    ) -> InferResponse:
         """:meth:`_infer` as a task of its own that a caller's timeout or
         disconnect does not cancel (only the caller's wait is cancelled)."""
-        task = asyncio.ensure_future(self._infer(request))
+        task = asyncio.ensure_future(self._infer(request, prepared))
         self._computing.add(task)
         task.add_done_callback(self._computation_done)
         return await asyncio.shield(task)
@@ -209,18 +279,32 @@ class ModelHost:
         if not task.cancelled():
             task.exception()  # retrieved: a caller still waiting re-raises it
 
-    async def _infer(self, request: InferRequest) -> InferResponse:
+    def _prepare(self, request: InferRequest) -> tuple[LoadedModel, int]:
+        """The loaded version a request names and its validated row count."""
         if request.model not in self.states:
             self.config(request.model)  # raises ModelNotFoundError naming the models
         loaded = self.local.load(request.model, request.version)
-        size = loaded.validator.validate(request.inputs)
+        return loaded, loaded.validator.validate(request.inputs)
+
+    async def _infer(
+        self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
+    ) -> InferResponse:
+        loaded, size = prepared or self._prepare(request)
+        if self.cost(loaded).inline(size):
+            return self._answer(loaded, request, *self._run_inline(loaded, request, size))
         started = time.perf_counter()
-        model = loaded.entry.name  # a model that exists: metric labels are never the caller's
-        self.metrics.computations_started.labels(model).inc()
+        started_counter, done_counter, *_ = self._metrics_of(loaded.entry.name)
+        started_counter.inc()
         outputs, queued, compute, batch = await self._run(loaded, request, size, started)
-        self.metrics.computations.labels(model).inc()
+        done_counter.inc()
         if time.perf_counter() - started > self.settings.request_timeout_s:
-            self.metrics.computations_late.labels(model).inc()
+            self.metrics.computations_late.labels(loaded.entry.name).inc()
+        return self._answer(loaded, request, outputs, queued, compute, batch)
+
+    def _answer(
+        self, loaded: LoadedModel, request: InferRequest, outputs: Arrays,
+        queued: float, compute: float, batch: int,
+    ) -> InferResponse:  # fmt: skip
         label = f"server:{loaded.entry.name}/{loaded.entry.version}"
         spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
         return InferResponse(
@@ -230,6 +314,43 @@ class ModelHost:
             trace=Trace(label, spans),
             id=request.id,
         )
+
+    def cost(self, loaded: LoadedModel) -> RunCost:
+        """The measured run cost of a loaded version (see :class:`RunCost`)."""
+        cost = self._costs.get(loaded.label)
+        if cost is None:
+            cost = self._costs[loaded.label] = RunCost()
+        return cost
+
+    def _metrics_of(self, model: str) -> tuple[Any, ...]:
+        """The per-model metric children, looked up once: ``labels()`` takes a
+        lock and hashes its arguments (~1.5 us each, 5 per request)."""
+        children = self._model_metrics.get(model)
+        if children is None:
+            m = self.metrics
+            children = self._model_metrics[model] = (
+                m.computations_started.labels(model), m.computations.labels(model),
+                m.queue.labels(model), m.compute.labels(model), m.batch_size.labels(model),
+            )  # fmt: skip
+        return children
+
+    def _run_inline(
+        self, loaded: LoadedModel, request: InferRequest, size: int
+    ) -> tuple[Arrays, float, float, int]:
+        """Run a measured-fast version on the event loop: outputs, queue 0, compute s, rows."""
+        started_counter, done_counter, queue, compute_h, batch_h = self._metrics_of(
+            loaded.entry.name
+        )
+        started_counter.inc()
+        started = time.perf_counter()
+        outputs = loaded.run(request.inputs, request.outputs, size)
+        compute = time.perf_counter() - started
+        self.cost(loaded).add(compute, size)
+        done_counter.inc()
+        queue.observe(0.0)
+        compute_h.observe(compute)
+        batch_h.observe(size)
+        return outputs, 0.0, compute, size
 
     async def _run(
         self, loaded: LoadedModel, request: InferRequest, size: int, started: float
@@ -242,14 +363,21 @@ class ModelHost:
         else:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(
-                self.executor, loaded.run, request.inputs, request.outputs, size
+                self.executor, self._timed_run, loaded, request, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-        model = loaded.entry.name
-        self.metrics.queue.labels(model).observe(queued)
-        self.metrics.compute.labels(model).observe(compute)
-        self.metrics.batch_size.labels(model).observe(batch)
+        _, _, queue, compute_h, batch_h = self._metrics_of(loaded.entry.name)
+        queue.observe(queued)
+        compute_h.observe(compute)
+        batch_h.observe(batch)
         return outputs, queued, compute, batch
+
+    def _timed_run(self, loaded: LoadedModel, request: InferRequest, size: int) -> Arrays:
+        """``loaded.run`` in a pool thread, its duration recorded in :meth:`cost`."""
+        started = time.perf_counter()
+        outputs = loaded.run(request.inputs, request.outputs, size)
+        self.cost(loaded).add(time.perf_counter() - started, size)
+        return outputs
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
         """The batcher of a loaded version, made on first use.
@@ -272,6 +400,7 @@ class ModelHost:
                 max_queue_delay_us=config.max_queue_delay_us if config else 0,
                 preferred_batch_sizes=config.preferred_batch_sizes if config else (),
                 concurrency=self.settings.runners_per_model,
+                observe=self.cost(loaded).add,
             )
         return batcher
 
