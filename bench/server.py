@@ -279,7 +279,7 @@ def main() -> None:
         args.seconds, args.warmup = 1.5, 0.5
     generator = args.generator or ("wrk" if shutil.which("wrk") else "loadgen")
     http_gen = wrk if generator == "wrk" else loadgen
-    console = Console()
+    console = Console(width=170)
     repo = ModelRepository(args.repo)
     build_zoo(repo, args.models)
     workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
