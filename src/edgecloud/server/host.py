@@ -42,11 +42,12 @@ __all__ = [
 
 #: A model version whose measured run is shorter than this runs on the event
 #: loop itself rather than in the thread pool. The hand-off to a thread
-#: (``run_in_executor``: a future, a thread wake-up, a loop wake-up) cost about
-#: 40 us of event-loop time per request on this project's 2-core machine
-#: (py-spy under wrk, the per-stage table in the README), so below this the
-#: thread costs more than the run it hands off, and a loop stall of at most
-#: this long is shorter than one hand-off. ``digits-small`` (~5 us) runs
+#: (``run_in_executor``, the computation task, ``shield``, ``wait_for``, the
+#: batcher's queue) cost about 20 us of event-loop time per request on this
+#: project's 2-core machine, plus a pool thread's wake-up on the other core
+#: (py-spy under wrk: the per-stage table in the README), so below this the
+#: thread costs about as much as the run it hands off, and a loop stall of at
+#: most this long is about one hand-off. ``digits-small`` (~5 us) runs
 #: inline; ``minilm`` (milliseconds) never does.
 INLINE_BELOW_S = 30e-6
 
