@@ -23,6 +23,7 @@ import logging
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def main() -> None:
         loop.run_until_complete(inline.infer(request))
     assert inline.cost(loaded).inline(1), "digits-small did not qualify for the inline path"
     for host in (pooled, batched):  # always the thread pool / the batcher
-        host._costs[host.local.load(MODEL).label] = NeverInline()
+        held = host.local.load(MODEL)
+        host._costs[held.label] = (weakref.ref(held.session), NeverInline())
     keys = iter(range(10**9))
 
     def keyed() -> InferRequest:

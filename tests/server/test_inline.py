@@ -4,11 +4,13 @@ request that skips the batcher's queue. Same answers, same checks, same metrics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from edgecloud import LocalBackend, ModelRepository
@@ -75,6 +77,20 @@ def test_a_fast_model_runs_inline_with_the_same_answers_and_checks(
     started = host.metrics.computations_started.labels("affine")._value.get()
     done = host.metrics.computations.labels("affine")._value.get()
     assert started == done == INLINE_WINDOW + 8
+
+
+def test_a_version_swapped_in_under_the_same_label_starts_unmeasured(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    host = _host(repo, tmp_path)
+    loaded = host.local.load("affine")
+    for _ in range(INLINE_WINDOW):
+        host.cost(loaded).add(1e-6, 1)
+    assert host.cost(loaded).inline(1)
+    fresh = ort.InferenceSession(str(loaded.entry.model_path), providers=["CPUExecutionProvider"])
+    swapped = dataclasses.replace(loaded, session=fresh)
+    assert swapped.label == loaded.label and not host.cost(swapped).inline(1)
+    asyncio.run(host.close())
 
 
 def test_a_lone_request_skips_the_batcher_queue(repo: ModelRepository) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ class ModelHost:
         self._batchers: dict[str, DynamicBatcher] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._computing: set[asyncio.Future[InferResponse]] = set()
-        self._costs: dict[str, RunCost] = {}
+        self._costs: dict[str, tuple[weakref.ref[Any], RunCost]] = {}
         self._model_metrics: dict[str, tuple[Any, ...]] = {}
         self.states: dict[str, ModelState] = {}
 
@@ -317,11 +318,16 @@ class ModelHost:
         )
 
     def cost(self, loaded: LoadedModel) -> RunCost:
-        """The measured run cost of a loaded version (see :class:`RunCost`)."""
-        cost = self._costs.get(loaded.label)
-        if cost is None:
-            cost = self._costs[loaded.label] = RunCost()
-        return cost
+        """The measured run cost of a loaded version (see :class:`RunCost`).
+
+        Bound to the session, not only the label: a version swapped in under
+        the same number (model control, a changed file) starts unmeasured, so
+        a fast predecessor's runs never send a slow successor inline.
+        """
+        entry = self._costs.get(loaded.label)
+        if entry is None or entry[0]() is not loaded.session:
+            entry = self._costs[loaded.label] = (weakref.ref(loaded.session), RunCost())
+        return entry[1]
 
     def _metrics_of(self, model: str) -> tuple[Any, ...]:
         """The per-model metric children, looked up once: ``labels()`` takes a
