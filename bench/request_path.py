@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved, machine, summary, write_result
 
 from edgecloud import ModelRepository
-from edgecloud.server.host import INLINE_WINDOW, ModelHost, RunCost
+from edgecloud.server.host import INLINE_WINDOW, ModelHost, RunCost, input_elements
 from edgecloud.server.http import HttpApp
 from edgecloud.server.settings import ServerSettings
 from edgecloud.tensors import InferRequest
@@ -48,7 +48,7 @@ MODEL = "digits-small"
 class NeverInline(RunCost):
     """A cost that never sends a request inline: the pool and batcher paths."""
 
-    def inline(self, rows: int) -> bool:
+    def inline(self, elements: int) -> bool:
         return False
 
 
@@ -89,7 +89,9 @@ def main() -> None:
     response = loop.run_until_complete(inline.infer(request))
     for _ in range(INLINE_WINDOW):  # the inline host decides after its first runs
         loop.run_until_complete(inline.infer(request))
-    assert inline.cost(loaded).inline(1), "digits-small did not qualify for the inline path"
+    assert inline.cost(loaded).inline(input_elements(request.inputs)), (
+        "digits-small did not qualify for the inline path"
+    )
     for host in (pooled, batched):  # always the thread pool / the batcher
         held = host.local.load(MODEL)
         host._costs[held.label] = (weakref.ref(held.session), NeverInline())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,27 +22,34 @@ from edgecloud.tensors import InferRequest
 from ..models import affine_reference
 
 
-def test_run_cost_needs_a_full_window_of_fast_runs() -> None:
+def test_only_a_fast_run_at_least_as_large_sends_a_request_inline() -> None:
     cost = RunCost()
-    for _ in range(INLINE_WINDOW - 1):
-        cost.add(1e-6, 1)
-        assert not cost.inline(1), "decided before the window was full"
-    cost.add(1e-6, 1)
-    assert cost.inline(1)
-    rows = math.ceil(INLINE_BELOW_S / 1e-6)
-    assert not cost.inline(rows), "a large request of a fast model must go to the pool"
+    assert not cost.inline(1), "unmeasured: the pool measures first"
+    cost.add(INLINE_BELOW_S * 10, 64)  # slow runs are no evidence
+    assert not cost.inline(1)
+    cost.add(INLINE_BELOW_S / 4, 64)
+    assert cost.inline(64) and cost.inline(1)
+    assert not cost.inline(65), "a larger request than any fast run goes to the pool"
 
 
-def test_run_cost_follows_the_fastest_recent_run_and_goes_back_to_the_pool() -> None:
+def test_a_cheap_batch_never_sends_a_model_with_a_large_fixed_cost_inline() -> None:
     cost = RunCost()
-    for i in range(INLINE_WINDOW):
-        cost.add(1e-3 if i % 2 else 2e-6, 1)  # preempted runs among fast ones
-    assert cost.inline(1) and cost.per_row_s == pytest.approx(2e-6)
-    for _ in range(INLINE_WINDOW):  # every recent run slow: the fast one left the window
-        cost.add(1e-3, 1)
-    assert not cost.inline(1) and cost.per_row_s == pytest.approx(1e-3)
-    cost.add(0.0, 0)  # an empty batch counts as one row, never a division by zero
-    assert cost.per_row_s == 0.0
+    for _ in range(INLINE_WINDOW):
+        cost.add(200e-6, 64 * 64)  # a merged batch: 3 us per row, 200 us per call
+    assert not cost.inline(64), "extrapolated from a batch's cost per row"
+
+
+def test_the_evidence_leaves_with_the_window() -> None:
+    cost = RunCost()
+    cost.add(1e-6, 640)
+    cost.add(1e-6, 64)
+    for i in range(INLINE_WINDOW - 2):
+        cost.add(1e-3, 640 + i)
+    assert cost.inline(640)
+    cost.add(1e-3, 640)  # the fast 640-element run leaves the window
+    assert not cost.inline(640) and cost.inline(64)
+    cost.add(1e-3, 640)  # and then the fast 64-element one
+    assert not cost.inline(1)
 
 
 def _host(repo: ModelRepository, tmp_path: Path, **settings: object) -> ModelHost:
@@ -61,22 +67,26 @@ def test_a_fast_model_runs_inline_with_the_same_answers_and_checks(
 
     async def run() -> None:
         loaded = host.local.load("affine")
-        for i in range(INLINE_WINDOW + 8):
+        host.cost(loaded).add(1e-6, 8)  # a measured fast run of 2 rows (timing-free test)
+        for _ in range(10):
             x = rng.standard_normal((2, 4)).astype(np.float32)
             response = await host.infer(InferRequest("affine", {"x": x}))
             np.testing.assert_allclose(response.outputs["y"], affine_reference(x)[0], rtol=1e-5)
             assert response.trace.spans[1].reason == "batch of 2"
-            if i == INLINE_WINDOW + 7:
-                assert host.cost(loaded).inline(2), "a ~us model never went inline"
+        assert not host.executor._threads and not host._batchers, "not run inline"
         with pytest.raises(InvalidRequestError):  # validation runs before the inline run
             await host.infer(InferRequest("affine", {"x": np.zeros((1, 5), np.float32)}))
-        assert not host._computing, "inline requests left computations behind"
+        x = rng.standard_normal((3, 4)).astype(np.float32)  # larger than any fast run
+        response = await host.infer(InferRequest("affine", {"x": x}))
+        np.testing.assert_allclose(response.outputs["y"], affine_reference(x)[0], rtol=1e-5)
+        assert host.executor._threads, "a request larger than the evidence ran inline"
+        assert not host._computing, "computations left behind"
         await host.close()
 
     asyncio.run(run())
     started = host.metrics.computations_started.labels("affine")._value.get()
     done = host.metrics.computations.labels("affine")._value.get()
-    assert started == done == INLINE_WINDOW + 8
+    assert started == done == 11
 
 
 def test_a_version_swapped_in_under_the_same_label_starts_unmeasured(
@@ -84,12 +94,11 @@ def test_a_version_swapped_in_under_the_same_label_starts_unmeasured(
 ) -> None:
     host = _host(repo, tmp_path)
     loaded = host.local.load("affine")
-    for _ in range(INLINE_WINDOW):
-        host.cost(loaded).add(1e-6, 1)
-    assert host.cost(loaded).inline(1)
+    host.cost(loaded).add(1e-6, 4)
+    assert host.cost(loaded).inline(4)
     fresh = ort.InferenceSession(str(loaded.entry.model_path), providers=["CPUExecutionProvider"])
     swapped = dataclasses.replace(loaded, session=fresh)
-    assert swapped.label == loaded.label and not host.cost(swapped).inline(1)
+    assert swapped.label == loaded.label and not host.cost(swapped).inline(4)
     asyncio.run(host.close())
 
 
@@ -112,5 +121,5 @@ def test_a_lone_request_skips_the_batcher_queue(repo: ModelRepository) -> None:
             await batcher.close()
 
         asyncio.run(run())
-    assert seen[0][1] == 3 and batcher.stats.requests == 7
+    assert seen[0][1] == x.size and batcher.stats.requests == 7
     assert batcher.stats.batches < 7, "concurrent requests were not merged"

@@ -73,8 +73,8 @@ class DynamicBatcher:
         concurrency: int = 2,
         observe: Callable[[float, int], None] | None = None,
     ) -> None:
-        """``observe(seconds, rows)`` is called (in the pool thread) after each
-        runtime call with its duration and rows (the host's per-version cost)."""
+        """``observe(seconds, elements)`` is called (in the pool thread) after each
+        runtime call with its duration and input elements (the host's per-version cost)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.loaded = loaded
@@ -238,7 +238,8 @@ class DynamicBatcher:
         started = time.perf_counter()
         result = self.loaded.run(inputs, outputs, rows)
         if self._observe is not None:
-            self._observe(time.perf_counter() - started, rows)
+            elements = sum(array.size for array in inputs.values())
+            self._observe(time.perf_counter() - started, elements)
         return result
 
 

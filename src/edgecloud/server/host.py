@@ -9,14 +9,16 @@ and back.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..backends.local import LoadedModel, LocalBackend, version_number
 from ..errors import DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
@@ -37,6 +39,7 @@ __all__ = [
     "ModelHost",
     "ModelState",
     "RunCost",
+    "input_elements",
     "model_states",
     "open_idempotency",
 ]
@@ -52,47 +55,52 @@ __all__ = [
 #: inline; ``minilm`` (milliseconds) never does.
 INLINE_BELOW_S = 30e-6
 
-#: Runs measured (in the thread pool) before a version may run inline, and
-#: the window of recent runs whose fastest decides.
+#: Recent runs of a version that its inline decision looks at.
 INLINE_WINDOW = 16
 
 
 @dataclass(slots=True)
 class RunCost:
-    """Measured seconds per row of one model version's recent runs, decided per version.
+    """Recent runs of one model version, and whether a request may run inline.
 
-    The fastest ``seconds / rows`` among the last :data:`INLINE_WINDOW` runs —
-    in the pool, in a batch, or inline — predicts a request: ``best * rows``.
-    The minimum, not the mean: on a shared machine a run's wall time also
-    counts the preemptions and GIL waits around it (a 5 us digits-small run
-    measured 100-600 us in a pool thread with 9 sessions on 2 cores), while
-    the fastest recent run is what the model costs. It follows the load all
-    the same: a version whose every recent run is slow (a contended machine,
-    a swapped-in larger model) goes back to the pool by itself, and a large
-    request of a fast model is still handed off.
+    A request of ``e`` input elements runs inline when one of the last
+    :data:`INLINE_WINDOW` runs — in the pool, in a batch, or inline —
+    processed at least ``e`` elements in under :data:`INLINE_BELOW_S`. A run
+    costs no less for more elements, so such a run bounds the request's cost
+    from above; noise (preemption, GIL waits: a 5 us digits-small run measured
+    100-600 us in a pool thread with 9 sessions on 2 cores) only makes a run
+    look slower, never faster. So a fast run is evidence and a slow one is not
+    a prediction: a large request of a fast model, a long sequence of a model
+    with a variable dimension, and every run of a slow model (minilm) go to
+    the pool; no extrapolation from a merged batch's cost per row can send a
+    model with a large fixed cost per call inline. Until a version has a fast
+    run of that size, its requests go to the pool, which measures them.
+    Models with BYTES inputs never run inline (their cost follows the
+    strings' lengths, not the element count).
     """
 
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=INLINE_WINDOW))
-    per_row_s: float = math.inf
-    """The fastest recent seconds per row (inf until the window is full)."""
-    _best: float = math.inf
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=INLINE_WINDOW))
+    fast_elements: int = -1
+    """The most input elements a recent run processed in under INLINE_BELOW_S (-1: none)."""
 
-    def add(self, seconds: float, rows: int) -> None:
-        """Record one run of ``rows`` rows (0 for an empty batch: counted as 1)."""
-        sample = seconds / max(rows, 1)
+    def add(self, seconds: float, elements: int) -> None:
+        """Record one runtime call over ``elements`` input elements."""
         recent = self.recent
-        evicted = recent[0] if len(recent) == INLINE_WINDOW else math.inf
-        recent.append(sample)
-        if sample <= self._best:
-            self._best = sample
-        elif evicted == self._best:  # the fastest left the window: O(window), rarely
-            self._best = min(recent)
-        if len(recent) == INLINE_WINDOW:
-            self.per_row_s = self._best
+        evicted = recent[0] if len(recent) == INLINE_WINDOW else None
+        recent.append((elements, seconds))
+        if seconds < INLINE_BELOW_S and elements > self.fast_elements:
+            self.fast_elements = elements
+        elif evicted is not None and evicted[0] == self.fast_elements:  # rarely: O(window)
+            self.fast_elements = max((e for e, t in recent if t < INLINE_BELOW_S), default=-1)
 
-    def inline(self, rows: int) -> bool:
-        """Whether a request of ``rows`` rows should run on the event loop."""
-        return self.per_row_s * max(rows, 1) < INLINE_BELOW_S
+    def inline(self, elements: int) -> bool:
+        """Whether a request of ``elements`` input elements should run on the event loop."""
+        return elements <= self.fast_elements
+
+
+def input_elements(inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    """Input elements of a request: the size :class:`RunCost` compares runs by."""
+    return sum(array.size for array in inputs.values())
 
 
 @dataclass(slots=True)
@@ -247,7 +255,7 @@ class ModelHost:
             waiting = self.idempotency.run(request, lambda: self._computed(request))
         else:
             loaded, size = self._prepare(request)
-            if self.cost(loaded).inline(size):
+            if self._inline(loaded, request):
                 # Nothing to wait for or time out: the run is shorter than a hand-off.
                 return self._answer(loaded, request, *self._run_inline(loaded, request, size))
             waiting = self._computed(request, (loaded, size))
@@ -292,7 +300,7 @@ class ModelHost:
         self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
     ) -> InferResponse:
         loaded, size = prepared or self._prepare(request)
-        if self.cost(loaded).inline(size):
+        if self._inline(loaded, request):
             return self._answer(loaded, request, *self._run_inline(loaded, request, size))
         started = time.perf_counter()
         started_counter, done_counter, *_ = self._metrics_of(loaded.entry.name)
@@ -329,6 +337,10 @@ class ModelHost:
             entry = self._costs[loaded.label] = (weakref.ref(loaded.session), RunCost())
         return entry[1]
 
+    def _inline(self, loaded: LoadedModel, request: InferRequest) -> bool:
+        """Whether this validated request runs on the event loop (:class:`RunCost`)."""
+        return not loaded.strings and self.cost(loaded).inline(input_elements(request.inputs))
+
     def _metrics_of(self, model: str) -> tuple[Any, ...]:
         """The per-model metric children, looked up once: ``labels()`` takes a
         lock and hashes its arguments (~1.5 us each, 5 per request)."""
@@ -352,7 +364,7 @@ class ModelHost:
         started = time.perf_counter()
         outputs = loaded.run(request.inputs, request.outputs, size)
         compute = time.perf_counter() - started
-        self.cost(loaded).add(compute, size)
+        self.cost(loaded).add(compute, input_elements(request.inputs))
         done_counter.inc()
         queue.observe(0.0)
         compute_h.observe(compute)
@@ -383,7 +395,7 @@ class ModelHost:
         """``loaded.run`` in a pool thread, its duration recorded in :meth:`cost`."""
         started = time.perf_counter()
         outputs = loaded.run(request.inputs, request.outputs, size)
-        self.cost(loaded).add(time.perf_counter() - started, size)
+        self.cost(loaded).add(time.perf_counter() - started, input_elements(request.inputs))
         return outputs
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
