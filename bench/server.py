@@ -1,16 +1,33 @@
-"""edgecloud's server vs MLServer 1.7.1, same ONNX model, same machine, same load.
+"""edgecloud's server against its own stack's ceiling and against MLServer, in one run.
 
-Both serve ``digits-small`` (MLServer through the small onnxruntime runtime in
-bench/peers/mlserver_onnx, the documented way to add a runtime to it). Each
-case is measured with our closed-loop generator (bench/loadgen.py) and, when
-installed, with ``wrk`` as an independent one; servers alternate within every
-concurrency level so drift hits both alike. MLServer has no binary tensor
-extension, so the headline ratio compares JSON with JSON.
+Servers, all on this machine, started by the bench:
 
-    python bench/server.py [--repo model-repo] [--seconds 5] [--concurrency 1 8 64]
+* ``ceiling``: a fixed-response ASGI app (bench/ceiling_app.py: read the body,
+  answer 200 bytes of JSON) on the same uvicorn + httptools + uvloop stack
+  ``edgecloud serve`` runs on — what the stack alone can do (HTTP only);
+* ``edgecloud-1``: ``edgecloud serve`` as one process (``--workers 1`` when
+  serve knows the flag);
+* ``edgecloud-N``: ``edgecloud serve --workers N`` (N = the number of cores);
+  skipped, with the reason, when serve refuses the flag;
+* ``mlserver``: MLServer 1.7.1 through bench/peers (its onnxruntime runtime),
+  one instance per model; it has no binary extension over HTTP.
 
-Prints a table, writes bench/results/server.json (top-level ``ratio``:
-edgecloud / MLServer req/s at concurrency 8) and bench/results/server.png.
+Cases: ``digits-small`` (batch 1, 64 FP32) and ``minilm`` (batch 1, 16
+tokens), JSON and binary (HTTP: JSON tensors vs the binary tensor extension;
+gRPC: typed ``contents`` vs ``raw_input_contents``), HTTP and gRPC, c = 1 / 8
+/ 64. Within every (model, protocol, encoding, c) the servers run back to
+back in an order that rotates, so drift hits all alike. HTTP load comes from
+``wrk`` when installed (else bench/loadgen.py), gRPC load from
+bench/grpc_loadgen.py (grpc.aio; at high rates the generator is itself a
+limit, the same for every server).
+
+    python bench/server.py [--repo model-repo] [--seconds 5] [--quick] [--no-mlserver]
+
+Prints a table, writes bench/results/server.json (top-level ``ceiling_ratio``:
+edgecloud-N / ceiling req/s on digits-small, HTTP JSON, c=64 — edgecloud-1
+when N workers were skipped, as ``ceiling_ratio_server`` says) and
+bench/results/server.png. ``--quick`` runs every case for 1.5 s after a
+0.5 s warm-up (``"quick": true`` in the JSON): a smoke run, not a measurement.
 """
 
 from __future__ import annotations
@@ -18,11 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +52,86 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write_result
+from grpc_loadgen import infer_request, run_grpc_load
 from loadgen import run_load
 from peers.mlserver import start_mlserver
 
 from edgecloud import ModelRepository
-from edgecloud.server.launch import free_port, serve_process
+from edgecloud.server.launch import ServerProcess, free_port, launch, serve_process
 from edgecloud.zoo import build_zoo
 
-MODEL = "digits-small"
-PATH = f"/v2/models/{MODEL}/infer"
+HERE = Path(__file__).resolve().parent
+MODELS = ["digits-small", "minilm"]
+SERVERS = ["ceiling", "edgecloud-1", "edgecloud-N", "mlserver"]
+HEADLINE = ("digits-small", "http", "json", 64)
 WRK_LUA = """wrk.method = "POST"
 wrk.body = io.open("{body}", "rb"):read("*a")
 wrk.headers["Content-Type"] = "{content_type}"
 {extra}
 """
 
+Inputs = dict[str, np.ndarray[Any, Any]]
 
-def bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
-    """The same 2x64 FP32 request, as JSON and with binary tensors."""
-    x = np.random.default_rng(0).random((2, 64), dtype=np.float32)
-    tensor = {"name": "pixels", "shape": [2, 64], "datatype": "FP32"}
-    as_json = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+
+@dataclass
+class Contender:
+    """One started server: its ports, or why it is not measured."""
+
+    name: str
+    http_port: int | None = None
+    grpc_port: int | None = None
+    process: ServerProcess | None = None
+    skipped: str | None = None
+    """Why this server is not measured at all (e.g. serve refuses --workers)."""
+    models: set[str] = field(default_factory=set)
+    """Models it serves (empty: any path, the ceiling)."""
+
+    def why_not(self, model: str, protocol: str, encoding: str) -> str | None:
+        """Why a case is skipped for this server, or None when it runs."""
+        if self.skipped:
+            return self.skipped
+        if self.name == "ceiling" and protocol == "grpc":
+            return "the ceiling is an HTTP (ASGI) app"
+        if self.name == "mlserver" and protocol == "http" and encoding == "binary":
+            return "MLServer has no binary tensor extension over HTTP"
+        if self.models and model not in self.models:
+            return f"{self.name} does not serve {model}"
+        return None
+
+
+def inputs_of(model: str) -> Inputs:
+    """One row of each model's inputs (seeded)."""
+    rng = np.random.default_rng(0)
+    if model == "digits-small":
+        return {"pixels": rng.random((1, 64), dtype=np.float32)}
+    ids = rng.integers(0, 30521, size=(1, 16), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def http_bodies(inputs: Inputs) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """The same request as JSON and with binary tensors (outputs binary too)."""
+
+    def tensor(name: str, x: np.ndarray[Any, Any]) -> dict[str, Any]:
+        datatype = {"float32": "FP32", "int64": "INT64"}[x.dtype.name]
+        return {"name": name, "shape": list(x.shape), "datatype": datatype}
+
+    as_json = json.dumps(
+        {"inputs": [{**tensor(n, x), "data": x.ravel().tolist()} for n, x in inputs.items()]}
+    ).encode()
     header = json.dumps(
         {
-            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "inputs": [
+                {**tensor(n, x), "parameters": {"binary_data_size": x.nbytes}}
+                for n, x in inputs.items()
+            ],
             "parameters": {"binary_data_output": True},
         }
     ).encode()
+    binary = header + b"".join(x.tobytes() for x in inputs.values())
     return {
         "json": (as_json, {"Content-Type": "application/json"}),
         "binary": (
-            header + x.tobytes(),
+            binary,
             {
                 "Content-Type": "application/octet-stream",
                 "Inference-Header-Content-Length": str(len(header)),
@@ -73,20 +141,26 @@ def bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
 
 
 def loadgen(
-    port: int, body: bytes, headers: dict[str, str], c: int, seconds: float
-) -> dict[str, Any]:
+    port: int, path: str, body: bytes, headers: dict[str, str], c: int, seconds: float,
+    warmup: float,
+) -> dict[str, Any]:  # fmt: skip
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(run_load(port, PATH, body, headers, concurrency=c, seconds=seconds))
+    result = runner(run_load(port, path, body, headers, concurrency=c, seconds=seconds,
+                             warmup=warmup))  # fmt: skip
     summary: dict[str, Any] = result.summary()
     return summary
 
 
-def wrk(port: int, body: bytes, headers: dict[str, str], c: int, seconds: float) -> dict[str, Any]:
+def wrk(
+    port: int, path: str, body: bytes, headers: dict[str, str], c: int, seconds: float,
+    warmup: float,
+) -> dict[str, Any]:  # fmt: skip
+    """wrk -t1 (after ``warmup`` seconds of the same load, discarded)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "body").write_bytes(body)
         extra = "\n".join(
@@ -96,16 +170,23 @@ def wrk(port: int, body: bytes, headers: dict[str, str], c: int, seconds: float)
             body=Path(tmp) / "body", content_type=headers["Content-Type"], extra=extra
         )
         (Path(tmp) / "post.lua").write_text(script)
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{c}", f"-d{int(seconds)}s", "--latency",
-             "-s", str(Path(tmp) / "post.lua"), f"http://127.0.0.1:{port}{PATH}"],
-            capture_output=True, text=True, timeout=seconds + 30,
-        ).stdout  # fmt: skip
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}{path}"
+
+        def once(duration: float) -> str:
+            return subprocess.run(
+                ["wrk", "-t1", f"-c{c}", f"-d{max(1, round(duration))}s", "--latency",
+                 "-s", str(Path(tmp) / "post.lua"), url],
+                capture_output=True, text=True, timeout=duration + 30,
+            ).stdout  # fmt: skip
+
+        if warmup > 0:
+            once(warmup)
+        out = once(seconds)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {
         "concurrency": c,
-        "req_per_s": rate,
+        "req_per_s": float(rate.group(1)) if rate else float("nan"),
         "p50_ms": _wrk_ms(out, "50%"),
         "p99_ms": _wrk_ms(out, "99%"),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
@@ -120,150 +201,253 @@ def _wrk_ms(out: str, pct: str) -> float:
     return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
+def serve_knows_workers() -> bool:
+    """Whether ``edgecloud serve`` takes ``--workers`` (its --help lists it)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "serve", "--help"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    return "--workers" in out.stdout
+
+
+def start_edgecloud(repo: Path, name: str, workers: int | None, logs: Path) -> Contender:
+    http_port, grpc_port = free_port(), free_port()
+    extra = ["--workers", str(workers)] if workers is not None else []
+    process = serve_process(
+        repo, http_port=http_port, grpc_port=grpc_port, extra=extra, log=logs / f"{name}.log"
+    )
+    return Contender(name, http_port, grpc_port, process, models=set(MODELS))
+
+
+def start_ceiling(logs: Path) -> Contender:
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "uvicorn", "ceiling_app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning", "--lifespan", "on",
+    ]  # fmt: skip
+    process = launch(
+        argv, f"http://127.0.0.1:{port}", log=logs / "ceiling.log", cwd=HERE,
+        ready_path="/ready",
+    )  # fmt: skip
+    return Contender("ceiling", port, None, process)
+
+
+def start_peer(model: str, repo: ModelRepository, workdir: Path) -> Contender:
+    http_port, grpc_port = free_port(), free_port()
+    process = start_mlserver(
+        repo.get(model).model_path.resolve(), model, workdir / model, http_port, grpc_port,
+        free_port(),
+    )  # fmt: skip
+    return Contender("mlserver", http_port, grpc_port, process, models={model})
+
+
+def measure(
+    server: Contender, model: str, protocol: str, encoding: str, c: int, args: Any,
+    http_gen: Any,
+) -> dict[str, Any]:  # fmt: skip
+    inputs = inputs_of(model)
+    if protocol == "http":
+        body, headers = http_bodies(inputs)[encoding]
+        assert server.http_port is not None
+        path = f"/v2/models/{model}/infer"
+        return dict(http_gen(server.http_port, path, body, headers, c, args.seconds, args.warmup))
+    request = infer_request(model, inputs, raw=encoding == "binary")
+    target = f"127.0.0.1:{server.grpc_port}"
+    return asyncio.run(
+        run_grpc_load(target, request, concurrency=c, seconds=args.seconds, warmup=args.warmup)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--seconds", default=5.0, type=float)
+    parser.add_argument("--warmup", default=1.0, type=float)
     parser.add_argument("--concurrency", default=[1, 8, 64], type=int, nargs="+")
+    parser.add_argument("--models", default=MODELS, nargs="+", choices=MODELS)
+    parser.add_argument("--workers", default=os.cpu_count() or 2, type=int,
+                        help="N of edgecloud-N (default: the number of cores)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="1.5 s per case: a smoke run")
+    parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out")
+    parser.add_argument("--generator", choices=["wrk", "loadgen"], default=None,
+                        help="HTTP load generator (default: wrk when installed)")  # fmt: skip
     args = parser.parse_args()
-    console = Console()
+    if args.quick:
+        args.seconds, args.warmup = 1.5, 0.5
+    generator = args.generator or ("wrk" if shutil.which("wrk") else "loadgen")
+    http_gen = wrk if generator == "wrk" else loadgen
+    console = Console(width=170)
     repo = ModelRepository(args.repo)
-    build_zoo(repo, [MODEL])
-    model_file = repo.get(MODEL).model_path.resolve()
-    payloads = bodies()
-    ec_port, ml_port = free_port(), free_port()
-    console.print("starting edgecloud and MLServer (MLServer's virtualenv is built on first use)…")
-    edgecloud = serve_process(repo.root, http_port=ec_port)
-    workdir = Path(tempfile.mkdtemp(prefix="mlserver-"))
-    mlserver = start_mlserver(model_file, MODEL, workdir, ml_port, free_port(), free_port())
-    contenders = [
-        ("edgecloud", "binary", ec_port),
-        ("edgecloud", "json", ec_port),
-        ("mlserver", "json", ml_port),
-    ]
-    generators = [("loadgen", loadgen)] + ([("wrk", wrk)] if shutil.which("wrk") else [])
+    build_zoo(repo, args.models)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
     cases: list[dict[str, Any]] = []
-    total = len(args.concurrency) * len(contenders) * len(generators)
+    stops: dict[str, float | None] = {}
+    knows_workers = serve_knows_workers()
+    console.print("starting the ceiling app and edgecloud…")
+    shared = [
+        start_ceiling(workdir),
+        start_edgecloud(args.repo, "edgecloud-1", 1 if knows_workers else None, workdir),
+    ]
+    if knows_workers:
+        shared.append(start_edgecloud(args.repo, "edgecloud-N", args.workers, workdir))
+    else:
+        reason = "edgecloud serve does not take --workers (this checkout has no multi-worker serve)"
+        shared.append(Contender("edgecloud-N", skipped=reason))
     try:
-        with Progress(console=console) as progress:
-            task = progress.add_task("load", total=total)
-            for i, c in enumerate(args.concurrency):
-                order = contenders[i % 3 :] + contenders[: i % 3]
-                for gen_name, generate in generators:
-                    for server, encoding, port in order:
-                        body, headers = payloads[encoding]
-                        result = generate(port, body, headers, c, args.seconds)
-                        cases.append(
-                            {
-                                "server": server,
-                                "encoding": encoding,
-                                "generator": gen_name,
-                                **result,
-                            }
-                        )
-                        progress.advance(task)
+        for model in args.models:
+            peer = Contender("mlserver", skipped="left out (--no-mlserver)")
+            if not args.no_mlserver:
+                console.print(f"starting MLServer for {model} (its virtualenv is built once)…")
+                peer = start_peer(model, repo, workdir)
+            try:
+                cases += run_model(console, model, [*shared, peer], args, http_gen, generator)
+            finally:
+                if peer.process is not None:
+                    stops[f"mlserver ({model})"] = peer.process.stop()
     finally:
-        ec_stop = edgecloud.stop()
-        ml_stop = mlserver.stop()
+        for server in shared:
+            if server.process is not None:
+                stops[server.name] = server.process.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report(console, cases, args, ec_stop, ml_stop)
+    report(console, cases, args, stops, generator)
 
 
-def find(
-    cases: list[dict[str, Any]], server: str, encoding: str, gen: str, c: int
-) -> dict[str, Any]:
-    key = (server, encoding, gen, c)
-    return next(
-        r for r in cases if (r["server"], r["encoding"], r["generator"], r["concurrency"]) == key
-    )
+def run_model(
+    console: Console, model: str, servers: list[Contender], args: Any, http_gen: Any,
+    generator: str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    combos = [(p, e) for p in ("http", "grpc") for e in ("json", "binary")]
+    cases: list[dict[str, Any]] = []
+    rotation = 0
+    with Progress(console=console) as progress:
+        task = progress.add_task(model, total=len(combos) * len(args.concurrency) * len(servers))
+        for c in args.concurrency:
+            for protocol, encoding in combos:
+                rotation += 1
+                order = servers[rotation % len(servers) :] + servers[: rotation % len(servers)]
+                for server in order:
+                    key = {"server": server.name, "model": model, "protocol": protocol,
+                           "encoding": encoding, "concurrency": c}  # fmt: skip
+                    reason = server.why_not(model, protocol, encoding)
+                    if reason is not None:
+                        cases.append({**key, "skipped": reason})
+                    else:
+                        gen = generator if protocol == "http" else "grpc_loadgen"
+                        result = measure(server, model, protocol, encoding, c, args, http_gen)
+                        cases.append({**key, "generator": gen, **result})
+                    progress.advance(task)
+    return cases
+
+
+def find(cases: list[dict[str, Any]], server: str, *key: Any) -> dict[str, Any] | None:
+    """The measured case of ``server`` at (model, protocol, encoding, c), or None."""
+    for r in cases:
+        if (r["server"], r["model"], r["protocol"], r["encoding"], r["concurrency"]) == (
+            server,
+            *key,
+        ):
+            return None if "skipped" in r else r
+    return None
 
 
 def report(
-    console: Console,
-    cases: list[dict[str, Any]],
-    args: Any,
-    ec_stop: float | None,
-    ml_stop: float | None,
-) -> None:
-    table = Table(
-        "generator", "concurrency", "edgecloud binary req/s", "edgecloud json req/s",
-        "MLServer json req/s", "ratio (json)", "p99 ms ec json / MLServer",
-        title=f"{MODEL}, 2×64 FP32 per request, {args.seconds:g} s per case",
-    )  # fmt: skip
-    ratios = {}
-    for gen in sorted({r["generator"] for r in cases}):
-        for c in args.concurrency:
-            eb = find(cases, "edgecloud", "binary", gen, c)
-            ej = find(cases, "edgecloud", "json", gen, c)
-            mj = find(cases, "mlserver", "json", gen, c)
-            ratio = ej["req_per_s"] / mj["req_per_s"]
-            ratios[(gen, c)] = ratio
-            table.add_row(
-                gen, str(c), f"{eb['req_per_s']:,.0f}", f"{ej['req_per_s']:,.0f}",
-                f"{mj['req_per_s']:,.0f}", f"{ratio:.2f}×",
-                f"{ej['p99_ms']:.2f} / {mj['p99_ms']:.2f}",
-            )  # fmt: skip
-    console.print(table)
-    c8 = 8 if 8 in args.concurrency else args.concurrency[0]
-    head_ec, head_ml = (
-        find(cases, "edgecloud", "json", "loadgen", c8),
-        find(cases, "mlserver", "json", "loadgen", c8),
+    console: Console, cases: list[dict[str, Any]], args: Any, stops: dict[str, float | None],
+    generator: str,
+) -> None:  # fmt: skip
+    title = (
+        f"req/s (p99 ms), batch 1, {args.seconds:g} s per case"
+        + (" — QUICK smoke run" if args.quick else "")
+        + f"; HTTP load: {generator}, gRPC load: grpc.aio"
     )
-    shutdown = {"edgecloud_s": ec_stop, "mlserver_s": ml_stop}
-    console.print(f"SIGTERM → exit: edgecloud {_secs(ec_stop)}, MLServer {_secs(ml_stop)}")
+    table = Table("model", "protocol", "encoding", "c", *SERVERS, title=title)
+    for model in args.models:
+        for protocol in ("http", "grpc"):
+            for encoding in ("json", "binary"):
+                for c in args.concurrency:
+                    cells = []
+                    for server in SERVERS:
+                        r = find(cases, server, model, protocol, encoding, c)
+                        cells.append("—" if r is None else
+                                     f"{r['req_per_s']:,.0f} ({r['p99_ms']:.1f})")  # fmt: skip
+                    table.add_row(model, protocol, encoding, str(c), *cells)
+    console.print(table)
+    skipped = sorted({f"{r['server']}: {r['skipped']}" for r in cases if "skipped" in r})
+    for line in skipped:
+        console.print(f"skipped — {line}")
+    ceiling = find(cases, "ceiling", *HEADLINE)
+    best = "edgecloud-N" if find(cases, "edgecloud-N", *HEADLINE) else "edgecloud-1"
+    ours = find(cases, best, *HEADLINE)
+    ratio = ours["req_per_s"] / ceiling["req_per_s"] if ours and ceiling else None
+    one = find(cases, "edgecloud-1", *HEADLINE)
+    many = find(cases, "edgecloud-N", *HEADLINE)
+    peer = find(cases, "mlserver", *HEADLINE)
+    console.print(f"ceiling_ratio ({best} / ceiling, digits-small HTTP JSON c=64): "
+                  f"{ratio if ratio is None else f'{ratio:.2f}'}")  # fmt: skip
     path = write_result(
         "server",
         {
             "benchmark": "server",
-            "peer": "MLServer 1.7.1 (1 worker, onnxruntime custom runtime)",
-            "model": MODEL,
-            "ratio": ratios[("loadgen", c8)],
-            "ratio_definition": f"edgecloud / MLServer req/s at concurrency {c8}, JSON "
-            "(MLServer has no binary tensor extension), own load generator",
-            "p99_ratio": head_ec["p99_ms"] / head_ml["p99_ms"],
-            "target": ">= 2x throughput at concurrency >= 8 with p99 no worse",
+            "quick": bool(args.quick),
+            "ceiling_ratio": ratio,
+            "ceiling_ratio_server": best,
+            "ceiling_ratio_definition": "edgecloud (N workers; 1 when N were skipped) / bare "
+            "uvicorn+httptools+uvloop app with a fixed 200-byte JSON answer, req/s, "
+            "digits-small batch 1, HTTP JSON, c=64",
+            "workers": args.workers,
+            "workers_speedup": many["req_per_s"] / one["req_per_s"] if many and one else None,
+            "ratio": one["req_per_s"] / peer["req_per_s"] if one and peer else None,
+            "ratio_definition": "edgecloud-1 / MLServer req/s, digits-small HTTP JSON c=64",
+            "targets": {"ceiling_ratio": ">= 0.5", "workers_speedup": ">= 1.7 at 2 workers"},
+            "peer": "MLServer 1.7.1 (1 worker, onnxruntime custom runtime in bench/peers)",
+            "http_generator": generator,
+            "grpc_generator": "bench/grpc_loadgen.py (grpc.aio, one channel)",
             "cases": cases,
-            "sigterm_exit": shutdown,
+            "sigterm_exit_s": stops,
             "seconds_per_case": args.seconds,
+            "warmup_s": args.warmup,
             "machine": machine(),
         },
     )
-    plot(cases, args.concurrency)
+    plot(cases, args)
     console.print(f"wrote {path} and {RESULTS / 'server.png'}")
 
 
-def _secs(value: float | None) -> str:
-    return "did not exit in 15 s" if value is None else f"{value:.2f} s"
-
-
-def plot(cases: list[dict[str, Any]], levels: list[int]) -> None:
+def plot(cases: list[dict[str, Any]], args: Any) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_rate, ax_p99) = plt.subplots(1, 2, figsize=(11, 4))
-    series = [("edgecloud", "binary"), ("edgecloud", "json"), ("mlserver", "json")]
-    width = 0.27
-    x = np.arange(len(levels))
-    for i, (server, encoding) in enumerate(series):
-        rows = [find(cases, server, encoding, "loadgen", c) for c in levels]
-        label = f"{server} {encoding}"
-        ax_rate.bar(x + (i - 1) * width, [r["req_per_s"] for r in rows], width, label=label)
-        ax_p99.bar(x + (i - 1) * width, [r["p99_ms"] for r in rows], width, label=label)
-    for ax, title in (
-        (ax_rate, "throughput (req/s, higher is better)"),
-        (ax_p99, "p99 latency (ms, lower is better)"),
-    ):
-        ax.set_xticks(x, [f"c={c}" for c in levels])
-        ax.set_title(title)
-        ax.legend()
-    fig.suptitle(f"{MODEL} over the Open Inference Protocol, same machine, same load generator")
+    combos = [(p, e) for p in ("http", "grpc") for e in ("json", "binary")]
+    fig, axes = plt.subplots(
+        len(args.models), len(combos), figsize=(4 * len(combos), 3.4 * len(args.models)),
+        squeeze=False,
+    )  # fmt: skip
+    width = 0.8 / len(SERVERS)
+    x = np.arange(len(args.concurrency))
+    for row, model in enumerate(args.models):
+        for col, (protocol, encoding) in enumerate(combos):
+            ax = axes[row][col]
+            for i, server in enumerate(SERVERS):
+                rates = [
+                    (r["req_per_s"] if r else 0.0)
+                    for r in (
+                        find(cases, server, model, protocol, encoding, c) for c in args.concurrency
+                    )
+                ]
+                ax.bar(x + (i - (len(SERVERS) - 1) / 2) * width, rates, width, label=server)
+            ax.set_xticks(x, [f"c={c}" for c in args.concurrency])
+            ax.set_title(f"{model} {protocol} {encoding}", fontsize=9)
+            ax.set_ylabel("req/s")
+    axes[0][0].legend(fontsize=7)
+    quick = " (QUICK smoke run)" if args.quick else ""
+    fig.suptitle(f"Open Inference Protocol servers on one machine, batch 1{quick}")
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / "server.png", dpi=110)
+    fig.savefig(RESULTS / "server.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ Only models whose requested outputs all carry the batch as their first
 dimension are merged (``LoadedModel.splittable``); a merged output without one
 row per input row is never split: the requests run alone instead.
 Under light load a request therefore runs at once; under heavy load batches
-form while the previous ones run (adaptive batching). ``max_queue_delay_us``
-adds Triton's classic wait for companions on top. A batch whose merged run
+form while the previous ones run (adaptive batching); a request that finds
+the queue empty and a runner slot free (and no queue delay configured) skips
+the queue and the batcher's task altogether (two event-loop hops fewer).
+``max_queue_delay_us`` adds Triton's classic wait for companions on top. A batch whose merged run
 fails is re-run request by request, so a bad request fails alone.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +71,10 @@ class DynamicBatcher:
         max_queue_delay_us: int = 0,
         preferred_batch_sizes: Sequence[int] = (),
         concurrency: int = 2,
+        observe: Callable[[float, int], None] | None = None,
     ) -> None:
+        """``observe(seconds, elements)`` is called (in the pool thread) after each
+        runtime call with its duration and input elements (the host's per-version cost)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.loaded = loaded
@@ -78,6 +83,7 @@ class DynamicBatcher:
         self.preferred = frozenset(preferred_batch_sizes)
         self.stats = BatchStats()
         self._executor = executor
+        self._observe = observe
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -96,6 +102,8 @@ class DynamicBatcher:
             raise UnavailableError(f"{self.loaded.label} was unloaded; retry the request")
         if size == 0:  # never merged: the same answer alone or under load, no runtime call
             return self.loaded.run(inputs, outputs, 0), 0.0, 0.0
+        if not self._queue and self.max_delay == 0 and not self._slots.locked():
+            return await self._run_now(_Pending(inputs, outputs, size, _future()))
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
         future: asyncio.Future[tuple[Arrays, float, float]] = (
@@ -104,6 +112,15 @@ class DynamicBatcher:
         self._queue.append(_Pending(inputs, outputs, size, future))
         self._wakeup.set()
         return await future
+
+    async def _run_now(self, pending: _Pending) -> tuple[Arrays, float, float]:
+        """Run a lone request in a free slot without queueing it."""
+        await self._slots.acquire()  # free (checked by the caller): no suspension
+        try:
+            await self._run([pending])
+        finally:
+            self._slots.release()
+        return await pending.future
 
     async def close(self) -> None:
         self._closed = True
@@ -205,10 +222,10 @@ class DynamicBatcher:
         """Outputs per request, or None when the merged outputs do not split by rows."""
         first = batch[0]
         if len(batch) == 1:
-            return [self.loaded.run(first.inputs, first.outputs, first.size)]
+            return [self._timed(first.inputs, first.outputs, first.size)]
         merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in first.inputs}
         total = sum(p.size for p in batch)
-        outputs = self.loaded.run(merged, first.outputs, total)
+        outputs = self._timed(merged, first.outputs, total)
         if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
             return None
         results, offset = [], 0
@@ -216,3 +233,15 @@ class DynamicBatcher:
             results.append({k: v[offset : offset + p.size] for k, v in outputs.items()})
             offset += p.size
         return results
+
+    def _timed(self, inputs: Inputs, outputs: Sequence[str] | None, rows: int) -> Arrays:
+        started = time.perf_counter()
+        result = self.loaded.run(inputs, outputs, rows)
+        if self._observe is not None:
+            elements = sum(array.size for array in inputs.values())
+            self._observe(time.perf_counter() - started, elements)
+        return result
+
+
+def _future() -> asyncio.Future[tuple[Arrays, float, float]]:
+    return asyncio.get_running_loop().create_future()

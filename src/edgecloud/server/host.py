@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..backends.local import LoadedModel, LocalBackend, version_number
 from ..errors import (
@@ -35,7 +41,73 @@ from .metrics import ServerMetrics
 from .model_control import ModelControl, desired_set_path
 from .settings import ServerSettings
 
-__all__ = ["ModelHost", "ModelState", "model_states", "open_idempotency"]
+__all__ = [
+    "INLINE_BELOW_S",
+    "ModelHost",
+    "ModelState",
+    "RunCost",
+    "input_elements",
+    "model_states",
+    "open_idempotency",
+]
+
+#: A model version whose measured run is shorter than this runs on the event
+#: loop itself rather than in the thread pool. The hand-off to a thread
+#: (``run_in_executor``, the computation task, ``shield``, ``wait_for``, the
+#: batcher's queue) cost about 20 us of event-loop time per request on this
+#: project's 2-core machine, plus a pool thread's wake-up on the other core
+#: (py-spy under wrk: the per-stage table in the README), so below this the
+#: thread costs about as much as the run it hands off, and a loop stall of at
+#: most this long is about one hand-off. ``digits-small`` (~5 us) runs
+#: inline; ``minilm`` (milliseconds) never does.
+INLINE_BELOW_S = 30e-6
+
+#: Recent runs of a version that its inline decision looks at.
+INLINE_WINDOW = 16
+
+
+@dataclass(slots=True)
+class RunCost:
+    """Recent runs of one model version, and whether a request may run inline.
+
+    A request of ``e`` input elements runs inline when one of the last
+    :data:`INLINE_WINDOW` runs — in the pool, in a batch, or inline —
+    processed at least ``e`` elements in under :data:`INLINE_BELOW_S`. A run
+    costs no less for more elements, so such a run bounds the request's cost
+    from above; noise (preemption, GIL waits: a 5 us digits-small run measured
+    100-600 us in a pool thread with 9 sessions on 2 cores) only makes a run
+    look slower, never faster. So a fast run is evidence and a slow one is not
+    a prediction: a large request of a fast model, a long sequence of a model
+    with a variable dimension, and every run of a slow model (minilm) go to
+    the pool; no extrapolation from a merged batch's cost per row can send a
+    model with a large fixed cost per call inline. Until a version has a fast
+    run of that size, its requests go to the pool, which measures them.
+    Models with BYTES inputs never run inline (their cost follows the
+    strings' lengths, not the element count).
+    """
+
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=INLINE_WINDOW))
+    fast_elements: int = -1
+    """The most input elements a recent run processed in under INLINE_BELOW_S (-1: none)."""
+
+    def add(self, seconds: float, elements: int) -> None:
+        """Record one runtime call over ``elements`` input elements."""
+        recent = self.recent
+        evicted = recent[0] if len(recent) == INLINE_WINDOW else None
+        recent.append((elements, seconds))
+        if seconds < INLINE_BELOW_S and elements > self.fast_elements:
+            self.fast_elements = elements
+        elif evicted is not None and evicted[0] == self.fast_elements:  # rarely: O(window)
+            self.fast_elements = max((e for e, t in recent if t < INLINE_BELOW_S), default=-1)
+
+    def inline(self, elements: int) -> bool:
+        """Whether a request of ``elements`` input elements should run on the event loop."""
+        return elements <= self.fast_elements
+
+
+def input_elements(inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    """Input elements of a request: the size :class:`RunCost` compares runs by."""
+    return sum(array.size for array in inputs.values())
 
 
 @dataclass(slots=True)
@@ -141,6 +213,8 @@ class ModelHost:
         and label gets a batcher of its own."""
         self._retiring: set[asyncio.Task[None]] = set()
         self._computing: set[asyncio.Future[InferResponse]] = set()
+        self._costs: dict[str, tuple[weakref.ref[Any], RunCost]] = {}
+        self._model_metrics: dict[str, tuple[Any, ...]] = {}
         self.states: dict[str, ModelState] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -205,7 +279,11 @@ class ModelHost:
         if keyed:
             waiting = self.idempotency.run(request, lambda: self._computed(request))
         else:
-            waiting = self._computed(request)
+            loaded, size = self._prepare(request)
+            if self._inline(loaded, request):
+                # Nothing to wait for or time out: the run is shorter than a hand-off.
+                return self._answer(loaded, request, *self._run_inline(loaded, request, size))
+            waiting = self._computed(request, (loaded, size))
         timeout = self.settings.request_timeout_s
         try:
             return await asyncio.wait_for(waiting, timeout)
@@ -221,10 +299,12 @@ class ModelHost:
                 )
             ) from None
 
-    async def _computed(self, request: InferRequest) -> InferResponse:
+    async def _computed(
+        self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
+    ) -> InferResponse:
         """:meth:`_infer` as a task of its own that a caller's timeout or
         disconnect does not cancel (only the caller's wait is cancelled)."""
-        task = asyncio.ensure_future(self._infer(request))
+        task = asyncio.ensure_future(self._infer(request, prepared))
         self._computing.add(task)
         task.add_done_callback(self._computation_done)
         return await asyncio.shield(task)
@@ -234,21 +314,35 @@ class ModelHost:
         if not task.cancelled():
             task.exception()  # retrieved: a caller still waiting re-raises it
 
-    async def _infer(self, request: InferRequest) -> InferResponse:
+    def _prepare(self, request: InferRequest) -> tuple[LoadedModel, int]:
+        """The loaded version a request names and its validated row count."""
         state = self.states.get(request.model)
         if state is None:
             self.config(request.model)  # raises ModelNotFoundError naming the models
         elif not state.ready and self.settings.model_control != "none":
             raise ModelLoadError(f"model {clip(request.model)} is not ready: {state.error}")
         loaded = self.local.load(request.model, request.version)
-        size = loaded.validator.validate(request.inputs)
+        return loaded, loaded.validator.validate(request.inputs)
+
+    async def _infer(
+        self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
+    ) -> InferResponse:
+        loaded, size = prepared or self._prepare(request)
+        if self._inline(loaded, request):
+            return self._answer(loaded, request, *self._run_inline(loaded, request, size))
         started = time.perf_counter()
-        model = loaded.entry.name  # a model that exists: metric labels are never the caller's
-        self.metrics.computations_started.labels(model).inc()
+        started_counter, done_counter, *_ = self._metrics_of(loaded.entry.name)
+        started_counter.inc()
         outputs, queued, compute, batch = await self._run(loaded, request, size, started)
-        self.metrics.computations.labels(model).inc()
+        done_counter.inc()
         if time.perf_counter() - started > self.settings.request_timeout_s:
-            self.metrics.computations_late.labels(model).inc()
+            self.metrics.computations_late.labels(loaded.entry.name).inc()
+        return self._answer(loaded, request, outputs, queued, compute, batch)
+
+    def _answer(
+        self, loaded: LoadedModel, request: InferRequest, outputs: Arrays,
+        queued: float, compute: float, batch: int,
+    ) -> InferResponse:  # fmt: skip
         label = f"server:{loaded.entry.name}/{loaded.entry.version}"
         spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
         return InferResponse(
@@ -258,6 +352,52 @@ class ModelHost:
             trace=Trace(label, spans),
             id=request.id,
         )
+
+    def cost(self, loaded: LoadedModel) -> RunCost:
+        """The measured run cost of a loaded version (see :class:`RunCost`).
+
+        Bound to the session, not only the label: a version swapped in under
+        the same number (model control, a changed file) starts unmeasured, so
+        a fast predecessor's runs never send a slow successor inline.
+        """
+        entry = self._costs.get(loaded.label)
+        if entry is None or entry[0]() is not loaded.session:
+            entry = self._costs[loaded.label] = (weakref.ref(loaded.session), RunCost())
+        return entry[1]
+
+    def _inline(self, loaded: LoadedModel, request: InferRequest) -> bool:
+        """Whether this validated request runs on the event loop (:class:`RunCost`)."""
+        return not loaded.strings and self.cost(loaded).inline(input_elements(request.inputs))
+
+    def _metrics_of(self, model: str) -> tuple[Any, ...]:
+        """The per-model metric children, looked up once: ``labels()`` takes a
+        lock and hashes its arguments (~1.5 us each, 5 per request)."""
+        children = self._model_metrics.get(model)
+        if children is None:
+            m = self.metrics
+            children = self._model_metrics[model] = (
+                m.computations_started.labels(model), m.computations.labels(model),
+                m.queue.labels(model), m.compute.labels(model), m.batch_size.labels(model),
+            )  # fmt: skip
+        return children
+
+    def _run_inline(
+        self, loaded: LoadedModel, request: InferRequest, size: int
+    ) -> tuple[Arrays, float, float, int]:
+        """Run a measured-fast version on the event loop: outputs, queue 0, compute s, rows."""
+        started_counter, done_counter, queue, compute_h, batch_h = self._metrics_of(
+            loaded.entry.name
+        )
+        started_counter.inc()
+        started = time.perf_counter()
+        outputs = loaded.run(request.inputs, request.outputs, size)
+        compute = time.perf_counter() - started
+        self.cost(loaded).add(compute, input_elements(request.inputs))
+        done_counter.inc()
+        queue.observe(0.0)
+        compute_h.observe(compute)
+        batch_h.observe(size)
+        return outputs, 0.0, compute, size
 
     async def _run(
         self, loaded: LoadedModel, request: InferRequest, size: int, started: float
@@ -270,14 +410,21 @@ class ModelHost:
         else:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(
-                self.executor, loaded.run, request.inputs, request.outputs, size
+                self.executor, self._timed_run, loaded, request, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-        model = loaded.entry.name
-        self.metrics.queue.labels(model).observe(queued)
-        self.metrics.compute.labels(model).observe(compute)
-        self.metrics.batch_size.labels(model).observe(batch)
+        _, _, queue, compute_h, batch_h = self._metrics_of(loaded.entry.name)
+        queue.observe(queued)
+        compute_h.observe(compute)
+        batch_h.observe(batch)
         return outputs, queued, compute, batch
+
+    def _timed_run(self, loaded: LoadedModel, request: InferRequest, size: int) -> Arrays:
+        """``loaded.run`` in a pool thread, its duration recorded in :meth:`cost`."""
+        started = time.perf_counter()
+        outputs = loaded.run(request.inputs, request.outputs, size)
+        self.cost(loaded).add(time.perf_counter() - started, input_elements(request.inputs))
+        return outputs
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
         """The batcher of a loaded version, made on first use.
@@ -300,6 +447,7 @@ class ModelHost:
                 max_queue_delay_us=config.max_queue_delay_us if config else 0,
                 preferred_batch_sizes=config.preferred_batch_sizes if config else (),
                 concurrency=self.settings.runners_per_model,
+                observe=self.cost(loaded).add,
             )
         return batcher
 
