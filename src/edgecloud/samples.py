@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import zipfile
 
     from ._config_models import ModelConfig
-    from ._edge_config import EdgeModelConfig
+    from ._edge_config import EdgeModelConfig, EdgeTensorSpec
     from .tensors import TensorSpec
 
 __all__ = [
@@ -92,7 +92,7 @@ class Samples:
     rows: int
 
 
-def expected_inputs(config: ModelConfig) -> str:
+def expected_inputs(config: ModelConfig | EdgeModelConfig) -> str:
     """The inputs a samples file must hold, as a message fragment.
 
     E.g. ``x (FP32 [rows, 4]), b (INT64 [rows, 2])``; ``?`` is any size.
@@ -100,14 +100,14 @@ def expected_inputs(config: ModelConfig) -> str:
     return ", ".join(_describe(spec, config.batched) for spec in config.inputs)
 
 
-def _describe(spec: TensorSpec, batched: bool) -> str:
+def _describe(spec: TensorSpec | EdgeTensorSpec, batched: bool) -> str:
     dims = ["?" if d == -1 else str(d) for d in spec.shape]
     if batched:
         dims.insert(0, "rows")
     return f"{spec.name} ({spec.datatype} [{', '.join(dims)}])"
 
 
-def load_samples(path: str | os.PathLike[str], config: ModelConfig) -> Samples:
+def load_samples(path: str | os.PathLike[str], config: ModelConfig | EdgeModelConfig) -> Samples:
     """Read and check a samples file against ``config``'s inputs.
 
     Raises ConfigError naming ``path`` when it is missing, a directory, not an
@@ -581,7 +581,7 @@ def score_classes(shape: Sequence[int]) -> int | None:
 
 def checked_labels(
     labels: np.ndarray[Any, Any],
-    config: ModelConfig,
+    config: ModelConfig | EdgeModelConfig,
     source: str,
     scores: Sequence[int] | None = None,
 ) -> np.ndarray[Any, Any]:

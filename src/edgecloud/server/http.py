@@ -250,7 +250,7 @@ class HttpApp:
             self._fleet_routes = FleetRoutes(default_fleet_db(root))
         if what == "telemetry":
             _allow(method, "POST", scope)
-            body = await self._read_body(scope, None, receive)
+            body = await self._read_body(scope, None, receive, _declared(scope))
             return 200, await self._fleet_routes.post(body), JSON
         _allow(method, "GET", scope)
         return 200, await self._fleet_routes.status(scope.get("query_string", b"")), JSON
@@ -314,7 +314,9 @@ class HttpApp:
         if control is None or not (index or action in ("load", "unload")):
             raise _Reply(404, _error(f"no endpoint {method} {scope['path']}"))
         _allow(method, "POST", scope)
-        body = _json_object(await self._read_body(scope, None, receive), scope["path"])
+        body = _json_object(
+            await self._read_body(scope, None, receive, _declared(scope)), scope["path"]
+        )
         if index:
             ready = body.get("ready", False)
             if not isinstance(ready, bool):
@@ -505,6 +507,12 @@ def _json_too_large(size: int, limit: int) -> PayloadTooLargeError:
         "data extension (binary_data_size, Inference-Header-Content-Length), which only "
         "max_request_bytes limits"
     )
+
+
+def _declared(scope: Scope) -> int | None:
+    """The request's Content-Length (None when absent), checked as the infer path checks it."""
+    values = [value for name, value in scope["headers"] if name == b"content-length"]
+    return _length_value(values, b"content-length")
 
 
 def _length_value(values: list[bytes], name: bytes) -> int | None:
