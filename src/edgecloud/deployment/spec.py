@@ -72,6 +72,10 @@ class UpdatesSpec(_Strict):
     else the host name."""
     group: Name | None = None
     """Rollout group (``edgecloud fleet rollout --group``)."""
+    token_file: FilePath | None = None
+    """File holding the fleet server's bearer token (``edgecloud serve --token``), relative
+    to the deployment file; sent on every metadata, target and telemetry request.
+    ``EDGECLOUD_FLEET_TOKEN`` (or ``fleet agent --token-file``) overrides it."""
     state_dir: FilePath = "fleet-state"
     """The agent's state, TUF metadata, staging files and telemetry outbox."""
     interval_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
