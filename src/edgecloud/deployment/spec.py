@@ -85,6 +85,10 @@ class UpdatesSpec(_Strict):
     metered_ok: bool = True
     """Download on a metered link; the link type is read from ``EDGECLOUD_LINK``
     (``cellular``, ``metered``, ``satellite`` are metered)."""
+    first_check_s: float = Field(default=60.0, ge=0, le=24 * 3600)
+    """``edgecloud edge`` on a device without a version of a managed model: seconds it keeps
+    trying to install one before the readiness check (then it serves the models it has,
+    or exits naming the fleet server's answer when it has none)."""
     watch_requests: int = Field(default=20, ge=0, le=1_000_000)
     """Requests after a swap whose error rate decides a rollback (0: none)."""
     max_error_rate: float = Field(default=0.1, ge=0, le=1)

@@ -180,6 +180,8 @@ class UpdateAgent:
         self._wake = threading.Event()
         self._offline: dict[str, str] = {}
         self.auth_refusals = 0
+        self.first_install_failed: str | None = None
+        """Why the gateway's first install at start did not succeed (None: it did, or none ran)."""
         """Telemetry drains the server refused for the token (the events stay queued)."""
         """Per model, the metadata error last reported: an outage is one event, not one a tick."""
 
@@ -716,14 +718,19 @@ class UpdateAgent:
         """Check now instead of at the end of the interval (``edgecloud fleet check``, SIGUSR1)."""
         self._wake.set()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(
+        self, stop: threading.Event, on_round: Callable[[list[Outcome]], None] | None = None
+    ) -> None:
         """Check every ``interval_s`` (first at once, and at each :meth:`wake`) and drain
-        telemetry, until ``stop`` is set."""
+        telemetry, until ``stop`` is set; ``on_round`` gets each round's outcomes (the
+        gateway re-reads which models are ready after an install)."""
         said = ""
         while not stop.is_set():
             self._wake.clear()
             try:
-                self.check()
+                outcomes = self.check()
+                if on_round is not None:
+                    on_round(outcomes)
             except Exception:  # one bad round never stops the device's updates
                 log.exception("fleet: update round failed")
             try:
