@@ -6,6 +6,7 @@ the token settings, and the telemetry stays queued (nothing dead-lettered)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,3 +137,34 @@ def test_publish_delta_rollout_and_status_end_to_end(served: Served, tmp_path: P
     [row] = [d for d in status.json()["devices"] if d["device"] == "dev-e2e"]
     assert row["version"] == 2 and row["last_health_ok"] is True
     agent.close()
+
+
+def test_fleet_check_takes_the_token_from_the_file_the_env_or_the_flag(
+    served: Served, tmp_path: Path
+) -> None:
+    served.publish(1)
+    (tmp_path / "root.json").write_bytes(served.root)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "wrong").write_text("not-it\n")
+    path = tmp_path / "device.yaml"
+    path.write_text(
+        f"repository: repo\nupdates:\n  server: {served.server.url}\n  root: root.json\n"
+        "  models: [clf]\n  device_id: cli-dev\n  token_file: token\nroot: local\n"
+    )
+    (tmp_path / "repo").mkdir()
+
+    def check(*extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "edgecloud.cli", "fleet", "check", "-d", str(path), *extra]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+        )
+
+    wrong = check(env={"EDGECLOUD_FLEET_TOKEN": "not-it"})  # the env wins over the file
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "refused the token" in wrong.stdout and "events kept queued" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    flag = check("--token-file", str(tmp_path / "wrong"), env={"EDGECLOUD_FLEET_TOKEN": TOKEN})
+    assert flag.returncode == 1  # the flag wins over the env
+    ok = check()  # the deployment file's token_file
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "clf: updated (version" in ok.stdout  # 1, or 2 after the rollout test
