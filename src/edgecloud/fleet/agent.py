@@ -447,8 +447,8 @@ class UpdateAgent:
         for delta_path, delta_info in self._deltas(model, current, wanted, targets):
             try:
                 data = self._apply(model, current, delta_path, delta_info, consistent, stats)
-            except LinkNotAllowedError:
-                raise
+            except (LinkNotAllowedError, UpdateAuthError):
+                raise  # the link or the token, not the delta: the full model would fail too
             except UpdateError as exc:  # Mender's rule: a delta that fails falls back to full
                 self._event(
                     model,
