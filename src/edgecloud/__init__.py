@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         UnavailableError,
         UnknownInputError,
         UnsupportedDatatypeError,
+        UpdateAuthError,
         UpdateError,
         UpdateRepositoryError,
     )
@@ -191,6 +192,7 @@ __all__ = [
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
+    "UpdateAuthError",
     "UpdateError",
     "UpdateRepositoryError",
     "VersionPolicy",

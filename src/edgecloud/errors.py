@@ -40,7 +40,8 @@ httpx, grpc, sqlite3) are translated at the boundary with
     │   ├── UpdateRepositoryError (500)      update repository or signing keys missing, corrupt
     │   ├── PublishConflictError (409)       a version already published with other bytes
     │   ├── DownloadError (502)              a target's bytes are not what was signed, or no answer
-    │   └── LinkNotAllowedError (503)        the current link may not carry updates
+    │   ├── LinkNotAllowedError (503)        the current link may not carry updates
+    │   └── UpdateAuthError (401)            the fleet server refused the device's token
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
 """
@@ -83,6 +84,7 @@ __all__ = [
     "UnavailableError",
     "UnknownInputError",
     "UnsupportedDatatypeError",
+    "UpdateAuthError",
     "UpdateError",
     "UpdateRepositoryError",
 ]
@@ -318,6 +320,13 @@ class DownloadError(UpdateError):
 
     status_code = 502
     grpc_code = "UNAVAILABLE"
+
+
+class UpdateAuthError(UpdateError):
+    """The fleet server refused the device's bearer token (HTTP 401/403), or none was set."""
+
+    status_code = 401
+    grpc_code = "UNAUTHENTICATED"
 
 
 class LinkNotAllowedError(UpdateError):

@@ -62,17 +62,27 @@ class DeploymentHost:
         self.idempotency = open_idempotency(settings, serving, self.metrics)
         self.agent: UpdateAgent | None = None
         """The fleet update agent (``updates:`` in the deployment file), or None."""
-        entry = entry_models(deployment.spec.root)
-        self.names: frozenset[str] | None = entry
+        self.names: frozenset[str] | None = None
         """Model names requests may carry; None: any (a remote-only pass-through tree)."""
-        states = gateway_states(deployment)
-        if entry is None and (states or deployment.uses_local):
-            self.names = frozenset(states)
+        self.states: dict[str, ModelState] = {}
+        self.refresh_states()
+
+    def refresh_states(self) -> None:
+        """Read which models are ready (at start, and after the update agent installs one)."""
+        entry = entry_models(self.deployment.spec.root)
+        names = entry
+        states = gateway_states(self.deployment)
+        if entry is None and (states or self.deployment.uses_local):
+            names = frozenset(states)
+        self.names = names
         self.states = {
-            name: state
-            for name, state in states.items()
-            if self.names is None or name in self.names
+            name: state for name, state in states.items() if names is None or name in names
         }
+
+    def after_update_round(self, outcomes: list[Any]) -> None:
+        """The agent's ``on_round``: re-read the states when a round installed or rolled back."""
+        if any(o.action in ("updated", "rolled-back") for o in outcomes):
+            self.refresh_states()
 
     def check_name(self, model: str) -> None:
         """ModelNotFoundError (404) unless the deployment serves ``model``."""
@@ -221,16 +231,69 @@ def run_gateway(
 
 
 def _start_agent(deployment: Deployment) -> UpdateAgent | None:
-    """The deployment's update agent, its active versions served (None without ``updates:``)."""
-    if deployment.spec.updates is None:
+    """The deployment's update agent, its active versions served (None without ``updates:``).
+
+    A managed model with no version on the device (a fresh device) is installed
+    before the readiness check: the agent's first check runs now, again every
+    :data:`FIRST_CHECK_RETRY_S` until it installs or ``updates.first_check_s``
+    has passed (each try itself bounded by the agent's HTTP timeouts). What
+    then serves is the readiness check's decision: with some model ready the
+    gateway serves those (an update server that is down must not take the
+    device's working models down with it — Mender's rule: keep running what
+    works) and the agent keeps trying in the background; with none it exits
+    (ConfigError) naming the fleet server's answer.
+    """
+    spec = deployment.spec.updates
+    if spec is None:
         return None
     from .fleet.device import agent_for
 
+    deployment.repository.root.mkdir(parents=True, exist_ok=True)  # the agent fills it
     agent = agent_for(deployment)
-    if agent is not None:
-        for model, version in agent.start().items():
+    if agent is None:
+        return None
+    try:
+        served = agent.start()
+        for model, version in served.items():
             log.info("fleet: %s serves version %s", model, version)
+        missing = tuple(model for model, version in served.items() if version is None)
+        if missing:
+            _first_install(agent, missing, spec.first_check_s)
+    except BaseException:
+        agent.close()
+        raise
     return agent
+
+
+#: Seconds between first-install tries while a managed model has no version.
+FIRST_CHECK_RETRY_S = 2.0
+
+
+def _first_install(agent: UpdateAgent, missing: tuple[str, ...], wait_s: float) -> None:
+    """Check ``missing`` models until each is installed or ``wait_s`` has passed."""
+    import time
+
+    names = ", ".join(missing)
+    log.warning(
+        "fleet: no version of %s on this device: installing from %s before serving "
+        "(waiting up to %.0f s)", names, agent.settings.server, wait_s,
+    )  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    while True:
+        outcomes = agent.check(missing)
+        missing = tuple(o.model for o in outcomes if o.version is None)
+        if not missing:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            why = "; ".join(f"{o.model}: {o.detail or o.action}" for o in outcomes)
+            agent.first_install_failed = why
+            log.error(
+                "fleet: %s still has no version after %.0f s (%s); serving the models "
+                "this device has, the agent keeps trying", ", ".join(missing), wait_s, why,
+            )  # fmt: skip
+            return
+        time.sleep(min(FIRST_CHECK_RETRY_S, left))
 
 
 def _serve_gateway(
@@ -244,14 +307,30 @@ def _serve_gateway(
     from .server.http import HttpApp
 
     uvicorn = require("uvicorn", extra="server", feature="edgecloud edge")
-    deployment = load(path, ready=True)
-    host = DeploymentHost(deployment, settings)
+    deployment = load(path)
+    agent = None
     try:
+        agent = _start_agent(deployment)  # a fresh device installs before the ready check
+        deployment.check_ready()
+        host = DeploymentHost(deployment, settings)
         check_ready(deployment, host)
-    except ConfigError:
+    except ConfigError as exc:
+        deployment.close()
+        if agent is None:
+            raise
+        agent.close()
+        if agent.first_install_failed is None:
+            raise
+        raise ConfigError(
+            f"{exc.message}; the first update from {agent.settings.server} did not install: "
+            f"{agent.first_install_failed}"
+        ) from exc
+    except BaseException:
+        if agent is not None:
+            agent.close()
         deployment.close()
         raise
-    host.agent = _start_agent(deployment)
+    host.agent = agent
     if on_ready is not None:
         tls = settings.tls_cert is not None
         on_ready(Listening(settings.host, bound_port(sock), None, tls))
@@ -273,7 +352,10 @@ def _serve_gateway(
         stop = threading.Event()
         if host.agent is not None:
             updating = threading.Thread(
-                target=host.agent.run, args=(stop,), name="fleet-agent", daemon=True
+                target=host.agent.run,
+                args=(stop, host.after_update_round),
+                name="fleet-agent",
+                daemon=True,
             )
             updating.start()
             signal.signal(signal.SIGUSR1, lambda *_: host.agent.wake() if host.agent else None)

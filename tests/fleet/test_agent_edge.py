@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -82,3 +83,48 @@ def test_edge_gateway_swaps_on_demand_with_zero_failed_requests(tmp_path: Path) 
         assert seen.index("2") > 0 and "1" not in seen[seen.index("2") :]
         kinds = [e["event"] for e in server.events.values() if e["version"] == 2]
         assert "swap" in kinds
+
+
+def _device_yaml(tmp_path: Path, server_url: str, wait_s: float) -> Path:
+    path = tmp_path / "device.yaml"
+    path.write_text(
+        f"repository: device-repo\nupdates:\n  server: {server_url}\n  root: root.json\n"
+        f"  models: [clf]\n  device_id: fresh\n  interval_s: 3600\n  first_check_s: {wait_s}\n"
+        "root: local\n"
+    )
+    return path
+
+
+def test_a_fresh_device_installs_before_the_ready_check(tmp_path: Path) -> None:
+    fleet = TinyFleet(tmp_path / "fleet-repo")
+    (tmp_path / "root.json").write_bytes(fleet.root_bytes)
+    fleet.publish("clf", 1, classifier_onnx(1), samples=samples_npz())
+    (tmp_path / "device-repo").mkdir()  # empty: the device has no model yet
+    with RangeServer(fleet.root) as server:
+        path = _device_yaml(tmp_path, server.url, 30)
+        port = free_port()
+        argv = [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", str(port)]
+        gateway = launch(argv, f"http://127.0.0.1:{port}", log=tmp_path / "edge.log")
+        try:
+            answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/clf/infer", json=BODY)
+        finally:
+            gateway.stop()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == "1"
+    assert "no version of clf on this device" in (tmp_path / "edge.log").read_text()
+
+
+def test_a_fresh_device_with_the_server_down_exits_naming_it(tmp_path: Path) -> None:
+    fleet = TinyFleet(tmp_path / "fleet-repo")
+    (tmp_path / "root.json").write_bytes(fleet.root_bytes)
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    path = _device_yaml(tmp_path, down, 0.5)
+    argv = [sys.executable, "-m", "edgecloud.cli", "edge", "-d", str(path), "--port", "0"]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert "Traceback" not in said
+    assert "no model" in said and f"the first update from {down} did not install" in said, said
+    assert "ConnectError" in said or "refused" in said.lower(), said
+    assert time.monotonic() - started < 60  # bounded by first_check_s, not a hang

@@ -73,3 +73,39 @@ def test_unlabelled_samples_compare_by_cosine_to_the_previous_version(tmp_path: 
     assert not far.ok and "cosine" in far.detail
     alone = check_health(two)
     assert alone.ok and "no labels" in alone.detail
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(None, "cannot read"), ("", "on one line"), ("  \n", "on one line"), ("a\nb", "on one line"),
+     (b"\xff\xfe", "cannot read")],
+)  # fmt: skip
+def test_a_bad_token_file_is_an_error_naming_the_setting(
+    tmp_path: Path, content: str | bytes | None, match: str
+) -> None:
+    from edgecloud.fleet.http_auth import resolve_token
+
+    path = tmp_path / "token"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"updates.token_file: .*{match}"):
+        resolve_token(None, path)
+    with pytest.raises(ConfigError, match=f"--token-file: .*{match}"):
+        resolve_token(path, None)
+
+
+def test_the_token_precedence_is_flag_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgecloud.fleet.http_auth import TOKEN_ENV, resolve_token
+
+    (tmp_path / "flag").write_text("from-flag\n")
+    (tmp_path / "file").write_text("from-file\n")
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert resolve_token(None, None) is None
+    assert resolve_token(None, tmp_path / "file") == "from-file"
+    monkeypatch.setenv(TOKEN_ENV, " from-env ")
+    assert resolve_token(None, tmp_path / "file") == "from-env"
+    assert resolve_token(tmp_path / "flag", tmp_path / "file") == "from-flag"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edgecloud.backends.local import LocalBackend
+from edgecloud.fleet import agent as agent_mod
 from edgecloud.fleet.agent import AgentSettings, UpdateAgent
 from edgecloud.repository import ModelRepository
 from edgecloud.tensors import InferRequest
@@ -77,3 +78,58 @@ def test_agent_takes_signed_deltas_and_follows_the_rollout(tmp_path: Path) -> No
         x = np.zeros((1, 4), dtype=np.float32)
         assert agent.backend.infer(InferRequest("clf", {"x": x})).version == "3"
         agent.close()
+
+
+def test_a_lossy_install_a_crash_left_unswapped_is_not_downloaded_again(tmp_path: Path) -> None:
+    """The state a SIGKILL between ``add_version`` and the swap leaves: version 2 on disk,
+    rebuilt from an int8 delta (its sha256 is the delta's signed result_sha256, not the
+    full model's). After the restart the agent recognises it and swaps without a byte."""
+    signers = keys_mod.new_signers()
+    keys_mod.write_signers(tmp_path / "keys", signers)
+    fleet = update_repo.UpdateRepository.create(tmp_path / "fleet", signers)
+    models = ModelRepository(tmp_path / "models")
+    for version in (1, 2):
+        models.add_version(
+            "clf", classifier_onnx(version), config=classifier_config(), version=version,
+            extra_files={"samples.npz": samples_npz()},
+        )  # fmt: skip
+
+    def publish(version: int) -> None:
+        repo = update_repo.UpdateRepository(tmp_path / "fleet", tmp_path / "keys")
+        publish_mod.publish(models, "clf", version, repo, codecs=("int8",))
+
+    device = ModelRepository(tmp_path / "device")
+    with RangeServer(tmp_path / "fleet") as server:
+        settings = AgentSettings(
+            server=server.url, models=("clf",), device_id="d-1", watch_requests=0
+        )
+
+        def agent() -> UpdateAgent:
+            made = UpdateAgent(
+                device, LocalBackend(device, intra_op_threads=1), settings,
+                state_dir=tmp_path / "state", trust_root=fleet.root_bytes(),
+            )  # fmt: skip
+            made.start()
+            return made
+
+        publish(1)
+        first = agent()
+        [one] = first.check(("clf",))
+        assert one.version == 1
+        first.close()
+        publish(2)
+        # Version 2 installed from the lossy delta, then the process "dies" before the swap.
+        crashed = agent()
+        targets, consistent = crashed._refresh()
+        crashed._install("clf", 2, 1, targets, consistent, agent_mod._Moved())
+        entry = device.get("clf", 2, served_only=False)
+        assert entry.metadata["fleet"]["via"] == "delta int8"
+        full_sha = models.get("clf", 2, served_only=False).files["model.onnx"]
+        assert entry.files["model.onnx"] != full_sha  # lossy: not the full model's bytes
+        crashed.close()
+        restarted = agent()
+        assert restarted.active("clf") == 1
+        [two] = restarted.check(("clf",))
+        assert two.action == "updated" and two.version == 2, two
+        assert two.downloaded == 0 and two.resumed == 0  # recognised, not fetched again
+        restarted.close()

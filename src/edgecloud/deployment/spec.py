@@ -72,6 +72,10 @@ class UpdatesSpec(_Strict):
     else the host name."""
     group: Name | None = None
     """Rollout group (``edgecloud fleet rollout --group``)."""
+    token_file: FilePath | None = None
+    """File holding the fleet server's bearer token (``edgecloud serve --token``), relative
+    to the deployment file; sent on every metadata, target and telemetry request.
+    ``EDGECLOUD_FLEET_TOKEN`` (or ``fleet agent --token-file``) overrides it."""
     state_dir: FilePath = "fleet-state"
     """The agent's state, TUF metadata, staging files and telemetry outbox."""
     interval_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
@@ -81,6 +85,10 @@ class UpdatesSpec(_Strict):
     metered_ok: bool = True
     """Download on a metered link; the link type is read from ``EDGECLOUD_LINK``
     (``cellular``, ``metered``, ``satellite`` are metered)."""
+    first_check_s: float = Field(default=60.0, ge=0, le=24 * 3600)
+    """``edgecloud edge`` on a device without a version of a managed model: seconds it keeps
+    trying to install one before the readiness check (then it serves the models it has,
+    or exits naming the fleet server's answer when it has none)."""
     watch_requests: int = Field(default=20, ge=0, le=1_000_000)
     """Requests after a swap whose error rate decides a rollback (0: none)."""
     max_error_rate: float = Field(default=0.1, ge=0, le=1)

@@ -43,7 +43,6 @@ start), and nothing needs a restart.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
@@ -60,6 +59,7 @@ from ..errors import (
     DownloadError,
     EdgecloudError,
     LinkNotAllowedError,
+    UpdateAuthError,
     UpdateError,
 )
 from ..repository import (
@@ -73,6 +73,7 @@ from ..repository import (
 from .agent_state import AgentState
 from .download import FetchResult, LinkPolicy, TokenBucket, fetch_target
 from .health import HealthPolicy, check_health
+from .http_auth import auth_headers, refused, tuf_fetcher
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -107,6 +108,9 @@ class AgentSettings:
     max_error_rate: float = 0.1
     """Fraction of failed requests among the watched ones above which the swap is undone."""
     timeout_s: float = 30.0
+    token: str | None = field(default=None, repr=False)
+    """Bearer token of the fleet server (``edgecloud serve --token``), sent on every
+    metadata, target and telemetry request (:mod:`.http_auth`); None: none sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,10 @@ class UpdateAgent:
         self._warned_bad: set[tuple[str, int]] = set()
         self._wake = threading.Event()
         self._offline: dict[str, str] = {}
+        self.auth_refusals = 0
+        self.first_install_failed: str | None = None
+        """Why the gateway's first install at start did not succeed (None: it did, or none ran)."""
+        """Telemetry drains the server refused for the token (the events stay queued)."""
         """Per model, the metadata error last reported: an outage is one event, not one a tick."""
 
     # -- state ---------------------------------------------------------------
@@ -362,7 +370,7 @@ class UpdateAgent:
         info = targets.get(path)
         if info is None:
             raise UpdateError(f"{path} is not a signed target")
-        if self._installed_matches(model, wanted, info):
+        if self._installed_matches(model, wanted, info, targets):
             return
         self._discard(model, wanted)  # a leftover that does not match what was signed
         onnx, how = self._model_bytes(model, wanted, current, targets, consistent, stats)
@@ -396,7 +404,7 @@ class UpdateAgent:
                 config=config,
                 extra_files=files,
                 version=wanted,
-                metadata={"fleet": {"target": path, "via": how}},
+                metadata={"fleet": {"target": path, "via": how, "result_sha256": _sha(onnx)}},
             )
         except EdgecloudError as exc:
             raise UpdateError(f"version {wanted} cannot be installed: {exc.message}") from exc
@@ -404,8 +412,12 @@ class UpdateAgent:
         for file in self.staging.glob("*.part"):
             file.unlink(missing_ok=True)  # installed: the staged pieces are not needed again
 
-    def _installed_matches(self, model: str, version: int, info: Any) -> bool:
-        """Whether ``version`` is on disk, every file intact, its model the signed one."""
+    def _installed_matches(
+        self, model: str, version: int, info: Any, targets: Mapping[str, Any]
+    ) -> bool:
+        """Whether ``version`` is on disk, every file intact, its model the signed one: the
+        full model's sha256, or the signed ``result_sha256`` of a lossy delta to ``version``
+        (what a lossy install wrote before a crash stopped the agent from swapping it in)."""
         if version not in self._on_disk(model):
             return False
         try:
@@ -413,8 +425,12 @@ class UpdateAgent:
         except EdgecloudError:
             return False
         signed = {info.hashes.get("sha256")}
-        how = entry.metadata.get("fleet", {}).get("result_sha256")
-        return entry.files.get(MODEL_FILE) in signed | ({how} if how else set())
+        for path, delta in targets.items():
+            custom = delta.custom["edgecloud"] if _kind(delta) == "delta" else {}
+            if path.startswith(f"{model}/deltas/") and custom.get("to") == version:
+                signed.add(custom.get("result_sha256"))
+        signed.discard(None)
+        return entry.files.get(MODEL_FILE) in signed
 
     def _model_bytes(
         self,
@@ -431,8 +447,8 @@ class UpdateAgent:
         for delta_path, delta_info in self._deltas(model, current, wanted, targets):
             try:
                 data = self._apply(model, current, delta_path, delta_info, consistent, stats)
-            except LinkNotAllowedError:
-                raise
+            except (LinkNotAllowedError, UpdateAuthError):
+                raise  # the link or the token, not the delta: the full model would fail too
             except UpdateError as exc:  # Mender's rule: a delta that fails falls back to full
                 self._event(
                     model,
@@ -516,7 +532,9 @@ class UpdateAgent:
         from .._optional import require
 
         httpx = require("httpx", extra="fleet", feature="fleet updates")
-        return httpx.Client(timeout=self.settings.timeout_s)
+        return httpx.Client(
+            timeout=self.settings.timeout_s, headers=auth_headers(self.settings.token)
+        )
 
     # -- swapping and rolling back ---------------------------------------------------
 
@@ -636,11 +654,13 @@ class UpdateAgent:
         require("cryptography", extra="fleet", feature=feature)  # signature checks need it
         base = self.settings.server.rstrip("/") + "/fleet"
         tuf_dir = self.state_dir / "tuf"
+        fetcher = tuf_fetcher(self.settings.token, self.settings.timeout_s)
         try:
             updater = ngclient.Updater(
                 str(tuf_dir),
                 f"{base}/metadata/",
                 target_base_url=f"{base}/targets/",
+                fetcher=fetcher,
                 bootstrap=self.trust_root,
             )
             updater.refresh()
@@ -648,7 +668,11 @@ class UpdateAgent:
             targets = metadata.Metadata.from_file(str(tuf_dir / "targets.json"))
             root = metadata.Metadata.from_file(str(tuf_dir / "root.json"))
         except (errors.RepositoryError, errors.DownloadError, OSError, ValueError) as exc:
+            if fetcher.refused is not None:
+                raise refused(fetcher.refused, f"{base}/metadata/", self.settings.token) from exc
             raise UpdateError(f"update metadata refused: {type(exc).__name__}: {exc}") from exc
+        finally:
+            fetcher.close()
         found: dict[str, Any] = dict(targets.signed.targets)
         return found, bool(root.signed.consistent_snapshot)
 
@@ -674,26 +698,49 @@ class UpdateAgent:
                 shutil.rmtree(trash, ignore_errors=True)
 
     def drain_telemetry(self) -> int:
-        """Send queued events to the server; returns how many were delivered."""
+        """Send queued events to the server; returns how many were delivered.
+
+        Raises:
+            UpdateAuthError: the server refused the token (401/403). The events
+                stay queued (the outbox stops at an auth failure, nothing is
+                dead-lettered) and :attr:`auth_refusals` counts the refusal.
+        """
         from .telemetry import http_sender
 
-        return self.telemetry.drain(http_sender(self.settings.server))
+        send = http_sender(self.settings.server, token=self.settings.token)
+        delivered = self.telemetry.drain(send)
+        if send.refused is not None:
+            self.auth_refusals += 1
+            raise send.refused
+        return delivered
 
     def wake(self) -> None:
         """Check now instead of at the end of the interval (``edgecloud fleet check``, SIGUSR1)."""
         self._wake.set()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(
+        self, stop: threading.Event, on_round: Callable[[list[Outcome]], None] | None = None
+    ) -> None:
         """Check every ``interval_s`` (first at once, and at each :meth:`wake`) and drain
-        telemetry, until ``stop`` is set."""
+        telemetry, until ``stop`` is set; ``on_round`` gets each round's outcomes (the
+        gateway re-reads which models are ready after an install)."""
+        said = ""
         while not stop.is_set():
             self._wake.clear()
             try:
-                self.check()
+                outcomes = self.check()
+                if on_round is not None:
+                    on_round(outcomes)
             except Exception:  # one bad round never stops the device's updates
                 log.exception("fleet: update round failed")
-            with contextlib.suppress(EdgecloudError):
+            try:
                 self.drain_telemetry()
+            except UpdateAuthError as exc:  # once per distinct refusal, not once a tick
+                if exc.message != said:
+                    log.error("fleet telemetry: %s (events kept queued)", exc.message)
+                said = exc.message
+            except EdgecloudError:
+                pass  # offline: the outbox keeps the events
             deadline = time.monotonic() + self.settings.interval_s
             while not stop.is_set() and not self._wake.is_set() and time.monotonic() < deadline:
                 self._wake.wait(min(0.2, max(0.0, deadline - time.monotonic())))

@@ -19,13 +19,23 @@ DeploymentOption = Annotated[
 ]
 
 
-def _agent(deployment: Path) -> UpdateAgent:
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="File with the fleet server's bearer token (else EDGECLOUD_FLEET_TOKEN, "
+        "else updates.token_file).",
+    ),
+]
+
+
+def _agent(deployment: Path, token_file: Path | None = None) -> UpdateAgent:
     from ..deployment import load
     from ..errors import ConfigError
     from .device import agent_for
 
     loaded = load(deployment)
-    agent = agent_for(loaded)
+    agent = agent_for(loaded, token_file=token_file)
     if agent is None:
         raise ConfigError(f"{deployment}: no updates: section, so there is nothing to update")
     return agent
@@ -44,25 +54,30 @@ def _say(outcome: Outcome) -> None:
 def agent_command(
     deployment: DeploymentOption,
     once: Annotated[bool, typer.Option(help="One round, then exit.")] = False,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Keep this device's models current without serving them (the gateway, edgecloud edge,
     runs the same agent beside its requests). SIGUSR1 makes it check at once."""
-    import contextlib
     import logging
 
-    from ..errors import EdgecloudError
+    from ..errors import EdgecloudError, UpdateAuthError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    agent = _agent(deployment)
+    agent = _agent(deployment, token_file)
     try:
         for model, version in agent.start().items():
             typer.echo(f"{model}: serving version {version}")
         if once:
             for outcome in agent.check():
                 _say(outcome)
-            with contextlib.suppress(EdgecloudError):  # offline: the outbox keeps the events
+            try:
                 agent.drain_telemetry()
+            except UpdateAuthError as exc:  # the events stay queued; the operator must act
+                typer.echo(f"telemetry: {exc.message} (events kept queued)", err=True)
+                raise typer.Exit(1) from None
+            except EdgecloudError:
+                pass  # offline: the outbox keeps the events
             return
         stop = threading.Event()
         signal.signal(signal.SIGUSR1, lambda *_: agent.wake())
@@ -73,7 +88,7 @@ def agent_command(
 
 
 @fleet_app.command("check")
-def check_command(deployment: DeploymentOption) -> None:
+def check_command(deployment: DeploymentOption, token_file: TokenFileOption = None) -> None:
     """Check for updates now: one round of the agent (when an agent already runs on this
     state directory, the error says how to wake it instead)."""
-    agent_command(deployment, once=True)
+    agent_command(deployment, once=True, token_file=token_file)

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from .agent import AgentSettings, UpdateAgent
 from .download import LinkPolicy
 from .health import HealthPolicy
+from .http_auth import resolve_token
 
 if TYPE_CHECKING:
     from ..deployment import Deployment
@@ -25,7 +26,7 @@ def device_id(configured: str | None) -> str:
     return configured or os.environ.get("EDGECLOUD_DEVICE_ID") or socket.gethostname()
 
 
-def settings_of(spec: UpdatesSpec) -> AgentSettings:
+def settings_of(spec: UpdatesSpec, token: str | None = None) -> AgentSettings:
     return AgentSettings(
         server=spec.server,
         models=tuple(spec.models),
@@ -41,14 +42,18 @@ def settings_of(spec: UpdatesSpec) -> AgentSettings:
         ),
         watch_requests=spec.watch_requests,
         max_error_rate=spec.max_error_rate,
+        token=token,
     )
 
 
-def agent_for(deployment: Deployment) -> UpdateAgent | None:
+def agent_for(deployment: Deployment, *, token_file: Path | None = None) -> UpdateAgent | None:
     """The agent the deployment's ``updates:`` asks for (None without one), serving through
     the deployment's own local session cache so a swap reaches its requests.
 
-    ConfigError naming the file when ``root`` is missing or unreadable.
+    The bearer token: ``token_file`` (``--token-file``), else ``EDGECLOUD_FLEET_TOKEN``,
+    else ``updates.token_file`` (:func:`.http_auth.resolve_token`).
+
+    ConfigError naming the file when ``root`` or a token file is missing or unreadable.
     """
     spec = deployment.spec.updates
     if spec is None:
@@ -62,6 +67,8 @@ def agent_for(deployment: Deployment) -> UpdateAgent | None:
             f"updates.root: cannot read the fleet's root.json {root}: {exc.strerror or exc}; "
             "copy it from the directory of edgecloud fleet keys"
         ) from exc
+    spec_token = base / spec.token_file if spec.token_file is not None else None
+    token = resolve_token(token_file, spec_token)
     caches = [local for _, local in deployment.local_models.values()]
     caches += [n for n in deployment.nodes.values() if isinstance(n, LocalBackend)]
     unique = list({id(c): c for c in caches}.values())
@@ -69,7 +76,7 @@ def agent_for(deployment: Deployment) -> UpdateAgent | None:
     return UpdateAgent(
         deployment.repository,
         backend,
-        settings_of(spec),
+        settings_of(spec, token),
         state_dir=base / spec.state_dir,
         trust_root=trust,
         also=unique[1:],

@@ -142,8 +142,9 @@ def fetch_target(
     ``client``: an ``httpx.Client``. ``length`` (bytes) and ``sha256`` (hex)
     come from the signed ``TargetFile``. Raises DownloadError (HTTP failure,
     a body longer than ``length``, a hash mismatch after a fresh download —
-    the staging file is then removed) or LinkNotAllowedError (the staging file
-    is kept for a later resume).
+    the staging file is then removed), UpdateAuthError (a 401/403: the
+    ``Authorization`` header of ``client`` is missing or wrong) or
+    LinkNotAllowedError (the staging file is kept for a later resume).
     """
     policy = links or LinkPolicy()
     kept, dropped = _kept_prefix(staging, length, sha256)
@@ -225,6 +226,10 @@ def _resume_point(response: Any, url: str, start: int) -> int:
         if first.strip() != str(start):
             raise _Discard(f"{url}: asked for bytes {start}- and got Content-Range {first!r}")
         return start
+    if response.status_code in (401, 403):  # the token, not the file: kept for a retry
+        from .http_auth import refused
+
+        raise refused(response.status_code, url, response.request.headers.get("authorization"))
     if response.status_code == 416:  # the server's file is shorter than what is staged
         raise _Discard(f"{url}: HTTP 416 for bytes {start}-")
     raise DownloadError(f"{url}: HTTP {response.status_code}")  # 5xx, 404: kept for a retry

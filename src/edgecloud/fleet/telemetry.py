@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnavailableError, error_for_http_status
+from ..errors import UnavailableError, UpdateAuthError, error_for_http_status
 from ..repository import _write_atomic
 from ..tensors import InferRequest, RequestContext
 
-__all__ = ["EVENTS", "TELEMETRY_MODEL", "Telemetry", "http_sender"]
+__all__ = ["EVENTS", "TELEMETRY_MODEL", "HttpSender", "Telemetry", "http_sender"]
 
 log = logging.getLogger("edgecloud.fleet")
 
@@ -122,28 +122,51 @@ def event_of(request: InferRequest) -> dict[str, Any]:
     return data
 
 
-def http_sender(server: str, *, timeout_s: float = 5.0) -> Callable[[InferRequest], None]:
-    """A ``send`` for :meth:`Telemetry.drain`: POSTs each event to ``<server>/fleet/telemetry``.
+class HttpSender:
+    """A ``send`` for :meth:`Telemetry.drain`: POSTs each event to ``<server>/fleet/telemetry``
+    with the bearer ``token`` (:func:`.http_auth.auth_headers`).
 
     Errors are the ones the outbox classifies: a refused connection or a 5xx
-    leaves the item queued, a 4xx dead-letters it (the server will never take it).
+    leaves the item queued, a 401/403 stops the drain with every item kept (and
+    is remembered in :attr:`refused`, an ``UpdateAuthError`` naming the token
+    settings), another 4xx dead-letters the item (the server will never take it).
     """
-    from .._optional import require
 
-    httpx = require("httpx", extra="fleet", feature="fleet telemetry")
-    url = server.rstrip("/") + "/fleet/telemetry"
+    def __init__(self, server: str, *, token: str | None = None, timeout_s: float = 5.0) -> None:
+        from .._optional import require
+        from .http_auth import auth_headers
 
-    def send(request: InferRequest) -> None:
+        self._httpx = require("httpx", extra="fleet", feature="fleet telemetry")
+        self.url = server.rstrip("/") + "/fleet/telemetry"
+        self.token = token
+        self.timeout_s = timeout_s
+        self._headers = auth_headers(token)
+        self.refused: UpdateAuthError | None = None
+        """The last token refusal, None while the server takes the token."""
+
+    def __call__(self, request: InferRequest) -> None:
+        httpx = self._httpx
         try:
-            response = httpx.post(url, json=event_of(request), timeout=timeout_s)
+            response = httpx.post(
+                self.url, json=event_of(request), headers=self._headers, timeout=self.timeout_s
+            )
         except httpx.HTTPError as exc:
-            raise UnavailableError(f"{url}: {type(exc).__name__}: {exc}") from exc
+            raise UnavailableError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in (401, 403):
+            from .http_auth import refused
+
+            self.refused = refused(response.status_code, self.url, self.token)
+            error = error_for_http_status(response.status_code, self.refused.message)
+            raise error  # AuthenticationError / PermissionDeniedError: the outbox stops, keeps
         if response.status_code >= 300:
             raise error_for_http_status(
                 response.status_code, response.text[:200], response.headers.get("retry-after")
             )
 
-    return send
+
+def http_sender(server: str, *, token: str | None = None, timeout_s: float = 5.0) -> HttpSender:
+    """An :class:`HttpSender` for ``server``."""
+    return HttpSender(server, token=token, timeout_s=timeout_s)
 
 
 def _read_seq(path: Path) -> int:

@@ -47,11 +47,15 @@ if TYPE_CHECKING:
     from tuf.api._payload import Root, TargetFile
     from tuf.api.metadata import Metadata
 
-__all__ = ["UpdateRepository", "check_target_path"]
+__all__ = ["EXPIRY_FILE", "UpdateRepository", "check_target_path", "recorded_expiry"]
 
 METADATA_DIR = "metadata"
 TARGETS_DIR = "targets"
 LOCK_FILE = ".lock"
+#: Unsigned settings beside ``metadata/`` (never served): the validity periods the
+#: repository was last signed with, so a later signer (the server re-signing the
+#: timestamp, a rollout) keeps them instead of falling back to the defaults.
+EXPIRY_FILE = "expiry.json"
 
 #: One component of a target path: a letter or digit first (no hidden or
 #: temporary names, no ``..``), then letters, digits, ``._+-``.
@@ -87,7 +91,8 @@ class UpdateRepository:
         keys: a keys directory (``edgecloud fleet keys``) or role -> signer;
             None opens it read-only. Roles whose key is absent cannot be
             signed (the server holds only the timestamp key).
-        expiry: validity period of each role's metadata when signed.
+        expiry: validity period of each role's metadata when signed; None: the
+            periods recorded by the last :meth:`sign` (``expiry.json``), else the defaults.
         clock: the time metadata expiry counts from (UTC; default now).
 
     Raises:
@@ -104,7 +109,7 @@ class UpdateRepository:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.expiry = expiry or Expiry()
+        self.expiry = expiry or recorded_expiry(self.path)
         self._clock = clock or (lambda: datetime.now(UTC))
         if keys is None:
             self._signers: dict[str, Signer] = {}
@@ -320,6 +325,8 @@ class UpdateRepository:
             f"{snapshot.version}.snapshot.json", tuf.Metadata(snapshot), "snapshot"
         )
         self._write_timestamp(tuf, timestamp_version + 1, snapshot.version, data)
+        periods = {f"{role}_days": getattr(self.expiry, f"{role}_days") for role in ROLES}
+        _write_atomic(self.path / EXPIRY_FILE, json.dumps(periods).encode(), durable=True)
 
     def _write_timestamp(
         self, tuf: Any, version: int, snapshot_version: int, snapshot: bytes
@@ -401,6 +408,26 @@ def _holds(file: Path, sha256: str) -> bool:
             return hashlib.file_digest(f, "sha256").hexdigest() == sha256
     except OSError:
         return False
+
+
+def recorded_expiry(path: Path) -> Expiry:
+    """The periods of ``path/expiry.json`` (written at each sign); the defaults when absent.
+
+    Raises:
+        UpdateRepositoryError: the file is there but not valid periods.
+    """
+    try:
+        periods = json.loads((path / EXPIRY_FILE).read_bytes())
+    except FileNotFoundError:
+        return Expiry()
+    except (OSError, ValueError) as exc:
+        raise UpdateRepositoryError(f"{path / EXPIRY_FILE}: unreadable ({exc})") from exc
+    try:
+        return Expiry(**{f"{role}_days": periods[f"{role}_days"] for role in ROLES})
+    except (TypeError, KeyError, ConfigError) as exc:
+        raise UpdateRepositoryError(
+            f"{path / EXPIRY_FILE}: not the signing periods ({exc}); publish again to rewrite it"
+        ) from exc
 
 
 def _stamp(moment: datetime) -> datetime:

@@ -28,7 +28,9 @@ regular file. Anything else is 404, never a file from outside. ``%2e%2e`` is
 decoded by the HTTP server before routing and caught by the same check.
 
 With keys (``--fleet-keys``) a thread re-signs the timestamp once half its
-validity has passed, so devices never see it expire while the server runs.
+validity has passed, so devices never see it expire while the server runs; the
+validity is the one the repository was published with (``expiry.json``, written
+at each sign), not a default.
 """
 
 from __future__ import annotations
@@ -206,7 +208,12 @@ class FleetFiles:
     # -- re-signing the timestamp ------------------------------------------------
 
     def _refresh_if_due(self, repo: Any) -> None:
-        """Re-sign the timestamp when less than half its validity is left."""
+        """Re-sign the timestamp when less than half its validity is left, for the validity
+        the repository was last published with (``expiry.json``: a publish with
+        ``--timestamp-days 7`` while the server runs is followed at the next tick)."""
+        from ..fleet.update_repo import recorded_expiry
+
+        repo.expiry = recorded_expiry(repo.path)
         left = repo.timestamp_expires() - datetime.now(UTC)
         if left < repo.expiry.of("timestamp") / 2:
             version = repo.refresh_timestamp()
