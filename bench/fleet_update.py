@@ -301,7 +301,8 @@ def section_swap(repo: ModelRepository, swaps: int, rate: float, quiet_s: float)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     sent = json.loads(out.splitlines()[-1])
-    return _swap_summary(sent, marks, swaps, rate, load_ms, load_errors)
+    summary = _swap_summary(sent["rows"], marks, swaps, rate, load_ms, load_errors)
+    return {**summary, "transport_errors": sent["transport_errors"]}
 
 
 def _swap_summary(
@@ -348,9 +349,11 @@ def _swap_summary(
 def swap_client(argv: list[str]) -> None:
     """``--swap-client URL RATE``: open-loop digits-large requests until stdin closes.
 
-    Prints a JSON list of ``[scheduled monotonic s, latency s, status]`` (status
-    -1: transport error). Connections are pooled; a request waits for none
-    (a new connection opens when all are busy).
+    Prints ``{"rows": [[scheduled monotonic s, latency s, status], ...],
+    "transport_errors": [first 5]}`` (status -1: transport error). Connections
+    are pooled; a request waits for none (a new one opens when all are busy);
+    one idle for 2 s is closed, not reused (uvicorn closes it after 5 s: a
+    reuse would race that close, as HTTP clients' pools avoid).
     """
     import asyncio
     from urllib.parse import urlsplit
@@ -369,17 +372,26 @@ def swap_client(argv: list[str]) -> None:
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     rows: list[list[float]] = []
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    failures: list[str] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while idle:
+            reader, writer, used = idle.pop()
+            if time.monotonic() - used < 2.0:
+                return reader, writer
+            writer.close()  # the server may have closed it (uvicorn's 5 s keep-alive timeout)
+        return await asyncio.open_connection(host, port)
 
     async def one(scheduled: float) -> None:
         status = -1
         try:
-            reader, writer = idle.pop() if idle else await asyncio.open_connection(host, port)
+            reader, writer = await connection()
             writer.write(wire)
             status = await _read_response(reader)
-            idle.append((reader, writer))
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            pass
+            idle.append((reader, writer, time.monotonic()))
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            failures.append(f"{type(exc).__name__}: {exc}"[:200])
         rows.append([scheduled, time.monotonic() - scheduled, status])
 
     async def main() -> None:
@@ -397,7 +409,7 @@ def swap_client(argv: list[str]) -> None:
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
-    print(json.dumps(rows))
+    print(json.dumps({"rows": rows, "transport_errors": failures[:5]}))
 
 
 # -- publish -> 20 agents ------------------------------------------------------------
