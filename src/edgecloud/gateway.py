@@ -37,6 +37,7 @@ from .backends.local import LocalBackend
 from .deployment import Deployment, Node, load, parse_node
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from .repository import ModelConfig
+from .server.app import event_loop_factory, http_protocol
 from .server.host import ModelState, model_states, open_idempotency
 
 if TYPE_CHECKING:
@@ -342,6 +343,7 @@ def _serve_gateway(
         lifespan="on",
         access_log=False,
         log_level="warning",
+        http=http_protocol(),
         timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
@@ -371,4 +373,6 @@ def _serve_gateway(
             await host.idempotency.close()
             deployment.close()
 
-    asyncio.run(main())
+    # asyncio.run ignores uvicorn.Config(loop=...): pick uvloop here, as serve does.
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())

@@ -119,7 +119,7 @@ def serve(
         host=settings.host,
         port=settings.http_port,
         loop=_loop(),
-        http=_http(),
+        http=http_protocol(),
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -131,7 +131,7 @@ def serve(
     )
     server = uvicorn.Server(config)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_run(server, http_socket, host, app, settings, token, on_ready, shared))
     finally:
         http_socket.close()
@@ -226,7 +226,7 @@ async def _run(
         await host.close()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when installed, else asyncio's default.
 
     ``uvicorn.Config(loop=...)`` only takes effect through ``uvicorn.run`` /
@@ -250,7 +250,7 @@ def _loop() -> str:
     return "uvloop"
 
 
-def _http() -> str:
+def http_protocol() -> str:
     try:
         import httptools  # noqa: F401
     except ImportError:
