@@ -191,3 +191,23 @@ def test_auto_with_an_unreachable_server_signs_nothing(fleet: tuple[Path, Path])
     assert "Traceback" not in run.stderr
     assert update_repo.UpdateRepository(fleet[0], None).version() == targets_before
     assert RolloutControl(fleet[0], None).current("m") is None
+
+
+def test_fleet_help_reads_well_at_80_columns() -> None:
+    """atk-newuser #9: docstrings wrapped mid-sentence in the command list."""
+    from edgecloud.fleet import cli_agent, cli_tuf  # noqa: F401  (register their commands)
+
+    names = [c.name for c in fleet_app.registered_commands]
+    assert {"rollout", "status", "pause", "resume", "abort", "keys", "publish"} <= set(names)
+    shown = CliRunner().invoke(fleet_app, ["--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+    assert shown.exit_code == 0
+    lines = shown.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    start = next(i for i, line in enumerate(lines) if "Commands" in line) + 1
+    rows = [line.strip("│ ").rstrip() for line in lines[start:] if line.startswith("│")]
+    # one line per command, each a whole sentence: no continuation lines
+    assert len(rows) == len(names), rows
+    assert all(row.split()[0] in names and row.endswith(".") for row in rows), rows
+    for name in names:
+        page = CliRunner().invoke(fleet_app, [name, "--help"], env={"COLUMNS": "80"})
+        assert page.exit_code == 0 and max(len(x) for x in page.output.splitlines()) <= 80

@@ -228,3 +228,25 @@ def test_telemetry_names_only_what_the_repository_holds(served: FleetServer) -> 
         ev(4, "error", version=None, ok=False, detail="link down"),
     ]
     assert httpx.post(url, json=fine).json() == {"accepted": 4, "duplicates": 0}
+
+
+def test_serve_fleet_without_a_repository_gives_a_hint_that_works(tmp_path: Path) -> None:
+    """atk-newuser #9: the hint lacked --keys; run as printed, it must create the repository."""
+    import shlex
+    import subprocess
+    import sys
+
+    from edgecloud.server.fleet_files import mount
+
+    settings = type("S", (), {"fleet": tmp_path / "nofleet", "fleet_keys": None})()
+    with pytest.raises(ConfigError, match="--keys") as refused:
+        mount(lambda *a: None, settings, None)  # type: ignore[arg-type,return-value]
+    hint = refused.value.message.split("create it with: ")[1]
+    argv = shlex.split(hint)
+    assert argv[:3] == ["edgecloud", "fleet", "keys"]
+    run = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", *argv[1:]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "nofleet" / "metadata" / "root.json").is_file()

@@ -39,6 +39,7 @@ DbOption = Annotated[
     Path | None,
     typer.Option("--db", help="Read the telemetry store file directly instead of --server."),
 ]
+ModelArgument = Annotated[str, typer.Argument(help="Model name.")]
 TokenFileOption = Annotated[
     Path | None, typer.Option("--token-file", help="Bearer token of --server, in a file.")
 ]
@@ -180,20 +181,26 @@ def rollout_cmd(
     stages: Annotated[
         str, typer.Option("--stages", help="With --auto: percentages after the canary.")
     ] = "25,100",
-    interval_s: Annotated[float, typer.Option("--interval-s", min=0.05)] = 2.0,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", min=1)] = 3600.0,
+    interval_s: Annotated[
+        float, typer.Option("--interval-s", min=0.05, help="With --auto: seconds between reads.")
+    ] = 2.0,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", min=1, help="With --auto: give up after (seconds).")
+    ] = 3600.0,
     fleet: FleetOption = Path("fleet-repo"),
     keys: KeysOption = Path("fleet-keys"),
     server: ServerOption = None,
     db: DbOption = None,
     token_file: TokenFileOption = None,
 ) -> None:
-    """Roll VERSION of MODEL out to a canary share of the devices (same devices every time).
+    """Roll a version out to a canary share of the devices.
 
-    Without --auto, re-run with a larger --canary to promote; with --auto the
-    command stays, reads device telemetry from --server (or --db) and promotes
-    through --stages when every device of a stage runs VERSION with a passing
-    health check, or aborts at the first rollback.
+    The canary is the same devices every time (a stable hash of their id).
+    Without --auto, re-run with a larger --canary to promote, or a smaller
+    one to narrow (the devices that leave go back to the stable version).
+    With --auto the command stays: it reads device telemetry from --server
+    (or --db), promotes through --stages when every device of a stage runs
+    VERSION with a passing health check, and aborts at the first rollback.
     """
     from ..errors import ConfigError
     from .rollout import parse_percent, parse_stages, run_auto, start
@@ -265,41 +272,55 @@ def _simple(verb: str, model: str, fleet: Path, keys: Path, reason: str = "") ->
 
 @fleet_app.command("pause")
 def pause_cmd(
-    model: str, fleet: FleetOption = Path("fleet-repo"), keys: KeysOption = Path("fleet-keys")
+    model: ModelArgument,
+    fleet: FleetOption = Path("fleet-repo"),
+    keys: KeysOption = Path("fleet-keys"),
 ) -> None:
-    """Pause MODEL's rollout: no new device starts the candidate; those on it stay."""
+    """Pause a rollout: no new device starts the candidate.
+
+    Devices that already run the candidate keep it.
+    """
     _simple("pause", model, fleet, keys)
 
 
 @fleet_app.command("resume")
 def resume_cmd(
-    model: str, fleet: FleetOption = Path("fleet-repo"), keys: KeysOption = Path("fleet-keys")
+    model: ModelArgument,
+    fleet: FleetOption = Path("fleet-repo"),
+    keys: KeysOption = Path("fleet-keys"),
 ) -> None:
-    """Resume MODEL's paused rollout."""
+    """Resume a paused rollout."""
     _simple("resume", model, fleet, keys)
 
 
 @fleet_app.command("abort")
 def abort_cmd(
-    model: str,
+    model: ModelArgument,
     reason: Annotated[str, typer.Option("--reason", help="Recorded in rollout.json.")] = "",
     fleet: FleetOption = Path("fleet-repo"),
     keys: KeysOption = Path("fleet-keys"),
 ) -> None:
-    """Abort MODEL's rollout: every device on the candidate rolls back to the stable version."""
+    """Abort a rollout: devices on the candidate roll back.
+
+    They go back to the stable version, or to the version they ran before
+    when there is none.
+    """
     _simple("abort", model, fleet, keys, reason)
 
 
 @fleet_app.command("status")
 def status_cmd(
-    model: str,
+    model: ModelArgument,
     fleet: FleetOption = Path("fleet-repo"),
     server: ServerOption = None,
     db: DbOption = None,
     token_file: TokenFileOption = None,
 ) -> None:
-    """MODEL's rollout state, and each device's version, last contact, last
-    health check and rollbacks (from --server or --db)."""
+    """Show a rollout's state and each device's version and health.
+
+    With --server (or --db): each device's version, last contact, last health
+    check and rollbacks.
+    """
     from .rollout import RolloutControl
 
     r = RolloutControl(fleet, None).current(model)

@@ -294,6 +294,6 @@ def mount(app: ASGIApp, settings: Any, token: str | None) -> Any:
     if not (settings.fleet / "metadata" / "root.json").is_file():
         raise ConfigError(
             f"--fleet {settings.fleet} is not an update repository (no metadata/root.json); "
-            f"create it with: edgecloud fleet keys --fleet {settings.fleet}"
+            f"create it with: edgecloud fleet keys --keys fleet-keys --fleet {settings.fleet}"
         )
     return FleetFiles(app, settings.fleet, token=token, keys=settings.fleet_keys)
