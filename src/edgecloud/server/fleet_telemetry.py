@@ -123,8 +123,8 @@ class TelemetryEvent(BaseModel):
         owner, colon, seq = self.id.rpartition(":")
         if not colon or owner != self.device or not (seq.isascii() and seq.isdigit()):
             raise ValueError(
-                f"id {self.id!r} must be '<device>:<seq>' of this event's device "
-                f"({self.device!r}:<decimal sequence number>)"
+                f"{self.id!r} must be '<device>:<seq>' of this event's own device "
+                f"and a decimal sequence number, e.g. '{self.device}:1'"
             )
         return self
 
