@@ -131,3 +131,83 @@ def test_auto_aborts_on_a_canary_rollback(fleet: tuple[Path, Path], tmp_path: Pa
     assert final.state == "aborted" and "rolled back 2" in final.reason
     assert 0 < len(reached) < len(DEVICES) / 4  # the rest never got it
     assert cli_rollout is not None
+
+
+def test_no_stable_version_is_said_in_words(fleet: tuple[Path, Path]) -> None:
+    """atk-newuser #2: "others on None" — never a Python None in output."""
+    first = cli(fleet, "rollout", "m", "2", "--canary", "30%")
+    assert first.exit_code == 0 and "others keep what they run" in first.output
+    assert "None" not in cli(fleet, "pause", "m").output
+    aborted = cli(fleet, "abort", "m")
+    assert "None" not in aborted.output
+    assert "goes back to the version it ran before (no stable version)" in aborted.output
+
+
+def test_narrowing_says_which_devices_leave_the_canary(
+    fleet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Argo Rollouts' setWeight may go down: allowed, and said."""
+    store = FleetStore(tmp_path / "t.db")
+    for i, d in enumerate(DEVICES):
+        report(store, d, i, "check", 1, from_version=1)
+    db = ["--db", str(tmp_path / "t.db")]
+    assert cli(fleet, "rollout", "m", "2", "--canary", "60%").exit_code == 0
+    no_stable = cli(fleet, "rollout", "m", "2", "--canary", "30%", *db)
+    assert no_stable.exit_code == 0, no_stable.output
+    leaving = sorted(d for d in DEVICES if 30 <= bucket(d, "m") < 60)
+    assert leaving  # 20 devices: some lie between 30% and 60%
+    assert "narrowed from 60% to 30%" in no_stable.output
+    assert "back to the version it ran before (no stable version)" in no_stable.output
+    assert f"known devices leaving: {', '.join(leaving[:10])}" in no_stable.output
+    # with a stable version; without telemetry the line still says where they go
+    assert cli(fleet, "rollout", "m", "2", "--canary", "100%").exit_code == 0
+    assert cli(fleet, "rollout", "m", "3", "--canary", "50%").exit_code == 0
+    stable = cli(fleet, "rollout", "m", "3", "--canary", "10%")
+    assert "narrowed from 50% to 10%: devices that leave the canary go back to the stable " \
+        "version 2" in stable.output  # fmt: skip
+    groups = cli(fleet, "rollout", "m", "3", "--canary", "10%", "--group", "lab")
+    assert "narrowed from 10% to 10% of groups lab" in groups.output
+    widened = cli(fleet, "rollout", "m", "3", "--canary", "20%", "--group", "lab")
+    assert widened.exit_code == 0 and "narrowed" not in widened.output
+
+
+def test_auto_with_an_unreachable_server_signs_nothing(fleet: tuple[Path, Path]) -> None:
+    """atk-newuser #6: the server is read before the rollout is signed."""
+    import subprocess
+    import sys
+
+    from edgecloud.server.launch import free_port
+
+    targets_before = update_repo.UpdateRepository(fleet[0], None).version()
+    args = ["rollout", "m", "2", "--canary", "5%", "--auto", "--fleet", str(fleet[0])]
+    args += ["--keys", str(fleet[1]), "--server", f"http://127.0.0.1:{free_port()}"]
+    run = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "fleet", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach" in lines[0] and "nothing was signed" in lines[0]
+    assert "Traceback" not in run.stderr
+    assert update_repo.UpdateRepository(fleet[0], None).version() == targets_before
+    assert RolloutControl(fleet[0], None).current("m") is None
+
+
+def test_fleet_help_reads_well_at_80_columns() -> None:
+    """atk-newuser #9: docstrings wrapped mid-sentence in the command list."""
+    from edgecloud.fleet import cli_agent, cli_tuf  # noqa: F401  (register their commands)
+
+    names = [c.name for c in fleet_app.registered_commands]
+    assert {"rollout", "status", "pause", "resume", "abort", "keys", "publish"} <= set(names)
+    shown = CliRunner().invoke(fleet_app, ["--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+    assert shown.exit_code == 0
+    lines = shown.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    start = next(i for i, line in enumerate(lines) if "Commands" in line) + 1
+    rows = [line.strip("│ ").rstrip() for line in lines[start:] if line.startswith("│")]
+    # one line per command, each a whole sentence: no continuation lines
+    assert len(rows) == len(names), rows
+    assert all(row.split()[0] in names and row.endswith(".") for row in rows), rows
+    for name in names:
+        page = CliRunner().invoke(fleet_app, [name, "--help"], env={"COLUMNS": "80"})
+        assert page.exit_code == 0 and max(len(x) for x in page.output.splitlines()) <= 80

@@ -95,6 +95,15 @@ def test_ranges(served: FleetServer) -> None:
         ("bytes=-7", size - 7, size - 1),
         (f"bytes=5-{size * 9}", 5, size - 1),
         ("bytes=-99999", 0, size - 1),
+        # RFC 9110 14.1.2: a last-byte-pos past the end is clamped, however long
+        ("bytes=0-99999999999999999999", 0, size - 1),
+        (f"bytes=0-{'9' * 5000}", 0, size - 1),
+        (f"bytes=0-{size - 1}", 0, size - 1),
+        (f"bytes=0-{size}", 0, size - 1),
+        (f"bytes={size - 1}-", size - 1, size - 1),
+        ("bytes=-99999999999999999999999", 0, size - 1),
+        (f"bytes=-{size}", 0, size - 1),
+        ("bytes=00003-0000004", 3, 4),
     ]
     for header, first, last in spans:
         part = served.get(url, Range=header)
@@ -102,7 +111,15 @@ def test_ranges(served: FleetServer) -> None:
         assert part.getheader("content-range") == f"bytes {first}-{last}/{size}"
         assert part.body == data[first : last + 1]  # type: ignore[attr-defined]
         assert part.getheader("content-length") == str(last - first + 1)
-    for header in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0"):
+    for header in (
+        f"bytes={size}-",
+        f"bytes={size}-{size}",
+        f"bytes={size + 5}-{size + 9}",
+        "bytes=-0",
+        "bytes=-000",
+        "bytes=99999999999999999999-",
+        f"bytes={'9' * 5000}-",
+    ):
         refused = served.get(url, Range=header)
         assert refused.status == 416, header
         assert refused.getheader("content-range") == f"bytes */{size}"
@@ -164,10 +181,72 @@ def test_parse_range_edges() -> None:
     assert parse_range("bytes=0-0", 1) == (0, 0)
     assert parse_range("bytes=0-", 0) == "unsatisfiable"
     assert parse_range("bytes=-1", 0) == "unsatisfiable"
-    assert parse_range("bytes=99999999999999999999-", 5) is None  # over 19 digits: ignored
+    assert parse_range("bytes=99999999999999999999-", 5) == "unsatisfiable"
+    assert parse_range("bytes=0-99999999999999999999", 5) == (0, 4)
+    assert parse_range(f"bytes=0-{'9' * 5000}", 5) == (0, 4)
+    assert parse_range("bytes=-99999999999999999999", 5) == (0, 4)
+    assert parse_range("bytes=3-99999999999999999999", 0) == "unsatisfiable"
+    assert parse_range("bytes=9999999999999999999999-3", 5) is None  # first > last
     assert parse_range(" bytes=1-2 ", 5) == (1, 2)
 
 
 def test_fleet_keys_need_a_fleet() -> None:
     with pytest.raises(ConfigError, match="fleet_keys"):
         ServerSettings.resolve(cli={"fleet_keys": Path("k")}, environ={})
+
+
+def test_telemetry_names_only_what_the_repository_holds(served: FleetServer) -> None:
+    """With ``--fleet`` the server reads the signed targets: an event about a model
+    it does not hold, or a download/install/health/swap of a version never
+    published, is a 400 naming the field; a check or rollback may name a version
+    the device had before (installed locally)."""
+    import httpx
+
+    url = f"{served.server.url}/fleet/telemetry"
+
+    def ev(seq: int, kind: str, model: str = "affine", **over: object) -> dict[str, object]:
+        return {
+            "id": f"dev:{seq}", "device": "dev", "group": None, "model": model, "event": kind,
+            "version": 1, "from_version": None, "ok": True, "detail": "", "bytes": 0, "at": 1.0,
+        } | over  # fmt: skip
+
+    for bad, field in [
+        (ev(1, "check", "../../etc"), "model"),
+        (ev(1, "error", "nope"), "model"),
+        (ev(1, "download", version=99), "version"),
+        (ev(1, "install", version=99), "version"),
+        (ev(1, "health", version=2), "version"),
+        (ev(1, "swap", version=99, from_version=1), "version"),
+    ]:
+        reply = httpx.post(url, json=bad)
+        assert reply.status_code == 400, bad
+        assert reply.json()["error"].startswith(f"event 0: {field}: "), reply.text
+    fine = [
+        ev(1, "check", version=1, from_version=7),  # runs a local 7, wants the published 1
+        ev(2, "swap", version=1, from_version=7),
+        ev(3, "rollback", version=7, from_version=1),
+        ev(4, "error", version=None, ok=False, detail="link down"),
+    ]
+    assert httpx.post(url, json=fine).json() == {"accepted": 4, "duplicates": 0}
+
+
+def test_serve_fleet_without_a_repository_gives_a_hint_that_works(tmp_path: Path) -> None:
+    """atk-newuser #9: the hint lacked --keys; run as printed, it must create the repository."""
+    import shlex
+    import subprocess
+    import sys
+
+    from edgecloud.server.fleet_files import mount
+
+    settings = type("S", (), {"fleet": tmp_path / "nofleet", "fleet_keys": None})()
+    with pytest.raises(ConfigError, match="--keys") as refused:
+        mount(lambda *a: None, settings, None)  # type: ignore[arg-type,return-value]
+    hint = refused.value.message.split("create it with: ")[1]
+    argv = shlex.split(hint)
+    assert argv[:3] == ["edgecloud", "fleet", "keys"]
+    run = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", *argv[1:]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "nofleet" / "metadata" / "root.json").is_file()

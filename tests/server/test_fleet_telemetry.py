@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgecloud.errors import InvalidRequestError
+from edgecloud.errors import IdempotencyKeyReuseError, InvalidRequestError
 from edgecloud.server.fleet_telemetry import FleetStore, parse_events
 
 from ..models import make_repo
@@ -162,3 +162,82 @@ def test_device_order_follows_sequence_numbers_not_a_jumping_clock(tmp_path: Pat
     store.record(parse_events(json.dumps(jumped).encode()))
     (d,) = store.devices("digits")
     assert (d.version, d.rollbacks) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ["victim:1", "evil", "evil:", "evil:x", "evil:1:2", "evil:-1", "evil:1.0", "evil:\u0661", ":1"],
+)
+def test_an_id_must_be_the_posting_devices(event_id: str) -> None:
+    body = json.dumps([event("evil", 1), event("evil", 2) | {"id": event_id}]).encode()
+    with pytest.raises(InvalidRequestError, match=r"event 1: id: .*'<device>:<seq>'"):
+        parse_events(body)
+    # a device name may hold colons: the sequence number is after the last one
+    assert parse_events(json.dumps(event("site:3", 7)).encode())[0].id == "site:3:7"
+
+
+def test_a_reused_id_with_other_content_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / "fleet.db")
+    first = event("d", 1, "rollback", version=1, from_version=2)
+    assert store.record(parse_events(json.dumps(first).encode())) == 1
+    # the same content again (an outbox re-send): a duplicate, counted once
+    assert store.record(parse_events(json.dumps([first, first]).encode())) == 0
+    for change in ({"ok": False}, {"detail": "x"}, {"at": 1.5}, {"group": None}, {"bytes": 1}):
+        post = [event("d", 9), first | change]  # the new event must not be stored either
+        with pytest.raises(IdempotencyKeyReuseError, match="'d:1' is already stored"):
+            store.record(parse_events(json.dumps(post).encode()))
+    # two events of one post with one id and different content
+    twice = [event("e", 1), event("e", 1, ok=False)]
+    with pytest.raises(IdempotencyKeyReuseError):
+        store.record(parse_events(json.dumps(twice).encode()))
+    assert store.count() == 1
+    (d,) = store.devices("digits")
+    assert (d.device, d.rollbacks, d.version) == ("d", 1, 1)
+
+
+def test_concurrent_posts_of_one_id_with_different_content(tmp_path: Path) -> None:
+    stores = [FleetStore(tmp_path / "fleet.db") for _ in range(4)]
+    barrier = threading.Barrier(8)
+
+    def post(k: int) -> str:
+        events = parse_events(json.dumps(event("d", 1, detail=f"writer {k % 2}")).encode())
+        barrier.wait()
+        try:
+            return "new" if stores[k % 4].record(events) else "duplicate"
+        except IdempotencyKeyReuseError:
+            return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(post, range(8)))
+    # one wins; the 3 others of its content are duplicates, the 4 of the other content refused
+    assert sorted(outcomes) == ["duplicate"] * 3 + ["new"] + ["refused"] * 4
+    assert stores[0].count() == 1
+
+
+def test_one_device_cannot_hide_anothers_rollback(fleet_server: Server) -> None:
+    """atk-fleet #3: "evil" posting "victim:1" first made the victim's rollback a silent
+    duplicate and the victim vanished from the status."""
+    url, headers = fleet_server.url, fleet_server.headers()
+    squat = event("evil", 1, "check", model="squat") | {"id": "victim:1"}
+    reply = httpx.post(f"{url}/fleet/telemetry", json=squat, headers=headers)
+    assert reply.status_code == 400 and "'<device>:<seq>'" in reply.json()["error"]
+    rollback = event("victim", 1, "rollback", model="squat", version=1, from_version=2)
+    reply = httpx.post(f"{url}/fleet/telemetry", json=rollback, headers=headers)
+    assert reply.json() == {"accepted": 1, "duplicates": 0}
+    again = httpx.post(f"{url}/fleet/telemetry", json=rollback, headers=headers)
+    assert again.json() == {"accepted": 0, "duplicates": 1}
+    other = httpx.post(f"{url}/fleet/telemetry", json=rollback | {"ok": False}, headers=headers)
+    assert other.status_code == 422 and "already stored" in other.json()["error"]
+    status = httpx.get(f"{url}/fleet/status", params={"model": "squat"}, headers=headers)
+    [(device, rollbacks)] = [(d["device"], d["rollbacks"]) for d in status.json()["devices"]]
+    assert (device, rollbacks) == ("victim", 1)
+
+
+def test_a_too_large_post_names_the_telemetry_limit(fleet_server: Server) -> None:
+    url, headers = fleet_server.url, fleet_server.headers()
+    huge = {"events": [event("big", i, detail="x" * 60_000) for i in range(400)]}
+    reply = httpx.post(f"{url}/fleet/telemetry", json=huge, headers=headers, timeout=30)
+    assert reply.status_code == 413
+    message = reply.json()["error"]
+    assert "telemetry" in message and "smaller batches" in message
+    assert "binary" not in message

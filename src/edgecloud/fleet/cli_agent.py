@@ -56,8 +56,11 @@ def agent_command(
     once: Annotated[bool, typer.Option(help="One round, then exit.")] = False,
     token_file: TokenFileOption = None,
 ) -> None:
-    """Keep this device's models current without serving them (the gateway, edgecloud edge,
-    runs the same agent beside its requests). SIGUSR1 makes it check at once."""
+    """Keep this device's models current, without serving them.
+
+    The gateway (edgecloud edge) runs the same agent beside its requests.
+    SIGUSR1 makes a running agent check at once.
+    """
     import logging
 
     from ..errors import EdgecloudError, UpdateAuthError
@@ -89,6 +92,9 @@ def agent_command(
 
 @fleet_app.command("check")
 def check_command(deployment: DeploymentOption, token_file: TokenFileOption = None) -> None:
-    """Check for updates now: one round of the agent (when an agent already runs on this
-    state directory, the error says how to wake it instead)."""
+    """Check for updates now: one round of the agent, then exit.
+
+    When an agent already runs on this state directory, the error says how to
+    wake it instead.
+    """
     agent_command(deployment, once=True, token_file=token_file)

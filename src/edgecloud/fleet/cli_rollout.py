@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .rollout import AutoDecision, RolloutControl
     from .rollout_state import Rollout
 
-__all__ = ["abort_cmd", "pause_cmd", "resume_cmd", "rollout_cmd", "status_cmd"]
+__all__ = ["abort_cmd", "narrowed", "pause_cmd", "resume_cmd", "rollout_cmd", "status_cmd"]
 
 FleetOption = Annotated[
     Path, typer.Option("--fleet", envvar="EDGECLOUD_FLEET", help="Update repository directory.")
@@ -39,6 +39,7 @@ DbOption = Annotated[
     Path | None,
     typer.Option("--db", help="Read the telemetry store file directly instead of --server."),
 ]
+ModelArgument = Annotated[str, typer.Argument(help="Model name.")]
 TokenFileOption = Annotated[
     Path | None, typer.Option("--token-file", help="Bearer token of --server, in a file.")
 ]
@@ -51,14 +52,68 @@ def _control(fleet: Path, keys: Path | None) -> RolloutControl:
 
 
 def _describe(r: Rollout) -> str:
+    """One line for the rollout's state; never a bare None (no stable version:
+    devices outside the canary keep what they run)."""
     groups = f" of groups {','.join(r.groups)}" if r.groups else ""
+    others = f"others on {r.stable}" if r.stable is not None else "others keep what they run"
     if r.state == "complete":
         what = f"complete: every device runs {r.stable}"
+    elif r.state == "aborted":
+        back = (
+            f"version {r.stable}"
+            if r.stable is not None
+            else "the version it ran before (no stable version)"
+        )
+        what = f"aborted: every device on {r.candidate} goes back to {back}"
     else:
-        what = f"{r.state}: {r.candidate} to {r.percent:g}%{groups}, others on {r.stable}"
+        what = f"{r.state}: {r.candidate} to {r.percent:g}%{groups}, {others}"
     return f"rollout of {r.model} (generation {r.generation}) {what}" + (
         f" — {r.reason}" if r.reason else ""
     )
+
+
+def _fallback(r: Rollout) -> str:
+    """Where a device that leaves the canary goes (the agent's side of
+    :func:`~edgecloud.fleet.rollout_state.desired_version`)."""
+    if r.stable is not None:
+        return f"back to the stable version {r.stable}"
+    return "back to the version it ran before (no stable version)"
+
+
+def narrowed(
+    prev: Rollout | None, r: Rollout, devices: Sequence[DeviceStatus] | None = None
+) -> str | None:
+    """The line for a rollout of the same candidate that now holds fewer devices
+    (a lower ``--canary``, or ``--group`` limits added), else None.
+
+    Narrowing is allowed (Argo Rollouts' ``setWeight`` may go down): the
+    devices between the two shares leave the candidate. With ``devices``
+    (telemetry), the known ones are named (at most 10).
+    """
+    from .rollout_state import in_canary
+
+    if prev is None or prev.candidate != r.candidate or prev.state not in ("active", "paused"):
+        return None
+    fewer_groups = r.groups is not None and (
+        prev.groups is None or set(r.groups) < set(prev.groups)
+    )
+    if r.percent >= prev.percent and not fewer_groups:
+        return None
+    groups = f" of groups {','.join(prev.groups)}" if prev.groups else ""
+    was = f"{prev.percent:g}%{groups}"
+    now = f"{r.percent:g}%" + (f" of groups {','.join(r.groups)}" if r.groups else "")
+    line = f"narrowed from {was} to {now}: devices that leave the canary go {_fallback(r)}"
+    if devices is not None:
+        leaving = sorted(
+            d.device
+            for d in devices
+            if in_canary(prev, d.device, d.group) and not in_canary(r, d.device, d.group)
+        )
+        names = ", ".join(leaving[:10]) + (
+            f" and {len(leaving) - 10} more" if len(leaving) > 10 else ""
+        )
+        line += f"; known devices leaving: {names or 'none'}"
+    return line
 
 
 def telemetry_source(
@@ -126,33 +181,51 @@ def rollout_cmd(
     stages: Annotated[
         str, typer.Option("--stages", help="With --auto: percentages after the canary.")
     ] = "25,100",
-    interval_s: Annotated[float, typer.Option("--interval-s", min=0.05)] = 2.0,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", min=1)] = 3600.0,
+    interval_s: Annotated[
+        float, typer.Option("--interval-s", min=0.05, help="With --auto: seconds between reads.")
+    ] = 2.0,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", min=1, help="With --auto: give up after (seconds).")
+    ] = 3600.0,
     fleet: FleetOption = Path("fleet-repo"),
     keys: KeysOption = Path("fleet-keys"),
     server: ServerOption = None,
     db: DbOption = None,
     token_file: TokenFileOption = None,
 ) -> None:
-    """Roll VERSION of MODEL out to a canary share of the devices (same devices every time).
+    """Roll a version out to a canary share of the devices.
 
-    Without --auto, re-run with a larger --canary to promote; with --auto the
-    command stays, reads device telemetry from --server (or --db) and promotes
-    through --stages when every device of a stage runs VERSION with a passing
-    health check, or aborts at the first rollback.
+    The canary is the same devices every time (a stable hash of their id).
+    Without --auto, re-run with a larger --canary to promote, or a smaller
+    one to narrow (the devices that leave go back to the stable version).
+    With --auto the command stays: it reads device telemetry from --server
+    (or --db), promotes through --stages when every device of a stage runs
+    VERSION with a passing health check, and aborts at the first rollback.
     """
     from ..errors import ConfigError
     from .rollout import parse_percent, parse_stages, run_auto, start
 
     percent = parse_percent(canary)
     plan = parse_stages(stages, percent) if auto else ()
-    fetch = telemetry_source(model, server, db, token_file) if auto else None
+    fetch = telemetry_source(model, server, db, token_file)
     if auto and fetch is None:
         raise ConfigError("--auto reads device telemetry: give --server URL (or --db FILE)")
+    # read the telemetry BEFORE signing: an unreachable --server must not leave a
+    # live canary that nothing watches
+    from ..errors import EdgecloudError, MissingDependencyError
+
+    try:
+        devices = list(fetch()) if fetch is not None else None
+    except MissingDependencyError:
+        raise
+    except EdgecloudError as exc:
+        raise type(exc)(f"{exc.message}; nothing was signed: fix --server and run again") from None
     control = _control(fleet, keys)
-    r = control.change(
-        model,
-        lambda prev, published: start(
+    before: list[Rollout | None] = []
+
+    def change(prev: Rollout | None, published: set[int]) -> Rollout:
+        before.append(prev)
+        return start(
             prev,
             model=model,
             version=version,
@@ -160,9 +233,15 @@ def rollout_cmd(
             published=published,
             groups=group,
             stages=plan,
-        ),
-    )
+        )
+
+    r = control.change(model, change)
     typer.echo(_describe(r))
+    notice = narrowed(before[-1], r, devices)
+    if notice:
+        typer.echo(notice)
+    if not auto:
+        return
     if fetch is not None:
 
         def report(decision: AutoDecision) -> None:
@@ -193,41 +272,55 @@ def _simple(verb: str, model: str, fleet: Path, keys: Path, reason: str = "") ->
 
 @fleet_app.command("pause")
 def pause_cmd(
-    model: str, fleet: FleetOption = Path("fleet-repo"), keys: KeysOption = Path("fleet-keys")
+    model: ModelArgument,
+    fleet: FleetOption = Path("fleet-repo"),
+    keys: KeysOption = Path("fleet-keys"),
 ) -> None:
-    """Pause MODEL's rollout: no new device starts the candidate; those on it stay."""
+    """Pause a rollout: no new device starts the candidate.
+
+    Devices that already run the candidate keep it.
+    """
     _simple("pause", model, fleet, keys)
 
 
 @fleet_app.command("resume")
 def resume_cmd(
-    model: str, fleet: FleetOption = Path("fleet-repo"), keys: KeysOption = Path("fleet-keys")
+    model: ModelArgument,
+    fleet: FleetOption = Path("fleet-repo"),
+    keys: KeysOption = Path("fleet-keys"),
 ) -> None:
-    """Resume MODEL's paused rollout."""
+    """Resume a paused rollout."""
     _simple("resume", model, fleet, keys)
 
 
 @fleet_app.command("abort")
 def abort_cmd(
-    model: str,
+    model: ModelArgument,
     reason: Annotated[str, typer.Option("--reason", help="Recorded in rollout.json.")] = "",
     fleet: FleetOption = Path("fleet-repo"),
     keys: KeysOption = Path("fleet-keys"),
 ) -> None:
-    """Abort MODEL's rollout: every device on the candidate rolls back to the stable version."""
+    """Abort a rollout: devices on the candidate roll back.
+
+    They go back to the stable version, or to the version they ran before
+    when there is none.
+    """
     _simple("abort", model, fleet, keys, reason)
 
 
 @fleet_app.command("status")
 def status_cmd(
-    model: str,
+    model: ModelArgument,
     fleet: FleetOption = Path("fleet-repo"),
     server: ServerOption = None,
     db: DbOption = None,
     token_file: TokenFileOption = None,
 ) -> None:
-    """MODEL's rollout state, and each device's version, last contact, last
-    health check and rollbacks (from --server or --db)."""
+    """Show a rollout's state and each device's version and health.
+
+    With --server (or --db): each device's version, last contact, last health
+    check and rollbacks.
+    """
     from .rollout import RolloutControl
 
     r = RolloutControl(fleet, None).current(model)

@@ -47,10 +47,11 @@ def keys(
     snapshot_days: SnapshotDays = 7.0,
     timestamp_days: TimestampDays = 1.0,
 ) -> None:
-    """Create one ed25519 key per TUF role and an empty update repository signed with them.
+    """Create signing keys and an empty update repository.
 
-    The keys (0600) stay in --keys, never in the repository; the trusted root
-    is written to the repository and to KEYS/root.json for provisioning devices.
+    One ed25519 key per TUF role (root, targets, snapshot, timestamp), 0600,
+    in --keys and never in the repository. The trusted root is written to the
+    repository and to KEYS/root.json, the file devices are provisioned with.
     """
     from ..errors import ConfigError
     from ..repository import _write_atomic
@@ -95,7 +96,12 @@ def publish(
     snapshot_days: SnapshotDays = 7.0,
     timestamp_days: TimestampDays = 1.0,
 ) -> None:
-    """Sign MODEL VERSION's files and a delta from the previous published version as targets."""
+    """Sign a model version's files and deltas into the update repository.
+
+    Each file of MODEL VERSION becomes a signed target, and one delta per
+    --codec from the newest published version below it. A published version
+    is immutable: the same bytes again is a no-op, other bytes are refused.
+    """
     from .._config_files import checked_path
     from ..errors import ConfigError
     from ..repository import ModelRepository

@@ -9,7 +9,9 @@ the signatures, not the transport, make them trustworthy.
 HTTP semantics (RFC 9110):
 
 * ``GET`` and ``HEAD`` (same headers, no body); other methods 405 with ``Allow``.
-* ``Range: bytes=a-b | a- | -n`` → 206 with ``Content-Range``; a range that
+* ``Range: bytes=a-b | a- | -n`` → 206 with ``Content-Range``; a ``b`` past
+  the end (any number of digits) is clamped to the last byte and an ``n``
+  longer than the file selects all of it (section 14.1.2); a range that
   starts at or past the end (or ``-0``) → 416 with ``Content-Range: bytes */size``;
   a header that is not one ``bytes`` range (another unit, bad syntax, several
   ranges) is ignored and the whole file sent with 200, which section 14.2
@@ -60,30 +62,45 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CHUNK_BYTES = 1 << 20
 
 _COMPONENT = re.compile(r"[A-Za-z0-9][^/\\\x00]*")
-_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+#: Digits of a range position beyond which it is past any file (``int()`` of a
+#: longer string is not even attempted: Python refuses over 4300 digits).
+_POS_DIGITS = 30
+
+
+def _pos(digits: str) -> int:
+    """A range position; any longer than :data:`_POS_DIGITS` significant digits
+    stands for "past the end of any file" (``2**100``)."""
+    digits = digits.lstrip("0") or "0"
+    return 2**100 if len(digits) > _POS_DIGITS else int(digits)
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     """One ``bytes`` range of a ``size``-byte file as (first, last) inclusive.
 
-    None: no usable range (absent, another unit, bad syntax, several ranges:
-    send the whole file). ``"unsatisfiable"``: a syntactically valid range that
-    selects nothing (416).
+    RFC 9110 section 14.1.2: a last-byte-pos at or past the end is clamped to
+    ``size - 1`` (however many digits it has), a suffix longer than the file
+    selects the whole file. None: no usable range (absent, another unit, bad
+    syntax, first > last, several ranges: send the whole file).
+    ``"unsatisfiable"``: a syntactically valid range that selects nothing: a
+    first-byte-pos at or past the end, ``-0``, or any range of an empty file
+    (416).
     """
     match = _RANGE.fullmatch(header.strip())
     if match is None or (not match[1] and not match[2]):
         return None
     if not match[1]:  # suffix: the last n bytes
-        length = int(match[2])
+        length = _pos(match[2])
         if length == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - length), size - 1
-    first = int(match[1])
-    if match[2] and int(match[2]) < first:
+    first = _pos(match[1])
+    if match[2] and _pos(match[2]) < first:
         return None  # invalid syntax (RFC 9110 14.1.1): ignored
     if first >= size:
         return "unsatisfiable"
-    return first, min(int(match[2]) if match[2] else size - 1, size - 1)
+    return first, min(_pos(match[2]) if match[2] else size - 1, size - 1)
 
 
 class FleetFiles:
@@ -277,6 +294,6 @@ def mount(app: ASGIApp, settings: Any, token: str | None) -> Any:
     if not (settings.fleet / "metadata" / "root.json").is_file():
         raise ConfigError(
             f"--fleet {settings.fleet} is not an update repository (no metadata/root.json); "
-            f"create it with: edgecloud fleet keys --fleet {settings.fleet}"
+            f"create it with: edgecloud fleet keys --keys fleet-keys --fleet {settings.fleet}"
         )
     return FleetFiles(app, settings.fleet, token=token, keys=settings.fleet_keys)

@@ -22,10 +22,25 @@ version served after it (a rollback's ``from_version`` is the version it
 left); for ``check`` the version wanted, ``from_version`` the one running.
 
 Delivery promise: the agent's outbox is at-least-once, so this store is
-idempotent by event ``id`` (SQLite ``INSERT OR IGNORE`` on the primary key,
-WAL, one ``BEGIN IMMEDIATE`` transaction per post): a re-sent event counts
-once however many server workers receive it at the same time. A re-sent id
-with a different body keeps the first (reported as a duplicate).
+idempotent by event ``id`` (SQLite primary key, WAL, one ``BEGIN IMMEDIATE``
+transaction per post): a re-sent event counts once however many server
+workers receive it at the same time. The key is bound to its owner and its
+content, as an ``Idempotency-Key`` is (IETF httpapi draft, section 2.6):
+
+* ``id`` must be ``<device>:<seq>`` of the event's own ``device`` (decimal
+  ``seq``), else 400 — one device cannot take another's ids and so hide its
+  reports;
+* a known ``id`` with other content (any field) is 422
+  (:class:`~edgecloud.errors.IdempotencyKeyReuseError`) and the whole post is
+  refused; the same content again is a duplicate (200, counted).
+
+With a served update repository (``serve --fleet``) an event must name a
+model the signed targets hold (400 naming ``model``), and a ``download``,
+``install``, ``health`` or ``swap`` event a version published for it (400
+naming ``version``): those four are only ever about versions the device got
+from the repository. ``check`` and ``rollback`` events may name a version the
+device had before it followed the fleet (installed locally), so their
+versions are not checked.
 
 A device's state is derived from its events at read time (events may arrive
 late and out of order after an outage): its version is the one its latest
@@ -46,9 +61,22 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
-from ..errors import InvalidRequestError, UnavailableError
+from ..errors import (
+    IdempotencyKeyReuseError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UnavailableError,
+)
 from .idempotency import default_store_path
 
 __all__ = [
@@ -57,8 +85,11 @@ __all__ = [
     "FleetRoutes",
     "FleetStore",
     "TelemetryEvent",
+    "check_published",
     "default_fleet_db",
     "parse_events",
+    "published_models",
+    "telemetry_too_large",
 ]
 
 #: Most events one POST may carry (the agent's outbox drains in batches well below).
@@ -86,6 +117,16 @@ class TelemetryEvent(BaseModel):
     bytes: StrictInt = Field(default=0, ge=0, le=2**62)
     at: float = Field(ge=0, allow_inf_nan=False)
     """Unix seconds on the device's clock."""
+
+    @model_validator(mode="after")
+    def _id_is_the_devices(self) -> TelemetryEvent:
+        owner, colon, seq = self.id.rpartition(":")
+        if not colon or owner != self.device or not (seq.isascii() and seq.isdigit()):
+            raise ValueError(
+                f"{self.id!r} must be '<device>:<seq>' of this event's own device "
+                f"and a decimal sequence number, e.g. '{self.device}:1'"
+            )
+        return self
 
 
 class DeviceStatus(BaseModel):
@@ -134,9 +175,61 @@ def parse_events(body: bytes) -> list[TelemetryEvent]:
             events.append(TelemetryEvent.model_validate(item))
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "event"
-            raise InvalidRequestError(f"event {index}: {where}: {first['msg']}") from exc
+            where = ".".join(str(p) for p in first["loc"]) or "id"
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise InvalidRequestError(f"event {index}: {where}: {msg}") from exc
     return events
+
+
+def telemetry_too_large(limit: int) -> PayloadTooLargeError:
+    """The 413 of ``POST /fleet/telemetry``: names the limit and how to split."""
+    return PayloadTooLargeError(
+        f"telemetry post exceeds the server's limit of {limit} bytes "
+        f"(max_json_request_bytes); send the events in smaller batches "
+        f"(at most {MAX_EVENTS} events, under {limit} bytes per post)"
+    )
+
+
+def published_models(fleet: Path) -> dict[str, set[int]]:
+    """Model -> versions with a signed model target in the update repository ``fleet``.
+
+    Raises:
+        UnavailableError: the repository's signed metadata cannot be read.
+    """
+    from ..fleet.rollout import published_versions
+    from ..fleet.update_repo import UpdateRepository
+
+    try:
+        targets = UpdateRepository(fleet, None).targets()
+    except Exception as exc:  # a repository mid-publish or broken: not the device's mistake
+        raise UnavailableError(f"update repository {fleet}: cannot read targets: {exc}") from exc
+    models = {
+        str(custom["model"])
+        for t in targets.values()
+        if isinstance(custom := t.unrecognized_fields.get("custom", {}).get("edgecloud"), dict)
+        and "model" in custom
+    }
+    return {m: published_versions(targets, m) for m in models}
+
+
+#: Events whose ``version`` always comes from the update repository.
+_FROM_REPOSITORY = frozenset({"download", "install", "health", "swap"})
+
+
+def check_published(events: list[TelemetryEvent], published: dict[str, set[int]]) -> None:
+    """InvalidRequestError (400) for an event about a model the repository does not
+    hold, or a download/install/health/swap of a version never published."""
+    for index, e in enumerate(events):
+        if e.model not in published:
+            raise InvalidRequestError(
+                f"event {index}: model: {e.model!r} is not in this server's update repository"
+            )
+        known = published[e.model]
+        if e.event in _FROM_REPOSITORY and e.version is not None and e.version not in known:
+            raise InvalidRequestError(
+                f"event {index}: version: {e.model!r} version {e.version} was never "
+                "published in this server's update repository"
+            )
 
 
 def default_fleet_db(serving: Path) -> Path:
@@ -197,8 +290,21 @@ class FleetStore:
         return _Transaction(self._connect(), str(self.path))
 
     def record(self, events: Iterable[TelemetryEvent], *, now: float | None = None) -> int:
-        """Store the events not stored yet (by id); returns how many were new."""
+        """Store the events not stored yet (by id); returns how many were new.
+
+        All or nothing, in one transaction (so concurrent posts of one id are
+        decided one after the other).
+
+        Raises:
+            IdempotencyKeyReuseError: an id already stored (or earlier in
+                ``events``) with other content; nothing of the post is stored.
+        """
         received = time.time() if now is None else now
+        events = list(events)
+        seen: dict[str, TelemetryEvent] = {}
+        for e in events:
+            if seen.setdefault(e.id, e) != e:
+                raise _reused(e.id)
         rows = [
             (
                 e.id,
@@ -217,6 +323,16 @@ class FleetStore:
             for e in events
         ]
         with self._write() as db:
+            ids = list(seen)
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                stored = db.execute(
+                    "SELECT id, device, grp, model, event, version, from_version, ok, detail,"
+                    f" bytes, at FROM events WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for row in stored:
+                    if _event(row) != seen[row[0]]:
+                        raise _reused(row[0])
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
@@ -283,6 +399,13 @@ class _Transaction:
         self.db.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
             raise UnavailableError(f"fleet store {self.where}: {exc}") from exc
+
+
+def _reused(event_id: str) -> IdempotencyKeyReuseError:
+    return IdempotencyKeyReuseError(
+        f"event id {event_id!r} is already stored with other content; "
+        "a device gives each new event a new sequence number"
+    )
 
 
 def _event(row: tuple[Any, ...]) -> TelemetryEvent:
@@ -362,10 +485,29 @@ class FleetRoutes:
     """The HTTP side of the store: opened at the first fleet request (a server
     no device reports to never creates the file); blocking SQLite off the loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fleet: Path | None = None) -> None:
         self.path = path
+        self.fleet = fleet
+        """The served update repository: events are checked against its targets."""
         self._store: FleetStore | None = None
         self._lock = threading.Lock()
+        self._published: tuple[tuple[int, int], dict[str, set[int]]] | None = None
+
+    def _published_now(self) -> dict[str, set[int]] | None:
+        """The repository's published models, re-read when timestamp.json changes
+        (every sign and every timestamp refresh writes it)."""
+        if self.fleet is None:
+            return None
+        try:
+            info = (self.fleet / "metadata" / "timestamp.json").stat()
+        except OSError as exc:
+            raise UnavailableError(f"update repository {self.fleet}: {exc.strerror}") from exc
+        key = (info.st_mtime_ns, info.st_size)
+        cached = self._published
+        if cached is None or cached[0] != key:
+            cached = (key, published_models(self.fleet))
+            self._published = cached
+        return cached[1]
 
     @property
     def store(self) -> FleetStore:
@@ -377,6 +519,9 @@ class FleetRoutes:
     async def post(self, body: bytes) -> bytes:
         """``POST /fleet/telemetry`` → ``{"accepted": n, "duplicates": m}``."""
         events = parse_events(body)
+        published = await asyncio.to_thread(self._published_now)
+        if published is not None:
+            check_published(events, published)
         new = await asyncio.to_thread(self.store.record, events)
         return json.dumps({"accepted": new, "duplicates": len(events) - new}).encode()
 

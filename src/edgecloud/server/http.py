@@ -30,7 +30,7 @@ from ..tensors import InferRequest, InferResponse
 from ..triton_config import TRITON_TYPES
 from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
-from .fleet_telemetry import FleetRoutes, default_fleet_db
+from .fleet_telemetry import FleetRoutes, default_fleet_db, telemetry_too_large
 from .host import ModelState
 from .metrics import ServerMetrics, model_label
 from .model_control import ModelControl
@@ -247,10 +247,15 @@ class HttpApp:
         if root is None:
             raise _Reply(404, _error("this server keeps no fleet telemetry"))
         if self._fleet_routes is None:
-            self._fleet_routes = FleetRoutes(default_fleet_db(root))
+            fleet = getattr(self.settings, "fleet", None)
+            self._fleet_routes = FleetRoutes(default_fleet_db(root), fleet)
         if what == "telemetry":
             _allow(method, "POST", scope)
-            body = await self._read_body(scope, None, receive, _declared(scope))
+            try:
+                body = await self._read_body(scope, None, receive, _declared(scope))
+            except PayloadTooLargeError as exc:
+                limit = min(self.settings.max_request_bytes, self.settings.max_json_request_bytes)
+                raise telemetry_too_large(limit) from exc
             return 200, await self._fleet_routes.post(body), JSON
         _allow(method, "GET", scope)
         return 200, await self._fleet_routes.status(scope.get("query_string", b"")), JSON
