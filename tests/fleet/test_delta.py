@@ -315,6 +315,11 @@ HOSTILE_HEADERS = {
     "missing key": lambda h: {k: v for k, v in h.items() if k != "result_size"},
     "params a list": lambda h: _entry(h, params=[]),
     "name a number": lambda h: _entry(h, name=1),
+    "a gap before the first payload": lambda h: _entry(h, offset=1),
+    "two entries on one payload": lambda h: {
+        **h,
+        "tensors": h["tensors"] + [{**h["tensors"][0], "name": "b1"}],
+    },
     "wrong result size": lambda h: {**h, "result_size": 10**15},
     "wrong result digest": lambda h: {**h, "result_sha256": "0" * 64},
 }
@@ -479,3 +484,16 @@ def test_non_json_constants_are_refused(constant: str, pair: tuple[bytes, bytes,
     assert constant in text
     with pytest.raises(DeltaError, match="not a JSON value"):
         delta_info(_with_header_text(delta, text.encode()))
+
+
+@pytest.mark.parametrize("edit", ["trailing", "truncated"])
+def test_payload_must_be_exactly_what_the_entries_claim(
+    edit: str, pair: tuple[bytes, bytes, bytes]
+) -> None:
+    old, _, delta = pair
+    hostile = delta + b"\0" if edit == "trailing" else delta[:-1]
+    for read in (lambda d: apply_delta(old, d), delta_info):
+        with pytest.raises(
+            DeltaError, match="trailing bytes" if edit == "trailing" else "truncated"
+        ):
+            read(hostile)

@@ -28,8 +28,11 @@ Wire format (all integers little-endian)::
 
 The header's ``tensors`` list holds, per changed initializer,
 ``{"name", "codec", "params", "offset", "length"}``; offsets are relative to
-the payload. Every length is checked against the bytes present before
-anything is sliced or allocated.
+the payload, and the entries' payloads lie end to end in entry order and
+fill it exactly (no overlap, gap or trailing byte). Every length is checked
+against the bytes present before anything is sliced or allocated. The header
+is read strictly: exactly its keys, each of its type (``true`` and ``1.0``
+are not integers), no key twice in one object, no ``NaN``/``Infinity``.
 """
 
 from __future__ import annotations
@@ -262,7 +265,21 @@ def _header(delta: bytes | memoryview) -> tuple[dict[str, Any], memoryview]:
     except (ValueError, RecursionError) as exc:
         raise DeltaError(f"delta header is not valid JSON: {exc}") from exc
     _validate(header)
-    return header, view[_PREFIX.size + size :]
+    payload = view[_PREFIX.size + size :]
+    expected = 0  # payloads lie end to end in entry order, and fill the rest of the file
+    for entry in header["tensors"]:
+        if entry["offset"] != expected:
+            raise _fail(
+                f"tensor {entry['name'][:40]!r} starts at payload offset {entry['offset']}, "
+                f"not {expected}: entries must be contiguous and in order"
+            )
+        expected += entry["length"]
+    if expected != len(payload):
+        raise DeltaError(
+            f"delta payload is {len(payload)} bytes; its entries account for {expected}: "
+            + ("truncated" if expected > len(payload) else "trailing bytes")
+        )
+    return header, payload
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
