@@ -91,3 +91,24 @@ def test_usage_errors_are_not_tracebacks() -> None:
     result = edgecloud("infer")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Missing argument" in result.stderr
+
+
+def test_serve_threads_help_says_what_workers_do_with_0() -> None:
+    """``--threads 0`` is all cores split among the workers (cores / N each), not
+    "onnxruntime decides" in every worker (server/workers.py ``_split``)."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecloud.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "per call in each worker (default 1)" in text, text
+    assert "with --workers N each worker gets cores / N" in text, text
+    assert "lets onnxruntime decide" not in text

@@ -35,3 +35,33 @@ def test_every_backend_class_is_public() -> None:
 
 def test_package_ships_type_information() -> None:
     assert (importlib.resources.files("edgecloud") / "py.typed").is_file()
+
+
+SUBMODULE_SCRIPT = """
+import sys, edgecloud
+names = ["errors", "repository", "tensors", "fleet", "io", "backends", "server", "cli"]
+assert "edgecloud.errors" not in sys.modules
+for name in names:
+    module = getattr(edgecloud, name)
+    assert module is sys.modules[f"edgecloud.{name}"], name
+for missing in ["nosuchmodule", "__wrapped__", "fleet.delta", ""]:
+    assert not hasattr(edgecloud, missing), missing
+try:
+    edgecloud.nosuchmodule
+except AttributeError as exc:
+    assert "nosuchmodule" in str(exc)
+print("SUBMODULES-OK")
+"""
+
+
+def test_submodules_are_attributes_on_demand() -> None:
+    """``import edgecloud; edgecloud.errors`` works as with an eager package (a
+    fresh process: in this one, other tests have imported the submodules already)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", SUBMODULE_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SUBMODULES-OK" in result.stdout

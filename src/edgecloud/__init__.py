@@ -208,13 +208,35 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and cache the name here (PEP 562)."""
+    """Import a public name's module on first use and cache the name here (PEP 562).
+
+    A name that is not public but is a submodule or subpackage
+    (``edgecloud.errors``, ``edgecloud.fleet``, ``edgecloud.server``...) is
+    imported on demand, as an eager package would have it bound after
+    ``import edgecloud``; anything else is an AttributeError.
+    """
     module = _EXPORTS.get(name) or (".errors" if name in __all__ else None)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _submodule(name)
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def _submodule(name: str) -> Any:
+    """``edgecloud.<name>`` imported, or AttributeError when there is no such module.
+
+    ``find_spec`` looks for the file first, so a missing name is an
+    AttributeError (``hasattr`` works) while an ImportError raised *inside* an
+    existing submodule still surfaces as itself.
+    """
+    from importlib.util import find_spec
+
+    if name.startswith("__") or not name.isidentifier():
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if find_spec(f"{__name__}.{name}") is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def __dir__() -> list[str]:

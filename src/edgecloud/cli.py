@@ -336,7 +336,11 @@ def serve(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(help="onnxruntime threads per call (default 1); 0 lets onnxruntime decide."),
+        typer.Option(
+            help="onnxruntime intra-op threads per call in each worker (default 1). "
+            "0 means all available cores: with --workers N each worker gets cores / N "
+            "(at least 1), so the workers together use every core once."
+        ),
     ] = None,
     fleet: Annotated[
         Path | None, typer.Option(help="Update repository to serve at /fleet/ (with HTTP Range).")

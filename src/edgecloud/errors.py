@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .tensors import RequestContext
@@ -123,6 +123,29 @@ class EdgecloudError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by message and attributes, not by constructor arguments.
+
+        Errors cross process boundaries (``serve --workers`` children,
+        multiprocessing pools). ``BaseException.__reduce__`` re-calls
+        ``cls(*self.args)``, which breaks every subclass whose ``__init__``
+        takes other arguments than the message (``MissingDependencyError``'s
+        three, keyword-only ones): this rebuilds the instance without calling
+        ``__init__`` and restores ``__dict__`` (message, sha256s, module, extra,
+        ``retry_after_s``, a per-instance ``status_code``, ``context``).
+        """
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_error(
+    cls: type[EdgecloudError], args: tuple[Any, ...], state: dict[str, Any]
+) -> EdgecloudError:
+    """The unpickling half of :meth:`EdgecloudError.__reduce__`."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidRequestError(EdgecloudError):

@@ -246,9 +246,9 @@ class RequestContext:
                 f"RequestContext.deadline is {deadline!r}; use a time.monotonic() value or None"
             )
         key = self.idempotency_key
-        if key is not None and not isinstance(key, str):
-            raise InvalidRequestError(
-                f"RequestContext.idempotency_key is {key!r:.80}; use a string or None"
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidRequestError(  # "" is not "no key": the wire refuses it too
+                f"RequestContext.idempotency_key is {key!r:.80}; use a non-empty string or None"
             )
         features = self.features
         if not isinstance(features, frozenset):

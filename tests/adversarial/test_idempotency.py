@@ -512,10 +512,15 @@ def test_a_bad_key_header_is_a_400_like_a_bad_parameter(
     url = server.url if where == "server" else gateway.url
     reply = _post_headers(url, A, [(b"Idempotency-Key", value.encode())])
     assert reply.status_code == 400, reply.text
-    assert "printable ASCII" in reply.json()["error"]
+    error = reply.json()["error"]
+    assert "printable ASCII" in error and "the Idempotency-Key header" in error, error
+    assert ("is empty" in error) == (value == ""), error
     tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": A.ravel().tolist()}
-    body = {"inputs": [tensor], "parameters": {"idempotency_key": value}}
-    assert httpx.post(f"{url}/v2/models/affine/infer", json=body).status_code == 400
+    for param in (value, " " * len(value)):
+        body = {"inputs": [tensor], "parameters": {"idempotency_key": param}}
+        refused = httpx.post(f"{url}/v2/models/affine/infer", json=body)
+        assert refused.status_code == 400, refused.text
+        assert "the idempotency_key parameter" in refused.json()["error"]
 
 
 def test_two_idempotency_key_metadata_entries_are_invalid_argument(
@@ -534,6 +539,7 @@ def test_two_idempotency_key_metadata_entries_are_invalid_argument(
     assert _grpc_stub_call(grpc_stub, A, [("idempotency-key", same)]).replayed
     empty = _grpc_stub_call(grpc_stub, A, [("idempotency-key", "")])
     assert empty.status == "INVALID_ARGUMENT" and "printable ASCII" in empty.message, empty
+    assert "the idempotency-key metadata is empty" in empty.message, empty
 
 
 def test_concurrent_requests_with_two_bodies_at_the_gateway_bind_exactly_one(

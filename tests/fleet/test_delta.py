@@ -302,6 +302,24 @@ HOSTILE_HEADERS = {
     "tensors not a list": lambda h: {**h, "tensors": {"W1": 1}},
     "not an object": lambda h: [h],
     "format 2": lambda h: {**h, "format": 2},
+    "format 1.0": lambda h: {**h, "format": 1.0},
+    "format true": lambda h: {**h, "format": True},
+    "format '1'": lambda h: {**h, "format": "1"},
+    "format missing": lambda h: {k: v for k, v in h.items() if k != "format"},
+    "from_size true": lambda h: {**h, "from_size": True},
+    "from_size float": lambda h: {**h, "from_size": float(h["from_size"])},
+    "result_size bool": lambda h: {**h, "result_size": False},
+    "to_sha256 a number": lambda h: {**h, "to_sha256": 1},
+    "codec null": lambda h: {**h, "codec": None},
+    "unknown top-level key": lambda h: {**h, "lossy": False},
+    "missing key": lambda h: {k: v for k, v in h.items() if k != "result_size"},
+    "params a list": lambda h: _entry(h, params=[]),
+    "name a number": lambda h: _entry(h, name=1),
+    "a gap before the first payload": lambda h: _entry(h, offset=1),
+    "two entries on one payload": lambda h: {
+        **h,
+        "tensors": h["tensors"] + [{**h["tensors"][0], "name": "b1"}],
+    },
     "wrong result size": lambda h: {**h, "result_size": 10**15},
     "wrong result digest": lambda h: {**h, "result_sha256": "0" * 64},
 }
@@ -323,6 +341,10 @@ def test_hostile_headers_are_delta_errors(name: str, pair: tuple[bytes, bytes, b
         {"count": 5, "peak": float("nan")},
         {"count": 5},
         {"count": "5", "peak": 1.0},
+        {"count": True, "peak": 1.0},
+        {"count": 5.0, "peak": 1.0},
+        {"count": 5, "peak": True},
+        {"count": 5, "peak": 1.0, "extra": 0},
     ],
 )
 def test_hostile_topk_params_are_delta_errors(params: dict[str, object]) -> None:
@@ -422,3 +444,56 @@ def test_a_device_applies_deltas_with_numpy_and_zstandard_alone(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == new
+
+
+def _with_header_text(delta: bytes, text: bytes) -> bytes:
+    (size,) = struct.unpack_from("<I", delta, 8)
+    return MAGIC + struct.pack("<I", len(text)) + text + delta[12 + size :]
+
+
+@pytest.mark.parametrize(
+    ("key", "where"),
+    [("format", "top"), ("from_sha256", "top"), ("tensors", "top"), ("offset", "entry")],
+)
+def test_duplicate_keys_are_refused(key: str, where: str, pair: tuple[bytes, bytes, bytes]) -> None:
+    """JSON keeps the last of two equal keys silently; a reader that kept the first
+    would see another delta than the one signed, so a repeated key is refused."""
+    old, _, delta = pair
+    (size,) = struct.unpack_from("<I", delta, 8)
+    header = json.loads(delta[12 : 12 + size])
+    obj = header if where == "top" else header["tensors"][0]
+    text = json.dumps(header)
+    inner = json.dumps(obj)
+    doubled = inner[:-1] + f", {json.dumps(key)}: {json.dumps(obj[key])}" + "}"
+    edited = text.replace(inner, doubled, 1)
+    assert edited != text and json.loads(edited) == header  # python's reader takes it
+    hostile = _with_header_text(delta, edited.encode())
+    for read in (lambda d: apply_delta(old, d), delta_info):
+        with pytest.raises(DeltaError, match=f"key '{key}' appears twice"):
+            read(hostile)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_are_refused(constant: str, pair: tuple[bytes, bytes, bytes]) -> None:
+    _, _, delta = pair
+    (size,) = struct.unpack_from("<I", delta, 8)
+    header = json.loads(delta[12 : 12 + size])
+    text = json.dumps(header).replace(
+        f'"from_size": {header["from_size"]}', f'"from_size": {constant}'
+    )
+    assert constant in text
+    with pytest.raises(DeltaError, match="not a JSON value"):
+        delta_info(_with_header_text(delta, text.encode()))
+
+
+@pytest.mark.parametrize("edit", ["trailing", "truncated"])
+def test_payload_must_be_exactly_what_the_entries_claim(
+    edit: str, pair: tuple[bytes, bytes, bytes]
+) -> None:
+    old, _, delta = pair
+    hostile = delta + b"\0" if edit == "trailing" else delta[:-1]
+    for read in (lambda d: apply_delta(old, d), delta_info):
+        with pytest.raises(
+            DeltaError, match="trailing bytes" if edit == "trailing" else "truncated"
+        ):
+            read(hostile)

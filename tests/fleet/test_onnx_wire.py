@@ -48,3 +48,101 @@ def test_duplicate_names_and_two_graphs_are_refused() -> None:
         onnx_wire.initializers(graph)
     with pytest.raises(onnx_wire.WireError, match="found 2"):
         onnx_wire.initializers(b"\x3a\x00\x3a\x00")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _model(*tensors: bytes, before: bytes = b"") -> bytes:
+    return before + _ld(7, b"".join(_ld(5, t) for t in tensors))
+
+
+def _tensor(
+    dims: list[int], *, packed: bool = True, data: bytes = b"", name: bytes = b"w"
+) -> bytes:
+    if packed:
+        dim_bytes = _ld(1, b"".join(_varint(d) for d in dims))
+    else:
+        dim_bytes = b"".join(b"\x08" + _varint(d) for d in dims)
+    return dim_bytes + b"\x10\x01" + _ld(8, name) + data
+
+
+def test_hostile_dim_counts_are_refused_fast() -> None:
+    """20,000 dims of 2**62 made ``numel`` a quadratic big-int product (seconds):
+    now more than MAX_RANK dims are refused while reading, packed or not."""
+    import time
+
+    from edgecloud.errors import StructureChanged
+    from edgecloud.fleet.delta import make_delta
+
+    for packed in (True, False):
+        hostile = _model(_tensor([2**62] * 20_000, packed=packed, data=_ld(9, bytes(16))))
+        started = time.perf_counter()
+        with pytest.raises(onnx_wire.WireError, match="more than 64 dims"):
+            onnx_wire.initializers(hostile)
+        with pytest.raises(StructureChanged, match="more than 64 dims"):
+            make_delta(hostile, hostile, codec="int8")
+        assert time.perf_counter() - started < 0.5
+    rank64 = _model(_tensor([1] * 64, data=_ld(9, bytes(4))))
+    (got,) = onnx_wire.initializers(rank64)
+    assert got.numel == 1 and len(got.dims) == onnx_wire.MAX_RANK
+    with pytest.raises(onnx_wire.WireError, match="more than 64 dims"):
+        onnx_wire.initializers(_model(_tensor([1] * 65, data=_ld(9, bytes(4)))))
+
+
+@pytest.mark.parametrize(
+    ("dims", "data", "match"),
+    [
+        ([2**62, 2**62], _ld(9, bytes(16)), "more elements than its"),  # raw_data
+        ([10**6], b"\x22\x04" + bytes(4), "more elements than its"),  # float_data, packed
+        ([2**62, 2**62], b"\x70\x01", "more elements than an int64"),  # data_location EXTERNAL
+        ([2**62, 4], b"", "more elements than an int64"),  # no values at all
+    ],
+)
+def test_element_counts_beyond_the_bytes_are_refused(
+    dims: list[int], data: bytes, match: str
+) -> None:
+    with pytest.raises(onnx_wire.WireError, match=match):
+        onnx_wire.initializers(_model(_tensor(dims, data=data)))
+
+
+def test_counts_at_the_bounds_are_read() -> None:
+    # a zero dim makes the count 0 whatever the others say; 4-bit types pack 2 per byte
+    (zero,) = onnx_wire.initializers(_model(_tensor([2**62, 0, 2**62], data=_ld(9, b""))))
+    assert zero.numel == 0
+    (packed,) = onnx_wire.initializers(_model(_tensor([32], data=_ld(9, bytes(16)))))
+    assert packed.numel == 32
+
+
+def test_initializer_count_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_wire, "MAX_INITIALIZERS", 100)
+    tensors = [_tensor([1], data=_ld(9, bytes(4)), name=f"w{i}".encode()) for i in range(101)]
+    assert len(onnx_wire.initializers(_model(*tensors[:100]))) == 100
+    with pytest.raises(onnx_wire.WireError, match="more than 100 initializers"):
+        onnx_wire.initializers(_model(*tensors))
+
+
+def test_many_fields_take_constant_memory() -> None:
+    """A hundred thousand tiny fields before the graph are walked, not listed."""
+    import tracemalloc
+
+    noise = b"\x08\x01" * 100_000  # ir_version, repeated (listed: ~10 MB of tuples)
+    model = _model(_tensor([2], data=_ld(9, bytes(8))), before=noise)
+    tracemalloc.start()
+    try:
+        (got,) = onnx_wire.initializers(model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got.numel == 2
+    assert peak < 256 << 10, peak

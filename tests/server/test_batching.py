@@ -88,3 +88,23 @@ def test_batches_never_exceed_max_batch_size(repo: ModelRepository) -> None:
         outputs = asyncio.run(run())
     assert all(o["y"].shape == (1, 3) for o in outputs)
     assert batcher.stats.batches >= 3  # never more than max_batch_size rows per run
+
+
+def test_on_batch_is_called_once_per_run_with_its_rows(repo: ModelRepository) -> None:
+    """The host's ``edgecloud_batch_size`` observes through ``on_batch``: one call per
+    runtime call with the rows it ran; an empty request makes no runtime call."""
+    seen: list[int] = []
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=4, max_queue_delay_us=50_000,
+            on_batch=seen.append,
+        )  # fmt: skip
+
+        async def run() -> None:
+            await submit_all(batcher, rows(10))
+            await batcher.submit({"x": np.zeros((0, 4), np.float32)}, None, 0)
+            await batcher.close()
+
+        asyncio.run(run())
+    assert sum(seen) == 10 and len(seen) == batcher.stats.batches, seen
+    assert max(seen) <= 4 and len(seen) >= 3

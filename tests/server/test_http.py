@@ -222,6 +222,43 @@ def test_concurrent_requests_are_batched_and_a_bad_one_fails_alone(server: Serve
     assert float(single.split()[-1]) < float(total.split()[-1]), "no request was batched"
 
 
+def _batch_histogram(server: Server, model: str) -> tuple[float, float]:
+    """``edgecloud_batch_size``'s (_count, _sum) for ``model``."""
+    text = call(server, "GET", "/metrics").text
+    values = {
+        line.split("{")[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("edgecloud_batch_size_") and f'model="{model}"' in line
+        and "_bucket" not in line
+    }  # fmt: skip
+    return values.get("edgecloud_batch_size_count", 0.0), values.get(
+        "edgecloud_batch_size_sum", 0.0
+    )
+
+
+def test_batch_size_metric_counts_executions_and_their_rows(server: Server) -> None:
+    """One observation per runtime call with its rows (Triton counts executions):
+    ``_sum`` is exactly the rows run, ``_count`` the merged runs, not the requests
+    (it used to observe the last batch's size once per request: 400 requests of
+    ~800 rows gave count 400, sum 2122)."""
+    sizes = [1 + i % 3 for i in range(24)]  # 48 rows, 24 requests
+    count0, sum0 = _batch_histogram(server, "affine")
+
+    def send(rows: int) -> int:
+        x = RNG.standard_normal((rows, 4)).astype(np.float32)
+        data = {"name": "x", "shape": [rows, 4], "datatype": "FP32", "data": x.ravel().tolist()}
+        return call(server, "POST", "/v2/models/affine/infer", json={"inputs": [data]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        assert set(pool.map(send, sizes)) == {200}
+    empty = {"name": "x", "shape": [0, 4], "datatype": "FP32", "data": []}
+    response = call(server, "POST", "/v2/models/affine/infer", json={"inputs": [empty]})
+    assert response.status_code == 200, response.text  # no runtime call: not observed
+    count, total = _batch_histogram(server, "affine")
+    assert total - sum0 == sum(sizes)
+    assert -(-sum(sizes) // 8) <= count - count0 < len(sizes), (count - count0, "runs")
+
+
 def test_metrics_and_openapi(server: Server) -> None:
     metrics = call(server, "GET", "/metrics").text
     assert "edgecloud_requests_total" in metrics and "edgecloud_request_seconds_bucket" in metrics

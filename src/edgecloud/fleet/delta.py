@@ -28,8 +28,11 @@ Wire format (all integers little-endian)::
 
 The header's ``tensors`` list holds, per changed initializer,
 ``{"name", "codec", "params", "offset", "length"}``; offsets are relative to
-the payload. Every length is checked against the bytes present before
-anything is sliced or allocated.
+the payload, and the entries' payloads lie end to end in entry order and
+fill it exactly (no overlap, gap or trailing byte). Every length is checked
+against the bytes present before anything is sliced or allocated. The header
+is read strictly: exactly its keys, each of its type (``true`` and ``1.0``
+are not integers), no key twice in one object, no ``NaN``/``Infinity``.
 """
 
 from __future__ import annotations
@@ -254,11 +257,45 @@ def _header(delta: bytes | memoryview) -> tuple[dict[str, Any], memoryview]:
             f"delta header claims {size} bytes; only {len(view) - _PREFIX.size} are present"
         )
     try:
-        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + size]))
+        header = json.loads(
+            bytes(view[_PREFIX.size : _PREFIX.size + size]),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+        )
     except (ValueError, RecursionError) as exc:
         raise DeltaError(f"delta header is not valid JSON: {exc}") from exc
     _validate(header)
-    return header, view[_PREFIX.size + size :]
+    payload = view[_PREFIX.size + size :]
+    expected = 0  # payloads lie end to end in entry order, and fill the rest of the file
+    for entry in header["tensors"]:
+        if entry["offset"] != expected:
+            raise _fail(
+                f"tensor {entry['name'][:40]!r} starts at payload offset {entry['offset']}, "
+                f"not {expected}: entries must be contiguous and in order"
+            )
+        expected += entry["length"]
+    if expected != len(payload):
+        raise DeltaError(
+            f"delta payload is {len(payload)} bytes; its entries account for {expected}: "
+            + ("truncated" if expected > len(payload) else "trailing bytes")
+        )
+    return header, payload
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict, refusing a key given twice (``json`` keeps the last
+    silently: two readers could then disagree on what a signed delta says)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key[:40]!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> None:
+    """``NaN``, ``Infinity``, ``-Infinity`` are not JSON (RFC 8259); Python's reader takes them."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _fail(what: str) -> DeltaError:
@@ -266,12 +303,36 @@ def _fail(what: str) -> DeltaError:
 
 
 def _is_int(value: object) -> bool:
+    """A JSON integer >= 0: ``true``, ``1.0`` and ``"1"`` are not (bool is an int in Python)."""
     return type(value) is int and value >= 0
 
 
+#: The keys of a header, exactly (format 1): an unknown key is refused, not ignored.
+_HEADER_KEYS = frozenset(
+    {
+        "format",
+        "codec",
+        "from_sha256",
+        "from_size",
+        "to_sha256",
+        "result_sha256",
+        "result_size",
+        "tensors",
+    }
+)
+
+
 def _validate(header: object) -> None:
-    if not isinstance(header, dict) or header.get("format") != 1:
-        raise _fail("not an object of format 1")
+    """Check every field's type strictly (no bool for int, no float for int, no extra key)."""
+    if not isinstance(header, dict):
+        raise _fail("not a JSON object")
+    if type(header.get("format")) is not int or header["format"] != 1:
+        raise _fail(f"format is {str(header.get('format'))[:20]!r}, not the integer 1")
+    if set(header) != _HEADER_KEYS:
+        unknown, missing = set(header) - _HEADER_KEYS, _HEADER_KEYS - set(header)
+        raise _fail(
+            f"unknown keys {_names(unknown) or 'none'}, missing keys {_names(missing) or 'none'}"
+        )
     if not isinstance(header.get("codec"), str) or header["codec"] not in _codecs.CODECS:
         raise _fail(f"unknown codec {str(header.get('codec'))[:40]!r}")
     for key in ("from_sha256", "result_sha256", "to_sha256"):

@@ -15,14 +15,33 @@ uint64_data = 11, external_data = 13, data_location = 14``.
 
 Every length read from the input is checked against the bytes that remain
 before anything is sliced, so a truncated file or a huge claimed length is a
-:class:`WireError`, never an IndexError or an allocation.
+:class:`WireError`, never an IndexError or an allocation. Counts read from the
+input are bounded too: at most :data:`MAX_RANK` dims per tensor, an element
+count no larger than the tensor's bytes can hold, at most
+:data:`MAX_INITIALIZERS` initializers; fields are walked lazily, so no list
+grows with the number of fields a hostile file packs in. Work is linear in the
+file's size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["ITEMSIZE", "Initializer", "WireError", "initializers"]
+__all__ = ["ITEMSIZE", "MAX_INITIALIZERS", "MAX_RANK", "Initializer", "WireError", "initializers"]
+
+#: Most dims a tensor may have. ONNX sets no limit in the spec, but
+#: onnxruntime's kernels and numpy cap ranks at 64 (``NPY_MAXDIMS`` since
+#: numpy 2.0; 32 before): a tensor of higher rank cannot be run or loaded
+#: anyway, and the cap keeps element counts small integers (a hostile 20,000
+#: dims of 2**62 made ``numel`` a quadratic big-int product).
+MAX_RANK = 64
+#: Most initializers a graph may hold: 2**20, far above any exported model
+#: (a 70B-parameter LLM has a few thousand), so a file of millions of tiny
+#: tensors cannot make the reader build millions of objects.
+MAX_INITIALIZERS = 1 << 20
+#: Largest element count of a tensor: ONNX shapes are int64.
+MAX_NUMEL = (1 << 63) - 1
 
 #: Bytes per element of each fixed-size TensorProto.DataType (onnx.proto
 #: ``TensorProto.DataType``): 1 FLOAT, 2 UINT8, 3 INT8, 4 UINT16, 5 INT16,
@@ -82,11 +101,29 @@ class Initializer:
 
     @property
     def numel(self) -> int:
-        """Number of elements: the product of ``dims`` (1 for a scalar)."""
-        count = 1
-        for dim in self.dims:
-            count *= dim
-        return count
+        """Number of elements: the product of ``dims`` (1 for a scalar).
+
+        Cheap: the reader refuses more than :data:`MAX_RANK` dims and any
+        count above what the tensor's bytes can hold (:func:`_numel`).
+        """
+        return _numel(self.dims, MAX_NUMEL)
+
+
+def _numel(dims: tuple[int, ...] | list[int], limit: int) -> int:
+    """The product of ``dims``, or ``limit + 1`` as soon as a partial product exceeds ``limit``.
+
+    A zero anywhere makes the product 0 whatever comes before it, so the
+    zeros are looked for first; then the running product stays <= ``limit``
+    times one dim, never a huge integer.
+    """
+    if 0 in dims:
+        return 0
+    count = 1
+    for dim in dims:
+        count *= dim
+        if count > limit:
+            return limit + 1
+    return count
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -107,14 +144,14 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
             raise WireError(f"varint longer than 10 bytes at byte {pos}")
 
 
-def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int, int]]:
+def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     """The fields of the message in ``data[start:end]``: (number, wire type, value, pos).
 
     For wire type 2 ``value`` is the payload's start and ``pos`` its end; for
     the others ``value`` is the number (varint) or the payload's start (fixed
-    64/32 bits) and ``pos`` the position after the field.
+    64/32 bits) and ``pos`` the position after the field. A generator: memory
+    stays constant however many fields the message packs in.
     """
-    fields: list[tuple[int, int, int, int]] = []
     pos = start
     while pos < end:
         key, pos = _varint(data, pos, end)
@@ -123,7 +160,7 @@ def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int,
             raise WireError(f"field number 0 at byte {pos}")
         if wire == 0:
             value, pos = _varint(data, pos, end)
-            fields.append((number, wire, value, pos))
+            yield number, wire, value, pos
             continue
         if wire == 2:
             length, pos = _varint(data, pos, end)
@@ -131,7 +168,7 @@ def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int,
                 raise WireError(
                     f"field {number} claims {length} bytes at byte {pos}; only {end - pos} remain"
                 )
-            fields.append((number, wire, pos, pos + length))
+            yield number, wire, pos, pos + length
             pos += length
             continue
         size = {1: 8, 5: 4}.get(wire)
@@ -139,18 +176,15 @@ def _fields(data: memoryview, start: int, end: int) -> list[tuple[int, int, int,
             raise WireError(f"unsupported wire type {wire} (field {number}) at byte {pos}")
         if size > end - pos:
             raise WireError(f"fixed-size field {number} runs past the end at byte {pos}")
-        fields.append((number, wire, pos, pos + size))
+        yield number, wire, pos, pos + size
         pos += size
-    return fields
 
 
-def _packed_varints(data: memoryview, start: int, end: int) -> list[int]:
-    values: list[int] = []
+def _packed_varints(data: memoryview, start: int, end: int) -> Iterator[int]:
     pos = start
     while pos < end:
         value, pos = _varint(data, pos, end)
-        values.append(value)
-    return values
+        yield value
 
 
 def _signed(value: int) -> int:
@@ -166,10 +200,11 @@ def _tensor(data: memoryview, start: int, end: int) -> Initializer:
     raw: tuple[int, int] | None = None
     storage = "empty"
     for number, wire, value, pos in _fields(data, start, end):
-        if number == _DIMS and wire == 0:
-            dims.append(_signed(value))
-        elif number == _DIMS and wire == 2:
-            dims.extend(_signed(v) for v in _packed_varints(data, value, pos))
+        if number == _DIMS and wire in (0, 2):
+            for dim in [value] if wire == 0 else _packed_varints(data, value, pos):
+                if len(dims) == MAX_RANK:
+                    raise WireError(f"initializer at byte {start} has more than {MAX_RANK} dims")
+                dims.append(_signed(dim))
         elif number == _DATA_TYPE and wire == 0:
             data_type = value
         elif number == _NAME and wire == 2:
@@ -191,7 +226,19 @@ def _tensor(data: memoryview, start: int, end: int) -> Initializer:
         raise WireError(f"initializer {name!r} has a negative dimension {dims}")
     if storage != "raw_data":
         raw = None
+    # Values in the file take at least half a byte each (4-bit types pack two
+    # per byte, raw or in int32_data); external values are elsewhere: int64.
+    limit = MAX_NUMEL if storage in ("external", "empty") else 2 * (end - start)
+    if _numel(dims, limit) > limit:
+        where = "an int64 count" if limit == MAX_NUMEL else f"its {end - start} bytes"
+        raise WireError(f"initializer {name!r} has dims {_shown(dims)}: more elements than {where}")
     return Initializer(name, data_type, tuple(dims), (start, end), raw, storage)
+
+
+def _shown(dims: list[int]) -> str:
+    """``dims`` for a message, the long ones cut (a dim can be a 19-digit number)."""
+    text = str(dims)
+    return text if len(text) <= 80 else text[:76] + "...]"
 
 
 def initializers(model: bytes | memoryview) -> list[Initializer]:
@@ -199,16 +246,25 @@ def initializers(model: bytes | memoryview) -> list[Initializer]:
 
     Raises:
         WireError: the bytes are not a ModelProto with one graph (truncated,
-            garbage, a length that runs past the end, a duplicate name).
+            garbage, a length that runs past the end, a duplicate name), or
+            a count is out of bounds (more than :data:`MAX_RANK` dims, more
+            elements than the tensor's bytes hold, more than
+            :data:`MAX_INITIALIZERS` initializers).
     """
     data = memoryview(model)
-    graphs = [f for f in _fields(data, 0, len(data)) if f[0] == _GRAPH]
-    if len(graphs) != 1 or graphs[0][1] != 2:
-        raise WireError(f"expected one graph field in the ModelProto, found {len(graphs)}")
-    _, _, start, end = graphs[0]
+    graph: tuple[int, int, int, int] | None = None
+    count = 0
+    for field in _fields(data, 0, len(data)):
+        if field[0] == _GRAPH:
+            graph, count = graph or field, count + 1
+    if graph is None or count != 1 or graph[1] != 2:
+        raise WireError(f"expected one graph field in the ModelProto, found {count}")
+    _, _, start, end = graph
     found: list[Initializer] = []
     for number, wire, value, pos in _fields(data, start, end):
         if number == _INITIALIZER and wire == 2:
+            if len(found) == MAX_INITIALIZERS:
+                raise WireError(f"the graph has more than {MAX_INITIALIZERS} initializers")
             found.append(_tensor(data, value, pos))
     names = [t.name for t in found]
     if len(set(names)) != len(names):

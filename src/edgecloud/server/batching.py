@@ -72,9 +72,13 @@ class DynamicBatcher:
         preferred_batch_sizes: Sequence[int] = (),
         concurrency: int = 2,
         observe: Callable[[float, int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         """``observe(seconds, elements)`` is called (in the pool thread) after each
-        runtime call with its duration and input elements (the host's per-version cost)."""
+        runtime call with its duration and input elements (the host's per-version cost);
+        ``on_batch(rows)`` once per runtime call that returned, with the rows it ran
+        (the ``edgecloud_batch_size`` histogram: one observation per execution, as
+        Triton's ``nv_inference_exec_count``, not one per request)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.loaded = loaded
@@ -84,6 +88,7 @@ class DynamicBatcher:
         self.stats = BatchStats()
         self._executor = executor
         self._observe = observe
+        self._on_batch = on_batch
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -204,7 +209,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(
-                    self._executor, self.loaded.run, pending.inputs, pending.outputs, pending.size
+                    self._executor, self._timed, pending.inputs, pending.outputs, pending.size
                 )
             except Exception as exc:
                 if not pending.future.done():
@@ -240,6 +245,8 @@ class DynamicBatcher:
         if self._observe is not None:
             elements = sum(array.size for array in inputs.values())
             self._observe(time.perf_counter() - started, elements)
+        if self._on_batch is not None:
+            self._on_batch(rows)
         return result
 
 

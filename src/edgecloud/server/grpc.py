@@ -50,7 +50,7 @@ def to_infer_request(request: Any, key: str | None) -> InferRequest:
     """``request`` (a ModelInferRequest) with ``key``, the one ``idempotency-key``
     of its metadata (:func:`~edgecloud.wire.context.carried_key`), or None."""
     params = parameters(request.parameters)
-    context = decode_context(params, key)
+    context = decode_context(params, key, carrier="the idempotency-key metadata")
     return InferRequest(
         request.model_name,
         read_tensors(request.inputs, request.raw_input_contents),

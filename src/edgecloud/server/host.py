@@ -396,7 +396,8 @@ class ModelHost:
         done_counter.inc()
         queue.observe(0.0)
         compute_h.observe(compute)
-        batch_h.observe(size)
+        if size:  # one runtime call; an empty batch makes none (LoadedModel.run)
+            batch_h.observe(size)
         return outputs, 0.0, compute, size
 
     async def _run(
@@ -413,10 +414,12 @@ class ModelHost:
                 self.executor, self._timed_run, loaded, request, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-        _, _, queue, compute_h, batch_h = self._metrics_of(loaded.entry.name)
+            if size:  # one runtime call; an empty batch makes none (LoadedModel.run)
+                self._metrics_of(loaded.entry.name)[4].observe(size)
+        # (a batcher observes edgecloud_batch_size itself: once per merged run)
+        _, _, queue, compute_h, _ = self._metrics_of(loaded.entry.name)
         queue.observe(queued)
         compute_h.observe(compute)
-        batch_h.observe(batch)
         return outputs, queued, compute, batch
 
     def _timed_run(self, loaded: LoadedModel, request: InferRequest, size: int) -> Arrays:
@@ -448,6 +451,7 @@ class ModelHost:
                 preferred_batch_sizes=config.preferred_batch_sizes if config else (),
                 concurrency=self.settings.runners_per_model,
                 observe=self.cost(loaded).add,
+                on_batch=self._metrics_of(loaded.entry.name)[4].observe,
             )
         return batcher
 

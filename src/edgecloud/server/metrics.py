@@ -122,7 +122,10 @@ class ServerMetrics:
         )
         self.batch_size = Histogram(
             "edgecloud_batch_size",
-            "Rows per runtime call.",
+            "Rows per runtime call: one observation per execution of the model (a "
+            "dynamic batch of merged requests counts once, with its total rows, as "
+            "Triton's nv_inference_exec_count); _count is executions, _sum rows run. "
+            "Requests answered without a runtime call (replays, 0-row) are not counted.",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,

@@ -127,8 +127,10 @@ class ServerSettings(BaseModel):
     worker_threads: int = Field(default=4, ge=1)
     """Threads running onnxruntime calls."""
     intra_op_threads: int = Field(default=1, ge=0)
-    """onnxruntime threads per call; 0 lets onnxruntime decide (all cores). One
-    suits small models with several calls in flight; large models want more."""
+    """onnxruntime intra-op threads per call in each worker; 0 means all available
+    cores, split among the workers (``cores // workers`` each, at least 1; one
+    worker: onnxruntime's own default, all cores). One suits small models with
+    several calls in flight; large models want more."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where models run: ``auto`` uses CUDA through torch for versions carrying
     ``model.pt`` when a GPU is visible, onnxruntime on the CPU otherwise."""

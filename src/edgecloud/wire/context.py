@@ -25,12 +25,23 @@ __all__ = ["MAX_KEY_LENGTH", "carried_key", "context_parameters", "decode_contex
 MAX_KEY_LENGTH = 255
 
 
-def decode_context(params: Mapping[str, Any], header_key: str | None = None) -> RequestContext:
+def decode_context(
+    params: Mapping[str, Any],
+    header_key: str | None = None,
+    *,
+    carrier: str = "the Idempotency-Key header",
+) -> RequestContext:
     """The :class:`RequestContext` of a request's parameters and key header.
+
+    ``header_key`` is the key its ``carrier`` brought (``"the Idempotency-Key
+    header"``, ``"the idempotency-key metadata"`` on gRPC), named in errors.
 
     Raises :class:`InvalidRequestError` for an unknown sensitivity, a key
     that is not a non-empty string of at most :data:`MAX_KEY_LENGTH`
-    printable ASCII characters, or a header and parameter naming two keys.
+    printable ASCII characters (an empty header or parameter is refused,
+    never read as "no key": the caller meant one, and would otherwise get
+    a second computation on retry), or a header and parameter naming two keys.
+    The message names the header or parameter that is wrong.
     """
     param_key = params.get("idempotency_key")
     sensitivity = params.get("sensitivity")
@@ -38,11 +49,14 @@ def decode_context(params: Mapping[str, Any], header_key: str | None = None) -> 
         return DEFAULT_CONTEXT
     if header_key is not None and param_key is not None and header_key != param_key:
         raise InvalidRequestError(
-            f"the Idempotency-Key header {clip(header_key)} and the idempotency_key parameter "
+            f"{carrier} {clip(header_key)} and the idempotency_key parameter "
             f"{clip(param_key)} disagree; send one key"
         )
-    key = header_key if header_key is not None else param_key
-    return RequestContext(sensitivity=_sensitivity(sensitivity), idempotency_key=_key(key))
+    if header_key is not None:
+        key = _key(header_key, carrier)
+    else:
+        key = _key(param_key, "the idempotency_key parameter")
+    return RequestContext(sensitivity=_sensitivity(sensitivity), idempotency_key=key)
 
 
 def carried_key(values: Iterable[str], carrier: str) -> str | None:
@@ -84,18 +98,21 @@ def _sensitivity(value: Any) -> Sensitivity:
     raise InvalidRequestError(f"parameter 'sensitivity' is {clip(value)}; use one of {options}")
 
 
-def _key(value: Any) -> str | None:
+def _key(value: Any, carrier: str) -> str | None:
+    """``value`` as a key, or None when absent; InvalidRequestError naming ``carrier``."""
     if value is None:
         return None
+    rule = f"1 to {MAX_KEY_LENGTH} printable ASCII characters"
+    if isinstance(value, str) and not value.strip():
+        raise InvalidRequestError(
+            f"{carrier} is {'empty' if not value else 'blank'}: an idempotency key is {rule}; "
+            "send a key or leave it out"
+        )
     if (
         not isinstance(value, str)
-        or not value
         or len(value) > MAX_KEY_LENGTH
         or not value.isascii()
         or not value.isprintable()
     ):
-        raise InvalidRequestError(
-            f"idempotency key {value!r:.80} must be 1 to {MAX_KEY_LENGTH} printable ASCII "
-            "characters"
-        )
+        raise InvalidRequestError(f"{carrier} {value!r:.80} is not an idempotency key: {rule}")
     return value
