@@ -240,7 +240,8 @@ def test_sigkill_mid_publish_leaves_a_repository_devices_accept(
         child.wait()
         child.stdout.close()
         version = UpdateRepository(fleet.path).version()
-        assert version in (committed, committed + 1)
+        # the child may commit again between the line read and the kill (a busy machine)
+        assert version >= committed
         for home in (follower, tmp_path / f"fresh{round_}"):
             device = mirror.device(home, fleet.root_bytes)
             device.refresh()
