@@ -709,21 +709,26 @@ class UpdateAgent:
         self._event(model, "rollback", True, current, wanted, why)
         return stats.outcome(model, "rolled-back", current, wanted, why)
 
-    def observe(self, model: str, ok: bool) -> None:
+    def observe(self, model: str, ok: bool) -> bool:
         """Count one request to ``model`` after a swap; rolls back once the watched
-        requests' error rate exceeds ``max_error_rate`` (decided after ``watch_requests``)."""
+        requests' error rate exceeds ``max_error_rate`` (decided after ``watch_requests``).
+        Returns True when this request's count swapped the previous version back (what
+        the gateway serves changed: its model metadata is read again)."""
+        if model not in self._watch:  # the common case, without the lock
+            return False
         with self._lock:
             seen = self._watch.get(model)
             if seen is None:
-                return
+                return False
             seen.append(ok)
             if len(seen) < self.settings.watch_requests:
-                return
+                return False
             rate = seen.count(False) / len(seen)
             if rate > self.settings.max_error_rate:
                 self._roll_back(model, f"error rate {rate:.2f} in the first {len(seen)} requests")
-            else:
-                self._commit(model)
+                return True
+            self._commit(model)
+            return False
 
     def infer(self, request: InferRequest) -> InferResponse:
         """``backend.infer`` with the result counted by :meth:`observe`."""
