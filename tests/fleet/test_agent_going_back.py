@@ -188,3 +188,28 @@ def rollout_state(tmp: Path) -> str:
     found = sorted((tmp / "fleet" / "targets" / "clf").glob("*.rollout.json"))
     texts = [p.read_text() for p in found]
     return max(texts, key=lambda t: json.loads(t)["generation"])
+
+
+def test_a_crash_after_installing_a_new_config_restarts_on_the_old_versions_own(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL's state between ``add_version`` (which rewrote ``config.yaml``) and the swap:
+    the restart serves the active version with its own config, not the new one's."""
+    from edgecloud.fleet import agent as agent_mod
+
+    fleet = Fleet(tmp_path)
+    with RangeServer(tmp_path / "fleet") as server:
+        fleet.publish(1, classifier_onnx(1))
+        fleet.roll_out(1)
+        agent = fleet.agent(server, "dev-1")
+        assert agent.check()[0].version == 1
+        fleet.publish(2, renamed_output(classifier_onnx(2), "probs"), output="probs")
+        targets, consistent = agent._refresh()
+        agent._install("clf", 2, 1, targets, consistent, agent_mod._Moved())
+        assert served_config(agent)["outputs"][0]["name"] == "probs"  # type: ignore[index]
+        agent.close()  # "killed" before the swap
+        restarted = fleet.agent(server, "dev-1")
+        assert restarted.active("clf") == 1
+        assert served_config(restarted)["outputs"][0]["name"] == "scores"  # type: ignore[index]
+        assert "scores" in restarted.backend.infer(InferRequest("clf", {"x": X})).outputs
+        restarted.close()
