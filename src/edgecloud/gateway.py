@@ -73,6 +73,12 @@ class DeploymentHost:
         entry = entry_models(self.deployment.spec.root)
         names = entry
         states = gateway_states(self.deployment)
+        if self.agent is not None:  # what the agent's swaps serve, not the version policy
+            for name in states:
+                published = self.agent.backend.published(name)
+                if published is not None:
+                    error = None if published else "no version is published"
+                    states[name] = ModelState(name, sorted(published), bool(published), error)
         if entry is None and (states or self.deployment.uses_local):
             names = frozenset(states)
         self.names = names
@@ -133,8 +139,8 @@ class DeploymentHost:
 
     def _observe(self, model: str, ok: bool) -> None:
         """Count a request for the update agent's post-swap watch (a no-op without one)."""
-        if self.agent is not None:
-            self.agent.observe(model, ok)
+        if self.agent is not None and self.agent.observe(model, ok):
+            self.refresh_states()  # the watch swapped the previous version back
 
     async def drain_outbox_forever(self, every_s: float = 5.0) -> None:
         """Send what the outbox holds whenever the link allows (the re-sync loop)."""
@@ -332,6 +338,7 @@ def _serve_gateway(
         deployment.close()
         raise
     host.agent = agent
+    host.refresh_states()  # the versions the agent published, not the version policy's
     if on_ready is not None:
         tls = settings.tls_cert is not None
         on_ready(Listening(settings.host, bound_port(sock), None, tls))

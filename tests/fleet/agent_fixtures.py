@@ -176,8 +176,12 @@ class TinyFleet:
         *,
         samples: bytes | None = None,
         config: ModelConfig | None = None,
+        rollout: bool = True,
     ) -> str:
-        """One version as the tuf part lays it out; returns the model's sha256."""
+        """One version as the tuf part lays it out; returns the model's sha256.
+
+        ``rollout``: also roll it out to every device (``MODEL/rollout.json``,
+        candidate at 100%): publishing alone deploys nothing."""
         prefix = f"{model}/{version}"
         file_custom = {"edgecloud": {"kind": "file", "model": model, "version": version}}
         others = []
@@ -191,8 +195,32 @@ class TinyFleet:
             "edgecloud": {"kind": "model", "model": model, "version": version, "files": others}
         }
         sha = self.put(f"{prefix}/model.onnx", onnx_bytes, custom)
+        if rollout:
+            self.roll_out(model, version)
         self.sign()
         return sha
+
+    def roll_out(
+        self,
+        model: str,
+        candidate: int | None,
+        *,
+        stable: int | None = None,
+        percent: float = 100.0,
+        state: str = "active",
+        sign: bool = False,
+    ) -> None:
+        """Write ``MODEL/rollout.json`` (the rollout part's schema) as a target."""
+        self._generation = getattr(self, "_generation", 0) + 1
+        body = {
+            "model": model, "stable": stable, "candidate": candidate, "percent": percent,
+            "state": state, "generation": self._generation,
+        }  # fmt: skip
+        self.put(
+            f"{model}/rollout.json", json.dumps(body).encode(), {"edgecloud": {"kind": "rollout"}}
+        )
+        if sign:
+            self.sign()
 
 
 class RangeServer:

@@ -74,6 +74,17 @@ def test_edge_gateway_swaps_on_demand_with_zero_failed_requests(tmp_path: Path) 
                 e["event"] == "swap" and e["version"] == 2 for e in list(server.events.values())
             ):
                 time.sleep(0.05)
+            stop.set()
+            sender.join(timeout=10)
+            # The metadata and the versioned routes say what infer answers (read again
+            # after the swap), not what the repository's version policy would pick.
+            base = f"http://127.0.0.1:{port}/v2/models/clf"
+            meta = httpx.get(base, timeout=10).json()
+            assert "2" in meta["versions"], meta
+            assert httpx.get(f"{base}/versions/2", timeout=10).status_code == 200
+            assert httpx.get(f"{base}/versions/2/ready", timeout=10).status_code == 200
+            answer = httpx.post(f"{base}/versions/2/infer", json=BODY, timeout=10)
+            assert answer.status_code == 200 and answer.json()["model_version"] == "2"
         finally:
             stop.set()
             sender.join(timeout=10)

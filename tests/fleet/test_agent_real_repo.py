@@ -28,6 +28,13 @@ rollout_mod = pytest.importorskip("edgecloud.fleet.rollout")
 pytest.importorskip("edgecloud.fleet.delta")
 
 
+def roll_out(tmp_path: Path, version: int, percent: float = 100.0) -> None:
+    """``edgecloud fleet rollout clf VERSION --canary PERCENT%`` through the Python API."""
+    control = rollout_mod.RolloutControl(tmp_path / "fleet", tmp_path / "keys")
+    control.change("clf", lambda prev, published: rollout_mod.start(
+        prev, model="clf", version=version, percent=percent, published=published))  # fmt: skip
+
+
 def test_agent_takes_signed_deltas_and_follows_the_rollout(tmp_path: Path) -> None:
     signers = keys_mod.new_signers()
     keys_mod.write_signers(tmp_path / "keys", signers)
@@ -43,6 +50,8 @@ def test_agent_takes_signed_deltas_and_follows_the_rollout(tmp_path: Path) -> No
     def publish(version: int) -> None:
         repo = update_repo.UpdateRepository(tmp_path / "fleet", tmp_path / "keys")
         publish_mod.publish(models, "clf", version, repo)
+        if version < 3:  # publishing alone deploys nothing: roll 1 and 2 out to every device
+            roll_out(tmp_path, version)
 
     device = ModelRepository(tmp_path / "device")
     with RangeServer(tmp_path / "fleet") as server:
@@ -97,6 +106,7 @@ def test_a_lossy_install_a_crash_left_unswapped_is_not_downloaded_again(tmp_path
     def publish(version: int) -> None:
         repo = update_repo.UpdateRepository(tmp_path / "fleet", tmp_path / "keys")
         publish_mod.publish(models, "clf", version, repo, codecs=("int8",))
+        roll_out(tmp_path, version)
 
     device = ModelRepository(tmp_path / "device")
     with RangeServer(tmp_path / "fleet") as server:

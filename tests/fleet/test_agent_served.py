@@ -117,6 +117,12 @@ def test_without_the_token_every_request_fails_naming_it_and_telemetry_stays_que
 
 def test_publish_delta_rollout_and_status_end_to_end(served: Served, tmp_path: Path) -> None:
     served.publish(1)
+    fresh = device(served, tmp_path / "fresh", token=TOKEN)
+    [nothing] = fresh.check()  # published, never rolled out: no device takes it
+    assert nothing.action == "current" and nothing.version is None
+    assert "no rollout of clf: run `edgecloud fleet rollout clf VERSION" in nothing.detail
+    fresh.close()
+    served.cli("rollout", "clf", "1", "--canary", "100%")
     agent = device(served, tmp_path, token=TOKEN)
     [first] = agent.check()
     assert first.action == "updated" and first.version == 1, first
@@ -143,6 +149,11 @@ def test_fleet_check_takes_the_token_from_the_file_the_env_or_the_flag(
     served: Served, tmp_path: Path
 ) -> None:
     served.publish(1)
+    rolled = subprocess.run(  # refused (nothing to do) when the other test rolled 2 out
+        [sys.executable, "-m", "edgecloud.cli", "fleet", "rollout", "clf", "1", "--canary", "100%",
+         "--fleet", str(served.fleet), "--keys", str(served.keys)], capture_output=True,
+    )  # fmt: skip
+    assert "Traceback" not in rolled.stderr.decode()
     (tmp_path / "root.json").write_bytes(served.root)
     (tmp_path / "token").write_text(TOKEN + "\n")
     (tmp_path / "wrong").write_text("not-it\n")

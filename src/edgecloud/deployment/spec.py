@@ -99,6 +99,8 @@ class UpdatesSpec(_Strict):
     """Largest accuracy loss against the previous version on the same samples."""
     min_cosine: float = Field(default=0.99, ge=-1, le=1)
     """Lowest per-row cosine to the previous version's outputs (unlabelled samples)."""
+    min_agreement: float = Field(default=0.9, ge=0, le=1)
+    """Lowest share of samples on which a version serves the previous version's class names."""
 
     @field_validator("server")
     @classmethod

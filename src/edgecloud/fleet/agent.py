@@ -8,8 +8,12 @@ demand), in the order Mender's client and Uptane's primary follow:
    snapshot/timestamp all refused), read the verified ``targets`` and pick the
    version to run: ``MODEL/rollout.json`` through
    :func:`edgecloud.fleet.rollout_state.desired_version` when the repository
-   has one, else the newest published version. A version this device marked
-   bad is skipped until a newer one is published.
+   has one; without one the agent installs nothing for that model (publishing
+   is not deploying, as in Mender: an upload reaches devices only through a
+   deployment) and says so once. A device that runs the candidate of a
+   rollout that no longer gives it the candidate (aborted, narrowed) and has
+   no stable version to go to goes back to its own previous version. A
+   version this device marked bad is skipped until a newer one is published.
 2. **download** — the smallest signed path from the version it runs: a delta
    ``MODEL/deltas/<from>-<to>.<codec>.delta`` (lossless codecs first), else
    the full model; resumable (:mod:`.download`), within the bandwidth budget
@@ -17,9 +21,17 @@ demand), in the order Mender's client and Uptane's primary follow:
    full model (Mender's fallback to the full image).
 3. **install** — the rebuilt model's sha256 checked against the signed target
    (a lossy delta: its signed ``result_sha256``), then
-   ``ModelRepository.add_version`` (journaled, atomic rename).
+   ``ModelRepository.add_version`` (journaled, atomic rename). The version's
+   signed config is kept in its own directory (``config.json``, hashed with
+   its files): the repository's model-level ``config.yaml`` is one per model,
+   so before any version is opened (swap, rollback, start) it is rewritten
+   atomically from that version's own copy — every version the device keeps
+   is self-contained and going back is exact (outputs, labels).
 4. **health** — ``LocalBackend.open`` (a failed load is a rollback) and
-   :func:`.health.check_health` on the version's samples.
+   :func:`.health.check_health` on the version's samples, against the answers
+   the running version serves. Going *back* (to an older version: an abort, a
+   narrowed canary) is judged on its own samples only, and a failure there is
+   reported ``ok=false`` and never marks the older version bad.
 5. **swap** — ``LocalBackend.publish``: new sessions in one step, in-flight
    requests finish on the old ones, zero failed requests. The first
    ``watch_requests`` requests after it are watched (:meth:`observe`); an
@@ -68,6 +80,8 @@ from ..repository import (
     MODEL_FILE,
     ModelConfig,
     ModelRepository,
+    _dump_config,
+    _write_atomic,
     sha256_file,
 )
 from .agent_state import AgentState
@@ -83,6 +97,11 @@ if TYPE_CHECKING:
 __all__ = ["AgentSettings", "Outcome", "UpdateAgent"]
 
 log = logging.getLogger("edgecloud.fleet")
+
+#: The version's own signed config, kept inside each installed version directory (hashed by
+#: its ``version.json``): the model-level ``config.yaml`` is rewritten from it before that
+#: version is opened, so a rollback serves exactly the config (outputs, labels) it ran with.
+VERSION_CONFIG = "config.json"
 
 #: Delta codecs in order of preference: lossless first (its result is the signed model itself).
 LOSSLESS_CODECS = ("xor-zstd",)
@@ -177,6 +196,8 @@ class UpdateAgent:
         self._lock = threading.RLock()
         self._watch: dict[str, list[bool]] = {}
         self._warned_bad: set[tuple[str, int]] = set()
+        self._said: dict[str, str] = {}
+        """Per model, the last "nothing to do because ..." line reported (once, not per tick)."""
         self._wake = threading.Event()
         self._offline: dict[str, str] = {}
         self.auth_refusals = 0
@@ -247,7 +268,7 @@ class UpdateAgent:
                 continue  # never served as a fallback: bad, or installed but never checked
             tried.add(version)
             try:
-                loaded = self.backend.open(model, version)  # verifies every sha256
+                loaded = self._open(self.backend, model, version)  # verifies every sha256
             except EdgecloudError as exc:
                 self._event(model, "error", False, version, None, f"at start: {exc.message}")
                 self._discard(model, version)
@@ -290,12 +311,20 @@ class UpdateAgent:
     def _check_model(self, model: str, targets: Mapping[str, Any], consistent: bool) -> Outcome:
         current = self.active(model)
         try:
-            wanted = self._wanted(model, targets, consistent, current)
+            wanted, why = self._wanted(model, targets, consistent, current)
+        except LinkNotAllowedError as exc:  # even the rollout file waits for an allowed link
+            self._event(model, "check", False, None, current, exc.message)
+            return Outcome(model, "skipped", current, detail=exc.message)
         except UpdateError as exc:
             self._event(model, "check", False, None, current, exc.message)
             return Outcome(model, "failed", current, detail=exc.message)
+        if why and self._said.get(model) != why:
+            self._said[model] = why
+            self._event(model, "check", True, wanted, current, why)
+        elif not why:
+            self._said.pop(model, None)
         if wanted is None or wanted == current:
-            return Outcome(model, "current", current)
+            return Outcome(model, "current", current, detail=why)
         if wanted in self.state(model)["bad"]:
             if (model, wanted) not in self._warned_bad:
                 self._warned_bad.add((model, wanted))
@@ -308,32 +337,48 @@ class UpdateAgent:
                     "marked bad on this device: not installed again",
                 )
             return Outcome(model, "skipped", current, detail=f"version {wanted} is marked bad")
-        self._event(model, "check", True, wanted, current, "update available")
-        return self._update(model, wanted, current, targets, consistent)
+        st = self.state(model)
+        back = current is not None and (wanted == st["previous"] or wanted < current)
+        said = why or ("going back" if back else "update available")
+        self._event(model, "check", True, wanted, current, said)
+        return self._update(model, wanted, current, targets, consistent, back=back)
 
     def _wanted(
         self, model: str, targets: Mapping[str, Any], consistent: bool, current: int | None
-    ) -> int | None:
+    ) -> tuple[int | None, str]:
+        """The version to run (None: keep what runs) and, when it is not the rollout's word
+        alone, why (one line for the operator)."""
         published = sorted(
             int(info.custom["edgecloud"]["version"])
             for path, info in targets.items()
             if _kind(info) == "model" and path.startswith(f"{model}/")
         )
         rollout = targets.get(f"{model}/rollout.json")
-        if rollout is None:
-            return published[-1] if published else None
+        if rollout is None:  # publishing is not deploying (Mender: upload, then deploy)
+            return None, (
+                f"no rollout of {model}: run `edgecloud fleet rollout {model} VERSION --canary P%`"
+            )
         # The rollout part's contract: desired_version(rollout, device_id, group, current).
         desired_version = importlib.import_module("edgecloud.fleet.rollout_state").desired_version
         raw = self._fetch(rollout, f"{model}/rollout.json", consistent).path.read_bytes()
         try:
-            wanted = desired_version(
-                json.loads(raw), self.settings.device_id, self.settings.group, current
-            )
+            state = json.loads(raw)
+            wanted = desired_version(state, self.settings.device_id, self.settings.group, current)
         except (ValueError, EdgecloudError) as exc:
             raise UpdateError(f"{model}/rollout.json: {exc}") from exc
         if wanted is not None and wanted not in published:
             raise UpdateError(f"{model}/rollout.json asks for version {wanted}, never published")
-        return None if wanted is None else int(wanted)
+        if wanted is None and current is not None and current == state.get("candidate"):
+            # The rollout no longer gives this device its candidate (aborted, or the canary
+            # narrowed) and names no stable version: back to the device's own previous one.
+            previous = self.state(model)["previous"]
+            if previous is not None and previous in self._on_disk(model):
+                return int(previous), f"candidate {current} withdrawn: back to version {previous}"
+            return None, (
+                f"candidate {current} withdrawn ({state.get('state')}) and no stable version; "
+                "no previous version on this device to go back to: keeps it"
+            )
+        return (None if wanted is None else int(wanted)), ""
 
     # -- updating ----------------------------------------------------------------
 
@@ -344,17 +389,19 @@ class UpdateAgent:
         current: int | None,
         targets: Mapping[str, Any],
         consistent: bool,
+        *,
+        back: bool = False,
     ) -> Outcome:
         stats = _Moved()
         try:
-            self._install(model, wanted, current, targets, consistent, stats)
+            self._install(model, wanted, current, targets, consistent, stats, back=back)
         except LinkNotAllowedError as exc:
             self._event(model, "download", False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "skipped", current, current, exc.message)
         except UpdateError as exc:
             self._event(model, "install", False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "failed", current, current, exc.message)
-        return self._try_swap(model, wanted, current, stats)
+        return self._try_swap(model, wanted, current, stats, back=back)
 
     def _install(
         self,
@@ -364,10 +411,19 @@ class UpdateAgent:
         targets: Mapping[str, Any],
         consistent: bool,
         stats: _Moved,
+        *,
+        back: bool = False,
     ) -> None:
-        """Put version ``wanted`` on disk, verified (reusing one a crash left installed)."""
+        """Put version ``wanted`` on disk, verified (reusing one a crash left installed, or
+        going ``back`` to one this device ran, whether or not it is still a signed target)."""
         path = f"{model}/{wanted}/{MODEL_FILE}"
         info = targets.get(path)
+        if info is None and back and wanted in self._on_disk(model):
+            try:
+                self.repository.get(model, wanted, served_only=False, verify=True)
+                return
+            except EdgecloudError as exc:
+                raise UpdateError(f"version {wanted} on this device: {exc.message}") from exc
         if info is None:
             raise UpdateError(f"{path} is not a signed target")
         if self._installed_matches(model, wanted, info, targets):
@@ -394,6 +450,7 @@ class UpdateAgent:
             data = self._fetch(other_info, other, consistent, stats).path.read_bytes()
             if name in ("config.json", CONFIG_FILE):
                 config = _parse_config(data, other)
+                files[VERSION_CONFIG] = data  # this version's own config, for going back to it
             else:
                 files[name] = data
         self._save(model, installing=wanted)
@@ -538,16 +595,22 @@ class UpdateAgent:
 
     # -- swapping and rolling back ---------------------------------------------------
 
-    def _try_swap(self, model: str, wanted: int, current: int | None, stats: _Moved) -> Outcome:
+    def _try_swap(
+        self, model: str, wanted: int, current: int | None, stats: _Moved, *, back: bool = False
+    ) -> Outcome:
         previous = self._served(model, current)
         try:
-            loaded = self.backend.open(model, wanted)
+            loaded = self._open(self.backend, model, wanted)
         except EdgecloudError as exc:
-            return self._reject(model, wanted, current, f"load failed: {exc.message}", stats)
-        health = check_health(loaded, previous=previous, policy=self.settings.health)
+            return self._reject(model, wanted, current, f"load failed: {exc.message}", stats, back)
+        # Going back is judged on the older version's own samples: compared with the
+        # version being left (withdrawn, maybe the broken one) it would look wrong.
+        compare = None if back else previous
+        health = check_health(loaded, previous=compare, policy=self.settings.health)
         self._event(model, "health", health.ok, wanted, current, health.detail)
         if not health.ok:
-            return self._reject(model, wanted, current, f"health check: {health.detail}", stats)
+            why = f"health check: {health.detail}"
+            return self._reject(model, wanted, current, why, stats, back)
         self._save(model, active=wanted, previous=current, watching=wanted, installing=None)
         table = {wanted: loaded}
         if previous is not None and current is not None:
@@ -564,10 +627,50 @@ class UpdateAgent:
     ) -> None:
         """Swap ``sessions`` in on the backend, and the same versions on every other cache
         (opened first, so a failure there changes nothing anywhere)."""
-        others = [(other, {v: other.open(model, v) for v in sessions}) for other in self.also]
+        active = latest if latest is not None else max(sessions)
+        try:
+            others = [
+                (other, {v: self._open(other, model, v) for v in sessions}) for other in self.also
+            ]
+        finally:
+            self._use_config(model, active)  # the model-level config is the served version's
         self.backend.publish(model, sessions, latest=latest)
         for other, opened in others:
             other.publish(model, opened, latest=latest)
+
+    def _open(self, backend: LocalBackend, model: str, version: int) -> LoadedModel:
+        """``backend.open`` with the model-level config made ``version``'s own first."""
+        self._use_config(model, version)
+        return backend.open(model, version)
+
+    def _use_config(self, model: str, version: int) -> None:
+        """Rewrite ``MODEL/config.yaml`` (atomic, durable) from ``version``'s own signed config.
+
+        A version installed without one (before versions carried it, or built
+        locally) leaves the file as it is; one whose copy fails its
+        ``version.json`` sha256 too (the open that follows refuses the version).
+
+        Raises:
+            UpdateError: the version's config is not a model config.
+        """
+        directory = self.repository.root / model / str(version)
+        copy = directory / VERSION_CONFIG
+        try:
+            data = copy.read_bytes()
+            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        signed = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+        if not isinstance(signed, dict) or signed.get(VERSION_CONFIG) != _sha(data):
+            return
+        text = _dump_config(_parse_config(data, str(copy))).encode()
+        target = self.repository.root / model / CONFIG_FILE
+        try:
+            if target.read_bytes() == text:
+                return
+        except OSError:
+            pass
+        _write_atomic(target, text, durable=True)
 
     def _served(self, model: str, version: int | None) -> LoadedModel | None:
         if version is None:
@@ -576,34 +679,56 @@ class UpdateAgent:
         if version in published:
             return published[version]
         try:
-            return self.backend.open(model, version)
+            return self._open(self.backend, model, version)
         except EdgecloudError:
             return None
 
     def _reject(
-        self, model: str, wanted: int, current: int | None, why: str, stats: _Moved
+        self,
+        model: str,
+        wanted: int,
+        current: int | None,
+        why: str,
+        stats: _Moved,
+        back: bool = False,
     ) -> Outcome:
-        """``wanted`` never served: mark it bad, remove it, keep ``current``."""
+        """``wanted`` never served: mark it bad, remove it, keep ``current``.
+
+        Going ``back`` to an older version that fails is not that version's
+        verdict (it served here before): reported ``ok=false``, nothing marked
+        bad or removed, ``current`` kept and the next round tries again."""
+        if current is not None:
+            self._use_config(model, current)
+        if back:
+            self._save(model, installing=None)
+            why = f"cannot go back to version {wanted}: {why}"
+            self._event(model, "rollback", False, wanted, current, why)
+            return stats.outcome(model, "failed", current, wanted, why)
         self._save(model, bad=sorted({*self.state(model)["bad"], wanted}), installing=None)
         self._discard(model, wanted)
         self._event(model, "rollback", True, current, wanted, why)
         return stats.outcome(model, "rolled-back", current, wanted, why)
 
-    def observe(self, model: str, ok: bool) -> None:
+    def observe(self, model: str, ok: bool) -> bool:
         """Count one request to ``model`` after a swap; rolls back once the watched
-        requests' error rate exceeds ``max_error_rate`` (decided after ``watch_requests``)."""
+        requests' error rate exceeds ``max_error_rate`` (decided after ``watch_requests``).
+        Returns True when this request's count swapped the previous version back (what
+        the gateway serves changed: its model metadata is read again)."""
+        if model not in self._watch:  # the common case, without the lock
+            return False
         with self._lock:
             seen = self._watch.get(model)
             if seen is None:
-                return
+                return False
             seen.append(ok)
             if len(seen) < self.settings.watch_requests:
-                return
+                return False
             rate = seen.count(False) / len(seen)
             if rate > self.settings.max_error_rate:
                 self._roll_back(model, f"error rate {rate:.2f} in the first {len(seen)} requests")
-            else:
-                self._commit(model)
+                return True
+            self._commit(model)
+            return False
 
     def infer(self, request: InferRequest) -> InferResponse:
         """``backend.infer`` with the result counted by :meth:`observe`."""

@@ -39,6 +39,7 @@ def settings_of(spec: UpdatesSpec, token: str | None = None) -> AgentSettings:
             min_accuracy=spec.min_accuracy,
             max_accuracy_drop=spec.max_accuracy_drop,
             min_cosine=spec.min_cosine,
+            min_agreement=spec.min_agreement,
         ),
         watch_requests=spec.watch_requests,
         max_error_rate=spec.max_error_rate,

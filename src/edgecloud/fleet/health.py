@@ -11,7 +11,16 @@ passed; here the "boot" is a warmed-up onnxruntime session
   drops to chance and fails);
 - without labels, with a previous version: the cosine similarity of each
   row's first output to the previous version's at least ``min_cosine`` (a
-  lossy delta, a re-export).
+  lossy delta, a re-export);
+- the answers *as served*, against the previous version's on the same
+  samples: a classifier's answer is the class *name* (``config.labels`` of
+  its own version), so when both versions name their classes, the share of
+  sample rows on which they serve the same name must be at least
+  ``min_agreement``. Accuracy counts class indices against the version's own
+  integer labels, which a permuted ``labels`` list leaves unchanged; the
+  names a client receives change on every row (a rotation of 10 names
+  agrees on none). A version whose class set changed (other names) is
+  judged on its samples alone, and the detail says so.
 
 A version without samples passes on its load and warm-up alone (the detail
 says so).
@@ -19,6 +28,7 @@ says so).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +54,11 @@ class HealthPolicy:
     """Largest accuracy loss (fraction) against the previous version on the same samples."""
     min_cosine: float = 0.99
     """Lowest per-row cosine to the previous version's first output (unlabelled samples)."""
+    min_agreement: float = 0.9
+    """Lowest share of sample rows (0..1) on which the candidate serves the same class name
+    as the previous version (both with ``labels``). A retrained digits model agrees with its
+    predecessor on > 0.95 of its samples (bench/fleet_update.py's versions); a swap of two of
+    ten classes drops agreement by about 0.2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +68,7 @@ class HealthResult:
     accuracy: float | None = None
     previous_accuracy: float | None = None
     cosine: float | None = None
+    agreement: float | None = None
 
 
 def check_health(
@@ -84,12 +100,54 @@ def check_health(
             labels = checked_labels(samples.labels, config, str(path), first.shape)
         except EdgecloudError as exc:
             return HealthResult(False, exc.message)
-        return _judge_accuracy(first, theirs, labels, policy)
+        judged = _judge_accuracy(first, theirs, labels, policy)
+        return _judge_names(judged, first, theirs, config.labels, previous, policy)
     if theirs is not None and theirs.shape == first.shape:
         cosine = _min_cosine(first, theirs)
         ok = cosine >= policy.min_cosine
-        return HealthResult(ok, f"min cosine to the previous version {cosine:.6f}", cosine=cosine)
+        judged = HealthResult(ok, f"min cosine to the previous version {cosine:.6f}", cosine=cosine)
+        if score_classes(first.shape) is None:
+            return judged
+        return _judge_names(judged, first, theirs, config.labels, previous, policy)
     return HealthResult(True, "outputs finite (no labels, no previous version to compare)")
+
+
+def _judge_names(
+    judged: HealthResult,
+    first: np.ndarray[Any, Any],
+    theirs: np.ndarray[Any, Any] | None,
+    names: Sequence[str] | None,
+    previous: LoadedModel | None,
+    policy: HealthPolicy,
+) -> HealthResult:
+    """``judged`` and the served class names' agreement with the previous version's.
+
+    Both versions' answers as a client receives them: ``labels[argmax]`` of
+    each version's own ``labels`` (``[rows]`` strings). Unjudged (``judged``
+    unchanged) without a previous answer of the same shape, or when either
+    version has no labels or the two label sets differ as sets (a new class
+    set: nothing to compare name by name).
+    """
+    if not judged.ok or theirs is None or theirs.shape != first.shape or previous is None:
+        return judged
+    old_names = previous.entry.config.labels
+    if not names or not old_names or len(names) != first.shape[1]:
+        return judged
+    if len(old_names) != theirs.shape[1] or set(names) != set(old_names):
+        return HealthResult(
+            judged.ok, f"{judged.detail}; class names changed, not compared", judged.accuracy,
+            judged.previous_accuracy, judged.cosine,
+        )  # fmt: skip
+    mine = np.asarray(names, dtype=object)[first.argmax(axis=1)]
+    before = np.asarray(old_names, dtype=object)[theirs.argmax(axis=1)]
+    agreement = float((mine == before).mean()) if mine.size else 1.0
+    ok = agreement >= policy.min_agreement
+    detail = f"{judged.detail}; served class names agree with the previous version on " + (
+        f"{agreement:.4f} of the samples" + ("" if ok else f" (< {policy.min_agreement})")
+    )
+    return HealthResult(
+        ok, detail, judged.accuracy, judged.previous_accuracy, judged.cosine, agreement
+    )
 
 
 def _judge_accuracy(

@@ -12,7 +12,8 @@ device should run, the device decides nothing on its own):
 
 * ``stable`` is the version every device runs outside the canary (None: no
   version was ever rolled out fully — devices outside the canary keep what they
-  run).
+  run, except the candidate: a device running it goes back to its own
+  previous version).
 * ``candidate`` goes to the devices whose :func:`bucket` is below ``percent``
   and, when ``groups`` is set, whose group is one of them. The bucket is a
   stable hash of (model, device id), so a canary is the same devices every
@@ -23,7 +24,8 @@ device should run, the device decides nothing on its own):
   - ``paused``: no new device starts the candidate; a device already running
     it stays on it (``kubectl rollout pause``);
   - ``aborted``: every device goes back to ``stable``, devices on the
-    candidate included (Argo's abort; Mender's rollback);
+    candidate included (Argo's abort; Mender's rollback); without a stable
+    version, a device on the candidate goes back to its own previous one;
   - ``complete``: the candidate was promoted; ``stable`` is it and
     ``candidate`` is None.
 
@@ -153,11 +155,15 @@ def desired_version(
     group: str | None,
     current: int | None,
 ) -> int | None:
-    """The version this device should run, or None for "keep what you run".
+    """The version this device should run, or None for "no version is named for you".
 
-    None also when an aborted or paused rollout has no stable version to go
-    back to: the agent keeps what it runs (its own previous version if it
-    rolled back).
+    None when an aborted, paused or narrowed rollout has no stable version.
+    The agent then keeps what it runs *unless* that is this rollout's
+    ``candidate`` (the rollout no longer gives it to this device): it goes
+    back to its own previous version, and keeps the candidate (saying so)
+    only when it has none (:meth:`edgecloud.fleet.agent.UpdateAgent` ``_wanted``).
+    Without a rollout file a device installs nothing (publishing is not
+    deploying).
 
     Args:
         rollout: the parsed ``MODEL/rollout.json`` (a :class:`Rollout` or the
