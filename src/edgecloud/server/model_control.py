@@ -591,12 +591,13 @@ class ModelControl:
         return max(10.0, 2 * self.host.settings.poll_interval_s)
 
     def _fresh(self, fingerprint: Fingerprint) -> bool:
-        """Whether a file of ``fingerprint`` changed within :meth:`_quiet_s` (by the wall
-        clock; an mtime as far in the future counts as fresh, one further as not)."""
-        if not fingerprint:
+        """Whether a file of the version (not the model's config) in ``fingerprint``
+        changed within :meth:`_quiet_s` (by the wall clock; an mtime as far in the future
+        counts as fresh, one further as not: a clock jump delays the verdict no longer)."""
+        mtimes = [mtime for path, _, mtime in fingerprint if os.sep in path]  # the version's
+        if not mtimes:
             return False
-        age = time.time() - max(mtime for _, _, mtime in fingerprint) / 1e9
-        return abs(age) < self._quiet_s()
+        return abs(time.time() - max(mtimes) / 1e9) < self._quiet_s()
 
     def _fingerprint(self, name: str, version: int) -> Fingerprint:
         """(path, size, mtime ns) of the model's own files and of every file of the
