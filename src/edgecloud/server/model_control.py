@@ -370,30 +370,25 @@ class ModelControl:
     def _change_wanted(self, name: str, wanted: bool) -> tuple[int, str | None]:
         """Add ``name`` to the wanted set (and load it) or drop it; the new generation
         and why the load failed on this worker (None: it loaded, or an unload)."""
-        self._apply_desired()  # first what other workers asked
+
+        def changed(data: dict[str, Any]) -> dict[str, Any]:
+            models = set(data["models"]) | {name} if wanted else set(data["models"]) - {name}
+            generation = int(data["generation"]) + 1
+            loads = {m: g for m, g in data["loads"].items() if m in models}
+            if wanted:
+                loads[name] = generation
+            return {"generation": generation, "models": sorted(models), "loads": loads}
+
         if self._desired_file is not None:
-            with _flock(self._desired_file):
-                data = _read_desired(self._desired_file) or _fresh_set(self._wanted)
-                models = set(data["models"]) | {name} if wanted else set(data["models"]) - {name}
-                generation = int(data["generation"]) + 1
-                loads = {m: g for m, g in data["loads"].items() if m in models}
-                if wanted:
-                    loads[name] = generation
-                data = {"generation": generation, "models": sorted(models), "loads": loads}
+            with _flock(self._desired_file):  # the set as the other workers left it
+                data = _read_desired(self._desired_file)
+                data = changed(data or _fresh_set(self._wanted, self._generation + 1))
                 _write_desired(self._desired_file, data)
         else:
-            generation = self._generation + 1
-        self._generation = generation
-        failure = None
-        if wanted:
-            self._wanted.add(name)
-            failure = self._load_wanted(name)
-        else:
-            self._wanted.discard(name)
-            self._failed = _without(self._failed, name)
-            self._drop(name, "unloaded")
-        self._write_applied()
-        return generation, failure
+            data = changed({"generation": self._generation, "models": sorted(self._wanted),
+                            "loads": {}})  # fmt: skip
+        self._apply(data)  # what other workers changed since this one's last tick, too
+        return int(data["generation"]), self._failed.get(name) if wanted else None
 
     def _load_wanted(self, name: str) -> str | None:
         """Load (or reload) a wanted model; why it failed, or None. What served before
@@ -422,7 +417,7 @@ class ModelControl:
             self._write_applied()  # generation -1: starting, waited for from now on
             data = _read_desired(self._desired_file)
             if data is None:
-                data = _fresh_set(set(names))
+                data = _fresh_set(set(names), 0)
                 _write_desired(self._desired_file, data)
             self._stamp = self._file_stamp()
             self._generation = int(data["generation"])
@@ -438,9 +433,14 @@ class ModelControl:
             return
         stamp = self._file_stamp()
         data = _read_desired(self._desired_file)
-        if data is None or int(data["generation"]) == self._generation:
-            self._stamp = stamp
-            return
+        if data is not None and int(data["generation"]) != self._generation:
+            self._apply(data)
+        self._stamp = stamp
+
+    def _apply(self, data: dict[str, Any]) -> None:
+        """Make this worker serve the wanted set ``data`` (a newer generation than its
+        own): load what is new or was loaded again since, drop what is no longer in it;
+        then record the generation applied."""
         previous, self._generation = self._generation, int(data["generation"])
         wanted = set(data["models"])
         for name in sorted(wanted):
@@ -451,7 +451,6 @@ class ModelControl:
             self._wanted.discard(name)
             self._failed = _without(self._failed, name)
             self._drop(name, "unloaded")
-        self._stamp = stamp
         self._write_applied()
 
     def _write_applied(self) -> None:
@@ -671,8 +670,10 @@ def _flock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fresh_set(models: set[str]) -> dict[str, Any]:
-    return {"generation": 0, "models": sorted(models), "loads": {}}
+def _fresh_set(models: set[str], generation: int) -> dict[str, Any]:
+    """A wanted-set file's content: a new one, or one rewritten after it was lost
+    (``generation`` then goes on from this worker's, never back)."""
+    return {"generation": generation, "models": sorted(models), "loads": {}}
 
 
 def _read_desired(path: Path) -> dict[str, Any] | None:
