@@ -55,8 +55,14 @@ Multiprocess``):
   once is computed once and both callers get that answer. ``:memory:`` is per
   process, so it is refused with more than one worker.
 
+- **Model control** (``--model-control explicit``): the workers share the
+  wanted set through ``control/`` in the run directory above (private to this
+  run: another server on the same repository never sees it), and a load or
+  unload answers once every live worker applied it (:mod:`.model_control`).
+
 Every HTTP answer of a worker carries ``x-edgecloud-worker: <pid>`` (which
-process answered: for operators and for the tests).
+process answered: for operators and for the tests), and every log line of a
+worker but the JSON access log's starts with ``worker <index> (pid <pid>): ``.
 """
 
 from __future__ import annotations
