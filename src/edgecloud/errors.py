@@ -30,6 +30,7 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── ConfigError (400)                    invalid config / deployment / spec file
     ├── ModelNotFoundError (404)             unknown model name or version
     ├── ModelLoadError (503)                 model exists but cannot be loaded
+    │   └── ModelLoadFailedError (400)       an explicit load that did not load: fix the files
     ├── UnavailableError (503)               server/link down or not ready: retryable
     │   └── RateLimitedError (429)           the server refused for load: retry after a while
     ├── DeadlineExceededError (504)          no answer within the request's time
@@ -72,6 +73,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingInputError",
     "ModelLoadError",
+    "ModelLoadFailedError",
     "ModelNotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -278,6 +280,18 @@ class ModelLoadError(EdgecloudError):
     status_code = 503
     grpc_code = "UNAVAILABLE"
     fallback = "not-ready"
+
+
+class ModelLoadFailedError(ModelLoadError):
+    """An explicit load (the repository extension) that did not load what it names:
+    nothing of the model serves, or a new copy failed and the old one serves on.
+
+    400 / INVALID_ARGUMENT, as Triton answers a failed load: the same load fails
+    again until the model's files are fixed, so it is not a retryable 503.
+    """
+
+    status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class CompressionError(EdgecloudError):

@@ -393,6 +393,7 @@ class ModelRepository:
 
     def _entry(self, config: C, number: int, verify: bool) -> ModelVersion[C]:
         path = self._model_dir(config.name) / str(number)
+        self._check_inside(config.name, path)
         if config.metadata.get("source") == "triton" and self.is_triton(config.name):
             model_file = self._triton_model(config.name).model_file
             entry = ModelVersion(config.name, number, path, config, {}, {}, model_file, True)
@@ -713,6 +714,18 @@ class ModelRepository:
             )
         return number
 
+    def _check_inside(self, name: str, path: Path) -> None:
+        """ModelLoadError when a version directory, or a file in it, is a link that leaves
+        the repository: what is served is what the repository holds."""
+        root = self.root.resolve()
+        for item in (path, *path.iterdir()) if path.is_dir() else (path,):
+            target = item.resolve()
+            if target != root and root not in target.parents:
+                raise ModelLoadError(
+                    f"model {name!r} version {path.name}: {item} links to {target}, outside "
+                    f"the repository {root}; copy the files into the version instead"
+                )
+
     def _read_manifest(self, name: str, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
         """The version's recorded hashes and metadata; ModelLoadError if there is no usable record.
 
@@ -737,6 +750,12 @@ class ModelRepository:
         problem = _manifest_problem(data)
         if problem is not None:
             raise ModelLoadError(f"{where}: {manifest} is malformed: {problem}; {fix}")
+        recorded = data.get("version", path.name)
+        if str(recorded) != path.name:  # a copied or linked directory: not what it is named
+            raise ModelLoadError(
+                f"{where}: its {MANIFEST_FILE} records version {recorded!r}, so the directory "
+                f"is a copy or link of another version; {fix}"
+            )
         return dict(data["files"]), dict(data.get("metadata", {}))
 
 

@@ -299,39 +299,35 @@ def test_poll_never_loads_half_a_copy(
     assert index(server)["affine/4"] == {"name": "affine", "version": "4", "state": "READY"}
 
 
-def test_explicit_loads_reach_every_worker(
-    repo: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Workers share the wanted set through a file beside the idempotency store: a
-    load or unload one worker receives is applied by the others on their next tick,
-    and a worker restarted under the same EDGECLOUD_SERVE_ID rejoins the set."""
+def test_explicit_loads_reach_every_worker(repo: ModelRepository, tmp_path: Path) -> None:
+    """Workers of one run share the wanted set through its private control directory: a
+    load or unload one worker receives answers once the other applied it (its short
+    tick), and a worker restarted into the run rejoins the set."""
     import asyncio
 
     from edgecloud.server.host import ModelHost
 
-    monkeypatch.setenv("EDGECLOUD_SERVE_ID", "supervisor-1")
     settings = ServerSettings.resolve(
-        cli={
-            "model_control": "explicit",
-            "load_models": ["affine"],
-            "idempotency_db": str(tmp_path / "idempotency.db"),
-        },
+        cli={"model_control": "explicit", "load_models": ["affine"],
+             "idempotency_db": str(tmp_path / "idempotency.db")},
         environ={},
-    )
+    )  # fmt: skip
+    run = tmp_path / "control"
+    run.mkdir()
 
     async def scenario() -> None:
-        a, b = ModelHost(repo, settings), ModelHost(repo, settings)
+        a = ModelHost(repo, settings, control_dir=run, worker=0)
+        b = ModelHost(repo, settings, control_dir=run, worker=1)
         a.load_all()
         b.load_all()
+        a.control.begin()
+        b.control.begin()
         try:
             await a.control.load("slow", {})
-            assert a.ready("slow") and not b.ready("slow")
-            await b.control.tick()
-            assert b.ready("slow")
+            assert a.ready("slow") and b.ready("slow")  # applied before the answer
             await b.control.unload("affine", {})
-            await a.control.tick()
             assert not a.ready("affine") and not b.ready("affine")
-            restarted = ModelHost(repo, settings)
+            restarted = ModelHost(repo, settings, control_dir=run, worker=1)
             restarted.load_all()
             assert restarted.ready("slow") and not restarted.ready("affine")
             await restarted.close()

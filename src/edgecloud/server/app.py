@@ -16,6 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .._optional import require
@@ -52,6 +53,10 @@ class SharedListeners:
     """The worker's listening HTTP socket (``SO_REUSEPORT``, beside the other workers')."""
     make_app: Callable[[ModelHost, str | None], HttpApp]
     """Builds the HTTP front end from the host and the bearer token."""
+    control_dir: Path | None = None
+    """The run's private model-control directory (:mod:`.model_control`)."""
+    worker: int = 0
+    """This worker's index (0 .. N-1)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,12 @@ def serve(
         if settings.grpc_port:  # probe: the clear error before grpc's own bind
             listen(settings.host, settings.grpc_port, "gRPC", "--grpc-port").close()
     try:
-        host = ModelHost(repository, settings)
+        if shared is not None:
+            host = ModelHost(
+                repository, settings, control_dir=shared.control_dir, worker=shared.worker
+            )
+        else:
+            host = ModelHost(repository, settings)
         states = host.load_all()
         if settings.model_control != "explicit":  # explicit may start with nothing loaded
             check_ready(repository, states)

@@ -38,7 +38,7 @@ from .idempotency import (
     default_store_path,
 )
 from .metrics import ServerMetrics
-from .model_control import ModelControl, desired_set_path
+from .model_control import ModelControl
 from .settings import ServerSettings
 
 __all__ = [
@@ -193,15 +193,20 @@ class ModelHost:
         repository: ModelRepository,
         settings: ServerSettings,
         metrics: ServerMetrics | None = None,
+        *,
+        control_dir: Path | None = None,
+        worker: int = 0,
     ) -> None:
+        """``control_dir``, ``worker``: the serve run's private model-control directory
+        and this worker's index, with ``--workers N`` (:mod:`.model_control`); None: one
+        process, whose explicit wanted set lives in memory."""
         self.repository = repository
         self.settings = settings
         self.metrics = metrics or ServerMetrics()
         self.local = LocalBackend(
             repository, intra_op_threads=settings.intra_op_threads or None, device=settings.device
         )
-        store = settings.idempotency_db or default_store_path(repository.root)
-        self.control = ModelControl(self, desired_set_path(store))
+        self.control = ModelControl(self, control_dir, worker)
         """Model control (``settings.model_control``) and the repository extension."""
         self.executor = ThreadPoolExecutor(
             max_workers=settings.worker_threads, thread_name_prefix="edgecloud-infer"

@@ -174,6 +174,14 @@ def default_store_path(serving: Path) -> Path:
     Not inside the repository: serving leaves the repository untouched (it may be
     read-only, or replaced by an update), and a restart on the same repository
     finds the same store.
+
+    Shared by design: every server of the same repository — a restart, the
+    workers of one run, two servers at once — answers a key with the one stored
+    answer (the store's claims arbitrate between processes). Nothing that belongs
+    to one serve run is kept beside it: the explicit model-control set lives in
+    memory or in the run's private directory (:mod:`.model_control`); the fleet
+    telemetry store (:func:`~.fleet_telemetry.default_fleet_db`) is durable fleet
+    state, shared the same way and idempotent by event id.
     """
     where = str(serving.resolve())
     digest = hashlib.sha256(where.encode()).hexdigest()[:16]

@@ -40,20 +40,37 @@ update (triton-inference-server/server#2076: here the new one loads first);
 after one failed load, poll mode stopped noticing changes (#6534, #6710: here
 a failed version is retried when its files change); an explicit load of a
 broken model failed the first time and answered 200 the second (#3802: here
-every load of it fails, naming why); an explicit load did not pick up a new
+every load of it fails, naming why, with 400 as Triton answers a failed load:
+:class:`~edgecloud.errors.ModelLoadFailedError` — for a model that does not
+load and for a loaded one whose new copy does not, which keeps serving the
+old copy); an explicit load did not pick up a new
 version directory without an unload first (#2853: here a load re-reads the
 repository). Load and unload while polling are refused with 400, as Triton
 answers (``explicit model load / unload is not allowed if polling is enabled``).
 
-Several worker processes (``--workers``) each have a ModelControl. In
-``explicit`` mode the wanted set is kept in a small JSON file beside the
-idempotency store, ``<store>.models.json`` = ``{"generation": n, "models":
-[...], "serve_id": s}`` (replaced atomically under an ``flock``): the worker
-that receives a load or unload writes it, every worker applies it on each
-control request and each tick. At start a worker keeps the file when its
-``serve_id`` is ``$EDGECLOUD_SERVE_ID`` (set by a supervisor for all its
-workers, so a restarted worker rejoins) and otherwise rewrites it from
-``load_models``.
+The wanted set of ``explicit`` mode belongs to one serve run, never to a file
+another server can see (two servers on one repository must not load and
+unload each other's models). With one process it lives in memory. With
+``--workers N`` it lives in the supervisor's private run directory (a fresh
+``mkdtemp``, removed at exit: :mod:`.workers`), ``<run>/control/``:
+
+* ``wanted.json`` = ``{"generation": g, "models": [...], "loads": {model: g}}``
+  (replaced atomically under an ``flock``): the worker that receives a load or
+  unload bumps the generation and writes it (``loads`` records the generation
+  of each model's last load, so a reload of a model already wanted reaches the
+  other workers too); a worker (re)starting reads it, so a restarted worker
+  rejoins the set.
+* ``applied-<worker>.json`` = ``{"pid": p, "generation": g, "failed": {model:
+  reason}}``: the generation a worker has applied, written after each apply
+  (``-1`` while it starts, before it reads ``wanted.json``).
+
+Every worker checks ``wanted.json`` every :data:`CONTROL_TICK_S` (one ``stat``;
+it reads and applies the file only when it changed). The worker that received
+the request answers only once every live worker has applied the new
+generation (it waits up to ``request_timeout_s``, outside its control lock):
+a 200 means every worker serves (or no longer serves) the model. A worker
+that did not apply it in time is named in a 503; one whose load failed is
+named in the load's 400, with why.
 """
 
 from __future__ import annotations
@@ -64,6 +81,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +93,9 @@ from ..errors import (
     EdgecloudError,
     InvalidRequestError,
     ModelLoadError,
+    ModelLoadFailedError,
     ModelNotFoundError,
+    UnavailableError,
     clip,
 )
 from ..repository import _write_atomic, sha256_file
@@ -83,13 +103,17 @@ from ..repository import _write_atomic, sha256_file
 if TYPE_CHECKING:
     from .host import ModelHost, ModelState
 
-__all__ = ["ModelControl", "VersionRecord", "desired_set_path"]
+__all__ = ["CONTROL_TICK_S", "ModelControl", "VersionRecord"]
 
 log = logging.getLogger("edgecloud.server")
 
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
-SERVE_ID_ENV = "EDGECLOUD_SERVE_ID"
+#: Seconds between a worker's checks of the shared wanted set (one ``stat`` each):
+#: how soon the other workers apply a load or unload one of them received.
+CONTROL_TICK_S = 0.05
+#: Seconds between a control request's checks that the other workers applied it.
+ACK_POLL_S = 0.02
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 _V = TypeVar("_V")
@@ -105,14 +129,9 @@ class VersionRecord:
     """(relative path, size, mtime ns) of the version's files and the model's config."""
     sha256: str = ""
     """sha256 of the model file of the copy that serves (or failed)."""
-
-
-def desired_set_path(store: Path | str) -> Path | None:
-    """The explicit-mode wanted-set file beside an idempotency store; None for ``:memory:``."""
-    if str(store) == ":memory:":
-        return None
-    store = Path(store)
-    return store.with_name(store.name + ".models.json")
+    changing: bool = False
+    """It failed while its files were fresh (:meth:`ModelControl._fresh`): perhaps a copy
+    still under way, so it is retried once they have been quiet, not only on a change."""
 
 
 class ModelControl:
@@ -122,8 +141,11 @@ class ModelControl:
     ticks are serialised by one lock, so a load and a scan never interleave.
     """
 
-    def __init__(self, host: ModelHost, desired_file: Path | None = None) -> None:
-        """ConfigError for ``load_models`` outside ``explicit`` mode (every model loads)."""
+    def __init__(self, host: ModelHost, run_dir: Path | None = None, worker: int = 0) -> None:
+        """``run_dir``: this serve run's private control directory, shared by its workers
+        (None: one process, the wanted set in memory); ``worker``: this worker's index.
+
+        ConfigError for ``load_models`` outside ``explicit`` mode (every model loads)."""
         self.host = host
         self.mode = host.settings.model_control
         if host.settings.load_models and self.mode != "explicit":
@@ -137,9 +159,14 @@ class ModelControl:
         each is replaced whole on a change (copy on write), never changed in place."""
         self.model_errors: dict[str, str] = {}
         self._seen: dict[tuple[str, int], Fingerprint] = {}
-        self._desired_file = desired_file if self.mode == "explicit" else None
+        self._run_dir = run_dir if self.mode == "explicit" else None
+        self._desired_file = None if self._run_dir is None else self._run_dir / "wanted.json"
+        self._worker = worker
         self._wanted: set[str] = set()
+        self._failed: dict[str, str] = {}
+        """Wanted models whose last load on this worker failed (or kept the old copy): why."""
         self._generation = -1
+        self._stamp: tuple[int, int, int] | None = None
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -162,10 +189,8 @@ class ModelControl:
                 )
             self._wanted = self._start_wanted(wanted)
             for name in sorted(self._wanted):
-                try:
-                    self._sync(name, force=True)
-                except EdgecloudError as exc:  # a start-up model that fails is reported
-                    log.warning("model %s did not load: %s", name, exc.message)
+                self._load_wanted(name)  # a start-up model that fails is reported
+            self._after_start()
         return list(self.host.states.values())
 
     def begin(self) -> None:
@@ -184,12 +209,25 @@ class ModelControl:
 
     async def _ticks(self) -> None:
         interval = self.host.settings.poll_interval_s
+        if self._desired_file is not None:  # explicit with workers: a stat per short tick
+            interval = min(interval, CONTROL_TICK_S)
         while True:
             await asyncio.sleep(interval)
             try:
+                if self._desired_file is not None and self._file_stamp() == self._stamp:
+                    continue
                 await self.tick()
             except Exception:  # a scan that fails is logged; the next one retries
                 log.exception("model control tick failed")
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        """(inode, size, mtime ns) of the wanted-set file: an atomic replace changes it."""
+        assert self._desired_file is not None
+        try:
+            stat = self._desired_file.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
     async def tick(self) -> None:
         """One background step now: a poll scan, or applying the wanted-set file."""
@@ -237,9 +275,16 @@ class ModelControl:
         return [{"name": name}]
 
     async def load(self, name: str, parameters: dict[str, Any]) -> None:
-        """Load (or reload) ``name`` in explicit mode; ModelNotFoundError (404) for a
-        model not in the repository, ModelLoadError (503) when no version loads (a
-        version that served before keeps serving)."""
+        """Load (or reload) ``name`` in explicit mode, on every worker before returning.
+
+        Raises:
+            ModelNotFoundError: (404) ``name`` is not in the repository.
+            ModelLoadFailedError: (400) a version did not load — nothing of ``name``
+                serves, or a new copy failed and the old one serves on — on this
+                worker or another (named), with why.
+            UnavailableError: (503) a worker did not apply the load within
+                ``request_timeout_s`` (named).
+        """
         self._check_explicit("load")
         refused = sorted(parameters)
         if refused:
@@ -250,7 +295,8 @@ class ModelControl:
             )
         if name not in self.host.repository.model_names():
             raise ModelNotFoundError(_unknown(name, self.host.repository.model_names()))
-        await self._locked(self._change_wanted, name, True)
+        generation, failure = await self._locked(self._change_wanted, name, True)
+        await self._acknowledged(generation, name, "load", failure)
 
     async def unload(self, name: str, parameters: dict[str, Any]) -> None:
         """Stop serving ``name`` in explicit mode. Requests already running finish on
@@ -266,7 +312,50 @@ class ModelControl:
         known = set(self.host.repository.model_names()) | set(self.host.states)
         if name not in known:
             raise ModelNotFoundError(_unknown(name, sorted(known)))
-        await self._locked(self._change_wanted, name, False)
+        generation, _ = await self._locked(self._change_wanted, name, False)
+        await self._acknowledged(generation, name, "unload", None)
+
+    async def _acknowledged(
+        self, generation: int, name: str, action: str, failure: str | None
+    ) -> None:
+        """Return once every live worker has applied ``generation`` (see the module doc).
+
+        Waits outside the control lock (another worker may be waiting for this one's
+        tick). Raises ModelLoadFailedError with this worker's ``failure``, or another
+        worker's, and UnavailableError naming the workers that did not apply it within
+        ``request_timeout_s``.
+        """
+        run_dir = self._run_dir
+        lagging: list[str] = []
+        failed: list[str] = []
+        if run_dir is not None:
+            deadline = time.monotonic() + self.host.settings.request_timeout_s
+            while True:
+                lagging, failed = [], []
+                for worker, data in _applied(run_dir):
+                    if worker == self._worker or not _alive(data["pid"]):
+                        continue  # a dead worker reads the wanted set when it restarts
+                    who = f"worker {worker} (pid {data['pid']})"
+                    if data["generation"] < generation:
+                        lagging.append(who)
+                    elif action == "load" and name in data["failed"]:
+                        failed.append(f"{who}: {data['failed'][name]}")
+                if not lagging or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(ACK_POLL_S)
+        if failure is not None:
+            raise ModelLoadFailedError(failure)
+        if failed:
+            raise ModelLoadFailedError(
+                f"model {name!r} loaded on worker {self._worker} but not on " + "; ".join(failed)
+            )
+        if lagging:
+            raise UnavailableError(
+                f"the {action} of model {name!r} is done on worker {self._worker} but "
+                f"{', '.join(lagging)} did not apply it within "
+                f"{self.host.settings.request_timeout_s:g} s; they apply it when they "
+                "can (see the index), or send the request again"
+            )
 
     def _check_explicit(self, action: str) -> None:
         if self.mode != "explicit":
@@ -278,60 +367,99 @@ class ModelControl:
 
     # -- explicit: the wanted set ---------------------------------------------------
 
-    def _change_wanted(self, name: str, wanted: bool) -> None:
-        self._apply_desired()  # first what other workers asked
+    def _change_wanted(self, name: str, wanted: bool) -> tuple[int, str | None]:
+        """Add ``name`` to the wanted set (and load it) or drop it; the new generation
+        and why the load failed on this worker (None: it loaded, or an unload)."""
+
+        def changed(data: dict[str, Any]) -> dict[str, Any]:
+            models = set(data["models"]) | {name} if wanted else set(data["models"]) - {name}
+            generation = int(data["generation"]) + 1
+            loads = {m: g for m, g in data["loads"].items() if m in models}
+            if wanted:
+                loads[name] = generation
+            return {"generation": generation, "models": sorted(models), "loads": loads}
+
         if self._desired_file is not None:
-            with _flock(self._desired_file):
-                data = _read_desired(self._desired_file) or {"generation": 0, "models": []}
-                models = set(data["models"]) | {name} if wanted else set(data["models"]) - {name}
-                data = {**data, "generation": int(data["generation"]) + 1, "models": sorted(models)}
+            with _flock(self._desired_file):  # the set as the other workers left it
+                data = _read_desired(self._desired_file)
+                data = changed(data or _fresh_set(self._wanted, self._generation + 1))
                 _write_desired(self._desired_file, data)
-                self._generation = data["generation"]
-        if wanted:
-            self._wanted.add(name)
-            failed = self._sync(name, force=True)
-            if failed:  # what served before still does; the caller hears why the new did not
-                serving = self.host.states[name].versions
-                raise ModelLoadError(
-                    f"{'; '.join(failed)}; model {name!r} still serves versions {serving}"
-                )
         else:
-            self._wanted.discard(name)
-            self._drop(name, "unloaded")
+            data = changed({"generation": self._generation, "models": sorted(self._wanted),
+                            "loads": {}})  # fmt: skip
+        self._apply(data)  # what other workers changed since this one's last tick, too
+        return int(data["generation"]), self._failed.get(name) if wanted else None
+
+    def _load_wanted(self, name: str) -> str | None:
+        """Load (or reload) a wanted model; why it failed, or None. What served before
+        a failed reload serves on."""
+        try:
+            failed = self._sync(name, force=True)
+        except EdgecloudError as exc:
+            failed = [exc.message]
+            why = f"model {name!r} did not load: {exc.message}"
+        else:
+            serving = self.host.states[name].versions if name in self.host.states else []
+            why = f"{'; '.join(failed)}; model {name!r} still serves versions {serving}"
+        if not failed:
+            self._failed = _without(self._failed, name)
+            return None
+        log.warning("%s", why)
+        self._failed = {**self._failed, name: why}
+        return why
 
     def _start_wanted(self, names: list[str]) -> set[str]:
+        """The wanted set at start: ``names``, or, for a worker joining a running set
+        (a restart), the set its run holds."""
         if self._desired_file is None:
             return set(names)
-        serve_id = os.environ.get(SERVE_ID_ENV, "")
         with _flock(self._desired_file):
+            self._write_applied()  # generation -1: starting, waited for from now on
             data = _read_desired(self._desired_file)
-            if data is not None and serve_id and data.get("serve_id") == serve_id:
-                self._generation = int(data["generation"])
-                return set(data["models"])
-            generation = int(data["generation"]) + 1 if data is not None else 0
-            data = {"generation": generation, "models": sorted(names), "serve_id": serve_id}
-            _write_desired(self._desired_file, data)
-            self._generation = generation
-        return set(names)
+            if data is None:
+                data = _fresh_set(set(names), 0)
+                _write_desired(self._desired_file, data)
+            self._stamp = self._file_stamp()
+            self._generation = int(data["generation"])
+        return set(data["models"])
+
+    def _after_start(self) -> None:
+        if self._desired_file is not None:
+            self._write_applied()
 
     def _apply_desired(self) -> None:
         """Load and unload what the wanted-set file says, if another worker changed it."""
         if self._desired_file is None:
             return
+        stamp = self._file_stamp()
         data = _read_desired(self._desired_file)
-        if data is None or int(data["generation"]) == self._generation:
-            return
-        self._generation = int(data["generation"])
+        if data is not None and int(data["generation"]) != self._generation:
+            self._apply(data)
+        self._stamp = stamp
+
+    def _apply(self, data: dict[str, Any]) -> None:
+        """Make this worker serve the wanted set ``data`` (a newer generation than its
+        own): load what is new or was loaded again since, drop what is no longer in it;
+        then record the generation applied."""
+        previous, self._generation = self._generation, int(data["generation"])
         wanted = set(data["models"])
-        for name in sorted(wanted - self._wanted):
-            self._wanted.add(name)
-            try:
-                self._sync(name, force=True)
-            except EdgecloudError as exc:
-                log.warning("model %s did not load: %s", name, exc.message)
+        for name in sorted(wanted):
+            if name not in self._wanted or int(data["loads"].get(name, -1)) > previous:
+                self._wanted.add(name)
+                self._load_wanted(name)
         for name in sorted(self._wanted - wanted):
             self._wanted.discard(name)
+            self._failed = _without(self._failed, name)
             self._drop(name, "unloaded")
+        self._write_applied()
+
+    def _write_applied(self) -> None:
+        """Record the generation this worker has applied (see the module doc)."""
+        if self._run_dir is None:
+            return
+        data = {"pid": os.getpid(), "generation": self._generation, "failed": self._failed}
+        path = self._run_dir / f"applied-{self._worker}.json"
+        _write_atomic(path, json.dumps(data).encode())
 
     # -- poll ------------------------------------------------------------------------
 
@@ -389,7 +517,7 @@ class ModelControl:
             records[version] = record
             if loaded is not None:
                 table[version] = loaded
-            elif record.state != READY and record.reason:
+            if record.reason:  # not loaded, or a new copy failed and the old one serves
                 failed.append(record.reason)
         if any(v not in table for v in wanted):  # keep the working ones that are still on disk
             for version, loaded in current.items():
@@ -420,7 +548,10 @@ class ModelControl:
         seen = self._seen.get((name, version))
         self._seen[(name, version)] = fingerprint
         healthy = record is not None and record.state == READY and not record.reason
-        if record is not None and record.fingerprint == fingerprint and (healthy or not force):
+        quiet = record is not None and record.changing and not self._fresh(fingerprint)
+        unchanged = record is not None and record.fingerprint == fingerprint
+        if unchanged and (healthy or not force) and not quiet:
+            assert record is not None
             return record, old  # unchanged: what serves (or the recorded failure) stays
         if settle and seen != fingerprint:  # still changing: wait for the next scan
             waiting = "its files changed since the last scan; it loads when they stop changing"
@@ -430,11 +561,20 @@ class ModelControl:
         try:
             loaded = self.host.local.open(name, version)
         except EdgecloudError as exc:
-            log.warning("model %s version %s did not load: %s", name, version, exc.message)
+            changing = self._fresh(fingerprint)
+            why = exc.message
+            if changing:  # perhaps a copy still under way: not (yet) called corrupt
+                why = (
+                    f"incomplete or still changing (its files changed in the last "
+                    f"{self._quiet_s():g} s; retried once they stop): {exc.message}"
+                )
+                log.info("model %s version %s is %s", name, version, why)
+            else:
+                log.warning("model %s version %s did not load: %s", name, version, why)
             if old is not None and record is not None:
-                kept = f"a new copy failed to load, the previous one serves: {exc.message}"
-                return VersionRecord(READY, kept, fingerprint, record.sha256), old
-            return VersionRecord(UNAVAILABLE, exc.message, fingerprint), None
+                kept = f"a new copy failed to load, the previous one serves: {why}"
+                return VersionRecord(READY, kept, fingerprint, record.sha256, changing), old
+            return VersionRecord(UNAVAILABLE, why, fingerprint, "", changing), None
         sha = loaded.entry.files.get(loaded.entry.model_file) or sha256_file(
             loaded.entry.model_path
         )
@@ -442,6 +582,21 @@ class ModelControl:
             return VersionRecord(READY, "", fingerprint, sha), old  # same bytes: no swap
         log.info("model %s version %s loaded (sha256 %s)", name, version, sha[:12])
         return VersionRecord(READY, "", fingerprint, sha), loaded
+
+    def _quiet_s(self) -> float:
+        """Seconds a version's files must be unchanged before a failure to load it is
+        called what it is rather than "incomplete": two scans, at least 10 s (a hand copy
+        pausing between chunks)."""
+        return max(10.0, 2 * self.host.settings.poll_interval_s)
+
+    def _fresh(self, fingerprint: Fingerprint) -> bool:
+        """Whether a file of the version (not the model's config) in ``fingerprint``
+        changed within :meth:`_quiet_s` (by the wall clock; an mtime as far in the future
+        counts as fresh, one further as not: a clock jump delays the verdict no longer)."""
+        mtimes = [mtime for path, _, mtime in fingerprint if os.sep in path]  # the version's
+        if not mtimes:
+            return False
+        return abs(time.time() - max(mtimes) / 1e9) < self._quiet_s()
 
     def _fingerprint(self, name: str, version: int) -> Fingerprint:
         """(path, size, mtime ns) of the model's own files and of every file of the
@@ -515,6 +670,12 @@ def _flock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _fresh_set(models: set[str], generation: int) -> dict[str, Any]:
+    """A wanted-set file's content: a new one, or one rewritten after it was lost
+    (``generation`` then goes on from this worker's, never back)."""
+    return {"generation": generation, "models": sorted(models), "loads": {}}
+
+
 def _read_desired(path: Path) -> dict[str, Any] | None:
     """The wanted-set file, or None when it is missing or unreadable (then rewritten)."""
     try:
@@ -526,8 +687,41 @@ def _read_desired(path: Path) -> dict[str, Any] | None:
         and isinstance(data.get("generation"), int)
         and isinstance(data.get("models"), list)
         and all(isinstance(m, str) for m in data["models"])
+        and isinstance(data.get("loads"), dict)
     )
     return data if ok else None
+
+
+def _applied(run_dir: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(worker index, its ``applied-<worker>.json``) of every worker that wrote one."""
+    for path in run_dir.glob("applied-*.json"):
+        try:
+            worker = int(path.stem.split("-", 1)[1])
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("pid"), int)
+            and isinstance(data.get("generation"), int)
+            and isinstance(data.get("failed"), dict)
+        ):
+            yield worker, data
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not Path("/proc").is_dir()
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _write_desired(path: Path, data: dict[str, Any]) -> None:

@@ -55,8 +55,14 @@ Multiprocess``):
   once is computed once and both callers get that answer. ``:memory:`` is per
   process, so it is refused with more than one worker.
 
+- **Model control** (``--model-control explicit``): the workers share the
+  wanted set through ``control/`` in the run directory above (private to this
+  run: another server on the same repository never sees it), and a load or
+  unload answers once every live worker applied it (:mod:`.model_control`).
+
 Every HTTP answer of a worker carries ``x-edgecloud-worker: <pid>`` (which
-process answered: for operators and for the tests).
+process answered: for operators and for the tests), and every log line of a
+worker but the JSON access log's starts with ``worker <index> (pid <pid>): ``.
 """
 
 from __future__ import annotations
@@ -83,7 +89,6 @@ from .host import ModelHost
 from .http import HttpApp, Receive, Scope, Send
 from .launch import address
 from .metrics import use_multiprocess
-from .model_control import SERVE_ID_ENV
 from .settings import ServerSettings
 
 __all__ = ["CRASH_LOOP", "STOP_MARGIN_S", "Supervisor", "WorkerApp", "available_cores",
@@ -270,9 +275,10 @@ class Supervisor:
                 grpc = self._reserve(self.settings.grpc_port, "gRPC", "--grpc-port")
                 held.append(grpc)
             use_multiprocess(state / "metrics")  # before any worker makes a metric
-            # One id for this server's workers, so a restarted worker rejoins the
-            # explicit model-control set the others hold (server/model_control.py).
-            os.environ[SERVE_ID_ENV] = f"{os.getpid()}-{time.time_ns()}"
+            # The explicit model-control set of this run only (server/model_control.py):
+            # private to this supervisor's workers, gone with it.
+            self._control_dir = state / "control"
+            self._control_dir.mkdir()
             self._worker_settings = self._split(bound_port(http), grpc)
             grpc_port = None if grpc is None else bound_port(grpc)
             tls = self.settings.tls_cert is not None
@@ -329,7 +335,7 @@ class Supervisor:
                 os.close(read)
                 for other in self._running.values():
                     os.close(other.status)
-                code = _work(self, write, supervisor)
+                code = _work(self, index, write, supervisor)
             finally:
                 os._exit(code)
         os.close(write)
@@ -456,8 +462,23 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _work(supervisor: Supervisor, status_fd: int, parent: int) -> int:
-    """One worker, in the forked child: serve until stopped; its exit status.
+def _log_as_worker(index: int) -> None:
+    """Prefix this process's log lines with ``worker <index> (pid <pid>): `` (N workers
+    log the same events: each line says whose), except the JSON access log's lines."""
+    prefix = f"worker {index} (pid {os.getpid()}): "
+    make = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        if made.name != "edgecloud.access" and isinstance(made.msg, str):
+            made.msg = prefix + made.msg
+        return made
+
+    logging.setLogRecordFactory(record)
+
+
+def _work(supervisor: Supervisor, index: int, status_fd: int, parent: int) -> int:
+    """Worker ``index``, in the forked child: serve until stopped; its exit status.
 
     Writes ``ready`` (all listeners up) or ``error <message>`` (it could not
     start) to ``status_fd``.
@@ -465,6 +486,7 @@ def _work(supervisor: Supervisor, status_fd: int, parent: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):  # the supervisor's are not ours
         signal.signal(signum, signal.SIG_DFL)
     _die_with_parent(parent)
+    _log_as_worker(index)
     status = os.fdopen(status_fd, "w", buffering=1)
 
     def report(line: str) -> None:
@@ -479,7 +501,7 @@ def _work(supervisor: Supervisor, status_fd: int, parent: int) -> int:
     settings = supervisor._worker_settings
     try:
         http = reuse_port_socket(settings.host, settings.http_port, "HTTP", "--http-port")
-        shared = SharedListeners(http, make_app)
+        shared = SharedListeners(http, make_app, supervisor._control_dir, index)
         repository = ModelRepository(supervisor.root)
         serve(repository, settings, lambda _: report("ready"), shared=shared)
     except EdgecloudError as exc:
