@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import UnavailableError, UpdateAuthError, error_for_http_status
 from ..repository import _write_atomic
 from ..tensors import InferRequest, RequestContext
+from .agent_state import storage_errors
 
 __all__ = ["EVENTS", "TELEMETRY_MODEL", "HttpSender", "Telemetry", "http_sender"]
 
@@ -76,9 +77,9 @@ class Telemetry:
         """Log and queue one event; returns it. ``event`` is one of :data:`EVENTS`."""
         if event not in EVENTS:
             raise ValueError(f"unknown telemetry event {event!r}; one of {', '.join(EVENTS)}")
-        with self._lock:
+        with self._lock, storage_errors("the telemetry sequence number"):
+            _write_atomic(self._seq_file, str(self._seq + 1).encode(), durable=True)
             self._seq += 1
-            _write_atomic(self._seq_file, str(self._seq).encode(), durable=True)
             seq = self._seq
         event_id = f"{self.device}:{seq}"
         body: dict[str, Any] = {
@@ -95,9 +96,8 @@ class Telemetry:
             "at": self._clock(),
         }
         level = logging.INFO if ok else logging.WARNING
-        log.log(
-            level, "fleet %s %s v%s<-v%s ok=%s %s", event, model, version, from_version, ok, detail
-        )
+        log.log(level, "fleet %s %s%s: %s%s", event, model, _versions(version, from_version),
+                "ok" if ok else "failed", f": {detail}" if detail else "")  # fmt: skip
         payload = np.array([json.dumps(body).encode()], dtype=np.object_)
         request = InferRequest(
             TELEMETRY_MODEL,
@@ -176,3 +176,9 @@ def _read_seq(path: Path) -> int:
         return 0
     except ValueError:  # a torn or foreign file: never reuse an id, restart past the clock
         return int(time.time() * 1000)
+
+
+def _versions(version: int | None, from_version: int | None) -> str:
+    """`` v2 (from v1)`` for a log line; no ``None`` in it."""
+    text = f" v{version}" if version is not None else ""
+    return text + (f" (from v{from_version})" if from_version is not None else "")
