@@ -758,6 +758,8 @@ class UpdateAgent:
         except (errors.RepositoryError, errors.DownloadError, OSError, ValueError) as exc:
             if fetcher.refused is not None:
                 raise refused(fetcher.refused, f"{base}/metadata/", self.settings.token) from exc
+            if fetcher.slow is not None:
+                raise DownloadError(fetcher.slow) from exc
             if fetcher.unreachable is not None:
                 raise UpdateError(f"cannot reach {base}/ ({fetcher.unreachable})") from exc
             if isinstance(exc, OSError):  # the metadata directory: a full or read-only disk

@@ -95,8 +95,8 @@ class RateFloor:
         late = self._clock() - self._start - self.allowance_s
         if late > 0 and self.received < self.min_rate * late:
             raise DownloadError(
-                f"{what}: too slow ({self.received} B in {late + self.allowance_s:.0f} s, "
-                f"under the minimum {self.min_rate:.0f} B/s after {self.allowance_s:.0f} s; "
+                f"{what}: too slow ({self.received} B in {late + self.allowance_s:.1f} s, "
+                f"under the minimum {self.min_rate:g} B/s after {self.allowance_s:g} s; "
                 "updates.min_rate_bytes_s); the bytes received are kept for a resume"
             )
 

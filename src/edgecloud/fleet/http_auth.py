@@ -94,7 +94,8 @@ def tuf_fetcher(
     """A python-tuf ``FetcherInterface`` that sends ``token``; ``.refused`` holds the
     HTTP status of the last 401/403 it got (None if none), ``.unreachable`` why the
     server could not be reached (``connection refused``, ``timed out after 30 s``;
-    None if it was) and ``.close()`` ends it. Each metadata transfer has the overall
+    None if it was), ``.slow`` the error of a transfer cut by the rate floor, and
+    ``.close()`` ends it. Each metadata transfer has the overall
     deadline of :class:`.download.RateFloor` (``min_rate_bytes_s``, ``allowance_s``).
 
     HTTP errors are python-tuf's ``DownloadHTTPError`` (the ``Updater`` reads
@@ -114,6 +115,7 @@ def tuf_fetcher(
         def __init__(self) -> None:
             self.refused: int | None = None
             self.unreachable: str | None = None
+            self.slow: str | None = None
             self._client = httpx.Client(timeout=timeout_s, headers=auth_headers(token))
 
         def _fetch(self, url: str) -> Iterator[bytes]:
@@ -141,7 +143,7 @@ def tuf_fetcher(
                     floor.add(len(chunk), url)
                     yield chunk
             except DownloadError as exc:  # too slow: python-tuf's name for it
-                self.unreachable = exc.message.removeprefix(f"{url}: ")
+                self.slow = exc.message
                 raise tuf_errors.SlowRetrievalError(exc.message) from exc
             except httpx.TimeoutException as exc:
                 self.unreachable = f"no data within {timeout_s:g} s"
