@@ -176,11 +176,12 @@ class UpdateAgent:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.trust_root = trust_root
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._store = AgentState(self.state_dir)
-        (self.state_dir / "tuf").mkdir(exist_ok=True)
         self.staging = self.state_dir / "staging"
-        self.staging.mkdir(exist_ok=True)
+        with storage_errors(f"the update agent's state directory {self.state_dir}"):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._store = AgentState(self.state_dir)
+            (self.state_dir / "tuf").mkdir(exist_ok=True)
+            self.staging.mkdir(exist_ok=True)
         self.telemetry = Telemetry(
             self.state_dir / "telemetry.db",
             device=settings.device_id,
@@ -315,8 +316,19 @@ class UpdateAgent:
                 return outcomes
             self._offline.clear()
             for model in models or self.settings.models:
-                outcomes.append(self._check_model(model, targets, consistent))
+                outcomes.append(self._check_stored(model, targets, consistent))
         return outcomes
+
+    def _check_stored(self, model: str, targets: Mapping[str, Any], consistent: bool) -> Outcome:
+        """:meth:`_check_model` with a storage failure anywhere in it (a state write at the
+        swap, a discard) as a failed outcome: the state file was not changed, so the version
+        served is still the one it names."""
+        try:
+            with storage_errors(f"the update of {model}"):
+                return self._check_model(model, targets, consistent)
+        except UpdateStorageError as exc:
+            self._event(model, "error", False, None, self.active(model), exc.message)
+            return Outcome(model, "failed", self.active(model), detail=exc.message)
 
     def _check_model(self, model: str, targets: Mapping[str, Any], consistent: bool) -> Outcome:
         current = self.active(model)
@@ -399,7 +411,8 @@ class UpdateAgent:
             self._event(model, "download", False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "skipped", current, current, exc.message)
         except UpdateError as exc:
-            self._event(model, "install", False, wanted, current, exc.message, stats.downloaded)
+            step = "download" if isinstance(exc, DownloadError) else "install"
+            self._event(model, step, False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "failed", current, current, exc.message)
         return self._try_swap(model, wanted, current, stats)
 
