@@ -404,3 +404,19 @@ def test_fleet_check_exits_1_on_a_failed_model_in_one_line_without_none(tmp_path
     ]
     assert "None" not in done.stdout + done.stderr
     assert "Retrying" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_version_with_the_same_model_downloads_no_model(
+    tmp_path: Path, fleet: tuple[TinyFleet, RangeServer]
+) -> None:
+    repo, server = fleet
+    model = classifier_onnx(1)
+    repo.publish("clf", 1, model, samples=samples_npz())
+    agent = make_agent(tmp_path, repo, server)
+    agent.check()
+    repo.publish("clf", 2, model, samples=samples_npz())  # new config or samples only
+    [outcome] = agent.check()
+    assert outcome.action == "updated" and outcome.version == 2
+    assert outcome.downloaded < 4096  # the config, not the 57 KB model
+    assert agent.repository.get("clf", 2, served_only=False, verify=True).version == 2
+    agent.close()

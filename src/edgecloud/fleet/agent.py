@@ -524,6 +524,9 @@ class UpdateAgent:
         """The new model's bytes, verified, and how they came (``delta <codec>`` or ``full``)."""
         path = f"{model}/{wanted}/{MODEL_FILE}"
         info = targets[path]
+        same = self._reuse(model, current, MODEL_FILE, info)
+        if same is not None:  # a version that changes other files only: 0 bytes moved
+            return same, f"reused from version {current}"
         for delta_path, delta_info in self._deltas(model, current, wanted, targets):
             try:
                 data = self._apply(model, current, delta_path, delta_info, consistent, stats)
