@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         UpdateAuthError,
         UpdateError,
         UpdateRepositoryError,
+        UpdateStorageError,
     )
     from .repository import (
         DynamicBatching,
@@ -195,6 +196,7 @@ __all__ = [
     "UpdateAuthError",
     "UpdateError",
     "UpdateRepositoryError",
+    "UpdateStorageError",
     "VersionPolicy",
     "__version__",
     "calibrate",
