@@ -77,9 +77,23 @@ class DripServer:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                answer = b"{}" * 500
                 self.send_response(200)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self._send(answer, drip(self.path))
+
+            def _send(self, data: bytes, slowly: bool) -> None:
+                if not slowly:
+                    self.wfile.write(data)
+                    return
+                with contextlib.suppress(OSError):
+                    for i in range(len(data)):
+                        if server.stop.is_set():
+                            return
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(gap_s)
 
             def do_GET(self) -> None:
                 file = root / self.path.removeprefix("/fleet/")
@@ -92,16 +106,7 @@ class DripServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if not drip(self.path):
-                    self.wfile.write(data)
-                    return
-                with contextlib.suppress(OSError):
-                    for i in range(len(data)):
-                        if server.stop.is_set():
-                            return
-                        self.wfile.write(data[i : i + 1])
-                        self.wfile.flush()
-                        time.sleep(gap_s)
+                self._send(data, drip(self.path))
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: Any, client_address: Any) -> None:
@@ -420,3 +425,21 @@ def test_a_version_with_the_same_model_downloads_no_model(
     assert outcome.downloaded < 4096  # the config, not the 57 KB model
     assert agent.repository.get("clf", 2, served_only=False, verify=True).version == 2
     agent.close()
+
+
+def test_a_dripping_telemetry_answer_leaves_the_event_queued(tmp_path: Path) -> None:
+    from edgecloud.fleet.telemetry import Telemetry, http_sender
+
+    server = DripServer(tmp_path, lambda path: path == "/fleet/telemetry")
+    telemetry = Telemetry(tmp_path / "telemetry.db", device="dev-1")
+    telemetry.record("clf", "check", ok=True)
+    send = http_sender(server.url, timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        assert telemetry.drain(send) == 0
+        assert 0.3 < time.monotonic() - started < 3.0  # cut after the allowance, not 1000 s
+        [item] = telemetry.outbox.items()  # still queued, not dead-lettered
+        assert "too slow" in str(item.last_error) or item.last_error is None
+    finally:
+        server.close()
+        telemetry.close()
