@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         UpdateAuthError,
         UpdateError,
         UpdateRepositoryError,
+        UpdateStorageError,
     )
     from .repository import (
         DynamicBatching,
@@ -197,6 +198,7 @@ __all__ = [
     "UpdateAuthError",
     "UpdateError",
     "UpdateRepositoryError",
+    "UpdateStorageError",
     "VersionPolicy",
     "__version__",
     "calibrate",

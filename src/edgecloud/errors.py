@@ -42,6 +42,7 @@ httpx, grpc, sqlite3) are translated at the boundary with
     │   ├── PublishConflictError (409)       a version already published with other bytes
     │   ├── DownloadError (502)              a target's bytes are not what was signed, or no answer
     │   ├── LinkNotAllowedError (503)        the current link may not carry updates
+    │   ├── UpdateStorageError (507)         the device's disk refused a write (full, read-only)
     │   └── UpdateAuthError (401)            the fleet server refused the device's token
     ├── InferenceError (500)                 the runtime failed on a valid request
     └── MissingDependencyError (500)         an optional extra is not installed
@@ -89,6 +90,7 @@ __all__ = [
     "UpdateAuthError",
     "UpdateError",
     "UpdateRepositoryError",
+    "UpdateStorageError",
 ]
 
 #: Most characters of a caller-supplied string an error message quotes.
@@ -364,6 +366,15 @@ class UpdateAuthError(UpdateError):
 
     status_code = 401
     grpc_code = "UNAUTHENTICATED"
+
+
+class UpdateStorageError(UpdateError):
+    """The device's storage refused an update's write (a full disk, a read-only or
+    unwritable directory, an I/O error): nothing half-installed is served, and the
+    update is tried again once the storage is fixed."""
+
+    status_code = 507
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class LinkNotAllowedError(UpdateError):

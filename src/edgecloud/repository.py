@@ -1047,12 +1047,17 @@ def _dump_config(config: ModelConfig) -> str:
 def _write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Replace ``path`` with ``data`` by rename; ``durable``: fsync file and directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk mid-write: no half-written temporary left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     if durable:
         _fsync_dir(path.parent)
 

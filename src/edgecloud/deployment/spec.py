@@ -82,6 +82,12 @@ class UpdatesSpec(_Strict):
     """Seconds between checks (``edgecloud fleet check`` checks at once)."""
     bandwidth_bytes_s: float | None = Field(default=None, gt=0)
     """Average download rate cap, bytes/s (token bucket); unset: unlimited."""
+    min_rate_bytes_s: float | None = Field(default=1024.0, gt=0, allow_inf_nan=False)
+    """Slowest average rate a transfer may keep after ``rate_allowance_s`` before it is
+    cut (a mirror dripping bytes holds the device otherwise); null: no floor. With
+    ``bandwidth_bytes_s`` the floor is at most half of it."""
+    rate_allowance_s: float = Field(default=30.0, ge=0, le=24 * 3600)
+    """Seconds any transfer may take before ``min_rate_bytes_s`` applies."""
     metered_ok: bool = True
     """Download on a metered link; the link type is read from ``EDGECLOUD_LINK``
     (``cellular``, ``metered``, ``satellite`` are metered)."""

@@ -55,6 +55,7 @@ start), and nothing needs a restart.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -73,6 +74,7 @@ from ..errors import (
     LinkNotAllowedError,
     UpdateAuthError,
     UpdateError,
+    UpdateStorageError,
 )
 from ..repository import (
     CONFIG_FILE,
@@ -84,8 +86,15 @@ from ..repository import (
     _write_atomic,
     sha256_file,
 )
-from .agent_state import AgentState
-from .download import FetchResult, LinkPolicy, TokenBucket, fetch_target
+from .agent_state import AgentState, storage_errors
+from .download import (
+    MIN_RATE_ALLOWANCE_S,
+    MIN_RATE_BYTES_S,
+    FetchResult,
+    LinkPolicy,
+    TokenBucket,
+    fetch_target,
+)
 from .health import HealthPolicy, check_health
 from .http_auth import auth_headers, refused, tuf_fetcher
 from .telemetry import Telemetry
@@ -127,6 +136,13 @@ class AgentSettings:
     max_error_rate: float = 0.1
     """Fraction of failed requests among the watched ones above which the swap is undone."""
     timeout_s: float = 30.0
+    """Per-read timeout of every HTTP request, seconds."""
+    min_rate_bytes_s: float | None = MIN_RATE_BYTES_S
+    """Slowest average rate a transfer (target or metadata) may keep after
+    ``rate_allowance_s`` before it is cut (:class:`.download.RateFloor`); None: no floor.
+    With a bandwidth budget the floor is at most half of it."""
+    rate_allowance_s: float = MIN_RATE_ALLOWANCE_S
+    """Seconds any transfer may take before the rate floor applies."""
     token: str | None = field(default=None, repr=False)
     """Bearer token of the fleet server (``edgecloud serve --token``), sent on every
     metadata, target and telemetry request (:mod:`.http_auth`); None: none sent."""
@@ -179,11 +195,12 @@ class UpdateAgent:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.trust_root = trust_root
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._store = AgentState(self.state_dir)
-        (self.state_dir / "tuf").mkdir(exist_ok=True)
         self.staging = self.state_dir / "staging"
-        self.staging.mkdir(exist_ok=True)
+        with storage_errors(f"the update agent's state directory {self.state_dir}"):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._store = AgentState(self.state_dir)
+            (self.state_dir / "tuf").mkdir(exist_ok=True)
+            self.staging.mkdir(exist_ok=True)
         self.telemetry = Telemetry(
             self.state_dir / "telemetry.db",
             device=settings.device_id,
@@ -230,11 +247,17 @@ class UpdateAgent:
         detail: str = "",
         nbytes: int = 0,
     ) -> None:
-        """One telemetry event (:meth:`.telemetry.Telemetry.record`): queued and logged."""
-        self.telemetry.record(
-            model, event, ok=ok, version=version, from_version=from_version, detail=detail,
-            nbytes=nbytes,
-        )  # fmt: skip
+        """One telemetry event (:meth:`.telemetry.Telemetry.record`): queued and logged.
+        A full disk loses the event (logged), never the update round."""
+        from ..routing.outbox import OutboxStorageError
+
+        try:
+            self.telemetry.record(
+                model, event, ok=ok, version=version, from_version=from_version, detail=detail,
+                nbytes=nbytes,
+            )  # fmt: skip
+        except (UpdateStorageError, OutboxStorageError) as exc:
+            log.warning("fleet: %s %s event not queued: %s", model, event, exc.message)
 
     # -- start -----------------------------------------------------------------
 
@@ -251,12 +274,21 @@ class UpdateAgent:
         with self._lock:
             for model in self.settings.models:
                 self._empty_trash(model)
+                if self._store.recovered is not None:
+                    self._event(model, "error", False, None, None, self._store.recovered)
                 served[model] = self._serve_recovered(model)
         return served
 
     def _serve_recovered(self, model: str) -> int | None:
         st = self.state(model)
         on_disk = self._on_disk(model)
+        for key in ("active", "previous"):
+            if st[key] is not None and st[key] not in on_disk:  # a stale or hand-edited file
+                self._event(
+                    model, "error", False, st[key], None,
+                    f"{self._store.path}: {key} version {st[key]} is not on disk; "
+                    "serving the newest verified version on disk instead",
+                )  # fmt: skip
         order = [st["active"], st["previous"], *sorted(on_disk, reverse=True)]
         tried: set[int] = set()
         for version in order:
@@ -305,8 +337,19 @@ class UpdateAgent:
                 return outcomes
             self._offline.clear()
             for model in models or self.settings.models:
-                outcomes.append(self._check_model(model, targets, consistent))
+                outcomes.append(self._check_stored(model, targets, consistent))
         return outcomes
+
+    def _check_stored(self, model: str, targets: Mapping[str, Any], consistent: bool) -> Outcome:
+        """:meth:`_check_model` with a storage failure anywhere in it (a state write at the
+        swap, a discard) as a failed outcome: the state file was not changed, so the version
+        served is still the one it names."""
+        try:
+            with storage_errors(f"the update of {model}"):
+                return self._check_model(model, targets, consistent)
+        except UpdateStorageError as exc:
+            self._event(model, "error", False, None, self.active(model), exc.message)
+            return Outcome(model, "failed", self.active(model), detail=exc.message)
 
     def _check_model(self, model: str, targets: Mapping[str, Any], consistent: bool) -> Outcome:
         current = self.active(model)
@@ -354,6 +397,8 @@ class UpdateAgent:
             if _kind(info) == "model" and path.startswith(f"{model}/")
         )
         rollout = targets.get(f"{model}/rollout.json")
+        if not published and rollout is None:
+            raise UpdateError(self._unknown_model(model, targets))
         if rollout is None:  # publishing is not deploying (Mender: upload, then deploy)
             return None, (
                 f"no rollout of {model}: run `edgecloud fleet rollout {model} VERSION --canary P%`"
@@ -380,6 +425,19 @@ class UpdateAgent:
             )
         return (None if wanted is None else int(wanted)), ""
 
+    def _unknown_model(self, model: str, targets: Mapping[str, Any]) -> str:
+        """The error for a model the fleet repository does not publish."""
+        where = f"updates.models[{self.settings.models.index(model)}]"
+        names = sorted(
+            {
+                str(i.custom["edgecloud"].get("model"))
+                for i in targets.values()
+                if _kind(i) == "model"
+            }
+        )
+        offer = ", ".join(names) if names else "none yet"
+        return f"{where}: {model!r} is not published on the fleet server (published: {offer})"
+
     # -- updating ----------------------------------------------------------------
 
     def _update(
@@ -394,12 +452,14 @@ class UpdateAgent:
     ) -> Outcome:
         stats = _Moved()
         try:
-            self._install(model, wanted, current, targets, consistent, stats, back=back)
+            with storage_errors(f"version {wanted} of {model}"):
+                self._install(model, wanted, current, targets, consistent, stats, back=back)
         except LinkNotAllowedError as exc:
             self._event(model, "download", False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "skipped", current, current, exc.message)
         except UpdateError as exc:
-            self._event(model, "install", False, wanted, current, exc.message, stats.downloaded)
+            step = "download" if isinstance(exc, DownloadError) else "install"
+            self._event(model, step, False, wanted, current, exc.message, stats.downloaded)
             return stats.outcome(model, "failed", current, current, exc.message)
         return self._try_swap(model, wanted, current, stats, back=back)
 
@@ -447,7 +507,9 @@ class UpdateAgent:
             written_here = name in (MODEL_FILE, MANIFEST_FILE)  # add_version writes these
             if other_info is None or written_here or "/" in name or name.startswith("."):
                 continue
-            data = self._fetch(other_info, other, consistent, stats).path.read_bytes()
+            data = self._reuse(model, current, name, other_info)
+            if data is None:
+                data = self._fetch(other_info, other, consistent, stats).path.read_bytes()
             if name in ("config.json", CONFIG_FILE):
                 config = _parse_config(data, other)
                 files[VERSION_CONFIG] = data  # this version's own config, for going back to it
@@ -463,11 +525,29 @@ class UpdateAgent:
                 version=wanted,
                 metadata={"fleet": {"target": path, "via": how, "result_sha256": _sha(onnx)}},
             )
-        except EdgecloudError as exc:
+        except (EdgecloudError, OSError) as exc:  # the journal rolled the write back
+            with contextlib.suppress(UpdateStorageError):  # still full: start() copes
+                self._save(model, installing=None)
+            if isinstance(exc, OSError):
+                raise
             raise UpdateError(f"version {wanted} cannot be installed: {exc.message}") from exc
         self._event(model, "install", True, wanted, current, how, len(onnx))
         for file in self.staging.glob("*.part"):
             file.unlink(missing_ok=True)  # installed: the staged pieces are not needed again
+
+    def _reuse(self, model: str, current: int | None, name: str, info: Any) -> bytes | None:
+        """File ``name`` of the installed ``current`` version when its bytes are the signed
+        target's (sha256 and length, checked on the bytes read): nothing to download."""
+        if current is None or current not in self._on_disk(model):
+            return None
+        path = self.repository.root / model / str(current) / name
+        try:
+            if path.stat().st_size != int(info.length):
+                return None
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return data if _sha(data) == info.hashes.get("sha256") else None
 
     def _installed_matches(
         self, model: str, version: int, info: Any, targets: Mapping[str, Any]
@@ -501,6 +581,9 @@ class UpdateAgent:
         """The new model's bytes, verified, and how they came (``delta <codec>`` or ``full``)."""
         path = f"{model}/{wanted}/{MODEL_FILE}"
         info = targets[path]
+        same = self._reuse(model, current, MODEL_FILE, info)
+        if same is not None:  # a version that changes other files only: 0 bytes moved
+            return same, f"reused from version {current}"
         for delta_path, delta_info in self._deltas(model, current, wanted, targets):
             try:
                 data = self._apply(model, current, delta_path, delta_info, consistent, stats)
@@ -519,7 +602,13 @@ class UpdateAgent:
             signed = info.hashes.get("sha256")
             custom = delta_info.custom["edgecloud"]
             expected = signed if not custom.get("lossy") else custom.get("result_sha256")
-            if _sha(data) != expected:
+            if _sha(data) != expected:  # a published delta that is wrong: the fleet must know
+                self._event(
+                    model, "download", False, wanted, current,
+                    f"{delta_path}: applied, but the result's sha256 {_sha(data)[:16]}… is not "
+                    f"the signed {str(expected)[:16]}…; full model instead",
+                    stats.downloaded,
+                )  # fmt: skip
                 continue
             return data, f"delta {custom.get('codec')}"
         data = self._fetch(info, path, consistent, stats).path.read_bytes()
@@ -573,10 +662,20 @@ class UpdateAgent:
                 sha256=sha,
                 bucket=self.bucket,
                 links=self.settings.links,
+                min_rate_bytes_s=self._min_rate(),
+                allowance_s=self.settings.rate_allowance_s,
             )
         if stats is not None:
             stats.add(result)
         return result
+
+    def _min_rate(self) -> float | None:
+        """The rate floor, at most half the bandwidth budget (a throttled download is
+        slow on purpose)."""
+        floor, budget = self.settings.min_rate_bytes_s, self.settings.bandwidth_bytes_s
+        if floor is None or budget is None:
+            return floor
+        return min(floor, budget / 2)
 
     def _target_url(self, path: str, sha: str, consistent: bool) -> str:
         """python-tuf ngclient's naming: ``dir/<sha256>.<name>`` with consistent snapshots."""
@@ -779,7 +878,12 @@ class UpdateAgent:
         require("cryptography", extra="fleet", feature=feature)  # signature checks need it
         base = self.settings.server.rstrip("/") + "/fleet"
         tuf_dir = self.state_dir / "tuf"
-        fetcher = tuf_fetcher(self.settings.token, self.settings.timeout_s)
+        fetcher = tuf_fetcher(
+            self.settings.token,
+            self.settings.timeout_s,
+            min_rate_bytes_s=self._min_rate(),
+            allowance_s=self.settings.rate_allowance_s,
+        )
         try:
             updater = ngclient.Updater(
                 str(tuf_dir),
@@ -795,7 +899,15 @@ class UpdateAgent:
         except (errors.RepositoryError, errors.DownloadError, OSError, ValueError) as exc:
             if fetcher.refused is not None:
                 raise refused(fetcher.refused, f"{base}/metadata/", self.settings.token) from exc
-            raise UpdateError(f"update metadata refused: {type(exc).__name__}: {exc}") from exc
+            if fetcher.slow is not None:
+                raise DownloadError(fetcher.slow) from exc
+            if fetcher.unreachable is not None:
+                raise UpdateError(f"cannot reach {base}/ ({fetcher.unreachable})") from exc
+            if isinstance(exc, OSError):  # the metadata directory: a full or read-only disk
+                with storage_errors(f"update metadata in {tuf_dir}"):
+                    raise exc
+            why = str(exc) or type(exc).__name__
+            raise UpdateError(f"update metadata refused: {why}") from exc
         finally:
             fetcher.close()
         found: dict[str, Any] = dict(targets.signed.targets)

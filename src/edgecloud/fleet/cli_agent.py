@@ -46,7 +46,8 @@ def _say(outcome: Outcome) -> None:
     resumed = f", resumed {outcome.resumed} B" if outcome.resumed else ""
     again = f", re-downloaded {outcome.redownloaded} B" if outcome.redownloaded else ""
     detail = f": {outcome.detail}" if outcome.detail else ""
-    head = f"{outcome.model}: {outcome.action} (version {outcome.version})"
+    serving = "nothing installed" if outcome.version is None else f"version {outcome.version}"
+    head = f"{outcome.model}: {outcome.action} ({serving})"
     typer.echo(f"{head}{moved}{resumed}{again}{detail}")
 
 
@@ -66,14 +67,18 @@ def agent_command(
     from ..errors import EdgecloudError, UpdateAuthError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    for noisy in ("httpx", "httpcore", "urllib3", "tuf"):  # our own line says what failed
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     agent = _agent(deployment, token_file)
     try:
         for model, version in agent.start().items():
-            typer.echo(f"{model}: serving version {version}")
+            serving = "nothing yet" if version is None else f"version {version}"
+            typer.echo(f"{model}: serving {serving}")
         if once:
-            for outcome in agent.check():
+            outcomes = agent.check()
+            for outcome in outcomes:
                 _say(outcome)
+            failed = [o.model for o in outcomes if o.action == "failed"]
             try:
                 agent.drain_telemetry()
             except UpdateAuthError as exc:  # the events stay queued; the operator must act
@@ -81,6 +86,8 @@ def agent_command(
                 raise typer.Exit(1) from None
             except EdgecloudError:
                 pass  # offline: the outbox keeps the events
+            if failed:  # a failed update is not a success: scripts and cron must see it
+                raise typer.Exit(1)
             return
         stop = threading.Event()
         signal.signal(signal.SIGUSR1, lambda *_: agent.wake())
@@ -95,6 +102,7 @@ def check_command(deployment: DeploymentOption, token_file: TokenFileOption = No
     """Check for updates now: one round of the agent, then exit.
 
     When an agent already runs on this state directory, the error says how to
-    wake it instead.
+    wake it instead. Exits 1 when an update of any model failed (the device keeps
+    what it serves).
     """
     agent_command(deployment, once=True, token_file=token_file)

@@ -34,6 +34,8 @@ def settings_of(spec: UpdatesSpec, token: str | None = None) -> AgentSettings:
         group=spec.group,
         interval_s=spec.interval_s,
         bandwidth_bytes_s=spec.bandwidth_bytes_s,
+        min_rate_bytes_s=spec.min_rate_bytes_s,
+        rate_allowance_s=spec.rate_allowance_s,
         links=LinkPolicy(metered_ok=spec.metered_ok),
         health=HealthPolicy(
             min_accuracy=spec.min_accuracy,

@@ -25,11 +25,15 @@ from typing import Any
 
 from ..errors import ConfigError, DownloadError, LinkNotAllowedError
 from ..repository import sha256_file
+from .agent_state import storage_errors
 
 __all__ = [
     "METERED_LINKS",
+    "MIN_RATE_ALLOWANCE_S",
+    "MIN_RATE_BYTES_S",
     "FetchResult",
     "LinkPolicy",
+    "RateFloor",
     "TokenBucket",
     "env_link",
     "fetch_target",
@@ -40,6 +44,61 @@ METERED_LINKS = frozenset({"cellular", "metered", "satellite"})
 
 MIN_BURST_BYTES = 16 * 1024
 """Smallest default burst of the token bucket, bytes (else a tenth of a second of the rate)."""
+
+
+MIN_RATE_BYTES_S = 1024.0
+"""Default slowest average transfer rate, bytes/s, a download may keep after
+:data:`MIN_RATE_ALLOWANCE_S` (a 1 MB model gets ~17 minutes; a mirror that
+drips a byte a second is cut after the allowance)."""
+
+MIN_RATE_ALLOWANCE_S = 30.0
+"""Seconds a transfer may take regardless of its size (connection setup, a slow start)."""
+
+
+class RateFloor:
+    """An overall deadline for one transfer: after ``allowance_s`` seconds, at least
+    ``min_rate_bytes_s`` on average, else DownloadError.
+
+    httpx's (and urllib3's) read timeout is per read, so a server that sends a
+    byte just before each timeout holds a client forever (the "slow retrieval"
+    attack of TUF's threat model). At ``t`` seconds into the transfer the bytes
+    received must be at least ``min_rate_bytes_s * (t - allowance_s)``, which
+    for a file of ``n`` bytes is a deadline of ``allowance_s + n / min_rate``
+    that cuts a dripping server as soon as it falls behind, without knowing
+    ``n`` beforehand (metadata too). ``min_rate_bytes_s`` None disables it.
+    """
+
+    def __init__(
+        self,
+        min_rate_bytes_s: float | None = MIN_RATE_BYTES_S,
+        *,
+        allowance_s: float = MIN_RATE_ALLOWANCE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min_rate_bytes_s is not None and not (0 < min_rate_bytes_s < float("inf")):
+            raise ConfigError(f"min_rate_bytes_s must be a positive number, not {min_rate_bytes_s}")
+        if not (0 <= allowance_s < float("inf")):
+            raise ConfigError(
+                f"the allowance must be a non-negative number of seconds, not {allowance_s}"
+            )
+        self.min_rate = min_rate_bytes_s
+        self.allowance_s = allowance_s
+        self._clock = clock
+        self._start = clock()
+        self.received = 0
+
+    def add(self, n: int, what: str) -> None:
+        """Count ``n`` bytes of ``what`` (a URL); DownloadError when the transfer is too slow."""
+        self.received += n
+        if self.min_rate is None:
+            return
+        late = self._clock() - self._start - self.allowance_s
+        if late > 0 and self.received < self.min_rate * late:
+            raise DownloadError(
+                f"{what}: too slow ({self.received} B in {late + self.allowance_s:.1f} s, "
+                f"under the minimum {self.min_rate:g} B/s after {self.allowance_s:g} s; "
+                "updates.min_rate_bytes_s); the bytes received are kept for a resume"
+            )
 
 
 def env_link() -> str:
@@ -136,6 +195,8 @@ def fetch_target(
     sha256: str,
     bucket: TokenBucket | None = None,
     links: LinkPolicy | None = None,
+    min_rate_bytes_s: float | None = MIN_RATE_BYTES_S,
+    allowance_s: float = MIN_RATE_ALLOWANCE_S,
 ) -> FetchResult:
     """Download ``url`` into ``staging`` (resuming what is there) and verify it.
 
@@ -144,20 +205,40 @@ def fetch_target(
     a body longer than ``length``, a hash mismatch after a fresh download —
     the staging file is then removed), UpdateAuthError (a 401/403: the
     ``Authorization`` header of ``client`` is missing or wrong) or
-    LinkNotAllowedError (the staging file is kept for a later resume).
+    LinkNotAllowedError (the staging file is kept for a later resume). A
+    transfer slower than ``min_rate_bytes_s`` on average after ``allowance_s``
+    (:class:`RateFloor`) is a DownloadError that keeps the staging prefix.
+    Storage failures (a full disk, a read-only directory) are
+    :class:`~edgecloud.errors.UpdateStorageError` (:func:`storage_errors`).
     """
-    policy = links or LinkPolicy()
+    with storage_errors(f"staging {staging.name}"):
+        return _fetch_target(
+            client, url, staging, length, sha256, bucket, links or LinkPolicy(),
+            lambda: RateFloor(min_rate_bytes_s, allowance_s=allowance_s),
+        )  # fmt: skip
+
+
+def _fetch_target(
+    client: Any,
+    url: str,
+    staging: Path,
+    length: int,
+    sha256: str,
+    bucket: TokenBucket | None,
+    policy: LinkPolicy,
+    floor: Callable[[], RateFloor],
+) -> FetchResult:
     kept, dropped = _kept_prefix(staging, length, sha256)
     if kept == length:
         return FetchResult(staging, 0, kept, 0)
-    got = _stream(client, url, staging, kept, length, bucket, policy)
+    got = _stream(client, url, staging, kept, length, bucket, policy, floor())
     if sha256_file(staging) == sha256 and staging.stat().st_size == length:
         return FetchResult(staging, got, kept, dropped)
     staging.unlink(missing_ok=True)
     if kept == 0:
         raise DownloadError(f"{url}: the downloaded bytes do not match the signed sha256")
     # The kept prefix was wrong (a torn write, another file): fetch it all once more.
-    again = _stream(client, url, staging, 0, length, bucket, policy)
+    again = _stream(client, url, staging, 0, length, bucket, policy, floor())
     if sha256_file(staging) != sha256:
         staging.unlink(missing_ok=True)
         raise DownloadError(f"{url}: the downloaded bytes do not match the signed sha256")
@@ -184,6 +265,7 @@ def _stream(
     length: int,
     bucket: TokenBucket | None,
     links: LinkPolicy,
+    floor: RateFloor,
 ) -> int:
     """Append bytes ``start..length`` of ``url`` to ``staging``; returns bytes received."""
     httpx = _httpx()
@@ -208,6 +290,7 @@ def _stream(
                     out.write(chunk)
                     out.flush()  # the prefix survives a SIGKILL of this process
                     received += len(chunk)
+                    floor.add(len(chunk), url)  # after the write: a cut keeps the prefix
                 os.fsync(out.fileno())
     except httpx.HTTPError as exc:
         raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, UpdateAuthError
+from ..errors import ConfigError, DownloadError, UpdateAuthError
+from .download import RateFloor
 
 __all__ = [
     "TOKEN_ENV",
@@ -83,9 +84,19 @@ def refused(status: int, url: str, token: str | None) -> UpdateAuthError:
     return UpdateAuthError(f"{url}: HTTP {status}: the fleet server {sent}; {TOKEN_HINT}")
 
 
-def tuf_fetcher(token: str | None, timeout_s: float) -> Any:
+def tuf_fetcher(
+    token: str | None,
+    timeout_s: float,
+    *,
+    min_rate_bytes_s: float | None = None,
+    allowance_s: float = 30.0,
+) -> Any:
     """A python-tuf ``FetcherInterface`` that sends ``token``; ``.refused`` holds the
-    HTTP status of the last 401/403 it got (None if none) and ``.close()`` ends it.
+    HTTP status of the last 401/403 it got (None if none), ``.unreachable`` why the
+    server could not be reached (``connection refused``, ``timed out after 30 s``;
+    None if it was), ``.slow`` the error of a transfer cut by the rate floor, and
+    ``.close()`` ends it. Each metadata transfer has the overall
+    deadline of :class:`.download.RateFloor` (``min_rate_bytes_s``, ``allowance_s``).
 
     HTTP errors are python-tuf's ``DownloadHTTPError`` (the ``Updater`` reads
     403/404 on ``N.root.json`` as "no newer root"), a timeout its
@@ -103,15 +114,19 @@ def tuf_fetcher(token: str | None, timeout_s: float) -> Any:
     class _HttpxFetcher(base):  # type: ignore[misc]
         def __init__(self) -> None:
             self.refused: int | None = None
+            self.unreachable: str | None = None
+            self.slow: str | None = None
             self._client = httpx.Client(timeout=timeout_s, headers=auth_headers(token))
 
         def _fetch(self, url: str) -> Iterator[bytes]:
             try:
                 response = self._client.send(self._client.build_request("GET", url), stream=True)
             except httpx.TimeoutException as exc:
-                raise tuf_errors.SlowRetrievalError(f"{url}: {exc}") from exc
+                self.unreachable = f"no answer within {timeout_s:g} s"
+                raise tuf_errors.SlowRetrievalError(f"{url}: {self.unreachable}") from exc
             except httpx.HTTPError as exc:
-                raise tuf_errors.DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
+                self.unreachable = _transport_reason(exc)
+                raise tuf_errors.DownloadError(f"{url}: {self.unreachable}") from exc
             if response.status_code != 200:
                 response.close()
                 if response.status_code in (401, 403):
@@ -122,12 +137,20 @@ def tuf_fetcher(token: str | None, timeout_s: float) -> Any:
             return self._chunks(response, url)
 
         def _chunks(self, response: Any, url: str) -> Iterator[bytes]:
+            floor = RateFloor(min_rate_bytes_s, allowance_s=allowance_s)
             try:
-                yield from response.iter_bytes()
+                for chunk in response.iter_bytes():
+                    floor.add(len(chunk), url)
+                    yield chunk
+            except DownloadError as exc:  # too slow: python-tuf's name for it
+                self.slow = exc.message
+                raise tuf_errors.SlowRetrievalError(exc.message) from exc
             except httpx.TimeoutException as exc:
-                raise tuf_errors.SlowRetrievalError(f"{url}: {exc}") from exc
+                self.unreachable = f"no data within {timeout_s:g} s"
+                raise tuf_errors.SlowRetrievalError(f"{url}: {self.unreachable}") from exc
             except httpx.HTTPError as exc:
-                raise tuf_errors.DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
+                self.unreachable = _transport_reason(exc)
+                raise tuf_errors.DownloadError(f"{url}: {self.unreachable}") from exc
             finally:
                 response.close()
 
@@ -135,3 +158,16 @@ def tuf_fetcher(token: str | None, timeout_s: float) -> Any:
             self._client.close()
 
     return _HttpxFetcher()
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """``connection refused``, ``name not resolved``...: an httpx transport error in words."""
+    import errno
+
+    text = str(exc)
+    for code in (errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH):
+        if f"[Errno {code}]" in text:
+            return os.strerror(code).lower()
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "host name not resolved"
+    return f"{type(exc).__name__}: {' '.join(text.split())}" if text else type(exc).__name__

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnavailableError, UpdateAuthError, error_for_http_status
+from ..errors import DownloadError, UnavailableError, UpdateAuthError, error_for_http_status
 from ..repository import _write_atomic
 from ..tensors import InferRequest, RequestContext
+from .agent_state import storage_errors
 
 __all__ = ["EVENTS", "TELEMETRY_MODEL", "HttpSender", "Telemetry", "http_sender"]
 
@@ -76,9 +77,9 @@ class Telemetry:
         """Log and queue one event; returns it. ``event`` is one of :data:`EVENTS`."""
         if event not in EVENTS:
             raise ValueError(f"unknown telemetry event {event!r}; one of {', '.join(EVENTS)}")
-        with self._lock:
+        with self._lock, storage_errors("the telemetry sequence number"):
+            _write_atomic(self._seq_file, str(self._seq + 1).encode(), durable=True)
             self._seq += 1
-            _write_atomic(self._seq_file, str(self._seq).encode(), durable=True)
             seq = self._seq
         event_id = f"{self.device}:{seq}"
         body: dict[str, Any] = {
@@ -95,9 +96,8 @@ class Telemetry:
             "at": self._clock(),
         }
         level = logging.INFO if ok else logging.WARNING
-        log.log(
-            level, "fleet %s %s v%s<-v%s ok=%s %s", event, model, version, from_version, ok, detail
-        )
+        log.log(level, "fleet %s %s%s: %s%s", event, model, _versions(version, from_version),
+                "ok" if ok else "failed", f": {detail}" if detail else "")  # fmt: skip
         payload = np.array([json.dumps(body).encode()], dtype=np.object_)
         request = InferRequest(
             TELEMETRY_MODEL,
@@ -130,9 +130,19 @@ class HttpSender:
     leaves the item queued, a 401/403 stops the drain with every item kept (and
     is remembered in :attr:`refused`, an ``UpdateAuthError`` naming the token
     settings), another 4xx dead-letters the item (the server will never take it).
+    An answer slower than ``min_rate_bytes_s`` after ``timeout_s`` (a server that
+    drips its response, :class:`.download.RateFloor`) is an ``UnavailableError``:
+    the item stays queued and the agent's round goes on.
     """
 
-    def __init__(self, server: str, *, token: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        min_rate_bytes_s: float | None = 1024.0,
+    ) -> None:
         from .._optional import require
         from .http_auth import auth_headers
 
@@ -140,18 +150,29 @@ class HttpSender:
         self.url = server.rstrip("/") + "/fleet/telemetry"
         self.token = token
         self.timeout_s = timeout_s
+        self.min_rate_bytes_s = min_rate_bytes_s
         self._headers = auth_headers(token)
         self.refused: UpdateAuthError | None = None
         """The last token refusal, None while the server takes the token."""
 
     def __call__(self, request: InferRequest) -> None:
+        from .download import RateFloor
+
         httpx = self._httpx
+        body = b""
         try:
-            response = httpx.post(
-                self.url, json=event_of(request), headers=self._headers, timeout=self.timeout_s
-            )
+            with httpx.stream(
+                "POST", self.url, json=event_of(request), headers=self._headers,
+                timeout=self.timeout_s,
+            ) as response:  # fmt: skip
+                floor = RateFloor(self.min_rate_bytes_s, allowance_s=self.timeout_s)
+                for chunk in response.iter_bytes():
+                    floor.add(len(chunk), self.url)
+                    body = (body + chunk)[:4096]  # only the start is ever shown
         except httpx.HTTPError as exc:
             raise UnavailableError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        except DownloadError as exc:  # too slow: a transient failure, the item stays queued
+            raise UnavailableError(exc.message) from exc
         if response.status_code in (401, 403):
             from .http_auth import refused
 
@@ -160,7 +181,9 @@ class HttpSender:
             raise error  # AuthenticationError / PermissionDeniedError: the outbox stops, keeps
         if response.status_code >= 300:
             raise error_for_http_status(
-                response.status_code, response.text[:200], response.headers.get("retry-after")
+                response.status_code,
+                body.decode(errors="replace")[:200],
+                response.headers.get("retry-after"),
             )
 
 
@@ -176,3 +199,9 @@ def _read_seq(path: Path) -> int:
         return 0
     except ValueError:  # a torn or foreign file: never reuse an id, restart past the clock
         return int(time.time() * 1000)
+
+
+def _versions(version: int | None, from_version: int | None) -> str:
+    """`` v2 (from v1)`` for a log line; no ``None`` in it."""
+    text = f" v{version}" if version is not None else ""
+    return text + (f" (from v{from_version})" if from_version is not None else "")
