@@ -193,11 +193,13 @@ def http_sender(server: str, *, token: str | None = None, timeout_s: float = 5.0
 
 
 def _read_seq(path: Path) -> int:
+    """The last sequence number used. A missing file (a new or re-provisioned device
+    under a known id), a torn or a foreign one restart past the clock in milliseconds:
+    the server binds an id to its content (a reused id with other content is a 422),
+    so an id is never reused."""
     try:
-        return int(path.read_text().strip() or 0)
-    except FileNotFoundError:
-        return 0
-    except ValueError:  # a torn or foreign file: never reuse an id, restart past the clock
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
         return int(time.time() * 1000)
 
 
