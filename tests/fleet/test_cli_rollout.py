@@ -166,7 +166,7 @@ def test_narrowing_says_which_devices_leave_the_canary(
     assert "narrowed from 50% to 10%: devices that leave the canary go back to the stable " \
         "version 2" in stable.output  # fmt: skip
     groups = cli(fleet, "rollout", "m", "3", "--canary", "10%", "--group", "lab")
-    assert "narrowed from 10% to 10% of groups lab" in groups.output
+    assert "narrowed from 10% to 10% of group lab" in groups.output
     widened = cli(fleet, "rollout", "m", "3", "--canary", "20%", "--group", "lab")
     assert widened.exit_code == 0 and "narrowed" not in widened.output
 
@@ -211,3 +211,54 @@ def test_fleet_help_reads_well_at_80_columns() -> None:
     for name in names:
         page = CliRunner().invoke(fleet_app, [name, "--help"], env={"COLUMNS": "80"})
         assert page.exit_code == 0 and max(len(x) for x in page.output.splitlines()) <= 80
+
+
+def test_flags_of_another_mode_and_bad_values_name_their_flag(fleet: tuple[Path, Path]) -> None:
+    """atk2-newuser: --stages/--interval-s/--timeout-s without --auto were ignored;
+    --stages 200 blamed --canary; --group '' leaked validator text."""
+    for flag, value in (("--stages", "x"), ("--interval-s", "1"), ("--timeout-s", "60")):
+        run = cli(fleet, "rollout", "m", "2", "--canary", "5%", flag, value)
+        assert run.exit_code != 0 and f"{flag} applies only with --auto" in str(run.exception)
+    db = ["--db", str(fleet[0])]  # never read: the stages are refused first
+    for stages in ("200", "0", "nan", "x"):
+        run = cli(fleet, "rollout", "m", "2", "--canary", "5%", "--auto", "--stages", stages, *db)
+        assert run.exit_code != 0 and str(run.exception).startswith(f"--stages {stages!r}")
+    for group in ("", " "):
+        run = cli(fleet, "rollout", "m", "2", "--group", group)
+        message = str(run.exception)
+        assert run.exit_code != 0 and message.startswith(f"--group {group!r} is empty")
+        assert "Value error" not in message
+    assert RolloutControl(fleet[0], None).current("m") is None  # nothing was signed
+
+
+def test_a_second_abort_says_the_first_reason_and_fails(fleet: tuple[Path, Path]) -> None:
+    assert cli(fleet, "rollout", "m", "2", "--canary", "5%").exit_code == 0
+    assert cli(fleet, "abort", "m", "--reason", "one").exit_code == 0
+    again = cli(fleet, "abort", "m", "--reason", "two")
+    assert isinstance(again.exception, ConflictError)
+    assert "already aborted (reason: one)" in str(again.exception)
+    assert RolloutControl(fleet[0], None).current("m").reason == "one"  # type: ignore[union-attr]
+
+
+def test_lines_say_what_is_true(fleet: tuple[Path, Path]) -> None:
+    """No "others" at 100% of every group; no tail repeating the line; group singular."""
+    full = cli(fleet, "rollout", "m", "1", "--canary", "100%")
+    assert full.output.strip() == "rollout of m (generation 1) active: 1 to 100%"
+    lab = cli(fleet, "rollout", "m", "1", "--canary", "100%", "--group", "lab")
+    assert "1 to 100% of group lab, others keep what they run" in lab.output
+    nope = cli(fleet, "status", "nope")
+    assert isinstance(nope.exception, ModelNotFoundError)
+    assert "'nope' was never published" in str(nope.exception) and "published: m" in str(
+        nope.exception
+    )
+    assert cli(fleet, "status", "m").exit_code == 0
+
+
+def test_status_from_a_server_that_is_down_says_so_in_words(fleet: tuple[Path, Path]) -> None:
+    from edgecloud.errors import UnavailableError
+    from edgecloud.server.launch import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    down = cli(fleet, "status", "m", "--server", url)
+    assert isinstance(down.exception, UnavailableError)
+    assert str(down.exception) == f"cannot reach {url}/fleet/status (connection refused)"

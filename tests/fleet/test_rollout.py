@@ -18,6 +18,7 @@ from edgecloud.fleet.rollout import (
     pause,
     promote,
     resume,
+    share,
     stage_devices,
     start,
 )
@@ -108,6 +109,17 @@ def test_auto_widens_an_empty_canary_to_one_device() -> None:
     assert decision.action == "promote"
     held = stage_devices(decision.rollout, fleet)
     assert [d.device for d in held] == [min(DEVICES, key=lambda d: bucket(d, "m"))]
+    widened = decision.rollout.percent
+    assert f"widened to {share(widened)}% to reach one device" in decision.detail
+    healthy = [device(d.device, 2, health=True) for d in held]
+    step = auto_step(decision.rollout, healthy, [])
+    assert f"at {share(widened)}% (the share widened to reach one device)" in step.detail
+
+
+def test_share_reads_as_a_percentage() -> None:
+    assert [share(p) for p in (5, 0.5, 100, 57.862614, 99.97, 99.974, 0.0041234)] == [
+        "5", "0.5", "100", "57.9", "99.97", "99.9", "0.0041",
+    ]  # fmt: skip
 
 
 def test_auto_promotes_only_when_every_stage_device_is_healthy() -> None:
@@ -135,6 +147,11 @@ def test_auto_aborts_on_any_rollback() -> None:
     step = auto_step(_auto(30), [device(d, 1) for d in DEVICES], ["dev-03"])
     assert step.action == "abort" and step.rollout.state == "aborted"
     assert "dev-03" in step.rollout.reason
+    # the CLI prints "{action}: {detail}": no detail repeats its action
+    assert not step.detail.startswith("abort")
+    for r in (_auto(30), step.rollout):
+        for decision in (auto_step(r, [device(d, 1) for d in DEVICES], []),):
+            assert not decision.detail.startswith(f"{decision.action}:")
 
 
 def test_promote_manual_rollout_stays_active_at_100() -> None:

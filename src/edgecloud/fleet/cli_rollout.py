@@ -54,8 +54,12 @@ def _control(fleet: Path, keys: Path | None) -> RolloutControl:
 def _describe(r: Rollout) -> str:
     """One line for the rollout's state; never a bare None (no stable version:
     devices outside the canary keep what they run)."""
-    groups = f" of groups {','.join(r.groups)}" if r.groups else ""
-    others = f"others on {r.stable}" if r.stable is not None else "others keep what they run"
+    from .rollout import share
+
+    groups = _of_groups(r.groups)
+    others = f", others on {r.stable}" if r.stable is not None else ", others keep what they run"
+    if r.percent >= 100 and not r.groups:
+        others = ""  # every device takes the candidate: there are no others
     if r.state == "complete":
         what = f"complete: every device runs {r.stable}"
     elif r.state == "aborted":
@@ -66,10 +70,19 @@ def _describe(r: Rollout) -> str:
         )
         what = f"aborted: every device on {r.candidate} goes back to {back}"
     else:
-        what = f"{r.state}: {r.candidate} to {r.percent:g}%{groups}, {others}"
+        what = f"{r.state}: {r.candidate} to {share(r.percent)}%{groups}{others}"
+    # the reason a plain start records ("rollout of 2 to 5%") says nothing the line does not
+    plain = r.reason == f"rollout of {r.candidate} to {r.percent:g}%"
     return f"rollout of {r.model} (generation {r.generation}) {what}" + (
-        f" — {r.reason}" if r.reason else ""
+        f" — {r.reason}" if r.reason and not plain else ""
     )
+
+
+def _of_groups(groups: Sequence[str] | None) -> str:
+    """`` of group lab`` / `` of groups lab,field`` / ``""`` (every group)."""
+    if not groups:
+        return ""
+    return f" of group{'s' if len(groups) > 1 else ''} {','.join(groups)}"
 
 
 def _fallback(r: Rollout) -> str:
@@ -99,9 +112,8 @@ def narrowed(
     )
     if r.percent >= prev.percent and not fewer_groups:
         return None
-    groups = f" of groups {','.join(prev.groups)}" if prev.groups else ""
-    was = f"{prev.percent:g}%{groups}"
-    now = f"{r.percent:g}%" + (f" of groups {','.join(r.groups)}" if r.groups else "")
+    was = f"{prev.percent:g}%{_of_groups(prev.groups)}"
+    now = f"{r.percent:g}%{_of_groups(r.groups)}"
     line = f"narrowed from {was} to {now}: devices that leave the canary go {_fallback(r)}"
     if devices is not None:
         leaving = sorted(
@@ -155,8 +167,12 @@ def _fetch(server: str, model: str, headers: dict[str, str]) -> list[DeviceStatu
     url = f"{server.rstrip('/')}/fleet/status"
     try:
         reply = httpx.get(url, params={"model": model}, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        raise UnavailableError(f"cannot reach {url}: {exc}") from exc
+    except httpx.TimeoutException as exc:
+        raise UnavailableError(f"cannot reach {url} (no answer within 30 s)") from exc
+    except httpx.HTTPError as exc:  # the words of `fleet check`: "connection refused"...
+        from .http_auth import _transport_reason
+
+        raise UnavailableError(f"cannot reach {url} ({_transport_reason(exc)})") from exc
     if reply.status_code != 200:
         raise error_for_http_status(reply.status_code, f"{url}: {reply.text[:200]}")
     return [DeviceStatus(**d) for d in reply.json()["devices"]]
@@ -179,14 +195,23 @@ def rollout_cmd(
         ),
     ] = False,
     stages: Annotated[
-        str, typer.Option("--stages", help="With --auto: percentages after the canary.")
-    ] = "25,100",
+        str | None,
+        typer.Option(
+            "--stages", help="With --auto: percentages after the canary [default: 25,100]."
+        ),
+    ] = None,
     interval_s: Annotated[
-        float, typer.Option("--interval-s", min=0.05, help="With --auto: seconds between reads.")
-    ] = 2.0,
+        float | None,
+        typer.Option(
+            "--interval-s", min=0.05, help="With --auto: seconds between reads [default: 2]."
+        ),
+    ] = None,
     timeout_s: Annotated[
-        float, typer.Option("--timeout-s", min=1, help="With --auto: give up after (seconds).")
-    ] = 3600.0,
+        float | None,
+        typer.Option(
+            "--timeout-s", min=1, help="With --auto: give up after (seconds) [default: 3600]."
+        ),
+    ] = None,
     fleet: FleetOption = Path("fleet-repo"),
     keys: KeysOption = Path("fleet-keys"),
     server: ServerOption = None,
@@ -205,8 +230,20 @@ def rollout_cmd(
     from ..errors import ConfigError
     from .rollout import parse_percent, parse_stages, run_auto, start
 
+    if not auto:
+        # refused, not ignored: a --stages without --auto would sign a manual
+        # rollout that never promotes (the operator believes it will)
+        for flag, value in (("--stages", stages), ("--interval-s", interval_s),
+                            ("--timeout-s", timeout_s)):  # fmt: skip
+            if value is not None:
+                raise ConfigError(f"{flag} applies only with --auto; add --auto or drop {flag}")
+    for g in group or ():
+        if not g.strip():
+            raise ConfigError(
+                f"--group {g!r} is empty: give a group name (a device's updates.group)"
+            )
     percent = parse_percent(canary)
-    plan = parse_stages(stages, percent) if auto else ()
+    plan = parse_stages("25,100" if stages is None else stages, percent) if auto else ()
     fetch = telemetry_source(model, server, db, token_file)
     if auto and fetch is None:
         raise ConfigError("--auto reads device telemetry: give --server URL (or --db FILE)")
@@ -249,7 +286,12 @@ def rollout_cmd(
                 typer.echo(f"{decision.action}: {decision.detail}")
 
         final = run_auto(
-            control, model, fetch, interval_s=interval_s, timeout_s=timeout_s, on_step=report
+            control,
+            model,
+            fetch,
+            interval_s=2.0 if interval_s is None else interval_s,
+            timeout_s=3600.0 if timeout_s is None else timeout_s,
+            on_step=report,
         )
         typer.echo(_describe(final))
         if final.state == "aborted":
@@ -257,13 +299,23 @@ def rollout_cmd(
 
 
 def _simple(verb: str, model: str, fleet: Path, keys: Path, reason: str = "") -> None:
+    from ..errors import ConflictError
     from . import rollout
 
     control = _control(fleet, keys)
     if verb == "abort":
-        r = control.change(
-            model, lambda prev, _: rollout.abort(prev, model, reason or "aborted by operator")
-        )
+
+        def do_abort(prev: Rollout | None, _: set[int]) -> Rollout:
+            # a second abort changes nothing; saying so (rc 1) rather than
+            # exiting 0 keeps a new --reason from being dropped silently
+            if prev is not None and prev.state == "aborted":
+                raise ConflictError(
+                    f"the rollout of {model!r} is already aborted (reason: {prev.reason}); "
+                    "nothing changed"
+                )
+            return rollout.abort(prev, model, reason or "aborted by operator")
+
+        r = control.change(model, do_abort)
     else:
         change = rollout.pause if verb == "pause" else rollout.resume
         r = control.change(model, lambda prev, _: change(prev, model))
@@ -321,9 +373,25 @@ def status_cmd(
     With --server (or --db): each device's version, last contact, last health
     check and rollbacks.
     """
+    from ..errors import ModelNotFoundError
     from .rollout import RolloutControl
 
-    r = RolloutControl(fleet, None).current(model)
+    control = RolloutControl(fleet, None)
+    targets = control.repo.targets()
+    r = control._current(model, targets)
+    if r is None:
+        models = sorted(
+            {
+                str(m)
+                for t in targets.values()
+                if (m := t.unrecognized_fields.get("custom", {}).get("edgecloud", {}).get("model"))
+            }
+        )
+        if model not in models:
+            raise ModelNotFoundError(
+                f"{model!r} was never published to {fleet}; "
+                f"published: {', '.join(models) or 'none'}"
+            )
     typer.echo(_describe(r) if r else f"{model} has no rollout")
     fetch = telemetry_source(model, server, db, token_file)
     if fetch is not None:

@@ -51,26 +51,43 @@ __all__ = [
     "published_versions",
     "resume",
     "run_auto",
+    "share",
     "stage_devices",
     "start",
 ]
 
 
-def parse_percent(text: str) -> float:
-    """``"5%"``, ``"5"`` or ``"0.5%"`` -> 5.0 / 0.5; ConfigError outside (0, 100]."""
+def parse_percent(text: str, flag: str = "--canary") -> float:
+    """``"5%"``, ``"5"`` or ``"0.5%"`` -> 5.0 / 0.5; ConfigError naming ``flag``
+    outside (0, 100]."""
     raw = text.strip().removesuffix("%").strip()
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"--canary {text!r} is not a percentage; use e.g. 5%") from None
+        raise ConfigError(f"{flag} {text!r} is not a percentage; use e.g. 5%") from None
     if not 0 < value <= 100:  # also refuses NaN
-        raise ConfigError(f"--canary {text!r} must be above 0% and at most 100%")
+        raise ConfigError(f"{flag} {text!r} must be above 0% and at most 100%")
     return value
 
 
+def share(percent: float) -> str:
+    """A percentage as an operator reads it: ``5``, ``0.5``, ``57.9`` (a share
+    widened to a device's bucket, e.g. 57.862614..., to one decimal)."""
+    if percent == round(percent, 2):
+        return f"{percent:g}"
+    if percent >= 1:
+        return f"{min(percent, 99.9):.1f}"  # never "100.0" for a share below 100
+    return f"{percent:.2g}"
+
+
 def parse_stages(text: str, canary: float) -> tuple[float, ...]:
-    """``"25,100"`` -> stages after the canary, ascending, ending at 100."""
-    stages = [canary, *(parse_percent(p) for p in text.split(",") if p.strip())]
+    """``"25,100"`` -> stages after the canary, ascending, ending at 100.
+
+    Raises:
+        ConfigError: a stage that is not a percentage in (0, 100] (naming
+            ``--stages``), or stages that do not ascend above the canary.
+    """
+    stages = [canary, *(parse_percent(p, "--stages") for p in text.split(",") if p.strip())]
     if stages[-1] != 100:
         stages.append(100.0)
     if any(b <= a for a, b in itertools.pairwise(stages)):
@@ -209,7 +226,11 @@ def _widen_to_one(r: Rollout, devices: Sequence[DeviceStatus], now: float) -> Ro
     if stage_devices(r, eligible) or not above:
         return r
     widened = min(100.0, above[0] + 1e-9)
-    return _next(r, now, f"stage {r.percent:g}% held no device: widened to one", percent=widened)
+    why = (
+        f"stage {share(r.percent)}% held no device: "
+        f"widened to {share(widened)}% to reach one device"
+    )
+    return _next(r, now, why, percent=widened)
 
 
 def auto_step(
@@ -232,7 +253,7 @@ def auto_step(
         return AutoDecision("done" if r.state in ("complete", "aborted") else "wait", r, r.state)
     bad = sorted(set(rollbacks))
     if bad:
-        why = f"abort: {len(bad)} device(s) rolled back {r.candidate}: {', '.join(bad[:5])}"
+        why = f"{len(bad)} device(s) rolled back {r.candidate}: {', '.join(bad[:5])}"
         return AutoDecision("abort", abort(r, r.model, why, now=now), why)
     widened = _widen_to_one(r, devices, now)
     if widened is not r:
@@ -246,7 +267,10 @@ def auto_step(
     if r.percent >= 100:  # only a group-limited rollout stays active at 100 %
         why = f"every device of groups {', '.join(r.groups or ())} runs {r.candidate}"
         return AutoDecision("done", r, why)
-    why = f"{len(held)} device(s) healthy on {r.candidate} at {r.percent:g}%: to {target:g}%"
+    at = share(r.percent) + (
+        "% (the share widened to reach one device)" if r.percent not in r.stages else "%"
+    )
+    why = f"{len(held)} device(s) healthy on {r.candidate} at {at}: to {share(target)}%"
     return AutoDecision("promote", promote(r, target, now=now, reason=why), why)
 
 
