@@ -357,7 +357,10 @@ def serve(
         ),
     ] = None,
     poll_interval_s: Annotated[
-        float | None, typer.Option(help="Seconds between repository scans in poll mode.")
+        float | None,
+        typer.Option(
+            help="Seconds between repository scans (default 5); only with --model-control poll."
+        ),
     ] = None,
     load_model: Annotated[
         list[str] | None,

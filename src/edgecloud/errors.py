@@ -30,7 +30,8 @@ httpx, grpc, sqlite3) are translated at the boundary with
     ├── ConfigError (400)                    invalid config / deployment / spec file
     ├── ModelNotFoundError (404)             unknown model name or version
     ├── ModelLoadError (503)                 model exists but cannot be loaded
-    │   └── ModelLoadFailedError (400)       an explicit load that did not load: fix the files
+    │   ├── ModelLoadFailedError (400)       an explicit load that did not load: fix the files
+    │   └── ModelLayoutError                 a version directory that is not what it is named
     ├── UnavailableError (503)               server/link down or not ready: retryable
     │   └── RateLimitedError (429)           the server refused for load: retry after a while
     ├── DeadlineExceededError (504)          no answer within the request's time
@@ -73,6 +74,7 @@ __all__ = [
     "LinkNotAllowedError",
     "MissingDependencyError",
     "MissingInputError",
+    "ModelLayoutError",
     "ModelLoadError",
     "ModelLoadFailedError",
     "ModelNotFoundError",
@@ -294,6 +296,16 @@ class ModelLoadFailedError(ModelLoadError):
 
     status_code = 400
     grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelLayoutError(ModelLoadError):
+    """A version directory that is not the version it is named: its ``version.json``
+    records another number (a copy or link of another version), or it (or a file
+    in it) links out of the repository.
+
+    Permanent: no wait makes it load, so model control reports it as what it is,
+    never as "incomplete or still changing" (a copy under way).
+    """
 
 
 class CompressionError(EdgecloudError):

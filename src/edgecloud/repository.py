@@ -51,7 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-from .errors import ConfigError, MissingDependencyError, ModelLoadError, ModelNotFoundError
+from .errors import (
+    ConfigError,
+    MissingDependencyError,
+    ModelLayoutError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from .tensors import ONNX_TYPES
 
 if TYPE_CHECKING:
@@ -721,7 +727,7 @@ class ModelRepository:
         for item in (path, *path.iterdir()) if path.is_dir() else (path,):
             target = item.resolve()
             if target != root and root not in target.parents:
-                raise ModelLoadError(
+                raise ModelLayoutError(
                     f"model {name!r} version {path.name}: {item} links to {target}, outside "
                     f"the repository {root}; copy the files into the version instead"
                 )
@@ -752,7 +758,7 @@ class ModelRepository:
             raise ModelLoadError(f"{where}: {manifest} is malformed: {problem}; {fix}")
         recorded = data.get("version", path.name)
         if str(recorded) != path.name:  # a copied or linked directory: not what it is named
-            raise ModelLoadError(
+            raise ModelLayoutError(
                 f"{where}: its {MANIFEST_FILE} records version {recorded!r}, so the directory "
                 f"is a copy or link of another version; {fix}"
             )

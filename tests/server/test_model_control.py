@@ -215,6 +215,23 @@ def test_load_model_needs_explicit_mode(repo: ModelRepository, tmp_path: Path) -
         ServerSettings.resolve(cli={"model_control": "sometimes"}, environ={})
 
 
+def test_poll_interval_needs_poll_mode(repo: ModelRepository) -> None:
+    """atk2-newuser: --poll-interval-s with explicit (or none) started and was ignored."""
+    from edgecloud.server.host import ModelHost
+
+    for mode in ("none", "explicit"):
+        for environ, cli in (({}, {"poll_interval_s": 5.0}), (
+            {"EDGECLOUD_SERVER_POLL_INTERVAL_S": "2"}, {}
+        )):  # fmt: skip
+            settings = ServerSettings.resolve(
+                cli={"model_control": mode, "idempotency_db": ":memory:", **cli}, environ=environ
+            )
+            with pytest.raises(
+                ConfigError, match=r"^--poll-interval-s .* is for --model-control poll; in '" + mode
+            ):
+                ModelHost(repo, settings)
+
+
 def rewrite_version(repo: ModelRepository, version: int, data: bytes) -> None:
     """Replace a version's model.onnx (same number, new sha256) with its record, as a
     hand copy would: the model file first, then version.json."""

@@ -178,19 +178,27 @@ def test_version_directories_are_what_they_claim(
     host.control._scan(settle=False)
     entry = {e.get("version"): e for e in host.control.index()}["5"]
     assert "its version.json records version 1" in entry["reason"], entry
+    assert not entry["reason"].startswith("incomplete"), entry  # permanent: never "changing"
     assert host.states["affine"].versions == [1]  # the working one serves on
     (model / "5").unlink()
+    shutil.copytree(model / "1", model / "7")  # a fresh copy (files just written), not a link
+    host.control._scan(settle=False)
+    entry = {e.get("version"): e for e in host.control.index()}["7"]
+    assert entry["reason"].startswith("model 'affine' version 7: its version.json records"), entry
+    shutil.rmtree(model / "7")
     shutil.copytree(model / "1", tmp_path / "elsewhere" / "6")
     os.symlink(tmp_path / "elsewhere" / "6", model / "6")
     host.control._scan(settle=False)
     entry = {e.get("version"): e for e in host.control.index()}["6"]
     assert "outside the repository" in entry["reason"], entry
+    assert not entry["reason"].startswith("incomplete"), entry
     assert host.states["affine"].versions == [1]
     (model / "6").unlink()
     # a copy under way: files newer than the quiet time fail as incomplete
     repo.add_version("affine", shifted_onnx(tmp_path / "c.onnx", 3.0))
     full = (model / "2" / "model.onnx").read_bytes()
     (model / "2" / "model.onnx").write_bytes(full[: len(full) // 2])
+    caplog.clear()  # the permanent refusals above were warnings, as they should be
     with caplog.at_level("INFO", logger="edgecloud.server"):
         host.control._scan(settle=False)
     reason = {e.get("version"): e for e in host.control.index()}["2"]["reason"]

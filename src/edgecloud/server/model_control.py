@@ -92,6 +92,7 @@ from ..errors import (
     ConfigError,
     EdgecloudError,
     InvalidRequestError,
+    ModelLayoutError,
     ModelLoadError,
     ModelLoadFailedError,
     ModelNotFoundError,
@@ -145,13 +146,21 @@ class ModelControl:
         """``run_dir``: this serve run's private control directory, shared by its workers
         (None: one process, the wanted set in memory); ``worker``: this worker's index.
 
-        ConfigError for ``load_models`` outside ``explicit`` mode (every model loads)."""
+        ConfigError for ``load_models`` outside ``explicit`` mode (every model loads),
+        and for a ``poll_interval_s`` given outside ``poll`` mode (nothing is scanned:
+        refused as Triton's ``--repository-poll-secs`` is meaningless there, never
+        ignored)."""
         self.host = host
         self.mode = host.settings.model_control
         if host.settings.load_models and self.mode != "explicit":
             raise ConfigError(
                 "--load-model (load_models) is for --model-control explicit; in "
                 f"{self.mode!r} mode every model is loaded"
+            )
+        if "poll_interval_s" in host.settings.model_fields_set and self.mode != "poll":
+            raise ConfigError(
+                "--poll-interval-s (poll_interval_s) is for --model-control poll; in "
+                f"{self.mode!r} mode the repository is not scanned"
             )
         self.records: dict[str, dict[int, VersionRecord]] = {}
         """Per model, per version: what the index shows. This table, ``model_errors`` and
@@ -210,7 +219,7 @@ class ModelControl:
     async def _ticks(self) -> None:
         interval = self.host.settings.poll_interval_s
         if self._desired_file is not None:  # explicit with workers: a stat per short tick
-            interval = min(interval, CONTROL_TICK_S)
+            interval = CONTROL_TICK_S
         while True:
             await asyncio.sleep(interval)
             try:
@@ -561,7 +570,8 @@ class ModelControl:
         try:
             loaded = self.host.local.open(name, version)
         except EdgecloudError as exc:
-            changing = self._fresh(fingerprint)
+            # a directory that is not the version it is named stays so: never "changing"
+            changing = not isinstance(exc, ModelLayoutError) and self._fresh(fingerprint)
             why = exc.message
             if changing:  # perhaps a copy still under way: not (yet) called corrupt
                 why = (

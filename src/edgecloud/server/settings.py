@@ -152,8 +152,10 @@ class ServerSettings(BaseModel):
     (``POST /v2/repository/models/{m}/load``). See :mod:`.model_control`."""
     poll_interval_s: float = Field(default=5.0, gt=0, le=86400)
     """Seconds between repository scans in ``poll`` mode (Triton's
-    ``--repository-poll-secs``). In ``explicit`` mode with several workers they
-    apply each other's loads and unloads within ``model_control.CONTROL_TICK_S``."""
+    ``--repository-poll-secs``); given in another mode, the server refuses to
+    start (nothing is scanned). In ``explicit`` mode with several workers they
+    apply each other's loads and unloads within ``model_control.CONTROL_TICK_S``,
+    whatever this is."""
     load_models: list[str] = Field(default_factory=list)
     """Models to load at start in ``explicit`` mode (Triton's ``--load-model``;
     ``*`` loads all)."""
