@@ -61,6 +61,14 @@ def test_keys_stay_out_of_the_repository_and_are_private(tmp_path: Path) -> None
     # never overwritten: a new root would orphan every provisioned device
     with pytest.raises(ConfigError, match="already exists"):
         write_signers(tmp_path / "k", new_signers())
+    # an existing repository, or a file in its place: each said in its own words
+    again = cli("keys", "--keys", "k3", "--fleet", "f", cwd=tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "--fleet f is already an update repository; nothing was created" in again.stderr
+    (tmp_path / "plain").write_text("")
+    a_file = cli("keys", "--keys", "k4", "--fleet", "plain", cwd=tmp_path)
+    assert a_file.returncode == 1 and "--fleet plain is a file, not a directory" in a_file.stderr
+    assert not (tmp_path / "k3").exists() or not list((tmp_path / "k3").glob("*.pem"))
 
 
 def test_a_key_readable_by_others_is_refused(fleet: Fleet) -> None:

@@ -60,10 +60,13 @@ def keys(
 
     expiry = Expiry(root_days, targets_days, snapshot_days, timestamp_days)
     check_apart(keys_dir, fleet)
-    if (fleet / "metadata" / "root.json").exists() or (fleet.exists() and not fleet.is_dir()):
+    if fleet.exists() and not fleet.is_dir():
+        raise ConfigError(f"--fleet {fleet} is a file, not a directory; choose another --fleet")
+    if (fleet / "metadata" / "root.json").exists():
         raise ConfigError(
-            f"{fleet} is already an update repository (or not a directory); its root is what "
-            "devices trust: publish to it, or choose another --fleet directory"
+            f"--fleet {fleet} is already an update repository; nothing was created (its root "
+            "is what devices trust): publish to it with `edgecloud fleet publish`, or give "
+            "another --fleet directory for a new one"
         )
     signers = new_signers()
     write_signers(keys_dir, signers)
