@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,53 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+"""The committed figures: written only by a run with every default setting (or ``--write``)."""
+LOCAL_RESULTS = RESULTS / "local"
+"""Where a trial run (any setting other than the defaults) writes: ignored by git."""
+#: Settings that say where things are, not what is measured.
+WHERE = frozenset({"repo", "write", "help"})
+_out = RESULTS
+
+
+def parse_bench_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the script's arguments (adding ``--write``) and choose where its results go.
+
+    One rule for every bench script: a run with the defaults (``make bench``)
+    writes the committed ``bench/results/``; a run with any other setting
+    (``--runs 3``, ``--quick``, ``--only swap``...) is a trial and writes
+    ``bench/results/local/`` (ignored by git) unless ``--write`` is given. See
+    :func:`results_dir`.
+    """
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write bench/results/ (the committed figures) even when a setting differs "
+        "from its default; without it such a trial run writes bench/results/local/",
+    )
+    # --help as a terminal shows it: the docstring without RST markup, every default said
+    if parser.description:
+        parser.description = parser.description.replace("``", "")
+    for action in parser._actions:
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in (action.help or ""):
+            action.help = f"{action.help or ''} (default: %(default)s)".lstrip()
+    args = parser.parse_args()
+    trial = [
+        a.option_strings[0]
+        for a in parser._actions
+        if a.dest not in WHERE and a.option_strings and getattr(args, a.dest) != a.default
+    ]
+    global _out
+    _out = RESULTS if args.write or not trial else LOCAL_RESULTS
+    if trial and not args.write:
+        print(f"trial run ({', '.join(trial)} not the default): results go to {_out}/")
+    return args
+
+
+def results_dir() -> Path:
+    """The directory this run writes its JSON and figures to (created)."""
+    _out.mkdir(parents=True, exist_ok=True)
+    return _out
 
 
 def interleaved(
@@ -62,7 +110,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Write ``<name>.json`` to :func:`results_dir`; the path written."""
+    path = results_dir() / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository, RemoteBackend
 from edgecloud.routing import Cascade, calibrate, sweep
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--target", default=0.995, type=float)
     parser.add_argument("--measure", default="max_prob", choices=["max_prob", "margin", "entropy"])
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     repo = ModelRepository(args.repo)
     build_zoo(repo, ["digits-small", "digits-large"])
     val, test = datasets.digits("val"), datasets.digits("test")
@@ -113,7 +113,7 @@ def main() -> None:
     table.add_row("cascade", f"{accuracy:.2%}", f"{escalated / len(test):.1%}", f"{bytes_up:,}")
     Console().print(table)
     print(f"relative accuracy {result['relative_accuracy']:.4f}, escalation rate "
-          f"{result['escalation_rate']:.3f}; wrote {RESULTS / 'cascade.json'}")  # fmt: skip
+          f"{result['escalation_rate']:.3f}; wrote {results_dir() / 'cascade.json'}")  # fmt: skip
 
 
 def plot(curve: list[Any], result: dict[str, Any]) -> None:
@@ -133,7 +133,7 @@ def plot(curve: list[Any], result: dict[str, Any]) -> None:
     ax.set_title("digits-small → digits-large cascade")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(RESULTS / "cascade.png", dpi=110)
+    fig.savefig(results_dir() / "cascade.png", dpi=110)
 
 
 if __name__ == "__main__":

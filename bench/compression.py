@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 
 from edgecloud import ModelRepository
 from edgecloud.compress import compress, report
@@ -59,7 +59,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--repo", default="model-repo", type=Path)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     repo = ModelRepository(args.repo)
     build_zoo(repo, MODELS)
     console = Console()
@@ -106,8 +106,8 @@ def main() -> None:
             "machine": machine(),
         },
     )
-    report.plot(results, RESULTS / "compression.png")
-    console.print(f"wrote {path} and {RESULTS / 'compression.png'}")
+    report.plot(results, results_dir() / "compression.png")
+    console.print(f"wrote {path} and {results_dir() / 'compression.png'}")
 
 
 def _case(result: Any) -> dict[str, Any]:

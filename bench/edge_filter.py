@@ -29,7 +29,7 @@ from rich.progress import track
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 
 from edgecloud import ModelRepository
 from edgecloud.filter import (
@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repo", default="model-repo")
     parser.add_argument("--streams", type=int, default=8)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     console = Console()
     repo = ModelRepository(args.repo)
     build_zoo(repo, only=["vad"])
@@ -155,7 +155,7 @@ def main() -> None:
     f = Filter(vad, segment=AUDIO_SEGMENT)
     events = f.feed_all(chunks(example.audio))
     plot_events(example.audio, f.scores, events, vad.threshold, vad.chunk_s,
-                RESULTS / "edge_filter.png", truth=example.spans)  # fmt: skip
+                results_dir() / "edge_filter.png", truth=example.spans)  # fmt: skip
     path = write_result("edge_filter", {
         "bytes_saved": moderate["bytes_saved"],
         "recall": moderate["recall"],
@@ -166,7 +166,7 @@ def main() -> None:
         "sensors": sensors,
         "machine": machine(),
     })  # fmt: skip
-    console.print(f"wrote {path} and {RESULTS / 'edge_filter.png'}")
+    console.print(f"wrote {path} and {results_dir() / 'edge_filter.png'}")
     vad.close()
 
 

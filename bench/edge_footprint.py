@@ -14,6 +14,9 @@ machine load hits both alike; median (min, max) of ``--runs`` each.
 
     python bench/edge_footprint.py [--repo model-repo] [--runs 10]
 
+A run with other settings than the defaults (e.g. --runs 3) is a trial and
+writes bench/results/local/ instead, unless --write is given.
+
 Prints a table and writes bench/results/edge_footprint.json, whose top-level
 ``cold_start_ratio`` (median edge / median bare) and ``rss_delta_mb`` (median
 peak RSS edge - bare, MB) are digits-small's; targets ≤ 1.3× and ≤ +10 MB.
@@ -33,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_result
+from _common import machine, parse_bench_args, write_result
 
 MODELS = ("digits-small", "minilm")
 TARGET_RATIO = 1.3
@@ -162,8 +165,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--repo", default="model-repo", type=Path)
-    parser.add_argument("--runs", default=10, type=int)
-    args = parser.parse_args()
+    parser.add_argument("--runs", default=10, type=int, help="fresh processes per side")
+    args = parse_bench_args(parser)
     from edgecloud import ModelRepository
     from edgecloud.zoo import build_zoo
 

@@ -53,7 +53,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 
 from edgecloud import LocalBackend, ModelRepository
 
@@ -716,7 +716,7 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--quick", action="store_true",
                         help="20 swaps after 3 s, 5 agents: a smoke run")  # fmt: skip
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     if args.quick:
         args.swaps, args.quiet_s, args.agents = 20, 3.0, 5
     from edgecloud.zoo import build_zoo
@@ -724,7 +724,7 @@ def main() -> None:
     repo = ModelRepository(args.repo)
     build_zoo(repo, [MODEL, "minilm"])
     only = args.only or ["deltas", "swap", "fleet"]
-    out_path = RESULTS / "fleet_update.json"
+    out_path = results_dir() / "fleet_update.json"
     results: dict[str, Any] = (
         json.loads(out_path.read_text()) if out_path.is_file() and args.only else {}
     )
@@ -741,8 +741,8 @@ def main() -> None:
         results["delta_ratio"] = results["deltas"]["delta_ratio"]
     write_result("fleet_update", results)
     console.print(table(results))
-    figure(results, RESULTS / "fleet_update.png")
-    console.print(f"wrote {out_path} and {RESULTS / 'fleet_update.png'}")
+    figure(results, results_dir() / "fleet_update.png")
+    console.print(f"wrote {out_path} and {results_dir() / 'fleet_update.png'}")
 
 
 if __name__ == "__main__":

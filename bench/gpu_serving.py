@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, interleaved, machine, summary, write_result
+from _common import interleaved, machine, parse_bench_args, results_dir, summary, write_result
 from loadgen import run_load
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository
@@ -127,7 +127,7 @@ def plot(local: list[dict[str, Any]], server: list[dict[str, Any]]) -> None:
     b.legend()
     fig.suptitle(f"{MODEL}: GPU path vs CPU, same machine")
     fig.tight_layout()
-    fig.savefig(RESULTS / "gpu_serving.png", dpi=110)
+    fig.savefig(results_dir() / "gpu_serving.png", dpi=110)
 
 
 def main() -> None:
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--seconds", default=5.0, type=float)
     parser.add_argument("--rounds", default=10, type=int)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     if not cuda_available():
         print("no CUDA device visible to torch: nothing to measure here (run on a GPU machine)")
         return

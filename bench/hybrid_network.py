@@ -26,7 +26,7 @@ from rich.progress import track
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository, RemoteBackend
 from edgecloud.errors import EdgecloudError
@@ -102,7 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--images", default=360, type=int)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     repo = ModelRepository(args.repo)
     build_zoo(repo, ["digits-small", "digits-large"])
     val, full = datasets.digits("val"), datasets.digits("test")
@@ -178,7 +178,7 @@ def plot(results: list[dict[str, Any]]) -> None:
         ax.set_xticks(np.arange(len(profiles)), profiles)
     a.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "hybrid_network.png", dpi=110)
+    fig.savefig(results_dir() / "hybrid_network.png", dpi=110)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from rich.progress import track
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, summary, write_result
+from _common import interleaved, machine, parse_bench_args, summary, write_result
 
 from edgecloud import InferRequest, LocalBackend, ModelRepository
 from edgecloud.zoo import build_zoo, datasets
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--rounds", default=30, type=int)
     parser.add_argument("--threads", default=1, type=int)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     repo = ModelRepository(args.repo)
     build_zoo(repo, ["digits-small", "minilm"])
     cases = [(m, b) for m in ("digits-small", "minilm") for b in (1, 32)]

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, summary, write_result
+from _common import interleaved, machine, parse_bench_args, summary, write_result
 
 from edgecloud import ModelRepository
 from edgecloud.server.host import INLINE_WINDOW, ModelHost, RunCost, input_elements
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--rounds", default=15, type=int)
     parser.add_argument("--per-round", default=400, type=int)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     repo = ModelRepository(args.repo)
     build_zoo(repo, [MODEL])
     tmp = Path(tempfile.mkdtemp(prefix="request-path-"))

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, summary, write_result
+from _common import interleaved, machine, parse_bench_args, summary, write_result
 
 from edgecloud import FunctionBackend, InferRequest, LocalBackend, ModelRepository
 from edgecloud.routing import Cascade, Fallback, Guard, prefer_local
@@ -35,7 +35,7 @@ def main() -> None:
     )
     parser.add_argument("--repo", default="model-repo", type=Path)
     parser.add_argument("--rounds", default=30, type=int)
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     repo = ModelRepository(args.repo)
     build_zoo(repo, ["digits-small"])
     local = LocalBackend(repo, intra_op_threads=1)

@@ -59,7 +59,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 from grpc_loadgen import infer_request, run_grpc_load
 from loadgen import run_load
 from peers.mlserver import start_mlserver
@@ -285,7 +285,7 @@ def main() -> None:
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out")
     parser.add_argument("--generator", choices=["wrk", "loadgen"], default=None,
                         help="HTTP load generator (default: wrk when installed)")  # fmt: skip
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     if args.quick:
         args.seconds, args.warmup = 1.5, 0.5
     generator = args.generator or ("wrk" if shutil.which("wrk") else "loadgen")
@@ -435,7 +435,7 @@ def report(
         },
     )
     plot(cases, args)
-    console.print(f"wrote {path} and {RESULTS / 'server.png'}")
+    console.print(f"wrote {path} and {results_dir() / 'server.png'}")
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
@@ -474,8 +474,7 @@ def plot(cases: list[dict[str, Any]], args: Any) -> None:
     quick = " (QUICK smoke run)" if args.quick else ""
     fig.suptitle(f"Open Inference Protocol servers on one machine, batch 1{quick}")
     fig.tight_layout()
-    RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / "server.png", dpi=100)
+    fig.savefig(results_dir() / "server.png", dpi=100)
 
 
 if __name__ == "__main__":

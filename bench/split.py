@@ -39,7 +39,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.netns
-from _common import RESULTS, machine, write_result
+from _common import machine, parse_bench_args, results_dir, write_result
 
 from edgecloud import InferRequest, InferResponse, LocalBackend, ModelRepository, RemoteBackend
 from edgecloud.backends.base import Backend
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--rtts", default="10,50", help="milliseconds")
     parser.add_argument("--requests", default=5, type=int, help="per point, at least")
     parser.add_argument("--codecs", default="fp32,int8")
-    args = parser.parse_args()
+    args = parse_bench_args(parser)
     reason = netns_unavailable()
     if reason:
         raise SystemExit(f"bench/split.py needs a network namespace to shape: {reason}")
@@ -206,7 +206,7 @@ def main() -> None:
                             parent, pairs[model], samples[model], RemoteTailTimer(remote),
                             repository=repo, device=local, progress=progress,
                         )  # fmt: skip
-                    profile.save(RESULTS / f"split-profile-{model}.json")
+                    profile.save(results_dir() / f"split-profile-{model}.json")
                     by_key = {c.key: c for c in profile.candidates}
                     profiles[model] = {
                         "device_over_server": by_key["all-local"].head_s
@@ -293,7 +293,7 @@ def plot(results: list[dict[str, Any]]) -> None:
     axes[0][0].set_ylabel("latency, trimmed mean (ms)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "split.png", dpi=110)
+    fig.savefig(results_dir() / "split.png", dpi=110)
 
 
 if __name__ == "__main__":
