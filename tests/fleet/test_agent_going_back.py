@@ -131,10 +131,11 @@ def test_permuted_class_names_fail_the_health_check_and_rollback_keeps_the_names
             assert served_config(agent)["labels"] == NAMES
             fleet.abort()  # the operator's answer; stable is 1, the next version may start
         assert agent.state("clf")["bad"] == [2, 3]
-        fleet.publish(4, classifier_onnx(4), labels=["x", "y", "z"])  # a new class set
+        fleet.publish(4, classifier_onnx(4), labels=["x", "y", "z"])  # every class renamed
         fleet.roll_out(4)
-        [renamed] = agent.check()
-        assert renamed.action == "updated" and "class names changed" in renamed.detail
+        [renamed] = agent.check()  # clients would get other names on every row
+        assert renamed.action == "rolled-back" and renamed.version == 1, renamed
+        assert "on 0.0000 of the samples (< min_agreement 0.9)" in renamed.detail
         agent.close()
 
 

@@ -166,14 +166,34 @@ def test_device_order_follows_sequence_numbers_not_a_jumping_clock(tmp_path: Pat
 
 @pytest.mark.parametrize(
     "event_id",
-    ["victim:1", "evil", "evil:", "evil:x", "evil:1:2", "evil:-1", "evil:1.0", "evil:\u0661", ":1"],
-)
+    ["victim:1", "evil", "evil:", "evil:x", "evil:1:2", "evil:-1", "evil:1.0", "evil:\u0661", ":1",
+     "evil:01", "evil:00", "evil:+1", "evil: 1", "evil:9223372036854775808",
+     "evil:99999999999999999999999999"],
+)  # fmt: skip
 def test_an_id_must_be_the_posting_devices(event_id: str) -> None:
     body = json.dumps([event("evil", 1), event("evil", 2) | {"id": event_id}]).encode()
     with pytest.raises(InvalidRequestError, match=r"event 1: id: .*'<device>:<seq>'"):
         parse_events(body)
     # a device name may hold colons: the sequence number is after the last one
     assert parse_events(json.dumps(event("site:3", 7)).encode())[0].id == "site:3:7"
+
+
+def test_each_sequence_number_has_one_spelling(tmp_path: Path) -> None:
+    """``x:1`` and ``x:01`` would be two stored events of one sequence number."""
+    for seq in ("0", "1", "1795989458759", str(2**63 - 1)):
+        (parsed,) = parse_events(json.dumps(event("x", 1) | {"id": f"x:{seq}"}).encode())
+        assert parsed.id == f"x:{seq}"
+    store = FleetStore(tmp_path / "fleet.db")
+    assert store.record(parse_events(json.dumps(event("x", 1)).encode())) == 1
+    with pytest.raises(InvalidRequestError, match="without leading zeros"):
+        parse_events(json.dumps(event("x", 1) | {"id": "x:01"}).encode())
+
+
+@pytest.mark.parametrize("field", ["device", "model", "id"])
+def test_an_empty_name_is_a_plain_line_naming_the_field(field: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_events(json.dumps(event("d", 1) | {field: ""}).encode())
+    assert caught.value.message == f"event 0: {field}: empty; give a non-empty string"
 
 
 def test_a_reused_id_with_other_content_is_refused_and_stores_nothing(tmp_path: Path) -> None:

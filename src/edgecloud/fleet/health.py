@@ -19,8 +19,13 @@ passed; here the "boot" is a warmed-up onnxruntime session
   ``min_agreement``. Accuracy counts class indices against the version's own
   integer labels, which a permuted ``labels`` list leaves unchanged; the
   names a client receives change on every row (a rotation of 10 names
-  agrees on none). A version whose class set changed (other names) is
-  judged on its samples alone, and the detail says so.
+  agrees on none). Renamed classes count as disagreement on their rows only
+  (one of ten renamed costs about a tenth). Labels added or removed (one
+  version names its classes, the other does not) or a different number of
+  class names cannot agree at all: the check fails with a line that says so
+  and names ``min_agreement`` (0 accepts such a version). When the previous
+  version cannot run the candidate's samples (another interface), the
+  detail says the names were not compared.
 
 A version without samples passes on its load and warm-up alone (the detail
 says so).
@@ -95,21 +100,27 @@ def check_health(
             return HealthResult(False, f"output {name!r} has NaN or inf on the samples")
     first = np.asarray(outputs[config.outputs[0].name])
     theirs = _run_previous(previous, samples.inputs, samples.rows, config.outputs[0].name)
-    if samples.labels is not None and score_classes(first.shape) is not None:
+    classes = score_classes(first.shape) is not None
+    if samples.labels is not None and classes:
         try:
             labels = checked_labels(samples.labels, config, str(path), first.shape)
         except EdgecloudError as exc:
             return HealthResult(False, exc.message)
         judged = _judge_accuracy(first, theirs, labels, policy)
-        return _judge_names(judged, first, theirs, config.labels, previous, policy)
-    if theirs is not None and theirs.shape == first.shape:
+    elif theirs is not None and theirs.shape == first.shape:
         cosine = _min_cosine(first, theirs)
         ok = cosine >= policy.min_cosine
         judged = HealthResult(ok, f"min cosine to the previous version {cosine:.6f}", cosine=cosine)
-        if score_classes(first.shape) is None:
-            return judged
-        return _judge_names(judged, first, theirs, config.labels, previous, policy)
-    return HealthResult(True, "outputs finite (no labels, no previous version to compare)")
+    elif theirs is not None:
+        judged = HealthResult(
+            True, f"outputs finite (no labels; the previous version's output has shape "
+            f"{list(theirs.shape)}, this one {list(first.shape)}: not compared)",
+        )  # fmt: skip
+    else:
+        judged = HealthResult(True, "outputs finite (no labels, no previous version to compare)")
+    if not classes:
+        return judged
+    return _judge_names(judged, first, theirs, config.labels, previous, policy)
 
 
 def _judge_names(
@@ -122,32 +133,71 @@ def _judge_names(
 ) -> HealthResult:
     """``judged`` and the served class names' agreement with the previous version's.
 
-    Both versions' answers as a client receives them: ``labels[argmax]`` of
-    each version's own ``labels`` (``[rows]`` strings). Unjudged (``judged``
-    unchanged) without a previous answer of the same shape, or when either
-    version has no labels or the two label sets differ as sets (a new class
-    set: nothing to compare name by name).
+    ``first``/``theirs``: ``[rows, C]`` class scores of the candidate and of
+    the previous version on the same samples. Both versions' answers as a
+    client receives them: ``labels[argmax]`` of each version's own ``labels``
+    (``[rows]`` strings); the share of rows where they are equal must be at
+    least ``policy.min_agreement``. ``judged`` unchanged when it already
+    failed, without a previous version, or when neither version names its
+    classes (the answers are class scores, judged by accuracy or cosine).
+    Labels added or removed, or a different number of names, agree on no row
+    (agreement 0, fails unless ``min_agreement`` is 0); a candidate whose
+    ``labels`` do not name each of its C classes fails.
     """
-    if not judged.ok or theirs is None or theirs.shape != first.shape or previous is None:
+    if not judged.ok or previous is None:
         return judged
-    old_names = previous.entry.config.labels
-    if not names or not old_names or len(names) != first.shape[1]:
+    old_names = previous.entry.config.labels or None
+    names = names or None
+    if names is None and old_names is None:
         return judged
-    if len(old_names) != theirs.shape[1] or set(names) != set(old_names):
-        return HealthResult(
-            judged.ok, f"{judged.detail}; class names changed, not compared", judged.accuracy,
-            judged.previous_accuracy, judged.cosine,
+    if theirs is None:
+        return _with(
+            judged, judged.ok, "the previous version does not run these samples: class names "
+            "not compared", None,
+        )  # fmt: skip
+    classes = first.shape[1]
+    old_classes = theirs.shape[1] if theirs.ndim == 2 else None
+    if names is not None and len(names) != classes:
+        return _with(
+            judged, False, f"labels name {len(names)} classes, the first output scores {classes}",
+            None,
+        )  # fmt: skip
+    same = names is not None and old_names is not None and len(old_names) == len(names)
+    if not same or old_classes != classes:
+        if old_classes != classes:
+            what = (
+                f"number of classes changed ({old_classes} -> {classes})"
+                if old_classes is not None
+                else f"the previous version's first output is not class scores "
+                f"(shape {list(theirs.shape)})"
+            )
+        elif names is None:
+            what = f"labels removed (the previous version named its {len(old_names or ())} classes)"
+        elif old_names is None:
+            what = f"labels added ({len(names)} class names; the previous version had none)"
+        else:
+            what = f"number of class names changed ({len(old_names)} -> {len(names)})"
+        ok = policy.min_agreement <= 0.0
+        return _with(
+            judged, ok, f"{what}: the served answers cannot agree with the previous version's"
+            + ("" if ok else " (min_agreement 0 accepts it)"), 0.0,
         )  # fmt: skip
     mine = np.asarray(names, dtype=object)[first.argmax(axis=1)]
     before = np.asarray(old_names, dtype=object)[theirs.argmax(axis=1)]
     agreement = float((mine == before).mean()) if mine.size else 1.0
     ok = agreement >= policy.min_agreement
-    detail = f"{judged.detail}; served class names agree with the previous version on " + (
-        f"{agreement:.4f} of the samples" + ("" if ok else f" (< {policy.min_agreement})")
-    )
+    return _with(
+        judged, ok, f"served class names agree with the previous version on {agreement:.4f} "
+        "of the samples" + ("" if ok else f" (< min_agreement {policy.min_agreement})"), agreement,
+    )  # fmt: skip
+
+
+def _with(judged: HealthResult, ok: bool, detail: str, agreement: float | None) -> HealthResult:
+    """``judged`` with ``ok``, ``detail`` appended (after ``; ``) and ``agreement``."""
     return HealthResult(
-        ok, detail, judged.accuracy, judged.previous_accuracy, judged.cosine, agreement
-    )
+        ok, f"{judged.detail}; {detail}", judged.accuracy, judged.previous_accuracy,
+        judged.cosine, agreement,
+    )  # fmt: skip
 
 
 def _judge_accuracy(
@@ -172,14 +222,17 @@ def _judge_accuracy(
 def _run_previous(
     previous: LoadedModel | None, inputs: dict[str, Any], rows: int, output: str
 ) -> np.ndarray[Any, Any] | None:
-    """The previous version's ``output`` on the same inputs, or None when it cannot say."""
+    """The previous version's ``output`` on the same inputs (its own first output when it has
+    none of that name: an output renamed), or None when it cannot run them."""
     if previous is None:
         return None
     try:
         result = previous.run(inputs, None, rows)
-    except EdgecloudError:  # another interface: nothing to compare with
+    except EdgecloudError:  # other inputs: nothing to compare with
         return None
     value = result.get(output)
+    if value is None:
+        value = result.get(previous.entry.config.outputs[0].name)
     return None if value is None else np.asarray(value)
 
 

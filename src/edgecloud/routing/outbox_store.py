@@ -110,10 +110,36 @@ def disk_full(exc: OutboxStorageError) -> bool:
     return isinstance(cause, sqlite3.Error) and getattr(cause, "sqlite_errorcode", 0) & 0xFF == 13
 
 
+#: Free bytes under which a disk I/O error is put down to a full filesystem: SQLite
+#: reports the failed growth of its WAL index (``-shm``, 32 KiB per step, mmapped, so
+#: ENOSPC arrives as SQLITE_IOERR_SHMSIZE) or of the log as a disk I/O error, not as
+#: SQLITE_FULL (https://sqlite.org/rescode.html#ioerr_shmsize).
+FULL_BELOW_BYTES = 64 * 1024
+
+
 def storage_error(path: Path, action: str, exc: sqlite3.Error) -> OutboxStorageError:
     code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
     hint = STORAGE_CODES.get(code, "check the storage device and the file")
+    if code == 10 and (free := free_bytes(path)) is not None and free < FULL_BELOW_BYTES:
+        hint = (
+            f"no space left on the filesystem of {path.parent} ({free} bytes free): "
+            "free space; nothing was written"
+        )
     return OutboxStorageError(f"outbox {path}: could not {action}: {exc} — {hint}")
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path``
+    (``statvfs``: ``f_bavail * f_frsize``; the nearest existing directory above a
+    missing file), or None when it cannot be asked."""
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        stat = os.statvfs(where)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def open_checked(path: Path) -> tuple[str | None, sqlite3.Connection | None]:

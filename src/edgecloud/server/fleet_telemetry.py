@@ -27,9 +27,10 @@ transaction per post): a re-sent event counts once however many server
 workers receive it at the same time. The key is bound to its owner and its
 content, as an ``Idempotency-Key`` is (IETF httpapi draft, section 2.6):
 
-* ``id`` must be ``<device>:<seq>`` of the event's own ``device`` (decimal
-  ``seq``), else 400 — one device cannot take another's ids and so hide its
-  reports;
+* ``id`` must be ``<device>:<seq>`` of the event's own ``device`` (``seq``
+  the canonical decimal of an int64: no sign, no leading zero, so ``d:01``
+  and ``d:1`` cannot be two ids of one event), else 400 — one device cannot
+  take another's ids and so hide its reports;
 * a known ``id`` with other content (any field) is 422
   (:class:`~edgecloud.errors.IdempotencyKeyReuseError`) and the whole post is
   refused; the same content again is a duplicate (200, counted).
@@ -121,12 +122,26 @@ class TelemetryEvent(BaseModel):
     @model_validator(mode="after")
     def _id_is_the_devices(self) -> TelemetryEvent:
         owner, colon, seq = self.id.rpartition(":")
-        if not colon or owner != self.device or not (seq.isascii() and seq.isdigit()):
+        if not colon or owner != self.device or not _canonical_seq(seq):
             raise ValueError(
                 f"{self.id!r} must be '<device>:<seq>' of this event's own device "
-                f"and a decimal sequence number, e.g. '{self.device}:1'"
+                f"and a decimal sequence number without leading zeros, at most {MAX_SEQ} "
+                f"(one spelling per event), e.g. '{self.device}:1'"
             )
         return self
+
+
+MAX_SEQ = 2**63 - 1
+"""Largest sequence number of an event id (SQLite INTEGER, int64); the agent's
+start past the clock in milliseconds (~1.8e12) leaves ~5e6 years of events."""
+
+
+def _canonical_seq(seq: str) -> bool:
+    """``seq`` is the one decimal spelling of an integer in [0, :data:`MAX_SEQ`]: ASCII
+    digits, no sign, no leading zero (``01`` and ``1`` would be two ids of one event)."""
+    if not (seq.isascii() and seq.isdigit()) or (len(seq) > 1 and seq[0] == "0"):
+        return False
+    return len(seq) <= 19 and int(seq) <= MAX_SEQ
 
 
 class DeviceStatus(BaseModel):
@@ -176,9 +191,22 @@ def parse_events(body: bytes) -> list[TelemetryEvent]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "id"
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise InvalidRequestError(f"event {index}: {where}: {msg}") from exc
+            raise InvalidRequestError(f"event {index}: {where}: {_plain(first)}") from exc
     return events
+
+
+def _plain(error: Any) -> str:
+    """One pydantic error (``ErrorDetails``) as a plain phrase about the field it names."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "empty; give a non-empty string"
+    if kind == "string_too_long":
+        return f"longer than {ctx.get('max_length')} characters"
+    if kind == "missing":
+        return "missing (every event has id, device, model, event, ok and at)"
+    if kind == "extra_forbidden":
+        return "not a field of a telemetry event"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def telemetry_too_large(limit: int) -> PayloadTooLargeError:
