@@ -416,8 +416,11 @@ def raw_http(url: str, head: bytes, body: bytes) -> tuple[int, str]:
 
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v2/models/ident-fp32/infer HTTP/1.1\r\nHost: x\r\n" + head)
-        sock.sendall(b"Connection: close\r\n\r\n" + body)
+        # one write: a server that refuses the headers (llhttp stops at a second
+        # Content-Length) closes at once, and bytes arriving after that close are
+        # answered with a reset that would hide its 400 from this reader
+        request = b"POST /v2/models/ident-fp32/infer HTTP/1.1\r\nHost: x\r\n" + head
+        sock.sendall(request + b"Connection: close\r\n\r\n" + body)
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk

@@ -188,6 +188,11 @@ def default_store_path(serving: Path) -> Path:
     return state_dir() / "idempotency" / f"{serving.name or 'root'}-{digest}.db"
 
 
+#: Seconds an open of the store retries while another process holds the lock it
+#: needs (several workers starting at once); then the store is unusable (503s).
+OPEN_RETRY_S = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What :meth:`IdempotencyStore.claim` found under ``(model, key)``.
@@ -248,18 +253,30 @@ class IdempotencyStore:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex}"
         """This store object's name on the claims it makes (one per process start)."""
         self._synchronous = synchronous.upper()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.executescript(SCHEMA)
-            count, size = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM answers"
-            ).fetchone()
-        except sqlite3.Error:
-            self._db.close()
-            raise
+        # Workers of one server open the file at the same instant: switching it to
+        # WAL and creating the schema need a lock SQLite may refuse at once
+        # ("database is locked") without calling the busy handler, so the open is
+        # tried again for up to OPEN_RETRY_S before the store is called unusable.
+        deadline = time.monotonic() + OPEN_RETRY_S
+        while True:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA busy_timeout=5000")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.executescript(SCHEMA)
+                count, size = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM answers"
+                ).fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                self._db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            except sqlite3.Error:
+                self._db.close()
+                raise
         self.entries, self.bytes = int(count), int(size)
         self._reader, self._read_lock = self._db, self._lock
         if self.path != MEMORY:  # WAL: a reader of its own never waits for a commit
