@@ -132,6 +132,9 @@ def serve(
         http=http_protocol(),
         lifespan="on",
         access_log=False,
+        # the client is the socket's peer: X-Forwarded-For from a local process is
+        # not trusted (and the middleware cost ~1 % of the loop per request)
+        proxy_headers=False,
         log_level="warning",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
@@ -260,9 +263,12 @@ def _loop() -> str:
     return "uvloop"
 
 
-def http_protocol() -> str:
+def http_protocol() -> Any:
+    """uvicorn's httptools protocol with coalesced writes (:mod:`.protocol`), else h11."""
     try:
         import httptools  # noqa: F401
     except ImportError:
         return "h11"
-    return "httptools"
+    from .protocol import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol

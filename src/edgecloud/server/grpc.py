@@ -29,7 +29,7 @@ from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, REPOSITORY_EXTENSION, model_metadata
 from .launch import address
-from .metrics import model_label
+from .metrics import RequestMetrics
 from .settings import ServerSettings
 
 _FEATURE = "the server's gRPC endpoint"
@@ -79,6 +79,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, host: ModelHost, token: str | None, ready: Any) -> None:
         self.host = host
+        self._requests = RequestMetrics(host.metrics, "grpc")
         self._token = token
         self._ready = ready
 
@@ -148,10 +149,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = exc.status_code
             await _abort(context, exc)
         finally:
-            metrics = self.host.metrics
-            label = model_label(request.model_name, self.host.states)
-            metrics.requests.labels(label, "grpc", str(code)).inc()
-            metrics.latency.labels(label, "grpc").observe(time.perf_counter() - started)
+            count, latency = self._requests.of(request.model_name, self.host.states, code)
+            count.inc()
+            latency.observe(time.perf_counter() - started)
         return to_grpc_response(response)
 
     # -- Triton's model repository extension -----------------------------------------

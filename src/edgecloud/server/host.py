@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
-from .batching import Arrays, DynamicBatcher
+from .batching import Arrays, DynamicBatcher, TickBatcher
 from .idempotency import (
     CLAIM_GRACE_S,
     IdempotencyStore,
@@ -95,9 +95,11 @@ class RunCost:
         recent = self.recent
         evicted = recent[0] if len(recent) == INLINE_WINDOW else None
         recent.append((elements, seconds))
-        if seconds < INLINE_BELOW_S and elements > self.fast_elements:
-            self.fast_elements = elements
-        elif evicted is not None and evicted[0] == self.fast_elements:  # rarely: O(window)
+        if seconds < INLINE_BELOW_S and elements >= self.fast_elements:
+            self.fast_elements = elements  # this run is itself the evidence: no scan
+        elif (
+            evicted is not None and evicted[1] < INLINE_BELOW_S and evicted[0] == self.fast_elements
+        ):  # the evidence left the window (rarely: O(window))
             self.fast_elements = max((e for e, t in recent if t < INLINE_BELOW_S), default=-1)
 
     def inline(self, elements: int) -> bool:
@@ -220,6 +222,7 @@ class ModelHost:
         self._computing: set[asyncio.Future[InferResponse]] = set()
         self._costs: dict[str, tuple[weakref.ref[Any], RunCost]] = {}
         self._model_metrics: dict[str, tuple[Any, ...]] = {}
+        self._ticks: dict[str, TickBatcher] = {}
         self.states: dict[str, ModelState] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -243,6 +246,7 @@ class ModelHost:
         for task in list(self._retiring):
             await task
         self.executor.shutdown(wait=True)
+        self.metrics.deferred.flush()
         self.local.close()
 
     # -- queries ---------------------------------------------------------------
@@ -286,7 +290,17 @@ class ModelHost:
         else:
             loaded, size = self._prepare(request)
             if self._inline(loaded, request):
-                # Nothing to wait for or time out: the run is shorter than a hand-off.
+                # Nothing to time out: the run is shorter than a hand-off, and a
+                # merged one ends within this loop iteration's companions.
+                tick = self._tick(loaded) if size else None
+                if tick is not None and tick.wanted():
+                    outputs, queued, compute, batch = await tick.submit(
+                        request.inputs, request.outputs, size
+                    )
+                    _, _, queue, compute_h, _ = self._metrics_of(loaded.entry.name)
+                    queue.observe(queued)
+                    compute_h.observe(compute)
+                    return self._answer(loaded, request, outputs, queued, compute, batch)
                 return self._answer(loaded, request, *self._run_inline(loaded, request, size))
             waiting = self._computed(request, (loaded, size))
         timeout = self.settings.request_timeout_s
@@ -379,11 +393,14 @@ class ModelHost:
         lock and hashes its arguments (~1.5 us each, 5 per request)."""
         children = self._model_metrics.get(model)
         if children is None:
-            m = self.metrics
+            m, deferred = self.metrics, self.metrics.deferred
             children = self._model_metrics[model] = (
-                m.computations_started.labels(model), m.computations.labels(model),
-                m.queue.labels(model), m.compute.labels(model), m.batch_size.labels(model),
-            )  # fmt: skip
+                deferred.counter(m.computations_started.labels(model)),
+                deferred.counter(m.computations.labels(model)),
+                deferred.histogram(m.queue.labels(model)),
+                deferred.histogram(m.compute.labels(model)),
+                deferred.histogram(m.batch_size.labels(model)),
+            )
         return children
 
     def _run_inline(
@@ -434,6 +451,25 @@ class ModelHost:
         self.cost(loaded).add(time.perf_counter() - started, input_elements(request.inputs))
         return outputs
 
+    def _tick(self, loaded: LoadedModel) -> TickBatcher | None:
+        """The tick batcher of a measured-fast version (:class:`TickBatcher`), made on
+        first use; None where requests are not merged (dynamic batching off, or a
+        model without a batch dimension)."""
+        if not self.settings.dynamic_batching or loaded.limit <= 0:
+            return None
+        entry = self._ticks.get(loaded.label)
+        if entry is not None and entry.loaded is loaded:
+            return entry
+        started, done, _, _, batch_h = self._metrics_of(loaded.entry.name)
+
+        def on_run(requests: int, rows: int, seconds: float) -> None:
+            started.inc(requests)
+            done.inc(requests)
+            batch_h.observe(rows)
+
+        tick = self._ticks[loaded.label] = TickBatcher(loaded, self.cost(loaded), on_run)
+        return tick
+
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
         """The batcher of a loaded version, made on first use.
 
@@ -456,7 +492,8 @@ class ModelHost:
                 preferred_batch_sizes=config.preferred_batch_sizes if config else (),
                 concurrency=self.settings.runners_per_model,
                 observe=self.cost(loaded).add,
-                on_batch=self._metrics_of(loaded.entry.name)[4].observe,
+                # called in pool threads: the child itself, not the loop's deferred view
+                on_batch=self.metrics.batch_size.labels(loaded.entry.name).observe,
             )
         return batcher
 
@@ -466,6 +503,8 @@ class ModelHost:
 
     def _retire_batchers(self) -> None:
         held = {id(m) for m in self.local.loaded()}
+        for label in [k for k, tick in self._ticks.items() if id(tick.loaded) not in held]:
+            del self._ticks[label]  # a queued flush still runs: it holds what it needs
         for key in [key for key in self._batchers if key not in held]:
             task = asyncio.create_task(self._batchers.pop(key).close())
             self._retiring.add(task)

@@ -32,7 +32,7 @@ from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .fleet_telemetry import FleetRoutes, default_fleet_db, telemetry_too_large
 from .host import ModelState
-from .metrics import ServerMetrics, model_label
+from .metrics import RequestMetrics, ServerMetrics
 from .model_control import ModelControl
 from .openapi import openapi_document
 from .settings import ServerSettings
@@ -165,7 +165,7 @@ class HttpApp:
         self._server_metadata = dumps(
             {"name": "edgecloud", "version": __version__, "extensions": extensions}
         )
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._requests = RequestMetrics(host.metrics, "http")
         self.ready = False
         self._fleet_routes: FleetRoutes | None = None
 
@@ -392,18 +392,8 @@ class HttpApp:
         return 200, payload, [*BINARY, (_HEADER_LENGTH, b"%d" % json_length)]
 
     def _request_metrics(self, model: str, code: int) -> tuple[Any, Any]:
-        """The request counter and latency children of (model, code), looked up once
-        (``labels()`` takes a lock and hashes its arguments: ~1.5 us each)."""
-        label = model_label(model, self.host.states)
-        children = self._children.get((label, code))
-        if children is None:
-            children = (
-                self.metrics.requests.labels(label, "http", str(code)),
-                self.metrics.latency.labels(label, "http"),
-            )
-            if len(self._children) < 4096:  # labels are known models: bounded anyway
-                self._children[(label, code)] = children
-        return children
+        """The request counter and latency children of (model, code) (:class:`RequestMetrics`)."""
+        return self._requests.of(model, self.host.states, code)
 
     async def _read_body(
         self, scope: Scope, header_length: int | None, receive: Receive, declared: int | None

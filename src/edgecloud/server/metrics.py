@@ -9,9 +9,13 @@ closed sets (protocol, HTTP status code).
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Container
 from pathlib import Path
+from typing import Any
 
 from .._optional import require
 
@@ -32,6 +36,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 __all__ = [
     "MULTIPROC_ENV",
     "UNKNOWN_MODEL",
+    "Deferred",
+    "DeferredCounter",
+    "DeferredHistogram",
+    "RequestMetrics",
     "ServerMetrics",
     "model_label",
     "use_multiprocess",
@@ -84,6 +92,120 @@ def model_label(model: str, known: Container[str]) -> str:
     return model if model in known else UNKNOWN_MODEL
 
 
+class DeferredCounter:
+    """A counter child's increments, summed in Python and applied by :class:`Deferred`."""
+
+    __slots__ = ("_child", "_owner", "_pending")
+
+    def __init__(self, child: Any, owner: Deferred) -> None:
+        self._child, self._owner, self._pending = child, owner, 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Count ``amount`` (>= 0) now; the child sees it at the next flush."""
+        first = not self._pending
+        self._pending += amount
+        if first:
+            self._owner.mark(self)
+
+    def apply(self) -> None:
+        pending, self._pending = self._pending, 0.0
+        if pending:
+            self._child.inc(pending)
+
+
+class DeferredHistogram:
+    """A histogram child's observations, kept in a list and applied by :class:`Deferred`
+    as one increment per touched bucket plus one of the sum (what as many
+    ``observe`` calls would have added: the same ``le`` rule, ``value <= bound``)."""
+
+    __slots__ = ("_bounds", "_child", "_owner", "_values")
+
+    def __init__(self, child: Any, owner: Deferred) -> None:
+        self._child, self._owner = child, owner
+        self._values: list[float] = []
+        bounds = getattr(child, "_upper_bounds", None)
+        parts = hasattr(child, "_buckets") and hasattr(child, "_sum")
+        # prometheus-client's child keeps its bounds and values in these attributes
+        # (since 0.0.x; checked by tests/server/test_metrics_deferred.py): without
+        # them every observation goes through observe() at the flush.
+        self._bounds: list[float] | None = list(bounds) if bounds and parts else None
+
+    def observe(self, value: float) -> None:
+        """Observe ``value`` now; the child sees it at the next flush."""
+        self._values.append(value)
+        if len(self._values) == 1:
+            self._owner.mark(self)
+
+    def apply(self) -> None:
+        values, self._values = self._values, []
+        bounds, child = self._bounds, self._child
+        if bounds is None or len(values) == 1:
+            for value in values:
+                child.observe(value)
+            return
+        counts: dict[int, int] = {}
+        total = 0.0
+        for value in values:
+            if math.isnan(value):  # observe() adds it to the sum and to no bucket
+                child.observe(value)
+                continue
+            index = bisect_left(bounds, value)
+            counts[index] = counts.get(index, 0) + 1
+            total += value
+        if counts:
+            child._sum.inc(total)
+            for index, count in counts.items():
+                child._buckets[index].inc(count)
+
+
+class Deferred:
+    """Metric updates made on the event loop, applied to prometheus-client once per
+    loop iteration instead of once per request.
+
+    A request's metric updates cost a dozen value increments (a lock each, and
+    in a multi-process server an mmap write each): 5-22 % of a worker's event
+    loop under wrk c=64 on digits-small (py-spy, bench/server.py's headline
+    case). Here an update is a Python addition or a list append; the first
+    one of an iteration schedules :meth:`flush` with ``call_soon``, so the
+    prometheus values (and the multi-process files) hold every request of an
+    iteration by the start of the next one, and an exposition flushes first.
+    Only for code on the event loop's thread (the wrappers are not locked);
+    pool threads update the prometheus children directly.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[DeferredCounter | DeferredHistogram] = []
+        self._scheduled = False
+
+    def counter(self, child: Any) -> DeferredCounter:
+        """A deferred view of a counter child (``metric.labels(...)``)."""
+        return DeferredCounter(child, self)
+
+    def histogram(self, child: Any) -> DeferredHistogram:
+        """A deferred view of a histogram child."""
+        return DeferredHistogram(child, self)
+
+    def mark(self, item: DeferredCounter | DeferredHistogram) -> None:
+        """Note that ``item`` holds updates; schedule a flush unless one is due."""
+        self._dirty.append(item)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a test, a tool): apply at once
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Apply every pending update to its prometheus child."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for item in dirty:
+            item.apply()
+
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -93,6 +215,8 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.deferred = Deferred()
+        """Hot-path updates of this server's children (:class:`Deferred`)."""
         self.requests = Counter(
             "edgecloud_requests_total",
             "Inference requests answered.",
@@ -178,9 +302,36 @@ class ServerMetrics:
         worker's series merged from that directory — counters and histograms
         summed over the workers, those of a worker that died and was replaced
         included (prometheus-client's multiprocess mode)."""
+        self.deferred.flush()
         directory = os.environ.get(MULTIPROC_ENV)
         if not directory:
             return bytes(generate_latest(self.registry))
         merged = CollectorRegistry()
         _multiprocess.MultiProcessCollector(merged, path=directory)
         return bytes(generate_latest(merged))
+
+
+class RequestMetrics:
+    """One protocol's request counter and latency children per (model, code),
+    looked up once and deferred (``labels()`` takes a lock and hashes its
+    arguments: ~1.5 us each). The ``model`` label follows :func:`model_label`."""
+
+    def __init__(self, metrics: ServerMetrics, protocol: str) -> None:
+        self._metrics, self._protocol = metrics, protocol
+        self._children: dict[tuple[str, int], tuple[DeferredCounter, DeferredHistogram]] = {}
+
+    def of(
+        self, model: str, known: Container[str], code: int
+    ) -> tuple[DeferredCounter, DeferredHistogram]:
+        """(requests counter, latency histogram) of a request for ``model`` answered ``code``."""
+        label = model_label(model, known)
+        children = self._children.get((label, code))
+        if children is None:
+            m = self._metrics
+            children = (
+                m.deferred.counter(m.requests.labels(label, self._protocol, str(code))),
+                m.deferred.histogram(m.latency.labels(label, self._protocol)),
+            )
+            if len(self._children) < 4096:  # labels are known models: bounded anyway
+                self._children[(label, code)] = children
+        return children
