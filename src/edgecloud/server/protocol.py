@@ -7,16 +7,18 @@ calls and two TCP segments, and the client wakes for each. Under wrk c=64
 on digits-small those writes were 15-31 % of the event loop's time (py-spy,
 bench/server.py's headline case), the largest single item per request.
 
-:class:`CoalescingTransport` keeps the first write of a loop iteration and
-joins the next one to it: the header block and the body of a response leave
-in one ``send`` when the body follows within the same iteration (a plain
-ASGI app sends both messages without waiting in between); a write that is
-not followed by another is sent at the end of the iteration (``call_soon``),
-before anything else of the connection can happen. Closing, aborting and
-half-closing send (or drop, for abort) what is held first, so the order of
-bytes on the connection never changes. Everything else is uvicorn's: the
-parser, keep-alive, pipelining, flow control, limits, ``Expect:
-100-continue``, graceful shutdown.
+:class:`CoalescingTransport` holds a connection's writes until the end of
+the loop iteration they were made in (``call_soon``) and hands them over
+together (one ``writev`` on uvloop): the header block and the body of a
+response leave in one ``send``, as do the responses to pipelined requests
+answered in one iteration. Closing and half-closing send what is held
+first, aborting drops it, so the order of bytes on the connection never
+changes. Because ``call_soon`` callbacks run in the order they were made,
+the metric updates a request recorded before its answer was written
+(:class:`~.metrics.Deferred`) reach prometheus-client's files before the
+answer leaves: a worker SIGKILLed after a client got its answer has counted
+it. Everything else is uvicorn's: the parser, keep-alive, pipelining, flow
+control, limits, ``Expect: 100-continue``, graceful shutdown.
 """
 
 from __future__ import annotations
@@ -41,26 +43,30 @@ class CoalescingTransport:
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: bytes | None = None
+        self._held: list[bytes] = []
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` after what is held: joined to it now, or held until the
-        end of this iteration when nothing is."""
+        """Send ``data`` at the end of this iteration, after what is held."""
         held = self._held
-        if held is None:
-            self._held = bytes(data)
+        if not held:
             self._loop.call_soon(self._flush)
-        else:
-            self._held = None
-            self._transport.write(held + data)
+        held.append(bytes(data))
 
     def _flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None and not self._transport.is_closing():
-            self._transport.write(held)
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        if self._transport.is_closing():
+            return
+        if len(held) == 1:
+            self._transport.write(held[0])
+        else:  # one writev on uvloop
+            self._transport.writelines(held)
 
     def writelines(self, lines: Any) -> None:
-        self.write(b"".join(lines))
+        for line in lines:
+            self.write(line)
 
     def close(self) -> None:
         self._flush()
@@ -71,12 +77,12 @@ class CoalescingTransport:
         self._transport.write_eof()
 
     def abort(self) -> None:
-        self._held = None
+        self._held = []
         self._transport.abort()
 
     def get_write_buffer_size(self) -> int:
-        held = self._held
-        return self._transport.get_write_buffer_size() + (len(held) if held else 0)
+        held = sum(len(chunk) for chunk in self._held)
+        return int(self._transport.get_write_buffer_size()) + held
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
