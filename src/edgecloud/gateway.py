@@ -37,7 +37,7 @@ from .backends.local import LocalBackend
 from .deployment import Deployment, Node, load, parse_node
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from .repository import ModelConfig
-from .server.app import event_loop_factory, http_protocol
+from .server.app import event_loop_factory, http_protocol, tune_gc
 from .server.host import ModelState, model_states, open_idempotency
 
 if TYPE_CHECKING:
@@ -358,6 +358,8 @@ def _serve_gateway(
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
+
+    tune_gc()
 
     async def main() -> None:
         drainer = asyncio.create_task(host.drain_outbox_forever())

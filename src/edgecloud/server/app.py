@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import socket
 from collections.abc import Callable
@@ -35,6 +36,7 @@ __all__ = [
     "check_ready",
     "listen",
     "serve",
+    "tune_gc",
 ]
 
 log = logging.getLogger("edgecloud.server")
@@ -143,6 +145,7 @@ def serve(
         backlog=2048,
     )
     server = uvicorn.Server(config)
+    tune_gc()
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_run(server, http_socket, host, app, settings, token, on_ready, shared))
@@ -237,6 +240,30 @@ async def _run(
         if grpc_server is not None:
             await grpc_server.stop(settings.shutdown_grace_s)
         await host.close()
+
+
+#: The collector's generation-0 threshold while serving (CPython's default: 700).
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Set the cyclic garbage collector up for serving, once start-up is done.
+
+    ``gc.freeze()`` moves everything alive now (modules, sessions, configs) to
+    the permanent generation, which collections no longer traverse, and the
+    generation-0 threshold rises from 700 tracked allocations to
+    :data:`GC_GEN0_THRESHOLD`. A request allocates some fifty tracked
+    containers (dicts, lists, tuples of the wire and ASGI layers), so the
+    default ran a collection every dozen or so requests: 7 % of the event
+    loop's time under wrk c=64 on digits-small (py-spy --native), and 92 vs
+    76 us of CPU per request with the threshold raised (in-process wrk runs,
+    this project's 2-core machine). Garbage without cycles is still freed at
+    once by reference counting; cycles (an exception's traceback) wait for the
+    next collection, a few thousand requests later at most.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
