@@ -137,6 +137,7 @@ def serve(
         # the client is the socket's peer: X-Forwarded-For from a local process is
         # not trusted (and the middleware cost ~1 % of the loop per request)
         proxy_headers=False,
+        server_header=False,  # "server: uvicorn" tells a client nothing it needs
         log_level="warning",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

@@ -217,7 +217,13 @@ class HttpApp:
         405 with an ``Allow`` header (as Triton answers; HEAD included), an
         unknown path 404. Health checks need no token; everything else does."""
         method: str = scope["method"]
-        parts = scope["path"].strip("/").split("/")
+        path: str = scope["path"]
+        if method == "POST" and path[-6:] == "/infer" and path[:11] == "/v2/models/":
+            model = path[11:-6]  # the common case, routed as the general path below would
+            if model and "/" not in model:
+                self._authorize(scope)
+                return await self._infer(model, None, scope, receive)
+        parts = path.strip("/").split("/")
         if parts[:2] == ["v2", "health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
             _allow(method, "GET", scope)
             return self._health(parts[2])
