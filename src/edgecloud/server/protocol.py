@@ -26,7 +26,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from .._optional import require
+
+_httptools_impl = require(
+    "uvicorn.protocols.http.httptools_impl", extra="server", feature="edgecloud serve"
+)
+HttpToolsProtocol: Any = _httptools_impl.HttpToolsProtocol
 
 __all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport"]
 
@@ -88,8 +93,8 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport`."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
