@@ -1,39 +1,41 @@
-"""Shortcuts through the REST codec for the common well-formed body, each equal to the general path.
+"""A shortcut through the REST codec for the common well-formed body, equal to the general path.
 
 The general path (:mod:`.rest` over :mod:`.values`) decides every body and
 says what is wrong with a bad one. These functions answer only where they
 can show that the general path would accept the input and produce the very
 same result; for anything else they return None and the caller runs the
 general path, so every error — its class and its text — is still the
-general path's. ``tests/wire/test_fastpath.py`` checks it with hypothesis:
-random well-formed and malformed bodies through both paths give equal
-results or equal exceptions.
+general path's. ``tests/test_wire_fastpath.py`` checks it with hypothesis:
+random well-formed and malformed bodies and responses through both paths
+give equal results (arrays equal bit for bit, dtype, shape and flags; bytes
+equal) or equal exceptions.
 
 What they take (everything else returns None):
 
 - :func:`tensor`: one REST tensor entry with a non-empty ``name``, a
   ``datatype`` of :data:`NUMERIC`, a ``shape`` of at most ``MAX_RANK``
   dimensions all ``>= 1``, and either a flat JSON ``data`` list of exactly
-  the shape's element count and no ``parameters`` (not ``null``), or no
-  ``data`` and ``parameters`` of exactly ``{"binary_data_size": n}`` with
-  ``n`` the shape's byte size (not BOOL: its bytes need checking).
-- :func:`values`: JSON values of exactly the Python types the general path
-  takes without looking further (:data:`_NUMBER` for floats, ``int`` for
-  integers, ``bool`` for BOOL), cast by the same numpy conversion. numpy
-  casts silently where the general path refuses — ``1.5`` into INT64,
-  ``300`` into UINT8, ``True`` into FP32, ``1e39`` into FP32 as ``inf`` — so
-  the types are checked first, integer ranges are left to numpy's own
-  ``OverflowError`` (returning None), and an FP32 value beyond the float32
-  range returns None (the general path refuses it, or rounds it down to the
-  largest float32 when it lies within half a unit of it: both are its call).
+  the shape's element count and no ``parameters`` key (not even ``null``),
+  or no ``data`` and ``parameters`` of exactly ``{"binary_data_size": n}``
+  with ``n`` the shape's byte size (a zero-copy ``np.frombuffer`` view of
+  the body, as the general path's; not BOOL, whose bytes need checking).
+- :func:`values`: JSON values whose Python types the general path takes
+  (int or float for FP32 / FP64, int for the integer types, bool for BOOL),
+  cast by the same conversions. numpy casts silently where the general path
+  refuses — ``1.5`` into INT64, ``300`` into UINT8, ``True`` into FP32,
+  ``1e39`` into FP32 as ``inf`` — so the element types are read first
+  (numpy's type discovery, plus :func:`without_booleans` or a type scan for
+  the booleans it promotes), an integer out of its datatype's range is
+  numpy's ``OverflowError`` and a finite value that float32 rounds to
+  infinity its ``FloatingPointError`` (both return None: the general path
+  words the error).
 - :func:`response`: a response whose parameters are empty and whose outputs
   are C-contiguous native arrays of :data:`_ENCODED` dtypes, all JSON or all
   binary. orjson writes a non-finite float of a numpy array as ``null``
   where the general path writes the ``NaN`` / ``Infinity`` literals, so a
   JSON header with ``null`` anywhere in it is left to the general path.
 
-Costs (bench/wire_codec.py, digits-small: FP32 [1, 64] JSON in, FP32 [1, 10]
-out) are in the README's design section.
+Costs, both paths (bench/wire_codec.py), are in the README's design section.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ try:
 except ImportError:  # pragma: no cover - without the server extra: no encode shortcut
     orjson = None  # type: ignore[assignment]
 
-__all__ = ["NUMERIC", "response", "tensor", "values"]
+__all__ = ["NUMERIC", "response", "tensor", "values", "without_booleans"]
 
 Array = np.ndarray[Any, Any]
 
@@ -63,10 +65,10 @@ NUMERIC: dict[str, np.dtype[Any]] = {
     name: dtype for name, dtype in DATATYPES.items() if name not in ("BYTES", "FP16")
 }
 _FLOATS = frozenset({"FP32", "FP64"})
-_NUMBER = frozenset({float, int})
-_INT = frozenset({int})
-_BOOL = frozenset({bool})
-_FP32_MAX = float(np.finfo(np.float32).max)
+_DOUBLE = np.dtype(np.float64)
+_INT64 = np.dtype(np.int64)
+_BOOL_DTYPE = np.dtype(np.bool_)
+_DISCOVERED = frozenset({_DOUBLE, _INT64, _BOOL_DTYPE})
 _LITTLE = sys.byteorder == "little"
 #: Output dtypes :func:`response` writes (native byte order), with their datatype.
 _ENCODED: dict[np.dtype[Any], str] = {
@@ -74,13 +76,14 @@ _ENCODED: dict[np.dtype[Any], str] = {
 }
 
 
-def tensor(entry: Any, binary: memoryview, pos: int) -> tuple[str, Array, int] | None:
+def tensor(entry: Any, binary: memoryview, pos: int, plain: bool) -> tuple[str, Array, int] | None:
     """``(name, array, binary bytes used)`` of one tensor entry, or None (module docstring).
 
     ``binary`` is the body's binary part and ``pos`` the offset of this
-    tensor's bytes in it. The caller still checks the name against those
-    already decoded (the general path's duplicate check comes after the
-    entry's header, which this shortcut has shown to be valid).
+    tensor's bytes in it; ``plain``: :func:`without_booleans` of the body.
+    The caller still checks the name against those already decoded (the
+    general path's duplicate check comes after the entry's header, which
+    this shortcut has shown to be valid).
     """
     if type(entry) is not dict:
         return None
@@ -102,7 +105,7 @@ def tensor(entry: Any, binary: memoryview, pos: int) -> tuple[str, Array, int] |
         data = entry.get("data")
         if type(data) is not list or len(data) != count:
             return None
-        flat = values(data, datatype, dtype)
+        flat = values(data, datatype, dtype, plain)
         return None if flat is None else (name, flat.reshape(shape), 0)
     if type(params) is not dict or len(params) != 1 or "data" in entry or datatype == "BOOL":
         return None
@@ -116,29 +119,61 @@ def tensor(entry: Any, binary: memoryview, pos: int) -> tuple[str, Array, int] |
 _MISSING: Any = object()
 
 
-def values(data: list[Any], datatype: str, dtype: np.dtype[Any]) -> Array | None:
-    """Flat JSON ``data`` of ``datatype`` as a 1-D array, or None (module docstring)."""
-    kinds = set(map(type, data))
-    if datatype in _FLOATS:
-        if not kinds <= _NUMBER:
-            return None
-        try:
-            array = np.array(data, dtype=np.float64)
-        except OverflowError:  # an integer beyond float64 (the stdlib parser keeps those)
-            return None
-        if datatype == "FP64":
-            return array
-        if not np.abs(array).max() <= _FP32_MAX:  # NaN compares False: None too
-            return None
-        return array.astype(np.float32)
-    if datatype == "BOOL":
-        return np.array(data, dtype=np.bool_) if kinds <= _BOOL else None
-    if not kinds <= _INT:
+def without_booleans(body: bytes, header_length: int | None) -> bool:
+    """Whether the JSON header of ``body`` surely holds no ``true`` / ``false``.
+
+    Every boolean a JSON parser returns comes from a ``true`` token (it has
+    an ``r``) or a ``false`` token (an ``f``), so a header with neither byte
+    holds none (two memchr scans; the names bench/server.py sends have neither,
+    ``binary_data_output`` has an ``r``). False only means "look at the types".
+    """
+    end = len(body) if header_length is None else header_length
+    return body.find(b"r", 0, end) < 0 and body.find(b"f", 0, end) < 0
+
+
+def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) -> Array | None:
+    """Flat JSON ``data`` of ``datatype`` as a 1-D array, or None (module docstring).
+
+    ``plain``: :func:`without_booleans` said the body holds no boolean.
+    numpy's own type discovery (``np.array(data)``) reads the element types:
+    float64 or int64 means every element is a float, an int or a bool (bools
+    promote silently), int64 every one an int or a bool, bool every one a
+    bool; strings, None, objects, nested lists and integers beyond 64 bits
+    give any other dtype, a deeper array, or an exception.
+    """
+    try:
+        found = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
         return None
+    kind = found.dtype
+    if found.ndim != 1 or kind not in _DISCOVERED:
+        return None
+    if datatype == "BOOL" or kind == _BOOL_DTYPE:
+        return found if datatype == "BOOL" and kind == _BOOL_DTYPE else None
+    if not plain and bool in set(map(type, data)):
+        return None
+    if datatype in _FLOATS:
+        as_double = found if kind == _DOUBLE else found.astype(_DOUBLE)
+        if datatype == "FP64":
+            return as_double
+        try:  # float64 -> float32 rounds as the general path's one cast does
+            return _narrow(as_double, dtype)
+        except FloatingPointError:  # a finite value beyond float32: the general path says so
+            return None
+    if kind != _INT64:
+        return None
+    if datatype == "INT64":
+        return found
     try:
         return np.array(data, dtype=dtype)
     except OverflowError:  # outside the datatype's range: the general path words it
         return None
+
+
+@np.errstate(over="raise")  # the decorator: 0.7 us a call, ``with`` 1.1 us
+def _narrow(array: Array, dtype: np.dtype[Any]) -> Array:
+    """``array`` cast to ``dtype``; FloatingPointError where a finite value becomes infinity."""
+    return array.astype(dtype)
 
 
 def response(

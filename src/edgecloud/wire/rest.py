@@ -202,14 +202,15 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview
     return header, rest
 
 
-def _tensors(entries: Any, binary: memoryview, kind: str, shortcut: bool = True) -> Arrays:
-    """The named tensors of ``entries``; ``shortcut``: try :func:`.fastpath.tensor` first."""
+def _tensors(entries: Any, binary: memoryview, kind: str, plain: bool | None = False) -> Arrays:
+    """The named tensors of ``entries``; try :func:`.fastpath.tensor` first unless
+    ``plain`` is None (else it is :func:`.fastpath.without_booleans` of the body)."""
     if not isinstance(entries, list):
         raise InvalidRequestError(f"'{kind}' must be a list of tensors")
     out: Arrays = {}
     pos = 0
     for entry in entries:
-        fast = fastpath.tensor(entry, binary, pos) if shortcut else None
+        fast = None if plain is None else fastpath.tensor(entry, binary, pos, plain)
         if fast is None:
             pos = _tensor(entry, binary, pos, kind, out)
             continue
@@ -300,7 +301,8 @@ def decode_request(
     """
     header, binary = _split_body(body, header_length)
     params = _parameters(header.get("parameters"))
-    inputs = _tensors(header.get("inputs"), binary, "inputs", shortcut)
+    plain = fastpath.without_booleans(body, header_length) if shortcut else None
+    inputs = _tensors(header.get("inputs"), binary, "inputs", plain)
     decoded = DecodedRequest(
         InferRequest(model, inputs, version=version, parameters=params, id=_request_id(header))
     )
