@@ -64,6 +64,8 @@ Array = np.ndarray[Any, Any]
 NUMERIC: dict[str, np.dtype[Any]] = {
     name: dtype for name, dtype in DATATYPES.items() if name not in ("BYTES", "FP16")
 }
+#: Their little-endian forms (the binary extension's byte order), made once.
+_WIRE = {name: dtype.newbyteorder("<") for name, dtype in NUMERIC.items()}
 _FLOATS = frozenset({"FP32", "FP64"})
 _DOUBLE = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
@@ -112,7 +114,7 @@ def tensor(entry: Any, binary: memoryview, pos: int, plain: bool) -> tuple[str, 
     size = params.get("binary_data_size")
     if type(size) is not int or size != count * dtype.itemsize or pos + size > len(binary):
         return None
-    raw = np.frombuffer(binary[pos : pos + size], dtype=dtype.newbyteorder("<"))
+    raw = np.frombuffer(binary[pos : pos + size], dtype=_WIRE[datatype])
     return name, raw.reshape(shape), size
 
 
