@@ -14,6 +14,7 @@ the bodies bench/server.py sends, so its speed cannot silently vanish.
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -287,6 +288,21 @@ def test_the_shortcut_leaves_unusual_bodies_to_the_general_path(body: bytes) -> 
     header = json.loads(body)
     assert fastpath.tensor(header["inputs"][0], memoryview(b""), 0, False) is None
     same_decoding(body, None)
+
+
+def test_a_long_string_among_numbers_allocates_nothing_large() -> None:
+    """numpy's type discovery would make a 2,000 x 2,000-character string array (16 MB)
+    of this 12 kB body; the shortcut refuses the string before numpy sees it."""
+    data: list[Any] = [0.5] * 1999 + ["x" * 2000]
+    body = entry_body("FP32", data)
+    tracemalloc.start()
+    try:
+        kind, _ = same_decoding(body, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert kind == "TensorValueError"
+    assert peak < 2_000_000
 
 
 def test_duplicate_names_get_the_general_message() -> None:

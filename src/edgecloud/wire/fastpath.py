@@ -137,15 +137,19 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
     """Flat JSON ``data`` of ``datatype`` as a 1-D array, or None (module docstring).
 
     ``plain``: :func:`without_booleans` said the body holds no boolean.
-    numpy's own type discovery (``np.array(data)``) reads the element types:
-    float64 or int64 means every element is a float, an int or a bool (bools
-    promote silently), int64 every one an int or a bool, bool every one a
-    bool; strings, None, objects, nested lists and integers beyond 64 bits
-    give any other dtype, a deeper array, or an exception.
+    ``sum(data)`` (0.3 us for 64 floats) raises TypeError for any element
+    but an int, a float or a bool — a string, None, an object, a list, a
+    HugeNumber — before numpy sees one: ``np.array`` would make a string
+    array of ``len(data)`` times the longest string (a 100 kB body of
+    numbers and one long string would cost gigabytes). numpy's type discovery
+    (``np.array(data)``) then tells the rest apart: float64 means floats,
+    ints and bools (bools promote silently, hence ``plain``), int64 ints and
+    bools, bool only bools; integers beyond 64 bits give uint64 or object.
     """
     try:
+        sum(data)
         found = np.array(data)
-    except (ValueError, TypeError, OverflowError, RecursionError):
+    except (TypeError, OverflowError):  # OverflowError: an int beyond float64 plus a float
         return None
     kind = found.dtype
     if found.ndim != 1 or kind not in _DISCOVERED:
