@@ -11,7 +11,7 @@ so machine drift hits both alike, on this thread's CPU time
 the codec never waits); the table gives the median and the minimum of the
 per-round means, in microseconds per call.
 
-    python bench/wire_codec.py [--rounds 25] [--per-round 2000]
+    python bench/wire_codec.py [--rounds 21] [--per-round 1000]
 
 Writes bench/results/wire_codec.json.
 """
@@ -106,8 +106,8 @@ def _encode(response: InferResponse, decoded: Any, shortcut: bool) -> Callable[[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", default=25, type=int)
-    parser.add_argument("--per-round", default=2000, type=int)
+    parser.add_argument("--rounds", default=21, type=int)
+    parser.add_argument("--per-round", default=1000, type=int)
     args = parse_bench_args(parser)
     calls = contenders()
     samples = interleaved(

@@ -32,8 +32,8 @@ What they take (everything else returns None):
 - :func:`response`: a response whose parameters are empty and whose outputs
   are C-contiguous native arrays of :data:`_ENCODED` dtypes, all JSON or all
   binary. orjson writes a non-finite float of a numpy array as ``null``
-  where the general path writes the ``NaN`` / ``Infinity`` literals, so a
-  JSON header with ``null`` anywhere in it is left to the general path.
+  where the general path writes the ``NaN`` / ``Infinity`` literals, so an
+  output whose JSON numbers hold an ``n`` is left to the general path.
 
 Costs, both paths (bench/wire_codec.py), are in the README's design section.
 """
@@ -210,7 +210,10 @@ def response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = array.reshape(-1)
+            data = orjson.dumps(array.reshape(-1), option=orjson.OPT_SERIALIZE_NUMPY)
+            if b"n" in data:  # orjson's null for NaN / +-inf (one memchr; numbers have no n)
+                return None
+            entry["data"] = orjson.Fragment(data)
         entries.append(entry)
     header = orjson.dumps(
         {
@@ -219,11 +222,8 @@ def response(
             "id": request_id,
             "parameters": parameters,
             "outputs": entries,
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
+        }
     )
-    if not binary and b"null" in header:
-        return None
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
