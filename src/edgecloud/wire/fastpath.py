@@ -24,11 +24,11 @@ What they take (everything else returns None):
   cast by the same conversions. numpy casts silently where the general path
   refuses — ``1.5`` into INT64, ``300`` into UINT8, ``True`` into FP32,
   ``1e39`` into FP32 as ``inf`` — so the element types are read first
-  (numpy's type discovery, plus :func:`without_booleans` or a type scan for
-  the booleans it promotes), an integer out of its datatype's range is
-  numpy's ``OverflowError`` and a finite value that float32 rounds to
-  infinity its ``FloatingPointError`` (both return None: the general path
-  words the error).
+  (``sum``, then :func:`without_booleans` or a type scan for the booleans
+  that ``sum`` and numpy both let through), an integer out of its
+  datatype's range is numpy's ``OverflowError`` and a finite value that
+  float32 rounds to infinity its ``FloatingPointError`` (both return None:
+  the general path words the error).
 - :func:`response`: a response whose parameters are empty and whose outputs
   are C-contiguous native arrays of :data:`_ENCODED` dtypes, all JSON or all
   binary. orjson writes a non-finite float of a numpy array as ``null``
@@ -70,7 +70,6 @@ _FLOATS = frozenset({"FP32", "FP64"})
 _DOUBLE = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
 _BOOL_DTYPE = np.dtype(np.bool_)
-_DISCOVERED = frozenset({_DOUBLE, _INT64, _BOOL_DTYPE})
 _LITTLE = sys.byteorder == "little"
 #: Output dtypes :func:`response` writes (native byte order), with their datatype.
 _ENCODED: dict[np.dtype[Any], str] = {
@@ -139,34 +138,37 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
     ``plain``: :func:`without_booleans` said the body holds no boolean.
     ``sum(data)`` (0.3 us for 64 floats) raises TypeError for any element
     but an int, a float or a bool — a string, None, an object, a list, a
-    HugeNumber — before numpy sees one: ``np.array`` would make a string
-    array of ``len(data)`` times the longest string (a 100 kB body of
-    numbers and one long string would cost gigabytes). numpy's type discovery
-    (``np.array(data)``) then tells the rest apart: float64 means floats,
-    ints and bools (bools promote silently, hence ``plain``), int64 ints and
-    bools, bool only bools; integers beyond 64 bits give uint64 or object.
+    HugeNumber — before numpy sees one (numpy would parse ``"1.5"`` into a
+    float, and its type discovery would make a string array of
+    ``len(data)`` times the longest string: gigabytes for a 100 kB body).
+    What is left to tell apart is bool, which numpy promotes silently:
+    ``plain``, or one scan of the types. Floats then convert as the general
+    path's ``np.fromiter`` does; integers through numpy's type discovery
+    (``np.array(data)``: int64 only when every element is an int, the bools
+    being gone).
     """
     try:
         sum(data)
-        found = np.array(data)
     except (TypeError, OverflowError):  # OverflowError: an int beyond float64 plus a float
         return None
-    kind = found.dtype
-    if found.ndim != 1 or kind not in _DISCOVERED:
-        return None
-    if datatype == "BOOL" or kind == _BOOL_DTYPE:
-        return found if datatype == "BOOL" and kind == _BOOL_DTYPE else None
+    if datatype == "BOOL":
+        found = np.array(data)
+        return found if found.dtype == _BOOL_DTYPE else None
     if not plain and bool in set(map(type, data)):
         return None
     if datatype in _FLOATS:
-        as_double = found if kind == _DOUBLE else found.astype(_DOUBLE)
+        try:
+            as_double = np.fromiter(data, _DOUBLE, len(data))
+        except OverflowError:  # an int beyond float64 (the stdlib parser keeps those)
+            return None
         if datatype == "FP64":
             return as_double
         try:  # float64 -> float32 rounds as the general path's one cast does
             return _narrow(as_double, dtype)
         except FloatingPointError:  # a finite value beyond float32: the general path says so
             return None
-    if kind != _INT64:
+    found = np.array(data)
+    if found.ndim != 1 or found.dtype != _INT64:  # a float, or an int beyond int64
         return None
     if datatype == "INT64":
         return found
