@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..tensors import DATATYPES
-from .values import MAX_RANK
+from .values import MAX_RANK, cast_numbers
 
 try:
     import orjson
@@ -67,7 +67,6 @@ NUMERIC: dict[str, np.dtype[Any]] = {
 #: Their little-endian forms (the binary extension's byte order), made once.
 _WIRE = {name: dtype.newbyteorder("<") for name, dtype in NUMERIC.items()}
 _FLOATS = frozenset({"FP32", "FP64"})
-_DOUBLE = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
 _BOOL_DTYPE = np.dtype(np.bool_)
 _LITTLE = sys.byteorder == "little"
@@ -143,7 +142,8 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
     ``len(data)`` times the longest string: gigabytes for a 100 kB body).
     What is left to tell apart is bool, which numpy promotes silently:
     ``plain``, or one scan of the types. Floats then convert as the general
-    path's ``np.fromiter`` does; integers through numpy's type discovery
+    path's do (:func:`.values.cast_numbers`, the same function);
+    integers through numpy's type discovery
     (``np.array(data)``: int64 only when every element is an int, the bools
     being gone).
     """
@@ -157,16 +157,10 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
     if not plain and bool in set(map(type, data)):
         return None
     if datatype in _FLOATS:
-        try:
-            as_double = np.fromiter(data, _DOUBLE, len(data))
-        except OverflowError:  # an int beyond float64 (the stdlib parser keeps those)
-            return None
-        if datatype == "FP64":
-            return as_double
-        try:  # float64 -> float32 rounds as the general path's one cast does
-            return _narrow(as_double, dtype)
-        except FloatingPointError:  # a finite value beyond float32: the general path says so
-            return None
+        try:  # the general path's own cast
+            return cast_numbers(data, datatype)
+        except (OverflowError, FloatingPointError):  # beyond the datatype: the general path
+            return None  # says so (an int beyond float64, a finite value become infinity)
     found = np.array(data)
     if found.ndim != 1 or found.dtype != _INT64:  # a float, or an int beyond int64
         return None
@@ -176,12 +170,6 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
         return np.array(data, dtype=dtype)
     except OverflowError:  # outside the datatype's range: the general path words it
         return None
-
-
-@np.errstate(over="raise")  # the decorator: 0.7 us a call, ``with`` 1.1 us
-def _narrow(array: Array, dtype: np.dtype[Any]) -> Array:
-    """``array`` cast to ``dtype``; FloatingPointError where a finite value becomes infinity."""
-    return array.astype(dtype)
 
 
 def response(
