@@ -346,9 +346,11 @@ def test_the_served_bodies_take_the_shortcut(body: tuple[bytes, int | None]) -> 
     raw, length = body
     header = json.loads(raw[:length] if length else raw)
     binary = memoryview(raw)[length:] if length else memoryview(b"")
+    plain = fastpath.without_booleans(raw, length)
+    assert plain or length  # a JSON body of these names needs no scan of its values' types
     pos = 0
     for entry in header["inputs"]:
-        fast = fastpath.tensor(entry, binary, pos, fastpath.without_booleans(raw, length))
+        fast = fastpath.tensor(entry, binary, pos, plain)
         assert fast is not None
         pos += fast[2]
         if length:  # binary tensors are views of the body, not copies
