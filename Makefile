@@ -53,6 +53,7 @@ bench: $(VENV)/.dev-deps system-deps zoo
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || true
 	$(PY) bench/server.py --repo $(REPO)
 	$(PY) bench/request_path.py --repo $(REPO)
+	$(PY) bench/wire_codec.py
 	$(PY) bench/gpu_serving.py --repo $(REPO)  # measures only where torch sees a GPU
 
 $(PY):

@@ -32,6 +32,7 @@ from ..tensors import (
     datatype_of,
     numpy_dtype,
 )
+from . import fastpath
 from .context import context_parameters, decode_context
 from .values import (
     HugeNumber,
@@ -201,39 +202,55 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview
     return header, rest
 
 
-def _tensors(entries: Any, binary: memoryview, kind: str) -> Arrays:
+def _tensors(entries: Any, binary: memoryview, kind: str, plain: bool | None = False) -> Arrays:
+    """The named tensors of ``entries``; try :func:`.fastpath.tensor` first unless
+    ``plain`` is None (else it is :func:`.fastpath.without_booleans` of the body)."""
     if not isinstance(entries, list):
         raise InvalidRequestError(f"'{kind}' must be a list of tensors")
     out: Arrays = {}
     pos = 0
     for entry in entries:
-        name, datatype, shape, params = _tensor_header(entry, kind)
-        if name in out:
-            raise InvalidRequestError(f"tensor {clip(name)} appears twice in '{kind}'")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if type(size) is not int or size < 0 or pos + size > len(binary):
-                raise InvalidRequestError(
-                    f"tensor {clip(name)}: binary_data_size {clip(size)} exceeds the "
-                    f"{len(binary) - pos} binary bytes left in the body"
-                )
-            if "data" in entry:
-                raise InvalidRequestError(
-                    f"tensor {clip(name)} has both 'data' and binary_data_size; send one"
-                )
-            out[name] = tensor_from_bytes(binary[pos : pos + size], datatype, shape, name)
-            pos += size
-        elif "data" in entry:
-            out[name] = tensor_from_json(entry["data"], datatype, shape, name)
-        else:
-            raise InvalidRequestError(
-                f"tensor {clip(name)} has neither 'data' nor binary_data_size"
-            )
+        fast = None if plain is None else fastpath.tensor(entry, binary, pos, plain)
+        if fast is None:
+            pos = _tensor(entry, binary, pos, kind, out)
+            continue
+        name, array, used = fast
+        _unique(name, out, kind)
+        out[name] = array
+        pos += used
     if pos != len(binary):
         raise InvalidRequestError(
             f"{len(binary) - pos} bytes of binary data follow the tensors they were meant for"
         )
     return out
+
+
+def _unique(name: str, out: Arrays, kind: str) -> None:
+    if name in out:
+        raise InvalidRequestError(f"tensor {clip(name)} appears twice in '{kind}'")
+
+
+def _tensor(entry: Any, binary: memoryview, pos: int, kind: str, out: Arrays) -> int:
+    """Decode one entry into ``out`` (the general path); the binary offset after it."""
+    name, datatype, shape, params = _tensor_header(entry, kind)
+    _unique(name, out, kind)
+    size = params.get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or pos + size > len(binary):
+            raise InvalidRequestError(
+                f"tensor {clip(name)}: binary_data_size {clip(size)} exceeds the "
+                f"{len(binary) - pos} binary bytes left in the body"
+            )
+        if "data" in entry:
+            raise InvalidRequestError(
+                f"tensor {clip(name)} has both 'data' and binary_data_size; send one"
+            )
+        out[name] = tensor_from_bytes(binary[pos : pos + size], datatype, shape, name)
+        return pos + size
+    if "data" not in entry:
+        raise InvalidRequestError(f"tensor {clip(name)} has neither 'data' nor binary_data_size")
+    out[name] = tensor_from_json(entry["data"], datatype, shape, name)
+    return pos
 
 
 def _tensor_header(entry: Any, kind: str) -> tuple[str, str, list[int], dict[str, Any]]:
@@ -274,11 +291,18 @@ def decode_request(
     model: str,
     version: str | None,
     idempotency_key: str | None = None,
+    *,
+    shortcut: bool = True,
 ) -> DecodedRequest:
-    """Parse an infer request body (JSON or binary extension)."""
+    """Parse an infer request body (JSON or binary extension).
+
+    ``shortcut=False`` skips :mod:`.fastpath` (the same result, slower: for
+    tests that compare the two).
+    """
     header, binary = _split_body(body, header_length)
     params = _parameters(header.get("parameters"))
-    inputs = _tensors(header.get("inputs"), binary, "inputs")
+    plain = fastpath.without_booleans(body, header_length) if shortcut else None
+    inputs = _tensors(header.get("inputs"), binary, "inputs", plain)
     decoded = DecodedRequest(
         InferRequest(model, inputs, version=version, parameters=params, id=_request_id(header))
     )
@@ -345,9 +369,26 @@ def _tensor_entries(
 
 
 def encode_response(
-    response: InferResponse, decoded: DecodedRequest | None = None
+    response: InferResponse, decoded: DecodedRequest | None = None, *, shortcut: bool = True
 ) -> tuple[bytes, int | None]:
-    """Body and header length (None when all-JSON) of an infer response."""
+    """Body and header length (None when all-JSON) of an infer response.
+
+    ``shortcut=False`` skips :mod:`.fastpath` (the same bytes, slower: for
+    tests that compare the two).
+    """
+    if shortcut:
+        binary = _uniform_binary(decoded)
+        if binary is not None:
+            fast = fastpath.response(
+                response.model,
+                response.version,
+                response.id,
+                response.parameters,
+                response.outputs,
+                binary,
+            )
+            if fast is not None:
+                return fast
     outputs, chunks = _tensor_entries(
         response.outputs, lambda name: decoded is not None and _wants_binary(decoded, name)
     )
@@ -363,6 +404,15 @@ def encode_response(
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
+
+
+def _uniform_binary(decoded: DecodedRequest | None) -> bool | None:
+    """True when every output goes binary, False when every one goes JSON, None if mixed."""
+    if decoded is None or not (decoded.all_binary or decoded.binary_outputs):
+        return False
+    if decoded.all_binary and not decoded.json_outputs:
+        return True
+    return None
 
 
 def _wants_binary(decoded: DecodedRequest, name: str) -> bool:

@@ -65,6 +65,7 @@ __all__ = [
     "MAX_RANK",
     "HugeNumber",
     "bytes_error",
+    "cast_numbers",
     "check_bool",
     "element_count",
     "flatten",
@@ -269,16 +270,21 @@ def _float_values(
 ) -> np.ndarray[Any, Any]:
     if kinds <= _NUMBER:
         try:
-            return _cast(values, datatype)
+            return cast_numbers(values, datatype)
         except (OverflowError, FloatingPointError):
             pass
     raise _first_bad(name, datatype, values)
 
 
-def _cast(values: list[Any], datatype: str) -> np.ndarray[Any, Any]:
-    """numpy's IEEE round-to-nearest cast; raises where a finite value becomes infinity."""
-    with np.errstate(over="raise"):
-        return np.fromiter(values, dtype=numpy_dtype(datatype), count=len(values))
+@np.errstate(over="raise")  # the decorator: 0.45 us a call, a ``with`` block 0.9 us
+def cast_numbers(values: list[Any], datatype: str) -> np.ndarray[Any, Any]:
+    """Python ints and floats as a float ``datatype``: numpy's IEEE round-to-nearest cast.
+
+    Raises FloatingPointError where a finite value becomes infinity (``1e39``
+    for FP32), OverflowError for an int beyond float64. Callers check the
+    element types first: numpy would also parse ``"1.5"`` and take ``True``.
+    """
+    return np.fromiter(values, dtype=numpy_dtype(datatype), count=len(values))
 
 
 def _first_bad(name: str, datatype: str, values: Sequence[Any]) -> TensorValueError:
@@ -310,7 +316,7 @@ def _why_not(datatype: str, value: Any) -> str | None:
     if kind not in _NUMBER:
         return f"{datatype} takes numbers, NaN, Infinity or -Infinity only"
     try:
-        _cast([value], datatype)
+        cast_numbers([value], datatype)
     except (OverflowError, FloatingPointError):
         return f"beyond the range of {datatype} (it would become infinity)"
     return None
