@@ -635,6 +635,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument(
+        "--repo",
+        default="model-repo",
+        type=Path,
+        help="not read: both models are built fresh in a temporary repository "
+        "(minilm with random weights, each with its model.pt)",
+    )
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seconds", default=2.0, type=float, help="per concurrency level")
     parser.add_argument("--warmup", default=2.0, type=float, help="seconds of load per server")
@@ -672,6 +679,11 @@ def main() -> None:
     if device == "cpu" and not args.dry_run:
         print("no CUDA device visible to torch: nothing to measure here (run on a GPU machine)")
         return
+    if shutil.which(args.wrk) is None:
+        raise SystemExit(
+            f"the load generator wrk is needed ({args.wrk} not found): "
+            "apt-get install wrk, or pass --wrk PATH"
+        )
     if args.dry_run:
         device = "cpu"
         args.seconds, args.warmup, args.raw_seconds = 1.0, 1.0, 0.2
