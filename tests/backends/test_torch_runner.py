@@ -66,3 +66,36 @@ def test_cuda_path_matches_cpu(zoo_repo: ModelRepository) -> None:
     np.testing.assert_allclose(
         on_gpu.outputs["logits"], on_cpu.outputs["logits"], rtol=2e-2, atol=2e-2
     )
+
+
+def test_pinned_staging_is_cuda_only(zoo_repo: ModelRepository) -> None:
+    entry = zoo_repo.get("digits-small")
+    path = entry.path / TORCHSCRIPT_FILE
+    runner = TorchRunner(path, ["pixels"], ["probabilities"], "cpu", pinned=True)
+    assert not runner.pinned  # pinned host memory and streams mean nothing on the CPU
+    x = datasets.digits("test").x[:4]
+    plain = TorchRunner(path, ["pixels"], ["probabilities"], "cpu", pinned=False)
+    np.testing.assert_array_equal(
+        runner(["probabilities"], {"pixels": x})[0], plain(["probabilities"], {"pixels": x})[0]
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device visible to torch")
+def test_pinned_staging_matches_the_plain_path_from_several_threads(
+    zoo_repo: ModelRepository,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    entry = zoo_repo.get("resnet18-like")
+    path = entry.path / TORCHSCRIPT_FILE
+    pinned = TorchRunner(path, ["image"], ["logits"], "cuda", pinned=True)
+    plain = TorchRunner(path, ["image"], ["logits"], "cuda", pinned=False)
+    assert pinned.pinned
+    rng = np.random.default_rng(0)
+    # sizes that grow and shrink, so each thread's pinned buffer is reused and regrown
+    images = [rng.standard_normal((n, 3, 224, 224)).astype(np.float32) for n in (2, 8, 1, 4) * 3]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: pinned(["logits"], {"image": x})[0], images))
+    for x, out in zip(images, got, strict=True):
+        np.testing.assert_allclose(out, plain(["logits"], {"image": x})[0], rtol=1e-4, atol=1e-4)
