@@ -1,0 +1,144 @@
+"""``edgecloud serve`` with 1 worker vs N workers (and thread/runner variants), interleaved.
+
+Every variant is an ``edgecloud serve`` started once (all up at the same time,
+idle but for the one under load); then, round after round, each (model,
+variant) takes the same wrk load as bench/server.py (HTTP JSON, batch 1,
+``--concurrency`` connections, bench/server.py's body and lua) back to back, in
+an order that rotates every round, so drift in a shared machine's load hits
+all alike. Reports medians over the rounds of req/s and p99.
+
+    python bench/workers_ab.py [--rounds 5] [--seconds 4] [--models minilm digits-small]
+        [--variants w1 w2 ...]
+
+A variant is ``NAME=ARGS`` with ARGS the extra ``serve`` flags and
+``EDGECLOUD_SERVER_*`` settings as ``KEY:VALUE``, comma-separated, e.g.
+``w2r1=--workers:2,EDGECLOUD_SERVER_RUNNERS_PER_MODEL:1``; a bare name picks
+one of :data:`VARIANTS`. Writes ``workers_ab.json`` (bench/_common.py's
+results rule: bench/results/local/ unless the defaults or ``--write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, parse_bench_args, write_result
+from server import http_bodies, inputs_of, wrk
+
+from edgecloud.server.launch import ServerProcess, free_port, serve_process
+
+#: Named variants: serve flags and EDGECLOUD_SERVER_* settings.
+VARIANTS: dict[str, str] = {
+    "w1": "--workers:1",
+    "w2": "--workers:2",
+}
+
+
+def parse_variant(spec: str) -> tuple[str, list[str], dict[str, str]]:
+    """``NAME=--flag:value,ENV_KEY:value`` (or a name of :data:`VARIANTS`) ->
+    (name, serve flags, environment)."""
+    name, _, body = spec.partition("=")
+    body = body or VARIANTS[name]
+    flags: list[str] = []
+    env: dict[str, str] = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition(":")
+        if key.startswith("--"):
+            flags += [key, value] if value else [key]
+        else:
+            env[key] = value
+    return name, flags, env
+
+
+def start(repo: Path, flags: list[str], env: dict[str, str], log: Path) -> ServerProcess:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return serve_process(repo, http_port=free_port(), extra=flags, log=log)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def batch_totals(url: str, model: str) -> tuple[float, float]:
+    """(executions, rows) of ``model`` so far: ``edgecloud_batch_size`` _count and _sum
+    from ``/metrics`` (summed over workers by the server)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = [
+        float(m.group(1)) if m else 0.0
+        for m in (
+            re.search(rf'^edgecloud_batch_size_{part}{{model="{model}"}} (\S+)$', text, re.M)
+            for part in ("count", "sum")
+        )
+    ]
+    return found[0], found[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, default=Path("model-repo"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--models", nargs="+", default=["minilm", "digits-small"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    args = parse_bench_args(parser)
+    variants = [parse_variant(v) for v in args.variants]
+    bodies = {m: http_bodies(inputs_of(m))["json"] for m in args.models}
+    samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for name, flags, env in variants:
+                servers[name] = start(args.repo, flags, env, Path(tmp) / f"{name}.log")
+            cases = [(m, name) for m in args.models for name, _, _ in variants]
+            for r in range(args.rounds):
+                shift = r % len(cases)
+                for model, name in cases[shift:] + cases[:shift]:
+                    port = int(servers[name].url.rsplit(":", 1)[1])
+                    body, headers = bodies[model]
+                    before = batch_totals(servers[name].url, model)
+                    result = wrk(port, f"/v2/models/{model}/infer", body, headers,
+                                 args.concurrency, args.seconds, args.warmup)  # fmt: skip
+                    after = batch_totals(servers[name].url, model)
+                    runs = after[0] - before[0]
+                    result["mean_batch_rows"] = (after[1] - before[1]) / runs if runs else None
+                    samples.setdefault((model, name), []).append(result)
+                    print(f"round {r} {model:13} {name:10} {result['req_per_s']:8.1f} req/s "
+                          f"p99 {result['p99_ms']:7.1f} ms, batch {result['mean_batch_rows']}",
+                          flush=True)  # fmt: skip
+        finally:
+            for server in servers.values():
+                server.stop()
+    rows = []
+    print(f"\nmedians over {args.rounds} rounds (c={args.concurrency}, HTTP JSON, batch 1)")
+    for (model, name), runs in samples.items():
+        row = {
+            "model": model,
+            "variant": name,
+            "spec": dict(zip(*[[v[0] for v in variants], args.variants], strict=True))[name],
+            "req_per_s": statistics.median(x["req_per_s"] for x in runs),
+            "p50_ms": statistics.median(x["p50_ms"] for x in runs),
+            "p99_ms": statistics.median(x["p99_ms"] for x in runs),
+            "mean_batch_rows": statistics.median(x["mean_batch_rows"] or 0.0 for x in runs),
+            "runs": runs,
+        }
+        rows.append(row)
+        print(f"{model:13} {name:10} {row['req_per_s']:8.1f} req/s  p50 {row['p50_ms']:6.1f} "
+              f"p99 {row['p99_ms']:6.1f} ms  batch {row['mean_batch_rows']:5.1f}")  # fmt: skip
+    write_result("workers_ab", {"machine": machine(), "args": vars(args) | {"repo": str(args.repo)},
+                                "rows": rows})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
