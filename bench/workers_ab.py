@@ -2,13 +2,18 @@
 
 Every variant is an ``edgecloud serve`` started once (all up at the same time,
 idle but for the one under load); then, round after round, each (model,
-variant) takes the same wrk load as bench/server.py (HTTP JSON, batch 1,
-``--concurrency`` connections, bench/server.py's body and lua) back to back, in
-an order that rotates every round, so drift in a shared machine's load hits
-all alike. Reports medians over the rounds of req/s and p99.
+concurrency, variant) takes the same wrk load as bench/server.py (HTTP JSON,
+batch 1, its body and wrk -t1) back to back, in an order that rotates every
+round, so drift in a shared machine's load hits all alike. Reports medians over
+the rounds of req/s, p50/p99, the mean rows per runtime call
+(``edgecloud_batch_size`` from /metrics) and the server's CPU per request
+(user + system of the server and its workers, /proc, over the warm-up and the
+run, divided by the rows run): the figure that the machine's other load
+disturbs least, since a compute-bound server's req/s on a quiet machine is its
+cores over it.
 
-    python bench/workers_ab.py [--rounds 5] [--seconds 4] [--models minilm digits-small]
-        [--variants w1 w2 ...]
+    python bench/workers_ab.py [--rounds 6] [--seconds 4] [--concurrency 64 8]
+        [--models minilm digits-small] [--variants w1 w2 w2-2slots ...]
 
 A variant is ``NAME=ARGS`` with ARGS the extra ``serve`` flags and
 ``EDGECLOUD_SERVER_*`` settings as ``KEY:VALUE``, comma-separated, e.g.
@@ -39,6 +44,8 @@ from edgecloud.server.launch import ServerProcess, free_port, serve_process
 VARIANTS: dict[str, str] = {
     "w1": "--workers:1",
     "w2": "--workers:2",
+    # the previous default of 2 workers: 2 runner slots per model in each worker
+    "w2-2slots": "--workers:2,EDGECLOUD_SERVER_RUNNERS_PER_MODEL:4",
 }
 
 
@@ -83,59 +90,91 @@ def batch_totals(url: str, model: str) -> tuple[float, float]:
     return found[0], found[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live children (a supervisor's
+    workers), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, default=Path("model-repo"))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 8])
     parser.add_argument("--models", nargs="+", default=["minilm", "digits-small"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     args = parse_bench_args(parser)
     variants = [parse_variant(v) for v in args.variants]
     bodies = {m: http_bodies(inputs_of(m))["json"] for m in args.models}
-    samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    samples: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         servers: dict[str, ServerProcess] = {}
         try:
             for name, flags, env in variants:
                 servers[name] = start(args.repo, flags, env, Path(tmp) / f"{name}.log")
-            cases = [(m, name) for m in args.models for name, _, _ in variants]
+            cases = [
+                (m, c, name)
+                for m in args.models
+                for c in args.concurrency
+                for name, _, _ in variants
+            ]
             for r in range(args.rounds):
                 shift = r % len(cases)
-                for model, name in cases[shift:] + cases[:shift]:
+                for model, c, name in cases[shift:] + cases[:shift]:
                     port = int(servers[name].url.rsplit(":", 1)[1])
                     body, headers = bodies[model]
                     before = batch_totals(servers[name].url, model)
+                    pid = servers[name].process.pid
+                    cpu = cpu_seconds(pid)
                     result = wrk(port, f"/v2/models/{model}/infer", body, headers,
-                                 args.concurrency, args.seconds, args.warmup)  # fmt: skip
+                                 c, args.seconds, args.warmup)  # fmt: skip
+                    cpu = cpu_seconds(pid) - cpu
                     after = batch_totals(servers[name].url, model)
-                    runs = after[0] - before[0]
-                    result["mean_batch_rows"] = (after[1] - before[1]) / runs if runs else None
-                    samples.setdefault((model, name), []).append(result)
-                    print(f"round {r} {model:13} {name:10} {result['req_per_s']:8.1f} req/s "
-                          f"p99 {result['p99_ms']:7.1f} ms, batch {result['mean_batch_rows']}",
+                    # rows run = requests (batch 1 each), warm-up included as the CPU is
+                    served = after[1] - before[1]
+                    result["cpu_ms_per_request"] = 1e3 * cpu / served if served else None
+                    executions = after[0] - before[0]
+                    result["mean_batch_rows"] = served / executions if executions else None
+                    samples.setdefault((model, c, name), []).append(result)
+                    print(f"round {r} {model:13} c={c:<3} {name:10} {result['req_per_s']:8.1f} "
+                          f"req/s p99 {result['p99_ms']:7.1f} ms, batch "
+                          f"{result['mean_batch_rows'] or 0:.1f}, cpu/req "
+                          f"{result['cpu_ms_per_request'] or 0:.2f} ms",
                           flush=True)  # fmt: skip
         finally:
             for server in servers.values():
                 server.stop()
     rows = []
-    print(f"\nmedians over {args.rounds} rounds (c={args.concurrency}, HTTP JSON, batch 1)")
-    for (model, name), runs in samples.items():
+    print(f"\nmedians over {args.rounds} rounds (HTTP JSON, batch 1)")
+    for (model, c, name), runs in sorted(samples.items()):
         row = {
             "model": model,
+            "concurrency": c,
             "variant": name,
             "spec": dict(zip(*[[v[0] for v in variants], args.variants], strict=True))[name],
             "req_per_s": statistics.median(x["req_per_s"] for x in runs),
             "p50_ms": statistics.median(x["p50_ms"] for x in runs),
             "p99_ms": statistics.median(x["p99_ms"] for x in runs),
             "mean_batch_rows": statistics.median(x["mean_batch_rows"] or 0.0 for x in runs),
+            "cpu_ms_per_request": statistics.median(x["cpu_ms_per_request"] or 0.0 for x in runs),
             "runs": runs,
         }
         rows.append(row)
-        print(f"{model:13} {name:10} {row['req_per_s']:8.1f} req/s  p50 {row['p50_ms']:6.1f} "
-              f"p99 {row['p99_ms']:6.1f} ms  batch {row['mean_batch_rows']:5.1f}")  # fmt: skip
+        print(f"{model:13} c={c:<3} {name:10} {row['req_per_s']:8.1f} req/s  "
+              f"p50 {row['p50_ms']:6.1f} p99 {row['p99_ms']:6.1f} ms  "
+              f"batch {row['mean_batch_rows']:5.1f}  "
+              f"cpu/req {row['cpu_ms_per_request']:5.2f} ms")  # fmt: skip
     write_result("workers_ab", {"machine": machine(), "args": vars(args) | {"repo": str(args.repo)},
                                 "rows": rows})  # fmt: skip
 

@@ -27,7 +27,10 @@ Multiprocess``):
   ``cores // N`` per worker, and ``runners_per_model`` (batches of a model run
   at once) ``runners // N`` (at least 1), so N workers run no more batches at
   once than one process. Sessions do not spin (``LocalBackend(spin=False)``):
-  a spinning onnxruntime thread takes the core another worker needs.
+  a spinning onnxruntime thread takes the core another worker needs (a trial
+  of bench/workers_ab.py, minilm c=64 on a loaded 2-core machine, one worker
+  with one slot of 2 threads: 78 req/s spinning, 166 not; moot at the default
+  of 1 thread, which has no pool).
 - A worker that **dies** (crash, OOM kill, SIGKILL) is replaced: the requests in
   flight on it are lost as connection errors (never a wrong answer), every other
   worker keeps serving. Its idempotency claims are taken over once it is reaped
