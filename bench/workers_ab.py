@@ -28,8 +28,10 @@ import argparse
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def connections_per_process(port: int) -> list[int]:
+    """Established connections on the server's ``port`` per server process, most first
+    (``ss -tnp``: how the kernel's ``SO_REUSEPORT`` hash spread the load's connections)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, timeout=10,
+    ).stdout  # fmt: skip
+    pids = re.findall(r"pid=(\d+)", out)
+    return sorted((pids.count(p) for p in set(pids)), reverse=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, default=Path("model-repo"))
@@ -137,8 +150,16 @@ def main() -> None:
                     before = batch_totals(servers[name].url, model)
                     pid = servers[name].process.pid
                     cpu = cpu_seconds(pid)
+                    split: list[list[int]] = []
+                    probe = threading.Timer(
+                        args.warmup + args.seconds / 2,
+                        lambda port=port, split=split: split.append(connections_per_process(port)),
+                    )
+                    probe.start()
                     result = wrk(port, f"/v2/models/{model}/infer", body, headers,
                                  c, args.seconds, args.warmup)  # fmt: skip
+                    probe.join()
+                    result["connections_per_process"] = split[0] if split else None
                     cpu = cpu_seconds(pid) - cpu
                     after = batch_totals(servers[name].url, model)
                     # rows run = requests (batch 1 each), warm-up included as the CPU is
@@ -150,7 +171,8 @@ def main() -> None:
                     print(f"round {r} {model:13} c={c:<3} {name:10} {result['req_per_s']:8.1f} "
                           f"req/s p99 {result['p99_ms']:7.1f} ms, batch "
                           f"{result['mean_batch_rows'] or 0:.1f}, cpu/req "
-                          f"{result['cpu_ms_per_request'] or 0:.2f} ms",
+                          f"{result['cpu_ms_per_request'] or 0:.2f} ms, connections "
+                          f"{result['connections_per_process']}",
                           flush=True)  # fmt: skip
         finally:
             for server in servers.values():
@@ -168,13 +190,16 @@ def main() -> None:
             "p99_ms": statistics.median(x["p99_ms"] for x in runs),
             "mean_batch_rows": statistics.median(x["mean_batch_rows"] or 0.0 for x in runs),
             "cpu_ms_per_request": statistics.median(x["cpu_ms_per_request"] or 0.0 for x in runs),
+            "connections_per_process": [x["connections_per_process"] for x in runs],
             "runs": runs,
         }
         rows.append(row)
+        splits = " ".join("/".join(map(str, x or [])) for x in row["connections_per_process"])
         print(f"{model:13} c={c:<3} {name:10} {row['req_per_s']:8.1f} req/s  "
               f"p50 {row['p50_ms']:6.1f} p99 {row['p99_ms']:6.1f} ms  "
               f"batch {row['mean_batch_rows']:5.1f}  "
-              f"cpu/req {row['cpu_ms_per_request']:5.2f} ms")  # fmt: skip
+              f"cpu/req {row['cpu_ms_per_request']:5.2f} ms  "
+              f"connections {splits}")  # fmt: skip
     write_result("workers_ab", {"machine": machine(), "args": vars(args) | {"repo": str(args.repo)},
                                 "rows": rows})  # fmt: skip
 
