@@ -24,7 +24,10 @@ import httpx
 import numpy as np
 import pytest
 
+from edgecloud.server.host import ModelHost
 from edgecloud.server.launch import free_port
+from edgecloud.server.settings import ServerSettings
+from edgecloud.server.workers import Supervisor, available_cores, worker_share
 
 from ..models import affine_reference, make_repo
 from .conftest import TOKEN, Server, add_batching, start_server
@@ -276,3 +279,43 @@ def test_a_killed_supervisor_leaves_no_worker(server: Server) -> None:
     server.process.kill()
     server.process.wait()
     wait_for(lambda: not any(_alive(pid) for pid in pids), 10)
+
+
+# -- compute split among workers ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("threads", "runners", "workers", "cores", "share"),
+    [
+        (1, 2, 1, 2, (1, 2)),  # one process: as configured
+        (1, 2, 2, 2, (1, 1)),  # the default on 2 cores: 2 batches at once in all, not 4
+        (0, 2, 2, 2, (1, 1)),  # all cores: one each
+        (0, 2, 2, 8, (4, 1)),
+        (0, 2, 3, 8, (2, 1)),
+        (1, 8, 2, 8, (1, 4)),
+        (2, 2, 4, 2, (2, 1)),  # explicit threads stay; a worker keeps at least 1 slot
+    ],
+)
+def test_worker_share_splits_threads_of_0_and_runner_slots(
+    threads: int, runners: int, workers: int, cores: int, share: tuple[int, int]
+) -> None:
+    assert worker_share(threads, runners, workers, cores) == share
+
+
+def test_a_worker_gets_its_share_and_sessions_that_do_not_spin(state: Path) -> None:
+    """The settings a forked worker serves with, and the onnxruntime session its host
+    opens from them (the host is what every worker builds)."""
+    repo = make_repo(state)
+    settings = ServerSettings(runners_per_model=2, intra_op_threads=0, idempotency_window_s=0)
+    worker = Supervisor(repo.root, settings, 2)._split(free_port(), None)
+    expected = worker_share(0, 2, 2, available_cores())
+    assert (worker.intra_op_threads, worker.runners_per_model) == expected
+    assert worker.workers == 1
+    host = ModelHost(repo, worker)
+    try:
+        options = host.local.load("affine").session.get_session_options()
+        assert options.intra_op_num_threads == expected[0]
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    finally:
+        host.local.close()
+        host.executor.shutdown()

@@ -248,11 +248,17 @@ class LocalBackend(Backend):
         preload: Sequence[str] = (),
         verify: bool = True,
         device: Literal["auto", "cpu", "cuda"] = "cpu",
+        spin: bool = True,
     ) -> None:
+        """``spin``: onnxruntime's intra-op threads busy-wait for work between and
+        after runs (its default, ``session.intra_op.allow_spinning``); False
+        makes them sleep, for a server whose cores other threads and processes
+        need (moot with ``intra_op_threads=1``: no pool)."""
         self.repository = (
             repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
         )
         self.intra_op_threads = intra_op_threads
+        self.spin = spin
         self.providers = list(providers) if providers is not None else default_providers()
         self.warmup = warmup
         self.verify = verify
@@ -427,6 +433,8 @@ class LocalBackend(Backend):
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(entry.model_path), sess_options=options, providers=self.providers

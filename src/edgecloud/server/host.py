@@ -206,7 +206,10 @@ class ModelHost:
         self.settings = settings
         self.metrics = metrics or ServerMetrics()
         self.local = LocalBackend(
-            repository, intra_op_threads=settings.intra_op_threads or None, device=settings.device
+            repository,
+            intra_op_threads=settings.intra_op_threads or None,
+            device=settings.device,
+            spin=False,  # the cores are shared: other workers, this event loop (workers.py)
         )
         self.control = ModelControl(self, control_dir, worker)
         """Model control (``settings.model_control``) and the repository extension."""

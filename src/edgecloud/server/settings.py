@@ -123,7 +123,10 @@ class ServerSettings(BaseModel):
     """Batch concurrent requests for every model with ``max_batch_size > 0`` (whose
     rows must then be independent: see ``ModelConfig.max_batch_size``)."""
     runners_per_model: int = Field(default=2, ge=1)
-    """Batches of one model that may run at once."""
+    """Batches of one model that may run at once in the whole server: with
+    ``workers`` N each worker gets ``runners_per_model // N`` (at least 1), so N
+    workers run no more batches at once than one process would
+    (``workers.worker_share``)."""
     worker_threads: int = Field(default=4, ge=1)
     """Threads running onnxruntime calls."""
     intra_op_threads: int = Field(default=1, ge=0)

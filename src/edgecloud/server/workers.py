@@ -22,9 +22,15 @@ Multiprocess``):
   loop, onnxruntime session nor gRPC (grpc is imported only in the workers,
   after the fork: gRPC's threads do not survive one).
 - Each **worker** is a whole single-process server (:func:`~.app.serve`): its own
-  ModelHost, onnxruntime sessions and batchers. onnxruntime threads are split:
-  ``intra_op_threads`` 0 ("all cores") becomes ``cores // N`` per worker, so
-  workers x threads <= cores.
+  ModelHost, onnxruntime sessions and batchers. Compute is split
+  (:func:`worker_share`): ``intra_op_threads`` 0 ("all cores") becomes
+  ``cores // N`` per worker, and ``runners_per_model`` (batches of a model run
+  at once) ``runners // N`` (at least 1), so N workers run no more batches at
+  once than one process. Sessions do not spin (``LocalBackend(spin=False)``):
+  a spinning onnxruntime thread takes the core another worker needs (a trial
+  of bench/workers_ab.py, minilm c=64 on a loaded 2-core machine, one worker
+  with one slot of 2 threads: 78 req/s spinning, 166 not; moot at the default
+  of 1 thread, which has no pool).
 - A worker that **dies** (crash, OOM kill, SIGKILL) is replaced: the requests in
   flight on it are lost as connection errors (never a wrong answer), every other
   worker keeps serving. Its idempotency claims are taken over once it is reaped
@@ -92,7 +98,7 @@ from .metrics import use_multiprocess
 from .settings import ServerSettings
 
 __all__ = ["CRASH_LOOP", "STOP_MARGIN_S", "Supervisor", "WorkerApp", "available_cores",
-           "reuse_port_socket", "serve_workers", "worker_count"]  # fmt: skip
+           "reuse_port_socket", "serve_workers", "worker_count", "worker_share"]  # fmt: skip
 
 log = logging.getLogger("edgecloud.server")
 
@@ -119,6 +125,27 @@ def available_cores() -> int:
 def worker_count(settings: ServerSettings) -> int:
     """``settings.workers``, or one per available core when it is None."""
     return settings.workers or available_cores()
+
+
+def worker_share(threads: int, runners: int, workers: int, cores: int) -> tuple[int, int]:
+    """One worker's share of the server's compute: (onnxruntime intra-op threads,
+    batch runner slots per model) out of ``threads`` (``intra_op_threads``; 0: all
+    ``cores``) and ``runners`` (``runners_per_model``) for ``workers`` processes.
+
+    - threads 0 -> ``cores // workers`` each (at least 1); any other count is per
+      call, as given, in every worker;
+    - runners -> ``runners // workers`` each (at least 1): ``runners_per_model``
+      is the batches of a model the whole server runs at once, so N workers run
+      no more than one process would (the default 2: one per core here).
+
+    Why the runner split: each worker kept 2 slots, so 2 workers ran up to 4
+    one-thread minilm batches on 2 cores, and each worker's half of the
+    connections was cut into small batches (bench/results/workers_ab.json,
+    minilm HTTP JSON c=64: 3.6 rows per run and 4.34 ms of CPU per request vs
+    15.5 rows and 3.22 ms with one slot per worker; 1 worker: 3.2, 4.16 ms).
+    """
+    per_worker_threads = max(1, cores // workers) if threads == 0 else threads
+    return per_worker_threads, max(1, runners // workers)
 
 
 def serve_workers(
@@ -305,12 +332,13 @@ class Supervisor:
         return reuse_port_socket(self.settings.host, port, what, flag, listening=False)
 
     def _split(self, http_port: int, grpc: socket.socket | None) -> ServerSettings:
-        """A worker's settings: the ports bound, onnxruntime threads split."""
-        threads = self.settings.intra_op_threads
+        """A worker's settings: the ports bound, threads and runner slots split
+        (:func:`worker_share`)."""
         cores = available_cores()
-        if threads == 0:
-            threads = max(1, cores // self.workers)
-        elif threads * self.workers > cores:
+        threads, runners = worker_share(
+            self.settings.intra_op_threads, self.settings.runners_per_model, self.workers, cores
+        )
+        if self.settings.intra_op_threads and threads * self.workers > cores:
             log.warning(
                 "%d workers x %d onnxruntime threads exceed the %d cores: they will contend; "
                 "lower --threads or --workers", self.workers, threads, cores,
@@ -320,6 +348,7 @@ class Supervisor:
                 "http_port": http_port,
                 "grpc_port": None if grpc is None else bound_port(grpc),
                 "intra_op_threads": threads,
+                "runners_per_model": runners,
                 "workers": 1,
             }
         )
