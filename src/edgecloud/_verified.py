@@ -22,7 +22,10 @@ as recorded after a full check is skipped; any other is hashed in full.
 
 What it does not catch: a change that bypasses the file system — media bit rot,
 a write to the raw block device, an image of the file system restored with the
-same inode numbers and timestamps. For those, force a full check:
+same inode numbers and timestamps; an in-place rewrite whose data reached the
+disk but whose inode update was lost in a power failure; and, on a file system
+without a kernel-kept ctime (FAT, exFAT: an SD card), a rewrite that keeps the
+size and sets the mtime back. For those, force a full check:
 ``LocalBackend(verify="full")``, ``ModelVersion.verify()`` (full by default),
 ``edgecloud models list`` (:meth:`ModelRepository.status`, always full), or
 delete the record directory.
@@ -40,6 +43,9 @@ The record can only skip work, never make a version pass:
 - a file changed less than :data:`RACY_NS` before its check is not recorded
   (git's "racy clean" rule: a change within the timestamps' granularity could
   leave the stamp as it was), nor one whose stamp changed while it was hashed;
+  a file is fsynced before it is recorded, so the bytes vouched for are on disk
+  (a version written without fsync, then a power loss, must still fail its
+  check, not be vouched for by a stamp that survived);
 - the record is written to a temporary file and renamed into place, so a
   concurrent loader reads the old record or the new one; two loaders that
   write at once each write a valid record. A record that cannot be written
@@ -55,6 +61,7 @@ check never was a defence against them (the fleet's signatures are).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat as stat_module
@@ -157,7 +164,8 @@ class VerifiedRecord:
             or not isinstance(record.get("files"), dict)
         ):
             return {}
-        return record["files"]
+        files: dict[str, Any] = record["files"]
+        return files
 
     def vouches(self, rel: str, sha256: str) -> bool:
         """Whether file ``rel`` (relative to the directory) is recorded as matching
@@ -186,6 +194,14 @@ class VerifiedRecord:
         stamp = _stamp(before)
         if _stamp(after) != stamp or time.time_ns() - before.st_ctime_ns < RACY_NS:
             return
+        try:  # what is vouched for must be on disk: else a power loss could keep the stamp
+            fd = os.open(self.directory / rel, os.O_RDONLY)  # with other (unwritten) bytes
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
         self._files[rel] = [sha256, *stamp]
         self._changed = True
 
@@ -194,17 +210,13 @@ class VerifiedRecord:
         if self._path is None or not self._changed:
             return
         text = json.dumps({"format": FORMAT, "path": self._where, "files": self._files})
-        tmp = self._path.with_name(
-            f".{self._path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        )
+        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w") as f:
                 f.write(text)
             os.replace(tmp, self._path)
         except OSError:  # read-only, full, or not ours: the check was complete anyway
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-            except OSError:
-                pass
         self._changed = False

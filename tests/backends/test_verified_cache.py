@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud import LocalBackend, ModelRepository
-from edgecloud import _verified
+from edgecloud import LocalBackend, ModelRepository, _verified
 from edgecloud._verified import VerifiedRecord, record_file
 from edgecloud.errors import ConfigError, ModelLoadError
 
@@ -142,7 +141,8 @@ def test_a_record_of_another_directory_or_sha256_is_not_trusted(
     stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     record = record_file(entry.path)
     assert record is not None
-    for where, sha in [("/elsewhere/affine/2", entry.files["model.onnx"]), (good["path"], "0" * 64)]:
+    others = [("/elsewhere/affine/2", entry.files["model.onnx"]), (good["path"], "0" * 64)]
+    for where, sha in others:
         record.write_text(
             json.dumps({"format": 1, "path": where, "files": {"model.onnx": [sha, *stamp]}})
         )
@@ -229,7 +229,7 @@ def test_concurrent_loaders_leave_a_valid_record(repo: ModelRepository, state: P
         try:
             for _ in range(5):
                 _load(repo)
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=loads) for _ in range(6)]
