@@ -218,8 +218,10 @@ def main() -> None:
     import edgecloud
 
     compileall.compile_dir(Path(edgecloud.__file__).parent, quiet=1)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="edge-state-") as state:
         results = [measure(args.repo, model, args.runs, Path(state)) for model in MODELS]
+    load_after = os.getloadavg()[0]
     show(results, args.runs)
     first = results[0]
     path = write_result(
@@ -238,6 +240,7 @@ def main() -> None:
             "hashed)",
             "targets": {"cold_start_ratio": TARGET_RATIO, "rss_delta_mb": TARGET_RSS_MB},
             "runs": args.runs,
+            "load_average_1min": {"before": load_before, "after": load_after},
             "cases": results,
             "machine": machine(),
         },
