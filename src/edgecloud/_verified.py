@@ -3,9 +3,10 @@
 LocalBackend checks every file of a version against its recorded sha256 before
 loading it. For a large model that is most of a device's cold start
 (``minilm``'s 90 MB ``model.onnx``: 100-150 ms of hashing on the 2-core bench
-machine, bench/edge_footprint.py's "edge, first start" minus "edge"). This module lets a check skip a file that
-has not changed since a full check found it intact, the way git's index skips
-unchanged files: by the file's identity as the kernel reports it.
+machine, bench/edge_footprint.py's "edge, first start" minus "edge"). This
+module lets a check skip a file that has not changed since a full check found
+it intact, the way git's index skips unchanged files: by the file's identity
+as the kernel reports it.
 
 What the check is for, and what this keeps: the load-time sha256 check exists
 to catch *accidental* damage between the write of a version (``add_version``
