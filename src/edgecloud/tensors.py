@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -325,6 +324,8 @@ class InferRequest:
     def with_id(self) -> InferRequest:
         """This request, given a fresh random id if it has none."""
         if not self.id:
+            import uuid  # here: off the edge's import path (a request given no id)
+
             self.id = uuid.uuid4().hex
         return self
 

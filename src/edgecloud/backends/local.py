@@ -232,6 +232,15 @@ class LocalBackend(Backend):
     model (Triton's model control: the new version is loaded before the old
     one is dropped, and a load that fails leaves the served set as it was).
 
+    Loading checks the version's files against their sha256 (``verify``): True
+    skips a file a previous full check found intact and that has not changed
+    since (:mod:`edgecloud._verified` says what that does and does not catch),
+    ``"full"`` hashes every file at every load, False checks nothing.
+    ``warmup``: a session loaded ahead of a request (:meth:`load`, :meth:`open`,
+    ``preload``) runs once on zeros, so the first request is not the slow one; a
+    session that :meth:`infer` loads is not warmed up: that request is its first
+    run either way.
+
     >>> with LocalBackend("model-repo", intra_op_threads=1) as local:  # doctest: +SKIP
     ...     response = local.infer(InferRequest("digits-small", {"pixels": x}))
     """
@@ -246,7 +255,7 @@ class LocalBackend(Backend):
         providers: Sequence[str] | None = None,
         warmup: bool = True,
         preload: Sequence[str] = (),
-        verify: bool = True,
+        verify: bool | Literal["full"] = True,
         device: Literal["auto", "cpu", "cuda"] = "cpu",
         spin: bool = True,
     ) -> None:
@@ -261,6 +270,8 @@ class LocalBackend(Backend):
         self.spin = spin
         self.providers = list(providers) if providers is not None else default_providers()
         self.warmup = warmup
+        if verify not in (True, False, "full"):
+            raise ConfigError(f"verify must be True, False or 'full', not {verify!r}")
         self.verify = verify
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {device!r}")
@@ -278,12 +289,15 @@ class LocalBackend(Backend):
     # -- loading ---------------------------------------------------------------
 
     def load(self, model: str, version: int | str | None = None) -> LoadedModel:
-        """Load (or return the cached) session for a model version.
+        """Load (or return the cached) session for a model version, warmed up (``warmup``).
 
         ``version``: as :func:`version_number` reads it (None, ``"latest"`` or
         ``""`` for the newest served one, else a number: ``"+2"`` or ``" 2"`` name
         no version). ModelNotFoundError for a version that is not served.
         """
+        return self._load(model, version, self.warmup)
+
+    def _load(self, model: str, version: int | str | None, warm: bool) -> LoadedModel:
         number = version_number(version, model)
         cached = self._latest.get(model) if number is None else self._models.get((model, number))
         if cached is not None:
@@ -301,7 +315,7 @@ class LocalBackend(Backend):
                 return published
             loaded = self._models.get(key)
             if loaded is None:
-                loaded = self._models[key] = self._open(entry)
+                loaded = self._models[key] = self._open(entry, warm)
                 self._forget_unserved(entry.name)
             if number is None:
                 self._latest[model] = loaded
@@ -322,7 +336,7 @@ class LocalBackend(Backend):
         """
         number = version_number(version, model)
         entry = self.repository.get(model, number, verify=False, served_only=False, lean=True)
-        return self._open(entry)
+        return self._open(entry, self.warmup)
 
     def publish(
         self, model: str, versions: Mapping[int, LoadedModel], latest: int | None = None
@@ -426,9 +440,9 @@ class LocalBackend(Backend):
         """Sessions currently held."""
         return list(self._models.values())
 
-    def _open(self, entry: ModelVersion[EdgeModelConfig]) -> LoadedModel:
+    def _open(self, entry: ModelVersion[EdgeModelConfig], warm: bool) -> LoadedModel:
         if self.verify:
-            entry.verify()
+            entry.verify(full=self.verify == "full")
         options = ort.SessionOptions()
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = self.intra_op_threads
@@ -468,7 +482,7 @@ class LocalBackend(Backend):
             strings=any(t.datatype == "BYTES" for t in (*config.inputs, *config.outputs)),
         )
         loaded.empty = empty_answers(config.outputs, loaded.batched_outputs, config.batched)
-        if self.warmup:
+        if warm:
             _warm_up(loaded)
         return loaded
 
@@ -509,8 +523,8 @@ class LocalBackend(Backend):
 
     def infer(self, request: InferRequest) -> InferResponse:
         loaded = self._latest.get(request.model) if request.version is None else None
-        if loaded is None:
-            loaded = self.load(request.model, request.version)
+        if loaded is None:  # this request is the session's first run: no warm-up before it
+            loaded = self._load(request.model, request.version, warm=False)
         batch, inputs = loaded.validator.check(request.inputs)
         start = _clock()
         outputs = loaded.run(inputs, request.outputs, batch)
