@@ -155,18 +155,12 @@ class LoadedModel:
     def _run_batches(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
     ) -> Arrays:
-        names = self.output_names if not outputs else self._check_outputs(outputs)
+        names = self.check_request(outputs, batch)
         limit = self.limit
         if limit <= 0 or batch <= limit:
             values = self._call(names, inputs)
             # onnxruntime returns exactly the outputs asked for, in order.
             return {names[0]: values[0]} if len(names) == 1 else dict(zip(names, values))  # noqa: B905
-        if not self.splittable(names):
-            raise InvalidRequestError(
-                f"model {self.entry.name!r} takes at most {limit} rows per run and its "
-                f"output(s) {sorted(set(names) - self.batched_outputs)} have no batch "
-                f"dimension to split a batch of {batch} along; send at most {limit} rows"
-            )
         starts = range(0, batch, limit)
         parts = [
             self._call(names, {k: v[i : i + limit] for k, v in inputs.items()}) for i in starts
@@ -205,6 +199,33 @@ class LoadedModel:
     def _failure(self, exc: Exception) -> EdgecloudError:
         """onnxruntime's failure as the error of whoever caused it (see :func:`runtime_error`)."""
         return runtime_error(exc, f"{self.entry.name!r} version {self.entry.version}")
+
+    def check_request(self, outputs: Sequence[str] | None, batch: int) -> list[str]:
+        """The outputs a run of ``batch`` rows produces, checked as :meth:`run` checks
+        them before the runtime: requested outputs exist (an empty list means all),
+        and a batch above ``max_batch_size`` can be split along rows.
+
+        Raises:
+            InvalidRequestError: an unknown output, or an unsplittable oversized batch.
+        """
+        names = self.output_names if not outputs else self._check_outputs(outputs)
+        limit = self.limit
+        if 0 < limit < batch and not self.splittable(names):
+            raise InvalidRequestError(
+                f"model {self.entry.name!r} takes at most {limit} rows per run and its "
+                f"output(s) {sorted(set(names) - self.batched_outputs)} have no batch "
+                f"dimension to split a batch of {batch} along; send at most {limit} rows"
+            )
+        return names
+
+    def runtime_calls(self, batch: int) -> list[int]:
+        """The rows of each runtime call :meth:`run` makes for ``batch`` rows (none for 0)."""
+        limit = self.limit
+        if batch <= 0:
+            return []
+        if limit <= 0 or batch <= limit:
+            return [batch]
+        return [min(limit, batch - start) for start in range(0, batch, limit)]
 
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
         """The requested outputs; an empty list means all (as absent: the REST and gRPC rule)."""

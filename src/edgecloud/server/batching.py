@@ -297,12 +297,18 @@ class TickBatcher:
         self,
         loaded: LoadedModel,
         cost: RunCostLike,
-        on_run: Callable[[int, int, float], None],
+        *,
+        on_start: Callable[[int], None],
+        on_done: Callable[[int, int], None],
     ) -> None:
-        """``on_run(requests, rows, seconds)`` is called after each runtime call."""
+        """``on_start(requests)`` before a runtime call (merged or alone) with the
+        requests handed to it, ``on_done(requests, rows)`` after it answered them.
+        A request whose merged run failed is re-run alone and not started twice; one
+        that fails alone is started and never done."""
         self.loaded = loaded
         self._cost = cost
-        self._on_run = on_run
+        self._on_start = on_start
+        self._on_done = on_done
         self._pending: list[_Pending] = []
         self._last = 2  # start merging: the first flush says whether load is there
         self._solo = 0
@@ -361,6 +367,7 @@ class TickBatcher:
         return chunk, rest
 
     def _run(self, chunk: list[_Pending]) -> None:
+        self._on_start(len(chunk))
         started = time.perf_counter()
         if len(chunk) == 1:
             self._alone(chunk[0], started)
@@ -382,7 +389,7 @@ class TickBatcher:
                 self._alone(p, time.perf_counter())
             return
         self._cost.add(compute, _elements(merged))
-        self._on_run(len(chunk), rows, compute)
+        self._on_done(len(chunk), rows)
         offset = 0
         for p in chunk:
             part = {k: v[offset : offset + p.size] for k, v in outputs.items()}
@@ -397,7 +404,7 @@ class TickBatcher:
             return
         compute = time.perf_counter() - started
         self._cost.add(compute, _elements(p.inputs))
-        self._on_run(1, p.size, compute)
+        self._on_done(1, p.size)
         _settle(p.future, (outputs, started - p.enqueued, compute, p.size))
 
 

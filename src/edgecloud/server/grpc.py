@@ -29,7 +29,8 @@ from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, REPOSITORY_EXTENSION, model_metadata
 from .launch import address
-from .metrics import RequestMetrics
+from .metrics import RequestMetrics, model_label
+from .release import CLIENT_GONE, collect_soon, release
 from .settings import ServerSettings
 
 _FEATURE = "the server's gRPC endpoint"
@@ -131,28 +132,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """One infer call, counted once with the status it is answered with under the
+        model label it had when it arrived; an error is answered with ``abort``
+        outside the handler that caught it, its traceback dropped (:mod:`.release`)."""
         await self._guard(context)
         started = time.perf_counter()
-        code = 500
+        label = model_label(request.model_name, self.host.states)
+        code, size, failure = 500, 0, None
+        infer_request: InferRequest | None = None
+        response: InferResponse | None = None
         try:
+            size = request.ByteSize()
             key = carried_key(
                 (v for k, v in context.invocation_metadata() if k.lower() == "idempotency-key"),
                 "the idempotency-key metadata",
             )
-            if request.ByteSize() > OFFLOAD_BYTES:  # decode large messages off the loop
+            if size > OFFLOAD_BYTES:  # decode large messages off the loop
                 infer_request = await asyncio.to_thread(to_infer_request, request, key)
             else:
                 infer_request = to_infer_request(request, key)
             response = await self.host.infer(infer_request)
+            reply = to_grpc_response(response)
             code = 200
         except EdgecloudError as exc:
-            code = exc.status_code
-            await _abort(context, exc)
+            code, failure = exc.status_code, exc
+        except asyncio.CancelledError:
+            code = CLIENT_GONE  # the caller went away (deadline, cancel): not a server error
+            raise
         finally:
-            count, latency = self._requests.of(request.model_name, self.host.states, code)
+            count, latency = self._requests.labelled(label, code)
             count.inc()
             latency.observe(time.perf_counter() - started)
-        return to_grpc_response(response)
+        if failure is not None:
+            request = infer_request = response = None  # not kept by abort's traceback
+            release(failure)
+            collect_soon(size)
+            await _abort(context, failure)
+        return reply
 
     # -- Triton's model repository extension -----------------------------------------
 

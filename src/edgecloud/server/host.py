@@ -12,7 +12,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,7 +344,10 @@ class ModelHost:
         elif not state.ready and self.settings.model_control != "none":
             raise ModelLoadError(f"model {clip(request.model)} is not ready: {state.error}")
         loaded = self.local.load(request.model, request.version)
-        return loaded, loaded.validator.validate(request.inputs)
+        size = loaded.validator.validate(request.inputs)
+        if request.outputs or 0 < loaded.limit < size:  # refused before it counts as started
+            loaded.check_request(request.outputs, size)
+        return loaded, size
 
     async def _infer(
         self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
@@ -421,8 +424,8 @@ class ModelHost:
         done_counter.inc()
         queue.observe(0.0)
         compute_h.observe(compute)
-        if size:  # one runtime call; an empty batch makes none (LoadedModel.run)
-            batch_h.observe(size)
+        for rows in loaded.runtime_calls(size):  # an empty batch makes none (LoadedModel.run)
+            batch_h.observe(rows)
         return outputs, 0.0, compute, size
 
     async def _run(
@@ -439,8 +442,9 @@ class ModelHost:
                 self.executor, self._timed_run, loaded, request, size
             )
             queued, compute, batch = 0.0, time.perf_counter() - started, size
-            if size:  # one runtime call; an empty batch makes none (LoadedModel.run)
-                self._metrics_of(loaded.entry.name)[4].observe(size)
+            batch_h = self._metrics_of(loaded.entry.name)[4]
+            for rows in loaded.runtime_calls(size):  # an empty batch makes none
+                batch_h.observe(rows)
         # (a batcher observes edgecloud_batch_size itself: once per merged run)
         _, _, queue, compute_h, _ = self._metrics_of(loaded.entry.name)
         queue.observe(queued)
@@ -465,12 +469,14 @@ class ModelHost:
             return entry
         started, done, _, _, batch_h = self._metrics_of(loaded.entry.name)
 
-        def on_run(requests: int, rows: int, seconds: float) -> None:
-            started.inc(requests)
+        def on_done(requests: int, rows: int) -> None:
             done.inc(requests)
-            batch_h.observe(rows)
+            for part in loaded.runtime_calls(rows):
+                batch_h.observe(part)
 
-        tick = self._ticks[loaded.label] = TickBatcher(loaded, self.cost(loaded), on_run)
+        tick = self._ticks[loaded.label] = TickBatcher(
+            loaded, self.cost(loaded), on_start=started.inc, on_done=on_done
+        )
         return tick
 
     def _batcher(self, loaded: LoadedModel) -> DynamicBatcher | None:
@@ -496,7 +502,9 @@ class ModelHost:
                 concurrency=self.settings.runners_per_model,
                 observe=self.cost(loaded).add,
                 # called in pool threads: the child itself, not the loop's deferred view
-                on_batch=self.metrics.batch_size.labels(loaded.entry.name).observe,
+                on_batch=_per_runtime_call(
+                    loaded, self.metrics.batch_size.labels(loaded.entry.name)
+                ),
             )
         return batcher
 
@@ -512,6 +520,17 @@ class ModelHost:
             task = asyncio.create_task(self._batchers.pop(key).close())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+
+
+def _per_runtime_call(loaded: LoadedModel, child: Any) -> Callable[[int], None]:
+    """``on_batch(rows)`` for a batcher: one observation per runtime call that
+    ``loaded.run`` makes for ``rows`` (a request above ``max_batch_size`` makes several)."""
+
+    def observe(rows: int) -> None:
+        for part in loaded.runtime_calls(rows):
+            child.observe(part)
+
+    return observe
 
 
 def open_idempotency(

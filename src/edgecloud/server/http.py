@@ -32,9 +32,10 @@ from ..wire.context import carried_key
 from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
 from .fleet_telemetry import FleetRoutes, default_fleet_db, telemetry_too_large
 from .host import ModelState
-from .metrics import RequestMetrics, ServerMetrics
+from .metrics import RequestMetrics, ServerMetrics, model_label
 from .model_control import ModelControl
 from .openapi import openapi_document
+from .release import CLIENT_GONE, collect_soon, release
 from .settings import ServerSettings
 
 __all__ = [
@@ -182,6 +183,7 @@ class HttpApp:
             status, body, headers = reply.status, reply.body, reply.headers
         except EdgecloudError as exc:
             status, body, headers = exc.status_code, _error(exc.message), JSON
+            release(exc)  # answered: its frames (and the body they hold) are not needed
         except Exception as exc:  # never a traceback to the client
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status, body, headers = 500, _error(f"internal error: {type(exc).__name__}"), JSON
@@ -355,44 +357,54 @@ class HttpApp:
     async def _infer(
         self, model: str, version: str | None, scope: Scope, receive: Receive
     ) -> tuple[int, bytes, list[Any]]:
-        lengths: list[bytes] = []
-        declared: list[bytes] = []
-        keys: list[str] = []
-        for name, value in scope["headers"]:  # one pass; uvicorn lower-cases the names
-            if name == _HEADER_LENGTH:
-                lengths.append(value)
-            elif name == b"content-length":
-                declared.append(value)
-            elif name.lower() == b"idempotency-key":
-                keys.append(value.decode("latin-1"))
-        header_length = _length_value(lengths, _HEADER_LENGTH)
-        body = await self._read_body(
-            scope, header_length, receive, _length_value(declared, b"content-length")
-        )
-        key = carried_key(keys, "the Idempotency-Key headers") if keys else None
-        args = (body, header_length, model, version, key)
-        if len(body) > OFFLOAD_BYTES:  # a large body decodes off the event loop
-            decoded = await asyncio.to_thread(decode_request, *args)
-        else:
-            decoded = decode_request(*args)
+        """One infer request, counted once with the status it is answered with
+        (decode and encode failures included) under the model label it had when
+        it arrived (an unload while it runs does not relabel it)."""
         started = time.perf_counter()
-        code = 500
+        label = model_label(model, self.host.states)
+        code, size = 500, 0
         try:
+            lengths: list[bytes] = []
+            declared: list[bytes] = []
+            keys: list[str] = []
+            for name, value in scope["headers"]:  # one pass; uvicorn lower-cases the names
+                if name == _HEADER_LENGTH:
+                    lengths.append(value)
+                elif name == b"content-length":
+                    declared.append(value)
+                elif name.lower() == b"idempotency-key":
+                    keys.append(value.decode("latin-1"))
+            header_length = _length_value(lengths, _HEADER_LENGTH)
+            body = await self._read_body(
+                scope, header_length, receive, _length_value(declared, b"content-length")
+            )
+            size = len(body)
+            key = carried_key(keys, "the Idempotency-Key headers") if keys else None
+            args = (body, header_length, model, version, key)
+            if size > OFFLOAD_BYTES:  # a large body decodes off the event loop
+                decoded = await asyncio.to_thread(decode_request, *args)
+            else:
+                decoded = decode_request(*args)
             response = await self.host.infer(decoded.request)
+            if self.expose_trace:
+                response.parameters = {
+                    **response.parameters,
+                    "edgecloud_trace": json.dumps(response.trace.to_dict()),
+                }
+            payload, json_length = encode_response(response, decoded)
             code = 200
         except EdgecloudError as exc:
             code = exc.status_code
             raise
+        except asyncio.CancelledError:
+            code = CLIENT_GONE
+            raise
         finally:
-            count, latency = self._request_metrics(model, code)
+            count, latency = self._requests.labelled(label, code)
             count.inc()
             latency.observe(time.perf_counter() - started)
-        if self.expose_trace:
-            response.parameters = {
-                **response.parameters,
-                "edgecloud_trace": json.dumps(response.trace.to_dict()),
-            }
-        payload, json_length = encode_response(response, decoded)
+            if code != 200:
+                collect_soon(size)
         if json_length is None:
             return 200, payload, JSON
         return 200, payload, [*BINARY, (_HEADER_LENGTH, b"%d" % json_length)]
@@ -474,7 +486,12 @@ class HttpApp:
 
 
 def _error(message: str) -> bytes:
-    return dumps({"error": message})
+    """``{"error": message}``; a message quoting a request's lone surrogate (JSON's
+    ``\\ud800`` escape decodes to one, which no UTF-8 encoder takes) keeps it escaped."""
+    try:
+        return dumps({"error": message})
+    except TypeError:  # orjson refuses lone surrogates; json escapes them as \\udXXX
+        return json.dumps({"error": message}, ensure_ascii=True).encode()
 
 
 def _json_object(body: bytes, path: str) -> dict[str, Any]:

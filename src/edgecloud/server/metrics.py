@@ -324,7 +324,10 @@ class RequestMetrics:
         self, model: str, known: Container[str], code: int
     ) -> tuple[DeferredCounter, DeferredHistogram]:
         """(requests counter, latency histogram) of a request for ``model`` answered ``code``."""
-        label = model_label(model, known)
+        return self.labelled(model_label(model, known), code)
+
+    def labelled(self, label: str, code: int) -> tuple[DeferredCounter, DeferredHistogram]:
+        """(requests counter, latency histogram) for a ``model`` label already decided."""
         children = self._children.get((label, code))
         if children is None:
             m = self._metrics

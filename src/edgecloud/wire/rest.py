@@ -332,9 +332,20 @@ def _requested_outputs(requested: Any, decoded: DecodedRequest) -> list[str] | N
 
 
 def _request_id(header: dict[str, Any]) -> str:
+    """The request's ``id``, echoed in the response: it must be text the response can
+    carry (JSON's ``\\ud800`` escape decodes to a lone surrogate, which no UTF-8
+    encoder takes: the answer would fail after its computation)."""
     value = header.get("id", "")
     if not isinstance(value, str):
         raise InvalidRequestError(f"'id' must be a string, got {value!r:.40}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(
+                f"'id' must be valid Unicode text: it holds a lone surrogate "
+                f"({value[exc.start]!r} at character {exc.start})"
+            ) from None
     return value
 
 
