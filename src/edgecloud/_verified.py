@@ -21,6 +21,10 @@ a replacement (``cp``, rename over, delete and recreate) changes the inode and
 mtime sets ctime to now). So a file whose stamp and expected sha256 are both
 as recorded after a full check is skipped; any other is hashed in full.
 
+Only on file systems that keep such a stamp for every write, memory-mapped ones
+included (:data:`TRACKED_FILE_SYSTEMS`: ext4, XFS, Btrfs, F2FS); on any other
+(tmpfs, network, FUSE, FAT) nothing is recorded and every file is hashed.
+
 What it does not catch: a change that bypasses the file system — media bit rot,
 a write to the raw block device, an image of the file system restored with the
 same inode numbers and timestamps; an in-place rewrite whose data reached the
@@ -44,9 +48,10 @@ The record can only skip work, never make a version pass:
 - a file changed less than :data:`RACY_NS` before its check is not recorded
   (git's "racy clean" rule: a change within the timestamps' granularity could
   leave the stamp as it was), nor one whose stamp changed while it was hashed;
-  a file is fsynced before it is recorded, so the bytes vouched for are on disk
+  a file is fsynced before it is hashed, so the bytes vouched for are on disk
   (a version written without fsync, then a power loss, must still fail its
-  check, not be vouched for by a stamp that survived);
+  check, not be vouched for by a stamp that survived) and a write through a
+  shared mapping while it is hashed faults and changes the stamp;
 - the record is written to a temporary file and renamed into place, so a
   concurrent loader reads the old record or the new one; two loaders that
   write at once each write a valid record. A record that cannot be written
@@ -66,12 +71,19 @@ import contextlib
 import json
 import os
 import stat as stat_module
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_RECORD_BYTES", "RACY_NS", "VerifiedRecord", "record_directory", "record_file"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "RACY_NS",
+    "TRACKED_FILE_SYSTEMS",
+    "VerifiedRecord",
+    "record_directory",
+    "record_file",
+    "tracks_writes",
+]
 
 FORMAT = 1
 """The record's ``format``: a record of any other is ignored."""
@@ -111,6 +123,56 @@ def record_file(directory: Path) -> Path | None:
     return base / f"{info.st_dev:x}-{info.st_ino:x}.json"
 
 
+#: File systems (``statfs(2)`` ``f_type``) on which a file's stamp sees every write,
+#: including writes through a shared memory mapping once the file was fsynced: the
+#: flush cleans the file's pages and write-protects them, so the next write through
+#: a mapping faults and the kernel updates mtime and ctime. tmpfs and ramfs never
+#: write pages back, so a mapping's later writes change no stamp (the issue-17
+#: hostile review served a tampered file from /dev/shm that way); network, FUSE,
+#: FAT/exFAT and overlay file systems are left out too. Elsewhere nothing is
+#: recorded and every load hashes every file.
+TRACKED_FILE_SYSTEMS = {
+    0xEF53: "ext2/ext3/ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0xF2F52010: "f2fs",
+}
+
+_tracked_devices: dict[int, bool] = {}
+
+
+def tracks_writes(path: Path) -> bool:
+    """Whether ``path`` is on a file system of :data:`TRACKED_FILE_SYSTEMS` (Linux
+    only; cached per device). False when it cannot be told."""
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return False
+    known = _tracked_devices.get(device)
+    if known is None:
+        known = _tracked_devices[device] = _file_system_type(path) in TRACKED_FILE_SYSTEMS
+    return known
+
+
+def _file_system_type(path: Path) -> int | None:
+    """``statfs(2)``'s ``f_type`` (the first field of ``struct statfs`` on Linux)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64
+        if libc.statfs(os.fsencode(path), buffer) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
 def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
@@ -134,6 +196,8 @@ class VerifiedRecord:
         self._where = ""
         try:
             self._where = str(directory.resolve())
+            if not tracks_writes(directory):  # nothing recorded, nothing trusted
+                return
             self._path = record_file(directory)
         except OSError:
             return
@@ -182,11 +246,29 @@ class VerifiedRecord:
             return False
         return entry == [sha256, *_stamp(now)]
 
-    def note(self, rel: str, sha256: str, before: os.stat_result) -> None:
-        """Record that file ``rel`` matched ``sha256`` when hashed; ``before``: its stat
-        taken before the hashing. Left out when the file changed meanwhile or too
-        recently (:data:`RACY_NS`)."""
+    def settle(self, rel: str) -> os.stat_result | None:
+        """Before hashing file ``rel``: flush it to disk and return its stat (None: it
+        will not be recorded). The flush puts the bytes about to be vouched for on
+        disk (a power loss must not keep a stamp with other bytes) and cleans and
+        write-protects the file's pages, so a write through a shared mapping during
+        the hashing faults and changes the stamp, which :meth:`note` then sees."""
         if self._path is None:
+            return None
+        try:
+            fd = os.open(self.directory / rel, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+
+    def note(self, rel: str, sha256: str, before: os.stat_result | None) -> None:
+        """Record that file ``rel`` matched ``sha256`` when hashed; ``before``: what
+        :meth:`settle` returned before the hashing. Left out when that was None, or
+        the file changed meanwhile or too recently (:data:`RACY_NS`)."""
+        if self._path is None or before is None:
             return
         try:
             after = os.stat(self.directory / rel)
@@ -195,14 +277,6 @@ class VerifiedRecord:
         stamp = _stamp(before)
         if _stamp(after) != stamp or time.time_ns() - before.st_ctime_ns < RACY_NS:
             return
-        try:  # what is vouched for must be on disk: else a power loss could keep the stamp
-            fd = os.open(self.directory / rel, os.O_RDONLY)  # with other (unwritten) bytes
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            return
         self._files[rel] = [sha256, *stamp]
         self._changed = True
 
@@ -210,14 +284,18 @@ class VerifiedRecord:
         """Write the record if :meth:`note` added to it: atomically, or not at all."""
         if self._path is None or not self._changed:
             return
+        import tempfile  # a fresh name, O_EXCL, 0600: never follows a planted symlink
+
         text = json.dumps({"format": FORMAT, "path": self._where, "files": self._files})
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp: str | None = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:
+            fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.replace(tmp, self._path)
         except OSError:  # read-only, full, or not ours: the check was complete anyway
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         self._changed = False

@@ -183,7 +183,7 @@ class ModelVersion(Generic[C]):
             if record is not None and record.vouches(rel, expected):
                 continue
             try:
-                before = file.stat()
+                before = record.settle(rel) if record is not None else None
                 actual = sha256_file(file)
             except OSError as exc:  # unreadable (permissions, I/O): this model only
                 raise ModelLoadError(

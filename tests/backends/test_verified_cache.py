@@ -8,10 +8,13 @@ a test of its own).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -250,3 +253,75 @@ def test_concurrent_loaders_leave_a_valid_record(repo: ModelRepository, state: P
 def test_verify_takes_true_false_or_full(repo: ModelRepository) -> None:
     with pytest.raises(ConfigError, match="verify must be True, False or 'full'"):
         LocalBackend(repo, verify="yes")  # type: ignore[arg-type]
+
+
+# -- the issue-17 hostile review: writes the stamp did not see, a planted symlink -----
+
+
+@pytest.fixture
+def tracked(repo: ModelRepository, state: Path) -> None:
+    if not _verified.tracks_writes(repo.root):
+        pytest.skip(f"{repo.root} is not on a file system the record trusts")
+
+
+def test_a_write_through_a_mapping_while_the_file_is_hashed_is_never_vouched_for(
+    repo: ModelRepository, state: Path, tracked: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmap
+
+    from edgecloud import repository as repository_module
+
+    path = _model_file(repo)
+    with path.open("r+b") as f, mmap.mmap(f.fileno(), 0) as mapping:
+        mapping[0:1] = mapping[0:1]  # the page is dirty and writable before the check
+        real = repository_module.sha256_file
+
+        def hash_then_write(file: Path) -> str:
+            digest = real(file)
+            if file == path:  # a write lands after the bytes were read, before the re-stat
+                mapping[-1:] = bytes([mapping[-1] ^ 0xFF])
+            return digest
+
+        monkeypatch.setattr(repository_module, "sha256_file", hash_then_write)
+        with contextlib.suppress(ModelLoadError):  # hashed the old bytes; opens the new
+            _load(repo)
+        monkeypatch.setattr(repository_module, "sha256_file", real)
+        with pytest.raises(ModelLoadError, match="corrupt"):  # hashed again, not vouched for
+            _load(repo)
+
+
+def test_on_tmpfs_nothing_is_recorded_and_every_load_hashes(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or _verified._file_system_type(shm) != 0x01021994:
+        pytest.skip("no tmpfs at /dev/shm")
+    from ..models import make_repo
+
+    root = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        repo = make_repo(root)
+        assert not _verified.tracks_writes(repo.root)
+        _load(repo)
+        assert not state.exists() or not any(state.rglob("*.json")), "recorded on tmpfs"
+        _keep_times(_model_file(repo), b"\0")
+        with pytest.raises(ModelLoadError, match="corrupt"):
+            _load(repo)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_planted_symlink_in_the_record_directory_is_never_followed(
+    repo: ModelRepository, state: Path, tracked: None, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    path = record_file(_model_file(repo).parent)
+    assert path is not None
+    path.parent.mkdir(parents=True)
+    for name in (f".{path.name}.tmp", f".{path.name}.{os.getpid()}.tmp"):
+        (path.parent / name).symlink_to(victim)
+    (path.parent / path.name).symlink_to(victim)  # the record itself: replaced, not followed
+    _load(repo)
+    assert victim.read_text() == "keep me"
+    assert not path.is_symlink() and _record(repo)["files"]

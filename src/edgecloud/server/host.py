@@ -210,6 +210,9 @@ class ModelHost:
             intra_op_threads=settings.intra_op_threads or None,
             device=settings.device,
             spin=False,  # the cores are shared: other workers, this event loop (workers.py)
+            # a server hashes every file it loads: start-up time is not what it saves
+            # (the verified-hash record is the edge's: edgecloud._verified)
+            verify="full",
         )
         self.control = ModelControl(self, control_dir, worker)
         """Model control (``settings.model_control``) and the repository extension."""
