@@ -22,7 +22,7 @@ mtime sets ctime to now). So a file whose stamp and expected sha256 are both
 as recorded after a full check is skipped; any other is hashed in full.
 
 Only on file systems that keep such a stamp for every write, memory-mapped ones
-included (:data:`TRACKED_FILE_SYSTEMS`: ext4, XFS, Btrfs, F2FS); on any other
+included (:data:`TRACKED_FILE_SYSTEMS`: ext2/3/4, XFS, Btrfs, F2FS); on any other
 (tmpfs, network, FUSE, FAT) nothing is recorded and every file is hashed.
 
 What it does not catch: a change that bypasses the file system — media bit rot,
@@ -80,6 +80,7 @@ __all__ = [
     "RACY_NS",
     "TRACKED_FILE_SYSTEMS",
     "VerifiedRecord",
+    "file_system_type",
     "record_directory",
     "record_file",
     "tracks_writes",
@@ -123,20 +124,15 @@ def record_file(directory: Path) -> Path | None:
     return base / f"{info.st_dev:x}-{info.st_ino:x}.json"
 
 
-#: File systems (``statfs(2)`` ``f_type``) on which a file's stamp sees every write,
-#: including writes through a shared memory mapping once the file was fsynced: the
-#: flush cleans the file's pages and write-protects them, so the next write through
-#: a mapping faults and the kernel updates mtime and ctime. tmpfs and ramfs never
-#: write pages back, so a mapping's later writes change no stamp (the issue-17
-#: hostile review served a tampered file from /dev/shm that way); network, FUSE,
-#: FAT/exFAT and overlay file systems are left out too. Elsewhere nothing is
+#: File systems (``/proc/self/mountinfo``'s type) on which a file's stamp sees every
+#: write, including writes through a shared memory mapping once the file was
+#: fsynced: the flush cleans the file's pages and write-protects them, so the next
+#: write through a mapping faults and the kernel updates mtime and ctime. tmpfs and
+#: ramfs never write pages back, so a mapping's later writes change no stamp (the
+#: issue-17 hostile review served a tampered file from /dev/shm that way); network,
+#: FUSE, FAT/exFAT and overlay file systems are left out too. Elsewhere nothing is
 #: recorded and every load hashes every file.
-TRACKED_FILE_SYSTEMS = {
-    0xEF53: "ext2/ext3/ext4",
-    0x58465342: "xfs",
-    0x9123683E: "btrfs",
-    0xF2F52010: "f2fs",
-}
+TRACKED_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
 
 _tracked_devices: dict[int, bool] = {}
 
@@ -150,27 +146,24 @@ def tracks_writes(path: Path) -> bool:
         return False
     known = _tracked_devices.get(device)
     if known is None:
-        known = _tracked_devices[device] = _file_system_type(path) in TRACKED_FILE_SYSTEMS
+        known = _tracked_devices[device] = file_system_type(device) in TRACKED_FILE_SYSTEMS
     return known
 
 
-def _file_system_type(path: Path) -> int | None:
-    """``statfs(2)``'s ``f_type`` (the first field of ``struct statfs`` on Linux)."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    import ctypes.util
-
+def file_system_type(device: int) -> str | None:
+    """The type of the file system mounted from ``device`` (an ``st_dev``), from
+    ``/proc/self/mountinfo`` (field after the `` - `` separator); None when no
+    mount names it (not Linux, or a device number mountinfo does not show)."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64
-        if libc.statfs(os.fsencode(path), buffer) != 0:
-            return None
-    except (OSError, AttributeError):
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
         return None
-    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+    return None
 
 
 def _stamp(st: os.stat_result) -> list[int]:
