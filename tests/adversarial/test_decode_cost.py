@@ -221,8 +221,12 @@ def test_decoding_costs_a_small_multiple_of_the_request(wire: Stack, front: str)
 #: under 12x. What remains for ``bytes_contents`` (measured 20.8x) is protobuf's
 #: own parse, before any edgecloud code runs: upb keeps a 16-byte view per
 #: element in an arena that keeps every outgrown copy of the array (~32 bytes per
-#: 2-byte empty element); only the gRPC message size limit bounds it.
-GRPC_MULTIPLE = {"bytes_contents": 26, "fp32_contents": 12, "int64_contents": 12}
+#: 2-byte empty element); only the gRPC message size limit bounds it. The same
+#: parse holds ``int64_contents`` as 8 bytes per element where the wire carries a
+#: zero in 1 (varint), in an arena array that doubles as it grows: 21x measured
+#: when the test runs alone (main and this branch alike); it stayed under 12x only
+#: when an earlier case had left the allocator memory to reuse.
+GRPC_MULTIPLE = {"bytes_contents": 26, "fp32_contents": 12, "int64_contents": 26}
 
 
 def _typed_flood(field: str, count: int) -> Any:
