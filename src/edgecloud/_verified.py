@@ -144,6 +144,10 @@ def tracks_writes(path: Path) -> bool:
         device = os.stat(path).st_dev
     except OSError:
         return False
+    return _tracked(device)
+
+
+def _tracked(device: int) -> bool:
     known = _tracked_devices.get(device)
     if known is None:
         known = _tracked_devices[device] = file_system_type(device) in TRACKED_FILE_SYSTEMS
@@ -237,7 +241,9 @@ class VerifiedRecord:
             now = os.stat(self.directory / rel)
         except OSError:
             return False
-        return entry == [sha256, *_stamp(now)]
+        # the file's own file system: a mount inside the version (a bind mount of a
+        # tmpfs file) is not the directory's
+        return entry == [sha256, *_stamp(now)] and _tracked(now.st_dev)
 
     def settle(self, rel: str) -> os.stat_result | None:
         """Before hashing file ``rel``: flush it to disk and return its stat (None: it
@@ -251,11 +257,12 @@ class VerifiedRecord:
             fd = os.open(self.directory / rel, os.O_RDONLY)
             try:
                 os.fsync(fd)
-                return os.fstat(fd)
+                before = os.fstat(fd)
             finally:
                 os.close(fd)
         except OSError:
             return None
+        return before if _tracked(before.st_dev) else None  # its own file system
 
     def note(self, rel: str, sha256: str, before: os.stat_result | None) -> None:
         """Record that file ``rel`` matched ``sha256`` when hashed; ``before``: what

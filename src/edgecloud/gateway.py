@@ -359,7 +359,7 @@ def _serve_gateway(
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
 
-    tune_gc()
+    tune_gc(gen0=None)  # freeze only: the remote tier's client leaves cycles behind
 
     async def main() -> None:
         drainer = asyncio.create_task(host.drain_outbox_forever())

@@ -325,3 +325,28 @@ def test_a_planted_symlink_in_the_record_directory_is_never_followed(
     _load(repo)
     assert victim.read_text() == "keep me"
     assert not path.is_symlink() and _record(repo)["files"]
+
+
+def test_a_file_mounted_from_another_file_system_is_never_vouched_for(
+    repo: ModelRepository, state: Path, tracked: None
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or _verified.file_system_type(shm.stat().st_dev) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm")
+    path = _model_file(repo)
+    source = Path(tempfile.mkdtemp(dir=shm)) / "model.onnx"
+    source.write_bytes(path.read_bytes())
+    mounted = subprocess.run(
+        ["mount", "--bind", str(source), str(path)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        shutil.rmtree(source.parent, ignore_errors=True)
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        _load(repo)  # the directory is on a tracked file system, the file is not
+        record = record_file(path.parent)
+        assert record is not None
+        assert not record.exists() or "model.onnx" not in _record(repo)["files"]  # type: ignore[operator]
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+        shutil.rmtree(source.parent, ignore_errors=True)

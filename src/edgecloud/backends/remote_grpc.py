@@ -117,6 +117,17 @@ class GrpcTransport:
         self._channel.close()
 
     def _message(self, request: InferRequest) -> Any:
+        """The protobuf of ``request``; InvalidRequestError for a string protobuf
+        cannot hold (a lone surrogate: protobuf strings are UTF-8)."""
+        try:
+            return self._build(request)
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(
+                f"the request holds a string protobuf cannot carry ({exc}): every name, "
+                "id and parameter must be valid Unicode text"
+            ) from None
+
+    def _build(self, request: InferRequest) -> Any:
         message = self._pb.ModelInferRequest(
             model_name=request.model, model_version=request.version or "", id=request.id
         )

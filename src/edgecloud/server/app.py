@@ -247,7 +247,7 @@ async def _run(
 GC_GEN0_THRESHOLD = 20_000
 
 
-def tune_gc() -> None:
+def tune_gc(gen0: int | None = GC_GEN0_THRESHOLD) -> None:
     """Set the cyclic garbage collector up for serving, once start-up is done.
 
     ``gc.freeze()`` moves everything alive now (modules, sessions, configs) to
@@ -261,10 +261,17 @@ def tune_gc() -> None:
     this project's 2-core machine). Garbage without cycles is still freed at
     once by reference counting; cycles (an exception's traceback) wait for the
     next collection, a few thousand requests later at most.
+
+    ``gen0=None`` freezes only (the edge gateway: its remote tier's httpx client
+    leaves a reference cycle holding each request's body, so collections must
+    stay frequent there; the issue-17 hostile review saw 2.5 GB after 1,000
+    successful 4 MB requests with the raised threshold). A failed request's
+    cycles are released at once either way (:mod:`.release`).
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+    if gen0 is not None:
+        gc.set_threshold(gen0, 50, 100)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

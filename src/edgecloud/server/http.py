@@ -72,6 +72,14 @@ READY = b'{"ready":true}'
 NOT_READY = b'{"ready":false}'
 
 
+class _ClientGone(Exception):
+    """Internal: the client disconnected before its request's body was complete.
+
+    Nothing is computed (a truncated body must not be mistaken for a whole one,
+    nor stored under its idempotency key) and nothing is sent; the request is
+    counted as ``499``."""
+
+
 class _Reply(Exception):
     """Internal: answer now with this status and body."""
 
@@ -179,6 +187,8 @@ class HttpApp:
         started = time.perf_counter()
         try:
             status, body, headers = await self._handle(scope, receive)
+        except _ClientGone:
+            return  # no one to answer: uvicorn closes the connection
         except _Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         except EdgecloudError as exc:
@@ -396,7 +406,7 @@ class HttpApp:
         except EdgecloudError as exc:
             code = exc.status_code
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _ClientGone):
             code = CLIENT_GONE
             raise
         finally:
@@ -438,6 +448,8 @@ class HttpApp:
                 f"request body of {declared} bytes exceeds the server's limit of {limit}"
             )
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
         chunk: bytes = message.get("body", b"")
         if not message.get("more_body", False) and len(chunk) <= limit:
             return chunk  # the whole body in one message: the common case
@@ -448,6 +460,8 @@ class HttpApp:
             raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit}")
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:

@@ -249,7 +249,8 @@ class ServerMetrics:
             "Rows per runtime call: one observation per execution of the model (a "
             "dynamic batch of merged requests counts once, with its total rows, as "
             "Triton's nv_inference_exec_count); _count is executions, _sum rows run. "
-            "Requests answered without a runtime call (replays, 0-row) are not counted.",
+            "Requests answered without a runtime call (replays, 0-row) and executions "
+            "that failed are not counted.",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,

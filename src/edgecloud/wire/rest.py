@@ -199,7 +199,39 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview
         raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise InvalidRequestError("the JSON body must be an object")
+    if b"\\ud" in header_bytes or b"\\uD" in header_bytes:  # an escape may spell a lone one
+        where = _lone_surrogate(header, "")
+        if where is not None:
+            raise InvalidRequestError(
+                f"the JSON body's {where or 'text'} holds a lone surrogate (a \\ud800-\\udfff "
+                "escape without its pair): every string must be valid Unicode text"
+            )
     return header, rest
+
+
+def _lone_surrogate(value: Any, where: str) -> str | None:
+    """Where in ``value`` (``inputs[0].name``) a string or key first holds a lone
+    surrogate, which JSON's ``\\uXXXX`` escapes can spell and no UTF-8 encoder takes:
+    echoed or forwarded (a response's id, an error quoting a name, a remote
+    tier's request), such a string would fail after the work was done."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{where}.{key}" if where else str(key)
+            found = _lone_surrogate(key, f"{where or 'object'} key") or _lone_surrogate(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _tensors(entries: Any, binary: memoryview, kind: str, plain: bool | None = False) -> Arrays:
@@ -448,7 +480,16 @@ def encode_request(request: InferRequest, *, binary: bool) -> tuple[bytes, int |
         body["outputs"] = [
             {"name": n, "parameters": {"binary_data": binary}} for n in request.outputs
         ]
-    header = dumps(body)
+    try:
+        header = dumps(body)
+    except TypeError:  # orjson refuses a lone surrogate (and nothing else built here)
+        where = _lone_surrogate(body, "")
+        if where is None:
+            raise
+        raise InvalidRequestError(
+            f"the request's {where or 'text'} holds a lone surrogate (\\ud800-\\udfff without "
+            "its pair), which no UTF-8 encoder takes: every string must be valid Unicode text"
+        ) from None
     if not binary:
         return header, None
     return header + b"".join(chunks), len(header)
