@@ -269,3 +269,21 @@ def test_remote_clients_refuse_a_lone_surrogate_before_sending(plain: Server) ->
         with pytest.raises(InvalidRequestError, match="surrogate"):
             backend.infer(InferRequest("affine", {"x": x}, id="\udc80"))
         backend.close()
+
+
+def test_a_message_protobuf_cannot_parse_is_invalid_argument_and_counted(plain: Server) -> None:
+    import grpc
+
+    before = _count(plain, "grpc", "400", model="")
+    with grpc.insecure_channel(plain.grpc_address) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        for raw in (b"\x0a\x02\xff\xfe", b"\x0a\x09affine"):  # invalid UTF-8; truncated
+            with pytest.raises(grpc.RpcError) as caught:
+                call(raw, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+            assert "ModelInferRequest" in caught.value.details()
+    assert _count(plain, "grpc", "400", model="") == before + 2

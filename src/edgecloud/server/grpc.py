@@ -29,7 +29,7 @@ from ..wire.rest import tensor_bytes
 from .host import ModelHost
 from .http import EXTENSIONS, OFFLOAD_BYTES, REPOSITORY_EXTENSION, model_metadata
 from .launch import address
-from .metrics import RequestMetrics, model_label
+from .metrics import UNKNOWN_MODEL, RequestMetrics, model_label
 from .release import CLIENT_GONE, collect_soon, release
 from .settings import ServerSettings
 
@@ -45,6 +45,53 @@ else:
     pb_grpc = require("edgecloud.proto.inference_pb2_grpc", extra="server", feature=_FEATURE)
 
 __all__ = ["start_grpc"]
+
+
+class _Undecodable:
+    """A ModelInfer message protobuf could not parse (invalid UTF-8 in a string
+    field, a truncated or garbled message): answered INVALID_ARGUMENT by the
+    handler, and counted, instead of grpc's UNKNOWN naming a Python class."""
+
+    __slots__ = ("reason", "size")
+
+    def __init__(self, reason: str, size: int) -> None:
+        self.reason, self.size = reason, size
+
+
+def _parse_infer(raw: bytes) -> Any:
+    """ModelInfer's deserializer: the message, or :class:`_Undecodable`."""
+    try:
+        return pb.ModelInferRequest.FromString(raw)
+    except Exception as exc:  # protobuf's DecodeError (upb, python, cpp alike)
+        return _Undecodable(" ".join(str(exc).split())[:200], len(raw))
+
+
+class _Captured:
+    """Stands in for the server while the generated code lists its method handlers."""
+
+    handlers: dict[str, Any]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _register(servicer: InferenceServicer, server: Any) -> None:
+    """The generated registration, with ModelInfer's deserializer :func:`_parse_infer`."""
+    captured = _Captured()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)  # type: ignore[no-untyped-call]
+    handlers = dict(captured.handlers)
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=_parse_infer,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(captured.service, handlers),)
+    )
+    server.add_registered_method_handlers(captured.service, handlers)
 
 
 def to_infer_request(request: Any, key: str | None) -> InferRequest:
@@ -136,6 +183,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model label it had when it arrived; an error is answered with ``abort``
         outside the handler that caught it, its traceback dropped (:mod:`.release`)."""
         await self._guard(context)
+        if isinstance(request, _Undecodable):
+            count, _ = self._requests.labelled(UNKNOWN_MODEL, 400)
+            count.inc()
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the message is not a ModelInferRequest protobuf can parse ({request.reason}); "
+                "every string field must be valid UTF-8",
+            )
         started = time.perf_counter()
         label = model_label(request.model_name, self.host.states)
         code, size, failure = 500, 0, None
@@ -233,7 +288,7 @@ async def start_grpc(
     ]
     server = grpc.aio.server(options=options)
     servicer = InferenceServicer(host, token, ready)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    _register(servicer, server)
     target = address(settings.host, settings.grpc_port or 0)  # [::1]:port for IPv6
     try:
         if settings.tls_cert and settings.tls_key:
