@@ -223,6 +223,8 @@ def _lone_surrogate(value: Any, where: str) -> str | None:
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{where}.{key}" if where else str(key)
+            if key == "data" and where.startswith("inputs["):
+                continue  # a tensor's elements: its decoder names the tensor and element
             found = _lone_surrogate(key, f"{where or 'object'} key") or _lone_surrogate(item, here)
             if found is not None:
                 return found
