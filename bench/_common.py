@@ -120,3 +120,27 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = results_dir() / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def infer_bodies(inputs: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """One Open Inference Protocol request over HTTP, both ways: (the JSON body, the
+    binary extension's JSON header, the binary body = header + raw tensors); the
+    binary form asks for binary outputs too. ``inputs``: name -> FP32 or INT64 array."""
+
+    def tensor(name: str, x: Any) -> dict[str, Any]:
+        datatype = {"float32": "FP32", "int64": "INT64"}[x.dtype.name]
+        return {"name": name, "shape": list(x.shape), "datatype": datatype}
+
+    as_json = json.dumps(
+        {"inputs": [{**tensor(n, x), "data": x.ravel().tolist()} for n, x in inputs.items()]}
+    ).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {**tensor(n, x), "parameters": {"binary_data_size": x.nbytes}}
+                for n, x in inputs.items()
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return as_json, header, header + b"".join(x.tobytes() for x in inputs.values())

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -59,7 +58,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parse_bench_args, results_dir, write_result
+from _common import infer_bodies, machine, parse_bench_args, results_dir, write_result
 from grpc_loadgen import infer_request, run_grpc_load
 from loadgen import run_load
 from peers.mlserver import start_mlserver
@@ -118,24 +117,7 @@ def inputs_of(model: str) -> Inputs:
 
 def http_bodies(inputs: Inputs) -> dict[str, tuple[bytes, dict[str, str]]]:
     """The same request as JSON and with binary tensors (outputs binary too)."""
-
-    def tensor(name: str, x: np.ndarray[Any, Any]) -> dict[str, Any]:
-        datatype = {"float32": "FP32", "int64": "INT64"}[x.dtype.name]
-        return {"name": name, "shape": list(x.shape), "datatype": datatype}
-
-    as_json = json.dumps(
-        {"inputs": [{**tensor(n, x), "data": x.ravel().tolist()} for n, x in inputs.items()]}
-    ).encode()
-    header = json.dumps(
-        {
-            "inputs": [
-                {**tensor(n, x), "parameters": {"binary_data_size": x.nbytes}}
-                for n, x in inputs.items()
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    binary = header + b"".join(x.tobytes() for x in inputs.values())
+    as_json, header, binary = infer_bodies(inputs)
     return {
         "json": (as_json, {"Content-Type": "application/json"}),
         "binary": (

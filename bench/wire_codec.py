@@ -19,7 +19,6 @@ Writes bench/results/wire_codec.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, machine, parse_bench_args, summary, write_result
+from _common import infer_bodies, interleaved, machine, parse_bench_args, summary, write_result
 
 from edgecloud.tensors import InferResponse, Trace
 from edgecloud.wire.rest import decode_request, encode_response
@@ -61,24 +60,7 @@ def cases() -> dict[str, tuple[Inputs, np.ndarray[Any, Any]]]:
 
 def bodies(inputs: Inputs) -> dict[str, tuple[bytes, int | None]]:
     """The request as JSON and with binary tensors (outputs binary too): body, header length."""
-
-    def tensor(name: str, x: np.ndarray[Any, Any]) -> dict[str, Any]:
-        datatype = {"float32": "FP32", "int64": "INT64"}[x.dtype.name]
-        return {"name": name, "shape": list(x.shape), "datatype": datatype}
-
-    as_json = json.dumps(
-        {"inputs": [{**tensor(n, x), "data": x.ravel().tolist()} for n, x in inputs.items()]}
-    ).encode()
-    header = json.dumps(
-        {
-            "inputs": [
-                {**tensor(n, x), "parameters": {"binary_data_size": x.nbytes}}
-                for n, x in inputs.items()
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    binary = header + b"".join(x.tobytes() for x in inputs.values())
+    as_json, header, binary = infer_bodies(inputs)
     return {"json": (as_json, None), "binary": (binary, len(header))}
 
 
