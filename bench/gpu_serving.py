@@ -144,8 +144,8 @@ def build_random_minilm(repo: Any, tokens: int, device: str) -> None:
 
     from edgecloud.repository import ModelConfig
     from edgecloud.tensors import TensorSpec
-    from edgecloud.zoo.export import export_onnx, export_torchscript
-    from edgecloud.zoo.minilm import VOCAB, _pooled_encoder
+    from edgecloud.zoo.export import export_torchscript
+    from edgecloud.zoo.minilm import VOCAB, _pooled_encoder, export_encoder
 
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -164,18 +164,7 @@ def build_random_minilm(repo: Any, tokens: int, device: str) -> None:
     mask[1, tokens // 2 :] = 0
     example = (torch.from_numpy(ids), torch.from_numpy(mask))
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(
-            encoder,
-            example,
-            Path(tmp) / "model.onnx",
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embedding"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "tokens"},
-                "attention_mask": {0: "batch", 1: "tokens"},
-                "embedding": {0: "batch"},
-            },
-        )
+        onnx_path = export_encoder(encoder, example, Path(tmp) / "model.onnx")
         on_device = tuple(t.to(device) for t in example)
         script = export_torchscript(encoder.to(device), on_device, Path(tmp) / "model.pt")
         repo.add_version(

@@ -89,6 +89,23 @@ def tokenizer_of(entry: ModelVersion) -> Path:
     return path
 
 
+def export_encoder(encoder: Any, example: tuple[Any, Any], path: Path) -> Path:
+    """ONNX of a mean-pooled encoder: ``input_ids``, ``attention_mask`` (INT64
+    [batch, tokens]) -> ``embedding`` (FP32 [batch, 384]), batch and tokens dynamic."""
+    return export_onnx(
+        encoder,
+        example,
+        path,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["embedding"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "tokens"},
+            "attention_mask": {0: "batch", 1: "tokens"},
+            "embedding": {0: "batch"},
+        },
+    )
+
+
 def _build(workdir: Path, progress: Progress) -> Built:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch = require("torch", extra="train", feature="building the minilm model")
@@ -99,17 +116,10 @@ def _build(workdir: Path, progress: Progress) -> Built:
     encoder = _pooled_encoder(bert)
     sample = tokenize(SAMPLE, source / "tokenizer.json")
     progress(0.3, "exporting")
-    path = export_onnx(
+    path = export_encoder(
         encoder,
         (torch.from_numpy(sample["input_ids"]), torch.from_numpy(sample["attention_mask"])),
         workdir / "model.onnx",
-        input_names=["input_ids", "attention_mask"],
-        output_names=["embedding"],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "tokens"},
-            "attention_mask": {0: "batch", 1: "tokens"},
-            "embedding": {0: "batch"},
-        },
     )
     progress(0.8, "checking parity")
     cosine = _parity(encoder, path, sample)
