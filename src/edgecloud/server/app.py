@@ -256,16 +256,16 @@ def tune_gc(gen0: int | None = GC_GEN0_THRESHOLD) -> None:
     :data:`GC_GEN0_THRESHOLD`. A request allocates some fifty tracked
     containers (dicts, lists, tuples of the wire and ASGI layers), so the
     default ran a collection every dozen or so requests: 7 % of the event
-    loop's time under wrk c=64 on digits-small (py-spy --native), and 92 vs
-    76 us of CPU per request with the threshold raised (in-process wrk runs,
-    this project's 2-core machine). Garbage without cycles is still freed at
-    once by reference counting; cycles (an exception's traceback) wait for the
-    next collection, a few thousand requests later at most.
+    loop's time under wrk c=64 on digits-small (py-spy --native); 88.7 vs
+    79.8 us of event-loop CPU per request (bench/request_cpu.py). Garbage
+    without cycles is still freed at once by reference counting; cycles (an
+    exception's traceback) wait for the next collection, a few thousand
+    requests later at most.
 
     ``gen0=None`` freezes only (the edge gateway: its remote tier's httpx client
     leaves a reference cycle holding each request's body, so collections must
-    stay frequent there; the issue-17 hostile review saw 2.5 GB after 1,000
-    successful 4 MB requests with the raised threshold). A failed request's
+    stay frequent there; the issue-17 hostile review saw it grow by gigabytes
+    with the raised threshold). A failed request's
     cycles are released at once either way (:mod:`.release`).
     """
     gc.collect()
