@@ -352,6 +352,7 @@ class UpdateAgent:
             return Outcome(model, "failed", self.active(model), detail=exc.message)
 
     def _check_model(self, model: str, targets: Mapping[str, Any], consistent: bool) -> Outcome:
+        self._finish_commit(model)
         current = self.active(model)
         try:
             wanted, why = self._wanted(model, targets, consistent, current)
@@ -847,6 +848,19 @@ class UpdateAgent:
         keep = {st["active"], st["previous"]}
         for version in self.repository.versions(model):
             if version not in keep:
+                self._discard(model, version)
+
+    def _finish_commit(self, model: str) -> None:
+        """Discard what a commit SIGKILLed between its state write and its discards
+        left behind: versions older than the active one that are neither its previous
+        nor being installed (a newer one may be the candidate the next step installs,
+        so it stays)."""
+        st = self.state(model)
+        active = st["active"]
+        if st.get("watching") is not None or active is None:
+            return
+        for version in self.repository.versions(model):
+            if version < active and version not in (st["previous"], st.get("installing")):
                 self._discard(model, version)
 
     def _roll_back(self, model: str, why: str) -> None:
