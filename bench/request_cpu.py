@@ -8,8 +8,11 @@ divided by the requests answered. CPU time, unlike req/s, barely moves when
 other jobs share the machine. Cases:
 
 * ``bare``: bench/ceiling_app.py (read the body, answer 200 bytes of JSON);
-* ``edgecloud``: ``HttpApp`` over ``ModelHost``, the collector set up as
+* ``edgecloud``: ``HttpApp`` over ``ModelHost`` on the protocol ``serve`` uses
+  (the infer fast lane, ``server/protocol.py``), the collector set up as
   ``serve`` sets it (``tune_gc``);
+* ``edgecloud, ASGI path``: the same with the fast lane off (every request an
+  ASGI cycle, as other routes are);
 * ``edgecloud, default gc``: the same with CPython's collector thresholds.
 
 Rounds alternate the cases (bench/_common.py's rule: drift hits all alike).
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CASES = ["bare", "edgecloud", "edgecloud, default gc"]
+CASES = ["bare", "edgecloud", "edgecloud, ASGI path", "edgecloud, default gc"]
 
 
 def _serve_one(case: str, repo: str, seconds: float, body_file: str) -> dict[str, float]:
@@ -70,9 +73,10 @@ def _serve_one(case: str, repo: str, seconds: float, body_file: str) -> dict[str
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     port = sock.getsockname()[1]
+    fast = case not in ("bare", "edgecloud, ASGI path")
     config = uvicorn.Config(
-        app, http=http_protocol(), lifespan="on", access_log=False, log_level="warning",
-        proxy_headers=False, server_header=False,
+        app, http=http_protocol(app if fast else None), lifespan="on", access_log=False,
+        log_level="warning", proxy_headers=False, server_header=False,
     )  # fmt: skip
     server = uvicorn.Server(config)
     lua = Path(tempfile.mkdtemp()) / "post.lua"
@@ -166,17 +170,24 @@ def main() -> None:
         table.add_row(case, f"{row['cpu_us_per_request']:.1f}", f"{row['req_per_s']:,.0f}")
     Console().print(table)
     ratio = rows["edgecloud"]["cpu_us_per_request"] / rows["bare"]["cpu_us_per_request"]
+    lane_gain = (
+        rows["edgecloud, ASGI path"]["cpu_us_per_request"] / rows["edgecloud"]["cpu_us_per_request"]
+    )
     gc_gain = (
         rows["edgecloud, default gc"]["cpu_us_per_request"]
         / rows["edgecloud"]["cpu_us_per_request"]
     )
-    print(f"cpu_ratio (edgecloud / bare): {ratio:.2f}; default gc / tuned: {gc_gain:.2f}")
+    print(
+        f"cpu_ratio (edgecloud / bare): {ratio:.2f}; ASGI path / fast lane: {lane_gain:.2f}; "
+        f"default gc / tuned: {gc_gain:.2f}"
+    )
     path = write_result(
         "request_cpu",
         {
             "benchmark": "request_cpu",
             "peer": "the bare uvicorn app (bench/ceiling_app.py) on the same protocol and loop",
             "cpu_ratio": ratio,
+            "asgi_path_over_fast_lane": lane_gain,
             "default_gc_over_tuned": gc_gain,
             "definition": "event-loop thread CPU time / requests answered, in process, wrk -c64",
             "seconds_per_case": args.seconds,

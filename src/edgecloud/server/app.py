@@ -24,7 +24,7 @@ from .._optional import require
 from ..errors import ConfigError
 from ..repository import ModelRepository
 from .host import ModelHost, ModelState
-from .http import HttpApp
+from .http import OFFLOAD_BYTES, HttpApp
 from .launch import address
 from .settings import ServerSettings
 
@@ -131,7 +131,7 @@ def serve(
         host=settings.host,
         port=settings.http_port,
         loop=_loop(),
-        http=http_protocol(),
+        http=http_protocol(app),
         lifespan="on",
         access_log=False,
         # the client is the socket's peer: X-Forwarded-For from a local process is
@@ -298,12 +298,17 @@ def _loop() -> str:
     return "uvloop"
 
 
-def http_protocol() -> Any:
-    """uvicorn's httptools protocol with coalesced writes (:mod:`.protocol`), else h11."""
+def http_protocol(app: HttpApp | None = None) -> Any:
+    """uvicorn's httptools protocol with coalesced writes (:mod:`.protocol`), with the
+    infer fast lane into ``app`` where it takes one (:meth:`HttpApp.fast_lane`), else h11."""
     try:
         import httptools  # noqa: F401
     except ImportError:
         return "h11"
-    from .protocol import CoalescingHttpToolsProtocol
+    from .protocol import CoalescingHttpToolsProtocol, fast_lane
 
+    if app is not None and app.fast_lane():
+        settings = app.settings
+        limit = min(OFFLOAD_BYTES, settings.max_request_bytes, settings.max_json_request_bytes)
+        return fast_lane(app, limit)
     return CoalescingHttpToolsProtocol

@@ -47,8 +47,11 @@ class _Pending:
     inputs: Inputs
     outputs: Sequence[str] | None
     size: int
-    future: asyncio.Future[tuple[Arrays, float, float]]
+    future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
+    #: TickBatcher: what the future is resolved with, made of (outputs, queue s,
+    #: compute s, rows) at the flush (None: that tuple itself)
+    then: Callable[[Arrays, float, float, int], Any] | None = None
 
     def signature(self) -> tuple[Any, ...]:
         shapes = tuple((k, v.shape[1:], v.dtype.str) for k, v in self.inputs.items())
@@ -130,7 +133,8 @@ class DynamicBatcher:
             await self._run([pending])
         finally:
             self._slots.release()
-        return await pending.future
+        result: tuple[Arrays, float, float] = await pending.future
+        return result
 
     async def close(self) -> None:
         self._closed = True
@@ -328,13 +332,26 @@ class TickBatcher:
     ) -> tuple[Arrays, float, float, int]:
         """Queue validated inputs (``size`` >= 1 rows) for the end of this iteration;
         returns (outputs, queue seconds, compute seconds, rows of the run)."""
+        result: tuple[Arrays, float, float, int] = await self.submit_nowait(inputs, outputs, size)
+        return result
+
+    def submit_nowait(
+        self,
+        inputs: Inputs,
+        outputs: Sequence[str] | None,
+        size: int,
+        then: Callable[[Arrays, float, float, int], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """:meth:`submit` without a coroutine: a future resolved at the end of this
+        iteration with ``then(outputs, queue s, compute s, rows)`` (the tuple itself
+        without ``then``), or with the run's error, or with what ``then`` raised.
+        Cancelling the future drops the answer, not the run."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append(_Pending(inputs, outputs, size, future))
-        result: tuple[Arrays, float, float, int] = await future
-        return result
+        self._pending.append(_Pending(inputs, outputs, size, future, then=then))
+        return future
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -394,7 +411,7 @@ class TickBatcher:
         for p in chunk:
             part = {k: v[offset : offset + p.size] for k, v in outputs.items()}
             offset += p.size
-            _settle(p.future, (part, started - p.enqueued, compute, rows))
+            _answer(p, part, started - p.enqueued, compute, rows)
 
     def _alone(self, p: _Pending, started: float) -> None:
         try:
@@ -405,11 +422,24 @@ class TickBatcher:
         compute = time.perf_counter() - started
         self._cost.add(compute, _elements(p.inputs))
         self._on_done(1, p.size)
-        _settle(p.future, (outputs, started - p.enqueued, compute, p.size))
+        _answer(p, outputs, started - p.enqueued, compute, p.size)
 
 
 def _elements(inputs: Inputs) -> int:
     return sum(array.size for array in inputs.values())
+
+
+def _answer(p: _Pending, outputs: Arrays, queued: float, compute: float, rows: int) -> None:
+    """Resolve a tick-batched waiter with its answer (``then`` applied, when given)."""
+    if p.future.done():  # its caller was cancelled
+        return
+    if p.then is None:
+        p.future.set_result((outputs, queued, compute, rows))
+        return
+    try:
+        p.future.set_result(p.then(outputs, queued, compute, rows))
+    except Exception as exc:
+        p.future.set_exception(exc)
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:

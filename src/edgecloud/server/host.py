@@ -12,7 +12,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +290,24 @@ class ModelHost:
         onnxruntime run cannot be interrupted, and a request queued in a
         batcher is computed with its batch, so cancelling would save nothing.
         """
+        outcome = self.infer_nowait(request)
+        if isinstance(outcome, InferResponse):
+            return outcome
+        response: InferResponse = await outcome
+        return response
+
+    def infer_nowait(self, request: InferRequest) -> InferResponse | asyncio.Future[InferResponse]:
+        """:meth:`infer` without a coroutine of its own: the answer itself when the
+        request ran inline on the event loop, else a future of it (a tick-batched
+        request's resolves at the end of this loop iteration; anything else runs
+        as a task under the server's timeout). Refusals found before anything runs
+        (unknown model, invalid inputs) are raised here; later errors resolve the
+        future. The HTTP fast lane (:mod:`.protocol`) answers from here without an
+        ASGI task per request; :meth:`infer` awaits the same.
+
+        Raises:
+            EdgecloudError: the request is refused before it runs (its status code).
+        """
         keyed = bool(request.context.idempotency_key) and self.settings.idempotency_window_s > 0
         if keyed:
             waiting = self.idempotency.run(request, lambda: self._computed(request))
@@ -300,21 +318,33 @@ class ModelHost:
                 # merged one ends within this loop iteration's companions.
                 tick = self._tick(loaded) if size else None
                 if tick is not None and tick.wanted():
-                    outputs, queued, compute, batch = await tick.submit(
-                        request.inputs, request.outputs, size
-                    )
                     _, _, queue, compute_h, _ = self._metrics_of(loaded.entry.name)
-                    queue.observe(queued)
-                    compute_h.observe(compute)
-                    return self._answer(loaded, request, outputs, queued, compute, batch)
+
+                    def answer(
+                        outputs: Arrays, queued: float, compute: float, batch: int
+                    ) -> InferResponse:
+                        queue.observe(queued)
+                        compute_h.observe(compute)
+                        return self._answer(loaded, request, outputs, queued, compute, batch)
+
+                    future: asyncio.Future[InferResponse] = tick.submit_nowait(
+                        request.inputs, request.outputs, size, answer
+                    )
+                    return future
                 return self._answer(loaded, request, *self._run_inline(loaded, request, size))
             waiting = self._computed(request, (loaded, size))
+        return asyncio.ensure_future(self._within_timeout(waiting, keyed, request.model))
+
+    async def _within_timeout(
+        self, waiting: Awaitable[InferResponse], keyed: bool, model: str
+    ) -> InferResponse:
+        """The caller's wait for ``waiting``, bounded by ``request_timeout_s`` (504)."""
         timeout = self.settings.request_timeout_s
         try:
             return await asyncio.wait_for(waiting, timeout)
         except TimeoutError:
             raise DeadlineExceededError(
-                f"model {clip(request.model)} did not answer within the server's "
+                f"model {clip(model)} did not answer within the server's "
                 f"{timeout:g} s request timeout"
                 + (
                     "; its computation goes on and its answer is stored under the "

@@ -29,7 +29,7 @@ from ..repository import ModelConfig
 from ..tensors import InferRequest, InferResponse
 from ..triton_config import TRITON_TYPES
 from ..wire.context import carried_key
-from ..wire.rest import HEADER_LENGTH, decode_request, dumps, encode_response
+from ..wire.rest import HEADER_LENGTH, DecodedRequest, decode_request, dumps, encode_response
 from .fleet_telemetry import FleetRoutes, default_fleet_db, telemetry_too_large
 from .host import ModelState
 from .metrics import RequestMetrics, ServerMetrics, model_label
@@ -139,6 +139,18 @@ def triton_config(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
+class DirectCycle(Protocol):
+    """One request on the HTTP fast lane (:class:`.protocol.FastLaneProtocol`)."""
+
+    #: the client closed the connection before the answer
+    disconnected: bool
+    #: time.perf_counter() when the request's headers were in
+    started: float
+
+    def reply(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Write the response (status line, ``headers``, Content-Length, body)."""
+
+
 class InferenceHost(Protocol):
     """What the HTTP front end needs: the server's ModelHost, or the edge gateway's."""
 
@@ -175,6 +187,8 @@ class HttpApp:
             {"name": "edgecloud", "version": __version__, "extensions": extensions}
         )
         self._requests = RequestMetrics(host.metrics, "http")
+        #: headers every answer of this app carries (a worker's pid, :mod:`.workers`)
+        self.answer_headers: list[tuple[bytes, bytes]] = []
         self.ready = False
         self._fleet_routes: FleetRoutes | None = None
 
@@ -189,19 +203,13 @@ class HttpApp:
             status, body, headers = await self._handle(scope, receive)
         except _ClientGone:
             return  # no one to answer: uvicorn closes the connection
-        except _Reply as reply:
-            status, body, headers = reply.status, reply.body, reply.headers
-        except EdgecloudError as exc:
-            status, body, headers = exc.status_code, _error(exc.message), JSON
-            release(exc)  # answered: its frames (and the body they hold) are not needed
         except Exception as exc:  # never a traceback to the client
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            status, body, headers = 500, _error(f"internal error: {type(exc).__name__}"), JSON
+            status, body, headers = self._failure(exc, scope["method"], scope["path"])
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, (b"content-length", b"%d" % len(body))],
+                "headers": [*headers, *self.answer_headers, (b"content-length", b"%d" % len(body))],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -395,13 +403,9 @@ class HttpApp:
                 decoded = await asyncio.to_thread(decode_request, *args)
             else:
                 decoded = decode_request(*args)
-            response = await self.host.infer(decoded.request)
-            if self.expose_trace:
-                response.parameters = {
-                    **response.parameters,
-                    "edgecloud_trace": json.dumps(response.trace.to_dict()),
-                }
-            payload, json_length = encode_response(response, decoded)
+            outcome = self._start(decoded)
+            response = outcome if isinstance(outcome, InferResponse) else await outcome
+            answer = self._encoded(response, decoded)
             code = 200
         except EdgecloudError as exc:
             code = exc.status_code
@@ -410,14 +414,129 @@ class HttpApp:
             code = CLIENT_GONE
             raise
         finally:
-            count, latency = self._requests.labelled(label, code)
-            count.inc()
-            latency.observe(time.perf_counter() - started)
-            if code != 200:
-                collect_soon(size)
+            self._count(label, code, started, size)
+        return answer
+
+    def _start(self, decoded: DecodedRequest) -> InferResponse | Awaitable[InferResponse]:
+        """The host's answer, or an awaitable of it (``infer_nowait`` where the host has it)."""
+        nowait = getattr(self.host, "infer_nowait", None)
+        if nowait is not None:
+            outcome: InferResponse | Awaitable[InferResponse] = nowait(decoded.request)
+            return outcome
+        return self.host.infer(decoded.request)
+
+    def _encoded(
+        self, response: InferResponse, decoded: DecodedRequest
+    ) -> tuple[int, bytes, list[Any]]:
+        """The 200 answer to a decoded request: body and headers (binary extension or JSON)."""
+        if self.expose_trace:
+            response.parameters = {
+                **response.parameters,
+                "edgecloud_trace": json.dumps(response.trace.to_dict()),
+            }
+        payload, json_length = encode_response(response, decoded)
         if json_length is None:
             return 200, payload, JSON
         return 200, payload, [*BINARY, (_HEADER_LENGTH, b"%d" % json_length)]
+
+    def _count(self, label: str, code: int, started: float, size: int) -> None:
+        """Count one infer request answered with ``code`` (and give a failed one's memory back)."""
+        count, latency = self._requests.labelled(label, code)
+        count.inc()
+        latency.observe(time.perf_counter() - started)
+        if code != 200:
+            collect_soon(size)
+
+    # -- the HTTP fast lane (.protocol.FastLaneProtocol) -------------------------
+
+    def fast_lane(self) -> bool:
+        """Whether :meth:`infer_direct` may answer plain infer requests: not with an
+        access log (written by the ASGI path) or a host without ``infer_nowait``."""
+        return not self.settings.access_log and hasattr(self.host, "infer_nowait")
+
+    def authorized(self, value: bytes | None) -> bool:
+        """Whether an ``Authorization`` header value (None: absent) passes; False
+        sends the request down the ASGI path, which answers the 401."""
+        if self._token is None:
+            return True
+        if value is None:
+            return False
+        scheme, _, token = value.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+
+    def infer_direct(
+        self, cycle: DirectCycle, model: str, header_length: int | None, body: bytes
+    ) -> None:
+        """``POST /v2/models/{model}/infer`` with its whole ``body`` in hand, answered
+        through ``cycle.reply`` without an ASGI task: the same decode, host call,
+        encode, errors and counting as :meth:`_infer` (one code path: ``_start``,
+        ``_encoded``, ``_count``), for an unversioned, unkeyed, authorized request
+        the fast lane has checked (:class:`.protocol.FastLaneProtocol`). A request
+        whose client went away before its answer is counted as 499."""
+        started = cycle.started
+        label = model_label(model, self.host.states)
+        try:
+            decoded = decode_request(body, header_length, model, None, None)
+            outcome = self._start(decoded)
+        except Exception as exc:
+            self._direct_failed(cycle, model, label, started, len(body), exc)
+            return
+        if isinstance(outcome, InferResponse):
+            self._direct_answer(cycle, label, started, len(body), outcome, decoded)
+            return
+        future = outcome if isinstance(outcome, asyncio.Future) else asyncio.ensure_future(outcome)
+
+        def settled(done: asyncio.Future[InferResponse]) -> None:
+            if done.cancelled():
+                self._direct_failed(
+                    cycle, model, label, started, len(body), asyncio.CancelledError()
+                )
+                return
+            exc = done.exception()
+            if exc is not None:
+                self._direct_failed(cycle, model, label, started, len(body), exc)
+            else:
+                self._direct_answer(cycle, label, started, len(body), done.result(), decoded)
+
+        future.add_done_callback(settled)
+
+    def infer_gone(self, model: str, started: float, size: int) -> None:
+        """Count a fast-lane request whose client left before its body was whole
+        (499, never computed: as :meth:`_read_body`'s ``_ClientGone``)."""
+        self._count(model_label(model, self.host.states), CLIENT_GONE, started, size)
+
+    def _direct_answer(
+        self, cycle: DirectCycle, label: str, started: float, size: int,
+        response: InferResponse, decoded: DecodedRequest,
+    ) -> None:  # fmt: skip
+        try:
+            status, payload, headers = self._encoded(response, decoded)
+        except Exception as exc:
+            self._direct_failed(cycle, response.model, label, started, size, exc)
+            return
+        self._count(label, CLIENT_GONE if cycle.disconnected else 200, started, size)
+        cycle.reply(status, payload, headers)
+
+    def _direct_failed(
+        self, cycle: DirectCycle, model: str, label: str, started: float, size: int,
+        exc: BaseException,
+    ) -> None:  # fmt: skip
+        status, payload, headers = self._failure(exc, "POST", f"/v2/models/{model}/infer")
+        self._count(label, CLIENT_GONE if cycle.disconnected else status, started, size)
+        cycle.reply(status, payload, headers)
+
+    def _failure(self, exc: BaseException, method: str, path: str) -> tuple[int, bytes, list[Any]]:
+        """The answer to an error raised while handling a request (never a traceback)."""
+        if isinstance(exc, _Reply):
+            return exc.status, exc.body, exc.headers
+        if isinstance(exc, EdgecloudError):
+            release(exc)  # answered: its frames (and the body they hold) are not needed
+            return exc.status_code, _error(exc.message), JSON
+        if isinstance(exc, asyncio.CancelledError):  # the fast lane's future: loop stopping
+            return 503, _error("the request was cancelled before its answer: retry"), JSON
+        log.error("unhandled error on %s %s", method, path, exc_info=exc)
+        release(exc)
+        return 500, _error(f"internal error: {type(exc).__name__}"), JSON
 
     def _request_metrics(self, model: str, code: int) -> tuple[Any, Any]:
         """The request counter and latency children of (model, code) (:class:`RequestMetrics`)."""

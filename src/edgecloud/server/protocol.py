@@ -24,7 +24,9 @@ control, limits, ``Expect: 100-continue``, graceful shutdown.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+import re
+import time
+from typing import Any, Protocol, cast
 
 from .._optional import require
 
@@ -33,7 +35,9 @@ _httptools_impl = require(
 )
 HttpToolsProtocol: Any = _httptools_impl.HttpToolsProtocol
 
-__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport"]
+STATUS_LINE: dict[int, bytes] = _httptools_impl.STATUS_LINE
+
+__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport", "FastLaneProtocol", "fast_lane"]
 
 
 class CoalescingTransport:
@@ -98,3 +102,204 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
+
+
+class FastLaneApp(Protocol):
+    """What :class:`FastLaneProtocol` calls: :class:`~.http.HttpApp`'s fast-lane entry."""
+
+    answer_headers: list[tuple[bytes, bytes]]
+
+    def authorized(self, value: bytes | None) -> bool: ...
+
+    def infer_direct(
+        self, cycle: Any, model: str, header_length: int | None, body: bytes
+    ) -> None: ...
+
+    def infer_gone(self, model: str, started: float, size: int) -> None: ...
+
+
+class _Event:
+    """uvicorn's protocol sets ``cycle.message_event`` on a lost connection; nothing waits here."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _Event()
+_PREFIX = b"/v2/models/"
+#: A model name the ASGI route would read as the same bytes: printable ASCII
+#: without "/" and without what uvicorn's URL parsing turns into something
+#: else ("%" escapes, "?" query, "#" fragment).
+_PLAIN_NAME = re.compile(rb'[!"$&-.0->@-~]+')  # 0x21-0x7e but # % / ?
+_SUFFIX = b"/infer"
+
+
+class _FastCycle:
+    """One request on the fast lane, in the place of uvicorn's ``RequestResponseCycle``
+    (the protocol's ``connection_lost`` and ``shutdown`` read and set the same
+    attributes: ``response_complete``, ``disconnected``, ``keep_alive``)."""
+
+    __slots__ = (
+        "body", "computing", "disconnected", "header_length", "keep_alive", "message_event",
+        "model", "protocol", "response_complete", "started",
+    )  # fmt: skip
+
+    def __init__(self, protocol: FastLaneProtocol, model: str, header_length: int | None) -> None:
+        self.protocol = protocol
+        self.model = model
+        self.header_length = header_length
+        self.body: list[bytes] = []
+        self.started = time.perf_counter()  # as the ASGI route's latency starts
+        self.computing = False  # the whole body arrived and went to the app
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = True
+        self.message_event = _NO_EVENT
+
+    def reply(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Write the response once (nothing when the client is gone) and complete the cycle."""
+        if self.response_complete:
+            return
+        self.response_complete = True
+        self.protocol.fast_reply(self, status, body, headers)
+
+
+class FastLaneProtocol(CoalescingHttpToolsProtocol):
+    """:class:`CoalescingHttpToolsProtocol` with a fast lane for the infer route.
+
+    uvicorn runs every request as an ASGI cycle: a scope, a ``RequestResponseCycle``
+    with an ``asyncio.Event``, a task, ``receive`` and two ``send`` messages whose
+    headers are checked against regular expressions. For a small model's request
+    that machinery cost about as much as the model, decode and encode together
+    (bench/request_cpu.py). A request that is exactly
+    ``POST /v2/models/{model}/infer`` over keep-alive HTTP/1.1, with one valid
+    Content-Length within the fast-lane size (``fast_bytes``: small bodies that
+    decode on the loop anyway), no ``Transfer-Encoding``, ``Expect``,
+    ``Idempotency-Key``, query string or percent-escape, a valid single
+    ``Inference-Header-Content-Length`` if any, and an ``Authorization`` the app
+    accepts, arriving when nothing is pipelined before it and the connection can
+    take writes, is answered by ``app.infer_direct`` from the parser's callbacks:
+    the same decode, host call, encode, status codes and metrics as the ASGI
+    route (:meth:`~.http.HttpApp.infer_direct`), with no task unless the model
+    runs off the loop. Everything else — other routes, the refusals of the
+    conditions above (401, 411, 413, the length header's 400s), pipelined
+    requests behind a pending one, upgrades — is uvicorn's ASGI path unchanged.
+    Keep-alive timeouts, pipelining order, graceful shutdown (a pending fast
+    request finishes, then the connection closes) and ``limit_max_requests``
+    behave as on the ASGI path; ``limit_concurrency`` turns the lane off.
+    """
+
+    fast_app: FastLaneApp
+    fast_bytes: int
+
+    def on_headers_complete(self) -> None:
+        cycle = self._fast_cycle()
+        if cycle is None:
+            super().on_headers_complete()
+        else:
+            self.cycle = cycle
+
+    def _fast_cycle(self) -> _FastCycle | None:
+        """The fast-lane cycle of the request whose headers just ended, or None."""
+        url: bytes = self.url
+        parser = self.parser
+        if (
+            url[-6:] != _SUFFIX
+            or url[:11] != _PREFIX
+            or self.expect_100_continue
+            or self.limit_concurrency is not None
+            or self.root_path
+            or parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or not parser.should_keep_alive()
+            or parser.should_upgrade()
+            or self.flow.write_paused
+            or not (self.cycle is None or self.cycle.response_complete)
+        ):
+            return None
+        name = url[11:-6]
+        if not name or _PLAIN_NAME.fullmatch(name) is None:
+            return None
+        declared = length = authorization = None
+        for key, value in self.headers:  # lower-cased by on_header
+            if key == b"content-length":
+                if declared is not None or not value.isdigit() or len(value) > 19:
+                    return None
+                declared = int(value)
+            elif key == b"inference-header-content-length":
+                if length is not None or not value.isdigit() or len(value) > 19:
+                    return None
+                length = int(value)
+            elif key == b"authorization":
+                if authorization is not None:
+                    return None
+                authorization = value
+            elif key in (b"transfer-encoding", b"idempotency-key", b"upgrade"):
+                return None
+        if (
+            declared is None
+            or declared > self.fast_bytes
+            or (length is not None and length > self.fast_bytes)
+            or not self.fast_app.authorized(authorization)
+        ):
+            return None
+        return _FastCycle(self, name.decode("ascii"), length)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is _FastCycle:
+            cycle.body.append(body)  # at most fast_bytes in all: Content-Length frames it
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if type(cycle) is not _FastCycle:
+            super().on_message_complete()
+            return
+        chunks = cycle.body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        cycle.body = []
+        cycle.computing = True
+        self.fast_app.infer_direct(cycle, cycle.model, cycle.header_length, body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if type(cycle) is _FastCycle and not cycle.computing and not cycle.response_complete:
+            # gone mid-body: never computed, counted as the ASGI route counts it (499)
+            cycle.response_complete = True
+            self.fast_app.infer_gone(cycle.model, cycle.started, sum(map(len, cycle.body)))
+        super().connection_lost(exc)
+
+    def fast_reply(
+        self, cycle: _FastCycle, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Write a fast-lane response as uvicorn's ``send`` would: status line, the
+        server's default headers (``date``), ``headers``, Content-Length, body."""
+        transport = self.transport
+        if not cycle.disconnected and not transport.is_closing():
+            content = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                content += (name, b": ", value, b"\r\n")
+            for name, value in headers:
+                content += (name, b": ", value, b"\r\n")
+            for name, value in self.fast_app.answer_headers:
+                content += (name, b": ", value, b"\r\n")
+            content.append(b"content-length: %d\r\n" % len(body))
+            if not cycle.keep_alive:  # the server is shutting down
+                content.append(b"connection: close\r\n")
+            content += (b"\r\n", body)
+            transport.write(b"".join(content))
+            if not cycle.keep_alive:
+                transport.close()
+        self.on_response_complete()
+
+
+def fast_lane(app: Any, fast_bytes: int) -> type[FastLaneProtocol]:
+    """:class:`FastLaneProtocol` bound to ``app`` (an :class:`~.http.HttpApp`), the lane
+    taking bodies of at most ``fast_bytes``."""
+    return type(
+        "FastLaneProtocol", (FastLaneProtocol,), {"fast_app": app, "fast_bytes": fast_bytes}
+    )

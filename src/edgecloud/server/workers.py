@@ -92,7 +92,7 @@ from ..errors import ConfigError, EdgecloudError, UnavailableError, describe
 from ..repository import ModelRepository
 from .app import Listening, SharedListeners, bound_port, listen, serve
 from .host import ModelHost
-from .http import HttpApp, Receive, Scope, Send
+from .http import HttpApp
 from .launch import address
 from .metrics import use_multiprocess
 from .settings import ServerSettings
@@ -171,8 +171,8 @@ class WorkerApp(HttpApp):
     def __init__(self, host: ModelHost, *, token: str | None, ready_file: Path) -> None:
         self._ready_file = ready_file
         self._own_ready = False
-        self._tag = (WORKER_HEADER, str(os.getpid()).encode())
         super().__init__(host, token=token)
+        self.answer_headers = [(WORKER_HEADER, str(os.getpid()).encode())]
 
     @property
     def ready(self) -> bool:
@@ -182,18 +182,6 @@ class WorkerApp(HttpApp):
     @ready.setter
     def ready(self, value: bool) -> None:
         self._own_ready = value
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
-
-        async def tagged(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message["headers"], self._tag]}
-            await send(message)
-
-        await super().__call__(scope, receive, tagged)
 
 
 # -- the supervisor ------------------------------------------------------------

@@ -1,0 +1,529 @@
+"""The HTTP fast lane answers exactly as the ASGI route does.
+
+One ModelHost behind two real uvicorn servers on one event loop: one on the
+protocol ``edgecloud serve`` runs (:class:`FastLaneProtocol`), one on the plain
+coalescing protocol (every request an ASGI cycle). The same raw requests go
+to both — valid ones of every datatype, JSON and binary, and every kind of
+refusal — and the status, headers (but ``date``), body and the metric deltas
+must be the same. Requests the lane must leave to the ASGI path (versioned,
+keyed, chunked, percent-escaped, ``Expect``, HTTP/1.0, ``Connection: close``,
+duplicate or malformed length headers, too large, unauthorized) are among them,
+and pipelining, keep-alive and a client that leaves mid-body are checked on the
+lane itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+
+from edgecloud import ModelRepository
+from edgecloud.server.app import event_loop_factory, http_protocol
+from edgecloud.server.host import ModelHost
+from edgecloud.server.http import HttpApp
+from edgecloud.server.protocol import CoalescingHttpToolsProtocol, FastLaneProtocol
+from edgecloud.server.settings import ServerSettings
+
+from ..models import affine_config, affine_onnx, make_wire_repo
+
+TOKEN = "lane-token"
+
+
+@dataclass
+class Pair:
+    fast: int  # port of the fast-lane server
+    asgi: int  # port of the ASGI-only server
+    app: HttpApp
+
+
+def _serve_pair(repo: ModelRepository, tmp: Path, token: str | None) -> Iterator[Pair]:
+    settings = ServerSettings(grpc_port=None, idempotency_db=tmp / "idem.db")
+    host = ModelHost(repo, settings)
+    host.load_all()
+    app = HttpApp(host, token=token)
+    fast_protocol = http_protocol(app)
+    assert issubclass(fast_protocol, FastLaneProtocol)
+    assert http_protocol() is CoalescingHttpToolsProtocol
+    servers, sockets = [], []
+    for protocol in (fast_protocol, CoalescingHttpToolsProtocol):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+        config = uvicorn.Config(
+            app,
+            http=protocol,
+            lifespan="on",
+            log_level="warning",
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=5,
+        )
+        servers.append(uvicorn.Server(config))
+
+    async def both() -> None:
+        await asyncio.gather(*(s.serve(sockets=[k]) for s, k in zip(servers, sockets, strict=True)))
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(both())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not all(s.started for s in servers):
+        assert time.monotonic() < deadline, "servers did not start"
+        time.sleep(0.01)
+    yield Pair(sockets[0].getsockname()[1], sockets[1].getsockname()[1], app)
+    for server in servers:
+        server.should_exit = True
+    thread.join(15)
+    for sock in sockets:
+        sock.close()
+
+
+def _repo(tmp: Path) -> ModelRepository:
+    repo = make_wire_repo(tmp)
+    repo.add_version("affine", affine_onnx(tmp / "affine.onnx"), config=affine_config())
+    return repo
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    tmp = tmp_path_factory.mktemp("lane")
+    yield from _serve_pair(_repo(tmp), tmp, None)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    tmp = tmp_path_factory.mktemp("lane-token")
+    yield from _serve_pair(_repo(tmp), tmp, TOKEN)
+
+
+# -- a raw HTTP/1.1 client --------------------------------------------------------
+
+
+def _read_response(conn: socket.socket, buffer: bytearray) -> tuple[int, dict[str, Any], bytes]:
+    """One response from ``conn`` (``buffer`` holds bytes already read past the last)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response: {bytes(buffer)!r}")
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, Any] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    length = int(headers["content-length"][0])
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed inside a body")
+        rest += chunk
+    buffer[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+def _exchange(port: int, raw: bytes, answers: int = 1) -> list[tuple[int, dict[str, Any], bytes]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(raw)
+        buffer = bytearray()
+        return [_read_response(conn, buffer) for _ in range(answers)]
+
+
+def _request(
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "POST",
+    version: str = "1.1",
+    length: bool = True,
+) -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "host: test"]
+    if length:
+        lines.append(f"content-length: {len(body)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _metrics(port: int) -> dict[str, float]:
+    ((status, _, body),) = _exchange(port, _request("/metrics", b"", method="GET", length=False))
+    assert status == 200
+    found = {}
+    for line in body.decode().splitlines():
+        if line.startswith("edgecloud_requests_total{") and 'protocol="http"' in line:
+            key, _, value = line.rpartition(" ")
+            found[key] = float(value)
+    return found
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def _lane_count(app: HttpApp) -> list[int]:
+    """Count the requests the fast lane hands to ``app`` (observed, not replaced)."""
+    seen = getattr(app, "_lane_seen", None)
+    if seen is None:
+        seen = [0]
+        direct = app.infer_direct
+
+        def counted(*args: Any) -> None:
+            seen[0] += 1
+            direct(*args)
+
+        app.infer_direct = counted  # type: ignore[method-assign]
+        app._lane_seen = seen  # type: ignore[attr-defined]
+    return seen
+
+
+def _same(
+    pair: Pair, raw: bytes, answers: int = 1, *, lane: bool
+) -> list[tuple[int, dict[str, Any], bytes]]:
+    """Send ``raw`` to both servers; the answers and the metric deltas must match,
+    and the fast server's lane must have taken the request (``lane``) or not."""
+    results, deltas = [], []
+    seen = _lane_count(pair.app)
+    for port in (pair.fast, pair.asgi):
+        before, taken = _metrics(port), seen[0]
+        got = _exchange(port, raw, answers)
+        deltas.append(_delta(before, _metrics(port)))
+        if port == pair.fast:
+            assert (seen[0] - taken == answers) if lane else seen[0] == taken, raw[:200]
+        else:
+            assert seen[0] == taken
+        for _, headers, _ in got:
+            headers.pop("date", None)
+        results.append(got)
+    assert results[0] == results[1], (raw[:300], results)
+    assert deltas[0] == deltas[1], (raw[:300], deltas)
+    return results[0]
+
+
+def _infer(model: str, payload: Any, headers: dict[str, str] | None = None) -> bytes:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return _request(
+        f"/v2/models/{model}/infer", body, {"content-type": "application/json", **(headers or {})}
+    )
+
+
+X = [[0.5, -1.0, 2.0, 3.25], [1.0, 2.0, 3.0, 4.0]]
+
+
+def _affine(data: Any = None, **extra: Any) -> dict[str, Any]:
+    entry = {
+        "name": "x",
+        "shape": [2, 4],
+        "datatype": "FP32",
+        "data": data or [v for row in X for v in row],
+    }
+    return {"inputs": [entry], **extra}
+
+
+# -- the same answers ---------------------------------------------------------------
+
+
+VALID = {
+    "affine": _affine(),
+    "affine with id and outputs": _affine(id="req-7", outputs=[{"name": "z"}]),
+    "affine binary output": _affine(parameters={"binary_data_output": True}),
+    "int8": {"inputs": [{"name": "x", "shape": [3], "datatype": "INT8", "data": [-128, 0, 127]}]},
+    "uint64": {
+        "inputs": [
+            {"name": "x", "shape": [2], "datatype": "UINT64", "data": [0, 18446744073709551615]}
+        ]
+    },
+    "bool": {"inputs": [{"name": "x", "shape": [2], "datatype": "BOOL", "data": [True, False]}]},
+    "fp16": {"inputs": [{"name": "x", "shape": [2], "datatype": "FP16", "data": [1.5, -2.0]}]},
+    "fp64": {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1e300]}]},
+    "bytes": {"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", "é"]}]},
+    "batch beyond max_batch_size": {
+        "inputs": [{"name": "x", "shape": [9, 4], "datatype": "FP32", "data": [0.25] * 36}]
+    },
+    "empty batch": {"inputs": [{"name": "x", "shape": [0, 4], "datatype": "FP32", "data": []}]},
+}
+MODEL_OF = {
+    "int8": "ident-int8",
+    "uint64": "ident-uint64",
+    "bool": "ident-bool",
+    "fp16": "ident-fp16",
+    "fp64": "ident-fp64",
+    "bytes": "ident-bytes",
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALID))
+def test_valid_requests_are_answered_the_same(pair: Pair, case: str) -> None:
+    ((status, _, body),) = _same(pair, _infer(MODEL_OF.get(case, "affine"), VALID[case]), lane=True)
+    assert status == 200, body
+
+
+def test_binary_tensor_requests_are_answered_the_same(pair: Pair) -> None:
+    x = np.asarray(X, dtype=np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    raw = _request(
+        "/v2/models/affine/infer",
+        header + x.tobytes(),
+        {"inference-header-content-length": str(len(header))},
+    )
+    ((status, headers, body),) = _same(pair, raw, lane=True)
+    assert status == 200 and headers["content-type"] == ["application/octet-stream"]
+    split = int(headers["inference-header-content-length"][0])
+    y = np.frombuffer(body[split:], dtype=np.float32).reshape(2, 3)
+    assert np.allclose(y, x @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10) + [0.5, -1, 2])
+
+
+REFUSED = {
+    "unknown model": ("nope", _affine()),
+    "wrong shape": (
+        "affine",
+        {"inputs": [{"name": "x", "shape": [8], "datatype": "FP32", "data": [0.0] * 8}]},
+    ),
+    "wrong datatype": (
+        "affine",
+        {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "INT32", "data": [1] * 8}]},
+    ),
+    "string in floats": ("affine", _affine(["1.5"] * 8)),
+    "bool in floats": ("affine", _affine([True] * 8)),
+    "finite becomes infinite": ("affine", _affine([1e39] * 8)),
+    "int beyond int64": (
+        "ident-int64",
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [2**64]}]},
+    ),
+    "too few values": ("affine", _affine([1.0] * 7)),
+    "unknown input": (
+        "affine",
+        {"inputs": [{"name": "q", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}]},
+    ),
+    "unknown output": ("affine", _affine(outputs=[{"name": "nope"}])),
+    "not json": ("affine", b"{not json"),
+    "empty body": ("affine", b""),
+    "json array": ("affine", b"[1, 2]"),
+    "lone surrogate id": ("affine", b'{"id": "\\ud800", "inputs": []}'),
+    "lone surrogate name": (
+        "affine",
+        b'{"inputs": [{"name": "\\udfff", "shape": [1], "datatype": "FP32", "data": [1]}]}',
+    ),
+    "invalid utf-8": ("affine", b'{"id": "\xff\xfe", "inputs": []}'),
+    "no inputs": ("affine", {"inputs": []}),
+    "model name with dots": ("..", _affine()),
+    "model name with a quote": ('a"b', _affine()),
+    "binary size beyond the body": (
+        "affine",
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 32},
+                }
+            ]
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refusals_are_answered_the_same(pair: Pair, case: str) -> None:
+    model, payload = REFUSED[case]
+    ((status, _, body),) = _same(pair, _infer(model, payload), lane=True)
+    assert 400 <= status < 500, (status, body)
+    assert json.loads(body)["error"]
+
+
+LEFT_TO_ASGI = {
+    "versioned": _request("/v2/models/affine/versions/1/infer", json.dumps(_affine()).encode()),
+    "percent-escaped name": _infer("aff%69ne", _affine()),
+    "query string": _request("/v2/models/affine/infer?x=1", json.dumps(_affine()).encode()),
+    "http/1.0": _request("/v2/models/affine/infer", json.dumps(_affine()).encode(), version="1.0"),
+    "connection close": _infer("affine", _affine(), {"connection": "close"}),
+    "duplicate content-length": _request("/v2/models/affine/infer", b"{}", {"content-length": "2"}),
+    "bad header length": _infer("affine", _affine(), {"inference-header-content-length": "+5"}),
+    "two header lengths": _infer(
+        "affine",
+        _affine(),
+        {"inference-header-content-length": "1", "Inference-Header-Content-Length": "2"},
+    ),
+    "header length beyond the lane": _infer(
+        "affine", _affine(), {"inference-header-content-length": "300000"}
+    ),
+    "get on infer": _request("/v2/models/affine/infer", b"", method="GET", length=False),
+    "put on infer": _request("/v2/models/affine/infer", b"{}", method="PUT"),
+    "no model name": _request("/v2/models//infer", b"{}"),
+    "too large": _infer("affine", b" " * (300 * 1024) + json.dumps(_affine()).encode()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEFT_TO_ASGI))
+def test_requests_left_to_the_asgi_path_are_answered_the_same(pair: Pair, case: str) -> None:
+    ((status, _, body),) = _same(pair, LEFT_TO_ASGI[case], lane=False)
+    assert status in (200, 400, 404, 405, 413), (status, body)
+
+
+def test_keyed_requests_keep_their_idempotency(pair: Pair) -> None:
+    raw = _infer("affine", _affine(), {"idempotency-key": "k-lane-1"})
+    first, second = (_exchange(pair.fast, raw)[0] for _ in range(2))
+    assert first[0] == second[0] == 200
+    assert json.loads(first[2])["parameters"] == {}
+    assert json.loads(second[2])["parameters"] == {"idempotent_replay": True}
+
+
+def test_a_header_length_beyond_the_body_is_refused_the_same(pair: Pair) -> None:
+    raw = _infer("affine", _affine(), {"inference-header-content-length": "100000"})
+    ((status, _, body),) = _same(pair, raw, lane=True)
+    assert status == 400, body
+
+
+def test_chunked_bodies_go_the_asgi_path(pair: Pair) -> None:
+    body = json.dumps(_affine()).encode()
+    raw = _request("/v2/models/affine/infer", b"", {"transfer-encoding": "chunked"}, length=False)
+    raw += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    ((status, _, _),) = _same(pair, raw, lane=False)
+    assert status == 200
+
+
+def test_tokens_are_checked_the_same(guarded: Pair) -> None:
+    for headers, expected in [
+        ({}, 401),
+        ({"authorization": "Bearer wrong"}, 401),
+        ({"authorization": f"Basic {TOKEN}"}, 401),
+        ({"authorization": f"bearer  {TOKEN} "}, 200),
+    ]:
+        raw = _infer("affine", _affine(), headers)
+        answers = []
+        for port in (guarded.fast, guarded.asgi):
+            ((status, got, body),) = _exchange(port, raw)
+            got.pop("date", None)
+            answers.append((status, got, body))
+        assert answers[0] == answers[1] and answers[0][0] == expected, answers
+
+
+# -- the lane's own connection handling ---------------------------------------------------
+
+
+def test_pipelined_requests_are_answered_in_order(pair: Pair) -> None:
+    raws = []
+    for i in range(12):
+        if i % 4 == 3:  # an ASGI route between lane requests
+            raws.append(_request("/v2/health/ready", b"", method="GET", length=False))
+        elif i % 5 == 4:
+            raws.append(_infer("nope", _affine(id=f"r{i}")))
+        else:
+            raws.append(_infer("affine", _affine(id=f"r{i}")))
+    got = _exchange(pair.fast, b"".join(raws), answers=len(raws))
+    for i, (status, _, body) in enumerate(got):
+        if i % 4 == 3:
+            assert (status, body) == (200, b'{"ready":true}')
+        elif i % 5 == 4:
+            assert status == 404
+        else:
+            assert status == 200 and json.loads(body)["id"] == f"r{i}"
+
+
+def test_concurrent_clients_get_their_own_rows(pair: Pair) -> None:
+    """Tick-merged runs split back per request: each client gets its own answer."""
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(48)]
+    answers: list[Any] = [None] * len(inputs)
+
+    def client(i: int) -> None:
+        x = inputs[i]
+        payload = {
+            "id": f"c{i}",
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ],
+        }
+        with socket.create_connection(("127.0.0.1", pair.fast), timeout=10) as conn:
+            buffer = bytearray()
+            for _ in range(5):
+                conn.sendall(_infer("affine", payload))
+                answers[i] = _read_response(conn, buffer)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    weights = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
+    for i, x in enumerate(inputs):
+        status, _, body = answers[i]
+        answer = json.loads(body)
+        assert status == 200 and answer["id"] == f"c{i}"
+        y = next(o for o in answer["outputs"] if o["name"] == "y")
+        assert np.allclose(
+            np.reshape(y["data"], y["shape"]), x @ weights + [0.5, -1.0, 2.0], atol=1e-5
+        )
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(pair: Pair) -> None:
+    with socket.create_connection(("127.0.0.1", pair.fast), timeout=10) as conn:
+        buffer = bytearray()
+        for i in range(50):
+            conn.sendall(_infer("affine", _affine(id=str(i))))
+            status, headers, body = _read_response(conn, buffer)
+            assert status == 200 and json.loads(body)["id"] == str(i)
+            assert "connection" not in headers and headers["date"]
+
+
+def test_a_body_cut_short_is_never_computed_and_counts_as_499(pair: Pair) -> None:
+    def computed() -> float:
+        text = _exchange(pair.fast, _request("/metrics", b"", method="GET", length=False))[0][2]
+        match = re.search(rb'edgecloud_computations_total\{model="affine"\} (\S+)', text)
+        return float(match.group(1)) if match else 0.0
+
+    body = json.dumps(_affine()).encode()
+    before, runs = _metrics(pair.fast), computed()
+    with socket.create_connection(("127.0.0.1", pair.fast), timeout=10) as conn:
+        conn.sendall(_infer("affine", body)[: -len(body) // 2])
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    key = 'edgecloud_requests_total{code="499",model="affine",protocol="http"}'
+    while _delta(before, _metrics(pair.fast)).get(key) != 1.0:
+        assert time.monotonic() < deadline, _delta(before, _metrics(pair.fast))
+        time.sleep(0.05)
+    assert computed() == runs
+
+
+def test_a_client_gone_before_its_answer_loses_nothing_else(pair: Pair) -> None:
+    """Requests sent and abandoned at once: the server answers the next clients."""
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", pair.fast), timeout=10) as conn:
+            conn.sendall(_infer("affine", _affine()) * 3)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ((status, _, _),) = _exchange(pair.fast, _infer("affine", _affine()))
+    assert status == 200
