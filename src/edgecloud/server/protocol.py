@@ -128,12 +128,12 @@ class _Event:
 
 
 _NO_EVENT = _Event()
-_PREFIX = b"/v2/models/"
 #: A model name the ASGI route would read as the same bytes: printable ASCII
 #: without "/" and without what uvicorn's URL parsing turns into something
 #: else ("%" escapes, "?" query, "#" fragment).
-_PLAIN_NAME = re.compile(rb'[!"$&-.0->@-~]+')  # 0x21-0x7e but # % / ?
-_SUFFIX = b"/infer"
+_INFER_URL = re.compile(rb'/v2/models/([!"$&-.0->@-~]+)/infer')  # 0x21-0x7e but # % / ?
+#: Headers whose requests the ASGI path answers (chunked bodies, keyed requests, upgrades).
+_NOT_ON_THE_LANE = frozenset({b"transfer-encoding", b"idempotency-key", b"upgrade"})
 
 
 class _FastCycle:
@@ -193,6 +193,9 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
 
     fast_app: FastLaneApp
     fast_bytes: int
+    #: the app checks a token (``authorized``); without one every request passes
+    fast_guarded: bool
+    lane_open = False
 
     def on_headers_complete(self) -> None:
         cycle = self._fast_cycle()
@@ -203,24 +206,18 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
 
     def _fast_cycle(self) -> _FastCycle | None:
         """The fast-lane cycle of the request whose headers just ended, or None."""
-        url: bytes = self.url
+        match = _INFER_URL.fullmatch(self.url)
+        if match is None or self.expect_100_continue or not self.lane_open:
+            return None
         parser = self.parser
         if (
-            url[-6:] != _SUFFIX
-            or url[:11] != _PREFIX
-            or self.expect_100_continue
-            or self.limit_concurrency is not None
-            or self.root_path
-            or parser.get_method() != b"POST"
+            parser.get_method() != b"POST"
             or parser.get_http_version() != "1.1"
             or not parser.should_keep_alive()
             or parser.should_upgrade()
             or self.flow.write_paused
             or not (self.cycle is None or self.cycle.response_complete)
         ):
-            return None
-        name = url[11:-6]
-        if not name or _PLAIN_NAME.fullmatch(name) is None:
             return None
         declared = length = authorization = None
         for key, value in self.headers:  # lower-cased by on_header
@@ -236,16 +233,21 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
                 if authorization is not None:
                     return None
                 authorization = value
-            elif key in (b"transfer-encoding", b"idempotency-key", b"upgrade"):
+            elif key in _NOT_ON_THE_LANE:
                 return None
         if (
             declared is None
             or declared > self.fast_bytes
             or (length is not None and length > self.fast_bytes)
-            or not self.fast_app.authorized(authorization)
+            or (self.fast_guarded and not self.fast_app.authorized(authorization))
         ):
             return None
-        return _FastCycle(self, name.decode("ascii"), length)
+        return _FastCycle(self, match.group(1).decode("ascii"), length)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        # uvicorn's 503 for limit_concurrency and root_path's prefix: the ASGI path's
+        self.lane_open = self.limit_concurrency is None and not self.root_path
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -300,6 +302,6 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
 def fast_lane(app: Any, fast_bytes: int) -> type[FastLaneProtocol]:
     """:class:`FastLaneProtocol` bound to ``app`` (an :class:`~.http.HttpApp`), the lane
     taking bodies of at most ``fast_bytes``."""
-    return type(
-        "FastLaneProtocol", (FastLaneProtocol,), {"fast_app": app, "fast_bytes": fast_bytes}
-    )
+    guarded = not app.authorized(None)
+    attributes = {"fast_app": app, "fast_bytes": fast_bytes, "fast_guarded": guarded}
+    return type("FastLaneProtocol", (FastLaneProtocol,), attributes)
