@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,19 +48,68 @@ def test_preferred_size_cuts_the_wait_short(repo: ModelRepository) -> None:
 
 
 def test_queue_delay_gathers_companions(repo: ModelRepository) -> None:
+    """Requests that find others queued wait for companions up to the delay."""
     with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
         batcher = DynamicBatcher(
             local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=100_000
         )
 
         async def run() -> None:
-            first = asyncio.ensure_future(batcher.submit({"x": rows(1)[0]}, None, 1))
-            await asyncio.sleep(0.02)  # arrives while the first waits for companions
-            await asyncio.gather(first, batcher.submit({"x": rows(1, 1)[0]}, None, 1))
+            # two in one iteration: not an idle batcher's lone request
+            first = [asyncio.ensure_future(batcher.submit({"x": x}, None, 1)) for x in rows(2)]
+            await asyncio.sleep(0.02)  # arrives while the first two wait for companions
+            await asyncio.gather(*first, batcher.submit({"x": rows(1, 2)[0]}, None, 1))
             await batcher.close()
 
         asyncio.run(run())
-    assert batcher.stats.batches == 1 and batcher.stats.requests == 2
+    assert batcher.stats.batches == 1 and batcher.stats.requests == 3
+
+
+def test_a_lone_request_at_an_idle_batcher_skips_the_delay(repo: ModelRepository) -> None:
+    """Nothing queued with it and no batch running: waiting could only add latency."""
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=2_000_000
+        )
+
+        async def run() -> list[float]:
+            waits = []
+            for x in rows(3):  # one after another: the batcher is idle for each
+                outputs, queued, _ = await batcher.submit({"x": x}, None, 1)
+                np.testing.assert_allclose(outputs["y"], affine_reference(x)[0], rtol=1e-5)
+                waits.append(queued)
+            await batcher.close()
+            return waits
+
+        waits = asyncio.run(run())
+    assert max(waits) < 0.5, waits  # not the 2 s delay
+    assert batcher.stats.batches == 3
+
+
+def test_a_request_arriving_during_a_run_waits_for_companions(repo: ModelRepository) -> None:
+    """A batch running: the next request waits up to the delay, and companions that
+    arrive meanwhile join its batch."""
+    with LocalBackend(repo) as local, ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=300_000,
+            concurrency=2,
+        )  # fmt: skip
+        gate = threading.Event()
+        pool.submit(gate.wait)  # the only pool thread is busy: the first run stays running
+
+        async def run() -> None:
+            first = asyncio.ensure_future(batcher.submit({"x": rows(1)[0]}, None, 1))
+            await asyncio.sleep(0.02)  # the first batch is running (its thread is held)
+            second = asyncio.ensure_future(batcher.submit({"x": rows(1, 1)[0]}, None, 1))
+            await asyncio.sleep(0.05)
+            third = asyncio.ensure_future(batcher.submit({"x": rows(1, 2)[0]}, None, 1))
+            await asyncio.sleep(0.05)
+            gate.set()
+            await asyncio.gather(first, second, third)
+            await batcher.close()
+
+        asyncio.run(run())
+    assert batcher.stats.batches == 2 and batcher.stats.last_batch_size == 2
 
 
 def test_without_delay_a_lone_request_runs_at_once(repo: ModelRepository) -> None:

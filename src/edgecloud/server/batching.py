@@ -13,8 +13,15 @@ Under light load a request therefore runs at once; under heavy load batches
 form while the previous ones run (adaptive batching); a request that finds
 the queue empty and a runner slot free (and no queue delay configured) skips
 the queue and the batcher's task altogether (two event-loop hops fewer).
-``max_queue_delay_us`` adds Triton's classic wait for companions on top. A batch whose merged run
-fails is re-run request by request, so a bad request fails alone.
+``max_queue_delay_us`` adds Triton's classic wait for companions on top,
+except for a request that finds the batcher idle: when the batcher's task
+wakes to a queue of that one request (nothing else arrived in its loop
+iteration) and no batch is running, it runs at once — waiting could only
+add latency, since nothing it could be merged with is in flight (Triton
+waits out the delay even then; the price was measured on the H200: c=1
+270 vs 380 req/s on resnet18-like). Under load a batch is running or the
+queue holds several, so batches still gather for the delay. A batch whose
+merged run fails is re-run request by request, so a bad request fails alone.
 """
 
 from __future__ import annotations
@@ -102,6 +109,7 @@ class DynamicBatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._running = 0  # batches executing
 
     async def submit(
         self, inputs: Inputs, outputs: Sequence[str] | None, size: int
@@ -129,9 +137,11 @@ class DynamicBatcher:
     async def _run_now(self, pending: _Pending) -> tuple[Arrays, float, float]:
         """Run a lone request in a free slot without queueing it."""
         await self._slots.acquire()  # free (checked by the caller): no suspension
+        self._running += 1
         try:
             await self._run([pending])
         finally:
+            self._running -= 1
             self._slots.release()
         result: tuple[Arrays, float, float] = await pending.future
         return result
@@ -149,11 +159,16 @@ class DynamicBatcher:
                 await self._wakeup.wait()
                 continue
             await self._slots.acquire()
-            if self.max_delay > 0:
+            if self.max_delay > 0 and (len(self._queue) > 1 or self._running):
                 await self._gather_companions()
             batch = self._take_batch()
+            self._running += 1  # counted from now: the next wake-up sees it running
             task = asyncio.create_task(self._run(batch))
-            task.add_done_callback(lambda _: self._slots.release())
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, _: asyncio.Task[None]) -> None:
+        self._running -= 1
+        self._slots.release()
 
     async def _gather_companions(self) -> None:
         deadline = self._queue[0].enqueued + self.max_delay
