@@ -21,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,12 @@ import uvicorn
 from edgecloud import ModelRepository
 from edgecloud.server.app import event_loop_factory, http_protocol
 from edgecloud.server.host import ModelHost
-from edgecloud.server.http import HttpApp
-from edgecloud.server.protocol import CoalescingHttpToolsProtocol, FastLaneProtocol
+from edgecloud.server.http import CYCLE_KEY, HttpApp
+from edgecloud.server.protocol import (
+    PIPELINE_DEPTH,
+    CoalescingHttpToolsProtocol,
+    FastLaneProtocol,
+)
 from edgecloud.server.settings import ServerSettings
 
 from ..models import affine_config, affine_onnx, make_wire_repo
@@ -47,9 +52,12 @@ class Pair:
     fast: int  # port of the fast-lane server
     asgi: int  # port of the ASGI-only server
     app: HttpApp
+    servers: list[uvicorn.Server]
 
 
-def _serve_pair(repo: ModelRepository, tmp: Path, token: str | None) -> Iterator[Pair]:
+def _serve_pair(
+    repo: ModelRepository, tmp: Path, token: str | None, keep_alive: float = 5
+) -> Iterator[Pair]:
     settings = ServerSettings(grpc_port=None, idempotency_db=tmp / "idem.db")
     host = ModelHost(repo, settings)
     host.load_all()
@@ -69,7 +77,7 @@ def _serve_pair(repo: ModelRepository, tmp: Path, token: str | None) -> Iterator
             log_level="warning",
             server_header=False,
             proxy_headers=False,
-            timeout_keep_alive=5,
+            timeout_keep_alive=keep_alive,
         )
         servers.append(uvicorn.Server(config))
 
@@ -86,7 +94,7 @@ def _serve_pair(repo: ModelRepository, tmp: Path, token: str | None) -> Iterator
     while not all(s.started for s in servers):
         assert time.monotonic() < deadline, "servers did not start"
         time.sleep(0.01)
-    yield Pair(sockets[0].getsockname()[1], sockets[1].getsockname()[1], app)
+    yield Pair(sockets[0].getsockname()[1], sockets[1].getsockname()[1], app, servers)
     for server in servers:
         server.should_exit = True
     thread.join(15)
@@ -104,6 +112,13 @@ def _repo(tmp: Path) -> ModelRepository:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     tmp = tmp_path_factory.mktemp("lane")
     yield from _serve_pair(_repo(tmp), tmp, None)
+
+
+@pytest.fixture(scope="module")
+def brief(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """A pair whose idle connections close after 1 s."""
+    tmp = tmp_path_factory.mktemp("lane-brief")
+    yield from _serve_pair(_repo(tmp), tmp, None, keep_alive=1)
 
 
 @pytest.fixture(scope="module")
@@ -527,3 +542,95 @@ def test_a_client_gone_before_its_answer_loses_nothing_else(pair: Pair) -> None:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ((status, _, _),) = _exchange(pair.fast, _infer("affine", _affine()))
     assert status == 200
+
+
+def test_a_request_behind_an_answer_in_one_packet_is_not_cut_by_the_idle_timer(
+    brief: Pair,
+) -> None:
+    """An answer written while the same bytes still hold the next request must not
+    leave the keep-alive timer armed while that request is in progress."""
+    valid = _infer("affine", _affine(id="second"))
+    cut = len(valid) - 20
+    for port in (brief.fast, brief.asgi):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(_infer("nope", _affine()) + valid[:cut])  # 404 at once, then part
+            time.sleep(1.6)  # past the 1 s keep-alive timeout
+            conn.sendall(valid[cut:])
+            buffer = bytearray()
+            first = _read_response(conn, buffer)
+            second = _read_response(conn, buffer)
+        assert first[0] == 404, (port, first)
+        assert second[0] == 200 and json.loads(second[2])["id"] == "second", (port, second)
+
+
+def test_a_client_that_never_reads_has_few_requests_queued(pair: Pair) -> None:
+    """uvicorn resumes reading after each answer; without a cap a client pipelining
+    and never reading had hundreds of requests (each holding its body) queued per
+    answer (1.1 GB in 8 s)."""
+    one = _infer("affine", _affine())
+    blob = one * 400
+    deepest = 0
+    conn = socket.create_connection(("127.0.0.1", pair.fast), timeout=10)
+    conn.setblocking(False)
+    try:
+        stop, offset = time.monotonic() + 3, 0
+        while time.monotonic() < stop:
+            try:
+                offset = (offset + conn.send(blob[offset:])) % len(blob)
+            except BlockingIOError:
+                time.sleep(0.01)
+            for server in pair.servers:
+                for protocol in list(server.server_state.connections):
+                    deepest = max(deepest, len(getattr(protocol, "pipeline", ())))
+    finally:
+        conn.close()
+    per_read = 256 * 1024 // len(one) + 1  # what one read can add before the pause
+    assert deepest <= PIPELINE_DEPTH + per_read, deepest
+
+
+def test_a_client_gone_before_its_answer_counts_as_499_on_both_paths(
+    tmp_path: Path,
+) -> None:
+    """The lane and the ASGI route count an answer nobody receives alike: 499."""
+    settings = ServerSettings(grpc_port=None, idempotency_db=tmp_path / "idem.db")
+    host = ModelHost(_repo(tmp_path), settings)
+    host.load_all()
+    app = HttpApp(host)
+    body = json.dumps(_affine()).encode()
+
+    class Cycle:
+        disconnected = True
+        started = time.perf_counter()
+
+        def __init__(self) -> None:
+            self.replies: list[int] = []
+
+        def reply(self, status: int, payload: bytes, headers: Any) -> None:
+            self.replies.append(status)
+
+    async def both() -> None:
+        cycle = Cycle()
+        scope = {
+            "type": "http", "method": "POST", "path": "/v2/models/affine/infer",
+            "headers": [(b"content-length", b"%d" % len(body))], "query_string": b"",
+            CYCLE_KEY: weakref.ref(cycle),
+        }  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await app(scope, receive, send)  # the ASGI route
+        app.infer_direct(cycle, "affine", None, body)  # the lane
+        for _ in range(500):  # the first runs of a model go to the pool
+            if cycle.replies:
+                break
+            await asyncio.sleep(0.01)
+        assert cycle.replies == [200]  # written, to no one
+
+    asyncio.run(both())
+    text = host.metrics.exposition().decode()
+    assert 'edgecloud_requests_total{code="499",model="affine",protocol="http"} 2.0' in text
+    assert 'code="200",model="affine",protocol="http"' not in text

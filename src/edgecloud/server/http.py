@@ -72,6 +72,21 @@ READY = b'{"ready":true}'
 NOT_READY = b'{"ready":false}'
 
 
+#: Where :class:`.protocol.FastLaneProtocol` leaves the ASGI scope a weak reference
+#: to uvicorn's cycle, whose ``disconnected`` says the client left.
+CYCLE_KEY = "edgecloud.cycle"
+
+
+def client_gone(scope: Scope) -> bool:
+    """Whether the client of an ASGI request has closed its connection (False where
+    the server leaves no cycle reference: it cannot tell)."""
+    ref = scope.get(CYCLE_KEY)
+    if ref is None:
+        return False
+    cycle = ref()
+    return cycle is not None and bool(cycle.disconnected)
+
+
 class _ClientGone(Exception):
     """Internal: the client disconnected before its request's body was complete.
 
@@ -414,6 +429,8 @@ class HttpApp:
             code = CLIENT_GONE
             raise
         finally:
+            if code != CLIENT_GONE and client_gone(scope):  # no one gets the answer
+                code = CLIENT_GONE
             self._count(label, code, started, size)
         return answer
 

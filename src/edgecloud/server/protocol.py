@@ -26,18 +26,27 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from typing import Any, Protocol, cast
 
 from .._optional import require
+from .http import CYCLE_KEY
 
 _httptools_impl = require(
     "uvicorn.protocols.http.httptools_impl", extra="server", feature="edgecloud serve"
 )
 HttpToolsProtocol: Any = _httptools_impl.HttpToolsProtocol
+FlowControl: Any = _httptools_impl.FlowControl
 
 STATUS_LINE: dict[int, bytes] = _httptools_impl.STATUS_LINE
 
-__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport", "FastLaneProtocol", "fast_lane"]
+__all__ = [
+    "PIPELINE_DEPTH",
+    "CoalescingHttpToolsProtocol",
+    "CoalescingTransport",
+    "FastLaneProtocol",
+    "fast_lane",
+]
 
 
 class CoalescingTransport:
@@ -98,10 +107,37 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
-    """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport`."""
+    """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport`, reading no
+    further from a connection with :data:`PIPELINE_DEPTH` requests queued."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
+        self.flow = _CappedFlow(self.transport, self)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # resumes reading unless enough is queued
+        if len(self.pipeline) >= PIPELINE_DEPTH:
+            self.flow.pause_reading()
+
+
+class _CappedFlow(FlowControl):  # type: ignore[misc]
+    """uvicorn's flow control, but reading resumes only while fewer than
+    :data:`PIPELINE_DEPTH` requests are queued on the connection.
+
+    uvicorn resumes reading after every answer and whenever a cycle reads its
+    body (``receive``); a client pipelining without reading its answers then had
+    another read of requests queued, each a cycle holding its body, for every
+    answer. Nothing waits on a paused read: queued requests were read after the
+    body of the one in progress, so that body is already whole.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        if len(self._protocol.pipeline) < PIPELINE_DEPTH:
+            super().resume_reading()
 
 
 class FastLaneApp(Protocol):
@@ -132,6 +168,15 @@ _NO_EVENT = _Event()
 #: without "/" and without what uvicorn's URL parsing turns into something
 #: else ("%" escapes, "?" query, "#" fragment).
 _INFER_URL = re.compile(rb'/v2/models/([!"$&-.0->@-~]+)/infer')  # 0x21-0x7e but # % / ?
+#: The longest infer URL the lane takes (a model name of about 2 kB); longer ones
+#: go through uvicorn's URL parser, which answers 400 from 64 KiB.
+MAX_LANE_URL = 2048
+#: Requests a connection may have queued behind the one being answered before
+#: reading from it pauses. uvicorn resumes reading after every response, so a
+#: client that pipelines without reading its answers had another 256 kB read
+#: (some hundred small requests, each a cycle holding its body) queued per
+#: answer: 1.1 GB of RSS in 8 s (hostile review, issue 17).
+PIPELINE_DEPTH = 16
 #: Headers whose requests the ASGI path answers (chunked bodies, keyed requests, upgrades).
 _NOT_ON_THE_LANE = frozenset({b"transfer-encoding", b"idempotency-key", b"upgrade"})
 
@@ -200,13 +245,16 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         cycle = self._fast_cycle()
         if cycle is None:
-            super().on_headers_complete()
+            self.on_headers_complete_asgi()
         else:
             self.cycle = cycle
 
     def _fast_cycle(self) -> _FastCycle | None:
         """The fast-lane cycle of the request whose headers just ended, or None."""
-        match = _INFER_URL.fullmatch(self.url)
+        url = self.url
+        if len(url) > MAX_LANE_URL:  # uvicorn's URL parser refuses 64 KiB and more: its 400
+            return None
+        match = _INFER_URL.fullmatch(url)
         if match is None or self.expect_100_continue or not self.lane_open:
             return None
         parser = self.parser
@@ -266,6 +314,22 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         cycle.body = []
         cycle.computing = True
         self.fast_app.infer_direct(cycle, cycle.model, cycle.header_length, body)
+
+    def on_message_begin(self) -> None:
+        # A request is in progress from here: uvicorn cancels the keep-alive timer
+        # only when bytes arrive, and a lane answer written from inside the parser
+        # (data_received) arms it while the same bytes still hold the next request.
+        self._unset_keepalive_if_required()
+        super().on_message_begin()
+
+    def on_headers_complete_asgi(self) -> None:
+        """uvicorn's own request start, with the cycle's client-gone flag readable
+        by the app (``scope["edgecloud.cycle"]``, a weak reference): the ASGI route
+        counts a request whose client left before its answer as 499, as the lane does."""
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            self.scope[CYCLE_KEY] = weakref.ref(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
