@@ -327,8 +327,8 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         by the app (``scope["edgecloud.cycle"]``, a weak reference): the ASGI route
         counts a request whose client left before its answer as 499, as the lane does."""
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:
+        cycle: Any = self.cycle  # uvicorn's new cycle (or, for an upgrade, the last one)
+        if getattr(cycle, "scope", None) is self.scope:
             self.scope[CYCLE_KEY] = weakref.ref(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
