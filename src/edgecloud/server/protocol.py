@@ -328,8 +328,9 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         counts a request whose client left before its answer as 499, as the lane does."""
         super().on_headers_complete()
         cycle: Any = self.cycle  # uvicorn's new cycle (or, for an upgrade, the last one)
-        if getattr(cycle, "scope", None) is self.scope:
-            self.scope[CYCLE_KEY] = weakref.ref(cycle)
+        scope: Any = self.scope
+        if getattr(cycle, "scope", None) is scope:
+            scope[CYCLE_KEY] = weakref.ref(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
