@@ -329,7 +329,8 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         super().on_headers_complete()
         cycle: Any = self.cycle  # uvicorn's new cycle (or, for an upgrade, the last one)
         scope: Any = self.scope
-        if getattr(cycle, "scope", None) is scope:
+        ours = getattr(cycle, "scope", None) is scope
+        if ours:
             scope[CYCLE_KEY] = weakref.ref(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
