@@ -2,10 +2,12 @@
 
 Every variant is an ``edgecloud serve`` started once (all up at the same time,
 idle but for the one under load); then, round after round, each (model,
-concurrency, variant) takes the same wrk load as bench/server.py (HTTP JSON,
-batch 1, its body and wrk -t1) back to back, in an order that rotates every
-round, so drift in a shared machine's load hits all alike. Reports medians over
-the rounds of req/s, p50/p99, the mean rows per runtime call
+concurrency, variant) takes the same load as bench/server.py (HTTP JSON,
+batch 1, its body and wrk -t1; gRPC: typed contents from
+bench/grpc_loadgen.py over ONE channel, which is one HTTP/2 connection and
+so one worker) back to back, in an order that rotates every round, so
+drift in a shared machine's load hits all alike. Reports medians over the
+rounds of req/s, p50/p99, the mean rows per runtime call
 (``edgecloud_batch_size`` from /metrics) and the server's CPU per request
 (user + system of the server and its workers, /proc, over the warm-up and the
 run, divided by the rows run): the figure that the machine's other load
@@ -25,6 +27,7 @@ results rule: bench/results/local/ unless the defaults or ``--write``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import statistics
@@ -38,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parse_bench_args, write_result
+from grpc_loadgen import infer_request, run_grpc_load
 from server import http_bodies, inputs_of, wrk
 
 from edgecloud.server.launch import ServerProcess, free_port, serve_process
@@ -48,6 +52,8 @@ VARIANTS: dict[str, str] = {
     "w2": "--workers:2",
     # the previous default of 2 workers: 2 runner slots per model in each worker
     "w2-2slots": "--workers:2,EDGECLOUD_SERVER_RUNNERS_PER_MODEL:4",
+    # every worker with all cores' threads: what one gRPC channel (one worker) needs
+    "w2-t2": "--workers:2,--threads:2",
 }
 
 
@@ -67,11 +73,13 @@ def parse_variant(spec: str) -> tuple[str, list[str], dict[str, str]]:
     return name, flags, env
 
 
-def start(repo: Path, flags: list[str], env: dict[str, str], log: Path) -> ServerProcess:
+def start(
+    repo: Path, flags: list[str], env: dict[str, str], log: Path, grpc_port: int
+) -> ServerProcess:
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        return serve_process(repo, http_port=free_port(), extra=flags, log=log)
+        return serve_process(repo, http_port=free_port(), grpc_port=grpc_port, extra=flags, log=log)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -127,25 +135,36 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 8])
     parser.add_argument("--models", nargs="+", default=["minilm", "digits-small"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"],
+        help="grpc: bench/grpc_loadgen.py, ONE channel (one HTTP/2 connection, so one "
+        "worker of N takes it all), typed contents",
+    )  # fmt: skip
     args = parse_bench_args(parser)
     variants = [parse_variant(v) for v in args.variants]
     bodies = {m: http_bodies(inputs_of(m))["json"] for m in args.models}
-    samples: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    messages = {m: infer_request(m, inputs_of(m), raw=False) for m in args.models}
+    samples: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         servers: dict[str, ServerProcess] = {}
+        grpc_ports: dict[str, int] = {}
         try:
             for name, flags, env in variants:
-                servers[name] = start(args.repo, flags, env, Path(tmp) / f"{name}.log")
+                grpc_ports[name] = free_port()
+                log = Path(tmp) / f"{name}.log"
+                servers[name] = start(args.repo, flags, env, log, grpc_ports[name])
             cases = [
-                (m, c, name)
+                (m, protocol, c, name)
                 for m in args.models
+                for protocol in args.protocols
                 for c in args.concurrency
                 for name, _, _ in variants
             ]
             for r in range(args.rounds):
                 shift = r % len(cases)
-                for model, c, name in cases[shift:] + cases[:shift]:
-                    port = int(servers[name].url.rsplit(":", 1)[1])
+                for model, protocol, c, name in cases[shift:] + cases[:shift]:
+                    http_port = int(servers[name].url.rsplit(":", 1)[1])
+                    port = grpc_ports[name] if protocol == "grpc" else http_port
                     body, headers = bodies[model]
                     before = batch_totals(servers[name].url, model)
                     pid = servers[name].process.pid
@@ -156,8 +175,15 @@ def main() -> None:
                         lambda port=port, split=split: split.append(connections_per_process(port)),
                     )
                     probe.start()
-                    result = wrk(port, f"/v2/models/{model}/infer", body, headers,
-                                 c, args.seconds, args.warmup)  # fmt: skip
+                    if protocol == "grpc":
+                        target = f"127.0.0.1:{grpc_ports[name]}"
+                        result = asyncio.run(run_grpc_load(
+                            target, messages[model], concurrency=c, seconds=args.seconds,
+                            warmup=args.warmup,
+                        ))  # fmt: skip
+                    else:
+                        result = wrk(http_port, f"/v2/models/{model}/infer", body, headers,
+                                     c, args.seconds, args.warmup)  # fmt: skip
                     probe.join()
                     result["connections_per_process"] = split[0] if split else None
                     cpu = cpu_seconds(pid) - cpu
@@ -167,9 +193,9 @@ def main() -> None:
                     result["cpu_ms_per_request"] = 1e3 * cpu / served if served else None
                     executions = after[0] - before[0]
                     result["mean_batch_rows"] = served / executions if executions else None
-                    samples.setdefault((model, c, name), []).append(result)
-                    print(f"round {r} {model:13} c={c:<3} {name:10} {result['req_per_s']:8.1f} "
-                          f"req/s p99 {result['p99_ms']:7.1f} ms, batch "
+                    samples.setdefault((model, protocol, c, name), []).append(result)
+                    print(f"round {r} {model:13} {protocol:4} c={c:<3} {name:10} "
+                          f"{result['req_per_s']:8.1f} req/s p99 {result['p99_ms']:7.1f} ms, batch "
                           f"{result['mean_batch_rows'] or 0:.1f}, cpu/req "
                           f"{result['cpu_ms_per_request'] or 0:.2f} ms, connections "
                           f"{result['connections_per_process']}",
@@ -178,10 +204,11 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
     rows = []
-    print(f"\nmedians over {args.rounds} rounds (HTTP JSON, batch 1)")
-    for (model, c, name), runs in sorted(samples.items()):
+    print(f"\nmedians over {args.rounds} rounds (JSON / typed contents, batch 1)")
+    for (model, protocol, c, name), runs in sorted(samples.items()):
         row = {
             "model": model,
+            "protocol": protocol,
             "concurrency": c,
             "variant": name,
             "spec": dict(zip(*[[v[0] for v in variants], args.variants], strict=True))[name],
@@ -195,7 +222,7 @@ def main() -> None:
         }
         rows.append(row)
         splits = " ".join("/".join(map(str, x or [])) for x in row["connections_per_process"])
-        print(f"{model:13} c={c:<3} {name:10} {row['req_per_s']:8.1f} req/s  "
+        print(f"{model:13} {protocol:4} c={c:<3} {name:10} {row['req_per_s']:8.1f} req/s  "
               f"p50 {row['p50_ms']:6.1f} p99 {row['p99_ms']:6.1f} ms  "
               f"batch {row['mean_batch_rows']:5.1f}  "
               f"cpu/req {row['cpu_ms_per_request']:5.2f} ms  "
