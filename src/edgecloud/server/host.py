@@ -187,6 +187,35 @@ def model_states(repository: ModelRepository, local: LocalBackend) -> dict[str, 
     return states
 
 
+class ServedTrace(Trace):
+    """The trace of a request this server computed: a queue span and a compute span,
+    made when first read (most answers' traces are never read: only the edge
+    gateway's ``expose_trace`` and in-process callers look; issue 17 asked for
+    trace objects nobody reads not to be allocated per request)."""
+
+    __slots__ = ("_batch", "_compute", "_queued", "_spans")
+
+    def __init__(self, label: str, queued: float, compute: float, batch: int) -> None:
+        self.served_by = label
+        self._queued, self._compute, self._batch = queued, compute, batch
+        self._spans: list[Span] | None = None
+
+    @property
+    def spans(self) -> list[Span]:
+        """``[queue, compute]`` spans, made once (appends to the list are kept)."""
+        if self._spans is None:
+            label = self.served_by
+            self._spans = [
+                Span(label, "queue", self._queued),
+                Span(label, "compute", self._compute, f"batch of {self._batch}"),
+            ]
+        return self._spans
+
+    @spans.setter
+    def spans(self, value: list[Span]) -> None:
+        self._spans = value
+
+
 class ModelHost:
     """Serve every model of a repository: load, batch, dedupe, trace."""
 
@@ -227,6 +256,7 @@ class ModelHost:
         self._retiring: set[asyncio.Task[None]] = set()
         self._computing: set[asyncio.Future[InferResponse]] = set()
         self._costs: dict[str, tuple[weakref.ref[Any], RunCost]] = {}
+        self._names: dict[str, tuple[str, str, str]] = {}  # label -> (model, version, trace label)
         self._model_metrics: dict[str, tuple[Any, ...]] = {}
         self._ticks: dict[str, TickBatcher] = {}
         self.states: dict[str, ModelState] = {}
@@ -401,13 +431,17 @@ class ModelHost:
         self, loaded: LoadedModel, request: InferRequest, outputs: Arrays,
         queued: float, compute: float, batch: int,
     ) -> InferResponse:  # fmt: skip
-        label = f"server:{loaded.entry.name}/{loaded.entry.version}"
-        spans = [Span(label, "queue", queued), Span(label, "compute", compute, f"batch of {batch}")]
+        names = self._names.get(loaded.label)
+        if names is None:
+            entry = loaded.entry
+            names = self._names[loaded.label] = (
+                entry.name, str(entry.version), f"server:{entry.name}/{entry.version}"
+            )  # fmt: skip
         return InferResponse(
-            model=loaded.entry.name,
-            version=str(loaded.entry.version),
+            model=names[0],
+            version=names[1],
             outputs=outputs,
-            trace=Trace(label, spans),
+            trace=ServedTrace(names[2], queued, compute, batch),
             id=request.id,
         )
 
