@@ -598,7 +598,7 @@ def test_a_client_gone_before_its_answer_counts_as_499_on_both_paths(
     app = HttpApp(host)
     body = json.dumps(_affine()).encode()
 
-    class Cycle:
+    class Cycle:  # the lane's cycle, and (gone) the protocol the ASGI scope points to
         disconnected = True
         started = time.perf_counter()
 
@@ -607,6 +607,9 @@ def test_a_client_gone_before_its_answer_counts_as_499_on_both_paths(
 
         def reply(self, status: int, payload: bytes, headers: Any) -> None:
             self.replies.append(status)
+
+        def gone(self) -> bool:
+            return True
 
     async def both() -> None:
         cycle = Cycle()
@@ -634,3 +637,81 @@ def test_a_client_gone_before_its_answer_counts_as_499_on_both_paths(
     text = host.metrics.exposition().decode()
     assert 'edgecloud_requests_total{code="499",model="affine",protocol="http"} 2.0' in text
     assert 'code="200",model="affine",protocol="http"' not in text
+
+
+def test_an_answer_to_a_client_that_closed_counts_as_499(pair: Pair) -> None:
+    """The client sends its request and closes its side while it computes: uvicorn
+    closes the connection on that EOF, so the answer can go nowhere; both paths
+    count it 499 (the connection's state, not a flag set later on one cycle)."""
+    key = 'edgecloud_requests_total{code="499",model="ident-fp32",protocol="http"}'
+    body = json.dumps({"inputs": [{"name": "x", "shape": [3000], "datatype": "FP32",
+                                   "data": [0.5] * 3000}]}).encode()  # fmt: skip
+    executor = pair.app.host.executor  # type: ignore[attr-defined]
+    for port, path in ((pair.fast, "/v2/models/ident-fp32/infer"),
+                       (pair.asgi, "/v2/models/ident-fp32/infer?x=1")):  # fmt: skip
+        gate = threading.Event()
+        held = [executor.submit(gate.wait) for _ in range(executor._max_workers)]
+        before = _metrics(port)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(_request(path, body))
+                conn.shutdown(socket.SHUT_WR)
+                time.sleep(0.3)  # computing: the pool's threads are held
+                gate.set()
+                assert conn.recv(65536) == b""  # no answer: the server closed on EOF
+        finally:
+            gate.set()
+        for future in held:
+            future.result(10)
+        deadline = time.monotonic() + 10
+        while True:
+            delta = _delta(before, _metrics(port))
+            counted = {k: v for k, v in delta.items() if 'model="ident-fp32"' in k}
+            if counted:
+                break
+            assert time.monotonic() < deadline, delta
+            time.sleep(0.05)
+        assert counted == {key: 1.0}, (port, counted)
+
+
+def test_closed_connections_are_freed_without_a_full_collection(pair: Pair) -> None:
+    """No reference cycle keeps a closed connection's protocol (its URL, headers and
+    cycles) for the rare full collection of the serving GC set-up."""
+    import gc
+
+    def alive() -> int:
+        return sum(isinstance(o, FastLaneProtocol) for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        base = alive()
+        for _ in range(20):
+            _exchange(pair.fast, _infer("affine", _affine()))  # the lane's last answer
+            _exchange(pair.fast, _request("/v2/health/ready", b"", method="GET", length=False))
+        time.sleep(0.3)
+        assert alive() - base <= 2, (base, alive())
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nhost: x\r\n\r\n", 414),
+        (b"GET /v2 HTTP/1.1\r\n" + b"x-pad: " + b"b" * 70000 + b"\r\n\r\n", 431),
+        (b"GET /v2 HTTP/1.1\r\n" + b"x-pad: bbbb\r\n" * 6000 + b"\r\n", 431),
+    ],
+    ids=["url", "one header", "many headers"],
+)
+def test_oversized_request_heads_are_refused_and_the_connection_closed(
+    pair: Pair, raw: bytes, status: int
+) -> None:
+    with socket.create_connection(("127.0.0.1", pair.fast), timeout=10) as conn:
+        conn.sendall(raw)
+        got = b""
+        while chunk := conn.recv(65536):
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), got[:200]
+    assert b"connection: close" in head and json.loads(body)["error"]

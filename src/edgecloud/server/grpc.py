@@ -215,6 +215,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = CLIENT_GONE  # the caller went away (deadline, cancel): not a server error
             raise
         finally:
+            if not label:  # not served at arrival: its label now (HttpApp._count's rule)
+                label = model_label(request.model_name, self.host.states)
             count, latency = self._requests.labelled(label, code)
             count.inc()
             latency.observe(time.perf_counter() - started)

@@ -73,18 +73,18 @@ NOT_READY = b'{"ready":false}'
 
 
 #: Where :class:`.protocol.FastLaneProtocol` leaves the ASGI scope a weak reference
-#: to uvicorn's cycle, whose ``disconnected`` says the client left.
+#: to the connection's protocol, whose ``gone()`` says the client left.
 CYCLE_KEY = "edgecloud.cycle"
 
 
 def client_gone(scope: Scope) -> bool:
-    """Whether the client of an ASGI request has closed its connection (False where
-    the server leaves no cycle reference: it cannot tell)."""
+    """Whether the client of an ASGI request has gone (its connection lost or
+    closing); False where the server leaves no reference: it cannot tell."""
     ref = scope.get(CYCLE_KEY)
     if ref is None:
         return False
-    cycle = ref()
-    return cycle is not None and bool(cycle.disconnected)
+    protocol = ref()
+    return protocol is None or bool(protocol.gone())
 
 
 class _ClientGone(Exception):
@@ -431,7 +431,7 @@ class HttpApp:
         finally:
             if code != CLIENT_GONE and client_gone(scope):  # no one gets the answer
                 code = CLIENT_GONE
-            self._count(label, code, started, size)
+            self._count(model, label, code, started, size)
         return answer
 
     def _start(self, decoded: DecodedRequest) -> InferResponse | Awaitable[InferResponse]:
@@ -456,8 +456,14 @@ class HttpApp:
             return 200, payload, JSON
         return 200, payload, [*BINARY, (_HEADER_LENGTH, b"%d" % json_length)]
 
-    def _count(self, label: str, code: int, started: float, size: int) -> None:
-        """Count one infer request answered with ``code`` (and give a failed one's memory back)."""
+    def _count(self, model: str, label: str, code: int, started: float, size: int) -> None:
+        """Count one infer request answered with ``code`` (and give a failed one's memory back)
+        under ``label``, the model's label at arrival, or its label now when it was not
+        served at arrival (loaded while the request read its body): the model's name
+        when it was served at either time (a request is never relabelled ``""`` by an
+        unload, nor counted under ``""`` when a load made it succeed)."""
+        if not label:
+            label = model_label(model, self.host.states)
         count, latency = self._requests.labelled(label, code)
         count.inc()
         latency.observe(time.perf_counter() - started)
@@ -520,7 +526,7 @@ class HttpApp:
     def infer_gone(self, model: str, started: float, size: int) -> None:
         """Count a fast-lane request whose client left before its body was whole
         (499, never computed: as :meth:`_read_body`'s ``_ClientGone``)."""
-        self._count(model_label(model, self.host.states), CLIENT_GONE, started, size)
+        self._count(model, "", CLIENT_GONE, started, size)
 
     def _direct_answer(
         self, cycle: DirectCycle, label: str, started: float, size: int,
@@ -531,7 +537,9 @@ class HttpApp:
         except Exception as exc:
             self._direct_failed(cycle, response.model, label, started, size, exc)
             return
-        self._count(label, CLIENT_GONE if cycle.disconnected else 200, started, size)
+        self._count(
+            response.model, label, CLIENT_GONE if cycle.disconnected else 200, started, size
+        )
         cycle.reply(status, payload, headers)
 
     def _direct_failed(
@@ -539,7 +547,7 @@ class HttpApp:
         exc: BaseException,
     ) -> None:  # fmt: skip
         status, payload, headers = self._failure(exc, "POST", f"/v2/models/{model}/infer")
-        self._count(label, CLIENT_GONE if cycle.disconnected else status, started, size)
+        self._count(model, label, CLIENT_GONE if cycle.disconnected else status, started, size)
         cycle.reply(status, payload, headers)
 
     def _failure(self, exc: BaseException, method: str, path: str) -> tuple[int, bytes, list[Any]]:

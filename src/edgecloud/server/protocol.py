@@ -24,6 +24,7 @@ control, limits, ``Expect: 100-continue``, graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import weakref
@@ -41,6 +42,8 @@ FlowControl: Any = _httptools_impl.FlowControl
 STATUS_LINE: dict[int, bytes] = _httptools_impl.STATUS_LINE
 
 __all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_URL_BYTES",
     "PIPELINE_DEPTH",
     "CoalescingHttpToolsProtocol",
     "CoalescingTransport",
@@ -110,14 +113,80 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport`, reading no
     further from a connection with :data:`PIPELINE_DEPTH` requests queued."""
 
+    _refused: tuple[int, str] | None = None
+    _header_bytes = 0
+
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self.flow = _CappedFlow(self.transport, self)
+        self._lost = False
+        self._self_ref = weakref.ref(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        super().connection_lost(exc)
+
+    def gone(self) -> bool:
+        """The client is gone: the connection was lost or is closing (an answer
+        written now would be dropped). Connection state: uvicorn marks only the
+        newest cycle, and only once ``connection_lost`` runs, after the close."""
+        return self._lost or self.transport.is_closing()
+
+    def on_headers_complete(self) -> None:
+        # the ASGI app reads gone() through the scope (a weak reference: no cycle),
+        # to count an answer whose client left before it as 499, as the lane does
+        scope: Any = self.scope
+        scope[CYCLE_KEY] = self._self_ref
+        super().on_headers_complete()
+
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        # httptools sets no limit, and uvicorn joins the pieces with +=: an endless
+        # URL grew memory and stalled the loop (hostile review, issue 17)
+        if len(self.url) + len(url) > MAX_URL_BYTES:
+            self._refused = (414, f"the request target is longer than {MAX_URL_BYTES} bytes")
+            raise _Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refused = (431, f"the request's headers exceed {MAX_HEADER_BYTES} bytes")
+            raise _Refused
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request the parser refused, or 414 / 431 for one
+        refused here for its size: a JSON error, then the connection closes."""
+        refused, self._refused = self._refused, None
+        if refused is None:
+            super().send_400_response(msg)
+            return
+        status, message = refused
+        body = json.dumps({"error": message}).encode()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        content += (
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # resumes reading unless enough is queued
         if len(self.pipeline) >= PIPELINE_DEPTH:
             self.flow.pause_reading()
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop a request refused for its size."""
 
 
 class _CappedFlow(FlowControl):  # type: ignore[misc]
@@ -133,10 +202,14 @@ class _CappedFlow(FlowControl):  # type: ignore[misc]
 
     def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
         super().__init__(transport)
-        self._protocol = protocol
+        # weak: the protocol holds this flow; a cycle between them would keep a
+        # closed connection (its URL, headers, cycles) until a full collection,
+        # rare under the serving GC set-up (hostile review, issue 17)
+        self._protocol = weakref.ref(protocol)
 
     def resume_reading(self) -> None:
-        if len(self._protocol.pipeline) < PIPELINE_DEPTH:
+        protocol = self._protocol()
+        if protocol is None or len(protocol.pipeline) < PIPELINE_DEPTH:
             super().resume_reading()
 
 
@@ -171,6 +244,12 @@ _INFER_URL = re.compile(rb'/v2/models/([!"$&-.0->@-~]+)/infer')  # 0x21-0x7e but
 #: The longest infer URL the lane takes (a model name of about 2 kB); longer ones
 #: go through uvicorn's URL parser, which answers 400 from 64 KiB.
 MAX_LANE_URL = 2048
+#: The longest request target (path and query) read: longer is 414 and the
+#: connection closes (nginx's default header buffer is 8 kB).
+MAX_URL_BYTES = 8192
+#: The most bytes of header lines read per request: more is 431 and the connection
+#: closes (h11, uvicorn's other protocol, stops at 16 kB).
+MAX_HEADER_BYTES = 65536
 #: Requests a connection may have queued behind the one being answered before
 #: reading from it pauses. uvicorn resumes reading after every response, so a
 #: client that pipelines without reading its answers had another 256 kB read
@@ -187,28 +266,42 @@ class _FastCycle:
     attributes: ``response_complete``, ``disconnected``, ``keep_alive``)."""
 
     __slots__ = (
-        "body", "computing", "disconnected", "header_length", "keep_alive", "message_event",
+        "_disconnected", "body", "computing", "header_length", "keep_alive", "message_event",
         "model", "protocol", "response_complete", "started",
     )  # fmt: skip
 
     def __init__(self, protocol: FastLaneProtocol, model: str, header_length: int | None) -> None:
-        self.protocol = protocol
+        self.protocol: FastLaneProtocol | None = protocol  # dropped once answered: no cycle
         self.model = model
         self.header_length = header_length
         self.body: list[bytes] = []
         self.started = time.perf_counter()  # as the ASGI route's latency starts
         self.computing = False  # the whole body arrived and went to the app
         self.response_complete = False
-        self.disconnected = False
+        self._disconnected = False
         self.keep_alive = True
         self.message_event = _NO_EVENT
 
+    @property
+    def disconnected(self) -> bool:
+        """The client is gone: this cycle was marked, or its connection is closing or
+        lost (uvicorn marks only the newest cycle; one with requests pipelined
+        behind it, or whose transport closed on EOF, learns it from the connection)."""
+        protocol = self.protocol
+        return self._disconnected or protocol is None or protocol.gone()
+
+    @disconnected.setter
+    def disconnected(self, value: bool) -> None:
+        self._disconnected = value
+
     def reply(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         """Write the response once (nothing when the client is gone) and complete the cycle."""
-        if self.response_complete:
+        protocol = self.protocol
+        if self.response_complete or protocol is None:
             return
         self.response_complete = True
-        self.protocol.fast_reply(self, status, body, headers)
+        self.protocol = None
+        protocol.fast_reply(self, status, body, headers)
 
 
 class FastLaneProtocol(CoalescingHttpToolsProtocol):
@@ -323,21 +416,15 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete_asgi(self) -> None:
-        """uvicorn's own request start, with the cycle's client-gone flag readable
-        by the app (``scope["edgecloud.cycle"]``, a weak reference): the ASGI route
-        counts a request whose client left before its answer as 499, as the lane does."""
+        """uvicorn's own request start (:class:`CoalescingHttpToolsProtocol`'s)."""
         super().on_headers_complete()
-        cycle: Any = self.cycle  # uvicorn's new cycle (or, for an upgrade, the last one)
-        scope: Any = self.scope
-        ours = getattr(cycle, "scope", None) is scope
-        if ours:
-            scope[CYCLE_KEY] = weakref.ref(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         if type(cycle) is _FastCycle and not cycle.computing and not cycle.response_complete:
             # gone mid-body: never computed, counted as the ASGI route counts it (499)
             cycle.response_complete = True
+            cycle.protocol = None
             self.fast_app.infer_gone(cycle.model, cycle.started, sum(map(len, cycle.body)))
         super().connection_lost(exc)
 
@@ -347,7 +434,7 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         """Write a fast-lane response as uvicorn's ``send`` would: status line, the
         server's default headers (``date``), ``headers``, Content-Length, body."""
         transport = self.transport
-        if not cycle.disconnected and not transport.is_closing():
+        if not cycle._disconnected and not self.gone():
             content = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 content += (name, b": ", value, b"\r\n")
