@@ -249,6 +249,36 @@ def test_config_integers_are_bounded_for_every_writer(kind: str, repo: ModelRepo
     assert statuses["two-input"].error is None
 
 
+def test_preferred_batch_sizes_beyond_max_batch_size_are_refused(
+    repo: ModelRepository, tmp_path: Path
+) -> None:
+    """A preferred size above max_batch_size could never be formed (a batch never holds
+    more rows): refused with a line naming both, as Triton refuses it, for config.yaml
+    (both readers) and config.pbtxt alike."""
+    path = repo.root / "affine" / "config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["dynamic_batching"] = {"preferred_batch_sizes": [4, 16]}
+    with pytest.raises(ValueError, match=r"preferred_batch_sizes \[16\] exceed max_batch_size 8"):
+        ModelConfig.model_validate(raw)
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ModelLoadError, match="preferred_batch_sizes"):
+        repo.config("affine")
+    raw["dynamic_batching"] = {"preferred_batch_sizes": [4, 8]}  # at the limit: kept
+    path.write_text(yaml.safe_dump(raw))
+    assert repo.config("affine").dynamic_batching.preferred_batch_sizes == [4, 8]
+
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    model = tmp_path / "triton" / "t"
+    (model / "1").mkdir(parents=True)
+    affine_onnx(model / "1" / "model.onnx")
+    (model / "config.pbtxt").write_text(
+        'name: "t"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        "dynamic_batching { preferred_batch_size: [ 4, 16 ] }\n"
+    )
+    [status] = ModelRepository(tmp_path / "triton").status()
+    assert status.error is not None and "preferred_batch_sizes" in status.error, status.error
+
+
 def test_largest_in_range_values_are_kept(repo: ModelRepository) -> None:
     config = repo.config("affine").model_copy(update={"max_batch_size": 2**31 - 1})
     assert ModelConfig.model_validate(config.model_dump()).max_batch_size == 2**31 - 1

@@ -135,7 +135,9 @@ class DynamicBatching(BaseModel):
     preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(
         default_factory=list
     )
-    """Batch sizes to run as soon as they are reached."""
+    """Batch sizes to prefer: once the queue holds at least one of them, a batch of
+    the largest that can be formed runs at once (Triton's rule); none may exceed
+    ``max_batch_size``."""
 
 
 class ModelConfig(BaseModel):
@@ -178,6 +180,15 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"duplicate {kind} names in {names}")
             for spec in specs:
                 _check_bounds(kind, spec)
+        batching = self.dynamic_batching
+        if batching is not None and self.max_batch_size > 0:
+            beyond = [s for s in batching.preferred_batch_sizes if s > self.max_batch_size]
+            if beyond:  # Triton refuses such a config too
+                raise ValueError(
+                    f"dynamic_batching.preferred_batch_sizes {beyond} exceed max_batch_size "
+                    f"{self.max_batch_size}: a batch never holds more rows, so they could "
+                    "never be formed"
+                )
         return self
 
     @property

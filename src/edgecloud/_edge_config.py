@@ -376,6 +376,15 @@ def lean_config(data: Any) -> EdgeModelConfig | None:
     metrics, metadata = data.get("metrics", {}), data.get("metadata", {})
     if policy is None or batching is UNSURE or type(description) is not str:
         return None
+    limit = data.get("max_batch_size", 0)
+    if (
+        batching is not None
+        and type(limit) is int
+        and limit > 0
+        and any(size > limit for size in batching.preferred_batch_sizes)
+    ):
+        return None  # the full parser words the refusal
+
     if type(metrics) is not dict or not all(
         type(k) is str and (type(v) is float or _is_int(v, -(2**53), 2**53))
         for k, v in metrics.items()

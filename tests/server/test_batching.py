@@ -158,3 +158,35 @@ def test_on_batch_is_called_once_per_run_with_its_rows(repo: ModelRepository) ->
         asyncio.run(run())
     assert sum(seen) == 10 and len(seen) == batcher.stats.batches, seen
     assert max(seen) <= 4 and len(seen) >= 3
+
+
+def test_the_largest_preferred_size_that_can_be_formed_runs_at_once(
+    repo: ModelRepository,
+) -> None:
+    """Triton's rule: three rows queued with preferred [2] form a batch of 2 at once
+    (not only an exact total of 2), the third waits for companions."""
+    seen: list[int] = []
+    with LocalBackend(repo) as local, ThreadPoolExecutor(1) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=400_000,
+            preferred_batch_sizes=[2], concurrency=2, on_batch=seen.append,
+        )  # fmt: skip
+        gate = threading.Event()
+        pool.submit(gate.wait)
+
+        async def run() -> float:
+            first = asyncio.ensure_future(batcher.submit({"x": rows(1)[0]}, None, 1))
+            await asyncio.sleep(0.02)  # the first batch is running (its thread is held)
+            started = time.perf_counter()
+            three = [asyncio.ensure_future(batcher.submit({"x": x}, None, 1)) for x in rows(3, 1)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            await asyncio.wait(three, return_when=asyncio.FIRST_COMPLETED)
+            waited = time.perf_counter() - started
+            await asyncio.gather(first, *three)
+            await batcher.close()
+            return waited
+
+        waited = asyncio.run(run())
+    assert waited < 0.3, waited  # not the 400 ms delay
+    assert sorted(seen) == [1, 1, 2], seen

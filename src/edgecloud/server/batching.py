@@ -20,7 +20,9 @@ iteration) and no batch is running, it runs at once — waiting could only
 add latency, since nothing it could be merged with is in flight (Triton
 waits out the delay even then; the price was measured on the H200: c=1
 270 vs 380 req/s on resnet18-like). Under load a batch is running or the
-queue holds several, so batches still gather for the delay. A batch whose
+queue holds several, so batches still gather for the delay, until a
+``preferred_batch_sizes`` entry can be formed: then the largest that can
+runs at once (Triton's rule; an exact total was needed before). A batch whose
 merged run fails is re-run request by request, so a bad request fails alone.
 """
 
@@ -172,8 +174,9 @@ class DynamicBatcher:
 
     async def _gather_companions(self) -> None:
         deadline = self._queue[0].enqueued + self.max_delay
+        smallest = min(self.preferred, default=self.max_batch_size)
         while (total := sum(p.size for p in self._queue)) < self.max_batch_size:
-            if total in self.preferred:
+            if total >= smallest:  # a preferred size can be formed: _take_batch forms it
                 return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -193,10 +196,14 @@ class DynamicBatcher:
         batch: list[_Pending] = []
         rest: list[_Pending] = []
         total = 0
+        limit = self.max_batch_size
+        if self.preferred:  # Triton's rule: the largest preferred size that can be formed
+            queued = sum(p.size for p in self._queue)
+            fit = [size for size in self.preferred if size <= min(queued, limit)]
+            if fit:
+                limit = max(fit)
         for pending in self._queue:
-            if (
-                total + pending.size <= self.max_batch_size or not batch
-            ) and pending.signature() == signature:
+            if (total + pending.size <= limit or not batch) and pending.signature() == signature:
                 batch.append(pending)
                 total += pending.size
             else:
