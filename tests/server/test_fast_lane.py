@@ -698,7 +698,7 @@ def test_closed_connections_are_freed_without_a_full_collection(pair: Pair) -> N
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nhost: x\r\n\r\n", 414),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nhost: x\r\n\r\n", 414),
         (b"GET /v2 HTTP/1.1\r\n" + b"x-pad: " + b"b" * 70000 + b"\r\n\r\n", 431),
         (b"GET /v2 HTTP/1.1\r\n" + b"x-pad: bbbb\r\n" * 6000 + b"\r\n", 431),
     ],

@@ -245,8 +245,9 @@ _INFER_URL = re.compile(rb'/v2/models/([!"$&-.0->@-~]+)/infer')  # 0x21-0x7e but
 #: go through uvicorn's URL parser, which answers 400 from 64 KiB.
 MAX_LANE_URL = 2048
 #: The longest request target (path and query) read: longer is 414 and the
-#: connection closes (nginx's default header buffer is 8 kB).
-MAX_URL_BYTES = 8192
+#: connection closes. Just under what uvicorn's URL parser takes (it refuses
+#: 64 KiB with a 400), so every URL it served before is still served.
+MAX_URL_BYTES = 65535
 #: The most bytes of header lines read per request: more is 431 and the connection
 #: closes (h11, uvicorn's other protocol, stops at 16 kB).
 MAX_HEADER_BYTES = 65536
