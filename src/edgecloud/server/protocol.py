@@ -149,14 +149,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         if len(self.url) + len(url) > MAX_URL_BYTES:
             self._refused = (414, f"the request target is longer than {MAX_URL_BYTES} bytes")
             raise _Refused
-        super().on_url(url)
+        self.url += url  # uvicorn's on_url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_HEADER_BYTES:
             self._refused = (431, f"the request's headers exceed {MAX_HEADER_BYTES} bytes")
             raise _Refused
-        super().on_header(name, value)
+        name = name.lower()  # uvicorn's on_header, inline: it runs for every header
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser refused, or 414 / 431 for one
