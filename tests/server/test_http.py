@@ -256,7 +256,11 @@ def test_batch_size_metric_counts_executions_and_their_rows(server: Server) -> N
     assert response.status_code == 200, response.text  # no runtime call: not observed
     count, total = _batch_histogram(server, "affine")
     assert total - sum0 == sum(sizes)
-    assert -(-sum(sizes) // 8) <= count - count0 < len(sizes), (count - count0, "runs")
+    # At most one execution per request, at least the rows over max_batch_size; how many
+    # merge depends on arrival times (a request finding its batcher idle runs at once),
+    # so merging itself is checked where it is deterministic: test_batching.py's
+    # test_on_batch_is_called_once_per_run_with_its_rows.
+    assert -(-sum(sizes) // 8) <= count - count0 <= len(sizes), (count - count0, "runs")
 
 
 def test_metrics_and_openapi(server: Server) -> None:

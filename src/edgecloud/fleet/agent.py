@@ -265,7 +265,8 @@ class UpdateAgent:
         """Recover after a crash and serve each model's active version; returns model -> version.
 
         Interrupted ``add_version`` writes are rolled back, the trash emptied,
-        half-downloaded staging files kept (a later download resumes them). A
+        half-downloaded staging files kept (a later download resumes them), and a
+        commit cut between its state write and its discards finished. A
         version whose files fail their sha256 is moved aside and the previous
         one served (reported as an ``error`` event).
         """
@@ -277,6 +278,11 @@ class UpdateAgent:
                 if self._store.recovered is not None:
                     self._event(model, "error", False, None, None, self._store.recovered)
                 served[model] = self._serve_recovered(model)
+                try:  # a commit SIGKILLed before its discards: finish it now, not at a check
+                    with storage_errors(f"the update of {model}"):
+                        self._finish_commit(model)
+                except UpdateStorageError as exc:
+                    self._event(model, "error", False, None, self.active(model), exc.message)
         return served
 
     def _serve_recovered(self, model: str) -> int | None:

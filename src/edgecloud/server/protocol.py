@@ -342,7 +342,7 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         cycle = self._fast_cycle()
         if cycle is None:
-            self.on_headers_complete_asgi()
+            super().on_headers_complete()  # the ASGI path
         else:
             self.cycle = cycle
 
@@ -418,10 +418,6 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         # (data_received) arms it while the same bytes still hold the next request.
         self._unset_keepalive_if_required()
         super().on_message_begin()
-
-    def on_headers_complete_asgi(self) -> None:
-        """uvicorn's own request start (:class:`CoalescingHttpToolsProtocol`'s)."""
-        super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
