@@ -620,9 +620,8 @@ class HttpApp:
         if self._token is None:
             return
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
+            if name == b"authorization":  # the first one decides, as the lane's check
+                if self.authorized(value):
                     return
                 raise AuthenticationError("the bearer token is wrong")
         raise AuthenticationError("this server needs 'Authorization: Bearer <token>'")

@@ -28,6 +28,7 @@ import json
 import re
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 from .._optional import require
@@ -170,17 +171,33 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             return
         status, message = refused
         body = json.dumps({"error": message}).encode()
+        self.transport.write(self.response_bytes(status, _JSON_HEADERS, body, close=True))
+        self.transport.close()
+
+    def response_bytes(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        close: bool = False,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> bytes:
+        """A whole response as uvicorn's ``send`` writes it: status line, the server's
+        default headers (``date``), ``headers``, ``extra``, Content-Length,
+        ``connection: close`` when ``close``, body."""
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content += (name, b": ", value, b"\r\n")
-        content += (
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-            body,
-        )
-        self.transport.write(b"".join(content))
-        self.transport.close()
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in extra:
+            content += (name, b": ", value, b"\r\n")
+        content.append(b"content-length: %d\r\n" % len(body))
+        if close:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        return b"".join(content)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # resumes reading unless enough is queued
@@ -245,7 +262,7 @@ _NO_EVENT = _Event()
 #: else ("%" escapes, "?" query, "#" fragment).
 _INFER_URL = re.compile(rb'/v2/models/([!"$&-.0->@-~]+)/infer')  # 0x21-0x7e but # % / ?
 #: The longest infer URL the lane takes (a model name of about 2 kB); longer ones
-#: go through uvicorn's URL parser, which answers 400 from 64 KiB.
+#: go through uvicorn's URL parser (the lane does not parse URLs, only matches them).
 MAX_LANE_URL = 2048
 #: The longest request target (path and query) read: longer is 414 and the
 #: connection closes. Just under what uvicorn's URL parser takes (it refuses
@@ -260,6 +277,7 @@ MAX_HEADER_BYTES = 65536
 #: (some hundred small requests, each a cycle holding its body) queued per
 #: answer: 1.1 GB of RSS in 8 s (hostile review, issue 17).
 PIPELINE_DEPTH = 16
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 #: Headers whose requests the ASGI path answers (chunked bodies, keyed requests, upgrades).
 _NOT_ON_THE_LANE = frozenset({b"transfer-encoding", b"idempotency-key", b"upgrade"})
 
@@ -349,7 +367,7 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
     def _fast_cycle(self) -> _FastCycle | None:
         """The fast-lane cycle of the request whose headers just ended, or None."""
         url = self.url
-        if len(url) > MAX_LANE_URL:  # uvicorn's URL parser refuses 64 KiB and more: its 400
+        if len(url) > MAX_LANE_URL:  # a model name this long: the ASGI path decides
             return None
         match = _INFER_URL.fullmatch(url)
         if match is None or self.expect_100_continue or not self.lane_open:
@@ -431,23 +449,14 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
     def fast_reply(
         self, cycle: _FastCycle, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        """Write a fast-lane response as uvicorn's ``send`` would: status line, the
-        server's default headers (``date``), ``headers``, Content-Length, body."""
+        """Write a fast-lane response (:meth:`response_bytes`, with the app's
+        ``answer_headers``) and complete the request as uvicorn's ``send`` does."""
         transport = self.transport
         if not cycle._disconnected and not self.gone():
-            content = [STATUS_LINE[status]]
-            for name, value in self.server_state.default_headers:
-                content += (name, b": ", value, b"\r\n")
-            for name, value in headers:
-                content += (name, b": ", value, b"\r\n")
-            for name, value in self.fast_app.answer_headers:
-                content += (name, b": ", value, b"\r\n")
-            content.append(b"content-length: %d\r\n" % len(body))
-            if not cycle.keep_alive:  # the server is shutting down
-                content.append(b"connection: close\r\n")
-            content += (b"\r\n", body)
-            transport.write(b"".join(content))
-            if not cycle.keep_alive:
+            close = not cycle.keep_alive  # the server is shutting down
+            extra = self.fast_app.answer_headers
+            transport.write(self.response_bytes(status, headers, body, close=close, extra=extra))
+            if close:
                 transport.close()
         self.on_response_complete()
 
