@@ -198,3 +198,54 @@ def make_wire_repo(root: Path) -> ModelRepository:
     model = nonfinite_onnx(root / "nonfinite.onnx")
     repo.add_version("nonfinite", model, config=vector_config("nonfinite", "FP32"))
     return repo
+
+
+CHAIN_WIDTH = 256
+
+
+def chain_weights(depth: int) -> list[np.ndarray]:
+    """``depth`` fixed random [256, 256] matrices scaled to keep values bounded."""
+    rng = np.random.default_rng(7)
+    scale = np.float32(1.0 / np.sqrt(CHAIN_WIDTH))
+    return [
+        (rng.standard_normal((CHAIN_WIDTH, CHAIN_WIDTH)) * scale).astype(np.float32)
+        for _ in range(depth)
+    ]
+
+
+def chain_onnx(path: Path, depth: int = 40) -> Path:
+    """y = x @ W1 @ ... @ Wdepth. x: FP32 [batch, 256]: a model slow enough (about
+    5 MFLOP a row) to run in the server's pool and batchers, never inline."""
+    weights = chain_weights(depth)
+    nodes, names = [], ["x"]
+    for i in range(depth):
+        out = "y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [names[-1], f"W{i}"], [out]))
+        names.append(out)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", CHAIN_WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", CHAIN_WIDTH])],
+        initializer=[numpy_helper.from_array(w, f"W{i}") for i, w in enumerate(weights)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def chain_reference(x: np.ndarray, depth: int = 40) -> np.ndarray:
+    for w in chain_weights(depth):
+        x = x @ w
+    return x
+
+
+def chain_config(name: str = "chain", max_batch_size: int = 16) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        max_batch_size=max_batch_size,
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=(CHAIN_WIDTH,))],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=(CHAIN_WIDTH,))],
+    )

@@ -24,12 +24,20 @@ import httpx
 import numpy as np
 import pytest
 
+from edgecloud import ModelRepository
 from edgecloud.server.host import ModelHost
 from edgecloud.server.launch import free_port
 from edgecloud.server.settings import ServerSettings
 from edgecloud.server.workers import Supervisor, available_cores, worker_share
 
-from ..models import affine_reference, make_repo
+from ..models import (
+    CHAIN_WIDTH,
+    affine_reference,
+    chain_config,
+    chain_onnx,
+    chain_reference,
+    make_repo,
+)
 from .conftest import TOKEN, Server, add_batching, start_server
 from .test_http import (  # the trust checks, again with 2 workers (module fixture below)
     test_auth_is_required_and_checked,
@@ -319,3 +327,37 @@ def test_a_worker_gets_its_share_and_sessions_that_do_not_spin(state: Path) -> N
     finally:
         host.local.close()
         host.executor.shutdown()
+
+
+# -- cores shared by the workers ---------------------------------------------
+
+
+def test_one_grpc_channel_gets_every_core_through_borrowed_slots(state: Path) -> None:
+    """One channel is one connection, so one worker takes all its calls: with the
+    other worker idle, it runs batches beyond its share (server/cores.py), counted
+    in edgecloud_borrowed_batches_total; every answer is still its own."""
+    import tritonclient.grpc as triton
+
+    repo = ModelRepository(state / "repo")
+    repo.add_version("chain", chain_onnx(state / "chain.onnx"), config=chain_config())
+    server = start_server(repo, state, "--workers", "2")
+    try:
+        client = triton.InferenceServerClient(server.grpc_address)  # one channel
+        rng = np.random.default_rng(3)
+        xs = [rng.standard_normal((1, CHAIN_WIDTH)).astype(np.float32) for _ in range(192)]
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            tensor = triton.InferInput("x", [1, CHAIN_WIDTH], "FP32")
+            tensor.set_data_from_numpy(x)
+            return client.infer("chain", [tensor]).as_numpy("y")  # type: ignore[no-any-return]
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(infer, xs))
+        for x, y in zip(xs, answers, strict=True):
+            np.testing.assert_allclose(y, chain_reference(x), rtol=1e-3, atol=1e-4)
+        assert count(server, "edgecloud_borrowed_batches_total", "chain") > 0
+        assert count(server, "edgecloud_borrowed_batches_total", "chain") <= count(
+            server, "edgecloud_batch_size_count", "chain"
+        )
+    finally:
+        server.stop()

@@ -97,6 +97,9 @@ class LoadedModel:
     """The answer to an empty batch, per output that has one: ``[0, *declared
     dims]`` for each output batched along axis 0 whose declared dims are all
     fixed (see :func:`empty_answers`)."""
+    device: str = "cpu"
+    """Where runs compute: ``cpu`` (onnxruntime's CPU provider, whose intra-op
+    threads take cores), else ``cuda``."""
 
     def run(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None, batch: int
@@ -501,6 +504,9 @@ class LocalBackend(Backend):
             batched_outputs=batched_outputs(session),
             _run=run,
             strings=any(t.datatype == "BYTES" for t in (*config.inputs, *config.outputs)),
+            device="cuda"
+            if isinstance(run, TorchRunner) or session.get_providers()[0] != "CPUExecutionProvider"
+            else "cpu",
         )
         loaded.empty = empty_answers(config.outputs, loaded.batched_outputs, config.batched)
         if warm:

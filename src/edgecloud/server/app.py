@@ -23,6 +23,7 @@ from typing import Any
 from .._optional import require
 from ..errors import ConfigError
 from ..repository import ModelRepository
+from .cores import CoreSeat
 from .host import ModelHost, ModelState
 from .http import OFFLOAD_BYTES, HttpApp
 from .launch import address
@@ -59,6 +60,8 @@ class SharedListeners:
     """The run's private model-control directory (:mod:`.model_control`)."""
     worker: int = 0
     """This worker's index (0 .. N-1)."""
+    seat: CoreSeat | None = None
+    """This worker's place in the cores the workers share (:mod:`.cores`)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,11 @@ def serve(
     try:
         if shared is not None:
             host = ModelHost(
-                repository, settings, control_dir=shared.control_dir, worker=shared.worker
+                repository,
+                settings,
+                control_dir=shared.control_dir,
+                worker=shared.worker,
+                seat=shared.seat,
             )
         else:
             host = ModelHost(repository, settings)

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..backends.local import LoadedModel
 from ..errors import EdgecloudError, UnavailableError
+from .cores import CoreSeat
 
 __all__ = ["PROBE_EVERY", "BatchStats", "DynamicBatcher", "TickBatcher"]
 
@@ -90,12 +91,21 @@ class DynamicBatcher:
         concurrency: int = 2,
         observe: Callable[[float, int], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        seat: CoreSeat | None = None,
+        threads: int = 1,
+        on_borrow: Callable[[], None] | None = None,
     ) -> None:
         """``observe(seconds, elements)`` is called (in the pool thread) after each
         runtime call with its duration and input elements (the host's per-version cost);
         ``on_batch(rows)`` once per runtime call that returned, with the rows it ran
         (the ``edgecloud_batch_size`` histogram: one observation per execution, as
-        Triton's ``nv_inference_exec_count``, not one per request)."""
+        Triton's ``nv_inference_exec_count``, not one per request).
+
+        ``concurrency`` batches may run at once. With a ``seat`` (a worker of
+        ``serve --workers N``, :mod:`.cores`), each batch books ``threads`` cores in
+        the ledger the workers share, and up to ``seat.runners`` batches run at once
+        while the workers' booked threads fit in the cores; ``on_borrow()`` is called
+        (on the event loop) for each batch started beyond ``concurrency``."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.loaded = loaded
@@ -108,10 +118,16 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
+        self._share = concurrency
+        self._most = max(concurrency, seat.runners) if seat is not None else concurrency
+        self._seat = seat
+        self._threads = threads
+        self._on_borrow = on_borrow
+        self._held = 0  # runner slots taken: batches executing or gathering companions
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = 0  # batches executing
+        self._gathering = False  # the loop waits for companions (max_queue_delay_us)
 
     async def submit(
         self, inputs: Inputs, outputs: Sequence[str] | None, size: int
@@ -125,7 +141,7 @@ class DynamicBatcher:
             raise UnavailableError(f"{self.loaded.label} was unloaded; retry the request")
         if size == 0:  # never merged: the same answer alone or under load, no runtime call
             return self.loaded.run(inputs, outputs, 0), 0.0, 0.0
-        if not self._queue and self.max_delay == 0 and not self._slots.locked():
+        if not self._queue and self.max_delay == 0 and self._slot_free():
             return await self._run_now(_Pending(inputs, outputs, size, _future()))
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
@@ -133,18 +149,20 @@ class DynamicBatcher:
             asyncio.get_running_loop().create_future()
         )
         self._queue.append(_Pending(inputs, outputs, size, future))
-        self._wakeup.set()
+        if len(self._queue) == 1 or self._gathering:
+            # else the loop waits for a batch's end, which wakes it (_release)
+            self._wakeup.set()
         return await future
 
     async def _run_now(self, pending: _Pending) -> tuple[Arrays, float, float]:
-        """Run a lone request in a free slot without queueing it."""
-        await self._slots.acquire()  # free (checked by the caller): no suspension
+        """Run a lone request in a free slot (checked by the caller) without queueing it."""
+        self._hold()
         self._running += 1
         try:
             await self._run([pending])
         finally:
             self._running -= 1
-            self._slots.release()
+            self._release()
         result: tuple[Arrays, float, float] = await pending.future
         return result
 
@@ -154,15 +172,43 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
 
+    def _slot_free(self) -> bool:
+        """Whether a batch may start now: a slot of this worker's share is free, or
+        (``serve --workers N``) one up to ``seat.runners`` and the cores it needs are."""
+        if self._held < self._share:
+            return True
+        if self._held >= self._most or self._seat is None:
+            return False
+        return self._seat.may_borrow(self._threads)
+
+    def _hold(self) -> None:
+        if self._held >= self._share and self._on_borrow is not None:
+            self._on_borrow()
+        self._held += 1
+        if self._seat is not None:
+            self._seat.book(self._threads)
+
+    def _release(self) -> None:
+        self._held -= 1
+        if self._seat is not None:
+            self._seat.release(self._threads)
+        self._wakeup.set()  # the loop may start the next batch
+
     async def _loop(self) -> None:
         while not (self._closed and not self._queue):
-            if not self._queue:
+            if not self._queue or not self._slot_free():
+                # woken by an arrival or a batch's end: another worker's cores
+                # freeing wakes nothing, so a borrow waits for one of those
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._slots.acquire()
+            self._hold()
             if self.max_delay > 0 and (len(self._queue) > 1 or self._running):
-                await self._gather_companions()
+                self._gathering = True
+                try:
+                    await self._gather_companions()
+                finally:
+                    self._gathering = False
             batch = self._take_batch()
             self._running += 1  # counted from now: the next wake-up sees it running
             task = asyncio.create_task(self._run(batch))
@@ -170,7 +216,7 @@ class DynamicBatcher:
 
     def _batch_done(self, _: asyncio.Task[None]) -> None:
         self._running -= 1
-        self._slots.release()
+        self._release()
 
     async def _gather_companions(self) -> None:
         deadline = self._queue[0].enqueued + self.max_delay

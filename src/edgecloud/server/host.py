@@ -31,6 +31,7 @@ from ..errors import (
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
 from .batching import Arrays, DynamicBatcher, TickBatcher
+from .cores import CoreSeat, available_cores
 from .idempotency import (
     CLAIM_GRACE_S,
     IdempotencyStore,
@@ -227,11 +228,15 @@ class ModelHost:
         *,
         control_dir: Path | None = None,
         worker: int = 0,
+        seat: CoreSeat | None = None,
     ) -> None:
         """``control_dir``, ``worker``: the serve run's private model-control directory
         and this worker's index, with ``--workers N`` (:mod:`.model_control`); None: one
-        process, whose explicit wanted set lives in memory."""
+        process, whose explicit wanted set lives in memory. ``seat``: this worker's
+        place in the cores the workers share (:mod:`.cores`), which lets its batchers
+        of CPU models run beyond its share of runner slots while cores idle."""
         self.repository = repository
+        self.seat = seat
         self.settings = settings
         self.metrics = metrics or ServerMetrics()
         self.local = LocalBackend(
@@ -567,6 +572,9 @@ class ModelHost:
                 max_queue_delay_us=config.max_queue_delay_us if config else 0,
                 preferred_batch_sizes=config.preferred_batch_sizes if config else (),
                 concurrency=self.settings.runners_per_model,
+                seat=self.seat if loaded.device == "cpu" else None,
+                threads=self.settings.intra_op_threads or available_cores(),
+                on_borrow=self.metrics.borrowed_batches.labels(loaded.entry.name).inc,
                 observe=self.cost(loaded).add,
                 # called in pool threads: the child itself, not the loop's deferred view
                 on_batch=_per_runtime_call(

@@ -255,6 +255,15 @@ class ServerMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.borrowed_batches = Counter(
+            "edgecloud_borrowed_batches_total",
+            "Batches a worker of serve --workers N ran beyond its share of runner slots "
+            "(runners_per_model / N), on cores the other workers left idle: load that "
+            "reached one worker (one gRPC channel is one connection, so one worker) "
+            "still gets every core.",
+            ["model"],
+            registry=self.registry,
+        )
         self.replays = Counter(
             "edgecloud_idempotent_replays_total",
             "Requests answered from the idempotency cache.",

@@ -26,7 +26,10 @@ Multiprocess``):
   (:func:`worker_share`): ``intra_op_threads`` 0 ("all cores") becomes
   ``cores // N`` per worker, and ``runners_per_model`` (batches of a model run
   at once) ``runners // N`` (at least 1), so N workers run no more batches at
-  once than one process. Sessions do not spin (``LocalBackend(spin=False)``):
+  once than one process. That share is guaranteed, not a cap: while the other
+  workers leave cores idle, a worker borrows slots up to ``runners_per_model``
+  (:mod:`.cores`), so one connection's load (one gRPC channel lands on one
+  worker) still gets every core. Sessions do not spin (``LocalBackend(spin=False)``):
   a spinning onnxruntime thread takes the core another worker needs (a trial
   of bench/workers_ab.py, minilm c=64 on a loaded 2-core machine, one worker
   with one slot of 2 threads: 78 req/s spinning, 166 not; moot at the default
@@ -91,6 +94,7 @@ from typing import Any
 from ..errors import ConfigError, EdgecloudError, UnavailableError, describe
 from ..repository import ModelRepository
 from .app import Listening, SharedListeners, bound_port, listen, serve
+from .cores import CoreLedger, available_cores
 from .host import ModelHost
 from .http import HttpApp
 from .launch import address
@@ -113,15 +117,6 @@ WORKER_HEADER = b"x-edgecloud-worker"
 _PR_SET_PDEATHSIG = 1
 
 
-def available_cores() -> int:
-    """Cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count``
-    where that does not exist), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def worker_count(settings: ServerSettings) -> int:
     """``settings.workers``, or one per available core when it is None."""
     return settings.workers or available_cores()
@@ -136,7 +131,9 @@ def worker_share(threads: int, runners: int, workers: int, cores: int) -> tuple[
       call, as given, in every worker;
     - runners -> ``runners // workers`` each (at least 1): ``runners_per_model``
       is the batches of a model the whole server runs at once, so N workers run
-      no more than one process would (the default 2: one per core here).
+      no more than one process would (the default 2: one per core here). This
+      is each worker's guaranteed share; :mod:`.cores` lets a worker borrow up
+      to ``runners`` while the others leave cores idle.
 
     Why the runner split: each worker kept 2 slots, so 2 workers ran up to 4
     one-thread minilm batches on 2 cores, and each worker's half of the
@@ -295,6 +292,8 @@ class Supervisor:
             self._control_dir = state / "control"
             self._control_dir.mkdir()
             self._worker_settings = self._split(bound_port(http), grpc)
+            # before the forks: the workers share its memory (cores.py)
+            self._ledger = CoreLedger(self.workers, available_cores())
             grpc_port = None if grpc is None else bound_port(grpc)
             tls = self.settings.tls_cert is not None
             self._listening = Listening(self.settings.host, bound_port(http), grpc_port, tls)
@@ -387,6 +386,7 @@ class Supervisor:
     def _exited(self, worker: _Worker) -> None:
         worker.close()
         del self._running[worker.index]
+        self._ledger.clear(worker.index)  # its batches died with it
         lived = time.monotonic() - worker.started
         if not worker.ready and worker.error is not None:  # it said why: no retry helps
             raise ConfigError(worker.error)
@@ -518,7 +518,8 @@ def _work(supervisor: Supervisor, index: int, status_fd: int, parent: int) -> in
     settings = supervisor._worker_settings
     try:
         http = reuse_port_socket(settings.host, settings.http_port, "HTTP", "--http-port")
-        shared = SharedListeners(http, make_app, supervisor._control_dir, index)
+        seat = supervisor._ledger.seat(index, supervisor.settings.runners_per_model)
+        shared = SharedListeners(http, make_app, supervisor._control_dir, index, seat)
         repository = ModelRepository(supervisor.root)
         serve(repository, settings, lambda _: report("ready"), shared=shared)
     except EdgecloudError as exc:

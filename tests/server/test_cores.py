@@ -1,0 +1,141 @@
+"""The cores the workers share (server/cores.py): a batcher runs beyond its share of
+runner slots exactly while the workers' booked threads leave a core idle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgecloud import LocalBackend, ModelRepository
+from edgecloud.server.batching import DynamicBatcher
+from edgecloud.server.cores import CoreLedger
+
+from ..models import affine_reference
+
+
+class Gate:
+    """``on_batch`` that holds each runtime call's pool thread until opened, and
+    records how many calls were held at once."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most = 0
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, rows: int) -> None:
+        with self._lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        self.entered.release()
+        self.opened.wait(10)
+        with self._lock:
+            self.inside -= 1
+
+
+def two_requests(
+    repo: ModelRepository, ledger: CoreLedger, gate: Gate, *, other_booked: int
+) -> tuple[int, int, int]:
+    """Worker 0 (share 1 slot, 2 for the server) gets two requests at once while
+    worker 1 has ``other_booked`` threads running; (runs held at once before the
+    gate opened, threads booked meanwhile, batches borrowed)."""
+    borrowed: list[int] = []
+    ledger.seat(1, 2).book(other_booked)
+    with LocalBackend(repo) as local, ThreadPoolExecutor(4) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=1, concurrency=1,
+            seat=ledger.seat(0, 2), threads=1, on_batch=gate, on_borrow=lambda: borrowed.append(1),
+        )  # fmt: skip
+        xs = [np.full((1, 4), float(i), np.float32) for i in range(2)]
+
+        async def run() -> tuple[int, int]:
+            calls = [asyncio.ensure_future(batcher.submit({"x": x}, None, 1)) for x in xs]
+            await asyncio.to_thread(gate.entered.acquire, True, 10)  # the first run is in
+            # the second, if it may borrow, enters too
+            second_in = await asyncio.to_thread(gate.entered.acquire, True, 0.3)
+            held, booked = gate.inside, ledger.booked()
+            gate.opened.set()
+            answers = await asyncio.gather(*calls)
+            for x, (out, _, _) in zip(xs, answers, strict=True):
+                np.testing.assert_allclose(out["y"], affine_reference(x)[0], rtol=1e-5)
+            await batcher.close()
+            assert second_in == (held == 2)
+            return held, booked
+
+        held, booked = asyncio.run(run())
+    return held, booked, len(borrowed)
+
+
+def test_a_worker_borrows_a_slot_while_the_other_workers_leave_a_core_idle(
+    repo: ModelRepository,
+) -> None:
+    ledger, gate = CoreLedger(workers=2, cores=2), Gate()
+    held, booked, borrowed = two_requests(repo, ledger, gate, other_booked=0)
+    assert held == 2, "the second request waited although a core was idle"
+    assert booked == 2 and borrowed == 1
+    assert ledger.booked() == 0, "the runs' threads stay booked after they ended"
+
+
+def test_no_slot_is_borrowed_while_the_other_worker_uses_its_cores(
+    repo: ModelRepository,
+) -> None:
+    ledger, gate = CoreLedger(workers=2, cores=2), Gate()
+    held, booked, borrowed = two_requests(repo, ledger, gate, other_booked=1)
+    assert held == 1 and gate.most == 1, "borrowed a core the other worker was using"
+    assert booked == 2 and borrowed == 0  # its own share's run and the other worker's
+    assert ledger.booked() == 1  # the other worker's run, still going
+
+
+def test_without_a_seat_the_share_is_the_cap(repo: ModelRepository) -> None:
+    """One process (no ledger): ``concurrency`` batches at once, as before."""
+    gate = Gate()
+    with LocalBackend(repo) as local, ThreadPoolExecutor(4) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=1, concurrency=1, on_batch=gate
+        )
+
+        async def run() -> None:
+            calls = [
+                asyncio.ensure_future(batcher.submit({"x": np.ones((1, 4), np.float32)}, None, 1))
+                for _ in range(3)
+            ]
+            await asyncio.to_thread(gate.entered.acquire, True, 10)
+            assert not await asyncio.to_thread(gate.entered.acquire, True, 0.3)
+            gate.opened.set()
+            await asyncio.gather(*calls)
+            await batcher.close()
+
+        asyncio.run(run())
+    assert gate.most == 1 and batcher.stats.batches == 3
+
+
+def test_the_ledger_is_one_memory_for_forked_workers_and_clear_forgets_a_dead_one() -> None:
+    ledger = CoreLedger(workers=3, cores=4)
+    pid = os.fork()
+    if pid == 0:  # a worker: books 3 threads and dies without releasing them
+        try:
+            ledger.seat(2, 2).book(3)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    seat = ledger.seat(0, 2)
+    assert ledger.booked() == 3
+    assert not seat.may_borrow(2) and seat.may_borrow(1)
+    ledger.clear(2)  # the supervisor reaped it
+    assert ledger.booked() == 0 and seat.may_borrow(4) and not seat.may_borrow(5)
+
+
+@pytest.mark.parametrize(
+    ("workers", "cores", "index"), [(0, 2, 0), (2, 0, 0), (2, 2, 2), (2, 2, -1)]
+)
+def test_the_ledger_refuses_impossible_sizes_and_seats(
+    workers: int, cores: int, index: int
+) -> None:
+    with pytest.raises((ValueError, IndexError), match="worker|cores"):
+        CoreLedger(workers, cores).seat(index, 2)
