@@ -20,7 +20,7 @@ cores over it.
 A variant is ``NAME=ARGS`` with ARGS the extra ``serve`` flags and
 ``EDGECLOUD_SERVER_*`` settings as ``KEY:VALUE``, comma-separated, e.g.
 ``w2r1=--workers:2,EDGECLOUD_SERVER_RUNNERS_PER_MODEL:1``; a bare name picks
-one of :data:`VARIANTS`. Writes ``workers_ab.json`` (bench/_common.py's
+one of :data:`VARIANTS`. Writes ``workers_ab.json`` and ``.png`` (bench/_common.py's
 results rule: bench/results/local/ unless the defaults or ``--write``).
 """
 
@@ -52,7 +52,8 @@ VARIANTS: dict[str, str] = {
     "w2": "--workers:2",
     # the previous default of 2 workers: 2 runner slots per model in each worker
     "w2-2slots": "--workers:2,EDGECLOUD_SERVER_RUNNERS_PER_MODEL:4",
-    # every worker with all cores' threads: what one gRPC channel (one worker) needs
+    # every worker with all cores' threads: what one gRPC channel (one worker) needed
+    # before a worker could borrow the cores the others leave idle (server/cores.py)
     "w2-t2": "--workers:2,--threads:2",
 }
 
@@ -227,8 +228,40 @@ def main() -> None:
               f"batch {row['mean_batch_rows']:5.1f}  "
               f"cpu/req {row['cpu_ms_per_request']:5.2f} ms  "
               f"connections {splits}")  # fmt: skip
-    write_result("workers_ab", {"machine": machine(), "args": vars(args) | {"repo": str(args.repo)},
-                                "rows": rows})  # fmt: skip
+    path = write_result("workers_ab", {"machine": machine(),
+                                       "args": vars(args) | {"repo": str(args.repo)},
+                                       "rows": rows})  # fmt: skip
+    plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png').name}")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """req/s (top) and p99 (bottom) per case, one bar per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["model"], r["protocol"], r["concurrency"]) for r in rows})
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by = {(r["model"], r["protocol"], r["concurrency"], r["variant"]): r for r in rows}
+    fig, axes = plt.subplots(2, len(cases), figsize=(2.2 * len(cases), 5.5), squeeze=False)
+    colors = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377"]
+    for col, (model, protocol, c) in enumerate(cases):
+        for row, key, label in ((0, "req_per_s", "req/s"), (1, "p99_ms", "p99 (ms)")):
+            ax = axes[row][col]
+            values = [by.get((model, protocol, c, v), {}).get(key, 0.0) for v in variants]
+            ax.bar(range(len(variants)), values, color=colors[: len(variants)])
+            ax.set_xticks(range(len(variants)), variants, rotation=60, fontsize=7)
+            ax.tick_params(axis="y", labelsize=7)
+            if row == 0:
+                ax.set_title(f"{model}\n{protocol} c={c}", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(label)
+    fig.suptitle("edgecloud serve: 1 worker vs N (medians of interleaved rounds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
