@@ -22,7 +22,7 @@ def rows(n: int, seed: int = 0) -> list[np.ndarray]:
 
 async def submit_all(batcher: DynamicBatcher, inputs: list[np.ndarray]) -> list[dict]:
     results = await asyncio.gather(*(batcher.submit({"x": x}, None, 1) for x in inputs))
-    return [outputs for outputs, _, _ in results]
+    return [outputs for outputs, _, _, _ in results]
 
 
 def test_preferred_size_cuts_the_wait_short(repo: ModelRepository) -> None:
@@ -75,7 +75,7 @@ def test_a_lone_request_at_an_idle_batcher_skips_the_delay(repo: ModelRepository
         async def run() -> list[float]:
             waits = []
             for x in rows(3):  # one after another: the batcher is idle for each
-                outputs, queued, _ = await batcher.submit({"x": x}, None, 1)
+                outputs, queued, _, _ = await batcher.submit({"x": x}, None, 1)
                 np.testing.assert_allclose(outputs["y"], affine_reference(x)[0], rtol=1e-5)
                 waits.append(queued)
             await batcher.close()
@@ -190,3 +190,34 @@ def test_the_largest_preferred_size_that_can_be_formed_runs_at_once(
         waited = asyncio.run(run())
     assert waited < 0.3, waited  # not the 400 ms delay
     assert sorted(seen) == [1, 1, 2], seen
+
+
+def test_each_request_gets_the_rows_of_its_own_batch(repo: ModelRepository) -> None:
+    """Two batches run at once and end out of order: each request's rows are those of
+    the run that served it (the trace's batch size), not the batch that started last."""
+    gates = {1: threading.Event(), 2: threading.Event()}
+
+    def held(rows: int) -> None:  # on_batch runs in the pool thread, after the run
+        gates[rows].wait(10)
+
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=8, max_queue_delay_us=50_000,
+            concurrency=2, on_batch=held,
+        )  # fmt: skip
+
+        async def run() -> tuple[int, list[int]]:
+            alone = asyncio.ensure_future(batcher.submit({"x": rows(1)[0]}, None, 1))
+            await asyncio.sleep(0.05)  # idle batcher: running at once (held) in one slot
+            pair = [asyncio.ensure_future(batcher.submit({"x": x}, None, 1)) for x in rows(2, 1)]
+            await asyncio.sleep(0.2)  # merged after the delay in the other slot, started last
+            gates[1].set()  # the first batch ends first
+            first = (await alone)[3]
+            gates[2].set()
+            second = [(await p)[3] for p in pair]
+            await batcher.close()
+            return first, second
+
+        first, second = asyncio.run(run())
+    assert first == 1, "the lone request read the rows of the batch that started after it"
+    assert second == [2, 2]

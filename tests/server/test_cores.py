@@ -62,7 +62,7 @@ def two_requests(
             held, booked = gate.inside, ledger.booked()
             gate.opened.set()
             answers = await asyncio.gather(*calls)
-            for x, (out, _, _) in zip(xs, answers, strict=True):
+            for x, (out, _, _, _) in zip(xs, answers, strict=True):
                 np.testing.assert_allclose(out["y"], affine_reference(x)[0], rtol=1e-5)
             await batcher.close()
             assert second_in == (held == 2)

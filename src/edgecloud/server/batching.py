@@ -131,8 +131,10 @@ class DynamicBatcher:
 
     async def submit(
         self, inputs: Inputs, outputs: Sequence[str] | None, size: int
-    ) -> tuple[Arrays, float, float]:
-        """Queue validated inputs; returns (outputs, queue seconds, compute seconds).
+    ) -> tuple[Arrays, float, float, int]:
+        """Queue validated inputs; returns (outputs, queue seconds, compute seconds,
+        rows of the runtime call that ran them: this request's batch, not whichever
+        ran last, which a concurrent batch may be by the time the caller reads it).
 
         ``size`` is the request's row count (0 for an empty batch). UnavailableError
         once the batcher is closed (its version was unloaded): a retry finds the new one.
@@ -140,12 +142,12 @@ class DynamicBatcher:
         if self._closed:
             raise UnavailableError(f"{self.loaded.label} was unloaded; retry the request")
         if size == 0:  # never merged: the same answer alone or under load, no runtime call
-            return self.loaded.run(inputs, outputs, 0), 0.0, 0.0
+            return self.loaded.run(inputs, outputs, 0), 0.0, 0.0, 0
         if not self._queue and self.max_delay == 0 and self._slot_free():
             return await self._run_now(_Pending(inputs, outputs, size, _future()))
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.loaded.label}")
-        future: asyncio.Future[tuple[Arrays, float, float]] = (
+        future: asyncio.Future[tuple[Arrays, float, float, int]] = (
             asyncio.get_running_loop().create_future()
         )
         self._queue.append(_Pending(inputs, outputs, size, future))
@@ -154,7 +156,7 @@ class DynamicBatcher:
             self._wakeup.set()
         return await future
 
-    async def _run_now(self, pending: _Pending) -> tuple[Arrays, float, float]:
+    async def _run_now(self, pending: _Pending) -> tuple[Arrays, float, float, int]:
         """Run a lone request in a free slot (checked by the caller) without queueing it."""
         self._hold()
         self._running += 1
@@ -163,7 +165,7 @@ class DynamicBatcher:
         finally:
             self._running -= 1
             self._release()
-        result: tuple[Arrays, float, float] = await pending.future
+        result: tuple[Arrays, float, float, int] = await pending.future
         return result
 
     async def close(self) -> None:
@@ -276,9 +278,10 @@ class DynamicBatcher:
             await self._run_alone(batch)
             return
         elapsed = time.perf_counter() - started
+        rows = sum(p.size for p in batch)
         for pending, outputs in zip(batch, results, strict=True):
             if not pending.future.done():
-                pending.future.set_result((outputs, started - pending.enqueued, elapsed))
+                pending.future.set_result((outputs, started - pending.enqueued, elapsed, rows))
 
     async def _run_alone(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -294,7 +297,8 @@ class DynamicBatcher:
                 continue
             if not pending.future.done():
                 elapsed = time.perf_counter() - started
-                pending.future.set_result((outputs, started - pending.enqueued, elapsed))
+                queued = started - pending.enqueued
+                pending.future.set_result((outputs, queued, elapsed, pending.size))
 
     def _mergeable(self, pending: _Pending) -> bool:
         names = pending.outputs if pending.outputs is not None else self.loaded.output_names
@@ -520,5 +524,5 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
         future.set_result(outcome)
 
 
-def _future() -> asyncio.Future[tuple[Arrays, float, float]]:
+def _future() -> asyncio.Future[tuple[Arrays, float, float, int]]:
     return asyncio.get_running_loop().create_future()

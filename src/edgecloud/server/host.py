@@ -506,8 +506,9 @@ class ModelHost:
         """Outputs, queue seconds, compute seconds and batch rows of one validated request."""
         batcher = self._batcher(loaded)
         if batcher is not None:
-            outputs, queued, compute = await batcher.submit(request.inputs, request.outputs, size)
-            batch = batcher.stats.last_batch_size
+            outputs, queued, compute, batch = await batcher.submit(
+                request.inputs, request.outputs, size
+            )
         else:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(
