@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgecloud import LocalBackend, ModelRepository
 from edgecloud.server.batching import DynamicBatcher
-from edgecloud.server.cores import CoreLedger
+from edgecloud.server.cores import WINDOW_S, CoreLedger
+from edgecloud.server.host import ModelHost
+from edgecloud.server.settings import ServerSettings
 
 from ..models import affine_reference
 
@@ -139,3 +144,118 @@ def test_the_ledger_refuses_impossible_sizes_and_seats(
 ) -> None:
     with pytest.raises((ValueError, IndexError), match="worker|cores"):
         CoreLedger(workers, cores).seat(index, 2)
+
+
+def test_a_borrowed_slot_counts_only_runs_that_returned(repo: ModelRepository) -> None:
+    """edgecloud_borrowed_batches_total counts where edgecloud_batch_size does (runtime
+    calls that returned): failed runs in borrowed slots count in neither."""
+    ledger, borrowed, executed = CoreLedger(workers=2, cores=2), [], []
+    with LocalBackend(repo) as local, ThreadPoolExecutor(4) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=1, concurrency=1,
+            seat=ledger.seat(0, 2), threads=1, on_batch=executed.append,
+            on_borrow=lambda: borrowed.append(1),
+        )  # fmt: skip
+
+        async def run() -> tuple[list[BaseException | tuple], int, list[BaseException | tuple]]:
+            calls = [  # onnxruntime refuses float64
+                batcher.submit({"x": np.ones((1, 4), np.float64)}, None, 1) for _ in range(40)
+            ]
+            bad = await asyncio.gather(*calls, return_exceptions=True)
+            counted = len(borrowed) + len(executed)
+            calls = [batcher.submit({"x": np.ones((1, 4), np.float32)}, None, 1) for _ in range(40)]
+            good = await asyncio.gather(*calls, return_exceptions=True)
+            await batcher.close()
+            return bad, counted, good
+
+        bad, counted, good = asyncio.run(run())
+    assert all(isinstance(r, Exception) for r in bad) and counted == 0
+    assert all(isinstance(r, tuple) for r in good)
+    assert 0 < len(borrowed) <= len(executed) == 40
+    assert ledger.booked() == 0
+
+
+def test_a_cancelled_caller_leaves_its_run_booked_until_the_run_ends(
+    repo: ModelRepository,
+) -> None:
+    ledger, gate = CoreLedger(workers=2, cores=2), Gate()
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=1, concurrency=1,
+            seat=ledger.seat(0, 2), threads=1, on_batch=gate,
+        )  # fmt: skip
+
+        async def run() -> tuple[int, int]:
+            x = np.ones((1, 4), np.float32)
+            call = asyncio.ensure_future(batcher.submit({"x": x}, None, 1))
+            await asyncio.to_thread(gate.entered.acquire, True, 10)
+            call.cancel()
+            await asyncio.sleep(0.05)
+            during = ledger.booked()
+            gate.opened.set()
+            for _ in range(200):
+                if ledger.booked() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            await batcher.close()
+            return during, ledger.booked()
+
+        during, after = asyncio.run(run())
+    assert during == 1, "a cancelled caller freed the core its computation still used"
+    assert after == 0
+
+
+def _other_worker(ledger: CoreLedger, busy: bool) -> int:
+    """A forked process in seat 1 that spins (a core's worth of event-loop work,
+    booking nothing) or sleeps; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ledger.seat(1, 2)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if not busy:
+                    time.sleep(0.05)
+        finally:
+            os._exit(0)
+    return pid
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_no_slot_is_borrowed_while_another_worker_computes_outside_batches(busy: bool) -> None:
+    """The other worker books nothing but keeps a core busy (its event loop: HTTP,
+    JSON, inline runs): that core is not free. A sleeping one leaves it free."""
+    ledger = CoreLedger(workers=2, cores=2)
+    seat = ledger.seat(0, 2)
+    seat.book(1)  # this worker's share is running
+    pid = _other_worker(ledger, busy)
+    try:
+        deadline = time.monotonic() + 10
+        while ledger._pids[1] != pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seat.others_unbooked()  # a window starts
+        time.sleep(3 * WINDOW_S)
+        assert seat.may_borrow(1) is not busy
+        assert seat.others_unbooked() == (1 if busy else 0)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    ledger.clear(1)  # the supervisor reaped it
+    assert seat.may_borrow(1)
+
+
+@pytest.mark.parametrize(("worker_threads", "most"), [(1, 1), (4, 3)])
+def test_a_worker_borrows_no_slot_beyond_its_pool_threads(
+    repo: ModelRepository, tmp_path: Path, worker_threads: int, most: int
+) -> None:
+    """A slot with no pool thread to run in would wait for one while booking a core."""
+    settings = ServerSettings(
+        worker_threads=worker_threads, runners_per_model=1, idempotency_db=tmp_path / "i.db"
+    )
+    host = ModelHost(repo, settings, seat=CoreLedger(workers=3, cores=3).seat(0, 3))
+    try:
+        batcher = host._batcher(host.local.load("affine"))
+        assert batcher is not None and batcher._most == most
+    finally:
+        host.local.close()
+        host.executor.shutdown()

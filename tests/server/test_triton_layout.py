@@ -166,23 +166,32 @@ def test_concurrent_requests_batch_and_split_back_exactly(
     served: Server, triton_repo: Path
 ) -> None:
     """dynamic_batching merges concurrent one-row requests into runs of at most
-    max_batch_size 8; each request still gets exactly its own row's answer."""
-    inputs = [rows(1, seed=10 + i) for i in range(32)]
+    max_batch_size 8; each request still gets exactly its own row's answer.
+
+    Whether two requests meet in the server is timing (a fast model's requests
+    merge when they reach the server in one event-loop iteration: a loaded
+    machine can serve 32 of them one by one), so bursts are sent until one
+    merges, at most 5; every answer of every burst is checked."""
+    model = triton_repo / "classifier" / "2" / "model.onnx"
     before = batch_sizes(served)
 
     def ask(x: np.ndarray) -> np.ndarray:
         result = http(served).infer("classifier", [tensor(triton_http, x)])
         return np.asarray(result.as_numpy("y"))
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(ask, inputs))
-    model = triton_repo / "classifier" / "2" / "model.onnx"
-    for x, got in zip(inputs, answers, strict=True):
-        np.testing.assert_allclose(got, run_onnx(model, x)["y"], rtol=1e-6, atol=1e-6)
-    after = batch_sizes(served)
-    added = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-    assert added["1.0"] < added["+Inf"], f"no request was merged: {added}"
-    assert added["8.0"] == added["+Inf"], f"a run exceeded max_batch_size 8: {added}"
+    added: dict[str, float] = {}
+    for burst in range(5):
+        inputs = [rows(1, seed=10 + 32 * burst + i) for i in range(32)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, inputs))
+        for x, got in zip(inputs, answers, strict=True):
+            np.testing.assert_allclose(got, run_onnx(model, x)["y"], rtol=1e-6, atol=1e-6)
+        after = batch_sizes(served)
+        added = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+        assert added["8.0"] == added["+Inf"], f"a run exceeded max_batch_size 8: {added}"
+        if added["1.0"] < added["+Inf"]:
+            break
+    assert added["1.0"] < added["+Inf"], f"no request was merged in 5 bursts: {added}"
 
 
 def test_an_unbatched_model_refuses_another_shape(served: Server) -> None:

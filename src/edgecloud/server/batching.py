@@ -93,6 +93,7 @@ class DynamicBatcher:
         on_batch: Callable[[int], None] | None = None,
         seat: CoreSeat | None = None,
         threads: int = 1,
+        most: int | None = None,
         on_borrow: Callable[[], None] | None = None,
     ) -> None:
         """``observe(seconds, elements)`` is called (in the pool thread) after each
@@ -103,9 +104,11 @@ class DynamicBatcher:
 
         ``concurrency`` batches may run at once. With a ``seat`` (a worker of
         ``serve --workers N``, :mod:`.cores`), each batch books ``threads`` cores in
-        the ledger the workers share, and up to ``seat.runners`` batches run at once
-        while the workers' booked threads fit in the cores; ``on_borrow()`` is called
-        (on the event loop) for each batch started beyond ``concurrency``."""
+        the ledger the workers share, and up to ``most`` batches (default
+        ``seat.runners``) run at once while the cores hold them
+        (:meth:`.cores.CoreSeat.may_borrow`); ``on_borrow()`` is called (in the
+        pool thread, like ``on_batch``) once per runtime call that returned in a
+        slot beyond ``concurrency``, so it never counts more than ``on_batch``."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.loaded = loaded
@@ -119,7 +122,8 @@ class DynamicBatcher:
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._share = concurrency
-        self._most = max(concurrency, seat.runners) if seat is not None else concurrency
+        ceiling = (seat.runners if most is None else most) if seat is not None else 0
+        self._most = max(concurrency, ceiling)
         self._seat = seat
         self._threads = threads
         self._on_borrow = on_borrow
@@ -157,14 +161,12 @@ class DynamicBatcher:
         return await future
 
     async def _run_now(self, pending: _Pending) -> tuple[Arrays, float, float, int]:
-        """Run a lone request in a free slot (checked by the caller) without queueing it."""
-        self._hold()
-        self._running += 1
-        try:
-            await self._run([pending])
-        finally:
-            self._running -= 1
-            self._release()
+        """Run a lone request in a free slot (checked by the caller) without queueing it.
+
+        The run is a task whose end frees the slot, as a queued batch's: a caller
+        cancelled while it computes leaves the slot (and its booked cores) taken
+        until the computation ends."""
+        self._start([pending], self._hold())
         result: tuple[Arrays, float, float, int] = await pending.future
         return result
 
@@ -183,12 +185,13 @@ class DynamicBatcher:
             return False
         return self._seat.may_borrow(self._threads)
 
-    def _hold(self) -> None:
-        if self._held >= self._share and self._on_borrow is not None:
-            self._on_borrow()
+    def _hold(self) -> bool:
+        """Take a slot (free: :meth:`_slot_free`); whether it is beyond the share."""
+        borrowed = self._held >= self._share
         self._held += 1
         if self._seat is not None:
             self._seat.book(self._threads)
+        return borrowed
 
     def _release(self) -> None:
         self._held -= 1
@@ -204,21 +207,30 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._hold()
+            borrowed = self._hold()
             if self.max_delay > 0 and (len(self._queue) > 1 or self._running):
                 self._gathering = True
                 try:
                     await self._gather_companions()
                 finally:
                     self._gathering = False
-            batch = self._take_batch()
-            self._running += 1  # counted from now: the next wake-up sees it running
-            task = asyncio.create_task(self._run(batch))
-            task.add_done_callback(self._batch_done)
+            self._start(self._take_batch(), borrowed)
 
-    def _batch_done(self, _: asyncio.Task[None]) -> None:
+    def _start(self, batch: list[_Pending], borrowed: bool) -> None:
+        """Run ``batch`` in the slot just taken, as a task that frees it when it ends."""
+        self._running += 1  # counted from now: the next wake-up sees it running
+        task = asyncio.ensure_future(self._run(batch, borrowed))
+        task.add_done_callback(lambda done: self._batch_done(batch, done))
+
+    def _batch_done(self, batch: list[_Pending], task: asyncio.Future[None]) -> None:
         self._running -= 1
         self._release()
+        failure = None if task.cancelled() else task.exception()
+        for p in batch:  # never a waiter left without an answer
+            if not p.future.done():
+                p.future.set_exception(
+                    failure or UnavailableError("the batch ended without an answer; retry")
+                )
 
     async def _gather_companions(self) -> None:
         deadline = self._queue[0].enqueued + self.max_delay
@@ -259,14 +271,14 @@ class DynamicBatcher:
         self._queue = rest
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[_Pending], borrowed: bool = False) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.last_batch_size = sum(p.size for p in batch)
         try:
-            results = await loop.run_in_executor(self._executor, self._compute, batch)
+            results = await loop.run_in_executor(self._executor, self._compute, batch, borrowed)
         except EdgecloudError:
             results = None
         except Exception as exc:  # keep the batcher alive whatever happens
@@ -275,7 +287,7 @@ class DynamicBatcher:
                     p.future.set_exception(exc)
             return
         if results is None:  # merged run failed or did not split: run each alone
-            await self._run_alone(batch)
+            await self._run_alone(batch, borrowed)
             return
         elapsed = time.perf_counter() - started
         rows = sum(p.size for p in batch)
@@ -283,14 +295,15 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result((outputs, started - pending.enqueued, elapsed, rows))
 
-    async def _run_alone(self, batch: list[_Pending]) -> None:
+    async def _run_alone(self, batch: list[_Pending], borrowed: bool) -> None:
         loop = asyncio.get_running_loop()
         for pending in batch:
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(
-                    self._executor, self._timed, pending.inputs, pending.outputs, pending.size
-                )
+                    self._executor, self._timed, pending.inputs, pending.outputs, pending.size,
+                    borrowed,
+                )  # fmt: skip
             except Exception as exc:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
@@ -304,14 +317,14 @@ class DynamicBatcher:
         names = pending.outputs if pending.outputs is not None else self.loaded.output_names
         return self.loaded.splittable(names)
 
-    def _compute(self, batch: list[_Pending]) -> list[Arrays] | None:
+    def _compute(self, batch: list[_Pending], borrowed: bool) -> list[Arrays] | None:
         """Outputs per request, or None when the merged outputs do not split by rows."""
         first = batch[0]
         if len(batch) == 1:
-            return [self._timed(first.inputs, first.outputs, first.size)]
+            return [self._timed(first.inputs, first.outputs, first.size, borrowed)]
         merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in first.inputs}
         total = sum(p.size for p in batch)
-        outputs = self._timed(merged, first.outputs, total)
+        outputs = self._timed(merged, first.outputs, total, borrowed)
         if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
             return None
         results, offset = [], 0
@@ -320,7 +333,9 @@ class DynamicBatcher:
             offset += p.size
         return results
 
-    def _timed(self, inputs: Inputs, outputs: Sequence[str] | None, rows: int) -> Arrays:
+    def _timed(
+        self, inputs: Inputs, outputs: Sequence[str] | None, rows: int, borrowed: bool
+    ) -> Arrays:
         started = time.perf_counter()
         result = self.loaded.run(inputs, outputs, rows)
         if self._observe is not None:
@@ -328,6 +343,8 @@ class DynamicBatcher:
             self._observe(time.perf_counter() - started, elements)
         if self._on_batch is not None:
             self._on_batch(rows)
+        if borrowed and self._on_borrow is not None:
+            self._on_borrow()
         return result
 
 

@@ -575,6 +575,8 @@ class ModelHost:
                 concurrency=self.settings.runners_per_model,
                 seat=self.seat if loaded.device == "cpu" else None,
                 threads=self.settings.intra_op_threads or available_cores(),
+                # a slot beyond the pool's threads would wait for one, booking a core
+                most=min(self.settings.worker_threads, self.seat.runners) if self.seat else None,
                 on_borrow=self.metrics.borrowed_batches.labels(loaded.entry.name).inc,
                 observe=self.cost(loaded).add,
                 # called in pool threads: the child itself, not the loop's deferred view

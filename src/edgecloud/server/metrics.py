@@ -257,10 +257,11 @@ class ServerMetrics:
         )
         self.borrowed_batches = Counter(
             "edgecloud_borrowed_batches_total",
-            "Batches a worker of serve --workers N ran beyond its share of runner slots "
-            "(runners_per_model / N), on cores the other workers left idle: load that "
-            "reached one worker (one gRPC channel is one connection, so one worker) "
-            "still gets every core.",
+            "Runtime calls that returned in a batch a worker of serve --workers N ran "
+            "beyond its share of runner slots (runners_per_model / N), on a core the "
+            "other workers left free (server/cores.py): load that reached one worker "
+            "(one gRPC channel is one connection, so one worker) still gets every "
+            "core. Never more than edgecloud_batch_size_count.",
             ["model"],
             registry=self.registry,
         )

@@ -125,9 +125,11 @@ class ServerSettings(BaseModel):
     runners_per_model: int = Field(default=2, ge=1)
     """Batches of one model that may run at once in the whole server: with
     ``workers`` N each worker is guaranteed ``runners_per_model // N`` (at least
-    1), so N workers under load run no more batches at once than one process
-    would (``workers.worker_share``); a worker runs more, up to this number,
-    only while the other workers leave cores idle (``cores``)."""
+    1: with fewer runners than workers, each worker still runs one), so N
+    workers under load run no more batches at once than one process would
+    (``workers.worker_share``); a worker runs more, up to this number (and
+    ``worker_threads``), only while the other workers leave a core free
+    (``cores``)."""
     worker_threads: int = Field(default=4, ge=1)
     """Threads running onnxruntime calls."""
     intra_op_threads: int = Field(default=1, ge=0)

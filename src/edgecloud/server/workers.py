@@ -26,14 +26,14 @@ Multiprocess``):
   (:func:`worker_share`): ``intra_op_threads`` 0 ("all cores") becomes
   ``cores // N`` per worker, and ``runners_per_model`` (batches of a model run
   at once) ``runners // N`` (at least 1), so N workers run no more batches at
-  once than one process. That share is guaranteed, not a cap: while the other
-  workers leave cores idle, a worker borrows slots up to ``runners_per_model``
-  (:mod:`.cores`), so one connection's load (one gRPC channel lands on one
-  worker) still gets every core. Sessions do not spin (``LocalBackend(spin=False)``):
-  a spinning onnxruntime thread takes the core another worker needs (a trial
-  of bench/workers_ab.py, minilm c=64 on a loaded 2-core machine, one worker
-  with one slot of 2 threads: 78 req/s spinning, 166 not; moot at the default
-  of 1 thread, which has no pool).
+  once than one process (while runners >= N). That share is guaranteed, not a
+  cap: while the other workers leave a core free, a worker borrows slots up to
+  ``runners_per_model`` (:mod:`.cores`), so one connection's load (one gRPC
+  channel lands on one worker) still gets every core. Sessions do not spin
+  (``LocalBackend(spin=False)``): a spinning onnxruntime thread takes the core
+  another worker needs (a trial of bench/workers_ab.py, minilm c=64 on a loaded
+  2-core machine, one worker with one slot of 2 threads: 78 req/s spinning, 166
+  not; moot at the default of 1 thread, which has no pool).
 - A worker that **dies** (crash, OOM kill, SIGKILL) is replaced: the requests in
   flight on it are lost as connection errors (never a wrong answer), every other
   worker keeps serving. Its idempotency claims are taken over once it is reaped
@@ -133,7 +133,7 @@ def worker_share(threads: int, runners: int, workers: int, cores: int) -> tuple[
       is the batches of a model the whole server runs at once, so N workers run
       no more than one process would (the default 2: one per core here). This
       is each worker's guaranteed share; :mod:`.cores` lets a worker borrow up
-      to ``runners`` while the others leave cores idle.
+      to ``runners`` while the others leave a core free.
 
     Why the runner split: each worker kept 2 slots, so 2 workers ran up to 4
     one-thread minilm batches on 2 cores, and each worker's half of the
