@@ -37,7 +37,7 @@ from .backends.local import LocalBackend
 from .deployment import Deployment, Node, load, parse_node
 from .errors import ConfigError, DeadlineExceededError, EdgecloudError, ModelNotFoundError, clip
 from .repository import ModelConfig
-from .server.app import event_loop_factory, http_protocol, tune_gc
+from .server.app import event_loop_factory, graceful_server, http_protocol, tune_gc
 from .server.host import ModelState, model_states, open_idempotency
 
 if TYPE_CHECKING:
@@ -374,7 +374,8 @@ def _serve_gateway(
             updating.start()
             signal.signal(signal.SIGUSR1, lambda *_: host.agent.wake() if host.agent else None)
         try:
-            await uvicorn.Server(config).serve(sockets=[sock])
+            # the finally below runs on SIGTERM too (uvicorn re-raised the signal)
+            await graceful_server(uvicorn, config).serve(sockets=[sock])
         finally:
             stop.set()
             if host.agent is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "address",
     "bound_port",
     "check_ready",
+    "graceful_server",
     "listen",
     "serve",
     "tune_gc",
@@ -152,7 +153,7 @@ def serve(
         limit_concurrency=None,
         backlog=2048,
     )
-    server = uvicorn.Server(config)
+    server = graceful_server(uvicorn, config)
     tune_gc()
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -233,6 +234,7 @@ async def _run(
     shared: SharedListeners | None,
 ) -> None:  # fmt: skip
     grpc_server, grpc_port = None, None
+    drain: asyncio.Future[None] | None = None
     try:
         if settings.grpc_port is not None:
             from .grpc import start_grpc
@@ -240,14 +242,60 @@ async def _run(
             grpc_server, grpc_port = await start_grpc(
                 host, settings, token, ready=lambda: app.ready, reuse_port=shared is not None
             )
+            # gRPC drains beside HTTP, from the moment uvicorn is told to stop
+            drain = asyncio.ensure_future(_drain_on_exit(server, grpc_server, settings))
         if on_ready is not None:
             tls = settings.tls_cert is not None
             on_ready(Listening(settings.host, bound_port(http_socket), grpc_port, tls))
         await server.serve(sockets=[http_socket])
     finally:
-        if grpc_server is not None:
-            await grpc_server.stop(settings.shutdown_grace_s)
+        if drain is not None:
+            server.should_exit = True  # also when serve() ended otherwise
+            await drain
         await host.close()
+
+
+async def _drain_on_exit(server: Any, grpc_server: Any, settings: ServerSettings) -> None:
+    """Stop gRPC gracefully (calls in flight get ``shutdown_grace_s``) once uvicorn's
+    ``should_exit`` is set (SIGTERM/SIGINT), while uvicorn drains HTTP."""
+    while not server.should_exit:
+        await asyncio.sleep(0.05)
+    await grpc_server.stop(settings.shutdown_grace_s)
+
+
+def graceful_server(uvicorn: Any, config: Any) -> Any:
+    """uvicorn's ``Server``, except that a SIGTERM/SIGINT it caught is not raised
+    again once ``serve()`` returns.
+
+    uvicorn (0.29 and later) re-raises the signal after its own graceful stop so
+    that the process dies of it. Its default handler then killed the server
+    before the rest of its shutdown ran: gRPC calls in flight were cut
+    ("Stream removed") instead of finishing within ``shutdown_grace_s``, and
+    the host never closed (the idempotency store, computations that outlived
+    their callers, the deferred metrics). The process now exits 0 after the
+    whole graceful stop (as gunicorn's workers do).
+    """
+    import contextlib
+    import signal
+    import threading
+    from collections.abc import Iterator
+
+    handled = getattr(uvicorn.server, "HANDLED_SIGNALS", (signal.SIGINT, signal.SIGTERM))
+
+    class GracefulServer(uvicorn.Server):  # type: ignore[misc]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer(config)
 
 
 #: The collector's generation-0 threshold while serving (CPython's default: 700).
