@@ -16,11 +16,12 @@ import pytest
 
 from edgecloud import LocalBackend, ModelRepository
 from edgecloud.server.batching import DynamicBatcher
-from edgecloud.server.cores import WINDOW_S, CoreLedger
+from edgecloud.server.cores import STALE_S, WINDOW_S, CoreLedger
 from edgecloud.server.host import ModelHost
 from edgecloud.server.settings import ServerSettings
 
 from ..models import affine_reference
+from .test_batching import rows
 
 
 class Gate:
@@ -259,3 +260,106 @@ def test_a_worker_borrows_no_slot_beyond_its_pool_threads(
     finally:
         host.local.close()
         host.executor.shutdown()
+
+
+@pytest.mark.parametrize(("first_to_end", "counted"), [(1, 0), (2, 1)])
+def test_a_borrowed_run_takes_the_share_slot_that_frees_under_it(
+    repo: ModelRepository, first_to_end: int, counted: int
+) -> None:
+    """Share 1: a 1-row run holds the share slot, a 2-row run borrows. If the share's
+    run ends first, the borrowed one now holds the share: it is not counted as
+    borrowed (counting by start order called nearly every run borrowed)."""
+    ledger, borrowed = CoreLedger(workers=2, cores=2), []
+    gates = {1: threading.Event(), 2: threading.Event()}
+    entered = threading.Semaphore(0)
+
+    def held(rows: int) -> None:
+        entered.release()
+        gates[rows].wait(10)
+
+    with LocalBackend(repo) as local, ThreadPoolExecutor(2) as pool:
+        batcher = DynamicBatcher(
+            local.load("affine"), pool, max_batch_size=2, concurrency=1,
+            seat=ledger.seat(0, 2), threads=1, on_batch=held,
+            on_borrow=lambda: borrowed.append(1),
+        )  # fmt: skip
+
+        async def run() -> None:
+            one = asyncio.ensure_future(batcher.submit({"x": rows(1)[0]}, None, 1))
+            two_rows = np.concatenate(rows(2, 1))
+            two = asyncio.ensure_future(batcher.submit({"x": two_rows}, None, 2))
+            for _ in range(2):  # both running
+                assert await asyncio.to_thread(entered.acquire, True, 10)
+            calls = {1: one, 2: two}
+            gates[first_to_end].set()
+            await calls[first_to_end]
+            gates[3 - first_to_end].set()
+            await calls[3 - first_to_end]
+            await batcher.close()
+
+        asyncio.run(run())
+    assert len(borrowed) == counted
+    assert ledger.booked() == 0
+
+
+def test_a_stale_window_counts_the_other_worker_busy_until_measured() -> None:
+    """A window not read for STALE_S restarts: averaged over a quiet spell it would
+    read a worker that just got busy as idle; until measured it counts as busy."""
+    ledger = CoreLedger(workers=2, cores=2)
+    seat = ledger.seat(0, 2)
+    pid = _other_worker(ledger, busy=False)
+    try:
+        deadline = time.monotonic() + 10
+        while ledger._pids[1] != pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seat.others_unbooked() == 1  # not measured yet
+        time.sleep(2 * WINDOW_S)
+        assert seat.others_unbooked() == 0  # measured: asleep
+        time.sleep(STALE_S + WINDOW_S)
+        assert seat.others_unbooked() == 1  # stale: measured again before it counts idle
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/schedstat").exists(), reason="the kernel keeps no schedstat"
+)
+def test_a_starved_worker_counts_as_the_core_it_wants() -> None:
+    """Two spinners pinned to one CPU each get half of it: the one in the ledger
+    used 0.5 core but wanted 1 (half its time waiting to run), so no core is free."""
+    ledger = CoreLedger(workers=2, cores=2)
+    seat = ledger.seat(0, 2)
+    seat.book(1)
+    cpu = min(os.sched_getaffinity(0))
+    rival = os.fork()
+    if rival == 0:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                pass
+        finally:
+            os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            ledger.seat(1, 2)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                pass
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while ledger._pids[1] != pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seat.others_unbooked()
+        time.sleep(3 * WINDOW_S)
+        assert seat.others_unbooked() == 1
+        assert not seat.may_borrow(1)
+    finally:
+        for child in (pid, rival):
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)

@@ -68,6 +68,21 @@ class _Pending:
         return shapes, tuple(self.outputs) if self.outputs is not None else None
 
 
+class _Slot:
+    """A runner slot a batch holds; ``borrowed`` while it is beyond the worker's share.
+
+    When a slot of the share frees while a borrowed one runs, that one takes its
+    place (it is no longer beyond the share), so at any time ``held - share``
+    slots are borrowed, and a run counts as borrowed (``on_borrow``) only if its
+    slot still is when it returns: with both slots busy, about half the runs, not
+    every run that started while another ran."""
+
+    __slots__ = ("borrowed",)
+
+    def __init__(self, borrowed: bool) -> None:
+        self.borrowed = borrowed
+
+
 @dataclass(slots=True)
 class BatchStats:
     """Counters a metrics exporter reads."""
@@ -131,6 +146,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = 0  # batches executing
+        self._lent: list[_Slot] = []  # slots beyond the share, running or gathering
         self._gathering = False  # the loop waits for companions (max_queue_delay_us)
 
     async def submit(
@@ -185,15 +201,21 @@ class DynamicBatcher:
             return False
         return self._seat.may_borrow(self._threads)
 
-    def _hold(self) -> bool:
-        """Take a slot (free: :meth:`_slot_free`); whether it is beyond the share."""
-        borrowed = self._held >= self._share
+    def _hold(self) -> _Slot:
+        """Take a slot (free: :meth:`_slot_free`), beyond the share or not."""
+        slot = _Slot(self._held >= self._share)
+        if slot.borrowed:
+            self._lent.append(slot)
         self._held += 1
         if self._seat is not None:
             self._seat.book(self._threads)
-        return borrowed
+        return slot
 
-    def _release(self) -> None:
+    def _release(self, slot: _Slot) -> None:
+        if slot.borrowed:
+            self._lent.remove(slot)
+        elif self._lent:  # a slot of the share freed: a borrowed batch running now holds it
+            self._lent.pop().borrowed = False
         self._held -= 1
         if self._seat is not None:
             self._seat.release(self._threads)
@@ -207,24 +229,24 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            borrowed = self._hold()
+            slot = self._hold()
             if self.max_delay > 0 and (len(self._queue) > 1 or self._running):
                 self._gathering = True
                 try:
                     await self._gather_companions()
                 finally:
                     self._gathering = False
-            self._start(self._take_batch(), borrowed)
+            self._start(self._take_batch(), slot)
 
-    def _start(self, batch: list[_Pending], borrowed: bool) -> None:
+    def _start(self, batch: list[_Pending], slot: _Slot) -> None:
         """Run ``batch`` in the slot just taken, as a task that frees it when it ends."""
         self._running += 1  # counted from now: the next wake-up sees it running
-        task = asyncio.ensure_future(self._run(batch, borrowed))
-        task.add_done_callback(lambda done: self._batch_done(batch, done))
+        task = asyncio.ensure_future(self._run(batch, slot))
+        task.add_done_callback(lambda done: self._batch_done(batch, slot, done))
 
-    def _batch_done(self, batch: list[_Pending], task: asyncio.Future[None]) -> None:
+    def _batch_done(self, batch: list[_Pending], slot: _Slot, task: asyncio.Future[None]) -> None:
         self._running -= 1
-        self._release()
+        self._release(slot)
         failure = None if task.cancelled() else task.exception()
         for p in batch:  # never a waiter left without an answer
             if not p.future.done():
@@ -271,14 +293,14 @@ class DynamicBatcher:
         self._queue = rest
         return batch
 
-    async def _run(self, batch: list[_Pending], borrowed: bool = False) -> None:
+    async def _run(self, batch: list[_Pending], slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.last_batch_size = sum(p.size for p in batch)
         try:
-            results = await loop.run_in_executor(self._executor, self._compute, batch, borrowed)
+            results = await loop.run_in_executor(self._executor, self._compute, batch, slot)
         except EdgecloudError:
             results = None
         except Exception as exc:  # keep the batcher alive whatever happens
@@ -287,7 +309,7 @@ class DynamicBatcher:
                     p.future.set_exception(exc)
             return
         if results is None:  # merged run failed or did not split: run each alone
-            await self._run_alone(batch, borrowed)
+            await self._run_alone(batch, slot)
             return
         elapsed = time.perf_counter() - started
         rows = sum(p.size for p in batch)
@@ -295,14 +317,14 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result((outputs, started - pending.enqueued, elapsed, rows))
 
-    async def _run_alone(self, batch: list[_Pending], borrowed: bool) -> None:
+    async def _run_alone(self, batch: list[_Pending], slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         for pending in batch:
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(
                     self._executor, self._timed, pending.inputs, pending.outputs, pending.size,
-                    borrowed,
+                    slot,
                 )  # fmt: skip
             except Exception as exc:
                 if not pending.future.done():
@@ -317,14 +339,14 @@ class DynamicBatcher:
         names = pending.outputs if pending.outputs is not None else self.loaded.output_names
         return self.loaded.splittable(names)
 
-    def _compute(self, batch: list[_Pending], borrowed: bool) -> list[Arrays] | None:
+    def _compute(self, batch: list[_Pending], slot: _Slot) -> list[Arrays] | None:
         """Outputs per request, or None when the merged outputs do not split by rows."""
         first = batch[0]
         if len(batch) == 1:
-            return [self._timed(first.inputs, first.outputs, first.size, borrowed)]
+            return [self._timed(first.inputs, first.outputs, first.size, slot)]
         merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in first.inputs}
         total = sum(p.size for p in batch)
-        outputs = self._timed(merged, first.outputs, total, borrowed)
+        outputs = self._timed(merged, first.outputs, total, slot)
         if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
             return None
         results, offset = [], 0
@@ -334,7 +356,7 @@ class DynamicBatcher:
         return results
 
     def _timed(
-        self, inputs: Inputs, outputs: Sequence[str] | None, rows: int, borrowed: bool
+        self, inputs: Inputs, outputs: Sequence[str] | None, rows: int, slot: _Slot
     ) -> Arrays:
         started = time.perf_counter()
         result = self.loaded.run(inputs, outputs, rows)
@@ -343,7 +365,7 @@ class DynamicBatcher:
             self._observe(time.perf_counter() - started, elements)
         if self._on_batch is not None:
             self._on_batch(rows)
-        if borrowed and self._on_borrow is not None:
+        if slot.borrowed and self._on_borrow is not None:  # still beyond the share
             self._on_borrow()
         return result
 

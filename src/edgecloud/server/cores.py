@@ -23,12 +23,14 @@ it, up to ``runners_per_model`` (what one process runs at once), a batch starts
 only while the cores hold it besides
 
 - the threads every worker has booked, and
-- what the other workers compute outside booked batches: their event loops
+- what the other workers want outside booked batches: their event loops
   (HTTP and JSON, models that run inline on the loop) and gRPC threads. That is
   read from ``/proc/<pid>/stat`` (user + system time of the whole process, less
-  its booked threads), over windows of at least :data:`WINDOW_S`, and rounded to
-  whole cores. A worker busy parsing requests for a small model counts as the
-  core it takes, though it books nothing.
+  its booked threads) and ``/proc/<pid>/schedstat`` (its event loop's time on a
+  CPU plus its time waiting for one: a starved worker gets less than it wants),
+  over windows of at least :data:`WINDOW_S`, and rounded to whole cores. A
+  worker busy parsing requests for a small model counts as the core it takes,
+  though it books nothing.
 
 A worker's own event loop is not counted against it: it shares its core with
 the worker's own batches, as in one process with ``runners_per_model`` runners.
@@ -43,17 +45,21 @@ it starts, or the batch waits for a slot of the worker's own, as before. Where
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import time
 
-__all__ = ["WINDOW_S", "CoreLedger", "CoreSeat", "available_cores"]
+__all__ = ["STALE_S", "WINDOW_S", "CoreLedger", "CoreSeat", "available_cores"]
 
 _INT = 4  # bytes of one entry (memoryview format "i")
 #: The shortest window over which another worker's CPU use is measured (seconds):
 #: ``/proc`` counts CPU time in clock ticks (10 ms on Linux), so a shorter window
 #: would read mostly rounding; a longer one reacts later to a change of load.
 WINDOW_S = 0.1
+#: A window whose start is older than this is restarted: averaged over a long
+#: quiet spell, it would read a worker that just got busy as idle.
+STALE_S = 5 * WINDOW_S
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 
@@ -123,10 +129,10 @@ class CoreSeat:
         self.cores = ledger.cores
         self.runners = runners
         self._pids[index] = os.getpid()
-        #: per other pid: (CPU seconds, monotonic s) at the start of its current window
-        self._seen: dict[int, tuple[float, float]] = {}
-        #: per other pid: cores it used over its last whole window
-        self._window: dict[int, float] = {}
+        #: per other pid: (CPU s, loop run+wait s, monotonic s) at its window's start
+        self._seen: dict[int, tuple[float, float, float]] = {}
+        #: per other pid: (cores of CPU, cores its loop wanted) over its last window
+        self._window: dict[int, tuple[float, float]] = {}
 
     def book(self, threads: int) -> None:
         """A batch of ``threads`` onnxruntime threads starts in this worker."""
@@ -145,8 +151,17 @@ class CoreSeat:
         return booked + self.others_unbooked() + threads <= self.cores
 
     def others_unbooked(self) -> int:
-        """Whole cores the other workers used outside their booked batches over their
-        last window (:data:`WINDOW_S` or more; 0 until a window has passed)."""
+        """Whole cores (0.5 and up rounds up) the other workers want outside their
+        booked batches, over their last window (:data:`WINDOW_S` or more).
+
+        Per other worker, the larger of its CPU time beyond its booked threads
+        (``/proc/<pid>/stat``: all its threads) and its event loop's demand: the
+        main thread's time on a CPU plus its time waiting for one
+        (``/proc/<pid>/schedstat``). A worker starved of CPU gets less than it
+        wants, and the CPU it is denied may be what a borrowed batch took: its
+        wait counts. A window not yet measured (first sight, or no reading for
+        :data:`STALE_S`) counts as one busy core until it is.
+        """
         now = time.monotonic()
         extra = 0.0
         own = self._pids[self._index]
@@ -154,19 +169,46 @@ class CoreSeat:
             if index == self._index or pid <= 0 or pid == own:
                 continue
             start = self._seen.get(pid)
-            if start is None or now - start[1] >= WINDOW_S:
-                used = _cpu_seconds(pid)
-                if used is None:
+            if start is None or now - start[2] > STALE_S:
+                reading = _reading(pid)
+                if reading is None:
                     continue
-                if start is not None:
-                    self._window[pid] = (used - start[0]) / (now - start[1])
-                self._seen[pid] = (used, now)
-            extra += max(0.0, self._window.get(pid, 0.0) - self._counts[index])
+                self._seen[pid] = (*reading, now)
+                self._window[pid] = _UNMEASURED
+            elif now - start[2] >= WINDOW_S:
+                reading = _reading(pid)
+                if reading is None:
+                    continue
+                span = now - start[2]
+                self._window[pid] = ((reading[0] - start[0]) / span, (reading[1] - start[1]) / span)
+                self._seen[pid] = (*reading, now)
+            cpu, loop = self._window.get(pid, _UNMEASURED)
+            extra += max(cpu - self._counts[index], loop)
         if len(self._seen) > len(self._pids):  # pids of replaced workers
             live = set(self._pids)
             self._seen = {p: v for p, v in self._seen.items() if p in live}
             self._window = {p: v for p, v in self._window.items() if p in live}
-        return round(extra)
+        return math.floor(extra + 0.5)
+
+
+#: (cores of CPU beyond booked threads, cores the event loop wanted) of a window
+#: not measured yet: one busy core.
+_UNMEASURED = (1.0, 1.0)
+
+
+def _reading(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds of all of ``pid`` 's threads, seconds its main thread ran or
+    waited to run), or None when ``/proc`` cannot say (gone, or not Linux; no
+    schedstat: the wait reads 0)."""
+    cpu = _cpu_seconds(pid)
+    if cpu is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as schedstat:
+            ran, waited = schedstat.read().split()[:2]  # ns on a CPU, ns runnable (sched-stats)
+        return cpu, (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return cpu, 0.0
 
 
 def _cpu_seconds(pid: int) -> float | None:
