@@ -148,7 +148,7 @@ def test_in_process_batcher_splits_by_each_requests_rows(
                 *(batcher.submit({"x": x}, None, n) for x, n in zip(inputs, sizes, strict=True))
             )
             await batcher.close()
-            return [outputs for outputs, _, _ in done]
+            return [outputs for outputs, _, _, _ in done]
 
         answers = asyncio.run(run())
     for x, outputs in zip(inputs, answers, strict=True):

@@ -112,7 +112,7 @@ def test_a_lone_request_skips_the_batcher_queue(repo: ModelRepository) -> None:
         x = np.ones((3, 4), np.float32)
 
         async def run() -> None:
-            outputs, queued, _ = await batcher.submit({"x": x}, None, 3)
+            outputs, queued, _, _ = await batcher.submit({"x": x}, None, 3)
             np.testing.assert_allclose(outputs["y"], affine_reference(x)[0], rtol=1e-5)
             assert queued == 0.0 or queued < 0.05
             assert batcher._task is None, "a lone request went through the batcher's task"
