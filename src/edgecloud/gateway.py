@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 import threading
@@ -354,7 +355,7 @@ def _serve_gateway(
         proxy_headers=False,
         log_level="warning",
         http=http_protocol(),
-        timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
@@ -374,7 +375,7 @@ def _serve_gateway(
             updating.start()
             signal.signal(signal.SIGUSR1, lambda *_: host.agent.wake() if host.agent else None)
         try:
-            # the finally below runs on SIGTERM too (uvicorn re-raised the signal)
+            # the finally below runs on SIGTERM too (graceful_server: no re-raise)
             await graceful_server(uvicorn, config).serve(sockets=[sock])
         finally:
             stop.set()

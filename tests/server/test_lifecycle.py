@@ -111,3 +111,71 @@ def test_repository_object_is_unchanged_by_serving(tmp_path: Path) -> None:
         p: p.stat().st_mtime_ns for p in ModelRepository(repo.root).root.rglob("*") if p.is_file()
     }
     assert before == after
+
+
+def test_an_http_request_cut_by_the_grace_period_gets_a_503_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past shutdown_grace_s uvicorn cancels what still runs: the client gets a JSON
+    503 saying to retry, not uvicorn's plain-text 500, and no traceback is logged."""
+    import tritonclient.http as triton_http
+    from tritonclient.utils import InferenceServerException
+
+    monkeypatch.setenv("EDGECLOUD_SERVER_SHUTDOWN_GRACE_S", "0.5")  # HTTP: 1 s (whole)
+    repo = ModelRepository(tmp_path / "repo")
+    slow = chain_onnx(tmp_path / "chain.onnx", depth=240)  # 8192 rows: several seconds
+    repo.add_version("chain", slow, config=chain_config())
+    server = start_server(repo, tmp_path, "--workers", "1")
+    x = np.random.default_rng(6).standard_normal((8192, CHAIN_WIDTH)).astype(np.float32)
+    tensor = triton_http.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    client = triton_http.InferenceServerClient(
+        server.url.removeprefix("http://"), network_timeout=60
+    )
+    started = 'edgecloud_computations_started_total{model="chain"} 1.0'
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(client.infer, "chain", [tensor])
+        deadline = time.monotonic() + 30
+        while started not in httpx.get(server.url + "/metrics", timeout=10).text:
+            assert time.monotonic() < deadline, "the call never started"
+            time.sleep(0.005)
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(InferenceServerException) as refused:
+            call.result(timeout=60)
+    assert refused.value.status() == "503", refused.value
+    assert "retry" in str(refused.value)
+    assert server.process.wait(timeout=60) == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    """Ctrl-C twice (uvicorn's force exit): the server does not wait for the
+    computation in flight, and exits 130 without a traceback."""
+    import tritonclient.grpc as triton
+
+    repo = ModelRepository(tmp_path / "repo")
+    slow = chain_onnx(tmp_path / "chain.onnx", depth=240)
+    repo.add_version("chain", slow, config=chain_config())
+    server = start_server(repo, tmp_path, "--workers", "1")
+    x = np.zeros((8192, CHAIN_WIDTH), np.float32)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    client = triton.InferenceServerClient(server.grpc_address)
+    started = 'edgecloud_computations_started_total{model="chain"} 1.0'
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(client.infer, "chain", [tensor], client_timeout=60)
+        deadline = time.monotonic() + 30
+        while started not in httpx.get(server.url + "/metrics", timeout=10).text:
+            assert time.monotonic() < deadline, "the call never started"
+            time.sleep(0.005)
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGINT)
+        begun = time.monotonic()
+        code = server.process.wait(timeout=30)
+        waited = time.monotonic() - begun
+        with pytest.raises(Exception):  # noqa: B017 (cut: UNAVAILABLE or a reset)
+            call.result(timeout=30)
+    assert code == 130 and waited < 3, (code, waited)
+    assert "Traceback" not in server.log.read_text()

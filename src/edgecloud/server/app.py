@@ -14,6 +14,8 @@ import asyncio
 import errno
 import gc
 import logging
+import math
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,7 +151,8 @@ def serve(
         log_level="warning",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        timeout_graceful_shutdown=int(max(1, settings.shutdown_grace_s)),
+        # whole seconds (uvicorn's type), never shorter than gRPC's exact grace
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         limit_concurrency=None,
         backlog=2048,
     )
@@ -249,6 +252,13 @@ async def _run(
             on_ready(Listening(settings.host, bound_port(http_socket), grpc_port, tls))
         await server.serve(sockets=[http_socket])
     finally:
+        if getattr(server, "force_exit", False):
+            # a second Ctrl-C: abandon what runs (an onnxruntime call cannot be
+            # interrupted, and the pool's threads would hold the exit until it ends);
+            # stored idempotent answers are committed transactions already
+            log.warning("forced exit: computations in flight are abandoned")
+            logging.shutdown()
+            os._exit(130)
         if drain is not None:
             server.should_exit = True  # also when serve() ended otherwise
             await drain

@@ -220,6 +220,11 @@ class HttpApp:
             return  # no one to answer: uvicorn closes the connection
         except Exception as exc:  # never a traceback to the client
             status, body, headers = self._failure(exc, scope["method"], scope["path"])
+        except asyncio.CancelledError as exc:
+            # uvicorn cancels what still runs once shutdown_grace_s is over: a 503
+            # to retry elsewhere (a keyed one's answer is stored), not its 500 and
+            # a logged traceback
+            status, body, headers = self._failure(exc, scope["method"], scope["path"])
         await send(
             {
                 "type": "http.response.start",
@@ -233,7 +238,11 @@ class HttpApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
-            message = await receive()
+            try:
+                message = await receive()
+            except asyncio.CancelledError:  # a forced exit skips the shutdown message
+                self.ready = False
+                return
             if message["type"] == "lifespan.startup":
                 control = getattr(self.host, "control", None)
                 if control is not None:
@@ -558,7 +567,13 @@ class HttpApp:
             release(exc)  # answered: its frames (and the body they hold) are not needed
             return exc.status_code, _error(exc.message), JSON
         if isinstance(exc, asyncio.CancelledError):  # the fast lane's future: loop stopping
-            return 503, _error("the request was cancelled before its answer: retry"), JSON
+            return (
+                503,
+                _error(
+                    "the request was cancelled before its answer (the server is stopping): retry"
+                ),
+                JSON,
+            )
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
         release(exc)
         return 500, _error(f"internal error: {type(exc).__name__}"), JSON
