@@ -723,9 +723,9 @@ class UpdateAgent:
             table[current] = previous  # still served to requests that name it
         self._publish(model, table, latest=wanted)
         self._watch[model] = []
-        self._event(model, "swap", True, wanted, current, f"serving {wanted}", stats.downloaded)
-        if self.settings.watch_requests == 0:
+        if self.settings.watch_requests == 0:  # nothing to watch: committed before it is said
             self._commit(model)
+        self._event(model, "swap", True, wanted, current, f"serving {wanted}", stats.downloaded)
         return stats.outcome(model, "updated", wanted, current, health.detail)
 
     def _publish(
@@ -863,6 +863,9 @@ class UpdateAgent:
         so it stays)."""
         st = self.state(model)
         active = st["active"]
+        if st.get("watching") is not None and self.settings.watch_requests == 0:
+            self._commit(model)  # cut between the swap's state write and its commit
+            return
         if st.get("watching") is not None or active is None:
             return
         for version in self.repository.versions(model):
