@@ -194,7 +194,7 @@ class DynamicBatcher:
 
     def _slot_free(self) -> bool:
         """Whether a batch may start now: a slot of this worker's share is free, or
-        (``serve --workers N``) one up to ``seat.runners`` and the cores it needs are."""
+        (``serve --workers N``) one up to ``most`` and the cores it needs are."""
         if self._held < self._share:
             return True
         if self._held >= self._most or self._seat is None:
