@@ -84,7 +84,10 @@ def test_a_worker_borrows_a_slot_while_the_other_workers_leave_a_core_idle(
     ledger, gate = CoreLedger(workers=2, cores=2), Gate()
     held, booked, borrowed = two_requests(repo, ledger, gate, other_booked=0)
     assert held == 2, "the second request waited although a core was idle"
-    assert booked == 2 and borrowed == 1
+    assert booked == 2
+    # both end together: whether the borrowed run still is when it returns is a race
+    # (test_a_borrowed_run_takes_the_share_slot_that_frees_under_it orders them)
+    assert borrowed <= 1
     assert ledger.booked() == 0, "the runs' threads stay booked after they ended"
 
 
