@@ -69,13 +69,11 @@ class _Pending:
 
 
 class _Slot:
-    """A runner slot a batch holds; ``borrowed`` while it is beyond the worker's share.
-
-    When a slot of the share frees while a borrowed one runs, that one takes its
-    place (it is no longer beyond the share), so at any time ``held - share``
-    slots are borrowed, and a run counts as borrowed (``on_borrow``) only if its
-    slot still is when it returns: with both slots busy, about half the runs, not
-    every run that started while another ran."""
+    """A runner slot a batch holds; ``borrowed``: taken while the worker already ran
+    its share (under steady load on one worker nearly every batch is, as each
+    starts while the previous one still runs; counting only runs beyond the
+    share at their end undercounted instead: the older run ends first, so the
+    borrowed one would always have inherited the share's slot)."""
 
     __slots__ = ("borrowed",)
 
@@ -123,7 +121,8 @@ class DynamicBatcher:
         ``seat.runners``) run at once while the cores hold them
         (:meth:`.cores.CoreSeat.may_borrow`); ``on_borrow()`` is called (in the
         pool thread, like ``on_batch``) once per runtime call that returned in a
-        slot beyond ``concurrency``, so it never counts more than ``on_batch``."""
+        batch started while ``concurrency`` batches already ran, so it never counts
+        more than ``on_batch``."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.loaded = loaded
@@ -146,7 +145,6 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = 0  # batches executing
-        self._lent: list[_Slot] = []  # slots beyond the share, running or gathering
         self._gathering = False  # the loop waits for companions (max_queue_delay_us)
 
     async def submit(
@@ -204,18 +202,12 @@ class DynamicBatcher:
     def _hold(self) -> _Slot:
         """Take a slot (free: :meth:`_slot_free`), beyond the share or not."""
         slot = _Slot(self._held >= self._share)
-        if slot.borrowed:
-            self._lent.append(slot)
         self._held += 1
         if self._seat is not None:
             self._seat.book(self._threads)
         return slot
 
     def _release(self, slot: _Slot) -> None:
-        if slot.borrowed:
-            self._lent.remove(slot)
-        elif self._lent:  # a slot of the share freed: a borrowed batch running now holds it
-            self._lent.pop().borrowed = False
         self._held -= 1
         if self._seat is not None:
             self._seat.release(self._threads)
@@ -365,7 +357,7 @@ class DynamicBatcher:
             self._observe(time.perf_counter() - started, elements)
         if self._on_batch is not None:
             self._on_batch(rows)
-        if slot.borrowed and self._on_borrow is not None:  # still beyond the share
+        if slot.borrowed and self._on_borrow is not None:
             self._on_borrow()
         return result
 

@@ -257,11 +257,13 @@ class ServerMetrics:
         )
         self.borrowed_batches = Counter(
             "edgecloud_borrowed_batches_total",
-            "Runtime calls that returned in a batch a worker of serve --workers N ran "
-            "beyond its share of runner slots (runners_per_model / N), on a core the "
-            "other workers left free (server/cores.py): load that reached one worker "
-            "(one gRPC channel is one connection, so one worker) still gets every "
-            "core. Never more than edgecloud_batch_size_count.",
+            "Runtime calls that returned in a batch a worker of serve --workers N "
+            "started while it already ran its share of runner slots "
+            "(runners_per_model / N), on a core the other workers left free "
+            "(server/cores.py): load that reached one worker (one gRPC channel is one "
+            "connection, so one worker) still gets every core. Under steady load on "
+            "one worker nearly every batch starts so. Never more than "
+            "edgecloud_batch_size_count.",
             ["model"],
             registry=self.registry,
         )
