@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -60,18 +61,13 @@ def test_sigterm_lets_a_grpc_call_in_flight_finish(tmp_path: Path, workers: str)
     """gRPC drains within shutdown_grace_s as HTTP does, and the process exits 0 after
     its whole shutdown (uvicorn re-raised the signal once HTTP had drained, which
     killed the process before gRPC drained: the call got "Stream removed")."""
-    import tritonclient.grpc as triton
 
     repo = ModelRepository(tmp_path / "repo")
     repo.add_version("chain", chain_onnx(tmp_path / "chain.onnx"), config=chain_config())
     server = start_server(repo, tmp_path, "--workers", workers)
     x = np.random.default_rng(5).standard_normal((4096, CHAIN_WIDTH)).astype(np.float32)
-    tensor = triton.InferInput("x", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x)
-    client = triton.InferenceServerClient(server.grpc_address)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        call = pool.submit(client.infer, "chain", [tensor], client_timeout=60)
-        wait_until_computing(server, "chain")
+        call = grpc_call_in_flight(pool, server, x)
         server.process.send_signal(signal.SIGTERM)  # 256 runs of 16 rows still to go
         assert not call.done(), "the call ended before the signal: make it longer"
         answer = call.result(timeout=60).as_numpy("y")
@@ -144,19 +140,14 @@ def test_an_http_request_cut_by_the_grace_period_gets_a_503_to_retry(
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     """Ctrl-C twice (uvicorn's force exit): the server does not wait for the
     computation in flight, and exits 130 without a traceback."""
-    import tritonclient.grpc as triton
 
     repo = ModelRepository(tmp_path / "repo")
     slow = chain_onnx(tmp_path / "chain.onnx", depth=240)
     repo.add_version("chain", slow, config=chain_config())
     server = start_server(repo, tmp_path, "--workers", "1")
     x = np.zeros((8192, CHAIN_WIDTH), np.float32)
-    tensor = triton.InferInput("x", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x)
-    client = triton.InferenceServerClient(server.grpc_address)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        call = pool.submit(client.infer, "chain", [tensor], client_timeout=60)
-        wait_until_computing(server, "chain")
+        call = grpc_call_in_flight(pool, server, x)
         server.process.send_signal(signal.SIGINT)
         time.sleep(0.3)
         server.process.send_signal(signal.SIGINT)
@@ -178,3 +169,18 @@ def wait_until_computing(server: Server, model: str) -> None:
     while started not in httpx.get(server.url + "/metrics", timeout=10).text:
         assert time.monotonic() < deadline, "the call never started"
         time.sleep(0.005)
+
+
+def grpc_call_in_flight(
+    pool: concurrent.futures.ThreadPoolExecutor, server: Server, x: np.ndarray
+) -> concurrent.futures.Future[Any]:
+    """A gRPC infer of ``x`` on ``chain`` (one channel) in ``pool``, returned once
+    the server computes it (:func:`wait_until_computing`)."""
+    import tritonclient.grpc as triton
+
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    client = triton.InferenceServerClient(server.grpc_address)
+    call = pool.submit(client.infer, "chain", [tensor], client_timeout=60)
+    wait_until_computing(server, "chain")
+    return call
