@@ -420,3 +420,23 @@ def test_non_finite_outputs_keep_their_literals() -> None:
     assert length is None
     assert b"[NaN,Infinity,-Infinity,1.0]" in body
     assert (body, length) == encode_response(response, shortcut=False)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("FP32", [3e38, 3e38]),  # each within FP32, the magnitudes' sum beyond it
+        ("FP32", [FP32_MAX, -FP32_MAX]),
+        ("FP32", [3.4028235677973366e38]),  # above FP32's largest, rounds down to it
+        ("FP32", [2**127, -(2**127)]),
+        ("FP32", [2**128]),  # an int beyond FP32
+        ("FP32", [1e-45, 5e-324, -0.0]),  # subnormal, below FP32's, negative zero
+        ("FP64", [1e308, 1e308]),  # the sum overflows float64, each is finite
+        ("FP64", [2**1023, 2**1024]),
+        ("FP32", [1, 2.5, -3]),
+    ],
+)
+def test_values_at_the_cast_bound_agree(datatype: str, data: list[Any]) -> None:
+    """The shortcut casts without numpy's error state when the magnitudes' sum is within
+    the datatype; at and past that bound it must still answer as the general path."""
+    same_decoding(entry_body(datatype, data), None)

@@ -67,6 +67,9 @@ NUMERIC: dict[str, np.dtype[Any]] = {
 #: Their little-endian forms (the binary extension's byte order), made once.
 _WIRE = {name: dtype.newbyteorder("<") for name, dtype in NUMERIC.items()}
 _FLOATS = frozenset({"FP32", "FP64"})
+#: The largest finite value of each float datatype: a value at most this large in
+#: magnitude casts to a finite one (round to nearest never rounds it up past it).
+_FINITE = {"FP32": float(np.finfo(np.float32).max), "FP64": float(np.finfo(np.float64).max)}
 _INT64 = np.dtype(np.int64)
 _BOOL_DTYPE = np.dtype(np.bool_)
 _LITTLE = sys.byteorder == "little"
@@ -142,11 +145,31 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
     ``len(data)`` times the longest string: gigabytes for a 100 kB body).
     What is left to tell apart is bool, which numpy promotes silently:
     ``plain``, or one scan of the types. Floats then convert as the general
-    path's do (:func:`.values.cast_numbers`, the same function);
-    integers through numpy's type discovery
+    path's do (``np.fromiter``, IEEE round to nearest), the sum taken of the
+    magnitudes (``abs``): when it is at most the datatype's largest finite
+    value, no element can round to infinity, so the cast runs without numpy's
+    error state (its decorator took longer than the cast; bench/request_cpu.py);
+    otherwise — NaN, infinity, large values — through the general path's
+    checked :func:`.values.cast_numbers`; integers through numpy's type discovery
     (``np.array(data)``: int64 only when every element is an int, the bools
     being gone).
     """
+    if datatype in _FLOATS:
+        try:  # as sum(data) below, and a bound on every element's magnitude
+            total = sum(map(abs, data))
+        except (TypeError, OverflowError):
+            return None
+        if not plain and bool in set(map(type, data)):
+            return None
+        if total <= _FINITE[datatype]:
+            # no element beyond the datatype's largest finite value (nor NaN, nor
+            # infinity: the total would be one): the cast cannot overflow, so it
+            # needs no numpy error state (the decorator cost more than the cast)
+            return np.fromiter(data, dtype=dtype, count=len(data))
+        try:  # the general path's own cast
+            return cast_numbers(data, datatype)
+        except (OverflowError, FloatingPointError):  # beyond the datatype: the general path
+            return None  # says so (an int beyond float64, a finite value become infinity)
     try:
         sum(data)
     except (TypeError, OverflowError):  # OverflowError: an int beyond float64 plus a float
@@ -156,11 +179,6 @@ def values(data: list[Any], datatype: str, dtype: np.dtype[Any], plain: bool) ->
         return found if found.dtype == _BOOL_DTYPE else None
     if not plain and bool in set(map(type, data)):
         return None
-    if datatype in _FLOATS:
-        try:  # the general path's own cast
-            return cast_numbers(data, datatype)
-        except (OverflowError, FloatingPointError):  # beyond the datatype: the general path
-            return None  # says so (an int beyond float64, a finite value become infinity)
     found = np.array(data)
     if found.ndim != 1 or found.dtype != _INT64:  # a float, or an int beyond int64
         return None

@@ -182,9 +182,13 @@ def _text(name: str, index: int, item: Any) -> str:
 # -- parsing helpers -----------------------------------------------------------
 
 
+_NO_BINARY = memoryview(b"")
+"""The binary part of a body without one (read-only, empty: one for all)."""
+
+
 def _split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview]:
     if header_length is None:
-        header_bytes, rest = body, memoryview(b"")
+        header_bytes, rest = body, _NO_BINARY
     else:
         if header_length < 0 or header_length > len(body):
             raise InvalidRequestError(
