@@ -717,3 +717,58 @@ def test_oversized_request_heads_are_refused_and_the_connection_closed(
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d " % status), got[:200]
     assert b"connection: close" in head and json.loads(body)["error"]
+
+
+def _closed_after(conn: socket.socket, since: float) -> float:
+    """Seconds from ``since`` until the server closed ``conn`` (EOF)."""
+    conn.settimeout(10)
+    assert conn.recv(1) == b"", "the server sent bytes, not a close"
+    return time.monotonic() - since
+
+
+def test_an_idle_connection_closes_after_the_keep_alive_timeout(brief: Pair) -> None:
+    """One timer per idle spell (not per response) still closes the connection
+    timeout_keep_alive seconds after its last answer, on both paths."""
+    for port in (brief.fast, brief.asgi):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            buffer = bytearray()
+            conn.sendall(_infer("affine", _affine()))
+            assert _read_response(conn, buffer)[0] == 200
+            waited = _closed_after(conn, time.monotonic())
+        assert 0.9 <= waited < 3.0, (port, waited)
+
+
+def test_a_busy_connection_outlives_the_keep_alive_timeout(brief: Pair) -> None:
+    """Requests 0.4 s apart for 3 s on a 1 s timeout: the timer armed after the first
+    answer finds the connection busy or recently answered each time it expires and
+    re-arms for what is left; the connection closes 1 s after its last answer."""
+    for port in (brief.fast, brief.asgi):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            buffer = bytearray()
+            for i in range(8):
+                conn.sendall(_infer("affine", _affine(id=str(i))))
+                status, _, body = _read_response(conn, buffer)
+                assert status == 200 and json.loads(body)["id"] == str(i), (port, i)
+                last = time.monotonic()
+                time.sleep(0.4)
+            waited = _closed_after(conn, last)
+        assert 0.9 <= waited < 3.0, (port, waited)
+
+
+def test_the_lanes_url_map_stays_bounded_and_answers_each_url_as_its_own(pair: Pair) -> None:
+    """The lane maps each infer URL it takes to its model name; a client naming ever
+    new models cannot grow that map past its bound, and every URL still names its
+    own model (404 for each unknown one, the served model answered in between)."""
+    from edgecloud.server import protocol
+
+    with socket.create_connection(("127.0.0.1", pair.fast), timeout=10) as conn:
+        buffer = bytearray()
+        for i in range(protocol._MAX_LANE_MODELS + 100):
+            conn.sendall(_infer(f"nope-{i}", _affine()))
+            status, _, body = _read_response(conn, buffer)
+            assert status == 404 and f"nope-{i}" in body.decode(), (i, body)
+            if i % 300 == 0:
+                conn.sendall(_infer("affine", _affine(id=str(i))))
+                status, _, body = _read_response(conn, buffer)
+                assert status == 200 and json.loads(body)["id"] == str(i)
+    assert 0 < len(protocol._LANE_MODELS) <= protocol._MAX_LANE_MODELS

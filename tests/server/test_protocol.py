@@ -140,3 +140,45 @@ def test_expect_100_continue_is_answered_before_the_body(port: int) -> None:
 def test_a_malformed_request_gets_uvicorns_400_then_close(port: int) -> None:
     got = _exchange(port, b"NOT HTTP\r\n\r\n", until_closed=True)
     assert got.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def _reference_response(
+    defaults: list[tuple[bytes, bytes]], status: int, headers: list[tuple[bytes, bytes]],
+    body: bytes, close: bool, extra: list[tuple[bytes, bytes]],
+) -> bytes:  # fmt: skip
+    """uvicorn's byte layout, built from scratch: status line, headers, length, close, body."""
+    from edgecloud.server.protocol import STATUS_LINE
+
+    lines = [STATUS_LINE[status]]
+    lines += [b"%s: %s\r\n" % pair for pair in [*defaults, *headers, *extra]]
+    lines.append(b"content-length: %d\r\n" % len(body))
+    if close:
+        lines.append(b"connection: close\r\n")
+    return b"".join([*lines, b"\r\n", body])
+
+
+def test_cached_header_blocks_follow_the_date_and_every_header_list() -> None:
+    """response_bytes keeps each header block it made, and must never answer with a
+    stale one: uvicorn puts a new default-header list (the date) in place each
+    second, binary answers carry a header list of their own, and lists are reused."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(default_headers=[(b"date", b"Mon, 30 Nov 2026 10:00:00 GMT")])
+    protocol: Any = SimpleNamespace(server_state=state)
+    build = CoalescingHttpToolsProtocol.response_bytes
+    json_headers = [(b"content-type", b"application/json")]
+    extra = [(b"x-worker", b"1")]
+    for second in range(3):
+        state.default_headers = [(b"date", b"Mon, 30 Nov 2026 10:00:0%d GMT" % second)]
+        for status in (200, 400, 503):
+            for body in (b"", b"{}", b"x" * 1000):
+                for close in (False, True):
+                    for headers in (
+                        json_headers,
+                        [(b"inference-header-content-length", b"%d" % len(body))],
+                    ):
+                        got = build(protocol, status, headers, body, close=close, extra=extra)
+                        want = _reference_response(
+                            state.default_headers, status, headers, body, close, extra
+                        )
+                        assert got == want

@@ -40,6 +40,7 @@ import numpy as np
 from ..backends.local import LoadedModel
 from ..errors import EdgecloudError, UnavailableError
 from .cores import CoreSeat
+from .tail import tail_of
 
 __all__ = ["PROBE_EVERY", "BatchStats", "DynamicBatcher", "TickBatcher"]
 
@@ -52,6 +53,17 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 Inputs = Mapping[str, np.ndarray[Any, Any]]
 
 
+class Waiter(Protocol):
+    """What a tick-batched request's answer is handed to: an ``asyncio.Future``,
+    or a caller's own object that answers at once (the HTTP fast lane's)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
 @dataclass(slots=True)
 class _Pending:
     inputs: Inputs
@@ -62,10 +74,27 @@ class _Pending:
     #: TickBatcher: what the future is resolved with, made of (outputs, queue s,
     #: compute s, rows) at the flush (None: that tuple itself)
     then: Callable[[Arrays, float, float, int], Any] | None = None
+    elements: int = -1
+    """TickBatcher: the input elements (:func:`_elements`), counted once."""
 
     def signature(self) -> tuple[Any, ...]:
         shapes = tuple((k, v.shape[1:], v.dtype.str) for k, v in self.inputs.items())
         return shapes, tuple(self.outputs) if self.outputs is not None else None
+
+    def merges_with(self, other: _Pending) -> bool:
+        """:meth:`signature` equality without building either (the tick's merge test):
+        the same non-batch shapes and dtypes (byte order included) per input, and
+        the same requested outputs."""
+        if self.outputs != other.outputs:
+            return False
+        theirs = other.inputs
+        if len(theirs) != len(self.inputs):
+            return False
+        for name, array in self.inputs.items():
+            their = theirs.get(name)
+            if their is None or array.shape[1:] != their.shape[1:] or array.dtype != their.dtype:
+                return False
+        return True
 
 
 class _Slot:
@@ -378,7 +407,7 @@ class TickBatcher:
     they run inline on the event loop), handing a batch to the pool costs more
     than it saves, so :class:`DynamicBatcher` never sees them; under
     concurrent load each then paid for a runtime call of its own. Here a request
-    waits for the end of the loop iteration it arrived in (``call_soon``: every
+    waits for the end of the loop iteration it arrived in (:mod:`.tail`: every
     request whose bytes the same poll delivered is queued by then), and the
     iteration's requests run as one call: onnxruntime took 7.4 us for one row
     of digits-small and 10.5 us for 64 (this project's 2-core machine, one
@@ -417,6 +446,8 @@ class TickBatcher:
         self._on_start = on_start
         self._on_done = on_done
         self._pending: list[_Pending] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The running loop of the requests pending (read when the first one came)."""
         self._last = 2  # start merging: the first flush says whether load is there
         self._solo = 0
 
@@ -444,49 +475,52 @@ class TickBatcher:
         outputs: Sequence[str] | None,
         size: int,
         then: Callable[[Arrays, float, float, int], Any] | None = None,
-    ) -> asyncio.Future[Any]:
-        """:meth:`submit` without a coroutine: a future resolved at the end of this
-        iteration with ``then(outputs, queue s, compute s, rows)`` (the tuple itself
-        without ``then``), or with the run's error, or with what ``then`` raised.
-        Cancelling the future drops the answer, not the run."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append(_Pending(inputs, outputs, size, future, then=then))
-        return future
+        waiter: Waiter | None = None,
+        elements: int | None = None,
+    ) -> Any:
+        """:meth:`submit` without a coroutine: ``waiter`` (a new future when None)
+        resolved at the end of this iteration with ``then(outputs, queue s,
+        compute s, rows)`` (the tuple itself without ``then``), or with the run's
+        error, or with what ``then`` raised; returns it. Cancelling the future
+        drops the answer, not the run."""
+        loop = self._loop
+        if not self._pending or loop is None:  # the first of this iteration: the loop, read once
+            loop = self._loop = asyncio.get_running_loop()
+            tail_of(loop).add(self._flush)
+        if waiter is None:
+            waiter = loop.create_future()
+        count = _elements(inputs) if elements is None else elements
+        self._pending.append(_Pending(inputs, outputs, size, waiter, then=then, elements=count))  # type: ignore[arg-type]
+        return waiter
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         self._last = len(pending)
         while pending:
-            chunk, pending = self._take(pending)
-            self._run(chunk)
+            chunk, pending, rows, elements = self._take(pending)
+            self._run(chunk, rows, elements)
 
-    def _take(self, queue: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
-        """The first request and the queued ones that merge with it within the bounds."""
+    def _take(self, queue: list[_Pending]) -> tuple[list[_Pending], list[_Pending], int, int]:
+        """The first request and the queued ones that merge with it within the bounds,
+        the rest, and the rows and input elements of the merged run."""
         first = queue[0]
         names = first.outputs if first.outputs is not None else self.loaded.output_names
         if len(queue) == 1 or not self.loaded.splittable(names):
-            return [first], queue[1:]
-        signature = first.signature()
-        cap = max(2 * self._cost.fast_elements, _elements(first.inputs))
+            return [first], queue[1:], first.size, first.elements
+        cap = max(2 * self._cost.fast_elements, first.elements)
+        limit = self.loaded.limit
         chunk, rest = [first], []
-        rows, elements = first.size, _elements(first.inputs)
+        rows, elements = first.size, first.elements
         for item in queue[1:]:
-            more = _elements(item.inputs)
-            if (
-                rows + item.size <= self.loaded.limit
-                and elements + more <= cap
-                and item.signature() == signature
-            ):
+            more = item.elements
+            if rows + item.size <= limit and elements + more <= cap and item.merges_with(first):
                 chunk.append(item)
                 rows, elements = rows + item.size, elements + more
             else:
                 rest.append(item)
-        return chunk, rest
+        return chunk, rest, rows, elements
 
-    def _run(self, chunk: list[_Pending]) -> None:
+    def _run(self, chunk: list[_Pending], rows: int, elements: int) -> None:
         self._on_start(len(chunk))
         started = time.perf_counter()
         if len(chunk) == 1:
@@ -494,7 +528,6 @@ class TickBatcher:
             return
         first = chunk[0]
         merged = {name: np.concatenate([p.inputs[name] for p in chunk]) for name in first.inputs}
-        rows = sum(p.size for p in chunk)
         try:
             outputs = self.loaded.run(merged, first.outputs, rows)
         except EdgecloudError:
@@ -508,7 +541,7 @@ class TickBatcher:
             for p in chunk:  # a bad request fails alone; the others are answered
                 self._alone(p, time.perf_counter())
             return
-        self._cost.add(compute, _elements(merged))
+        self._cost.add(compute, elements)
         self._on_done(len(chunk), rows)
         offset = 0
         for p in chunk:
@@ -523,7 +556,7 @@ class TickBatcher:
             _settle(p.future, exc)
             return
         compute = time.perf_counter() - started
-        self._cost.add(compute, _elements(p.inputs))
+        self._cost.add(compute, p.elements)
         self._on_done(1, p.size)
         _answer(p, outputs, started - p.enqueued, compute, p.size)
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..repository import ModelConfig, ModelRepository
 from ..tensors import InferRequest, InferResponse, Span, Trace
-from .batching import Arrays, DynamicBatcher, TickBatcher
+from .batching import Arrays, DynamicBatcher, TickBatcher, Waiter
 from .cores import CoreSeat, available_cores
 from .idempotency import (
     CLAIM_GRACE_S,
@@ -328,10 +328,12 @@ class ModelHost:
         outcome = self.infer_nowait(request)
         if isinstance(outcome, InferResponse):
             return outcome
-        response: InferResponse = await outcome
+        response: InferResponse = await cast("asyncio.Future[InferResponse]", outcome)
         return response
 
-    def infer_nowait(self, request: InferRequest) -> InferResponse | asyncio.Future[InferResponse]:
+    def infer_nowait(
+        self, request: InferRequest, waiter: Waiter | None = None
+    ) -> InferResponse | asyncio.Future[InferResponse] | Waiter:
         """:meth:`infer` without a coroutine of its own: the answer itself when the
         request ran inline on the event loop, else a future of it (a tick-batched
         request's resolves at the end of this loop iteration; anything else runs
@@ -348,7 +350,8 @@ class ModelHost:
             waiting = self.idempotency.run(request, lambda: self._computed(request))
         else:
             loaded, size = self._prepare(request)
-            if self._inline(loaded, request):
+            elements = input_elements(request.inputs)
+            if self._inline(loaded, elements):
                 # Nothing to time out: the run is shorter than a hand-off, and a
                 # merged one ends within this loop iteration's companions.
                 tick = self._tick(loaded) if size else None
@@ -362,11 +365,12 @@ class ModelHost:
                         compute_h.observe(compute)
                         return self._answer(loaded, request, outputs, queued, compute, batch)
 
-                    future: asyncio.Future[InferResponse] = tick.submit_nowait(
-                        request.inputs, request.outputs, size, answer
+                    return tick.submit_nowait(  # type: ignore[no-any-return]
+                        request.inputs, request.outputs, size, answer, waiter, elements
                     )
-                    return future
-                return self._answer(loaded, request, *self._run_inline(loaded, request, size))
+                return self._answer(
+                    loaded, request, *self._run_inline(loaded, request, size, elements)
+                )
             waiting = self._computed(request, (loaded, size))
         return asyncio.ensure_future(self._within_timeout(waiting, keyed, request.model))
 
@@ -421,7 +425,7 @@ class ModelHost:
         self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
     ) -> InferResponse:
         loaded, size = prepared or self._prepare(request)
-        if self._inline(loaded, request):
+        if self._inline(loaded, input_elements(request.inputs)):
             return self._answer(loaded, request, *self._run_inline(loaded, request, size))
         started = time.perf_counter()
         started_counter, done_counter, *_ = self._metrics_of(loaded.entry.name)
@@ -462,9 +466,10 @@ class ModelHost:
             entry = self._costs[loaded.label] = (weakref.ref(loaded.session), RunCost())
         return entry[1]
 
-    def _inline(self, loaded: LoadedModel, request: InferRequest) -> bool:
-        """Whether this validated request runs on the event loop (:class:`RunCost`)."""
-        return not loaded.strings and self.cost(loaded).inline(input_elements(request.inputs))
+    def _inline(self, loaded: LoadedModel, elements: int) -> bool:
+        """Whether a validated request of ``elements`` input elements runs on the event
+        loop (:class:`RunCost`)."""
+        return not loaded.strings and self.cost(loaded).inline(elements)
 
     def _metrics_of(self, model: str) -> tuple[Any, ...]:
         """The per-model metric children, looked up once: ``labels()`` takes a
@@ -482,7 +487,7 @@ class ModelHost:
         return children
 
     def _run_inline(
-        self, loaded: LoadedModel, request: InferRequest, size: int
+        self, loaded: LoadedModel, request: InferRequest, size: int, elements: int | None = None
     ) -> tuple[Arrays, float, float, int]:
         """Run a measured-fast version on the event loop: outputs, queue 0, compute s, rows."""
         started_counter, done_counter, queue, compute_h, batch_h = self._metrics_of(
@@ -492,7 +497,8 @@ class ModelHost:
         started = time.perf_counter()
         outputs = loaded.run(request.inputs, request.outputs, size)
         compute = time.perf_counter() - started
-        self.cost(loaded).add(compute, input_elements(request.inputs))
+        count = input_elements(request.inputs) if elements is None else elements
+        self.cost(loaded).add(compute, count)
         done_counter.inc()
         queue.observe(0.0)
         compute_h.observe(compute)

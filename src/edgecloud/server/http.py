@@ -166,6 +166,44 @@ class DirectCycle(Protocol):
         """Write the response (status line, ``headers``, Content-Length, body)."""
 
 
+class _LaneWaiter:
+    """A fast-lane request's answer, written as soon as the host has it: the
+    waiter a tick batch resolves (no future, no callback handle), or the done
+    callback of a future."""
+
+    __slots__ = ("app", "cycle", "decoded", "label", "size", "started")
+
+    def __init__(
+        self, app: HttpApp, cycle: DirectCycle, label: str, started: float, size: int,
+        decoded: DecodedRequest,
+    ) -> None:  # fmt: skip
+        self.app, self.cycle, self.label = app, cycle, label
+        self.started, self.size, self.decoded = started, size, decoded
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, response: InferResponse) -> None:
+        self.app._direct_answer(
+            self.cycle, self.label, self.started, self.size, response, self.decoded
+        )
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.app._direct_failed(
+            self.cycle, self.decoded.request.model, self.label, self.started, self.size, exc
+        )
+
+    def settle(self, done: asyncio.Future[InferResponse]) -> None:
+        if done.cancelled():
+            self.set_exception(asyncio.CancelledError())
+            return
+        exc = done.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(done.result())
+
+
 class InferenceHost(Protocol):
     """What the HTTP front end needs: the server's ModelHost, or the edge gateway's."""
 
@@ -443,12 +481,16 @@ class HttpApp:
             self._count(model, label, code, started, size)
         return answer
 
-    def _start(self, decoded: DecodedRequest) -> InferResponse | Awaitable[InferResponse]:
-        """The host's answer, or an awaitable of it (``infer_nowait`` where the host has it)."""
+    def _start(
+        self, decoded: DecodedRequest, waiter: Any = None
+    ) -> InferResponse | Awaitable[InferResponse] | Any:
+        """The host's answer, or an awaitable of it (``infer_nowait`` where the host has
+        it), or ``waiter`` when the host will answer through it (a tick-batched request)."""
         nowait = getattr(self.host, "infer_nowait", None)
         if nowait is not None:
-            outcome: InferResponse | Awaitable[InferResponse] = nowait(decoded.request)
-            return outcome
+            if waiter is None:
+                return nowait(decoded.request)
+            return nowait(decoded.request, waiter)
         return self.host.infer(decoded.request)
 
     def _encoded(
@@ -509,28 +551,18 @@ class HttpApp:
         label = model_label(model, self.host.states)
         try:
             decoded = decode_request(body, header_length, model, None, None)
-            outcome = self._start(decoded)
+            waiter = _LaneWaiter(self, cycle, label, started, len(body), decoded)
+            outcome = self._start(decoded, waiter)
         except Exception as exc:
             self._direct_failed(cycle, model, label, started, len(body), exc)
+            return
+        if outcome is waiter:  # answered through it at the end of this iteration
             return
         if isinstance(outcome, InferResponse):
             self._direct_answer(cycle, label, started, len(body), outcome, decoded)
             return
         future = outcome if isinstance(outcome, asyncio.Future) else asyncio.ensure_future(outcome)
-
-        def settled(done: asyncio.Future[InferResponse]) -> None:
-            if done.cancelled():
-                self._direct_failed(
-                    cycle, model, label, started, len(body), asyncio.CancelledError()
-                )
-                return
-            exc = done.exception()
-            if exc is not None:
-                self._direct_failed(cycle, model, label, started, len(body), exc)
-            else:
-                self._direct_answer(cycle, label, started, len(body), done.result(), decoded)
-
-        future.add_done_callback(settled)
+        future.add_done_callback(waiter.settle)
 
     def infer_gone(self, model: str, started: float, size: int) -> None:
         """Count a fast-lane request whose client left before its body was whole

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._optional import require
+from .tail import tail_of
 
 _prometheus = require("prometheus_client", extra="server", feature="the server's /metrics")
 CollectorRegistry = _prometheus.CollectorRegistry
@@ -166,9 +167,10 @@ class Deferred:
     in a multi-process server an mmap write each): 5-22 % of a worker's event
     loop under wrk c=64 on digits-small (py-spy, bench/server.py's headline
     case). Here an update is a Python addition or a list append; the first
-    one of an iteration schedules :meth:`flush` with ``call_soon``, so the
+    one of an iteration queues :meth:`flush` at the end of the iteration
+    (:mod:`.tail`, ahead of any connection's writes not yet sent), so the
     prometheus values (and the multi-process files) hold every request of an
-    iteration by the start of the next one, and an exposition flushes first.
+    iteration before its answers leave, and an exposition flushes first.
     Only for code on the event loop's thread (the wrappers are not locked);
     pool threads update the prometheus children directly.
     """
@@ -196,7 +198,7 @@ class Deferred:
             self.flush()
             return
         self._scheduled = True
-        loop.call_soon(self.flush)
+        tail_of(loop).add(self.flush, first=True)
 
     def flush(self) -> None:
         """Apply every pending update to its prometheus child."""

@@ -8,17 +8,24 @@ on digits-small those writes were 15-31 % of the event loop's time (py-spy,
 bench/server.py's headline case), the largest single item per request.
 
 :class:`CoalescingTransport` holds a connection's writes until the end of
-the loop iteration they were made in (``call_soon``) and hands them over
-together (one ``writev`` on uvloop): the header block and the body of a
-response leave in one ``send``, as do the responses to pipelined requests
-answered in one iteration. Closing and half-closing send what is held
-first, aborting drops it, so the order of bytes on the connection never
-changes. Because ``call_soon`` callbacks run in the order they were made,
-the metric updates a request recorded before its answer was written
-(:class:`~.metrics.Deferred`) reach prometheus-client's files before the
-answer leaves: a worker SIGKILLed after a client got its answer has counted
-it. Everything else is uvicorn's: the parser, keep-alive, pipelining, flow
-control, limits, ``Expect: 100-continue``, graceful shutdown.
+the loop iteration they were made in (:mod:`.tail`, one callback for every
+connection) and hands them over together (one ``writev`` on uvloop): the
+header block and the body of a response leave in one ``send``, as do the
+responses to pipelined requests answered in one iteration. Closing and
+half-closing send what is held first, aborting drops it, so the order of
+bytes on the connection never changes. The metric updates a request recorded
+before its answer was written (:class:`~.metrics.Deferred`) are applied
+before the answer leaves (the tail runs them first): a worker SIGKILLed
+after a client got its answer has counted it.
+
+Beside that, three of uvicorn's per-request costs are cut, with its
+behaviour kept: the keep-alive timer is armed once per idle spell, not once
+per response (:meth:`CoalescingHttpToolsProtocol._keep_alive_expired`); a
+response's header block up to its Content-Length is made once per status,
+header list and second (:meth:`CoalescingHttpToolsProtocol.response_bytes`);
+the fast lane makes uvicorn's ASGI scope only for requests it leaves.
+Everything else is uvicorn's: the parser, pipelining, flow control, limits,
+``Expect: 100-continue``, graceful shutdown.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any, Protocol, cast
 
 from .._optional import require
 from .http import CYCLE_KEY
+from .tail import tail_of
 
 _httptools_impl = require(
     "uvicorn.protocols.http.httptools_impl", extra="server", feature="edgecloud serve"
@@ -60,18 +68,18 @@ class CoalescingTransport:
     wrapped transport's. ``get_write_buffer_size`` counts the bytes held.
     """
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_held", "_tail", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
-        self._loop = loop
+        self._tail = tail_of(loop)
         self._held: list[bytes] = []
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` at the end of this iteration, after what is held."""
         held = self._held
         if not held:
-            self._loop.call_soon(self._flush)
+            self._tail.add(self._flush)
         held.append(bytes(data))
 
     def _flush(self) -> None:
@@ -102,6 +110,9 @@ class CoalescingTransport:
         self._held = []
         self._transport.abort()
 
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
     def get_write_buffer_size(self) -> int:
         held = sum(len(chunk) for chunk in self._held)
         return int(self._transport.get_write_buffer_size()) + held
@@ -116,6 +127,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     _refused: tuple[int, str] | None = None
     _header_bytes = 0
+    # uvicorn's request state, typed here (its class reaches mypy as Any)
+    url: bytes
+    headers: list[tuple[bytes, bytes]]
+    expect_100_continue: bool
+    timeout_keep_alive_task: asyncio.TimerHandle | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
@@ -126,6 +142,33 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         super().connection_lost(exc)
+        task: asyncio.TimerHandle | None = self.timeout_keep_alive_task
+        self.timeout_keep_alive_task = None
+        if task is not None:  # nothing of a closed connection waits for its timer
+            task.cancel()
+
+    # -- keep-alive: one timer per idle spell, not one per response ------------------
+    # uvicorn arms a timer (call_later) after every response and cancels it when the
+    # next bytes arrive; here the connection notes when it became idle, and a timer
+    # armed once checks that on expiry and re-arms for what is left, so a busy
+    # keep-alive connection makes a timer every timeout_keep_alive seconds, not per
+    # request. The connection closes timeout_keep_alive seconds after its last
+    # response, as uvicorn's does.
+    _idle_since: float | None = None
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # bytes arrived or a request began: not idle
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:
+            return  # busy: armed again once idle
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
 
     def gone(self) -> bool:
         """The client is gone: the connection was lost or is closing (an answer
@@ -186,23 +229,56 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         """A whole response as uvicorn's ``send`` writes it: status line, the server's
         default headers (``date``), ``headers``, ``extra``, Content-Length,
         ``connection: close`` when ``close``, body."""
-        content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            content += (name, b": ", value, b"\r\n")
-        for name, value in headers:
-            content += (name, b": ", value, b"\r\n")
-        for name, value in extra:
-            content += (name, b": ", value, b"\r\n")
-        content.append(b"content-length: %d\r\n" % len(body))
+        defaults = self.server_state.default_headers  # a new list each second (the date)
+        key = (status, id(headers), id(extra))
+        cached = _HEADS.get(key)
+        if (
+            cached is None
+            or cached[0] is not defaults
+            or cached[1] is not headers
+            or (cached[2] is not extra)
+        ):
+            content = [STATUS_LINE[status]]
+            for name, value in defaults:
+                content += (name, b": ", value, b"\r\n")
+            for name, value in headers:
+                content += (name, b": ", value, b"\r\n")
+            for name, value in extra:
+                content += (name, b": ", value, b"\r\n")
+            content.append(b"content-length: ")
+            if len(_HEADS) >= _MAX_HEADS:
+                _HEADS.clear()
+            cached = _HEADS[key] = (defaults, headers, extra, b"".join(content))
         if close:
-            content.append(b"connection: close\r\n")
-        content += (b"\r\n", body)
-        return b"".join(content)
+            return b"%s%d\r\nconnection: close\r\n\r\n%s" % (cached[3], len(body), body)
+        return b"%s%d\r\n\r\n%s" % (cached[3], len(body), body)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # resumes reading unless enough is queued
+        # uvicorn's, with the keep-alive timer above, and reading paused again when
+        # enough requests are queued (uvicorn resumes it after every response)
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = self.loop.time()
+            if self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self._keep_alive_expired
+                )
         if len(self.pipeline) >= PIPELINE_DEPTH:
             self.flow.pause_reading()
+
+
+#: Header blocks (up to the Content-Length value) by (status, headers, extra),
+#: each kept with the objects it was made of: a hit needs the same default headers
+#: (uvicorn makes a new list each second, for the date), headers and extra lists.
+_HEADS: dict[tuple[int, int, int], tuple[Any, Any, Any, bytes]] = {}
+_MAX_HEADS = 64
 
 
 class _Refused(Exception):
@@ -261,6 +337,10 @@ _NO_EVENT = _Event()
 #: without "/" and without what uvicorn's URL parsing turns into something
 #: else ("%" escapes, "?" query, "#" fragment).
 _INFER_URL = re.compile(rb'/v2/models/([!"$&-.0->@-~]+)/infer')  # 0x21-0x7e but # % / ?
+#: Infer URLs the lane took, and the model each names (a regular expression match
+#: and a decode per request, otherwise); bounded, emptied when full.
+_LANE_MODELS: dict[bytes, str] = {}
+_MAX_LANE_MODELS = 1024
 #: The longest infer URL the lane takes (a model name of about 2 kB); longer ones
 #: go through uvicorn's URL parser (the lane does not parse URLs, only matches them).
 MAX_LANE_URL = 2048
@@ -359,8 +439,14 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         cycle = self._fast_cycle()
-        if cycle is None:
-            super().on_headers_complete()  # the ASGI path
+        if cycle is None:  # the ASGI path, with the scope uvicorn makes at message begin
+            url: bytes = self.url
+            headers: list[tuple[bytes, bytes]] = self.headers
+            expect: bool = self.expect_100_continue
+            HttpToolsProtocol.on_message_begin(self)  # resets what the request read: kept
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
+            super().on_headers_complete()
         else:
             self.cycle = cycle
 
@@ -369,8 +455,15 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         url = self.url
         if len(url) > MAX_LANE_URL:  # a model name this long: the ASGI path decides
             return None
-        match = _INFER_URL.fullmatch(url)
-        if match is None or self.expect_100_continue or not self.lane_open:
+        model = _LANE_MODELS.get(url)
+        if model is None:
+            match = _INFER_URL.fullmatch(url)
+            if match is None:
+                return None
+            if len(_LANE_MODELS) >= _MAX_LANE_MODELS:
+                _LANE_MODELS.clear()
+            model = _LANE_MODELS[url] = match.group(1).decode("ascii")
+        if self.expect_100_continue or not self.lane_open:
             return None
         parser = self.parser
         if (
@@ -405,7 +498,7 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
             or (self.fast_guarded and not self.fast_app.authorized(authorization))
         ):
             return None
-        return _FastCycle(self, match.group(1).decode("ascii"), length)
+        return _FastCycle(self, model, length)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
@@ -434,8 +527,13 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         # A request is in progress from here: uvicorn cancels the keep-alive timer
         # only when bytes arrive, and a lane answer written from inside the parser
         # (data_received) arms it while the same bytes still hold the next request.
-        self._unset_keepalive_if_required()
-        super().on_message_begin()
+        self._idle_since = None
+        self._header_bytes = 0
+        # uvicorn's, but its ASGI scope (a dict of ten keys and a copy of the app
+        # state, for every request) is made only for a request the lane leaves
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
