@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -173,12 +174,19 @@ def wrk(
 
         if warmup > 0:
             once(warmup)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = once(seconds)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    done = re.search(r"(\d+) requests in", out)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
         "concurrency": c,
         "req_per_s": float(rate.group(1)) if rate else float("nan"),
+        # wrk's own CPU (user + system) per request: the share of the machine's
+        # cores the load generator takes, which bounds what more workers can add
+        "loadgen_cpu_us_per_request": cpu * 1e6 / int(done.group(1)) if done else float("nan"),
         "p50_ms": _wrk_ms(out, "50%"),
         "p99_ms": _wrk_ms(out, "99%"),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
@@ -412,7 +420,11 @@ def report(
         console.print(f"headline case, {args.headline_rounds} interleaved rounds (req/s):")
         for name, runs in rounds.items():
             rates = ", ".join(f"{r['req_per_s']:,.0f}" for r in runs)
-            console.print(f"  {name}: {rates} (median {_median_rate(runs):,.0f})")
+            wrk_cpu = np.median([r.get("loadgen_cpu_us_per_request", np.nan) for r in runs])
+            console.print(
+                f"  {name}: {rates} (median {_median_rate(runs):,.0f}; "
+                f"the load generator's CPU {wrk_cpu:.1f} µs / request)"
+            )
     ratio_1 = _ratio(one, ceiling)
     ratio_n = _ratio(many, ceiling_n)
     best = "edgecloud-N / ceiling-N" if ratio_n is not None else "edgecloud-1 / ceiling"
@@ -452,6 +464,10 @@ def report(
             "ceiling_ratio_1": ratio_1,
             "ceiling_ratio_n_over_1": _ratio(many, ceiling),
             "ceiling_n_over_1": _ratio(ceiling_n, ceiling),
+            "loadgen_cpu_us_per_request": {
+                name: float(np.median([r.get("loadgen_cpu_us_per_request", np.nan) for r in runs]))
+                for name, runs in rounds.items()
+            },
             "workers": args.workers,
             "workers_speedup": many["req_per_s"] / one["req_per_s"] if many and one else None,
             "ratio": one["req_per_s"] / peer["req_per_s"] if one and peer else None,
