@@ -13,7 +13,13 @@ other jobs share the machine. Cases:
   ``serve`` sets it (``tune_gc``);
 * ``edgecloud, ASGI path``: the same with the fast lane off (every request an
   ASGI cycle, as other routes are);
-* ``edgecloud, default gc``: the same with CPython's collector thresholds.
+* ``edgecloud, default gc``: the same with CPython's collector thresholds;
+* ``lane: fixed answer``, ``lane: decode``, ``lane: decode + host``: the
+  fast lane answering a fixed 200-byte body, after nothing, after the REST
+  decode, and after the decode and the host's run (tick batch included):
+  each stage's cost inside the running server, where caches are cold and
+  the loop schedules everything (a stage timed in a loop of its own costs
+  a fraction of it). Benchmark-only stand-ins for ``HttpApp.infer_direct``.
 
 Rounds alternate the cases (bench/_common.py's rule: drift hits all alike).
 
@@ -40,7 +46,54 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CASES = ["bare", "edgecloud", "edgecloud, ASGI path", "edgecloud, default gc"]
+CASES = [
+    "bare", "edgecloud", "edgecloud, ASGI path", "edgecloud, default gc",
+    "lane: fixed answer", "lane: decode", "lane: decode + host",
+]  # fmt: skip
+STAGES = {"lane: fixed answer": 0, "lane: decode": 1, "lane: decode + host": 2}
+
+
+def _stage(upto: int) -> Any:
+    """A stand-in for ``HttpApp.infer_direct`` that runs the request path up to stage
+    ``upto`` (0 nothing, 1 the REST decode, 2 the decode and the host's run) and
+    answers a fixed body, as the ceiling app does."""
+    from edgecloud.server.http import JSON
+    from edgecloud.wire.rest import decode_request
+
+    sys.path.insert(0, str(HERE))
+    from ceiling_app import BODY
+
+    def infer_direct(
+        app: Any, cycle: Any, model: str, header_length: int | None, body: bytes
+    ) -> None:
+        if upto == 0:
+            cycle.reply(200, BODY, JSON)
+            return
+        decoded = decode_request(body, header_length, model, None, None)
+        if upto == 1:
+            cycle.reply(200, BODY, JSON)
+            return
+        waiter = _Fixed(cycle)  # as the lane's own waiter, answered by the tick batch
+        outcome = app._start(decoded, waiter)
+        if isinstance(outcome, asyncio.Future):
+            outcome.add_done_callback(lambda _: cycle.reply(200, BODY, JSON))
+        elif outcome is not waiter:
+            cycle.reply(200, BODY, JSON)
+
+    class _Fixed:
+        def __init__(self, cycle: Any) -> None:
+            self.cycle = cycle
+
+        def done(self) -> bool:
+            return False
+
+        def set_result(self, _: Any) -> None:
+            self.cycle.reply(200, BODY, JSON)
+
+        def set_exception(self, _: BaseException) -> None:
+            self.cycle.reply(500, BODY, JSON)
+
+    return infer_direct
 
 
 def _serve_one(case: str, repo: str, seconds: float, body_file: str) -> dict[str, float]:
@@ -56,6 +109,8 @@ def _serve_one(case: str, repo: str, seconds: float, body_file: str) -> dict[str
     from edgecloud.server.settings import ServerSettings
 
     app: Any
+    if case in STAGES:
+        HttpApp.infer_direct = _stage(STAGES[case])  # type: ignore[method-assign]
     if case == "bare":
         sys.path.insert(0, str(HERE))
         from ceiling_app import app
@@ -181,6 +236,18 @@ def main() -> None:
         f"cpu_ratio (edgecloud / bare): {ratio:.2f}; ASGI path / fast lane: {lane_gain:.2f}; "
         f"default gc / tuned: {gc_gain:.2f}"
     )
+    stages = {
+        "lane and protocol (fixed answer)": rows["lane: fixed answer"]["cpu_us_per_request"],
+        "REST decode": rows["lane: decode"]["cpu_us_per_request"]
+        - rows["lane: fixed answer"]["cpu_us_per_request"],
+        "host (validation, tick batch, onnxruntime)": rows["lane: decode + host"][
+            "cpu_us_per_request"
+        ]
+        - rows["lane: decode"]["cpu_us_per_request"],
+        "encode, count and answer": rows["edgecloud"]["cpu_us_per_request"]
+        - rows["lane: decode + host"]["cpu_us_per_request"],
+    }
+    print("in the server, µs / request: " + "; ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     path = write_result(
         "request_cpu",
         {
@@ -189,6 +256,7 @@ def main() -> None:
             "cpu_ratio": ratio,
             "asgi_path_over_fast_lane": lane_gain,
             "default_gc_over_tuned": gc_gain,
+            "stages_us_per_request": stages,
             "definition": "event-loop thread CPU time / requests answered, in process, wrk -c64",
             "seconds_per_case": args.seconds,
             "rounds": args.rounds,
