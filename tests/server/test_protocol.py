@@ -182,3 +182,18 @@ def test_cached_header_blocks_follow_the_date_and_every_header_list() -> None:
                             state.default_headers, status, headers, body, close, extra
                         )
                         assert got == want
+
+
+def test_a_header_list_changed_in_place_gets_a_new_header_block() -> None:
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(default_headers=[(b"date", b"Mon, 30 Nov 2026 10:00:00 GMT")])
+    protocol: Any = SimpleNamespace(server_state=state)
+    extra = [(b"x-worker", b"1")]
+    build = CoalescingHttpToolsProtocol.response_bytes
+    first = build(protocol, 200, [], b"{}", extra=extra)
+    extra[0] = (b"x-worker", b"2")  # the same list object, new content
+    state.default_headers.append((b"server", b"edgecloud"))
+    second = build(protocol, 200, [], b"{}", extra=extra)
+    assert b"x-worker: 1" in first and b"x-worker: 2" in second
+    assert second == _reference_response(state.default_headers, 200, [], b"{}", False, extra)

@@ -171,7 +171,7 @@ class _LaneWaiter:
     waiter a tick batch resolves (no future, no callback handle), or the done
     callback of a future."""
 
-    __slots__ = ("app", "cycle", "decoded", "label", "size", "started")
+    __slots__ = ("app", "cycle", "decoded", "label", "settled", "size", "started")
 
     def __init__(
         self, app: HttpApp, cycle: DirectCycle, label: str, started: float, size: int,
@@ -179,16 +179,26 @@ class _LaneWaiter:
     ) -> None:  # fmt: skip
         self.app, self.cycle, self.label = app, cycle, label
         self.started, self.size, self.decoded = started, size, decoded
+        self.settled = False
 
     def done(self) -> bool:
-        return False
+        return self.settled
 
     def set_result(self, response: InferResponse) -> None:
+        self.settled = True
         self.app._direct_answer(
             self.cycle, self.label, self.started, self.size, response, self.decoded
         )
 
     def set_exception(self, exc: BaseException) -> None:
+        if self.settled:
+            # answering the result itself failed (the tick batch hands that error
+            # here): counted and maybe answered already, so not again; the client
+            # gets a 500 unless its answer was written
+            log.error("answering an infer request failed", exc_info=exc)
+            self.cycle.reply(500, _error(f"internal error: {type(exc).__name__}"), JSON)
+            return
+        self.settled = True
         self.app._direct_failed(
             self.cycle, self.decoded.request.model, self.label, self.started, self.size, exc
         )

@@ -232,12 +232,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         defaults = self.server_state.default_headers  # a new list each second (the date)
         key = (status, id(headers), id(extra))
         cached = _HEADS.get(key)
-        if (
-            cached is None
-            or cached[0] is not defaults
-            or cached[1] is not headers
-            or (cached[2] is not extra)
-        ):
+        if cached is None or cached[0] != defaults or cached[1] != headers or cached[2] != extra:
             content = [STATUS_LINE[status]]
             for name, value in defaults:
                 content += (name, b": ", value, b"\r\n")
@@ -248,7 +243,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             content.append(b"content-length: ")
             if len(_HEADS) >= _MAX_HEADS:
                 _HEADS.clear()
-            cached = _HEADS[key] = (defaults, headers, extra, b"".join(content))
+            # copies: a list changed in place must not find its old block
+            cached = _HEADS[key] = (list(defaults), list(headers), list(extra), b"".join(content))
         if close:
             return b"%s%d\r\nconnection: close\r\n\r\n%s" % (cached[3], len(body), body)
         return b"%s%d\r\n\r\n%s" % (cached[3], len(body), body)
@@ -274,10 +270,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             self.flow.pause_reading()
 
 
-#: Header blocks (up to the Content-Length value) by (status, headers, extra),
-#: each kept with the objects it was made of: a hit needs the same default headers
+#: Header blocks (up to the Content-Length value) by (status, headers, extra), each
+#: kept with copies of the lists it was made of: a hit needs equal default headers
 #: (uvicorn makes a new list each second, for the date), headers and extra lists.
-_HEADS: dict[tuple[int, int, int], tuple[Any, Any, Any, bytes]] = {}
+_HEADS: dict[tuple[int, int, int], tuple[list[Any], list[Any], list[Any], bytes]] = {}
 _MAX_HEADS = 64
 
 
