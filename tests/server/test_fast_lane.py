@@ -772,3 +772,90 @@ def test_the_lanes_url_map_stays_bounded_and_answers_each_url_as_its_own(pair: P
                 status, _, body = _read_response(conn, buffer)
                 assert status == 200 and json.loads(body)["id"] == str(i)
     assert 0 < len(protocol._LANE_MODELS) <= protocol._MAX_LANE_MODELS
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"GARBAGE\r\n\r\n",  # the parser refuses it: uvicorn's 400
+        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n",  # 414
+        b"GET / HTTP/1.1\r\n" + b"x-filler: " + b"y" * 70_000 + b"\r\n\r\n",  # 431
+    ],
+    ids=["400", "414", "431"],
+)
+def test_requests_before_a_refused_one_are_answered_first(pair: Pair, bad: bytes) -> None:
+    """Whole requests in the same packet as a refused one get their answers, in order,
+    counted 200, then the refusal, then the close: the refusal used to close at once
+    and drop (and count as 499) an answer still being computed."""
+    first = _infer("affine", _affine(id="first"))
+    second = _request(
+        "/v2/models/affine/versions/1/infer", json.dumps(_affine(id="second")).encode()
+    )
+    for port in (pair.fast, pair.asgi):
+        before = _metrics(port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(first + second + bad)
+            buffer = bytearray()
+            answers = [_read_response(conn, buffer) for _ in range(3)]
+            conn.settimeout(10)
+            assert conn.recv(1) == b"" and not buffer  # closed after the refusal
+        assert [a[0] for a in answers[:2]] == [200, 200], (port, answers)
+        assert [json.loads(a[2])["id"] for a in answers[:2]] == ["first", "second"]
+        assert answers[2][0] == int(bad_status(bad)), (port, answers[2])
+        key = 'edgecloud_requests_total{code="200",model="affine",protocol="http"}'
+        deadline = time.monotonic() + 5
+        while _delta(before, _metrics(port)) != {key: 2.0}:
+            assert time.monotonic() < deadline, _delta(before, _metrics(port))
+            time.sleep(0.05)
+
+
+def bad_status(bad: bytes) -> int:
+    return (
+        400 if bad.startswith(b"GARBAGE") else 414 if len(bad.split(b"\r\n")[0]) > 60_000 else 431
+    )
+
+
+def test_a_request_cut_mid_body_by_a_refusal_is_refused_at_once(pair: Pair) -> None:
+    """A chunked body the parser refuses midway cannot be answered: 400 and close at
+    once, as uvicorn does (nothing waits for a body that will never come)."""
+    head = (
+        b"POST /v2/models/affine/infer HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    for port in (pair.fast, pair.asgi):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(head + b'5\r\n{"inp\r\nZZZ\r\n')  # a chunk size that is not hex
+            buffer = bytearray()
+            status, _, _ = _read_response(conn, buffer)
+            conn.settimeout(10)
+            assert status == 400 and conn.recv(1) == b""
+
+
+@pytest.mark.parametrize("leaves", ["eof", "reset"])
+def test_requests_queued_behind_a_departed_client_are_counted(pair: Pair, leaves: str) -> None:
+    """Two requests in one packet, then the client leaves (its EOF, which uvicorn
+    takes as gone and closes on, or a reset): uvicorn never started the queued one,
+    which was counted nowhere. Every request read is counted once: 200 if its answer
+    was written, else 499, and the queued one is never computed."""
+    body = json.dumps(_affine()).encode()
+    one = _request("/v2/models/affine/infer?q=1", body)  # the ASGI path (a query string)
+    for port in (pair.fast, pair.asgi):
+        before = _metrics(port)
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(one + one)
+                if leaves == "eof":
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(10)
+                    while conn.recv(65536):
+                        pass
+                else:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 5
+        while sum(_delta(before, _metrics(port)).values()) < 20:
+            assert time.monotonic() < deadline, _delta(before, _metrics(port))
+            time.sleep(0.05)
+        time.sleep(0.3)  # nothing counted twice arrives late
+        counted = _delta(before, _metrics(port))
+        assert sum(counted.values()) == 20, counted
+        assert {k.split('code="')[1][:3] for k in counted} <= {"200", "499"}, counted

@@ -135,6 +135,27 @@ async def test_a_response_never_leaves_before_its_metric_updates() -> None:
     assert raw.sent == [(b"first answersecond answer", 1.0)]
 
 
+@pytest.mark.parametrize("how", ["close", "write_eof"])
+async def test_an_answer_sent_at_once_by_a_close_carries_its_counts(how: str) -> None:
+    """A connection closed (Connection: close, HTTP/1.0, a shutdown) or half-closed
+    right after its answer sends what it holds at once, outside the tail: the
+    metric updates made before must be applied first."""
+    loop = asyncio.get_running_loop()
+    registry = CollectorRegistry()
+    child = Counter("answers", "answers", registry=registry)
+    deferred = Deferred()
+    counter = deferred.counter(child)
+    raw = _RecordingTransport(child)
+    raw.close = raw.write_eof = lambda: None  # type: ignore[attr-defined]
+    transport = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+    counter.inc()
+    transport.write(b"answer")
+    getattr(transport, how)()
+    assert raw.sent == [(b"answer", 1.0)]
+    await _iteration()  # the tail's own pass finds nothing left to apply twice
+    assert child._value.get() == 1.0
+
+
 async def test_a_tail_does_not_keep_its_loop_alive() -> None:
     loop = asyncio.new_event_loop()
     tail_of(loop)

@@ -89,6 +89,7 @@ class CoalescingTransport:
         self._held = []
         if self._transport.is_closing():
             return
+        self._tail.run_first()  # the metric updates made with these bytes, before they leave
         if len(held) == 1:
             self._transport.write(held[0])
         else:  # one writev on uvloop
@@ -126,6 +127,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
     further from a connection with :data:`PIPELINE_DEPTH` requests queued."""
 
     _refused: tuple[int, str] | None = None
+    #: a refusal waiting for the answers owed before it (see send_400_response)
+    _refusal: tuple[tuple[int, str] | None, str] | None = None
     _header_bytes = 0
     # uvicorn's request state, typed here (its class reaches mypy as Any)
     url: bytes
@@ -146,6 +149,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self.timeout_keep_alive_task = None
         if task is not None:  # nothing of a closed connection waits for its timer
             task.cancel()
+        # Requests queued behind the one in progress were read whole but would never
+        # run (uvicorn starts the next one after an answer, never on a closed
+        # connection), so they were counted nowhere: each runs now as a cycle whose
+        # client is gone, which the app counts (499) without computing it.
+        while self.pipeline:
+            cycle, app = self.pipeline.pop()
+            cycle.disconnected = True
+            self._start_asgi_task(cycle, app)
 
     # -- keep-alive: one timer per idle spell, not one per response ------------------
     # uvicorn arms a timer (call_later) after every response and cancels it when the
@@ -207,8 +218,32 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser refused, or 414 / 431 for one
-        refused here for its size: a JSON error, then the connection closes."""
-        refused, self._refused = self._refused, None
+        refused here for its size: a JSON error, then the connection closes.
+
+        Requests read whole before the refused one are answered first, in order
+        (uvicorn wrote the refusal and closed at once, so an answer still being
+        computed for an earlier request in the same packet was dropped, and counted
+        as a client gone): the refusal waits for them, reading stops, and the
+        connection closes after it. A request cut by the refusal mid-body (its cycle
+        still reading) is uvicorn's case: refused and closed at once."""
+        refusal = (self._refused, msg)
+        self._refused = None
+        if self._answers_owed():
+            self._refusal = refusal
+            self.flow.pause_reading()  # the parser is spent: nothing more is read
+            return
+        self._send_refusal(refusal)
+
+    def _answers_owed(self) -> bool:
+        """Whether requests read whole are still to be answered on this connection
+        (and none is cut mid-body: that one cannot be answered)."""
+        cycles = [*self.pipeline]
+        if self.cycle is not None and not self.cycle.response_complete:
+            cycles.append((self.cycle, None))
+        return bool(cycles) and all(_read_whole(cycle) for cycle, _ in cycles)
+
+    def _send_refusal(self, refusal: tuple[tuple[int, str] | None, str]) -> None:
+        refused, msg = refusal
         if refused is None:
             super().send_400_response(msg)
             return
@@ -260,6 +295,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+        elif self._refusal is not None:  # every request before the refused one answered
+            refusal, self._refusal = self._refusal, None
+            self._send_refusal(refusal)
         else:
             self._idle_since = self.loop.time()
             if self.timeout_keep_alive_task is None:
@@ -275,6 +313,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
 #: (uvicorn makes a new list each second, for the date), headers and extra lists.
 _HEADS: dict[tuple[int, int, int], tuple[list[Any], list[Any], list[Any], bytes]] = {}
 _MAX_HEADS = 64
+
+
+def _read_whole(cycle: Any) -> bool:
+    """Whether a cycle's request body was read whole (uvicorn's cycle: ``more_body``
+    cleared by ``on_message_complete``; the lane's: ``computing``)."""
+    if type(cycle) is _FastCycle:
+        return cycle.computing
+    return not getattr(cycle, "more_body", True)
 
 
 class _Refused(Exception):
@@ -301,7 +347,9 @@ class _CappedFlow(FlowControl):  # type: ignore[misc]
 
     def resume_reading(self) -> None:
         protocol = self._protocol()
-        if protocol is None or len(protocol.pipeline) < PIPELINE_DEPTH:
+        if protocol is None or (
+            len(protocol.pipeline) < PIPELINE_DEPTH and protocol._refusal is None
+        ):
             super().resume_reading()
 
 

@@ -21,7 +21,10 @@ a client got its answer has counted it): a request updates its metrics before
 it writes its answer, and :meth:`.metrics.Deferred.flush` is added ``first``,
 to run before any other callback that has not started, whenever that one was
 added (FIFO alone let a write that joined a connection's flush queued before
-the updates leave ahead of them, as separate handles did). A callback that raises is reported to
+the updates leave ahead of them, as separate handles did); bytes that leave
+outside the tail (a connection closed or half-closed at once sends what it
+holds) run the pending ``first`` callbacks before they go
+(:meth:`Tail.run_first`). A callback that raises is reported to
 the loop's exception handler, as a failing handle is, and the others run.
 """
 
@@ -58,6 +61,14 @@ class Tail:
         if not self._queue and not self._first and not self._running:
             self._schedule()
         (self._first if first else self._queue).append(callback)
+
+    def run_first(self) -> None:
+        """Run the ``first`` callbacks pending now, before the end of the iteration: for
+        bytes about to leave outside the tail (a connection closed or half-closed at
+        once sends what it holds)."""
+        first = self._first
+        while first:
+            self._call(first.pop(0))
 
     def _run(self) -> None:
         self._running = True
