@@ -115,19 +115,27 @@ class _RecordingTransport:
     def is_closing(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+
+def _counted_connection() -> tuple[Any, _RecordingTransport, CoalescingTransport]:
+    """A deferred counter, and a connection whose sends note what it held at the time."""
+    child = Counter("answers", "answers", registry=CollectorRegistry())
+    raw = _RecordingTransport(child)
+    transport = CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    return Deferred().counter(child), raw, transport
+
 
 async def test_a_response_never_leaves_before_its_metric_updates() -> None:
     """The case FIFO handles got wrong: a connection's flush was queued (an answer
     written before any metric update of the iteration), then a request updated its
     metrics and wrote its answer on the same connection. Its bytes leave with the
     flush queued first, and must find its count applied."""
-    loop = asyncio.get_running_loop()
-    registry = CollectorRegistry()
-    child = Counter("answers", "answers", registry=registry)
-    deferred = Deferred()
-    counter = deferred.counter(child)
-    raw = _RecordingTransport(child)
-    transport = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+    counter, raw, transport = _counted_connection()
     transport.write(b"first answer")  # queues the connection's flush
     counter.inc()  # a request counts itself...
     transport.write(b"second answer")  # ...then answers on the same connection
@@ -140,20 +148,13 @@ async def test_an_answer_sent_at_once_by_a_close_carries_its_counts(how: str) ->
     """A connection closed (Connection: close, HTTP/1.0, a shutdown) or half-closed
     right after its answer sends what it holds at once, outside the tail: the
     metric updates made before must be applied first."""
-    loop = asyncio.get_running_loop()
-    registry = CollectorRegistry()
-    child = Counter("answers", "answers", registry=registry)
-    deferred = Deferred()
-    counter = deferred.counter(child)
-    raw = _RecordingTransport(child)
-    raw.close = raw.write_eof = lambda: None  # type: ignore[attr-defined]
-    transport = CoalescingTransport(raw, loop)  # type: ignore[arg-type]
+    counter, raw, transport = _counted_connection()
     counter.inc()
     transport.write(b"answer")
     getattr(transport, how)()
     assert raw.sent == [(b"answer", 1.0)]
     await _iteration()  # the tail's own pass finds nothing left to apply twice
-    assert child._value.get() == 1.0
+    assert raw.counter._value.get() == 1.0
 
 
 async def test_a_tail_does_not_keep_its_loop_alive() -> None:
