@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -859,3 +860,109 @@ def test_requests_queued_behind_a_departed_client_are_counted(pair: Pair, leaves
         counted = _delta(before, _metrics(port))
         assert sum(counted.values()) == 20, counted
         assert {k.split('code="')[1][:3] for k in counted} <= {"200", "499"}, counted
+
+
+def _computations(port: int, model: str) -> float:
+    text = _exchange(port, _request("/metrics", b"", method="GET", length=False))[0][2]
+    match = re.search(rb'edgecloud_computations_total\{model="%s"\} (\S+)' % model.encode(), text)
+    return float(match.group(1)) if match else 0.0
+
+
+def _counted(port: int, before: dict[str, float], total: float) -> dict[str, float]:
+    """The request counts added since ``before`` once ``total`` of them arrived (and a
+    moment more, so nothing counted twice arrives unseen)."""
+    deadline = time.monotonic() + 10
+    while sum(_delta(before, _metrics(port)).values()) < total:
+        assert time.monotonic() < deadline, _delta(before, _metrics(port))
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return {k.split('code="')[1][:3] + " " + k.split('model="')[1].split('"')[0]: v
+            for k, v in _delta(before, _metrics(port)).items()}  # fmt: skip
+
+
+_SLOW_BODY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [3000], "datatype": "FP32", "data": [0.5] * 3000}]}
+).encode()  # ident-fp32: 3000 elements, more than any fast run, so a pool run
+
+
+@contextmanager
+def _pool_held(pair: Pair) -> Iterator[threading.Event]:
+    """Hold every pool thread until the event is set: a pool-run request waits."""
+    executor = pair.app.host.executor  # type: ignore[attr-defined]
+    gate = threading.Event()
+    held = [executor.submit(gate.wait) for _ in range(executor._max_workers)]
+    try:
+        yield gate
+    finally:
+        gate.set()
+        for future in held:
+            future.result(10)
+
+
+def test_a_request_queued_behind_a_client_that_left_is_never_computed(pair: Pair) -> None:
+    """A slow request, one queued behind it, then the client half-closes and reads.
+    The queued one does not start before a poll has read the connection (uvicorn
+    pauses reading while a request is queued), so it is counted 499 and never
+    computed. The slow one counts 200 exactly when its answer reached the client:
+    the lane, whose body was whole, reads nothing more and writes it before the EOF
+    is seen; the ASGI path resumes reading for the body (uvicorn's receive) and sees
+    the EOF first: 499, nothing sent."""
+    cases = [
+        (pair.fast, "/v2/models/ident-fp32/infer", True),
+        (pair.asgi, "/v2/models/ident-fp32/infer?q=1", False),
+    ]
+    for port, slow, answered in cases:
+        before, runs = _metrics(port), _computations(port, "affine")
+        with _pool_held(pair) as gate, socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(_request(slow, _SLOW_BODY) + _infer("affine", _affine()))
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.3)
+            gate.set()
+            conn.settimeout(10)
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ") == answered, (port, received[:80])
+        assert received.count(b"HTTP/1.1") == int(answered), port
+        code = "200" if answered else "499"
+        assert _counted(port, before, 2) == {f"{code} ident-fp32": 1.0, "499 affine": 1.0}, port
+        assert _computations(port, "affine") == runs, port
+
+
+def test_a_client_that_leaves_while_a_refusal_waits_is_seen(pair: Pair) -> None:
+    """A slow request, then a request the parser refuses, then the client resets: the
+    refusal waits for the slow answer but reading goes on (dropped), so the reset is
+    seen and the slow answer, which can go nowhere, counts 499, not 200."""
+    for port in (pair.fast, pair.asgi):
+        before = _metrics(port)
+        with _pool_held(pair) as gate:
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(_infer("ident-fp32", _SLOW_BODY) + b"GARBAGE\r\n\r\n")
+                time.sleep(0.2)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.2)
+            gate.set()
+        assert _counted(port, before, 1) == {"499 ident-fp32": 1.0}, port
+
+
+def test_a_request_cut_mid_body_behind_a_whole_one_does_not_take_its_answer(pair: Pair) -> None:
+    """A slow request, then a chunked one the parser refuses mid-body: the whole one is
+    answered (200), then the 400, then the close; the cut one counts 499 and is never
+    computed (the refusal used to be sent at once for both)."""
+    cut = (
+        b"POST /v2/models/affine/infer HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        b'5\r\n{"inp\r\nZZZ\r\n'
+    )
+    for port in (pair.fast, pair.asgi):
+        before, runs = _metrics(port), _computations(port, "affine")
+        with _pool_held(pair) as gate, socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(_infer("ident-fp32", _SLOW_BODY) + cut)
+            time.sleep(0.3)
+            gate.set()
+            buffer = bytearray()
+            answers = [_read_response(conn, buffer)[0] for _ in range(2)]
+            conn.settimeout(10)
+            assert answers == [200, 400] and conn.recv(1) == b"", (port, answers)
+        assert _counted(port, before, 2) == {"200 ident-fp32": 1.0, "499 affine": 1.0}, port
+        assert _computations(port, "affine") == runs, port

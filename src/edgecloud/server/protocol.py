@@ -149,13 +149,33 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self.timeout_keep_alive_task = None
         if task is not None:  # nothing of a closed connection waits for its timer
             task.cancel()
-        # Requests queued behind the one in progress were read whole but would never
-        # run (uvicorn starts the next one after an answer, never on a closed
-        # connection), so they were counted nowhere: each runs now as a cycle whose
-        # client is gone, which the app counts (499) without computing it.
+        self._abandon_queued()  # uvicorn never starts them on a closed connection
+
+    def _after_flush(self) -> None:
+        self.loop.call_soon(self._start_next)  # the next iteration: after its poll
+
+    def _start_next(self) -> None:
+        """Start the request queued next, unless the connection is gone (then every
+        queued one runs as a cycle whose client is gone: counted 499, never computed)."""
+        if self._lost or self.transport.is_closing():
+            if self._lost:
+                self._abandon_queued()
+            return  # connection_lost abandons them
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._refusal is not None:  # the refusal's wait ends here too
+            refusal, self._refusal = self._refusal, None
+            self._send_refusal(refusal)
+
+    def _abandon_queued(self) -> None:
+        """Requests queued behind the one in progress were read but will never run:
+        each runs as a cycle whose client is gone, which the app counts (499)
+        without computing it (they had been counted nowhere)."""
         while self.pipeline:
             cycle, app = self.pipeline.pop()
             cycle.disconnected = True
+            cycle.message_event.set()
             self._start_asgi_task(cycle, app)
 
     # -- keep-alive: one timer per idle spell, not one per response ------------------
@@ -223,24 +243,45 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         Requests read whole before the refused one are answered first, in order
         (uvicorn wrote the refusal and closed at once, so an answer still being
         computed for an earlier request in the same packet was dropped, and counted
-        as a client gone): the refusal waits for them, reading stops, and the
-        connection closes after it. A request cut by the refusal mid-body (its cycle
-        still reading) is uvicorn's case: refused and closed at once."""
+        as a client gone). Only the newest request can be cut mid-body (HTTP/1.1
+        is read in order): queued behind others, it runs as a cycle whose client is
+        gone (counted 499, never computed) and the refusal waits for the others;
+        being answered itself, it is uvicorn's case, refused and closed at once.
+        While the refusal waits, what the client sends is read and dropped (the
+        parser is spent), so a client that leaves meanwhile is seen."""
         refusal = (self._refused, msg)
         self._refused = None
-        if self._answers_owed():
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not _read_whole(cycle):
+            queued = [entry for entry in self.pipeline if entry[0] is cycle]
+            if not queued:  # the request being answered is cut: nothing to wait for
+                self._send_refusal(refusal)
+                return
+            self.pipeline.remove(queued[0])
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._start_asgi_task(cycle, queued[0][1])
+            owed = True  # it was queued behind a request still being answered
+        else:
+            owed = (cycle is not None and not cycle.response_complete) or bool(self.pipeline)
+        if owed:
             self._refusal = refusal
-            self.flow.pause_reading()  # the parser is spent: nothing more is read
+            self.flow.resume_reading()  # to see the client leave (data_received drops it)
             return
         self._send_refusal(refusal)
 
-    def _answers_owed(self) -> bool:
-        """Whether requests read whole are still to be answered on this connection
-        (and none is cut mid-body: that one cannot be answered)."""
-        cycles = [*self.pipeline]
-        if self.cycle is not None and not self.cycle.response_complete:
-            cycles.append((self.cycle, None))
-        return bool(cycles) and all(_read_whole(cycle) for cycle, _ in cycles)
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # a refusal waits for answers owed: the parser is spent, drop the bytes
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        # uvloop closes its transport when this returns, past CoalescingTransport's
+        # close: what the connection holds (answers already counted) goes first, and
+        # leaves with the close (a client that half-closed still reads it)
+        flush = getattr(self.transport, "_flush", None)
+        if flush is not None:
+            flush()
 
     def _send_refusal(self, refusal: tuple[tuple[int, str] | None, str]) -> None:
         refused, msg = refusal
@@ -293,8 +334,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self._idle_since = None
         self.flow.resume_reading()
         if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            # the next request starts once this answer is handed to the kernel (the
+            # connection's flush comes first in the tail) and one more poll has read
+            # the connection (uvicorn pauses reading while requests are queued): a
+            # client that left meanwhile is seen first, and the queued requests go to
+            # connection_lost, counted 499 and never computed
+            tail_of(self.loop).add(self._after_flush)
         elif self._refusal is not None:  # every request before the refused one answered
             refusal, self._refusal = self._refusal, None
             self._send_refusal(refusal)
@@ -347,9 +392,7 @@ class _CappedFlow(FlowControl):  # type: ignore[misc]
 
     def resume_reading(self) -> None:
         protocol = self._protocol()
-        if protocol is None or (
-            len(protocol.pipeline) < PIPELINE_DEPTH and protocol._refusal is None
-        ):
+        if protocol is None or len(protocol.pipeline) < PIPELINE_DEPTH:
             super().resume_reading()
 
 
