@@ -218,6 +218,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self._header_bytes = 0
         super().on_message_begin()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The body is whole. uvicorn paused reading once 64 KiB of it were held, and
+        # only the app's next receive() resumed it, which never comes once the body
+        # is in: a client that reset or left while its request computed was not
+        # seen, and its answer counted as sent. Reading on from a request boundary
+        # is bounded as before (a queued request pauses it at its head, a body at
+        # 64 KiB, the queue at PIPELINE_DEPTH).
+        self.flow.resume_reading()
+
     def on_url(self, url: bytes) -> None:
         # httptools sets no limit, and uvicorn joins the pieces with +=: an endless
         # URL grew memory and stalled the loop (hostile review, issue 17)
