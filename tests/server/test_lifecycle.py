@@ -145,11 +145,14 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     slow = chain_onnx(tmp_path / "chain.onnx", depth=240)
     repo.add_version("chain", slow, config=chain_config())
     server = start_server(repo, tmp_path, "--workers", "1")
-    x = np.zeros((8192, CHAIN_WIDTH), np.float32)
+    # seconds of work even where the metrics poll that finds it computing is slow
+    # (a loaded machine): 8192 rows once finished inside the 0.3 s between signals
+    x = np.zeros((16384, CHAIN_WIDTH), np.float32)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = grpc_call_in_flight(pool, server, x)
         server.process.send_signal(signal.SIGINT)
         time.sleep(0.3)
+        assert not call.done(), "the computation ended before the second Ctrl-C"
         server.process.send_signal(signal.SIGINT)
         begun = time.monotonic()
         code = server.process.wait(timeout=30)
