@@ -79,10 +79,11 @@ class CoalescingTransport:
         """Send ``data`` at the end of this iteration, after what is held."""
         held = self._held
         if not held:
-            self._tail.add(self._flush)
+            self._tail.add(self.flush)
         held.append(bytes(data))
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand what is held to the transport now (after the pending metric updates)."""
         held = self._held
         if not held:
             return
@@ -100,11 +101,11 @@ class CoalescingTransport:
             self.write(line)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def abort(self) -> None:
@@ -165,8 +166,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
         elif self._refusal is not None:  # the refusal's wait ends here too
-            refusal, self._refusal = self._refusal, None
-            self._send_refusal(refusal)
+            self._send_refusal()
 
     def _abandon_queued(self) -> None:
         """Requests queued behind the one in progress were read but will never run:
@@ -289,11 +289,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         # uvloop closes its transport when this returns, past CoalescingTransport's
         # close: what the connection holds (answers already counted) goes first, and
         # leaves with the close (a client that half-closed still reads it)
-        flush = getattr(self.transport, "_flush", None)
-        if flush is not None:
-            flush()
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
 
-    def _send_refusal(self, refusal: tuple[tuple[int, str] | None, str]) -> None:
+    def _send_refusal(self, refusal: tuple[tuple[int, str] | None, str] | None = None) -> None:
+        """Write a refusal and close: ``refusal``, or the one waiting (``_refusal``)."""
+        if refusal is None:
+            refusal, self._refusal = self._refusal, None
+            assert refusal is not None
         refused, msg = refusal
         if refused is None:
             super().send_400_response(msg)
@@ -351,8 +354,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
             # connection_lost, counted 499 and never computed
             tail_of(self.loop).add(self._after_flush)
         elif self._refusal is not None:  # every request before the refused one answered
-            refusal, self._refusal = self._refusal, None
-            self._send_refusal(refusal)
+            self._send_refusal()
         else:
             self._idle_since = self.loop.time()
             if self.timeout_keep_alive_task is None:
