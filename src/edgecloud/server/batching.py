@@ -77,15 +77,14 @@ class _Pending:
     elements: int = -1
     """TickBatcher: the input elements (:func:`_elements`), counted once."""
 
-    def signature(self) -> tuple[Any, ...]:
-        shapes = tuple((k, v.shape[1:], v.dtype.str) for k, v in self.inputs.items())
-        return shapes, tuple(self.outputs) if self.outputs is not None else None
-
     def merges_with(self, other: _Pending) -> bool:
-        """:meth:`signature` equality without building either (the tick's merge test):
-        the same non-batch shapes and dtypes (byte order included) per input, and
-        the same requested outputs."""
-        if self.outputs != other.outputs:
+        """Whether two requests can run as one batch: the same inputs with the same
+        non-batch shapes and dtypes (byte order included), and the same requested
+        outputs (compared in place: no signature tuples built per request)."""
+        mine, their_outputs = self.outputs, other.outputs
+        if mine is not their_outputs and (
+            mine is None or their_outputs is None or tuple(mine) != tuple(their_outputs)
+        ):  # a list and a tuple of the same names are the same request
             return False
         theirs = other.inputs
         if len(theirs) != len(self.inputs):
@@ -295,7 +294,6 @@ class DynamicBatcher:
         if not self._mergeable(first):
             self._queue = self._queue[1:]
             return [first]
-        signature = first.signature()
         batch: list[_Pending] = []
         rest: list[_Pending] = []
         total = 0
@@ -306,7 +304,7 @@ class DynamicBatcher:
             if fit:
                 limit = max(fit)
         for pending in self._queue:
-            if (total + pending.size <= limit or not batch) and pending.signature() == signature:
+            if (total + pending.size <= limit or not batch) and pending.merges_with(first):
                 batch.append(pending)
                 total += pending.size
             else:
