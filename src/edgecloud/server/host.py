@@ -425,8 +425,9 @@ class ModelHost:
         self, request: InferRequest, prepared: tuple[LoadedModel, int] | None = None
     ) -> InferResponse:
         loaded, size = prepared or self._prepare(request)
-        if self._inline(loaded, input_elements(request.inputs)):
-            return self._answer(loaded, request, *self._run_inline(loaded, request, size))
+        elements = input_elements(request.inputs)
+        if self._inline(loaded, elements):
+            return self._answer(loaded, request, *self._run_inline(loaded, request, size, elements))
         started = time.perf_counter()
         started_counter, done_counter, *_ = self._metrics_of(loaded.entry.name)
         started_counter.inc()
@@ -487,7 +488,7 @@ class ModelHost:
         return children
 
     def _run_inline(
-        self, loaded: LoadedModel, request: InferRequest, size: int, elements: int | None = None
+        self, loaded: LoadedModel, request: InferRequest, size: int, elements: int
     ) -> tuple[Arrays, float, float, int]:
         """Run a measured-fast version on the event loop: outputs, queue 0, compute s, rows."""
         started_counter, done_counter, queue, compute_h, batch_h = self._metrics_of(
@@ -497,8 +498,7 @@ class ModelHost:
         started = time.perf_counter()
         outputs = loaded.run(request.inputs, request.outputs, size)
         compute = time.perf_counter() - started
-        count = input_elements(request.inputs) if elements is None else elements
-        self.cost(loaded).add(compute, count)
+        self.cost(loaded).add(compute, elements)
         done_counter.inc()
         queue.observe(0.0)
         compute_h.observe(compute)

@@ -498,8 +498,6 @@ class HttpApp:
         it), or ``waiter`` when the host will answer through it (a tick-batched request)."""
         nowait = getattr(self.host, "infer_nowait", None)
         if nowait is not None:
-            if waiter is None:
-                return nowait(decoded.request)
             return nowait(decoded.request, waiter)
         return self.host.infer(decoded.request)
 

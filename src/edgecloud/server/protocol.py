@@ -173,10 +173,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         each runs as a cycle whose client is gone, which the app counts (499)
         without computing it (they had been counted nowhere)."""
         while self.pipeline:
-            cycle, app = self.pipeline.pop()
-            cycle.disconnected = True
-            cycle.message_event.set()
-            self._start_asgi_task(cycle, app)
+            self._abandon(*self.pipeline.pop())
+
+    def _abandon(self, cycle: Any, app: Any) -> None:
+        """Run a request that will never be answered as a cycle whose client is gone:
+        the app counts it (499) and computes nothing."""
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._start_asgi_task(cycle, app)
 
     # -- keep-alive: one timer per idle spell, not one per response ------------------
     # uvicorn arms a timer (call_later) after every response and cancels it when the
@@ -268,9 +272,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
                 self._send_refusal(refusal)
                 return
             self.pipeline.remove(queued[0])
-            cycle.disconnected = True
-            cycle.message_event.set()
-            self._start_asgi_task(cycle, queued[0][1])
+            self._abandon(*queued[0])
             owed = True  # it was queued behind a request still being answered
         else:
             owed = (cycle is not None and not cycle.response_complete) or bool(self.pipeline)
